@@ -1,0 +1,3 @@
+from qtasks_cli.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""Durations such as ``500ms``, ``30s``, ``1h30m`` or a plain number of seconds."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from qtasks_cli.errors import DurationError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_EXPECTED = "expected seconds or a duration such as 500ms, 30s, 5m, 2h, 1d or 1h30m"
+
+
+def parse_duration(value: object) -> timedelta:
+    """Return the non-negative timedelta that ``value`` spells, or raise DurationError."""
+    if isinstance(value, bool):
+        raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
+        if value < 0:
+            raise DurationError(f"{value!r} is negative ({_EXPECTED})")
+        return timedelta(seconds=value)
+    if not isinstance(value, str):
+        raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
+    text = value.strip().lower().replace(" ", "")
+    if text.startswith("-"):
+        raise DurationError(f"{value!r} is negative ({_EXPECTED})")
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return parse_duration(seconds)
+    pos, total = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
+    return timedelta(seconds=total)
+
+
+def format_duration(delta: timedelta) -> str:
+    """Spell ``delta`` compactly (``1h30m``, ``500ms``); ``parse_duration`` reads it back."""
+    ms = round(delta.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    sign, ms = ("-", -ms) if ms < 0 else ("", ms)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if ms:
+        parts.append(f"{ms}ms")
+    return sign + "".join(parts)

@@ -1,0 +1,204 @@
+"""Frozen value types shared by every module; no I/O here."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class _StrEnum(str, enum.Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Overlap(_StrEnum):
+    """What a fire does while the same job still runs."""
+
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+
+
+class CatchUp(_StrEnum):
+    """What happens to fires missed while the daemon was down or late."""
+
+    NONE = "none"
+    LATEST = "latest"
+    ALL = "all"
+
+
+class Isolation(_StrEnum):
+    INLINE = "inline"
+    PROCESS = "process"
+
+
+class TriggerKind(_StrEnum):
+    SCHEDULE = "schedule"
+    CATCH_UP = "catch_up"
+    STARTUP = "startup"
+    MANUAL = "manual"
+    QUEUED = "queued"
+
+
+class RunStatus(_StrEnum):
+    QUEUED = "queued"  # handed over, waiting for a daemon
+    CLAIMED = "claimed"  # claimed by a daemon, not started yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.CLAIMED, RunStatus.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.SKIPPED)
+
+
+class Schedule(Protocol):
+    """A compiled schedule (see ``qtasks_cli.schedule``): pure, never reads the clock."""
+
+    @property
+    def startup(self) -> bool:
+        """True when the schedule also fires once each time the daemon starts."""
+
+    @property
+    def key(self) -> str:
+        """A canonical text; a different key means the schedule changed."""
+
+    def next_after(self, t: datetime) -> datetime | None:
+        """The first fire strictly after aware ``t``, as an aware UTC datetime, or None."""
+
+    def describe(self) -> str:
+        """The schedule in words, such as ``at 23:59 every day``."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """``retries`` retries after the first failed attempt; ``on`` empty means any Exception."""
+
+    retries: int = 0
+    on: tuple[str, ...] = ()
+    delay: timedelta = timedelta(seconds=1)
+    backoff: float = 2.0
+    max_delay: timedelta = timedelta(minutes=5)
+    jitter: timedelta = timedelta(0)
+
+    @property
+    def attempts(self) -> int:
+        return self.retries + 1
+
+    def base_delay(self, retry_number: int) -> float:
+        """Seconds before retry ``retry_number`` (1-based), without jitter."""
+        raw = self.delay.total_seconds() * self.backoff ** (retry_number - 1)
+        return min(raw, self.max_delay.total_seconds())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobSpec:
+    """One job as the YAML file defines it, validated."""
+
+    name: str
+    entrypoint: str
+    schedule: Schedule | None = None
+    schedule_text: str = ""  # as written, for listings
+    timezone: str = "UTC"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = RetryPolicy()
+    timeout: timedelta | None = None
+    overlap: Overlap = Overlap.SKIP
+    catch_up: CatchUp = CatchUp.LATEST
+    misfire_grace: timedelta = timedelta(hours=1)
+    generate_handler: str | None = None
+    echo: bool = False
+    on_failure: str | None = None
+    on_success: str | None = None
+    enabled: bool = True
+    description: str = ""
+    isolation: Isolation = Isolation.INLINE
+    kill_grace: timedelta = timedelta(seconds=5)
+    retry_interrupted: bool = False
+    # (secret value, placeholder) pairs from ${NAME} interpolation: shown as the placeholder.
+    secrets: tuple[tuple[str, str], ...] = ()
+    line: int = 0  # where the job is defined, for messages
+
+    def redact(self, text: str) -> str:
+        """``text`` with every interpolated secret value replaced by its ``${NAME}``."""
+        for value, placeholder in self.secrets:
+            if value:
+                text = text.replace(value, placeholder)
+        return text
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    path: tuple[Path, ...] = ()
+    state: str = ".qtasks/state.db"  # a path (relative to the job file) or a postgresql:// URL
+    timezone: str = "UTC"
+    max_concurrent: int = 16
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    keep_runs: int | None = 1000
+    keep_days: float | None = None
+    max_catch_up: int = 100
+    node_timeout: timedelta = timedelta(seconds=30)
+    schema: str = "qtasks"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    """A whole job file: where it is, its settings and its jobs in file order."""
+
+    path: Path
+    settings: Settings
+    jobs: Mapping[str, JobSpec]
+    digest: str = ""  # hash of the effective definitions
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempt:
+    """One attempt of a run."""
+
+    number: int  # 1-based
+    started: datetime
+    ended: datetime | None
+    status: RunStatus  # SUCCEEDED, FAILED, TIMED_OUT or CANCELLED
+    error_type: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunResult:
+    """The outcome of one run; what hooks receive and what the store records."""
+
+    job: str
+    run_id: str
+    trigger: TriggerKind
+    scheduled: datetime | None
+    started: datetime | None
+    ended: datetime | None
+    attempts: int
+    status: RunStatus
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    result_preview: str | None = None  # short JSON or repr, secrets redacted
+    items: int | None = None
+    attempt_log: tuple[Attempt, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return (self.ended - self.started).total_seconds()
