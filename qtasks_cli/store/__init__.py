@@ -1,0 +1,133 @@
+"""State stores: the factory, run ids and URL redaction; import-light (no sqlite3 here)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from qtasks_cli.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import ModuleType
+
+    from qtasks_cli.store.base import Store
+
+__all__ = ["enqueue_now", "is_url", "new_run_id", "open_store", "redact_url"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class _RunIds:
+    """Time-ordered ids: 12 hex digits of Unix milliseconds, then 8 hex digits.
+
+    The low part starts random in each millisecond and counts up within it, so ids
+    made by one process sort in creation order and ids of different processes collide
+    only if they draw neighbouring random numbers in the same millisecond.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._low = 0
+
+    def next(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        with self._lock:
+            if ms > self._ms:
+                # 31 random bits leave room to count up within a busy millisecond.
+                low = int.from_bytes(os.urandom(4), "big") >> 1
+            else:
+                # Same millisecond, or the wall clock stepped back: stay monotonic.
+                ms, low = self._ms, self._low + 1
+                if low > 0xFFFFFFFF:
+                    ms, low = ms + 1, int.from_bytes(os.urandom(4), "big") >> 1
+            self._ms, self._low = ms, low
+        return f"{ms:012x}{low:08x}"
+
+
+_run_ids = _RunIds()
+
+
+def new_run_id() -> str:
+    """A short, unique run id (20 hex digits) that sorts by creation time."""
+    return _run_ids.next()
+
+
+def is_url(state: str) -> bool:
+    """True when ``state`` names a PostgreSQL database rather than a file."""
+    return state.startswith(_POSTGRES_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the user info or a ``password=`` parameter)."""
+    if "://" not in url:
+        return url
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}@{hostinfo}" if user else hostinfo
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        kept = [(key, value) for key, value in pairs if key.lower() != "password"]
+        if len(kept) != len(pairs):
+            query = urlencode(kept)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def open_store(state: str) -> Store:
+    """The store for ``state`` (a file path or a ``postgresql://`` URL), not opened yet."""
+    if is_url(state):
+        return _open_postgres(state)
+    from qtasks_cli.store.sqlite import SqliteStore
+
+    return SqliteStore(state)
+
+
+def enqueue_now(
+    state: str, job: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> str:
+    """Synchronously write a pending request for ``job`` to ``state``; return its run id."""
+    if is_url(state):
+        run_id: str = _postgres_module(state).enqueue_now(state, job, args, kwargs)
+        return run_id
+    from qtasks_cli.store import sqlite
+
+    return sqlite.enqueue_now(state, job, args, kwargs)
+
+
+def _open_postgres(url: str) -> Store:
+    store: Store = _postgres_module(url).PostgresStore(url)
+    return store
+
+
+def _postgres_module(url: str) -> ModuleType:
+    import importlib
+
+    name = "qtasks_cli.store.postgres"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise StoreError(
+                f"{redact_url(url)}: the PostgreSQL store is not available yet; "
+                "use a file path for 'state'"
+            ) from None
+        raise StoreError(_install_hint(url, exc)) from None
+    except ImportError as exc:
+        raise StoreError(_install_hint(url, exc)) from None
+    return module
+
+
+def _install_hint(url: str, exc: ImportError) -> str:
+    return (
+        f"{redact_url(url)}: the PostgreSQL store needs psycopg, which cannot be imported "
+        f"({exc}); install it with: pip install 'qtasks-cli[postgres]'"
+    )

@@ -121,8 +121,9 @@ class Store(Protocol):
     async def flush(self) -> None:
         """Write buffered writes now."""
 
-    async def enqueue(self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-                      now: datetime) -> str:
+    async def enqueue(
+        self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
+    ) -> str:
         """Write a pending request; return its run id."""
 
     async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
@@ -133,14 +134,14 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> RunRow | None: ...
 
-    async def history(self, job: str | None = None, *, limit: int = 50,
-                      status: RunStatus | None = None) -> list[RunRow]:
+    async def history(
+        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRow]:
         """Newest first."""
 
     async def attempts(self, run_id: str) -> list[Attempt]: ...
 
     async def stats(self, job: str | None = None) -> list[JobStats]: ...
 
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None,
-                    now: datetime) -> int:
+    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         """Delete finished runs beyond the retention; return how many."""

@@ -1,0 +1,285 @@
+"""The keyword-only Python API behind every command; the CLI only parses and calls these."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
+from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
+
+if TYPE_CHECKING:
+    from qtasks_cli.events import Event, EventBus
+    from qtasks_cli.store.base import RunRow, Store
+
+log = logging.getLogger(__name__)
+
+FINISHED_POLL = 0.2  # how often ``trigger --enqueue --wait`` looks at the store
+
+
+def load(config: str | os.PathLike[str] | None, *, check_imports: bool = True) -> Config:
+    """Read and validate a job file (``$QTASKS_CONFIG`` or ``./jobs.yaml`` when None)."""
+    from qtasks_cli.config import default_config_path, load_config
+
+    return load_config(
+        config if config is not None else default_config_path(), check_imports=check_imports
+    )
+
+
+def state_location(config: Config, override: str | None = None) -> str:
+    """Where history lives: ``--state``, else ``$QTASKS_STATE``, else ``settings.state``."""
+    chosen = override or os.environ.get("QTASKS_STATE") or config.settings.state
+    if "://" in chosen:
+        return chosen
+    return str((Path.cwd() / chosen).resolve()) if override else chosen
+
+
+def open_state(config: Config, override: str | None = None) -> Store:
+    from qtasks_cli.store import open_store
+
+    return open_store(state_location(config, override))
+
+
+def get_job(config: Config, name: str) -> JobSpec:
+    """The job called ``name``, or UnknownJobError with the closest names."""
+    try:
+        return config.jobs[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(config.jobs), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(config.jobs) or "none"
+        raise UnknownJobError(
+            f"{config.path}: no job named {name!r}{hint}; jobs: {known}"
+        ) from None
+
+
+def next_fires(job: JobSpec, count: int, after: datetime) -> list[datetime]:
+    """The job's next ``count`` fire times after ``after``, in the job's zone."""
+    from zoneinfo import ZoneInfo
+
+    if job.schedule is None:
+        return []
+    zone = ZoneInfo(job.timezone)
+    fires: list[datetime] = []
+    t: datetime | None = after
+    while len(fires) < count and t is not None:
+        t = job.schedule.next_after(t)
+        if t is not None:
+            fires.append(t.astimezone(zone))
+    return fires
+
+
+def list_jobs(
+    config: Config, *, count: int = 1, after: datetime | None = None
+) -> list[dict[str, Any]]:
+    """What ``qtasks list --json`` prints: one mapping per job."""
+    start = after or datetime.now(timezone.utc)
+    return [
+        {
+            "name": job.name,
+            "schedule": job.schedule.describe() if job.schedule else "only when triggered",
+            "schedule_text": job.schedule_text,
+            "timezone": job.timezone,
+            "enabled": job.enabled,
+            "description": job.description,
+            "next": [t.isoformat() for t in next_fires(job, count, start)] if job.enabled else [],
+        }
+        for job in config.jobs.values()
+    ]
+
+
+def bind_arguments(
+    job: JobSpec, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments a run gets: the job's own unless replaced; checked against the signature."""
+    from qtasks_cli.entrypoints import check_binding, resolve
+
+    final_args = tuple(job.args if args is None else args)
+    final_kwargs = dict(job.kwargs if kwargs is None else kwargs)
+    problem = check_binding(resolve(job.entrypoint), final_args, final_kwargs)
+    if problem:
+        raise QtasksError(f"job {job.name!r}: arguments do not fit {job.entrypoint}: {problem}")
+    return final_args, final_kwargs
+
+
+# --- trigger -------------------------------------------------------------------------------------
+
+
+async def trigger_now(
+    config: Config,
+    job_name: str,
+    *,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    state: str | None = None,
+    bus: EventBus,
+) -> RunResult:
+    """Run one job now in this process with its retry, timeout, generator and hook settings,
+    and record it in the history as a ``manual`` run."""
+    from qtasks_cli.executor import Runtime, execute
+    from qtasks_cli.store import new_run_id
+
+    job = get_job(config, job_name)
+    run_args, run_kwargs = bind_arguments(job, args, kwargs)
+    store = open_state(config, state)
+    await store.open()
+    runtime = Runtime(config.settings.max_concurrent)
+    run_id = new_run_id()
+    now = datetime.now(timezone.utc)
+    try:
+        await store.add_run(
+            RunResult(
+                job=job.name,
+                run_id=run_id,
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=now,
+                ended=None,
+                attempts=0,
+                status=RunStatus.RUNNING,
+            ),
+            args=list(run_args),
+            kwargs=run_kwargs,
+        )
+        await runtime.capacity.acquire()
+        result = await execute(
+            job,
+            run_id=run_id,
+            trigger=TriggerKind.MANUAL,
+            scheduled=None,
+            runtime=runtime,
+            emit=bus.emit,
+            args=run_args,
+            kwargs=run_kwargs,
+        )
+        runtime.capacity.release()
+        await store.finish(result)
+        return result
+    finally:
+        runtime.shutdown()
+        await store.close()
+
+
+def enqueue(
+    job: str,
+    *args: Any,
+    config: str | os.PathLike[str] | None = None,
+    state: str | None = None,
+    **kwargs: Any,
+) -> str:
+    """Hand a run of ``job`` to the daemon; return its run id at once."""
+    loaded = load(config, check_imports=False)
+    spec = get_job(loaded, job)
+    location = state_location(loaded, state)
+    from qtasks_cli.store import enqueue_now
+
+    return enqueue_now(location, spec.name, list(args), dict(kwargs))
+
+
+async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunRow:
+    """Block until the run has finished; return its row."""
+    store = open_state(config, state)
+    await store.open()
+    try:
+        while True:
+            row = await store.get_run(run_id)
+            if row is not None and row.status.finished:
+                return row
+            await asyncio.sleep(FINISHED_POLL)
+    finally:
+        await store.close()
+
+
+async def read_history(
+    config: Config,
+    *,
+    job: str | None = None,
+    limit: int = 50,
+    status: RunStatus | None = None,
+    state: str | None = None,
+    stats: bool = False,
+) -> list[Any]:
+    store = open_state(config, state)
+    await store.open()
+    try:
+        if stats:
+            return list(await store.stats(job))
+        return list(await store.history(job, limit=limit, status=status))
+    finally:
+        await store.close()
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+async def serve(
+    config_path: Path,
+    config: Config,
+    *,
+    bus: EventBus,
+    state: str | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the exit code."""
+    from qtasks_cli.supervisor import Supervisor
+
+    store = open_state(config, state)
+    await store.open()
+    await store.lock_daemon()
+
+    async def reload() -> Config:
+        return await asyncio.to_thread(load, config_path)
+
+    supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
+    loop = asyncio.get_running_loop()
+    forced = asyncio.Event()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            forced.set()
+        supervisor.request_stop()
+
+    loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+    main = asyncio.create_task(supervisor.run())
+    if on_ready is not None:
+        ready = asyncio.create_task(supervisor.ready.wait())
+        await asyncio.wait({ready, main}, return_when=asyncio.FIRST_COMPLETED)
+        if supervisor.ready.is_set():
+            on_ready(supervisor)
+    force = asyncio.create_task(forced.wait())
+    await asyncio.wait({main, force}, return_when=asyncio.FIRST_COMPLETED)
+    if forced.is_set() and not main.done():
+        _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
+        await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
+        return EXIT_FORCED
+    force.cancel()
+    main.result()
+    await store.close()
+    return EXIT_OK
+
+
+def _emit_notice(bus: EventBus, message: str, level: int = logging.INFO) -> None:
+    from qtasks_cli.events import Event, EventKind
+
+    bus.emit(
+        Event(kind=EventKind.NOTICE, time=datetime.now(timezone.utc), message=message, level=level)
+    )
+
+
+def log_sink_for(ui: str) -> Callable[[Event], None]:
+    from qtasks_cli.ui import log as ui_log
+
+    ui_log.configure(ui)
+    return ui_log.log_event

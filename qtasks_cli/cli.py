@@ -1,0 +1,377 @@
+"""The ``qtasks`` command: Typer commands that parse, call ``qtasks_cli.api`` and map errors to
+exit codes. Heavy modules are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from qtasks_cli import __version__
+from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
+
+if TYPE_CHECKING:
+    from qtasks_cli.models import Config
+
+app = typer.Typer(
+    name="qtasks",
+    help="A scheduler for Python functions: one YAML file, one process, history in SQLite.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="The job file [default: $QTASKS_CONFIG, else ./jobs.yaml].", show_default=False
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="The job file [default: $QTASKS_CONFIG, else ./jobs.yaml].",
+        show_default=False,
+    ),
+]
+StateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="The state file (or PostgreSQL URL) instead of settings.state.",
+        show_default=False,
+    ),
+]
+
+
+class UI(str, enum.Enum):
+    auto = "auto"
+    live = "live"
+    plain = "plain"
+    json = "json"
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, *, check_imports: bool = True) -> Config:
+    from qtasks_cli import api
+
+    try:
+        return api.load(config, check_imports=check_imports)
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"qtasks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A scheduler for Python functions: one YAML file, one process, history in SQLite."""
+
+
+@app.command()
+def validate(
+    config: ConfigArg = None,
+    no_import: Annotated[
+        bool, typer.Option("--no-import", help="Do not import the entry points.")
+    ] = False,
+) -> None:
+    """Check the job file; print every problem with its line, or 'N jobs OK'."""
+    loaded = _load(config, check_imports=not no_import)
+    count = len(loaded.jobs)
+    print(f"{count} job{'s' if count != 1 else ''} OK")
+
+
+@app.command("list")
+def list_(
+    config: ConfigArg = None,
+    next_: Annotated[
+        int, typer.Option("--next", min=1, max=1000, help="How many next fire times to show.")
+    ] = 1,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            help="Show fires after this ISO-8601 time instead of now.", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show every job, its schedule in words, its zone and its next fire times."""
+    from qtasks_cli import api
+
+    start = _parse_after(after) if after else None
+    loaded = _load(config, check_imports=False)
+    rows = api.list_jobs(loaded, count=next_, after=start)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {k: r[k] for k in ("name", "schedule", "timezone", "enabled", "next")}
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    width = max(len(r["name"]) for r in rows)
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        nexts = row["next"] or ["-"]
+        print(f"{row['name']:<{width}}  {row['schedule']}  [{row['timezone']}, {state}]")
+        for when in nexts:
+            print(f"{'':<{width}}  next: {when}")
+
+
+def _parse_after(text: str) -> Any:
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--after: {text!r} is not an ISO-8601 date and time (e.g. 2026-03-29T00:00+01:00)")
+    if when.tzinfo is None:
+        when = when.astimezone()  # a naive time is the machine's local time
+    return when.astimezone(timezone.utc)
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    ui: Annotated[
+        UI, typer.Option(help="auto: live table on a terminal, plain otherwise.")
+    ] = UI.auto,
+    state: StateOpt = None,
+) -> None:
+    """Supervise every job until stopped (SIGTERM/Ctrl-C); SIGHUP reloads the file."""
+    import asyncio
+
+    from qtasks_cli import api
+    from qtasks_cli.events import EventBus
+
+    loaded = _load(config)
+    path = loaded.path
+    mode = _log_mode(ui)
+    bus = EventBus()
+    bus.subscribe(api.log_sink_for(mode))
+    try:
+        code = asyncio.run(api.serve(path, loaded, bus=bus, state=state))
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    _exit_now(code)
+
+
+def _log_mode(ui: UI) -> str:
+    if ui is UI.json:
+        return "json"
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    if under_systemd and not sys.stderr.isatty():
+        return "journal"
+    return "plain"
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for job threads that never returned (they were reported)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@app.command()
+def trigger(
+    job: Annotated[str, typer.Argument(help="The job to run.")],
+    config: ConfigOpt = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            help="A positional argument (parsed as YAML: 42 is an int); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    kwarg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kwarg",
+            help="KEY=VALUE keyword argument (VALUE parsed as YAML); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    json_kwargs: Annotated[
+        str | None,
+        typer.Option(
+            "--json-kwargs", help="Keyword arguments as a JSON object.", show_default=False
+        ),
+    ] = None,
+    enqueue: Annotated[
+        bool,
+        typer.Option("--enqueue", help="Hand the run to the daemon and return its run id at once."),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="With --enqueue: wait until the run ends and exit with its result."
+        ),
+    ] = False,
+    state: StateOpt = None,
+) -> None:
+    """Run JOB now in the foreground (or hand it to the daemon with --enqueue)."""
+    import asyncio
+
+    from qtasks_cli import api
+    from qtasks_cli.events import EventBus
+
+    if wait and not enqueue:
+        _fail("--wait goes with --enqueue")
+    loaded = _load(config)
+    args, kwargs = _parse_call_args(arg, kwarg, json_kwargs)
+    try:
+        spec = api.get_job(loaded, job)
+        if enqueue:
+            api.bind_arguments(spec, args, kwargs)
+            run_id = api.enqueue(
+                job,
+                *(spec.args if args is None else args),
+                config=loaded.path,
+                state=state,
+                **(spec.kwargs if kwargs is None else kwargs),
+            )
+            print(run_id)
+            if not wait:
+                raise typer.Exit(EXIT_OK)
+            row = asyncio.run(api.wait_for_run(loaded, run_id, state=state))
+            print(
+                f"{row.job} {row.run_id} {row.status}"
+                + (f": {row.error_type}: {row.error}" if row.error else ""),
+                file=sys.stderr,
+            )
+            raise typer.Exit(EXIT_OK if row.status.ok else EXIT_JOB_FAILED)
+        mode = _log_mode(UI.plain)
+        bus = EventBus()
+        bus.subscribe(api.log_sink_for(mode))
+        bus.subscribe(_print_items)
+        result = asyncio.run(
+            api.trigger_now(loaded, job, args=args, kwargs=kwargs, state=state, bus=bus)
+        )
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    _exit_now(EXIT_OK if result.status.ok else EXIT_JOB_FAILED)
+
+
+def _print_items(event: Any) -> None:
+    from qtasks_cli.events import EventKind
+
+    if event.kind is EventKind.ITEM:
+        print(event.item, flush=True)
+
+
+def _parse_call_args(
+    arg: list[str] | None, kwarg: list[str] | None, json_kwargs: str | None
+) -> tuple[Any, Any]:
+    import yaml
+
+    def scalar(text: str) -> Any:
+        try:
+            return yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            return text
+
+    args = [scalar(a) for a in arg] if arg else None
+    kwargs: dict[str, Any] | None = None
+    if kwarg:
+        kwargs = {}
+        for item in kwarg:
+            key, sep, value = item.partition("=")
+            if not sep or not key.isidentifier():
+                _fail(f"--kwarg {item!r}: expected KEY=VALUE with KEY a Python identifier")
+            kwargs[key] = scalar(value)
+    if json_kwargs:
+        try:
+            extra = json.loads(json_kwargs)
+        except json.JSONDecodeError as exc:
+            _fail(f"--json-kwargs: not valid JSON: {exc}")
+        if not isinstance(extra, dict):
+            _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
+        kwargs = {**(kwargs or {}), **extra}
+    return args, kwargs
+
+
+@app.command()
+def history(
+    job: Annotated[str | None, typer.Argument(help="Only this job.", show_default=False)] = None,
+    config: ConfigOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 50,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs with this status (succeeded, failed, timed_out, ...).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Full rows as JSON lines.")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Per-job statistics.")] = False,
+    state: StateOpt = None,
+) -> None:
+    """Show past runs, newest first (or per-job statistics with --stats)."""
+    import asyncio
+
+    from qtasks_cli import api
+    from qtasks_cli.models import RunStatus
+    from qtasks_cli.ui import tables
+
+    loaded = _load(config, check_imports=False)
+    wanted = None
+    if status is not None:
+        try:
+            wanted = RunStatus(status)
+        except ValueError:
+            _fail(
+                f"--status: {status!r} is not a status "
+                f"(expected one of {', '.join(s.value for s in RunStatus)})"
+            )
+    if job is not None:
+        try:
+            api.get_job(loaded, job)
+        except QtasksError as exc:
+            _fail(str(exc), exc.exit_code)
+    try:
+        rows = asyncio.run(
+            api.read_history(loaded, job=job, limit=limit, status=wanted, state=state, stats=stats)
+        )
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        for row in rows:
+            print(json.dumps(tables.row_json(row), default=str))
+    else:
+        print(tables.stats_text(rows) if stats else tables.history_text(rows))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except QtasksError as exc:  # anything a command did not map itself
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,820 @@
+"""The job file: YAML to a validated ``Config``, collecting every located problem in one pass."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from qtasks_cli import entrypoints, yamlload
+from qtasks_cli.durations import parse_duration
+from qtasks_cli.errors import (
+    ConfigError,
+    ConfigFileError,
+    DurationError,
+    EntryPointError,
+    Problem,
+)
+from qtasks_cli.models import (
+    CatchUp,
+    Config,
+    Isolation,
+    JobSpec,
+    Overlap,
+    RetryPolicy,
+    Schedule,
+    Settings,
+)
+from qtasks_cli.yamlload import Located
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+KNOWN_TOP_KEYS = ("settings", "defaults", "jobs")
+KNOWN_SETTINGS_KEYS = (
+    "path", "state", "timezone", "max_concurrent", "shutdown_grace", "keep_runs",
+    "keep_days", "max_catch_up", "node_timeout", "schema",
+)  # fmt: skip
+KNOWN_JOB_KEYS = (
+    "entrypoint", "schedule", "timezone", "args", "kwargs", "retry", "retry_on", "timeout",
+    "overlap", "catch_up", "misfire_grace", "generate_handler", "echo", "on_failure",
+    "on_success", "enabled", "description", "isolation", "kill_grace", "retry_interrupted",
+)  # fmt: skip
+KNOWN_RETRY_KEYS = ("retries", "on", "delay", "backoff", "max_delay", "jitter")
+# Keys whose mapping values merge with the same mapping from `defaults`.
+_MERGED_KEYS = ("retry", "kwargs")
+_JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+Entries = dict[str, tuple[Located, Located]]
+
+
+class _Bad(Exception):
+    """A problem with the value being read; the caller reports it at that value."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Reported(Exception):
+    """The problem was already reported in place; just skip the value."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Context:
+    file: str
+    base_dir: Path
+    env: Mapping[str, str]
+    check_imports: bool
+    problems: list[Problem]
+
+    def report(self, node: Located, message: str, path: str | None = None) -> None:
+        key = node.path if path is None else path
+        self.problems.append(
+            Problem(file=self.file, line=node.line, column=node.column, key=key, message=message)
+        )
+
+    def fail(self, node: Located, message: str) -> NoReturn:
+        self.report(node, message)
+        raise _Reported
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$QTASKS_CONFIG`` if set, else ``./jobs.yaml``."""
+    chosen = (os.environ if env is None else env).get("QTASKS_CONFIG")
+    return Path(chosen) if chosen else Path("jobs.yaml")
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    check_imports: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and validate the job file at ``path``; ConfigFileError if it cannot be read,
+    ConfigError listing every problem if it is invalid."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigFileError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{shown}: is a directory, not a job file") from None
+    except PermissionError:
+        raise ConfigFileError(f"{shown}: permission denied") from None
+    except OSError as exc:
+        raise ConfigFileError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        limit = MAX_FILE_BYTES // (1024 * 1024)
+        raise ConfigError([_file_problem(shown, f"the file is larger than {limit} MB")])
+    text = _decode(data, shown)
+    base_dir = Path(os.path.normpath(Path(path).absolute().parent))
+    return parse_config_text(
+        text, filename=shown, base_dir=base_dir, check_imports=check_imports, env=env
+    )
+
+
+def _file_problem(file: str, message: str, line: int = 1, column: int = 1) -> Problem:
+    return Problem(file=file, line=line, column=column, key="", message=message)
+
+
+def _decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        message = f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded)"
+        raise ConfigError([_file_problem(file, message, line, column)]) from None
+
+
+def parse_config_text(
+    text: str,
+    *,
+    filename: str,
+    base_dir: Path,
+    check_imports: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate job-file ``text``; relative paths in it are taken from ``base_dir``."""
+    base_dir = Path(os.path.normpath(base_dir.absolute()))
+    tree, problems = yamlload.load(text, filename)
+    ctx = _Context(
+        file=filename,
+        base_dir=base_dir,
+        env=os.environ if env is None else env,
+        check_imports=check_imports,
+        problems=problems,
+    )
+    if tree is None:
+        message = "the file is empty; expected a mapping with a 'jobs' key"
+        raise ConfigError([*problems, _file_problem(filename, message)])
+    if tree.kind != "map":
+        ctx.report(tree, f"expected a mapping with a 'jobs' key at the top, got {tree.type_name()}")
+        raise ConfigError(_sorted(ctx.problems))
+    top: Entries = tree.value
+    for key, (key_node, _) in top.items():
+        # `x-` keys hold YAML anchors for reuse, as in docker compose files.
+        if key not in KNOWN_TOP_KEYS and not key.startswith("x-"):
+            ctx.report(key_node, _unknown_key(key, KNOWN_TOP_KEYS))
+    settings = _settings(ctx, top.get("settings"))
+    if check_imports:
+        entrypoints.add_to_sys_path(settings.path)
+    defaults = _defaults(ctx, top.get("defaults"))
+    jobs = _jobs(ctx, tree, top.get("jobs"), settings, defaults)
+    if ctx.problems:
+        raise ConfigError(_sorted(ctx.problems))
+    path = Path(filename) if Path(filename).is_absolute() else base_dir / Path(filename).name
+    return Config(path=path, settings=settings, jobs=jobs, digest=_digest(jobs))
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    unique = {(p.line, p.column, p.message): p for p in reversed(problems)}
+    return sorted(unique.values(), key=lambda p: (p.line, p.column))
+
+
+def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+    hint = entrypoints.did_you_mean(key, known)
+    if not hint:
+        hint = f" (known keys: {', '.join(known)})"
+    return f"unknown key {key!r}{hint}"
+
+
+def _mapping(ctx: _Context, entry: tuple[Located, Located] | None, what: str) -> Entries:
+    if entry is None or entry[1].is_null:
+        return {}
+    node = entry[1]
+    if node.kind != "map":
+        if not node.invalid:
+            ctx.report(node, f"expected a mapping of {what}, got {node.type_name()}")
+        return {}
+    entries: Entries = node.value
+    return entries
+
+
+# --- scalar readers: each returns the value or raises _Bad --------------------------------------
+
+
+def _str(node: Located) -> str:
+    if node.kind != "scalar" or not isinstance(node.value, str):
+        raise _Bad(f"expected a string, got {node.type_name()}")
+    return node.value
+
+
+def _bool(node: Located) -> bool:
+    if not isinstance(node.value, bool):
+        raise _Bad(f"expected true or false, got {node.type_name()}")
+    return node.value
+
+
+def _int(node: Located, minimum: int) -> int:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"expected a whole number >= {minimum}, got {node.type_name()}")
+    if value < minimum:
+        raise _Bad(f"expected a whole number >= {minimum}, got {value}")
+    return value
+
+
+def _optional(read: Callable[[Located], Any]) -> Callable[[Located], Any]:
+    return lambda node: None if node.is_null else read(node)
+
+
+def _positive_number(node: Located) -> float:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _Bad(f"expected a number > 0, got {_show(node)}")
+    return float(value)
+
+
+def _duration(node: Located, *, positive: bool = False) -> timedelta:
+    if node.kind != "scalar":
+        raise _Bad(f"expected a duration such as 30s, 5m or 1h30m, got {node.type_name()}")
+    try:
+        value = parse_duration(node.value)
+    except DurationError as exc:
+        raise _Bad(str(exc)) from None
+    if positive and not value:
+        raise _Bad(f"expected a duration > 0, got {node.value!r}")
+    return value
+
+
+def _choice(enum_type: type[enum.Enum]) -> Callable[[Located], Any]:
+    allowed = [str(member.value) for member in enum_type]
+
+    def read(node: Located) -> Any:
+        value = node.value
+        if isinstance(value, bool):  # `none` is a string, but `off`/`no` are booleans in YAML
+            value = str(value).lower()
+        if not isinstance(value, str) or value not in allowed:
+            raise _Bad(f"expected one of {', '.join(allowed)}; got {_show(node)}")
+        return enum_type(value)
+
+    return read
+
+
+def _ref(node: Located) -> str:
+    text = _str(node)
+    try:
+        entrypoints.split_ref(text)
+    except EntryPointError as exc:
+        raise _Bad(str(exc)) from None
+    return text
+
+
+def _zone(node: Located) -> str:
+    name = _str(node)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        from zoneinfo import available_timezones
+
+        hint = entrypoints.did_you_mean(name, available_timezones())
+        raise _Bad(f"unknown time zone {name!r}{hint}") from None
+    return name
+
+
+def _show(node: Located) -> str:
+    return repr(node.value) if node.kind == "scalar" else node.type_name()
+
+
+def local_zone_name(env: Mapping[str, str] | None = None) -> str:
+    """The machine's IANA zone name: $TZ, the /etc/localtime link, /etc/timezone, else UTC."""
+    candidates = [(os.environ if env is None else env).get("TZ", "").lstrip(":")]
+    link = os.path.realpath("/etc/localtime")
+    if "/zoneinfo/" in link:
+        candidates.append(link.split("/zoneinfo/", 1)[1])
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    for name in candidates:
+        try:
+            if name:
+                ZoneInfo(name)
+                return name
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+    return "UTC"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
+    readers: dict[str, Callable[[Located], Any]] = {
+        "path": lambda node: _folders(ctx, node),
+        "state": lambda node: _state(ctx, node),
+        "timezone": _zone,
+        "max_concurrent": lambda node: _int(node, 1),
+        "shutdown_grace": _duration,
+        "keep_runs": _optional(lambda node: _int(node, 1)),
+        "keep_days": _optional(_positive_number),
+        "max_catch_up": lambda node: _int(node, 1),
+        "node_timeout": lambda node: _duration(node, positive=True),
+        "schema": _schema,
+    }
+    values: dict[str, Any] = {
+        "path": (ctx.base_dir,),
+        "state": str(ctx.base_dir / ".qtasks" / "state.db"),
+        "timezone": local_zone_name(ctx.env),
+    }
+    for key, (key_node, node) in _mapping(ctx, entry, "settings").items():
+        if key not in readers:
+            ctx.report(key_node, _unknown_key(key, KNOWN_SETTINGS_KEYS))
+        elif not node.invalid:
+            try:
+                values[key] = readers[key](node)
+            except _Bad as exc:
+                ctx.report(node, exc.message)
+            except _Reported:
+                pass
+    return Settings(**values)
+
+
+def _folders(ctx: _Context, node: Located) -> tuple[Path, ...]:
+    items = node.value if node.kind == "seq" else [node]
+    folders = []
+    for item in items:
+        if item.kind != "scalar" or not isinstance(item.value, str) or not item.value:
+            ctx.fail(item, f"expected a folder or a list of folders, got {_show(item)}")
+        folder = Path(os.path.normpath(ctx.base_dir / os.path.expanduser(item.value)))
+        if ctx.check_imports and not folder.is_dir():
+            ctx.fail(item, f"folder {str(folder)!r} does not exist")
+        folders.append(folder)
+    return tuple(folders)
+
+
+def _state(ctx: _Context, node: Located) -> str:
+    text = _str(node)
+    if text.startswith(_POSTGRES_SCHEMES):
+        return text
+    if "://" in text or not text.strip():
+        raise _Bad(f"expected a file path or a postgresql:// URL, got {text!r}")
+    return os.path.normpath(ctx.base_dir / os.path.expanduser(text))
+
+
+def _schema(node: Located) -> str:
+    text = _str(node)
+    if not _SCHEMA.match(text):
+        raise _Bad(f"expected an SQL identifier (letters, digits, _; at most 63), got {text!r}")
+    return text
+
+
+# --- defaults and jobs ------------------------------------------------------------------------
+
+
+def _defaults(ctx: _Context, entry: tuple[Located, Located] | None) -> Entries:
+    entries = _mapping(ctx, entry, "job keys applied to every job")
+    for key, (key_node, _) in entries.items():
+        if key not in KNOWN_JOB_KEYS:
+            ctx.report(key_node, _unknown_key(key, KNOWN_JOB_KEYS))
+    return _normalize_retry(ctx, entries)
+
+
+def _jobs(
+    ctx: _Context,
+    root: Located,
+    entry: tuple[Located, Located] | None,
+    settings: Settings,
+    defaults: Entries,
+) -> dict[str, JobSpec]:
+    if entry is None:
+        ctx.report(root, "no jobs defined (add a 'jobs' mapping)")
+        return {}
+    entries = _mapping(ctx, entry, "job names to jobs")
+    if not entries and (entry[1].kind == "map" or entry[1].is_null):
+        ctx.report(entry[1], "no jobs defined")
+    jobs: dict[str, JobSpec] = {}
+    for name, (name_node, node) in entries.items():
+        if not _JOB_NAME.match(name):
+            ctx.report(
+                name_node,
+                f"invalid job name {name!r}: use letters, digits, '_', '.' and '-' "
+                "(at most 100 characters)",
+            )
+        spec = _JobReader(ctx, name, name_node, settings).read(node, defaults)
+        if spec is not None:
+            jobs[name] = spec
+    return jobs
+
+
+def _normalize_retry(ctx: _Context, entries: Entries) -> Entries:
+    """Spell `retry` as a mapping and fold `retry_on` into it, so defaults merge key by key."""
+    result = dict(entries)
+    retry = result.get("retry")
+    if retry is not None and retry[1].kind == "scalar" and _is_int(retry[1].value):
+        key_node, node = retry
+        result["retry"] = (key_node, _synthetic_map(node, {"retries": node}))
+    retry_on = result.pop("retry_on", None)
+    if retry_on is None:
+        return result
+    on_key, on_node = retry_on
+    retry = result.get("retry")
+    if retry is None or retry[1].is_null:
+        result["retry"] = (on_key, _synthetic_map(on_node, {"on": on_node}))
+    elif retry[1].kind == "map":
+        if "on" in retry[1].value:
+            line = retry[1].value["on"][0].line
+            ctx.report(on_key, f"retry_on repeats retry.on (line {line}); give only one")
+        else:
+            merged = {**retry[1].value, "on": (on_key, on_node)}
+            result["retry"] = (retry[0], _synthetic_map(retry[1], {}, merged))
+    return result
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _synthetic_map(
+    at: Located, values: dict[str, Located], entries: Entries | None = None
+) -> Located:
+    entries = dict(entries or {})
+    for key, node in values.items():
+        key_node = Located(
+            kind="scalar", value=key, line=node.line, column=node.column, path=node.path
+        )
+        entries[key] = (key_node, node)
+    return Located(kind="map", value=entries, line=at.line, column=at.column, path=at.path)
+
+
+def _merge_defaults(defaults: Entries, own: Entries) -> Entries:
+    result = dict(defaults)
+    for key, (key_node, node) in own.items():
+        base = result.get(key)
+        if key in _MERGED_KEYS and base and base[1].kind == "map" and node.kind == "map":
+            node = _synthetic_map(node, {}, {**base[1].value, **node.value})
+        result[key] = (key_node, node)
+    return result
+
+
+def _description(node: Located) -> str:
+    return "" if node.is_null else _str(node)
+
+
+def _backoff(node: Located) -> float:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+        raise _Bad(f"expected a number >= 1, got {_show(node)}")
+    return float(value)
+
+
+_JOB_FIELDS: dict[str, Callable[[Located], Any]] = {
+    "entrypoint": _ref,
+    "timezone": _optional(_zone),
+    "timeout": _optional(lambda node: _duration(node, positive=True)),
+    "overlap": _choice(Overlap),
+    "catch_up": _choice(CatchUp),
+    "misfire_grace": _duration,
+    "generate_handler": _optional(_ref),
+    "echo": _bool,
+    "on_failure": _optional(_ref),
+    "on_success": _optional(_ref),
+    "enabled": _bool,
+    "description": _description,
+    "isolation": _choice(Isolation),
+    "kill_grace": _duration,
+    "retry_interrupted": _bool,
+}
+_RETRY_FIELDS: dict[str, Callable[[Located], Any]] = {
+    "retries": lambda node: _int(node, 0),
+    "delay": _duration,
+    "backoff": _backoff,
+    "max_delay": _duration,
+    "jitter": _duration,
+}
+# What the executor passes to each hook: they must accept exactly one argument.
+_HOOKS = (
+    ("generate_handler", "each yielded item"),
+    ("on_failure", "the RunResult"),
+    ("on_success", "the RunResult"),
+)
+
+
+class _JobReader:
+    """Reads one job (its own keys merged over `defaults`) into a JobSpec, reporting problems."""
+
+    def __init__(self, ctx: _Context, name: str, name_node: Located, settings: Settings) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.name_node = name_node
+        self.settings = settings
+        self.ok = True
+        self.nodes: dict[str, Located] = {}
+        self.values: dict[str, Any] = {"name": name, "line": name_node.line}
+        self.secrets: dict[str, str] = {}
+        self.exception_nodes: list[Located] = []
+        self.arguments_ok = True  # args and kwargs read without problems
+
+    def report(self, node: Located, message: str, *, per_job: bool = False) -> None:
+        """Report at ``node``; ``per_job`` problems depend on the job, so a value inherited
+        from `defaults` says which job it broke (others are reported once)."""
+        self.ok = False
+        own = node.path == f"jobs.{self.name}" or node.path.startswith(f"jobs.{self.name}.")
+        self.ctx.report(node, f"job {self.name!r}: {message}" if per_job and not own else message)
+
+    def read(self, node: Located, defaults: Entries) -> JobSpec | None:
+        if node.kind != "map":
+            if not node.invalid:
+                self.report(
+                    node, f"expected a mapping with at least 'entrypoint', got {node.type_name()}"
+                )
+            return None
+        for key, (key_node, _) in node.value.items():
+            if key not in KNOWN_JOB_KEYS:
+                self.report(key_node, _unknown_key(key, KNOWN_JOB_KEYS))
+        entries = _merge_defaults(defaults, _normalize_retry(self.ctx, node.value))
+        self.nodes = {key: value for key, (_, value) in entries.items()}
+        for key, value in self.nodes.items():
+            if value.invalid:
+                self.ok = False
+            elif key in _JOB_FIELDS:
+                self._read_field(key, value)
+        if "entrypoint" not in self.nodes:
+            self.report(
+                self.name_node, "missing 'entrypoint' (the function to run, 'module:function')"
+            )
+        zone = self.values.get("timezone") or self.settings.timezone
+        self.values["timezone"] = zone
+        self._read_schedule(self.nodes.get("schedule"), zone)
+        self._read_arguments()
+        self._read_retry(self.nodes.get("retry"))
+        if self.ctx.check_imports:
+            self._check_imports()
+        if not self.ok:
+            return None
+        secrets = sorted(self.secrets.items(), key=lambda pair: -len(pair[0]))
+        return JobSpec(**self.values, secrets=tuple(secrets))
+
+    def _read_field(self, key: str, node: Located) -> None:
+        try:
+            self.values[key] = _JOB_FIELDS[key](node)
+        except _Bad as exc:
+            self.report(node, exc.message)
+
+    def _read_schedule(self, node: Located | None, zone_name: str) -> None:
+        if node is None or node.is_null or node.invalid:
+            return
+        from qtasks_cli.schedule import parse_schedule, union
+
+        try:
+            zone = ZoneInfo(zone_name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            zone = ZoneInfo("UTC")  # already reported; still check the schedule itself
+        items: list[Located] = node.value if node.kind == "seq" else [node]
+        if not items:
+            self.report(node, "expected a schedule or a list of schedules, got an empty list")
+        compiled: list[Schedule] = []
+        for item in items:
+            if item.invalid:
+                self.ok = False
+            elif item.kind == "seq" or (item.kind == "scalar" and not isinstance(item.value, str)):
+                self.report(
+                    item,
+                    "expected a cron string such as '59 23 * * *' or a mapping such as "
+                    f"{{hour: 23, minute: 59}}, got {_show(item)}",
+                )
+            else:
+                try:
+                    compiled.append(parse_schedule(yamlload.plain(item), zone))
+                except ValueError as exc:
+                    self.report(item, str(exc))
+        if compiled and len(compiled) == len(items):
+            self.values["schedule"] = compiled[0] if len(compiled) == 1 else union(compiled)
+            self.values["schedule_text"] = "; ".join(_compact(yamlload.plain(i)) for i in items)
+
+    def _read_arguments(self) -> None:
+        args, kwargs = self.nodes.get("args"), self.nodes.get("kwargs")
+        if args is not None and not args.is_null and not args.invalid:
+            if args.kind == "seq":
+                self.values["args"] = tuple(self._interpolate(item) for item in args.value)
+            else:
+                self.arguments_ok = False
+                self.report(args, f"expected a list of arguments, got {args.type_name()}")
+        if kwargs is not None and not kwargs.is_null and not kwargs.invalid:
+            if kwargs.kind == "map":
+                self.values["kwargs"] = self._interpolate(kwargs)
+            else:
+                self.arguments_ok = False
+                self.report(
+                    kwargs, f"expected a mapping of keyword arguments, got {kwargs.type_name()}"
+                )
+
+    def _interpolate(self, node: Located) -> Any:
+        """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
+        if node.kind == "map":
+            return {key: self._interpolate(value) for key, (_, value) in node.value.items()}
+        if node.kind == "seq":
+            return [self._interpolate(item) for item in node.value]
+        if not isinstance(node.value, str) or "${" not in node.value:
+            return node.value
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            value = self.ctx.env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    missing.append(name)
+                return default or ""
+            if value:
+                self.secrets.setdefault(value, match.group(0))
+            return value
+
+        text = _PLACEHOLDER.sub(substitute, node.value)
+        if missing:
+            self.arguments_ok = False
+            names = ", ".join(repr(name) for name in missing)
+            what = f"variables {names} are" if len(missing) > 1 else f"variable {names} is"
+            hint = f"give a default with ${{{missing[0]}:-value}}"
+            self.report(node, f"environment {what} not set ({hint})")
+        return text
+
+    def _read_retry(self, node: Located | None) -> None:
+        if node is None or node.is_null or node.invalid:
+            return
+        if node.kind != "map":
+            self.report(
+                node,
+                "expected a number of retries such as 3, or a mapping such as "
+                f"{{retries: 3, delay: 1s}}, got {_show(node)}",
+            )
+            return
+        fields: dict[str, Any] = {}
+        for key, (key_node, value) in node.value.items():
+            if key not in KNOWN_RETRY_KEYS:
+                self.report(key_node, _unknown_key(key, KNOWN_RETRY_KEYS))
+            elif value.invalid:
+                self.ok = False
+            elif key == "on":
+                fields["on"] = self._exception_names(value)
+            else:
+                try:
+                    fields[key] = _RETRY_FIELDS[key](value)
+                except _Bad as exc:
+                    self.report(value, exc.message)
+        self.values["retry"] = RetryPolicy(**fields)
+
+    def _exception_names(self, node: Located) -> tuple[str, ...]:
+        items = [] if node.is_null else node.value if node.kind == "seq" else [node]
+        names = []
+        for item in items:
+            if item.kind != "scalar" or not isinstance(item.value, str):
+                self.report(item, f"expected an exception class name, got {_show(item)}")
+                continue
+            try:
+                if ":" in item.value:
+                    entrypoints.split_ref(item.value)  # imported with the other references
+                else:
+                    entrypoints.resolve_exception(item.value)
+            except EntryPointError as exc:
+                self.report(item, str(exc))
+                continue
+            names.append(item.value)
+            self.exception_nodes.append(item)
+        return tuple(names)
+
+    # --- import checks ------------------------------------------------------------------------
+
+    def _check_imports(self) -> None:
+        """Import what the job names; runs on whatever parsed, so one pass finds everything."""
+        values = self.values
+        ref = values.get("entrypoint")
+        fn = self._callable(ref, "entrypoint") if ref else None
+        if fn is not None:
+            args, kwargs = values.get("args", ()), values.get("kwargs", {})
+            reason = None
+            if self.arguments_ok:
+                reason = entrypoints.check_binding(fn, args, kwargs)
+            if reason:
+                signature = entrypoints.describe_signature(fn)
+                message = f"arguments do not fit {signature}: {reason}"
+                self.report(self._binding_node(reason), message, per_job=True)
+            kind = entrypoints.kind_of(fn)
+            if not kind.is_generator:
+                why = f"{ref!r} is a {kind.value} function, not a generator"
+                if values.get("generate_handler"):
+                    message = f"generate_handler needs a generator entrypoint; {why}"
+                    self.report(self.nodes["generate_handler"], message, per_job=True)
+                if values.get("echo"):
+                    message = f"echo: true needs a generator entrypoint; {why}"
+                    self.report(self.nodes["echo"], message, per_job=True)
+        for key, receives in _HOOKS:
+            ref = values.get(key)
+            handler = self._callable(ref, key) if ref else None
+            reason = entrypoints.check_binding(handler, (None,), {}) if handler else None
+            if reason:
+                message = f"{ref!r} must accept one argument ({receives}): {reason}"
+                self.report(self.nodes[key], message)
+        for item in self.exception_nodes:
+            if ":" in item.value:
+                try:
+                    entrypoints.resolve_exception(item.value)
+                except EntryPointError as exc:
+                    self.report(item, str(exc))
+
+    def _callable(self, ref: str, key: str) -> Any:
+        try:
+            obj = entrypoints.resolve(ref)
+        except EntryPointError as exc:
+            self.report(self.nodes[key], str(exc))
+            return None
+        if not callable(obj):
+            what = f"{type(obj).__name__} {obj!r:.60}"
+            self.report(self.nodes[key], f"{ref!r} is not callable (it is {what})")
+            return None
+        return obj
+
+    def _binding_node(self, reason: str) -> Located:
+        args, kwargs = self.nodes.get("args"), self.nodes.get("kwargs")
+        if kwargs is not None and "keyword" in reason:
+            return kwargs
+        return args or kwargs or self.nodes["entrypoint"]
+
+
+def _compact(value: Any) -> str:
+    """A schedule as written, on one line: ``{hour: 23, minute: 59}``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_compact(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_compact(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+# --- digests ----------------------------------------------------------------------------------
+
+_NOT_DEFINITION = ("line", "secrets", "schedule_text")
+
+
+def _canonical(value: Any, redact: Callable[[str], str] | None = None) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, str):
+        return redact(value) if redact else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): _canonical(item, redact) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item, redact) for item in value]
+    if isinstance(value, date):
+        return {"date": value.isoformat()}
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return repr(value)
+
+
+def _definition(job: JobSpec) -> dict[str, Any]:
+    """The job as it behaves: secrets show as their ``${NAME}``, formatting does not count."""
+    definition: dict[str, Any] = {}
+    for f in dataclasses.fields(job):
+        if f.name in _NOT_DEFINITION:
+            continue
+        value = getattr(job, f.name)
+        if f.name == "schedule":
+            definition[f.name] = value.key if value is not None else None
+        elif f.name in ("args", "kwargs"):
+            definition[f.name] = _canonical(value, job.redact)
+        else:
+            definition[f.name] = _canonical(value)
+    return definition
+
+
+def _hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(job: JobSpec) -> str:
+    """sha256 of the job's effective definition; equal fingerprints mean the same behaviour."""
+    return _hash(_definition(job))
+
+
+def _digest(jobs: Mapping[str, JobSpec]) -> str:
+    return _hash({name: _definition(job) for name, job in jobs.items()})

@@ -1,0 +1,848 @@
+"""Runs one job once: attempts with retries and a per-attempt timeout, generators, hooks.
+
+``execute`` is the one engine behind ``qtasks run`` and ``qtasks trigger``. It reports what happens
+as Events through a callback, returns a RunResult and never prints or touches the store.
+tenacity is imported only when a run executes, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import os
+import random
+import sys
+import threading
+import traceback
+import types
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from qtasks_cli import entrypoints
+from qtasks_cli.durations import format_duration
+from qtasks_cli.entrypoints import CallableKind
+from qtasks_cli.events import Event, EventKind
+from qtasks_cli.models import Attempt, JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CHARS = 200
+ERROR_CHARS = 2_000
+TRACEBACK_CHARS = 16 * 1024
+HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
+
+_FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
+
+
+# --- the concurrency cap -------------------------------------------------------------------------
+
+
+class Capacity:
+    """A FIFO limiter: ``acquire`` waits its turn, ``release`` hands the unit to the next waiter.
+
+    ``borrow`` takes a unit without waiting and may exceed the limit; it is how a thread that
+    outlived its timeout keeps counting against the cap until it returns.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {limit!r}")
+        self._limit = limit
+        self._in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take one unit, waiting behind everyone who asked earlier."""
+        if self._in_use < self._limit and not self._waiters:
+            self._in_use += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The unit arrived just as we were cancelled: pass it on rather than leak it.
+                self.release()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def borrow(self) -> None:
+        """Take one unit now, even beyond the limit."""
+        self._in_use += 1
+
+    def release(self) -> None:
+        """Give back one unit taken by ``acquire`` or ``borrow``."""
+        if self._in_use <= 0:
+            raise RuntimeError("Capacity.release() called more often than acquire() and borrow()")
+        self._in_use -= 1
+        while self._waiters and self._in_use < self._limit:
+            waiter = self._waiters.popleft()
+            self._in_use += 1  # counted at hand-over, so nobody can overtake the waiter
+            waiter.set_result(None)
+
+
+# --- threads and the runtime ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What a call did, as a value: asyncio re-raises SystemExit and KeyboardInterrupt that
+    escape a task or a future, so nothing a job raises may travel as an exception there."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _capture(fn: Callable[..., Any], *args: Any) -> _Outcome:
+    try:
+        return _Outcome(value=fn(*args))
+    except BaseException as exc:
+        return _Outcome(error=exc)
+
+
+async def _guarded(awaitable: Awaitable[Any]) -> _Outcome:
+    try:
+        return _Outcome(value=await awaitable)
+    except BaseException as exc:
+        return _Outcome(error=exc)
+
+
+class Runtime:
+    """Shared by all runs of one process: the concurrency cap and the threads for sync code.
+
+    Sync code runs in a daemon thread per call, named ``qtasks-job-N``. A run uses one thread at
+    a time and holds a capacity unit, so the cap bounds the threads. Not a ThreadPoolExecutor:
+    its workers are joined at interpreter exit, so one stuck job would hang shutdown, and a
+    worker kept busy by a timed-out call would starve the retry or hook that follows it.
+    """
+
+    def __init__(self, max_concurrent: int) -> None:
+        self.capacity = Capacity(max_concurrent)
+        self.zombies = 0  # threads whose caller stopped waiting and that have not returned yet
+        self._closed = False
+        self._numbers = itertools.count(1)
+        self._stray: set[asyncio.Task[Any]] = set()
+
+    def shutdown(self) -> None:
+        """Start no more threads; threads still running are not waited for."""
+        self._closed = True
+
+    async def call_in_thread(
+        self, call: Callable[[], Any], *, on_abandon: Callable[[threading.Thread], str]
+    ) -> Any:
+        """``call()`` in a new thread; returns its value or raises what it raised.
+
+        If the caller is cancelled while the thread still runs, the thread becomes a zombie: it
+        borrows a capacity unit until it returns, and ``on_abandon(thread)`` names it for the log.
+        """
+        if self._closed:
+            raise RuntimeError("the qtasks runtime is shut down; no new job threads start")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Outcome] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def deliver(outcome: _Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        def target() -> None:
+            outcome = _capture(context.run, call)
+            # RuntimeError: the loop is closed, so nobody waits for this thread any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, outcome)
+
+        thread = threading.Thread(
+            target=target, name=f"qtasks-job-{next(self._numbers)}", daemon=True
+        )
+        thread.start()
+        try:
+            outcome = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                self._adopt_zombie(future, on_abandon(thread))
+            raise
+        return outcome.unwrap()
+
+    def _adopt_zombie(self, future: asyncio.Future[_Outcome], what: str) -> None:
+        self.capacity.borrow()
+        self.zombies += 1
+        log.warning(
+            "%s; thread still running; counted against max_concurrent until it returns", what
+        )
+
+        def bury(_: asyncio.Future[_Outcome]) -> None:
+            self.zombies -= 1
+            self.capacity.release()
+            log.info("%s; its thread has returned", what)
+
+        future.add_done_callback(bury)
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a task that ignored its cancellation, so it is not garbage collected mid-run."""
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _HandlerFailed(Exception):
+    """The generate_handler raised; the attempt fails with the handler's own exception."""
+
+    def __init__(self, ref: str, original: BaseException) -> None:
+        super().__init__(ref, original)
+        self.ref = ref
+        self.original = original
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Failure:
+    status: RunStatus  # FAILED or TIMED_OUT
+    exc: BaseException  # what retry_on is matched against; a TimeoutError for a timeout
+    error_type: str
+    error: str
+    traceback: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _AttemptResult:
+    value: Any = None
+    items: int | None = None
+    failure: _Failure | None = None
+
+
+class _Run:
+    """The mutable state of one ``execute`` call."""
+
+    def __init__(
+        self,
+        job: JobSpec,
+        *,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        runtime: Runtime,
+        emit: Callable[[Event], None],
+        clock: Callable[[], datetime],
+        resolve: Callable[[str], Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.trigger = trigger
+        self.scheduled = scheduled
+        self.runtime = runtime
+        self.clock = clock
+        self.resolve = resolve
+        self.args = args
+        self.kwargs = kwargs
+        self.attempt_log: list[Attempt] = []
+        self.items: int | None = None  # items handled by the current attempt
+        self.abandon_reason = "cancelled"
+        self.stuck_stack: traceback.StackSummary | None = None
+        self._emit = emit
+        self._retry_types: tuple[type[BaseException], ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"job {self.job.name!r} run {self.run_id}"
+
+    def event(self, kind: EventKind, **fields: Any) -> None:
+        event = Event(kind=kind, time=self.clock(), job=self.job.name, run_id=self.run_id, **fields)
+        try:
+            self._emit(event)
+        except Exception:
+            log.exception("%s: emitting the %s event failed", self.label, kind)
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
+        awaitable it returns is awaited on the loop."""
+        if entrypoints.kind_of(fn) is CallableKind.ASYNC:
+            value = fn(*args, **kwargs)
+        else:
+            value = await self.in_thread(functools.partial(fn, *args, **kwargs))
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    async def in_thread(self, call: Callable[[], Any]) -> Any:
+        return await self.runtime.call_in_thread(call, on_abandon=self._abandon)
+
+    def _abandon(self, thread: threading.Thread) -> str:
+        frame = sys._current_frames().get(thread.ident or -1)
+        if frame is not None:
+            self.stuck_stack = traceback.extract_stack(frame)
+        return f"{self.label}: {self.abandon_reason}"
+
+    async def bounded(
+        self, awaitable: Awaitable[Any], timeout: float | None, what: str
+    ) -> tuple[_Outcome | None, bool]:
+        """Run ``awaitable`` in its own task, cancelled after ``timeout`` seconds.
+
+        Returns its outcome (None if it would not stop) and whether it timed out.
+        """
+        task = asyncio.get_running_loop().create_task(
+            _guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
+        )
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            self.abandon_reason = f"{what} cancelled"
+            await self._stop(task, what)
+            raise
+        if done:
+            return task.result(), False
+        self.abandon_reason = f"{what} timed out after {_seconds(timeout or 0)}"
+        return await self._stop(task, what), True
+
+    async def _stop(self, task: asyncio.Task[_Outcome], what: str) -> _Outcome | None:
+        task.cancel()
+        # Even with no grace, let the task see its cancellation once before judging it stuck.
+        grace = max(self.job.kill_grace.total_seconds(), 0.01)
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if done:
+            return task.result()
+        log.warning(
+            "%s: %s ignored its cancellation for %s; left running on the loop",
+            self.label,
+            what,
+            _seconds(grace),
+        )
+        self.runtime.keep(task)
+        return None
+
+    def retryable(self, exc: BaseException) -> bool:
+        if self._retry_types is None:
+            self._retry_types = _retry_types(self.job)
+        return isinstance(exc, self._retry_types)
+
+
+def _seconds(value: float) -> str:
+    return format_duration(timedelta(seconds=value))
+
+
+def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
+    if not job.retry.on:
+        return (Exception,)
+    found: list[type[BaseException]] = []
+    for name in job.retry.on:
+        try:
+            found.append(entrypoints.resolve_exception(name))
+        except Exception as exc:
+            log.warning(
+                "job %r: retry_on %r cannot be resolved (%s); it matches nothing",
+                job.name,
+                name,
+                exc,
+            )
+    return tuple(found)
+
+
+# --- calling the job -----------------------------------------------------------------------------
+
+
+async def _call_attempt(run: _Run) -> Any:
+    """Call the job once and return its result; a generator's result is its handled items.
+
+    This is the one step a process runner (``isolation: process``) would replace.
+    """
+    job = run.job
+    fn = run.resolve(job.entrypoint)
+    handler = run.resolve(job.generate_handler) if job.generate_handler else None
+    kind = entrypoints.kind_of(fn)
+    if kind is CallableKind.GENERATOR:
+        return await _drain(run, fn(*run.args, **run.kwargs), handler)
+    if kind is CallableKind.ASYNC_GENERATOR:
+        return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
+    value = await run.call(fn, *run.args, **run.kwargs)
+    # A plain function (a partial, a factory) may hand back a generator: iterate it too.
+    if isinstance(value, types.GeneratorType):
+        return await _drain(run, value, handler)
+    if isinstance(value, types.AsyncGeneratorType):
+        return await _drain_async(run, value, handler)
+    return value
+
+
+async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
+    """Iterate a sync generator, each step in a thread since it may block."""
+    handled: list[Any] = []
+    run.items = 0
+    end = object()
+    while True:
+        item = await run.in_thread(functools.partial(next, gen, end))
+        if item is end:
+            return handled
+        try:
+            handled.append(await _handle(run, handler, item))
+        except _HandlerFailed:
+            await run.in_thread(functools.partial(_close_quietly, gen))
+            raise
+
+
+async def _drain_async(run: _Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
+    handled: list[Any] = []
+    run.items = 0
+    async for item in agen:
+        try:
+            handled.append(await _handle(run, handler, item))
+        except _HandlerFailed:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.debug("%s: closing the generator failed", run.label, exc_info=True)
+            raise
+    return handled
+
+
+def _close_quietly(gen: Iterator[Any]) -> None:
+    close = getattr(gen, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except BaseException:  # runs in a thread; the handler's failure is the one to report
+        log.debug("closing the generator failed", exc_info=True)
+
+
+async def _handle(run: _Run, handler: Any, item: Any) -> Any:
+    if handler is None:
+        value = item
+    else:
+        try:
+            value = await run.call(handler, item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise _HandlerFailed(run.job.generate_handler or "", exc) from exc
+    run.items = (run.items or 0) + 1
+    if run.job.echo:
+        run.event(
+            EventKind.ITEM,
+            attempt=len(run.attempt_log) + 1,
+            item=_preview(value, run.job.redact),
+            items=run.items,
+        )
+    return value
+
+
+# --- attempts and retries ------------------------------------------------------------------------
+
+
+async def _attempt(run: _Run) -> _AttemptResult:
+    """One attempt under the job's timeout; records it and reports a failure."""
+    job = run.job
+    number = len(run.attempt_log) + 1
+    run.items = None
+    run.stuck_stack = None
+    started = run.clock()
+    if number == 1:
+        run.event(
+            EventKind.STARTED,
+            trigger=run.trigger,
+            scheduled=run.scheduled,
+            max_attempts=job.retry.attempts,
+        )
+    timeout = job.timeout.total_seconds() if job.timeout is not None else None
+    try:
+        outcome, timed_out = await run.bounded(_call_attempt(run), timeout, f"attempt {number}")
+    except asyncio.CancelledError:
+        run.attempt_log.append(
+            Attempt(number=number, started=started, ended=run.clock(), status=RunStatus.CANCELLED)
+        )
+        raise
+    result = _judge(run, outcome, timed_out)
+    failure = result.failure
+    run.attempt_log.append(
+        Attempt(
+            number=number,
+            started=started,
+            ended=run.clock(),
+            status=failure.status if failure else RunStatus.SUCCEEDED,
+            error_type=failure.error_type if failure else None,
+            error=failure.error if failure else None,
+        )
+    )
+    if failure is not None:
+        run.event(
+            EventKind.ATTEMPT_FAILED,
+            status=failure.status,
+            attempt=number,
+            max_attempts=job.retry.attempts,
+            error_type=failure.error_type,
+            error=failure.error,
+            level=logging.WARNING,
+        )
+    return result
+
+
+def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResult:
+    if timed_out:
+        return _AttemptResult(items=run.items, failure=_timeout_failure(run, outcome))
+    assert outcome is not None  # only a timed-out task may be left without an outcome
+    if outcome.error is None:
+        return _AttemptResult(value=outcome.value, items=run.items)
+    return _AttemptResult(items=run.items, failure=_failure(run.job, outcome.error))
+
+
+def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
+    """Seconds before retry n: min(delay * backoff^(n-1), max_delay) + uniform(0, jitter)."""
+    try:
+        delay = policy.base_delay(state.attempt_number)
+    except OverflowError:
+        delay = policy.max_delay.total_seconds()
+    jitter = policy.jitter.total_seconds()
+    return delay + (random.uniform(0.0, jitter) if jitter > 0 else 0.0)
+
+
+async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
+    """Attempts until one succeeds, a failure is not retryable or the retries are used up."""
+    import tenacity
+
+    policy = run.job.retry
+
+    def wanted(state: RetryCallState) -> bool:
+        outcome = state.outcome
+        if outcome is None or outcome.failed:  # a cancellation: let it propagate
+            return False
+        failure: _Failure | None = outcome.result().failure
+        return failure is not None and run.retryable(failure.exc)
+
+    def announce(state: RetryCallState) -> None:
+        run.event(
+            EventKind.RETRYING,
+            attempt=state.attempt_number + 1,
+            max_attempts=policy.attempts,
+            delay=float(state.upcoming_sleep),
+        )
+
+    async def pause(seconds: float) -> None:
+        await sleep(float(seconds))
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=functools.partial(_retry_delay, policy),
+        retry=wanted,
+        before_sleep=announce,
+        sleep=pause,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    final: _AttemptResult = await retrying(_attempt, run)
+    return final
+
+
+# --- errors, tracebacks and previews -------------------------------------------------------------
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object whose repr() failed>"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_start(text: str, limit: int) -> str:
+    # Keep the end: that is where the error is.
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def _failure(job: JobSpec, exc: BaseException) -> _Failure:
+    prefix = ""
+    if isinstance(exc, _HandlerFailed):
+        prefix = f"generate_handler {exc.ref!r} failed: "
+        exc = exc.original
+    return _Failure(
+        status=RunStatus.FAILED,
+        exc=exc,
+        error_type=_type_name(exc),
+        error=_clip(job.redact(prefix + _safe_str(exc)), ERROR_CHARS),
+        traceback=_clip_start(job.redact(format_user_traceback(exc)), TRACEBACK_CHARS),
+    )
+
+
+def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
+    job = run.job
+    message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
+    if run.stuck_stack is not None:
+        stack, where = run.stuck_stack, "its thread is still running here"
+    elif outcome is not None and outcome.error is not None:
+        stack, where = traceback.extract_tb(outcome.error.__traceback__), "cancelled here"
+    else:
+        stack, where = traceback.StackSummary(), ""
+    frames = _user_frames(stack)
+    text = None
+    if frames:
+        body = "".join(frames.format())
+        text = f"Traceback (most recent call last):\n{body}TimeoutError: {message} ({where})\n"
+        text = _clip_start(job.redact(text), TRACEBACK_CHARS)
+    return _Failure(
+        status=RunStatus.TIMED_OUT,
+        exc=TimeoutError(message),
+        error_type="TimeoutError",
+        error=message,
+        traceback=text,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _internal_prefixes() -> tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    for name in ("asyncio", "concurrent.futures", "tenacity", "importlib"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            dirs.append(os.path.dirname(os.path.abspath(spec.origin)))
+    return (*(d + os.sep for d in dirs), os.path.abspath(threading.__file__))
+
+
+def _is_internal(filename: str) -> bool:
+    if filename.startswith("<frozen importlib"):  # import machinery, frozen since 3.11
+        return True
+    return os.path.abspath(filename).startswith(_internal_prefixes())
+
+
+def _user_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    return traceback.StackSummary.from_list([f for f in stack if not _is_internal(f.filename)])
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` and its chained causes, without the frames of qtasks,
+    asyncio, concurrent.futures, tenacity, importlib and threading."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    pending, seen = [te], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = _user_frames(current.stack)
+        nested = [
+            current.__cause__,
+            current.__context__,
+            *(getattr(current, "exceptions", None) or ()),
+        ]
+        pending.extend(n for n in nested if n is not None)
+    return "".join(te.format())
+
+
+def _preview(value: Any, redact: Callable[[str], str]) -> str:
+    return _clip(redact(_safe_repr(value)), PREVIEW_CHARS)
+
+
+def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
+    """JSON of ``value`` when it fits in 200 characters, else a clipped repr; secrets redacted."""
+    if value is None:
+        return None
+    try:
+        text = redact(json.dumps(value, default=repr))
+    except Exception:  # circular, unhashable keys, a repr() that raises...
+        text = None
+    if text is not None and len(text) <= PREVIEW_CHARS:
+        return text
+    return _preview(value, redact)
+
+
+# --- the run's end and hooks ---------------------------------------------------------------------
+
+
+async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
+    return await run.call(run.resolve(ref), result)
+
+
+async def _run_hook(run: _Run, result: RunResult) -> None:
+    """on_success / on_failure: logged when it fails or hangs; never changes the run."""
+    job = run.job
+    if result.status is RunStatus.SUCCEEDED:
+        ref, name = job.on_success, "on_success"
+    elif result.status in _FAILED_FOR_GOOD:
+        ref, name = job.on_failure, "on_failure"
+    else:
+        return
+    if not ref:
+        return
+    bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
+    outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
+    if timed_out:
+        log.warning(
+            "%s: %s hook %r did not finish within %s; abandoned",
+            run.label,
+            name,
+            ref,
+            _seconds(bound),
+        )
+    elif outcome is not None and outcome.error is not None:
+        exc = outcome.error
+        log.warning(
+            "%s: %s hook %r failed: %s: %s",
+            run.label,
+            name,
+            ref,
+            _type_name(exc),
+            _clip(job.redact(_safe_str(exc)), ERROR_CHARS),
+        )
+
+
+def _finished_level(status: RunStatus) -> int:
+    if status is RunStatus.SUCCEEDED:
+        return logging.INFO
+    return logging.WARNING if status is RunStatus.CANCELLED else logging.ERROR
+
+
+def _finish(run: _Run, result: RunResult) -> None:
+    run.event(
+        EventKind.FINISHED,
+        trigger=result.trigger,
+        scheduled=result.scheduled,
+        status=result.status,
+        attempt=result.attempts,
+        max_attempts=run.job.retry.attempts,
+        duration=result.duration,
+        error_type=result.error_type,
+        error=result.error,
+        items=result.items,
+        level=_finished_level(result.status),
+    )
+
+
+def _build_result(
+    run: _Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
+) -> RunResult:
+    failure = final.failure
+    if failure is not None:
+        return RunResult(
+            **base,
+            ended=ended,
+            attempts=len(run.attempt_log),
+            status=failure.status,
+            error_type=failure.error_type,
+            error=failure.error,
+            traceback=failure.traceback,
+            items=final.items,
+            attempt_log=tuple(run.attempt_log),
+        )
+    return RunResult(
+        **base,
+        ended=ended,
+        attempts=len(run.attempt_log),
+        status=RunStatus.SUCCEEDED,
+        result=final.value,
+        result_preview=result_preview(final.value, run.job.redact),
+        items=final.items,
+        attempt_log=tuple(run.attempt_log),
+    )
+
+
+async def execute(
+    job: JobSpec,
+    *,
+    run_id: str,
+    trigger: TriggerKind,
+    scheduled: datetime | None,
+    runtime: Runtime,
+    emit: Callable[[Event], None],
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    resolve: Callable[[str], Any] = entrypoints.resolve,
+) -> RunResult:
+    """Run ``job`` once (up to 1 + retries attempts) and return how it went.
+
+    Never raises for anything the job does. The caller holds one ``runtime.capacity`` unit for
+    the run. If the caller cancels, the run is reported FINISHED with status CANCELLED and the
+    CancelledError is re-raised; a cancellation while a hook runs only stops the hook (the run's
+    FINISHED event has already gone out) and is re-raised too.
+    """
+    run = _Run(
+        job,
+        run_id=run_id,
+        trigger=trigger,
+        scheduled=scheduled,
+        runtime=runtime,
+        emit=emit,
+        clock=clock,
+        resolve=resolve,
+        args=tuple(job.args if args is None else args),
+        kwargs=dict(job.kwargs if kwargs is None else kwargs),
+    )
+    started = clock()
+    base: dict[str, Any] = {
+        "job": job.name,
+        "run_id": run_id,
+        "trigger": trigger,
+        "scheduled": scheduled,
+        "started": started,
+    }
+    try:
+        final = await _attempts(run, sleep)
+    except asyncio.CancelledError:
+        cancelled = RunResult(
+            **base,
+            ended=clock(),
+            attempts=len(run.attempt_log),
+            status=RunStatus.CANCELLED,
+            error="cancelled",
+            items=run.items,
+            attempt_log=tuple(run.attempt_log),
+        )
+        _finish(run, cancelled)
+        raise
+    result = _build_result(run, final, base, clock())
+    _finish(run, result)
+    await _run_hook(run, result)
+    return result

@@ -1,0 +1,1096 @@
+"""The SQLite state store: one file shared by the daemon, ``trigger`` and ``history``.
+
+Every blocking call runs in one dedicated worker thread that owns the connection, so
+the event loop never waits on the disk or on another process's lock. ``start`` and
+``finish`` are buffered and written in batches; ``claim``, ``enqueue`` and
+``take_queued`` decide something and are written at once.
+
+Times are stored as integer microseconds since the Unix epoch (UTC), so ordering is
+numeric and every value reads back as an aware UTC datetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qtasks_cli.errors import StoreError
+from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.store import new_run_id
+from qtasks_cli.store.base import Fire, JobStats, QueuedRun, RunRow
+
+if TYPE_CHECKING:
+    from qtasks_cli.store.base import Store
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we give up
+FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
+RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the file is locked
+BATCH_SIZE = 500  # more pending writes than this are written at once
+TRACEBACK_LIMIT = 16 * 1024  # characters of a traceback kept (the end, where the error is)
+CLOSE_ATTEMPTS = 3  # tries to write the buffer when closing before rows are given up
+MIN_SQLITE = (3, 25, 0)  # upserts and window functions
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
+_ACTIVE = (RunStatus.QUEUED.value, RunStatus.CLAIMED.value, RunStatus.RUNNING.value)
+
+# Step i brings a file from ``user_version`` i to i + 1; append, never edit.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            job TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            scheduled INTEGER,
+            created INTEGER NOT NULL,
+            started INTEGER,
+            ended INTEGER,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error_type TEXT,
+            error TEXT,
+            traceback TEXT,
+            result TEXT,
+            items INTEGER,
+            pid INTEGER,
+            host TEXT,
+            args_json TEXT,
+            kwargs_json TEXT,
+            UNIQUE (job, scheduled)
+        )
+        """,
+        """
+        CREATE TABLE attempts (
+            run_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            started INTEGER NOT NULL,
+            ended INTEGER,
+            status TEXT NOT NULL,
+            error_type TEXT,
+            error TEXT,
+            PRIMARY KEY (run_id, attempt)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE jobs (
+            job TEXT PRIMARY KEY,
+            last_scheduled INTEGER NOT NULL,
+            schedule_key TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX runs_job_time ON runs"
+        " (job, coalesce(started, scheduled, created) DESC, run_id DESC)",
+        "CREATE INDEX runs_time ON runs (coalesce(started, scheduled, created) DESC, run_id DESC)",
+        "CREATE INDEX runs_queued ON runs (created, run_id) WHERE status = 'queued'",
+        "CREATE INDEX runs_active ON runs (status) WHERE status IN ('claimed', 'running')",
+    ),
+]
+
+_RUN_COLUMNS = (
+    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
+    " traceback, result, items, pid, host, created"
+)
+_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
+
+_SQL_CLAIM = (
+    "INSERT INTO runs (run_id, job, trigger, scheduled, created, ended, status, error, pid, host)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, scheduled) DO NOTHING"
+)
+_SQL_ADVANCE_JOB = (
+    "INSERT INTO jobs (job, last_scheduled, schedule_key) VALUES (?, ?, ?)"
+    " ON CONFLICT (job) DO UPDATE SET"
+    " schedule_key = CASE WHEN excluded.last_scheduled >= jobs.last_scheduled"
+    " THEN excluded.schedule_key ELSE jobs.schedule_key END,"
+    " last_scheduled = max(jobs.last_scheduled, excluded.last_scheduled)"
+)
+_SQL_START = (
+    "UPDATE runs SET status = 'running', started = ?, pid = ?, host = ?"
+    " WHERE run_id = ? AND status IN ('queued', 'claimed', 'running')"
+)
+_SQL_FINISH = (
+    "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
+    " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?"
+)
+_SQL_ATTEMPT = (
+    "INSERT OR REPLACE INTO attempts"
+    " (run_id, attempt, started, ended, status, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_INSERT_RUN = (
+    "INSERT INTO runs (run_id, job, trigger, scheduled, created, started, ended, status,"
+    " attempts, error_type, error, traceback, result, items, pid, host, args_json, kwargs_json)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_ENQUEUE = (
+    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
+    " VALUES (?, ?, 'queued', ?, 'queued', ?, ?)"
+)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _to_us(value: datetime) -> int:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _opt_us(value: datetime | None) -> int | None:
+    return None if value is None else _to_us(value)
+
+
+def _from_us(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _truncate_traceback(text: str | None) -> str | None:
+    if text is None or len(text) <= TRACEBACK_LIMIT:
+        return text
+    dropped = len(text) - TRACEBACK_LIMIT
+    return f"[{dropped} characters cut]\n" + text[-TRACEBACK_LIMIT:]
+
+
+def _encode_request(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    bad_keys = [key for key in kwargs if not isinstance(key, str)]
+    if bad_keys:
+        raise StoreError(f"cannot enqueue {job!r}: keyword names must be strings, got {bad_keys!r}")
+    try:
+        return json.dumps(list(args)), json.dumps(dict(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"cannot enqueue {job!r}: its arguments must be JSON values "
+            f"(str, int, float, bool, None, lists and dicts): {exc}"
+        ) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but alive
+    except OSError:
+        return False
+    return True
+
+
+# -- opening a file -------------------------------------------------------------------
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Create ``folder`` 0700 if it is missing; an existing folder keeps its mode."""
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode passes through the umask
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the folder (0700) and the file (0600), or check an existing file's mode."""
+    try:
+        _ensure_folder(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            mode = path.stat().st_mode
+        else:
+            os.close(fd)
+            return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the state file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{path}: the state file is not a regular file")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"{path}: the state file is writable by other users "
+            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
+        )
+
+
+def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqlite3.Connection:
+    """An autocommit connection with WAL and the current schema, or StoreError."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        need = ".".join(map(str, MIN_SQLITE))
+        raise StoreError(
+            f"{path}: qtasks needs SQLite {need} or newer, "
+            f"but Python uses SQLite {sqlite3.sqlite_version}"
+        )
+    _prepare_file(path)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=not threaded
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the state file: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("%s: SQLite refused WAL mode (journal mode %s)", path, mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn, path)
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: not a usable qtasks state file: {exc}") from None
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    target = len(MIGRATIONS)
+    version = _check_version(conn, path, target)
+    if version == target:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        version = _check_version(conn, path, target)
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    if version != target:
+        log.info("%s: schema migrated from version %d to %d", path, version, target)
+
+
+def _check_version(conn: sqlite3.Connection, path: Path, known: int) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > known:
+        raise StoreError(
+            f"{path}: the state file was created by a newer qtasks (schema version {version}, "
+            f"this qtasks knows up to {known}); upgrade qtasks or use another state file"
+        )
+    return version
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback failed", exc_info=True)
+
+
+def _row_to_run(row: Sequence[Any]) -> RunRow:
+    return RunRow(
+        run_id=row[0],
+        job=row[1],
+        trigger=TriggerKind(row[2]),
+        scheduled=_from_us(row[3]),
+        started=_from_us(row[4]),
+        ended=_from_us(row[5]),
+        status=RunStatus(row[6]),
+        attempts=row[7],
+        error_type=row[8],
+        error=row[9],
+        traceback=row[10],
+        result=row[11],
+        items=row[12],
+        pid=row[13],
+        host=row[14],
+        created=_from_us(row[15]),
+    )
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    if not sorted_values:
+        return None
+    pos = q * (len(sorted_values) - 1)
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+# -- the synchronous fast path for enqueue() -----------------------------------------
+
+_cached: dict[tuple[int, str], tuple[sqlite3.Connection, threading.Lock]] = {}
+_cached_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _cached_connection(
+    path: str | os.PathLike[str],
+) -> tuple[sqlite3.Connection, threading.Lock]:
+    # Keyed by pid too: a forked child must not share its parent's connection.
+    key = (os.getpid(), os.path.abspath(os.path.expanduser(path)))
+    with _cached_lock:
+        entry = _cached.get(key)
+        if entry is None:
+            entry = (_connect(Path(key[1]), BUSY_TIMEOUT, threaded=True), threading.Lock())
+            _cached[key] = entry
+            _close_at_exit()
+        return entry
+
+
+def _close_at_exit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        import atexit
+
+        atexit.register(close_cached_connections)
+        _atexit_registered = True
+
+
+def enqueue_now(
+    path: str | os.PathLike[str],
+    job: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """Write a pending request for ``job`` to the state file at ``path``; return its run id.
+
+    Synchronous and fast (one connection per file is kept open), for the Python API.
+    """
+    args_json, kwargs_json = _encode_request(job, args, kwargs or {})
+    created = _to_us(now if now is not None else _utc_now())
+    conn, lock = _cached_connection(path)
+    run_id = new_run_id()
+    try:
+        with lock:
+            conn.execute(_SQL_ENQUEUE, (run_id, job, created, args_json, kwargs_json))
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot enqueue {job!r}: {exc}") from None
+    return run_id
+
+
+def close_cached_connections() -> None:
+    """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
+    with _cached_lock:
+        entries = list(_cached.values())
+        _cached.clear()
+    for conn, lock in entries:
+        with lock:
+            conn.close()
+
+
+# -- the daemon lock across fork() --------------------------------------------------
+
+_held_locks: set[int] = set()
+_fork_hook_registered = False
+
+
+def _forget_locks_in_children() -> None:
+    # A forked job process shares the lock's open file description; if it kept it,
+    # the lock would outlive a dead daemon. Closing the child's copy leaves ours held.
+    global _fork_hook_registered
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_close_held_locks)
+        _fork_hook_registered = True
+
+
+def _close_held_locks() -> None:
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+# -- the store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Write:
+    """One buffered write: statements run in order; the first one must touch a row."""
+
+    kind: str  # "start" or "finish", for messages
+    run_id: str
+    statements: tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+class SqliteStore:
+    """The ``Store`` over one SQLite file; see the module docstring for the threading."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+        flush_interval: float = FLUSH_INTERVAL,
+        retry_interval: float = RETRY_INTERVAL,
+        batch_size: int = BATCH_SIZE,
+        clock: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.location = str(self.path)
+        self._busy_timeout = busy_timeout
+        self._flush_interval = flush_interval
+        self._retry_interval = retry_interval
+        self._batch_size = batch_size
+        self._clock = clock
+        self._sleep = sleep
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used only in the worker thread
+        self._data_version = 0
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._pending: list[_Write] = []
+        self._flush_lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None  # timed flushes while rows wait
+        self._kick: asyncio.Task[None] | None = None  # an early flush of a full buffer
+        self._outage_since: float | None = None  # monotonic time of the first failed flush
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None or self._closed:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.location}: {what} failed: {exc}") from exc
+
+    async def _run_transaction(self, what: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        result: _T = await self._run(what, self._transaction, work)
+        return result
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        return self._conn
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT (worker thread)."""
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return result
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the file; idempotent."""
+        if self._closed:
+            raise RuntimeError(f"{self.location}: the store was closed; make a new one")
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qtasks-store")
+        try:
+            await self._run("opening the state file", self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        self._conn = _connect(self.path, self._busy_timeout)
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    async def close(self) -> None:
+        """Write buffered rows (retrying a few times), close the file, release the lock."""
+        if self._closed:
+            return
+        lost = 0
+        failure: StoreError | None = None
+        try:
+            for task in (self._writer, self._kick):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self._executor is not None:
+                for attempt in range(CLOSE_ATTEMPTS):
+                    failure = await self._flush()
+                    if failure is None:
+                        break
+                    if attempt + 1 < CLOSE_ATTEMPTS:
+                        await self._sleep(self._retry_interval)
+                lost = len(self._pending)
+                await self._run("closing the state file", self._close_sync)
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._release_lock()
+        if failure is not None and lost:
+            log.error("%s: %d run updates were never written: %s", self.location, lost, failure)
+            raise StoreError(
+                f"{self.location}: {lost} run updates could not be written before closing "
+                f"({failure.__cause__ or failure}); those runs will show as interrupted"
+            )
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def lock_daemon(self) -> None:
+        """Hold an exclusive flock on ``<file>.lock`` until close() or process exit."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        lock_path = f"{self.location}.lock"
+        try:
+            _ensure_folder(self.path.parent)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{lock_path}: cannot create the lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"{self.location}: another qtasks daemon (pid {holder}) is using this state file"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"{lock_path}: cannot lock: {exc.strerror}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self._pid}\n".encode(), 0)
+        self._lock_fd = fd
+        _held_locks.add(fd)
+        _forget_locks_in_children()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            _held_locks.discard(self._lock_fd)
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    # -- decisions: written at once ---------------------------------------------------
+
+    async def recover(self, now: datetime) -> list[RunRow]:
+        """Interrupt runs a dead daemon left behind and give back its claimed requests."""
+        await self._flush_for_read()
+        return await self._run("recovering unfinished runs", self._recover_sync, _to_us(now))
+
+    def _recover_sync(self, now_us: int) -> list[RunRow]:
+        notice = _from_us(now_us)
+        assert notice is not None
+        in_progress = (
+            f"daemon stopped while the run was in progress (noticed at {notice.isoformat()})"
+        )
+        not_started = "daemon stopped before the run started"
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT run_id, status, trigger, pid, host FROM runs"
+                " WHERE status IN ('claimed', 'running')"
+            ).fetchall()
+            requeue: list[tuple[str]] = []
+            interrupt: list[tuple[int, str, str]] = []
+            for run_id, status, trigger, pid, host in rows:
+                if status == RunStatus.RUNNING.value:
+                    if trigger == TriggerKind.MANUAL.value and self._runs_elsewhere(pid, host):
+                        continue  # `qtasks trigger` in another process is still running it
+                    interrupt.append((now_us, in_progress, run_id))
+                elif trigger == TriggerKind.QUEUED.value:
+                    requeue.append((run_id,))
+                else:
+                    interrupt.append((now_us, not_started, run_id))
+            conn.executemany(
+                "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
+                requeue,
+            )
+            conn.executemany(
+                "UPDATE runs SET status = 'interrupted', ended = ?, error = ? WHERE run_id = ?",
+                interrupt,
+            )
+            return [run_id for _, _, run_id in interrupt]
+
+        interrupted = self._transaction(work)
+        if interrupted:
+            log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
+        return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
+
+    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
+        return pid is not None and pid != self._pid and host == self._host and _pid_alive(pid)
+
+    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
+        """Per job, the last scheduled time recorded and its schedule key."""
+        rows = await self._run("reading last fires", self._fetch_all, "SELECT * FROM jobs", ())
+        return {job: (_EPOCH + timedelta(microseconds=us), key) for job, us, key in rows}
+
+    async def claim(self, fires: Sequence[Fire]) -> list[bool]:
+        """Insert each fire unless its (job, scheduled) exists; advance last fires; one commit."""
+        if not fires:
+            return []
+        created = _to_us(self._clock())
+        rows: list[tuple[Any, ...]] = []
+        latest: dict[str, tuple[int, str]] = {}
+        for fire in fires:
+            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
+                raise ValueError(
+                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
+                    "expected claimed, skipped or missed"
+                )
+            scheduled = _to_us(fire.scheduled)
+            ended = None if fire.status is RunStatus.CLAIMED else created
+            rows.append(
+                (
+                    fire.run_id,
+                    fire.job,
+                    fire.trigger.value,
+                    scheduled,
+                    created,
+                    ended,
+                    fire.status.value,
+                    fire.error,
+                    self._pid,
+                    self._host,
+                )
+            )
+            if fire.job not in latest or scheduled >= latest[fire.job][0]:
+                latest[fire.job] = (scheduled, fire.schedule_key)
+        jobs = [(job, us, key) for job, (us, key) in latest.items()]
+        return await self._run_transaction("claiming fires", _claim_work(rows, jobs))
+
+    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
+        """Insert a run that has no scheduled time (a manual run), as given."""
+        row = (
+            result.run_id,
+            result.job,
+            result.trigger.value,
+            _opt_us(result.scheduled),
+            _to_us(self._clock()),
+            _opt_us(result.started),
+            _opt_us(result.ended),
+            result.status.value,
+            result.attempts,
+            result.error_type,
+            result.error,
+            _truncate_traceback(result.traceback),
+            result.result_preview,
+            result.items,
+            self._pid,
+            self._host,
+            None if args is None else json.dumps(args, default=repr),
+            None if kwargs is None else json.dumps(kwargs, default=repr),
+        )
+        try:
+            await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise StoreError(
+                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
+                ) from None
+            raise
+
+    async def enqueue(
+        self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
+    ) -> str:
+        """Write a pending request (status and trigger ``queued``); return its run id."""
+        args_json, kwargs_json = _encode_request(job, args, kwargs)
+        run_id = new_run_id()
+        row = (run_id, job, _to_us(now), args_json, kwargs_json)
+        await self._run(f"enqueueing {job!r}", self._execute, _SQL_ENQUEUE, row)
+        return run_id
+
+    def enqueue_sync(
+        self, job: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> str:
+        """``enqueue`` without an event loop (see ``enqueue_now``); needs no open()."""
+        return enqueue_now(self.path, job, args, kwargs, now=self._clock())
+
+    async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
+        """Move up to ``limit`` oldest pending requests to ``claimed`` and return them."""
+        rows = await self._run_transaction("taking queued requests", self._take_work(limit))
+        return [
+            QueuedRun(
+                run_id=run_id,
+                job=job,
+                args=tuple(json.loads(args_json or "[]")),
+                kwargs=json.loads(kwargs_json or "{}"),
+                enqueued=_EPOCH + timedelta(microseconds=created),
+            )
+            for run_id, job, args_json, kwargs_json, created in rows
+        ]
+
+    def _take_work(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
+        # SELECT then UPDATE under the write lock is as atomic as UPDATE ... RETURNING,
+        # which would need SQLite 3.35 (newer than Debian 11's or RHEL 9's).
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                "SELECT run_id, job, args_json, kwargs_json, created FROM runs"
+                " WHERE status = 'queued' ORDER BY created, run_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE runs SET status = 'claimed', pid = ?, host = ?"
+                " WHERE run_id = ? AND status = 'queued'",
+                [(self._pid, self._host, row[0]) for row in rows],
+            )
+            return rows
+
+        return work
+
+    async def changed(self) -> bool:
+        """True when another connection committed since the last call (or since open)."""
+        return await self._run("checking for changes", self._changed_sync)
+
+    def _changed_sync(self) -> bool:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return bool(changed)
+
+    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
+        ``keep_days`` (either limit deletes; None disables it); return how many."""
+        if keep_runs is None and keep_days is None:
+            return 0
+        await self._flush_for_read()
+        keep = -1 if keep_runs is None else max(keep_runs, 0)
+        cutoff = None if keep_days is None else _to_us(now - timedelta(days=keep_days))
+        deleted = await self._run_transaction("pruning history", _prune_work(keep, cutoff))
+        if deleted:
+            log.info("%s: pruned %d finished runs", self.location, deleted)
+        return deleted
+
+    # -- buffered writes --------------------------------------------------------------
+
+    async def start(self, run_id: str, started: datetime) -> None:
+        """Buffer: the run is running, in this process on this host."""
+        params = (_to_us(started), self._pid, self._host, run_id)
+        self._buffer(_Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
+
+    async def finish(self, result: RunResult) -> None:
+        """Buffer: the run's outcome and one row per attempt."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                _SQL_FINISH,
+                (
+                    result.status.value,
+                    _opt_us(result.started),
+                    _opt_us(result.ended),
+                    result.attempts,
+                    result.error_type,
+                    result.error,
+                    _truncate_traceback(result.traceback),
+                    result.result_preview,
+                    result.items,
+                    result.run_id,
+                ),
+            )
+        ]
+        for attempt in result.attempt_log:
+            params = (
+                result.run_id,
+                attempt.number,
+                _to_us(attempt.started),
+                _opt_us(attempt.ended),
+                attempt.status.value,
+                attempt.error_type,
+                attempt.error,
+            )
+            statements.append((_SQL_ATTEMPT, params))
+        self._buffer(_Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+
+    def _buffer(self, write: _Write) -> None:
+        if self._closed or self._executor is None:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        self._pending.append(write)
+        loop = asyncio.get_running_loop()
+        full = len(self._pending) > self._batch_size
+        if full and self._outage_since is None and (self._kick is None or self._kick.done()):
+            self._kick = loop.create_task(self._flush_quietly())
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while self._pending:
+            healthy = self._outage_since is None
+            await self._sleep(self._flush_interval if healthy else self._retry_interval)
+            await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except Exception:
+            log.exception("%s: unexpected error while writing run updates", self.location)
+
+    async def _flush(self) -> StoreError | None:
+        """Write the buffer in one transaction; on failure keep it and return the error."""
+        async with self._flush_lock:
+            if not self._pending:
+                return None
+            batch, self._pending = self._pending, []
+            try:
+                await self._run("writing run updates", self._write_batch, batch)
+            except StoreError as exc:
+                self._pending[:0] = batch
+                self._note_failure(exc)
+                return exc
+            except BaseException:
+                # Cancelled mid-write: the worker may still commit, but every buffered
+                # write is idempotent, so writing it again later is harmless.
+                self._pending[:0] = batch
+                raise
+            if self._outage_since is not None:
+                waited = time.monotonic() - self._outage_since
+                self._outage_since = None
+                log.info(
+                    "%s: wrote %d run updates that had waited %.1fs",
+                    self.location,
+                    len(batch),
+                    waited,
+                )
+            return None
+
+    def _note_failure(self, exc: StoreError) -> None:
+        reason = exc.__cause__ or exc
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "%s: cannot write %d run updates (%s); keeping them and retrying every %gs",
+                self.location,
+                len(self._pending),
+                reason,
+                self._retry_interval,
+            )
+        else:
+            log.debug("%s: still cannot write run updates: %s", self.location, reason)
+
+    def _write_batch(self, batch: list[_Write]) -> None:
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                self._apply(conn, write)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            _rollback(conn)
+            raise  # locked, busy, read-only, full disk: worth retrying
+        except sqlite3.Error:
+            _rollback(conn)
+            self._write_one_by_one(batch)
+
+    def _write_one_by_one(self, batch: list[_Write]) -> None:
+        # A write SQLite rejects for good must not hold back the others forever.
+        conn = self._db
+        for write in batch:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._apply(conn, write)
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError:
+                _rollback(conn)
+                raise
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                log.error(
+                    "%s: dropped the %s of run %r: %s", self.location, write.kind, write.run_id, exc
+                )
+
+    def _apply(self, conn: sqlite3.Connection, write: _Write) -> None:
+        (first_sql, first_params), *rest = write.statements
+        if conn.execute(first_sql, first_params).rowcount == 0:
+            level = logging.WARNING if write.kind == "finish" else logging.DEBUG
+            log.log(
+                level,
+                "%s: %s of unknown or finished run %r ignored",
+                self.location,
+                write.kind,
+                write.run_id,
+            )
+            return
+        for sql, params in rest:
+            conn.execute(sql, params)
+
+    async def flush(self) -> None:
+        """Write buffered rows now; StoreError (rows kept) when the file cannot be written."""
+        failure = await self._flush()
+        if failure is not None:
+            raise StoreError(
+                f"{self.location}: {len(self._pending)} run updates are not written yet "
+                f"({failure.__cause__ or failure}); they are kept and retried"
+            ) from failure
+
+    async def _flush_for_read(self) -> None:
+        # During an outage the retry loop owns the buffer; a read should not wait out
+        # another busy timeout just to fail the same way.
+        if self._pending and self._outage_since is None:
+            await self._flush()
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._db.execute(sql, params)
+
+    def _get_run_sync(self, run_id: str) -> RunRow | None:
+        row = self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else _row_to_run(row)
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        await self._flush_for_read()
+        return await self._run("reading a run", self._get_run_sync, run_id)
+
+    async def history(
+        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRow]:
+        """Newest first (by start, else scheduled, else created time)."""
+        await self._flush_for_read()
+        where: list[str] = []
+        params: list[Any] = []
+        if job is not None:
+            where.append("job = ?")
+            params.append(job)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause}{_ORDER_NEWEST} LIMIT ?"
+        rows = await self._run("reading history", self._fetch_all, sql, (*params, limit))
+        return [_row_to_run(row) for row in rows]
+
+    async def attempts(self, run_id: str) -> list[Attempt]:
+        await self._flush_for_read()
+        rows = await self._run(
+            "reading attempts",
+            self._fetch_all,
+            "SELECT attempt, started, ended, status, error_type, error FROM attempts"
+            " WHERE run_id = ? ORDER BY attempt",
+            (run_id,),
+        )
+        return [
+            Attempt(
+                number=number,
+                started=_EPOCH + timedelta(microseconds=started),
+                ended=_from_us(ended),
+                status=RunStatus(status),
+                error_type=error_type,
+                error=error,
+            )
+            for number, started, ended, status, error_type, error in rows
+        ]
+
+    async def stats(self, job: str | None = None) -> list[JobStats]:
+        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
+
+        A job named explicitly but never run gets a row of zeros.
+        """
+        await self._flush_for_read()
+        return await self._run("reading statistics", self._stats_sync, job)
+
+    def _stats_sync(self, job: str | None) -> list[JobStats]:
+        where, params = ("WHERE job = ?", (job,)) if job is not None else ("", ())
+        counts: dict[str, dict[str, tuple[int, int | None]]] = {}
+        for name, status, count, last_ended in self._db.execute(
+            f"SELECT job, status, count(*), max(ended) FROM runs {where} GROUP BY job, status",
+            params,
+        ):
+            counts.setdefault(name, {})[status] = (count, last_ended)
+        durations: dict[str, list[float]] = {}
+        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
+        and_job = "AND job = ?" if job is not None else ""
+        for name, started, ended in self._db.execute(
+            f"SELECT job, started, ended FROM runs WHERE status IN ({finished})"
+            f" AND started IS NOT NULL AND ended IS NOT NULL {and_job}",
+            params,
+        ):
+            durations.setdefault(name, []).append((ended - started) / 1e6)
+        if job is not None:
+            counts.setdefault(job, {})
+        return [_job_stats(name, counts[name], durations.get(name, [])) for name in sorted(counts)]
+
+
+def _job_stats(
+    job: str, per_status: Mapping[str, tuple[int, int | None]], durations: list[float]
+) -> JobStats:
+    def total(statuses: Sequence[RunStatus]) -> int:
+        return sum(per_status.get(s.value, (0, None))[0] for s in statuses)
+
+    def last(statuses: Sequence[RunStatus]) -> datetime | None:
+        ends = [per_status[s.value][1] for s in statuses if s.value in per_status]
+        return _from_us(max((end for end in ends if end is not None), default=None))
+
+    counted = {RunStatus.SUCCEEDED.value, *(s.value for s in _FAILED)}
+    values = sorted(durations)
+    return JobStats(
+        job=job,
+        runs=sum(count for count, _ in per_status.values()),
+        succeeded=total((RunStatus.SUCCEEDED,)),
+        failed=total(_FAILED),
+        p50=_percentile(values, 0.5),
+        p95=_percentile(values, 0.95),
+        last_success=last((RunStatus.SUCCEEDED,)),
+        last_failure=last(_FAILED),
+        extra={
+            status: count
+            for status, (count, _) in sorted(per_status.items())
+            if status not in counted
+        },
+    )
+
+
+def _claim_work(
+    rows: list[tuple[Any, ...]], jobs: list[tuple[str, int, str]]
+) -> Callable[[sqlite3.Connection], list[bool]]:
+    def work(conn: sqlite3.Connection) -> list[bool]:
+        inserted = [conn.execute(_SQL_CLAIM, row).rowcount == 1 for row in rows]
+        conn.executemany(_SQL_ADVANCE_JOB, jobs)
+        return inserted
+
+    return work
+
+
+def _prune_work(keep: int, cutoff: int | None) -> Callable[[sqlite3.Connection], int]:
+    def work(conn: sqlite3.Connection) -> int:
+        conditions = []
+        if keep >= 0:
+            conditions.append("rank > :keep")
+        if cutoff is not None:
+            conditions.append("coalesce(ended, started, scheduled, created) < :cutoff")
+        active = ", ".join(f"'{s}'" for s in _ACTIVE)
+        doomed = conn.execute(
+            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled, created,"
+            f" row_number() OVER (PARTITION BY job {_ORDER_NEWEST}) AS rank"
+            f" FROM runs WHERE status NOT IN ({active}))"
+            f" WHERE {' OR '.join(conditions)}",
+            {"keep": keep, "cutoff": cutoff},
+        ).fetchall()
+        conn.executemany("DELETE FROM attempts WHERE run_id = ?", doomed)
+        conn.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
+        return len(doomed)
+
+    return work
+
+
+if TYPE_CHECKING:
+    _protocol_check: type[Store] = SqliteStore

@@ -1,0 +1,617 @@
+"""The daemon's loop: due fires, overlap, the concurrency cap, catch-up, queued triggers, reload
+and graceful stop. Clock and timer are injected so tests control time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.models import (
+    CatchUp,
+    Config,
+    JobSpec,
+    Overlap,
+    RunResult,
+    RunStatus,
+    TriggerKind,
+)
+from qtasks_cli.store import new_run_id
+from qtasks_cli.store.base import Fire, QueuedRun, Store
+
+log = logging.getLogger(__name__)
+
+# A fire started more than this after its time counts as late and goes through catch_up.
+LATE_AFTER = timedelta(seconds=1)
+# How often the daemon asks the store whether requests were handed over.
+QUEUE_POLL = 1.0
+QUEUE_BATCH = 500
+# Missed fires recorded one by one per job and wake-up; beyond that they are only counted.
+MAX_MISSED_ROWS = 10_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Timer:
+    """Waits until a timeout passes or ``wake`` is set; tests replace it to control time."""
+
+    async def wait(self, timeout: float | None, wake: asyncio.Event) -> None:
+        if not wake.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+        wake.clear()
+
+
+@dataclass(slots=True)
+class _JobState:
+    spec: JobSpec
+    next_fire: datetime | None = None
+    generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
+    running: int = 0
+    pending: list[tuple[str, TriggerKind, datetime | None, Any, Any]] = field(default_factory=list)
+
+
+class Supervisor:
+    """Fires every job at its time and runs it with the executor until asked to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        bus: EventBus,
+        clock: Callable[[], datetime] = utcnow,
+        timer: Timer | None = None,
+        reload: Callable[[], Awaitable[Config]] | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.timer = timer or Timer()
+        self._reload_config = reload
+        self.runtime = runtime or Runtime(config.settings.max_concurrent)
+        self.started_at = clock()
+        self.jobs: dict[str, _JobState] = {}
+        self._heap: list[tuple[datetime, int, str, int]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._reload_requested = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[Fire] = []  # fires run while the store refused writes
+        self._next_poll = 0.0
+        self._queue_more = True  # the first poll reads requests left from before the start
+        self.ready = asyncio.Event()
+
+    # --- control: signal handlers call these; they only flip state -------------------------
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """Look for handed-over requests now instead of at the next poll."""
+        self._next_poll = 0.0
+        self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return sum(state.running for state in self.jobs.values())
+
+    @property
+    def queued(self) -> int:
+        return (
+            sum(len(state.pending) for state in self.jobs.values()) + self.runtime.capacity.waiting
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise until ``request_stop``; then stop gracefully."""
+        await self._start()
+        self.ready.set()
+        while not self._stopping:
+            if self._reload_requested:
+                await self._reload()
+            now = self.clock()
+            await self._fire_due(now)
+            await self._poll_queue()
+            await self.timer.wait(self._sleep_for(), self._wake)
+        await self._shutdown()
+
+    async def _start(self) -> None:
+        now = self.clock()
+        self.started_at = now
+        for row in await self.store.recover(now):
+            self._emit(
+                EventKind.INTERRUPTED,
+                job=row.job,
+                run_id=row.run_id,
+                trigger=row.trigger,
+                scheduled=row.scheduled,
+                status=RunStatus.INTERRUPTED,
+                error=row.error,
+                level=logging.WARNING,
+            )
+            spec = self.config.jobs.get(row.job)
+            if spec is not None and spec.retry_interrupted:
+                self._start_run(spec, new_run_id(), TriggerKind.CATCH_UP, None)
+        last = await self.store.last_fired()
+        startup: list[Fire] = []
+        for spec in self.config.jobs.values():
+            self.jobs[spec.name] = _JobState(spec=spec)
+            if not spec.enabled or spec.schedule is None:
+                continue
+            if spec.schedule.startup:
+                startup.append(self._fire(spec, now, TriggerKind.STARTUP))
+            self._schedule_job(spec.name, now, last.get(spec.name))
+        if startup:
+            await self._claim_and_start(startup)
+        for state in self.jobs.values():
+            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+
+    @staticmethod
+    def _plan(state: _JobState) -> str:
+        spec = state.spec
+        if not spec.enabled:
+            return "disabled"
+        if spec.schedule is None:
+            return "no schedule; runs when triggered"
+        if state.next_fire is None:
+            return f"no further fires ({spec.schedule.describe()})"
+        from zoneinfo import ZoneInfo
+
+        local = state.next_fire.astimezone(ZoneInfo(spec.timezone))
+        return f"next fire {local.isoformat()} ({spec.schedule.describe()})"
+
+    def _schedule_job(
+        self, name: str, now: datetime, last: tuple[datetime, str] | None = None
+    ) -> None:
+        """Put the job's next fire on the heap: after its last recorded fire when the schedule
+        is unchanged (so downtime is caught up), else after now (a changed schedule never
+        backfills)."""
+        state = self.jobs[name]
+        schedule = state.spec.schedule
+        state.generation += 1
+        state.next_fire = None
+        if schedule is None or not state.spec.enabled:
+            return
+        after = last[0] if last is not None and last[1] == schedule.key else now
+        self._push(name, schedule.next_after(after))
+
+    def _push(self, name: str, when: datetime | None) -> None:
+        state = self.jobs[name]
+        state.next_fire = when
+        if when is not None:
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, name, state.generation))
+
+    def _sleep_for(self) -> float:
+        now = self.clock()
+        waits = [max(0.0, self._next_poll - now.timestamp())]
+        while self._heap and not self._is_current(self._heap[0]):
+            heapq.heappop(self._heap)
+        if self._heap:
+            waits.append(max(0.0, (self._heap[0][0] - now).total_seconds()))
+        return min(waits)
+
+    def _is_current(self, entry: tuple[datetime, int, str, int]) -> bool:
+        state = self.jobs.get(entry[2])
+        return state is not None and state.generation == entry[3]
+
+    # --- firing ------------------------------------------------------------------------------
+
+    async def _fire_due(self, now: datetime) -> None:
+        fires: list[Fire] = []
+        advanced: list[tuple[str, datetime]] = []
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            if not self._is_current(entry):
+                continue
+            name = entry[2]
+            due, last = self._due_fires(self.jobs[name].spec, entry[0], now)
+            fires.extend(self._decide(self.jobs[name].spec, due, now))
+            advanced.append((name, last))
+        if fires:
+            await self._claim_and_start(fires)
+        # Next fires are computed after the due runs have started, off their critical path.
+        for name, last in advanced:
+            schedule = self.jobs[name].spec.schedule
+            if schedule is not None:
+                self._push(name, schedule.next_after(last))
+
+    def _due_fires(
+        self, spec: JobSpec, first: datetime, now: datetime
+    ) -> tuple[list[datetime], datetime]:
+        """Every fire of the job in [first, now], oldest first, capped; and the newest one."""
+        assert spec.schedule is not None
+        due = [first]
+        last = first
+        while True:
+            nxt = spec.schedule.next_after(last)
+            if nxt is None or nxt > now:
+                break
+            last = nxt
+            due.append(nxt)
+            if len(due) > MAX_MISSED_ROWS:
+                del due[: len(due) - MAX_MISSED_ROWS]
+        return due, last
+
+    def _decide(self, spec: JobSpec, due: Sequence[datetime], now: datetime) -> list[Fire]:
+        """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace."""
+        late = [t for t in due if now - t > LATE_AFTER]
+        on_time = [t for t in due if now - t <= LATE_AFTER]
+        graced = [t for t in late if now - t <= spec.misfire_grace]
+        catch: list[datetime] = []
+        if spec.catch_up is CatchUp.ALL:
+            catch = graced[-self.config.settings.max_catch_up :]
+        elif spec.catch_up is CatchUp.LATEST and graced and not on_time:
+            catch = graced[-1:]
+        fires = [self._overlap(self._fire(spec, t, TriggerKind.CATCH_UP)) for t in catch]
+        fires += [self._overlap(self._fire(spec, t, TriggerKind.SCHEDULE)) for t in on_time]
+        chosen = set(catch)
+        reason = self._missed_reason(spec, bool(on_time))
+        fires += [
+            self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason)
+            for t in late
+            if t not in chosen
+        ]
+        fires.sort(key=lambda f: f.scheduled)
+        return fires
+
+    @staticmethod
+    def _missed_reason(spec: JobSpec, has_on_time: bool) -> str:
+        if spec.catch_up is CatchUp.NONE:
+            return "missed while the daemon was down or late (catch_up: none)"
+        if spec.catch_up is CatchUp.LATEST:
+            newer = "a newer fire ran" if has_on_time else "only the latest missed fire runs"
+            return f"missed while the daemon was down or late (catch_up: latest, {newer})"
+        return f"missed: older than misfire_grace or beyond max_catch_up ({spec.catch_up})"
+
+    def _fire(
+        self,
+        spec: JobSpec,
+        when: datetime,
+        trigger: TriggerKind,
+        status: RunStatus = RunStatus.CLAIMED,
+        error: str | None = None,
+    ) -> Fire:
+        key = spec.schedule.key if spec.schedule is not None else ""
+        return Fire(
+            job=spec.name,
+            scheduled=when,
+            trigger=trigger,
+            run_id=new_run_id(),
+            schedule_key=key,
+            status=status,
+            error=error,
+        )
+
+    def _overlap(self, fire: Fire) -> Fire:
+        """Apply the job's overlap policy to a fire that wants to run."""
+        state = self.jobs[fire.job]
+        policy = state.spec.overlap
+        busy = state.running > 0
+        if not busy or policy is Overlap.ALLOW:
+            return fire
+        if policy is Overlap.QUEUE and not state.pending:
+            return fire  # started as pending when the current run ends
+        why = "a run is already queued" if policy is Overlap.QUEUE else "previous run still running"
+        return Fire(
+            job=fire.job,
+            scheduled=fire.scheduled,
+            trigger=fire.trigger,
+            run_id=fire.run_id,
+            schedule_key=fire.schedule_key,
+            status=RunStatus.SKIPPED,
+            error=f"skipped: {why} (overlap: {policy})",
+        )
+
+    async def _claim_and_start(self, fires: list[Fire]) -> None:
+        claimed = await self._claim(fires)
+        for fire, won in zip(fires, claimed):
+            if not won:
+                log.debug(
+                    "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
+                )
+                continue
+            spec = self.jobs[fire.job].spec
+            if fire.status is RunStatus.CLAIMED:
+                self._emit(
+                    EventKind.FIRED,
+                    job=fire.job,
+                    run_id=fire.run_id,
+                    trigger=fire.trigger,
+                    scheduled=fire.scheduled,
+                )
+                self._start_run(spec, fire.run_id, fire.trigger, fire.scheduled)
+            else:
+                kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
+                self._emit(
+                    kind,
+                    job=fire.job,
+                    run_id=fire.run_id,
+                    trigger=fire.trigger,
+                    scheduled=fire.scheduled,
+                    status=fire.status,
+                    error=fire.error,
+                    level=logging.WARNING,
+                )
+        await asyncio.sleep(0)  # let the new runs start before anything else
+
+    async def _claim(self, fires: list[Fire]) -> list[bool]:
+        """Claim fires in the store; if it refuses, fire anyway and record them later."""
+        if self._unrecorded:
+            await self._retry_unrecorded()
+        try:
+            return await self.store.claim(fires)
+        except Exception as exc:  # the store logs details; firing must go on
+            if not self._unrecorded:
+                log.error(
+                    "cannot record fires in %s (%s); firing anyway and retrying",
+                    self.store.location,
+                    exc,
+                )
+            self._unrecorded.extend(fires)
+            return [True] * len(fires)
+
+    async def _retry_unrecorded(self) -> None:
+        pending, self._unrecorded = self._unrecorded, []
+        try:
+            await self.store.claim(pending)
+        except Exception:
+            self._unrecorded = pending
+        else:
+            log.warning("recorded %d fires that the store had refused", len(pending))
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def _start_run(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        args: Any = None,
+        kwargs: Any = None,
+    ) -> None:
+        state = self.jobs.get(spec.name)
+        if state is None:
+            return
+        if state.running and spec.overlap is Overlap.QUEUE and trigger is not TriggerKind.QUEUED:
+            state.pending.append((run_id, trigger, scheduled, args, kwargs))
+            self._emit(
+                EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
+            )
+            return
+        state.running += 1
+        task = asyncio.create_task(
+            self._run(spec, run_id, trigger, scheduled, args, kwargs),
+            name=f"qtasks:{spec.name}:{run_id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        args: Any,
+        kwargs: Any,
+    ) -> None:
+        result: RunResult | None = None
+        try:
+            await self.runtime.capacity.acquire()
+            try:
+                await self.store.start(run_id, self.clock())
+                result = await execute(
+                    spec,
+                    run_id=run_id,
+                    trigger=trigger,
+                    scheduled=scheduled,
+                    runtime=self.runtime,
+                    emit=self.bus.emit,
+                    clock=self.clock,
+                    args=args,
+                    kwargs=kwargs,
+                )
+            finally:
+                self.runtime.capacity.release()
+        except asyncio.CancelledError:
+            result = RunResult(
+                job=spec.name,
+                run_id=run_id,
+                trigger=trigger,
+                scheduled=scheduled,
+                started=None,
+                ended=self.clock(),
+                attempts=0,
+                status=RunStatus.CANCELLED,
+                error="cancelled at shutdown",
+            )
+            raise
+        finally:
+            if result is not None:
+                await asyncio.shield(self._record(result))
+            self._run_ended(spec.name)
+
+    async def _record(self, result: RunResult) -> None:
+        try:
+            await self.store.finish(result)
+        except Exception:
+            log.exception("cannot record the end of run %s of %s", result.run_id, result.job)
+
+    def _run_ended(self, name: str) -> None:
+        state = self.jobs.get(name)
+        if state is None:
+            return
+        state.running -= 1
+        if state.pending and not self._stopping:
+            run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
+            self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
+        self._wake.set()
+
+    # --- handed-over requests -------------------------------------------------------------------
+
+    async def _poll_queue(self) -> None:
+        now = self.clock().timestamp()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + QUEUE_POLL
+        try:
+            if not (self._queue_more or await self.store.changed()):
+                return
+            requests = await self.store.take_queued(self.clock(), limit=QUEUE_BATCH)
+        except Exception as exc:
+            log.warning("cannot read queued requests from %s: %s", self.store.location, exc)
+            return
+        for request in requests:
+            self._start_queued(request)
+        self._queue_more = len(requests) == QUEUE_BATCH
+        if self._queue_more:
+            self._next_poll = 0.0
+
+    def _start_queued(self, request: QueuedRun) -> None:
+        state = self.jobs.get(request.job)
+        if state is None:
+            result = RunResult(
+                job=request.job,
+                run_id=request.run_id,
+                trigger=TriggerKind.QUEUED,
+                scheduled=None,
+                started=None,
+                ended=self.clock(),
+                attempts=0,
+                status=RunStatus.FAILED,
+                error_type="UnknownJob",
+                error=f"no job named {request.job!r} in {self.config.path}",
+            )
+            self._emit(
+                EventKind.FINISHED,
+                job=request.job,
+                run_id=request.run_id,
+                trigger=TriggerKind.QUEUED,
+                status=RunStatus.FAILED,
+                error=result.error,
+                level=logging.ERROR,
+            )
+            task = asyncio.create_task(self._record(result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._emit(
+            EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=TriggerKind.QUEUED
+        )
+        # A handed-over request is never skipped: under skip or queue it waits for the
+        # current run instead, so no order notification is lost.
+        if state.running and state.spec.overlap is not Overlap.ALLOW:
+            state.pending.append(
+                (request.run_id, TriggerKind.QUEUED, None, request.args, request.kwargs)
+            )
+            return
+        self._start_run(
+            state.spec, request.run_id, TriggerKind.QUEUED, None, request.args, request.kwargs
+        )
+
+    # --- reload and stop ----------------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        self._reload_requested = False
+        if self._reload_config is None:
+            return
+        self._emit(EventKind.NOTICE, message="reloading")
+        try:
+            config = await self._reload_config()
+        except Exception as exc:
+            self._emit(
+                EventKind.NOTICE,
+                level=logging.ERROR,
+                message=f"reload failed; the old configuration keeps running:\n{exc}",
+            )
+            return
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Take a new configuration: added, removed and changed jobs take effect; runs in
+        progress are not touched."""
+        from qtasks_cli.config import fingerprint
+
+        old = self.config.jobs
+        now = self.clock()
+        added = [n for n in config.jobs if n not in old]
+        removed = [n for n in old if n not in config.jobs]
+        changed = [
+            n
+            for n in config.jobs
+            if n in old and fingerprint(old[n]) != fingerprint(config.jobs[n])
+        ]
+        self.config = config
+        for name in removed:
+            state = self.jobs.pop(name)
+            state.generation += 1
+        for name in added:
+            self.jobs[name] = _JobState(spec=config.jobs[name])
+            self._schedule_job(name, now)
+        for name in changed:
+            state = self.jobs[name]
+            previous = state.spec
+            state.spec = config.jobs[name]
+            same_time = (
+                previous.schedule is not None
+                and state.spec.schedule is not None
+                and previous.schedule.key == state.spec.schedule.key
+                and previous.enabled == state.spec.enabled
+            )
+            if not same_time:
+                self._schedule_job(name, now)
+        self._emit(
+            EventKind.NOTICE,
+            message=(
+                f"reloaded {config.path}: {len(added)} added, {len(removed)} removed, "
+                f"{len(changed)} changed"
+            ),
+        )
+
+    async def _shutdown(self) -> None:
+        grace = self.config.settings.shutdown_grace.total_seconds()
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            self._emit(
+                EventKind.NOTICE,
+                message=(f"stopping: waiting up to {grace:g}s for {len(running)} running job(s)"),
+            )
+            _, still = await asyncio.wait(running, timeout=grace)
+            if still:
+                for task in still:
+                    task.cancel()
+                await asyncio.wait(still, timeout=5)
+                self._emit(
+                    EventKind.NOTICE,
+                    level=logging.WARNING,
+                    message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
+                )
+        try:
+            await asyncio.shield(self.store.flush())
+        except Exception:
+            log.exception("cannot write the last history rows to %s", self.store.location)
+        self.runtime.shutdown()
+
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        self.bus.emit(Event(kind=kind, time=self.clock(), **fields))

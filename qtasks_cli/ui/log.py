@@ -1,0 +1,167 @@
+"""Plain, JSON and journald log lines, for events and ordinary log records alike.
+
+Logging is configured here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any, TextIO
+
+from qtasks_cli.events import Event, EventKind
+from qtasks_cli.models import RunStatus
+
+EVENT_LOGGER = "qtasks.events"
+_event_log = logging.getLogger(EVENT_LOGGER)
+
+_FAILED = {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED}
+_JOURNAL_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def event_level(event: Event) -> int:
+    """How loud an event is: failures are errors, skips and retries are warnings."""
+    if event.kind is EventKind.FINISHED:
+        if event.status in _FAILED:
+            return logging.ERROR
+        if event.status is RunStatus.CANCELLED:
+            return logging.WARNING
+    if event.kind in (
+        EventKind.ATTEMPT_FAILED,
+        EventKind.RETRYING,
+        EventKind.SKIPPED,
+        EventKind.MISSED,
+        EventKind.INTERRUPTED,
+    ):
+        return max(event.level, logging.WARNING)
+    return event.level
+
+
+def log_event(event: Event) -> None:
+    """The sink that turns events into log records (then formatted by the active handler)."""
+    _event_log.log(event_level(event), "%s", event.label, extra={"qtasks_event": event})
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The event as a flat JSON-ready mapping, without empty fields."""
+    fields: dict[str, Any] = {
+        "time": _iso(event.time),
+        "level": logging.getLevelName(event_level(event)).lower(),
+        "job": event.job,
+        "run_id": event.run_id,
+        "event": event.label if event.kind is not EventKind.RETRYING else "retrying",
+        "status": str(event.status) if event.status is not None else None,
+        "trigger": str(event.trigger) if event.trigger is not None else None,
+        "scheduled": _iso(event.scheduled) if event.scheduled is not None else None,
+        "attempt": event.attempt,
+        "max_attempts": event.max_attempts,
+        "delay": round(event.delay, 3) if event.delay is not None else None,
+        "duration": round(event.duration, 3) if event.duration is not None else None,
+        "error_type": event.error_type,
+        "error": event.error,
+        "item": event.item,
+        "items": event.items,
+        "message": event.message,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def describe_event(event: Event) -> str:
+    """The event in one human line, without time and level."""
+    parts = [event.job or "qtasks"]
+    if event.run_id:
+        parts.append(event.run_id)
+    if event.kind is not EventKind.NOTICE:
+        parts.append(event.label)
+    if event.kind is EventKind.FIRED and event.trigger is not None:
+        parts.append(f"({event.trigger}{_at(event.scheduled)})")
+    if (
+        event.attempt is not None
+        and event.max_attempts is not None
+        and (event.kind is EventKind.ATTEMPT_FAILED or event.attempt > 1)
+    ):
+        parts.append(f"attempt {event.attempt}/{event.max_attempts}")
+    if event.duration is not None:
+        parts.append(f"in {event.duration:.3f}s")
+    if event.items is not None:
+        parts.append(f"{event.items} item(s)")
+    if event.item is not None:
+        parts.append(event.item)
+    if event.error_type or event.error:
+        parts.append(": ".join(x for x in (event.error_type, event.error) if x))
+    if event.message:
+        parts.append(event.message)
+    if event.kind in (EventKind.MISSED, EventKind.SKIPPED, EventKind.INTERRUPTED):
+        parts.append(f"(scheduled{_at(event.scheduled)})" if event.scheduled else "")
+    return " ".join(p for p in parts if p)
+
+
+def _at(when: datetime | None) -> str:
+    return f" {_iso(when)}" if when is not None else ""
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone().isoformat(timespec="milliseconds")
+
+
+class PlainFormatter(logging.Formatter):
+    """``TIME LEVEL job run_id event details``; with ``journal`` a ``<N>`` prefix, no time."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: Event | None = getattr(record, "qtasks_event", None)
+        text = describe_event(event) if event is not None else record.getMessage()
+        if record.exc_info and event is None:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        level = record.levelname
+        if self.journal:
+            prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
+            return "\n".join(f"<{prio}>{level} {line}" for line in text.splitlines() or [""])
+        when = datetime.fromtimestamp(record.created).astimezone()
+        stamp = when.isoformat(timespec="milliseconds")
+        return f"{stamp} {level:<7} {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the same fields as the plain log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: Event | None = getattr(record, "qtasks_event", None)
+        if event is not None:
+            fields = event_fields(event)
+        else:
+            when = datetime.fromtimestamp(record.created).astimezone()
+            fields = {
+                "time": when.isoformat(timespec="milliseconds"),
+                "level": record.levelname.lower(),
+                "event": "log",
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            if record.exc_info:
+                fields["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(fields, ensure_ascii=False, default=str)
+
+
+def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """Send every log record to ``stream`` (stderr) as ``plain``, ``json`` or ``journal`` lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    formatter: logging.Formatter = (
+        JsonFormatter() if mode == "json" else PlainFormatter(journal=mode == "journal")
+    )
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

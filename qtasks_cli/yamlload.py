@@ -1,0 +1,326 @@
+"""Safe YAML to a tree of located values: every value keeps its line and column.
+
+The composer's node tree is walked here instead of being constructed by PyYAML, so that
+duplicate keys, unknown tags and alias bombs become located problems, never surprises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from qtasks_cli.errors import ConfigError, Problem
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 100
+# Nodes reached through aliases; a file itself is bounded by its size, an alias is not.
+ALIAS_BUDGET = 100_000
+
+_STD = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(
+    _STD + name for name in ("null", "bool", "int", "float", "str", "binary", "timestamp")
+)
+_MERGE_TAG = _STD + "merge"
+
+
+class _Invalid:
+    """Stands in for a value already reported as a problem, so it is not reported twice."""
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+INVALID: Any = _Invalid()
+
+
+@dataclass(slots=True, eq=False)
+class Located:
+    """One YAML value with where it was written (1-based) and its dotted key path.
+
+    ``value`` is a Python scalar, a list of Located, or for a mapping a dict from the key's
+    text to a (key, value) pair of Located.
+    """
+
+    kind: str  # "scalar", "seq" or "map"
+    value: Any
+    line: int
+    column: int
+    path: str
+
+    @property
+    def is_null(self) -> bool:
+        return self.kind == "scalar" and self.value is None
+
+    @property
+    def invalid(self) -> bool:
+        return self.value is INVALID
+
+    def type_name(self) -> str:
+        """What the value is, for messages such as ``expected a mapping, got a list``."""
+        if self.kind == "map":
+            return "a mapping"
+        if self.kind == "seq":
+            return "a list"
+        return scalar_type_name(self.value)
+
+
+def scalar_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for kind, name in names.items():
+        if type(value) is kind:
+            return name
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a {type(value).__name__}"
+
+
+def plain(node: Located) -> Any:
+    """The Python value of ``node`` without locations (lists and dicts)."""
+    if node.kind == "map":
+        return {key: plain(value) for key, (_, value) in node.value.items()}
+    if node.kind == "seq":
+        return [plain(item) for item in node.value]
+    return node.value
+
+
+def show_tag(tag: str) -> str:
+    return "!!" + tag[len(_STD) :] if tag.startswith(_STD) else tag
+
+
+class _FatalYAML(yaml.MarkedYAMLError):
+    pass
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """Composes nodes with a nesting limit; an alias to a collection becomes a shallow copy
+    marked where the alias is written, so expansion errors can point at the alias."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self.alias_copies: set[int] = set()  # ids of the copies made for aliases
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        if self.check_event(AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+            if isinstance(node, (SequenceNode, MappingNode)):
+                copy = type(node)(node.tag, node.value, event.start_mark, event.end_mark)
+                self.alias_copies.add(id(copy))
+                return copy
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _FatalYAML(
+                problem=f"nesting deeper than {MAX_DEPTH} levels",
+                problem_mark=self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+@dataclass(slots=True)
+class _Walker:
+    loader: _MarkedLoader
+    file: str
+    problems: list[Problem]
+    expanded: int = 0
+    alias_stack: tuple[tuple[Node, str], ...] = ()
+
+    def problem(self, node: Node, path: str, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(
+            Problem(
+                file=self.file,
+                line=mark.line + 1,
+                column=mark.column + 1,
+                key=path,
+                message=message,
+            )
+        )
+
+    def walk(self, node: Node, path: str, depth: int = 0) -> Located:
+        is_alias = id(node) in self.loader.alias_copies
+        if is_alias:
+            self.alias_stack += ((node, path),)
+        try:
+            return self._walk(node, path, depth)
+        finally:
+            if is_alias:
+                self.alias_stack = self.alias_stack[:-1]
+
+    def _walk(self, node: Node, path: str, depth: int) -> Located:
+        if self.alias_stack:
+            self.expanded += 1
+            if self.expanded > ALIAS_BUDGET:
+                culprit, where = self.alias_stack[0]
+                self.problem(
+                    culprit,
+                    where,
+                    f"aliases expand to more than {ALIAS_BUDGET} "
+                    "values; refusing to expand them (an alias bomb?)",
+                )
+                raise ConfigError(self.problems)
+        if depth > MAX_DEPTH:
+            culprit, where = self.alias_stack[0] if self.alias_stack else (node, path)
+            self.problem(
+                culprit,
+                where,
+                f"nesting deeper than {MAX_DEPTH} levels (an alias that contains itself?)",
+            )
+            raise ConfigError(self.problems)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, ScalarNode):
+            value = self._scalar(node, path)
+            return Located(kind="scalar", value=value, line=line, column=column, path=path)
+        if node.tag not in (_STD + "seq", _STD + "map"):
+            self.problem(node, path, _unknown_tag(node.tag))
+            return Located(kind="scalar", value=INVALID, line=line, column=column, path=path)
+        if isinstance(node, SequenceNode):
+            items = [
+                self.walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node.value)
+            ]
+            return Located(kind="seq", value=items, line=line, column=column, path=path)
+        assert isinstance(node, MappingNode)
+        entries = self._mapping(node, path, depth)
+        return Located(kind="map", value=entries, line=line, column=column, path=path)
+
+    def _scalar(self, node: ScalarNode, path: str) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            self.problem(node, path, _unknown_tag(node.tag))
+            return INVALID
+        construct: Callable[[Any, Node], Any] = self.loader.yaml_constructors[node.tag]
+        try:
+            return construct(self.loader, node)
+        except Exception as exc:  # PyYAML raises ValueError and friends for bad explicit scalars
+            what = {"timestamp": "a date"}.get(show_tag(node.tag)[2:], show_tag(node.tag))
+            self.problem(node, path, f"cannot read {node.value!r} as {what} ({exc})")
+            return INVALID
+
+    def _mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
+        entries: dict[str, tuple[Located, Located]] = {}
+        merged: dict[str, tuple[Located, Located]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                self._merge(value_node, path, depth, merged)
+                continue
+            if not isinstance(key_node, ScalarNode) or key_node.tag not in _SCALAR_TAGS:
+                self.problem(key_node, path, "mapping keys must be plain text")
+                continue
+            # The key's text as written: `on`, `yes` or `123` stay strings here.
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in entries:
+                first, again = entries[key][0].line, key_node.start_mark.line + 1
+                where = f"twice on line {first}" if first == again else f"lines {first} and {again}"
+                self.problem(key_node, child, f"duplicate key {key!r} ({where})")
+                continue
+            key_loc = Located(
+                kind="scalar",
+                value=key,
+                line=key_node.start_mark.line + 1,
+                column=key_node.start_mark.column + 1,
+                path=child,
+            )
+            entries[key] = (key_loc, self.walk(value_node, child, depth + 1))
+        for key, entry in merged.items():
+            entries.setdefault(key, entry)
+        return entries
+
+    def _merge(
+        self, node: Node, path: str, depth: int, into: dict[str, tuple[Located, Located]]
+    ) -> None:
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                self.problem(source, path, "'<<' merges a mapping or a list of mappings")
+                continue
+            located = self.walk(source, path, depth + 1)
+            if located.kind == "map":
+                for key, entry in located.value.items():
+                    into.setdefault(key, entry)
+
+
+def _unknown_tag(tag: str) -> str:
+    return f"unknown tag {show_tag(tag)!r}; qtasks reads plain YAML only (no tags)"
+
+
+def yaml_error_problem(file: str, text: str, exc: yaml.YAMLError) -> Problem:
+    """Turn a PyYAML error into ``FILE:LINE:COL: message``."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return Problem(
+            file=file,
+            line=mark.line + 1,
+            column=mark.column + 1,
+            key="",
+            message=f"invalid YAML: {_explain(exc)}",
+        )
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = line_col(text, exc.position)
+        return Problem(
+            file=file,
+            line=line,
+            column=column,
+            key="",
+            message=f"character U+{exc.character:04X} is not allowed in YAML; "
+            "write it as an escape inside a double-quoted string",
+        )
+    return Problem(file=file, line=1, column=1, key="", message=f"invalid YAML: {exc}")
+
+
+def _explain(exc: yaml.MarkedYAMLError) -> str:
+    problem = exc.problem or "syntax error"
+    context = exc.context or ""
+    first = f"line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
+    # PyYAML's wording for the common mistakes is cryptic; say what to do instead.
+    if "'\\t'" in problem:
+        return "a tab character; indent YAML with spaces, not tabs"
+    if problem == "mapping values are not allowed here":
+        return f"{problem} (put a value that contains ': ' in quotes)"
+    if context.startswith("found duplicate anchor"):
+        return f"{context.split(';')[0]} (first defined at {first})"
+    if problem == "but found another document":
+        return f"a second YAML document; a job file holds one (the first starts at {first})"
+    if context and first:
+        return f"{context} ({first}): {problem}"
+    return f"{context}: {problem}" if context else problem
+
+
+def line_col(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of character ``position`` in ``text``."""
+    before = text[:position]
+    line = before.count("\n") + 1
+    return line, position - (before.rfind("\n") + 1) + 1
+
+
+def load(text: str, file: str) -> tuple[Located | None, list[Problem]]:
+    """Parse ``text`` into a Located tree plus the non-fatal problems found on the way.
+
+    Raises ConfigError for anything that stops parsing (syntax, nesting, alias bombs).
+    Returns None for a document with no content.
+    """
+    try:
+        loader = _MarkedLoader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_error_problem(file, text, exc)]) from None
+    if root is None:
+        return None, []
+    walker = _Walker(loader=loader, file=file, problems=[])
+    tree = walker.walk(root, "")
+    return tree, walker.problems

@@ -1,0 +1,217 @@
+"""``qtasks run`` and ``qtasks trigger`` end to end, through the installed command."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from conftest import run_qtasks
+
+JOBS = """
+settings:
+  shutdown_grace: 10s
+jobs:
+  tick:
+    entrypoint: work:tick
+    schedule: "* * * * * *"
+  slow:
+    entrypoint: work:slow
+    schedule: every 2s
+"""
+
+WORK = """
+import time
+from pathlib import Path
+
+async def tick():
+    return "tock"
+
+def slow():
+    time.sleep(1.5)
+    Path("slow-finished").write_text("yes")
+    return 1
+"""
+
+FIRED = re.compile(r" (\w+) \w+ fired \((\w+) (\S+)\)")
+
+
+def fired(log: str, job: str) -> list[datetime]:
+    return [datetime.fromisoformat(m.group(3)) for m in FIRED.finditer(log) if m.group(1) == job]
+
+
+def assert_every_second(times: list[datetime]) -> None:
+    assert len(times) >= 2, times
+    gaps = {b - a for a, b in itertools.pairwise(times)}
+    assert gaps == {timedelta(seconds=1)}, times
+
+
+def test_sigterm_waits_for_running_job_and_every_fire_is_logged(project, daemons) -> None:
+    path = project(JOBS, work=WORK)
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(
+        lambda log: (
+            len(fired(log, "tick")) >= 3
+            and " slow " in log
+            and "started" in log.split(" slow ", 1)[1]
+        ),
+        timeout=15,
+    )
+    # Send SIGTERM while 'slow' is still inside its 1.5 s sleep.
+    daemon.wait_for(
+        lambda log: log.count("slow") and re.search(r" slow \w+ started", log) is not None
+    )
+    assert daemon.stop(signal.SIGTERM) == 0
+    log = daemon.output
+    assert (path.parent / "slow-finished").exists(), log
+    assert re.search(r" slow \w+ succeeded", log), log
+    assert_every_second(fired(log, "tick"))
+    # Every tick that fired also finished, exactly once.
+    runs = re.findall(r" tick (\w+) fired", log)
+    assert len(runs) == len(set(runs))
+    for run_id in runs:
+        assert log.count(f"tick {run_id} succeeded") == 1, run_id
+
+
+def test_prints_next_fire_per_job_at_start(project, daemons) -> None:
+    path = project(
+        JOBS
+        + """
+  manual:
+    entrypoint: work:tick
+""",
+        work=WORK,
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    log = daemon.wait_for(lambda log: "manual" in log)
+    assert re.search(r"tick next fire \S+", log), log
+    assert re.search(r"slow next fire \S+", log), log
+    assert "manual no schedule; runs when triggered" in log
+    assert daemon.stop() == 0
+
+
+def test_sighup_with_broken_file_keeps_old_jobs(project, daemons) -> None:
+    path = project(JOBS, work=WORK)
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda log: len(fired(log, "tick")) >= 1)
+    good = path.read_text()
+    path.write_text(good + "  broken:\n    entrypoint: work:nothere\n    schedul: 5\n")
+    daemon.send(signal.SIGHUP)
+    log = daemon.wait_for(lambda log: "reload failed" in log)
+    assert "jobs.broken" in log and "did you mean 'schedule'" in log
+    before = len(fired(log, "tick"))
+    daemon.wait_for(lambda log: len(fired(log, "tick")) >= before + 2)
+    # A good file is taken: the new job runs.
+    path.write_text(good + "  extra:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n")
+    daemon.send(signal.SIGHUP)
+    daemon.wait_for(lambda log: "1 added" in log and len(fired(log, "extra")) >= 1)
+    assert daemon.stop() == 0
+    assert_every_second(fired(daemon.output, "tick"))
+
+
+def test_second_sigint_exits_130(project, daemons) -> None:
+    path = project(
+        """
+settings:
+  shutdown_grace: 60s
+jobs:
+  stuck:
+    entrypoint: work:stuck
+    schedule: "* * * * * *"
+""",
+        work="import time\ndef stuck():\n    time.sleep(30)\n",
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda log: "stuck" in log and "started" in log)
+    daemon.send(signal.SIGINT)
+    daemon.wait_for(lambda log: "stopping" in log)
+    assert daemon.stop(signal.SIGINT, timeout=10) == 130
+
+
+def test_run_refuses_a_bad_file_and_starts_nothing(project) -> None:
+    path = project(
+        """
+jobs:
+  a:
+    entrypoint: work:tick
+    schedule: "61 * * * *"
+""",
+        work=WORK,
+    )
+    result = run_qtasks("run", "--ui", "plain", str(path), cwd=path.parent, timeout=20)
+    assert result.returncode == 2
+    assert "jobs.yaml:5:" in result.stderr and "minute" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (path.parent / ".qtasks").exists()
+
+
+TRIGGER_JOBS = """
+jobs:
+  good:
+    entrypoint: work:good
+  flaky:
+    entrypoint: work:flaky
+    retry: {retries: 2, delay: 0s}
+    retry_on: [ConnectionError]
+  export:
+    entrypoint: work:export
+    generate_handler: work:handle
+    echo: true
+"""
+
+TRIGGER_WORK = """
+def good(order_id=1):
+    return {"order": order_id}
+
+def flaky():
+    raise ConnectionRefusedError("CRM down")
+
+def export(n=3):
+    for i in range(n):
+        yield i
+
+def handle(item):
+    return f"item-{item}"
+"""
+
+
+def test_trigger_exit_codes(project) -> None:
+    path = project(TRIGGER_JOBS, work=TRIGGER_WORK)
+    ok = run_qtasks("trigger", "good", "-c", str(path), "--kwarg", "order_id=42", cwd=path.parent)
+    assert ok.returncode == 0, ok.stderr
+    assert "succeeded" in ok.stderr
+    failed = run_qtasks("trigger", "flaky", "-c", str(path), cwd=path.parent)
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.count("attempt failed") == 3
+    assert "ConnectionRefusedError: CRM down" in failed.stderr
+    unknown = run_qtasks("trigger", "goood", "-c", str(path), cwd=path.parent)
+    assert unknown.returncode == 2
+    assert "did you mean 'good'?" in unknown.stderr
+    bad_args = run_qtasks("trigger", "good", "-c", str(path), "--kwarg", "nope=1", cwd=path.parent)
+    assert bad_args.returncode == 2
+    assert "nope" in bad_args.stderr and "Traceback" not in bad_args.stderr
+
+
+def test_trigger_echoes_generator_items(project) -> None:
+    path = project(TRIGGER_JOBS, work=TRIGGER_WORK)
+    result = run_qtasks("trigger", "export", "-c", str(path), "--kwarg", "n=2", cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["'item-0'", "'item-1'"]
+    assert "2 item(s)" in result.stderr
+
+
+def test_trigger_records_a_manual_run(project) -> None:
+    path = project(TRIGGER_JOBS, work=TRIGGER_WORK)
+    assert run_qtasks("trigger", "good", "-c", str(path), cwd=path.parent).returncode == 0
+    hist = run_qtasks("history", "-c", str(path), "--json", cwd=path.parent)
+    assert hist.returncode == 0, hist.stderr
+    assert '"trigger": "manual"' in hist.stdout and '"status": "succeeded"' in hist.stdout
+
+
+def test_example_file_validates() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = run_qtasks("validate", str(root / "jobs.example.yaml"), cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "4 jobs OK"

@@ -1,0 +1,196 @@
+"""Hypothesis properties of ``qtasks_cli.schedule``, and a brute-force oracle for the DST rules."""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qtasks_cli.durations import format_duration
+from qtasks_cli.errors import ScheduleError
+from qtasks_cli.schedule import fires_between, parse_schedule
+
+UTC = timezone.utc
+ZONE_NAMES = [
+    "Europe/Berlin",
+    "America/New_York",
+    "Australia/Lord_Howe",  # a 30-minute DST shift
+    "UTC",
+    "Asia/Kolkata",  # +05:30, no DST
+]
+PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@functools.cache
+def change_days(zone_name: str) -> tuple[date, ...]:
+    """Local days on which the zone's UTC offset changes, 2024-2030."""
+    zone = ZoneInfo(zone_name)
+    days = []
+    day = date(2024, 1, 1)
+    while day < date(2031, 1, 1):
+        start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        if start.utcoffset() != (start + timedelta(days=1)).utcoffset():
+            days.append(day)
+        day += timedelta(days=1)
+    return tuple(days)
+
+
+@st.composite
+def zone_and_day(draw: st.DrawFn) -> tuple[ZoneInfo, date]:
+    """A zone and a local day, usually one on which its offset changes."""
+    name = draw(st.sampled_from(ZONE_NAMES))
+    changes = change_days(name)
+    near_a_change: bool = draw(st.booleans())
+    if changes and near_a_change:
+        day = draw(st.sampled_from(changes))
+    else:
+        day = draw(st.dates(date(2024, 1, 1), date(2030, 12, 31)))
+    return ZoneInfo(name), day
+
+
+def values(low: int, high: int, likely: list[int]) -> st.SearchStrategy[list[int]]:
+    one = st.sampled_from(likely) | st.integers(low, high)
+    return st.lists(one, min_size=1, max_size=4, unique=True).map(sorted)
+
+
+minutes = values(0, 59, [0, 15, 30, 45])
+hours = st.none() | values(0, 23, [0, 1, 2, 3])  # None is "*"
+
+
+def cron_text(minute_values: list[int], hour_values: list[int] | None) -> str:
+    hour = "*" if hour_values is None else ",".join(map(str, hour_values))
+    return f"{','.join(map(str, minute_values))} {hour} * * *"
+
+
+def offset(zone: ZoneInfo, instant: datetime) -> timedelta | None:
+    return instant.astimezone(zone).utcoffset()
+
+
+def oracle(
+    zone: ZoneInfo, first: date, days: int, minute_values: list[int], hour_values: list[int] | None
+) -> set[datetime]:
+    """Every fire, by the stated rules, of the cron's wall times on ``days`` local days."""
+    fixed = hour_values is not None
+    fires: set[datetime] = set()
+    for n in range(days):
+        day = first + timedelta(days=n)
+        for hour in hour_values if hour_values is not None else range(24):
+            for minute in minute_values:
+                wall = datetime(day.year, day.month, day.day, hour, minute)
+                early = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+                late = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+                exists = early.astimezone(zone).replace(tzinfo=None) == wall
+                if not exists:  # in a gap: fold=1 lies before the change, fold=0 after it
+                    if fixed:
+                        instant = late
+                        before = offset(zone, late)
+                        while offset(zone, instant) == before:
+                            instant += timedelta(minutes=1)
+                        fires.add(instant)  # zones here change on whole minutes
+                elif early != late:  # the repeated hour
+                    fires.add(early)
+                    if not fixed:
+                        fires.add(late)
+                else:
+                    fires.add(early)
+    return fires
+
+
+@PROPS
+@given(zone_and_day(), minutes, hours)
+def test_fires_match_a_brute_force_oracle_of_the_dst_rules(
+    zone_day: tuple[ZoneInfo, date], minute_values: list[int], hour_values: list[int] | None
+) -> None:
+    zone, day = zone_day
+    schedule = parse_schedule(cron_text(minute_values, hour_values), zone)
+    # The oracle covers the days around the window, so every fire inside it is known.
+    expected = oracle(zone, day - timedelta(days=1), 4, minute_values, hour_values)
+    after = datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+    until = after + timedelta(days=2)
+    assert fires_between(schedule, after, until) == sorted(
+        f for f in expected if after < f <= until
+    )
+
+
+def compiles(expression: str) -> bool:
+    try:
+        parse_schedule(expression, ZoneInfo("UTC"))
+    except ScheduleError:  # such as a day of the month together with fri#2
+        return False
+    return True
+
+
+crons = st.builds(
+    "{} {} {} {} {} {}".format,
+    st.sampled_from(["0", "*/20", "5,35", "*"]),
+    st.sampled_from(["*", "0", "*/15", "7,37", "59"]),
+    st.sampled_from(["*", "2", "1-3", "*/5", "0,2,23", "22-1"]),
+    st.sampled_from(["*", "1", "L", "15,L", "29", "1-7"]),
+    st.sampled_from(["*", "*", "3,10", "jan-jun", "feb"]),
+    st.sampled_from(["*", "*", "mon-fri", "sun", "fri#2", "L0", "sat,sun"]),
+).filter(compiles)
+instants = st.datetimes(datetime(2024, 1, 1), datetime(2030, 12, 31), timezones=st.just(UTC))
+
+
+@PROPS
+@given(crons, st.sampled_from(ZONE_NAMES), instants)
+def test_chained_fires_strictly_increase_and_are_utc(
+    expression: str, zone_name: str, start: datetime
+) -> None:
+    schedule = parse_schedule(expression, ZoneInfo(zone_name))
+    t = start
+    for _ in range(5):
+        nxt = schedule.next_after(t)
+        assert nxt is not None
+        assert nxt > t
+        assert nxt.tzinfo is UTC
+        assert nxt.microsecond == 0
+        # Anything between t and the fire would have been found first.
+        assert schedule.next_after(t + (nxt - t) / 2) == nxt
+        t = nxt
+
+
+@PROPS
+@given(zone_and_day(), minutes, values(0, 23, [0, 1, 2, 3]), st.sampled_from(["0", "30", "*/20"]))
+def test_fixed_hour_fires_never_repeat_a_wall_time_and_sit_on_cron_times_or_gap_ends(
+    zone_day: tuple[ZoneInfo, date], minute_values: list[int], hour_values: list[int], sec: str
+) -> None:
+    zone, day = zone_day
+    text = f"{sec} {','.join(map(str, minute_values))} {','.join(map(str, hour_values))} * * *"
+    schedule = parse_schedule(text, zone)
+    after = datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+    fires = fires_between(schedule, after - timedelta(days=1), after + timedelta(days=2))
+    local = [f.astimezone(zone) for f in fires]
+    assert len({d.replace(tzinfo=None) for d in local}) == len(local)
+    seconds = {0} if sec == "0" else {30} if sec == "30" else {0, 20, 40}
+    for fire, wall in zip(fires, local, strict=True):
+        on_cron = (
+            wall.hour in hour_values and wall.minute in minute_values and wall.second in seconds
+        )
+        # A fire off the cron's wall times is only ever the end of a spring-forward gap.
+        gap_end = offset(zone, fire - timedelta(seconds=1)) < wall.utcoffset()  # type: ignore[operator]
+        assert on_cron or gap_end
+        assert wall.fold == 0
+
+
+@PROPS
+@given(
+    st.integers(1, 7 * 86_400).map(lambda s: timedelta(seconds=s)),
+    st.sampled_from(ZONE_NAMES),
+    instants,
+)
+def test_intervals_advance_by_exactly_the_interval(
+    interval: timedelta, zone_name: str, start: datetime
+) -> None:
+    zone = ZoneInfo(zone_name)
+    schedule = parse_schedule(f"every {format_duration(interval)}", zone)
+    t = start.astimezone(zone)
+    for _ in range(3):
+        nxt = schedule.next_after(t)
+        assert nxt is not None
+        assert nxt - t == interval
+        assert nxt.tzinfo is UTC
+        t = nxt

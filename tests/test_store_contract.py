@@ -1,0 +1,764 @@
+"""The behaviour every ``Store`` must have, run against each implementation.
+
+``store_factory`` gives a function that makes a new, unopened store on ONE database
+per test (two stores from it are two processes, or a daemon and its restart). To run
+this suite against another backend, add its name to the fixture's params.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from qtasks_cli.errors import StoreError
+from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.store import new_run_id
+from qtasks_cli.store.base import Fire, JobStats, Store
+
+T = TypeVar("T")
+StoreFactory = Callable[[], Store]
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+SECOND = timedelta(seconds=1)
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.fixture(params=["sqlite"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    if request.param == "sqlite":
+        from qtasks_cli.store.sqlite import SqliteStore
+
+        path = tmp_path / "state" / "state.db"
+        return lambda: SqliteStore(path)
+    raise AssertionError(f"unknown store {request.param!r}")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@asynccontextmanager
+async def opened(factory: StoreFactory) -> AsyncIterator[Store]:
+    store = factory()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def fire(
+    job: str,
+    scheduled: datetime,
+    *,
+    key: str = "every 1m",
+    status: RunStatus = RunStatus.CLAIMED,
+    error: str | None = None,
+    trigger: TriggerKind = TriggerKind.SCHEDULE,
+) -> Fire:
+    return Fire(
+        job=job,
+        scheduled=scheduled,
+        trigger=trigger,
+        run_id=new_run_id(),
+        schedule_key=key,
+        status=status,
+        error=error,
+    )
+
+
+def outcome(
+    f: Fire,
+    status: RunStatus,
+    started: datetime,
+    seconds: float,
+    **extra: Any,
+) -> RunResult:
+    return RunResult(
+        job=f.job,
+        run_id=f.run_id,
+        trigger=f.trigger,
+        scheduled=f.scheduled,
+        started=started,
+        ended=started + timedelta(seconds=seconds),
+        attempts=extra.pop("attempts", 1),
+        status=status,
+        **extra,
+    )
+
+
+async def finished_run(
+    store: Store, job: str, scheduled: datetime, status: RunStatus, seconds: float
+) -> Fire:
+    f = fire(job, scheduled)
+    assert await store.claim([f]) == [True]
+    await store.start(f.run_id, scheduled)
+    await store.finish(outcome(f, status, scheduled, seconds))
+    return f
+
+
+def assert_utc(value: datetime | None) -> None:
+    assert value is not None
+    assert value.utcoffset() == timedelta(0)
+
+
+# -- claim: the exactly-once guard ------------------------------------------------------
+
+
+def test_claim_records_each_job_and_time_once(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            first, second = fire("a", T0), fire("a", T0 + MINUTE)
+            assert await store.claim([first, second]) == [True, True]
+            again, other_job = fire("a", T0), fire("b", T0)
+            assert await store.claim([again, other_job]) == [False, True]
+            twice = [fire("c", T0), fire("c", T0)]
+            assert await store.claim(twice) == [True, False]
+
+            assert await store.get_run(again.run_id) is None
+            assert await store.get_run(twice[1].run_id) is None
+            row = await store.get_run(first.run_id)
+            assert row is not None
+            assert (row.job, row.status, row.trigger) == ("a", RunStatus.CLAIMED, "schedule")
+            assert row.scheduled == T0
+            assert_utc(row.scheduled)
+            assert row.started is None and row.ended is None
+            ids = {r.run_id for r in await store.history("a")}
+            assert ids == {first.run_id, second.run_id}
+            assert await store.claim([]) == []
+
+    run(body())
+
+
+def test_claim_is_exactly_once_across_a_restart(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as before:
+            assert await before.claim([fire("a", T0), fire("a", T0 + MINUTE)]) == [True, True]
+        async with opened(store_factory) as after:
+            replay = [fire("a", T0), fire("a", T0 + MINUTE), fire("a", T0 + 2 * MINUTE)]
+            assert await after.claim(replay) == [False, False, True]
+            assert len(await after.history("a")) == 3
+
+    run(body())
+
+
+def test_two_live_stores_never_both_claim_a_fire(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as one, opened(store_factory) as two:
+            times = [T0 + i * SECOND for i in range(200)]
+            mine = [fire("a", t) for t in times]
+            theirs = [fire("a", t) for t in reversed(times)]
+            got_mine, got_theirs = await asyncio.gather(one.claim(mine), two.claim(theirs))
+            winners = dict(zip(times, got_mine, strict=True))
+            for t, won in zip(reversed(times), got_theirs, strict=True):
+                assert winners[t] != won, f"{t} claimed {'twice' if won else 'never'}"
+            assert len(await one.history("a", limit=1000)) == 200
+
+    run(body())
+
+
+def test_last_fired_keeps_the_latest_time_and_its_schedule_key(
+    store_factory: StoreFactory,
+) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            assert await store.last_fired() == {}
+            await store.claim([fire("a", T0, key="k1")])
+            assert await store.last_fired() == {"a": (T0, "k1")}
+            await store.claim([fire("a", T0 + 2 * MINUTE, key="k2"), fire("b", T0, key="kb")])
+            await store.claim([fire("a", T0 + MINUTE, key="k3")])  # an older fire
+            # several fires of one job in one call: the latest one counts
+            await store.claim([fire("c", T0 + 5 * MINUTE, key="c2"), fire("c", T0, key="c1")])
+            # a skipped fire still advances the job's last fire
+            await store.claim([fire("b", T0 + MINUTE, key="kb", status=RunStatus.SKIPPED)])
+            last = await store.last_fired()
+            assert last == {
+                "a": (T0 + 2 * MINUTE, "k2"),
+                "b": (T0 + MINUTE, "kb"),
+                "c": (T0 + 5 * MINUTE, "c2"),
+            }
+            for when, _ in last.values():
+                assert_utc(when)
+        async with opened(store_factory) as restarted:
+            assert (await restarted.last_fired())["a"] == (T0 + 2 * MINUTE, "k2")
+
+    run(body())
+
+
+def test_skipped_and_missed_fires_are_recorded_as_finished(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            skipped = fire("a", T0, status=RunStatus.SKIPPED, error="still running")
+            missed = fire(
+                "a",
+                T0 + MINUTE,
+                status=RunStatus.MISSED,
+                error="missed by 2h",
+                trigger=TriggerKind.CATCH_UP,
+            )
+            assert await store.claim([skipped, missed]) == [True, True]
+            for f in (skipped, missed):
+                row = await store.get_run(f.run_id)
+                assert row is not None
+                assert row.status is f.status and row.status.finished
+                assert row.error == f.error
+                assert row.trigger is f.trigger
+                assert row.started is None
+                assert row.ended is not None
+            # the pair is taken for good, even though the run never happened
+            assert await store.claim([fire("a", T0)]) == [False]
+            assert [r.status for r in await store.history("a", status=RunStatus.MISSED)] == [
+                RunStatus.MISSED
+            ]
+
+    run(body())
+
+
+# -- start, finish, add_run ---------------------------------------------------------------
+
+
+def test_start_and_finish_reach_history_and_other_stores(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as daemon, opened(store_factory) as reader:
+            f = fire("a", T0)
+            await daemon.claim([f])
+            await daemon.start(f.run_id, T0 + SECOND)
+            row = await daemon.get_run(f.run_id)  # own reads see own buffered writes
+            assert row is not None
+            assert row.status is RunStatus.RUNNING
+            assert row.started == T0 + SECOND
+            assert row.pid == os.getpid()
+            assert row.host
+
+            await daemon.flush()
+            row = await reader.get_run(f.run_id)
+            assert row is not None and row.status is RunStatus.RUNNING
+
+            log = (
+                Attempt(
+                    number=1,
+                    started=T0 + SECOND,
+                    ended=T0 + 2 * SECOND,
+                    status=RunStatus.FAILED,
+                    error_type="ValueError",
+                    error="bad input",
+                ),
+                Attempt(
+                    number=2,
+                    started=T0 + 3 * SECOND,
+                    ended=T0 + 5 * SECOND,
+                    status=RunStatus.TIMED_OUT,
+                    error_type="TimeoutError",
+                    error="timed out after 2s",
+                ),
+            )
+            result = outcome(
+                f,
+                RunStatus.TIMED_OUT,
+                T0 + SECOND,
+                4,
+                attempts=2,
+                error_type="TimeoutError",
+                error="timed out after 2s",
+                traceback="Traceback (most recent call last):\n  ...\nTimeoutError\n",
+                result_preview='{"rows": 3}',
+                items=7,
+                attempt_log=log,
+            )
+            await daemon.finish(result)
+            await daemon.flush()
+
+            row = await reader.get_run(f.run_id)
+            assert row is not None
+            assert row.status is RunStatus.TIMED_OUT
+            assert (row.started, row.ended) == (T0 + SECOND, T0 + 5 * SECOND)
+            assert row.duration == 4.0
+            assert row.attempts == 2
+            assert (row.error_type, row.error) == ("TimeoutError", "timed out after 2s")
+            assert row.traceback == result.traceback
+            assert row.result == '{"rows": 3}'
+            assert row.items == 7
+            assert row.scheduled == T0
+            assert_utc(row.ended)
+            assert await reader.attempts(f.run_id) == list(log)
+            assert [r.run_id for r in await reader.history()] == [f.run_id]
+            assert await reader.attempts("no-such-run") == []
+
+    run(body())
+
+
+def test_close_writes_what_is_buffered(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        f = fire("a", T0)
+        async with opened(store_factory) as daemon:
+            await daemon.claim([f])
+            await daemon.start(f.run_id, T0)
+            await daemon.finish(outcome(f, RunStatus.SUCCEEDED, T0, 1.5))
+        async with opened(store_factory) as reader:
+            row = await reader.get_run(f.run_id)
+            assert row is not None
+            assert row.status is RunStatus.SUCCEEDED and row.duration == 1.5
+
+    run(body())
+
+
+def test_long_tracebacks_keep_their_end(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            f = fire("a", T0)
+            await store.claim([f])
+            text = "".join(f"  frame {i}\n" for i in range(20_000)) + "RecursionError: deep\n"
+            await store.finish(outcome(f, RunStatus.FAILED, T0, 1, traceback=text))
+            row = await store.get_run(f.run_id)
+            assert row is not None and row.traceback is not None
+            assert len(row.traceback) < 16 * 1024 + 100
+            assert row.traceback.endswith("RecursionError: deep\n")
+
+    run(body())
+
+
+def test_add_run_records_a_manual_run(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            run_id = new_run_id()
+            running = RunResult(
+                job="a",
+                run_id=run_id,
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=T0,
+                ended=None,
+                attempts=0,
+                status=RunStatus.RUNNING,
+            )
+            await store.add_run(running, args=[1, 2], kwargs={"x": "y"})
+            row = await store.get_run(run_id)
+            assert row is not None
+            assert (row.status, row.trigger, row.scheduled) == (
+                RunStatus.RUNNING,
+                TriggerKind.MANUAL,
+                None,
+            )
+            assert row.started == T0
+            # manual runs have no scheduled time, so they never collide with each other
+            other = RunResult(
+                job="a",
+                run_id=new_run_id(),
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=T0,
+                ended=None,
+                attempts=0,
+                status=RunStatus.RUNNING,
+            )
+            await store.add_run(other)
+            with pytest.raises(StoreError, match=run_id):
+                await store.add_run(running)
+
+            done = RunResult(
+                job="a",
+                run_id=run_id,
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=T0,
+                ended=T0 + 3 * SECOND,
+                attempts=1,
+                status=RunStatus.SUCCEEDED,
+                result_preview="42",
+            )
+            await store.finish(done)
+            row = await store.get_run(run_id)
+            assert row is not None
+            assert (row.status, row.duration, row.result) == (RunStatus.SUCCEEDED, 3.0, "42")
+
+    run(body())
+
+
+def test_times_round_trip_as_aware_utc(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        berlin = datetime(2024, 7, 1, 14, 30, 15, 123456, tzinfo=ZoneInfo("Europe/Berlin"))
+        async with opened(store_factory) as store:
+            f = fire("a", berlin)
+            await store.claim([f])
+            await store.start(f.run_id, berlin + SECOND)
+            row = await store.get_run(f.run_id)
+            assert row is not None
+            assert row.scheduled == berlin
+            assert row.scheduled is not None and row.scheduled.hour == 12  # 14:30 CEST
+            assert row.scheduled.microsecond == 123456
+            assert_utc(row.scheduled)
+            assert_utc(row.started)
+            assert_utc(row.created)
+            assert (await store.last_fired())["a"][0] == berlin
+
+    run(body())
+
+
+# -- recover ------------------------------------------------------------------------------
+
+
+def test_recover_interrupts_runs_of_a_dead_daemon(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        now = T0 + timedelta(hours=1)
+        async with opened(store_factory) as dead:
+            never_started, running, done = fire("a", T0), fire("b", T0), fire("c", T0)
+            await dead.claim([never_started, running, done])
+            await dead.start(running.run_id, T0 + SECOND)
+            await dead.start(done.run_id, T0)
+            await dead.finish(outcome(done, RunStatus.SUCCEEDED, T0, 1))
+
+            handed_over = await dead.enqueue("q", [1], {}, T0)
+            queued_running = await dead.enqueue("q", [2], {}, T0 + SECOND)
+            assert [q.run_id for q in await dead.take_queued(T0, limit=2)] == [
+                handed_over,
+                queued_running,
+            ]
+            await dead.start(queued_running, T0 + 2 * SECOND)
+            waiting = await dead.enqueue("q", [3], {}, T0 + 2 * SECOND)
+            manual = RunResult(
+                job="m",
+                run_id=new_run_id(),
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=T0,
+                ended=None,
+                attempts=0,
+                status=RunStatus.RUNNING,
+            )
+            await dead.add_run(manual)
+
+        async with opened(store_factory) as daemon:
+            rows = await daemon.recover(now)
+            by_id = {row.run_id: row for row in rows}
+            assert set(by_id) == {
+                never_started.run_id,
+                running.run_id,
+                queued_running,
+                manual.run_id,
+            }
+            for row in rows:
+                assert row.status is RunStatus.INTERRUPTED
+                assert row.ended == now
+            assert by_id[never_started.run_id].error == "daemon stopped before the run started"
+            in_progress = by_id[running.run_id].error or ""
+            assert in_progress.startswith("daemon stopped while the run was in progress")
+            assert "2024-03-01" in in_progress
+            assert by_id[running.run_id].started == T0 + SECOND
+
+            handed = await daemon.get_run(handed_over)
+            assert handed is not None and handed.status is RunStatus.QUEUED
+            finished = await daemon.get_run(done.run_id)
+            assert finished is not None and finished.status is RunStatus.SUCCEEDED
+            # the handed-over request is offered again, before the one that waited
+            taken = await daemon.take_queued(now)
+            assert [(q.run_id, q.args) for q in taken] == [(handed_over, (1,)), (waiting, (3,))]
+            # a second restart before they started: given back again, nothing interrupted
+            assert await daemon.recover(now) == []
+            for run_id in (handed_over, waiting):
+                row = await daemon.get_run(run_id)
+                assert row is not None and row.status is RunStatus.QUEUED
+
+    run(body())
+
+
+def test_recover_on_a_clean_store_changes_nothing(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            await finished_run(store, "a", T0, RunStatus.SUCCEEDED, 1)
+            queued = await store.enqueue("a", [], {}, T0)
+            assert await store.recover(T0 + MINUTE) == []
+            row = await store.get_run(queued)
+            assert row is not None and row.status is RunStatus.QUEUED
+
+    run(body())
+
+
+# -- queued requests ---------------------------------------------------------------------
+
+
+def test_enqueue_and_take_queued_oldest_first(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as client, opened(store_factory) as daemon:
+            late = await client.enqueue("a", [1, "x"], {"flag": True}, T0 + 2 * SECOND)
+            early = await client.enqueue("a", [], {}, T0)
+            middle = await client.enqueue("b", [[1, 2]], {"d": {"k": None}}, T0 + SECOND)
+            assert len({late, early, middle}) == 3
+
+            row = await client.get_run(late)
+            assert row is not None
+            assert (row.status, row.trigger, row.scheduled) == (
+                RunStatus.QUEUED,
+                TriggerKind.QUEUED,
+                None,
+            )
+
+            first = await daemon.take_queued(T0 + 3 * SECOND, limit=2)
+            assert [(q.run_id, q.job, q.args, dict(q.kwargs), q.enqueued) for q in first] == [
+                (early, "a", (), {}, T0),
+                (middle, "b", ([1, 2],), {"d": {"k": None}}, T0 + SECOND),
+            ]
+            assert_utc(first[0].enqueued)
+            claimed = await client.get_run(early)
+            assert claimed is not None and claimed.status is RunStatus.CLAIMED
+
+            rest = await daemon.take_queued(T0 + 3 * SECOND)
+            assert [(q.run_id, q.args, dict(q.kwargs)) for q in rest] == [
+                (late, (1, "x"), {"flag": True})
+            ]
+            assert await daemon.take_queued(T0 + 3 * SECOND) == []
+            assert await client.history(status=RunStatus.QUEUED) == []
+
+    run(body())
+
+
+def test_enqueue_refuses_arguments_that_are_not_json(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            with pytest.raises(StoreError, match=r"'a'.*JSON"):
+                await store.enqueue("a", [object()], {}, T0)
+            assert await store.take_queued(T0) == []
+
+    run(body())
+
+
+def test_each_request_is_taken_once_by_concurrent_takers(store_factory: StoreFactory) -> None:
+    async def fill() -> list[str]:
+        async with opened(store_factory) as client:
+            return [await client.enqueue("a", [i], {}, T0 + i * SECOND) for i in range(300)]
+
+    expected = run(fill())
+    barrier = threading.Barrier(2, timeout=30)
+    taken: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+
+    async def take(into: list[str]) -> None:
+        async with opened(store_factory) as daemon:
+            barrier.wait()
+            while batch := await daemon.take_queued(T0, limit=7):
+                into.extend(q.run_id for q in batch)
+
+    def worker(index: int) -> None:
+        try:
+            asyncio.run(take(taken[index]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert errors == []
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == sorted(expected)
+    # each taker got its requests in queue order
+    for ids in taken:
+        assert ids == sorted(ids, key=expected.index)
+
+
+def test_changed_reports_writes_of_other_connections(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as daemon, opened(store_factory) as client:
+            assert await daemon.changed() is False
+            await client.enqueue("a", [], {}, T0)
+            assert await daemon.changed() is True
+            assert await daemon.changed() is False
+            await daemon.enqueue("a", [], {}, T0)  # its own write
+            assert await daemon.changed() is False
+            await client.claim([fire("a", T0)])
+            assert await daemon.changed() is True
+
+    run(body())
+
+
+# -- history, stats, prune ----------------------------------------------------------------
+
+
+def test_history_is_newest_first_and_filters(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            old = fire("a", T0)  # never started: ordered by its scheduled time
+            new = fire("a", T0 + 10 * MINUTE)
+            await store.claim([old, new])
+            await store.start(new.run_id, T0 + 10 * MINUTE + 5 * SECOND)
+            manual = RunResult(
+                job="b",
+                run_id=new_run_id(),
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                started=T0 + 5 * MINUTE,
+                ended=None,
+                attempts=0,
+                status=RunStatus.RUNNING,
+            )
+            await store.add_run(manual)
+            queued = await store.enqueue("c", [], {}, T0 + 7 * MINUTE)  # by its created time
+            # equal times: the later run id first
+            tie_1 = fire("d", T0 - MINUTE, status=RunStatus.SKIPPED, error="x")
+            tie_2 = fire("e", T0 - MINUTE, status=RunStatus.SKIPPED, error="x")
+            await store.claim([tie_1, tie_2])
+
+            def ids(rows: list[Any]) -> list[str]:
+                return [row.run_id for row in rows]
+
+            everything = [new.run_id, queued, manual.run_id, old.run_id, tie_2.run_id]
+            assert ids(await store.history()) == [*everything, tie_1.run_id]
+            assert ids(await store.history(limit=5)) == everything
+            assert ids(await store.history(limit=2)) == [new.run_id, queued]
+            assert ids(await store.history("a")) == [new.run_id, old.run_id]
+            assert ids(await store.history("a", limit=1)) == [new.run_id]
+            assert ids(await store.history(status=RunStatus.QUEUED)) == [queued]
+            assert ids(await store.history("a", status=RunStatus.RUNNING)) == [new.run_id]
+            assert ids(await store.history("b", status=RunStatus.QUEUED)) == []
+            assert await store.history("nobody") == []
+            assert await store.get_run("no-such-run") is None
+
+    run(body())
+
+
+def test_stats_counts_and_percentiles(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            plan = [
+                (RunStatus.SUCCEEDED, 1),
+                (RunStatus.SUCCEEDED, 2),
+                (RunStatus.SUCCEEDED, 3),
+                (RunStatus.SUCCEEDED, 10),
+                (RunStatus.FAILED, 4),
+                (RunStatus.TIMED_OUT, 5),
+                (RunStatus.INTERRUPTED, 6),
+                (RunStatus.CANCELLED, 7),
+            ]
+            for i, (status, seconds) in enumerate(plan):
+                await finished_run(store, "s", T0 + i * MINUTE, status, seconds)
+            await store.claim(
+                [
+                    fire("s", T0 + 20 * MINUTE, status=RunStatus.SKIPPED, error="busy"),
+                    fire("s", T0 + 21 * MINUTE, status=RunStatus.MISSED, error="down"),
+                ]
+            )
+            await finished_run(store, "t", T0, RunStatus.SUCCEEDED, 2)
+
+            s, t = await store.stats()
+            # durations sorted: 1 2 3 4 5 6 7 10 -> p50 between 4 and 5, p95 at rank 6.65
+            assert s == JobStats(
+                job="s",
+                runs=10,
+                succeeded=4,
+                failed=3,
+                p50=pytest.approx(4.5),
+                p95=pytest.approx(7 + 0.65 * 3),
+                last_success=T0 + 3 * MINUTE + 10 * SECOND,  # the 10 s run ended last
+                last_failure=T0 + 6 * MINUTE + 6 * SECOND,
+                extra={"skipped": 1, "missed": 1, "cancelled": 1},
+            )
+            assert s.success_rate == pytest.approx(4 / 7)
+            assert_utc(s.last_success)
+            assert t == JobStats(
+                job="t",
+                runs=1,
+                succeeded=1,
+                failed=0,
+                p50=2.0,
+                p95=2.0,
+                last_success=T0 + 2 * SECOND,
+                last_failure=None,
+                extra={},
+            )
+            assert await store.stats("t") == [t]
+            assert await store.stats("never") == [
+                JobStats(
+                    job="never",
+                    runs=0,
+                    succeeded=0,
+                    failed=0,
+                    p50=None,
+                    p95=None,
+                    last_success=None,
+                    last_failure=None,
+                    extra={},
+                )
+            ]
+
+    run(body())
+
+
+def test_prune_by_count_keeps_the_newest_and_unfinished(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            a_runs = [
+                await finished_run(store, "a", T0 + i * MINUTE, RunStatus.SUCCEEDED, 1)
+                for i in range(5)
+            ]
+            b_runs = [
+                await finished_run(store, "b", T0 + i * MINUTE, RunStatus.FAILED, 1)
+                for i in range(2)
+            ]
+            oldest = a_runs[0]
+            attempt = Attempt(number=1, started=T0, ended=T0 + SECOND, status=RunStatus.FAILED)
+            await store.finish(outcome(oldest, RunStatus.FAILED, T0, 1, attempt_log=(attempt,)))
+            assert await store.attempts(oldest.run_id) == [attempt]
+            running = fire("a", T0 - timedelta(days=30))
+            await store.claim([running])
+            await store.start(running.run_id, T0 - timedelta(days=30))
+            claimed = fire("a", T0 - timedelta(days=31))
+            await store.claim([claimed])
+            queued = await store.enqueue("a", [], {}, T0 - timedelta(days=32))
+
+            deleted = await store.prune(keep_runs=2, keep_days=None, now=T0 + MINUTE * 10)
+            assert deleted == 3
+            left = {row.run_id for row in await store.history("a")}
+            assert left == {
+                a_runs[3].run_id,
+                a_runs[4].run_id,
+                running.run_id,
+                claimed.run_id,
+                queued,
+            }
+            assert await store.attempts(oldest.run_id) == []
+            assert len(await store.history("b")) == len(b_runs)
+            assert await store.prune(keep_runs=2, keep_days=None, now=T0) == 0
+            assert await store.prune(keep_runs=None, keep_days=None, now=T0) == 0
+            assert await store.prune(keep_runs=0, keep_days=None, now=T0) == 4
+            assert {row.run_id for row in await store.history()} == {
+                running.run_id,
+                claimed.run_id,
+                queued,
+            }
+
+    run(body())
+
+
+def test_prune_by_age(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            day = timedelta(days=1)
+            old = await finished_run(store, "a", T0, RunStatus.SUCCEEDED, 1)
+            recent = await finished_run(store, "a", T0 + 9 * day, RunStatus.SUCCEEDED, 1)
+            skipped = fire("b", T0 - day, status=RunStatus.SKIPPED, error="busy")
+            await store.claim([skipped])  # ended when recorded, which is now-ish
+            running = fire("c", T0 - day)
+            await store.claim([running])
+            await store.start(running.run_id, T0 - day)
+            now = T0 + 10 * day
+
+            deleted = await store.prune(keep_runs=1000, keep_days=1.5, now=now)
+            assert deleted == 1
+            assert await store.get_run(old.run_id) is None
+            for kept in (recent.run_id, skipped.run_id, running.run_id):
+                assert await store.get_run(kept) is not None
+            assert await store.prune(keep_runs=None, keep_days=1.5, now=now) == 0
+            assert await store.prune(keep_runs=None, keep_days=0.5, now=now) == 1
+            assert await store.get_run(recent.run_id) is None
+
+    run(body())
