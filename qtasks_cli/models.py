@@ -202,3 +202,29 @@ class RunResult:
         if self.started is None or self.ended is None:
             return None
         return (self.ended - self.started).total_seconds()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobView:
+    """What the daemon knows of one job at a moment, for displays."""
+
+    name: str
+    schedule: str  # in words
+    enabled: bool
+    next_fire: datetime | None
+    running: int
+    pending: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot:
+    """The daemon's state at a moment, for the live table and sd_notify STATUS."""
+
+    now: datetime
+    started_at: datetime
+    jobs: tuple[JobView, ...]
+    running: int
+    queued: int
+    state: str  # where history lives
+    nodes: tuple[str, ...] = ()  # nodes alive (PostgreSQL)

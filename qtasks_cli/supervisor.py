@@ -18,9 +18,11 @@ from qtasks_cli.models import (
     CatchUp,
     Config,
     JobSpec,
+    JobView,
     Overlap,
     RunResult,
     RunStatus,
+    Snapshot,
     TriggerKind,
 )
 from qtasks_cli.store import new_run_id
@@ -117,6 +119,29 @@ class Supervisor:
     def queued(self) -> int:
         return (
             sum(len(state.pending) for state in self.jobs.values()) + self.runtime.capacity.waiting
+        )
+
+    def snapshot(self) -> Snapshot:
+        """The daemon's state now, for displays; cheap enough to call a few times a second."""
+        views = tuple(
+            JobView(
+                name=name,
+                schedule=s.spec.schedule.describe() if s.spec.schedule else "only when triggered",
+                enabled=s.spec.enabled,
+                next_fire=s.next_fire,
+                running=s.running,
+                pending=len(s.pending),
+                max_attempts=s.spec.retry.attempts,
+            )
+            for name, s in self.jobs.items()
+        )
+        return Snapshot(
+            now=self.clock(),
+            started_at=self.started_at,
+            jobs=views,
+            running=self.running,
+            queued=self.queued,
+            state=self.store.location,
         )
 
     # --- the loop ----------------------------------------------------------------------------

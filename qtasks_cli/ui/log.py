@@ -90,10 +90,11 @@ def describe_event(event: Event) -> str:
         parts.append(f"attempt {event.attempt}/{event.max_attempts}")
     if event.duration is not None:
         parts.append(f"in {event.duration:.3f}s")
-    if event.items is not None:
+    if event.kind is EventKind.ITEM:
+        parts[-1] = f"item #{event.items}:" if event.items is not None else "item:"
+        parts.append(event.item or "")
+    elif event.items is not None:
         parts.append(f"{event.items} item(s)")
-    if event.item is not None:
-        parts.append(event.item)
     if event.error_type or event.error:
         parts.append(": ".join(x for x in (event.error_type, event.error) if x))
     if event.message:
