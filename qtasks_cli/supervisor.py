@@ -35,6 +35,7 @@ LATE_AFTER = timedelta(seconds=1)
 # How often the daemon asks the store whether requests were handed over.
 QUEUE_POLL = 1.0
 QUEUE_BATCH = 500
+PRUNE_EVERY = timedelta(hours=1)
 # Missed fires recorded one by one per job and wake-up; beyond that they are only counted.
 MAX_MISSED_ROWS = 10_000
 
@@ -93,7 +94,11 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unrecorded: list[Fire] = []  # fires run while the store refused writes
         self._next_poll = 0.0
-        self._queue_more = True  # the first poll reads requests left from before the start
+        self._queue_more = True
+        self._next_prune: datetime | None = None
+        self._prune_task: asyncio.Task[None] | None = (
+            None  # the first poll reads requests left from before the start
+        )
         self.ready = asyncio.Event()
 
     # --- control: signal handlers call these; they only flip state -------------------------
@@ -156,12 +161,14 @@ class Supervisor:
             now = self.clock()
             await self._fire_due(now)
             await self._poll_queue()
+            self._maybe_prune(now)
             await self.timer.wait(self._sleep_for(), self._wake)
         await self._shutdown()
 
     async def _start(self) -> None:
         now = self.clock()
         self.started_at = now
+        self.jobs = {spec.name: _JobState(spec=spec) for spec in self.config.jobs.values()}
         for row in await self.store.recover(now):
             self._emit(
                 EventKind.INTERRUPTED,
@@ -175,11 +182,10 @@ class Supervisor:
             )
             spec = self.config.jobs.get(row.job)
             if spec is not None and spec.retry_interrupted:
-                self._start_run(spec, new_run_id(), TriggerKind.CATCH_UP, None)
+                await self._rerun(spec, row.run_id)
         last = await self.store.last_fired()
         startup: list[Fire] = []
         for spec in self.config.jobs.values():
-            self.jobs[spec.name] = _JobState(spec=spec)
             if not spec.enabled or spec.schedule is None:
                 continue
             if spec.schedule.startup:
@@ -189,6 +195,31 @@ class Supervisor:
             await self._claim_and_start(startup)
         for state in self.jobs.values():
             self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+
+    async def _rerun(self, spec: JobSpec, interrupted_run: str) -> None:
+        """Run an interrupted run's job again (``retry_interrupted``), as a new catch-up run."""
+        run_id = new_run_id()
+        await self.store.add_run(
+            RunResult(
+                job=spec.name,
+                run_id=run_id,
+                trigger=TriggerKind.CATCH_UP,
+                scheduled=None,
+                started=None,
+                ended=None,
+                attempts=0,
+                status=RunStatus.CLAIMED,
+                error=f"re-run of interrupted run {interrupted_run}",
+            )
+        )
+        self._emit(
+            EventKind.FIRED,
+            job=spec.name,
+            run_id=run_id,
+            trigger=TriggerKind.CATCH_UP,
+            message=f"re-running interrupted run {interrupted_run}",
+        )
+        self._start_run(spec, run_id, TriggerKind.CATCH_UP, None)
 
     @staticmethod
     def _plan(state: _JobState) -> str:
@@ -234,6 +265,30 @@ class Supervisor:
         if self._heap:
             waits.append(max(0.0, (self._heap[0][0] - now).total_seconds()))
         return min(waits)
+
+    def _maybe_prune(self, now: datetime) -> None:
+        """Apply keep_runs/keep_days at start and then hourly, in the background."""
+        if self._next_prune is not None and now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        settings = self.config.settings
+        if settings.keep_runs is None and settings.keep_days is None:
+            return
+        if self._prune_task is not None and not self._prune_task.done():
+            return
+        self._prune_task = asyncio.create_task(self._prune(now))
+
+    async def _prune(self, now: datetime) -> None:
+        settings = self.config.settings
+        try:
+            removed = await self.store.prune(
+                keep_runs=settings.keep_runs, keep_days=settings.keep_days, now=now
+            )
+        except Exception as exc:
+            log.warning("cannot prune history in %s: %s", self.store.location, exc)
+        else:
+            if removed:
+                log.info("pruned %d old run(s) from the history", removed)
 
     def _is_current(self, entry: tuple[datetime, int, str, int]) -> bool:
         state = self.jobs.get(entry[2])

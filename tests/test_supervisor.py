@@ -1,0 +1,337 @@
+"""The supervisor's decisions under a controlled clock, against the real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qtasks_cli.config import parse_config_text
+from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.models import Config, RunStatus, TriggerKind
+from qtasks_cli.store.base import RunRow
+from qtasks_cli.store.sqlite import SqliteStore
+from qtasks_cli.supervisor import Supervisor, Timer
+
+T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+GATES: dict[str, asyncio.Event] = {}
+CALLS: list[tuple[str, Any]] = []
+
+
+async def quick(tag: str = "") -> str:
+    CALLS.append(("quick", tag))
+    return tag
+
+
+async def gated(name: str = "gate") -> None:
+    CALLS.append(("gated", name))
+    await GATES.setdefault(name, asyncio.Event()).wait()
+
+
+def blocking_async_misuse() -> None:  # referenced in docs of the suite, not run here
+    pass
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeTimer(Timer):
+    """Advances the fake clock by the supervisor's timeout instead of sleeping, after letting
+    started runs and the store's thread settle; stops the supervisor at ``until``."""
+
+    def __init__(self, clock: FakeClock, until: datetime,
+                 on_tick: Callable[[datetime], None] | None = None) -> None:
+        self.clock = clock
+        self.until = until
+        self.on_tick = on_tick
+        self.supervisor: Supervisor | None = None
+
+    async def wait(self, timeout: float | None, wake: asyncio.Event) -> None:
+        assert self.supervisor is not None
+        for _ in range(200):  # let runs finish; gated runs stay pending
+            await asyncio.sleep(0)
+            busy = [t for t in self.supervisor._tasks if not t.done()]
+            if not busy or all(("gated" in t.get_name()) for t in busy):
+                break
+            await asyncio.sleep(0.001)
+        if wake.is_set():
+            wake.clear()
+            return
+        step = 3600.0 if timeout is None else timeout
+        self.clock.now += timedelta(seconds=step)
+        if self.on_tick is not None:
+            self.on_tick(self.clock.now)
+        if self.clock.now > self.until:
+            self.supervisor.request_stop()
+
+
+def make_config(tmp_path: Path, jobs: str, settings: str = "") -> Config:
+    text = (
+        "settings:\n  timezone: UTC\n  shutdown_grace: 0s\n"
+        + textwrap.indent(textwrap.dedent(settings), "  ")
+        + "jobs:\n"
+        + textwrap.indent(textwrap.dedent(jobs), "  ")
+    )
+    return parse_config_text(text, filename=str(tmp_path / "jobs.yaml"), base_dir=tmp_path)
+
+
+async def supervise(config: Config, store_path: Path, start: datetime, until: datetime,
+                    on_tick: Callable[[datetime], None] | None = None,
+                    before: Callable[[Supervisor], Any] | None = None,
+                    ) -> tuple[list[Event], list[RunRow]]:
+    clock = FakeClock(start)
+    timer = FakeTimer(clock, until, on_tick)
+    store = SqliteStore(store_path, clock=clock)
+    await store.open()
+    bus = EventBus()
+    events: list[Event] = []
+    bus.subscribe(events.append)
+    supervisor = Supervisor(config, store=store, bus=bus, clock=clock, timer=timer)
+    timer.supervisor = supervisor
+    if before is not None:
+        await before(supervisor)
+    await asyncio.wait_for(supervisor.run(), timeout=60)
+    rows = await store.history(limit=100_000)
+    await store.close()
+    return events, sorted(rows, key=lambda r: (r.job, r.scheduled or T0, r.run_id))
+
+
+def by_job(rows: list[RunRow], job: str) -> list[RunRow]:
+    return [r for r in rows if r.job == job]
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    GATES.clear()
+    CALLS.clear()
+
+
+JOB = "entrypoint: test_supervisor:quick"
+
+
+def test_every_second_fires_each_second_once_and_never_drifts(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=300),
+                                    T0 + timedelta(seconds=10)))
+    ticks = by_job(rows, "tick")
+    assert [r.scheduled for r in ticks] == [T0 + timedelta(seconds=s) for s in range(1, 11)]
+    assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}
+    assert {r.trigger for r in ticks} == {TriggerKind.SCHEDULE}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("latest", {10: ("catch_up", "succeeded"), 5: ("schedule", "missed")}),
+        ("all", {5: ("catch_up", "succeeded"), 10: ("catch_up", "succeeded")}),
+        ("none", {5: ("schedule", "missed"), 10: ("schedule", "missed")}),
+    ],
+)
+def test_downtime_goes_through_catch_up(tmp_path: Path, policy: str,
+                                         expected: dict[int, tuple[str, str]]) -> None:
+    config = make_config(
+        tmp_path, f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: {policy}\n")
+    db = tmp_path / "s.db"
+    # First life: fires at :00 only (starts just before it).
+    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500),
+                          T0 + timedelta(seconds=1)))
+    # Down until 12:00:12.5, then a second life.
+    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=12.5),
+                                    T0 + timedelta(seconds=13)))
+    got = {int((r.scheduled - T0).total_seconds()): (str(r.trigger), str(r.status))
+           for r in by_job(rows, "five")}
+    assert got == {0: ("schedule", "succeeded"), **expected}
+
+
+def test_misfire_grace_limits_catch_up(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n"
+                                   "  catch_up: all\n  misfire_grace: 6s\n")
+    db = tmp_path / "s.db"
+    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500), T0 + timedelta(seconds=1)))
+    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=12.5),
+                                    T0 + timedelta(seconds=13)))
+    got = {int((r.scheduled - T0).total_seconds()): str(r.status) for r in by_job(rows, "five")}
+    assert got == {0: "succeeded", 5: "missed", 10: "succeeded"}
+
+
+def test_max_catch_up_caps_all(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n  catch_up: all\n",
+                         settings="max_catch_up: 3\n")
+    db = tmp_path / "s.db"
+    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500),
+                          T0 + timedelta(milliseconds=500)))
+    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=10.5),
+                                    T0 + timedelta(seconds=10.9)))
+    ticks = by_job(rows, "tick")
+    runs = [int((r.scheduled - T0).total_seconds()) for r in ticks
+            if r.status is RunStatus.SUCCEEDED]
+    missed = [int((r.scheduled - T0).total_seconds()) for r in ticks
+              if r.status is RunStatus.MISSED]
+    assert runs == [0, 7, 8, 9, 10]  # :10 is on time; the three newest missed ones caught up
+    assert missed == [1, 2, 3, 4, 5, 6]
+
+
+def test_fresh_state_backfills_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"daily:\n  {JOB}\n  schedule: '0 0 * * *'\n  catch_up: all\n")
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0, T0 + timedelta(seconds=5)))
+    assert rows == []
+
+
+def test_changed_schedule_never_backfills(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    old = make_config(tmp_path, f"job:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: all\n")
+    asyncio.run(supervise(old, db, T0 - timedelta(milliseconds=500), T0 + timedelta(seconds=1)))
+    new = make_config(tmp_path, f"job:\n  {JOB}\n  schedule: '*/2 * * * * *'\n  catch_up: all\n")
+    _, rows = asyncio.run(supervise(new, db, T0 + timedelta(seconds=9.5),
+                                    T0 + timedelta(seconds=12)))
+    got = [int((r.scheduled - T0).total_seconds()) for r in by_job(rows, "job")]
+    assert got == [0, 10, 12]  # nothing between 0 and 9.5 from the new schedule
+
+
+def test_late_wake_is_caught_up_without_doubles(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    jumped = False
+
+    def block_once(now: datetime) -> None:
+        nonlocal jumped
+        if not jumped and now >= T0 + timedelta(seconds=3):
+            jumped = True
+            clock_holder[0].now = now + timedelta(seconds=5.2)  # the loop was blocked 5.2 s
+
+    clock_holder: list[Any] = []
+
+    async def grab(supervisor: Supervisor) -> None:
+        clock_holder.append(supervisor.clock)
+
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
+                                    T0 + timedelta(seconds=12), on_tick=block_once, before=grab))
+    ticks = by_job(rows, "tick")
+    seconds = [int((r.scheduled - T0).total_seconds()) for r in ticks]
+    assert seconds == list(range(1, 13))  # every second accounted for, none twice
+    statuses = {int((r.scheduled - T0).total_seconds()): r.status for r in ticks}
+    assert statuses[8] is RunStatus.SUCCEEDED  # on time when the loop woke up at 8.2
+    assert {statuses[s] for s in (3, 4, 5, 6, 7)} == {RunStatus.MISSED}
+    assert statuses[2] is RunStatus.SUCCEEDED and statuses[9] is RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(("overlap", "ran", "skipped"),
+                         [("skip", 1, 3), ("queue", 2, 2), ("allow", 4, 0)])
+def test_overlap_policies(tmp_path: Path, overlap: str, ran: int, skipped: int) -> None:
+    config = make_config(tmp_path, "slow:\n  entrypoint: test_supervisor:gated\n"
+                                   f"  schedule: '* * * * * *'\n  overlap: {overlap}\n")
+
+    def release_at_end(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=4):
+            GATES.setdefault("gate", asyncio.Event()).set()
+
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
+                                    T0 + timedelta(seconds=4.5), on_tick=release_at_end))
+    slow = by_job(rows, "slow")
+    assert len([c for c in CALLS if c[0] == "gated"]) == ran
+    assert len([r for r in slow if r.status is RunStatus.SKIPPED]) == skipped
+    assert len({r.scheduled for r in slow}) == len(slow) == 4
+
+
+def test_max_concurrent_runs_wait_in_order(tmp_path: Path) -> None:
+    jobs = "".join(f"j{i}:\n  entrypoint: test_supervisor:quick\n  args: [j{i}]\n"
+                   f"  schedule: '* * * * * *'\n" for i in range(5))
+    config = make_config(tmp_path, jobs, settings="max_concurrent: 1\n")
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
+                                    T0 + timedelta(seconds=1)))
+    assert [c[1] for c in CALLS] == ["j0", "j1", "j2", "j3", "j4"]
+    assert len([r for r in rows if r.status is RunStatus.SUCCEEDED]) == 5
+
+
+def test_startup_schedule_fires_once_per_start(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"boot:\n  {JOB}\n  schedule: '@startup'\n")
+    db = tmp_path / "s.db"
+    asyncio.run(supervise(config, db, T0, T0 + timedelta(seconds=3)))
+    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=10),
+                                    T0 + timedelta(seconds=13)))
+    assert [(r.trigger, r.status) for r in rows] == [(TriggerKind.STARTUP, RunStatus.SUCCEEDED)] * 2
+
+
+def test_queued_requests_run_once_with_their_arguments(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"notify:\n  {JOB}\n")
+    db = tmp_path / "s.db"
+
+    async def enqueue(supervisor: Supervisor) -> None:
+        for i in range(3):
+            await supervisor.store.enqueue("notify", [f"order-{i}"], {}, T0)
+
+    _, rows = asyncio.run(supervise(config, db, T0, T0 + timedelta(seconds=3), before=enqueue))
+    assert sorted(c[1] for c in CALLS) == ["order-0", "order-1", "order-2"]
+    assert {(r.trigger, r.status) for r in rows} == {(TriggerKind.QUEUED, RunStatus.SUCCEEDED)}
+    assert len(rows) == 3
+
+
+def test_interrupted_runs_are_reported_and_optionally_rerun(tmp_path: Path) -> None:
+    config = make_config(tmp_path, f"a:\n  {JOB}\n  retry_interrupted: true\nb:\n  {JOB}\n")
+    db = tmp_path / "s.db"
+
+    async def crash_leftovers() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        from qtasks_cli.store.base import Fire
+
+        for job in ("a", "b"):
+            fire = Fire(job=job, scheduled=T0 - timedelta(minutes=1), trigger=TriggerKind.SCHEDULE,
+                        run_id=f"dead-{job}", schedule_key="")
+            await store.claim([fire])
+            await store.start(fire.run_id, T0 - timedelta(minutes=1))
+        await store.close()
+
+    asyncio.run(crash_leftovers())
+    events, rows = asyncio.run(supervise(config, db, T0, T0 + timedelta(seconds=2)))
+    interrupted = [e.job for e in events if e.kind is EventKind.INTERRUPTED]
+    assert sorted(interrupted) == ["a", "b"]
+    assert {r.run_id: r.status for r in rows if r.run_id.startswith("dead")} == {
+        "dead-a": RunStatus.INTERRUPTED, "dead-b": RunStatus.INTERRUPTED}
+    reruns = [r for r in rows if not r.run_id.startswith("dead")]
+    assert [(r.job, r.status) for r in reruns] == [("a", RunStatus.SUCCEEDED)]
+
+
+def test_reload_keeps_unchanged_jobs_times_and_adds_new_ones(tmp_path: Path) -> None:
+    first = make_config(tmp_path, f"keep:\n  {JOB}\n  schedule: '* * * * * *'\n"
+                                  f"gone:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    second = make_config(tmp_path, f"keep:\n  {JOB}\n  schedule: '* * * * * *'\n"
+                                   f"new:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    holder: list[Supervisor] = []
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def swap(now: datetime) -> None:
+        if now == T0 + timedelta(seconds=3):
+            holder[0].apply_config(second)
+
+    _, rows = asyncio.run(supervise(first, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
+                                    T0 + timedelta(seconds=6), on_tick=swap, before=grab))
+    secs = {job: [int((r.scheduled - T0).total_seconds()) for r in by_job(rows, job)]
+            for job in ("keep", "gone", "new")}
+    assert secs["keep"] == [1, 2, 3, 4, 5, 6]
+    assert secs["gone"] == [1, 2]  # removed when the clock reached :03
+    assert secs["new"] == [4, 5, 6]
+
+
+def test_history_is_pruned_to_keep_runs_in_the_background(tmp_path: Path) -> None:
+    jobs = f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n"
+    db = tmp_path / "s.db"
+    asyncio.run(supervise(make_config(tmp_path, jobs), db, T0 + timedelta(milliseconds=500),
+                          T0 + timedelta(seconds=10)))
+    pruned = make_config(tmp_path, jobs, settings="keep_runs: 3\n")
+    # The next life prunes at start, then hourly: run it past one hour boundary.
+    _, rows = asyncio.run(supervise(pruned, db, T0 + timedelta(seconds=10.5),
+                                    T0 + timedelta(seconds=12)))
+    assert len(rows) <= 5  # 3 kept + at most the runs of the new life before the prune ended
+    assert [int((r.scheduled - T0).total_seconds()) for r in rows][-2:] == [11, 12]
