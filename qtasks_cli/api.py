@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
 from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
@@ -18,8 +17,11 @@ from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
 if TYPE_CHECKING:
     from qtasks_cli.events import Event, EventBus
     from qtasks_cli.store.base import RunRow, Store
+    from qtasks_cli.supervisor import Supervisor
+    from qtasks_cli.systemd import SystemdAgent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FINISHED_POLL = 0.2  # how often ``trigger --enqueue --wait`` looks at the store
 
@@ -175,16 +177,28 @@ def enqueue(
     **kwargs: Any,
 ) -> str:
     """Hand a run of ``job`` to the daemon; return its run id at once."""
-    loaded = load(config, check_imports=False)
-    spec = get_job(loaded, job)
-    location = state_location(loaded, state)
+    return enqueue_loaded(load(config, check_imports=False), job, args, kwargs, state=state)
+
+
+def enqueue_loaded(
+    config: Config,
+    job: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    state: str | None = None,
+) -> str:
+    """``enqueue`` for a job file already loaded."""
     from qtasks_cli.store import enqueue_now
 
-    return enqueue_now(location, spec.name, list(args), dict(kwargs))
+    spec = get_job(config, job)
+    return enqueue_now(state_location(config, state), spec.name, list(args), dict(kwargs))
 
 
 async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunRow:
     """Block until the run has finished; return its row."""
+    import asyncio
+
     store = open_state(config, state)
     await store.open()
     try:
@@ -228,6 +242,8 @@ async def serve(
     on_ready: Callable[[Any], None] | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
+    import asyncio
+
     from qtasks_cli.supervisor import Supervisor
 
     store = open_state(config, state)
@@ -238,6 +254,7 @@ async def serve(
         return await asyncio.to_thread(load, config_path)
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
+    agent = _systemd_agent(supervisor, bus)
     loop = asyncio.get_running_loop()
     forced = asyncio.Event()
     interrupts = 0
@@ -253,6 +270,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
     main = asyncio.create_task(supervisor.run())
+    watchdog = asyncio.create_task(agent.run()) if agent is not None else None
     if on_ready is not None:
         ready = asyncio.create_task(supervisor.ready.wait())
         await asyncio.wait({ready, main}, return_when=asyncio.FIRST_COMPLETED)
@@ -260,6 +278,8 @@ async def serve(
             on_ready(supervisor)
     force = asyncio.create_task(forced.wait())
     await asyncio.wait({main, force}, return_when=asyncio.FIRST_COMPLETED)
+    if watchdog is not None:
+        watchdog.cancel()
     if forced.is_set() and not main.done():
         _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
         await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
@@ -270,12 +290,36 @@ async def serve(
     return EXIT_OK
 
 
+def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None:
+    """sd_notify for a daemon started by systemd (``Type=notify``); None otherwise."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    from qtasks_cli.systemd import agent_from_env
+
+    agent = agent_from_env(os.environ)
+    if agent is not None:
+        agent.snapshot = supervisor.snapshot
+        bus.subscribe(agent.on_event)
+    return agent
+
+
 def _emit_notice(bus: EventBus, message: str, level: int = logging.INFO) -> None:
     from qtasks_cli.events import Event, EventKind
 
     bus.emit(
         Event(kind=EventKind.NOTICE, time=datetime.now(timezone.utc), message=message, level=level)
     )
+
+
+def run_until_done(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on a new event loop and return its result without waiting for tasks a job
+    left behind: a job that ignores its cancellation must not keep the process alive (the
+    supervisor already reported it). The caller exits with ``os._exit`` afterwards."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(main)
 
 
 def log_sink_for(ui: str) -> Callable[[Event], None]:

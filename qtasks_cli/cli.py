@@ -160,12 +160,15 @@ def _parse_after(text: str) -> Any:
 def run(
     config: ConfigArg = None,
     ui: Annotated[
-        UI, typer.Option(help="auto: live table on a terminal, plain otherwise.")
+        UI,
+        typer.Option(
+            help="auto: the live table when stderr is a terminal (not under systemd), "
+            "else plain log lines (journald-style under systemd)."
+        ),
     ] = UI.auto,
     state: StateOpt = None,
 ) -> None:
     """Supervise every job until stopped (SIGTERM/Ctrl-C); SIGHUP reloads the file."""
-    import asyncio
 
     from qtasks_cli import api
     from qtasks_cli.events import EventBus
@@ -174,27 +177,46 @@ def run(
     path = loaded.path
     mode = _log_mode(ui)
     bus = EventBus()
-    bus.subscribe(api.log_sink_for(mode))
     try:
-        code = asyncio.run(api.serve(path, loaded, bus=bus, state=state))
+        if mode == "live":
+            from qtasks_cli.ui import live
+
+            code = live.run_live(
+                lambda on_ready: api.serve(path, loaded, bus=bus, state=state, on_ready=on_ready),
+                bus=bus,
+            )
+        else:
+            bus.subscribe(api.log_sink_for(mode))
+            code = api.run_until_done(api.serve(path, loaded, bus=bus, state=state))
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
     _exit_now(code)
 
 
 def _log_mode(ui: UI) -> str:
+    """``live``, ``json``, ``journal`` or ``plain``: what ``--ui`` amounts to here."""
     if ui is UI.json:
         return "json"
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    on_terminal = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    if ui is UI.live and on_terminal:
+        return "live"
+    if ui is UI.auto and on_terminal and not under_systemd:
+        return "live"
     if under_systemd and not sys.stderr.isatty():
         return "journal"
+    if ui is UI.live:
+        print("qtasks: --ui live needs a terminal on stderr; writing plain lines", file=sys.stderr)
     return "plain"
 
 
 def _exit_now(code: int) -> NoReturn:
     """Exit without waiting for job threads that never returned (they were reported)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a job may have closed or replaced them
+            stream.flush()
     os._exit(code)
 
 
@@ -249,14 +271,8 @@ def trigger(
     try:
         spec = api.get_job(loaded, job)
         if enqueue:
-            api.bind_arguments(spec, args, kwargs)
-            run_id = api.enqueue(
-                job,
-                *(spec.args if args is None else args),
-                config=loaded.path,
-                state=state,
-                **(spec.kwargs if kwargs is None else kwargs),
-            )
+            run_args, run_kwargs = api.bind_arguments(spec, args, kwargs)
+            run_id = api.enqueue_loaded(loaded, job, run_args, run_kwargs, state=state)
             print(run_id)
             if not wait:
                 raise typer.Exit(EXIT_OK)
@@ -271,7 +287,7 @@ def trigger(
         bus = EventBus()
         bus.subscribe(api.log_sink_for(mode))
         bus.subscribe(_print_items)
-        result = asyncio.run(
+        result = api.run_until_done(
             api.trigger_now(loaded, job, args=args, kwargs=kwargs, state=state, bus=bus)
         )
     except QtasksError as exc:
@@ -366,6 +382,41 @@ def history(
             print(json.dumps(tables.row_json(row), default=str))
     else:
         print(tables.stats_text(rows) if stats else tables.history_text(rows))
+
+
+@app.command("systemd-unit")
+def systemd_unit(
+    config: ConfigArg = None,
+    user: Annotated[
+        bool,
+        typer.Option("--user", help="A user unit (systemctl --user), for ~/.config/systemd/user/."),
+    ] = False,
+    name: Annotated[
+        str, typer.Option("--name", help="The service's name (NAME.service).")
+    ] = "qtasks",
+) -> None:
+    """Print a systemd service (Type=notify, watchdog, reload on SIGHUP) that runs CONFIG."""
+    from qtasks_cli import systemd
+
+    if not systemd.valid_unit_name(name):
+        _fail(
+            f"--name: {name!r} is not a unit name (expected letters, digits and :_.@- "
+            "without the .service suffix, such as 'qtasks' or 'shop-jobs')"
+        )
+    loaded = _load(config, check_imports=False)
+    path = loaded.path.resolve()
+    print(
+        systemd.render_unit(
+            executable=systemd.qtasks_executable(),
+            config=path,
+            working_directory=path.parent,
+            shutdown_grace=loaded.settings.shutdown_grace,
+            name=name,
+            user=None if user else systemd.current_user(),
+            user_unit=user,
+        ),
+        end="",
+    )
 
 
 def main() -> None:

@@ -703,7 +703,10 @@ class _JobReader:
             args, kwargs = values.get("args", ()), values.get("kwargs", {})
             reason = None
             if self.arguments_ok:
-                reason = entrypoints.check_binding(fn, args, kwargs)
+                # A job without a schedule gets its arguments with each trigger, so the file
+                # may leave required ones out; a scheduled job must be callable as written.
+                partial = values.get("schedule") is None
+                reason = entrypoints.check_binding(fn, args, kwargs, partial=partial)
             if reason:
                 signature = entrypoints.describe_signature(fn)
                 message = f"arguments do not fit {signature}: {reason}"

@@ -198,15 +198,18 @@ def kind_of(fn: Any) -> CallableKind:
     return CallableKind.SYNC
 
 
-def check_binding(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+def check_binding(
+    fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], *, partial: bool = False
+) -> str | None:
     """None if ``fn(*args, **kwargs)`` fits the signature, else why not (for example
-    ``missing a required argument: 'day'``). Callables without a signature pass."""
+    ``missing a required argument: 'day'``). With ``partial``, missing arguments are fine
+    (they come with each trigger). Callables without a signature pass."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
     try:
-        signature.bind(*args, **kwargs)
+        (signature.bind_partial if partial else signature.bind)(*args, **kwargs)
     except TypeError as exc:
         return str(exc)
     return None

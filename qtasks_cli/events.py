@@ -25,6 +25,12 @@ class EventKind(StrEnum):
     QUEUED = "queued"
     INTERRUPTED = "interrupted"
     NOTICE = "notice"  # a daemon message not tied to a run (reload, shutdown, store errors...)
+    # The daemon's life cycle, for sinks such as sd_notify and the live table.
+    READY = "ready"  # every job is scheduled
+    RELOADING = "reloading"
+    RELOADED = "reloaded"
+    RELOAD_FAILED = "reload failed"  # the old configuration keeps running
+    STOPPING = "stopping"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -32,10 +32,20 @@ from qtasks_cli import entrypoints
 from qtasks_cli.durations import format_duration
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.models import Attempt, JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+from qtasks_cli.models import (
+    Attempt,
+    Isolation,
+    JobSpec,
+    RetryPolicy,
+    RunResult,
+    RunStatus,
+    TriggerKind,
+)
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
+
+    from qtasks_cli.isolation import Workers
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,7 @@ PREVIEW_CHARS = 200
 ERROR_CHARS = 2_000
 TRACEBACK_CHARS = 16 * 1024
 HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
+KILL_WAIT = 2.0  # seconds for a SIGKILLed child process to be reaped
 
 _FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
@@ -140,7 +151,8 @@ async def _guarded(awaitable: Awaitable[Any]) -> _Outcome:
 
 
 class Runtime:
-    """Shared by all runs of one process: the concurrency cap and the threads for sync code.
+    """Shared by all runs of one process: the concurrency cap, the threads for sync code and
+    the child processes of ``isolation: process`` jobs.
 
     Sync code runs in a daemon thread per call, named ``qtasks-job-N``. A run uses one thread at
     a time and holds a capacity unit, so the cap bounds the threads. Not a ThreadPoolExecutor:
@@ -154,10 +166,25 @@ class Runtime:
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
+        self._workers: Workers | None = None
+
+    @property
+    def workers(self) -> Workers:
+        """The child processes of process jobs; the first use imports ``isolation``."""
+        if self._workers is None:
+            from qtasks_cli.isolation import Workers
+
+            self._workers = Workers()
+            if self._closed:
+                self._workers.close()  # so that it starts nothing
+        return self._workers
 
     def shutdown(self) -> None:
-        """Start no more threads; threads still running are not waited for."""
+        """Start no more threads or child processes; threads still running are not waited
+        for. Idle children exit and busy ones are killed; this blocks until they are reaped."""
         self._closed = True
+        if self._workers is not None:
+            self._workers.close()
 
     async def call_in_thread(
         self, call: Callable[[], Any], *, on_abandon: Callable[[threading.Thread], str]
@@ -231,6 +258,28 @@ class _HandlerFailed(Exception):
         self.original = original
 
 
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class ReportedError(Exception):
+    """An exception raised where its object cannot come from (a job's child process), carried
+    as text: its type's name, the qualified names of its classes, its message and traceback."""
+
+    def __init__(
+        self, *, type_name: str, message: str, traceback_text: str | None, bases: Sequence[str]
+    ) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.bases = frozenset(bases)
+
+    def is_a(self, classes: tuple[type[BaseException], ...]) -> bool:
+        """What ``isinstance`` says of the original exception, judged by class names."""
+        return any(qualified_name(cls) in self.bases for cls in classes)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Failure:
     status: RunStatus  # FAILED or TIMED_OUT
@@ -277,6 +326,7 @@ class _Run:
         self.items: int | None = None  # items handled by the current attempt
         self.abandon_reason = "cancelled"
         self.stuck_stack: traceback.StackSummary | None = None
+        self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
         self._emit = emit
         self._retry_types: tuple[type[BaseException], ...] | None = None
 
@@ -309,6 +359,7 @@ class _Run:
         frame = sys._current_frames().get(thread.ident or -1)
         if frame is not None:
             self.stuck_stack = traceback.extract_stack(frame)
+            self.stuck_where = "its thread is still running here"
         return f"{self.label}: {self.abandon_reason}"
 
     async def bounded(
@@ -336,6 +387,8 @@ class _Run:
         task.cancel()
         # Even with no grace, let the task see its cancellation once before judging it stuck.
         grace = max(self.job.kill_grace.total_seconds(), 0.01)
+        if self.job.isolation is Isolation.PROCESS:
+            grace += KILL_WAIT + 1.0  # the SIGKILL after kill_grace and the reaping
         done, _ = await asyncio.wait({task}, timeout=grace)
         if done:
             return task.result()
@@ -351,6 +404,8 @@ class _Run:
     def retryable(self, exc: BaseException) -> bool:
         if self._retry_types is None:
             self._retry_types = _retry_types(self.job)
+        if isinstance(exc, ReportedError):
+            return exc.is_a(self._retry_types)
         return isinstance(exc, self._retry_types)
 
 
@@ -381,9 +436,13 @@ def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
 async def _call_attempt(run: _Run) -> Any:
     """Call the job once and return its result; a generator's result is its handled items.
 
-    This is the one step a process runner (``isolation: process``) would replace.
+    This is the one step that ``isolation: process`` replaces.
     """
     job = run.job
+    if job.isolation is Isolation.PROCESS:
+        from qtasks_cli import isolation
+
+        return await isolation.call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
     kind = entrypoints.kind_of(fn)
@@ -473,6 +532,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     number = len(run.attempt_log) + 1
     run.items = None
     run.stuck_stack = None
+    run.stuck_where = ""
     started = run.clock()
     if number == 1:
         run.event(
@@ -607,12 +667,16 @@ def _failure(job: JobSpec, exc: BaseException) -> _Failure:
     if isinstance(exc, _HandlerFailed):
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
+    if isinstance(exc, ReportedError):
+        error_type, message, text = exc.type_name, exc.message, exc.traceback_text
+    else:
+        error_type, message, text = _type_name(exc), _safe_str(exc), format_user_traceback(exc)
     return _Failure(
         status=RunStatus.FAILED,
         exc=exc,
-        error_type=_type_name(exc),
-        error=_clip(job.redact(prefix + _safe_str(exc)), ERROR_CHARS),
-        traceback=_clip_start(job.redact(format_user_traceback(exc)), TRACEBACK_CHARS),
+        error_type=error_type,
+        error=_clip(job.redact(prefix + message), ERROR_CHARS),
+        traceback=None if text is None else _clip_start(job.redact(text), TRACEBACK_CHARS),
     )
 
 
@@ -620,7 +684,7 @@ def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
     job = run.job
     message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
     if run.stuck_stack is not None:
-        stack, where = run.stuck_stack, "its thread is still running here"
+        stack, where = run.stuck_stack, run.stuck_where
     elif outcome is not None and outcome.error is not None:
         stack, where = traceback.extract_tb(outcome.error.__traceback__), "cancelled here"
     else:
@@ -647,11 +711,15 @@ def _internal_prefixes() -> tuple[str, ...]:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
             dirs.append(os.path.dirname(os.path.abspath(spec.origin)))
-    return (*(d + os.sep for d in dirs), os.path.abspath(threading.__file__))
+    files = [os.path.abspath(threading.__file__)]
+    runpy = importlib.util.find_spec("runpy")  # it starts a process job's child
+    if runpy is not None and runpy.origin and os.path.isfile(runpy.origin):
+        files.append(os.path.abspath(runpy.origin))
+    return (*(d + os.sep for d in dirs), *files)
 
 
 def _is_internal(filename: str) -> bool:
-    if filename.startswith("<frozen importlib"):  # import machinery, frozen since 3.11
+    if filename.startswith(("<frozen importlib", "<frozen runpy")):  # frozen since 3.11
         return True
     return os.path.abspath(filename).startswith(_internal_prefixes())
 

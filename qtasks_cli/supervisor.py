@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,6 +35,12 @@ LATE_AFTER = timedelta(seconds=1)
 # How often the daemon asks the store whether requests were handed over.
 QUEUE_POLL = 1.0
 QUEUE_BATCH = 500
+# How long firing waits for the store to confirm a claim before running the fires anyway.
+CLAIM_WAIT = 0.1
+# Seconds between attempts to record fires the store refused.
+RECORD_RETRY = 1.0
+# How long a stop waits for the store to take what it refused before giving up on it.
+BACKLOG_GRACE = 10.0
 PRUNE_EVERY = timedelta(hours=1)
 # Missed fires recorded one by one per job and wake-up; beyond that they are only counted.
 MAX_MISSED_ROWS = 10_000
@@ -92,7 +98,12 @@ class Supervisor:
         self._stopping = False
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unrecorded: list[Fire] = []  # fires run while the store refused writes
+        # Fires run while the store did not take them, their run ids, and the outcomes of
+        # those runs, held until the fires are recorded (see _claim).
+        self._backlog: list[Fire] = []
+        self._unrecorded_ids: set[str] = set()
+        self._held: list[RunResult] = []
+        self._backlog_task: asyncio.Task[None] | None = None
         self._next_poll = 0.0
         self._queue_more = True
         self._next_prune: datetime | None = None
@@ -100,6 +111,7 @@ class Supervisor:
             None  # the first poll reads requests left from before the start
         )
         self.ready = asyncio.Event()
+        self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
 
     # --- control: signal handlers call these; they only flip state -------------------------
 
@@ -128,18 +140,7 @@ class Supervisor:
 
     def snapshot(self) -> Snapshot:
         """The daemon's state now, for displays; cheap enough to call a few times a second."""
-        views = tuple(
-            JobView(
-                name=name,
-                schedule=s.spec.schedule.describe() if s.spec.schedule else "only when triggered",
-                enabled=s.spec.enabled,
-                next_fire=s.next_fire,
-                running=s.running,
-                pending=len(s.pending),
-                max_attempts=s.spec.retry.attempts,
-            )
-            for name, s in self.jobs.items()
-        )
+        views = tuple(self._view(name, s) for name, s in self.jobs.items())
         return Snapshot(
             now=self.clock(),
             started_at=self.started_at,
@@ -149,12 +150,40 @@ class Supervisor:
             state=self.store.location,
         )
 
+    def _view(self, name: str, state: _JobState) -> JobView:
+        """The job's view, reused while nothing in it changed: building 1,000 views (and
+        describing 1,000 schedules) on every redraw of the live table would cost the loop
+        milliseconds."""
+        spec = state.spec
+        key = (spec, state.next_fire, state.running, len(state.pending))
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None and cached[0][0] is spec:
+            words = cached[1].schedule
+        else:
+            words = spec.schedule.describe() if spec.schedule else "only when triggered"
+        view = JobView(
+            name=name,
+            schedule=words,
+            enabled=spec.enabled,
+            next_fire=state.next_fire,
+            running=state.running,
+            pending=len(state.pending),
+            max_attempts=spec.retry.attempts,
+        )
+        if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
+            self._views.clear()
+        self._views[name] = (key, view)
+        return view
+
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Supervise until ``request_stop``; then stop gracefully."""
         await self._start()
         self.ready.set()
+        self._emit(EventKind.READY)
         while not self._stopping:
             if self._reload_requested:
                 await self._reload()
@@ -163,6 +192,7 @@ class Supervisor:
             await self._poll_queue()
             self._maybe_prune(now)
             await self.timer.wait(self._sleep_for(), self._wake)
+        self._emit(EventKind.STOPPING)
         await self._shutdown()
 
     async def _start(self) -> None:
@@ -435,29 +465,70 @@ class Supervisor:
         await asyncio.sleep(0)  # let the new runs start before anything else
 
     async def _claim(self, fires: list[Fire]) -> list[bool]:
-        """Claim fires in the store; if it refuses, fire anyway and record them later."""
-        if self._unrecorded:
-            await self._retry_unrecorded()
-        try:
-            return await self.store.claim(fires)
-        except Exception as exc:  # the store logs details; firing must go on
-            if not self._unrecorded:
-                log.error(
-                    "cannot record fires in %s (%s); firing anyway and retrying",
-                    self.store.location,
-                    exc,
-                )
-            self._unrecorded.extend(fires)
+        """Claim fires in the store, waiting at most CLAIM_WAIT: firing never waits on a slow
+        or locked store. Fires it does not confirm in time run anyway (each fire is still
+        taken once, by this process) and are recorded in the background, with their runs'
+        outcomes held back until then."""
+        if self._backlog_task is not None:  # the store is behind: do not queue up behind it
+            self._hold(fires)
             return [True] * len(fires)
-
-    async def _retry_unrecorded(self) -> None:
-        pending, self._unrecorded = self._unrecorded, []
+        claim = asyncio.ensure_future(self.store.claim(fires))
+        inflight: asyncio.Future[list[bool]] | None = claim
         try:
-            await self.store.claim(pending)
-        except Exception:
-            self._unrecorded = pending
-        else:
-            log.warning("recorded %d fires that the store had refused", len(pending))
+            return await asyncio.wait_for(asyncio.shield(claim), CLAIM_WAIT)
+        except asyncio.TimeoutError:
+            reason = f"no answer within {CLAIM_WAIT:g}s"
+        except Exception as exc:
+            inflight, reason = None, str(exc)
+        log.error(
+            "cannot record fires in %s (%s); firing anyway and recording them later",
+            self.store.location,
+            reason,
+        )
+        self._hold(fires)
+        self._backlog_task = asyncio.create_task(self._record_backlog(inflight, fires))
+        return [True] * len(fires)
+
+    def _hold(self, fires: list[Fire]) -> None:
+        self._backlog.extend(fires)
+        self._unrecorded_ids.update(f.run_id for f in fires)
+
+    async def _record_backlog(
+        self, inflight: asyncio.Future[list[bool]] | None, fires: list[Fire]
+    ) -> None:
+        """Write fires the store refused, retrying until it takes them; then the held
+        outcomes of their runs."""
+        total = 0
+        if inflight is not None:
+            with contextlib.suppress(Exception):
+                await inflight
+                total += self._recorded(fires)
+        while self._backlog:
+            pending = list(self._backlog)
+            try:
+                await self.store.claim(pending)
+            except Exception:
+                await asyncio.sleep(RECORD_RETRY)
+                continue
+            total += self._recorded(pending)
+        self._backlog_task = None
+        log.warning("recorded %d fire(s) that the store had refused for a while", total)
+
+    def _recorded(self, fires: list[Fire]) -> int:
+        """These fires are in the store now: send the outcomes held for their runs."""
+        ids = {f.run_id for f in fires}
+        self._backlog = [f for f in self._backlog if f.run_id not in ids]
+        self._unrecorded_ids -= ids
+        held = [r for r in self._held if r.run_id in ids]
+        self._held = [r for r in self._held if r.run_id not in ids]
+        for result in held:
+            self._background(self._record(result))
+        return len(ids)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- runs ------------------------------------------------------------------------------------
 
@@ -500,7 +571,8 @@ class Supervisor:
         try:
             await self.runtime.capacity.acquire()
             try:
-                await self.store.start(run_id, self.clock())
+                if run_id not in self._unrecorded_ids:
+                    await self.store.start(run_id, self.clock())
                 result = await execute(
                     spec,
                     run_id=run_id,
@@ -533,6 +605,9 @@ class Supervisor:
             self._run_ended(spec.name)
 
     async def _record(self, result: RunResult) -> None:
+        if result.run_id in self._unrecorded_ids:
+            self._held.append(result)
+            return
         try:
             await self.store.finish(result)
         except Exception:
@@ -616,14 +691,14 @@ class Supervisor:
         self._reload_requested = False
         if self._reload_config is None:
             return
-        self._emit(EventKind.NOTICE, message="reloading")
+        self._emit(EventKind.RELOADING)
         try:
             config = await self._reload_config()
         except Exception as exc:
             self._emit(
-                EventKind.NOTICE,
+                EventKind.RELOAD_FAILED,
                 level=logging.ERROR,
-                message=f"reload failed; the old configuration keeps running:\n{exc}",
+                message=f"(the old configuration keeps running):\n{exc}",
             )
             return
         self.apply_config(config)
@@ -662,10 +737,9 @@ class Supervisor:
             if not same_time:
                 self._schedule_job(name, now)
         self._emit(
-            EventKind.NOTICE,
+            EventKind.RELOADED,
             message=(
-                f"reloaded {config.path}: {len(added)} added, {len(removed)} removed, "
-                f"{len(changed)} changed"
+                f"{config.path}: {len(added)} added, {len(removed)} removed, {len(changed)} changed"
             ),
         )
 
@@ -687,11 +761,28 @@ class Supervisor:
                     level=logging.WARNING,
                     message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
                 )
+        await self._settle_backlog()
         try:
             await asyncio.shield(self.store.flush())
-        except Exception:
-            log.exception("cannot write the last history rows to %s", self.store.location)
+        except Exception as exc:
+            log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
+
+    async def _settle_backlog(self) -> None:
+        """Give the store a last chance to take refused fires; count what is lost."""
+        if self._backlog_task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._backlog_task), BACKLOG_GRACE)
+        if self._backlog:
+            self._emit(
+                EventKind.NOTICE,
+                level=logging.ERROR,
+                message=(
+                    f"{len(self._backlog)} fire(s) and {len(self._held)} run outcome(s) could not "
+                    f"be recorded in {self.store.location}"
+                ),
+            )
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock(), **fields))

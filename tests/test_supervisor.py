@@ -49,8 +49,9 @@ class FakeTimer(Timer):
     """Advances the fake clock by the supervisor's timeout instead of sleeping, after letting
     started runs and the store's thread settle; stops the supervisor at ``until``."""
 
-    def __init__(self, clock: FakeClock, until: datetime,
-                 on_tick: Callable[[datetime], None] | None = None) -> None:
+    def __init__(
+        self, clock: FakeClock, until: datetime, on_tick: Callable[[datetime], None] | None = None
+    ) -> None:
         self.clock = clock
         self.until = until
         self.on_tick = on_tick
@@ -85,10 +86,14 @@ def make_config(tmp_path: Path, jobs: str, settings: str = "") -> Config:
     return parse_config_text(text, filename=str(tmp_path / "jobs.yaml"), base_dir=tmp_path)
 
 
-async def supervise(config: Config, store_path: Path, start: datetime, until: datetime,
-                    on_tick: Callable[[datetime], None] | None = None,
-                    before: Callable[[Supervisor], Any] | None = None,
-                    ) -> tuple[list[Event], list[RunRow]]:
+async def supervise(
+    config: Config,
+    store_path: Path,
+    start: datetime,
+    until: datetime,
+    on_tick: Callable[[datetime], None] | None = None,
+    before: Callable[[Supervisor], Any] | None = None,
+) -> tuple[list[Event], list[RunRow]]:
     clock = FakeClock(start)
     timer = FakeTimer(clock, until, on_tick)
     store = SqliteStore(store_path, clock=clock)
@@ -121,8 +126,11 @@ JOB = "entrypoint: test_supervisor:quick"
 
 def test_every_second_fires_each_second_once_and_never_drifts(tmp_path: Path) -> None:
     config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
-    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=300),
-                                    T0 + timedelta(seconds=10)))
+    _, rows = asyncio.run(
+        supervise(
+            config, tmp_path / "s.db", T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=10)
+        )
+    )
     ticks = by_job(rows, "tick")
     assert [r.scheduled for r in ticks] == [T0 + timedelta(seconds=s) for s in range(1, 11)]
     assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}
@@ -137,46 +145,60 @@ def test_every_second_fires_each_second_once_and_never_drifts(tmp_path: Path) ->
         ("none", {5: ("schedule", "missed"), 10: ("schedule", "missed")}),
     ],
 )
-def test_downtime_goes_through_catch_up(tmp_path: Path, policy: str,
-                                         expected: dict[int, tuple[str, str]]) -> None:
+def test_downtime_goes_through_catch_up(
+    tmp_path: Path, policy: str, expected: dict[int, tuple[str, str]]
+) -> None:
     config = make_config(
-        tmp_path, f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: {policy}\n")
+        tmp_path, f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: {policy}\n"
+    )
     db = tmp_path / "s.db"
     # First life: fires at :00 only (starts just before it).
-    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500),
-                          T0 + timedelta(seconds=1)))
+    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500), T0 + timedelta(seconds=1)))
     # Down until 12:00:12.5, then a second life.
-    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=12.5),
-                                    T0 + timedelta(seconds=13)))
-    got = {int((r.scheduled - T0).total_seconds()): (str(r.trigger), str(r.status))
-           for r in by_job(rows, "five")}
+    _, rows = asyncio.run(
+        supervise(config, db, T0 + timedelta(seconds=12.5), T0 + timedelta(seconds=13))
+    )
+    got = {
+        int((r.scheduled - T0).total_seconds()): (str(r.trigger), str(r.status))
+        for r in by_job(rows, "five")
+    }
     assert got == {0: ("schedule", "succeeded"), **expected}
 
 
 def test_misfire_grace_limits_catch_up(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n"
-                                   "  catch_up: all\n  misfire_grace: 6s\n")
+    config = make_config(
+        tmp_path,
+        f"five:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: all\n  misfire_grace: 6s\n",
+    )
     db = tmp_path / "s.db"
     asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500), T0 + timedelta(seconds=1)))
-    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=12.5),
-                                    T0 + timedelta(seconds=13)))
+    _, rows = asyncio.run(
+        supervise(config, db, T0 + timedelta(seconds=12.5), T0 + timedelta(seconds=13))
+    )
     got = {int((r.scheduled - T0).total_seconds()): str(r.status) for r in by_job(rows, "five")}
     assert got == {0: "succeeded", 5: "missed", 10: "succeeded"}
 
 
 def test_max_catch_up_caps_all(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n  catch_up: all\n",
-                         settings="max_catch_up: 3\n")
+    config = make_config(
+        tmp_path,
+        f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n  catch_up: all\n",
+        settings="max_catch_up: 3\n",
+    )
     db = tmp_path / "s.db"
-    asyncio.run(supervise(config, db, T0 - timedelta(milliseconds=500),
-                          T0 + timedelta(milliseconds=500)))
-    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=10.5),
-                                    T0 + timedelta(seconds=10.9)))
+    asyncio.run(
+        supervise(config, db, T0 - timedelta(milliseconds=500), T0 + timedelta(milliseconds=500))
+    )
+    _, rows = asyncio.run(
+        supervise(config, db, T0 + timedelta(seconds=10.5), T0 + timedelta(seconds=10.9))
+    )
     ticks = by_job(rows, "tick")
-    runs = [int((r.scheduled - T0).total_seconds()) for r in ticks
-            if r.status is RunStatus.SUCCEEDED]
-    missed = [int((r.scheduled - T0).total_seconds()) for r in ticks
-              if r.status is RunStatus.MISSED]
+    runs = [
+        int((r.scheduled - T0).total_seconds()) for r in ticks if r.status is RunStatus.SUCCEEDED
+    ]
+    missed = [
+        int((r.scheduled - T0).total_seconds()) for r in ticks if r.status is RunStatus.MISSED
+    ]
     assert runs == [0, 7, 8, 9, 10]  # :10 is on time; the three newest missed ones caught up
     assert missed == [1, 2, 3, 4, 5, 6]
 
@@ -192,8 +214,9 @@ def test_changed_schedule_never_backfills(tmp_path: Path) -> None:
     old = make_config(tmp_path, f"job:\n  {JOB}\n  schedule: '*/5 * * * * *'\n  catch_up: all\n")
     asyncio.run(supervise(old, db, T0 - timedelta(milliseconds=500), T0 + timedelta(seconds=1)))
     new = make_config(tmp_path, f"job:\n  {JOB}\n  schedule: '*/2 * * * * *'\n  catch_up: all\n")
-    _, rows = asyncio.run(supervise(new, db, T0 + timedelta(seconds=9.5),
-                                    T0 + timedelta(seconds=12)))
+    _, rows = asyncio.run(
+        supervise(new, db, T0 + timedelta(seconds=9.5), T0 + timedelta(seconds=12))
+    )
     got = [int((r.scheduled - T0).total_seconds()) for r in by_job(rows, "job")]
     assert got == [0, 10, 12]  # nothing between 0 and 9.5 from the new schedule
 
@@ -213,8 +236,16 @@ def test_late_wake_is_caught_up_without_doubles(tmp_path: Path) -> None:
     async def grab(supervisor: Supervisor) -> None:
         clock_holder.append(supervisor.clock)
 
-    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
-                                    T0 + timedelta(seconds=12), on_tick=block_once, before=grab))
+    _, rows = asyncio.run(
+        supervise(
+            config,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=12),
+            on_tick=block_once,
+            before=grab,
+        )
+    )
     ticks = by_job(rows, "tick")
     seconds = [int((r.scheduled - T0).total_seconds()) for r in ticks]
     assert seconds == list(range(1, 13))  # every second accounted for, none twice
@@ -224,18 +255,29 @@ def test_late_wake_is_caught_up_without_doubles(tmp_path: Path) -> None:
     assert statuses[2] is RunStatus.SUCCEEDED and statuses[9] is RunStatus.SUCCEEDED
 
 
-@pytest.mark.parametrize(("overlap", "ran", "skipped"),
-                         [("skip", 1, 3), ("queue", 2, 2), ("allow", 4, 0)])
+@pytest.mark.parametrize(
+    ("overlap", "ran", "skipped"), [("skip", 1, 3), ("queue", 2, 2), ("allow", 4, 0)]
+)
 def test_overlap_policies(tmp_path: Path, overlap: str, ran: int, skipped: int) -> None:
-    config = make_config(tmp_path, "slow:\n  entrypoint: test_supervisor:gated\n"
-                                   f"  schedule: '* * * * * *'\n  overlap: {overlap}\n")
+    config = make_config(
+        tmp_path,
+        "slow:\n  entrypoint: test_supervisor:gated\n"
+        f"  schedule: '* * * * * *'\n  overlap: {overlap}\n",
+    )
 
     def release_at_end(now: datetime) -> None:
         if now >= T0 + timedelta(seconds=4):
             GATES.setdefault("gate", asyncio.Event()).set()
 
-    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
-                                    T0 + timedelta(seconds=4.5), on_tick=release_at_end))
+    _, rows = asyncio.run(
+        supervise(
+            config,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=4.5),
+            on_tick=release_at_end,
+        )
+    )
     slow = by_job(rows, "slow")
     assert len([c for c in CALLS if c[0] == "gated"]) == ran
     assert len([r for r in slow if r.status is RunStatus.SKIPPED]) == skipped
@@ -243,11 +285,16 @@ def test_overlap_policies(tmp_path: Path, overlap: str, ran: int, skipped: int) 
 
 
 def test_max_concurrent_runs_wait_in_order(tmp_path: Path) -> None:
-    jobs = "".join(f"j{i}:\n  entrypoint: test_supervisor:quick\n  args: [j{i}]\n"
-                   f"  schedule: '* * * * * *'\n" for i in range(5))
+    jobs = "".join(
+        f"j{i}:\n  entrypoint: test_supervisor:quick\n  args: [j{i}]\n  schedule: '* * * * * *'\n"
+        for i in range(5)
+    )
     config = make_config(tmp_path, jobs, settings="max_concurrent: 1\n")
-    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
-                                    T0 + timedelta(seconds=1)))
+    _, rows = asyncio.run(
+        supervise(
+            config, tmp_path / "s.db", T0 + timedelta(milliseconds=500), T0 + timedelta(seconds=1)
+        )
+    )
     assert [c[1] for c in CALLS] == ["j0", "j1", "j2", "j3", "j4"]
     assert len([r for r in rows if r.status is RunStatus.SUCCEEDED]) == 5
 
@@ -256,8 +303,9 @@ def test_startup_schedule_fires_once_per_start(tmp_path: Path) -> None:
     config = make_config(tmp_path, f"boot:\n  {JOB}\n  schedule: '@startup'\n")
     db = tmp_path / "s.db"
     asyncio.run(supervise(config, db, T0, T0 + timedelta(seconds=3)))
-    _, rows = asyncio.run(supervise(config, db, T0 + timedelta(seconds=10),
-                                    T0 + timedelta(seconds=13)))
+    _, rows = asyncio.run(
+        supervise(config, db, T0 + timedelta(seconds=10), T0 + timedelta(seconds=13))
+    )
     assert [(r.trigger, r.status) for r in rows] == [(TriggerKind.STARTUP, RunStatus.SUCCEEDED)] * 2
 
 
@@ -285,8 +333,13 @@ def test_interrupted_runs_are_reported_and_optionally_rerun(tmp_path: Path) -> N
         from qtasks_cli.store.base import Fire
 
         for job in ("a", "b"):
-            fire = Fire(job=job, scheduled=T0 - timedelta(minutes=1), trigger=TriggerKind.SCHEDULE,
-                        run_id=f"dead-{job}", schedule_key="")
+            fire = Fire(
+                job=job,
+                scheduled=T0 - timedelta(minutes=1),
+                trigger=TriggerKind.SCHEDULE,
+                run_id=f"dead-{job}",
+                schedule_key="",
+            )
             await store.claim([fire])
             await store.start(fire.run_id, T0 - timedelta(minutes=1))
         await store.close()
@@ -296,16 +349,22 @@ def test_interrupted_runs_are_reported_and_optionally_rerun(tmp_path: Path) -> N
     interrupted = [e.job for e in events if e.kind is EventKind.INTERRUPTED]
     assert sorted(interrupted) == ["a", "b"]
     assert {r.run_id: r.status for r in rows if r.run_id.startswith("dead")} == {
-        "dead-a": RunStatus.INTERRUPTED, "dead-b": RunStatus.INTERRUPTED}
+        "dead-a": RunStatus.INTERRUPTED,
+        "dead-b": RunStatus.INTERRUPTED,
+    }
     reruns = [r for r in rows if not r.run_id.startswith("dead")]
     assert [(r.job, r.status) for r in reruns] == [("a", RunStatus.SUCCEEDED)]
 
 
 def test_reload_keeps_unchanged_jobs_times_and_adds_new_ones(tmp_path: Path) -> None:
-    first = make_config(tmp_path, f"keep:\n  {JOB}\n  schedule: '* * * * * *'\n"
-                                  f"gone:\n  {JOB}\n  schedule: '* * * * * *'\n")
-    second = make_config(tmp_path, f"keep:\n  {JOB}\n  schedule: '* * * * * *'\n"
-                                   f"new:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    first = make_config(
+        tmp_path,
+        f"keep:\n  {JOB}\n  schedule: '* * * * * *'\ngone:\n  {JOB}\n  schedule: '* * * * * *'\n",
+    )
+    second = make_config(
+        tmp_path,
+        f"keep:\n  {JOB}\n  schedule: '* * * * * *'\nnew:\n  {JOB}\n  schedule: '* * * * * *'\n",
+    )
     holder: list[Supervisor] = []
 
     async def grab(supervisor: Supervisor) -> None:
@@ -315,10 +374,20 @@ def test_reload_keeps_unchanged_jobs_times_and_adds_new_ones(tmp_path: Path) -> 
         if now == T0 + timedelta(seconds=3):
             holder[0].apply_config(second)
 
-    _, rows = asyncio.run(supervise(first, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
-                                    T0 + timedelta(seconds=6), on_tick=swap, before=grab))
-    secs = {job: [int((r.scheduled - T0).total_seconds()) for r in by_job(rows, job)]
-            for job in ("keep", "gone", "new")}
+    _, rows = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=6),
+            on_tick=swap,
+            before=grab,
+        )
+    )
+    secs = {
+        job: [int((r.scheduled - T0).total_seconds()) for r in by_job(rows, job)]
+        for job in ("keep", "gone", "new")
+    }
     assert secs["keep"] == [1, 2, 3, 4, 5, 6]
     assert secs["gone"] == [1, 2]  # removed when the clock reached :03
     assert secs["new"] == [4, 5, 6]
@@ -327,11 +396,47 @@ def test_reload_keeps_unchanged_jobs_times_and_adds_new_ones(tmp_path: Path) -> 
 def test_history_is_pruned_to_keep_runs_in_the_background(tmp_path: Path) -> None:
     jobs = f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n"
     db = tmp_path / "s.db"
-    asyncio.run(supervise(make_config(tmp_path, jobs), db, T0 + timedelta(milliseconds=500),
-                          T0 + timedelta(seconds=10)))
+    asyncio.run(
+        supervise(
+            make_config(tmp_path, jobs),
+            db,
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=10),
+        )
+    )
     pruned = make_config(tmp_path, jobs, settings="keep_runs: 3\n")
     # The next life prunes at start, then hourly: run it past one hour boundary.
-    _, rows = asyncio.run(supervise(pruned, db, T0 + timedelta(seconds=10.5),
-                                    T0 + timedelta(seconds=12)))
+    _, rows = asyncio.run(
+        supervise(pruned, db, T0 + timedelta(seconds=10.5), T0 + timedelta(seconds=12))
+    )
     assert len(rows) <= 5  # 3 kept + at most the runs of the new life before the prune ended
     assert [int((r.scheduled - T0).total_seconds()) for r in rows][-2:] == [11, 12]
+
+
+def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qtasks_cli import supervisor as supervisor_module
+    from qtasks_cli.errors import StoreError
+
+    monkeypatch.setattr(supervisor_module, "RECORD_RETRY", 0.01)
+    refusing = {"on": True}
+    original = SqliteStore.claim
+
+    async def flaky_claim(self: SqliteStore, fires: Any) -> list[bool]:
+        if refusing["on"]:
+            raise StoreError("database is locked")
+        return await original(self, fires)
+
+    monkeypatch.setattr(SqliteStore, "claim", flaky_claim)
+
+    def recover(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=3):
+            refusing["on"] = False
+
+    config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
+    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
+                                    T0 + timedelta(seconds=5), on_tick=recover))
+    ticks = by_job(rows, "tick")
+    assert [int((r.scheduled - T0).total_seconds()) for r in ticks] == [1, 2, 3, 4, 5]
+    assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}  # held outcomes were written
+    assert len([c for c in CALLS if c[0] == "quick"]) == 5  # every fire ran, none twice

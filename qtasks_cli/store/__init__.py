@@ -11,6 +11,7 @@ from qtasks_cli.errors import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from datetime import timedelta
     from types import ModuleType
 
     from qtasks_cli.store.base import Store
@@ -82,30 +83,42 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def open_store(state: str) -> Store:
-    """The store for ``state`` (a file path or a ``postgresql://`` URL), not opened yet."""
+def open_store(
+    state: str, *, schema: str = "qtasks", node_timeout: timedelta | None = None
+) -> Store:
+    """The store for ``state`` (a file path or a ``postgresql://`` URL), not opened yet.
+
+    ``schema`` (``settings.schema``) and ``node_timeout`` (``settings.node_timeout``,
+    used by ``recover``) matter only for PostgreSQL.
+    """
     if is_url(state):
-        return _open_postgres(state)
+        module = _postgres_module(state)
+        options: dict[str, Any] = {"schema": schema}
+        if node_timeout is not None:
+            options["node_timeout"] = node_timeout
+        store: Store = module.PostgresStore(state, **options)
+        return store
     from qtasks_cli.store.sqlite import SqliteStore
 
     return SqliteStore(state)
 
 
 def enqueue_now(
-    state: str, job: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    state: str,
+    job: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    schema: str = "qtasks",
 ) -> str:
     """Synchronously write a pending request for ``job`` to ``state``; return its run id."""
     if is_url(state):
-        run_id: str = _postgres_module(state).enqueue_now(state, job, args, kwargs)
+        module = _postgres_module(state)
+        run_id: str = module.enqueue_now(state, job, args, kwargs, schema=schema)
         return run_id
     from qtasks_cli.store import sqlite
 
     return sqlite.enqueue_now(state, job, args, kwargs)
-
-
-def _open_postgres(url: str) -> Store:
-    store: Store = _postgres_module(url).PostgresStore(url)
-    return store
 
 
 def _postgres_module(url: str) -> ModuleType:

@@ -1,12 +1,16 @@
-"""The one interface every state store implements (SQLite now, PostgreSQL later)."""
+"""The one interface every state store implements (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import enum
+import json
+import os
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol, overload
 
+from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 
 
@@ -21,6 +25,31 @@ class Fire:
     schedule_key: str  # the schedule's canonical text, stored with the job's last fire
     status: RunStatus = RunStatus.CLAIMED  # or SKIPPED / MISSED, recorded as finished at once
     error: str | None = None  # why it was skipped or missed
+
+
+class Claim(enum.IntEnum):
+    """What ``Store.claim`` did with one fire.
+
+    Compares equal to the bool of the old contract: EXISTS is False, INSERTED is True;
+    BUSY is truthy too (a row was inserted) but differs from True.
+    """
+
+    EXISTS = 0  # the (job, scheduled) pair was already recorded: do not run it
+    INSERTED = 1  # recorded as given: run it if its status is CLAIMED
+    BUSY = 2  # recorded as SKIPPED: a run of the job is in progress on another node
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeInfo:
+    """A daemon sharing the store, as its last heartbeat described it."""
+
+    node_id: str  # host:pid:random for PostgreSQL, host:pid for SQLite
+    host: str
+    pid: int
+    started: datetime
+    last_seen: datetime
+    digest: str  # hash of the node's effective job file
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # per job
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +83,7 @@ class RunRow:
     pid: int | None = None
     host: str | None = None
     created: datetime | None = None
+    node: str | None = None  # the node that claimed or took the run
 
     @property
     def duration(self) -> float | None:
@@ -80,6 +110,11 @@ class JobStats:
         return None if done == 0 else self.succeeded / done
 
 
+def busy_error(node: str) -> str:
+    """The error of a fire skipped because ``node`` runs the job (both stores say it so)."""
+    return f"skipped: previous run still running on node {node}"
+
+
 class Store(Protocol):
     """History, last fires and queued requests; every method is safe to await from the loop.
 
@@ -88,6 +123,8 @@ class Store(Protocol):
     """
 
     location: str  # for messages: a path, or a URL without its password
+    node_id: str  # this store's identity in the cluster; recorded with what it claims
+    wakes_on_work: bool  # True when wait_for_work returns as soon as work is handed over
 
     async def open(self) -> None:
         """Create or migrate the schema."""
@@ -96,7 +133,8 @@ class Store(Protocol):
         """Flush buffered writes and release everything."""
 
     async def lock_daemon(self) -> None:
-        """Become the daemon of this store, or raise StoreError naming the pid holding it."""
+        """Become a daemon of this store: SQLite takes an exclusive lock (StoreError naming
+        the pid holding it); PostgreSQL registers this node and starts listening for work."""
 
     async def recover(self, now: datetime) -> list[RunRow]:
         """Mark runs left in progress by a dead daemon ``interrupted``; give back claimed but
@@ -105,9 +143,26 @@ class Store(Protocol):
     async def last_fired(self) -> dict[str, tuple[datetime, str]]:
         """Per job, the last scheduled time recorded and the schedule key it was recorded with."""
 
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]:
+    @overload
+    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
+
+    @overload
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
+    ) -> list[Claim]: ...
+
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
+    ) -> list[bool] | list[Claim]:
         """In one transaction, insert each fire under the unique (job, scheduled) key and
-        advance the job's last fire; True for each fire this call inserted."""
+        advance the job's last fire; per fire, whether this call inserted it.
+
+        Given ``exclusive_jobs`` (the jobs whose overlap is skip or queue), the result is
+        a ``Claim`` per fire, and a CLAIMED fire of such a job is inserted as SKIPPED
+        (``Claim.BUSY``, its error naming the node) when a non-manual run of the job is
+        claimed or running on another node; check and insert are atomic across nodes.
+        Runs of this store's own node never count: the daemon's in-memory overlap check
+        covers them."""
 
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Record a run that has no scheduled time (manual), usually RUNNING at first."""
@@ -130,7 +185,27 @@ class Store(Protocol):
         """Atomically take up to ``limit`` pending requests, oldest first (status CLAIMED)."""
 
     async def changed(self) -> bool:
-        """Cheaply tell whether anyone else wrote since the last call."""
+        """Cheaply tell whether anyone else wrote since the last call (PostgreSQL: since
+        ``lock_daemon``; before it, the first call says True)."""
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait until a request may have been handed over or ``timeout`` seconds pass;
+        True when woken early (possibly spuriously: callers then take_queued). SQLite
+        cannot be woken (``wakes_on_work`` is False): it sleeps the timeout."""
+
+    async def heartbeat(
+        self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
+    ) -> None:
+        """Record that this node is alive at ``now``, with the digest of its job file and
+        a fingerprint per job, for ``nodes``."""
+
+    async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
+        """The nodes whose last heartbeat is within ``timeout`` of ``now``, by node id."""
+
+    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
+        """Mark the runs in progress of nodes silent for longer than ``timeout``
+        ``interrupted``, give back their taken but unstarted requests, forget the nodes;
+        return the rows marked interrupted. Each dead run is returned by one caller only."""
 
     async def get_run(self, run_id: str) -> RunRow | None: ...
 
@@ -145,3 +220,43 @@ class Store(Protocol):
 
     async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         """Delete finished runs beyond the retention; return how many."""
+
+
+# -- helpers shared by the stores ------------------------------------------------------
+
+TRACEBACK_LIMIT = 16 * 1024  # characters of a traceback kept (the end, where the error is)
+
+
+def truncate_traceback(text: str | None) -> str | None:
+    """Keep the end of a long traceback, where the error is."""
+    if text is None or len(text) <= TRACEBACK_LIMIT:
+        return text
+    dropped = len(text) - TRACEBACK_LIMIT
+    return f"[{dropped} characters cut]\n" + text[-TRACEBACK_LIMIT:]
+
+
+def encode_request(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    """The JSON texts of a request's arguments, or StoreError saying what is wrong."""
+    bad_keys = [key for key in kwargs if not isinstance(key, str)]
+    if bad_keys:
+        raise StoreError(f"cannot enqueue {job!r}: keyword names must be strings, got {bad_keys!r}")
+    try:
+        return json.dumps(list(args)), json.dumps(dict(kwargs))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"cannot enqueue {job!r}: its arguments must be JSON values "
+            f"(str, int, float, bool, None, lists and dicts): {exc}"
+        ) from None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but alive
+    except OSError:
+        return False
+    return True

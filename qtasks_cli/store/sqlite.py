@@ -21,17 +21,28 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Fire, JobStats, QueuedRun, RunRow
+from qtasks_cli.store.base import (
+    Claim,
+    Fire,
+    JobStats,
+    NodeInfo,
+    QueuedRun,
+    RunRow,
+    busy_error,
+)
+from qtasks_cli.store.base import encode_request as _encode_request
+from qtasks_cli.store.base import pid_alive as _pid_alive
+from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -44,7 +55,6 @@ BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we 
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the file is locked
 BATCH_SIZE = 500  # more pending writes than this are written at once
-TRACEBACK_LIMIT = 16 * 1024  # characters of a traceback kept (the end, where the error is)
 CLOSE_ATTEMPTS = 3  # tries to write the buffer when closing before rows are given up
 MIN_SQLITE = (3, 25, 0)  # upserts and window functions
 
@@ -164,38 +174,6 @@ def _from_us(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(microseconds=value)
 
 
-def _truncate_traceback(text: str | None) -> str | None:
-    if text is None or len(text) <= TRACEBACK_LIMIT:
-        return text
-    dropped = len(text) - TRACEBACK_LIMIT
-    return f"[{dropped} characters cut]\n" + text[-TRACEBACK_LIMIT:]
-
-
-def _encode_request(job: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
-    bad_keys = [key for key in kwargs if not isinstance(key, str)]
-    if bad_keys:
-        raise StoreError(f"cannot enqueue {job!r}: keyword names must be strings, got {bad_keys!r}")
-    try:
-        return json.dumps(list(args)), json.dumps(dict(kwargs))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(
-            f"cannot enqueue {job!r}: its arguments must be JSON values "
-            f"(str, int, float, bool, None, lists and dicts): {exc}"
-        ) from None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, but alive
-    except OSError:
-        return False
-    return True
-
-
 # -- opening a file -------------------------------------------------------------------
 
 
@@ -299,6 +277,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _row_to_run(row: Sequence[Any]) -> RunRow:
+    pid, host = row[13], row[14]
     return RunRow(
         run_id=row[0],
         job=row[1],
@@ -316,7 +295,13 @@ def _row_to_run(row: Sequence[Any]) -> RunRow:
         pid=row[13],
         host=row[14],
         created=_from_us(row[15]),
+        node=None if pid is None or host is None else _node_name(host, pid),
     )
+
+
+def _node_name(host: str, pid: int) -> str:
+    # One daemon per file (the flock), so a process is a node; no column needed.
+    return f"{host}:{pid}"
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -461,6 +446,10 @@ class SqliteStore:
         self._writer: asyncio.Task[None] | None = None  # timed flushes while rows wait
         self._kick: asyncio.Task[None] | None = None  # an early flush of a full buffer
         self._outage_since: float | None = None  # monotonic time of the first failed flush
+        self.node_id = _node_name(self._host, self._pid)
+        self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
+
+    wakes_on_work = False  # nothing tells a SQLite reader that a request was written
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -581,6 +570,15 @@ class SqliteStore:
         self._lock_fd = fd
         _held_locks.add(fd)
         _forget_locks_in_children()
+        now = self._clock()
+        self._node = NodeInfo(
+            node_id=self.node_id,
+            host=self._host,
+            pid=self._pid,
+            started=now,
+            last_seen=now,
+            digest="",
+        )
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -642,8 +640,22 @@ class SqliteStore:
         rows = await self._run("reading last fires", self._fetch_all, "SELECT * FROM jobs", ())
         return {job: (_EPOCH + timedelta(microseconds=us), key) for job, us, key in rows}
 
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]:
-        """Insert each fire unless its (job, scheduled) exists; advance last fires; one commit."""
+    @overload
+    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
+
+    @overload
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
+    ) -> list[Claim]: ...
+
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
+    ) -> list[bool] | list[Claim]:
+        """Insert each fire unless its (job, scheduled) exists; advance last fires; one commit.
+
+        With ``exclusive_jobs``, a claimed fire of such a job becomes SKIPPED (BUSY) while
+        another process has a non-manual run of it claimed or running (see ``Store``).
+        """
         if not fires:
             return []
         created = _to_us(self._clock())
@@ -674,7 +686,13 @@ class SqliteStore:
             if fire.job not in latest or scheduled >= latest[fire.job][0]:
                 latest[fire.job] = (scheduled, fire.schedule_key)
         jobs = [(job, us, key) for job, (us, key) in latest.items()]
-        return await self._run_transaction("claiming fires", _claim_work(rows, jobs))
+        exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs or ()))
+        outcomes = await self._run_transaction(
+            "claiming fires", _claim_work(rows, jobs, exclusive, created, self._pid, self._host)
+        )
+        if exclusive_jobs is None:
+            return [outcome is Claim.INSERTED for outcome in outcomes]
+        return outcomes
 
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Insert a run that has no scheduled time (a manual run), as given."""
@@ -764,6 +782,38 @@ class SqliteStore:
         changed = version != self._data_version
         self._data_version = version
         return bool(changed)
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """SQLite cannot be woken by a writer: sleep ``timeout`` and say False."""
+        await self._sleep(timeout)
+        return False
+
+    # -- the cluster view: one daemon per file, so only this process -------------------
+
+    async def heartbeat(
+        self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
+    ) -> None:
+        """Remember this daemon's job file digest and fingerprints (in memory)."""
+        started = now if self._node is None else self._node.started
+        self._node = NodeInfo(
+            node_id=self.node_id,
+            host=self._host,
+            pid=self._pid,
+            started=started,
+            last_seen=now,
+            digest=digest,
+            fingerprints=dict(fingerprints),
+        )
+
+    async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
+        """This daemon, if it heartbeat within ``timeout``: the flock excludes any other."""
+        node = self._node
+        return [] if node is None or now - node.last_seen > timeout else [node]
+
+    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
+        """Nothing to do: no other daemon can hold this file, and ``recover`` cleaned up
+        after the previous one."""
+        return []
 
     async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         """Delete finished runs beyond the ``keep_runs`` newest per job or older than
@@ -1060,12 +1110,36 @@ def _job_stats(
 
 
 def _claim_work(
-    rows: list[tuple[Any, ...]], jobs: list[tuple[str, int, str]]
-) -> Callable[[sqlite3.Connection], list[bool]]:
-    def work(conn: sqlite3.Connection) -> list[bool]:
-        inserted = [conn.execute(_SQL_CLAIM, row).rowcount == 1 for row in rows]
+    rows: list[tuple[Any, ...]],
+    jobs: list[tuple[str, int, str]],
+    exclusive: list[str],
+    created: int,
+    pid: int,
+    host: str,
+) -> Callable[[sqlite3.Connection], list[Claim]]:
+    def work(conn: sqlite3.Connection) -> list[Claim]:
+        busy: dict[str, str] = {}
+        if exclusive:
+            marks = ", ".join("?" * len(exclusive))
+            for job, other_host, other_pid in conn.execute(
+                "SELECT job, host, pid FROM runs WHERE status IN ('claimed', 'running')"
+                f" AND trigger != 'manual' AND job IN ({marks})"
+                " AND NOT (pid IS ? AND host IS ?) ORDER BY job, run_id",
+                (*exclusive, pid, host),
+            ):
+                busy.setdefault(job, _node_name(other_host, other_pid))
+        outcomes: list[Claim] = []
+        for row in rows:
+            job, status = row[1], row[6]
+            skip = job in busy and status == RunStatus.CLAIMED.value
+            if skip:
+                row = (*row[:5], created, RunStatus.SKIPPED.value, busy_error(busy[job]), *row[8:])
+            if conn.execute(_SQL_CLAIM, row).rowcount != 1:
+                outcomes.append(Claim.EXISTS)
+            else:
+                outcomes.append(Claim.BUSY if skip else Claim.INSERTED)
         conn.executemany(_SQL_ADVANCE_JOB, jobs)
-        return inserted
+        return outcomes
 
     return work
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -166,3 +167,22 @@ def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def use_handler(handler: logging.Handler, level: int = logging.INFO) -> Callable[[], None]:
+    """Make ``handler`` the only destination of log records (the live table's events area)
+    until the returned function is called, which puts the previous handlers back."""
+    root = logging.getLogger()
+    before, before_level = list(root.handlers), root.level
+    for old in before:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        for old in before:
+            root.addHandler(old)
+        root.setLevel(before_level)
+
+    return restore

@@ -1,0 +1,665 @@
+"""``isolation: process``: each call of a job runs in a child process, kept and reused across runs.
+
+A worker is ``python -m qtasks_cli.isolation``. It imports the job's entry point on its first
+call and then serves calls one at a time. Parent and child exchange frames over the child's
+stdin and stdout pipes: a header, a short tag and a pickled payload. The child moves those
+pipes to private descriptors and gives the job the daemon's stdout, so a job prints where an
+inline job would. The exchange is lockstep: the parent sends ``call`` and reads until a final
+frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for ``next`` or
+``close``, because the generate_handler runs in the parent.
+
+The executor imports this module only when a process job runs. The child imports asyncio (through
+the executor), ctypes on Linux and, on its first call, the job's module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import functools
+import importlib
+import inspect
+import logging
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from qtasks_cli import entrypoints
+from qtasks_cli.entrypoints import CallableKind
+from qtasks_cli.executor import (
+    KILL_WAIT,
+    ReportedError,
+    _handle,
+    _Run,
+    _safe_str,
+    _type_name,
+    format_user_traceback,
+    qualified_name,
+)
+
+if TYPE_CHECKING:
+    from qtasks_cli.models import JobSpec
+
+log = logging.getLogger(__name__)
+
+IDLE_PER_JOB = 4  # idle children kept per job; more only while runs overlap
+CLOSE_WAIT = 2.0  # seconds shutdown waits for idle children to exit on end of input
+# Lockstep leaves the pipe empty whenever the parent writes, so a frame of at most PIPE_BUF
+# bytes never blocks the loop; larger ones are written from a thread.
+_DIRECT_WRITE = 4096
+_HEADER = struct.Struct(">BQ")  # length of the tag, length of the payload
+_PR_SET_PDEATHSIG = 1
+_MODULE = "qtasks_cli.isolation"  # this file runs as __main__ in the child
+
+
+class ChildCrashed(Exception):
+    """The child process running a call died before it answered."""
+
+
+# --- frames --------------------------------------------------------------------------------------
+
+
+def _frame(tag: str, payload: bytes = b"") -> bytes:
+    name = tag.encode("ascii")
+    return _HEADER.pack(len(name), len(payload)) + name + payload
+
+
+def _read_frame(stream: IO[bytes]) -> tuple[str, bytes] | None:
+    """The next frame's tag and payload; None at the end of the stream (or a cut-off frame)."""
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    name_size, payload_size = _HEADER.unpack(head)
+    name = stream.read(name_size)
+    payload = stream.read(payload_size)
+    if len(name) < name_size or len(payload) < payload_size:
+        return None
+    return name.decode("ascii"), payload
+
+
+def _pickled(value: Any, what: str, purpose: str) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} cannot be pickled {purpose}: {type(exc).__name__}: {_safe_str(exc)}"
+        ) from None
+
+
+def describe_exit(returncode: int) -> str:
+    """Why a child ended, for the run's error: ``child exited with signal 11 (SIGSEGV)``."""
+    if returncode == -signal.SIGKILL:
+        return "child was killed (SIGKILL), possibly out of memory"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"child exited with signal {-returncode} ({name})"
+    return f"child exited with code {returncode}"
+
+
+# --- the parent's side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Message:
+    tag: str
+    value: Any = None
+    unreadable: str | None = None  # why the payload could not be unpickled here
+
+
+def _decode(tag: str, payload: bytes) -> _Message:
+    if not payload:
+        return _Message(tag=tag)
+    try:
+        return _Message(tag=tag, value=pickle.loads(payload))
+    except Exception as exc:
+        return _Message(tag=tag, unreadable=f"{type(exc).__name__}: {_safe_str(exc)}")
+
+
+class Worker:
+    """One child process serving one job's calls, one at a time.
+
+    A daemon thread reads the child's frames and hands them to the loop; at the end of the
+    stream it reaps the child and hands over its exit status, so ``exited`` resolves only once
+    the process is gone.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.ready = True  # waiting for a call and in step with the protocol
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._loop = loop
+        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._ended = False  # the child's output reached its end: it is exiting or gone
+        self._reader = threading.Thread(
+            target=self._read_all, name=f"qtasks-child-{proc.pid}", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    def start(cls, loop: asyncio.AbstractEventLoop) -> Worker:
+        """Start a child; it gets this process's sys.path before anything else."""
+        if not sys.executable:
+            raise RuntimeError("cannot start a child process: sys.executable is unknown")
+        stdout = _dup_stdout()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", _MODULE, str(os.getpid()), str(stdout)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(stdout,) if stdout >= 0 else (),
+                # Its own process group: a terminal's Ctrl-C goes to the daemon alone, which
+                # stops jobs gracefully, and killpg reaches whatever the job itself started.
+                start_new_session=True,
+            )
+        finally:
+            if stdout >= 0:
+                os.close(stdout)
+        worker = cls(proc, loop)
+        worker.write(_frame("init", _pickled(list(sys.path), "sys.path", "for the child")))
+        return worker
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return not self._ended and self.proc.returncode is None
+
+    def _read_all(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        try:
+            while (frame := _read_frame(stream)) is not None:
+                self._post(self._inbox.put_nowait, _decode(*frame))
+        except (OSError, ValueError):
+            log.debug("reading from child process %d failed", self.pid, exc_info=True)
+        finally:
+            self._ended = True
+            stream.close()
+        self._post(self._on_exit, self.proc.wait())
+
+    def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
+        # RuntimeError: the loop is closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, arg)
+
+    def _on_exit(self, returncode: int) -> None:
+        self._inbox.put_nowait(_Message(tag="exit", value=returncode))
+        if not self.exited.done():
+            self.exited.set_result(returncode)
+
+    async def send(self, tag: str, payload: bytes = b"") -> None:
+        frame = _frame(tag, payload)
+        if len(frame) <= _DIRECT_WRITE:
+            self.write(frame)
+        else:
+            await asyncio.to_thread(self.write, frame)
+
+    def write(self, frame: bytes) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(frame)
+            stdin.flush()
+        except (OSError, ValueError):
+            # The child is gone or going; its exit status will say how. Make sure it goes.
+            log.debug("writing to child process %d failed", self.pid, exc_info=True)
+            self.signal(signal.SIGKILL)
+
+    async def receive(self) -> _Message:
+        """The next frame from the child; ChildCrashed once it has exited."""
+        message = await self._inbox.get()
+        if message.tag == "exit":
+            self._inbox.put_nowait(message)  # so that every later receive sees it too
+            raise ChildCrashed(describe_exit(message.value))
+        return message
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group, unless the child has been reaped."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    async def stop(self, grace: float) -> list[Any] | None:
+        """SIGTERM; SIGKILL if it still runs ``grace`` seconds later; wait until it is reaped.
+
+        Returns the stack the child reported when it got SIGTERM, if it did.
+        """
+        self.ready = False
+        self.signal(signal.SIGTERM)
+        if not await self._exits_within(grace):
+            log.warning(
+                "child process %d still running %.3gs after SIGTERM; sending SIGKILL",
+                self.pid,
+                grace,
+            )
+            self.signal(signal.SIGKILL)
+            if not await self._exits_within(KILL_WAIT):
+                log.error("child process %d not gone %gs after SIGKILL", self.pid, KILL_WAIT)
+        return self._reported_stack()
+
+    async def _exits_within(self, seconds: float) -> bool:
+        done, _ = await asyncio.wait({self.exited}, timeout=seconds)
+        return bool(done)
+
+    def _reported_stack(self) -> list[Any] | None:
+        stack = None
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            if message.tag == "stack" and isinstance(message.value, list):
+                stack = message.value
+        return stack
+
+    def retire(self) -> None:
+        """Let an idle child exit at the end of its input; kill one that is mid-call."""
+        if not self.ready:
+            self.signal(signal.SIGKILL)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for the child to be reaped; for shutdown only."""
+        try:
+            self.proc.wait(timeout=max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+def _dup_stdout() -> int:
+    """A copy of this process's stdout for the child, or -1 when there is none."""
+    try:
+        return os.dup(1)
+    except OSError:
+        return -1
+
+
+def _key(job: JobSpec) -> tuple[str, str]:
+    return job.name, job.entrypoint
+
+
+class Workers:
+    """The child processes of one runtime's process jobs: per job, idle ones kept for reuse."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str], list[Worker]] = {}
+        self._live: set[Worker] = set()  # every child started and not yet reaped
+        self._closed = False
+
+    def take(self, job: JobSpec) -> Worker:
+        """An idle child of ``job``, or a new one; call from the loop."""
+        idle = self._idle.get(_key(job), [])
+        while idle:
+            worker = idle.pop()
+            if worker.alive:
+                return worker
+            worker.retire()
+        if self._closed:
+            raise RuntimeError("the qtasks runtime is shut down; no new child processes start")
+        self._live = {w for w in self._live if w.proc.returncode is None}
+        worker = Worker.start(asyncio.get_running_loop())
+        self._live.add(worker)
+        log.debug("job %r: started child process %d", job.name, worker.pid)
+        return worker
+
+    def give_back(self, job: JobSpec, worker: Worker) -> None:
+        """Keep ``worker`` for ``job``'s next run if it is healthy and there is room."""
+        idle = self._idle.setdefault(_key(job), [])
+        if worker.ready and worker.alive and not self._closed and len(idle) < IDLE_PER_JOB:
+            idle.append(worker)
+        else:
+            worker.retire()
+
+    def close(self) -> None:
+        """Stop every child: idle ones exit at the end of their input, busy ones are killed.
+
+        Blocks (at most CLOSE_WAIT + KILL_WAIT seconds) until they are reaped, so that none
+        outlives the daemon.
+        """
+        self._closed = True
+        self._idle.clear()
+        workers = [w for w in self._live if w.proc.returncode is None]
+        self._live.clear()
+        for worker in workers:
+            worker.retire()
+        deadline = time.monotonic() + CLOSE_WAIT
+        stubborn = [w for w in workers if not w.wait(deadline - time.monotonic())]
+        for worker in stubborn:
+            log.warning("child process %d did not exit at shutdown; sending SIGKILL", worker.pid)
+            worker.signal(signal.SIGKILL)
+        for worker in stubborn:
+            if not worker.wait(KILL_WAIT):
+                log.error("child process %d not gone %gs after SIGKILL", worker.pid, KILL_WAIT)
+
+
+async def call_attempt(run: _Run) -> Any:
+    """One attempt of ``run``'s job in a child process, with the same contract as an inline
+    call: the value, or a generator's handled items; the job's exception as a ReportedError."""
+    job = run.job
+    handler = run.resolve(job.generate_handler) if job.generate_handler else None
+    call = _pickled(
+        (job.entrypoint, run.args, run.kwargs),
+        f"the arguments of job {job.name!r}",
+        "to send them to its child process",
+    )
+    workers = run.runtime.workers
+    worker = workers.take(job)
+    try:
+        return await _converse(run, worker, call, handler)
+    except ChildCrashed as exc:
+        log.debug("%s: child process %d: %s", run.label, worker.pid, exc)
+        raise
+    except asyncio.CancelledError:
+        await _stop(run, worker)
+        raise
+    finally:
+        workers.give_back(job, worker)
+
+
+async def _converse(run: _Run, worker: Worker, call: bytes, handler: Any) -> Any:
+    worker.ready = False
+    await worker.send("call", call)
+    handled: list[Any] = []
+    while True:
+        message = await worker.receive()
+        if message.tag == "stream":
+            run.items = 0
+        elif message.tag == "item":
+            await _take_item(run, worker, handler, message, handled)
+        elif message.tag != "stack":  # a stack comes with someone else's SIGTERM; exit follows
+            return _final(worker, message, handled)
+
+
+def _final(worker: Worker, message: _Message, handled: list[Any]) -> Any:
+    if message.tag == "end":
+        worker.ready = True
+        return handled
+    if message.tag == "done":
+        worker.ready = True
+        return _unpickled(message, "the result")
+    if message.tag == "raised":
+        worker.ready = True
+        raise ReportedError(**message.value)
+    raise RuntimeError(f"unexpected frame {message.tag!r} from child process {worker.pid}")
+
+
+def _unpickled(message: _Message, what: str) -> Any:
+    if message.unreadable is not None:
+        raise TypeError(
+            f"{what} sent back by the child process cannot be unpickled: {message.unreadable}"
+        )
+    return message.value
+
+
+async def _take_item(
+    run: _Run, worker: Worker, handler: Any, message: _Message, handled: list[Any]
+) -> None:
+    try:
+        item = _unpickled(message, f"item {(run.items or 0) + 1}")
+        handled.append(await _handle(run, handler, item))
+    except Exception:
+        await _close_stream(worker)
+        raise
+    await worker.send("next")
+
+
+async def _close_stream(worker: Worker) -> None:
+    """Have the child close its generator, running its finally blocks, as inline does."""
+    await worker.send("close")
+    with contextlib.suppress(ChildCrashed):  # the error on its way out is the one to report
+        reply = await worker.receive()
+        worker.ready = reply.tag == "closed"
+
+
+async def _stop(run: _Run, worker: Worker) -> None:
+    stack = await worker.stop(run.job.kill_grace.total_seconds())
+    if stack and run.stuck_stack is None:
+        run.stuck_stack = traceback.StackSummary.from_list(stack)
+        run.stuck_where = "the child process was here when stopped"
+
+
+# --- the child's side ----------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Unwinds the child: SIGTERM (``terminated``) or the parent went away."""
+
+    def __init__(self, terminated: bool) -> None:
+        super().__init__(terminated)
+        self.terminated = terminated
+
+
+class _Channel:
+    """The child's end of the protocol."""
+
+    def __init__(self, inbound: IO[bytes], outbound: IO[bytes]) -> None:
+        self._in = inbound
+        self._out = outbound
+        self._sending = False
+
+    def receive(self) -> tuple[str, bytes] | None:
+        return _read_frame(self._in)
+
+    def send(self, tag: str, payload: bytes = b"") -> None:
+        self._sending = True
+        try:
+            self._out.write(_frame(tag, payload))
+            self._out.flush()
+        except BrokenPipeError:
+            raise _Stop(terminated=False) from None
+        finally:
+            self._sending = False
+
+    def on_sigterm(self, signum: int, frame: types.FrameType | None) -> None:
+        """Tell the parent where the job was, then unwind it so its finally blocks run."""
+        if frame is not None and not self._sending:  # never cut into a frame being written
+            stack = [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_stack(frame)]
+            with contextlib.suppress(Exception):
+                self.send("stack", pickle.dumps(stack))
+        raise _Stop(terminated=True)
+
+
+class _Loop:
+    """The child's event loop for async jobs: made on first use, kept across calls."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, awaitable: Any) -> Any:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+        return self._loop.run_until_complete(_awaited(awaitable))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+_END = object()
+
+
+async def _anext(agen: Any) -> Any:
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+def _stepper(loop: _Loop, stream: Any) -> Callable[[], Any]:
+    """A function returning the generator's next item, or _END."""
+    if isinstance(stream, types.AsyncGeneratorType):
+        return functools.partial(_next_async, loop, stream)
+    return functools.partial(next, stream, _END)
+
+
+def _next_async(loop: _Loop, agen: Any) -> Any:
+    return loop.run(_anext(agen))
+
+
+def _invoke(loop: _Loop, fn: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn`` as the inline executor would: async awaited, sync awaitables awaited,
+    generators returned for streaming."""
+    kind = entrypoints.kind_of(fn)
+    if kind is CallableKind.ASYNC:
+        return loop.run(fn(*args, **kwargs))
+    value = fn(*args, **kwargs)
+    if not kind.is_generator and inspect.isawaitable(value):
+        value = loop.run(value)
+    return value
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    """ReportedError's fields for ``exc``: what the parent needs to report and retry it."""
+    try:
+        text: str | None = format_user_traceback(exc)
+    except Exception:
+        text = None
+    return {
+        "type_name": _type_name(exc),
+        "message": _safe_str(exc),
+        "traceback_text": text,
+        "bases": [qualified_name(cls) for cls in type(exc).__mro__],
+    }
+
+
+def _close_quietly(loop: _Loop, stream: Any) -> None:
+    try:
+        if isinstance(stream, types.AsyncGeneratorType):
+            loop.run(stream.aclose())
+        else:
+            stream.close()
+    except _Stop:
+        raise
+    except BaseException:  # the failure on its way to the parent is the one to report
+        log.debug("closing the generator failed", exc_info=True)
+
+
+def _stream(channel: _Channel, loop: _Loop, ref: str, stream: Any) -> None:
+    """Send each item; wait for ``next`` (go on) or ``close`` (the handler failed)."""
+    step = _stepper(loop, stream)
+    channel.send("stream")
+    count = 0
+    while (item := step()) is not _END:
+        count += 1
+        try:
+            data = _pickled(item, f"item {count} of {ref}", "to send it to the parent process")
+        except TypeError:
+            _close_quietly(loop, stream)
+            raise
+        channel.send("item", data)
+        reply = channel.receive()
+        if reply is None:
+            raise _Stop(terminated=False)
+        if reply[0] == "close":
+            _close_quietly(loop, stream)
+            channel.send("closed")
+            return
+    channel.send("end")
+
+
+def _serve_call(channel: _Channel, loop: _Loop, payload: bytes) -> None:
+    try:
+        try:
+            ref, args, kwargs = pickle.loads(payload)
+        except Exception as exc:
+            raise TypeError(
+                f"the arguments cannot be unpickled in the child process: "
+                f"{type(exc).__name__}: {_safe_str(exc)}"
+            ) from None
+        value = _invoke(loop, entrypoints.resolve(ref), args, kwargs)
+        if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+            _stream(channel, loop, ref, value)
+        else:
+            purpose = "to send it to the parent process"
+            channel.send("done", _pickled(value, f"the result of {ref}", purpose))
+    except _Stop:
+        raise
+    except BaseException as exc:
+        channel.send("raised", pickle.dumps(_describe(exc)))
+    finally:
+        _flush_stdio()
+
+
+def _serve(channel: _Channel) -> None:
+    first = channel.receive()
+    if first is None or first[0] != "init":
+        return
+    sys.path[:] = pickle.loads(first[1])
+    importlib.invalidate_caches()
+    loop = _Loop()
+    while (frame := channel.receive()) is not None:
+        tag, payload = frame
+        if tag == "call":
+            _serve_call(channel, loop, payload)
+        else:
+            log.warning("qtasks child %d: unexpected frame %r; ignored", os.getpid(), tag)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this child when the daemon dies (Linux; best effort)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            log.debug("prctl(PR_SET_PDEATHSIG) is not available", exc_info=True)
+    if os.getppid() != parent_pid:  # the parent died before we asked
+        os._exit(1)
+
+
+def _take_stdio(stdout: int) -> _Channel:
+    """Move the protocol pipes off fds 0 and 1; the job gets /dev/null and the daemon's stdout."""
+    inbound, outbound = os.dup(0), os.dup(1)  # not inherited by the job's own subprocesses
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(stdout if stdout >= 0 else 2, 1)
+    if stdout >= 0:
+        os.close(stdout)
+    return _Channel(os.fdopen(inbound, "rb"), os.fdopen(outbound, "wb"))
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child: ``python -m qtasks_cli.isolation PARENT_PID STDOUT_FD``."""
+    parent_pid, stdout = int(argv[0]), int(argv[1])
+    _die_with_parent(parent_pid)
+    faulthandler.enable()  # a crash prints the job's Python stack to the daemon's stderr
+    channel = _take_stdio(stdout)
+    signal.signal(signal.SIGTERM, channel.on_sigterm)
+    try:
+        _serve(channel)
+    except _Stop as stop:
+        _flush_stdio()
+        if stop.terminated:  # end the way SIGTERM ends a process, so the status says so
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

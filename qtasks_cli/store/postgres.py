@@ -1,0 +1,1527 @@
+"""The PostgreSQL state store: many equal daemons (nodes) share one schema, with no leader.
+
+A fire belongs to the node whose transaction inserts its (job, scheduled) row first;
+the same transaction advances the job's last fire and, for jobs that must not overlap,
+checks under a per-job advisory lock that no other node is running the job. Nodes
+heartbeat a row in ``nodes``; a survivor interrupts the runs of a node that went silent.
+Handed-over requests are taken with ``FOR UPDATE SKIP LOCKED`` and announced with
+NOTIFY, which a dedicated listening connection turns into ``wait_for_work`` wake-ups.
+
+One connection carries every statement, one unit of work at a time; ``start`` and
+``finish`` are buffered and written in batches as in the SQLite store. Times are
+``timestamptz`` and read back as aware UTC datetimes. Only imported for a
+``postgresql://`` state, so psycopg is imported at the top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from qtasks_cli.errors import StoreError
+from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.store import new_run_id, redact_url
+from qtasks_cli.store.base import (
+    Claim,
+    Fire,
+    JobStats,
+    NodeInfo,
+    QueuedRun,
+    RunRow,
+    busy_error,
+    encode_request,
+    pid_alive,
+    truncate_traceback,
+)
+
+if TYPE_CHECKING:
+    from qtasks_cli.store.base import Store
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_AsyncConn = psycopg.AsyncConnection[Any]
+
+DEFAULT_SCHEMA = "qtasks"
+NODE_TIMEOUT = timedelta(seconds=30)  # the default of settings.node_timeout
+CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
+RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
+BATCH_SIZE = 500  # more pending writes than this are written at once
+CLOSE_ATTEMPTS = 3  # tries to write the buffer when closing before rows are given up
+SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
+LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+_ACTIVE = ("queued", "claimed", "running")
+_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
+_NOT_STARTED = "daemon stopped before the run started"
+_IN_PROGRESS = "daemon stopped while the run was in progress"
+
+# Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
+# quoted schema name.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE {s}.runs (
+            run_id text COLLATE "C" PRIMARY KEY,
+            job text NOT NULL,
+            trigger text NOT NULL,
+            scheduled timestamptz,
+            created timestamptz NOT NULL,
+            started timestamptz,
+            ended timestamptz,
+            status text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            error_type text,
+            error text,
+            traceback text,
+            result text,
+            items bigint,
+            pid integer,
+            host text,
+            node text,
+            args_json text,
+            kwargs_json text,
+            UNIQUE (job, scheduled)
+        )
+        """,
+        """
+        CREATE TABLE {s}.attempts (
+            run_id text COLLATE "C" NOT NULL,
+            attempt integer NOT NULL,
+            started timestamptz NOT NULL,
+            ended timestamptz,
+            status text NOT NULL,
+            error_type text,
+            error text,
+            PRIMARY KEY (run_id, attempt)
+        )
+        """,
+        """
+        CREATE TABLE {s}.jobs (
+            job text PRIMARY KEY,
+            last_scheduled timestamptz NOT NULL,
+            schedule_key text NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE {s}.nodes (
+            node_id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started timestamptz NOT NULL,
+            last_seen timestamptz NOT NULL,
+            digest text NOT NULL DEFAULT '',
+            fingerprints jsonb NOT NULL DEFAULT '{}',
+            local_key text NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX runs_job_time ON {s}.runs"
+        " (job, (coalesce(started, scheduled, created)) DESC, run_id DESC)",
+        "CREATE INDEX runs_time ON {s}.runs"
+        " ((coalesce(started, scheduled, created)) DESC, run_id DESC)",
+        "CREATE INDEX runs_queued ON {s}.runs (created, run_id) WHERE status = 'queued'",
+        "CREATE INDEX runs_active ON {s}.runs (job, node) WHERE status IN ('claimed', 'running')",
+        "CREATE INDEX runs_node ON {s}.runs (node) WHERE status IN ('claimed', 'running')",
+    ),
+]
+
+_RUN_COLUMNS = (
+    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
+    " traceback, result, items, pid, host, created, node"
+)
+_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
+
+# Statements with ``{s}`` for the schema; each store formats them once.
+_SQL = {
+    "claim": (
+        "INSERT INTO {s}.runs"
+        " (run_id, job, trigger, scheduled, created, ended, status, error, pid, host, node)"
+        " SELECT f.run_id, f.job, f.trigger, f.scheduled, %(created)s, f.ended, f.status,"
+        " f.error, %(pid)s, %(host)s, %(node)s"
+        " FROM unnest(%(ids)s::text[], %(jobs)s::text[], %(triggers)s::text[],"
+        " %(scheduled)s::timestamptz[], %(ended)s::timestamptz[], %(statuses)s::text[],"
+        " %(errors)s::text[]) WITH ORDINALITY"
+        " AS f(run_id, job, trigger, scheduled, ended, status, error, n)"
+        " ORDER BY f.n ON CONFLICT DO NOTHING RETURNING run_id"
+    ),
+    "advance": (
+        "INSERT INTO {s}.jobs AS j (job, last_scheduled, schedule_key)"
+        " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) ORDER BY 1"
+        " ON CONFLICT (job) DO UPDATE SET"
+        " schedule_key = CASE WHEN excluded.last_scheduled >= j.last_scheduled"
+        " THEN excluded.schedule_key ELSE j.schedule_key END,"
+        " last_scheduled = greatest(j.last_scheduled, excluded.last_scheduled)"
+    ),
+    # The array is sorted, so every node takes the locks in one order: no deadlock.
+    "lock_jobs": "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(%s::text[]) AS k",
+    "busy": (
+        "SELECT DISTINCT ON (job) job, coalesce(node, 'unknown') FROM {s}.runs"
+        " WHERE job = ANY(%s) AND status IN ('claimed', 'running') AND trigger <> 'manual'"
+        " AND node IS DISTINCT FROM %s ORDER BY job, run_id"
+    ),
+    "start": (
+        "UPDATE {s}.runs SET status = 'running', started = %s, pid = %s, host = %s, node = %s"
+        " WHERE run_id = %s AND status IN ('queued', 'claimed', 'running')"
+    ),
+    "finish": (
+        "UPDATE {s}.runs SET status = %s, started = coalesce(%s, started), ended = %s,"
+        " attempts = %s, error_type = %s, error = %s, traceback = %s, result = %s, items = %s"
+        " WHERE run_id = %s"
+    ),
+    "attempt": (
+        "INSERT INTO {s}.attempts (run_id, attempt, started, ended, status, error_type, error)"
+        " SELECT %s, %s, %s, %s, %s, %s, %s"
+        " WHERE EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = %s)"
+        " ON CONFLICT (run_id, attempt) DO UPDATE SET started = excluded.started,"
+        " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
+        " error = excluded.error"
+    ),
+    "insert_run": (
+        "INSERT INTO {s}.runs (run_id, job, trigger, scheduled, created, started, ended, status,"
+        " attempts, error_type, error, traceback, result, items, pid, host, node, args_json,"
+        " kwargs_json) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s, %s)"
+    ),
+    # One statement, so the sync fast path is one round trip; NOTIFY fires at commit.
+    "enqueue": (
+        "WITH request AS (INSERT INTO {s}.runs"
+        " (run_id, job, trigger, created, status, args_json, kwargs_json)"
+        " VALUES (%s, %s, 'queued', %s, 'queued', %s, %s))"
+        " SELECT pg_notify(%s, %s)"
+    ),
+    "take": (
+        "UPDATE {s}.runs AS r SET status = 'claimed', pid = %s, host = %s, node = %s"
+        " WHERE r.run_id IN (SELECT run_id FROM {s}.runs WHERE status = 'queued'"
+        " ORDER BY created, run_id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING r.run_id, r.job, r.args_json, r.kwargs_json, r.created"
+    ),
+    "register": (
+        "INSERT INTO {s}.nodes"
+        " (node_id, host, pid, started, last_seen, digest, fingerprints, local_key)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET"
+        " last_seen = excluded.last_seen, digest = excluded.digest,"
+        " fingerprints = excluded.fingerprints"
+    ),
+    "beat": (
+        "UPDATE {s}.nodes SET last_seen = %s, digest = %s, fingerprints = %s WHERE node_id = %s"
+    ),
+    "nodes": (
+        "SELECT node_id, host, pid, started, last_seen, digest, fingerprints FROM {s}.nodes"
+        " WHERE last_seen >= %s ORDER BY node_id"
+    ),
+    # Rows another reaper holds are skipped, so each dead node is reaped once.
+    "dead_candidates": (
+        "SELECT node_id, local_key, pid, last_seen FROM {s}.nodes WHERE node_id <> %s"
+        " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
+    ),
+    "requeue_of_nodes": (
+        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
+        " WHERE node = ANY(%s) AND status = 'claimed' AND trigger = 'queued'"
+    ),
+    "interrupt_of_node": (
+        "UPDATE {s}.runs SET status = 'interrupted', ended = %s,"
+        " error = CASE WHEN status = 'running' THEN %s ELSE %s END"
+        " WHERE node = %s AND status IN ('claimed', 'running') RETURNING run_id"
+    ),
+    "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
+    "orphans": (
+        "SELECT run_id, status, trigger, pid, host FROM {s}.runs AS r"
+        " WHERE status IN ('claimed', 'running')"
+        " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
+        " FOR UPDATE SKIP LOCKED"
+    ),
+    "requeue": (
+        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
+        " WHERE run_id = ANY(%s)"
+    ),
+    "interrupt": (
+        "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = ANY(%s)"
+    ),
+    "notify": "SELECT pg_notify(%s, %s)",
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
+    return value
+
+
+def _opt_aware(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(timezone.utc)
+
+
+def _must_utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _local_key() -> str:
+    """This kernel boot and pid namespace: pids of two nodes compare only within one
+    (containers may share a host name); "" where that cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot_id}:{namespace}"
+
+
+_LOCAL_KEY = _local_key()
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` quoted for SQL, or StoreError unless it is a plain identifier."""
+    if not _SCHEMA_NAME.match(schema):
+        raise StoreError(
+            f"invalid PostgreSQL schema name {schema!r}: expected letters, digits and "
+            "underscores, not starting with a digit, at most 63 characters"
+        )
+    return f'"{schema}"'
+
+
+def channel_name(schema: str) -> str:
+    """The NOTIFY channel of a schema's cluster (at most 63 bytes, as PostgreSQL wants)."""
+    name = f"qtasks_{schema}"
+    if len(name) > 63:
+        name = "qtasks_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+    return name
+
+
+def _statements(schema: str) -> dict[str, str]:
+    quoted = check_schema(schema)
+    return {name: text.replace("{s}", quoted) for name, text in _SQL.items()}
+
+
+def _connect_options(url: str) -> dict[str, Any]:
+    """Keyword arguments for psycopg's connect: autocommit, UTC, a timeout and a name."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"{redact_url(url)}: not a valid PostgreSQL URL: {_scrub(str(exc), url)}"
+        ) from None
+    options: dict[str, Any] = {"autocommit": True}
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    if "application_name" not in given:
+        options["application_name"] = "qtasks"
+    if "options" not in given:
+        options["options"] = "-c TimeZone=UTC"
+    return options
+
+
+def _password(url: str) -> str | None:
+    with contextlib.suppress(psycopg.Error):
+        value = conninfo_to_dict(url).get("password")
+        return str(value) if value else None
+    return None
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (a server message could quote it)."""
+    password = _password(url)
+    text = text.strip()
+    return text.replace(password, "***") if password else text
+
+
+def _row_to_run(row: Sequence[Any]) -> RunRow:
+    return RunRow(
+        run_id=row[0],
+        job=row[1],
+        trigger=TriggerKind(row[2]),
+        scheduled=_utc(row[3]),
+        started=_utc(row[4]),
+        ended=_utc(row[5]),
+        status=RunStatus(row[6]),
+        attempts=row[7],
+        error_type=row[8],
+        error=row[9],
+        traceback=row[10],
+        result=row[11],
+        items=row[12],
+        pid=row[13],
+        host=row[14],
+        created=_utc(row[15]),
+        node=row[16],
+    )
+
+
+def _row_to_node(row: Sequence[Any]) -> NodeInfo:
+    return NodeInfo(
+        node_id=row[0],
+        host=row[1],
+        pid=row[2],
+        started=_must_utc(row[3]),
+        last_seen=_must_utc(row[4]),
+        digest=row[5],
+        fingerprints=dict(row[6] or {}),
+    )
+
+
+# -- migrations -------------------------------------------------------------------------
+
+_MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+
+
+def _version_table(quoted: str) -> str:
+    return f"{quoted}.schema_version"
+
+
+def _check_version(version: int, location: str, schema: str) -> None:
+    known = len(MIGRATIONS)
+    if version > known:
+        raise StoreError(
+            f"{location}: schema {schema!r} was created by a newer qtasks (schema version "
+            f"{version}, this qtasks knows up to {known}); upgrade qtasks or use another schema"
+        )
+
+
+async def _migrate(conn: _AsyncConn, schema: str, location: str) -> None:
+    """Create or migrate the schema; several nodes starting at once take turns."""
+    quoted = check_schema(schema)
+    table = _version_table(quoted)
+    target = len(MIGRATIONS)
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    row = await cur.fetchone()
+    if row is not None and row[0]:
+        cur = await conn.execute(f"SELECT version FROM {table}")
+        found = await cur.fetchone()
+        if found is not None and found[0] >= target:
+            _check_version(found[0], location, schema)
+            return
+    async with conn.transaction():
+        # CREATE SCHEMA IF NOT EXISTS alone still races: two creators can both miss it.
+        await conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
+        cur = await conn.execute(f"SELECT version FROM {table}")
+        found = await cur.fetchone()
+        version = 0 if found is None else int(found[0])
+        if found is None:
+            await conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
+        _check_version(version, location, schema)
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                await conn.execute(statement.replace("{s}", quoted))
+        await conn.execute(f"UPDATE {table} SET version = %s", (target,))
+    if version != target:
+        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
+
+
+def _migrate_sync(conn: psycopg.Connection[Any], schema: str, location: str) -> None:
+    """``_migrate`` for the synchronous enqueue path."""
+    quoted = check_schema(schema)
+    table = _version_table(quoted)
+    target = len(MIGRATIONS)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    if row is not None and row[0]:
+        found = conn.execute(f"SELECT version FROM {table}").fetchone()
+        if found is not None and found[0] >= target:
+            _check_version(found[0], location, schema)
+            return
+    with conn.transaction():
+        conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
+        found = conn.execute(f"SELECT version FROM {table}").fetchone()
+        version = 0 if found is None else int(found[0])
+        if found is None:
+            conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
+        _check_version(version, location, schema)
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement.replace("{s}", quoted))
+        conn.execute(f"UPDATE {table} SET version = %s", (target,))
+    if version != target:
+        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
+
+
+# -- the synchronous fast path for enqueue() -----------------------------------------
+
+_cached: dict[tuple[int, str, str], tuple[psycopg.Connection[Any], threading.Lock]] = {}
+_cached_lock = threading.Lock()
+_atexit_registered = False
+_ENQUEUER = f"enqueue:{socket.gethostname()}:{os.getpid()}"
+
+
+def _cached_connection(url: str, schema: str) -> tuple[psycopg.Connection[Any], threading.Lock]:
+    # Keyed by pid too: a forked child must not share its parent's connection.
+    key = (os.getpid(), url, schema)
+    with _cached_lock:
+        entry = _cached.get(key)
+        if entry is not None and not entry[0].closed and not entry[0].broken:
+            return entry
+        location = redact_url(url)
+        try:
+            conn = psycopg.Connection.connect(url, **_connect_options(url))
+        except psycopg.Error as exc:
+            raise StoreError(f"{location}: cannot connect: {_scrub(str(exc), url)}") from None
+        try:
+            _migrate_sync(conn, schema, location)
+            # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
+            # this process) may lose the last fraction of a second of requests, and in
+            # exchange enqueue_now does not wait for a disk flush (about 6x faster).
+            conn.execute("SET synchronous_commit = off")
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(
+                f"{location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        entry = (conn, threading.Lock())
+        _cached[key] = entry
+        _close_at_exit()
+        return entry
+
+
+def _close_at_exit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        import atexit
+
+        atexit.register(close_cached_connections)
+        _atexit_registered = True
+
+
+@functools.lru_cache(maxsize=16)
+def _enqueue_statement(schema: str) -> tuple[str, str]:
+    return _statements(schema)["enqueue"], channel_name(schema)
+
+
+def enqueue_now(
+    url: str,
+    job: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    now: datetime | None = None,
+) -> str:
+    """Write a pending request for ``job`` and wake the nodes; return its run id.
+
+    Synchronous and fast (one connection per URL and schema is kept open, and the
+    statement is prepared after a few calls), for the Python API.
+    """
+    args_json, kwargs_json = encode_request(job, args, kwargs or {})
+    created = _aware(now) if now is not None else _utc_now()
+    sql, channel = _enqueue_statement(schema)
+    run_id = new_run_id()
+    params = (run_id, job, created, args_json, kwargs_json, channel, f"w:{_ENQUEUER}")
+    conn, lock = _cached_connection(url, schema)
+    try:
+        with lock:
+            conn.execute(sql, params)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"{redact_url(url)}: cannot enqueue {job!r}: {_scrub(str(exc), url)}"
+        ) from None
+    return run_id
+
+
+def close_cached_connections() -> None:
+    """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
+    with _cached_lock:
+        entries = list(_cached.values())
+        _cached.clear()
+    for conn, lock in entries:
+        with lock:
+            conn.close()
+
+
+# -- the store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Write:
+    """One buffered write: the first statement must touch a row, the rest follow it."""
+
+    kind: str  # "start" or "finish", for messages
+    run_id: str
+    statements: tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+class PostgresStore:
+    """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
+
+    wakes_on_work = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        node_timeout: timedelta = NODE_TIMEOUT,
+        node_id: str | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+        retry_interval: float = RETRY_INTERVAL,
+        batch_size: int = BATCH_SIZE,
+        clock: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.url = url
+        self.location = redact_url(url)
+        self.schema = schema
+        self._sql = _statements(schema)
+        self._connect_options = _connect_options(url)
+        self._channel = channel_name(schema)
+        self._node_timeout = node_timeout
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        self.node_id = node_id or f"{self._host}:{self._pid}:{secrets.token_hex(4)}"
+        self._flush_interval = flush_interval
+        self._retry_interval = retry_interval
+        self._batch_size = batch_size
+        self._clock = clock
+        self._sleep = sleep
+        self._conn: _AsyncConn | None = None
+        self._poisoned = False  # a unit of work was cancelled mid-statement: reconnect
+        self._lock = asyncio.Lock()  # one unit of work at a time on the connection
+        self._opened = False
+        self._closed = False
+        self._registered = False
+        self._pending: list[_Write] = []
+        self._flush_lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+        self._kick: asyncio.Task[None] | None = None
+        self._outage_since: float | None = None
+        # Listening for NOTIFY on a connection of its own.
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = False
+        self._work = asyncio.Event()
+        self._others_wrote = False
+        self._syncs: dict[str, asyncio.Future[None]] = {}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}")
+
+    async def _connect(self) -> _AsyncConn:
+        try:
+            return await psycopg.AsyncConnection.connect(self.url, **self._connect_options)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"{self.location}: cannot connect: {_scrub(str(exc), self.url)}"
+            ) from None
+
+    async def _connection(self) -> _AsyncConn:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken or self._poisoned:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            self._conn = None
+            self._poisoned = False
+            self._conn = conn = await self._connect()
+        return conn
+
+    async def _do(self, what: str, work: Callable[[_AsyncConn], Awaitable[_T]]) -> _T:
+        """Run ``work`` on the connection, alone; psycopg errors become StoreError."""
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                return await work(conn)
+            except psycopg.Error as exc:
+                raise self._fail(what, exc) from exc
+            except BaseException:
+                # Cancelled mid-statement: the connection's state is unknown.
+                self._poisoned = True
+                raise
+
+    async def _notify(self, conn: _AsyncConn, kind: str) -> None:
+        await conn.execute(self._sql["notify"], (self._channel, f"{kind}:{self.node_id}"))
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema; idempotent."""
+        if self._closed:
+            raise RuntimeError(f"{self.location}: the store was closed; make a new one")
+        if self._opened:
+            return
+        conn = await self._connect()
+        try:
+            await _migrate(conn, self.schema, self.location)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StoreError(
+                f"{self.location}: cannot prepare schema {self.schema!r}: "
+                f"{_scrub(str(exc), self.url)}"
+            ) from None
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self._opened = True
+
+    async def close(self) -> None:
+        """Write buffered rows (retrying a few times), leave the cluster, disconnect."""
+        if self._closed:
+            return
+        lost = 0
+        failure: StoreError | None = None
+        try:
+            for task in (self._writer, self._kick, self._listener):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self._opened:
+                for attempt in range(CLOSE_ATTEMPTS):
+                    failure = await self._flush()
+                    if failure is None:
+                        break
+                    if attempt + 1 < CLOSE_ATTEMPTS:
+                        await self._sleep(self._retry_interval)
+                lost = len(self._pending)
+                if self._registered:
+                    await self._leave()
+        finally:
+            self._closed = True
+            for future in self._syncs.values():
+                future.cancel()
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
+        if failure is not None and lost:
+            log.error("%s: %d run updates were never written: %s", self.location, lost, failure)
+            raise StoreError(
+                f"{self.location}: {lost} run updates could not be written before closing "
+                f"({failure.__cause__ or failure}); those runs will show as interrupted"
+            )
+
+    async def _leave(self) -> None:
+        # A clean exit: others need not wait node_timeout to know this node is gone.
+        async def work(conn: _AsyncConn) -> None:
+            await conn.execute(self._sql["forget_nodes"], ([self.node_id],))
+
+        try:
+            await self._do("leaving the cluster", work)
+        except StoreError as exc:
+            log.warning("%s: %s", self.location, exc)
+        self._registered = False
+
+    async def lock_daemon(self) -> None:
+        """Register this node (no exclusive lock: nodes share the database) and listen for
+        handed-over work."""
+        now = self._clock()
+        params = (self.node_id, self._host, self._pid, now, now, "", Jsonb({}), _LOCAL_KEY)
+
+        async def work(conn: _AsyncConn) -> None:
+            await conn.execute(self._sql["register"], params)
+
+        await self._do("registering this node", work)
+        self._registered = True
+        await self._listen_now()
+
+    # -- notifications ----------------------------------------------------------------
+
+    async def _listen_now(self) -> None:
+        """Start the listening task and wait until it listens or failed once."""
+        if self._listener is not None:
+            return
+        ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(ready), name="qtasks-pg-listen")
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({waiter, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._listener.done():
+            self._listener.result()  # raises what ended it
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        pause, longest = LISTEN_RETRY
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    await conn.execute(f'LISTEN "{self._channel}"')
+                    self._listening = True
+                    ready.set()
+                    pause = LISTEN_RETRY[0]
+                    async for note in conn.notifies():
+                        self._on_notify(note.payload)
+                finally:
+                    self._listening = False
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except (psycopg.Error, StoreError) as exc:
+                log.warning(
+                    "%s: not listening for notifications (%s); retrying in %.1fs",
+                    self.location,
+                    _scrub(str(exc), self.url),
+                    pause,
+                )
+            # Anything could have been written while nobody listened.
+            self._wake_everyone()
+            ready.set()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+
+    def _on_notify(self, payload: str) -> None:
+        kind, _, sender = payload.partition(":")
+        if kind == "s":
+            future = self._syncs.pop(sender, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        if sender != self.node_id:
+            self._others_wrote = True
+        if kind == "w":
+            self._work.set()
+
+    def _wake_everyone(self) -> None:
+        self._others_wrote = True
+        self._work.set()
+        for future in self._syncs.values():
+            if not future.done():
+                future.set_result(None)
+        self._syncs.clear()
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return True as soon as a request is handed over (or the listener reconnected),
+        False after ``timeout`` seconds; starts listening on first use."""
+        if self._listener is None:
+            await self._listen_now()
+            return True  # requests written before we listened are not announced again
+        if not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        self._work.clear()
+        return True
+
+    async def changed(self) -> bool:
+        """True when another store wrote since the last call.
+
+        Sends a notification to itself and waits for it: notifications arrive in commit
+        order, so every earlier write of another store has been seen by then.
+        """
+        if self._listener is None:
+            await self._listen_now()
+            return True
+        if not self._listening:
+            return True
+        token = secrets.token_hex(8)
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._syncs[token] = arrived
+
+        async def work(conn: _AsyncConn) -> None:
+            await conn.execute(self._sql["notify"], (self._channel, f"s:{token}"))
+
+        try:
+            await self._do("checking for changes", work)
+            await asyncio.wait_for(arrived, SYNC_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.debug("%s: own notification did not come back in %ss", self.location, SYNC_TIMEOUT)
+            self._others_wrote = True
+        finally:
+            self._syncs.pop(token, None)
+        others, self._others_wrote = self._others_wrote, False
+        return others
+
+    # -- the cluster ------------------------------------------------------------------
+
+    async def heartbeat(
+        self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
+    ) -> None:
+        """Record that this node is alive at ``now`` with its job file's digest."""
+        beat = (_aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
+        row = (
+            self.node_id,
+            self._host,
+            self._pid,
+            now,
+            now,
+            digest,
+            Jsonb(dict(fingerprints)),
+            _LOCAL_KEY,
+        )
+
+        async def work(conn: _AsyncConn) -> bool:
+            cur = await conn.execute(self._sql["beat"], beat)
+            if cur.rowcount:
+                return True
+            await conn.execute(self._sql["register"], row)
+            return False
+
+        found = await self._do("recording a heartbeat", work)
+        if not found and self._registered:
+            log.warning(
+                "%s: node %s had been presumed dead by another node; its runs in progress "
+                "were marked interrupted; registered again",
+                self.location,
+                self.node_id,
+            )
+        self._registered = True
+
+    async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
+        """The nodes that heartbeat within ``timeout`` of ``now``, by node id."""
+
+        async def work(conn: _AsyncConn) -> list[Any]:
+            cur = await conn.execute(self._sql["nodes"], (_aware(now) - timeout,))
+            return await cur.fetchall()
+
+        return [_row_to_node(row) for row in await self._do("reading nodes", work)]
+
+    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
+        """Interrupt the runs of nodes silent for longer than ``timeout`` (or whose process
+        is gone from this host), give back their unstarted requests, forget them."""
+        await self._flush_for_read()
+
+        async def work(conn: _AsyncConn) -> list[RunRow]:
+            async with conn.transaction():
+                interrupted, requeued = await self._reap(conn, _aware(now), timeout)
+                if interrupted or requeued:
+                    await self._notify(conn, "w" if requeued else "c")
+            return await self._rows(conn, interrupted)
+
+        rows = await self._do("reaping dead nodes", work)
+        if rows:
+            log.info("%s: %d runs of dead nodes marked interrupted", self.location, len(rows))
+        return rows
+
+    async def _reap(
+        self, conn: _AsyncConn, now: datetime, timeout: timedelta
+    ) -> tuple[list[str], int]:
+        """Inside a transaction: reap dead nodes; the interrupted run ids and requeued count."""
+        # A node whose process is gone from this machine is dead at once, so a daemon
+        # restarted after kill -9 need not wait node_timeout for its old runs.
+        cur = await conn.execute(
+            self._sql["dead_candidates"],
+            (self.node_id, now - timeout, _LOCAL_KEY or "-", self._pid),
+        )
+        dead = [
+            (node, last_seen)
+            for node, local_key, pid, last_seen in await cur.fetchall()
+            if now - last_seen > timeout or (local_key == _LOCAL_KEY and not pid_alive(pid))
+        ]
+        if not dead:
+            return [], 0
+        names = [node for node, _ in dead]
+        cur = await conn.execute(self._sql["requeue_of_nodes"], (names,))
+        requeued = max(cur.rowcount, 0)
+        interrupted: list[str] = []
+        noticed = now.isoformat()
+        for node, last_seen in dead:
+            silent = f"node {node} silent since {_must_utc(last_seen).isoformat()}"
+            cur = await conn.execute(
+                self._sql["interrupt_of_node"],
+                (
+                    now,
+                    f"{_IN_PROGRESS} ({silent}; noticed at {noticed})",
+                    f"{_NOT_STARTED} ({silent})",
+                    node,
+                ),
+            )
+            interrupted += [row[0] for row in await cur.fetchall()]
+            log.warning("%s: %s is presumed dead", self.location, silent)
+        await conn.execute(self._sql["forget_nodes"], (names,))
+        return interrupted, requeued
+
+    async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunRow]:
+        if not run_ids:
+            return []
+        cur = await conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
+            " WHERE run_id = ANY(%s) ORDER BY run_id",
+            (run_ids,),
+        )
+        return [_row_to_run(row) for row in await cur.fetchall()]
+
+    # -- decisions: written at once ---------------------------------------------------
+
+    async def recover(self, now: datetime) -> list[RunRow]:
+        """At a node's start: reap dead nodes (``node_timeout``), and interrupt runs left in
+        progress by processes that never registered as nodes (``qtasks trigger``, unless
+        it still runs on this host) or whose node is gone; give back their requests."""
+        await self._flush_for_read()
+        now = _aware(now)
+        in_progress = f"{_IN_PROGRESS} (noticed at {now.isoformat()})"
+
+        async def work(conn: _AsyncConn) -> list[RunRow]:
+            async with conn.transaction():
+                interrupted, requeued = await self._reap(conn, now, self._node_timeout)
+                cur = await conn.execute(self._sql["orphans"])
+                requeue: list[str] = []
+                running: list[str] = []
+                unstarted: list[str] = []
+                for run_id, status, trigger, pid, host in await cur.fetchall():
+                    if status == RunStatus.RUNNING.value:
+                        if trigger == TriggerKind.MANUAL.value and self._runs_elsewhere(pid, host):
+                            continue  # `qtasks trigger` in another process is still at it
+                        running.append(run_id)
+                    elif trigger == TriggerKind.QUEUED.value:
+                        requeue.append(run_id)
+                    else:
+                        unstarted.append(run_id)
+                if requeue:
+                    await conn.execute(self._sql["requeue"], (requeue,))
+                for ids, error in ((running, in_progress), (unstarted, _NOT_STARTED)):
+                    if ids:
+                        await conn.execute(self._sql["interrupt"], (now, error, ids))
+                interrupted += running + unstarted
+                if interrupted or requeued or requeue:
+                    await self._notify(conn, "w" if requeued or requeue else "c")
+            return await self._rows(conn, interrupted)
+
+        rows = await self._do("recovering unfinished runs", work)
+        if rows:
+            log.info("%s: %d unfinished runs marked interrupted", self.location, len(rows))
+        return rows
+
+    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
+        return pid is not None and pid != self._pid and host == self._host and pid_alive(pid)
+
+    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
+        """Per job, the last scheduled time recorded and its schedule key."""
+        quoted = check_schema(self.schema)
+
+        async def work(conn: _AsyncConn) -> list[Any]:
+            cur = await conn.execute(f"SELECT job, last_scheduled, schedule_key FROM {quoted}.jobs")
+            return await cur.fetchall()
+
+        rows = await self._do("reading last fires", work)
+        return {job: (_must_utc(when), key) for job, when, key in rows}
+
+    @overload
+    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
+
+    @overload
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
+    ) -> list[Claim]: ...
+
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
+    ) -> list[bool] | list[Claim]:
+        """Insert each fire unless its (job, scheduled) exists and advance last fires, in
+        one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
+        if not fires:
+            return []
+        for fire in fires:
+            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
+                raise ValueError(
+                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
+                    "expected claimed, skipped or missed"
+                )
+            _aware(fire.scheduled)
+        created = _aware(self._clock())
+        # One global order of inserts, so concurrent claims wait for each other instead
+        # of deadlocking on the unique index.
+        order = sorted(range(len(fires)), key=lambda i: (fires[i].job, fires[i].scheduled))
+        ordered = [fires[i] for i in order]
+        latest: dict[str, tuple[datetime, str]] = {}
+        for fire in ordered:
+            if fire.job not in latest or fire.scheduled >= latest[fire.job][0]:
+                latest[fire.job] = (fire.scheduled, fire.schedule_key)
+        jobs = sorted(latest)
+        exclusive = sorted(set(jobs) & set(exclusive_jobs or ()))
+
+        async def work(conn: _AsyncConn) -> tuple[set[str], dict[str, str]]:
+            async with conn.transaction():
+                busy: dict[str, str] = {}
+                if exclusive:
+                    keys = [f"{self.schema}:{job}" for job in exclusive]
+                    await conn.execute(self._sql["lock_jobs"], (keys,))
+                    cur = await conn.execute(self._sql["busy"], (exclusive, self.node_id))
+                    busy = {job: node for job, node in await cur.fetchall()}
+                skipped = [f.status is RunStatus.CLAIMED and f.job in busy for f in ordered]
+                params = {
+                    "created": created,
+                    "pid": self._pid,
+                    "host": self._host,
+                    "node": self.node_id,
+                    "ids": [f.run_id for f in ordered],
+                    "jobs": [f.job for f in ordered],
+                    "triggers": [f.trigger.value for f in ordered],
+                    "scheduled": [f.scheduled for f in ordered],
+                    "ended": [
+                        created if skip or f.status is not RunStatus.CLAIMED else None
+                        for f, skip in zip(ordered, skipped)
+                    ],
+                    "statuses": [
+                        RunStatus.SKIPPED.value if skip else f.status.value
+                        for f, skip in zip(ordered, skipped)
+                    ],
+                    "errors": [
+                        busy_error(busy[f.job]) if skip else f.error
+                        for f, skip in zip(ordered, skipped)
+                    ],
+                }
+                cur = await conn.execute(self._sql["claim"], params)
+                inserted = {row[0] for row in await cur.fetchall()}
+                await conn.execute(
+                    self._sql["advance"],
+                    (jobs, [latest[j][0] for j in jobs], [latest[j][1] for j in jobs]),
+                )
+                if inserted:
+                    await self._notify(conn, "c")
+            return inserted, busy
+
+        inserted, busy = await self._do("claiming fires", work)
+        outcomes = []
+        for fire in fires:
+            if fire.run_id not in inserted:
+                outcomes.append(Claim.EXISTS)
+            elif fire.status is RunStatus.CLAIMED and fire.job in busy:
+                outcomes.append(Claim.BUSY)
+            else:
+                outcomes.append(Claim.INSERTED)
+        if exclusive_jobs is None:
+            return [outcome is Claim.INSERTED for outcome in outcomes]
+        return outcomes
+
+    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
+        """Insert a run that has no scheduled time (a manual run), as given."""
+        row = (
+            result.run_id,
+            result.job,
+            result.trigger.value,
+            _opt_aware(result.scheduled),
+            _aware(self._clock()),
+            _opt_aware(result.started),
+            _opt_aware(result.ended),
+            result.status.value,
+            result.attempts,
+            result.error_type,
+            result.error,
+            truncate_traceback(result.traceback),
+            result.result_preview,
+            result.items,
+            self._pid,
+            self._host,
+            self.node_id,
+            None if args is None else json.dumps(args, default=repr),
+            None if kwargs is None else json.dumps(kwargs, default=repr),
+        )
+
+        async def work(conn: _AsyncConn) -> None:
+            async with conn.transaction():
+                await conn.execute(self._sql["insert_run"], row)
+                await self._notify(conn, "c")
+
+        try:
+            await self._do("recording a run", work)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise StoreError(
+                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
+                ) from None
+            raise
+
+    async def enqueue(
+        self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
+    ) -> str:
+        """Write a pending request (status and trigger ``queued``), wake the nodes; return
+        its run id."""
+        args_json, kwargs_json = encode_request(job, args, kwargs)
+        run_id = new_run_id()
+        params = (
+            run_id,
+            job,
+            _aware(now),
+            args_json,
+            kwargs_json,
+            self._channel,
+            f"w:{self.node_id}",
+        )
+
+        async def work(conn: _AsyncConn) -> None:
+            await conn.execute(self._sql["enqueue"], params)
+
+        await self._do(f"enqueueing {job!r}", work)
+        return run_id
+
+    def enqueue_sync(
+        self, job: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    ) -> str:
+        """``enqueue`` without an event loop (see ``enqueue_now``); needs no open()."""
+        return enqueue_now(self.url, job, args, kwargs, schema=self.schema, now=self._clock())
+
+    async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
+        """Take up to ``limit`` oldest pending requests (``claimed`` by this node); requests
+        another node is taking at the same moment are skipped, not waited for."""
+        params = (self._pid, self._host, self.node_id, limit)
+
+        async def work(conn: _AsyncConn) -> list[Any]:
+            async with conn.transaction():
+                cur = await conn.execute(self._sql["take"], params)
+                rows = await cur.fetchall()
+                if rows:
+                    await self._notify(conn, "c")
+            return rows
+
+        rows = await self._do("taking queued requests", work)
+        rows.sort(key=lambda row: (row[4], row[0]))
+        return [
+            QueuedRun(
+                run_id=run_id,
+                job=job,
+                args=tuple(json.loads(args_json or "[]")),
+                kwargs=json.loads(kwargs_json or "{}"),
+                enqueued=_must_utc(created),
+            )
+            for run_id, job, args_json, kwargs_json, created in rows
+        ]
+
+    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
+        ``keep_days`` (either limit deletes; None disables it); return how many."""
+        if keep_runs is None and keep_days is None:
+            return 0
+        await self._flush_for_read()
+        quoted = check_schema(self.schema)
+        conditions = []
+        params: dict[str, Any] = {}
+        if keep_runs is not None:
+            conditions.append("rank > %(keep)s")
+            params["keep"] = max(keep_runs, 0)
+        if keep_days is not None:
+            conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
+            params["cutoff"] = _aware(now) - timedelta(days=keep_days)
+        active = ", ".join(f"'{status}'" for status in _ACTIVE)
+        sql = (
+            "WITH doomed AS (SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
+            f" created, row_number() OVER (PARTITION BY job {_ORDER_NEWEST}) AS rank"
+            f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
+            f" WHERE {' OR '.join(conditions)}),"
+            f" gone AS (DELETE FROM {quoted}.attempts WHERE run_id IN (SELECT run_id FROM doomed))"
+            f" DELETE FROM {quoted}.runs WHERE run_id IN (SELECT run_id FROM doomed)"
+        )
+
+        async def work(conn: _AsyncConn) -> int:
+            cur = await conn.execute(sql, params)
+            return max(cur.rowcount, 0)
+
+        deleted = await self._do("pruning history", work)
+        if deleted:
+            log.info("%s: pruned %d finished runs", self.location, deleted)
+        return deleted
+
+    # -- buffered writes --------------------------------------------------------------
+
+    async def start(self, run_id: str, started: datetime) -> None:
+        """Buffer: the run is running, in this process on this host and node."""
+        params = (_aware(started), self._pid, self._host, self.node_id, run_id)
+        self._buffer(
+            _Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),))
+        )
+
+    async def finish(self, result: RunResult) -> None:
+        """Buffer: the run's outcome and one row per attempt."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                self._sql["finish"],
+                (
+                    result.status.value,
+                    _opt_aware(result.started),
+                    _opt_aware(result.ended),
+                    result.attempts,
+                    result.error_type,
+                    result.error,
+                    truncate_traceback(result.traceback),
+                    result.result_preview,
+                    result.items,
+                    result.run_id,
+                ),
+            )
+        ]
+        for attempt in result.attempt_log:
+            params = (
+                result.run_id,
+                attempt.number,
+                _aware(attempt.started),
+                _opt_aware(attempt.ended),
+                attempt.status.value,
+                attempt.error_type,
+                attempt.error,
+                result.run_id,
+            )
+            statements.append((self._sql["attempt"], params))
+        self._buffer(_Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+
+    def _buffer(self, write: _Write) -> None:
+        if self._closed or not self._opened:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        self._pending.append(write)
+        loop = asyncio.get_running_loop()
+        full = len(self._pending) > self._batch_size
+        if full and self._outage_since is None and (self._kick is None or self._kick.done()):
+            self._kick = loop.create_task(self._flush_quietly())
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while self._pending:
+            healthy = self._outage_since is None
+            await self._sleep(self._flush_interval if healthy else self._retry_interval)
+            await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except Exception:
+            log.exception("%s: unexpected error while writing run updates", self.location)
+
+    async def _flush(self) -> StoreError | None:
+        """Write the buffer in one transaction; on failure keep it and return the error."""
+        async with self._flush_lock:
+            if not self._pending:
+                return None
+            batch, self._pending = self._pending, []
+            try:
+                await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))
+            except StoreError as exc:
+                self._pending[:0] = batch
+                self._note_failure(exc)
+                return exc
+            except BaseException:
+                # Every buffered write is idempotent: writing it again later is harmless.
+                self._pending[:0] = batch
+                raise
+            if self._outage_since is not None:
+                waited = time.monotonic() - self._outage_since
+                self._outage_since = None
+                log.info(
+                    "%s: wrote %d run updates that had waited %.1fs",
+                    self.location,
+                    len(batch),
+                    waited,
+                )
+            return None
+
+    def _note_failure(self, exc: StoreError) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "%s: cannot write %d run updates (%s); keeping them and retrying every %gs",
+                self.location,
+                len(self._pending),
+                exc,
+                self._retry_interval,
+            )
+        else:
+            log.debug("%s: still cannot write run updates: %s", self.location, exc)
+
+    async def _write_batch(self, conn: _AsyncConn, batch: list[_Write]) -> None:
+        try:
+            await self._apply(conn, batch)
+        except psycopg.OperationalError:
+            raise  # the server went away or refused: worth retrying
+        except psycopg.Error:
+            # A write the server rejects for good must not hold back the others forever.
+            for write in batch:
+                try:
+                    await self._apply(conn, [write])
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:
+                    log.error(
+                        "%s: dropped the %s of run %r: %s",
+                        self.location,
+                        write.kind,
+                        write.run_id,
+                        _scrub(str(exc), self.url),
+                    )
+
+    async def _apply(self, conn: _AsyncConn, batch: list[_Write]) -> None:
+        """Write ``batch`` in one transaction, pipelined: one round trip for all of it."""
+        firsts: list[tuple[_Write, psycopg.AsyncCursor[Any]]] = []
+        async with conn.transaction(), conn.pipeline():
+            for write in batch:
+                (sql, params), *rest = write.statements
+                cur = conn.cursor()
+                await cur.execute(sql, params)
+                firsts.append((write, cur))
+                for sql, params in rest:
+                    await conn.execute(sql, params)
+            await self._notify(conn, "c")
+        for write, cur in firsts:
+            if cur.rowcount == 0:
+                level = logging.WARNING if write.kind == "finish" else logging.DEBUG
+                log.log(
+                    level,
+                    "%s: %s of unknown or finished run %r ignored",
+                    self.location,
+                    write.kind,
+                    write.run_id,
+                )
+
+    async def flush(self) -> None:
+        """Write buffered rows now; StoreError (rows kept) when the server refuses."""
+        failure = await self._flush()
+        if failure is not None:
+            raise StoreError(
+                f"{self.location}: {len(self._pending)} run updates are not written yet "
+                f"({failure}); they are kept and retried"
+            ) from failure
+
+    async def _flush_for_read(self) -> None:
+        if self._pending and self._outage_since is None:
+            await self._flush()
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def _fetch(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async def work(conn: _AsyncConn) -> list[Any]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+        return await self._do(what, work)
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        await self._flush_for_read()
+        rows = await self._fetch(
+            "reading a run",
+            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs WHERE run_id = %s",
+            (run_id,),
+        )
+        return _row_to_run(rows[0]) if rows else None
+
+    async def history(
+        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRow]:
+        """Newest first (by start, else scheduled, else created time)."""
+        await self._flush_for_read()
+        where: list[str] = []
+        params: list[Any] = []
+        if job is not None:
+            where.append("job = %s")
+            params.append(job)
+        if status is not None:
+            where.append("status = %s")
+            params.append(status.value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
+            f" {clause}{_ORDER_NEWEST} LIMIT %s"
+        )
+        rows = await self._fetch("reading history", sql, (*params, limit))
+        return [_row_to_run(row) for row in rows]
+
+    async def attempts(self, run_id: str) -> list[Attempt]:
+        await self._flush_for_read()
+        rows = await self._fetch(
+            "reading attempts",
+            "SELECT attempt, started, ended, status, error_type, error"
+            f" FROM {check_schema(self.schema)}.attempts WHERE run_id = %s ORDER BY attempt",
+            (run_id,),
+        )
+        return [
+            Attempt(
+                number=number,
+                started=_must_utc(started),
+                ended=_utc(ended),
+                status=RunStatus(status),
+                error_type=error_type,
+                error=error,
+            )
+            for number, started, ended, status, error_type, error in rows
+        ]
+
+    async def stats(self, job: str | None = None) -> list[JobStats]:
+        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
+
+        A job named explicitly but never run gets a row of zeros.
+        """
+        await self._flush_for_read()
+        quoted = check_schema(self.schema)
+        where, params = ("WHERE job = %s", (job,)) if job is not None else ("", ())
+        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
+        for name, status, count, last_ended in await self._fetch(
+            "reading statistics",
+            f"SELECT job, status, count(*), max(ended) FROM {quoted}.runs {where}"
+            " GROUP BY job, status",
+            params,
+        ):
+            counts.setdefault(name, {})[status] = (count, _utc(last_ended))
+        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
+        and_job = "AND job = %s" if job is not None else ""
+        percentiles = {
+            name: (p50, p95)
+            for name, p50, p95 in await self._fetch(
+                "reading statistics",
+                "SELECT job, percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) FROM"
+                " (SELECT job, extract(epoch FROM ended - started)::float8 AS seconds"
+                f" FROM {quoted}.runs WHERE status IN ({finished})"
+                f" AND started IS NOT NULL AND ended IS NOT NULL {and_job}) AS durations"
+                " GROUP BY job",
+                params,
+            )
+        }
+        if job is not None:
+            counts.setdefault(job, {})
+        return [
+            _job_stats(name, counts[name], percentiles.get(name, (None, None)))
+            for name in sorted(counts)
+        ]
+
+
+def _job_stats(
+    job: str,
+    per_status: Mapping[str, tuple[int, datetime | None]],
+    percentiles: tuple[float | None, float | None],
+) -> JobStats:
+    def total(statuses: Sequence[RunStatus]) -> int:
+        return sum(per_status.get(s.value, (0, None))[0] for s in statuses)
+
+    def last(statuses: Sequence[RunStatus]) -> datetime | None:
+        ends = [per_status[s.value][1] for s in statuses if s.value in per_status]
+        return max((end for end in ends if end is not None), default=None)
+
+    counted = {RunStatus.SUCCEEDED.value, *(s.value for s in _FAILED)}
+    return JobStats(
+        job=job,
+        runs=sum(count for count, _ in per_status.values()),
+        succeeded=total((RunStatus.SUCCEEDED,)),
+        failed=total(_FAILED),
+        p50=percentiles[0],
+        p95=percentiles[1],
+        last_success=last((RunStatus.SUCCEEDED,)),
+        last_failure=last(_FAILED),
+        extra={
+            status: count
+            for status, (count, _) in sorted(per_status.items())
+            if status not in counted
+        },
+    )
+
+
+if TYPE_CHECKING:
+    _protocol_check: type[Store] = PostgresStore

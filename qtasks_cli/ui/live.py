@@ -1,0 +1,848 @@
+"""The live table of ``qtasks run --ui live``: one row per job, the latest events, a footer.
+
+``render`` is a pure function of a snapshot, per-job statistics and event lines. ``LiveView``
+keeps the statistics current from events (``record``) and redraws from an asyncio task: on
+changes, at most 4 times a second, and once a second for the countdowns. While the view is up,
+the process's stdout/stderr file descriptors and every log record are routed into its events
+area, so neither a job's ``print`` nor a warning can tear the table.
+
+This module imports Rich's live display at import time; only the live UI imports it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.models import JobView, RunStatus, Snapshot
+from qtasks_cli.ui import log as ui_log
+
+log = logging.getLogger(__name__)
+
+MAX_REDRAWS_PER_SECOND = 4.0
+MAX_LINES = 500  # event lines kept for the events area
+MAX_LINES_PER_RECORD = 6  # a traceback must not push every other line out
+MIN_EVENT_LINES = 5  # the events area keeps at least this many lines when jobs overflow
+
+_FAILED = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED})
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- words for times ---------------------------------------------------------------------------
+
+
+def span(seconds: float) -> str:
+    """A duration in at most two units: ``12s``, ``3m 12s``, ``2h 5m``, ``3d 4h``."""
+    s = max(0, int(seconds))
+    days, rest = divmod(s, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def countdown(seconds: float) -> str:
+    """``in 3m 12s``; ``now`` once due. Rounded up, so ``in 1s`` shows until the fire."""
+    if seconds <= 0:
+        return "now"
+    return f"in {span(math.ceil(seconds))}"
+
+
+def ago(seconds: float) -> str:
+    """How long ago, in one unit: ``12s ago``, ``2m ago``, ``3h ago``, ``2d ago``."""
+    s = max(0, int(seconds))
+    for size, unit in ((86_400, "d"), (3600, "h"), (60, "m")):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+def elapsed(seconds: float) -> str:
+    """A run's duration: ``0.42s``, ``1.3s``, ``12s``, ``3m 12s``."""
+    if seconds < 1:
+        return f"{seconds:.2f}s"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    return span(seconds)
+
+
+def clock_time(when: datetime, now: datetime, zone: tzinfo | None = None) -> str:
+    """``14:05:00`` today, ``Tue 23:59`` within a week, else ``2026-03-29 02:30``."""
+    local, today = when.astimezone(zone), now.astimezone(zone)
+    if local.date() == today.date():
+        return local.strftime("%H:%M:%S")
+    if timedelta(0) < local - today < timedelta(days=6):
+        return local.strftime("%a %H:%M")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+# --- statistics kept from events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventLine:
+    """One line of the events area: an event, a log record or a line a job printed."""
+
+    time: datetime
+    level: int
+    text: str
+
+
+@dataclass(slots=True)
+class RunProgress:
+    """A run that has started and not finished."""
+
+    started: datetime
+    attempt: int = 1
+    max_attempts: int = 1
+    retry_at: datetime | None = None  # while waiting before the next attempt
+
+
+@dataclass(slots=True)
+class JobStats:
+    """What the events since the start say about one job; updated by ``record``."""
+
+    successes: int = 0
+    failures: int = 0
+    last_status: RunStatus | None = None
+    last_error_type: str | None = None
+    last_ended: datetime | None = None
+    last_duration: float | None = None
+    runs: dict[str, RunProgress] = field(default_factory=dict)  # started, not finished
+    waiting: set[str] = field(default_factory=set)  # fired, not started (the concurrency cap)
+
+    @property
+    def failing(self) -> bool:
+        return self.last_status in _FAILED
+
+
+def record(stats: dict[str, JobStats], event: Event) -> bool:
+    """Fold one event into the per-job statistics; True if it concerned a job."""
+    if event.job is None:
+        return False
+    job = stats.get(event.job)
+    if job is None:
+        job = stats[event.job] = JobStats()
+    run_id = event.run_id or ""
+    kind = event.kind
+    if kind is EventKind.FIRED:
+        job.waiting.add(run_id)
+    elif kind is EventKind.STARTED:
+        job.waiting.discard(run_id)
+        job.runs[run_id] = RunProgress(
+            started=event.time, attempt=1, max_attempts=event.max_attempts or 1
+        )
+    elif kind is EventKind.RETRYING:
+        progress = job.runs.get(run_id)
+        if progress is not None:
+            progress.attempt = event.attempt or progress.attempt + 1
+            progress.max_attempts = event.max_attempts or progress.max_attempts
+            progress.retry_at = event.time + timedelta(seconds=event.delay or 0.0)
+    elif kind is EventKind.FINISHED:
+        job.waiting.discard(run_id)
+        job.runs.pop(run_id, None)
+        status = event.status or RunStatus.FAILED
+        if status is RunStatus.SUCCEEDED:
+            job.successes += 1
+        elif status in _FAILED:
+            job.failures += 1
+        job.last_status = status
+        job.last_error_type = event.error_type
+        job.last_ended = event.time
+        job.last_duration = event.duration
+    return True
+
+
+# --- the pure renderer -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Symbols:
+    ok: str
+    failed: str
+    more: str
+    none: str
+    sep: str
+
+
+_UNICODE = _Symbols(ok="✓", failed="✗", more="…", none="—", sep=" · ")
+_ASCII = _Symbols(ok="ok", failed="x", more="...", none="-", sep=" | ")
+_EMPTY = JobStats()
+
+
+def order(snapshot: Snapshot, job_stats: Mapping[str, JobStats]) -> list[JobView]:
+    """Running jobs first (oldest run first), then queued, then failing, then by next fire;
+    jobs with no next fire last."""
+
+    def key(view: JobView) -> tuple[int, float, str]:
+        stats = job_stats.get(view.name, _EMPTY)
+        if stats.runs:
+            first = min(p.started for p in stats.runs.values())
+            return (0, first.timestamp(), view.name)
+        if stats.waiting or view.pending or view.running:
+            return (1, 0.0, view.name)
+        when = view.next_fire.timestamp() if view.next_fire and view.enabled else math.inf
+        return (2 if stats.failing else 3, when, view.name)
+
+    return sorted(snapshot.jobs, key=key)
+
+
+# A cell is a list of (text, style) pieces; rows are laid out here rather than by rich.Table,
+# whose layout costs ~15 ms for a screenful of rows: too much to do 4 times a second on the loop.
+_Cell = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    min_width: int  # how far it may shrink when the terminal is narrow
+    max_width: int
+    right: bool = False
+
+
+def _columns(sym: _Symbols) -> tuple[_Column, ...]:
+    return (
+        _Column("job", 8, 32),
+        _Column("schedule", 6, 30),
+        _Column("next", 4, 12),
+        _Column("at", 5, 16),
+        _Column("state", 10, 30),
+        _Column("last", 8, 40),
+        _Column(sym.ok, 1, 7, right=True),
+        _Column(sym.failed, 1, 7, right=True),
+    )
+
+
+# When a row is too wide: narrow these columns to their minimum, in this order; then drop
+# whole columns (a clock time cut to "12:0…" says nothing); then narrow the rest.
+_SHRINK_ORDER = (1, 5, 0)
+_DROP_ORDER = (3, 1)
+_LAST_RESORT = (4, 2)
+_GAP = "  "
+
+
+def _state(view: JobView, stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
+    if stats.runs:
+        progress = max(stats.runs.values(), key=lambda p: p.started)
+        many = f"{len(stats.runs)}× " if len(stats.runs) > 1 else ""
+        queued = " +queued" if view.pending else ""
+        attempt = (
+            f" {progress.attempt}/{progress.max_attempts}" if progress.max_attempts > 1 else ""
+        )
+        if progress.retry_at is not None and progress.retry_at > now:
+            wait = math.ceil((progress.retry_at - now).total_seconds())
+            return [(f"{many}retrying{attempt} in {wait}s{queued}", "yellow")]
+        took = elapsed((now - progress.started).total_seconds())
+        return [(f"{many}running{attempt}{sym.sep}{took}{queued}", "bold cyan")]
+    if stats.waiting or view.pending or view.running:
+        return [("queued", "magenta")]
+    if not view.enabled:
+        return [("disabled", "dim")]
+    return [("idle", "dim")]
+
+
+def _last(stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
+    if stats.last_status is None or stats.last_ended is None:
+        return [(sym.none, "dim")]
+    age = ago((now - stats.last_ended).total_seconds())
+    if stats.last_status is RunStatus.SUCCEEDED:
+        took = f", {elapsed(stats.last_duration)}" if stats.last_duration is not None else ""
+        return [(sym.ok, "bold green"), (f" {age}{took}", "")]
+    what = stats.last_error_type or str(stats.last_status).replace("_", " ")
+    style = "yellow" if stats.last_status is RunStatus.CANCELLED else "bold red"
+    return [(sym.failed, style), (f" {what} {age}", "")]
+
+
+def _next(view: JobView, now: datetime, zone: tzinfo | None, sym: _Symbols) -> tuple[str, str]:
+    if not view.enabled or view.next_fire is None:
+        return sym.none, ""
+    return (
+        countdown((view.next_fire - now).total_seconds()),
+        clock_time(view.next_fire, now, zone),
+    )
+
+
+def _row(
+    view: JobView, stats: JobStats, now: datetime, zone: tzinfo | None, sym: _Symbols
+) -> list[_Cell]:
+    nxt, at = _next(view, now, zone, sym)
+    dim = "dim" if not view.enabled else ""
+    return [
+        [(view.name, "bold" if stats.runs else dim)],
+        [(view.schedule, dim)],
+        [(nxt, "")],
+        [(at, "dim")],
+        _state(view, stats, now, sym),
+        _last(stats, now, sym),
+        [(str(stats.successes), "")],
+        [(str(stats.failures), "bold red" if stats.failures else "")],
+    ]
+
+
+def _widths(columns: Sequence[_Column], rows: Sequence[Sequence[_Cell]], width: int) -> list[int]:
+    """Each column as wide as its widest cell (within its bounds), narrowed, then dropped
+    (width 0), until a row fits ``width``."""
+    widths = [max(len(c.header), 1) for c in columns]
+    for row in rows:
+        for i, cell in enumerate(row):
+            size = sum(len(piece) for piece, _ in cell)
+            if size > widths[i]:
+                widths[i] = size
+    widths = [min(w, c.max_width) for w, c in zip(widths, columns)]
+    natural = list(widths)
+
+    def excess() -> int:
+        shown = [w for w in widths if w]
+        return sum(shown) + len(_GAP) * (len(shown) - 1) - width
+
+    for i in _SHRINK_ORDER:
+        widths[i] -= max(0, min(excess(), widths[i] - columns[i].min_width))
+    for i in _DROP_ORDER:
+        if excess() > 0:
+            widths[i] = 0
+            for j in reversed(_SHRINK_ORDER):  # the dropped column's room goes back
+                if widths[j]:
+                    widths[j] += max(0, min(-excess(), natural[j] - widths[j]))
+    for i in _LAST_RESORT:
+        widths[i] -= max(0, min(excess(), widths[i] - columns[i].min_width))
+    return widths
+
+
+def _line(
+    cells: Sequence[_Cell], widths: Sequence[int], columns: Sequence[_Column], more: str
+) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    last = max(i for i, size in enumerate(widths) if size) if any(widths) else -1
+    for i, (cell, size, column) in enumerate(zip(cells, widths, columns)):
+        if not size:
+            continue
+        length = sum(len(piece) for piece, _ in cell)
+        if length > size:  # cut, with a marker, keeping the styles of the pieces
+            cut: _Cell = []
+            room = max(0, size - len(more))
+            for piece, style in cell:
+                if room <= 0:
+                    break
+                cut.append((piece[:room], style))
+                room -= len(piece[:room])
+            cell = [*cut, (more[:size], "dim")]
+            length = size
+        pad = " " * (size - length)
+        if column.right:
+            line.append(pad)
+        for piece, style in cell:
+            line.append(piece, style or None)
+        if not column.right and i != last:
+            line.append(pad)
+        if i != last:
+            line.append(_GAP)
+    return line
+
+
+def _event_line(line: EventLine, zone: tzinfo | None) -> Text:
+    style = ""
+    if line.level >= logging.ERROR:
+        style = "red"
+    elif line.level >= logging.WARNING:
+        style = "yellow"
+    stamp = line.time.astimezone(zone).strftime("%H:%M:%S")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(stamp, "dim")
+    text.append(" ")
+    text.append(line.text, style or None)
+    return text
+
+
+def _footer(snapshot: Snapshot, status: str, sym: _Symbols) -> Text:
+    count = len(snapshot.jobs)
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(str(count), "bold")
+    text.append(f" job{'s' if count != 1 else ''}{sym.sep}")
+    text.append(str(snapshot.running), "bold cyan" if snapshot.running else "bold")
+    text.append(f" running{sym.sep}")
+    text.append(str(snapshot.queued), "bold magenta" if snapshot.queued else "bold")
+    text.append(f" queued{sym.sep}up {span((snapshot.now - snapshot.started_at).total_seconds())}")
+    text.append(f"{sym.sep}state {snapshot.state}")
+    if status:
+        text.append(sym.sep)
+        text.append(status, "bold yellow")
+    return text
+
+
+def render(
+    snapshot: Snapshot,
+    job_stats: Mapping[str, JobStats],
+    events: Sequence[EventLine],
+    width: int,
+    height: int,
+    *,
+    status: str = "",
+    ascii_only: bool = False,
+    zone: tzinfo | None = None,
+) -> RenderableType:
+    """The whole view for a ``width`` x ``height`` terminal, never taller than ``height`` and
+    never wider than ``width``: the job table (with a note when rows are hidden), the latest
+    ``events`` and a footer.
+
+    Pure: the time is ``snapshot.now``; ``zone`` (default: the machine's) is where clock times
+    are shown; ``status`` (``stopping``...) goes in the footer."""
+    sym = _ASCII if ascii_only else _UNICODE
+    now = snapshot.now
+    budget = max(1, height) - 1  # the footer's line
+    table_overhead = 2  # header and its rule
+    wanted_events = min(len(events), MIN_EVENT_LINES)
+    room = budget - table_overhead - (wanted_events + 1 if wanted_events else 0)
+    jobs = order(snapshot, job_stats)
+    shown = len(jobs)
+    if shown > room:
+        shown = max(0, room - 1)  # a line says how many are hidden
+    hidden = len(jobs) - shown
+
+    lines: list[Text] = []
+    if budget >= table_overhead + 1:
+        columns = _columns(sym)
+        rows = [_row(v, job_stats.get(v.name, _EMPTY), now, zone, sym) for v in jobs[:shown]]
+        widths = _widths(columns, rows, width)
+        header: list[_Cell] = [[(c.header, "bold")] for c in columns]
+        lines.append(_line(header, widths, columns, sym.more))
+        rule = "-" if ascii_only else "─"
+        shown_widths = [w for w in widths if w]
+        total = sum(shown_widths) + len(_GAP) * (len(shown_widths) - 1)
+        lines.append(Text(rule * min(width, total), "dim"))
+        lines.extend(_line(row, widths, columns, sym.more) for row in rows)
+        if hidden:
+            more = f"{sym.more} {hidden} more job{'s' if hidden != 1 else ''} not shown"
+            lines.append(
+                Text(
+                    f"{more} (a taller terminal shows more)",
+                    "dim italic",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
+            )
+    event_room = budget - len(lines) - 1  # the events title
+    if event_room > 0 and events:
+        lines.append(Text("latest events", "bold dim"))
+        lines.extend(_event_line(line, zone) for line in events[-event_room:])
+    lines.append(_footer(snapshot, status, sym))
+    return Group(*lines[-max(1, height) :])
+
+
+# --- when to draw ------------------------------------------------------------------------------
+
+
+async def _wait_for_change(timeout: float, changed: asyncio.Event) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(changed.wait(), timeout)
+
+
+class Painter:
+    """Calls ``draw`` after changes, at most ``rate`` times a second, and at every wall-clock
+    second so countdowns tick; an idle daemon is redrawn once a second, not ``rate`` times.
+
+    ``wall``, ``monotonic``, ``wait`` and ``sleep`` are injected so tests control time."""
+
+    def __init__(
+        self,
+        draw: Callable[[], None],
+        *,
+        rate: float = MAX_REDRAWS_PER_SECOND,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wait: Callable[[float, asyncio.Event], Awaitable[None]] = _wait_for_change,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._draw = draw
+        self._gap = 1.0 / rate
+        self._wall = wall
+        self._monotonic = monotonic
+        self._wait = wait
+        self._sleep = sleep
+        self._changed = asyncio.Event()
+        self._last = -math.inf
+        self.draws = 0
+
+    def changed(self) -> None:
+        """Something to show; call from the loop's thread."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Draw until cancelled."""
+        while True:
+            # Just past the next whole second, when every countdown has moved on.
+            await self._wait(1.0 - self._wall() % 1.0 + 0.002, self._changed)
+            too_soon = self._last + self._gap - self._monotonic()
+            if too_soon > 0:
+                await self._sleep(too_soon)
+            self._changed.clear()
+            self.draw_now()
+
+    def draw_now(self) -> None:
+        self._last = self._monotonic()
+        self.draws += 1
+        self._draw()
+
+
+# --- the view ------------------------------------------------------------------------------------
+
+
+def clean_output(text: str) -> str:
+    """A line a job printed, safe to show: escape sequences and control characters removed,
+    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``)."""
+    text = _ANSI.sub("", text).rstrip("\r")
+    text = text.rsplit("\r", 1)[-1].replace("\t", "    ")
+    return _CONTROL.sub("", text)
+
+
+class LiveView:
+    """The state behind the live table: job statistics, event lines, the daemon's life-cycle
+    status, and the snapshot source (``attach``); drawing goes through ``draw``."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        ascii_only: bool = False,
+        max_lines: int = MAX_LINES,
+    ) -> None:
+        self.stats: dict[str, JobStats] = {}
+        self.lines: deque[EventLine] = deque(maxlen=max_lines)
+        self.status = "starting"
+        self.clock = clock
+        self.ascii_only = ascii_only
+        self.source: Callable[[], Snapshot] | None = None
+        self.stopping_from: int | None = None  # lines counted when the stop began
+        self._count = 0  # lines ever added
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._painter: Painter | None = None
+        self._paint_task: asyncio.Task[None] | None = None
+        self.first: datetime | None = None
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Bus sink: update the statistics and the status; its line comes through logging."""
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.on_event, event)
+            return
+        kind = event.kind
+        if kind is EventKind.READY or kind in (EventKind.RELOADED, EventKind.RELOAD_FAILED):
+            self.status = ""
+        elif kind is EventKind.RELOADING:
+            self.status = "reloading"
+        elif kind is EventKind.STOPPING:
+            self.status = "stopping"
+            with self._lock:
+                self.stopping_from = self._count
+        record(self.stats, event)
+        self._changed()
+
+    def add_line(self, line: EventLine) -> None:
+        """Add a line to the events area; safe from any thread."""
+        with self._lock:
+            self.lines.append(line)
+            self._count += 1
+        self._changed()
+
+    def add_text(self, text: str, level: int = logging.INFO, when: datetime | None = None) -> None:
+        """Add (possibly multi-line) text as event lines, cut to a few lines."""
+        rows = text.splitlines() or [""]
+        if len(rows) > MAX_LINES_PER_RECORD:
+            extra = len(rows) - MAX_LINES_PER_RECORD + 1
+            rows = [*rows[: MAX_LINES_PER_RECORD - 1], f"  ({extra} more lines)"]
+        stamp = when or self.clock()
+        for row in rows:
+            self.add_line(EventLine(time=stamp, level=level, text=row))
+
+    def _changed(self) -> None:
+        painter, loop = self._painter, self._loop
+        if painter is None or loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            painter.changed()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(painter.changed)
+
+    # --- output -----------------------------------------------------------------------------
+
+    def recent(self, count: int) -> list[EventLine]:
+        with self._lock:
+            start = max(0, len(self.lines) - count)
+            return [self.lines[i] for i in range(start, len(self.lines))]
+
+    def frame(self, width: int, height: int) -> RenderableType:
+        """What to draw now."""
+        if self.source is None:
+            return Text("qtasks: starting…" if not self.ascii_only else "qtasks: starting...")
+        return render(
+            self.source(),
+            self.stats,
+            self.recent(height),
+            width,
+            height,
+            status=self.status,
+            ascii_only=self.ascii_only,
+        )
+
+    def since_stop(self) -> list[EventLine]:
+        """The lines added since the stop began (all lines if it never began), for the
+        message left on the terminal after the view closes."""
+        with self._lock:
+            lines = list(self.lines)
+            begun = self.stopping_from
+            count = self._count
+        if begun is None:
+            return lines[-10:]
+        return lines[len(lines) - min(len(lines), count - begun) :]
+
+    def summary(self) -> str:
+        """One line about the session: uptime and how the runs went."""
+        ok = sum(s.successes for s in self.stats.values())
+        bad = sum(s.failures for s in self.stats.values())
+        up = span((self.clock() - self.first).total_seconds()) if self.first else "0s"
+        return f"qtasks stopped after {up}: {ok} run(s) succeeded, {bad} failed"
+
+    # --- the drawing task -------------------------------------------------------------------
+
+    def attach(self, source: Any) -> None:
+        """``api.serve``'s ``on_ready``: start showing ``source.snapshot()``."""
+        self.source = source.snapshot
+        self._changed()
+
+    def start(self, draw: Callable[[], None], **painter: Any) -> None:
+        """Start the drawing task on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.first = self.clock()
+        self._painter = Painter(draw, **painter)
+        self._paint_task = asyncio.create_task(self._painter.run(), name="qtasks:live")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGWINCH, self._painter.changed)
+
+    async def stop(self) -> None:
+        """Stop the drawing task and draw once more."""
+        if self._loop is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.remove_signal_handler(signal.SIGWINCH)
+        task, self._paint_task = self._paint_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._painter = None
+
+
+class LiveHandler(logging.Handler):
+    """Log records into the view's events area (event records as ``describe_event`` lines)."""
+
+    def __init__(self, view: LiveView) -> None:
+        super().__init__()
+        self.view = view
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: Event | None = getattr(record, "qtasks_event", None)
+            if event is not None:
+                self.view.add_text(ui_log.describe_event(event), record.levelno, event.time)
+                return
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                text = f"{text}: {type(exc).__name__}: {exc}"
+            when = datetime.fromtimestamp(record.created, timezone.utc)
+            level = record.levelname if record.levelno >= logging.WARNING else ""
+            self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
+        except Exception:
+            self.handleError(record)
+
+
+# --- the terminal --------------------------------------------------------------------------------
+
+
+def _pump(fd: int, view: LiveView) -> None:
+    """Read what the process's stdout/stderr receive and show it line by line."""
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            *rows, pending = pending.split(b"\n")
+            for raw in rows:
+                text = clean_output(raw.decode("utf-8", "replace"))
+                if text.strip():
+                    view.add_line(
+                        EventLine(time=view.clock(), level=logging.INFO, text=f"output: {text}")
+                    )
+        if pending.strip():
+            text = clean_output(pending.decode("utf-8", "replace"))
+            view.add_line(EventLine(time=view.clock(), level=logging.INFO, text=f"output: {text}"))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _captured(view: LiveView) -> Iterator[int]:
+    """Point fd 2 (and fd 1 when it is the terminal too) at a pipe whose lines go to the view,
+    so output of jobs, threads and child processes cannot tear the table; yield a descriptor of
+    the terminal. Everything is put back on exit."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    targets = [2] + ([1] if os.isatty(1) else [])
+    saved = {fd: os.dup(fd) for fd in targets}
+    read_end, write_end = os.pipe()
+    for fd in targets:
+        os.dup2(write_end, fd)
+    os.close(write_end)
+    reader = threading.Thread(target=_pump, args=(read_end, view), name="qtasks-output")
+    reader.daemon = True
+    reader.start()
+    try:
+        yield saved[2]
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        # EOF reaches the reader once no process holds the pipe; a job's child may keep it.
+        reader.join(timeout=0.5)
+
+
+@contextlib.contextmanager
+def _no_echo(fd: int) -> Iterator[None]:
+    """Keys typed while the table is up are not echoed over it (Ctrl-C still interrupts)."""
+    try:
+        import termios
+
+        before = termios.tcgetattr(fd)
+    except Exception:  # no termios, or not a terminal: nothing to do
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~termios.ECHO
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except termios.error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, before)
+
+
+def _size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return max(20, size.columns), max(3, size.lines)
+
+
+def _encoding(stream: TextIO) -> str:
+    return getattr(stream, "encoding", None) or "utf-8"
+
+
+def run_live(serve: Callable[[Callable[[Any], None]], Awaitable[int]], *, bus: EventBus) -> int:
+    """Run the daemon as ``serve(on_ready)`` (``api.serve`` with its ``on_ready``) under the live
+    table on the terminal behind stderr; return its exit code. The terminal is restored on every
+    way out; a few closing lines are then written to stderr."""
+    encoding = _encoding(sys.stderr)
+    view = LiveView(ascii_only="utf" not in encoding.lower())
+    bus.subscribe(view.on_event)
+    bus.subscribe(ui_log.log_event)
+    ui_log.configure("plain")  # for anything logged after the view has closed
+    handler = LiveHandler(view)
+    try:
+        return _run_drawn(serve, view, handler, encoding)
+    finally:
+        _farewell(view)
+
+
+def _run_drawn(
+    serve: Callable[[Callable[[Any], None]], Awaitable[int]],
+    view: LiveView,
+    handler: logging.Handler,
+    encoding: str,
+) -> int:
+    with _captured(view) as tty_fd, _no_echo(tty_fd):
+        tty = os.fdopen(os.dup(tty_fd), "w", encoding=encoding, errors="replace")
+        width, height = _size(tty_fd)
+        console = Console(file=tty, force_terminal=True, width=width, height=height)
+        restore_logging = ui_log.use_handler(handler)
+        try:
+            with Live(
+                view.frame(width, height),
+                console=console,
+                screen=True,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as live:
+
+                def draw() -> None:
+                    size = _size(tty_fd)
+                    console.size = size
+                    live.update(view.frame(*size), refresh=True)
+
+                async def main() -> int:
+                    view.start(draw)
+                    try:
+                        return await serve(view.attach)
+                    finally:
+                        await view.stop()
+
+                code = asyncio.run(main())
+        finally:
+            restore_logging()
+            tty.close()
+    return code
+
+
+def _farewell(view: LiveView) -> None:
+    """Leave the last lines (those of the stop, or the latest if it failed) on the terminal."""
+    for line in view.since_stop():
+        stamp = line.time.astimezone().strftime("%H:%M:%S")
+        print(f"{stamp} {line.text}", file=sys.stderr)
+    print(view.summary(), file=sys.stderr)
