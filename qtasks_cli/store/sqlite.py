@@ -439,6 +439,7 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used only in the worker thread
         self._data_version = 0
+        self._files_seen: tuple[int, ...] = ()
         self._closed = False
         self._lock_fd: int | None = None
         self._pending: list[_Write] = []
@@ -774,8 +775,26 @@ class SqliteStore:
         return work
 
     async def changed(self) -> bool:
-        """True when another connection committed since the last call (or since open)."""
+        """True when another connection committed since the last call (or since open).
+
+        The daemon asks once a second while idle, so the common answer costs two ``stat``
+        calls on the loop's thread; only when the files changed is the database asked."""
+        signature = self._file_signature()
+        if signature == self._files_seen:
+            return False
+        self._files_seen = signature
         return await self._run("checking for changes", self._changed_sync)
+
+    def _file_signature(self) -> tuple[int, ...]:
+        parts: list[int] = []
+        for suffix in ("", "-wal"):
+            try:
+                st = os.stat(f"{self.path}{suffix}")
+            except OSError:
+                parts += [-1, -1]
+            else:
+                parts += [st.st_mtime_ns, st.st_size]
+        return tuple(parts)
 
     def _changed_sync(self) -> bool:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
