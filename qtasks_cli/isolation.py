@@ -55,11 +55,14 @@ log = logging.getLogger(__name__)
 
 IDLE_PER_JOB = 4  # idle children kept per job; more only while runs overlap
 CLOSE_WAIT = 2.0  # seconds shutdown waits for idle children to exit on end of input
-# Lockstep leaves the pipe empty whenever the parent writes, so a frame of at most PIPE_BUF
-# bytes never blocks the loop; larger ones are written from a thread.
+# Lockstep keeps at most two frames in a pipe (``init`` and the first ``call``), so frames of at
+# most 4 KiB never fill its 64 KiB and never block the loop; larger ones are written from a thread.
 _DIRECT_WRITE = 4096
 _HEADER = struct.Struct(">BQ")  # length of the tag, length of the payload
 _PR_SET_PDEATHSIG = 1
+# After the child exits, how long its last frames may take to be read. The pipe's end can come
+# much later if the job forked a process that inherited it.
+_OUTPUT_WAIT = 0.5
 _MODULE = "qtasks_cli.isolation"  # this file runs as __main__ in the child
 
 
@@ -132,9 +135,8 @@ def _decode(tag: str, payload: bytes) -> _Message:
 class Worker:
     """One child process serving one job's calls, one at a time.
 
-    A daemon thread reads the child's frames and hands them to the loop; at the end of the
-    stream it reaps the child and hands over its exit status, so ``exited`` resolves only once
-    the process is gone.
+    One daemon thread reads the child's frames and hands them to the loop; another reaps the
+    child and then hands over its exit status, so ``exited`` resolves once the process is gone.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
@@ -145,13 +147,17 @@ class Worker:
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._ended = False  # the child's output reached its end: it is exiting or gone
         self._reader = threading.Thread(
-            target=self._read_all, name=f"qtasks-child-{proc.pid}", daemon=True
+            target=self._read_all, name=f"qtasks-child-{proc.pid}-output", daemon=True
         )
         self._reader.start()
+        waiter = threading.Thread(
+            target=self._wait_exit, name=f"qtasks-child-{proc.pid}", daemon=True
+        )
+        waiter.start()
 
     @classmethod
-    def start(cls, loop: asyncio.AbstractEventLoop) -> Worker:
-        """Start a child; it gets this process's sys.path before anything else."""
+    def spawn(cls) -> Worker:
+        """Start a child; it waits for ``init`` (see ``Workers.take``)."""
         if not sys.executable:
             raise RuntimeError("cannot start a child process: sys.executable is unknown")
         stdout = _dup_stdout()
@@ -168,9 +174,7 @@ class Worker:
         finally:
             if stdout >= 0:
                 os.close(stdout)
-        worker = cls(proc, loop)
-        worker.write(_frame("init", _pickled(list(sys.path), "sys.path", "for the child")))
-        return worker
+        return cls(proc, asyncio.get_running_loop())
 
     @property
     def pid(self) -> int:
@@ -191,7 +195,11 @@ class Worker:
         finally:
             self._ended = True
             stream.close()
-        self._post(self._on_exit, self.proc.wait())
+
+    def _wait_exit(self) -> None:
+        returncode = self.proc.wait()
+        self._reader.join(timeout=_OUTPUT_WAIT)
+        self._post(self._on_exit, returncode)
 
     def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
         # RuntimeError: the loop is closed, so nobody is listening any more.
@@ -230,10 +238,12 @@ class Worker:
         return message
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the child's process group, unless the child has been reaped."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+        """Send ``sig`` to the child's process group: the child and what the job started.
+
+        Called only while the child runs or just after it died, so the group id is not reused.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
     async def stop(self, grace: float) -> list[Any] | None:
         """SIGTERM; SIGKILL if it still runs ``grace`` seconds later; wait until it is reaped.
@@ -266,7 +276,8 @@ class Worker:
         return stack
 
     def retire(self) -> None:
-        """Let an idle child exit at the end of its input; kill one that is mid-call."""
+        """Let an idle child exit at the end of its input; kill one that is mid-call or has
+        died mid-call, with whatever it started."""
         if not self.ready:
             self.signal(signal.SIGKILL)
         if self.proc.stdin is not None:
@@ -302,8 +313,8 @@ class Workers:
         self._live: set[Worker] = set()  # every child started and not yet reaped
         self._closed = False
 
-    def take(self, job: JobSpec) -> Worker:
-        """An idle child of ``job``, or a new one; call from the loop."""
+    async def take(self, job: JobSpec) -> Worker:
+        """An idle child of ``job``, or a new one."""
         idle = self._idle.get(_key(job), [])
         while idle:
             worker = idle.pop()
@@ -313,9 +324,16 @@ class Workers:
         if self._closed:
             raise RuntimeError("the qtasks runtime is shut down; no new child processes start")
         self._live = {w for w in self._live if w.proc.returncode is None}
-        worker = Worker.start(asyncio.get_running_loop())
+        worker = Worker.spawn()
         self._live.add(worker)
         log.debug("job %r: started child process %d", job.name, worker.pid)
+        try:
+            # The child imports what the daemon can: settings.path is already on sys.path.
+            await worker.send("init", _pickled(list(sys.path), "sys.path", "for the child"))
+        except BaseException:
+            worker.ready = False
+            worker.retire()
+            raise
         return worker
 
     def give_back(self, job: JobSpec, worker: Worker) -> None:
@@ -359,7 +377,7 @@ async def call_attempt(run: _Run) -> Any:
         "to send them to its child process",
     )
     workers = run.runtime.workers
-    worker = workers.take(job)
+    worker = await workers.take(job)
     try:
         return await _converse(run, worker, call, handler)
     except ChildCrashed as exc:

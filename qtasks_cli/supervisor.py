@@ -667,9 +667,7 @@ class Supervisor:
                 error=result.error,
                 level=logging.ERROR,
             )
-            task = asyncio.create_task(self._record(result))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self._record(result))
             return
         self._emit(
             EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=TriggerKind.QUEUED

@@ -971,6 +971,29 @@ def test_valid_references_import_cleanly(tmp_path: Path, project: Callable[..., 
     assert sys.path[0] == str(tmp_path)  # settings.path defaults to the file's folder
 
 
+def test_only_scheduled_jobs_need_every_required_argument(
+    tmp_path: Path, project: Callable[..., str]
+) -> None:
+    pkg = project(jobs=CODE)
+    found = problems(
+        tmp_path,
+        f"""
+        jobs:
+          scheduled:
+            entrypoint: {pkg}.jobs:report
+            schedule: "@daily"
+          triggered:
+            entrypoint: {pkg}.jobs:report
+        """,
+        check_imports=True,
+    )
+    # A job without a schedule gets its arguments with each trigger.
+    assert found == [
+        "3:17: jobs.scheduled.entrypoint: arguments do not fit report(day, region='eu'): "
+        "missing a required argument: 'day'"
+    ]
+
+
 def test_import_problems_are_located_and_name_the_job(
     tmp_path: Path, project: Callable[..., str]
 ) -> None:
@@ -1018,7 +1041,7 @@ def test_import_problems_are_located_and_name_the_job(
         "(did you mean 'report'?)",
         f"7:17: jobs.not_callable.entrypoint: '{pkg}.jobs:VALUE' is not callable (it is int 3)",
         "10:13: jobs.signature.kwargs: arguments do not fit report(day, region='eu'): "
-        "missing a required argument: 'day'",
+        "got an unexpected keyword argument 'colour'",
         "13:11: jobs.too_many.args: arguments do not fit report(day, region='eu'): "
         "too many positional arguments",
         f"15:17: jobs.import_error.entrypoint: importing '{pkg}.broken' failed: "
