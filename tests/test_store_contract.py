@@ -2,16 +2,21 @@
 
 ``store_factory`` gives a function that makes a new, unopened store on ONE database
 per test (two stores from it are two processes, or a daemon and its restart). To run
-this suite against another backend, add its name to the fixture's params.
+this suite against another backend, add its name to the fixture's params. PostgreSQL
+runs get a fresh schema each, dropped afterwards (see ``tests/pg.py`` for where the
+server is found and when a missing server skips or fails).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,24 +27,45 @@ import pytest
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Fire, JobStats, Store
+from qtasks_cli.store.base import Claim, Fire, JobStats, Store, busy_error
 
 T = TypeVar("T")
-StoreFactory = Callable[[], Store]
+
+
+@dataclass(frozen=True)
+class StoreFactory:
+    """Makes unopened stores on one database; ``state`` and ``schema`` name it for a child."""
+
+    make: Callable[[], Store]
+    state: str
+    schema: str = "qtasks"
+
+    def __call__(self) -> Store:
+        return self.make()
+
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 SECOND = timedelta(seconds=1)
 MINUTE = timedelta(minutes=1)
 
 
-@pytest.fixture(params=["sqlite"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     if request.param == "sqlite":
         from qtasks_cli.store.sqlite import SqliteStore
 
         path = tmp_path / "state" / "state.db"
-        return lambda: SqliteStore(path)
-    raise AssertionError(f"unknown store {request.param!r}")
+        yield StoreFactory(lambda: SqliteStore(path), str(path))
+    elif request.param == "postgres":
+        from pg import fresh_schema, postgres_url
+
+        url = postgres_url()
+        from qtasks_cli.store.postgres import PostgresStore
+
+        with fresh_schema(url) as schema:
+            yield StoreFactory(lambda: PostgresStore(url, schema=schema), url, schema)
+    else:
+        raise AssertionError(f"unknown store {request.param!r}")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -403,6 +429,158 @@ def test_times_round_trip_as_aware_utc(store_factory: StoreFactory) -> None:
     run(body())
 
 
+# -- overlap across nodes: claim with exclusive_jobs -------------------------------------
+
+_ANOTHER_NODE = """
+import asyncio, sys
+from datetime import datetime
+from qtasks_cli.models import RunResult, RunStatus, TriggerKind
+from qtasks_cli.store import new_run_id, open_store
+from qtasks_cli.store.base import Fire
+
+async def main():
+    store = open_store(sys.argv[1], schema=sys.argv[2])
+    await store.open()
+    when = datetime.fromisoformat(sys.argv[3])
+    fire = Fire(job="x", scheduled=when, trigger=TriggerKind.SCHEDULE, run_id=new_run_id(),
+                schedule_key="k")
+    assert await store.claim([fire]) == [True]
+    await store.start(fire.run_id, when)
+    manual = RunResult(job="m", run_id=new_run_id(), trigger=TriggerKind.MANUAL, scheduled=None,
+                       started=when, ended=None, attempts=0, status=RunStatus.RUNNING)
+    await store.add_run(manual)
+    await store.close()
+    print(fire.run_id, store.node_id)
+
+asyncio.run(main())
+"""
+
+
+def test_exclusive_claims_skip_while_another_node_runs_the_job(
+    store_factory: StoreFactory,
+) -> None:
+    # The other node is another process, which left its runs in progress.
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _ANOTHER_NODE,
+            store_factory.state,
+            store_factory.schema,
+            T0.isoformat(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    their_run, their_node = child.stdout.split()
+
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            assert store.node_id != their_node
+            row = await store.get_run(their_run)
+            assert row is not None and row.node == their_node
+
+            busy = fire("x", T0 + MINUTE)
+            assert await store.claim([busy], exclusive_jobs={"x", "other"}) == [Claim.BUSY]
+            row = await store.get_run(busy.run_id)
+            assert row is not None
+            assert row.status is RunStatus.SKIPPED and row.ended is not None
+            assert row.error == busy_error(their_node)
+            assert their_node in row.error
+            assert (await store.last_fired())["x"][0] == T0 + MINUTE
+            # the pair is taken: the same fire claimed again is not inserted again
+            assert await store.claim([fire("x", T0 + MINUTE)], exclusive_jobs={"x"}) == [
+                Claim.EXISTS
+            ]
+
+            # skipped and missed fires go in as they are; overlap allow passes no job
+            skipped = fire("x", T0 + 2 * MINUTE, status=RunStatus.SKIPPED, error="local")
+            allowed = fire("x", T0 + 3 * MINUTE)
+            result = await store.claim([skipped, allowed], exclusive_jobs=())
+            assert result == [Claim.INSERTED, Claim.INSERTED]
+            row = await store.get_run(allowed.run_id)
+            assert row is not None and row.status is RunStatus.CLAIMED
+            row = await store.get_run(skipped.run_id)
+            assert row is not None and row.error == "local"
+            plain = await store.claim([fire("x", T0 + 4 * MINUTE)])
+            assert plain == [True] and type(plain[0]) is bool
+
+            # this node's own runs and anyone's manual runs do not count
+            mine = fire("z", T0)
+            await store.claim([mine])
+            await store.start(mine.run_id, T0)
+            assert await store.claim([fire("z", T0 + MINUTE)], exclusive_jobs={"z"}) == [
+                Claim.INSERTED
+            ]
+            assert await store.claim([fire("m", T0)], exclusive_jobs={"m"}) == [Claim.INSERTED]
+
+            # once the other node's run has finished, the job is free again
+            await store.finish(
+                RunResult(
+                    job="x",
+                    run_id=their_run,
+                    trigger=TriggerKind.SCHEDULE,
+                    scheduled=T0,
+                    started=T0,
+                    ended=T0 + SECOND,
+                    attempts=1,
+                    status=RunStatus.SUCCEEDED,
+                )
+            )
+            await store.flush()
+            # ... but this node's own claimed x runs (above) still do not count
+            free = fire("x", T0 + 5 * MINUTE)
+            assert await store.claim([free], exclusive_jobs={"x"}) == [Claim.INSERTED]
+
+    run(body())
+
+
+# -- the cluster view ---------------------------------------------------------------------
+
+
+def test_heartbeat_shows_this_node_with_its_digest(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            await store.lock_daemon()
+            await store.heartbeat(T0, digest="d1", fingerprints={"a": "fa", "b": "fb"})
+            (node,) = await store.nodes(T0 + 10 * SECOND, timedelta(seconds=30))
+            assert node.node_id == store.node_id
+            assert (node.digest, dict(node.fingerprints)) == ("d1", {"a": "fa", "b": "fb"})
+            assert node.last_seen == T0
+            assert node.pid == os.getpid() and node.host
+            assert_utc(node.last_seen)
+            assert_utc(node.started)
+
+            await store.heartbeat(T0 + MINUTE, digest="d2", fingerprints={})
+            (node,) = await store.nodes(T0 + MINUTE, timedelta(seconds=30))
+            assert (node.digest, dict(node.fingerprints)) == ("d2", {})
+            # silent for longer than the timeout: not alive, but a node never reaps itself
+            later = T0 + 2 * MINUTE
+            assert await store.nodes(later, timedelta(seconds=30)) == []
+            assert await store.reap_dead_nodes(later, timedelta(seconds=30)) == []
+
+    run(body())
+
+
+def test_wait_for_work_wakes_when_it_can_and_times_out(store_factory: StoreFactory) -> None:
+    async def body() -> None:
+        async with opened(store_factory) as daemon, opened(store_factory) as client:
+            await daemon.lock_daemon()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            assert await daemon.wait_for_work(0.05) is False
+            assert loop.time() - began >= 0.04
+            waiting = asyncio.create_task(daemon.wait_for_work(5 if daemon.wakes_on_work else 0.05))
+            await asyncio.sleep(0.01)
+            request = await client.enqueue("a", [], {}, T0)
+            assert await waiting is daemon.wakes_on_work
+            assert [q.run_id for q in await daemon.take_queued(T0)] == [request]
+
+    run(body())
+
+
 # -- recover ------------------------------------------------------------------------------
 
 
@@ -569,6 +747,7 @@ def test_each_request_is_taken_once_by_concurrent_takers(store_factory: StoreFac
 def test_changed_reports_writes_of_other_connections(store_factory: StoreFactory) -> None:
     async def body() -> None:
         async with opened(store_factory) as daemon, opened(store_factory) as client:
+            await daemon.lock_daemon()  # PostgreSQL listens from here on
             assert await daemon.changed() is False
             await client.enqueue("a", [], {}, T0)
             assert await daemon.changed() is True

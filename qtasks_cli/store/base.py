@@ -125,6 +125,9 @@ class Store(Protocol):
     location: str  # for messages: a path, or a URL without its password
     node_id: str  # this store's identity in the cluster; recorded with what it claims
     wakes_on_work: bool  # True when wait_for_work returns as soon as work is handed over
+    # True when several daemons may share the store (PostgreSQL): then the claim is the
+    # only guard against running a fire on every node, so a fire must never run unclaimed.
+    multi_node: bool
 
     async def open(self) -> None:
         """Create or migrate the schema."""

@@ -575,6 +575,7 @@ class PostgresStore:
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
     wakes_on_work = True
+    multi_node = True
 
     def __init__(
         self,

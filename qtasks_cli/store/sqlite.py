@@ -451,6 +451,7 @@ class SqliteStore:
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
+    multi_node = False  # the daemon lock admits one daemon per file
 
     # -- plumbing ---------------------------------------------------------------------
 
