@@ -46,7 +46,11 @@ def state_location(config: Config, override: str | None = None) -> str:
 def open_state(config: Config, override: str | None = None) -> Store:
     from qtasks_cli.store import open_store
 
-    return open_store(state_location(config, override))
+    return open_store(
+        state_location(config, override),
+        schema=config.settings.schema,
+        node_timeout=config.settings.node_timeout,
+    )
 
 
 def get_job(config: Config, name: str) -> JobSpec:
@@ -192,7 +196,8 @@ def enqueue_loaded(
     from qtasks_cli.store import enqueue_now
 
     spec = get_job(config, job)
-    return enqueue_now(state_location(config, state), spec.name, list(args), dict(kwargs))
+    location = state_location(config, state)
+    return enqueue_now(location, spec.name, list(args), dict(kwargs), schema=config.settings.schema)
 
 
 async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunRow:

@@ -8,7 +8,7 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,7 +26,7 @@ from qtasks_cli.models import (
     TriggerKind,
 )
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Fire, QueuedRun, Store
+from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, Store, busy_error
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ QUEUE_BATCH = 500
 CLAIM_WAIT = 0.1
 # Seconds between attempts to record fires the store refused.
 RECORD_RETRY = 1.0
+# How soon fires a shared (PostgreSQL) store did not claim are tried again.
+CLAIM_RETRY = timedelta(seconds=1)
+# How often a node heartbeats; at most a third of node_timeout.
+HEARTBEAT_EVERY = 5.0
 # How long a stop waits for the store to take what it refused before giving up on it.
 BACKLOG_GRACE = 10.0
 PRUNE_EVERY = timedelta(hours=1)
@@ -104,6 +108,11 @@ class Supervisor:
         self._unrecorded_ids: set[str] = set()
         self._held: list[RunResult] = []
         self._backlog_task: asyncio.Task[None] | None = None
+        self._retry_from: dict[str, datetime] = {}  # first fire a shared store did not claim
+        self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
+        self._nodes: tuple[str, ...] = ()
+        self._fingerprints: dict[str, str] = {}
+        self._side_tasks: list[asyncio.Task[None]] = []
         self._next_poll = 0.0
         self._queue_more = True
         self._next_prune: datetime | None = None
@@ -148,6 +157,7 @@ class Supervisor:
             running=self.running,
             queued=self.queued,
             state=self.store.location,
+            nodes=self._nodes,
         )
 
     def _view(self, name: str, state: _JobState) -> JobView:
@@ -182,6 +192,10 @@ class Supervisor:
     async def run(self) -> None:
         """Supervise until ``request_stop``; then stop gracefully."""
         await self._start()
+        if self.store.multi_node:
+            self._side_tasks.append(asyncio.create_task(self._keep_in_touch()))
+        if self.store.wakes_on_work:
+            self._side_tasks.append(asyncio.create_task(self._wake_on_work()))
         self.ready.set()
         self._emit(EventKind.READY)
         while not self._stopping:
@@ -199,6 +213,8 @@ class Supervisor:
         now = self.clock()
         self.started_at = now
         self.jobs = {spec.name: _JobState(spec=spec) for spec in self.config.jobs.values()}
+        if self.store.multi_node:
+            await self._touch_nodes(now)
         for row in await self.store.recover(now):
             self._emit(
                 EventKind.INTERRUPTED,
@@ -334,16 +350,22 @@ class Supervisor:
             if not self._is_current(entry):
                 continue
             name = entry[2]
-            due, last = self._due_fires(self.jobs[name].spec, entry[0], now)
-            fires.extend(self._decide(self.jobs[name].spec, due, now))
+            spec = self.jobs[name].spec
+            first = min(entry[0], self._retry_from.pop(name, entry[0]))
+            due, last = self._due_fires(spec, first, now)
+            fires.extend(self._decide(spec, due, now))
             advanced.append((name, last))
-        if fires:
-            await self._claim_and_start(fires)
+        unclaimed = await self._claim_and_start(fires) if fires else set()
         # Next fires are computed after the due runs have started, off their critical path.
         for name, last in advanced:
             schedule = self.jobs[name].spec.schedule
-            if schedule is not None:
-                self._push(name, schedule.next_after(last))
+            if schedule is None:
+                continue
+            upcoming = schedule.next_after(last)
+            if name in unclaimed:  # the shared store did not answer: try these fires again
+                retry = now + CLAIM_RETRY
+                upcoming = retry if upcoming is None else min(upcoming, retry)
+            self._push(name, upcoming)
 
     def _due_fires(
         self, spec: JobSpec, first: datetime, now: datetime
@@ -364,6 +386,11 @@ class Supervisor:
 
     def _decide(self, spec: JobSpec, due: Sequence[datetime], now: datetime) -> list[Fire]:
         """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace."""
+        if spec.name in self._held_jobs:
+            reason = f"held back: {self._held_jobs[spec.name]}"
+            return [
+                self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in due
+            ]
         late = [t for t in due if now - t > LATE_AFTER]
         on_time = [t for t in due if now - t <= LATE_AFTER]
         graced = [t for t in late if now - t <= spec.misfire_grace]
@@ -432,8 +459,14 @@ class Supervisor:
             error=f"skipped: {why} (overlap: {policy})",
         )
 
-    async def _claim_and_start(self, fires: list[Fire]) -> None:
+    async def _claim_and_start(self, fires: list[Fire]) -> set[str]:
+        """Claim fires and start the runs this node won; return the jobs whose fires the
+        shared store could not claim (to be tried again)."""
         claimed = await self._claim(fires)
+        if claimed is None:
+            for fire in fires:
+                self._retry_from.setdefault(fire.job, fire.scheduled)
+            return {fire.job for fire in fires}
         for fire, won in zip(fires, claimed):
             if not won:
                 log.debug(
@@ -441,6 +474,8 @@ class Supervisor:
                 )
                 continue
             spec = self.jobs[fire.job].spec
+            if won is Claim.BUSY:
+                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
             if fire.status is RunStatus.CLAIMED:
                 self._emit(
                     EventKind.FIRED,
@@ -463,12 +498,30 @@ class Supervisor:
                     level=logging.WARNING,
                 )
         await asyncio.sleep(0)  # let the new runs start before anything else
+        return set()
 
-    async def _claim(self, fires: list[Fire]) -> list[bool]:
-        """Claim fires in the store, waiting at most CLAIM_WAIT: firing never waits on a slow
-        or locked store. Fires it does not confirm in time run anyway (each fire is still
-        taken once, by this process) and are recorded in the background, with their runs'
-        outcomes held back until then."""
+    async def _claim_shared(self, fires: list[Fire]) -> list[Claim] | None:
+        """On a store shared by several nodes the claim decides who runs a fire, so a fire
+        never runs unclaimed: None when the store did not answer (the fires are retried)."""
+        exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
+        try:
+            return await self.store.claim(fires, exclusive_jobs=exclusive)
+        except Exception as exc:
+            log.error(
+                "cannot claim fires in %s (%s); trying again in %gs",
+                self.store.location,
+                exc,
+                CLAIM_RETRY.total_seconds(),
+            )
+            return None
+
+    async def _claim(self, fires: list[Fire]) -> Sequence[bool | Claim] | None:
+        """Claim fires in the store. A single daemon waits at most CLAIM_WAIT: firing never
+        waits on a slow or locked store. Fires it does not confirm in time run anyway (each
+        fire is still taken once, by this process) and are recorded in the background, with
+        their runs' outcomes held back until then."""
+        if self.store.multi_node:
+            return await self._claim_shared(fires)
         if self._backlog_task is not None:  # the store is behind: do not queue up behind it
             self._hold(fires)
             return [True] * len(fires)
@@ -623,6 +676,87 @@ class Supervisor:
             self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
         self._wake.set()
 
+    # --- several nodes on one store -------------------------------------------------------------
+
+    async def _keep_in_touch(self) -> None:
+        """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
+        elsewhere, every few seconds (PostgreSQL only)."""
+        timeout = self.config.settings.node_timeout
+        every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 3)
+        while not self._stopping:
+            await asyncio.sleep(every)
+            await self._touch_nodes(self.clock())
+
+    async def _touch_nodes(self, now: datetime) -> None:
+        timeout = self.config.settings.node_timeout
+        try:
+            await self.store.heartbeat(
+                now, digest=self.config.digest, fingerprints=self._job_fingerprints()
+            )
+            for row in await self.store.reap_dead_nodes(now, timeout):
+                self._emit(
+                    EventKind.INTERRUPTED,
+                    job=row.job,
+                    run_id=row.run_id,
+                    trigger=row.trigger,
+                    scheduled=row.scheduled,
+                    status=RunStatus.INTERRUPTED,
+                    error=row.error,
+                    level=logging.WARNING,
+                )
+                spec = self.config.jobs.get(row.job)
+                if spec is not None and spec.retry_interrupted:
+                    await self._rerun(spec, row.run_id)
+            nodes = await self.store.nodes(now, timeout)
+        except Exception as exc:
+            log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
+            return
+        self._nodes = tuple(node.node_id for node in nodes)
+        self._compare_definitions(nodes)
+
+    def _job_fingerprints(self) -> dict[str, str]:
+        if not self._fingerprints:
+            from qtasks_cli.config import fingerprint
+
+            self._fingerprints = {name: fingerprint(j) for name, j in self.config.jobs.items()}
+        return self._fingerprints
+
+    def _compare_definitions(self, nodes: Sequence[NodeInfo]) -> None:
+        """Hold back every job whose definition differs on another live node."""
+        mine = self._job_fingerprints()
+        held: dict[str, str] = {}
+        for node in nodes:
+            if node.node_id == self.store.node_id or not node.digest:
+                continue  # ourselves, or a node that has not described its jobs yet
+            for job, print_ in mine.items():
+                if node.fingerprints.get(job) != print_:
+                    held[job] = f"its definition differs on node {node.node_id}"
+        if set(held) != set(self._held_jobs):
+            if held:
+                self._emit(
+                    EventKind.NOTICE,
+                    level=logging.WARNING,
+                    message=(
+                        "job file differs from the other nodes'; not firing until they agree: "
+                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items()))
+                    ),
+                )
+            else:
+                self._emit(EventKind.NOTICE, message="job files agree across nodes again")
+        self._held_jobs = held
+
+    async def _wake_on_work(self) -> None:
+        """Look for handed-over requests as soon as the store says there may be some."""
+        while not self._stopping:
+            try:
+                woken = await self.store.wait_for_work(30.0)
+            except Exception as exc:
+                log.warning("cannot listen for handed-over runs: %s", exc)
+                await asyncio.sleep(QUEUE_POLL)
+                continue
+            if woken:
+                self.nudge()
+
     # --- handed-over requests -------------------------------------------------------------------
 
     async def _poll_queue(self) -> None:
@@ -716,6 +850,7 @@ class Supervisor:
             if n in old and fingerprint(old[n]) != fingerprint(config.jobs[n])
         ]
         self.config = config
+        self._fingerprints = {}
         for name in removed:
             state = self.jobs.pop(name)
             state.generation += 1
@@ -742,6 +877,8 @@ class Supervisor:
         )
 
     async def _shutdown(self) -> None:
+        for task in self._side_tasks:
+            task.cancel()
         grace = self.config.settings.shutdown_grace.total_seconds()
         running = [t for t in self._tasks if not t.done()]
         if running:
