@@ -85,9 +85,9 @@ def ago(seconds: float) -> str:
 
 
 def elapsed(seconds: float) -> str:
-    """A run's duration: ``0.42s``, ``1.3s``, ``12s``, ``3m 12s``."""
+    """A run's duration: ``4ms``, ``420ms``, ``1.3s``, ``12s``, ``3m 12s``."""
     if seconds < 1:
-        return f"{seconds:.2f}s"
+        return f"{max(0.0, seconds) * 1000:.0f}ms"
     if seconds < 10:
         return f"{seconds:.1f}s"
     return span(seconds)
@@ -197,21 +197,37 @@ _ASCII = _Symbols(ok="ok", failed="x", more="...", none="-", sep=" | ")
 _EMPTY = JobStats()
 
 
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+
 def order(snapshot: Snapshot, job_stats: Mapping[str, JobStats]) -> list[JobView]:
     """Running jobs first (oldest run first), then queued, then failing, then by next fire;
     jobs with no next fire last."""
-
-    def key(view: JobView) -> tuple[int, float, str]:
-        stats = job_stats.get(view.name, _EMPTY)
-        if stats.runs:
+    busy: list[tuple[int, datetime, str, JobView]] = []
+    idle: list[tuple[datetime, str, JobView]] = []
+    get = job_stats.get
+    # Most of 1,000 jobs are idle with no statistics: keep their path short.
+    for view in snapshot.jobs:
+        stats = get(view.name)
+        when = view.next_fire if view.next_fire is not None and view.enabled else _NEVER
+        if stats is None:
+            if view.pending or view.running:
+                busy.append((1, _NEVER, view.name, view))
+            else:
+                idle.append((when, view.name, view))
+        elif stats.runs:
             first = min(p.started for p in stats.runs.values())
-            return (0, first.timestamp(), view.name)
-        if stats.waiting or view.pending or view.running:
-            return (1, 0.0, view.name)
-        when = view.next_fire.timestamp() if view.next_fire and view.enabled else math.inf
-        return (2 if stats.failing else 3, when, view.name)
-
-    return sorted(snapshot.jobs, key=key)
+            busy.append((0, first, view.name, view))
+        elif stats.waiting or view.pending or view.running:
+            busy.append((1, _NEVER, view.name, view))
+        elif stats.failing:
+            busy.append((2, when, view.name, view))
+        else:
+            idle.append((when, view.name, view))
+    # Names are unique, so the comparison never reaches the views.
+    busy.sort()
+    idle.sort()
+    return [item[3] for item in busy] + [item[2] for item in idle]
 
 
 # A cell is a list of (text, style) pieces; rows are laid out here rather than by rich.Table,
@@ -383,6 +399,9 @@ def _event_line(line: EventLine, zone: tzinfo | None) -> Text:
 def _footer(snapshot: Snapshot, status: str, sym: _Symbols) -> Text:
     count = len(snapshot.jobs)
     text = Text(no_wrap=True, overflow="ellipsis")
+    if status:  # first, so that a long state path never hides it
+        text.append(status, "bold yellow")
+        text.append(sym.sep)
     text.append(str(count), "bold")
     text.append(f" job{'s' if count != 1 else ''}{sym.sep}")
     text.append(str(snapshot.running), "bold cyan" if snapshot.running else "bold")
@@ -390,9 +409,6 @@ def _footer(snapshot: Snapshot, status: str, sym: _Symbols) -> Text:
     text.append(str(snapshot.queued), "bold magenta" if snapshot.queued else "bold")
     text.append(f" queued{sym.sep}up {span((snapshot.now - snapshot.started_at).total_seconds())}")
     text.append(f"{sym.sep}state {snapshot.state}")
-    if status:
-        text.append(sym.sep)
-        text.append(status, "bold yellow")
     return text
 
 
@@ -523,7 +539,7 @@ def clean_output(text: str) -> str:
 
 class LiveView:
     """The state behind the live table: job statistics, event lines, the daemon's life-cycle
-    status, and the snapshot source (``attach``); drawing goes through ``draw``."""
+    status and the snapshot source (``attach``), and the task that draws (``start``)."""
 
     def __init__(
         self,
@@ -546,6 +562,8 @@ class LiveView:
         self._painter: Painter | None = None
         self._paint_task: asyncio.Task[None] | None = None
         self.first: datetime | None = None
+        self.terminal_lost = False
+        self._request_stop: Callable[[], None] | None = None
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -616,8 +634,8 @@ class LiveView:
         )
 
     def since_stop(self) -> list[EventLine]:
-        """The lines added since the stop began (all lines if it never began), for the
-        message left on the terminal after the view closes."""
+        """The lines added since the stop began (the last ten if it never began), to leave on
+        the terminal after the view closes."""
         with self._lock:
             lines = list(self.lines)
             begun = self.stopping_from
@@ -636,9 +654,23 @@ class LiveView:
     # --- the drawing task -------------------------------------------------------------------
 
     def attach(self, source: Any) -> None:
-        """``api.serve``'s ``on_ready``: start showing ``source.snapshot()``."""
+        """``api.serve``'s ``on_ready``: start showing ``source.snapshot()``; the daemon stops
+        (``source.request_stop()``) if the terminal goes away."""
         self.source = source.snapshot
+        self._request_stop = getattr(source, "request_stop", None)
+        if self.terminal_lost and self._request_stop is not None:
+            self._request_stop()
         self._changed()
+
+    def lose_terminal(self, exc: OSError) -> None:
+        """The terminal cannot be written any more (its window was closed: a hangup): stop
+        drawing and stop the daemon as SIGTERM would, rather than run on with nobody watching."""
+        if self.terminal_lost:
+            return
+        self.terminal_lost = True
+        log.warning("the terminal went away (%s); stopping", exc)
+        if self._request_stop is not None:
+            self._request_stop()
 
     def start(self, draw: Callable[[], None], **painter: Any) -> None:
         """Start the drawing task on the running loop."""
@@ -651,7 +683,7 @@ class LiveView:
             self._loop.add_signal_handler(signal.SIGWINCH, self._painter.changed)
 
     async def stop(self) -> None:
-        """Stop the drawing task and draw once more."""
+        """Stop the drawing task."""
         if self._loop is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.remove_signal_handler(signal.SIGWINCH)
@@ -811,38 +843,54 @@ def _run_drawn(
         width, height = _size(tty_fd)
         console = Console(file=tty, force_terminal=True, width=width, height=height)
         restore_logging = ui_log.use_handler(handler)
+        live = Live(
+            view.frame(width, height),
+            console=console,
+            screen=True,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+        def draw() -> None:
+            if view.terminal_lost:
+                return
+            size = _size(tty_fd)
+            console.size = size
+            try:
+                live.update(view.frame(*size), refresh=True)
+            except OSError as exc:  # the terminal hung up (its window was closed)
+                view.lose_terminal(exc)
+
+        async def main() -> int:
+            view.start(draw)
+            try:
+                return await serve(view.attach)
+            finally:
+                await view.stop()
+
         try:
-            with Live(
-                view.frame(width, height),
-                console=console,
-                screen=True,
-                auto_refresh=False,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            ) as live:
+            live.start(refresh=True)
+            # Not asyncio.run: a job that ignores its cancellation must not keep us alive.
+            from qtasks_cli.api import run_until_done
 
-                def draw() -> None:
-                    size = _size(tty_fd)
-                    console.size = size
-                    live.update(view.frame(*size), refresh=True)
-
-                async def main() -> int:
-                    view.start(draw)
-                    try:
-                        return await serve(view.attach)
-                    finally:
-                        await view.stop()
-
-                code = asyncio.run(main())
+            return run_until_done(main())
         finally:
+            # Writing to a terminal that hung up fails; the cleanup must go on regardless.
+            with contextlib.suppress(OSError):
+                live.stop()
             restore_logging()
-            tty.close()
-    return code
+            with contextlib.suppress(OSError):
+                tty.close()
 
 
 def _farewell(view: LiveView) -> None:
     """Leave the last lines (those of the stop, or the latest if it failed) on the terminal."""
-    for line in view.since_stop():
-        stamp = line.time.astimezone().strftime("%H:%M:%S")
-        print(f"{stamp} {line.text}", file=sys.stderr)
-    print(view.summary(), file=sys.stderr)
+    if view.terminal_lost:
+        return
+    with contextlib.suppress(OSError):
+        for line in view.since_stop():
+            stamp = line.time.astimezone().strftime("%H:%M:%S")
+            print(f"{stamp} {line.text}", file=sys.stderr)
+        if view.source is not None:  # it got as far as supervising
+            print(view.summary(), file=sys.stderr)
