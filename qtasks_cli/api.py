@@ -151,8 +151,9 @@ async def trigger_now(
                 attempts=0,
                 status=RunStatus.RUNNING,
             ),
-            args=list(run_args),
-            kwargs=run_kwargs,
+            # The history keeps ${NAME} placeholders, never the values behind them.
+            args=_redacted(job, list(run_args)),
+            kwargs=_redacted(job, run_kwargs),
         )
         await runtime.capacity.acquire()
         result = await execute(
@@ -171,6 +172,17 @@ async def trigger_now(
     finally:
         runtime.shutdown()
         await store.close()
+
+
+def _redacted(job: JobSpec, value: Any) -> Any:
+    """``value`` with every interpolated secret in its strings shown as ``${NAME}``."""
+    if isinstance(value, str):
+        return job.redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_redacted(job, item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _redacted(job, item) for key, item in value.items()}
+    return value
 
 
 def enqueue(
@@ -255,8 +267,17 @@ async def serve(
     await store.open()
     await store.lock_daemon()
 
+    last_text, last_config = _read_bytes(config_path), config
+
     async def reload() -> Config:
-        return await asyncio.to_thread(load, config_path)
+        # An unchanged file needs no new parse (modules are not re-imported anyway), so
+        # repeated SIGHUPs cost almost nothing.
+        nonlocal last_text, last_config
+        text = await asyncio.to_thread(_read_bytes, config_path)
+        if text is None or text != last_text:
+            last_config = await asyncio.to_thread(load, config_path)
+            last_text = text
+        return last_config
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
     agent = _systemd_agent(supervisor, bus)
@@ -306,6 +327,13 @@ def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None
         agent.snapshot = supervisor.snapshot
         bus.subscribe(agent.on_event)
     return agent
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None  # load() reports it properly
 
 
 def _emit_notice(bus: EventBus, message: str, level: int = logging.INFO) -> None:

@@ -9,6 +9,8 @@ from qtasks_cli.errors import DurationError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# Longer than any schedule or timeout can mean, and far inside timedelta's and datetime's range.
+_MAX_SECONDS = 100 * 366 * 86400.0
 _EXPECTED = "expected seconds or a duration such as 500ms, 30s, 5m, 2h, 1d or 1h30m"
 
 
@@ -21,6 +23,8 @@ def parse_duration(value: object) -> timedelta:
             raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
         if value < 0:
             raise DurationError(f"{value!r} is negative ({_EXPECTED})")
+        if value > _MAX_SECONDS:
+            raise DurationError(f"{value!r} is too long (at most 100 years)")
         return timedelta(seconds=value)
     if not isinstance(value, str):
         raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
@@ -41,6 +45,8 @@ def parse_duration(value: object) -> timedelta:
         pos = match.end()
     if pos != len(text) or not text:
         raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
+    if total > _MAX_SECONDS:
+        raise DurationError(f"{value!r} is too long (at most 100 years)")
     return timedelta(seconds=total)
 
 

@@ -585,10 +585,7 @@ def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResu
 
 def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
     """Seconds before retry n: min(delay * backoff^(n-1), max_delay) + uniform(0, jitter)."""
-    try:
-        delay = policy.base_delay(state.attempt_number)
-    except OverflowError:
-        delay = policy.max_delay.total_seconds()
+    delay = policy.base_delay(state.attempt_number)
     jitter = policy.jitter.total_seconds()
     return delay + (random.uniform(0.0, jitter) if jitter > 0 else 0.0)
 

@@ -100,8 +100,13 @@ class RetryPolicy:
 
     def base_delay(self, retry_number: int) -> float:
         """Seconds before retry ``retry_number`` (1-based), without jitter."""
-        raw = self.delay.total_seconds() * self.backoff ** (retry_number - 1)
-        return min(raw, self.max_delay.total_seconds())
+        delay, cap = self.delay.total_seconds(), self.max_delay.total_seconds()
+        if delay <= 0:
+            return 0.0
+        try:
+            return min(delay * self.backoff ** (retry_number - 1), cap)
+        except OverflowError:  # backoff ** n past float range: long since capped
+            return cap
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -605,9 +605,12 @@ class IntervalSchedule:
         return f"every {format_duration(self.interval)}"
 
     def next_after(self, t: datetime) -> datetime | None:
-        """``t`` plus the interval, as an aware UTC datetime."""
+        """``t`` plus the interval, as an aware UTC datetime; None past year 9999."""
         _epoch_seconds(t)
-        return t.astimezone(_UTC) + self.interval
+        try:
+            return t.astimezone(_UTC) + self.interval
+        except OverflowError:
+            return None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IntervalSchedule) and other.interval == self.interval

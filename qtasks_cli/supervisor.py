@@ -113,6 +113,8 @@ class Supervisor:
         self._nodes: tuple[str, ...] = ()
         self._fingerprints: dict[str, str] = {}
         self._side_tasks: list[asyncio.Task[None]] = []
+        self._poll_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
         self._next_poll = 0.0
         self._queue_more = True
         self._next_prune: datetime | None = None
@@ -199,11 +201,15 @@ class Supervisor:
         self.ready.set()
         self._emit(EventKind.READY)
         while not self._stopping:
-            if self._reload_requested:
-                await self._reload()
+            if self._reload_requested and (self._reload_task is None or self._reload_task.done()):
+                # Parsed in the background so firing goes on; a SIGHUP during a parse
+                # leaves the flag set and starts one more parse after it.
+                self._reload_requested = False
+                self._reload_task = asyncio.create_task(self._reload())
+                self._reload_task.add_done_callback(lambda _: self._wake.set())
             now = self.clock()
             await self._fire_due(now)
-            await self._poll_queue()
+            self._poll_queue()
             self._maybe_prune(now)
             await self.timer.wait(self._sleep_for(), self._wake)
         self._emit(EventKind.STOPPING)
@@ -759,11 +765,18 @@ class Supervisor:
 
     # --- handed-over requests -------------------------------------------------------------------
 
-    async def _poll_queue(self) -> None:
+    def _poll_queue(self) -> None:
+        """Look for handed-over requests at most once a second, in the background: a store
+        locked by another process must not hold up firing."""
         now = self.clock().timestamp()
-        if now < self._next_poll:
+        if now < self._next_poll or (self._poll_task is not None and not self._poll_task.done()):
             return
         self._next_poll = now + QUEUE_POLL
+        self._poll_task = asyncio.create_task(self._take_queued())
+        self._tasks.add(self._poll_task)
+        self._poll_task.add_done_callback(self._tasks.discard)
+
+    async def _take_queued(self) -> None:
         try:
             if not (self._queue_more or await self.store.changed()):
                 return
@@ -775,7 +788,7 @@ class Supervisor:
             self._start_queued(request)
         self._queue_more = len(requests) == QUEUE_BATCH
         if self._queue_more:
-            self._next_poll = 0.0
+            self.nudge()
 
     def _start_queued(self, request: QueuedRun) -> None:
         state = self.jobs.get(request.job)
@@ -820,7 +833,6 @@ class Supervisor:
     # --- reload and stop ----------------------------------------------------------------------
 
     async def _reload(self) -> None:
-        self._reload_requested = False
         if self._reload_config is None:
             return
         self._emit(EventKind.RELOADING)

@@ -7,6 +7,7 @@ duplicate keys, unknown tags and alias bombs become located problems, never surp
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,9 @@ def scalar_type_name(value: Any) -> str:
     if isinstance(value, bytes):
         return "binary data"
     return f"a {type(value).__name__}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def plain(node: Located) -> Any:
@@ -202,10 +206,29 @@ class _Walker:
             return INVALID
         construct: Callable[[Any, Node], Any] = self.loader.yaml_constructors[node.tag]
         try:
-            return construct(self.loader, node)
+            value = construct(self.loader, node)
         except Exception as exc:  # PyYAML raises ValueError and friends for bad explicit scalars
             what = {"timestamp": "a date"}.get(show_tag(node.tag)[2:], show_tag(node.tag))
             self.problem(node, path, f"cannot read {node.value!r} as {what} ({exc})")
+            return INVALID
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return self._join_surrogates(node, path, value)
+        return value
+
+    def _join_surrogates(self, node: ScalarNode, path: str, value: str) -> Any:
+        """PyYAML reads a JSON-style pair such as ``\\ud83d\\ude00`` as two lone surrogates:
+        join valid pairs into their character; a lone one is not text at all."""
+        try:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            lone = _SURROGATE.search(value)
+            code = f"\\u{ord(lone.group()):04x}" if lone else "?"
+            self.problem(
+                node,
+                path,
+                f"a lone UTF-16 surrogate escape ({code}) is not text; "
+                "write the character itself or a \\U0001F600-style escape",
+            )
             return INVALID
 
     def _mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
