@@ -193,7 +193,29 @@ def enqueue(
     **kwargs: Any,
 ) -> str:
     """Hand a run of ``job`` to the daemon; return its run id at once."""
-    return enqueue_loaded(load(config, check_imports=False), job, args, kwargs, state=state)
+    return enqueue_loaded(_load_cached(config), job, args, kwargs, state=state)
+
+
+_LOADED: dict[Path, tuple[tuple[int, int], Config]] = {}
+
+
+def _load_cached(config: str | os.PathLike[str] | None) -> Config:
+    """The job file, parsed again only when it changed: the shop's code may hand over
+    thousands of runs a second, and parsing the YAML was 80% of each call."""
+    from qtasks_cli.config import default_config_path
+
+    path = Path(config if config is not None else default_config_path()).resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        return load(path, check_imports=False)  # reports the missing file properly
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _LOADED.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    loaded = load(path, check_imports=False)
+    _LOADED[path] = (stamp, loaded)
+    return loaded
 
 
 def enqueue_loaded(

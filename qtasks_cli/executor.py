@@ -369,6 +369,20 @@ class _Run:
 
         Returns its outcome (None if it would not stop) and whether it timed out.
         """
+        if timeout is None:
+            # Nothing to time out: await it right here. A second task per run would delay
+            # every job of a burst behind the prologues of all the others.
+            try:
+                return _Outcome(value=await awaitable), False
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                cancelling = getattr(task, "cancelling", None)
+                if cancelling is not None and not cancelling():
+                    return _Outcome(error=exc), False  # the job raised it, nobody cancelled us
+                self.abandon_reason = f"{what} cancelled"
+                raise
+            except BaseException as exc:
+                return _Outcome(error=exc), False
         task = asyncio.get_running_loop().create_task(
             _guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
         )
@@ -549,13 +563,17 @@ async def _attempt(run: _Run) -> _AttemptResult:
             Attempt(number=number, started=started, ended=run.clock(), status=RunStatus.CANCELLED)
         )
         raise
+    ended = run.clock()
+    # A job that finished without awaiting anything returns within its task's first step;
+    # let the other runs of the same burst start before this one's bookkeeping.
+    await asyncio.sleep(0)
     result = _judge(run, outcome, timed_out)
     failure = result.failure
     run.attempt_log.append(
         Attempt(
             number=number,
             started=started,
-            ended=run.clock(),
+            ended=ended,
             status=failure.status if failure else RunStatus.SUCCEEDED,
             error_type=failure.error_type if failure else None,
             error=failure.error if failure else None,
@@ -592,9 +610,10 @@ def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
 
 async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
     """Attempts until one succeeds, a failure is not retryable or the retries are used up."""
-    import tenacity
 
     policy = run.job.retry
+    if policy.retries == 0:  # one attempt: no retry machinery on the firing path
+        return await _attempt(run)
 
     def wanted(state: RetryCallState) -> bool:
         outcome = state.outcome
@@ -613,6 +632,8 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
 
     async def pause(seconds: float) -> None:
         await sleep(float(seconds))
+
+    import tenacity
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.attempts),

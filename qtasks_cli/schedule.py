@@ -23,6 +23,7 @@ fields are validated and expanded to explicit lists here, so its parsing quirks 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import re
@@ -239,7 +240,9 @@ def _item_values(item: _Item, spec: _FieldSpec) -> list[int]:
     return []
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_field(text: str, spec: _FieldSpec) -> _Field:
+    """Validate one field; memoized, since a thousand jobs repeat a handful of fields."""
     stripped = text.strip()
     if not stripped:
         raise ScheduleError(f"{spec.name} field is empty ({spec.expected})")
@@ -498,6 +501,18 @@ def _epoch_seconds(t: datetime, what: str = "next_after") -> int:
 # ---------------------------------------------------------------------------------------
 
 
+_ITERATORS: dict[str, _Iterator] = {}
+
+
+def _shared_iterator(expression: str) -> _Iterator:
+    """One croniter per distinct expression: it is stepped under its own lock, so jobs with
+    the same cron share it instead of holding a thousand copies."""
+    iterator = _ITERATORS.get(expression)
+    if iterator is None:
+        iterator = _ITERATORS[expression] = _Iterator(expression)
+    return iterator
+
+
 class _Iterator:
     """A croniter over naive wall times, shared safely between threads; pickles by text."""
 
@@ -538,7 +553,7 @@ class CronSchedule:
         self.text = text  # as written, for the fallback description
         # Only a fixed hour gets the once-per-wall-time DST rules; "*" follows elapsed time.
         self.fixed_hour = len(fields.hour.values) < 24
-        self._iterator = _Iterator(fields.croniter_expression)
+        self._iterator = _shared_iterator(fields.croniter_expression)
 
     @property
     def key(self) -> str:

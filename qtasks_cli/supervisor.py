@@ -54,11 +54,44 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Wakeup(asyncio.Event):
+    """An Event the loop can sleep on with a timeout for the price of one future and one
+    timer handle (``wait_for`` costs a task and several loop passes per wake-up, which is
+    most of the daemon's idle CPU)."""
+
+    _sleeper: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
+
+    async def sleep(self, timeout: float | None) -> None:
+        if self.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._sleeper = sleeper = loop.create_future()
+        handle = None if timeout is None else loop.call_later(timeout, _resolve, sleeper)
+        try:
+            await sleeper
+        finally:
+            self._sleeper = None
+            if handle is not None:
+                handle.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Timer:
     """Waits until a timeout passes or ``wake`` is set; tests replace it to control time."""
 
     async def wait(self, timeout: float | None, wake: asyncio.Event) -> None:
-        if not wake.is_set():
+        if isinstance(wake, Wakeup):
+            await wake.sleep(timeout)
+        elif not wake.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
         wake.clear()
@@ -98,7 +131,7 @@ class Supervisor:
         self.jobs: dict[str, _JobState] = {}
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = 0
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._stopping = False
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -358,11 +391,12 @@ class Supervisor:
             name = entry[2]
             spec = self.jobs[name].spec
             first = min(entry[0], self._retry_from.pop(name, entry[0]))
-            due, last = self._due_fires(spec, first, now)
+            # An on-time fire is the common case: its next fire is computed after the runs
+            # have started. Only a late wake-up needs the look-ahead for missed fires.
+            due = [first] if now - first <= LATE_AFTER else self._due_fires(spec, first, now)
             fires.extend(self._decide(spec, due, now))
-            advanced.append((name, last))
+            advanced.append((name, due[-1]))
         unclaimed = await self._claim_and_start(fires) if fires else set()
-        # Next fires are computed after the due runs have started, off their critical path.
         for name, last in advanced:
             schedule = self.jobs[name].spec.schedule
             if schedule is None:
@@ -373,22 +407,17 @@ class Supervisor:
                 upcoming = retry if upcoming is None else min(upcoming, retry)
             self._push(name, upcoming)
 
-    def _due_fires(
-        self, spec: JobSpec, first: datetime, now: datetime
-    ) -> tuple[list[datetime], datetime]:
-        """Every fire of the job in [first, now], oldest first, capped; and the newest one."""
+    def _due_fires(self, spec: JobSpec, first: datetime, now: datetime) -> list[datetime]:
+        """Every fire of the job in [first, now], oldest first, capped."""
         assert spec.schedule is not None
         due = [first]
-        last = first
         while True:
-            nxt = spec.schedule.next_after(last)
+            nxt = spec.schedule.next_after(due[-1])
             if nxt is None or nxt > now:
-                break
-            last = nxt
+                return due
             due.append(nxt)
             if len(due) > MAX_MISSED_ROWS:
                 del due[: len(due) - MAX_MISSED_ROWS]
-        return due, last
 
     def _decide(self, spec: JobSpec, due: Sequence[datetime], now: datetime) -> list[Fire]:
         """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace."""

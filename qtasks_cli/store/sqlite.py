@@ -1148,20 +1148,39 @@ def _claim_work(
                 (*exclusive, pid, host),
             ):
                 busy.setdefault(job, _node_name(other_host, other_pid))
-        outcomes: list[Claim] = []
+        final: list[tuple[Any, ...]] = []
+        wanted: list[Claim] = []
         for row in rows:
             job, status = row[1], row[6]
             skip = job in busy and status == RunStatus.CLAIMED.value
             if skip:
                 row = (*row[:5], created, RunStatus.SKIPPED.value, busy_error(busy[job]), *row[8:])
-            if conn.execute(_SQL_CLAIM, row).rowcount != 1:
-                outcomes.append(Claim.EXISTS)
-            else:
-                outcomes.append(Claim.BUSY if skip else Claim.INSERTED)
+            final.append(row)
+            wanted.append(Claim.BUSY if skip else Claim.INSERTED)
+        # One executemany for the whole batch (1,000 fires a second must stay cheap); only
+        # when some row was already there do we ask which ones.
+        before = conn.total_changes
+        conn.executemany(_SQL_CLAIM, final)
+        if conn.total_changes - before != len(final):
+            ours = _inserted(conn, final)
+            wanted = [w if row[0] in ours else Claim.EXISTS for row, w in zip(final, wanted)]
         conn.executemany(_SQL_ADVANCE_JOB, jobs)
-        return outcomes
+        return wanted
 
     return work
+
+
+def _inserted(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    """The run ids of ``rows`` that are in the table (so this claim inserted them)."""
+    ids = [row[0] for row in rows]
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(
+            r[0] for r in conn.execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", chunk)
+        )
+    return found
 
 
 def _prune_work(keep: int, cutoff: int | None) -> Callable[[sqlite3.Connection], int]:

@@ -4,6 +4,8 @@ Logging is configured here and nowhere else."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -46,8 +48,48 @@ def event_level(event: Event) -> int:
 
 
 def log_event(event: Event) -> None:
-    """The sink that turns events into log records (then formatted by the active handler)."""
-    _event_log.log(event_level(event), "%s", event.label, extra={"qtasks_event": event})
+    """The sink that turns events into log records (then formatted by the active handler).
+
+    On the event loop the records are made once the loop is done with the current burst:
+    a thousand fires start their jobs first and pay for three thousand log lines after."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _log_now(event)
+        return
+    _waiting.append(event)
+    if len(_waiting) == 1:
+        loop.call_soon(drain)
+
+
+_waiting: list[Event] = []
+
+
+def drain() -> None:
+    """Log the events still waiting (the CLI calls it before exiting)."""
+    events = _waiting[:]
+    _waiting.clear()
+    for event in events:
+        _log_now(event)
+
+
+def _log_now(event: Event) -> None:
+    level = event_level(event)
+    if not _event_log.isEnabledFor(level):
+        return
+    # makeRecord skips Logger.findCaller's stack walk, the costliest part of a log call.
+    record = _event_log.makeRecord(
+        EVENT_LOGGER,
+        level,
+        __file__,
+        0,
+        "%s",
+        (event.label,),
+        None,
+        extra={"qtasks_event": event},
+    )
+    record.created = event.time.timestamp()  # when it happened, not when it was written
+    _event_log.handle(record)
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -155,9 +197,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(fields, ensure_ascii=False, default=str)
 
 
+class DeferredHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that, on the event loop's thread, formats and writes its records
+    once the loop has finished what it is doing: a burst of a thousand fires starts every
+    job first and writes its three thousand log lines afterwards, in one write. Elsewhere
+    (other threads, no loop) it writes at once; ``flush`` writes whatever is waiting."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[logging.LogRecord] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            super().emit(record)
+            return
+        self._waiting.append(record)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        if waiting:
+            try:
+                text = "".join(self.format(r) + self.terminator for r in waiting)
+                self.stream.write(text)
+            except Exception:
+                self.handleError(waiting[-1])
+        with contextlib.suppress(Exception):  # a job may have closed the stream
+            super().flush()
+
+
 def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:
     """Send every log record to ``stream`` (stderr) as ``plain``, ``json`` or ``journal`` lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = DeferredHandler(stream or sys.stderr)
     formatter: logging.Formatter = (
         JsonFormatter() if mode == "json" else PlainFormatter(journal=mode == "journal")
     )
