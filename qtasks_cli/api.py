@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FINISHED_POLL = 0.2  # how often ``trigger --enqueue --wait`` looks at the store
+# With the wake-up socket, the store is still polled this often, in case a wake-up is lost.
+WOKEN_QUEUE_POLL = 5.0
 
 
 def load(config: str | os.PathLike[str] | None, *, check_imports: bool = True) -> Config:
@@ -302,6 +305,13 @@ async def serve(
         return last_config
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
+    listener = None
+    if not store.wakes_on_work:
+        from qtasks_cli.wake import Listener
+
+        listener = Listener(state_location(config, state), supervisor.nudge)
+        if listener.start():
+            supervisor.queue_poll = WOKEN_QUEUE_POLL
     agent = _systemd_agent(supervisor, bus)
     loop = asyncio.get_running_loop()
     forced = asyncio.Event()
@@ -328,9 +338,12 @@ async def serve(
     await asyncio.wait({main, force}, return_when=asyncio.FIRST_COMPLETED)
     if watchdog is not None:
         watchdog.cancel()
+    if listener is not None:
+        listener.close()
     if forced.is_set() and not main.done():
         _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
-        await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
+        with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest
+            await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
         return EXIT_FORCED
     force.cancel()
     main.result()

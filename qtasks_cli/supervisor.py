@@ -132,6 +132,8 @@ class Supervisor:
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = 0
         self._wake = Wakeup()
+        # How often to look for handed-over requests; slower when something wakes us.
+        self.queue_poll = QUEUE_POLL
         self._stopping = False
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -800,7 +802,7 @@ class Supervisor:
         now = self.clock().timestamp()
         if now < self._next_poll or (self._poll_task is not None and not self._poll_task.done()):
             return
-        self._next_poll = now + QUEUE_POLL
+        self._next_poll = now + self.queue_poll
         self._poll_task = asyncio.create_task(self._take_queued())
         self._tasks.add(self._poll_task)
         self._poll_task.add_done_callback(self._tasks.discard)

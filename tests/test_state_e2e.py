@@ -311,3 +311,28 @@ def test_state_override_and_env(project, tmp_path: Path) -> None:
     assert (other.stat().st_mode & 0o777) == 0o600
     assert (other.parent.stat().st_mode & 0o777) == 0o700
     assert datetime.now(timezone.utc)  # keep the import honest
+
+
+def test_a_handed_over_run_starts_within_a_second(project, daemons) -> None:
+    path = project("jobs:\n  stamp:\n    entrypoint: work:stamp\n", work=WORK + """
+def stamp(n):
+    with open(f"stamp-{n}", "w") as f:
+        f.write(repr(time.time()))
+""")
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda log: "stamp no schedule" in log)
+    time.sleep(1.5)  # well past the daemon's first look at the queue
+    import qtasks_cli
+
+    delays = []
+    for n in range(3):
+        before = time.time()
+        qtasks_cli.enqueue("stamp", n=n, config=str(path))
+        stamp = path.parent / f"stamp-{n}"
+        deadline = time.monotonic() + 10
+        while not stamp.exists() or not stamp.read_text():
+            assert time.monotonic() < deadline, daemon.output
+            time.sleep(0.01)
+        delays.append(float(stamp.read_text()) - before)
+    assert daemon.stop() == 0
+    assert max(delays) < 1.0, delays

@@ -116,9 +116,12 @@ def enqueue_now(
         module = _postgres_module(state)
         run_id: str = module.enqueue_now(state, job, args, kwargs, schema=schema)
         return run_id
+    from qtasks_cli import wake
     from qtasks_cli.store import sqlite
 
-    return sqlite.enqueue_now(state, job, args, kwargs)
+    run_id = sqlite.enqueue_now(state, job, args, kwargs)
+    wake.send(state)
+    return run_id
 
 
 def _postgres_module(url: str) -> ModuleType:
