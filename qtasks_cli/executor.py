@@ -8,6 +8,7 @@ tenacity is imported only when a run executes, so importing this module stays li
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -163,6 +164,10 @@ class Runtime:
     def __init__(self, max_concurrent: int) -> None:
         self.capacity = Capacity(max_concurrent)
         self.zombies = 0  # threads whose caller stopped waiting and that have not returned yet
+        # Per job, its zombie threads: such a job counts as still running for its overlap
+        # rule, so one hung job holds one slot, not every slot; on_unstuck(job) when one ends.
+        self.stuck: collections.Counter[str] = collections.Counter()
+        self.on_unstuck: Callable[[str], None] | None = None
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
@@ -187,7 +192,11 @@ class Runtime:
             self._workers.close()
 
     async def call_in_thread(
-        self, call: Callable[[], Any], *, on_abandon: Callable[[threading.Thread], str]
+        self,
+        call: Callable[[], Any],
+        *,
+        on_abandon: Callable[[threading.Thread], str],
+        owner: str | None = None,
     ) -> Any:
         """``call()`` in a new thread; returns its value or raises what it raised.
 
@@ -218,13 +227,17 @@ class Runtime:
             outcome = await asyncio.shield(future)
         except asyncio.CancelledError:
             if not future.done():
-                self._adopt_zombie(future, on_abandon(thread))
+                self._adopt_zombie(future, on_abandon(thread), owner)
             raise
         return outcome.unwrap()
 
-    def _adopt_zombie(self, future: asyncio.Future[_Outcome], what: str) -> None:
+    def _adopt_zombie(
+        self, future: asyncio.Future[_Outcome], what: str, owner: str | None = None
+    ) -> None:
         self.capacity.borrow()
         self.zombies += 1
+        if owner is not None:
+            self.stuck[owner] += 1
         log.warning(
             "%s; thread still running; counted against max_concurrent until it returns", what
         )
@@ -233,6 +246,10 @@ class Runtime:
             self.zombies -= 1
             self.capacity.release()
             log.info("%s; its thread has returned", what)
+            if owner is not None:
+                self.stuck[owner] -= 1
+                if self.on_unstuck is not None:
+                    self.on_unstuck(owner)
 
         future.add_done_callback(bury)
 
@@ -353,7 +370,9 @@ class _Run:
         return value
 
     async def in_thread(self, call: Callable[[], Any]) -> Any:
-        return await self.runtime.call_in_thread(call, on_abandon=self._abandon)
+        return await self.runtime.call_in_thread(
+            call, on_abandon=self._abandon, owner=self.job.name
+        )
 
     def _abandon(self, thread: threading.Thread) -> str:
         frame = sys._current_frames().get(thread.ident or -1)

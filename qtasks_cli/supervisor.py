@@ -103,6 +103,7 @@ class _JobState:
     next_fire: datetime | None = None
     generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
     running: int = 0
+    waiting: int = 0  # of the running ones, those still waiting for a slot
     pending: list[tuple[str, TriggerKind, datetime | None, Any, Any]] = field(default_factory=list)
 
 
@@ -127,6 +128,7 @@ class Supervisor:
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
+        self.runtime.on_unstuck = self._start_pending
         self.started_at = clock()
         self.jobs: dict[str, _JobState] = {}
         self._heap: list[tuple[datetime, int, str, int]] = []
@@ -150,6 +152,7 @@ class Supervisor:
         self._side_tasks: list[asyncio.Task[None]] = []
         self._poll_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._parsed: Config | None = None  # a reloaded file waiting to be applied
         self._next_poll = 0.0
         self._queue_more = True
         self._next_prune: datetime | None = None
@@ -242,10 +245,16 @@ class Supervisor:
                 self._reload_requested = False
                 self._reload_task = asyncio.create_task(self._reload())
                 self._reload_task.add_done_callback(lambda _: self._wake.set())
+            if self._parsed is not None:  # applied here, with no fire half-way through
+                parsed, self._parsed = self._parsed, None
+                self.apply_config(parsed)
             now = self.clock()
-            await self._fire_due(now)
-            self._poll_queue()
-            self._maybe_prune(now)
+            try:
+                await self._fire_due(now)
+                self._poll_queue()
+                self._maybe_prune(now)
+            except Exception:  # a bug of ours must not take every job down with it
+                log.exception("the supervisor loop failed; carrying on")
             await self.timer.wait(self._sleep_for(), self._wake)
         self._emit(EventKind.STOPPING)
         await self._shutdown()
@@ -476,25 +485,29 @@ class Supervisor:
             error=error,
         )
 
+    def _busy(self, name: str) -> str | None:
+        """Why the job counts as still running, or None: a run in progress or waiting for a
+        slot, or a thread of an earlier run that timed out and has not returned."""
+        state = self.jobs[name]
+        if state.running > state.waiting:
+            return "previous run still running"
+        if state.running:
+            return "previous run still waiting for a free slot (max_concurrent)"
+        if self.runtime.stuck[name]:
+            return "previous run's thread is still running after its timeout"
+        return None
+
     def _overlap(self, fire: Fire) -> Fire:
         """Apply the job's overlap policy to a fire that wants to run."""
         state = self.jobs[fire.job]
         policy = state.spec.overlap
-        busy = state.running > 0
-        if not busy or policy is Overlap.ALLOW:
+        busy = self._busy(fire.job)
+        if busy is None or policy is Overlap.ALLOW:
             return fire
         if policy is Overlap.QUEUE and not state.pending:
             return fire  # started as pending when the current run ends
-        why = "a run is already queued" if policy is Overlap.QUEUE else "previous run still running"
-        return Fire(
-            job=fire.job,
-            scheduled=fire.scheduled,
-            trigger=fire.trigger,
-            run_id=fire.run_id,
-            schedule_key=fire.schedule_key,
-            status=RunStatus.SKIPPED,
-            error=f"skipped: {why} (overlap: {policy})",
-        )
+        why = "a run is already queued" if policy is Overlap.QUEUE else busy
+        return replace(fire, status=RunStatus.SKIPPED, error=f"skipped: {why} (overlap: {policy})")
 
     async def _claim_and_start(self, fires: list[Fire]) -> set[str]:
         """Claim fires and start the runs this node won; return the jobs whose fires the
@@ -510,7 +523,11 @@ class Supervisor:
                     "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
                 )
                 continue
-            spec = self.jobs[fire.job].spec
+            state = self.jobs.get(fire.job)
+            if state is None:  # removed by a reload while the claim was in flight
+                self._background(self._record(self._never_started(fire)))
+                continue
+            spec = state.spec
             if won is Claim.BUSY:
                 fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
             if fire.status is RunStatus.CLAIMED:
@@ -536,6 +553,19 @@ class Supervisor:
                 )
         await asyncio.sleep(0)  # let the new runs start before anything else
         return set()
+
+    def _never_started(self, fire: Fire) -> RunResult:
+        return RunResult(
+            job=fire.job,
+            run_id=fire.run_id,
+            trigger=fire.trigger,
+            scheduled=fire.scheduled,
+            started=None,
+            ended=self.clock(),
+            attempts=0,
+            status=RunStatus.CANCELLED,
+            error="the job was removed by a reload before the run started",
+        )
 
     async def _claim_shared(self, fires: list[Fire]) -> list[Claim] | None:
         """On a store shared by several nodes the claim decides who runs a fire, so a fire
@@ -634,7 +664,8 @@ class Supervisor:
         state = self.jobs.get(spec.name)
         if state is None:
             return
-        if state.running and spec.overlap is Overlap.QUEUE and trigger is not TriggerKind.QUEUED:
+        busy = self._busy(spec.name) is not None
+        if busy and spec.overlap is Overlap.QUEUE and trigger is not TriggerKind.QUEUED:
             state.pending.append((run_id, trigger, scheduled, args, kwargs))
             self._emit(
                 EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
@@ -658,8 +689,13 @@ class Supervisor:
         kwargs: Any,
     ) -> None:
         result: RunResult | None = None
+        state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
         try:
-            await self.runtime.capacity.acquire()
+            state.waiting += 1
+            try:
+                await self.runtime.capacity.acquire()
+            finally:
+                state.waiting -= 1
             try:
                 if run_id not in self._unrecorded_ids:
                     await self.store.start(run_id, self.clock())
@@ -708,10 +744,16 @@ class Supervisor:
         if state is None:
             return
         state.running -= 1
-        if state.pending and not self._stopping:
-            run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
-            self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
+        self._start_pending(name)
         self._wake.set()
+
+    def _start_pending(self, name: str) -> None:
+        """Start the job's next pending run once nothing of it runs any more."""
+        state = self.jobs.get(name)
+        if state is None or not state.pending or self._stopping or self._busy(name):
+            return
+        run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
+        self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
 
     # --- several nodes on one store -------------------------------------------------------------
 
@@ -852,7 +894,7 @@ class Supervisor:
         )
         # A handed-over request is never skipped: under skip or queue it waits for the
         # current run instead, so no order notification is lost.
-        if state.running and state.spec.overlap is not Overlap.ALLOW:
+        if self._busy(request.job) is not None and state.spec.overlap is not Overlap.ALLOW:
             state.pending.append(
                 (request.run_id, TriggerKind.QUEUED, None, request.args, request.kwargs)
             )
@@ -876,7 +918,7 @@ class Supervisor:
                 message=f"(the old configuration keeps running):\n{exc}",
             )
             return
-        self.apply_config(config)
+        self._parsed = config
 
     def apply_config(self, config: Config) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in

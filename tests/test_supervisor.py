@@ -440,3 +440,30 @@ def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
     assert [int((r.scheduled - T0).total_seconds()) for r in ticks] == [1, 2, 3, 4, 5]
     assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}  # held outcomes were written
     assert len([c for c in CALLS if c[0] == "quick"]) == 5  # every fire ran, none twice
+
+
+HANG = __import__("threading").Event()
+
+
+def hang() -> None:
+    HANG.wait(30)
+
+
+def test_a_hung_thread_holds_one_slot_of_its_own_job_not_every_slot(tmp_path: Path) -> None:
+    jobs = (f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n"
+            "hung:\n  entrypoint: test_supervisor:hang\n  schedule: '* * * * * *'\n"
+            "  timeout: 50ms\n")
+    config = make_config(tmp_path, jobs, settings="max_concurrent: 2\n")
+    HANG.clear()
+    try:
+        _, rows = asyncio.run(supervise(config, tmp_path / "s.db",
+                                        T0 + timedelta(milliseconds=500),
+                                        T0 + timedelta(seconds=6)))
+    finally:
+        HANG.set()
+    assert {r.status for r in by_job(rows, "tick")} == {RunStatus.SUCCEEDED}
+    assert len(by_job(rows, "tick")) == 6
+    hung = by_job(rows, "hung")
+    assert hung[0].status is RunStatus.TIMED_OUT
+    assert {r.status for r in hung[1:]} == {RunStatus.SKIPPED}
+    assert all("thread is still running after its timeout" in (r.error or "") for r in hung[1:])
