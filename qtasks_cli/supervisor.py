@@ -35,6 +35,8 @@ LATE_AFTER = timedelta(seconds=1)
 # How often the daemon asks the store whether requests were handed over.
 QUEUE_POLL = 1.0
 QUEUE_BATCH = 500
+# The shortest gap between two looks at the queue prompted by wake-ups.
+NUDGE_GAP = 0.05
 # How long firing waits for the store to confirm a claim before running the fires anyway.
 CLAIM_WAIT = 0.1
 # Seconds between attempts to record fires the store refused.
@@ -136,6 +138,7 @@ class Supervisor:
         self._wake = Wakeup()
         # How often to look for handed-over requests; slower when something wakes us.
         self.queue_poll = QUEUE_POLL
+        self._last_poll = 0.0
         self._stopping = False
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -173,8 +176,10 @@ class Supervisor:
         self._wake.set()
 
     def nudge(self) -> None:
-        """Look for handed-over requests now instead of at the next poll."""
-        self._next_poll = 0.0
+        """Look for handed-over requests soon instead of at the next poll. Wake-ups that
+        arrive together are served by one look (at most one per NUDGE_GAP), so a shop
+        handing over thousands of runs does not fight the daemon for the write lock."""
+        self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
         self._wake.set()
 
     @property
@@ -844,6 +849,7 @@ class Supervisor:
         now = self.clock().timestamp()
         if now < self._next_poll or (self._poll_task is not None and not self._poll_task.done()):
             return
+        self._last_poll = now
         self._next_poll = now + self.queue_poll
         self._poll_task = asyncio.create_task(self._take_queued())
         self._tasks.add(self._poll_task)
@@ -860,8 +866,9 @@ class Supervisor:
         for request in requests:
             self._start_queued(request)
         self._queue_more = len(requests) == QUEUE_BATCH
-        if self._queue_more:
-            self.nudge()
+        if self._queue_more:  # take the rest at once
+            self._next_poll = 0.0
+            self._wake.set()
 
     def _start_queued(self, request: QueuedRun) -> None:
         state = self.jobs.get(request.job)

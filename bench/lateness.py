@@ -1,0 +1,276 @@
+"""Fire lateness, and peak memory after the same firing: N jobs firing every second.
+
+Each job is ``benchjobs.tick``, a coroutine that writes ``name time.time()`` the moment it
+starts. A start belongs to the second it falls in (every job fires on every whole second), so its
+lateness is ``start - floor(start)``; a second of the measured window with no start of a job is a
+miss, a second with two is a double. A start more than a second late therefore shows up as a
+miss plus a double, never as a quietly small lateness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import pty
+import sqlite3
+import struct
+import subprocess
+import termios
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+import configs
+
+
+@dataclass(kw_only=True)
+class Lateness:
+    scheduler: str  # "qtasks", "apscheduler"
+    jobs: int
+    ui: str = ""  # qtasks only: plain or live
+    available: bool = True
+    note: str = ""
+    window_s: float = 0.0
+    firing_s: float = 0.0  # seconds of firing before the peak RSS reading
+    starts: int = 0
+    expected: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    missed: int = 0
+    doubled: int = 0
+    first_fire_after_s: float | None = None  # from launch to the first job start
+    cpu_s_per_s: float | None = None  # CPU seconds per wall second while firing
+    other_load: float | None = None  # cores other processes kept busy during the window
+    peak_rss_mb: float | None = None
+    history: dict[str, int] = field(default_factory=dict)  # qtasks: runs per status
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_all(*, quick: bool, counts: Sequence[int] = (1, 100, 1000)) -> list[Lateness]:
+    window = 3.0 if quick else 20.0
+    warmup = 0.0 if quick else 3.0
+    results: list[Lateness] = []
+    for count in counts:
+        results.append(measure_qtasks(count, ui="plain", window=window, warmup=warmup))
+        results.append(measure_aps(count, window=window, warmup=warmup))
+    results.append(measure_qtasks(max(counts), ui="live", window=window, warmup=warmup))
+    return results
+
+
+def live_view_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("qtasks_cli.ui.live") is not None
+
+
+def measure_qtasks(count: int, *, ui: str, window: float, warmup: float) -> Lateness:
+    result = Lateness(scheduler="qtasks", jobs=count, ui=ui)
+    if ui == "live" and not live_view_available():
+        result.available = False
+        result.note = "not available: qtasks_cli/ui/live.py does not exist in this checkout"
+        print(f"  qtasks N={count} --ui live: {result.note}")
+        return result
+    with common.workdir(f"lateness-qtasks-{ui}-{count}") as work:
+        config = configs.qtasks_ticking(work / "jobs.yaml", count, schedule="* * * * * *")
+        out = work / "starts.txt"
+        cmd = [common.QTASKS, "run", str(config), "--ui", ui]
+        env = common.bench_env(QTBENCH_OUT=str(out))
+        if ui == "live":
+            launch: Callable[[], _Running] = lambda: _PtyRunning(cmd, work, env)  # noqa: E731
+        else:
+            launch = lambda: _PipeRunning(cmd, work, env)  # noqa: E731
+        _observe(result, launch, out, count, window=window, warmup=warmup)
+        result.history = _qtasks_history(work / "state.db")
+    _print(result)
+    return result
+
+
+def measure_aps(count: int, *, window: float, warmup: float) -> Lateness:
+    result = Lateness(scheduler="apscheduler", jobs=count)
+    with common.workdir(f"lateness-aps-{count}") as work:
+        out = work / "starts.txt"
+        cmd = [
+            common.anchor_python(),
+            str(common.ANCHORS_DIR / "aps_lateness.py"),
+            "--jobs",
+            str(count),
+            "--every-second",
+        ]
+        env = common.bench_env(QTBENCH_OUT=str(out), PYTHONPATH=str(common.JOBS_DIR))
+        _observe(
+            result,
+            lambda: _PipeRunning(cmd, work, env),
+            out,
+            count,
+            window=window,
+            warmup=warmup,
+        )
+    _print(result)
+    return result
+
+
+# --- running a scheduler -------------------------------------------------------------------------
+
+
+class _Running:
+    proc: subprocess.Popen[bytes]
+
+    def close(self) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL what is left."""
+        common.stop(self.proc, timeout=30)
+
+
+class _PipeRunning(_Running):
+    """Output to a log file, as under a service manager."""
+
+    def __init__(self, cmd: list[str], work: Path, env: dict[str, str]) -> None:
+        self._log = (work / "output.log").open("wb")
+        self.proc = common.spawn(cmd, cwd=work, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def close(self) -> None:
+        super().close()
+        self._log.close()
+
+
+class _PtyRunning(_Running):
+    """Inside a 160x50 pseudo-terminal whose output is read (and kept, last 1 MB) as fast as
+    it comes, like a terminal emulator would."""
+
+    def __init__(self, cmd: list[str], work: Path, env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+        env = {**env, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
+        self.proc = common.spawn(cmd, cwd=work, env=env, stdout=slave, stderr=slave, stdin=slave)
+        os.close(slave)
+        self._master = master
+        self.bytes_read = 0
+        self._tail = bytearray()
+        self._path = work / "terminal.bin"
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:
+                return  # EIO: the child side closed
+            if not chunk:
+                return
+            self.bytes_read += len(chunk)
+            self._tail += chunk
+            if len(self._tail) > 2_000_000:
+                del self._tail[:-1_000_000]
+
+    def close(self) -> None:
+        super().close()
+        self._reader.join(timeout=5)
+        with contextlib.suppress(OSError):
+            os.close(self._master)
+        self._path.write_bytes(bytes(self._tail[-1_000_000:]))
+
+
+def _observe(
+    result: Lateness,
+    launch: Callable[[], _Running],
+    out: Path,
+    count: int,
+    *,
+    window: float,
+    warmup: float,
+) -> None:
+    launched = time.time()
+    running = launch()
+    pid = running.proc.pid
+    try:
+        common.wait_until(
+            lambda: (out.exists() and out.stat().st_size > 0) or running.proc.poll() is not None,
+            timeout=180,
+            what=f"the first start of {result.scheduler} with {count} jobs",
+        )
+        if running.proc.poll() is not None:
+            raise RuntimeError(f"{result.scheduler} exited early with {running.proc.returncode}")
+        first = _first_start(out)
+        result.first_fire_after_s = round(first - launched, 3)
+        start = math.floor(time.time()) + 1 + math.ceil(warmup)
+        end = start + int(window)
+        common.sleep_until(start)
+        cpu_before = common.cpu_seconds(pid)
+        other = common.OtherLoad(pid)
+        common.sleep_until(end)
+        cpu_after = common.cpu_seconds(pid)
+        result.other_load = other.cores()
+        # Let the last second's starts land before reading them.
+        common.sleep_until(end + 1.0)
+        result.peak_rss_mb = round(common.peak_rss_mb(pid), 1)
+        result.firing_s = round(time.time() - first, 1)
+        result.cpu_s_per_s = round((cpu_after - cpu_before) / (end - start), 3)
+    finally:
+        running.close()
+    _score(result, out, count, start, end)
+
+
+def _first_start(out: Path) -> float:
+    with out.open() as f:
+        return float(f.readline().split()[1])
+
+
+def _score(result: Lateness, out: Path, count: int, start: int, end: int) -> None:
+    per_job: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in out.read_text().splitlines():
+        name, stamp = line.split()
+        t = float(stamp)
+        second = math.floor(t)
+        if start <= second < end:
+            per_job[name][second].append(t - second)
+    lateness: list[float] = []
+    missed = doubled = 0
+    for i in range(count):
+        seconds = per_job.get(configs.job_name(i), {})
+        for second in range(start, end):
+            starts = seconds.get(second, [])
+            if not starts:
+                missed += 1
+                continue
+            doubled += len(starts) - 1
+            lateness.extend(starts)
+    result.window_s = end - start
+    result.expected = count * (end - start)
+    result.starts = len(lateness)
+    result.missed = missed
+    result.doubled = doubled
+    if lateness:
+        result.p50_ms = common.rounded(common.percentile(lateness, 0.5) * 1000)
+        result.p99_ms = common.rounded(common.percentile(lateness, 0.99) * 1000)
+        result.max_ms = common.rounded(max(lateness) * 1000)
+
+
+def _qtasks_history(state: Path) -> dict[str, int]:
+    if not state.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    finally:
+        conn.close()
+    return {status: n for status, n in rows}
+
+
+def _print(r: Lateness) -> None:
+    label = f"{r.scheduler}{' --ui ' + r.ui if r.ui else ''} N={r.jobs}"
+    print(
+        f"  {label:<26} p50 {r.p50_ms} ms  p99 {r.p99_ms} ms  max {r.max_ms} ms  "
+        f"starts {r.starts}/{r.expected}  missed {r.missed}  doubled {r.doubled}  "
+        f"cpu {r.cpu_s_per_s} s/s  peak RSS {r.peak_rss_mb} MB  other load {r.other_load}"
+        + (f"  history {r.history}" if r.history else "")
+    )
