@@ -38,9 +38,11 @@ def test_validate_ok_and_every_problem_at_once(project) -> None:
     path = project(JOBS, work=WORK)
     ok = run_qtasks("validate", str(path))
     assert (ok.returncode, ok.stdout.strip(), ok.stderr) == (0, "5 jobs OK", "")
-    path.write_text(JOBS.replace('"30 2 * * *"', '"30 25 * * *"')
-                    .replace("America/New_York", "America/New_Yrok")
-                    .replace("enabled: false", "enabeld: false"))
+    path.write_text(
+        JOBS.replace('"30 2 * * *"', '"30 25 * * *"')
+        .replace("America/New_York", "America/New_Yrok")
+        .replace("enabled: false", "enabeld: false")
+    )
     bad = run_qtasks("validate", str(path))
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
@@ -54,8 +56,12 @@ def test_validate_ok_and_every_problem_at_once(project) -> None:
 
 
 def test_validate_imports_entry_points_unless_told_not_to(project) -> None:
-    path = project(JOBS.replace("work:report\n    schedule: \"@hourly\"",
-                                "work:nothere\n    schedule: \"@hourly\""), work=WORK)
+    path = project(
+        JOBS.replace(
+            'work:report\n    schedule: "@hourly"', 'work:nothere\n    schedule: "@hourly"'
+        ),
+        work=WORK,
+    )
     bad = run_qtasks("validate", str(path))
     assert bad.returncode == 2
     assert "jobs.hourly.entrypoint" in bad.stderr and "nothere" in bad.stderr
@@ -78,21 +84,26 @@ def test_config_defaults_to_env_then_jobs_yaml(project, tmp_path: Path) -> None:
 
 def test_list_shows_words_zone_and_next_fires_across_dst(project) -> None:
     path = project(JOBS, work=WORK)
-    out = run_qtasks("list", str(path), "--next", "3", "--after", "2026-10-24T12:00:00+00:00",
-                     "--json")
+    out = run_qtasks(
+        "list", str(path), "--next", "3", "--after", "2026-10-24T12:00:00+00:00", "--json"
+    )
     assert out.returncode == 0, out.stderr
     jobs = {j["name"]: j for j in json.loads(out.stdout)}
     assert set(jobs["report"]) == {"name", "schedule", "timezone", "enabled", "next"}
     assert jobs["report"]["schedule"] == "at 02:30 every day"
     assert jobs["report"]["timezone"] == "Europe/Berlin"
     # Fall-back night in Berlin (25 Oct 2026): 02:30 happens twice, fires once.
-    assert jobs["report"]["next"] == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00",
-                                      "2026-10-27T02:30:00+01:00"]
+    assert jobs["report"]["next"] == [
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00",
+        "2026-10-27T02:30:00+01:00",
+    ]
     assert jobs["ny"]["next"][0] == "2026-10-26T09:00:00-04:00"  # Monday
     assert jobs["off"]["enabled"] is False and jobs["off"]["next"] == []
     assert jobs["manual"]["next"] == []
-    spring = run_qtasks("list", str(path), "--next", "2", "--after", "2026-03-28T12:00:00+00:00",
-                        "--json")
+    spring = run_qtasks(
+        "list", str(path), "--next", "2", "--after", "2026-03-28T12:00:00+00:00", "--json"
+    )
     nexts = {j["name"]: j["next"] for j in json.loads(spring.stdout)}
     # Spring-forward night (29 Mar 2026): 02:30 does not exist, fires at 03:00 CEST once.
     assert nexts["report"] == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]
@@ -117,8 +128,12 @@ def test_version_help_and_module_entry() -> None:
     assert helped.returncode == 0
     for command in ("validate", "list", "run", "trigger", "history"):
         assert command in helped.stdout
-    module = subprocess.run([sys.executable, "-m", "qtasks_cli", "--version"],
-                            capture_output=True, text=True, timeout=30)
+    module = subprocess.run(
+        [sys.executable, "-m", "qtasks_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert module.stdout == version.stdout
 
 
@@ -135,6 +150,10 @@ def test_version_and_help_do_not_import_heavy_modules() -> None:
         "print(','.join(heavy), file=sys.stderr)\n"
     )
     for arg in ("--version", "--help"):
-        out = subprocess.run([sys.executable, "-c", probe.format(arg=arg)], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-c", probe.format(arg=arg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.stderr.strip().splitlines()[-1:] in ([], [""]), (arg, out.stderr)

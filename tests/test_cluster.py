@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from collections import Counter
@@ -66,8 +67,9 @@ def seconds(rows: list[dict[str, Any]], job: str) -> list[datetime]:
 
 
 def test_three_nodes_fire_every_second_of_every_job_exactly_once(cluster) -> None:
-    jobs = "".join(f"  j{i}:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
-                   for i in range(20))
+    jobs = "".join(
+        f"  j{i}:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n" for i in range(20)
+    )
     path, start, url = cluster(jobs)
     nodes = [start() for _ in range(3)]
     for node in nodes:
@@ -76,21 +78,24 @@ def test_three_nodes_fire_every_second_of_every_job_exactly_once(cluster) -> Non
     for node in nodes:
         assert node.stop() == 0
     rows = runs(url, schema_of(path))
-    assert Counter(r["status"] for r in rows) == {"succeeded": len(rows)}, Counter((r["status"], r["error"]) for r in rows)
+    statuses = Counter((r["status"], r["error"]) for r in rows)
+    assert Counter(r["status"] for r in rows) == {"succeeded": len(rows)}, statuses
     keys = Counter((r["job"], r["scheduled"]) for r in rows)
     assert max(keys.values()) == 1  # never twice
     for i in range(20):
         fired = seconds(rows, f"j{i}")
         assert len(fired) >= 10
-        gaps = {b - a for a, b in zip(fired, fired[1:])}
+        gaps = {b - a for a, b in itertools.pairwise(fired)}
         assert gaps == {timedelta(seconds=1)}, (f"j{i}", fired)  # none missing
     by_node = Counter(r["node"] for r in rows)
     assert len(by_node) == 3, by_node  # the work really was shared
 
 
 def test_a_killed_node_is_reaped_and_the_others_carry_on(cluster) -> None:
-    jobs = ("  tick:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
-            "  slow:\n    entrypoint: work:slow\n    schedule: '* * * * * *'\n")
+    jobs = (
+        "  tick:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
+        "  slow:\n    entrypoint: work:slow\n    schedule: '* * * * * *'\n"
+    )
     path, start, url = cluster(jobs, node_timeout="3s", shutdown_grace="1s")
     nodes = [start() for _ in range(3)]
     deadline = time.monotonic() + 15
@@ -113,18 +118,22 @@ def test_a_killed_node_is_reaped_and_the_others_carry_on(cluster) -> None:
     assert len(dead) == 1, [(r["status"], r["node"]) for r in rows if r["job"] == "slow"]
     assert dead[0]["ended"] - killed_at < timedelta(seconds=6)
     ticks = seconds(rows, "tick")
-    gaps = {b - a for a, b in zip(ticks, ticks[1:])}
+    gaps = {b - a for a, b in itertools.pairwise(ticks)}
     assert gaps == {timedelta(seconds=1)}, ticks  # no gap in the per-second job
     keys = Counter((r["job"], r["scheduled"]) for r in rows)
     assert max(keys.values()) == 1
     # While the slow run lived, other nodes skipped the job instead of running it twice.
-    assert any(r["status"] == "skipped" and "still running on node" in (r["error"] or "")
-               for r in rows if r["job"] == "slow")
+    assert any(
+        r["status"] == "skipped" and "still running on node" in (r["error"] or "")
+        for r in rows
+        if r["job"] == "slow"
+    )
 
 
 def test_500_enqueued_requests_run_once_across_three_nodes(cluster) -> None:
-    path, start, url = cluster("  notify:\n    entrypoint: work:record\n    overlap: allow\n",
-                               max_concurrent="16")
+    path, start, url = cluster(
+        "  notify:\n    entrypoint: work:record\n    overlap: allow\n", max_concurrent="16"
+    )
     nodes = [start() for _ in range(3)]
     for node in nodes:
         node.wait_for(lambda log: "notify no schedule" in log)
@@ -138,8 +147,14 @@ def test_500_enqueued_requests_run_once_across_three_nodes(cluster) -> None:
         "print(len(set(ids)))\n"
     )
     env = clean_env(QTASKS_STATE=url)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, env=env, cwd=path.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=path.parent,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "500", out.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -176,22 +191,32 @@ def test_history_reads_the_cluster_and_hides_the_password(cluster, tmp_path: Pat
     stats = run_qtasks("history", "-c", str(path), "--stats", env=env, cwd=path.parent)
     assert stats.returncode == 0 and "tick" in stats.stdout
     secret = url.replace("postgres@", "postgres:hunter2@")
-    bad = run_qtasks("history", "-c", str(path), "--state", secret.replace("5432", "1"),
-                     cwd=path.parent, timeout=30)
+    bad = run_qtasks(
+        "history",
+        "-c",
+        str(path),
+        "--state",
+        secret.replace("5432", "1"),
+        cwd=path.parent,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "hunter2" not in bad.stderr + bad.stdout
 
 
-def test_a_job_defined_differently_on_two_nodes_is_held_back(cluster, daemons,
-                                                            tmp_path: Path) -> None:
-    jobs = ("  same:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
-            "  diff:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n")
+def test_a_job_defined_differently_on_two_nodes_is_held_back(
+    cluster, daemons, tmp_path: Path
+) -> None:
+    jobs = (
+        "  same:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
+        "  diff:\n    entrypoint: work:tick\n    schedule: '* * * * * *'\n"
+    )
     path, start, url = cluster(jobs)
     other_dir = tmp_path / "node-b"
     other_dir.mkdir()
     (other_dir / "work.py").write_text((path.parent / "work.py").read_text())
     other = other_dir / "jobs.yaml"
-    other.write_text(path.read_text().replace("diff:\n    entrypoint: work:tick\n",
-                                              "diff:\n    entrypoint: work:tick\n    timeout: 9s\n"))
+    changed = "diff:\n    entrypoint: work:tick\n    timeout: 9s\n"
+    other.write_text(path.read_text().replace("diff:\n    entrypoint: work:tick\n", changed))
     a = start()
     b = daemons([str(other)], cwd=other_dir, env=clean_env(QTASKS_STATE=url))
     for node in (a, b):
@@ -200,8 +225,11 @@ def test_a_job_defined_differently_on_two_nodes_is_held_back(cluster, daemons,
     assert a.stop() == 0 and b.stop() == 0
     rows = runs(url, schema_of(path))
     latest_same = seconds(rows, "same")[-1]
-    diff_after = [r for r in rows if r["job"] == "diff" and r["scheduled"] > latest_same
-                  - timedelta(seconds=2)]
+    diff_after = [
+        r
+        for r in rows
+        if r["job"] == "diff" and r["scheduled"] > latest_same - timedelta(seconds=2)
+    ]
     assert diff_after and {r["status"] for r in diff_after} == {"missed"}
     assert all("held back" in r["error"] for r in diff_after)
     assert {r["status"] for r in rows if r["job"] == "same"} == {"succeeded"}

@@ -314,11 +314,15 @@ def test_state_override_and_env(project, tmp_path: Path) -> None:
 
 
 def test_a_handed_over_run_starts_within_a_second(project, daemons) -> None:
-    path = project("jobs:\n  stamp:\n    entrypoint: work:stamp\n", work=WORK + """
+    path = project(
+        "jobs:\n  stamp:\n    entrypoint: work:stamp\n",
+        work=WORK
+        + """
 def stamp(n):
     with open(f"stamp-{n}", "w") as f:
         f.write(repr(time.time()))
-""")
+""",
+    )
     daemon = daemons([str(path)], cwd=path.parent)
     daemon.wait_for(lambda log: "stamp no schedule" in log)
     time.sleep(1.5)  # well past the daemon's first look at the queue

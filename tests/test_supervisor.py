@@ -414,7 +414,8 @@ def test_history_is_pruned_to_keep_runs_in_the_background(tmp_path: Path) -> Non
 
 
 def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from qtasks_cli import supervisor as supervisor_module
     from qtasks_cli.errors import StoreError
 
@@ -434,8 +435,15 @@ def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
             refusing["on"] = False
 
     config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
-    _, rows = asyncio.run(supervise(config, tmp_path / "s.db", T0 + timedelta(milliseconds=500),
-                                    T0 + timedelta(seconds=5), on_tick=recover))
+    _, rows = asyncio.run(
+        supervise(
+            config,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=5),
+            on_tick=recover,
+        )
+    )
     ticks = by_job(rows, "tick")
     assert [int((r.scheduled - T0).total_seconds()) for r in ticks] == [1, 2, 3, 4, 5]
     assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}  # held outcomes were written
@@ -450,15 +458,22 @@ def hang() -> None:
 
 
 def test_a_hung_thread_holds_one_slot_of_its_own_job_not_every_slot(tmp_path: Path) -> None:
-    jobs = (f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n"
-            "hung:\n  entrypoint: test_supervisor:hang\n  schedule: '* * * * * *'\n"
-            "  timeout: 50ms\n")
+    jobs = (
+        f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n"
+        "hung:\n  entrypoint: test_supervisor:hang\n  schedule: '* * * * * *'\n"
+        "  timeout: 50ms\n"
+    )
     config = make_config(tmp_path, jobs, settings="max_concurrent: 2\n")
     HANG.clear()
     try:
-        _, rows = asyncio.run(supervise(config, tmp_path / "s.db",
-                                        T0 + timedelta(milliseconds=500),
-                                        T0 + timedelta(seconds=6)))
+        _, rows = asyncio.run(
+            supervise(
+                config,
+                tmp_path / "s.db",
+                T0 + timedelta(milliseconds=500),
+                T0 + timedelta(seconds=6),
+            )
+        )
     finally:
         HANG.set()
     assert {r.status for r in by_job(rows, "tick")} == {RunStatus.SUCCEEDED}
