@@ -26,7 +26,7 @@ from qtasks_cli.models import (
     TriggerKind,
 )
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, Store, busy_error
+from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
 
 log = logging.getLogger(__name__)
 
@@ -271,19 +271,7 @@ class Supervisor:
         if self.store.multi_node:
             await self._touch_nodes(now)
         for row in await self.store.recover(now):
-            self._emit(
-                EventKind.INTERRUPTED,
-                job=row.job,
-                run_id=row.run_id,
-                trigger=row.trigger,
-                scheduled=row.scheduled,
-                status=RunStatus.INTERRUPTED,
-                error=row.error,
-                level=logging.WARNING,
-            )
-            spec = self.config.jobs.get(row.job)
-            if spec is not None and spec.retry_interrupted:
-                await self._rerun(spec, row.run_id)
+            await self._interrupted(row)
         last = await self.store.last_fired()
         startup: list[Fire] = []
         for spec in self.config.jobs.values():
@@ -296,6 +284,22 @@ class Supervisor:
             await self._claim_and_start(startup)
         for state in self.jobs.values():
             self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+
+    async def _interrupted(self, row: RunRow) -> None:
+        """Report a run a dead daemon left behind; run it again if its job says so."""
+        self._emit(
+            EventKind.INTERRUPTED,
+            job=row.job,
+            run_id=row.run_id,
+            trigger=row.trigger,
+            scheduled=row.scheduled,
+            status=RunStatus.INTERRUPTED,
+            error=row.error,
+            level=logging.WARNING,
+        )
+        spec = self.config.jobs.get(row.job)
+        if spec is not None and spec.retry_interrupted:
+            await self._rerun(spec, row.run_id)
 
     async def _rerun(self, spec: JobSpec, interrupted_run: str) -> None:
         """Run an interrupted run's job again (``retry_interrupted``), as a new catch-up run."""
@@ -778,19 +782,7 @@ class Supervisor:
                 now, digest=self.config.digest, fingerprints=self._job_fingerprints()
             )
             for row in await self.store.reap_dead_nodes(now, timeout):
-                self._emit(
-                    EventKind.INTERRUPTED,
-                    job=row.job,
-                    run_id=row.run_id,
-                    trigger=row.trigger,
-                    scheduled=row.scheduled,
-                    status=RunStatus.INTERRUPTED,
-                    error=row.error,
-                    level=logging.WARNING,
-                )
-                spec = self.config.jobs.get(row.job)
-                if spec is not None and spec.retry_interrupted:
-                    await self._rerun(spec, row.run_id)
+                await self._interrupted(row)
             nodes = await self.store.nodes(now, timeout)
         except Exception as exc:
             log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
