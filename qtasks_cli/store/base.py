@@ -110,6 +110,42 @@ class JobStats:
         return None if done == 0 else self.succeeded / done
 
 
+_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
+
+
+def job_stats(
+    job: str,
+    per_status: Mapping[str, tuple[int, datetime | None]],
+    p50: float | None,
+    p95: float | None,
+) -> JobStats:
+    """A job's ``JobStats`` from its (count, last ended) per status and its percentiles."""
+
+    def total(statuses: Sequence[RunStatus]) -> int:
+        return sum(per_status.get(s.value, (0, None))[0] for s in statuses)
+
+    def last(statuses: Sequence[RunStatus]) -> datetime | None:
+        ends = [per_status[s.value][1] for s in statuses if s.value in per_status]
+        return max((end for end in ends if end is not None), default=None)
+
+    counted = {RunStatus.SUCCEEDED.value, *(s.value for s in _FAILED)}
+    return JobStats(
+        job=job,
+        runs=sum(count for count, _ in per_status.values()),
+        succeeded=total((RunStatus.SUCCEEDED,)),
+        failed=total(_FAILED),
+        p50=p50,
+        p95=p95,
+        last_success=last((RunStatus.SUCCEEDED,)),
+        last_failure=last(_FAILED),
+        extra={
+            status: count
+            for status, (count, _) in sorted(per_status.items())
+            if status not in counted
+        },
+    )
+
+
 def busy_error(node: str) -> str:
     """The error of a fire skipped because ``node`` runs the job (both stores say it so)."""
     return f"skipped: previous run still running on node {node}"

@@ -26,9 +26,7 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -48,9 +46,11 @@ from qtasks_cli.store.base import (
     RunRow,
     busy_error,
     encode_request,
+    job_stats,
     pid_alive,
     truncate_traceback,
 )
+from qtasks_cli.store.buffer import Write, WriteBuffer
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -66,13 +66,11 @@ CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
 BATCH_SIZE = 500  # more pending writes than this are written at once
-CLOSE_ATTEMPTS = 3  # tries to write the buffer when closing before rows are given up
 SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
 LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _ACTIVE = ("queued", "claimed", "running")
-_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
 _NOT_STARTED = "daemon stopped before the run started"
 _IN_PROGRESS = "daemon stopped while the run was in progress"
 
@@ -562,15 +560,6 @@ def close_cached_connections() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Write:
-    """One buffered write: the first statement must touch a row, the rest follow it."""
-
-    kind: str  # "start" or "finish", for messages
-    run_id: str
-    statements: tuple[tuple[str, tuple[Any, ...]], ...]
-
-
 class PostgresStore:
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
@@ -600,22 +589,24 @@ class PostgresStore:
         self._pid = os.getpid()
         self._host = socket.gethostname()
         self.node_id = node_id or f"{self._host}:{self._pid}:{secrets.token_hex(4)}"
-        self._flush_interval = flush_interval
-        self._retry_interval = retry_interval
-        self._batch_size = batch_size
         self._clock = clock
-        self._sleep = sleep
         self._conn: _AsyncConn | None = None
         self._poisoned = False  # a unit of work was cancelled mid-statement: reconnect
         self._lock = asyncio.Lock()  # one unit of work at a time on the connection
         self._opened = False
         self._closed = False
         self._registered = False
-        self._pending: list[_Write] = []
-        self._flush_lock = asyncio.Lock()
-        self._writer: asyncio.Task[None] | None = None
-        self._kick: asyncio.Task[None] | None = None
-        self._outage_since: float | None = None
+        # StoreError's own text is shown, never its psycopg cause (it may quote the URL).
+        self._writes = WriteBuffer(
+            location=self.location,
+            log=log,
+            write_batch=self._write_pending,
+            flush_interval=flush_interval,
+            retry_interval=retry_interval,
+            batch_size=batch_size,
+            sleep=sleep,
+            reason=lambda exc: exc,
+        )
         # Listening for NOTIFY on a connection of its own.
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
@@ -695,19 +686,15 @@ class PostgresStore:
         lost = 0
         failure: StoreError | None = None
         try:
-            for task in (self._writer, self._kick, self._listener):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await self._writes.stop()
+            listener = self._listener
+            if listener is not None and not listener.done():
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             if self._opened:
-                for attempt in range(CLOSE_ATTEMPTS):
-                    failure = await self._flush()
-                    if failure is None:
-                        break
-                    if attempt + 1 < CLOSE_ATTEMPTS:
-                        await self._sleep(self._retry_interval)
-                lost = len(self._pending)
+                failure = await self._writes.drain()
+                lost = len(self._writes.pending)
                 if self._registered:
                     await self._leave()
         finally:
@@ -718,12 +705,7 @@ class PostgresStore:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
                 self._conn = None
-        if failure is not None and lost:
-            log.error("%s: %d run updates were never written: %s", self.location, lost, failure)
-            raise StoreError(
-                f"{self.location}: {lost} run updates could not be written before closing "
-                f"({failure.__cause__ or failure}); those runs will show as interrupted"
-            )
+        self._writes.raise_lost(failure, lost)
 
     async def _leave(self) -> None:
         # A clean exit: others need not wait node_timeout to know this node is gone.
@@ -902,7 +884,7 @@ class PostgresStore:
     async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
         """Interrupt the runs of nodes silent for longer than ``timeout`` (or whose process
         is gone from this host), give back their unstarted requests, forget them."""
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
             async with conn.transaction():
@@ -970,7 +952,7 @@ class PostgresStore:
         """At a node's start: reap dead nodes (``node_timeout``), and interrupt runs left in
         progress by processes that never registered as nodes (``qtasks trigger``, unless
         it still runs on this host) or whose node is gone; give back their requests."""
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         now = _aware(now)
         in_progress = f"{_IN_PROGRESS} (noticed at {now.isoformat()})"
 
@@ -1205,7 +1187,7 @@ class PostgresStore:
         ``keep_days`` (either limit deletes; None disables it); return how many."""
         if keep_runs is None and keep_days is None:
             return 0
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         quoted = check_schema(self.schema)
         conditions = []
         params: dict[str, Any] = {}
@@ -1239,9 +1221,7 @@ class PostgresStore:
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host and node."""
         params = (_aware(started), self._pid, self._host, self.node_id, run_id)
-        self._buffer(
-            _Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),))
-        )
+        self._buffer(Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),)))
 
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome and one row per attempt."""
@@ -1274,72 +1254,17 @@ class PostgresStore:
                 result.run_id,
             )
             statements.append((self._sql["attempt"], params))
-        self._buffer(_Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+        self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
 
-    def _buffer(self, write: _Write) -> None:
+    def _buffer(self, write: Write) -> None:
         if self._closed or not self._opened:
             raise RuntimeError(f"{self.location}: the store is not open")
-        self._pending.append(write)
-        loop = asyncio.get_running_loop()
-        full = len(self._pending) > self._batch_size
-        if full and self._outage_since is None and (self._kick is None or self._kick.done()):
-            self._kick = loop.create_task(self._flush_quietly())
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_loop())
+        self._writes.add(write)
 
-    async def _write_loop(self) -> None:
-        while self._pending:
-            healthy = self._outage_since is None
-            await self._sleep(self._flush_interval if healthy else self._retry_interval)
-            await self._flush_quietly()
+    async def _write_pending(self, batch: list[Write]) -> None:
+        await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))
 
-    async def _flush_quietly(self) -> None:
-        try:
-            await self._flush()
-        except Exception:
-            log.exception("%s: unexpected error while writing run updates", self.location)
-
-    async def _flush(self) -> StoreError | None:
-        """Write the buffer in one transaction; on failure keep it and return the error."""
-        async with self._flush_lock:
-            if not self._pending:
-                return None
-            batch, self._pending = self._pending, []
-            try:
-                await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))
-            except StoreError as exc:
-                self._pending[:0] = batch
-                self._note_failure(exc)
-                return exc
-            except BaseException:
-                # Every buffered write is idempotent: writing it again later is harmless.
-                self._pending[:0] = batch
-                raise
-            if self._outage_since is not None:
-                waited = time.monotonic() - self._outage_since
-                self._outage_since = None
-                log.info(
-                    "%s: wrote %d run updates that had waited %.1fs",
-                    self.location,
-                    len(batch),
-                    waited,
-                )
-            return None
-
-    def _note_failure(self, exc: StoreError) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.warning(
-                "%s: cannot write %d run updates (%s); keeping them and retrying every %gs",
-                self.location,
-                len(self._pending),
-                exc,
-                self._retry_interval,
-            )
-        else:
-            log.debug("%s: still cannot write run updates: %s", self.location, exc)
-
-    async def _write_batch(self, conn: _AsyncConn, batch: list[_Write]) -> None:
+    async def _write_batch(self, conn: _AsyncConn, batch: list[Write]) -> None:
         try:
             await self._apply(conn, batch)
         except psycopg.OperationalError:
@@ -1352,17 +1277,11 @@ class PostgresStore:
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as exc:
-                    log.error(
-                        "%s: dropped the %s of run %r: %s",
-                        self.location,
-                        write.kind,
-                        write.run_id,
-                        _scrub(str(exc), self.url),
-                    )
+                    self._writes.dropped(write, _scrub(str(exc), self.url))
 
-    async def _apply(self, conn: _AsyncConn, batch: list[_Write]) -> None:
+    async def _apply(self, conn: _AsyncConn, batch: list[Write]) -> None:
         """Write ``batch`` in one transaction, pipelined: one round trip for all of it."""
-        firsts: list[tuple[_Write, psycopg.AsyncCursor[Any]]] = []
+        firsts: list[tuple[Write, psycopg.AsyncCursor[Any]]] = []
         async with conn.transaction(), conn.pipeline():
             for write in batch:
                 (sql, params), *rest = write.statements
@@ -1374,27 +1293,11 @@ class PostgresStore:
             await self._notify(conn, "c")
         for write, cur in firsts:
             if cur.rowcount == 0:
-                level = logging.WARNING if write.kind == "finish" else logging.DEBUG
-                log.log(
-                    level,
-                    "%s: %s of unknown or finished run %r ignored",
-                    self.location,
-                    write.kind,
-                    write.run_id,
-                )
+                self._writes.ignored(write)
 
     async def flush(self) -> None:
         """Write buffered rows now; StoreError (rows kept) when the server refuses."""
-        failure = await self._flush()
-        if failure is not None:
-            raise StoreError(
-                f"{self.location}: {len(self._pending)} run updates are not written yet "
-                f"({failure}); they are kept and retried"
-            ) from failure
-
-    async def _flush_for_read(self) -> None:
-        if self._pending and self._outage_since is None:
-            await self._flush()
+        await self._writes.flush()
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1406,7 +1309,7 @@ class PostgresStore:
         return await self._do(what, work)
 
     async def get_run(self, run_id: str) -> RunRow | None:
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         rows = await self._fetch(
             "reading a run",
             f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs WHERE run_id = %s",
@@ -1418,7 +1321,7 @@ class PostgresStore:
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRow]:
         """Newest first (by start, else scheduled, else created time)."""
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         where: list[str] = []
         params: list[Any] = []
         if job is not None:
@@ -1436,7 +1339,7 @@ class PostgresStore:
         return [_row_to_run(row) for row in rows]
 
     async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         rows = await self._fetch(
             "reading attempts",
             "SELECT attempt, started, ended, status, error_type, error"
@@ -1460,7 +1363,7 @@ class PostgresStore:
 
         A job named explicitly but never run gets a row of zeros.
         """
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         quoted = check_schema(self.schema)
         where, params = ("WHERE job = %s", (job,)) if job is not None else ("", ())
         counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
@@ -1489,39 +1392,9 @@ class PostgresStore:
         if job is not None:
             counts.setdefault(job, {})
         return [
-            _job_stats(name, counts[name], percentiles.get(name, (None, None)))
+            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
             for name in sorted(counts)
         ]
-
-
-def _job_stats(
-    job: str,
-    per_status: Mapping[str, tuple[int, datetime | None]],
-    percentiles: tuple[float | None, float | None],
-) -> JobStats:
-    def total(statuses: Sequence[RunStatus]) -> int:
-        return sum(per_status.get(s.value, (0, None))[0] for s in statuses)
-
-    def last(statuses: Sequence[RunStatus]) -> datetime | None:
-        ends = [per_status[s.value][1] for s in statuses if s.value in per_status]
-        return max((end for end in ends if end is not None), default=None)
-
-    counted = {RunStatus.SUCCEEDED.value, *(s.value for s in _FAILED)}
-    return JobStats(
-        job=job,
-        runs=sum(count for count, _ in per_status.values()),
-        succeeded=total((RunStatus.SUCCEEDED,)),
-        failed=total(_FAILED),
-        p50=percentiles[0],
-        p95=percentiles[1],
-        last_success=last((RunStatus.SUCCEEDED,)),
-        last_failure=last(_FAILED),
-        extra={
-            status: count
-            for status, (count, _) in sorted(per_status.items())
-            if status not in counted
-        },
-    )
 
 
 if TYPE_CHECKING:

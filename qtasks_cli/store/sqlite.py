@@ -20,10 +20,8 @@ import socket
 import sqlite3
 import stat
 import threading
-import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -39,10 +37,12 @@ from qtasks_cli.store.base import (
     QueuedRun,
     RunRow,
     busy_error,
+    job_stats,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
 from qtasks_cli.store.base import pid_alive as _pid_alive
 from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
+from qtasks_cli.store.buffer import Write, WriteBuffer
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -55,12 +55,10 @@ BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we 
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the file is locked
 BATCH_SIZE = 500  # more pending writes than this are written at once
-CLOSE_ATTEMPTS = 3  # tries to write the buffer when closing before rows are given up
 MIN_SQLITE = (3, 25, 0)  # upserts and window functions
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
 _ACTIVE = (RunStatus.QUEUED.value, RunStatus.CLAIMED.value, RunStatus.RUNNING.value)
 
 # Step i brings a file from ``user_version`` i to i + 1; append, never edit.
@@ -403,15 +401,6 @@ def _close_held_locks() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Write:
-    """One buffered write: statements run in order; the first one must touch a row."""
-
-    kind: str  # "start" or "finish", for messages
-    run_id: str
-    statements: tuple[tuple[str, tuple[Any, ...]], ...]
-
-
 class SqliteStore:
     """The ``Store`` over one SQLite file; see the module docstring for the threading."""
 
@@ -429,9 +418,6 @@ class SqliteStore:
         self.path = Path(path).expanduser()
         self.location = str(self.path)
         self._busy_timeout = busy_timeout
-        self._flush_interval = flush_interval
-        self._retry_interval = retry_interval
-        self._batch_size = batch_size
         self._clock = clock
         self._sleep = sleep
         self._pid = os.getpid()
@@ -442,11 +428,15 @@ class SqliteStore:
         self._files_seen: tuple[int, ...] = ()
         self._closed = False
         self._lock_fd: int | None = None
-        self._pending: list[_Write] = []
-        self._flush_lock = asyncio.Lock()
-        self._writer: asyncio.Task[None] | None = None  # timed flushes while rows wait
-        self._kick: asyncio.Task[None] | None = None  # an early flush of a full buffer
-        self._outage_since: float | None = None  # monotonic time of the first failed flush
+        self._writes = WriteBuffer(
+            location=self.location,
+            log=log,
+            write_batch=self._write_pending,
+            flush_interval=flush_interval,
+            retry_interval=retry_interval,
+            batch_size=batch_size,
+            sleep=sleep,
+        )
         self.node_id = _node_name(self._host, self._pid)
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
@@ -513,31 +503,17 @@ class SqliteStore:
         lost = 0
         failure: StoreError | None = None
         try:
-            for task in (self._writer, self._kick):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await self._writes.stop()
             if self._executor is not None:
-                for attempt in range(CLOSE_ATTEMPTS):
-                    failure = await self._flush()
-                    if failure is None:
-                        break
-                    if attempt + 1 < CLOSE_ATTEMPTS:
-                        await self._sleep(self._retry_interval)
-                lost = len(self._pending)
+                failure = await self._writes.drain()
+                lost = len(self._writes.pending)
                 await self._run("closing the state file", self._close_sync)
         finally:
             self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
             self._release_lock()
-        if failure is not None and lost:
-            log.error("%s: %d run updates were never written: %s", self.location, lost, failure)
-            raise StoreError(
-                f"{self.location}: {lost} run updates could not be written before closing "
-                f"({failure.__cause__ or failure}); those runs will show as interrupted"
-            )
+        self._writes.raise_lost(failure, lost)
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -592,7 +568,7 @@ class SqliteStore:
 
     async def recover(self, now: datetime) -> list[RunRow]:
         """Interrupt runs a dead daemon left behind and give back its claimed requests."""
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         return await self._run("recovering unfinished runs", self._recover_sync, _to_us(now))
 
     def _recover_sync(self, now_us: int) -> list[RunRow]:
@@ -840,7 +816,7 @@ class SqliteStore:
         ``keep_days`` (either limit deletes; None disables it); return how many."""
         if keep_runs is None and keep_days is None:
             return 0
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         keep = -1 if keep_runs is None else max(keep_runs, 0)
         cutoff = None if keep_days is None else _to_us(now - timedelta(days=keep_days))
         deleted = await self._run_transaction("pruning history", _prune_work(keep, cutoff))
@@ -853,7 +829,7 @@ class SqliteStore:
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host."""
         params = (_to_us(started), self._pid, self._host, run_id)
-        self._buffer(_Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
+        self._buffer(Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
 
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome and one row per attempt."""
@@ -885,74 +861,17 @@ class SqliteStore:
                 attempt.error,
             )
             statements.append((_SQL_ATTEMPT, params))
-        self._buffer(_Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+        self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
 
-    def _buffer(self, write: _Write) -> None:
+    def _buffer(self, write: Write) -> None:
         if self._closed or self._executor is None:
             raise RuntimeError(f"{self.location}: the store is not open")
-        self._pending.append(write)
-        loop = asyncio.get_running_loop()
-        full = len(self._pending) > self._batch_size
-        if full and self._outage_since is None and (self._kick is None or self._kick.done()):
-            self._kick = loop.create_task(self._flush_quietly())
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_loop())
+        self._writes.add(write)
 
-    async def _write_loop(self) -> None:
-        while self._pending:
-            healthy = self._outage_since is None
-            await self._sleep(self._flush_interval if healthy else self._retry_interval)
-            await self._flush_quietly()
+    async def _write_pending(self, batch: list[Write]) -> None:
+        await self._run("writing run updates", self._write_batch, batch)
 
-    async def _flush_quietly(self) -> None:
-        try:
-            await self._flush()
-        except Exception:
-            log.exception("%s: unexpected error while writing run updates", self.location)
-
-    async def _flush(self) -> StoreError | None:
-        """Write the buffer in one transaction; on failure keep it and return the error."""
-        async with self._flush_lock:
-            if not self._pending:
-                return None
-            batch, self._pending = self._pending, []
-            try:
-                await self._run("writing run updates", self._write_batch, batch)
-            except StoreError as exc:
-                self._pending[:0] = batch
-                self._note_failure(exc)
-                return exc
-            except BaseException:
-                # Cancelled mid-write: the worker may still commit, but every buffered
-                # write is idempotent, so writing it again later is harmless.
-                self._pending[:0] = batch
-                raise
-            if self._outage_since is not None:
-                waited = time.monotonic() - self._outage_since
-                self._outage_since = None
-                log.info(
-                    "%s: wrote %d run updates that had waited %.1fs",
-                    self.location,
-                    len(batch),
-                    waited,
-                )
-            return None
-
-    def _note_failure(self, exc: StoreError) -> None:
-        reason = exc.__cause__ or exc
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.warning(
-                "%s: cannot write %d run updates (%s); keeping them and retrying every %gs",
-                self.location,
-                len(self._pending),
-                reason,
-                self._retry_interval,
-            )
-        else:
-            log.debug("%s: still cannot write run updates: %s", self.location, reason)
-
-    def _write_batch(self, batch: list[_Write]) -> None:
+    def _write_batch(self, batch: list[Write]) -> None:
         conn = self._db
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -966,7 +885,7 @@ class SqliteStore:
             _rollback(conn)
             self._write_one_by_one(batch)
 
-    def _write_one_by_one(self, batch: list[_Write]) -> None:
+    def _write_one_by_one(self, batch: list[Write]) -> None:
         # A write SQLite rejects for good must not hold back the others forever.
         conn = self._db
         for write in batch:
@@ -979,39 +898,19 @@ class SqliteStore:
                 raise
             except sqlite3.Error as exc:
                 _rollback(conn)
-                log.error(
-                    "%s: dropped the %s of run %r: %s", self.location, write.kind, write.run_id, exc
-                )
+                self._writes.dropped(write, exc)
 
-    def _apply(self, conn: sqlite3.Connection, write: _Write) -> None:
+    def _apply(self, conn: sqlite3.Connection, write: Write) -> None:
         (first_sql, first_params), *rest = write.statements
         if conn.execute(first_sql, first_params).rowcount == 0:
-            level = logging.WARNING if write.kind == "finish" else logging.DEBUG
-            log.log(
-                level,
-                "%s: %s of unknown or finished run %r ignored",
-                self.location,
-                write.kind,
-                write.run_id,
-            )
+            self._writes.ignored(write)
             return
         for sql, params in rest:
             conn.execute(sql, params)
 
     async def flush(self) -> None:
         """Write buffered rows now; StoreError (rows kept) when the file cannot be written."""
-        failure = await self._flush()
-        if failure is not None:
-            raise StoreError(
-                f"{self.location}: {len(self._pending)} run updates are not written yet "
-                f"({failure.__cause__ or failure}); they are kept and retried"
-            ) from failure
-
-    async def _flush_for_read(self) -> None:
-        # During an outage the retry loop owns the buffer; a read should not wait out
-        # another busy timeout just to fail the same way.
-        if self._pending and self._outage_since is None:
-            await self._flush()
+        await self._writes.flush()
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1028,14 +927,14 @@ class SqliteStore:
         return None if row is None else _row_to_run(row)
 
     async def get_run(self, run_id: str) -> RunRow | None:
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         return await self._run("reading a run", self._get_run_sync, run_id)
 
     async def history(
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRow]:
         """Newest first (by start, else scheduled, else created time)."""
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         where: list[str] = []
         params: list[Any] = []
         if job is not None:
@@ -1050,7 +949,7 @@ class SqliteStore:
         return [_row_to_run(row) for row in rows]
 
     async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         rows = await self._run(
             "reading attempts",
             self._fetch_all,
@@ -1075,17 +974,17 @@ class SqliteStore:
 
         A job named explicitly but never run gets a row of zeros.
         """
-        await self._flush_for_read()
+        await self._writes.flush_for_read()
         return await self._run("reading statistics", self._stats_sync, job)
 
     def _stats_sync(self, job: str | None) -> list[JobStats]:
         where, params = ("WHERE job = ?", (job,)) if job is not None else ("", ())
-        counts: dict[str, dict[str, tuple[int, int | None]]] = {}
+        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
         for name, status, count, last_ended in self._db.execute(
             f"SELECT job, status, count(*), max(ended) FROM runs {where} GROUP BY job, status",
             params,
         ):
-            counts.setdefault(name, {})[status] = (count, last_ended)
+            counts.setdefault(name, {})[status] = (count, _from_us(last_ended))
         durations: dict[str, list[float]] = {}
         finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
         and_job = "AND job = ?" if job is not None else ""
@@ -1097,36 +996,12 @@ class SqliteStore:
             durations.setdefault(name, []).append((ended - started) / 1e6)
         if job is not None:
             counts.setdefault(job, {})
-        return [_job_stats(name, counts[name], durations.get(name, [])) for name in sorted(counts)]
-
-
-def _job_stats(
-    job: str, per_status: Mapping[str, tuple[int, int | None]], durations: list[float]
-) -> JobStats:
-    def total(statuses: Sequence[RunStatus]) -> int:
-        return sum(per_status.get(s.value, (0, None))[0] for s in statuses)
-
-    def last(statuses: Sequence[RunStatus]) -> datetime | None:
-        ends = [per_status[s.value][1] for s in statuses if s.value in per_status]
-        return _from_us(max((end for end in ends if end is not None), default=None))
-
-    counted = {RunStatus.SUCCEEDED.value, *(s.value for s in _FAILED)}
-    values = sorted(durations)
-    return JobStats(
-        job=job,
-        runs=sum(count for count, _ in per_status.values()),
-        succeeded=total((RunStatus.SUCCEEDED,)),
-        failed=total(_FAILED),
-        p50=_percentile(values, 0.5),
-        p95=_percentile(values, 0.95),
-        last_success=last((RunStatus.SUCCEEDED,)),
-        last_failure=last(_FAILED),
-        extra={
-            status: count
-            for status, (count, _) in sorted(per_status.items())
-            if status not in counted
-        },
-    )
+        stats = []
+        for name in sorted(counts):
+            values = sorted(durations.get(name, []))
+            p50, p95 = _percentile(values, 0.5), _percentile(values, 0.95)
+            stats.append(job_stats(name, counts[name], p50, p95))
+        return stats
 
 
 def _claim_work(
