@@ -888,16 +888,6 @@ def test_open_store_gives_an_unopened_sqlite_store(db: Path) -> None:
     assert not db.exists()
 
 
-def test_open_store_without_a_postgres_module() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("qtasks_cli.store.postgres") is not None:
-        pytest.skip("the PostgreSQL store exists now")
-    with pytest.raises(StoreError, match="PostgreSQL store is not available yet") as caught:
-        open_store("postgresql://app:s3cret@db/jobs")
-    assert "s3cret" not in str(caught.value)
-
-
 def test_open_store_without_psycopg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "fake"
     fake.mkdir()

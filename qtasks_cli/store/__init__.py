@@ -129,17 +129,9 @@ def _postgres_module(url: str) -> ModuleType:
 
     name = "qtasks_cli.store.postgres"
     try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            raise StoreError(
-                f"{redact_url(url)}: the PostgreSQL store is not available yet; "
-                "use a file path for 'state'"
-            ) from None
+        return importlib.import_module(name)
+    except ImportError as exc:  # psycopg is an extra: say how to install it
         raise StoreError(_install_hint(url, exc)) from None
-    except ImportError as exc:
-        raise StoreError(_install_hint(url, exc)) from None
-    return module
 
 
 def _install_hint(url: str, exc: ImportError) -> str:
