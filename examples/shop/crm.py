@@ -27,7 +27,7 @@ def sync_with_crm() -> int:
         _crm_push([{"id": i, "customer": c, "total": t} for i, c, t in rows])
         conn.executemany("UPDATE orders SET synced = 1 WHERE id = ?", [(r[0],) for r in rows])
         # New orders keep arriving in this demo, so the next sync has work too.
-        conn.execute("UPDATE orders SET synced = 0 WHERE id = ?", (random.randint(1, 20),))
+        conn.execute("UPDATE orders SET synced = 0 WHERE id = ?", (random.randint(1, 50),))
     return len(rows)
 
 

@@ -29,7 +29,7 @@ def connect() -> sqlite3.Connection:
                 rng.choice(STATUSES),
                 now,
             )
-            for i in range(1, 21)
+            for i in range(1, 51)
         ]
         conn.executemany(
             "INSERT INTO orders (id, customer, total, status, created) VALUES (?, ?, ?, ?, ?)", rows
