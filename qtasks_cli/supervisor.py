@@ -157,11 +157,9 @@ class Supervisor:
         self._reload_task: asyncio.Task[None] | None = None
         self._parsed: Config | None = None  # a reloaded file waiting to be applied
         self._next_poll = 0.0
-        self._queue_more = True
+        self._queue_more = True  # the first poll reads requests left from before the start
         self._next_prune: datetime | None = None
-        self._prune_task: asyncio.Task[None] | None = (
-            None  # the first poll reads requests left from before the start
-        )
+        self._prune_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
 
