@@ -47,3 +47,29 @@ def qtasks_handed(path: Path, *, max_concurrent: int = 2000) -> Path:
         "    entrypoint: benchjobs:handed\n"
     )
     return path
+
+
+def qtasks_cluster(path: Path, count: int, *, schema: str, max_concurrent: int = 2000) -> Path:
+    """``count`` jobs running ``benchjobs:tick`` every second plus ``stamp``, a job with no
+    schedule, for nodes sharing the PostgreSQL schema ``schema`` (the state comes from
+    ``$QTASKS_STATE``)."""
+    lines = [
+        "settings:",
+        f"  path: [{str(JOBS_DIR)!r}]",
+        "  timezone: UTC",
+        f"  max_concurrent: {max_concurrent}",
+        f"  schema: {schema}",
+        "jobs:",
+        "  stamp:",
+        "    entrypoint: benchjobs:stamp",
+    ]
+    for i in range(count):
+        name = job_name(i)
+        lines += [
+            f"  {name}:",
+            "    entrypoint: benchjobs:tick",
+            "    schedule: '* * * * * *'",
+            f"    kwargs: {{name: {name}}}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -51,6 +51,8 @@ def render(results: dict[str, Any]) -> str:
         "throughput": _throughput(results.get("throughput")),
         "yacron_intro": _yacron_intro(results.get("yacron")),
         "yacron": _yacron(results.get("yacron"), results.get("lateness", [])),
+        "cluster_intro": _cluster_intro(results.get("cluster")),
+        "cluster": _cluster(results.get("cluster")),
         "reading": _reading(results),
     }
     return text.substitute(values)
@@ -474,6 +476,70 @@ def _yacron(y: dict[str, Any] | None, lateness: list[dict[str, Any]]) -> str:
                 f"{q1['p50_ms']} ms (yacron's median is ×{y['p50_ms'] / q1['p50_ms']:.0f})",
             )
         )
+    return _table(("", ""), rows)
+
+
+def _cluster_intro(c: dict[str, Any] | None) -> str:
+    nodes = c["nodes"] if c else 3
+    jobs = c["jobs"] if c else 100
+    window = c["window_s"] if c and c.get("window_s") else 0
+    enqueued = c["enqueued"] if c and c.get("enqueued") else 0
+    return (
+        f"{nodes} `qtasks run FILE --ui plain` processes on this machine, each with "
+        "`QTASKS_STATE` naming the same PostgreSQL server and the same job file, whose "
+        "`settings.schema` is a fresh schema dropped after the run: the nodes share the schema "
+        f"and no node leads. The file has {jobs} jobs `benchjobs.tick` on `* * * * * *` and "
+        "`stamp`, a job with no schedule. Each node records its starts in its own file; "
+        "lateness is scored over all of them together as in section 1"
+        + (f", over {window:g} s after a warm-up" if window else "")
+        + ": a (job, second) with no start on any node is a miss, two starts anywhere a "
+        "double.\n\n"
+        f'Then the bench process calls `qtasks_cli.enqueue("stamp", n=i, sent=t, '
+        f"config=FILE)` {enqueued or 'N'} times, about 20 ms apart, while the jobs keep firing; "
+        "`stamp` records the moment it starts, and enqueue-to-start latency is that moment "
+        "minus `t`, the wall time just before the call. Every request must run exactly once: "
+        "once in the jobs' own records, and once, succeeded, in the shared history. Neither "
+        "anchor has a shared store for several processes, so there is no ratio here."
+    )
+
+
+def _cluster(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "Not measured in this run."
+    if not c.get("available", True):
+        return f"**{c['note']}**. Re-run `python bench/run.py --only cluster` with a server."
+    shared = ", ".join(f"{n:,}" for n in c["starts_per_node"]) or "–"
+    cpu = ", ".join(f"{v:g}" for v in c["cpu_s_per_s"]) or "–"
+    handed = ", ".join(f"{n:,}" for n in c["enqueue_per_node"]) or "–"
+    history = ", ".join(f"{k} {v:,}" for k, v in sorted(c["history"].items())) or "–"
+    rows = [
+        ("nodes / jobs firing every second", f"{c['nodes']} / {c['jobs']:,}"),
+        ("window", f"{c['window_s']:g} s"),
+        (
+            "fire lateness p50 / p99 / max",
+            f"{c['p50_ms']} ms / {c['p99_ms']} ms / {c['max_ms']} ms",
+        ),
+        ("starts / expected", f"{c['starts']:,} / {c['expected']:,}"),
+        ("missed / doubled", f"{c['missed']:,} / {c['doubled']:,}"),
+        ("starts in the window, per node", shared),
+        ("CPU s/s while firing, per node", cpu),
+        ("first fire after launch", f"{c['first_fire_after_s']} s"),
+        ("other load (cores)", str(c["other_load"])),
+        ("handed-over runs", f"{c['enqueued']:,}"),
+        (
+            "enqueue-to-start p50 / p99 / max",
+            f"{c['enqueue_p50_ms']} ms / {c['enqueue_p99_ms']} ms / {c['enqueue_max_ms']} ms",
+        ),
+        ("`enqueue` call, p50", f"{c['enqueue_call_p50_ms']} ms"),
+        ("handed-over runs per node", handed),
+        (
+            "ran once / twice or more / never",
+            f"{c['enqueue_ran_once']:,} / {c['enqueue_ran_twice_or_more']} / "
+            f"{c['enqueue_never_ran']}",
+        ),
+        ("each exactly once (records and history)", "yes" if c["exactly_once"] else "**no**"),
+        ("shared history (whole run)", history),
+    ]
     return _table(("", ""), rows)
 
 

@@ -5,7 +5,8 @@
     python bench/run.py --only lateness,startup
     python bench/run.py --render         # BENCHMARKS.md again from bench/out/results.json
 
-Parts: lateness (fire lateness and peak memory), idle, startup, throughput, yacron.
+Parts: lateness (fire lateness and peak memory), idle, startup, throughput, yacron,
+cluster (three nodes sharing a PostgreSQL schema; $QTASKS_BENCH_POSTGRES or the local server).
 The qtasks measured is the one installed in the Python running this script; the anchors are
 installed into bench/.venv-anchors. Raw results go to bench/out/: results.json for a full run
 (results-quick.json or results-partial.json otherwise) and a timestamped copy. BENCHMARKS.md is
@@ -27,7 +28,7 @@ from typing import Any
 
 import common
 
-PARTS = ("lateness", "idle", "startup", "throughput", "yacron")
+PARTS = ("lateness", "idle", "startup", "throughput", "yacron", "cluster")
 PINS = ("APScheduler==3.11.3", "yacron==0.19.0")
 
 
@@ -145,6 +146,10 @@ def _run_part(part: str, quick: bool) -> Any:
         import yacron_bench
 
         return yacron_bench.measure(quick=quick).as_dict()
+    if part == "cluster":
+        import cluster
+
+        return cluster.measure(quick=quick).as_dict()
     raise AssertionError(part)
 
 

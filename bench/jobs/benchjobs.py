@@ -27,3 +27,10 @@ async def tick(name: str) -> None:
 async def handed(n: int) -> None:
     """A handed-over job that only records which request ran: ``h<n> time.time()``."""
     os.write(_out(), f"h{n} {time.time():.6f}\n".encode())
+
+
+async def stamp(n: int, sent: float) -> None:
+    """A handed-over job that records when it started against when it was sent:
+    ``s<n> sent time.time()``."""
+    started = time.time()
+    os.write(_out(), f"s{n} {sent:.6f} {started:.6f}\n".encode())
