@@ -13,7 +13,9 @@ __all__ = ["__version__", "enqueue"]
 
 
 def enqueue(job: str, *args: Any, config: str | Path | None = None, **kwargs: Any) -> str:
-    """Hand a run of ``job`` to the daemon through the store; return its run id at once."""
-    from qtasks_cli.api import enqueue as _enqueue
+    """Hand a run of ``job`` to the daemon through the store; return its run id at once.
 
-    return _enqueue(job, *args, config=config, **kwargs)
+    Every keyword but ``config`` goes to the job (so a job may take ``state``, say)."""
+    from qtasks_cli import api
+
+    return api.enqueue_loaded(api.load_cached(config), job, args, kwargs)

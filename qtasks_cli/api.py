@@ -197,13 +197,13 @@ def enqueue(
     **kwargs: Any,
 ) -> str:
     """Hand a run of ``job`` to the daemon; return its run id at once."""
-    return enqueue_loaded(_load_cached(config), job, args, kwargs, state=state)
+    return enqueue_loaded(load_cached(config), job, args, kwargs, state=state)
 
 
 _LOADED: dict[Path, tuple[tuple[int, int], Config]] = {}
 
 
-def _load_cached(config: str | os.PathLike[str] | None) -> Config:
+def load_cached(config: str | os.PathLike[str] | None) -> Config:
     """The job file, parsed again only when it changed: the shop's code may hand over
     thousands of runs a second, and parsing the YAML was 80% of each call."""
     from qtasks_cli.config import default_config_path
