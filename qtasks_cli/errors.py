@@ -52,7 +52,15 @@ class UnknownJobError(QtasksError):
 
 
 class StoreError(QtasksError):
-    """The state store cannot be opened or used (locked by another daemon, bad permissions...)."""
+    """The state store cannot be opened or used (locked by another daemon, bad permissions...).
+
+    ``transient`` is True when waiting may cure it (a lock held by another process, a full
+    disk, a read-only mount, a server that does not answer); the daemon then retries with
+    backoff instead of exiting."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ScheduleError(ValueError):

@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from qtasks_cli.durations import format_duration
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.ledger import Backoff, until_stored
 from qtasks_cli.models import (
     CatchUp,
     Config,
@@ -25,31 +28,32 @@ from qtasks_cli.models import (
     Snapshot,
     TriggerKind,
 )
+from qtasks_cli.policy import LATE_AFTER, Gap, due_fires, keep_last, missed_reason, split_due
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
 
 log = logging.getLogger(__name__)
 
-# A fire started more than this after its time counts as late and goes through catch_up.
-LATE_AFTER = timedelta(seconds=1)
 # How often the daemon asks the store whether requests were handed over.
 QUEUE_POLL = 1.0
 QUEUE_BATCH = 500
 # The shortest gap between two looks at the queue prompted by wake-ups.
 NUDGE_GAP = 0.05
-# How long firing waits for the store to confirm a claim before running the fires anyway.
-CLAIM_WAIT = 0.1
-# Seconds between attempts to record fires the store refused.
-RECORD_RETRY = 1.0
-# How soon fires a shared (PostgreSQL) store did not claim are tried again.
-CLAIM_RETRY = timedelta(seconds=1)
+# Claims are written this long before a fire's instant, so that at the instant the
+# bodies start with no database write in between (ledger.py).
+CLAIM_AHEAD = timedelta(milliseconds=500)
+# How soon fires the store did not claim are tried again (doubling up to CLAIM_RETRY_MAX):
+# a fire never runs unclaimed; it waits for the store and is late but once.
+CLAIM_RETRY = timedelta(milliseconds=200)
+CLAIM_RETRY_MAX = timedelta(seconds=1)
+# A difference this large between how far the wall clock and the monotonic clock moved
+# is a clock step (NTP, an operator, a resumed VM).
+CLOCK_STEP = 2.0
 # How often a node heartbeats; at most a third of node_timeout.
 HEARTBEAT_EVERY = 5.0
-# How long a stop waits for the store to take what it refused before giving up on it.
-BACKLOG_GRACE = 10.0
 PRUNE_EVERY = timedelta(hours=1)
-# Missed fires recorded one by one per job and wake-up; beyond that they are only counted.
-MAX_MISSED_ROWS = 10_000
+# Missed fires of one job in one wake-up reported one event each; more become one event.
+MISSED_EVENTS = 5
 
 
 def utcnow() -> datetime:
@@ -122,11 +126,16 @@ class Supervisor:
         timer: Timer | None = None,
         reload: Callable[[], Awaitable[Config]] | None = None,
         runtime: Runtime | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.bus = bus
         self.clock = clock
+        # Clock steps are seen by comparing with the monotonic clock; a test that drives
+        # ``clock`` by hand passes no monotonic clock and sees no steps.
+        self._monotonic = monotonic or (time.monotonic if clock is utcnow else None)
+        self._offset: float | None = None  # wall minus monotonic, seconds
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
@@ -142,13 +151,11 @@ class Supervisor:
         self._stopping = False
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # Fires run while the store did not take them, their run ids, and the outcomes of
-        # those runs, held until the fires are recorded (see _claim).
-        self._backlog: list[Fire] = []
-        self._unrecorded_ids: set[str] = set()
-        self._held: list[RunResult] = []
-        self._backlog_task: asyncio.Task[None] | None = None
-        self._retry_from: dict[str, datetime] = {}  # first fire a shared store did not claim
+        # Fires claimed ahead of their instant, soonest first; started at the instant.
+        self._ready: list[tuple[datetime, int, Fire]] = []
+        self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
+        self._claim_backoff = Backoff(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds())
+        self._claim_failing = False
         self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
         self._nodes: tuple[str, ...] = ()
         self._fingerprints: dict[str, str] = {}
@@ -253,7 +260,9 @@ class Supervisor:
                 self.apply_config(parsed)
             now = self.clock()
             try:
-                await self._fire_due(now)
+                self._check_clock(now)
+                await self._claim_due(now)
+                self._start_ready(self.clock())
                 self._poll_queue()
                 self._maybe_prune(now)
             except Exception:  # a bug of ours must not take every job down with it
@@ -268,23 +277,55 @@ class Supervisor:
         self.jobs = {spec.name: _JobState(spec=spec) for spec in self.config.jobs.values()}
         if self.store.multi_node:
             await self._touch_nodes(now)
-        for row in await self.store.recover(now):
-            await self._interrupted(row)
-        last = await self.store.last_fired()
+        # A store that is locked, full or unreachable at start-up is waited for (and said
+        # so); the daemon does not exit, so a service manager has nothing to give up on.
+        rows = await until_stored(
+            f"recovering unfinished runs in {self.store.location}",
+            lambda: self.store.recover(now, rerun_jobs=self._rerun_jobs()),
+            stopping=lambda: self._stopping,
+        )
+        for row in rows or ():
+            self._interrupted(row)
+        last = await until_stored(
+            f"reading last fires from {self.store.location}",
+            self.store.last_fired,
+            stopping=lambda: self._stopping,
+        )
+        if last is None:
+            return  # asked to stop while waiting for the store
+        now = self.clock()
         startup: list[Fire] = []
+        ahead: list[str] = []
         for spec in self.config.jobs.values():
             if not spec.enabled or spec.schedule is None:
                 continue
             if spec.schedule.startup:
                 startup.append(self._fire(spec, now, TriggerKind.STARTUP))
-            self._schedule_job(spec.name, now, last.get(spec.name))
+            recorded = last.get(spec.name)
+            if recorded is not None and recorded[0] > now + LATE_AFTER:
+                ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
+                recorded = None  # the clock went back since: schedule from now
+            self._schedule_job(spec.name, now, recorded)
+        if ahead:
+            log.warning(
+                "last recorded fires lie in the future (the wall clock was ahead, or stepped "
+                "back since); scheduling those jobs from now, each (job, time) still runs at "
+                "most once: %s",
+                ", ".join(ahead),
+            )
         if startup:
-            await self._claim_and_start(startup)
+            await self._claim(startup, now)
+            self._start_ready(now)
         for state in self.jobs.values():
             self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
 
-    async def _interrupted(self, row: RunRow) -> None:
-        """Report a run a dead daemon left behind; run it again if its job says so."""
+    def _rerun_jobs(self) -> set[str]:
+        return {name for name, spec in self.config.jobs.items() if spec.retry_interrupted}
+
+    def _interrupted(self, row: RunRow) -> None:
+        """Report a run a dead daemon left behind (recovery already queued its re-run when
+        its job has ``retry_interrupted``)."""
+        self._queue_more = True
         self._emit(
             EventKind.INTERRUPTED,
             job=row.job,
@@ -295,34 +336,6 @@ class Supervisor:
             error=row.error,
             level=logging.WARNING,
         )
-        spec = self.config.jobs.get(row.job)
-        if spec is not None and spec.retry_interrupted:
-            await self._rerun(spec, row.run_id)
-
-    async def _rerun(self, spec: JobSpec, interrupted_run: str) -> None:
-        """Run an interrupted run's job again (``retry_interrupted``), as a new catch-up run."""
-        run_id = new_run_id()
-        await self.store.add_run(
-            RunResult(
-                job=spec.name,
-                run_id=run_id,
-                trigger=TriggerKind.CATCH_UP,
-                scheduled=None,
-                started=None,
-                ended=None,
-                attempts=0,
-                status=RunStatus.CLAIMED,
-                error=f"re-run of interrupted run {interrupted_run}",
-            )
-        )
-        self._emit(
-            EventKind.FIRED,
-            job=spec.name,
-            run_id=run_id,
-            trigger=TriggerKind.CATCH_UP,
-            message=f"re-running interrupted run {interrupted_run}",
-        )
-        self._start_run(spec, run_id, TriggerKind.CATCH_UP, None)
 
     @staticmethod
     def _plan(state: _JobState) -> str:
@@ -366,8 +379,57 @@ class Supervisor:
         while self._heap and not self._is_current(self._heap[0]):
             heapq.heappop(self._heap)
         if self._heap:
-            waits.append(max(0.0, (self._heap[0][0] - now).total_seconds()))
+            claim_at = self._heap[0][0] - CLAIM_AHEAD
+            waits.append(max(0.0, (claim_at - now).total_seconds()))
+        if self._ready:
+            waits.append(max(0.0, (self._ready[0][0] - now).total_seconds()))
         return min(waits)
+
+    def _check_clock(self, now: datetime) -> None:
+        """Notice a step of the wall clock (against the monotonic clock), say so once, and
+        compute every next fire from the present; the unique (job, time) key keeps every
+        fire at most once whichever way the clock went."""
+        if self._monotonic is None:
+            return
+        offset = now.timestamp() - self._monotonic()
+        previous, self._offset = self._offset, offset
+        if previous is None or abs(offset - previous) < CLOCK_STEP:
+            return
+        step = offset - previous
+        direction = "forward" if step > 0 else "back"
+        log.warning(
+            "the wall clock stepped %s by %s; computing every next fire from now (%s)",
+            direction,
+            format_duration(timedelta(seconds=round(abs(step)))),
+            now.isoformat(),
+        )
+        if step < 0:
+            # Fires claimed for what is now the far future would start late by the step:
+            # give the claims back and schedule afresh from the present.
+            self._release_ready()
+            for name in self.jobs:
+                self._schedule_job(name, now)
+
+    def _release_ready(self, jobs: Collection[str] | None = None) -> None:
+        """Give back the claims of fires that have not started (a stop, a clock step, the
+        jobs a reload removed): taken off ``_ready`` now, released in the background."""
+        fires = [f for _, _, f in self._ready if jobs is None or f.job in jobs]
+        self._ready = [e for e in self._ready if jobs is not None and e[2].job not in jobs]
+        heapq.heapify(self._ready)
+        if fires:
+            self._background(self._release(fires))
+
+    async def _release(self, fires: list[Fire]) -> None:
+        try:
+            await self.store.release(fires)
+        except Exception as exc:
+            log.warning(
+                "cannot give back %d unstarted claim(s) in %s (%s); the next start reports "
+                "them as interrupted",
+                len(fires),
+                self.store.location,
+                exc,
+            )
 
     def _maybe_prune(self, now: datetime) -> None:
         """Apply keep_runs/keep_days at start and then hourly, in the background."""
@@ -399,79 +461,233 @@ class Supervisor:
 
     # --- firing ------------------------------------------------------------------------------
 
-    async def _fire_due(self, now: datetime) -> None:
+    async def _claim_due(self, now: datetime) -> None:
+        """Claim every fire due by ``now + CLAIM_AHEAD`` (one store write); claimed fires
+        wait in ``_ready`` for their instant. Late fires go through catch_up."""
         fires: list[Fire] = []
         advanced: list[tuple[str, datetime]] = []
-        while self._heap and self._heap[0][0] <= now:
+        horizon = now + CLAIM_AHEAD
+        while self._heap and self._heap[0][0] <= horizon:
             entry = heapq.heappop(self._heap)
             if not self._is_current(entry):
                 continue
             name = entry[2]
             spec = self.jobs[name].spec
+            assert spec.schedule is not None
             first = min(entry[0], self._retry_from.pop(name, entry[0]))
-            # An on-time fire is the common case: its next fire is computed after the runs
-            # have started. Only a late wake-up needs the look-ahead for missed fires.
-            due = [first] if now - first <= LATE_AFTER else self._due_fires(spec, first, now)
-            fires.extend(self._decide(spec, due, now))
-            advanced.append((name, due[-1]))
-        unclaimed = await self._claim_and_start(fires) if fires else set()
-        for name, last in advanced:
-            schedule = self.jobs[name].spec.schedule
+            # An on-time fire is the common case; only a late wake-up looks for missed fires.
+            gap: Gap | None = None
+            if now - first <= LATE_AFTER:
+                due = [first]
+            else:
+                last = keep_last(spec.catch_up, self.config.settings.max_catch_up)
+                due, gap = due_fires(spec.schedule.next_after, first, now, keep_last=last)
+            fires.extend(self._decide(spec, due, now, gap))
+            advanced.append((name, due[-1] if due else first))
+        if not fires:
+            return
+        claimed = await self._claim(fires, now)
+        retry = timedelta(seconds=0 if claimed else self._claim_backoff.next())
+        for name, last_due in advanced:
+            schedule = self.jobs[name].spec.schedule if name in self.jobs else None
             if schedule is None:
                 continue
-            upcoming = schedule.next_after(last)
-            if name in unclaimed:  # the shared store did not answer: try these fires again
-                retry = now + CLAIM_RETRY
-                upcoming = retry if upcoming is None else min(upcoming, retry)
-            self._push(name, upcoming)
+            if claimed:
+                self._push(name, schedule.next_after(last_due))
+            else:  # the store did not answer: claim again after the retry delay
+                self._push(name, now + CLAIM_AHEAD + retry)
 
-    def _due_fires(self, spec: JobSpec, first: datetime, now: datetime) -> list[datetime]:
-        """Every fire of the job in [first, now], oldest first, capped."""
-        assert spec.schedule is not None
-        due = [first]
-        while True:
-            nxt = spec.schedule.next_after(due[-1])
-            if nxt is None or nxt > now:
-                return due
-            due.append(nxt)
-            if len(due) > MAX_MISSED_ROWS:
-                del due[: len(due) - MAX_MISSED_ROWS]
+    async def _claim(self, fires: list[Fire], now: datetime) -> bool:
+        """Claim ``fires`` in the store; put the won CLAIMED ones in ``_ready`` and report the
+        others. False when the store did not answer: no fire runs unclaimed, so they are
+        remembered (``_retry_from``) and tried again, late but once."""
+        try:
+            if self.store.multi_node:
+                exclusive = {
+                    f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW
+                }
+                outcomes: Sequence[bool | Claim] = await self.store.claim(
+                    fires, exclusive_jobs=exclusive
+                )
+            else:
+                outcomes = await self.store.claim(fires)
+        except Exception as exc:
+            for fire in fires:
+                self._retry_from.setdefault(fire.job, fire.scheduled)
+            if not self._claim_failing:
+                self._claim_failing = True
+                log.error(
+                    "cannot claim fires in %s (%s); they wait for the store and run late, "
+                    "each at most once",
+                    self.store.location,
+                    exc,
+                )
+            return False
+        if self._claim_failing:
+            self._claim_failing = False
+            log.warning("%s takes claims again", self.store.location)
+        self._claim_backoff.reset()
+        missed: dict[str, list[Fire]] = {}
+        for fire, won in zip(fires, outcomes):
+            if not won:
+                log.debug(
+                    "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
+                )
+                continue
+            if won is Claim.BUSY:
+                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
+            if fire.status is RunStatus.CLAIMED:
+                self._seq += 1
+                heapq.heappush(self._ready, (fire.scheduled, self._seq, fire))
+            elif fire.status is RunStatus.MISSED:
+                missed.setdefault(fire.job, []).append(fire)
+            else:
+                self._emit_unrun(fire)
+        for job_fires in missed.values():
+            if len(job_fires) <= MISSED_EVENTS:
+                for fire in job_fires:
+                    self._emit_unrun(fire)
+            else:
+                first, last = job_fires[0], job_fires[-1]
+                self._emit_unrun(
+                    replace(
+                        last,
+                        error=(
+                            f"{len(job_fires)} fires from {first.scheduled.isoformat()} "
+                            f"to {last.scheduled.isoformat()} missed: {last.error}"
+                        ),
+                    )
+                )
+        return True
 
-    def _decide(self, spec: JobSpec, due: Sequence[datetime], now: datetime) -> list[Fire]:
-        """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace."""
+    def _emit_unrun(self, fire: Fire) -> None:
+        kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
+        self._emit(
+            kind,
+            job=fire.job,
+            run_id=fire.run_id,
+            trigger=fire.trigger,
+            scheduled=fire.scheduled,
+            status=fire.status,
+            error=fire.error,
+            level=logging.WARNING,
+        )
+
+    def _start_ready(self, now: datetime) -> None:
+        """Start every claimed fire whose instant has come; overlap is decided now, for the
+        fires due together against what ran before them (so catch_up: all runs them all)."""
+        due: list[Fire] = []
+        while self._ready and self._ready[0][0] <= now:
+            due.append(heapq.heappop(self._ready)[2])
+        if due and now - due[0].scheduled > LATE_AFTER:
+            due = self._recheck_late(due, now)
+        decided = [self._overlap(f) if f.job in self.jobs else f for f in due]
+        for fire in decided:
+            state = self.jobs.get(fire.job)
+            if state is None:  # removed by a reload after the claim
+                self._finish_unstarted(
+                    fire, RunStatus.CANCELLED, "the job was removed by a reload before it ran"
+                )
+                continue
+            if fire.status is not RunStatus.CLAIMED:
+                self._finish_unstarted(fire, fire.status, fire.error or "")
+                self._emit_unrun(fire)
+                continue
+            self._emit(
+                EventKind.FIRED,
+                job=fire.job,
+                run_id=fire.run_id,
+                trigger=fire.trigger,
+                scheduled=fire.scheduled,
+            )
+            self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled)
+
+    def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
+        """Claimed fires that come to start late (the loop was held up) go through catch_up
+        like any late fire: the ones it does not run are recorded missed."""
+        by_job: dict[str, list[Fire]] = {}
+        for fire in due:
+            by_job.setdefault(fire.job, []).append(fire)
+        keep: list[Fire] = []
+        for job, fires in by_job.items():
+            state = self.jobs.get(job)
+            if state is None or all(now - f.scheduled <= LATE_AFTER for f in fires):
+                keep += fires
+                continue
+            spec = state.spec
+            catch, on_time, _ = split_due(
+                [f.scheduled for f in fires],
+                now,
+                catch_up=spec.catch_up,
+                misfire_grace=spec.misfire_grace,
+                max_catch_up=self.config.settings.max_catch_up,
+            )
+            reason = missed_reason(spec.catch_up, bool(on_time))
+            for fire in fires:
+                if fire.scheduled in catch:
+                    keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
+                elif fire.scheduled in on_time or fire.trigger is not TriggerKind.SCHEDULE:
+                    keep.append(fire)
+                else:
+                    self._finish_unstarted(fire, RunStatus.MISSED, reason)
+                    self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
+        return sorted(keep, key=lambda f: f.scheduled)
+
+    def _finish_unstarted(self, fire: Fire, status: RunStatus, error: str) -> None:
+        """Record a claimed fire that will not run (skipped, missed, cancelled)."""
+        self._background(
+            self._record(
+                RunResult(
+                    job=fire.job,
+                    run_id=fire.run_id,
+                    trigger=fire.trigger,
+                    scheduled=fire.scheduled,
+                    started=None,
+                    ended=self.clock(),
+                    attempts=0,
+                    status=status,
+                    error=error,
+                )
+            )
+        )
+
+    def _decide(
+        self, spec: JobSpec, due: Sequence[datetime], now: datetime, gap: Gap | None = None
+    ) -> list[Fire]:
+        """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace;
+        a ``gap`` of fires not listed one by one becomes one missed row."""
+        summary: list[Fire] = []
+        if gap is not None:
+            why = missed_reason(spec.catch_up, True)
+            summary.append(
+                self._fire(
+                    spec,
+                    gap.first,
+                    TriggerKind.SCHEDULE,
+                    RunStatus.MISSED,
+                    f"{gap.describe()} missed: {why}",
+                )
+            )
         if spec.name in self._held_jobs:
             reason = f"held back: {self._held_jobs[spec.name]}"
-            return [
+            return summary + [
                 self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in due
             ]
-        late = [t for t in due if now - t > LATE_AFTER]
-        on_time = [t for t in due if now - t <= LATE_AFTER]
-        graced = [t for t in late if now - t <= spec.misfire_grace]
-        catch: list[datetime] = []
-        if spec.catch_up is CatchUp.ALL:
-            catch = graced[-self.config.settings.max_catch_up :]
-        elif spec.catch_up is CatchUp.LATEST and graced and not on_time:
-            catch = graced[-1:]
-        fires = [self._overlap(self._fire(spec, t, TriggerKind.CATCH_UP)) for t in catch]
-        fires += [self._overlap(self._fire(spec, t, TriggerKind.SCHEDULE)) for t in on_time]
-        chosen = set(catch)
-        reason = self._missed_reason(spec, bool(on_time))
+        catch, on_time, missed = split_due(
+            due,
+            now,
+            catch_up=spec.catch_up,
+            misfire_grace=spec.misfire_grace,
+            max_catch_up=self.config.settings.max_catch_up,
+        )
+        fires = [self._fire(spec, t, TriggerKind.CATCH_UP) for t in catch]
+        fires += [self._fire(spec, t, TriggerKind.SCHEDULE) for t in on_time]
+        reason = missed_reason(spec.catch_up, bool(on_time))
         fires += [
-            self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason)
-            for t in late
-            if t not in chosen
+            self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in missed
         ]
         fires.sort(key=lambda f: f.scheduled)
-        return fires
-
-    @staticmethod
-    def _missed_reason(spec: JobSpec, has_on_time: bool) -> str:
-        if spec.catch_up is CatchUp.NONE:
-            return "missed while the daemon was down or late (catch_up: none)"
-        if spec.catch_up is CatchUp.LATEST:
-            newer = "a newer fire ran" if has_on_time else "only the latest missed fire runs"
-            return f"missed while the daemon was down or late (catch_up: latest, {newer})"
-        return f"missed: older than misfire_grace or beyond max_catch_up ({spec.catch_up})"
+        return summary + fires
 
     def _fire(
         self,
@@ -515,142 +731,6 @@ class Supervisor:
             return fire  # started as pending when the current run ends
         why = "a run is already queued" if policy is Overlap.QUEUE else busy
         return replace(fire, status=RunStatus.SKIPPED, error=f"skipped: {why} (overlap: {policy})")
-
-    async def _claim_and_start(self, fires: list[Fire]) -> set[str]:
-        """Claim fires and start the runs this node won; return the jobs whose fires the
-        shared store could not claim (to be tried again)."""
-        claimed = await self._claim(fires)
-        if claimed is None:
-            for fire in fires:
-                self._retry_from.setdefault(fire.job, fire.scheduled)
-            return {fire.job for fire in fires}
-        for fire, won in zip(fires, claimed):
-            if not won:
-                log.debug(
-                    "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
-                )
-                continue
-            state = self.jobs.get(fire.job)
-            if state is None:  # removed by a reload while the claim was in flight
-                self._background(self._record(self._never_started(fire)))
-                continue
-            spec = state.spec
-            if won is Claim.BUSY:
-                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
-            if fire.status is RunStatus.CLAIMED:
-                self._emit(
-                    EventKind.FIRED,
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
-                )
-                self._start_run(spec, fire.run_id, fire.trigger, fire.scheduled)
-            else:
-                kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
-                self._emit(
-                    kind,
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
-                    status=fire.status,
-                    error=fire.error,
-                    level=logging.WARNING,
-                )
-        await asyncio.sleep(0)  # let the new runs start before anything else
-        return set()
-
-    def _never_started(self, fire: Fire) -> RunResult:
-        return RunResult(
-            job=fire.job,
-            run_id=fire.run_id,
-            trigger=fire.trigger,
-            scheduled=fire.scheduled,
-            started=None,
-            ended=self.clock(),
-            attempts=0,
-            status=RunStatus.CANCELLED,
-            error="the job was removed by a reload before the run started",
-        )
-
-    async def _claim_shared(self, fires: list[Fire]) -> list[Claim] | None:
-        """On a store shared by several nodes the claim decides who runs a fire, so a fire
-        never runs unclaimed: None when the store did not answer (the fires are retried)."""
-        exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
-        try:
-            return await self.store.claim(fires, exclusive_jobs=exclusive)
-        except Exception as exc:
-            log.error(
-                "cannot claim fires in %s (%s); trying again in %gs",
-                self.store.location,
-                exc,
-                CLAIM_RETRY.total_seconds(),
-            )
-            return None
-
-    async def _claim(self, fires: list[Fire]) -> Sequence[bool | Claim] | None:
-        """Claim fires in the store. A single daemon waits at most CLAIM_WAIT: firing never
-        waits on a slow or locked store. Fires it does not confirm in time run anyway (each
-        fire is still taken once, by this process) and are recorded in the background, with
-        their runs' outcomes held back until then."""
-        if self.store.multi_node:
-            return await self._claim_shared(fires)
-        if self._backlog_task is not None:  # the store is behind: do not queue up behind it
-            self._hold(fires)
-            return [True] * len(fires)
-        claim = asyncio.ensure_future(self.store.claim(fires))
-        inflight: asyncio.Future[list[bool]] | None = claim
-        try:
-            return await asyncio.wait_for(asyncio.shield(claim), CLAIM_WAIT)
-        except asyncio.TimeoutError:
-            reason = f"no answer within {CLAIM_WAIT:g}s"
-        except Exception as exc:
-            inflight, reason = None, str(exc)
-        log.error(
-            "cannot record fires in %s (%s); firing anyway and recording them later",
-            self.store.location,
-            reason,
-        )
-        self._hold(fires)
-        self._backlog_task = asyncio.create_task(self._record_backlog(inflight, fires))
-        return [True] * len(fires)
-
-    def _hold(self, fires: list[Fire]) -> None:
-        self._backlog.extend(fires)
-        self._unrecorded_ids.update(f.run_id for f in fires)
-
-    async def _record_backlog(
-        self, inflight: asyncio.Future[list[bool]] | None, fires: list[Fire]
-    ) -> None:
-        """Write fires the store refused, retrying until it takes them; then the held
-        outcomes of their runs."""
-        total = 0
-        if inflight is not None:
-            with contextlib.suppress(Exception):
-                await inflight
-                total += self._recorded(fires)
-        while self._backlog:
-            pending = list(self._backlog)
-            try:
-                await self.store.claim(pending)
-            except Exception:
-                await asyncio.sleep(RECORD_RETRY)
-                continue
-            total += self._recorded(pending)
-        self._backlog_task = None
-        log.warning("recorded %d fire(s) that the store had refused for a while", total)
-
-    def _recorded(self, fires: list[Fire]) -> int:
-        """These fires are in the store now: send the outcomes held for their runs."""
-        ids = {f.run_id for f in fires}
-        self._backlog = [f for f in self._backlog if f.run_id not in ids]
-        self._unrecorded_ids -= ids
-        held = [r for r in self._held if r.run_id in ids]
-        self._held = [r for r in self._held if r.run_id not in ids]
-        for result in held:
-            self._background(self._record(result))
-        return len(ids)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -697,6 +777,8 @@ class Supervisor:
     ) -> None:
         result: RunResult | None = None
         state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
+        # A request cancelled before its begin stays taken: the next start gives it back.
+        recordable = trigger is not TriggerKind.QUEUED
         try:
             state.waiting += 1
             try:
@@ -704,7 +786,11 @@ class Supervisor:
             finally:
                 state.waiting -= 1
             try:
-                if run_id not in self._unrecorded_ids:
+                if trigger is TriggerKind.QUEUED:
+                    if not await self._begin(spec.name, run_id):
+                        return
+                    recordable = True
+                else:
                     await self.store.start(run_id, self.clock())
                 result = await execute(
                     spec,
@@ -720,6 +806,8 @@ class Supervisor:
             finally:
                 self.runtime.capacity.release()
         except asyncio.CancelledError:
+            if not recordable:
+                raise
             result = RunResult(
                 job=spec.name,
                 run_id=run_id,
@@ -737,10 +825,26 @@ class Supervisor:
                 await asyncio.shield(self._record(result))
             self._run_ended(spec.name)
 
+    async def _begin(self, job: str, run_id: str) -> bool:
+        """Commit a request's ``running`` mark before its body starts (ledger.py): waits for
+        the store; False when the request must not run here (taken back, or stopping)."""
+        begun = await until_stored(
+            f"starting run {run_id} of {job}",
+            lambda: self.store.begin(run_id, self.clock()),
+            stopping=lambda: self._stopping,
+        )
+        if begun is None:
+            return False  # stopping: the request stays taken, and the next start requeues it
+        if not begun:
+            log.warning(
+                "request %s of %s is no longer this daemon's (another node took it back); "
+                "not running it here",
+                run_id,
+                job,
+            )
+        return begun
+
     async def _record(self, result: RunResult) -> None:
-        if result.run_id in self._unrecorded_ids:
-            self._held.append(result)
-            return
         try:
             await self.store.finish(result)
         except Exception:
@@ -779,8 +883,10 @@ class Supervisor:
             await self.store.heartbeat(
                 now, digest=self.config.digest, fingerprints=self._job_fingerprints()
             )
-            for row in await self.store.reap_dead_nodes(now, timeout):
-                await self._interrupted(row)
+            for row in await self.store.reap_dead_nodes(
+                now, timeout, rerun_jobs=self._rerun_jobs()
+            ):
+                self._interrupted(row)
             nodes = await self.store.nodes(now, timeout)
         except Exception as exc:
             log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
@@ -936,6 +1042,8 @@ class Supervisor:
         for name in removed:
             state = self.jobs.pop(name)
             state.generation += 1
+        if removed:
+            self._release_ready(set(removed))
         for name in added:
             self.jobs[name] = _JobState(spec=config.jobs[name])
             self._schedule_job(name, now)
@@ -961,6 +1069,9 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for task in self._side_tasks:
             task.cancel()
+        fires = [f for _, _, f in self._ready]
+        self._ready = []
+        await self._release(fires)
         grace = self.config.settings.shutdown_grace.total_seconds()
         running = [t for t in self._tasks if not t.done()]
         if running:
@@ -978,28 +1089,11 @@ class Supervisor:
                     level=logging.WARNING,
                     message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
                 )
-        await self._settle_backlog()
         try:
             await asyncio.shield(self.store.flush())
         except Exception as exc:
             log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
-
-    async def _settle_backlog(self) -> None:
-        """Give the store a last chance to take refused fires; count what is lost."""
-        if self._backlog_task is None:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._backlog_task), BACKLOG_GRACE)
-        if self._backlog:
-            self._emit(
-                EventKind.NOTICE,
-                level=logging.ERROR,
-                message=(
-                    f"{len(self._backlog)} fire(s) and {len(self._held)} run outcome(s) could not "
-                    f"be recorded in {self.store.location}"
-                ),
-            )
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock(), **fields))

@@ -413,25 +413,29 @@ def test_history_is_pruned_to_keep_runs_in_the_background(tmp_path: Path) -> Non
     assert [int((r.scheduled - T0).total_seconds()) for r in rows][-2:] == [11, 12]
 
 
-def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
+def test_fires_wait_for_a_refusing_store_and_never_run_unclaimed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qtasks_cli import supervisor as supervisor_module
+    """Late but once: while the store refuses claims nothing runs; when it answers, the
+    fires missed meanwhile go through catch_up (latest: one catch-up run, others missed)."""
     from qtasks_cli.errors import StoreError
 
-    monkeypatch.setattr(supervisor_module, "RECORD_RETRY", 0.01)
     refusing = {"on": True}
     original = SqliteStore.claim
+    claimed_while_refusing: list[str] = []
 
     async def flaky_claim(self: SqliteStore, fires: Any) -> list[bool]:
         if refusing["on"]:
-            raise StoreError("database is locked")
+            claimed_while_refusing.extend(f.job for f in fires)
+            raise StoreError("database is locked", transient=True)
         return await original(self, fires)
 
     monkeypatch.setattr(SqliteStore, "claim", flaky_claim)
+    calls_at_recovery: list[int] = []
 
     def recover(now: datetime) -> None:
-        if now >= T0 + timedelta(seconds=3):
+        if refusing["on"] and now >= T0 + timedelta(seconds=3.6):
+            calls_at_recovery.append(len(CALLS))
             refusing["on"] = False
 
     config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
@@ -440,14 +444,20 @@ def test_fires_go_on_while_the_store_refuses_and_are_recorded_later(
             config,
             tmp_path / "s.db",
             T0 + timedelta(milliseconds=500),
-            T0 + timedelta(seconds=5),
+            T0 + timedelta(seconds=8),
             on_tick=recover,
         )
     )
+    assert claimed_while_refusing  # the store was asked, and refused
+    assert calls_at_recovery == [0]  # nothing ran while no claim was written
     ticks = by_job(rows, "tick")
-    assert [int((r.scheduled - T0).total_seconds()) for r in ticks] == [1, 2, 3, 4, 5]
-    assert {r.status for r in ticks} == {RunStatus.SUCCEEDED}  # held outcomes were written
-    assert len([c for c in CALLS if c[0] == "quick"]) == 5  # every fire ran, none twice
+    seconds = [int((r.scheduled - T0).total_seconds()) for r in ticks]
+    assert seconds == sorted(set(seconds))  # no (job, time) twice
+    status = {int((r.scheduled - T0).total_seconds()): r.status for r in ticks}
+    ran = [s for s, st in status.items() if st is RunStatus.SUCCEEDED]
+    assert len([c for c in CALLS if c[0] == "quick"]) == len(ran)  # every body has its row
+    assert {status[s] for s in (5, 6, 7, 8)} == {RunStatus.SUCCEEDED}
+    assert RunStatus.MISSED in {status[s] for s in (1, 2)}  # late fires went through catch_up
 
 
 HANG = __import__("threading").Event()

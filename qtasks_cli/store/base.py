@@ -58,8 +58,8 @@ class QueuedRun:
 
     run_id: str
     job: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
+    args: tuple[Any, ...] | None  # None: the job file's args (a re-run of a scheduled fire)
+    kwargs: Mapping[str, Any] | None  # None: the job file's kwargs
     enqueued: datetime
 
 
@@ -175,9 +175,12 @@ class Store(Protocol):
         """Become a daemon of this store: SQLite takes an exclusive lock (StoreError naming
         the pid holding it); PostgreSQL registers this node and starts listening for work."""
 
-    async def recover(self, now: datetime) -> list[RunRow]:
-        """Mark runs left in progress by a dead daemon ``interrupted``; give back claimed but
-        unstarted queued requests; return the rows marked interrupted."""
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+        """Conclude the unfinished runs of dead daemons by ``ledger.verdict``: running and
+        claimed fires become ``interrupted``, requests taken but never begun go back to the
+        queue. An interrupted run of a job in ``rerun_jobs`` is re-run as a new request with
+        its original arguments, written in the same transaction. Returns the rows marked
+        interrupted."""
 
     async def last_fired(self) -> dict[str, tuple[datetime, str]]:
         """Per job, the last scheduled time recorded and the schedule key it was recorded with."""
@@ -203,11 +206,21 @@ class Store(Protocol):
         Runs of this store's own node never count: the daemon's in-memory overlap check
         covers them."""
 
+    async def release(self, fires: Sequence[Fire]) -> None:
+        """Give up claims of this daemon that never started (a graceful stop, a clock step
+        back): delete their rows while still ``claimed`` and move each job's last fire back
+        before the earliest of them, so a later start can fire or catch them up."""
+
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Record a run that has no scheduled time (manual), usually RUNNING at first."""
 
     async def start(self, run_id: str, started: datetime) -> None:
-        """The run has started (status RUNNING, pid and host set)."""
+        """The run has started (status RUNNING, pid and host set); may be buffered."""
+
+    async def begin(self, run_id: str, started: datetime) -> bool:
+        """Mark a request this daemon took ``running``, committed before the body starts
+        (``ledger``); False when it is no longer this daemon's ``claimed`` request (a
+        reaper gave it back), in which case the body must not start."""
 
     async def finish(self, result: RunResult) -> None:
         """Record the final outcome of a run, with its attempts (``result.attempt_log``)."""
@@ -241,10 +254,11 @@ class Store(Protocol):
     async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
         """The nodes whose last heartbeat is within ``timeout`` of ``now``, by node id."""
 
-    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
-        """Mark the runs in progress of nodes silent for longer than ``timeout``
-        ``interrupted``, give back their taken but unstarted requests, forget the nodes;
-        return the rows marked interrupted. Each dead run is returned by one caller only."""
+    async def reap_dead_nodes(
+        self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
+    ) -> list[RunRow]:
+        """``recover`` for the runs of nodes silent for longer than ``timeout``; forget
+        the nodes. Each dead run is returned by one caller only."""
 
     async def get_run(self, run_id: str) -> RunRow | None: ...
 

@@ -35,6 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
+from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN, Verdict, rerun_note, verdict
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id, redact_url
 from qtasks_cli.store.base import (
@@ -71,8 +72,6 @@ LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the li
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _ACTIVE = ("queued", "claimed", "running")
-_NOT_STARTED = "daemon stopped before the run started"
-_IN_PROGRESS = "daemon stopped while the run was in progress"
 
 # Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
 # quoted schema name.
@@ -232,18 +231,26 @@ _SQL = {
         "SELECT node_id, local_key, pid, last_seen FROM {s}.nodes WHERE node_id <> %s"
         " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
     ),
-    "requeue_of_nodes": (
-        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
-        " WHERE node = ANY(%s) AND status = 'claimed' AND trigger = 'queued'"
+    "unfinished_of_nodes": (
+        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node"
+        " FROM {s}.runs WHERE node = ANY(%s) AND status IN ('claimed', 'running')"
+        " FOR UPDATE"
     ),
-    "interrupt_of_node": (
-        "UPDATE {s}.runs SET status = 'interrupted', ended = %s,"
-        " error = CASE WHEN status = 'running' THEN %s ELSE %s END"
-        " WHERE node = %s AND status IN ('claimed', 'running') RETURNING run_id"
+    "rerun": (
+        "INSERT INTO {s}.runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
+        " VALUES (%s, %s, 'queued', %s, 'queued', %s, %s)"
+    ),
+    "interrupt_one": (
+        "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = %s"
+    ),
+    "begin": (
+        "UPDATE {s}.runs SET status = 'running', started = %s"
+        " WHERE run_id = %s AND status = 'claimed' AND node = %s"
     ),
     "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
     "orphans": (
-        "SELECT run_id, status, trigger, pid, host FROM {s}.runs AS r"
+        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node"
+        " FROM {s}.runs AS r"
         " WHERE status IN ('claimed', 'running')"
         " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
         " FOR UPDATE SKIP LOCKED"
@@ -251,9 +258,6 @@ _SQL = {
     "requeue": (
         "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
         " WHERE run_id = ANY(%s)"
-    ),
-    "interrupt": (
-        "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = ANY(%s)"
     ),
     "notify": "SELECT pg_notify(%s, %s)",
 }
@@ -617,14 +621,18 @@ class PostgresStore:
     # -- plumbing ---------------------------------------------------------------------
 
     def _fail(self, what: str, exc: BaseException) -> StoreError:
-        return StoreError(f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}")
+        return StoreError(
+            f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}",
+            transient=isinstance(exc, psycopg.OperationalError),
+        )
 
     async def _connect(self) -> _AsyncConn:
         try:
             return await psycopg.AsyncConnection.connect(self.url, **self._connect_options)
         except psycopg.Error as exc:
             raise StoreError(
-                f"{self.location}: cannot connect: {_scrub(str(exc), self.url)}"
+                f"{self.location}: cannot connect: {_scrub(str(exc), self.url)}",
+                transient=isinstance(exc, psycopg.OperationalError),
             ) from None
 
     async def _connection(self) -> _AsyncConn:
@@ -881,14 +889,17 @@ class PostgresStore:
 
         return [_row_to_node(row) for row in await self._do("reading nodes", work)]
 
-    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
-        """Interrupt the runs of nodes silent for longer than ``timeout`` (or whose process
-        is gone from this host), give back their unstarted requests, forget them."""
+    async def reap_dead_nodes(
+        self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
+    ) -> list[RunRow]:
+        """Conclude the runs of nodes silent for longer than ``timeout`` (or whose process
+        is gone from this host) as ``recover`` does; forget the nodes."""
         await self._writes.flush_for_read()
+        reruns = frozenset(rerun_jobs)
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
             async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, _aware(now), timeout)
+                interrupted, requeued = await self._reap(conn, _aware(now), timeout, reruns)
                 if interrupted or requeued:
                     await self._notify(conn, "w" if requeued else "c")
             return await self._rows(conn, interrupted)
@@ -899,7 +910,7 @@ class PostgresStore:
         return rows
 
     async def _reap(
-        self, conn: _AsyncConn, now: datetime, timeout: timedelta
+        self, conn: _AsyncConn, now: datetime, timeout: timedelta, rerun_jobs: frozenset[str]
     ) -> tuple[list[str], int]:
         """Inside a transaction: reap dead nodes; the interrupted run ids and requeued count."""
         # A node whose process is gone from this machine is dead at once, so a daemon
@@ -908,33 +919,69 @@ class PostgresStore:
             self._sql["dead_candidates"],
             (self.node_id, now - timeout, _LOCAL_KEY or "-", self._pid),
         )
-        dead = [
-            (node, last_seen)
+        dead = {
+            node: last_seen
             for node, local_key, pid, last_seen in await cur.fetchall()
             if now - last_seen > timeout or (local_key == _LOCAL_KEY and not pid_alive(pid))
-        ]
+        }
         if not dead:
             return [], 0
-        names = [node for node, _ in dead]
-        cur = await conn.execute(self._sql["requeue_of_nodes"], (names,))
-        requeued = max(cur.rowcount, 0)
-        interrupted: list[str] = []
+        names = list(dead)
+        cur = await conn.execute(self._sql["unfinished_of_nodes"], (names,))
+        rows = await cur.fetchall()
         noticed = now.isoformat()
-        for node, last_seen in dead:
-            silent = f"node {node} silent since {_must_utc(last_seen).isoformat()}"
-            cur = await conn.execute(
-                self._sql["interrupt_of_node"],
-                (
-                    now,
-                    f"{_IN_PROGRESS} ({silent}; noticed at {noticed})",
-                    f"{_NOT_STARTED} ({silent})",
-                    node,
-                ),
+
+        def note(node: str | None) -> str:
+            when = _must_utc(dead[node]).isoformat() if node in dead else "?"
+            return f"node {node} silent since {when}; noticed at {noticed}"
+
+        interrupted, requeued = await self._conclude(conn, rows, now, rerun_jobs, note)
+        for node, last_seen in dead.items():
+            log.warning(
+                "%s: node %s silent since %s is presumed dead",
+                self.location,
+                node,
+                _must_utc(last_seen).isoformat(),
             )
-            interrupted += [row[0] for row in await cur.fetchall()]
-            log.warning("%s: %s is presumed dead", self.location, silent)
         await conn.execute(self._sql["forget_nodes"], (names,))
         return interrupted, requeued
+
+    async def _conclude(
+        self,
+        conn: _AsyncConn,
+        rows: Sequence[Any],
+        now: datetime,
+        rerun_jobs: frozenset[str],
+        note: Callable[[str | None], str],
+    ) -> tuple[list[str], int]:
+        """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
+        host, args_json, kwargs_json, node); the interrupted run ids and requeued count."""
+        requeue: list[str] = []
+        interrupted: list[str] = []
+        reruns = 0
+        for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node in rows:
+            if (
+                status == RunStatus.RUNNING.value
+                and trigger == TriggerKind.MANUAL.value
+                and self._runs_elsewhere(pid, host)
+            ):
+                continue  # `qtasks trigger` in another process is still at it
+            decided = verdict(status, trigger)
+            if decided is Verdict.REQUEUE:
+                requeue.append(run_id)
+                continue
+            base = IN_PROGRESS if decided is Verdict.INTERRUPT_RUNNING else MAY_HAVE_RUN
+            error = f"{base} ({note(node)})"
+            if job in rerun_jobs:
+                again = new_run_id()
+                await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
+                error += rerun_note(again)
+                reruns += 1
+            await conn.execute(self._sql["interrupt_one"], (now, error, run_id))
+            interrupted.append(run_id)
+        if requeue:
+            await conn.execute(self._sql["requeue"], (requeue,))
+        return interrupted, len(requeue) + reruns
 
     async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunRow]:
         if not run_ids:
@@ -948,38 +995,25 @@ class PostgresStore:
 
     # -- decisions: written at once ---------------------------------------------------
 
-    async def recover(self, now: datetime) -> list[RunRow]:
-        """At a node's start: reap dead nodes (``node_timeout``), and interrupt runs left in
-        progress by processes that never registered as nodes (``qtasks trigger``, unless
-        it still runs on this host) or whose node is gone; give back their requests."""
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+        """At a node's start: reap dead nodes (``node_timeout``), and conclude the runs left
+        unfinished by processes that never registered as nodes (``qtasks trigger``, unless
+        it still runs on this host) or whose node is gone, by ``ledger.verdict``."""
         await self._writes.flush_for_read()
         now = _aware(now)
-        in_progress = f"{_IN_PROGRESS} (noticed at {now.isoformat()})"
+        reruns = frozenset(rerun_jobs)
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
             async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, now, self._node_timeout)
+                interrupted, requeued = await self._reap(conn, now, self._node_timeout, reruns)
                 cur = await conn.execute(self._sql["orphans"])
-                requeue: list[str] = []
-                running: list[str] = []
-                unstarted: list[str] = []
-                for run_id, status, trigger, pid, host in await cur.fetchall():
-                    if status == RunStatus.RUNNING.value:
-                        if trigger == TriggerKind.MANUAL.value and self._runs_elsewhere(pid, host):
-                            continue  # `qtasks trigger` in another process is still at it
-                        running.append(run_id)
-                    elif trigger == TriggerKind.QUEUED.value:
-                        requeue.append(run_id)
-                    else:
-                        unstarted.append(run_id)
-                if requeue:
-                    await conn.execute(self._sql["requeue"], (requeue,))
-                for ids, error in ((running, in_progress), (unstarted, _NOT_STARTED)):
-                    if ids:
-                        await conn.execute(self._sql["interrupt"], (now, error, ids))
-                interrupted += running + unstarted
-                if interrupted or requeued or requeue:
-                    await self._notify(conn, "w" if requeued or requeue else "c")
+                orphans = await cur.fetchall()
+                more, again = await self._conclude(
+                    conn, orphans, now, reruns, lambda _: f"noticed at {now.isoformat()}"
+                )
+                interrupted += more
+                if interrupted or requeued or again:
+                    await self._notify(conn, "w" if requeued or again else "c")
             return await self._rows(conn, interrupted)
 
         rows = await self._do("recovering unfinished runs", work)
@@ -1175,8 +1209,8 @@ class PostgresStore:
             QueuedRun(
                 run_id=run_id,
                 job=job,
-                args=tuple(json.loads(args_json or "[]")),
-                kwargs=json.loads(kwargs_json or "{}"),
+                args=None if args_json is None else tuple(json.loads(args_json)),
+                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
                 enqueued=_must_utc(created),
             )
             for run_id, job, args_json, kwargs_json, created in rows
@@ -1215,6 +1249,45 @@ class PostgresStore:
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
+
+    async def release(self, fires: Sequence[Fire]) -> None:
+        """Delete unstarted claims and move last fires back before them (see ``Store``)."""
+        if not fires:
+            return
+        await self._writes.flush()  # a buffered start must land first: it is never released
+        quoted = check_schema(self.schema)
+        earliest: dict[str, datetime] = {}
+        for fire in fires:
+            when = _aware(fire.scheduled)
+            earliest[fire.job] = min(when, earliest.get(fire.job, when))
+        ids = [fire.run_id for fire in fires]
+
+        async def work(conn: _AsyncConn) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    f"DELETE FROM {quoted}.runs WHERE run_id = ANY(%s) AND status = 'claimed'"
+                    " AND node = %s",
+                    (ids, self.node_id),
+                )
+                for job, when in earliest.items():
+                    await conn.execute(
+                        f"UPDATE {quoted}.jobs SET last_scheduled = %s"
+                        " WHERE job = %s AND last_scheduled >= %s",
+                        (when - timedelta(microseconds=1), job, when),
+                    )
+
+        await self._do("releasing unstarted claims", work)
+
+    async def begin(self, run_id: str, started: datetime) -> bool:
+        """Mark a taken request ``running``, committed before its body starts; False (and
+        nothing written) when this node no longer owns it as ``claimed``."""
+        params = (_aware(started), run_id, self.node_id)
+
+        async def work(conn: _AsyncConn) -> bool:
+            cur = await conn.execute(self._sql["begin"], params)
+            return cur.rowcount == 1
+
+        return await self._do("marking a run started", work)
 
     # -- buffered writes --------------------------------------------------------------
 

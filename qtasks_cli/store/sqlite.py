@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qtasks_cli.errors import StoreError
+from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN, Verdict, rerun_note, verdict
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import (
@@ -134,6 +135,10 @@ _SQL_ADVANCE_JOB = (
 _SQL_START = (
     "UPDATE runs SET status = 'running', started = ?, pid = ?, host = ?"
     " WHERE run_id = ? AND status IN ('queued', 'claimed', 'running')"
+)
+_SQL_BEGIN = (
+    "UPDATE runs SET status = 'running', started = ?"
+    " WHERE run_id = ? AND status = 'claimed' AND pid IS ? AND host IS ?"
 )
 _SQL_FINISH = (
     "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
@@ -452,7 +457,8 @@ class SqliteStore:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.location}: {what} failed: {exc}") from exc
+            transient = isinstance(exc, sqlite3.OperationalError)
+            raise StoreError(f"{self.location}: {what} failed: {exc}", transient=transient) from exc
 
     async def _run_transaction(self, what: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
         result: _T = await self._run(what, self._transaction, work)
@@ -566,35 +572,47 @@ class SqliteStore:
 
     # -- decisions: written at once ---------------------------------------------------
 
-    async def recover(self, now: datetime) -> list[RunRow]:
-        """Interrupt runs a dead daemon left behind and give back its claimed requests."""
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+        """Conclude the runs a dead daemon left unfinished (``ledger.verdict``); re-run the
+        interrupted runs of ``rerun_jobs`` as new requests, in the same transaction."""
         await self._writes.flush_for_read()
-        return await self._run("recovering unfinished runs", self._recover_sync, _to_us(now))
+        return await self._run(
+            "recovering unfinished runs", self._recover_sync, _to_us(now), frozenset(rerun_jobs)
+        )
 
-    def _recover_sync(self, now_us: int) -> list[RunRow]:
+    def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunRow]:
         notice = _from_us(now_us)
         assert notice is not None
-        in_progress = (
-            f"daemon stopped while the run was in progress (noticed at {notice.isoformat()})"
-        )
-        not_started = "daemon stopped before the run started"
+        texts = {
+            Verdict.INTERRUPT_RUNNING: f"{IN_PROGRESS} (noticed at {notice.isoformat()})",
+            Verdict.INTERRUPT_CLAIMED: MAY_HAVE_RUN,
+        }
 
         def work(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
-                "SELECT run_id, status, trigger, pid, host FROM runs"
+                "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json FROM runs"
                 " WHERE status IN ('claimed', 'running')"
             ).fetchall()
             requeue: list[tuple[str]] = []
             interrupt: list[tuple[int, str, str]] = []
-            for run_id, status, trigger, pid, host in rows:
-                if status == RunStatus.RUNNING.value:
-                    if trigger == TriggerKind.MANUAL.value and self._runs_elsewhere(pid, host):
-                        continue  # `qtasks trigger` in another process is still running it
-                    interrupt.append((now_us, in_progress, run_id))
-                elif trigger == TriggerKind.QUEUED.value:
+            reruns: list[tuple[Any, ...]] = []
+            for run_id, job, status, trigger, pid, host, args_json, kwargs_json in rows:
+                if (
+                    status == RunStatus.RUNNING.value
+                    and trigger == TriggerKind.MANUAL.value
+                    and self._runs_elsewhere(pid, host)
+                ):
+                    continue  # `qtasks trigger` in another process is still running it
+                decided = verdict(status, trigger)
+                if decided is Verdict.REQUEUE:
                     requeue.append((run_id,))
-                else:
-                    interrupt.append((now_us, not_started, run_id))
+                    continue
+                error = texts[decided]
+                if job in rerun_jobs:
+                    again = new_run_id()
+                    reruns.append((again, job, now_us, args_json, kwargs_json))
+                    error += rerun_note(again)
+                interrupt.append((now_us, error, run_id))
             conn.executemany(
                 "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
                 requeue,
@@ -603,6 +621,7 @@ class SqliteStore:
                 "UPDATE runs SET status = 'interrupted', ended = ?, error = ? WHERE run_id = ?",
                 interrupt,
             )
+            conn.executemany(_SQL_ENQUEUE, reruns)
             return [run_id for _, _, run_id in interrupt]
 
         interrupted = self._transaction(work)
@@ -672,6 +691,26 @@ class SqliteStore:
             return [outcome is Claim.INSERTED for outcome in outcomes]
         return outcomes
 
+    async def release(self, fires: Sequence[Fire]) -> None:
+        """Delete unstarted claims and move last fires back before them (see ``Store``)."""
+        if not fires:
+            return
+        await self._writes.flush()  # a buffered start must land first: it is never released
+        earliest: dict[str, int] = {}
+        for fire in fires:
+            us = _to_us(fire.scheduled)
+            earliest[fire.job] = min(us, earliest.get(fire.job, us))
+        ids = [(fire.run_id,) for fire in fires]
+        back = [(us - 1, job, us) for job, us in earliest.items()]
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM runs WHERE run_id = ? AND status = 'claimed'", ids)
+            conn.executemany(
+                "UPDATE jobs SET last_scheduled = ? WHERE job = ? AND last_scheduled >= ?", back
+            )
+
+        await self._run_transaction("releasing unstarted claims", work)
+
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Insert a run that has no scheduled time (a manual run), as given."""
         row = (
@@ -726,8 +765,8 @@ class SqliteStore:
             QueuedRun(
                 run_id=run_id,
                 job=job,
-                args=tuple(json.loads(args_json or "[]")),
-                kwargs=json.loads(kwargs_json or "{}"),
+                args=None if args_json is None else tuple(json.loads(args_json)),
+                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
                 enqueued=_EPOCH + timedelta(microseconds=created),
             )
             for run_id, job, args_json, kwargs_json, created in rows
@@ -806,7 +845,9 @@ class SqliteStore:
         node = self._node
         return [] if node is None or now - node.last_seen > timeout else [node]
 
-    async def reap_dead_nodes(self, now: datetime, timeout: timedelta) -> list[RunRow]:
+    async def reap_dead_nodes(
+        self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
+    ) -> list[RunRow]:
         """Nothing to do: no other daemon can hold this file, and ``recover`` cleaned up
         after the previous one."""
         return []
@@ -823,6 +864,16 @@ class SqliteStore:
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
+
+    async def begin(self, run_id: str, started: datetime) -> bool:
+        """Mark a taken request ``running``, committed before its body starts; False (and
+        nothing written) when this daemon no longer owns it as ``claimed``."""
+        params = (_to_us(started), run_id, self._pid, self._host)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_SQL_BEGIN, params).rowcount == 1
+
+        return await self._run_transaction("marking a run started", work)
 
     # -- buffered writes --------------------------------------------------------------
 

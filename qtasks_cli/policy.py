@@ -1,0 +1,130 @@
+"""Pure firing decisions: which fires of a job are due, with bounded work after a long gap.
+
+Nothing here reads the clock: ``now`` is an argument (aware UTC), so the rules are tested
+without waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from qtasks_cli.models import CatchUp
+
+# A fire started more than this after its time counts as late and goes through catch_up.
+LATE_AFTER = timedelta(seconds=1)
+# Fires enumerated one by one from the first due fire before the rest of a long gap is
+# summarised (a clock jumping forward a day must not cost 86,400 rows for a per-second job).
+EXACT_LIMIT = 100
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Gap:
+    """Fires passed over without being listed: every fire from ``first`` until (before)
+    ``until``; at least ``at_least`` of them."""
+
+    first: datetime
+    until: datetime
+    at_least: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.at_least}+ fires from {self.first.isoformat()} until {self.until.isoformat()}"
+        )
+
+
+def due_fires(
+    next_after: Callable[[datetime], datetime | None],
+    first: datetime,
+    now: datetime,
+    *,
+    keep_last: int,
+) -> tuple[list[datetime], Gap | None]:
+    """Every fire in [first, now], oldest first, with bounded work.
+
+    When more than ``EXACT_LIMIT`` fires are due, the older ones are returned as one
+    ``Gap`` and only the newest are listed: at least ``keep_last`` of them where there are
+    so many (the ones catch-up may still run), found by looking back from ``now`` in
+    doubling windows. ``next_after(t)`` is the schedule's next fire strictly after ``t``.
+    The work is O(EXACT_LIMIT + keep_last) calls of ``next_after`` per doubling.
+    """
+    listed = [first]
+    while len(listed) <= EXACT_LIMIT:
+        nxt = next_after(listed[-1])
+        if nxt is None or nxt > now:
+            return listed, None
+        listed.append(nxt)
+    window = timedelta(seconds=1)
+    limit = 4 * keep_last + EXACT_LIMIT
+    while True:
+        start = now - window
+        if start <= listed[-1]:
+            return listed + _between(next_after, listed[-1], now, limit=limit), None
+        tail = _between(next_after, start, now, limit=limit)
+        if len(tail) >= keep_last:
+            break
+        window *= 2
+    return tail, Gap(first=first, until=tail[0] if tail else now, at_least=len(listed))
+
+
+def _between(
+    next_after: Callable[[datetime], datetime | None],
+    start: datetime,
+    now: datetime,
+    *,
+    limit: int,
+) -> list[datetime]:
+    """Fires in (start, now], oldest first, at most ``limit`` of them."""
+    found: list[datetime] = []
+    when = start
+    for _ in range(limit):
+        nxt = next_after(when)
+        if nxt is None or nxt > now:
+            return found
+        found.append(nxt)
+        when = nxt
+    return found
+
+
+def split_due(
+    due: Sequence[datetime],
+    now: datetime,
+    *,
+    catch_up: CatchUp,
+    misfire_grace: timedelta,
+    max_catch_up: int,
+) -> tuple[list[datetime], list[datetime], list[datetime]]:
+    """(catch-up runs, on-time runs, missed) of a job's due fires at ``now``.
+
+    A fire more than ``LATE_AFTER`` old is late; late fires within ``misfire_grace`` may be
+    caught up: ``all`` runs the newest ``max_catch_up`` of them, ``latest`` the newest one
+    unless an on-time fire runs anyway, ``none`` nothing. Every other late fire is missed.
+    """
+    late = [t for t in due if now - t > LATE_AFTER]
+    on_time = [t for t in due if now - t <= LATE_AFTER]
+    graced = [t for t in late if now - t <= misfire_grace]
+    catch: list[datetime] = []
+    if catch_up is CatchUp.ALL:
+        catch = graced[-max_catch_up:] if max_catch_up > 0 else []
+    elif catch_up is CatchUp.LATEST and graced and not on_time:
+        catch = graced[-1:]
+    chosen = set(catch)
+    return catch, on_time, [t for t in late if t not in chosen]
+
+
+def missed_reason(catch_up: CatchUp, has_on_time: bool) -> str:
+    """Why a late fire was not run, for its history row."""
+    if catch_up is CatchUp.NONE:
+        return "missed while the daemon was down or late (catch_up: none)"
+    if catch_up is CatchUp.LATEST:
+        newer = "a newer fire ran" if has_on_time else "only the latest missed fire runs"
+        return f"missed while the daemon was down or late (catch_up: latest, {newer})"
+    return f"missed: older than misfire_grace or beyond max_catch_up ({catch_up})"
+
+
+def keep_last(catch_up: CatchUp, max_catch_up: int) -> int:
+    """How many of the newest missed fires catch-up may still run."""
+    if catch_up is CatchUp.ALL:
+        return max(max_catch_up, 1)
+    return 1
