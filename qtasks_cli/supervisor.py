@@ -18,7 +18,6 @@ from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
 from qtasks_cli.ledger import Backoff, until_stored
 from qtasks_cli.models import (
-    CatchUp,
     Config,
     JobSpec,
     JobView,
