@@ -9,7 +9,15 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["__version__", "enqueue"]
+__all__ = ["__version__", "current_run", "enqueue"]
+
+
+def current_run() -> Any:
+    """The ``RunInfo`` (job, run_id, trigger, scheduled) of the run calling this, or None
+    outside a run; see ``qtasks_cli.context``."""
+    from qtasks_cli.context import current_run as _current_run
+
+    return _current_run()
 
 
 def enqueue(job: str, *args: Any, config: str | Path | None = None, **kwargs: Any) -> str:

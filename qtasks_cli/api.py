@@ -287,11 +287,38 @@ async def serve(
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
     import asyncio
 
+    from qtasks_cli.ledger import until_stored
     from qtasks_cli.supervisor import Supervisor
 
     store = open_state(config, state)
-    await store.open()
-    await store.lock_daemon()
+    loop = asyncio.get_running_loop()
+    # A store that is locked, full, read-only or unreachable at start-up is waited for,
+    # with backoff and a log line; only a configuration error exits 2 (see ledger.py).
+    early_stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, early_stop.set)
+
+    async def nap(seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(early_stop.wait(), seconds)
+
+    async def open_and_lock() -> bool:
+        await store.open()
+        await store.lock_daemon()
+        return True
+
+    if (
+        not await until_stored(
+            f"opening the state store {store.location}",
+            open_and_lock,
+            stopping=early_stop.is_set,
+            sleep=nap,
+        )
+        or early_stop.is_set()
+    ):
+        with contextlib.suppress(Exception):
+            await store.close()
+        return EXIT_OK
 
     last_text, last_config = _read_bytes(config_path), config
 
@@ -314,7 +341,6 @@ async def serve(
         if listener.start():
             supervisor.queue_poll = WOKEN_QUEUE_POLL
     agent = _systemd_agent(supervisor, bus)
-    loop = asyncio.get_running_loop()
     forced = asyncio.Event()
     interrupts = 0
 

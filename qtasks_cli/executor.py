@@ -30,6 +30,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints
+from qtasks_cli.context import RUN_VAR as _current_run
+from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
@@ -933,6 +935,9 @@ async def execute(
         "scheduled": scheduled,
         "started": started,
     }
+    context_token = _current_run.set(
+        RunInfo(job=job.name, run_id=run_id, trigger=str(trigger), scheduled=scheduled)
+    )
     try:
         final = await _attempts(run, sleep)
     except asyncio.CancelledError:
@@ -947,6 +952,8 @@ async def execute(
         )
         _finish(run, cancelled)
         raise
+    finally:
+        _current_run.reset(context_token)
     result = _build_result(run, final, base, clock())
     _finish(run, result)
     await _run_hook(run, result)

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import RunStatus, TriggerKind
+from qtasks_cli.models import RunResult, RunStatus, TriggerKind
+
+if TYPE_CHECKING:
+    from qtasks_cli.store.base import Claim, Fire, Store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,8 @@ async def until_stored(
 ) -> _T | None:
     """Await ``call()`` until the store answers; retry transient StoreErrors with backoff.
 
-    Logs the outage once (WARNING) and its end once (INFO). Returns None when ``stopping()``
+    Logs the outage once (WARNING, the error names the store and the step) and its end
+    once (INFO, with ``what``). Returns None when ``stopping()``
     becomes true before the store answered. A non-transient StoreError is raised.
     """
     backoff = backoff or Backoff()
@@ -110,7 +116,7 @@ async def until_stored(
             failures += 1
             delay = backoff.next()
             if failures == 1:
-                log.warning("%s: %s; waiting for the store, retrying with backoff", what, exc)
+                log.warning("%s; waiting for the store, retrying with backoff", exc)
             else:
                 log.debug("%s: still failing (%s); next try in %.1fs", what, exc, delay)
             if stopping():
@@ -122,3 +128,175 @@ async def until_stored(
         if failures:
             log.info("%s: the store answered again after %d failed tries", what, failures)
         return result
+
+
+# A claim slower than this is said in the log (once per outage).
+SLOW_CLAIM = 1.0
+
+
+class Ledger:
+    """One daemon's side of the ledger: claims (held until their instant), begins, finishes
+    and releases, each written through the ``Store``; the supervisor decides what to claim
+    and when to start, the ledger makes it durable.
+
+    ``background(coro)`` runs a coroutine as a tracked task; ``stopping()`` and ``nap`` let a
+    wait for the store end early when the daemon stops.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime],
+        stopping: Callable[[], bool],
+        nap: Callable[[float], Awaitable[None]],
+        background: Callable[[Coroutine[Any, Any, None]], None],
+        retry: tuple[float, float] = (0.2, 1.0),
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._stopping = stopping
+        self._nap = nap
+        self._background = background
+        self.backoff = Backoff(*retry)
+        self._held: list[tuple[datetime, int, Fire]] = []  # claimed, before their instant
+        self._seq = 0
+        self._failing = False
+
+    # -- claims --------------------------------------------------------------------------
+
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive: Collection[str] | None = None
+    ) -> Sequence[bool | Claim] | None:
+        """Claim ``fires`` in one store write: per fire, what the store did (``Claim``, or
+        a bool without ``exclusive``); None when the store did not answer (nothing was
+        claimed, and the caller tries again later). Logs a slow or failing store once per
+        outage and its end once."""
+        try:
+            if exclusive is not None:
+                claim: asyncio.Future[Sequence[bool | Claim]] = asyncio.ensure_future(
+                    self.store.claim(fires, exclusive_jobs=exclusive)
+                )
+            else:
+                claim = asyncio.ensure_future(self.store.claim(fires))
+            done, _ = await asyncio.wait({claim}, timeout=SLOW_CLAIM)
+            if not done and not self._failing:
+                self._failing = True
+                log.warning(
+                    "claims in %s take longer than %gs (is another process holding it?); "
+                    "fires wait for the store and run late, each at most once",
+                    self.store.location,
+                    SLOW_CLAIM,
+                )
+            outcomes = await claim
+        except Exception as exc:
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    "cannot claim fires in %s (%s); they wait for the store and run late, "
+                    "each at most once",
+                    self.store.location,
+                    exc,
+                )
+            return None
+        if self._failing:
+            self._failing = False
+            log.warning("%s takes claims again", self.store.location)
+        self.backoff.reset()
+        return outcomes
+
+    def hold(self, fire: Fire) -> None:
+        """Keep a claimed fire until its instant (``due``)."""
+        self._seq += 1
+        heapq.heappush(self._held, (fire.scheduled, self._seq, fire))
+
+    def next_instant(self) -> datetime | None:
+        """The instant of the soonest held fire, or None."""
+        return self._held[0][0] if self._held else None
+
+    def due(self, now: datetime) -> list[Fire]:
+        """Take the held fires whose instant has come, soonest first."""
+        due: list[Fire] = []
+        while self._held and self._held[0][0] <= now:
+            due.append(heapq.heappop(self._held)[2])
+        return due
+
+    def release(self, jobs: Collection[str] | None = None) -> None:
+        """Give back the held claims (of ``jobs``, or all): off the list now, deleted from
+        the store in the background (a clock step, a reload that removed jobs)."""
+        fires = self._take(jobs)
+        if fires:
+            self._background(self._release(fires))
+
+    async def release_all(self) -> None:
+        """Give back every held claim and wait for the store (a graceful stop)."""
+        await self._release(self._take(None))
+
+    def _take(self, jobs: Collection[str] | None) -> list[Fire]:
+        fires = [f for _, _, f in self._held if jobs is None or f.job in jobs]
+        self._held = [e for e in self._held if jobs is not None and e[2].job not in jobs]
+        heapq.heapify(self._held)
+        return fires
+
+    async def _release(self, fires: list[Fire]) -> None:
+        if not fires:
+            return
+        try:
+            await self.store.release(fires)
+        except Exception as exc:
+            log.warning(
+                "cannot give back %d unstarted claim(s) in %s (%s); the next start reports "
+                "them as interrupted",
+                len(fires),
+                self.store.location,
+                exc,
+            )
+
+    # -- starts and ends -----------------------------------------------------------------
+
+    async def begin(self, job: str, run_id: str) -> bool:
+        """Commit a request's ``running`` mark before its body starts, waiting for the
+        store; False when the request must not run here (another node took it back, or the
+        daemon is stopping: it stays taken and the next start gives it back)."""
+        begun = await until_stored(
+            f"starting run {run_id} of {job}",
+            lambda: self.store.begin(run_id, self._clock()),
+            stopping=self._stopping,
+            sleep=self._nap,
+        )
+        if begun is None:
+            return False
+        if not begun:
+            log.warning(
+                "request %s of %s is no longer this daemon's (another node took it back); "
+                "not running it here",
+                run_id,
+                job,
+            )
+        return begun
+
+    async def started(self, run_id: str) -> None:
+        """A claimed fire's body starts now (buffered: the claim already guards it)."""
+        await self.store.start(run_id, self._clock())
+
+    async def finish(self, result: RunResult) -> None:
+        """Record a run's outcome (buffered); a failure is logged, never raised."""
+        try:
+            await self.store.finish(result)
+        except Exception:
+            log.exception("cannot record the end of run %s of %s", result.run_id, result.job)
+
+    def unstarted(self, fire: Fire, status: RunStatus, error: str) -> None:
+        """Record a claimed fire that will not run (skipped, missed, cancelled)."""
+        result = RunResult(
+            job=fire.job,
+            run_id=fire.run_id,
+            trigger=fire.trigger,
+            scheduled=fire.scheduled,
+            started=None,
+            ended=self._clock(),
+            attempts=0,
+            status=status,
+            error=error,
+        )
+        self._background(self.finish(result))

@@ -8,7 +8,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,8 +16,9 @@ from typing import Any
 from qtasks_cli.durations import format_duration
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
-from qtasks_cli.ledger import Backoff, until_stored
+from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
+    CatchUp,
     Config,
     JobSpec,
     JobView,
@@ -148,13 +149,19 @@ class Supervisor:
         self.queue_poll = QUEUE_POLL
         self._last_poll = 0.0
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self.ledger = Ledger(
+            store,
+            clock=clock,
+            stopping=lambda: self._stopping,
+            nap=self._nap,
+            background=self._background,
+            retry=(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds()),
+        )
         self._reload_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # Fires claimed ahead of their instant, soonest first; started at the instant.
-        self._ready: list[tuple[datetime, int, Fire]] = []
         self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
-        self._claim_backoff = Backoff(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds())
-        self._claim_failing = False
+        self._claim_task: asyncio.Task[None] | None = None
         self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
         self._nodes: tuple[str, ...] = ()
         self._fingerprints: dict[str, str] = {}
@@ -173,6 +180,7 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
 
     def request_reload(self) -> None:
@@ -260,7 +268,7 @@ class Supervisor:
             now = self.clock()
             try:
                 self._check_clock(now)
-                await self._claim_due(now)
+                self._claim_due(now)
                 self._start_ready(self.clock())
                 self._poll_queue()
                 self._maybe_prune(now)
@@ -282,6 +290,7 @@ class Supervisor:
             f"recovering unfinished runs in {self.store.location}",
             lambda: self.store.recover(now, rerun_jobs=self._rerun_jobs()),
             stopping=lambda: self._stopping,
+            sleep=self._nap,
         )
         for row in rows or ():
             self._interrupted(row)
@@ -289,6 +298,7 @@ class Supervisor:
             f"reading last fires from {self.store.location}",
             self.store.last_fired,
             stopping=lambda: self._stopping,
+            sleep=self._nap,
         )
         if last is None:
             return  # asked to stop while waiting for the store
@@ -317,6 +327,11 @@ class Supervisor:
             self._start_ready(now)
         for state in self.jobs.values():
             self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep while waiting for the store; a stop request cuts it short."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
 
     def _rerun_jobs(self) -> set[str]:
         return {name for name, spec in self.config.jobs.items() if spec.retry_interrupted}
@@ -377,11 +392,13 @@ class Supervisor:
         waits = [max(0.0, self._next_poll - now.timestamp())]
         while self._heap and not self._is_current(self._heap[0]):
             heapq.heappop(self._heap)
-        if self._heap:
+        claiming = self._claim_task is not None and not self._claim_task.done()
+        if self._heap and not claiming:  # a claim in flight wakes the loop when it ends
             claim_at = self._heap[0][0] - CLAIM_AHEAD
             waits.append(max(0.0, (claim_at - now).total_seconds()))
-        if self._ready:
-            waits.append(max(0.0, (self._ready[0][0] - now).total_seconds()))
+        instant = self.ledger.next_instant()
+        if instant is not None:
+            waits.append(max(0.0, (instant - now).total_seconds()))
         return min(waits)
 
     def _check_clock(self, now: datetime) -> None:
@@ -405,30 +422,9 @@ class Supervisor:
         if step < 0:
             # Fires claimed for what is now the far future would start late by the step:
             # give the claims back and schedule afresh from the present.
-            self._release_ready()
+            self.ledger.release()
             for name in self.jobs:
                 self._schedule_job(name, now)
-
-    def _release_ready(self, jobs: Collection[str] | None = None) -> None:
-        """Give back the claims of fires that have not started (a stop, a clock step, the
-        jobs a reload removed): taken off ``_ready`` now, released in the background."""
-        fires = [f for _, _, f in self._ready if jobs is None or f.job in jobs]
-        self._ready = [e for e in self._ready if jobs is not None and e[2].job not in jobs]
-        heapq.heapify(self._ready)
-        if fires:
-            self._background(self._release(fires))
-
-    async def _release(self, fires: list[Fire]) -> None:
-        try:
-            await self.store.release(fires)
-        except Exception as exc:
-            log.warning(
-                "cannot give back %d unstarted claim(s) in %s (%s); the next start reports "
-                "them as interrupted",
-                len(fires),
-                self.store.location,
-                exc,
-            )
 
     def _maybe_prune(self, now: datetime) -> None:
         """Apply keep_runs/keep_days at start and then hourly, in the background."""
@@ -460,11 +456,14 @@ class Supervisor:
 
     # --- firing ------------------------------------------------------------------------------
 
-    async def _claim_due(self, now: datetime) -> None:
-        """Claim every fire due by ``now + CLAIM_AHEAD`` (one store write); claimed fires
-        wait in ``_ready`` for their instant. Late fires go through catch_up."""
+    def _claim_due(self, now: datetime) -> None:
+        """Claim every fire due by ``now + CLAIM_AHEAD`` in one store write, in the
+        background: claimed fires wait in the ledger for their instant, and a slow or locked
+        store never holds up fires already claimed. Late fires go through catch_up."""
+        if self._claim_task is not None and not self._claim_task.done():
+            return  # one claim at a time; its end wakes the loop
         fires: list[Fire] = []
-        advanced: list[tuple[str, datetime]] = []
+        advanced: list[tuple[str, int, datetime]] = []
         horizon = now + CLAIM_AHEAD
         while self._heap and self._heap[0][0] <= horizon:
             entry = heapq.heappop(self._heap)
@@ -482,50 +481,41 @@ class Supervisor:
                 last = keep_last(spec.catch_up, self.config.settings.max_catch_up)
                 due, gap = due_fires(spec.schedule.next_after, first, now, keep_last=last)
             fires.extend(self._decide(spec, due, now, gap))
-            advanced.append((name, due[-1] if due else first))
+            advanced.append((name, self.jobs[name].generation, due[-1] if due else first))
         if not fires:
             return
+        self._claim_task = task = asyncio.create_task(self._claim_round(fires, advanced, now))
+        task.add_done_callback(lambda _: self._wake.set())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim_round(
+        self, fires: list[Fire], advanced: list[tuple[str, int, datetime]], now: datetime
+    ) -> None:
         claimed = await self._claim(fires, now)
-        retry = timedelta(seconds=0 if claimed else self._claim_backoff.next())
-        for name, last_due in advanced:
-            schedule = self.jobs[name].spec.schedule if name in self.jobs else None
-            if schedule is None:
-                continue
+        retry = timedelta(seconds=0 if claimed else self.ledger.backoff.next())
+        after = self.clock()
+        for name, generation, last_due in advanced:
+            state = self.jobs.get(name)
+            if state is None or state.generation != generation or state.spec.schedule is None:
+                continue  # removed or rescheduled (reload, clock step) meanwhile
             if claimed:
-                self._push(name, schedule.next_after(last_due))
+                self._push(name, state.spec.schedule.next_after(last_due))
             else:  # the store did not answer: claim again after the retry delay
-                self._push(name, now + CLAIM_AHEAD + retry)
+                self._push(name, after + CLAIM_AHEAD + retry)
 
     async def _claim(self, fires: list[Fire], now: datetime) -> bool:
-        """Claim ``fires`` in the store; put the won CLAIMED ones in ``_ready`` and report the
+        """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the
         others. False when the store did not answer: no fire runs unclaimed, so they are
         remembered (``_retry_from``) and tried again, late but once."""
-        try:
-            if self.store.multi_node:
-                exclusive = {
-                    f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW
-                }
-                outcomes: Sequence[bool | Claim] = await self.store.claim(
-                    fires, exclusive_jobs=exclusive
-                )
-            else:
-                outcomes = await self.store.claim(fires)
-        except Exception as exc:
+        exclusive = None
+        if self.store.multi_node:
+            exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
+        outcomes = await self.ledger.claim(fires, exclusive=exclusive)
+        if outcomes is None:
             for fire in fires:
                 self._retry_from.setdefault(fire.job, fire.scheduled)
-            if not self._claim_failing:
-                self._claim_failing = True
-                log.error(
-                    "cannot claim fires in %s (%s); they wait for the store and run late, "
-                    "each at most once",
-                    self.store.location,
-                    exc,
-                )
             return False
-        if self._claim_failing:
-            self._claim_failing = False
-            log.warning("%s takes claims again", self.store.location)
-        self._claim_backoff.reset()
         missed: dict[str, list[Fire]] = {}
         for fire, won in zip(fires, outcomes):
             if not won:
@@ -536,8 +526,7 @@ class Supervisor:
             if won is Claim.BUSY:
                 fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
             if fire.status is RunStatus.CLAIMED:
-                self._seq += 1
-                heapq.heappush(self._ready, (fire.scheduled, self._seq, fire))
+                self.ledger.hold(fire)
             elif fire.status is RunStatus.MISSED:
                 missed.setdefault(fire.job, []).append(fire)
             else:
@@ -575,21 +564,19 @@ class Supervisor:
     def _start_ready(self, now: datetime) -> None:
         """Start every claimed fire whose instant has come; overlap is decided now, for the
         fires due together against what ran before them (so catch_up: all runs them all)."""
-        due: list[Fire] = []
-        while self._ready and self._ready[0][0] <= now:
-            due.append(heapq.heappop(self._ready)[2])
+        due = self.ledger.due(now)
         if due and now - due[0].scheduled > LATE_AFTER:
             due = self._recheck_late(due, now)
         decided = [self._overlap(f) if f.job in self.jobs else f for f in due]
         for fire in decided:
             state = self.jobs.get(fire.job)
             if state is None:  # removed by a reload after the claim
-                self._finish_unstarted(
+                self.ledger.unstarted(
                     fire, RunStatus.CANCELLED, "the job was removed by a reload before it ran"
                 )
                 continue
             if fire.status is not RunStatus.CLAIMED:
-                self._finish_unstarted(fire, fire.status, fire.error or "")
+                self.ledger.unstarted(fire, fire.status, fire.error or "")
                 self._emit_unrun(fire)
                 continue
             self._emit(
@@ -602,53 +589,30 @@ class Supervisor:
             self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled)
 
     def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
-        """Claimed fires that come to start late (the loop was held up) go through catch_up
-        like any late fire: the ones it does not run are recorded missed."""
-        by_job: dict[str, list[Fire]] = {}
-        for fire in due:
-            by_job.setdefault(fire.job, []).append(fire)
+        """Claimed fires that come to start late (the loop or the store held them up) go
+        through catch_up like any late fire, judged against the fires due after them: the
+        ones it does not run are recorded missed."""
         keep: list[Fire] = []
-        for job, fires in by_job.items():
-            state = self.jobs.get(job)
-            if state is None or all(now - f.scheduled <= LATE_AFTER for f in fires):
-                keep += fires
+        for fire in due:
+            state = self.jobs.get(fire.job)
+            late = now - fire.scheduled > LATE_AFTER
+            if state is None or not late or fire.trigger is not TriggerKind.SCHEDULE:
+                keep.append(fire)
                 continue
             spec = state.spec
-            catch, on_time, _ = split_due(
-                [f.scheduled for f in fires],
-                now,
-                catch_up=spec.catch_up,
-                misfire_grace=spec.misfire_grace,
-                max_catch_up=self.config.settings.max_catch_up,
+            newer = spec.schedule.next_after(fire.scheduled) if spec.schedule else None
+            newest = newer is None or newer > now  # no later fire of the job is due yet
+            graced = now - fire.scheduled <= spec.misfire_grace
+            runs = graced and (
+                spec.catch_up is CatchUp.ALL or (spec.catch_up is CatchUp.LATEST and newest)
             )
-            reason = missed_reason(spec.catch_up, bool(on_time))
-            for fire in fires:
-                if fire.scheduled in catch:
-                    keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
-                elif fire.scheduled in on_time or fire.trigger is not TriggerKind.SCHEDULE:
-                    keep.append(fire)
-                else:
-                    self._finish_unstarted(fire, RunStatus.MISSED, reason)
-                    self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
-        return sorted(keep, key=lambda f: f.scheduled)
-
-    def _finish_unstarted(self, fire: Fire, status: RunStatus, error: str) -> None:
-        """Record a claimed fire that will not run (skipped, missed, cancelled)."""
-        self._background(
-            self._record(
-                RunResult(
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
-                    started=None,
-                    ended=self.clock(),
-                    attempts=0,
-                    status=status,
-                    error=error,
-                )
-            )
-        )
+            if runs:
+                keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
+                continue
+            reason = missed_reason(spec.catch_up, not newest)
+            self.ledger.unstarted(fire, RunStatus.MISSED, reason)
+            self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
+        return keep
 
     def _decide(
         self, spec: JobSpec, due: Sequence[datetime], now: datetime, gap: Gap | None = None
@@ -726,6 +690,8 @@ class Supervisor:
         busy = self._busy(fire.job)
         if busy is None or policy is Overlap.ALLOW:
             return fire
+        if fire.trigger is TriggerKind.CATCH_UP:
+            return fire  # catch-up runs wait for each other (queued), one per missed fire
         if policy is Overlap.QUEUE and not state.pending:
             return fire  # started as pending when the current run ends
         why = "a run is already queued" if policy is Overlap.QUEUE else busy
@@ -751,7 +717,10 @@ class Supervisor:
         if state is None:
             return
         busy = self._busy(spec.name) is not None
-        if busy and spec.overlap is Overlap.QUEUE and trigger is not TriggerKind.QUEUED:
+        waits = spec.overlap is Overlap.QUEUE or (
+            trigger is TriggerKind.CATCH_UP and spec.overlap is not Overlap.ALLOW
+        )
+        if busy and waits and trigger is not TriggerKind.QUEUED:
             state.pending.append((run_id, trigger, scheduled, args, kwargs))
             self._emit(
                 EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
@@ -786,11 +755,11 @@ class Supervisor:
                 state.waiting -= 1
             try:
                 if trigger is TriggerKind.QUEUED:
-                    if not await self._begin(spec.name, run_id):
+                    if not await self.ledger.begin(spec.name, run_id):
                         return
                     recordable = True
                 else:
-                    await self.store.start(run_id, self.clock())
+                    await self.ledger.started(run_id)
                 result = await execute(
                     spec,
                     run_id=run_id,
@@ -821,33 +790,8 @@ class Supervisor:
             raise
         finally:
             if result is not None:
-                await asyncio.shield(self._record(result))
+                await asyncio.shield(self.ledger.finish(result))
             self._run_ended(spec.name)
-
-    async def _begin(self, job: str, run_id: str) -> bool:
-        """Commit a request's ``running`` mark before its body starts (ledger.py): waits for
-        the store; False when the request must not run here (taken back, or stopping)."""
-        begun = await until_stored(
-            f"starting run {run_id} of {job}",
-            lambda: self.store.begin(run_id, self.clock()),
-            stopping=lambda: self._stopping,
-        )
-        if begun is None:
-            return False  # stopping: the request stays taken, and the next start requeues it
-        if not begun:
-            log.warning(
-                "request %s of %s is no longer this daemon's (another node took it back); "
-                "not running it here",
-                run_id,
-                job,
-            )
-        return begun
-
-    async def _record(self, result: RunResult) -> None:
-        try:
-            await self.store.finish(result)
-        except Exception:
-            log.exception("cannot record the end of run %s of %s", result.run_id, result.job)
 
     def _run_ended(self, name: str) -> None:
         state = self.jobs.get(name)
@@ -989,7 +933,7 @@ class Supervisor:
                 error=result.error,
                 level=logging.ERROR,
             )
-            self._background(self._record(result))
+            self._background(self.ledger.finish(result))
             return
         self._emit(
             EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=TriggerKind.QUEUED
@@ -1042,7 +986,7 @@ class Supervisor:
             state = self.jobs.pop(name)
             state.generation += 1
         if removed:
-            self._release_ready(set(removed))
+            self.ledger.release(set(removed))
         for name in added:
             self.jobs[name] = _JobState(spec=config.jobs[name])
             self._schedule_job(name, now)
@@ -1068,9 +1012,9 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for task in self._side_tasks:
             task.cancel()
-        fires = [f for _, _, f in self._ready]
-        self._ready = []
-        await self._release(fires)
+        if self._claim_task is not None:  # let a claim in flight land, so it can be released
+            await asyncio.wait({self._claim_task}, timeout=10)
+        await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
         running = [t for t in self._tasks if not t.done()]
         if running:

@@ -1037,3 +1037,26 @@ def test_released_claims_can_be_claimed_again(store_factory: StoreFactory) -> No
             assert await store.claim([again]) == [True]
 
     run(body())
+
+
+def test_missed_rows_never_prune_real_history(store_factory: StoreFactory) -> None:
+    """``keep_runs`` counts runs and missed/skipped rows apart: a burst of missed fires (a
+    clock jump, a long outage) leaves the job's real history alone."""
+
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            ran = [fire("a", T0 + i * SECOND) for i in range(3)]
+            await store.claim(ran)
+            for f in ran:
+                await store.finish(outcome(f, RunStatus.SUCCEEDED, f.scheduled, 0.1))
+            missed = [
+                fire("a", T0 + MINUTE + i * SECOND, status=RunStatus.MISSED, error="missed")
+                for i in range(20)
+            ]
+            await store.claim(missed)
+            await store.prune(keep_runs=5, keep_days=None, now=T0 + 2 * MINUTE)
+            rows = await store.history("a", limit=100)
+            assert sum(r.status is RunStatus.SUCCEEDED for r in rows) == 3
+            assert sum(r.status is RunStatus.MISSED for r in rows) == 5
+
+    run(body())

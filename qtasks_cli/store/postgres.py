@@ -1234,7 +1234,8 @@ class PostgresStore:
         active = ", ".join(f"'{status}'" for status in _ACTIVE)
         sql = (
             "WITH doomed AS (SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
-            f" created, row_number() OVER (PARTITION BY job {_ORDER_NEWEST}) AS rank"
+            f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
+            f" {_ORDER_NEWEST}) AS rank"
             f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
             f" WHERE {' OR '.join(conditions)}),"
             f" gone AS (DELETE FROM {quoted}.attempts WHERE run_id IN (SELECT run_id FROM doomed))"

@@ -1119,7 +1119,8 @@ def _prune_work(keep: int, cutoff: int | None) -> Callable[[sqlite3.Connection],
         active = ", ".join(f"'{s}'" for s in _ACTIVE)
         doomed = conn.execute(
             "SELECT run_id FROM (SELECT run_id, ended, started, scheduled, created,"
-            f" row_number() OVER (PARTITION BY job {_ORDER_NEWEST}) AS rank"
+            f" row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
+            f" {_ORDER_NEWEST}) AS rank"
             f" FROM runs WHERE status NOT IN ({active}))"
             f" WHERE {' OR '.join(conditions)}",
             {"keep": keep, "cutoff": cutoff},

@@ -82,6 +82,7 @@ GROUP_ORDER = [
     "job output",
     "job faults (isolation: process)",
     "daemon and state file",
+    "exactly once",
     "clock",
     "configuration",
 ]
@@ -130,6 +131,9 @@ def render(cases: dict[str, Case]) -> str:
             result = f"xfail: {c.bug}" if c.bug else "pass"
             lines.append(f"| `{c.id}` | {_cell(c.title)} | {_cell(c.checks)} | {_cell(result)} |")
         lines.append("")
+    soak = Path(__file__).with_name("soak.md")
+    if soak.exists():  # written by bench/soak_crash.py
+        lines += [*soak.read_text().rstrip().splitlines(), ""]
     lines += ["## Where each case lives", ""]
     lines += [f"- `{c.id}`: `tests/{c.test}`" for c in sorted(cases.values(), key=lambda c: c.id)]
     lines.append("")

@@ -23,7 +23,6 @@ from reliability.harness import (
     Scenario,
     assert_clean_exit,
     assert_consecutive,
-    assert_healthy,
     collect,
     late_rows,
     run_scenarios,
@@ -102,9 +101,12 @@ def test_sigkill_restart(killed: tuple[Outcome, Daemon]) -> None:
     assert fired and not [k for k, n in Counter(fired).items() if n > 1], "fired twice"
     slow = out.of("slow")
     interrupted = [r for r in slow if r["status"] == "interrupted"]
-    assert len(interrupted) == 1, out.show(slow)
-    assert "daemon stopped while the run was in progress" in interrupted[0]["error"]
-    assert interrupted[0]["started"] is not None
+    in_progress = [r for r in interrupted if "while the run was in progress" in r["error"]]
+    assert len(in_progress) == 1, out.show(slow)
+    assert in_progress[0]["started"] is not None
+    # a fire claimed ahead of its instant may have started: said so, never re-fired
+    claimed = [r for r in interrupted if r not in in_progress]
+    assert len(claimed) <= 1 and all("may have started" in r["error"] for r in claimed)
     assert not [r for r in slow if r["status"] in ("claimed", "running", "queued")], out.show(slow)
 
     ticks = out.of("tick")
@@ -162,13 +164,22 @@ def hold_lock(daemon: Daemon) -> dict[str, Any]:
 UNFINISHED = ("claimed", "running", "queued")
 
 
-def assert_recorded_later(out: Outcome) -> None:
-    """Nothing silently lost: every tick row ended up final and true, and if the daemon could not
-    record fires for a while, the log says so and counts what it recorded later."""
+def assert_late_but_once(out: Outcome, began: datetime, ended: datetime) -> None:
+    """A store outage from ``began`` to ``ended``: fires wait for their claims (late but
+    once). Every second is accounted for once, nothing is left unfinished, the fires of the
+    outage are on time, caught up or missed by catch_up, and the job keeps time again after
+    it; the log names the problem once and its end."""
     unfinished = [r for r in out.rows if r["status"] in UNFINISHED]
     assert not unfinished, f"runs left unfinished in the history:\n{show_rows(unfinished)}"
-    if "cannot record" in out.log:
-        assert re.search(r"recorded \d+ fire", out.log), tail(out.log)
+    assert_clean_exit(out)
+    ticks = out.of("tick")
+    assert_consecutive(ticks)
+    during = [r for r in ticks if began < when(r["scheduled"]) < ended]
+    assert {r["status"] for r in during} <= {"succeeded", "missed"}, show_rows(during)
+    after = [r for r in ticks if when(r["scheduled"]) > ended + timedelta(seconds=1.5)]
+    assert len(after) >= 1 and not late_rows(after), show_rows(ticks)
+    assert "cannot claim fires" in out.log or "claims in" in out.log, tail(out.log)
+    assert "takes claims again" in out.log, tail(out.log)
 
 
 @pytest.fixture(scope="module")
@@ -185,17 +196,14 @@ def store_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcom
     "db_locked_10s",
     group=GROUP,
     title="another process holds `BEGIN EXCLUSIVE` on the state file for 10 s",
-    checks="the per-second job keeps firing on time through the lock; the log names the "
-    "problem; afterwards every run is in the history with its real outcome, and runs the "
-    "daemon could not record at once are counted in the log",
+    checks="late but once: no fire runs unclaimed; the fires of the lock wait and then go "
+    "through catch_up (run or `missed`), every second once; the job keeps time again after "
+    "the lock; the log names the problem and its end; the daemon exits 0",
 )
 def test_db_locked(store_outcomes: dict[str, Outcome]) -> None:
     out = store_outcomes["locked"]
     lock = out.extra["driver"]
-    assert_healthy(out)
-    assert_recorded_later(out)
-    during = [r for r in out.of("tick") if lock["locked"] < when(r["scheduled"]) < lock["released"]]
-    assert len(during) >= LOCK_SECONDS - 2, out.show()
+    assert_late_but_once(out, lock["locked"], lock["released"])
     assert "locked" in out.log, tail(out.log)
 
 
@@ -249,20 +257,16 @@ def _undo_immutable(tmp_path_factory: pytest.TempPathFactory) -> Any:
     group=GROUP,
     title="the state file, its WAL and its folder cannot be written for 5 s (`chattr +i`; the "
     "`-shm` index stays writable; skipped where the file system or the user cannot do that)",
-    checks="the per-second job keeps firing on time; the log names the error; once writable "
-    "again every run is in the history with its real outcome (none left `claimed`), and the "
-    "runs recorded late are counted in the log",
+    checks="late but once, as with a lock: no fire runs unclaimed; every second once (run "
+    "late, caught up or `missed`), none left `claimed`; on time again afterwards; the log "
+    "names the error and its end",
 )
 def test_state_read_only(store_outcomes: dict[str, Outcome]) -> None:
     out = store_outcomes["read_only"]
     fault = out.extra["driver"] or {}
     if "skip" in fault:
         pytest.skip(fault["skip"])
-    assert_healthy(out)
-    assert_recorded_later(out)
-    during = [r for r in out.of("tick") if fault["from"] < when(r["scheduled"]) < fault["until"]]
-    assert len(during) >= IMMUTABLE_SECONDS - 2, out.show()
-    assert "cannot record" in out.log or "cannot write" in out.log, tail(out.log)
+    assert_late_but_once(out, fault["from"], fault["until"])
 
 
 @case(
@@ -270,8 +274,9 @@ def test_state_read_only(store_outcomes: dict[str, Outcome]) -> None:
     group=GROUP,
     title="under a virtual clock, the store refuses every claim for 4 s (as a read-only or full "
     "disk would), with the real SQLite store behind it",
-    checks="every second still runs once, on time; when the store takes writes again every "
-    "run is recorded with its real outcome (`succeeded`), none left `claimed`",
+    checks="no second runs while its claim is refused; when the store answers, the refused "
+    "seconds go through catch_up (one catch-up run, the rest `missed`), every second once, "
+    "and the job is on time again",
 )
 def test_claims_refused(tmp_path: Path) -> None:
     start = datetime(2026, 11, 28, 12, 0, 0, 300_000, tzinfo=timezone.utc)
@@ -301,5 +306,10 @@ def test_claims_refused(tmp_path: Path) -> None:
     assert [r.scheduled for r in ticks] == [first + timedelta(seconds=s) for s in range(12)], show(
         ticks
     )
-    bad = [r for r in ticks if r.status.value != "succeeded" or r.started != r.scheduled]
-    assert not bad, show(bad)
+    refused = [r for r in ticks if broken_from <= r.scheduled < broken_until]
+    assert {r.status.value for r in refused} <= {"succeeded", "missed"}, show(refused)
+    assert sum(r.trigger.value == "catch_up" for r in refused) <= 1, show(refused)
+    assert all(r.started is None or r.started >= broken_until for r in refused), show(refused)
+    after = [r for r in ticks if r.scheduled >= broken_until + timedelta(seconds=1)]
+    bad = [r for r in after if r.status.value != "succeeded" or r.started != r.scheduled]
+    assert after and not bad, show(bad)

@@ -53,7 +53,8 @@ class VirtualTimer(Timer):
         assert self.supervisor is not None
         for _ in range(500):  # runs are instant no-ops; this only waits for their bookkeeping
             await asyncio.sleep(0)
-            if self.supervisor.running == 0:
+            busy = [t for t in self.supervisor._tasks if not t.done()]
+            if self.supervisor.running == 0 and not busy:  # claims in flight count too
                 break
             await asyncio.sleep(0.001)
         # In real time the store writes its buffer every 0.2 s, long before a second passes;
