@@ -26,6 +26,7 @@ import heapq
 import logging
 import random
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -67,6 +68,55 @@ def verdict(status: str, trigger: str) -> Verdict:
     if trigger == TriggerKind.QUEUED.value:
         return Verdict.REQUEUE
     return Verdict.INTERRUPT_CLAIMED
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Unfinished:
+    """One ``claimed`` or ``running`` row a store found for recovery."""
+
+    run_id: str
+    job: str
+    status: str
+    trigger: str
+    args_json: str | None
+    kwargs_json: str | None
+    note: str = ""  # appended to the error in brackets (when, which node)
+    still_running: bool = False  # a `qtasks trigger` process on this host still runs it
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Conclusion:
+    """What recovery writes, in one transaction: requests given back, runs interrupted
+    (run id, error) and re-runs (new run id, job, args_json, kwargs_json)."""
+
+    requeue: list[str]
+    interrupt: list[tuple[str, str]]
+    reruns: list[tuple[str, str, str | None, str | None]]
+
+
+def conclude(
+    rows: Sequence[Unfinished], rerun_jobs: Collection[str], new_id: Callable[[], str]
+) -> Conclusion:
+    """Recovery's decisions for unfinished rows, by ``verdict``; pure, shared by the stores."""
+    requeue: list[str] = []
+    interrupt: list[tuple[str, str]] = []
+    reruns: list[tuple[str, str, str | None, str | None]] = []
+    for row in rows:
+        if row.still_running and row.status == RunStatus.RUNNING.value:
+            continue
+        decided = verdict(row.status, row.trigger)
+        if decided is Verdict.REQUEUE:
+            requeue.append(row.run_id)
+            continue
+        error = IN_PROGRESS if decided is Verdict.INTERRUPT_RUNNING else MAY_HAVE_RUN
+        if row.note:
+            error += f" ({row.note})"
+        if row.job in rerun_jobs:
+            again = new_id()
+            reruns.append((again, row.job, row.args_json, row.kwargs_json))
+            error += rerun_note(again)
+        interrupt.append((row.run_id, error))
+    return Conclusion(requeue=requeue, interrupt=interrupt, reruns=reruns)
 
 
 def rerun_note(run_id: str) -> str:

@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN, Verdict, rerun_note, verdict
+from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id, redact_url
 from qtasks_cli.store.base import (
@@ -956,32 +956,28 @@ class PostgresStore:
     ) -> tuple[list[str], int]:
         """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
         host, args_json, kwargs_json, node); the interrupted run ids and requeued count."""
-        requeue: list[str] = []
-        interrupted: list[str] = []
-        reruns = 0
-        for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node in rows:
-            if (
-                status == RunStatus.RUNNING.value
-                and trigger == TriggerKind.MANUAL.value
-                and self._runs_elsewhere(pid, host)
-            ):
-                continue  # `qtasks trigger` in another process is still at it
-            decided = verdict(status, trigger)
-            if decided is Verdict.REQUEUE:
-                requeue.append(run_id)
-                continue
-            base = IN_PROGRESS if decided is Verdict.INTERRUPT_RUNNING else MAY_HAVE_RUN
-            error = f"{base} ({note(node)})"
-            if job in rerun_jobs:
-                again = new_run_id()
-                await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
-                error += rerun_note(again)
-                reruns += 1
+        unfinished = [
+            Unfinished(
+                run_id=run_id,
+                job=job,
+                status=status,
+                trigger=trigger,
+                args_json=args_json,
+                kwargs_json=kwargs_json,
+                note=note(node),
+                still_running=trigger == TriggerKind.MANUAL.value
+                and self._runs_elsewhere(pid, host),
+            )
+            for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node in rows
+        ]
+        done = conclude(unfinished, rerun_jobs, new_run_id)
+        for again, job, args_json, kwargs_json in done.reruns:
+            await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
+        for run_id, error in done.interrupt:
             await conn.execute(self._sql["interrupt_one"], (now, error, run_id))
-            interrupted.append(run_id)
-        if requeue:
-            await conn.execute(self._sql["requeue"], (requeue,))
-        return interrupted, len(requeue) + reruns
+        if done.requeue:
+            await conn.execute(self._sql["requeue"], (done.requeue,))
+        return [run_id for run_id, _ in done.interrupt], len(done.requeue) + len(done.reruns)
 
     async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunRow]:
         if not run_ids:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN, Verdict, rerun_note, verdict
+from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import (
@@ -583,46 +583,39 @@ class SqliteStore:
     def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunRow]:
         notice = _from_us(now_us)
         assert notice is not None
-        texts = {
-            Verdict.INTERRUPT_RUNNING: f"{IN_PROGRESS} (noticed at {notice.isoformat()})",
-            Verdict.INTERRUPT_CLAIMED: MAY_HAVE_RUN,
-        }
+        noticed = f"noticed at {notice.isoformat()}"
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json FROM runs"
-                " WHERE status IN ('claimed', 'running')"
-            ).fetchall()
-            requeue: list[tuple[str]] = []
-            interrupt: list[tuple[int, str, str]] = []
-            reruns: list[tuple[Any, ...]] = []
-            for run_id, job, status, trigger, pid, host, args_json, kwargs_json in rows:
-                if (
-                    status == RunStatus.RUNNING.value
-                    and trigger == TriggerKind.MANUAL.value
-                    and self._runs_elsewhere(pid, host)
-                ):
-                    continue  # `qtasks trigger` in another process is still running it
-                decided = verdict(status, trigger)
-                if decided is Verdict.REQUEUE:
-                    requeue.append((run_id,))
-                    continue
-                error = texts[decided]
-                if job in rerun_jobs:
-                    again = new_run_id()
-                    reruns.append((again, job, now_us, args_json, kwargs_json))
-                    error += rerun_note(again)
-                interrupt.append((now_us, error, run_id))
+            rows = [
+                Unfinished(
+                    run_id=run_id,
+                    job=job,
+                    status=status,
+                    trigger=trigger,
+                    args_json=args_json,
+                    kwargs_json=kwargs_json,
+                    note=noticed if status == RunStatus.RUNNING.value else "",
+                    still_running=trigger == TriggerKind.MANUAL.value
+                    and self._runs_elsewhere(pid, host),
+                )
+                for run_id, job, status, trigger, pid, host, args_json, kwargs_json in conn.execute(
+                    "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json"
+                    " FROM runs WHERE status IN ('claimed', 'running')"
+                )
+            ]
+            done = conclude(rows, rerun_jobs, new_run_id)
             conn.executemany(
                 "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
-                requeue,
+                [(run_id,) for run_id in done.requeue],
             )
             conn.executemany(
                 "UPDATE runs SET status = 'interrupted', ended = ?, error = ? WHERE run_id = ?",
-                interrupt,
+                [(now_us, error, run_id) for run_id, error in done.interrupt],
             )
-            conn.executemany(_SQL_ENQUEUE, reruns)
-            return [run_id for _, _, run_id in interrupt]
+            conn.executemany(
+                _SQL_ENQUEUE, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
+            )
+            return [run_id for run_id, _ in done.interrupt]
 
         interrupted = self._transaction(work)
         if interrupted:
