@@ -59,13 +59,14 @@ class Verdict(enum.Enum):
 def verdict(status: str, trigger: str) -> Verdict:
     """Recovery's rule for one ``claimed`` or ``running`` row of a dead owner.
 
-    A request (trigger ``queued``) is begun durably before its body runs, so while it is
-    still ``claimed`` it has not run: it goes back to the queue. Every other claim may have
-    started (claims are written ahead of the instant), so it is interrupted, never re-fired.
+    A request (trigger ``queued`` or ``rerun``) is begun durably before its body runs, so
+    while it is still ``claimed`` it has not run: it goes back to the queue. Every other
+    claim may have started (claims are written ahead of the instant), so it is interrupted,
+    never re-fired.
     """
     if status == RunStatus.RUNNING.value:
         return Verdict.INTERRUPT_RUNNING
-    if trigger == TriggerKind.QUEUED.value:
+    if trigger in (TriggerKind.QUEUED.value, TriggerKind.RERUN.value):
         return Verdict.REQUEUE
     return Verdict.INTERRUPT_CLAIMED
 
@@ -111,7 +112,9 @@ def conclude(
         error = IN_PROGRESS if decided is Verdict.INTERRUPT_RUNNING else MAY_HAVE_RUN
         if row.note:
             error += f" ({row.note})"
-        if row.job in rerun_jobs:
+        if row.job in rerun_jobs and row.trigger == TriggerKind.RERUN.value:
+            error += "; not re-run again: it was itself a re-run (retry_interrupted re-runs once)"
+        elif row.job in rerun_jobs:
             again = new_id()
             reruns.append((again, row.job, row.args_json, row.kwargs_json))
             error += rerun_note(again)

@@ -42,6 +42,7 @@ class TriggerKind(_StrEnum):
     STARTUP = "startup"
     MANUAL = "manual"
     QUEUED = "queued"
+    RERUN = "rerun"  # retry_interrupted's re-run of an interrupted run; handed over like queued
 
 
 class RunStatus(_StrEnum):

@@ -54,6 +54,8 @@ HEARTBEAT_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
 # Missed fires of one job in one wake-up reported one event each; more become one event.
 MISSED_EVENTS = 5
+# Runs handed over through the store: begun durably before their body (ledger.py).
+HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 
 
 def utcnow() -> datetime:
@@ -720,7 +722,7 @@ class Supervisor:
         waits = spec.overlap is Overlap.QUEUE or (
             trigger is TriggerKind.CATCH_UP and spec.overlap is not Overlap.ALLOW
         )
-        if busy and waits and trigger is not TriggerKind.QUEUED:
+        if busy and waits and trigger not in HANDED_OVER:
             state.pending.append((run_id, trigger, scheduled, args, kwargs))
             self._emit(
                 EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
@@ -746,7 +748,7 @@ class Supervisor:
         result: RunResult | None = None
         state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
         # A request cancelled before its begin stays taken: the next start gives it back.
-        recordable = trigger is not TriggerKind.QUEUED
+        recordable = trigger not in HANDED_OVER
         try:
             state.waiting += 1
             try:
@@ -754,7 +756,7 @@ class Supervisor:
             finally:
                 state.waiting -= 1
             try:
-                if trigger is TriggerKind.QUEUED:
+                if trigger in HANDED_OVER:
                     if not await self.ledger.begin(spec.name, run_id):
                         return
                     recordable = True
@@ -915,7 +917,7 @@ class Supervisor:
             result = RunResult(
                 job=request.job,
                 run_id=request.run_id,
-                trigger=TriggerKind.QUEUED,
+                trigger=request.trigger,
                 scheduled=None,
                 started=None,
                 ended=self.clock(),
@@ -928,25 +930,23 @@ class Supervisor:
                 EventKind.FINISHED,
                 job=request.job,
                 run_id=request.run_id,
-                trigger=TriggerKind.QUEUED,
+                trigger=request.trigger,
                 status=RunStatus.FAILED,
                 error=result.error,
                 level=logging.ERROR,
             )
             self._background(self.ledger.finish(result))
             return
-        self._emit(
-            EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=TriggerKind.QUEUED
-        )
+        self._emit(EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=request.trigger)
         # A handed-over request is never skipped: under skip or queue it waits for the
         # current run instead, so no order notification is lost.
         if self._busy(request.job) is not None and state.spec.overlap is not Overlap.ALLOW:
             state.pending.append(
-                (request.run_id, TriggerKind.QUEUED, None, request.args, request.kwargs)
+                (request.run_id, request.trigger, None, request.args, request.kwargs)
             )
             return
         self._start_run(
-            state.spec, request.run_id, TriggerKind.QUEUED, None, request.args, request.kwargs
+            state.spec, request.run_id, request.trigger, None, request.args, request.kwargs
         )
 
     # --- reload and stop ----------------------------------------------------------------------

@@ -302,8 +302,10 @@ def check(
         # A re-run is allowed only where the user asked for it and the run before it is
         # honestly recorded as interrupted.
         earlier = [rows.get(b["run_id"], {}) for b in runs[:-1]]
-        allowed = tokens[token][0] == "notify_retry" and all(
-            r.get("status") == "interrupted" for r in earlier
+        allowed = (
+            tokens[token][0] == "notify_retry"
+            and len(runs) == 2  # re-run once, never a chain of re-runs
+            and all(r.get("status") == "interrupted" for r in earlier)
         )
         if not allowed:
             outcome.duplicates += len(runs) - 1

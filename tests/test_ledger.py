@@ -18,7 +18,7 @@ rows = st.lists(
         run_id=st.uuids().map(str),
         job=st.sampled_from(["a", "b", "c"]),
         status=st.sampled_from(["claimed", "running"]),
-        trigger=st.sampled_from(["schedule", "catch_up", "queued", "manual", "startup"]),
+        trigger=st.sampled_from(["schedule", "catch_up", "queued", "rerun", "manual", "startup"]),
         args_json=st.none() | st.just("[1]"),
         kwargs_json=st.none() | st.just('{"k": "\\\\\'\\""}'),
         note=st.sampled_from(["", "noticed at t"]),
@@ -39,7 +39,7 @@ def test_recovery_decides_each_row_once_and_never_requeues_what_may_have_run(
     for row in unfinished:
         if row.still_running and row.status == "running":
             assert row.run_id not in interrupted and row.run_id not in done.requeue
-        elif row.status == "claimed" and row.trigger == "queued":
+        elif row.status == "claimed" and row.trigger in ("queued", "rerun"):
             # taken, never begun: certainly not run, so offered again, never interrupted
             assert row.run_id in done.requeue and row.run_id not in interrupted
         else:
@@ -47,13 +47,14 @@ def test_recovery_decides_each_row_once_and_never_requeues_what_may_have_run(
             assert row.run_id not in done.requeue
             error = interrupted[row.run_id]
             assert error.startswith(IN_PROGRESS if row.status == "running" else MAY_HAVE_RUN)
-            assert ("re-run as" in error) == (row.job in rerun_jobs)
+            # re-run once: a re-run that is interrupted in turn is not re-run again
+            assert ("re-run as" in error) == (row.job in rerun_jobs and row.trigger != "rerun")
     # one re-run per interrupted run of a re-run job, with that run's own arguments
     by_id = {r.run_id: r for r in unfinished}
     expected = sorted(
         (by_id[i].job, by_id[i].args_json or "", by_id[i].kwargs_json or "")
         for i in interrupted
-        if by_id[i].job in rerun_jobs
+        if by_id[i].job in rerun_jobs and by_id[i].trigger != "rerun"
     )
     assert sorted((j, a or "", k or "") for _, j, a, k in done.reruns) == expected
 

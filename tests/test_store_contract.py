@@ -1009,10 +1009,16 @@ def test_recover_reruns_interrupted_runs_with_their_arguments(
             assert (by_job["notify"].error or "").endswith(
                 f"re-run as {again['notify'].run_id} (retry_interrupted)"
             )
-            # a second recovery finds nothing more to re-run
-            assert await daemon.recover(T0 + 2 * MINUTE, rerun_jobs={"notify", "tick"}) == [
-                r for r in [] if r
-            ]
+            assert {q.trigger for q in again.values()} == {TriggerKind.RERUN}
+            # a re-run that is interrupted in turn is not re-run again: once is the promise
+            for q in again.values():
+                assert await daemon.begin(q.run_id, T0 + MINUTE)
+        async with opened(store_factory) as third:
+            rows = await third.recover(T0 + 2 * MINUTE, rerun_jobs={"notify", "tick"})
+            assert len(rows) == 2
+            assert all("not re-run again" in (r.error or "") for r in rows)
+            assert all(r.trigger is TriggerKind.RERUN for r in rows)
+            assert await third.take_queued(T0 + 2 * MINUTE) == []
 
     run(body())
 

@@ -61,6 +61,7 @@ class QueuedRun:
     args: tuple[Any, ...] | None  # None: the job file's args (a re-run of a scheduled fire)
     kwargs: Mapping[str, Any] | None  # None: the job file's kwargs
     enqueued: datetime
+    trigger: TriggerKind = TriggerKind.QUEUED  # or RERUN (retry_interrupted)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

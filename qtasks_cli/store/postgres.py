@@ -210,7 +210,7 @@ _SQL = {
         "UPDATE {s}.runs AS r SET status = 'claimed', pid = %s, host = %s, node = %s"
         " WHERE r.run_id IN (SELECT run_id FROM {s}.runs WHERE status = 'queued'"
         " ORDER BY created, run_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING r.run_id, r.job, r.args_json, r.kwargs_json, r.created"
+        " RETURNING r.run_id, r.job, r.args_json, r.kwargs_json, r.created, r.trigger"
     ),
     "register": (
         "INSERT INTO {s}.nodes"
@@ -238,7 +238,7 @@ _SQL = {
     ),
     "rerun": (
         "INSERT INTO {s}.runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        " VALUES (%s, %s, 'queued', %s, 'queued', %s, %s)"
+        " VALUES (%s, %s, 'rerun', %s, 'queued', %s, %s)"
     ),
     "interrupt_one": (
         "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = %s"
@@ -1208,8 +1208,9 @@ class PostgresStore:
                 args=None if args_json is None else tuple(json.loads(args_json)),
                 kwargs=None if kwargs_json is None else json.loads(kwargs_json),
                 enqueued=_must_utc(created),
+                trigger=TriggerKind(trigger),
             )
-            for run_id, job, args_json, kwargs_json, created in rows
+            for run_id, job, args_json, kwargs_json, created, trigger in rows
         ]
 
     async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:

@@ -153,6 +153,10 @@ _SQL_INSERT_RUN = (
     " attempts, error_type, error, traceback, result, items, pid, host, args_json, kwargs_json)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SQL_RERUN = (
+    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
+    " VALUES (?, ?, 'rerun', ?, 'queued', ?, ?)"
+)
 _SQL_ENQUEUE = (
     "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
     " VALUES (?, ?, 'queued', ?, 'queued', ?, ?)"
@@ -613,7 +617,7 @@ class SqliteStore:
                 [(now_us, error, run_id) for run_id, error in done.interrupt],
             )
             conn.executemany(
-                _SQL_ENQUEUE, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
+                _SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
             )
             return [run_id for run_id, _ in done.interrupt]
 
@@ -761,8 +765,9 @@ class SqliteStore:
                 args=None if args_json is None else tuple(json.loads(args_json)),
                 kwargs=None if kwargs_json is None else json.loads(kwargs_json),
                 enqueued=_EPOCH + timedelta(microseconds=created),
+                trigger=TriggerKind(trigger),
             )
-            for run_id, job, args_json, kwargs_json, created in rows
+            for run_id, job, args_json, kwargs_json, created, trigger in rows
         ]
 
     def _take_work(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
@@ -770,7 +775,7 @@ class SqliteStore:
         # which would need SQLite 3.35 (newer than Debian 11's or RHEL 9's).
         def work(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(
-                "SELECT run_id, job, args_json, kwargs_json, created FROM runs"
+                "SELECT run_id, job, args_json, kwargs_json, created, trigger FROM runs"
                 " WHERE status = 'queued' ORDER BY created, run_id LIMIT ?",
                 (limit,),
             ).fetchall()
