@@ -276,8 +276,7 @@ def trigger(
     try:
         spec = api.get_job(loaded, job)
         if enqueue:
-            run_args, run_kwargs = api.bind_arguments(spec, args, kwargs)
-            run_id = api.enqueue_loaded(loaded, job, run_args, run_kwargs, state=state)
+            run_id = api.enqueue_loaded(loaded, spec.name, args, kwargs, state=state)
             print(run_id)
             if not wait:
                 raise typer.Exit(EXIT_OK)

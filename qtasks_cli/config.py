@@ -55,7 +55,6 @@ KNOWN_RETRY_KEYS = ("retries", "on", "delay", "backoff", "max_delay", "jitter")
 _MERGED_KEYS = ("retry", "kwargs")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 Entries = dict[str, tuple[Located, Located]]
@@ -519,6 +518,7 @@ class _JobReader:
         self.nodes: dict[str, Located] = {}
         self.values: dict[str, Any] = {"name": name, "line": name_node.line}
         self.secrets: dict[str, str] = {}
+        self.variables: dict[str, str] = {}
         self.exception_nodes: list[Located] = []
         self.arguments_ok = True  # args and kwargs read without problems
 
@@ -560,7 +560,7 @@ class _JobReader:
         if not self.ok:
             return None
         secrets = sorted(self.secrets.items(), key=lambda pair: -len(pair[0]))
-        return JobSpec(**self.values, secrets=tuple(secrets))
+        return JobSpec(**self.values, secrets=tuple(secrets), variables=self.variables)
 
     def _read_field(self, key: str, node: Located) -> None:
         try:
@@ -604,12 +604,18 @@ class _JobReader:
         if args is not None and not args.is_null and not args.invalid:
             if args.kind == "seq":
                 self.values["args"] = tuple(self._interpolate(item) for item in args.value)
+                raw_args = tuple(yamlload.plain(args))
+                if raw_args != self.values["args"]:  # placeholders: keep them as written
+                    self.values["raw_args"] = raw_args
             else:
                 self.arguments_ok = False
                 self.report(args, f"expected a list of arguments, got {args.type_name()}")
         if kwargs is not None and not kwargs.is_null and not kwargs.invalid:
             if kwargs.kind == "map":
                 self.values["kwargs"] = self._interpolate(kwargs)
+                raw_kwargs = yamlload.plain(kwargs)
+                if raw_kwargs != self.values["kwargs"]:
+                    self.values["raw_kwargs"] = raw_kwargs
             else:
                 self.arguments_ok = False
                 self.report(
@@ -624,22 +630,16 @@ class _JobReader:
             return [self._interpolate(item) for item in node.value]
         if not isinstance(node.value, str) or "${" not in node.value:
             return node.value
-        missing: list[str] = []
+        from qtasks_cli.request import PLACEHOLDER, expand
 
-        def substitute(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            name, default = match.group(1), match.group(2)
-            value = self.ctx.env.get(name)
-            if value is None or (value == "" and default is not None):
-                if default is None:
-                    missing.append(name)
-                return default or ""
+        for match in PLACEHOLDER.finditer(node.value):
+            name = match.group(1)
+            value = self.ctx.env.get(name) if name else None
+            if value is not None:
+                self.variables[name] = value
             if value:
                 self.secrets.setdefault(value, match.group(0))
-            return value
-
-        text = _PLACEHOLDER.sub(substitute, node.value)
+        text, missing = expand(node.value, self.ctx.env.get)
         if missing:
             self.arguments_ok = False
             names = ", ".join(repr(name) for name in missing)
@@ -768,7 +768,7 @@ def _compact(value: Any) -> str:
 
 # --- digests ----------------------------------------------------------------------------------
 
-_NOT_DEFINITION = ("line", "secrets", "schedule_text")
+_NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
 
 
 def _canonical(value: Any, redact: Callable[[str], str] | None = None) -> Any:

@@ -136,6 +136,11 @@ class JobSpec:
     retry_interrupted: bool = False
     # (secret value, placeholder) pairs from ${NAME} interpolation: shown as the placeholder.
     secrets: tuple[tuple[str, str], ...] = ()
+    # args and kwargs as written, ${NAME} kept (None: same as args/kwargs), and the values the
+    # job file's ${NAME} placeholders had when it was read; see qtasks_cli.request.
+    raw_args: tuple[Any, ...] | None = None
+    raw_kwargs: Mapping[str, Any] | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
     line: int = 0  # where the job is defined, for messages
 
     def redact(self, text: str) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from qtasks_cli import request
+from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
 from qtasks_cli.models import (
@@ -706,6 +708,11 @@ class Supervisor:
             try:
                 if run_id not in self._unrecorded_ids:
                     await self.store.start(run_id, self.clock())
+                try:
+                    call = request.call_for_start(spec, args, kwargs)
+                except QtasksError as exc:
+                    result = self._refused(spec, run_id, trigger, scheduled, exc)
+                    return
                 result = await execute(
                     spec,
                     run_id=run_id,
@@ -714,8 +721,8 @@ class Supervisor:
                     runtime=self.runtime,
                     emit=self.bus.emit,
                     clock=self.clock,
-                    args=args,
-                    kwargs=kwargs,
+                    args=call.args,
+                    kwargs=call.kwargs,
                 )
             finally:
                 self.runtime.capacity.release()
@@ -736,6 +743,40 @@ class Supervisor:
             if result is not None:
                 await asyncio.shield(self._record(result))
             self._run_ended(spec.name)
+
+    def _refused(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        exc: QtasksError,
+    ) -> RunResult:
+        """A run whose arguments were refused as it started: failed, with the reason."""
+        now = self.clock()
+        result = RunResult(
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            started=now,
+            ended=now,
+            attempts=0,
+            status=RunStatus.FAILED,
+            error_type=type(exc).__name__,
+            error=spec.redact(str(exc)),
+        )
+        self._emit(
+            EventKind.FINISHED,
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            status=RunStatus.FAILED,
+            error=result.error,
+            level=logging.ERROR,
+        )
+        return result
 
     async def _record(self, result: RunResult) -> None:
         if result.run_id in self._unrecorded_ids:
