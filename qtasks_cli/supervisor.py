@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from qtasks_cli import request
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
@@ -27,6 +26,7 @@ from qtasks_cli.models import (
     Snapshot,
     TriggerKind,
 )
+from qtasks_cli.request import call_for_start
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
 
@@ -709,7 +709,7 @@ class Supervisor:
                 if run_id not in self._unrecorded_ids:
                     await self.store.start(run_id, self.clock())
                 try:
-                    call = request.call_for_start(spec, args, kwargs)
+                    call = call_for_start(spec, args, kwargs)
                 except QtasksError as exc:
                     result = self._refused(spec, run_id, trigger, scheduled, exc)
                     return

@@ -89,7 +89,7 @@ def records(path: Path) -> list[dict[str, Any]]:
 
 def no_secret_in(db: Path) -> None:
     data = db.read_bytes()
-    for encoded in (SECRET.encode(), json.dumps(SECRET).encode(), "s3cr3t".encode()):
+    for encoded in (SECRET.encode(), json.dumps(SECRET).encode(), b"s3cr3t"):
         assert encoded not in data
     with sqlite3.connect(db) as conn:
         for args_json, kwargs_json in conn.execute("SELECT args_json, kwargs_json FROM runs"):
