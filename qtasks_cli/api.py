@@ -73,11 +73,11 @@ def get_job(config: Config, name: str) -> JobSpec:
 
 def next_fires(job: JobSpec, count: int, after: datetime) -> list[datetime]:
     """The job's next ``count`` fire times after ``after``, in the job's zone."""
-    from zoneinfo import ZoneInfo
+    from qtasks_cli.zones import get_zone
 
     if job.schedule is None:
         return []
-    zone = ZoneInfo(job.timezone)
+    zone = get_zone(job.timezone)
     fires: list[datetime] = []
     t: datetime | None = after
     while len(fires) < count and t is not None:
@@ -98,12 +98,20 @@ def list_jobs(
             "schedule": job.schedule.describe() if job.schedule else "only when triggered",
             "schedule_text": job.schedule_text,
             "timezone": job.timezone,
+            "timezone_source": _zone_source(config, job),
             "enabled": job.enabled,
             "description": job.description,
             "next": [t.isoformat() for t in next_fires(job, count, start)] if job.enabled else [],
         }
         for job in config.jobs.values()
     ]
+
+
+def _zone_source(config: Config, job: JobSpec) -> str:
+    """Where the job's zone came from: its own key, settings.timezone or the machine."""
+    if job.timezone != config.settings.timezone:
+        return f"job file (jobs.{job.name}.timezone)"
+    return config.zone_source or "job file (settings.timezone)"
 
 
 def build_call(

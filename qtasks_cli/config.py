@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -14,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from qtasks_cli import entrypoints, yamlload
 from qtasks_cli.durations import parse_duration
@@ -79,6 +78,19 @@ class _Context:
     env: Mapping[str, str]
     check_imports: bool
     problems: list[Problem]
+    warnings: list[Problem] = dataclasses.field(default_factory=list)
+    zone_source: str = "job file (settings.timezone)"
+
+    def warn(self, node: Located, message: str) -> None:
+        self.warnings.append(
+            Problem(
+                file=self.file,
+                line=node.line,
+                column=node.column,
+                key=node.path,
+                message=f"warning: {message}",
+            )
+        )
 
     def report(self, node: Located, message: str, path: str | None = None) -> None:
         key = node.path if path is None else path
@@ -181,7 +193,14 @@ def parse_config_text(
     if ctx.problems:
         raise ConfigError(_sorted(ctx.problems))
     path = Path(filename) if Path(filename).is_absolute() else base_dir / Path(filename).name
-    return Config(path=path, settings=settings, jobs=jobs, digest=_digest(jobs))
+    return Config(
+        path=path,
+        settings=settings,
+        jobs=jobs,
+        digest=_digest(jobs),
+        warnings=tuple(_sorted(ctx.warnings)),
+        zone_source=ctx.zone_source,
+    )
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -279,37 +298,21 @@ def _ref(node: Located) -> str:
 
 
 def _zone(node: Located) -> str:
+    from qtasks_cli.zones import ZoneError, get_zone
+
     name = _str(node)
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+        get_zone(name)
+    except ZoneError as exc:
         from zoneinfo import available_timezones
 
         hint = entrypoints.did_you_mean(name, available_timezones())
-        raise _Bad(f"unknown time zone {name!r}{hint}") from None
+        raise _Bad(f"{exc}{hint}") from None
     return name
 
 
 def _show(node: Located) -> str:
     return repr(node.value) if node.kind == "scalar" else node.type_name()
-
-
-def local_zone_name(env: Mapping[str, str] | None = None) -> str:
-    """The machine's IANA zone name: $TZ, the /etc/localtime link, /etc/timezone, else UTC."""
-    candidates = [(os.environ if env is None else env).get("TZ", "").lstrip(":")]
-    link = os.path.realpath("/etc/localtime")
-    if "/zoneinfo/" in link:
-        candidates.append(link.split("/zoneinfo/", 1)[1])
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
-    for name in candidates:
-        try:
-            if name:
-                ZoneInfo(name)
-                return name
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            continue
-    return "UTC"
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -331,7 +334,6 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
     values: dict[str, Any] = {
         "path": (ctx.base_dir,),
         "state": str(ctx.base_dir / ".qtasks" / "state.db"),
-        "timezone": local_zone_name(ctx.env),
     }
     for key, (key_node, node) in _mapping(ctx, entry, "settings").items():
         if key not in readers:
@@ -343,7 +345,23 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
                 ctx.report(node, exc.message)
             except _Reported:
                 pass
+    if "timezone" not in values:
+        values["timezone"] = _machine_zone(ctx, entry)
     return Settings(**values)
+
+
+def _machine_zone(ctx: _Context, entry: tuple[Located, Located] | None) -> str:
+    """The default zone: the machine's (qtasks_cli.zones), or a problem if $TZ is unusable."""
+    from qtasks_cli.zones import ZoneError, machine_zone
+
+    try:
+        found = machine_zone(ctx.env)
+    except ZoneError as exc:
+        where = entry[0] if entry is not None else Located("scalar", None, 1, 1, "")
+        ctx.report(where, str(exc), path="settings.timezone")
+        return "UTC"  # not used: the file is refused
+    ctx.zone_source = found.source
+    return found.name
 
 
 def _folders(ctx: _Context, node: Located) -> tuple[Path, ...]:
@@ -572,10 +590,11 @@ class _JobReader:
         if node is None or node.is_null or node.invalid:
             return
         from qtasks_cli.schedule import parse_schedule, union
+        from qtasks_cli.zones import ZoneError, get_zone
 
         try:
-            zone = ZoneInfo(zone_name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
+            zone = get_zone(zone_name)
+        except ZoneError:
             zone = ZoneInfo("UTC")  # already reported; still check the schedule itself
         items: list[Located] = node.value if node.kind == "seq" else [node]
         if not items:
@@ -595,6 +614,10 @@ class _JobReader:
                     compiled.append(parse_schedule(yamlload.plain(item), zone))
                 except ValueError as exc:
                     self.report(item, str(exc))
+                    continue
+                warning = getattr(compiled[-1], "day_rule_warning", None)
+                if warning is not None and (text := warning()):
+                    self.ctx.warn(item, text)
         if compiled and len(compiled) == len(items):
             self.values["schedule"] = compiled[0] if len(compiled) == 1 else union(compiled)
             self.values["schedule_text"] = "; ".join(_compact(yamlload.plain(i)) for i in items)

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from qtasks_cli.errors import Problem
+
 
 class _StrEnum(str, enum.Enum):
     def __str__(self) -> str:
@@ -173,6 +175,8 @@ class Config:
     settings: Settings
     jobs: Mapping[str, JobSpec]
     digest: str = ""  # hash of the effective definitions
+    warnings: tuple[Problem, ...] = ()  # what `validate` points out without refusing
+    zone_source: str = ""  # where settings.timezone came from, for `list`
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

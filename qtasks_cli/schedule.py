@@ -116,7 +116,8 @@ class _Field:
     written: str  # as written, for messages
     items: tuple[_Item, ...]
     values: frozenset[int]  # plain values; weekday folded into 0-6
-    star: bool  # written as "*" or "?": unrestricted (matters for the day/weekday OR rule)
+    star: bool  # written as "*" or "?": unrestricted
+    leading_star: bool  # starts with "*" (such as "*/7"): cron(8)'s day and DST rules key on it
 
     @property
     def last_day(self) -> bool:
@@ -216,8 +217,9 @@ def _parse_item(part: str, spec: _FieldSpec, field_text: str) -> _Item:
     if end is None:
         if step_text is None:
             return _Item("value", a)
-        # "a/step" runs from a to the top of the field, as in Vixie cron.
-        return _Item("range", a, 6 if spec.kind == "weekday" else spec.high, step)
+        # "a/step" runs from a to the top of the field (7, Sunday again, for weekdays), as
+        # cronie reads it: "1/2" is Monday, Wednesday, Friday and Sunday.
+        return _Item("range", a, spec.high, step)
     b = (
         spec.high
         if (spec.kind == "day" and end == "l")
@@ -258,7 +260,7 @@ def _parse_field(text: str, spec: _FieldSpec) -> _Field:
             "cron cannot combine (expected only plain weekdays, or only items such as fri#3 "
             "or L5; use a list of schedules for both)"
         )
-    return _Field(norm, stripped, items, values, star=norm == "*")
+    return _Field(norm, stripped, items, values, star=norm == "*", leading_star=norm[0] == "*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,18 @@ class _CronFields:
     day: _Field
     month: _Field
     weekday: _Field
+
+    @property
+    def day_or(self) -> bool:
+        """Vixie/ISC cron (cron(8), entry.c's DOM_STAR/DOW_STAR): a day matches if EITHER
+        day field matches only when neither field starts with ``*``; else both must."""
+        return not (self.day.leading_star or self.weekday.leading_star)
+
+    @property
+    def follows_clock(self) -> bool:
+        """cron(8)'s DST rule keys on a minute or hour field starting with ``*``: such a job
+        follows the wall clock as it is; others are fixed-time jobs (seconds do not count)."""
+        return self.minute.leading_star or self.hour.leading_star
 
     @property
     def expression(self) -> str:
@@ -288,14 +302,15 @@ def _compile_fields(texts: Sequence[str], specs: Sequence[_FieldSpec]) -> _CronF
     fields = [_parse_field(text, spec) for text, spec in zip(texts, specs, strict=True)]
     cron = _CronFields(*fields)
     day, month = cron.day, cron.month
-    if not day.star and any(item.kind in ("nth", "last_weekday") for item in cron.weekday.items):
+    special = any(item.kind in ("nth", "last_weekday") for item in cron.weekday.items)
+    if cron.day_or and not day.star and special:
         # croniter intersects these instead of applying the day-or-weekday rule.
         raise ScheduleError(
             f"{specs[3].name} field {day.written!r} cannot be combined with {specs[5].name} "
             f"field {cron.weekday.written!r} (expected '*' for the day with # or L weekdays; "
             "use a list of two schedules to fire on either)"
         )
-    if cron.weekday.star and not day.star and not day.last_day and day.values:
+    if (cron.weekday.star or not cron.day_or) and not day.star and not day.last_day and day.values:
         longest = max(_DAYS_IN_MONTH[m - 1] for m in month.values)
         if min(day.values) > longest:
             raise ScheduleError(
@@ -447,6 +462,8 @@ def _describe_cron(c: _CronFields) -> str | None:
         return f"{text} on {_MONTH_NAMES[month_number - 1].title()} {day_number}"
     if day.star and weekday.star:
         on = "every day" if fixed_times else ""
+    elif not c.day_or and not day.star and not weekday.star:
+        return None  # both must match: the fallback shows the fields as written
     else:
         day_words = None if day.star else _describe_days(day)
         weekday_words = None if weekday.star else _describe_weekdays(weekday)
@@ -504,30 +521,32 @@ def _epoch_seconds(t: datetime, what: str = "next_after") -> int:
 _ITERATORS: dict[str, _Iterator] = {}
 
 
-def _shared_iterator(expression: str) -> _Iterator:
+def _shared_iterator(expression: str, day_or: bool) -> _Iterator:
     """One croniter per distinct expression: it is stepped under its own lock, so jobs with
     the same cron share it instead of holding a thousand copies."""
-    iterator = _ITERATORS.get(expression)
+    key = f"{expression}|{'or' if day_or else 'and'}"
+    iterator = _ITERATORS.get(key)
     if iterator is None:
-        iterator = _ITERATORS[expression] = _Iterator(expression)
+        iterator = _ITERATORS[key] = _Iterator(expression, day_or)
     return iterator
 
 
 class _Iterator:
     """A croniter over naive wall times, shared safely between threads; pickles by text."""
 
-    __slots__ = ("_croniter", "_lock", "_no_match", "expression")
+    __slots__ = ("_croniter", "_lock", "_no_match", "day_or", "expression")
 
-    def __init__(self, expression: str) -> None:
+    def __init__(self, expression: str, day_or: bool = True) -> None:
         from croniter import CroniterBadDateError, croniter  # slow to import: only when used
 
         self.expression = expression
-        self._croniter = croniter(expression, 0.0, second_at_beginning=True)
+        self.day_or = day_or
+        self._croniter = croniter(expression, 0.0, second_at_beginning=True, day_or=day_or)
         self._no_match: type[Exception] = CroniterBadDateError
         self._lock = threading.Lock()
 
-    def __reduce__(self) -> tuple[type[_Iterator], tuple[str]]:
-        return (_Iterator, (self.expression,))
+    def __reduce__(self) -> tuple[type[_Iterator], tuple[str, bool]]:
+        return (_Iterator, (self.expression, self.day_or))
 
     def first_after(self, wall: int) -> int | None:
         """The first matching wall second strictly after ``wall`` (naive, as epoch seconds)."""
@@ -542,7 +561,7 @@ class _Iterator:
 class CronSchedule:
     """A cron expression evaluated on the wall clock of ``zone``."""
 
-    __slots__ = ("_fields", "_iterator", "expression", "fixed_hour", "text", "zone")
+    __slots__ = ("_fields", "_iterator", "expression", "fixed", "text", "zone")
 
     startup = False
 
@@ -551,20 +570,33 @@ class CronSchedule:
         self.expression = fields.expression  # canonical, seconds first
         self.zone = zone
         self.text = text  # as written, for the fallback description
-        # Only a fixed hour gets the once-per-wall-time DST rules; "*" follows elapsed time.
-        self.fixed_hour = len(fields.hour.values) < 24
-        self._iterator = _shared_iterator(fields.croniter_expression)
+        # Fixed-time jobs get the once-per-wall-time DST rules; the others follow the clock.
+        self.fixed = not fields.follows_clock
+        self._iterator = _shared_iterator(fields.croniter_expression, fields.day_or)
 
     @property
     def key(self) -> str:
         return f"cron:{self.expression}@{self.zone}"
+
+    def day_rule_warning(self) -> str | None:
+        """Why the day fields may not mean what was meant, or None: a restricted day field
+        next to one that starts with ``*`` but is restricted too (``1-7`` with ``*/7``)."""
+        day, weekday = self._fields.day, self._fields.weekday
+        if day.star or weekday.star or day.leading_star == weekday.leading_star:
+            return None
+        starred = day if day.leading_star else weekday
+        return (
+            f"day-of-month {day.written!r} and day-of-week {weekday.written!r} must BOTH match, "
+            f"because {starred.written!r} starts with '*' (cron(8)); without it they would "
+            "match on EITHER. For either, write a list of two schedules"
+        )
 
     def describe(self) -> str:
         return _describe_cron(self._fields) or f"cron: {self.text}"
 
     def next_after(self, t: datetime) -> datetime | None:
         """The first fire strictly after aware ``t``, as an aware UTC datetime, or None."""
-        zone, fixed = self.zone, self.fixed_hour
+        zone, fixed = self.zone, self.fixed
         # Walk segments of constant UTC offset. Instants after ``g`` in the current segment
         # have offset ``o``, so wall w of that segment is instant w - o.
         g = _epoch_seconds(t)

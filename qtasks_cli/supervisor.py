@@ -335,9 +335,9 @@ class Supervisor:
             return "no schedule; runs when triggered"
         if state.next_fire is None:
             return f"no further fires ({spec.schedule.describe()})"
-        from zoneinfo import ZoneInfo
+        from qtasks_cli.zones import get_zone
 
-        local = state.next_fire.astimezone(ZoneInfo(spec.timezone))
+        local = state.next_fire.astimezone(get_zone(spec.timezone))
         return f"next fire {local.isoformat()} ({spec.schedule.describe()})"
 
     def _schedule_job(
