@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = ["MachineZone", "ZoneError", "get_zone", "machine_zone"]
 
 ZONEINFO_DIRS = ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo")
 _TZIF_LIMIT = 1 << 20  # a zone file is a few kB
+_ZERO_BASED_DAY = re.compile(r",\d")
 
 
 class ZoneError(ValueError):
@@ -62,6 +64,12 @@ def get_zone(name: str) -> ZoneInfo:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         pass
     if text.isascii() and text.isprintable() and any(ch.isdigit() for ch in text):
+        if _ZERO_BASED_DAY.search(text):
+            raise ZoneError(
+                f"{name!r} gives a date as a zero-based day of the year ('n'), which Python's "
+                "zoneinfo and the C library read a day apart in some years; write the date as "
+                "'Jn' (1-365, February 29 never counted) or 'Mm.w.d'"
+            )
         try:
             zone = _FileZone.from_file(io.BytesIO(_tzif(text)), key=name)
             zone.utcoffset(None)  # the rule is parsed here and there; make sure it was
