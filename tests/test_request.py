@@ -371,3 +371,49 @@ def test_signature_binding_is_the_same_for_every_path(tmp_path: Path) -> None:
     with pytest.raises(ArgumentsError, match="nope"):
         call_for_start(job, [1], {"nope": 1})
     assert call_for_start(job, [1], {"b": 2}).kwargs == {"b": 2}
+
+
+def test_postgres_keeps_placeholders_and_rebuilds_the_same_call(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pg import fresh_schema, postgres_url
+
+    from qtasks_cli import api
+    from qtasks_cli.store.postgres import PostgresStore
+
+    url = postgres_url()
+    with fresh_schema(url) as schema:
+        text = (
+            (folder / "jobs.yaml")
+            .read_text()
+            .replace(
+                "  shutdown_grace: 0s\n",
+                f"  shutdown_grace: 0s\n  state: {url}\n  schema: {schema}\n",
+            )
+        )
+        env = {"API_TOKEN": SECRET}
+        config = parse_config_text(text, filename="jobs.yaml", base_dir=folder, env=env)
+        monkeypatch.setenv("API_TOKEN", SECRET)
+        run_id = api.enqueue_loaded(config, "report", None, {"note": "given"})
+
+        async def take() -> list[Any]:
+            store = PostgresStore(url, schema=schema)
+            await store.open()
+            try:
+                return await store.take_queued(datetime.now(timezone.utc))
+            finally:
+                await store.close()
+
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            stored = conn.execute(
+                f'SELECT args_json, kwargs_json FROM "{schema}".runs WHERE run_id = %s', (run_id,)
+            ).fetchone()
+        assert stored is not None and "s3cr3t" not in "".join(s or "" for s in stored)
+        assert "${API_TOKEN}" in stored[1]
+        (request,) = asyncio.run(take())
+        call = stored_call(config.jobs["report"], request.args, request.kwargs)
+        assert call.kwargs["token"] == SECRET
+        assert call.kwargs["when"] == date(2024, 1, 2) and call.kwargs["blob"] == b"hello"
+        assert call.kwargs["note"] == "given"
