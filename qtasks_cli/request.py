@@ -231,8 +231,21 @@ def call_for_start(job: JobSpec, args: Any = None, kwargs: Any = None) -> RunCal
     for the run (``RunCall.stored_args`` / ``stored_kwargs``), or both None for a run with
     the job file's own arguments (schedule, catch-up, startup, a re-run without a record)."""
     if args is None and kwargs is None:
-        return build_call(job)
+        if job.raw_args is not None or job.raw_kwargs is not None:
+            return build_call(job)  # placeholders: resolved at each start
+        # Without placeholders the call depends on the job alone: build it once per JobSpec
+        # (a reload makes new ones), not on every fire of a thousand jobs.
+        cached = _OWN_CALLS.get(id(job))
+        if cached is None or cached[0] is not job:
+            if len(_OWN_CALLS) >= _OWN_CALLS_MAX:
+                _OWN_CALLS.clear()
+            cached = _OWN_CALLS[id(job)] = (job, build_call(job))
+        return cached[1]
     return stored_call(job, [] if args is None else args, {} if kwargs is None else kwargs)
+
+
+_OWN_CALLS: dict[int, tuple[JobSpec, RunCall]] = {}
+_OWN_CALLS_MAX = 16_384
 
 
 def _redacting(

@@ -417,3 +417,20 @@ def test_postgres_keeps_placeholders_and_rebuilds_the_same_call(
         assert call.kwargs["token"] == SECRET
         assert call.kwargs["when"] == date(2024, 1, 2) and call.kwargs["blob"] == b"hello"
         assert call.kwargs["note"] == "given"
+
+
+def test_the_daemon_builds_a_jobs_own_call_once_per_job_spec(tmp_path: Path) -> None:
+    (tmp_path / "ownmod.py").write_text("def f(a, b=1):\n    return a\n")
+    text = "jobs:\n  j: {entrypoint: ownmod:f, kwargs: {a: 1}}\n"
+    first = parse_config_text(text, filename="jobs.yaml", base_dir=tmp_path).jobs["j"]
+    assert call_for_start(first) is call_for_start(first)
+    again = parse_config_text(text.replace("a: 1", "a: 2"), filename="jobs.yaml", base_dir=tmp_path)
+    assert call_for_start(again.jobs["j"]).kwargs == {"a": 2}  # a reload's spec is built anew
+    secret = parse_config_text(
+        "jobs:\n  j: {entrypoint: ownmod:f, kwargs: {a: '${A}'}}\n",
+        filename="jobs.yaml",
+        base_dir=tmp_path,
+        env={"A": "x"},
+    ).jobs["j"]
+    assert call_for_start(secret).kwargs == {"a": "x"}
+    assert call_for_start(secret).stored_kwargs == {"a": "${A}"}
