@@ -6,10 +6,10 @@ TZif file. Every form becomes a ``zoneinfo.ZoneInfo``: a rule is wrapped in a TZ
 no transitions whose footer is the rule, so the standard library applies it for all times.
 
 The machine's zone is looked for as the C library does (tzset(3)): ``$TZ`` in any of its
-forms, else ``/etc/localtime`` (a link into a zoneinfo folder, or a copy of a zone file,
-matched back to its IANA name where one has the same content), else ``/etc/timezone``, else
-UTC, which is what the C library uses when nothing is set. A ``$TZ`` nothing can read is
-refused (``ZoneError``), never replaced by UTC.
+forms (set but empty means UTC), else ``/etc/localtime`` (a link into a zoneinfo folder, or a
+copy of a zone file, matched back to its IANA name where one has the same content), else
+``/etc/timezone``, else UTC, which is what the C library uses when nothing is set. A ``$TZ``
+nothing can read is refused (``ZoneError``), never replaced by UTC.
 """
 
 from __future__ import annotations
@@ -159,6 +159,8 @@ def machine_zone(env: Mapping[str, str] | None = None, root: str = "/") -> Machi
     ``etc/`` is looked for (tests). Raises ZoneError for a ``$TZ`` that cannot be used."""
     environ = os.environ if env is None else env
     tz = environ.get("TZ")
+    if tz == "":
+        return MachineZone("UTC", "TZ set but empty (UTC, as the C library reads it)")
     if tz is not None and tz.strip(": "):
         return _from_tz(tz)
     localtime = Path(root, "etc/localtime")

@@ -203,6 +203,7 @@ def test_etc_localtime_as_a_link_a_copy_or_etc_timezone(tmp_path: Path) -> None:
     only.mkdir(parents=True)
     (only / "timezone").write_text("America/New_York\n")
     assert machine_zone({}, root=str(only.parent)).name == "America/New_York"
+    assert machine_zone({"TZ": ""}, root=str(only.parent)).name == "UTC"  # glibc: empty is UTC
     nothing = tmp_path / "e"
     nothing.mkdir()
     assert machine_zone({}, root=str(nothing)).source.startswith("UTC: no TZ")

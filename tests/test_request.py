@@ -137,7 +137,14 @@ class _StepTimer:
             self.supervisor.request_stop()
 
 
-async def _life(folder: Path, start: datetime, until: datetime, *, handed_over: int = 0) -> None:
+async def _life(
+    folder: Path,
+    start: datetime,
+    until: datetime,
+    *,
+    handed_over: int = 0,
+    raw: tuple[list[Any], dict[str, Any]] | None = None,
+) -> None:
     env = {"API_TOKEN": SECRET}
     config = parse_config_text(
         (folder / "jobs.yaml").read_text(), filename="jobs.yaml", base_dir=folder, env=env
@@ -152,6 +159,8 @@ async def _life(folder: Path, start: datetime, until: datetime, *, handed_over: 
     for _ in range(handed_over):  # as enqueue() writes them; the second waits (overlap)
         call = build_call(job, env=env)
         await store.enqueue("report", call.stored_args, call.stored_kwargs, start)
+    if raw is not None:  # written by hand, as another version of qtasks might have
+        await store.enqueue("report", raw[0], raw[1], start)
     await asyncio.wait_for(supervisor.run(), timeout=60)
     await store.close()
 
@@ -434,3 +443,27 @@ def test_the_daemon_builds_a_jobs_own_call_once_per_job_spec(tmp_path: Path) -> 
     ).jobs["j"]
     assert call_for_start(secret).kwargs == {"a": "x"}
     assert call_for_start(secret).stored_kwargs == {"a": "${A}"}
+
+
+def test_a_request_refused_as_it_starts_fails_with_the_reason(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECORD_TO", str(folder / "calls.jsonl"))
+    stored = build_call(parse_config_text(
+        (folder / "jobs.yaml").read_text(), filename="jobs.yaml", base_dir=folder,
+        env={"API_TOKEN": SECRET},
+    ).jobs["report"], env={"API_TOKEN": SECRET})  # fmt: skip
+    bad = dict(stored.stored_kwargs, nope=1)
+    asyncio.run(_life(folder, T0, T0 + timedelta(seconds=5), raw=([], bad)))
+    with sqlite3.connect(folder / "state.db") as conn:
+        rows = list(conn.execute("SELECT trigger, status, error_type, error FROM runs"))
+    assert rows == [
+        (
+            "queued",
+            "failed",
+            "ArgumentsError",
+            "job 'report': arguments do not fit report(recipient, token, when, country, "
+            "blob=b'', note='default'): got an unexpected keyword argument 'nope'",
+        )
+    ]
+    assert not (folder / "calls.jsonl").exists()
