@@ -281,6 +281,8 @@ def _duration(node: Located, *, positive: bool = False) -> timedelta:
 
 def _clock_hint(text: str, what: str) -> str:
     parts = text.strip().lstrip("+").split(":")
+    if what != "a duration" and what != "a schedule":
+        return "write the number you meant, or quote the text"
     if what == "a schedule":
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             at = f"'{int(parts[1])} {int(parts[0])} * * *'"
