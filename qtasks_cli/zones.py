@@ -121,10 +121,12 @@ def _same_content(content: bytes, hint: str | None = None) -> str | None:
     from zoneinfo import available_timezones
 
     names = sorted(available_timezones())
-    if hint in names:
-        names.insert(0, names.pop(names.index(hint)))  # /etc/timezone's name first
+    if hint is not None and hint in names and _zone_bytes(hint) == content:
+        return hint  # /etc/timezone's name, when it is the same zone
+    # Area/City names first, then UTC, then the rest (Etc/..., legacy names).
     preferred = [n for n in names if "/" in n and not n.startswith(("Etc/", "SystemV/"))]
-    for name in [*preferred, *(n for n in names if n not in preferred)]:
+    rest = sorted((n for n in names if n not in preferred), key=lambda n: n != "UTC")
+    for name in [*preferred, *rest]:
         if _zone_bytes(name) == content:
             return name
     return None
