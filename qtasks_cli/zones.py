@@ -18,6 +18,7 @@ import functools
 import io
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,6 +84,12 @@ def get_zone(name: str) -> ZoneInfo:
 
 
 def _from_file(path: Path, name: str) -> ZoneInfo:
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        raise ZoneError(f"{name!r}: no such zone file") from None
+    if not regular:  # a FIFO or a device would block or never end
+        raise ZoneError(f"{name!r}: not a zone file (not a regular file)")
     iana = _iana_name_of(path)
     if iana is not None:
         return ZoneInfo(iana)
@@ -208,7 +215,10 @@ def _localtime_name(localtime: Path, declared: str | None) -> MachineZone | None
             if _valid_name(candidate):
                 return MachineZone(candidate.removeprefix("posix/"), f"{where} -> {resolved}")
     try:
-        content = Path(localtime).read_bytes()[:_TZIF_LIMIT]
+        if not stat.S_ISREG(os.stat(localtime).st_mode):
+            return None
+        with open(localtime, "rb") as fh:
+            content = fh.read(_TZIF_LIMIT)
     except OSError:
         return None
     name = _same_content(content, declared)

@@ -254,6 +254,16 @@ def test_posix_rules_give_the_c_librarys_offsets(instants: list[int]) -> None:
         assert ours == _libc_offsets(rule, instants), rule
 
 
+def test_a_tz_naming_a_device_or_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for tz in (str(fifo), ":/dev/zero", "/dev/stdin", str(tmp_path)):
+        with pytest.raises(ZoneError, match="not a"):
+            machine_zone({"TZ": tz})
+
+
 def test_rule_zones_pickle_and_name_themselves() -> None:
     zone = get_zone("JST-9")
     assert str(zone) == "JST-9"
@@ -262,3 +272,26 @@ def test_rule_zones_pickle_and_name_themselves() -> None:
         get_zone("JST")  # no offset: not a rule
     with pytest.raises(ZoneError, match="zero-based"):
         get_zone("YST-1YDT,59/1,299/2")  # zoneinfo and glibc disagree on this form
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=40)
+    | st.from_regex(
+        r"<?[A-Z+-]{0,5}\d{0,3}>?[+-]?\d{0,3}(:\d\d)?([A-Z]{3,4}(,[JM]?[\d.]{1,8}(/-?\d{1,3})?){0,3})?",
+        fullmatch=True,
+    )
+)
+def test_any_tz_value_gives_a_zone_or_a_clear_refusal(text: str) -> None:
+    """Hostile TZ values: a usable zone whose offsets are sane, or ZoneError; never a crash."""
+    if "\0" in text:
+        return  # an environment variable cannot hold NUL
+    try:
+        found = machine_zone({"TZ": text}, root="/nonexistent")
+    except ZoneError as exc:
+        assert str(exc)
+        return
+    zone = get_zone(found.name)
+    for year in (1970, 2000, 2038, 2100):
+        offset = datetime(year, 6, 1, tzinfo=UTC).astimezone(zone).utcoffset()
+        assert offset is not None and abs(offset) < timedelta(hours=26)
