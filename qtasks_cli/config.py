@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
-from qtasks_cli import entrypoints, yamlload
+from qtasks_cli import entrypoints, yamlload, yamltraps
 from qtasks_cli.durations import parse_duration
 from qtasks_cli.errors import (
     ConfigError,
@@ -262,14 +262,12 @@ def _positive_number(node: Located) -> float:
     return float(value)
 
 
-_MAPPING_FIELDS = ("month", "day", "day_of_week", "hour", "minute", "second")
-_CLOCK_LIKE = re.compile(r"\s*[-+]?\d+(:\d+)+(\.\d*)?\s*")
-
-
 def _duration(node: Located, *, positive: bool = False) -> timedelta:
     if node.kind != "scalar":
         raise _Bad(f"expected a duration such as 30s, 5m or 1h30m, got {node.type_name()}")
-    _refuse_yaml_trap(node, "a duration")
+    problem = yamltraps.refusal(node, "a duration")
+    if problem:
+        raise _Bad(problem)
     try:
         value = parse_duration(node.value)
     except DurationError as exc:
@@ -277,46 +275,6 @@ def _duration(node: Located, *, positive: bool = False) -> timedelta:
     if positive and not value:
         raise _Bad(f"expected a duration > 0, got {node.value!r}")
     return value
-
-
-def _clock_hint(text: str, what: str) -> str:
-    parts = text.strip().lstrip("+").split(":")
-    if what != "a duration" and what != "a schedule":
-        return "write the number you meant, or quote the text"
-    if what == "a schedule":
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            at = f"'{int(parts[1])} {int(parts[0])} * * *'"
-            return f"for {int(parts[0]):02}:{int(parts[1]):02} every day write {at}"
-        return "write a cron expression such as '30 1 * * *'"
-    if len(parts) == 2:
-        return f"write '{parts[0]}m{parts[1]}s' or '{parts[0]}h{parts[1]}m'"
-    if len(parts) == 3:
-        return f"write '{parts[0]}h{parts[1]}m{parts[2]}s'"
-    return "write it with units, such as '1h30m' or '2m30s'"
-
-
-def _refuse_yaml_trap(node: Located, what: str) -> None:
-    """Refuse a scalar whose meaning YAML 1.1 changed, or a clock-like text that has no one
-    meaning (``1:30`` and ``"1:30"`` alike), saying what it became and what to write."""
-    text = node.source if node.trap else node.value
-    if node.trap == "base-60" or (isinstance(text, str) and _CLOCK_LIKE.fullmatch(text)):
-        read = node.trap_note() if node.trap else f"{text!r} is not {what}"
-        raise _Bad(f"{read}; {_clock_hint(text, what)}")
-    if node.trap == "octal":
-        digits = node.source.lstrip("+-0_") or "0"
-        hint = f"write '{digits}s' for {digits} seconds" if what == "a duration" else ""
-        if not hint:
-            raise _Bad(f"{node.trap_note()}; write {digits}")
-        raise _Bad(f"{node.trap_note()}, not {what}; {hint}")
-    if node.trap == "boolean":
-        raise _Bad(
-            f"{node.trap_note()}, not {what}; write a value such as 30s (for none, leave the "
-            "key out or write null where that is allowed)"
-            if what == "a duration"
-            else f"{node.trap_note()}, not {what}; quote it if you meant the text"
-        )
-    if node.trap == "date":
-        raise _Bad(f"{node.trap_note()}, not {what}")
 
 
 def _choice(enum_type: type[enum.Enum]) -> Callable[[Located], Any]:
@@ -673,42 +631,18 @@ class _JobReader:
             self.values["schedule_text"] = "; ".join(_compact(yamlload.plain(i)) for i in items)
 
     def _schedule_trap(self, node: Located) -> bool:
-        try:
-            in_mapping = node.path.rsplit(".", 1)[-1] in _MAPPING_FIELDS
-            _refuse_yaml_trap(node, "a valid value" if in_mapping else "a schedule")
-        except _Bad as exc:
-            self.report(node, exc.message)
-            return True
-        return False
-
-    def _note_traps(self, node: Located) -> None:
-        """validate says what a surprising YAML 1.1 scalar in args or kwargs became."""
-        if node.kind == "map":
-            for key, (_, value) in node.value.items():
-                if value.trap:
-                    self.ctx.warn(
-                        value,
-                        f"'{key}: {value.source}' became {value.value!r} "
-                        f"({value.trap_reason()}); quote it to pass the text",
-                    )
-                else:
-                    self._note_traps(value)
-        elif node.kind == "seq":
-            for item in node.value:
-                if item.trap:
-                    self.ctx.warn(
-                        item,
-                        f"'{item.source}' became {item.value!r} ({item.trap_reason()}); "
-                        "quote it to pass the text",
-                    )
-                else:
-                    self._note_traps(item)
+        in_mapping = node.path.rsplit(".", 1)[-1] in yamltraps.MAPPING_FIELDS
+        problem = yamltraps.refusal(node, "a valid value" if in_mapping else "a schedule")
+        if problem:
+            self.report(node, problem)
+        return problem is not None
 
     def _read_arguments(self) -> None:
         args, kwargs = self.nodes.get("args"), self.nodes.get("kwargs")
         for node in (args, kwargs):
             if node is not None:
-                self._note_traps(node)
+                for where, note in yamltraps.notes(node):
+                    self.ctx.warn(where, note)
         if args is not None and not args.is_null and not args.invalid:
             if args.kind == "seq":
                 self.values["args"] = tuple(self._interpolate(item) for item in args.value)
