@@ -295,3 +295,16 @@ def test_any_tz_value_gives_a_zone_or_a_clear_refusal(text: str) -> None:
     for year in (1970, 2000, 2038, 2100):
         offset = datetime(year, 6, 1, tzinfo=UTC).astimezone(zone).utcoffset()
         assert offset is not None and abs(offset) < timedelta(hours=26)
+
+
+@pytest.mark.parametrize(
+    ("cron", "words"),
+    [
+        ("1 1 1-7 * */7", "at 01:01 on days 1-7 of the month when that is a Sun"),
+        ("0 0 L * */7", "at 00:00 on the last day of the month when that is a Sun"),
+        ("0 0 1 * mon", "at 00:00 on day 1 of the month or on Mon"),
+        ("0 0 */2 * mon", "cron: 0 0 */2 * mon"),  # no words for it: the fields as written
+    ],
+)
+def test_descriptions_say_whether_the_day_fields_and_or_or(cron: str, words: str) -> None:
+    assert parse_schedule(cron, ZoneInfo("UTC")).describe() == words

@@ -149,7 +149,14 @@ def _describe_cron(c: _CronFields) -> str | None:
     if day.star and weekday.star:
         on = "every day" if fixed_times else ""
     elif not c.day_or and not day.star and not weekday.star:
-        return None  # both must match: the fallback shows the fields as written
+        # Both must match (a field starts with "*"): say it, or fall back to the fields.
+        day_words = _describe_days(day)
+        plain = all(item.kind in ("all", "value", "range") for item in weekday.items)
+        if day_words is None or not plain or not weekday.values:
+            return None
+        names = [_WEEKDAY_NAMES[v].title() for v in sorted(weekday.values)]
+        either = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        on = f"on {day_words} when that is a {either}"
     else:
         day_words = None if day.star else _describe_days(day)
         weekday_words = None if weekday.star else _describe_weekdays(weekday)
