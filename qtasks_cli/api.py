@@ -211,7 +211,10 @@ def load_cached(config: str | os.PathLike[str] | None) -> Config:
     cached = _LOADED.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    loaded = load(path, check_imports=False)
+    from qtasks_cli.config import load_config
+
+    # The placeholders are stored, not their values: this process need not hold the secrets.
+    loaded = load_config(path, check_imports=False, variables_required=False)
     _LOADED[path] = (stamp, loaded)
     return loaded
 
@@ -235,7 +238,10 @@ def enqueue_loaded(
     spec = get_job(config, job)
     if any(str(folder) not in sys.path for folder in config.settings.path):
         add_to_sys_path(config.settings.path)  # to import the entry point for its signature
-    call = build_call(spec, args or None, kwargs)
+    from qtasks_cli.request import build_call as build
+
+    # Variables unset here are resolved by the daemon when the run starts.
+    call = build(spec, args or None, kwargs, redact=spec.redact, unset_ok=True)
     location = state_location(config, state)
     return enqueue_now(
         location, spec.name, call.stored_args, call.stored_kwargs, schema=config.settings.schema

@@ -78,6 +78,8 @@ class _Context:
     env: Mapping[str, str]
     check_imports: bool
     problems: list[Problem]
+    # False where only the placeholders are kept (enqueue): an unset ${NAME} is no problem.
+    variables_required: bool = True
     warnings: list[Problem] = dataclasses.field(default_factory=list)
     zone_source: str = "job file (settings.timezone)"
 
@@ -117,9 +119,11 @@ def load_config(
     *,
     check_imports: bool = True,
     env: Mapping[str, str] | None = None,
+    variables_required: bool = True,
 ) -> Config:
     """Read and validate the job file at ``path``; ConfigFileError if it cannot be read,
-    ConfigError listing every problem if it is invalid."""
+    ConfigError listing every problem if it is invalid. Without ``variables_required`` an
+    unset ``${NAME}`` is no problem (its value is then empty; see qtasks_cli.request)."""
     shown = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -138,7 +142,12 @@ def load_config(
     text = _decode(data, shown)
     base_dir = Path(os.path.normpath(Path(path).absolute().parent))
     return parse_config_text(
-        text, filename=shown, base_dir=base_dir, check_imports=check_imports, env=env
+        text,
+        filename=shown,
+        base_dir=base_dir,
+        check_imports=check_imports,
+        env=env,
+        variables_required=variables_required,
     )
 
 
@@ -163,6 +172,7 @@ def parse_config_text(
     base_dir: Path,
     check_imports: bool = True,
     env: Mapping[str, str] | None = None,
+    variables_required: bool = True,
 ) -> Config:
     """Validate job-file ``text``; relative paths in it are taken from ``base_dir``."""
     base_dir = Path(os.path.normpath(base_dir.absolute()))
@@ -173,6 +183,7 @@ def parse_config_text(
         env=os.environ if env is None else env,
         check_imports=check_imports,
         problems=problems,
+        variables_required=variables_required,
     )
     if tree is None:
         message = "the file is empty; expected a mapping with a 'jobs' key"
@@ -682,7 +693,7 @@ class _JobReader:
             if value:
                 self.secrets.setdefault(value, match.group(0))
         text, missing = expand(node.value, self.ctx.env.get)
-        if missing:
+        if missing and self.ctx.variables_required:
             self.arguments_ok = False
             names = ", ".join(repr(name) for name in missing)
             what = f"variables {names} are" if len(missing) > 1 else f"variable {names} is"

@@ -181,13 +181,15 @@ def build_call(
     env: Mapping[str, str] | None = None,
     bind: bool = True,
     redact: Callable[[str], str] | None = None,
+    unset_ok: bool = False,
 ) -> RunCall:
     """The arguments of a run of ``job`` started with the caller's ``args`` / ``kwargs``
     (None: the job file's own). Caller values are literal; merged with the job file's by
     the module's rule, checked, resolved against ``job.variables`` then ``env`` (default
     ``os.environ``) and, with ``bind``, checked against the signature. ``redact`` (such as
     ``JobSpec.redact``) turns secret values inside caller strings into their ``${NAME}``
-    for the stored form, where that reads back exactly.
+    for the stored form, where that reads back exactly. With ``unset_ok`` (a process that
+    only stores the call) an unset variable is no error: the values are then only bound.
     Raises ArgumentsError (or EntryPointError if the entry point cannot be imported)."""
     given = [] if args is None else list(args)
     extra = {} if kwargs is None else dict(kwargs)
@@ -204,7 +206,7 @@ def build_call(
         stored_args = _store_form(given, literal)
     stored_kwargs = _unwrap_dict(_store_form(dict(template_kwargs), _keep))
     stored_kwargs.update(_unwrap_dict(_store_form(extra, literal)))
-    return _finish(job, stored_args, stored_kwargs, env, bind)
+    return _finish(job, stored_args, stored_kwargs, env, bind, unset_ok)
 
 
 def stored_call(
@@ -280,6 +282,7 @@ def _finish(
     stored_kwargs: dict[str, Any],
     env: Mapping[str, str] | None,
     bind: bool,
+    unset_ok: bool = False,
 ) -> RunCall:
     environ = os.environ if env is None else env
     variables = job.variables
@@ -299,7 +302,7 @@ def _finish(
     args = tuple(_live_form(stored_args, resolve_text))
     # Decoded key by key: the top level is a plain mapping of names, never a tagged value.
     kwargs = {key: _live_form(value, resolve_text) for key, value in stored_kwargs.items()}
-    if missing:
+    if missing and not unset_ok:
         names = ", ".join(repr(name) for name in dict.fromkeys(missing))
         raise ArgumentsError(
             f"job {job.name!r}: environment variable(s) {names} not set when the run started "

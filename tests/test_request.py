@@ -263,15 +263,19 @@ def test_trigger_enqueue_and_enqueue_api_pass_the_yaml_kwargs(folder: Path) -> N
     # A caller's value replaces the file's key by key; a literal ${X} stays literal.
     over = _enqueue(folder, env, "{'note': '${API_TOKEN}', 'country': 'lv'}")
     assert over.returncode == 0, over.stderr
+    # The enqueuing process need not hold the secret: the daemon resolves it at start.
+    without = _enqueue(folder, clean_env(RECORD_TO=str(record)))
+    assert without.returncode == 0, without.stderr
     no_secret_in(folder / ".qtasks" / "state.db")
     daemon = Daemon(["jobs.yaml"], folder, env)
     try:
-        daemon.wait_for(lambda _: len(records(record)) >= 4, timeout=60)
+        daemon.wait_for(lambda _: len(records(record)) >= 5, timeout=60)
     finally:
         daemon.stop()
     seen = records(record)
     assert seen[:3] == [EXPECTED] * 3
     assert seen[3] == {**EXPECTED, "note": "${API_TOKEN}", "country": "lv"}
+    assert seen[4] == EXPECTED
     no_secret_in(folder / ".qtasks" / "state.db")
 
 
