@@ -615,10 +615,11 @@ class _JobReader:
             self.report(node, "expected a schedule or a list of schedules, got an empty list")
         compiled: list[Schedule] = []
         for item in items:
-            trapped = [item] if item.kind == "scalar" else []
+            # Every scalar: a quoted "1:30" is refused as 1:30 is, for the same reason.
+            trapped = [item] if item.kind == "scalar" and not item.invalid else []
             if item.kind == "map":
                 trapped = [value for _, value in item.value.values() if value.trap]
-            if any(self._schedule_trap(node) for node in trapped if node.trap):
+            if any(self._schedule_trap(node) for node in trapped):
                 continue
             if item.invalid:
                 self.ok = False

@@ -174,12 +174,21 @@ def machine_zone(env: Mapping[str, str] | None = None, root: str = "/") -> Machi
         return _from_tz(tz)
     localtime = Path(root, "etc/localtime")
     declared = _read_timezone_file(Path(root, "etc/timezone"))
+    broken = False
     if os.path.lexists(localtime):
         name = _localtime_name(localtime, declared)
         if name is not None:
             return name
+        broken = True
+    timezone_file = Path(root, "etc/timezone")
     if declared is not None and _valid_name(declared):
-        return MachineZone(declared, f"{Path(root, 'etc/timezone')}")
+        why = f" ({localtime} cannot be read as a zone)" if broken else ""
+        return MachineZone(declared, f"{timezone_file}{why}")
+    if broken:  # the C library would use UTC here without a word
+        raise ZoneError(
+            f"{localtime} is not a zone file qtasks can read (a broken link?), and neither TZ "
+            f"nor {timezone_file} names a zone; set TZ or settings.timezone in the job file"
+        )
     return MachineZone("UTC", "UTC: no TZ, /etc/localtime or /etc/timezone (as the C library)")
 
 

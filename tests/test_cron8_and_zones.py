@@ -204,6 +204,13 @@ def test_etc_localtime_as_a_link_a_copy_or_etc_timezone(tmp_path: Path) -> None:
     (only / "timezone").write_text("America/New_York\n")
     assert machine_zone({}, root=str(only.parent)).name == "America/New_York"
     assert machine_zone({"TZ": ""}, root=str(only.parent)).name == "UTC"  # glibc: empty is UTC
+    broken = tmp_path / "g" / "etc"
+    broken.mkdir(parents=True)
+    (broken / "localtime").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ZoneError, match="not a zone file qtasks can read"):
+        machine_zone({}, root=str(broken.parent))  # never UTC without a word
+    (broken / "timezone").write_text("Europe/Riga\n")
+    assert machine_zone({}, root=str(broken.parent)).name == "Europe/Riga"
     nothing = tmp_path / "e"
     nothing.mkdir()
     assert machine_zone({}, root=str(nothing)).source.startswith("UTC: no TZ")

@@ -189,3 +189,22 @@ def test_libyaml_and_python_parsers_agree(text: str) -> None:
         assert with_c == python_only
     if with_c[0] == "error":
         assert python_only[0] == "error"
+
+
+def test_a_quoted_clock_time_is_refused_as_a_schedule_too(tmp_path: Path) -> None:
+    found = messages(
+        tmp_path,
+        """
+        jobs:
+          a: {entrypoint: m:f, schedule: "1:30"}
+          b: {entrypoint: m:f, schedule: 0:30}
+        """,
+    )
+    assert (
+        "jobs.a.schedule: '1:30' is not a schedule; for 01:30 every day write '30 1 * * *'"
+        in (found[0])
+    )
+    assert (
+        "jobs.b.schedule: '0:30' is not a schedule; for 00:30 every day write '30 0 * * *'"
+        in (found[1])
+    )
