@@ -13,11 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
+from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, UnknownJobError
 from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
     from qtasks_cli.events import Event, EventBus
+    from qtasks_cli.request import RunCall
     from qtasks_cli.store.base import RunRow, Store
     from qtasks_cli.supervisor import Supervisor
     from qtasks_cli.systemd import SystemdAgent
@@ -72,11 +73,11 @@ def get_job(config: Config, name: str) -> JobSpec:
 
 def next_fires(job: JobSpec, count: int, after: datetime) -> list[datetime]:
     """The job's next ``count`` fire times after ``after``, in the job's zone."""
-    from zoneinfo import ZoneInfo
+    from qtasks_cli.zones import get_zone
 
     if job.schedule is None:
         return []
-    zone = ZoneInfo(job.timezone)
+    zone = get_zone(job.timezone)
     fires: list[datetime] = []
     t: datetime | None = after
     while len(fires) < count and t is not None:
@@ -97,6 +98,7 @@ def list_jobs(
             "schedule": job.schedule.describe() if job.schedule else "only when triggered",
             "schedule_text": job.schedule_text,
             "timezone": job.timezone,
+            "timezone_source": _zone_source(config, job),
             "enabled": job.enabled,
             "description": job.description,
             "next": [t.isoformat() for t in next_fires(job, count, start)] if job.enabled else [],
@@ -105,18 +107,21 @@ def list_jobs(
     ]
 
 
-def bind_arguments(
-    job: JobSpec, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The arguments a run gets: the job's own unless replaced; checked against the signature."""
-    from qtasks_cli.entrypoints import check_binding, resolve
+def _zone_source(config: Config, job: JobSpec) -> str:
+    """Where the job's zone came from: its own key, settings.timezone or the machine."""
+    if job.timezone != config.settings.timezone:
+        return f"job file (jobs.{job.name}.timezone)"
+    return config.zone_source or "job file (settings.timezone)"
 
-    final_args = tuple(job.args if args is None else args)
-    final_kwargs = dict(job.kwargs if kwargs is None else kwargs)
-    problem = check_binding(resolve(job.entrypoint), final_args, final_kwargs)
-    if problem:
-        raise QtasksError(f"job {job.name!r}: arguments do not fit {job.entrypoint}: {problem}")
-    return final_args, final_kwargs
+
+def build_call(
+    job: JobSpec, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> RunCall:
+    """A run's arguments by the one rule of ``qtasks_cli.request``; caller strings equal to
+    a ``${NAME}`` value are stored as the placeholder."""
+    from qtasks_cli.request import build_call
+
+    return build_call(job, args, kwargs, redact=job.redact)
 
 
 # --- trigger -------------------------------------------------------------------------------------
@@ -137,7 +142,7 @@ async def trigger_now(
     from qtasks_cli.store import new_run_id
 
     job = get_job(config, job_name)
-    run_args, run_kwargs = bind_arguments(job, args, kwargs)
+    call = build_call(job, args, kwargs)
     store = open_state(config, state)
     await store.open()
     runtime = Runtime(config.settings.max_concurrent)
@@ -156,8 +161,8 @@ async def trigger_now(
                 status=RunStatus.RUNNING,
             ),
             # The history keeps ${NAME} placeholders, never the values behind them.
-            args=_redacted(job, list(run_args)),
-            kwargs=_redacted(job, run_kwargs),
+            args=call.stored_args,
+            kwargs=call.stored_kwargs,
         )
         await runtime.capacity.acquire()
         result = await execute(
@@ -167,8 +172,8 @@ async def trigger_now(
             scheduled=None,
             runtime=runtime,
             emit=bus.emit,
-            args=run_args,
-            kwargs=run_kwargs,
+            args=call.args,
+            kwargs=call.kwargs,
         )
         runtime.capacity.release()
         await store.finish(result)
@@ -176,17 +181,6 @@ async def trigger_now(
     finally:
         runtime.shutdown()
         await store.close()
-
-
-def _redacted(job: JobSpec, value: Any) -> Any:
-    """``value`` with every interpolated secret in its strings shown as ``${NAME}``."""
-    if isinstance(value, str):
-        return job.redact(value)
-    if isinstance(value, (list, tuple)):
-        return [_redacted(job, item) for item in value]
-    if isinstance(value, Mapping):
-        return {key: _redacted(job, item) for key, item in value.items()}
-    return value
 
 
 def enqueue(
@@ -217,7 +211,10 @@ def load_cached(config: str | os.PathLike[str] | None) -> Config:
     cached = _LOADED.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    loaded = load(path, check_imports=False)
+    from qtasks_cli.config import load_config
+
+    # The placeholders are stored, not their values: this process need not hold the secrets.
+    loaded = load_config(path, check_imports=False, variables_required=False)
     _LOADED[path] = (stamp, loaded)
     return loaded
 
@@ -225,17 +222,30 @@ def load_cached(config: str | os.PathLike[str] | None) -> Config:
 def enqueue_loaded(
     config: Config,
     job: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
     *,
     state: str | None = None,
 ) -> str:
-    """``enqueue`` for a job file already loaded."""
+    """``enqueue`` for a job file already loaded: the arguments are built and checked here,
+    by the rule every start path uses (``args`` None or empty: the job file's), and stored
+    with ``${NAME}`` placeholders, never their values. ArgumentsError if they are refused."""
+    import sys
+
+    from qtasks_cli.entrypoints import add_to_sys_path
     from qtasks_cli.store import enqueue_now
 
     spec = get_job(config, job)
+    if any(str(folder) not in sys.path for folder in config.settings.path):
+        add_to_sys_path(config.settings.path)  # to import the entry point for its signature
+    from qtasks_cli.request import build_call as build
+
+    # Variables unset here are resolved by the daemon when the run starts.
+    call = build(spec, args or None, kwargs, redact=spec.redact, unset_ok=True)
     location = state_location(config, state)
-    return enqueue_now(location, spec.name, list(args), dict(kwargs), schema=config.settings.schema)
+    return enqueue_now(
+        location, spec.name, call.stored_args, call.stored_kwargs, schema=config.settings.schema
+    )
 
 
 async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunRow:

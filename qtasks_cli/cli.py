@@ -100,6 +100,8 @@ def validate(
 ) -> None:
     """Check the job file; print every problem with its line, or 'N jobs OK'."""
     loaded = _load(config, check_imports=not no_import)
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
     count = len(loaded.jobs)
     print(f"{count} job{'s' if count != 1 else ''} OK")
 
@@ -128,7 +130,17 @@ def list_(
         print(
             json.dumps(
                 [
-                    {k: r[k] for k in ("name", "schedule", "timezone", "enabled", "next")}
+                    {
+                        k: r[k]
+                        for k in (
+                            "name",
+                            "schedule",
+                            "timezone",
+                            "timezone_source",
+                            "enabled",
+                            "next",
+                        )
+                    }
                     for r in rows
                 ],
                 indent=2,
@@ -136,6 +148,8 @@ def list_(
         )
         return
     width = max(len(r["name"]) for r in rows)
+    if loaded.zone_source:  # the machine's zone is the default: say where it was found
+        print(f"default time zone: {loaded.settings.timezone} (from {loaded.zone_source})")
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
         nexts = row["next"] or ["-"]
@@ -276,8 +290,7 @@ def trigger(
     try:
         spec = api.get_job(loaded, job)
         if enqueue:
-            run_args, run_kwargs = api.bind_arguments(spec, args, kwargs)
-            run_id = api.enqueue_loaded(loaded, job, run_args, run_kwargs, state=state)
+            run_id = api.enqueue_loaded(loaded, spec.name, args, kwargs, state=state)
             print(run_id)
             if not wait:
                 raise typer.Exit(EXIT_OK)

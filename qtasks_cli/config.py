@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -14,9 +13,9 @@ from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from qtasks_cli import entrypoints, yamlload
+from qtasks_cli import entrypoints, yamlload, yamltraps
 from qtasks_cli.durations import parse_duration
 from qtasks_cli.errors import (
     ConfigError,
@@ -55,7 +54,6 @@ KNOWN_RETRY_KEYS = ("retries", "on", "delay", "backoff", "max_delay", "jitter")
 _MERGED_KEYS = ("retry", "kwargs")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 Entries = dict[str, tuple[Located, Located]]
@@ -80,6 +78,21 @@ class _Context:
     env: Mapping[str, str]
     check_imports: bool
     problems: list[Problem]
+    # False where only the placeholders are kept (enqueue): an unset ${NAME} is no problem.
+    variables_required: bool = True
+    warnings: list[Problem] = dataclasses.field(default_factory=list)
+    zone_source: str = "job file (settings.timezone)"
+
+    def warn(self, node: Located, message: str) -> None:
+        self.warnings.append(
+            Problem(
+                file=self.file,
+                line=node.line,
+                column=node.column,
+                key=node.path,
+                message=f"warning: {message}",
+            )
+        )
 
     def report(self, node: Located, message: str, path: str | None = None) -> None:
         key = node.path if path is None else path
@@ -106,9 +119,11 @@ def load_config(
     *,
     check_imports: bool = True,
     env: Mapping[str, str] | None = None,
+    variables_required: bool = True,
 ) -> Config:
     """Read and validate the job file at ``path``; ConfigFileError if it cannot be read,
-    ConfigError listing every problem if it is invalid."""
+    ConfigError listing every problem if it is invalid. Without ``variables_required`` an
+    unset ``${NAME}`` is no problem (its value is then empty; see qtasks_cli.request)."""
     shown = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -127,7 +142,12 @@ def load_config(
     text = _decode(data, shown)
     base_dir = Path(os.path.normpath(Path(path).absolute().parent))
     return parse_config_text(
-        text, filename=shown, base_dir=base_dir, check_imports=check_imports, env=env
+        text,
+        filename=shown,
+        base_dir=base_dir,
+        check_imports=check_imports,
+        env=env,
+        variables_required=variables_required,
     )
 
 
@@ -152,6 +172,7 @@ def parse_config_text(
     base_dir: Path,
     check_imports: bool = True,
     env: Mapping[str, str] | None = None,
+    variables_required: bool = True,
 ) -> Config:
     """Validate job-file ``text``; relative paths in it are taken from ``base_dir``."""
     base_dir = Path(os.path.normpath(base_dir.absolute()))
@@ -162,6 +183,7 @@ def parse_config_text(
         env=os.environ if env is None else env,
         check_imports=check_imports,
         problems=problems,
+        variables_required=variables_required,
     )
     if tree is None:
         message = "the file is empty; expected a mapping with a 'jobs' key"
@@ -182,7 +204,14 @@ def parse_config_text(
     if ctx.problems:
         raise ConfigError(_sorted(ctx.problems))
     path = Path(filename) if Path(filename).is_absolute() else base_dir / Path(filename).name
-    return Config(path=path, settings=settings, jobs=jobs, digest=_digest(jobs))
+    return Config(
+        path=path,
+        settings=settings,
+        jobs=jobs,
+        digest=_digest(jobs),
+        warnings=tuple(_sorted(ctx.warnings)),
+        zone_source=ctx.zone_source,
+    )
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -247,6 +276,9 @@ def _positive_number(node: Located) -> float:
 def _duration(node: Located, *, positive: bool = False) -> timedelta:
     if node.kind != "scalar":
         raise _Bad(f"expected a duration such as 30s, 5m or 1h30m, got {node.type_name()}")
+    problem = yamltraps.refusal(node, "a duration")
+    if problem:
+        raise _Bad(problem)
     try:
         value = parse_duration(node.value)
     except DurationError as exc:
@@ -280,37 +312,21 @@ def _ref(node: Located) -> str:
 
 
 def _zone(node: Located) -> str:
+    from qtasks_cli.zones import ZoneError, get_zone
+
     name = _str(node)
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+        get_zone(name)
+    except ZoneError as exc:
         from zoneinfo import available_timezones
 
         hint = entrypoints.did_you_mean(name, available_timezones())
-        raise _Bad(f"unknown time zone {name!r}{hint}") from None
+        raise _Bad(f"{exc}{hint}") from None
     return name
 
 
 def _show(node: Located) -> str:
     return repr(node.value) if node.kind == "scalar" else node.type_name()
-
-
-def local_zone_name(env: Mapping[str, str] | None = None) -> str:
-    """The machine's IANA zone name: $TZ, the /etc/localtime link, /etc/timezone, else UTC."""
-    candidates = [(os.environ if env is None else env).get("TZ", "").lstrip(":")]
-    link = os.path.realpath("/etc/localtime")
-    if "/zoneinfo/" in link:
-        candidates.append(link.split("/zoneinfo/", 1)[1])
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
-    for name in candidates:
-        try:
-            if name:
-                ZoneInfo(name)
-                return name
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            continue
-    return "UTC"
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -332,7 +348,6 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
     values: dict[str, Any] = {
         "path": (ctx.base_dir,),
         "state": str(ctx.base_dir / ".qtasks" / "state.db"),
-        "timezone": local_zone_name(ctx.env),
     }
     for key, (key_node, node) in _mapping(ctx, entry, "settings").items():
         if key not in readers:
@@ -344,7 +359,23 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
                 ctx.report(node, exc.message)
             except _Reported:
                 pass
+    if "timezone" not in values:
+        values["timezone"] = _machine_zone(ctx, entry)
     return Settings(**values)
+
+
+def _machine_zone(ctx: _Context, entry: tuple[Located, Located] | None) -> str:
+    """The default zone: the machine's (qtasks_cli.zones), or a problem if $TZ is unusable."""
+    from qtasks_cli.zones import ZoneError, machine_zone
+
+    try:
+        found = machine_zone(ctx.env)
+    except ZoneError as exc:
+        where = entry[0] if entry is not None else Located("scalar", None, 1, 1, "")
+        ctx.report(where, str(exc), path="settings.timezone")
+        return "UTC"  # not used: the file is refused
+    ctx.zone_source = found.source
+    return found.name
 
 
 def _folders(ctx: _Context, node: Located) -> tuple[Path, ...]:
@@ -519,6 +550,7 @@ class _JobReader:
         self.nodes: dict[str, Located] = {}
         self.values: dict[str, Any] = {"name": name, "line": name_node.line}
         self.secrets: dict[str, str] = {}
+        self.variables: dict[str, str] = {}
         self.exception_nodes: list[Located] = []
         self.arguments_ok = True  # args and kwargs read without problems
 
@@ -560,7 +592,7 @@ class _JobReader:
         if not self.ok:
             return None
         secrets = sorted(self.secrets.items(), key=lambda pair: -len(pair[0]))
-        return JobSpec(**self.values, secrets=tuple(secrets))
+        return JobSpec(**self.values, secrets=tuple(secrets), variables=self.variables)
 
     def _read_field(self, key: str, node: Located) -> None:
         try:
@@ -572,16 +604,23 @@ class _JobReader:
         if node is None or node.is_null or node.invalid:
             return
         from qtasks_cli.schedule import parse_schedule, union
+        from qtasks_cli.zones import ZoneError, get_zone
 
         try:
-            zone = ZoneInfo(zone_name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
+            zone = get_zone(zone_name)
+        except ZoneError:
             zone = ZoneInfo("UTC")  # already reported; still check the schedule itself
         items: list[Located] = node.value if node.kind == "seq" else [node]
         if not items:
             self.report(node, "expected a schedule or a list of schedules, got an empty list")
         compiled: list[Schedule] = []
         for item in items:
+            # Every scalar: a quoted "1:30" is refused as 1:30 is, for the same reason.
+            trapped = [item] if item.kind == "scalar" and not item.invalid else []
+            if item.kind == "map":
+                trapped = [value for _, value in item.value.values() if value.trap]
+            if any(self._schedule_trap(node) for node in trapped):
+                continue
             if item.invalid:
                 self.ok = False
             elif item.kind == "seq" or (item.kind == "scalar" and not isinstance(item.value, str)):
@@ -595,21 +634,42 @@ class _JobReader:
                     compiled.append(parse_schedule(yamlload.plain(item), zone))
                 except ValueError as exc:
                     self.report(item, str(exc))
+                    continue
+                warning = getattr(compiled[-1], "day_rule_warning", None)
+                if warning is not None and (text := warning()):
+                    self.ctx.warn(item, text)
         if compiled and len(compiled) == len(items):
             self.values["schedule"] = compiled[0] if len(compiled) == 1 else union(compiled)
             self.values["schedule_text"] = "; ".join(_compact(yamlload.plain(i)) for i in items)
 
+    def _schedule_trap(self, node: Located) -> bool:
+        in_mapping = node.path.rsplit(".", 1)[-1] in yamltraps.MAPPING_FIELDS
+        problem = yamltraps.refusal(node, "a valid value" if in_mapping else "a schedule")
+        if problem:
+            self.report(node, problem)
+        return problem is not None
+
     def _read_arguments(self) -> None:
         args, kwargs = self.nodes.get("args"), self.nodes.get("kwargs")
+        for node in (args, kwargs):
+            if node is not None:
+                for where, note in yamltraps.notes(node):
+                    self.ctx.warn(where, note)
         if args is not None and not args.is_null and not args.invalid:
             if args.kind == "seq":
                 self.values["args"] = tuple(self._interpolate(item) for item in args.value)
+                raw_args = tuple(yamlload.plain(args))
+                if raw_args != self.values["args"]:  # placeholders: keep them as written
+                    self.values["raw_args"] = raw_args
             else:
                 self.arguments_ok = False
                 self.report(args, f"expected a list of arguments, got {args.type_name()}")
         if kwargs is not None and not kwargs.is_null and not kwargs.invalid:
             if kwargs.kind == "map":
                 self.values["kwargs"] = self._interpolate(kwargs)
+                raw_kwargs = yamlload.plain(kwargs)
+                if raw_kwargs != self.values["kwargs"]:
+                    self.values["raw_kwargs"] = raw_kwargs
             else:
                 self.arguments_ok = False
                 self.report(
@@ -624,23 +684,17 @@ class _JobReader:
             return [self._interpolate(item) for item in node.value]
         if not isinstance(node.value, str) or "${" not in node.value:
             return node.value
-        missing: list[str] = []
+        from qtasks_cli.request import PLACEHOLDER, expand
 
-        def substitute(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            name, default = match.group(1), match.group(2)
-            value = self.ctx.env.get(name)
-            if value is None or (value == "" and default is not None):
-                if default is None:
-                    missing.append(name)
-                return default or ""
+        for match in PLACEHOLDER.finditer(node.value):
+            name = match.group(1)
+            value = self.ctx.env.get(name) if name else None
+            if value is not None:
+                self.variables[name] = value
             if value:
                 self.secrets.setdefault(value, match.group(0))
-            return value
-
-        text = _PLACEHOLDER.sub(substitute, node.value)
-        if missing:
+        text, missing = expand(node.value, self.ctx.env.get)
+        if missing and self.ctx.variables_required:
             self.arguments_ok = False
             names = ", ".join(repr(name) for name in missing)
             what = f"variables {names} are" if len(missing) > 1 else f"variable {names} is"
@@ -768,7 +822,7 @@ def _compact(value: Any) -> str:
 
 # --- digests ----------------------------------------------------------------------------------
 
-_NOT_DEFINITION = ("line", "secrets", "schedule_text")
+_NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
 
 
 def _canonical(value: Any, redact: Callable[[str], str] | None = None) -> Any:

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from qtasks_cli.errors import Problem
+
 
 class _StrEnum(str, enum.Enum):
     def __str__(self) -> str:
@@ -137,6 +139,11 @@ class JobSpec:
     retry_interrupted: bool = False
     # (secret value, placeholder) pairs from ${NAME} interpolation: shown as the placeholder.
     secrets: tuple[tuple[str, str], ...] = ()
+    # args and kwargs as written, ${NAME} kept (None: same as args/kwargs), and the values the
+    # job file's ${NAME} placeholders had when it was read; see qtasks_cli.request.
+    raw_args: tuple[Any, ...] | None = None
+    raw_kwargs: Mapping[str, Any] | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
     line: int = 0  # where the job is defined, for messages
 
     def redact(self, text: str) -> str:
@@ -169,6 +176,8 @@ class Config:
     settings: Settings
     jobs: Mapping[str, JobSpec]
     digest: str = ""  # hash of the effective definitions
+    warnings: tuple[Problem, ...] = ()  # what `validate` points out without refusing
+    zone_source: str = ""  # where settings.timezone came from, for `list`
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

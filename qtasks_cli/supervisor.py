@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from qtasks_cli.durations import format_duration
+from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime, execute
 from qtasks_cli.ledger import Ledger, until_stored
@@ -29,6 +30,7 @@ from qtasks_cli.models import (
     TriggerKind,
 )
 from qtasks_cli.policy import LATE_AFTER, Gap, due_fires, keep_last, missed_reason, split_due
+from qtasks_cli.request import call_for_start
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
 
@@ -362,9 +364,9 @@ class Supervisor:
             return "no schedule; runs when triggered"
         if state.next_fire is None:
             return f"no further fires ({spec.schedule.describe()})"
-        from zoneinfo import ZoneInfo
+        from qtasks_cli.zones import get_zone
 
-        local = state.next_fire.astimezone(ZoneInfo(spec.timezone))
+        local = state.next_fire.astimezone(get_zone(spec.timezone))
         return f"next fire {local.isoformat()} ({spec.schedule.describe()})"
 
     def _schedule_job(
@@ -762,6 +764,11 @@ class Supervisor:
                     recordable = True
                 else:
                     await self.ledger.started(run_id)
+                try:
+                    call = call_for_start(spec, args, kwargs)
+                except QtasksError as exc:
+                    result = self._refused(spec, run_id, trigger, scheduled, exc)
+                    return
                 result = await execute(
                     spec,
                     run_id=run_id,
@@ -770,8 +777,8 @@ class Supervisor:
                     runtime=self.runtime,
                     emit=self.bus.emit,
                     clock=self.clock,
-                    args=args,
-                    kwargs=kwargs,
+                    args=call.args,
+                    kwargs=call.kwargs,
                 )
             finally:
                 self.runtime.capacity.release()
@@ -794,6 +801,40 @@ class Supervisor:
             if result is not None:
                 await asyncio.shield(self.ledger.finish(result))
             self._run_ended(spec.name)
+
+    def _refused(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        exc: QtasksError,
+    ) -> RunResult:
+        """A run whose arguments were refused as it started: failed, with the reason."""
+        now = self.clock()
+        result = RunResult(
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            started=now,
+            ended=now,
+            attempts=0,
+            status=RunStatus.FAILED,
+            error_type=type(exc).__name__,
+            error=spec.redact(str(exc)),
+        )
+        self._emit(
+            EventKind.FINISHED,
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            status=RunStatus.FAILED,
+            error=result.error,
+            level=logging.ERROR,
+        )
+        return result
 
     def _run_ended(self, name: str) -> None:
         state = self.jobs.get(name)

@@ -2,6 +2,13 @@
 
 The composer's node tree is walked here instead of being constructed by PyYAML, so that
 duplicate keys, unknown tags and alias bombs become located problems, never surprises.
+
+PyYAML reads YAML 1.1, whose plain scalars change meaning silently: ``1:30`` is the base-60
+number 90, ``0755`` the octal 493, ``yes``/``no``/``on``/``off`` are booleans and
+``2024-01-01`` a date. Such a value keeps YAML's reading but is marked (``Located.trap``), so
+that duration and schedule fields refuse it and ``validate`` says what arguments became.
+libyaml's parser is used where PyYAML was built with it (the composer stays in Python, for
+the limits above); a file it refuses is parsed again in Python for PyYAML's own wording.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 from qtasks_cli.errors import ConfigError, Problem
 
@@ -54,6 +64,26 @@ class Located:
     line: int
     column: int
     path: str
+    # For a plain scalar whose YAML 1.1 reading is a surprise: what kind ("base-60",
+    # "octal", "boolean", "date"); ``source`` is then the text as written.
+    trap: str | None = None
+    source: str = ""
+
+    def trap_note(self) -> str:
+        """``'1:30' is read by YAML as 90 (a base-60 number)`` for a trapped scalar."""
+        return f"{self.source!r} is read by YAML as {show_value(self.value)} ({self._what()})"
+
+    def trap_reason(self) -> str:
+        """``YAML 1.1 reads no as a boolean`` for a trapped scalar."""
+        return f"YAML 1.1 reads {self.source} as {self._what()}"
+
+    def _what(self) -> str:
+        return {
+            "base-60": "a base-60 number",
+            "octal": "an octal number",
+            "boolean": "a boolean",
+            "date": "a date",
+        }.get(self.trap or "", "")
 
     @property
     def is_null(self) -> bool:
@@ -85,6 +115,35 @@ def scalar_type_name(value: Any) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+_SURPRISING_BOOLS = frozenset(("yes", "no", "on", "off"))
+
+
+def show_value(value: Any) -> str:
+    """A value as YAML shows it: ``false``, ``90``, ``2024-01-01``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return str(value)
+
+
+def _trap_of(node: ScalarNode) -> str | None:
+    """Which YAML 1.1 surprise a plain scalar is, if any (YAML 1.2 reads these as text)."""
+    if node.style:  # quoted or a block scalar: text as written
+        return None
+    tag, text = node.tag, node.value
+    if tag in (_STD + "int", _STD + "float") and ":" in text:
+        return "base-60"
+    if tag == _STD + "int" and _OCTAL.fullmatch(text) and text.strip("+-0_"):
+        return "octal"
+    if tag == _STD + "bool" and text.lower() in _SURPRISING_BOOLS:
+        return "boolean"
+    if tag == _STD + "timestamp":
+        return "date"
+    return None
 
 
 def plain(node: Located) -> Any:
@@ -104,18 +163,17 @@ class _FatalYAML(yaml.MarkedYAMLError):
     pass
 
 
-class _MarkedLoader(yaml.SafeLoader):
+class _Marked(Composer):
     """Composes nodes with a nesting limit; an alias to a collection becomes a shallow copy
     marked where the alias is written, so expansion errors can point at the alias."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self.alias_copies: set[int] = set()  # ids of the copies made for aliases
+    _depth: int
+    alias_copies: set[int]  # ids of the copies made for aliases
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        if self.check_event(AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+        events: Any = self  # the parser half (Python or libyaml) provides the events
+        if events.check_event(AliasEvent):
+            event = events.peek_event()
             node = super().compose_node(parent, index)
             if isinstance(node, (SequenceNode, MappingNode)):
                 copy = type(node)(node.tag, node.value, event.start_mark, event.end_mark)
@@ -126,17 +184,47 @@ class _MarkedLoader(yaml.SafeLoader):
         if self._depth > MAX_DEPTH:
             raise _FatalYAML(
                 problem=f"nesting deeper than {MAX_DEPTH} levels",
-                problem_mark=self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                problem_mark=events.peek_event().start_mark,
             )
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
+    def dispose(self) -> None:
+        pass
+
+
+class _MarkedLoader(_Marked, yaml.SafeLoader):
+    """The pure-Python loader: PyYAML's wording for every error."""
+
+    def __init__(self, stream: str) -> None:
+        yaml.SafeLoader.__init__(self, stream)
+        self._depth = 0
+        self.alias_copies = set()
+
+
+_CParser: Any = getattr(getattr(yaml, "_yaml", None), "CParser", None)
+_FastLoader: Any = None
+if _CParser is not None and getattr(yaml, "__with_libyaml__", False):
+
+    class _CMarkedLoader(_Marked, _CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+        """libyaml's parser under PyYAML's composer: the same nodes, several times faster."""
+
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+            Composer.__init__(self)
+            self._depth = 0
+            self.alias_copies = set()
+
+    _FastLoader = _CMarkedLoader
+
 
 @dataclass(slots=True)
 class _Walker:
-    loader: _MarkedLoader
+    loader: _Marked
     file: str
     problems: list[Problem]
     expanded: int = 0
@@ -187,6 +275,9 @@ class _Walker:
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
         if isinstance(node, ScalarNode):
             value = self._scalar(node, path)
+            trap = _trap_of(node) if value is not INVALID else None
+            if trap is not None:
+                return Located("scalar", value, line, column, path, trap=trap, source=node.value)
             return Located(kind="scalar", value=value, line=line, column=column, path=path)
         if node.tag not in (_STD + "seq", _STD + "map"):
             self.problem(node, path, _unknown_tag(node.tag))
@@ -204,7 +295,8 @@ class _Walker:
         if node.tag not in _SCALAR_TAGS:
             self.problem(node, path, _unknown_tag(node.tag))
             return INVALID
-        construct: Callable[[Any, Node], Any] = self.loader.yaml_constructors[node.tag]
+        constructors: Any = self.loader
+        construct: Callable[[Any, Node], Any] = constructors.yaml_constructors[node.tag]
         try:
             value = construct(self.loader, node)
         except Exception as exc:  # PyYAML raises ValueError and friends for bad explicit scalars
@@ -334,14 +426,23 @@ def load(text: str, file: str) -> tuple[Located | None, list[Problem]]:
     Raises ConfigError for anything that stops parsing (syntax, nesting, alias bombs).
     Returns None for a document with no content.
     """
-    try:
-        loader = _MarkedLoader(text)
+    loader: _Marked | None = None
+    if _FastLoader is not None:
+        fast = _FastLoader(text)
         try:
-            root = loader.get_single_node()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise ConfigError([yaml_error_problem(file, text, exc)]) from None
+            root = fast.get_single_node()
+            loader = fast
+        except yaml.YAMLError:
+            loader = None  # parsed again below, for PyYAML's own message
+    if loader is None:
+        try:
+            loader = _MarkedLoader(text)
+            try:
+                root = loader.get_single_node()
+            finally:
+                loader.dispose()
+        except yaml.YAMLError as exc:
+            raise ConfigError([yaml_error_problem(file, text, exc)]) from None
     if root is None:
         return None, []
     walker = _Walker(loader=loader, file=file, problems=[])

@@ -19,7 +19,6 @@ from qtasks_cli.config import (
     default_config_path,
     fingerprint,
     load_config,
-    local_zone_name,
     parse_config_text,
 )
 from qtasks_cli.errors import ConfigError, ConfigFileError, ScheduleError
@@ -33,6 +32,7 @@ from qtasks_cli.models import (
     Settings,
 )
 from qtasks_cli.schedule import parse_schedule
+from qtasks_cli.zones import ZoneError, machine_zone
 
 ENV = {"TZ": "Europe/Berlin"}
 
@@ -209,10 +209,10 @@ def test_settings_defaults(tmp_path: Path) -> None:
 
 
 def test_local_zone_comes_from_tz_then_the_system(tmp_path: Path) -> None:
-    assert local_zone_name({"TZ": ":America/New_York"}) == "America/New_York"
-    fallback = local_zone_name({"TZ": "Not/AZone"})
-    assert fallback == local_zone_name({})
-    job_zone(fallback)  # a real IANA name either way
+    assert machine_zone({"TZ": ":America/New_York"}).name == "America/New_York"
+    with pytest.raises(ZoneError, match="Not/AZone"):  # never UTC in silence
+        machine_zone({"TZ": "Not/AZone"})
+    job_zone(machine_zone({}).name)
 
 
 def test_settings_path_as_a_string_and_state_urls(tmp_path: Path) -> None:
@@ -234,9 +234,8 @@ def test_settings_path_as_a_string_and_state_urls(tmp_path: Path) -> None:
 
 def test_known_keys_cover_the_model() -> None:
     spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
-    assert set(KNOWN_JOB_KEYS) == spec_fields - {"name", "schedule_text", "secrets", "line"} | {
-        "retry_on"
-    }
+    derived = {"name", "schedule_text", "secrets", "line", "raw_args", "raw_kwargs", "variables"}
+    assert set(KNOWN_JOB_KEYS) == spec_fields - derived | {"retry_on"}
     assert set(KNOWN_SETTINGS_KEYS) == {f.name for f in dataclasses.fields(Settings)}
 
 

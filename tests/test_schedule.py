@@ -595,9 +595,13 @@ def test_cron_schedule_satisfies_the_protocol() -> None:
     s: Schedule = parse_schedule("0 9 * * *", BERLIN)
     assert isinstance(s, CronSchedule)
     assert s.startup is False
-    assert s.fixed_hour
-    assert not parse_schedule("0 * * * *", BERLIN).fixed_hour  # type: ignore[attr-defined]
-    assert not parse_schedule("0 0-23 * * *", BERLIN).fixed_hour  # type: ignore[attr-defined]
+    assert s.fixed
+    # cron(8): a minute or hour field starting with "*" follows the clock; a written-out
+    # list of every hour is still a fixed-time job.
+    assert not parse_schedule("0 * * * *", BERLIN).fixed  # type: ignore[attr-defined]
+    assert not parse_schedule("*/5 3 * * *", BERLIN).fixed  # type: ignore[attr-defined]
+    assert parse_schedule("0 0-23 * * *", BERLIN).fixed  # type: ignore[attr-defined]
+    assert parse_schedule("* 0 3 * * *", BERLIN).fixed  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------
@@ -787,13 +791,24 @@ def test_every_second_across_the_change_new_york(which: str) -> None:
     assert local[1198].utcoffset() != local[1199].utcoffset()  # 1199 is the change itself
 
 
-def test_fixed_hour_every_second_cron_in_the_gap_collapses_to_one_fire() -> None:
-    s = parse_schedule("* * 2 * * *", BERLIN)  # every second of 02:xx, hour fixed
+def test_fixed_time_every_second_cron_in_the_gap_collapses_to_one_fire() -> None:
+    s = parse_schedule("* 30 2 * * *", BERLIN)  # every second of 02:30, minute and hour fixed
     spring = local_day(s, BERLIN, SPRING[BERLIN])
     assert walls(spring, BERLIN) == ["2026-03-29T03:00:00+02:00"]
     fall = local_day(s, BERLIN, FALL[BERLIN])
-    assert len(fall) == 3600
+    assert len(fall) == 60
     assert {f.astimezone(BERLIN).utcoffset() for f in fall} == {timedelta(hours=2)}
+
+
+def test_a_leading_star_minute_follows_the_clock_through_both_changes() -> None:
+    s = parse_schedule("* * 2 * * *", BERLIN)  # minute "*": cron(8) follows the clock
+    assert local_day(s, BERLIN, SPRING[BERLIN]) == []  # 02:xx does not exist: no catch-up
+    fall = local_day(s, BERLIN, FALL[BERLIN])
+    assert len(fall) == 7200  # both passes of the repeated hour
+    assert {f.astimezone(BERLIN).utcoffset() for f in fall} == {
+        timedelta(hours=2),
+        timedelta(hours=1),
+    }
 
 
 def test_a_midnight_gap_moves_daily_fires_to_the_gap_end() -> None:

@@ -194,3 +194,120 @@ def test_intervals_advance_by_exactly_the_interval(
         assert nxt - t == interval
         assert nxt.tzinfo is UTC
         t = nxt
+
+
+# --- cron(8)'s two rules keyed on a leading "*", against a brute-force reference ------------
+#
+# Vixie/ISC cron and cronie (entry.c sets DOM_STAR/DOW_STAR, MIN_STAR/HR_STAR when a field's
+# first character is "*"; cron.c's find_jobs and its time-jump handling use them):
+# * the day fields are ORed only when neither starts with "*", else ANDed;
+# * a job whose minute or hour field starts with "*" follows the wall clock as it is (both
+#   passes of a repeated hour, nothing for a skipped one); the others are fixed-time jobs.
+
+
+@st.composite
+def field_text(draw: st.DrawFn, low: int, high: int) -> str:
+    """A cron field in the forms people write: *, */N, a, a-b, a-b/N, a,b, a/N."""
+    a = draw(st.integers(low, high))
+    b = draw(st.integers(a, high))
+    n = draw(st.integers(1, max(1, high - low)))
+    c = draw(st.integers(low, high))
+    return draw(
+        st.sampled_from(["*", f"*/{n}", f"{a}", f"{a}-{b}", f"{a}-{b}/{n}", f"{a},{c}", f"{a}/{n}"])
+    )
+
+
+def field_values(text: str, low: int, high: int) -> set[int]:
+    """An independent reading of ``field_text``'s forms (crontab(5))."""
+    found: set[int] = set()
+    for part in text.split(","):
+        rng, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if rng == "*":
+            a, b = low, high
+        elif "-" in rng:
+            a, b = map(int, rng.split("-"))
+        else:
+            a = int(rng)
+            b = high if step_text else a
+        found.update(range(a, b + 1, step))
+    return found
+
+
+def day_matches(day: date, dom: str, dow: str) -> bool:
+    dom_ok = day.day in field_values(dom, 1, 31)
+    dow_ok = (day.isoweekday() % 7) in {v % 7 for v in field_values(dow, 0, 7)}
+    if dom.startswith("*") or dow.startswith("*"):
+        return dom_ok and dow_ok
+    return dom_ok or dow_ok
+
+
+@PROPS
+@given(field_text(1, 31), field_text(0, 7), st.dates(date(2020, 1, 1), date(2030, 12, 31)))
+def test_day_fields_combine_as_cron8_says(dom: str, dow: str, first: date) -> None:
+    try:
+        schedule = parse_schedule(f"0 0 {dom} * {dow}", UTC_ZONE)
+    except ScheduleError:  # such as day 31 in a 30-day month under AND: refused, not silent
+        return
+    after = datetime(first.year, first.month, first.day, tzinfo=UTC) - timedelta(seconds=1)
+    until = after + timedelta(days=400)
+    got = [f.date() for f in fires_between(schedule, after, until)]
+    expected = [
+        first + timedelta(days=n)
+        for n in range(401)
+        if day_matches(first + timedelta(days=n), dom, dow)
+        and datetime.combine(first + timedelta(days=n), datetime.min.time(), UTC) <= until
+    ]
+    assert got == expected
+
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def clock_oracle(
+    zone: ZoneInfo, first: date, days: int, minutes_: set[int], hours_: set[int], fixed: bool
+) -> set[datetime]:
+    """Every fire, by cron(8)'s DST rule, of the wall times on ``days`` local days."""
+    fires: set[datetime] = set()
+    for n in range(days):
+        day = first + timedelta(days=n)
+        for hour in sorted(hours_):
+            for minute in sorted(minutes_):
+                wall = datetime(day.year, day.month, day.day, hour, minute)
+                early = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+                late = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+                exists = early.astimezone(zone).replace(tzinfo=None) == wall
+                if not exists:
+                    if fixed:  # right after the skipped time
+                        instant = late
+                        before = offset(zone, late)
+                        while offset(zone, instant) == before:
+                            instant += timedelta(minutes=1)
+                        fires.add(instant)
+                elif early != late:
+                    fires.add(early)
+                    if not fixed:  # both passes of the repeated hour
+                        fires.add(late)
+                else:
+                    fires.add(early)
+    return fires
+
+
+@PROPS
+@given(zone_and_day(), field_text(0, 59), field_text(0, 23))
+def test_dst_follows_the_clock_exactly_when_minute_or_hour_starts_with_a_star(
+    zone_day: tuple[ZoneInfo, date], minute: str, hour: str
+) -> None:
+    zone, day = zone_day
+    minutes_, hours_ = field_values(minute, 0, 59), field_values(hour, 0, 23)
+    if len(minutes_) * len(hours_) > 300:  # keep the reference quick: thin the minutes
+        minute = f"*/{max(1, 60 * len(hours_) // 300)}"
+        minutes_ = field_values(minute, 0, 59)
+    schedule = parse_schedule(f"{minute} {hour} * * *", zone)
+    fixed = not (minute.startswith("*") or hour.startswith("*"))
+    expected = clock_oracle(zone, day - timedelta(days=1), 4, minutes_, hours_, fixed)
+    after = datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+    until = after + timedelta(days=2)
+    assert fires_between(schedule, after, until) == sorted(
+        f for f in expected if after < f <= until
+    )
