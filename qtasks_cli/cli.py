@@ -60,7 +60,9 @@ class UI(str, enum.Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(message, file=sys.stderr)
+    from qtasks_cli.ui.text import clean_text
+
+    print(clean_text(message), file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -135,11 +137,14 @@ def list_(
             )
         )
         return
-    width = max(len(r["name"]) for r in rows)
+    from qtasks_cli.ui.text import clean_line
+
+    width = max(len(clean_line(r["name"])) for r in rows)
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
         nexts = row["next"] or ["-"]
-        print(f"{row['name']:<{width}}  {row['schedule']}  [{row['timezone']}, {state}]")
+        name, schedule = clean_line(row["name"]), clean_line(row["schedule"])
+        print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")
         for when in nexts:
             print(f"{'':<{width}}  next: {when}")
 
@@ -282,9 +287,13 @@ def trigger(
             if not wait:
                 raise typer.Exit(EXIT_OK)
             row = asyncio.run(api.wait_for_run(loaded, run_id, state=state))
+            from qtasks_cli.ui.text import clean_line
+
             print(
-                f"{row.job} {row.run_id} {row.status}"
-                + (f": {row.error_type}: {row.error}" if row.error else ""),
+                clean_line(
+                    f"{row.job} {row.run_id} {row.status}"
+                    + (f": {row.error_type}: {row.error}" if row.error else "")
+                ),
                 file=sys.stderr,
             )
             raise typer.Exit(EXIT_OK if row.status.ok else EXIT_JOB_FAILED)
@@ -304,7 +313,9 @@ def _print_items(event: Any) -> None:
     from qtasks_cli.events import EventKind
 
     if event.kind is EventKind.ITEM:
-        print(event.item, flush=True)
+        from qtasks_cli.ui.text import clean_line
+
+        print(clean_line(event.item or ""), flush=True)
 
 
 def _parse_call_args(
@@ -429,5 +440,7 @@ def main() -> None:
     try:
         app()
     except QtasksError as exc:  # anything a command did not map itself
-        print(str(exc), file=sys.stderr)
+        from qtasks_cli.ui.text import clean_text
+
+        print(clean_text(str(exc)), file=sys.stderr)
         sys.exit(exc.exit_code)
