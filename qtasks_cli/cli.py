@@ -421,8 +421,8 @@ def systemd_unit(
         )
     loaded = _load(config, check_imports=False)
     path = loaded.path.resolve()
-    print(
-        systemd.render_unit(
+    try:
+        unit = systemd.render_unit(
             executable=systemd.qtasks_executable(),
             config=path,
             working_directory=path.parent,
@@ -430,9 +430,10 @@ def systemd_unit(
             name=name,
             user=None if user else systemd.current_user(),
             user_unit=user,
-        ),
-        end="",
-    )
+        )
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    print(unit, end="")
 
 
 def main() -> None:
