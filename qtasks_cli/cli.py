@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from qtasks_cli import __version__
-from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
+from qtasks_cli.errors import EXIT_FORCED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
 
 if TYPE_CHECKING:
     from qtasks_cli.models import Config
@@ -50,6 +50,10 @@ StateOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+MAX_LIMIT = 1_000_000_000  # rows; SQLite and PostgreSQL take 64-bit limits
+MAX_DEPTH = 100  # levels of nesting in --arg, --kwarg and --json-kwargs values
 
 
 class UI(str, enum.Enum):
@@ -156,9 +160,12 @@ def _parse_after(text: str) -> Any:
         when = datetime.fromisoformat(text)
     except ValueError:
         _fail(f"--after: {text!r} is not an ISO-8601 date and time (e.g. 2026-03-29T00:00+01:00)")
-    if when.tzinfo is None:
-        when = when.astimezone()  # a naive time is the machine's local time
-    return when.astimezone(timezone.utc)
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()  # a naive time is the machine's local time
+        return when.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        _fail(f"--after: {text!r} is outside the dates qtasks can compute with")
 
 
 @app.command()
@@ -323,13 +330,17 @@ def _parse_call_args(
 ) -> tuple[Any, Any]:
     import yaml
 
-    def scalar(text: str) -> Any:
+    def scalar(text: str, option: str) -> Any:
         try:
-            return yaml.safe_load(text) if text.strip() else text
+            value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:
             return text
+        except RecursionError:
+            _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
+        _check_depth(value, option, text)
+        return value
 
-    args = [scalar(a) for a in arg] if arg else None
+    args = [scalar(a, "--arg") for a in arg] if arg else None
     kwargs: dict[str, Any] | None = None
     if kwarg:
         kwargs = {}
@@ -337,23 +348,45 @@ def _parse_call_args(
             key, sep, value = item.partition("=")
             if not sep or not key.isidentifier():
                 _fail(f"--kwarg {item!r}: expected KEY=VALUE with KEY a Python identifier")
-            kwargs[key] = scalar(value)
+            kwargs[key] = scalar(value, "--kwarg")
     if json_kwargs:
         try:
             extra = json.loads(json_kwargs)
         except json.JSONDecodeError as exc:
             _fail(f"--json-kwargs: not valid JSON: {exc}")
+        except RecursionError:
+            _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
+        _check_depth(extra, "--json-kwargs", json_kwargs)
         if not isinstance(extra, dict):
             _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
         kwargs = {**(kwargs or {}), **extra}
     return args, kwargs
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def _check_depth(value: Any, option: str, text: str) -> None:
+    """Refuse (exit 2) a value nested deeper than MAX_DEPTH: it could not be stored or shown."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            item
+            for node in level
+            if isinstance(node, (dict, list))
+            for item in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return
+    _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
+
+
 @app.command()
 def history(
     job: Annotated[str | None, typer.Argument(help="Only this job.", show_default=False)] = None,
     config: ConfigOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="How many runs.")] = 50,
     status: Annotated[
         str | None,
         typer.Option(
@@ -436,12 +469,30 @@ def systemd_unit(
     print(unit, end="")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except QtasksError as exc:  # anything a command did not map itself
-        from qtasks_cli.ui.text import clean_text
+def _click_error(exc: BaseException, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
 
+
+def main() -> None:
+    """Console-script entry point: every bad argument is one line on stderr and exit 2."""
+    from qtasks_cli.ui.text import clean_line, clean_text
+
+    try:
+        code = app(standalone_mode=False)
+    except QtasksError as exc:  # anything a command did not map itself
         print(clean_text(str(exc)), file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _click_error(exc, "NoArgsIsHelpError"):
+            print(getattr(exc, "format_message", str)(), file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        if _click_error(exc, "ClickException"):  # usage errors: bad option, value, command
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "qtasks"
+            message = clean_line(exc.format_message())  # type: ignore[attr-defined]
+            print(f"{where}: {message} (see '{where} --help')", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        if _click_error(exc, "Abort"):
+            sys.exit(EXIT_FORCED)
+        raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
