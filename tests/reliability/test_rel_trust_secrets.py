@@ -1,0 +1,238 @@
+"""``${NAME}`` secrets with hostile bytes (quotes, backslashes, non-ASCII, controls, escapes)
+run down the paths a run can take, through the installed command; no spelling of the value may
+reach a log, the terminal, the history, the state file or a hook's payload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from conftest import QTASKS, clean_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reliability.harness import Daemon, tail, write_project
+from reliability.registry import case
+
+GROUP = "trust boundaries"
+# Every secret starts and ends with a marker: if either shows anywhere, part of it leaked,
+# whatever encoding or cleaning happened on the way.
+START, END = "Zq7", "Xw9"
+MODULE = """
+import json
+import os
+
+
+def raw(token):
+    raise ValueError(f"bad token {token}")
+
+
+def reprd(token):
+    raise KeyError(token)
+
+
+def jsoned(token):
+    raise RuntimeError(json.dumps({"token": token}))
+
+
+def asciid(token):
+    raise RuntimeError(ascii([token, "'\\""]))
+
+
+def byted(token):
+    raise ValueError(token.encode("utf-8"))
+
+
+def chained(token):
+    try:
+        raise KeyError(token)
+    except KeyError:
+        raise RuntimeError("wrapped")  # the traceback shows the KeyError as its context
+
+
+def returns(token):
+    return {"token": token, "repr": repr(token), "list": [token, token.encode()]}
+
+
+def items(token):
+    yield token
+    yield {"t": token}
+
+
+def keep(item):
+    return item
+
+
+def hook(result):
+    with open(os.environ["HOOK_OUT"], "a", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(repr(result) + "\\n")
+"""
+FAILING = ("raw", "reprd", "jsoned", "asciid", "byted", "chained")
+JOBS = (
+    "".join(
+        f"""\
+{name}:
+  entrypoint: rel_secret:{name}
+  kwargs: {{token: "${{TOKEN}}"}}
+  schedule: "* * * * * *"
+  on_failure: rel_secret:hook
+  on_success: rel_secret:hook
+"""
+        for name in (*FAILING, "returns")
+    )
+    + """\
+items:
+  entrypoint: rel_secret:items
+  args: ["${TOKEN}"]
+  generate_handler: rel_secret:keep
+  echo: true
+  schedule: "* * * * * *"
+in_child:
+  entrypoint: rel_secret:reprd
+  kwargs: {token: "${TOKEN}"}
+  isolation: process
+  schedule: "* * * * * *"
+  on_failure: rel_secret:hook
+"""
+)
+
+hostile = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                "'",
+                '"',
+                "\\",
+                "\\'",
+                "é",
+                "€",
+                "\u202e",
+                "\x1b[2J",
+                "\n",
+                "\t",
+                "\x7f",
+                "\x9b",
+                "%s",
+                "{}",
+                "$",
+            ]
+        ),
+        st.characters(codec="utf-8", exclude_characters="\x00"),
+    ),
+    min_size=1,
+    max_size=10,
+).map(lambda parts: START + "".join(parts) + END)
+
+
+def assert_hidden(text: str, where: str) -> None:
+    for marker in (START, END):
+        assert marker not in text, f"part of the secret reached {where}:\n" + "\n".join(
+            line[:400] for line in text.splitlines() if marker in line
+        )
+
+
+def qtasks(*args: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [QTASKS, *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        errors="backslashreplace",
+    )
+
+
+def state_bytes(folder: Path) -> str:
+    return "".join(
+        p.read_bytes().decode("utf-8", "backslashreplace")
+        for p in sorted((folder / ".qtasks").glob("state.db*"))
+    )
+
+
+@case(
+    "secrets_never_leave",
+    group=GROUP,
+    title="a `${TOKEN}` value with quotes, backslashes, non-ASCII, controls and escapes "
+    "(generated) raised as is, as repr, ascii, bytes, JSON and in a chained traceback, "
+    "returned, yielded and echoed, in a thread and in a child process",
+    checks="through `qtasks run` (plain and JSON logs), `qtasks trigger`, `history`, "
+    "`history --json`, `history --stats`, `list`, `validate`, the state file's bytes and the "
+    "hooks' payloads, no part of the value shows (a marker at each end must never appear)",
+)
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(secret=hostile)
+def test_secrets_never_leave(secret: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="qtasks-secret-"))
+    try:
+        config = write_project(folder, JOBS, {"rel_secret": MODULE}, tick=False)
+        hook_out = folder / "hook.txt"
+        env = clean_env(TOKEN=secret, HOOK_OUT=str(hook_out))
+        outputs: dict[str, str] = {}
+        for job in ("raw", "returns", "items", "in_child"):
+            result = qtasks("trigger", job, "-c", str(config), folder=folder, env=env)
+            assert result.returncode in (0, 1), result.stderr
+            outputs[f"trigger {job}"] = result.stdout + result.stderr
+        for ui in ("plain", "json"):
+            daemon = Daemon(config, env, ui=ui)
+            try:
+                daemon.wait_for(
+                    lambda log: all(
+                        log.count(f"{name} ") + log.count(f'"{name}"') >= 3
+                        for name in (*FAILING, "returns", "items", "in_child")
+                    ),
+                    timeout=60,
+                    what="every job run to its end",
+                )
+                assert daemon.stop() == 0, tail(daemon.log)
+            finally:
+                daemon.kill()
+            outputs[f"run --ui {ui}"] = daemon.log + daemon.out_path.read_text(errors="replace")
+        for args in (
+            ["history", "--limit", "1000"],
+            ["history", "--json", "--limit", "1000"],
+            ["history", "--stats"],
+            ["list"],
+            ["validate"],
+        ):
+            result = qtasks(
+                *args,
+                "-c" if args[0] == "history" else str(config),
+                *([str(config)] if args[0] == "history" else []),
+                folder=folder,
+                env=env,
+            )
+            assert result.returncode == 0, result.stderr
+            outputs[" ".join(args)] = result.stdout + result.stderr
+        history_rows = [
+            json.loads(line) for line in outputs["history --json --limit 1000"].splitlines()
+        ]
+        assert {row["job"] for row in history_rows} >= {*FAILING, "returns", "items", "in_child"}
+        outputs["history --json, decoded"] = repr(history_rows)
+        outputs["hook payloads"] = hook_out.read_text()
+        assert outputs["hook payloads"].count("RunResult(") >= 3
+        outputs["state file"] = state_bytes(folder)
+        for where, text in outputs.items():
+            assert_hidden(text, where)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@case(
+    "secrets_not_stored_for_enqueue",
+    group=GROUP,
+    title="`API_TOKEN=... qtasks trigger api --enqueue` with `kwargs: {token: ${API_TOKEN}}`",
+    checks="the queued row in the state file holds `${API_TOKEN}`, never the value",
+    bug="the handed-over request stores the interpolated value (issue 13 point 2, fixed by the "
+    "run-request builder of issue 14)",
+)
+def test_secrets_not_stored_for_enqueue(tmp_path: Path) -> None:
+    config = write_project(tmp_path, JOBS, {"rel_secret": MODULE}, tick=False)
+    env = clean_env(TOKEN=START + "'\"\\é" + END)
+    result = qtasks("trigger", "returns", "--enqueue", "-c", str(config), folder=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_hidden(result.stdout + result.stderr, "trigger --enqueue")
+    assert_hidden(state_bytes(tmp_path), "the state file")
