@@ -64,10 +64,24 @@ class UI(str, enum.Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    from qtasks_cli.ui.text import clean_text
-
-    print(clean_text(message), file=sys.stderr)
+    print(_one_line(message), file=sys.stderr)
     raise typer.Exit(code)
+
+
+def _one_line(message: str) -> str:
+    """``message`` as one line safe for a terminal (it may quote paths and values)."""
+    from qtasks_cli.ui.text import clean_line
+
+    return clean_line(message)
+
+
+def _error_text(exc: QtasksError) -> str:
+    """What the user reads for ``exc``: one line per located problem, else one line."""
+    from qtasks_cli.errors import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return "\n".join(_one_line(str(problem)) for problem in exc.problems)
+    return _one_line(str(exc))
 
 
 def _load(config: Path | None, *, check_imports: bool = True) -> Config:
@@ -76,7 +90,8 @@ def _load(config: Path | None, *, check_imports: bool = True) -> Config:
     try:
         return api.load(config, check_imports=check_imports)
     except QtasksError as exc:
-        _fail(str(exc), exc.exit_code)
+        print(_error_text(exc), file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _version(value: bool) -> None:
@@ -475,12 +490,12 @@ def _click_error(exc: BaseException, name: str) -> bool:
 
 def main() -> None:
     """Console-script entry point: every bad argument is one line on stderr and exit 2."""
-    from qtasks_cli.ui.text import clean_line, clean_text
+    from qtasks_cli.ui.text import clean_line
 
     try:
         code = app(standalone_mode=False)
     except QtasksError as exc:  # anything a command did not map itself
-        print(clean_text(str(exc)), file=sys.stderr)
+        print(_error_text(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:
         if _click_error(exc, "NoArgsIsHelpError"):
