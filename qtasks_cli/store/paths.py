@@ -46,10 +46,13 @@ def distrust(st: os.stat_result) -> str | None:
     """Why a file with status ``st`` cannot be trusted, or None when it can: its owner must be
     the running user or root, and neither its group nor others may write it."""
     if st.st_uid not in _trusted_uids():
-        return (
-            f"it is owned by {_user_name(st.st_uid)}, "
-            f"not by {_user_name(os.geteuid())} who runs qtasks, or by root"
+        me = os.geteuid()
+        allowed = (
+            "by root, who runs qtasks"
+            if me == 0
+            else f"by {_user_name(me)}, who runs qtasks, or by root"
         )
+        return f"it is owned by {_user_name(st.st_uid)}, not {allowed}"
     writable = [
         who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit
     ]
