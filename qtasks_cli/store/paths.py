@@ -68,6 +68,10 @@ def _fix(st: os.stat_result, path: str, mode: str) -> str:
     import shlex
 
     quoted = shlex.quote(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        # /tmp and the like: shared on purpose; the state needs a folder of its own in there.
+        inner = shlex.quote(os.path.join(path, "qtasks", "state.db"))
+        return f"it is a shared folder; give the state a folder of its own, such as {inner}"
     if st.st_uid not in _trusted_uids():
         return f"use a path you own, or take it over with: chown -h $(id -u) {quoted}"
     return f"fix it with: chmod {mode} {quoted}"
