@@ -165,12 +165,11 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         event: Event | None = getattr(record, "qtasks_event", None)
-        # Job and state-file text may hold terminal escapes: cleaned, one line per event.
-        text = clean_line(describe_event(event)) if event is not None else record.getMessage()
+        # Job and state-file text may hold terminal escapes: cleaned, one line per record
+        # (a value cannot forge a line), and the lines of a traceback after it.
+        text = clean_line(describe_event(event) if event is not None else record.getMessage())
         if record.exc_info and event is None:
-            text = f"{text}\n{self.formatException(record.exc_info)}"
-        if event is None:
-            text = clean_text(text)
+            text = f"{text}\n{clean_text(self.formatException(record.exc_info))}"
         level = record.levelname
         if self.journal:
             prio = _JOURNAL_PRIORITY.get(record.levelno, 6)

@@ -84,6 +84,7 @@ GROUP_ORDER = [
     "daemon and state file",
     "clock",
     "configuration",
+    "trust boundaries",
 ]
 
 
