@@ -236,3 +236,62 @@ def test_secrets_not_stored_for_enqueue(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert_hidden(result.stdout + result.stderr, "trigger --enqueue")
     assert_hidden(state_bytes(tmp_path), "the state file")
+
+
+@case(
+    "secrets_never_leave_postgres",
+    group=GROUP,
+    title="the generated `${TOKEN}` values of `secrets_never_leave` on the PostgreSQL store: "
+    "foreground triggers of failing, returning and yielding jobs, then a daemon's runs",
+    checks="no part of the value in the commands' output, `history --json` or any column of "
+    "the `runs` and `attempts` tables",
+)
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@given(secret=hostile)
+def test_secrets_never_leave_postgres(secret: str) -> None:
+    import psycopg
+    from pg import fresh_schema, postgres_url
+
+    url = postgres_url()
+    folder = Path(tempfile.mkdtemp(prefix="qtasks-secret-pg-"))
+    try:
+        with fresh_schema(url) as schema:
+            config = write_project(
+                folder,
+                JOBS,
+                {"rel_secret": MODULE},
+                settings=f"state: {url}\nschema: {schema}\n",
+                tick=False,
+            )
+            env = clean_env(TOKEN=secret, HOOK_OUT=str(folder / "hook.txt"))
+            outputs: dict[str, str] = {}
+            for job in ("raw", "reprd", "returns", "items"):
+                result = qtasks("trigger", job, "-c", str(config), folder=folder, env=env)
+                assert result.returncode in (0, 1), result.stderr
+                outputs[f"trigger {job}"] = result.stdout + result.stderr
+            daemon = Daemon(config, env)
+            try:
+                daemon.wait_for(
+                    lambda log: all(log.count(f"{name} ") >= 3 for name in FAILING),
+                    timeout=60,
+                    what="every failing job run",
+                )
+                assert daemon.stop() == 0, tail(daemon.log)
+            finally:
+                daemon.kill()
+            outputs["run"] = daemon.log
+            result = qtasks("history", "--json", "-c", str(config), folder=folder, env=env)
+            assert result.returncode == 0, result.stderr
+            outputs["history --json"] = result.stdout + repr(
+                [json.loads(line) for line in result.stdout.splitlines()]
+            )
+            with psycopg.connect(url, autocommit=True) as conn:
+                for table in ("runs", "attempts"):
+                    rows = conn.execute(f'SELECT * FROM "{schema}".{table}').fetchall()
+                    outputs[f"table {table}"] = repr(rows)
+            assert "CRM" not in outputs["table runs"]  # the dump is real text
+            assert "ValueError" in outputs["table runs"]
+            for where, text in outputs.items():
+                assert_hidden(text, where)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
