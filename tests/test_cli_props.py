@@ -107,7 +107,12 @@ def _values(folder: Path) -> st.SearchStrategy[str]:
                 "a b",
             ]
         ),
-        st.text(max_size=20),
+        # What argv can hold: no NUL; undecodable bytes as surrogates U+DC80..U+DCFF only.
+        st.text(
+            st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+            | st.sampled_from(["\udc80", "\udcff", "\udc9b"]),
+            max_size=20,
+        ),
         st.integers().map(str),
     )
 

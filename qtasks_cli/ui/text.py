@@ -14,17 +14,18 @@ from __future__ import annotations
 import re
 
 # ECMA-48: CSI = ESC [ (or 0x9b), parameters 0x30-0x3f, intermediates 0x20-0x2f, a final
-# 0x40-0x7e; the string commands (OSC, DCS, SOS, PM, APC) run to ST = ESC \ (or 0x9c) or BEL;
-# any other escape is ESC, intermediates, one final byte. A sequence cut short is dropped
-# as far as it goes.
+# 0x40-0x7e; the string commands (OSC, DCS, SOS, PM, APC) run to ST = ESC \ (or 0x9c) or BEL
+# and go with their payload; any other escape is ESC, intermediates, one final byte. Of a
+# string never ended only the introducer goes: the text after it stays readable (and inert).
 _SEQUENCE = re.compile(
     r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])(?:[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c))?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?"
 )
 # C0 but tab and line feed, DEL, C1, the bidi embeddings, overrides, isolates and marks,
 # and the Unicode line and paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BREAKS = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # In JSON (which may escape only C0): the characters a terminal would still obey.
 _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
@@ -39,9 +40,16 @@ def strip_sequences(text: str) -> str:
 
 def clean_text(text: str) -> str:
     """``text`` safe for a terminal, lines kept: escape sequences, controls (but ``\\n``) and
-    bidi overrides removed, tabs as four spaces, every line break as ``\\n``."""
+    bidi overrides removed, tabs as four spaces, every line break as ``\\n``; a lone surrogate
+    (an undecodable byte of a file name or argument) shown as ``\\xNN`` or ``\\uNNNN``."""
     text = _BREAKS.sub("\n", strip_sequences(text)).replace("\t", "    ")
-    return _CONTROL.sub("", text)
+    text = _CONTROL.sub("", text)
+    return _SURROGATE.sub(_show_surrogate, text) if _SURROGATE.search(text) else text
+
+
+def _show_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def clean_line(text: str) -> str:
