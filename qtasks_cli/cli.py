@@ -203,6 +203,10 @@ def run(
     loaded = _load(config)
     path = loaded.path
     mode = _log_mode(ui)
+    if mode == "live":  # the table shows what jobs print: hide their ${NAME} values there too
+        from qtasks_cli import redaction
+
+        redaction.remember(pair for job in loaded.jobs.values() for pair in job.secrets)
     bus = EventBus()
     try:
         if mode == "live":

@@ -58,6 +58,22 @@ def redact(text: str, secrets: Iterable[tuple[str, str]]) -> str:
     return text
 
 
+_known: dict[str, str] = {}  # every secret of the job files this process loaded
+
+
+def remember(secrets: Iterable[tuple[str, str]]) -> None:
+    """Note ``(value, placeholder)`` pairs of a loaded job file, for text that belongs to no
+    job in particular: the lines jobs print while the live table captures the terminal."""
+    for value, placeholder in secrets:
+        if value:
+            _known.setdefault(value, placeholder)
+
+
+def redact_known(text: str) -> str:
+    """``text`` with every secret passed to ``remember`` hidden (see ``redact``)."""
+    return redact(text, _known.items()) if _known and text else text
+
+
 def redact_value(value: Any, secrets: tuple[tuple[str, str], ...], depth: int = 0) -> Any:
     """``value`` with secrets hidden in its strings and bytes, through lists, tuples, sets and
     mappings (a copy; other objects are returned as they are). For payloads handed to hooks."""

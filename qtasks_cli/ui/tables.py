@@ -39,7 +39,7 @@ def history_text(rows: Sequence[RunRow]) -> str:
     body = []
     for r in rows:
         error = ": ".join(x for x in (r.error_type, r.error) if x)
-        error = error.splitlines()[0] if error else ""
+        error = clean_line(error.splitlines()[0]) if error else ""  # cleaned before clipped
         body.append(
             [
                 r.run_id,

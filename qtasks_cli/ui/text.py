@@ -60,8 +60,11 @@ def clean_line(text: str) -> str:
 
 def clean_output(text: str) -> str:
     """A line a job printed, safe to show: escape sequences and control characters removed,
-    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``)."""
-    text = strip_sequences(text).rstrip("\r")
+    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``), and the
+    ``${NAME}`` values of the loaded job file hidden (``redaction.remember``)."""
+    from qtasks_cli.redaction import redact_known
+
+    text = strip_sequences(redact_known(text)).rstrip("\r")
     text = text.rsplit("\r", 1)[-1]
     return clean_line(text)
 

@@ -346,3 +346,56 @@ def test_secrets_not_stored_for_enqueue_api(tmp_path: Path) -> None:
     assert_hidden(state_bytes(tmp_path), "the state file")
     hook = tmp_path / "hook.txt"
     assert_hidden(hook.read_text() if hook.exists() else "", "the hook's payload")
+
+
+@case(
+    "secrets_in_live_output",
+    group=GROUP,
+    title="`qtasks run --ui live` on a terminal (a pty) while a job prints its `${TOKEN}` value "
+    "(with quotes, a backslash and an escape) to stdout and stderr, and fails with it",
+    checks="the table's events area shows `${TOKEN}`; no part of the value reaches the terminal",
+)
+def test_secrets_in_live_output(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import signal
+    import struct
+    import termios
+    import time
+
+    from reliability.test_rel_trust_terminal import _read_pty
+
+    module = MODULE + (
+        "\n\ndef loud(token):\n"
+        "    import sys\n"
+        "    print('printed', token, flush=True)\n"
+        "    print('to stderr', repr(token), file=sys.stderr, flush=True)\n"
+        "    raise ValueError(token)\n"
+    )
+    jobs = 'loud:\n  entrypoint: rel_secret:loud\n  kwargs: {token: "${TOKEN}"}\n'
+    jobs += '  schedule: "* * * * * *"\n'
+    config = write_project(tmp_path, jobs, {"rel_secret": module}, tick=False)
+    secret = START + "'\"\\\x1b[1m" + END
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(tmp_path)
+        env = clean_env(TOKEN=secret, TERM="xterm-256color")
+        os.execve(QTASKS, [QTASKS, "run", "--ui", "live", str(config)], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 300, 0, 0))
+    buffer = bytearray()
+    try:
+        _read_pty(
+            fd,
+            time.monotonic() + 30,
+            lambda data: data.count(b"${TOKEN}") >= 3 and b"to stderr" in data,
+            buffer,
+        )
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _read_pty(fd, time.monotonic() + 15, lambda data: False, buffer)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    screen = bytes(buffer).decode("utf-8", "replace")
+    assert "printed ${TOKEN}" in screen and "to stderr" in screen, screen[-3000:]
+    assert_hidden(screen, "the live table")
