@@ -69,7 +69,9 @@ def shared() -> Iterator[Path]:
 
 def project(folder: Path, state: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "rel_tick.py").write_text(TICK_MODULE)
+    (folder / "rel_tick.py").write_text(
+        TICK_MODULE + "\n\ndef record(path):\n    open('recorded', 'w').write(path)\n"
+    )
     config = folder / "jobs.yaml"
     config.write_text(
         "settings:\n"
@@ -79,6 +81,8 @@ def project(folder: Path, state: str) -> Path:
         "  tick:\n"
         "    entrypoint: rel_tick:tick\n"
         '    schedule: "* * * * * *"\n'
+        "  record:\n"
+        "    entrypoint: rel_tick:record\n"
     )
     return config
 
@@ -109,12 +113,28 @@ def test_state_planted_by_another_user(shared: Path, tmp_path: Path) -> None:
     uid, gid = _other_user()
     planted = shared / "qtasks"
     as_other(uid, gid, "mkdir", "-m", "0755", str(planted))
-    as_other(uid, gid, "sh", "-c", f"umask 022 && : > {planted / 'state.db'}")
+    # A real state file with a queued request for `record` (made by qtasks elsewhere), in the
+    # other user's folder, theirs, mode 0644: what they would make with sqlite3 themselves.
     config = project(tmp_path / "proj", str(planted / "state.db"))
+    made = tmp_path / "made" / "state.db"
+    assert (
+        qtasks("history", "-c", str(config), "--state", str(made), cwd=config.parent).returncode
+        == 0
+    )
+    with sqlite3.connect(made) as db:
+        db.execute(
+            "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
+            " VALUES ('planted', 'record', 'queued', 1, 'queued', '[\"/tmp/chosen\"]', '{}')"
+        )
+    shutil.copy(made, planted / "state.db")
+    os.chown(planted / "state.db", uid, gid)  # as if the other user had written it
+    (planted / "state.db").chmod(0o644)
+    before = (planted / "state.db").read_bytes()
     for args in (["run", "--ui", "plain", str(config)], ["history", "-c", str(config)]):
         assert_refused(qtasks(*args, cwd=config.parent), planted, f"owned by {OTHER}")
-    assert (planted / "state.db").stat().st_size == 0
+    assert (planted / "state.db").read_bytes() == before
     assert not (planted / "state.db.lock").exists()
+    assert not (config.parent / "recorded").exists()
 
     # The folder is root's own now, but the file in it still belongs to the other user.
     planted.chmod(0o700)
