@@ -172,7 +172,7 @@ def record(stats: dict[str, JobStats], event: Event) -> bool:
         elif status in _FAILED:
             job.failures += 1
         job.last_status = status
-        job.last_error_type = event.error_type
+        job.last_error_type = clean_line(event.error_type) if event.error_type else None
         job.last_ended = event.time
         job.last_duration = event.duration
     return True

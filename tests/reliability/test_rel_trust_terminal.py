@@ -46,6 +46,10 @@ def keep(item):
     return item
 
 
+def oddtype():
+    raise type("Odd\x1b]0;owned\x07", (Exception,), {{}})("odd")
+
+
 def chatty():
     print("out " + BODY, flush=True)
     return {{"answer": BODY}}
@@ -61,6 +65,9 @@ items:
   schedule: "* * * * * *"
 chatty:
   entrypoint: rel_term:chatty
+  schedule: "* * * * * *"
+oddtype:
+  entrypoint: rel_term:oddtype
   schedule: "* * * * * *"
 """
 # What a terminal would obey, and the payloads that must vanish with their sequences.
@@ -87,16 +94,17 @@ def qtasks(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str
     "escapes_in_job_text",
     group=GROUP,
     title="a job's exception, item, result and printed line hold OSC 0 (title), CSI 2J (clear), "
-    "OSC 52 (clipboard), C1 CSI/OSC, DCS, a lone ESC, a bidi override and a carriage return",
+    "OSC 52 (clipboard), C1 CSI/OSC, DCS, a lone ESC, a bidi override and a carriage return; "
+    "an exception class's name holds OSC 0",
     checks="`trigger`, `history`, `history --stats`, the plain and journal logs of `qtasks run` "
     "show none of them (nor their payloads); `history --json` and the JSON log keep the exact "
     "text",
 )
 def test_escapes_in_job_text(tmp_path: Path) -> None:
     config = write_project(tmp_path, JOBS, {"rel_term": MODULE}, tick=False)
-    for job in ("crm", "items", "chatty"):
+    for job in ("crm", "items", "chatty", "oddtype"):
         result = qtasks("trigger", job, "-c", str(config), cwd=tmp_path)
-        assert result.returncode == (1 if job == "crm" else 0), result.stderr
+        assert result.returncode == (1 if job in ("crm", "oddtype") else 0), result.stderr
         assert_clean(result.stderr, f"trigger {job} (stderr)")
         if job != "chatty":  # a foreground job's own print goes to stdout untouched
             assert_clean(result.stdout, f"trigger {job} (stdout)")
