@@ -26,6 +26,13 @@ _SEQUENCE = re.compile(
 # and the Unicode line and paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_INTRODUCER = re.compile(r"[\x1b\x90-\x9f]")
+# Anything clean_text changes: every C0 control but the line feed, DEL, C1, bidi, separators,
+# surrogates.
+_UNSAFE = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029"
+    r"\u2066-\u2069\ud800-\udfff]"
+)
 _BREAKS = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # In JSON (which may escape only C0): the characters a terminal would still obey.
 _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
@@ -33,15 +40,15 @@ _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u20
 
 def strip_sequences(text: str) -> str:
     """``text`` without ECMA-48 escape sequences and control strings (the bytes they hold too)."""
-    if "\x1b" not in text and not any("\x90" <= c <= "\x9f" for c in text):
-        return text
-    return _SEQUENCE.sub("", text)
+    return _SEQUENCE.sub("", text) if _INTRODUCER.search(text) else text
 
 
 def clean_text(text: str) -> str:
     """``text`` safe for a terminal, lines kept: escape sequences, controls (but ``\\n``) and
     bidi overrides removed, tabs as four spaces, every line break as ``\\n``; a lone surrogate
     (an undecodable byte of a file name or argument) shown as ``\\xNN`` or ``\\uNNNN``."""
+    if not _UNSAFE.search(text):
+        return text  # the common case: one scan
     text = _BREAKS.sub("\n", strip_sequences(text)).replace("\t", "    ")
     text = _CONTROL.sub("", text)
     return _SURROGATE.sub(_show_surrogate, text) if _SURROGATE.search(text) else text
