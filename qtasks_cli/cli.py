@@ -503,7 +503,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except Exception as exc:
         if _click_error(exc, "NoArgsIsHelpError"):
-            print(getattr(exc, "format_message", str)(), file=sys.stderr)
+            print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
             sys.exit(EXIT_USAGE)
         if _click_error(exc, "ClickException"):  # usage errors: bad option, value, command
             ctx = getattr(exc, "ctx", None)
