@@ -252,7 +252,7 @@ def test_bad_arguments_through_the_installed_command(folder: Path, args: list[st
     assert "\x1b" not in result.stderr
 
 
-def test_the_state_in_json_kwargs_is_exact(folder: Path) -> None:
+def test_a_nested_json_kwargs_value_within_the_limit_still_runs(folder: Path) -> None:
     # A value that survives: the job gets it, as JSON said.
     result = run_qtasks(
         "trigger",
