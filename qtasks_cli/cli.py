@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from qtasks_cli import __version__
-from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
+from qtasks_cli.errors import EXIT_FORCED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
 
 if TYPE_CHECKING:
     from qtasks_cli.models import Config
@@ -52,6 +52,10 @@ StateOpt = Annotated[
 ]
 
 
+MAX_LIMIT = 1_000_000_000  # rows; SQLite and PostgreSQL take 64-bit limits
+MAX_DEPTH = 100  # levels of nesting in --arg, --kwarg and --json-kwargs values
+
+
 class UI(str, enum.Enum):
     auto = "auto"
     live = "live"
@@ -60,8 +64,24 @@ class UI(str, enum.Enum):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(message, file=sys.stderr)
+    print(_one_line(message), file=sys.stderr)
     raise typer.Exit(code)
+
+
+def _one_line(message: str) -> str:
+    """``message`` as one line safe for a terminal (it may quote paths and values)."""
+    from qtasks_cli.ui.text import clean_line
+
+    return clean_line(message)
+
+
+def _error_text(exc: QtasksError) -> str:
+    """What the user reads for ``exc``: one line per located problem, else one line."""
+    from qtasks_cli.errors import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return "\n".join(_one_line(str(problem)) for problem in exc.problems)
+    return _one_line(str(exc))
 
 
 def _load(config: Path | None, *, check_imports: bool = True) -> Config:
@@ -70,7 +90,8 @@ def _load(config: Path | None, *, check_imports: bool = True) -> Config:
     try:
         return api.load(config, check_imports=check_imports)
     except QtasksError as exc:
-        _fail(str(exc), exc.exit_code)
+        print(_error_text(exc), file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _version(value: bool) -> None:
@@ -147,13 +168,17 @@ def list_(
             )
         )
         return
-    width = max(len(r["name"]) for r in rows)
+    from qtasks_cli.ui.text import clean_line
+
+    width = max(len(clean_line(r["name"])) for r in rows)
     if loaded.zone_source:  # the machine's zone is the default: say where it was found
-        print(f"default time zone: {loaded.settings.timezone} (from {loaded.zone_source})")
+        zone = clean_line(f"{loaded.settings.timezone} (from {loaded.zone_source})")
+        print(f"default time zone: {zone}")
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
         nexts = row["next"] or ["-"]
-        print(f"{row['name']:<{width}}  {row['schedule']}  [{row['timezone']}, {state}]")
+        name, schedule = clean_line(row["name"]), clean_line(row["schedule"])
+        print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")
         for when in nexts:
             print(f"{'':<{width}}  next: {when}")
 
@@ -165,9 +190,12 @@ def _parse_after(text: str) -> Any:
         when = datetime.fromisoformat(text)
     except ValueError:
         _fail(f"--after: {text!r} is not an ISO-8601 date and time (e.g. 2026-03-29T00:00+01:00)")
-    if when.tzinfo is None:
-        when = when.astimezone()  # a naive time is the machine's local time
-    return when.astimezone(timezone.utc)
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()  # a naive time is the machine's local time
+        return when.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        _fail(f"--after: {text!r} is outside the dates qtasks can compute with")
 
 
 @app.command()
@@ -190,6 +218,10 @@ def run(
     loaded = _load(config)
     path = loaded.path
     mode = _log_mode(ui)
+    if mode == "live":  # the table shows what jobs print: hide their ${NAME} values there too
+        from qtasks_cli import redaction
+
+        redaction.remember(pair for job in loaded.jobs.values() for pair in job.secrets)
     bus = EventBus()
     try:
         if mode == "live":
@@ -295,9 +327,13 @@ def trigger(
             if not wait:
                 raise typer.Exit(EXIT_OK)
             row = asyncio.run(api.wait_for_run(loaded, run_id, state=state))
+            from qtasks_cli.ui.text import clean_line
+
             print(
-                f"{row.job} {row.run_id} {row.status}"
-                + (f": {row.error_type}: {row.error}" if row.error else ""),
+                clean_line(
+                    f"{row.job} {row.run_id} {row.status}"
+                    + (f": {row.error_type}: {row.error}" if row.error else "")
+                ),
                 file=sys.stderr,
             )
             raise typer.Exit(EXIT_OK if row.status.ok else EXIT_JOB_FAILED)
@@ -317,7 +353,9 @@ def _print_items(event: Any) -> None:
     from qtasks_cli.events import EventKind
 
     if event.kind is EventKind.ITEM:
-        print(event.item, flush=True)
+        from qtasks_cli.ui.text import clean_line
+
+        print(clean_line(event.item or ""), flush=True)
 
 
 def _parse_call_args(
@@ -325,13 +363,17 @@ def _parse_call_args(
 ) -> tuple[Any, Any]:
     import yaml
 
-    def scalar(text: str) -> Any:
+    def scalar(text: str, option: str) -> Any:
         try:
-            return yaml.safe_load(text) if text.strip() else text
+            value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:
             return text
+        except RecursionError:
+            _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
+        _check_depth(value, option, text)
+        return value
 
-    args = [scalar(a) for a in arg] if arg else None
+    args = [scalar(a, "--arg") for a in arg] if arg else None
     kwargs: dict[str, Any] | None = None
     if kwarg:
         kwargs = {}
@@ -339,23 +381,45 @@ def _parse_call_args(
             key, sep, value = item.partition("=")
             if not sep or not key.isidentifier():
                 _fail(f"--kwarg {item!r}: expected KEY=VALUE with KEY a Python identifier")
-            kwargs[key] = scalar(value)
+            kwargs[key] = scalar(value, "--kwarg")
     if json_kwargs:
         try:
             extra = json.loads(json_kwargs)
         except json.JSONDecodeError as exc:
             _fail(f"--json-kwargs: not valid JSON: {exc}")
+        except RecursionError:
+            _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
+        _check_depth(extra, "--json-kwargs", json_kwargs)
         if not isinstance(extra, dict):
             _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
         kwargs = {**(kwargs or {}), **extra}
     return args, kwargs
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def _check_depth(value: Any, option: str, text: str) -> None:
+    """Refuse (exit 2) a value nested deeper than MAX_DEPTH: it could not be stored or shown."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            item
+            for node in level
+            if isinstance(node, (dict, list))
+            for item in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return
+    _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
+
+
 @app.command()
 def history(
     job: Annotated[str | None, typer.Argument(help="Only this job.", show_default=False)] = None,
     config: ConfigOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="How many runs.")] = 50,
     status: Annotated[
         str | None,
         typer.Option(
@@ -423,8 +487,8 @@ def systemd_unit(
         )
     loaded = _load(config, check_imports=False)
     path = loaded.path.resolve()
-    print(
-        systemd.render_unit(
+    try:
+        unit = systemd.render_unit(
             executable=systemd.qtasks_executable(),
             config=path,
             working_directory=path.parent,
@@ -432,15 +496,36 @@ def systemd_unit(
             name=name,
             user=None if user else systemd.current_user(),
             user_unit=user,
-        ),
-        end="",
-    )
+        )
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    print(unit, end="")
+
+
+def _click_error(exc: BaseException, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every bad argument is one line on stderr and exit 2."""
+    from qtasks_cli.ui.text import clean_line
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except QtasksError as exc:  # anything a command did not map itself
-        print(str(exc), file=sys.stderr)
+        print(_error_text(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _click_error(exc, "NoArgsIsHelpError"):
+            print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+            sys.exit(EXIT_USAGE)
+        if _click_error(exc, "ClickException"):  # usage errors: bad option, value, command
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "qtasks"
+            message = clean_line(exc.format_message())  # type: ignore[attr-defined]
+            print(f"{where}: {message} (see '{where} --help')", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        if _click_error(exc, "Abort"):
+            sys.exit(EXIT_FORCED)
+        raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -808,6 +808,12 @@ def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
 
 
 async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
+    if run.job.secrets:  # a hook's payload never holds a ${NAME} value
+        from dataclasses import replace
+
+        from qtasks_cli.redaction import redact_value
+
+        result = replace(result, result=redact_value(result.result, run.job.secrets))
     return await run.call(run.resolve(ref), result)
 
 

@@ -147,11 +147,13 @@ class JobSpec:
     line: int = 0  # where the job is defined, for messages
 
     def redact(self, text: str) -> str:
-        """``text`` with every interpolated secret value replaced by its ``${NAME}``."""
-        for value, placeholder in self.secrets:
-            if value:
-                text = text.replace(value, placeholder)
-        return text
+        """``text`` with every interpolated secret value replaced by its ``${NAME}``, in every
+        spelling it can take (repr, ascii, bytes and JSON escapes; see ``qtasks_cli.redaction``)."""
+        if not self.secrets or not text:
+            return text
+        from qtasks_cli.redaction import redact
+
+        return redact(text, self.secrets)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

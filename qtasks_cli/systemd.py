@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import timedelta
 from pathlib import Path
 
+from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import Snapshot
 
@@ -271,6 +272,39 @@ def qtasks_executable() -> Path:
     return Path(sys.argv[0]).resolve()
 
 
+# systemd.syntax(7): a unit file is UTF-8 text read line by line; a value cannot hold a line
+# break or another control character, loses leading and trailing white space, and a line ending
+# in a backslash continues on the next one. Such values cannot be written; they are refused.
+_UNWRITABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class UnitValueError(QtasksError):
+    """A value that a unit file cannot express (systemd.syntax(7)); exit code 2."""
+
+
+def check_unit_value(text: str, what: str, *, bare: bool = True) -> str:
+    """``text`` if a unit file can hold it as a value, else UnitValueError naming ``what``:
+    no control characters (a newline would start a new directive) and valid UTF-8; a ``bare``
+    (unquoted) value also without leading or trailing white space and a trailing backslash
+    (a line continuation). Quoted ``ExecStart=`` words need only the first two."""
+    problem = None
+    found = _UNWRITABLE.search(text)
+    if found:
+        problem = f"it holds the control character {found.group()!r}"
+    elif any("\ud800" <= c <= "\udfff" for c in text):
+        problem = "it is not valid UTF-8"
+    elif bare and text != text.strip():
+        problem = "it starts or ends with white space, which systemd strips"
+    elif bare and text.endswith("\\"):
+        problem = "it ends with a backslash, which systemd reads as a line continuation"
+    if problem:
+        raise UnitValueError(
+            f"{what} {text!r} cannot be written into a systemd unit: {problem} "
+            "(systemd.syntax(7)); rename it"
+        )
+    return text
+
+
 def _escape_specifiers(text: str) -> str:
     """systemd expands ``%x`` specifiers in most settings; ``%%`` is a literal percent sign."""
     return text.replace("%", "%%")
@@ -303,6 +337,15 @@ def render_unit(
 
     ``user`` becomes ``User=`` in a system unit; a user unit (``user_unit``) runs as its owner
     and is wanted by ``default.target`` instead of ``multi-user.target``."""
+    check_unit_value(str(executable), "the qtasks command's path", bare=False)
+    check_unit_value(str(config), "the job file's path", bare=False)
+    check_unit_value(str(working_directory), "the working directory")
+    if user is not None:
+        check_unit_value(user, "the user name")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?", user):
+            user = str(os.getuid())  # systemd takes a numeric id for any name it rejects
+    if not valid_unit_name(name):
+        raise UnitValueError(f"--name: {name!r} is not a unit name")
     flag = " --user" if user_unit else ""
     where = (
         f"~/.config/systemd/user/{name}.service"
@@ -310,11 +353,11 @@ def render_unit(
         else f"/etc/systemd/system/{name}.service"
     )
     lines = [
-        f"# Made by: qtasks systemd-unit{flag} --name {name} {config}",
+        f"# Made by: qtasks systemd-unit{flag} --name {name} {_exec_word(str(config))}",
         f"# Install: save as {where}, then",
         f"#   systemctl{flag} daemon-reload && systemctl{flag} enable --now {name}",
         "[Unit]",
-        f"Description=qtasks scheduler for {_escape_specifiers(str(config))}",
+        f"Description=qtasks scheduler for {_exec_word(str(config))}",
     ]
     if not user_unit:
         lines += ["Wants=network-online.target", "After=network-online.target"]

@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import sqlite3
-import stat
 import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id
+from qtasks_cli.store import new_run_id, paths
 from qtasks_cli.store.base import (
     Claim,
     Fire,
@@ -184,33 +183,9 @@ def _from_us(value: int | None) -> datetime | None:
 # -- opening a file -------------------------------------------------------------------
 
 
-def _ensure_folder(folder: Path) -> None:
-    """Create ``folder`` 0700 if it is missing; an existing folder keeps its mode."""
-    if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-        folder.chmod(0o700)  # mkdir's mode passes through the umask
-
-
 def _prepare_file(path: Path) -> None:
-    """Create the folder (0700) and the file (0600), or check an existing file's mode."""
-    try:
-        _ensure_folder(path.parent)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            mode = path.stat().st_mode
-        else:
-            os.close(fd)
-            return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the state file: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise StoreError(f"{path}: the state file is not a regular file")
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise StoreError(
-            f"{path}: the state file is writable by other users "
-            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
-        )
+    """Create the folder (0700) and the file (0600), or refuse an untrusted one (store.paths)."""
+    paths.prepare_state_file(path)
 
 
 def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqlite3.Connection:
@@ -537,11 +512,8 @@ class SqliteStore:
         if self._lock_fd is not None:
             return
         lock_path = f"{self.location}.lock"
-        try:
-            _ensure_folder(self.path.parent)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"{lock_path}: cannot create the lock file: {exc.strerror}") from None
+        paths.ensure_folder(self.path.parent)
+        fd = paths.open_checked(lock_path, "lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

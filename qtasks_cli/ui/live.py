@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from rich.text import Text
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import JobView, RunStatus, Snapshot
 from qtasks_cli.ui import log as ui_log
+from qtasks_cli.ui.text import clean_line, clean_output
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ MAX_LINES_PER_RECORD = 6  # a traceback must not push every other line out
 MIN_EVENT_LINES = 5  # the events area keeps at least this many lines when jobs overflow
 
 _FAILED = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED})
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _utcnow() -> datetime:
@@ -174,7 +172,7 @@ def record(stats: dict[str, JobStats], event: Event) -> bool:
         elif status in _FAILED:
             job.failures += 1
         job.last_status = status
-        job.last_error_type = event.error_type
+        job.last_error_type = clean_line(event.error_type) if event.error_type else None
         job.last_ended = event.time
         job.last_duration = event.duration
     return True
@@ -529,14 +527,6 @@ class Painter:
 # --- the view ------------------------------------------------------------------------------------
 
 
-def clean_output(text: str) -> str:
-    """A line a job printed, safe to show: escape sequences and control characters removed,
-    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``)."""
-    text = _ANSI.sub("", text).rstrip("\r")
-    text = text.rsplit("\r", 1)[-1].replace("\t", "    ")
-    return _CONTROL.sub("", text)
-
-
 class LiveView:
     """The state behind the live table: job statistics, event lines, the daemon's life-cycle
     status and the snapshot source (``attach``), and the task that draws (``start``)."""
@@ -594,7 +584,7 @@ class LiveView:
 
     def add_text(self, text: str, level: int = logging.INFO, when: datetime | None = None) -> None:
         """Add (possibly multi-line) text as event lines, cut to a few lines."""
-        rows = text.splitlines() or [""]
+        rows = [clean_line(row) for row in text.splitlines()] or [""]
         if len(rows) > MAX_LINES_PER_RECORD:
             extra = len(rows) - MAX_LINES_PER_RECORD + 1
             rows = [*rows[: MAX_LINES_PER_RECORD - 1], f"  ({extra} more lines)"]

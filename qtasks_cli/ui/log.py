@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus
+from qtasks_cli.ui.text import clean_line, clean_text, json_safe
 
 EVENT_LOGGER = "qtasks.events"
 _event_log = logging.getLogger(EVENT_LOGGER)
@@ -164,9 +165,11 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         event: Event | None = getattr(record, "qtasks_event", None)
-        text = describe_event(event) if event is not None else record.getMessage()
+        # Job and state-file text may hold terminal escapes: cleaned, one line per record
+        # (a value cannot forge a line), and the lines of a traceback after it.
+        text = clean_line(describe_event(event) if event is not None else record.getMessage())
         if record.exc_info and event is None:
-            text = f"{text}\n{self.formatException(record.exc_info)}"
+            text = f"{text}\n{clean_text(self.formatException(record.exc_info))}"
         level = record.levelname
         if self.journal:
             prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
@@ -194,7 +197,7 @@ class JsonFormatter(logging.Formatter):
             }
             if record.exc_info:
                 fields["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(fields, ensure_ascii=False, default=str)
+        return json_safe(json.dumps(fields, ensure_ascii=False, default=str))
 
 
 class DeferredHandler(logging.StreamHandler):  # type: ignore[type-arg]

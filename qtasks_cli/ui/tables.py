@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from qtasks_cli.store.base import JobStats, RunRow
+from qtasks_cli.ui.text import clean_line
 
 
 def _when(value: datetime | None) -> str:
@@ -21,6 +22,7 @@ def _secs(value: float | None) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[clean_line(cell) for cell in row] for row in rows]  # job and state-file text
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -37,7 +39,7 @@ def history_text(rows: Sequence[RunRow]) -> str:
     body = []
     for r in rows:
         error = ": ".join(x for x in (r.error_type, r.error) if x)
-        error = error.splitlines()[0] if error else ""
+        error = clean_line(error.splitlines()[0]) if error else ""  # cleaned before clipped
         body.append(
             [
                 r.run_id,

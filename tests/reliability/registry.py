@@ -85,6 +85,7 @@ GROUP_ORDER = [
     "exactly once",
     "clock",
     "configuration",
+    "trust boundaries",
 ]
 
 

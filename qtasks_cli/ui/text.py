@@ -1,0 +1,83 @@
+"""Text from jobs, job files and the state file, made safe for a terminal or a log line.
+
+A job's error message, traceback, result or output, and a job name read back from the state
+file, may hold bytes a terminal obeys: ECMA-48 escape sequences (CSI such as ``ESC[2J``, OSC
+such as ``ESC]0;title BEL`` and ``ESC]52;c;... BEL`` which writes the clipboard, DCS, APC, PM
+and SOS strings, and their one-byte C1 forms ``0x9b``, ``0x9d`` ...), other C0 and C1 controls,
+and Unicode bidirectional overrides that make text read differently from what it is. Everything
+shown to a person goes through ``clean_line`` (one line) or ``clean_text`` (lines kept); the JSON
+outputs keep the exact text, escaped by ``json_safe``.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ECMA-48: CSI = ESC [ (or 0x9b), parameters 0x30-0x3f, intermediates 0x20-0x2f, a final
+# 0x40-0x7e; the string commands (OSC, DCS, SOS, PM, APC) run to ST = ESC \ (or 0x9c) or BEL
+# and go with their payload; any other escape is ESC, intermediates, one final byte. Of a
+# string never ended only the introducer goes: the text after it stays readable (and inert).
+_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])(?:[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c))?"
+    r"|\x1b[\x20-\x2f]*[\x30-\x7e]?"
+)
+# C0 but tab and line feed, DEL, C1, the bidi embeddings, overrides, isolates and marks,
+# and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_INTRODUCER = re.compile(r"[\x1b\x90-\x9f]")
+# Anything clean_text changes: every C0 control but the line feed, DEL, C1, bidi, separators,
+# surrogates.
+_UNSAFE = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029"
+    r"\u2066-\u2069\ud800-\udfff]"
+)
+_BREAKS = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# In JSON (which may escape only C0): the characters a terminal would still obey.
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def strip_sequences(text: str) -> str:
+    """``text`` without ECMA-48 escape sequences and control strings (the bytes they hold too)."""
+    return _SEQUENCE.sub("", text) if _INTRODUCER.search(text) else text
+
+
+def clean_text(text: str) -> str:
+    """``text`` safe for a terminal, lines kept: escape sequences, controls (but ``\\n``) and
+    bidi overrides removed, tabs as four spaces, every line break as ``\\n``; a lone surrogate
+    (an undecodable byte of a file name or argument) shown as ``\\xNN`` or ``\\uNNNN``."""
+    if not _UNSAFE.search(text):
+        return text  # the common case: one scan
+    text = _BREAKS.sub("\n", strip_sequences(text)).replace("\t", "    ")
+    text = _CONTROL.sub("", text)
+    return _SURROGATE.sub(_show_surrogate, text) if _SURROGATE.search(text) else text
+
+
+def _show_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def clean_line(text: str) -> str:
+    """``text`` safe for a terminal, on one line: as ``clean_text``, with each line break shown
+    as the two characters ``\\n`` so a value can never forge a log line of its own."""
+    return clean_text(text).replace("\n", "\\n")
+
+
+def clean_output(text: str) -> str:
+    """A line a job printed, safe to show: escape sequences and control characters removed,
+    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``), and the
+    ``${NAME}`` values of the loaded job file hidden (``redaction.remember``)."""
+    from qtasks_cli.redaction import redact_known
+
+    text = strip_sequences(redact_known(text)).rstrip("\r")
+    text = text.rsplit("\r", 1)[-1]
+    return clean_line(text)
+
+
+def json_safe(dumped: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters a terminal
+    still obeys (DEL, C1, bidi controls, U+2028/9) written as ``\\uXXXX``: the same JSON value,
+    the exact text, but nothing a terminal acts on. Such characters only occur inside strings."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", dumped)

@@ -1,0 +1,89 @@
+"""store.paths: which state files are trusted, checked on the files themselves (the attacks by
+another local user are in tests/reliability/test_rel_trust_paths.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from qtasks_cli.errors import StoreError
+from qtasks_cli.store import paths
+from qtasks_cli.store.sqlite import SqliteStore
+
+
+def test_a_new_state_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        paths.prepare_state_file(tmp_path / "deep" / "state" / "state.db")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "deep" / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "deep" / "state" / "state.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_state_file_straight_in_a_shared_sticky_folder_is_refused_with_advice() -> None:
+    shared = Path(tempfile.mkdtemp(prefix="qtasks-sticky-"))
+    try:
+        shared.chmod(0o1777)
+        with pytest.raises(StoreError, match="give the state a folder of its own"):
+            paths.prepare_state_file(shared / "state.db")
+        assert not (shared / "state.db").exists()
+    finally:
+        shared.chmod(0o700)
+        os.rmdir(shared)
+
+
+@pytest.mark.parametrize("name", ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"])
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / name, 0o600)
+    with pytest.raises(StoreError, match="not a regular file"):
+        paths.prepare_state_file(folder / "state.db")
+
+
+@pytest.mark.parametrize("name", ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"])
+def test_a_file_others_may_write_is_refused(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir(mode=0o700)
+    (folder / name).touch()
+    (folder / name).chmod(0o620)
+    with pytest.raises(StoreError, match=r"writable by other users \(group, mode 0620\)"):
+        paths.prepare_state_file(folder / "state.db")
+
+
+def test_the_lock_file_is_checked_too(tmp_path: Path) -> None:
+    state = tmp_path / "s" / "state.db"
+    paths.prepare_state_file(state)
+    lock = Path(f"{state}.lock")
+    lock.touch()
+    lock.chmod(0o666)
+
+    async def lock_it() -> None:
+        store = SqliteStore(state)
+        try:
+            await store.lock_daemon()
+        finally:
+            await store.close()
+
+    with pytest.raises(StoreError, match=r"state.db.lock: refusing the lock file"):
+        asyncio.run(lock_it())
+
+
+def test_a_link_we_made_to_our_folder_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    paths.prepare_state_file(tmp_path / "link" / "state.db")
+    assert (real / "state.db").is_file()
+
+
+def test_distrust_names_owner_and_mode() -> None:
+    st = os.stat_result((0o100644, 0, 0, 1, 12345, 0, 0, 0, 0, 0))
+    assert paths.distrust(st) is not None and "owned by" in (paths.distrust(st) or "")
+    mine = os.stat_result((0o100600, 0, 0, 1, os.geteuid(), 0, 0, 0, 0, 0))
+    assert paths.distrust(mine) is None
