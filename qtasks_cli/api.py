@@ -17,7 +17,9 @@ from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
 from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
+    from qtasks_cli.control import Controller
     from qtasks_cli.events import Event, EventBus
+    from qtasks_cli.metrics import MetricsServer
     from qtasks_cli.store.base import RunRow, Store
     from qtasks_cli.supervisor import Supervisor
     from qtasks_cli.systemd import SystemdAgent
@@ -103,6 +105,29 @@ def list_jobs(
         }
         for job in config.jobs.values()
     ]
+
+
+def paused_jobs(config: Config, state: str | None = None) -> frozenset[str]:
+    """The jobs paused with ``qtasks pause``; empty when the state cannot be read (a file
+    not created yet, a database that does not answer: ``list`` works without them)."""
+    from qtasks_cli.store import is_url
+    from qtasks_cli.store.control import open_control
+
+    location = state_location(config, state)
+    if not is_url(location) and not Path(location).exists():
+        return frozenset()
+    try:
+        store = open_control(location, schema=config.settings.schema)
+    except QtasksError as exc:
+        log.debug("cannot read paused jobs: %s", exc)
+        return frozenset()
+    try:
+        return frozenset(store.paused())
+    except QtasksError as exc:
+        log.debug("cannot read paused jobs: %s", exc)
+        return frozenset()
+    finally:
+        store.close()
 
 
 def bind_arguments(
@@ -306,11 +331,16 @@ async def serve(
         return last_config
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
+    controller, metrics = await _operator_channel(supervisor, bus, state_location(config, state))
     listener = None
     if not store.wakes_on_work:
         from qtasks_cli.wake import Listener
 
-        listener = Listener(state_location(config, state), supervisor.nudge)
+        def woken() -> None:
+            supervisor.nudge()
+            controller.poke()  # a pause, resume or cancel may have been written
+
+        listener = Listener(state_location(config, state), woken)
         if listener.start():
             supervisor.queue_poll = WOKEN_QUEUE_POLL
     agent = _systemd_agent(supervisor, bus)
@@ -346,6 +376,9 @@ async def serve(
         watchdog.cancel()
     if listener is not None:
         listener.close()
+    if metrics is not None:
+        metrics.close()
+    await controller.stop()
     if forced.is_set() and not main.done():
         _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
         with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest
@@ -355,6 +388,28 @@ async def serve(
     main.result()
     await store.close()
     return EXIT_OK
+
+
+async def _operator_channel(
+    supervisor: Supervisor, bus: EventBus, location: str
+) -> tuple[Controller, MetricsServer | None]:
+    """The thread behind ``status``/``pause``/``cancel`` and, with ``settings.metrics``, the
+    Prometheus endpoint (``prometheus_client`` is imported only then)."""
+    from qtasks_cli.control import Controller
+    from qtasks_cli.output import Capture
+
+    settings = supervisor.config.settings
+    capture = Capture()
+    controller = Controller(supervisor, state=location, schema=settings.schema, capture=capture)
+    await controller.start()
+    capture.install()
+    bus.subscribe(capture.sink)
+    metrics = None
+    if settings.metrics is not None:
+        from qtasks_cli.metrics import start_metrics
+
+        metrics = start_metrics(settings.metrics, controller=controller, bus=bus)
+    return controller, metrics
 
 
 def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None:

@@ -124,13 +124,12 @@ def list_(
     start = _parse_after(after) if after else None
     loaded = _load(config, check_imports=False)
     rows = api.list_jobs(loaded, count=next_, after=start)
+    paused = api.paused_jobs(loaded)
     if as_json:
+        keys = ("name", "schedule", "timezone", "enabled", "next")
         print(
             json.dumps(
-                [
-                    {k: r[k] for k in ("name", "schedule", "timezone", "enabled", "next")}
-                    for r in rows
-                ],
+                [{**{k: r[k] for k in keys}, "paused": r["name"] in paused} for r in rows],
                 indent=2,
             )
         )
@@ -138,6 +137,7 @@ def list_(
     width = max(len(r["name"]) for r in rows)
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
+        state = f"paused, {state}" if row["name"] in paused else state
         nexts = row["next"] or ["-"]
         print(f"{row['name']:<{width}}  {row['schedule']}  [{row['timezone']}, {state}]")
         for when in nexts:
@@ -431,3 +431,9 @@ def main() -> None:
     except QtasksError as exc:  # anything a command did not map itself
         print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+# The operator's commands (status, show, pause, resume, cancel) register themselves on ``app``.
+from qtasks_cli import cli_ops as _cli_ops  # noqa: E402
+
+del _cli_ops

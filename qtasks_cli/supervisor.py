@@ -162,6 +162,10 @@ class Supervisor:
         self._prune_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
+        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs,
+        # and why runs cancelled by ``cancel_run`` were cancelled.
+        self.paused: frozenset[str] = frozenset()
+        self._cancelled_by: dict[str, str] = {}
 
     # --- control: signal handlers call these; they only flip state -------------------------
 
@@ -208,7 +212,8 @@ class Supervisor:
         describing 1,000 schedules) on every redraw of the live table would cost the loop
         milliseconds."""
         spec = state.spec
-        key = (spec, state.next_fire, state.running, len(state.pending))
+        paused = name in self.paused
+        key = (spec, state.next_fire, state.running, len(state.pending), paused)
         cached = self._views.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -224,6 +229,7 @@ class Supervisor:
             running=state.running,
             pending=len(state.pending),
             max_attempts=spec.retry.attempts,
+            paused=paused,
         )
         if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
             self._views.clear()
@@ -519,6 +525,8 @@ class Supervisor:
     async def _claim_and_start(self, fires: list[Fire]) -> set[str]:
         """Claim fires and start the runs this node won; return the jobs whose fires the
         shared store could not claim (to be tried again)."""
+        if self.paused:
+            fires = [self._unless_paused(fire) for fire in fires]
         claimed = await self._claim(fires)
         if claimed is None:
             for fire in fires:
@@ -560,6 +568,53 @@ class Supervisor:
                 )
         await asyncio.sleep(0)  # let the new runs start before anything else
         return set()
+
+    def _unless_paused(self, fire: Fire) -> Fire:
+        """A fire of a paused job (``qtasks pause``) is recorded, not run."""
+        if fire.job not in self.paused or fire.status is not RunStatus.CLAIMED:
+            return fire
+        return replace(fire, status=RunStatus.SKIPPED, error="skipped (paused)")
+
+    def cancel_run(self, run_id: str, by: str) -> bool:
+        """Stop a run of this daemon for ``qtasks cancel``, as a timeout does: the task is
+        cancelled (an async job is cancelled, a process job gets SIGTERM then SIGKILL after
+        kill_grace, a thread job is abandoned and marked stuck); a run waiting in the
+        overlap queue is dropped. Recorded ``cancelled`` with ``by`` in its error; False
+        when no run of that id is in progress here."""
+        reason = f"cancelled by {by}"
+        for state in self.jobs.values():
+            for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
+                if pending_id == run_id:
+                    del state.pending[index]
+                    result = RunResult(
+                        job=state.spec.name,
+                        run_id=run_id,
+                        trigger=trigger,
+                        scheduled=scheduled,
+                        started=None,
+                        ended=self.clock(),
+                        attempts=0,
+                        status=RunStatus.CANCELLED,
+                        error=reason,
+                    )
+                    self._emit(
+                        EventKind.FINISHED,
+                        job=state.spec.name,
+                        run_id=run_id,
+                        trigger=trigger,
+                        status=RunStatus.CANCELLED,
+                        error=reason,
+                        level=logging.WARNING,
+                    )
+                    self._background(self._record(result))
+                    return True
+        suffix = f":{run_id}"
+        for task in self._tasks:
+            if task.get_name().endswith(suffix) and not task.done():
+                self._cancelled_by[run_id] = reason
+                task.cancel(reason)
+                return True
+        return False
 
     def _never_started(self, fire: Fire) -> RunResult:
         return RunResult(
@@ -729,7 +784,7 @@ class Supervisor:
                 ended=self.clock(),
                 attempts=0,
                 status=RunStatus.CANCELLED,
-                error="cancelled at shutdown",
+                error=self._cancelled_by.pop(run_id, "cancelled at shutdown"),
             )
             raise
         finally:
