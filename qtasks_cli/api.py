@@ -298,6 +298,23 @@ async def read_history(
         await store.close()
 
 
+async def recent_runs(
+    config: Config, jobs: Sequence[str], count: int, *, state: str | None = None
+) -> dict[str, list[RunRow]]:
+    """Per job, its latest ``count`` runs that ran (not skipped or missed), oldest first."""
+    from qtasks_cli.ui.sparkline import oldest_first
+
+    store = open_state(config, state)
+    await store.open()
+    try:
+        # Skipped and missed fires (a paused job) are read past, up to a bound.
+        return {
+            job: oldest_first(await store.history(job, limit=count * 10), count) for job in jobs
+        }
+    finally:
+        await store.close()
+
+
 # --- the daemon ----------------------------------------------------------------------------------
 
 

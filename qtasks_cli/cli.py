@@ -385,8 +385,22 @@ def history(
     if as_json:
         for row in rows:
             print(json.dumps(tables.row_json(row), default=str))
+    elif stats and rows and _rich_terminal():
+        from qtasks_cli.cli_ops import print_stats_pictures
+
+        print_stats_pictures(loaded, rows, limit=limit, state=state)
     else:
         print(tables.stats_text(rows) if stats else tables.history_text(rows))
+
+
+def _rich_terminal() -> bool:
+    """stdout is a terminal that can show colours and block characters (NO_COLOR and
+    TERM=dumb mean plain text)."""
+    return (
+        sys.stdout.isatty()
+        and os.environ.get("TERM", "") not in ("", "dumb")
+        and "NO_COLOR" not in os.environ
+    )
 
 
 @app.command("systemd-unit")
