@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from qtasks_cli.cli import ConfigOpt, StateOpt, _fail, _load, app
+from qtasks_cli.cli import ConfigOpt, StateOpt, _fail, app
 from qtasks_cli.errors import EXIT_OK, QtasksError
 
 if TYPE_CHECKING:
@@ -21,6 +21,23 @@ if TYPE_CHECKING:
 EXIT_NO_DAEMON = 3  # as ``systemctl is-active`` exits when the unit is inactive
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _load(config: Path | None, *, check_imports: bool = False) -> Config:
+    """The job file for an operator's command. A ``${NAME}`` the shell does not have (the
+    daemon's environment may come from systemd's EnvironmentFile) reads as its placeholder:
+    these commands never run a job, and the fingerprint hashes placeholders anyway."""
+    from qtasks_cli.config import default_config_path, load_config
+    from qtasks_cli.store.control import PlaceholderEnv
+
+    try:
+        return load_config(
+            config if config is not None else default_config_path(),
+            check_imports=check_imports,
+            env=PlaceholderEnv(),
+        )
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 def _control(loaded: Config, state: str | None) -> ControlStore:

@@ -204,7 +204,7 @@ class Metrics:
             paused.add_metric([], sum(1 for view in snapshot.jobs if view.paused))
             for view in snapshot.jobs:
                 job_paused.add_metric([view.name], 1.0 if view.paused else 0.0)
-                if view.next_fire is not None and view.enabled:
+                if view.next_fire is not None and view.enabled and not view.paused:
                     next_fire.add_metric([view.name], view.next_fire.timestamp())
         yield from (running, queued, paused, next_fire, job_paused)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -147,6 +147,25 @@ class ControlStore(Protocol):
 
     def tidy(self) -> int:
         """Delete output and cancel rows whose run is gone (pruned); return how many."""
+
+
+class PlaceholderEnv(Mapping[str, str]):
+    """``os.environ``, but a variable it lacks reads as its own ``${NAME}`` placeholder
+    when asked without a default (as ``${NAME}`` interpolation asks)."""
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in os.environ:
+            return os.environ[name]
+        return f"${{{name}}}" if default is None else default
 
 
 def who() -> str:
