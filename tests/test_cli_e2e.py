@@ -89,7 +89,7 @@ def test_list_shows_words_zone_and_next_fires_across_dst(project) -> None:
     )
     assert out.returncode == 0, out.stderr
     jobs = {j["name"]: j for j in json.loads(out.stdout)}
-    assert set(jobs["report"]) == {"name", "schedule", "timezone", "enabled", "next"}
+    assert set(jobs["report"]) == {"name", "schedule", "timezone", "enabled", "next", "paused"}
     assert jobs["report"]["schedule"] == "at 02:30 every day"
     assert jobs["report"]["timezone"] == "Europe/Berlin"
     # Fall-back night in Berlin (25 Oct 2026): 02:30 happens twice, fires once.
