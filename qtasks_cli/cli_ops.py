@@ -97,7 +97,7 @@ def status(
         print(json.dumps(report_module.report_json(report), indent=2, default=str))
     else:
         print(report_module.report_text(report))
-    if not report.up:
+    if not report.up and as_json:  # the text's first line says it already
         print(f"no daemon is running on {report.state}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if report.up else EXIT_NO_DAEMON)
 
