@@ -395,7 +395,7 @@ async def serve(
         listener.close()
     if metrics is not None:
         metrics.close()
-    await controller.stop()
+    await controller.stop(wait=0.5 if forced.is_set() else None)
     if forced.is_set() and not main.done():
         _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
         with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest

@@ -74,7 +74,7 @@ def status(
 
     loaded = _load(config, check_imports=False)
     missing = _no_state_yet(loaded, state)
-    if missing is not None and not watch:
+    if missing is not None:
         if as_json:
             print(json.dumps({"up": False, "state": missing, "daemons": [], "jobs": []}))
         print(f"no daemon is running on {missing} (no state file yet)", file=sys.stderr)

@@ -124,13 +124,14 @@ class Controller:
         """Look at the store now (a command announced a change); safe from any thread."""
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Stop the thread (storing the last output lines) and withdraw this daemon's row."""
+    async def stop(self, wait: float | None = None) -> None:
+        """Stop the thread (storing the last output lines) and withdraw this daemon's row,
+        waiting for it at most ``wait`` seconds (default: as long as a round may take)."""
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None:
-            await asyncio.to_thread(thread.join, LOOP_WAIT + 5)
+            await asyncio.to_thread(thread.join, LOOP_WAIT + 5 if wait is None else wait)
 
     # --- the thread -------------------------------------------------------------------------
 
