@@ -47,9 +47,13 @@ class _Buffer:
             return list(self.lines)
 
 
-_current: contextvars.ContextVar[_Buffer | None] = contextvars.ContextVar(
+# The run the current context belongs to; its buffer is made on its first write, so a run
+# that prints nothing costs one ContextVar.set at its start and one at its end.
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "qtasks_output", default=None
 )
+_buffers: dict[str, _Buffer] = {}
+_open: set[str] = set()  # runs between STARTED and FINISHED
 
 
 class _Tee:
@@ -59,10 +63,13 @@ class _Tee:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        buffer = _current.get()
-        if buffer is not None and isinstance(text, str):
+        run_id = _current.get()
+        if run_id is not None and run_id in _open and isinstance(text, str):
             # Keeping output must never break the job's print.
             with contextlib.suppress(Exception):
+                buffer = _buffers.get(run_id)
+                if buffer is None:
+                    buffer = _buffers.setdefault(run_id, _Buffer())  # atomic across threads
                 buffer.write(text)
         return self._stream.write(text)
 
@@ -75,7 +82,6 @@ class Capture:
 
     def __init__(self) -> None:
         self._done: collections.deque[tuple[str, str, list[str]]] = collections.deque(maxlen=10_000)
-        self._open: dict[str, _Buffer] = {}
         self._saved: tuple[Any, Any] | None = None
 
     def install(self) -> None:
@@ -92,21 +98,22 @@ class Capture:
 
     def sink(self, event: Event) -> None:
         """Bus sink; STARTED and FINISHED are emitted inside the run's own task."""
-        if event.run_id is None or event.job is None:
+        run_id = event.run_id
+        if run_id is None or event.job is None:
             return
         if event.kind is EventKind.STARTED:
-            buffer = _Buffer()
-            self._open[event.run_id] = buffer
-            _current.set(buffer)
-        elif event.kind is EventKind.FINISHED:
-            found = self._open.pop(event.run_id, None)
-            if found is None:
-                return
-            if _current.get() is found:
+            _open.add(run_id)
+            _current.set(run_id)
+        elif event.kind is EventKind.FINISHED and run_id in _open:
+            _open.discard(run_id)
+            if _current.get() == run_id:
                 _current.set(None)
-            lines = found.close()
+            found = _buffers.pop(run_id, None)
+            # A thread abandoned by a timeout or cancel may still print: the run is no
+            # longer open, so nothing is kept.
+            lines = found.close() if found is not None else []
             if lines:
-                self._done.append((event.job, event.run_id, lines))
+                self._done.append((event.job, run_id, lines))
 
     def take(self) -> list[tuple[str, str, list[str]]]:
         """The (job, run id, lines) of runs finished since the last call."""
