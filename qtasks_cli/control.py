@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -73,6 +74,17 @@ def daemon_info(
     )
 
 
+def _until_mid_second(every: float, now: float | None = None) -> float:
+    """Seconds to the next wall-clock half second at least half of ``every`` away: rounds
+    then fall between whole seconds, where cron fires are, so the thread's store writes and
+    its turns at the GIL stay out of the way of a burst of fires."""
+    now = time.time() if now is None else now
+    target = math.floor(now) + 0.5
+    while target - now < every / 2:
+        target += 1.0
+    return target - now
+
+
 class Controller:
     """Connects a running ``Supervisor`` with the operator's tables of its state."""
 
@@ -100,7 +112,7 @@ class Controller:
         self._published = 0.0
         self._tidied = time.monotonic()
         self.latest: Snapshot | None = None  # the last snapshot taken, for metrics
-        self.store_errors = 0
+        self.store_errors = 0  # failed rounds in a row
         self.on_round: list[Callable[[], None]] = []  # called in the thread after each look
 
     async def start(self) -> None:
@@ -142,9 +154,13 @@ class Controller:
             while not self._stop.is_set():
                 try:
                     self._round(store)
+                    if self.store_errors:
+                        log.warning("the operator's tables can be reached again")
+                    self.store_errors = 0
                 except StoreError as exc:
+                    if not self.store_errors:  # once per outage, not once a second
+                        log.warning("cannot read or write the operator's tables: %s", exc)
                     self.store_errors += 1
-                    log.warning("cannot read or write the operator's tables: %s", exc)
                 except (concurrent.futures.TimeoutError, RuntimeError):
                     pass  # the loop is busy or closing: next round
                 for hook in self.on_round:
@@ -152,7 +168,7 @@ class Controller:
                         hook()
                     except Exception:
                         log.exception("control hook %r failed", hook)
-                self._wake.wait(self.look_every)
+                self._wake.wait(_until_mid_second(self.look_every))
                 self._wake.clear()
         finally:
             with contextlib.suppress(Exception):

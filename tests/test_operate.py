@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import QTASKS, clean_env, run_qtasks
+from test_systemd import sock_dir  # noqa: F401  (the fixture)
 
 WORK = """
 import asyncio, os, signal, sys, time
@@ -441,3 +442,56 @@ def test_history_stats_pictures_in_a_terminal_and_plain_when_piped(project, daem
     assert "■" not in piped.stdout and piped.stdout.startswith("JOB  ")
     as_json = json.loads(qt(path, "history", "--stats", "--json").stdout.splitlines()[0])
     assert as_json["job"] == "tick" and as_json["runs"] == 3
+
+
+def test_a_daemon_started_as_systemd_does_is_seen_and_steered_from_another_shell(
+    project,
+    sock_dir,  # noqa: F811
+) -> None:
+    """The daemon as a Type=notify unit runs it: notify socket, watchdog, journal stream, its
+    own environment (a secret the operator's shell lacks), stdin from /dev/null."""
+    from test_systemd import Listener, bound
+
+    path = project(
+        f"""
+jobs:
+{TICK}  hang:
+    entrypoint: work:hang
+    schedule: "@startup"
+  noisy:
+    entrypoint: work:noisy
+    kwargs: {{token: "${{TOKEN}}"}}
+""",
+        work=WORK,
+    )
+    address = sock_dir / "notify"
+    env = clean_env(
+        NOTIFY_SOCKET=str(address),
+        WATCHDOG_USEC="2000000",
+        INVOCATION_ID="0123456789abcdef0123456789abcdef",
+        JOURNAL_STREAM="8:12345",
+        TOKEN="unit-secret",
+    )
+    with bound(address) as receiver, (path.parent / "journal.log").open("w") as journal:
+        proc = subprocess.Popen(
+            [QTASKS, "run", str(path)], cwd=path.parent, env=env, stdin=subprocess.DEVNULL,
+            stdout=journal, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            Listener(receiver).until(lambda t: any(m.startswith("READY=1") for m in t), 20)
+            up = wait_until(lambda: (r := qt(path, "status")).returncode == 0 and r, what="up")
+            assert f"pid {proc.pid}" in up.stdout  # from a shell without TOKEN
+            wait_until(lambda: (path.parent / "hang.started").exists(), what="hang started")
+            run_id = wait_until(lambda: job_status(path, "hang")["running"], what="running")[0][
+                "run_id"
+            ]
+            assert qt(path, "cancel", run_id).returncode == 0
+            assert qt(path, "pause", "tick").returncode == 0
+            wait_until(lambda: job_status(path, "tick")["state"] == "paused", what="paused")
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    assert qt(path, "status").returncode == 3
+    text = (path.parent / "journal.log").read_text()
+    assert re.search(r"^<4>WARNING hang \w+ cancelled", text, re.M), text

@@ -85,7 +85,7 @@ class SqliteControl:
     # -- daemons ---------------------------------------------------------------------------
 
     def publish(self, info: DaemonInfo) -> None:
-        body = json.dumps(info_body(info))
+        body = json.dumps(info_body(info), separators=(",", ":"))
         params = (
             info.node_id,
             info.host,
