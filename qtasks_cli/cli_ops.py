@@ -200,7 +200,10 @@ def cancel(
         outcome = steer.cancel_run(loaded, run, state=state, wait=wait)
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
-    print(f"run {outcome.run_id} of {outcome.job}: {outcome.status} ({outcome.error})")
+    if outcome.status.finished:
+        print(f"run {outcome.run_id} of {outcome.job}: {outcome.status} ({outcome.error})")
+    else:
+        print(f"run {outcome.run_id} of {outcome.job}: cancel requested (--wait 0)")
 
 
 def print_stats_pictures(loaded: Config, rows: list[Any], *, limit: int, state: str | None) -> None:

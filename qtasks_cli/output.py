@@ -49,9 +49,7 @@ class _Buffer:
 
 # The run the current context belongs to; its buffer is made on its first write, so a run
 # that prints nothing costs one ContextVar.set at its start and one at its end.
-_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "qtasks_output", default=None
-)
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("qtasks_output", default=None)
 _buffers: dict[str, _Buffer] = {}
 _open: set[str] = set()  # runs between STARTED and FINISHED
 

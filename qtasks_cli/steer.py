@@ -121,6 +121,10 @@ def cancel_run(
             if answer == "unknown":
                 raise RunNotFound(f"{store.location}: no run {run_id!r}")
             raise NotCancelled(f"run {run_id} of {row.job} has already ended: {answer}")
+        if answer == "requested" and wait == 0:  # --wait 0: ask and return
+            return CancelOutcome(
+                run_id=run_id, job=row.job, status=row.status, error="cancel requested", waited=0
+            )
         spec = config.jobs.get(row.job)
         grace = spec.kill_grace.total_seconds() if spec is not None else 5.0
         limit = wait if wait is not None else grace + CANCEL_MARGIN
