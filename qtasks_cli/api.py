@@ -353,11 +353,7 @@ async def serve(
     if not store.wakes_on_work:
         from qtasks_cli.wake import Listener
 
-        def woken() -> None:
-            supervisor.nudge()
-            controller.poke()  # a pause, resume or cancel may have been written
-
-        listener = Listener(state_location(config, state), woken)
+        listener = Listener(state_location(config, state), supervisor.nudge)
         if listener.start():
             supervisor.queue_poll = WOKEN_QUEUE_POLL
     agent = _systemd_agent(supervisor, bus)
@@ -419,6 +415,7 @@ async def _operator_channel(
     capture = Capture()
     controller = Controller(supervisor, state=location, schema=settings.schema, capture=capture)
     await controller.start()
+    supervisor.on_nudge = controller.poke  # a pause, resume or cancel may have been written
     capture.install()
     bus.subscribe(capture.sink)
     metrics = None

@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
-LOOK_EVERY = 1.0  # seconds between looks for pauses and cancel requests
-PUBLISH_EVERY = 2.0  # seconds between status publishes (the heartbeat ``status`` judges)
+# Seconds between looks for pauses and cancel requests when nothing pokes the thread: the
+# commands wake the daemon (datagram for SQLite, NOTIFY for PostgreSQL), which pokes it.
+LOOK_EVERY = 5.0
+PUBLISH_EVERY = 5.0  # seconds between status publishes (the heartbeat ``status`` judges)
+POKED_AFTER = 0.1  # a poke is served at the first half second at least this far away
 TIDY_EVERY = 3600.0  # seconds between deletions of output rows of pruned runs
 LOOP_WAIT = 5.0  # the longest the thread waits for the loop to answer
 
@@ -74,15 +77,11 @@ def daemon_info(
     )
 
 
-def _until_mid_second(every: float, now: float | None = None) -> float:
-    """Seconds to the next wall-clock half second at least half of ``every`` away: rounds
-    then fall between whole seconds, where cron fires are, so the thread's store writes and
-    its turns at the GIL stay out of the way of a burst of fires."""
-    now = time.time() if now is None else now
-    target = math.floor(now) + 0.5
-    while target - now < every / 2:
-        target += 1.0
-    return target - now
+def next_half_second(after: float, now: float) -> float:
+    """The first wall-clock half second (x.5, Unix time) at least ``after`` seconds past
+    ``now``. Rounds fall between whole seconds, where cron's fires are, so the thread's store
+    writes and its turns at the GIL stay out of the way of a burst of fires."""
+    return math.ceil(now + after - 0.5) + 0.5
 
 
 class Controller:
@@ -108,6 +107,7 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._poked = False  # publish in the next round: a command may wait for it
         self._stop = threading.Event()
         self._published = 0.0
         self._tidied = time.monotonic()
@@ -132,8 +132,18 @@ class Controller:
             raise RuntimeError("the control store is not open")
         return fn(self._store)
 
+    def fresh_snapshot(self) -> Snapshot | None:
+        """The daemon's snapshot now, taken on the loop (one hop); the latest published one
+        when the loop does not answer in time. Any thread but the loop's."""
+        try:
+            snapshot: Snapshot = self._on_loop(self.supervisor.snapshot)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            return self.latest
+        return snapshot
+
     def poke(self) -> None:
-        """Look at the store now (a command announced a change); safe from any thread."""
+        """Look at the store soon (a command announced a change); safe from any thread."""
+        self._poked = True
         self._wake.set()
 
     async def stop(self, wait: float | None = None) -> None:
@@ -168,8 +178,7 @@ class Controller:
                         hook()
                     except Exception:
                         log.exception("control hook %r failed", hook)
-                self._wake.wait(_until_mid_second(self.look_every))
-                self._wake.clear()
+                self._sleep()
         finally:
             with contextlib.suppress(Exception):
                 self._store_output(store)  # of runs that ended during the stop
@@ -177,6 +186,18 @@ class Controller:
                 store.withdraw(self.supervisor.store.node_id)
             with contextlib.suppress(Exception):
                 store.close()
+
+    def _sleep(self) -> None:
+        """Until the next round: ``look_every`` after this one, or sooner when poked; always
+        on a half second, so a burst of pokes makes at most about one round a second."""
+        deadline = next_half_second(self.look_every - 0.5, time.time())
+        while not self._stop.is_set():
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return
+            if self._wake.wait(remaining):
+                self._wake.clear()
+                deadline = min(deadline, next_half_second(POKED_AFTER, time.time()))
 
     def _round(self, store: ControlStore) -> None:
         paused = frozenset(store.paused())
@@ -193,7 +214,8 @@ class Controller:
                 store.settle_cancel(done, f"cancelled on node {self.supervisor.store.node_id}")
         self._store_output(store)
         now = time.monotonic()
-        if now - self._published >= self.publish_every:
+        if self._poked or now - self._published >= self.publish_every - 0.5:
+            self._poked = False
             snapshot: Snapshot = self._on_loop(self.supervisor.snapshot)
             self.latest = snapshot
             config = self.supervisor.config

@@ -186,7 +186,7 @@ class Metrics:
         return metric
 
     def _gauges(self, family: Any) -> Iterator[Any]:
-        snapshot = self.controller.latest
+        snapshot = self.controller.fresh_snapshot()  # once per scrape
         running = family("qtasks_running_runs", "Runs in progress on this daemon.")
         queued = family("qtasks_queued_runs", "Runs waiting for a slot or for their job's run.")
         paused = family("qtasks_paused_jobs", "Jobs paused with qtasks pause.")

@@ -96,6 +96,10 @@ def build_report(
         )
         nexts = [_parse_time(p.get("next")) for p in published]
         next_fire = min((t for t in nexts if t is not None), default=None)
+        if next_fire is not None and next_fire <= now and spec is not None and spec.schedule:
+            # Published up to one heartbeat ago and passed since: the daemon fired it (or is
+            # about to) and moved on to the schedule's next time after now.
+            next_fire = spec.schedule.next_after(now)
         enabled = spec.enabled if spec is not None else False
         pause = paused.get(name)
         if any(r.status is RunStatus.RUNNING for r in runs):

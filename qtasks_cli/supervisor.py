@@ -166,6 +166,7 @@ class Supervisor:
         # and why runs cancelled by ``cancel_run`` were cancelled.
         self.paused: frozenset[str] = frozenset()
         self._cancelled_by: dict[str, str] = {}
+        self.on_nudge: Callable[[], None] | None = None  # a wake-up may carry a command too
 
     # --- control: signal handlers call these; they only flip state -------------------------
 
@@ -183,6 +184,8 @@ class Supervisor:
         handing over thousands of runs does not fight the daemon for the write lock."""
         self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
         self._wake.set()
+        if self.on_nudge is not None:
+            self.on_nudge()
 
     @property
     def running(self) -> int:

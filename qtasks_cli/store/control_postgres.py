@@ -32,6 +32,7 @@ from qtasks_cli.store.postgres import (
     _migrate_sync,
     _row_to_run,
     _scrub,
+    channel_name,
     check_schema,
 )
 
@@ -67,6 +68,10 @@ class PostgresControl:
                 f"{self.location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
             ) from None
         self._conn: _Conn | None = conn
+
+    def _announce(self, conn: _Conn) -> None:
+        # The nodes' listeners wake their supervisors on "w", which pokes the control thread.
+        conn.execute("SELECT pg_notify(%s, %s)", (channel_name(self.schema), "w:control"))
 
     def close(self) -> None:
         with self._lock:
@@ -146,6 +151,7 @@ class PostgresControl:
                 f"SELECT since, by_whom FROM {self._s}.paused_jobs WHERE job = %s", (job,)
             ).fetchone()
             assert row is not None
+            self._announce(conn)
             return Pause(job=job, since=_utc(row[0]), by=row[1])
 
         return self._do(f"pausing {job!r}", work, write=True)
@@ -156,6 +162,7 @@ class PostgresControl:
                 f"DELETE FROM {self._s}.paused_jobs WHERE job = %s RETURNING since, by_whom",
                 (job,),
             ).fetchone()
+            self._announce(conn)
             return None if row is None else Pause(job=job, since=_utc(row[0]), by=row[1])
 
         return self._do(f"resuming {job!r}", work, write=True)
@@ -190,6 +197,7 @@ class PostgresControl:
                     " VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
                     (run_id, now, by),
                 )
+                self._announce(conn)
                 return "requested"
             return status
 
