@@ -262,6 +262,10 @@ class Runtime:
 # --- one run -------------------------------------------------------------------------------------
 
 
+# The attribute of the CancelledError ``execute`` re-raises that holds the run's result so far.
+CANCELLED_RESULT = "qtasks_result"
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -935,7 +939,7 @@ async def execute(
     }
     try:
         final = await _attempts(run, sleep)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         cancelled = RunResult(
             **base,
             ended=clock(),
@@ -946,6 +950,7 @@ async def execute(
             attempt_log=tuple(run.attempt_log),
         )
         _finish(run, cancelled)
+        setattr(exc, CANCELLED_RESULT, cancelled)  # the attempts so far, for the record
         raise
     result = _build_result(run, final, base, clock())
     _finish(run, result)

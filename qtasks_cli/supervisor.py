@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from qtasks_cli.events import Event, EventBus, EventKind
-from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
 from qtasks_cli.models import (
     CatchUp,
     Config,
@@ -777,17 +777,23 @@ class Supervisor:
                 )
             finally:
                 self.runtime.capacity.release()
-        except asyncio.CancelledError:
-            result = RunResult(
-                job=spec.name,
-                run_id=run_id,
-                trigger=trigger,
-                scheduled=scheduled,
-                started=None,
-                ended=self.clock(),
-                attempts=0,
-                status=RunStatus.CANCELLED,
-                error=self._cancelled_by.pop(run_id, "cancelled at shutdown"),
+        except asyncio.CancelledError as exc:
+            reason = self._cancelled_by.pop(run_id, "cancelled at shutdown")
+            so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
+            result = (
+                replace(so_far, error=reason)
+                if isinstance(so_far, RunResult)
+                else RunResult(
+                    job=spec.name,
+                    run_id=run_id,
+                    trigger=trigger,
+                    scheduled=scheduled,
+                    started=None,
+                    ended=self.clock(),
+                    attempts=0,
+                    status=RunStatus.CANCELLED,
+                    error=reason,
+                )
             )
             raise
         finally:

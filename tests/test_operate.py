@@ -228,6 +228,10 @@ jobs:
     for job in ("hang", "hangt", "stubborn"):
         assert recorded[job]["status"] == "cancelled"
         assert recorded[job]["error"].startswith("cancelled by ") and me in recorded[job]["error"]
+    for job in ("hang", "hangt", "stubborn"):  # the attempt that was stopped is on record
+        shown = qt(path, "show", ids[job]).stdout
+        assert "attempts (1)" in shown and re.search(r"^  1 .* cancelled", shown, re.M), shown
+        assert recorded[job]["started"] is not None
     log = daemon.output
     assert "sending SIGKILL" in log  # the process job was killed after its grace
     assert "thread still running" in log  # the thread job was abandoned, as a timeout does
