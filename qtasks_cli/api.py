@@ -13,11 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, UnknownJobError
+from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
 from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
+    from qtasks_cli.control import Controller
     from qtasks_cli.events import Event, EventBus
+    from qtasks_cli.metrics import MetricsServer
     from qtasks_cli.request import RunCall
     from qtasks_cli.store.base import RunRow, Store
     from qtasks_cli.supervisor import Supervisor
@@ -112,6 +114,29 @@ def _zone_source(config: Config, job: JobSpec) -> str:
     if job.timezone != config.settings.timezone:
         return f"job file (jobs.{job.name}.timezone)"
     return config.zone_source or "job file (settings.timezone)"
+
+
+def paused_jobs(config: Config, state: str | None = None) -> frozenset[str]:
+    """The jobs paused with ``qtasks pause``; empty when the state cannot be read (a file
+    not created yet, a database that does not answer: ``list`` works without them)."""
+    from qtasks_cli.store import is_url
+    from qtasks_cli.store.control import open_control
+
+    location = state_location(config, state)
+    if not is_url(location) and not Path(location).exists():
+        return frozenset()
+    try:
+        store = open_control(location, schema=config.settings.schema)
+    except QtasksError as exc:
+        log.debug("cannot read paused jobs: %s", exc)
+        return frozenset()
+    try:
+        return frozenset(store.paused())
+    except QtasksError as exc:
+        log.debug("cannot read paused jobs: %s", exc)
+        return frozenset()
+    finally:
+        store.close()
 
 
 def build_call(
@@ -283,6 +308,23 @@ async def read_history(
         await store.close()
 
 
+async def recent_runs(
+    config: Config, jobs: Sequence[str], count: int, *, state: str | None = None
+) -> dict[str, list[RunRow]]:
+    """Per job, its latest ``count`` runs that ran (not skipped or missed), oldest first."""
+    from qtasks_cli.ui.sparkline import oldest_first
+
+    store = open_state(config, state)
+    await store.open()
+    try:
+        # Skipped and missed fires (a paused job) are read past, up to a bound.
+        return {
+            job: oldest_first(await store.history(job, limit=count * 10), count) for job in jobs
+        }
+    finally:
+        await store.close()
+
+
 # --- the daemon ----------------------------------------------------------------------------------
 
 
@@ -343,6 +385,7 @@ async def serve(
         return last_config
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
+    controller, metrics = await _operator_channel(supervisor, bus, state_location(config, state))
     listener = None
     if not store.wakes_on_work:
         from qtasks_cli.wake import Listener
@@ -382,6 +425,9 @@ async def serve(
         watchdog.cancel()
     if listener is not None:
         listener.close()
+    if metrics is not None:
+        metrics.close()
+    await controller.stop(wait=0.5 if forced.is_set() else None)
     if forced.is_set() and not main.done():
         _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
         with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest
@@ -391,6 +437,29 @@ async def serve(
     main.result()
     await store.close()
     return EXIT_OK
+
+
+async def _operator_channel(
+    supervisor: Supervisor, bus: EventBus, location: str
+) -> tuple[Controller, MetricsServer | None]:
+    """The thread behind ``status``/``pause``/``cancel`` and, with ``settings.metrics``, the
+    Prometheus endpoint (``prometheus_client`` is imported only then)."""
+    from qtasks_cli.control import Controller
+    from qtasks_cli.output import Capture
+
+    settings = supervisor.config.settings
+    capture = Capture()
+    controller = Controller(supervisor, state=location, schema=settings.schema, capture=capture)
+    await controller.start()
+    supervisor.on_nudge = controller.poke  # a pause, resume or cancel may have been written
+    capture.install()
+    bus.subscribe(capture.sink)
+    metrics = None
+    if settings.metrics is not None:
+        from qtasks_cli.metrics import start_metrics
+
+        metrics = start_metrics(settings.metrics, controller=controller, bus=bus)
+    return controller, metrics
 
 
 def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None:

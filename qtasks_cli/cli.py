@@ -147,20 +147,16 @@ def list_(
     start = _parse_after(after) if after else None
     loaded = _load(config, check_imports=False)
     rows = api.list_jobs(loaded, count=next_, after=start)
+    paused = api.paused_jobs(loaded)
     if as_json:
+        keys = ("name", "schedule", "timezone", "enabled", "next")
         print(
             json.dumps(
                 [
                     {
-                        k: r[k]
-                        for k in (
-                            "name",
-                            "schedule",
-                            "timezone",
-                            "timezone_source",
-                            "enabled",
-                            "next",
-                        )
+                        **{k: r[k] for k in keys},
+                        "timezone_source": r["timezone_source"],
+                        "paused": r["name"] in paused,
                     }
                     for r in rows
                 ],
@@ -176,6 +172,7 @@ def list_(
         print(f"default time zone: {zone}")
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
+        state = f"paused, {state}" if row["name"] in paused else state
         nexts = row["next"] or ["-"]
         name, schedule = clean_line(row["name"]), clean_line(row["schedule"])
         print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")
@@ -462,8 +459,22 @@ def history(
     if as_json:
         for row in rows:
             print(json.dumps(tables.row_json(row), default=str))
+    elif stats and rows and _rich_terminal():
+        from qtasks_cli.cli_ops import print_stats_pictures
+
+        print_stats_pictures(loaded, rows, limit=limit, state=state)
     else:
         print(tables.stats_text(rows) if stats else tables.history_text(rows))
+
+
+def _rich_terminal() -> bool:
+    """stdout is a terminal that can show colours and block characters (NO_COLOR and
+    TERM=dumb mean plain text)."""
+    return (
+        sys.stdout.isatty()
+        and os.environ.get("TERM", "") not in ("", "dumb")
+        and "NO_COLOR" not in os.environ
+    )
 
 
 @app.command("systemd-unit")
@@ -529,3 +540,9 @@ def main() -> None:
             sys.exit(EXIT_FORCED)
         raise
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+# The operator's commands (status, show, pause, resume, cancel) register themselves on ``app``.
+from qtasks_cli import cli_ops as _cli_ops  # noqa: E402
+
+del _cli_ops

@@ -42,7 +42,7 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 KNOWN_TOP_KEYS = ("settings", "defaults", "jobs")
 KNOWN_SETTINGS_KEYS = (
     "path", "state", "timezone", "max_concurrent", "shutdown_grace", "keep_runs",
-    "keep_days", "max_catch_up", "node_timeout", "schema",
+    "keep_days", "max_catch_up", "node_timeout", "schema", "metrics",
 )  # fmt: skip
 KNOWN_JOB_KEYS = (
     "entrypoint", "schedule", "timezone", "args", "kwargs", "retry", "retry_on", "timeout",
@@ -344,6 +344,7 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
         "max_catch_up": lambda node: _int(node, 1),
         "node_timeout": lambda node: _duration(node, positive=True),
         "schema": _schema,
+        "metrics": _optional(_listen_address),
     }
     values: dict[str, Any] = {
         "path": (ctx.base_dir,),
@@ -398,6 +399,27 @@ def _state(ctx: _Context, node: Located) -> str:
     if "://" in text or not text.strip():
         raise _Bad(f"expected a file path or a postgresql:// URL, got {text!r}")
     return os.path.normpath(ctx.base_dir / os.path.expanduser(text))
+
+
+def _listen_address(node: Located) -> tuple[str, int]:
+    """``settings.metrics``: ``HOST:PORT`` (``[::1]:9464`` for IPv6) or a bare port, which
+    listens on 127.0.0.1 only."""
+    value = node.value
+    expected = "expected HOST:PORT such as 127.0.0.1:9464, or a port number"
+    if isinstance(value, int) and not isinstance(value, bool):
+        host, port_text = "127.0.0.1", str(value)
+    elif isinstance(value, str):
+        host, sep, port_text = value.strip().rpartition(":")
+        if not sep or not host:
+            raise _Bad(f"{expected}, got {value!r}")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    else:
+        raise _Bad(f"{expected}, got {_show(node)}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _Bad(f"{expected} (port 1 to 65535), got {value!r}")
+    if not host or any(c.isspace() or c in "/[]" for c in host):
+        raise _Bad(f"{expected}, got {value!r}")
+    return host, int(port_text)
 
 
 def _schema(node: Located) -> str:

@@ -264,6 +264,10 @@ class Runtime:
 # --- one run -------------------------------------------------------------------------------------
 
 
+# The attribute of the CancelledError ``execute`` re-raises that holds the run's result so far.
+CANCELLED_RESULT = "qtasks_result"
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -946,7 +950,7 @@ async def execute(
     )
     try:
         final = await _attempts(run, sleep)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         cancelled = RunResult(
             **base,
             ended=clock(),
@@ -957,6 +961,7 @@ async def execute(
             attempt_log=tuple(run.attempt_log),
         )
         _finish(run, cancelled)
+        setattr(exc, CANCELLED_RESULT, cancelled)  # the attempts so far, for the record
         raise
     finally:
         _current_run.reset(context_token)

@@ -168,6 +168,7 @@ class Settings:
     max_catch_up: int = 100
     node_timeout: timedelta = timedelta(seconds=30)
     schema: str = "qtasks"
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint; off
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -232,6 +233,7 @@ class JobView:
     running: int
     pending: int
     max_attempts: int
+    paused: bool = False  # by ``qtasks pause``: its fires are recorded, not run
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

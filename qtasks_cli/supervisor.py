@@ -16,7 +16,7 @@ from typing import Any
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
-from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
     CatchUp,
@@ -179,6 +179,11 @@ class Supervisor:
         self._prune_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
+        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs,
+        # and why runs cancelled by ``cancel_run`` were cancelled.
+        self.paused: frozenset[str] = frozenset()
+        self._cancelled_by: dict[str, str] = {}
+        self.on_nudge: Callable[[], None] | None = None  # a wake-up may carry a command too
 
     # --- control: signal handlers call these; they only flip state -------------------------
 
@@ -197,6 +202,8 @@ class Supervisor:
         handing over thousands of runs does not fight the daemon for the write lock."""
         self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
         self._wake.set()
+        if self.on_nudge is not None:
+            self.on_nudge()
 
     @property
     def running(self) -> int:
@@ -226,7 +233,8 @@ class Supervisor:
         describing 1,000 schedules) on every redraw of the live table would cost the loop
         milliseconds."""
         spec = state.spec
-        key = (spec, state.next_fire, state.running, len(state.pending))
+        paused = name in self.paused
+        key = (spec, state.next_fire, state.running, len(state.pending), paused)
         cached = self._views.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -242,6 +250,7 @@ class Supervisor:
             running=state.running,
             pending=len(state.pending),
             max_attempts=spec.retry.attempts,
+            paused=paused,
         )
         if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
             self._views.clear()
@@ -512,6 +521,8 @@ class Supervisor:
         """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the
         others. False when the store did not answer: no fire runs unclaimed, so they are
         remembered (``_retry_from``) and tried again, late but once."""
+        if self.paused:  # a paused job's fires are recorded `skipped (paused)`, not run
+            fires = [self._unless_paused(fire) for fire in fires]
         exclusive = None
         if self.store.multi_node:
             exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
@@ -571,7 +582,12 @@ class Supervisor:
         due = self.ledger.due(now)
         if due and now - due[0].scheduled > LATE_AFTER:
             due = self._recheck_late(due, now)
-        decided = [self._overlap(f) if f.job in self.jobs else f for f in due]
+        if self.paused:  # paused after its claim, before its instant
+            due = [self._unless_paused(fire) for fire in due]
+        decided = [
+            self._overlap(f) if f.job in self.jobs and f.status is RunStatus.CLAIMED else f
+            for f in due
+        ]
         for fire in decided:
             state = self.jobs.get(fire.job)
             if state is None:  # removed by a reload after the claim
@@ -701,6 +717,53 @@ class Supervisor:
         why = "a run is already queued" if policy is Overlap.QUEUE else busy
         return replace(fire, status=RunStatus.SKIPPED, error=f"skipped: {why} (overlap: {policy})")
 
+    def _unless_paused(self, fire: Fire) -> Fire:
+        """A fire of a paused job (``qtasks pause``) is recorded, not run."""
+        if fire.job not in self.paused or fire.status is not RunStatus.CLAIMED:
+            return fire
+        return replace(fire, status=RunStatus.SKIPPED, error="skipped (paused)")
+
+    def cancel_run(self, run_id: str, by: str) -> bool:
+        """Stop a run of this daemon for ``qtasks cancel``, as a timeout does: the task is
+        cancelled (an async job is cancelled, a process job gets SIGTERM then SIGKILL after
+        kill_grace, a thread job is abandoned and marked stuck); a run waiting in the
+        overlap queue is dropped. Recorded ``cancelled`` with ``by`` in its error; False
+        when no run of that id is in progress here."""
+        reason = f"cancelled by {by}"
+        for state in self.jobs.values():
+            for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
+                if pending_id == run_id:
+                    del state.pending[index]
+                    result = RunResult(
+                        job=state.spec.name,
+                        run_id=run_id,
+                        trigger=trigger,
+                        scheduled=scheduled,
+                        started=None,
+                        ended=self.clock(),
+                        attempts=0,
+                        status=RunStatus.CANCELLED,
+                        error=reason,
+                    )
+                    self._emit(
+                        EventKind.FINISHED,
+                        job=state.spec.name,
+                        run_id=run_id,
+                        trigger=trigger,
+                        status=RunStatus.CANCELLED,
+                        error=reason,
+                        level=logging.WARNING,
+                    )
+                    self._background(self.ledger.finish(result))
+                    return True
+        suffix = f":{run_id}"
+        for task in self._tasks:
+            if task.get_name().endswith(suffix) and not task.done():
+                self._cancelled_by[run_id] = reason
+                task.cancel(reason)
+                return True
+        return False
+
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -782,19 +845,25 @@ class Supervisor:
                 )
             finally:
                 self.runtime.capacity.release()
-        except asyncio.CancelledError:
-            if not recordable:
-                raise
-            result = RunResult(
-                job=spec.name,
-                run_id=run_id,
-                trigger=trigger,
-                scheduled=scheduled,
-                started=None,
-                ended=self.clock(),
-                attempts=0,
-                status=RunStatus.CANCELLED,
-                error="cancelled at shutdown",
+        except asyncio.CancelledError as exc:
+            if not recordable and run_id not in self._cancelled_by:
+                raise  # a stop before the request began: it stays taken and is given back
+            reason = self._cancelled_by.pop(run_id, "cancelled at shutdown")
+            so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
+            result = (
+                replace(so_far, error=reason)
+                if isinstance(so_far, RunResult)
+                else RunResult(
+                    job=spec.name,
+                    run_id=run_id,
+                    trigger=trigger,
+                    scheduled=scheduled,
+                    started=None,
+                    ended=self.clock(),
+                    attempts=0,
+                    status=RunStatus.CANCELLED,
+                    error=reason,
+                )
             )
             raise
         finally:

@@ -96,6 +96,7 @@ def test_list_shows_words_zone_and_next_fires_across_dst(project) -> None:
         "timezone_source",
         "enabled",
         "next",
+        "paused",
     }
     assert jobs["report"]["schedule"] == "at 02:30 every day"
     assert jobs["report"]["timezone"] == "Europe/Berlin"

@@ -87,3 +87,37 @@ def test_distrust_names_owner_and_mode() -> None:
     assert paths.distrust(st) is not None and "owned by" in (paths.distrust(st) or "")
     mine = os.stat_result((0o100600, 0, 0, 1, os.geteuid(), 0, 0, 0, 0, 0))
     assert paths.distrust(mine) is None
+
+
+def test_checking_the_state_file_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """A second connection in the daemon's process (the control thread's) must not drop the
+    first one's POSIX locks: if it did, another process closing its connection would take
+    the WAL away and later commits would be invisible to every other process."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from qtasks_cli.store.sqlite import _connect
+
+    db = tmp_path / "state" / "state.db"
+    first = _connect(db, 5.0)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("INSERT INTO t VALUES (1)")
+    second = _connect(db, 5.0)  # as the control thread opens its own
+    second.close()
+    reader = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        " print(c.execute('SELECT count(*) FROM t').fetchone()[0]); c.close()"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", reader, str(db)], capture_output=True, text=True, timeout=30
+    )
+    assert seen.stdout.strip() == "1", seen.stderr
+    first.execute("INSERT INTO t VALUES (2)")
+    assert (tmp_path / "state" / "state.db-wal").exists()  # nobody took the WAL away
+    seen = subprocess.run(
+        [sys.executable, "-c", reader, str(db)], capture_output=True, text=True, timeout=30
+    )
+    assert seen.stdout.strip() == "2", seen.stderr
+    first.close()
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM t").fetchone()[0] == 2

@@ -297,6 +297,7 @@ def test_an_older_file_is_migrated_on_open(
         "ALTER TABLE runs ADD COLUMN note TEXT",
         "UPDATE runs SET note = 'migrated'",
     )
+    base = len(sqlite_module.MIGRATIONS)  # the schema version make_version_1 wrote
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, step_2])
     caplog.set_level(logging.INFO, logger="qtasks_cli.store.sqlite")
 
@@ -312,11 +313,11 @@ def test_an_older_file_is_migrated_on_open(
     run(reopen())
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == base + 1
         assert conn.execute("SELECT note FROM runs").fetchall() == [("migrated",)]
     finally:
         conn.close()
-    assert "migrated from version 1 to 2" in caplog.text
+    assert f"migrated from version {base} to {base + 1}" in caplog.text
     run(reopen())  # already current: the step must not run twice
 
 

@@ -175,7 +175,10 @@ def open_checked(path: str | os.PathLike[str], what: str, *, create: bool = True
 
 
 def _check_open_file(fd: int, path: str | os.PathLike[str], what: str) -> None:
-    st = os.fstat(fd)
+    _check_file(os.fstat(fd), path, what)
+
+
+def _check_file(st: os.stat_result, path: str | os.PathLike[str], what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{os.fspath(path)}: the {what} is not a regular file")
     why = distrust(st)
@@ -222,7 +225,32 @@ def prepare_state_file(path: Path) -> None:
     """Make ``path`` ready for SQLite: the folder checked (or made 0700), the file created 0600
     or checked, and its companions checked. Raises StoreError on anything untrusted."""
     ensure_folder(path.parent)
-    os.close(open_checked(path, "state file"))
+    # An existing state file is checked with lstat, never opened: closing any descriptor of
+    # the file drops every POSIX lock this process holds on it, SQLite's included, and
+    # another process may then take the WAL away under a live connection ("How To Corrupt
+    # An SQLite Database File", 2.2). The trusted folder (no one else can write it) keeps
+    # the file from being swapped between this check and SQLite's open.
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except FileExistsError:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot check the state file: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(
+                path,
+                "state file",
+                "it is a symbolic link, and qtasks never follows a link it did not make",
+                "point settings.state at the file itself",
+            ) from None
+        _check_file(st, path, "state file")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the state file: {exc.strerror or exc}") from None
+    else:
+        os.close(fd)  # a new, empty file: nobody holds a lock on it yet
     check_companions(path)
 
 

@@ -140,6 +140,41 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX runs_active ON {s}.runs (job, node) WHERE status IN ('claimed', 'running')",
         "CREATE INDEX runs_node ON {s}.runs (node) WHERE status IN ('claimed', 'running')",
     ),
+    # The operator's tables (qtasks_cli/store/control_postgres.py): status, pause, cancel,
+    # output.
+    (
+        """
+        CREATE TABLE {s}.daemons (
+            node_id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            started timestamptz NOT NULL,
+            last_seen timestamptz NOT NULL,
+            info jsonb NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE {s}.paused_jobs (
+            job text PRIMARY KEY,
+            since timestamptz NOT NULL,
+            by_whom text NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE {s}.cancel_requests (
+            run_id text COLLATE "C" PRIMARY KEY,
+            requested timestamptz NOT NULL,
+            by_whom text NOT NULL,
+            outcome text
+        )
+        """,
+        """
+        CREATE TABLE {s}.run_output (
+            run_id text COLLATE "C" PRIMARY KEY,
+            lines jsonb NOT NULL
+        )
+        """,
+    ),
 ]
 
 _RUN_COLUMNS = (

@@ -112,6 +112,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX runs_queued ON runs (created, run_id) WHERE status = 'queued'",
         "CREATE INDEX runs_active ON runs (status) WHERE status IN ('claimed', 'running')",
     ),
+    # The operator's tables (qtasks_cli/store/control_sqlite.py): status, pause, cancel, output.
+    (
+        """
+        CREATE TABLE daemons (
+            node_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            info_json TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE paused_jobs (
+            job TEXT PRIMARY KEY,
+            since INTEGER NOT NULL,
+            by_whom TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE cancel_requests (
+            run_id TEXT PRIMARY KEY,
+            requested INTEGER NOT NULL,
+            by_whom TEXT NOT NULL,
+            outcome TEXT
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE run_output (
+            run_id TEXT PRIMARY KEY,
+            lines_json TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 
 _RUN_COLUMNS = (

@@ -277,6 +277,8 @@ def _state(view: JobView, stats: JobStats, now: datetime, sym: _Symbols) -> _Cel
         return [(f"{many}running{attempt}{sym.sep}{took}{queued}", "bold cyan")]
     if stats.waiting or view.pending or view.running:
         return [("queued", "magenta")]
+    if view.paused:
+        return [("paused", "yellow")]
     if not view.enabled:
         return [("disabled", "dim")]
     return [("idle", "dim")]

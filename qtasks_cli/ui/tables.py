@@ -31,6 +31,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, under a header line."""
+    return _table(header, rows)
+
+
 def history_text(rows: Sequence[RunRow]) -> str:
     """Newest first: run id, job, trigger, scheduled, start, duration, status, attempts, error."""
     if not rows:

@@ -1,0 +1,234 @@
+"""The operator's channel: what a daemon publishes about itself, paused jobs, cancel requests
+and the captured output of runs.
+
+A narrow Protocol of its own (``ControlStore``), beside ``Store``: it is synchronous and
+used from threads (the daemon's control thread, and the short-lived ``qtasks status``,
+``pause``, ``resume``, ``cancel`` and ``show`` commands), each with a connection of its own,
+so nothing here ever runs on the daemon's event loop or queues behind its claims.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from qtasks_cli.models import Attempt
+from qtasks_cli.store.base import RunRow
+
+# Statuses of runs that ran (for "last result"); skipped and missed fires did not.
+RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
+
+# Lines of output kept per run (the last ones), and characters per line.
+OUTPUT_LINES = 200
+OUTPUT_LINE_CHARS = 2000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DaemonInfo:
+    """One daemon as it last described itself; ``jobs`` maps a job name to
+    ``{"next": ISO-8601 UTC or None, "running": int, "pending": int, "enabled": bool}``."""
+
+    node_id: str
+    host: str
+    pid: int
+    started: datetime  # aware UTC
+    last_seen: datetime  # aware UTC: the last publish
+    version: str
+    config: str  # the job file's path
+    digest: str  # Config.digest of the definitions the daemon runs
+    every: float  # seconds between publishes, to judge how fresh ``last_seen`` is
+    running: int = 0
+    queued: int = 0
+    jobs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def alive(self, now: datetime, grace: float = 0.0) -> bool:
+        """True when the last publish is recent: within three cadences (or ``grace`` s)."""
+        return (now - self.last_seen).total_seconds() <= max(3 * self.every, grace)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Overview:
+    """The runs ``qtasks status`` needs, in one read."""
+
+    active: Sequence[RunRow]  # claimed or running, oldest first
+    last: Mapping[str, RunRow]  # per job, its latest run that ran (not skipped or missed)
+    waiting: Mapping[str, int]  # per job, handed-over requests no daemon has taken yet
+    counts: Mapping[str, Mapping[str, int]]  # per job and status, runs ended since ``since``
+    recent: Sequence[RunRow]  # the latest finished runs, newest first
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pause:
+    job: str
+    since: datetime  # aware UTC
+    by: str  # who paused it: user@host (pid N)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelRequest:
+    run_id: str
+    requested: datetime  # aware UTC
+    by: str
+
+
+class ControlStore(Protocol):
+    """The operator's tables; every method blocks (call it from a thread, never the loop).
+    Errors are ``StoreError`` with a message naming the state."""
+
+    location: str
+
+    def close(self) -> None: ...
+
+    # -- what daemons publish --------------------------------------------------------------
+
+    def publish(self, info: DaemonInfo) -> None:
+        """Insert or replace this daemon's row."""
+
+    def withdraw(self, node_id: str) -> None:
+        """Remove a daemon's row (it stopped cleanly)."""
+
+    def daemons(self) -> list[DaemonInfo]:
+        """Every daemon row, alive or not, by node id."""
+
+    # -- pause -----------------------------------------------------------------------------
+
+    def pause(self, job: str, by: str, now: datetime) -> Pause:
+        """Pause ``job``; the existing pause when it already was paused."""
+
+    def resume(self, job: str) -> Pause | None:
+        """Lift the pause of ``job``; the pause lifted, or None when it was not paused."""
+
+    def paused(self) -> dict[str, Pause]:
+        """The paused jobs, by name."""
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
+        """Ask for ``run_id`` to be stopped. Returns ``requested`` (claimed or running: the
+        daemon running it stops it), ``cancelled`` (handed over and not taken yet: marked
+        cancelled here, atomically), the status of a finished run, or ``unknown``."""
+
+    def cancel_requests(self) -> list[CancelRequest]:
+        """Requests no daemon has settled yet whose run is still claimed or running,
+        oldest first."""
+
+    def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
+        """Mark requests handled (``outcome`` says how), so daemons stop looking at them."""
+
+    # -- runs in full ----------------------------------------------------------------------
+
+    def add_output(self, run_id: str, lines: Sequence[str]) -> None:
+        """Keep a run's captured output lines (bounded by the caller)."""
+
+    def output(self, run_id: str) -> list[str]:
+        """A run's captured output lines, oldest first."""
+
+    def run(self, run_id: str) -> RunRow | None:
+        """One run as history shows it, or None."""
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        """A run's attempts, first first."""
+
+    def run_arguments(self, run_id: str) -> tuple[Any, Any] | None:
+        """The JSON-decoded (args, kwargs) stored with a manual or handed-over run (with
+        ``${NAME}`` placeholders), or None when the run used its job's own arguments."""
+
+    def last_successes(self) -> dict[str, datetime]:
+        """Per job, when its last successful run ended (aware UTC), over every node."""
+
+    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
+        """Runs in progress, each job's last result, waiting requests, counts of runs ended
+        since ``since`` (all when None) and the ``recent`` latest finished runs."""
+
+    def tidy(self) -> int:
+        """Delete output and cancel rows whose run is gone (pruned); return how many."""
+
+
+class PlaceholderEnv(Mapping[str, str]):
+    """``os.environ``, but a variable it lacks reads as its own ``${NAME}`` placeholder
+    when asked without a default (as ``${NAME}`` interpolation asks)."""
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in os.environ:
+            return os.environ[name]
+        return f"${{{name}}}" if default is None else default
+
+
+def who() -> str:
+    """This process as a cancel or pause records it: ``user@host (pid N)``."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid (containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def open_control(state: str, *, schema: str = "qtasks") -> ControlStore:
+    """The control store for ``state`` (a file path or a ``postgresql://`` URL), opened and
+    migrated; StoreError when it cannot be."""
+    from qtasks_cli.store import is_url
+
+    if is_url(state):
+        from qtasks_cli.store import _postgres_module
+
+        _postgres_module(state)  # a clear message when psycopg is missing
+        from qtasks_cli.store.control_postgres import PostgresControl
+
+        return PostgresControl(state, schema=schema)
+    from qtasks_cli.store.control_sqlite import SqliteControl
+
+    return SqliteControl(state)
+
+
+def clip_lines(lines: Sequence[str]) -> list[str]:
+    """The last OUTPUT_LINES lines, each cut to OUTPUT_LINE_CHARS characters."""
+    kept = list(lines[-OUTPUT_LINES:])
+    return [line[:OUTPUT_LINE_CHARS] for line in kept]
+
+
+def info_body(info: DaemonInfo) -> dict[str, Any]:
+    """The parts of ``info`` stored as one JSON document."""
+    return {
+        "version": info.version,
+        "config": info.config,
+        "digest": info.digest,
+        "every": info.every,
+        "running": info.running,
+        "queued": info.queued,
+        "jobs": info.jobs,
+    }
+
+
+def info_from_row(
+    node_id: str, host: str, pid: int, started: datetime, last_seen: datetime, data: Any
+) -> DaemonInfo:
+    """A ``DaemonInfo`` from its columns and the JSON document of ``info_body``."""
+    body: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+    return DaemonInfo(
+        node_id=node_id,
+        host=host,
+        pid=int(pid),
+        started=started,
+        last_seen=last_seen,
+        version=str(body.get("version", "?")),
+        config=str(body.get("config", "")),
+        digest=str(body.get("digest", "")),
+        every=float(body.get("every", 2.0)),
+        running=int(body.get("running", 0)),
+        queued=int(body.get("queued", 0)),
+        jobs=dict(body.get("jobs", {})),
+    )

@@ -1,0 +1,257 @@
+"""The operator's pieces in isolation: the control store contract over SQLite and PostgreSQL
+(one suite, both stores), the status report, sparklines, histograms, the output buffer and
+the placeholder environment; property tests where the input space is wide."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pg import fresh_schema, postgres_url
+
+from qtasks_cli.metrics import _Histogram
+from qtasks_cli.models import RunStatus
+from qtasks_cli.output import Capture, _Buffer, _current
+from qtasks_cli.store.control import (
+    OUTPUT_LINE_CHARS,
+    OUTPUT_LINES,
+    ControlStore,
+    DaemonInfo,
+    PlaceholderEnv,
+    open_control,
+)
+from qtasks_cli.store.sqlite import enqueue_now
+from qtasks_cli.ui.sparkline import ASCII_BARS, BARS, sparkline, strip
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+# --- one contract, both stores -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def control(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ControlStore, str]]:
+    if request.param == "sqlite":
+        state = str(tmp_path / "state.db")
+        store = open_control(state)
+        yield store, state
+        store.close()
+        return
+    url = postgres_url()
+    with fresh_schema(url) as schema:
+        store = open_control(url, schema=schema)
+        yield store, f"{url}#{schema}"
+        store.close()
+
+
+def _enqueue(state: str, job: str) -> str:
+    if "#" in state:
+        from qtasks_cli.store.postgres import enqueue_now as pg_enqueue
+
+        url, schema = state.split("#")
+        return pg_enqueue(url, job, [], {"token": "x"}, schema=schema)
+    return enqueue_now(state, job, [], {"token": "x"})
+
+
+def test_pause_is_idempotent_and_keeps_the_first_pauser(control) -> None:
+    store, _ = control
+    first = store.pause("report", "alice@box (pid 1)", T0)
+    again = store.pause("report", "bob@box (pid 2)", T0 + timedelta(hours=1))
+    assert again == first and first.by == "alice@box (pid 1)" and first.since == T0
+    assert set(store.paused()) == {"report"}
+    lifted = store.resume("report")
+    assert lifted is not None and lifted.by == "alice@box (pid 1)"
+    assert store.resume("report") is None and store.paused() == {}
+
+
+def test_cancel_of_a_waiting_request_is_immediate_and_unknown_is_said(control) -> None:
+    store, state = control
+    run_id = _enqueue(state, "notify")
+    assert store.request_cancel(run_id, "me", T0) == "cancelled"
+    row = store.run(run_id)
+    assert row is not None and row.status is RunStatus.CANCELLED
+    assert row.error == "cancelled by me before it started"
+    assert store.request_cancel(run_id, "me", T0) == "cancelled"  # the finished status
+    assert store.request_cancel("nope", "me", T0) == "unknown"
+    assert store.run_arguments(run_id) == ([], {"token": "x"})
+    assert store.cancel_requests() == []
+
+
+def test_publish_output_tidy_and_daemons(control) -> None:
+    store, state = control
+    info = DaemonInfo(
+        node_id="h:1", host="h", pid=1, started=T0, last_seen=T0 + timedelta(seconds=5),
+        version="0.1.0", config="/srv/jobs.yaml", digest="abc", every=2.0, running=1,
+        jobs={"report": {"next": T0.isoformat(), "running": 0, "pending": 0, "enabled": True}},
+    )  # fmt: skip
+    store.publish(info)
+    store.publish(info)  # a replace, not a second row
+    assert store.daemons() == [info]
+    assert info.alive(T0 + timedelta(seconds=6)) and not info.alive(T0 + timedelta(seconds=12))
+    run_id = _enqueue(state, "notify")
+    lines = [f"line {i} \x1b[31m'\"\\" for i in range(OUTPUT_LINES + 5)]
+    store.add_output(run_id, lines)
+    assert store.output(run_id) == lines[-OUTPUT_LINES:]
+    store.add_output("gone-run", ["x"])
+    assert store.tidy() == 1 and store.output("gone-run") == [] and store.output(run_id)
+    store.withdraw("h:1")
+    assert store.daemons() == []
+
+
+def test_cancel_races_with_a_daemon_taking_the_request(tmp_path: Path) -> None:
+    """A request is either taken by the daemon or cancelled, never both: the take and the
+    cancel are each one transaction on the same row."""
+    import asyncio
+
+    from qtasks_cli.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    ids = [enqueue_now(state, "notify", [], {}) for _ in range(200)]
+    control = open_control(state)
+    answers: dict[str, str] = {}
+
+    def cancel_all() -> None:
+        for run_id in ids:
+            answers[run_id] = control.request_cancel(run_id, "me", T0)
+
+    async def take() -> list[str]:
+        store = SqliteStore(state)
+        await store.open()
+        taken: list[str] = []
+        try:
+            for _ in range(50):
+                taken += [r.run_id for r in await store.take_queued(T0, limit=5)]
+                await asyncio.sleep(0)
+        finally:
+            await store.close()
+        return taken
+
+    thread = threading.Thread(target=cancel_all)
+    thread.start()
+    taken = asyncio.run(take())
+    thread.join(30)
+    control.close()
+    for run_id in ids:
+        if run_id in taken:
+            assert answers[run_id] == "requested", run_id  # the daemon's to stop
+        else:
+            assert answers[run_id] == "cancelled", run_id
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)), max_size=60))
+def test_sparkline_has_one_scaled_character_per_run(values: list[float | None]) -> None:
+    line = sparkline(values)
+    assert len(line) == len(values)
+    known = [(v, c) for v, c in zip(values, line) if v is not None]
+    assert all(c in BARS for _, c in known)
+    assert all(c == " " for v, c in zip(values, line) if v is None)
+    ordered = sorted(known)  # a larger value is never drawn lower
+    for (_, ca), (_, cb) in itertools.pairwise(ordered):
+        assert BARS.index(ca) <= BARS.index(cb)
+    if known and max(v for v, _ in known) > min(v for v, _ in known):
+        assert BARS[0] in line and BARS[-1] in line
+    assert set(sparkline(values, ascii_only=True)) <= set(ASCII_BARS) | {" "}
+
+
+def test_strip_colours_by_outcome() -> None:
+    cells = strip([RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED])
+    assert [style for _, style in cells] == ["green", "bold red", "yellow", "dim"]
+    assert (
+        "".join(c for c, _ in strip([RunStatus.SUCCEEDED, RunStatus.TIMED_OUT], ascii_only=True))
+        == "+T"
+    )
+
+
+@given(st.lists(st.floats(0, 1e5, allow_nan=False), max_size=200))
+def test_histogram_buckets_are_cumulative_and_complete(values: list[float]) -> None:
+    hist = _Histogram((0.1, 1.0, 10.0))
+    for value in values:
+        hist.observe(value)
+    counts = [c for _, c in hist.exposition()]
+    assert counts == sorted(counts) and counts[-1] == len(values) == hist.count
+    for bound, count in hist.exposition()[:-1]:
+        assert count == sum(1 for v in values if v <= float(bound))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.text(max_size=3000), max_size=40))
+def test_output_buffer_keeps_the_last_lines_bounded(writes: list[str]) -> None:
+    buffer = _Buffer()
+    for text in writes:
+        buffer.write(text)
+    lines = buffer.close()
+    expected = "".join(writes).split("\n")
+    if expected and expected[-1] == "":
+        expected = expected[:-1]
+    assert len(lines) <= OUTPUT_LINES
+    assert all(len(line) <= OUTPUT_LINE_CHARS for line in lines)
+    tail = [line[:OUTPUT_LINE_CHARS] for line in expected[-OUTPUT_LINES:]]
+    if all(len(line) <= OUTPUT_LINE_CHARS for line in expected[-OUTPUT_LINES:]):
+        assert lines == tail
+
+
+def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
+    import asyncio
+    import io
+    import sys
+
+    from qtasks_cli.events import Event, EventKind
+
+    capture = Capture()
+    saved = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        capture.install()
+
+        async def run(run_id: str) -> None:
+            capture.sink(Event(kind=EventKind.STARTED, time=T0, job="j", run_id=run_id))
+            print(f"{run_id} on the loop")
+            await asyncio.sleep(0)
+            await asyncio.to_thread(lambda: print(f"{run_id} in a thread"))
+            capture.sink(Event(kind=EventKind.FINISHED, time=T0, job="j", run_id=run_id))
+
+        async def main() -> None:
+            await asyncio.gather(run("a"), run("b"))
+
+        asyncio.run(main())
+        print("outside any run")
+        capture.uninstall()
+    finally:
+        sys.stdout = saved
+    kept = {run_id: lines for _, run_id, lines in capture.take()}
+    assert kept == {
+        "a": ["a on the loop", "a in a thread"],
+        "b": ["b on the loop", "b in a thread"],
+    }
+    assert _current.get() is None
+
+
+def test_placeholder_env_reads_missing_variables_as_their_placeholder(monkeypatch) -> None:
+    monkeypatch.setenv("QT_PRESENT", "yes")
+    monkeypatch.delenv("QT_ABSENT", raising=False)
+    env = PlaceholderEnv()
+    assert env.get("QT_PRESENT") == "yes" and env.get("QT_ABSENT") == "${QT_ABSENT}"
+    assert env.get("QT_ABSENT", "") == ""  # asked with a default (TZ): the default
+    assert "QT_PRESENT" in dict(env) and len(env) == len(os.environ)
+
+
+def test_daemon_info_round_trips_through_json() -> None:
+    from qtasks_cli.store.control import info_body, info_from_row
+
+    info = DaemonInfo(
+        node_id="n", host="h", pid=3, started=T0, last_seen=T0, version="v", config="c",
+        digest="d", every=2.0, running=2, queued=1, jobs={"a": {"next": None}},
+    )  # fmt: skip
+    body = json.loads(json.dumps(info_body(info)))
+    assert info_from_row("n", "h", 3, T0, T0, body) == info
