@@ -146,7 +146,8 @@ def test_pause_lasts_across_restart_and_reload_while_trigger_still_runs(project,
         lambda: any(r["error"] == "skipped (paused)" for r in rows(path, "tick")),
         what="a paused fire recorded",
     )
-    assert "paused" in run_qtasks("list", str(path)).stdout.splitlines()[0]
+    listed = run_qtasks("list", str(path)).stdout.splitlines()
+    assert any(line.startswith("tick") and "paused" in line for line in listed), listed
     assert json.loads(run_qtasks("list", str(path), "--json").stdout)[0]["paused"] is True
     wait_until(lambda: job_status(path, "tick")["state"] == "paused", what="status says paused")
 
