@@ -1142,11 +1142,37 @@ class Supervisor:
                     level=logging.WARNING,
                     message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
                 )
+        await self.ledger.release_fires(self._unstarted_pending())
         try:
             await asyncio.shield(self.store.flush())
         except Exception as exc:
             log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
+
+    def _unstarted_pending(self) -> list[Fire]:
+        """Take the claimed fires still waiting to start (``overlap: queue``, catch-up runs
+        waiting for each other) off the pending lists, to give their claims back at a stop:
+        they never ran, so the next start fires or catches them up. Handed-over requests
+        stay taken, and the next start gives them back to the queue."""
+        fires: list[Fire] = []
+        for name, state in self.jobs.items():
+            keep = []
+            for entry in state.pending:
+                run_id, trigger, scheduled = entry[0], entry[1], entry[2]
+                if trigger in HANDED_OVER or scheduled is None:
+                    keep.append(entry)
+                    continue
+                fires.append(
+                    Fire(
+                        job=name,
+                        scheduled=scheduled,
+                        trigger=trigger,
+                        run_id=run_id,
+                        schedule_key="",
+                    )
+                )
+            state.pending = keep
+        return fires
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock(), **fields))

@@ -281,8 +281,24 @@ class Store(Protocol):
 TRACEBACK_LIMIT = 16 * 1024  # characters of a traceback kept (the end, where the error is)
 
 
+def storable(text: str | None) -> str | None:
+    """``text`` as both stores can keep it: a lone surrogate (an undecodable file name in an
+    error, say) becomes its ``\\udcXX`` escape, since UTF-8 cannot hold it, and a NUL
+    becomes ``\\x00``, since PostgreSQL text cannot. Other text is returned as it is."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def truncate_traceback(text: str | None) -> str | None:
     """Keep the end of a long traceback, where the error is."""
+    text = storable(text)
     if text is None or len(text) <= TRACEBACK_LIMIT:
         return text
     dropped = len(text) - TRACEBACK_LIMIT

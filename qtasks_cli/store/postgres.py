@@ -49,6 +49,7 @@ from qtasks_cli.store.base import (
     encode_request,
     job_stats,
     pid_alive,
+    storable,
     truncate_traceback,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
@@ -1166,10 +1167,10 @@ class PostgresStore:
             _opt_aware(result.ended),
             result.status.value,
             result.attempts,
-            result.error_type,
-            result.error,
+            storable(result.error_type),
+            storable(result.error),
             truncate_traceback(result.traceback),
-            result.result_preview,
+            storable(result.result_preview),
             result.items,
             self._pid,
             self._host,
@@ -1256,7 +1257,7 @@ class PostgresStore:
         await self._writes.flush_for_read()
         quoted = check_schema(self.schema)
         conditions = []
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"now": _aware(now)}
         if keep_runs is not None:
             conditions.append("rank > %(keep)s")
             params["keep"] = max(keep_runs, 0)
@@ -1269,7 +1270,9 @@ class PostgresStore:
             f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
             f" {_ORDER_NEWEST}) AS rank"
             f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
-            f" WHERE {' OR '.join(conditions)}),"
+            # A row scheduled after now (the clock went back) still guards its (job, time).
+            f" WHERE ({' OR '.join(conditions)})"
+            " AND (scheduled IS NULL OR scheduled < %(now)s)),"
             f" gone AS (DELETE FROM {quoted}.attempts WHERE run_id IN (SELECT run_id FROM doomed))"
             f" DELETE FROM {quoted}.runs WHERE run_id IN (SELECT run_id FROM doomed)"
         )
@@ -1339,10 +1342,10 @@ class PostgresStore:
                     _opt_aware(result.started),
                     _opt_aware(result.ended),
                     result.attempts,
-                    result.error_type,
-                    result.error,
+                    storable(result.error_type),
+                    storable(result.error),
                     truncate_traceback(result.traceback),
-                    result.result_preview,
+                    storable(result.result_preview),
                     result.items,
                     result.run_id,
                 ),
@@ -1355,8 +1358,8 @@ class PostgresStore:
                 _aware(attempt.started),
                 _opt_aware(attempt.ended),
                 attempt.status.value,
-                attempt.error_type,
-                attempt.error,
+                storable(attempt.error_type),
+                storable(attempt.error),
                 result.run_id,
             )
             statements.append((self._sql["attempt"], params))

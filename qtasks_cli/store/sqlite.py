@@ -38,6 +38,7 @@ from qtasks_cli.store.base import (
     RunRow,
     busy_error,
     job_stats,
+    storable,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
 from qtasks_cli.store.base import pid_alive as _pid_alive
@@ -726,10 +727,10 @@ class SqliteStore:
             _opt_us(result.ended),
             result.status.value,
             result.attempts,
-            result.error_type,
-            result.error,
+            storable(result.error_type),
+            storable(result.error),
             _truncate_traceback(result.traceback),
-            result.result_preview,
+            storable(result.result_preview),
             result.items,
             self._pid,
             self._host,
@@ -864,7 +865,9 @@ class SqliteStore:
         await self._writes.flush_for_read()
         keep = -1 if keep_runs is None else max(keep_runs, 0)
         cutoff = None if keep_days is None else _to_us(now - timedelta(days=keep_days))
-        deleted = await self._run_transaction("pruning history", _prune_work(keep, cutoff))
+        deleted = await self._run_transaction(
+            "pruning history", _prune_work(keep, cutoff, _to_us(now))
+        )
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
@@ -896,10 +899,10 @@ class SqliteStore:
                     _opt_us(result.started),
                     _opt_us(result.ended),
                     result.attempts,
-                    result.error_type,
-                    result.error,
+                    storable(result.error_type),
+                    storable(result.error),
                     _truncate_traceback(result.traceback),
-                    result.result_preview,
+                    storable(result.result_preview),
                     result.items,
                     result.run_id,
                 ),
@@ -912,8 +915,8 @@ class SqliteStore:
                 _to_us(attempt.started),
                 _opt_us(attempt.ended),
                 attempt.status.value,
-                attempt.error_type,
-                attempt.error,
+                storable(attempt.error_type),
+                storable(attempt.error),
             )
             statements.append((_SQL_ATTEMPT, params))
         self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
@@ -936,7 +939,7 @@ class SqliteStore:
         except sqlite3.OperationalError:
             _rollback(conn)
             raise  # locked, busy, read-only, full disk: worth retrying
-        except sqlite3.Error:
+        except Exception:  # rejected for good (sqlite3.Error), or a value it cannot bind
             _rollback(conn)
             self._write_one_by_one(batch)
 
@@ -951,7 +954,7 @@ class SqliteStore:
             except sqlite3.OperationalError:
                 _rollback(conn)
                 raise
-            except sqlite3.Error as exc:
+            except Exception as exc:  # never leave the transaction open behind a bad write
                 _rollback(conn)
                 self._writes.dropped(write, exc)
 
@@ -1113,7 +1116,7 @@ def _inserted(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]
     return found
 
 
-def _prune_work(keep: int, cutoff: int | None) -> Callable[[sqlite3.Connection], int]:
+def _prune_work(keep: int, cutoff: int | None, now: int) -> Callable[[sqlite3.Connection], int]:
     def work(conn: sqlite3.Connection) -> int:
         conditions = []
         if keep >= 0:
@@ -1126,8 +1129,9 @@ def _prune_work(keep: int, cutoff: int | None) -> Callable[[sqlite3.Connection],
             f" row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
             f" {_ORDER_NEWEST}) AS rank"
             f" FROM runs WHERE status NOT IN ({active}))"
-            f" WHERE {' OR '.join(conditions)}",
-            {"keep": keep, "cutoff": cutoff},
+            # A row scheduled after now (the clock went back) still guards its (job, time).
+            f" WHERE ({' OR '.join(conditions)}) AND (scheduled IS NULL OR scheduled < :now)",
+            {"keep": keep, "cutoff": cutoff, "now": now},
         ).fetchall()
         conn.executemany("DELETE FROM attempts WHERE run_id = ?", doomed)
         conn.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
