@@ -910,7 +910,9 @@ def test_prune_by_count_keeps_the_newest_and_unfinished(store_factory: StoreFact
             assert len(await store.history("b")) == len(b_runs)
             assert await store.prune(keep_runs=2, keep_days=None, now=T0) == 0
             assert await store.prune(keep_runs=None, keep_days=None, now=T0) == 0
-            assert await store.prune(keep_runs=0, keep_days=None, now=T0) == 4
+            # rows scheduled after now (a clock stepped back) still guard their (job, time)
+            assert await store.prune(keep_runs=0, keep_days=None, now=T0) == 0
+            assert await store.prune(keep_runs=0, keep_days=None, now=T0 + MINUTE * 10) == 4
             assert {row.run_id for row in await store.history()} == {
                 running.run_id,
                 claimed.run_id,
@@ -1064,5 +1066,42 @@ def test_missed_rows_never_prune_real_history(store_factory: StoreFactory) -> No
             rows = await store.history("a", limit=100)
             assert sum(r.status is RunStatus.SUCCEEDED for r in rows) == 3
             assert sum(r.status is RunStatus.MISSED for r in rows) == 5
+
+    run(body())
+
+
+def test_texts_a_store_cannot_hold_are_escaped_not_fatal(store_factory: StoreFactory) -> None:
+    """An error with a lone surrogate (an undecodable file name) or a NUL must not wedge the
+    writer: the run is recorded with the text escaped, and later writes go on."""
+
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            bad, good = fire("bad", T0), fire("good", T0)
+            await store.claim([bad, good])
+            text = "cannot import caf\udce9.csv \x00 here"
+            attempt = Attempt(
+                number=1, started=T0, ended=T0 + SECOND, status=RunStatus.FAILED, error=text
+            )
+            await store.finish(
+                outcome(
+                    bad,
+                    RunStatus.FAILED,
+                    T0,
+                    1,
+                    error=text,
+                    error_type="Bad\x00Error",
+                    traceback=text,
+                    result_preview=text,
+                    attempt_log=(attempt,),
+                )
+            )
+            await store.finish(outcome(good, RunStatus.SUCCEEDED, T0, 1))
+            await store.flush()
+            row = await store.get_run(bad.run_id)
+            assert row is not None and row.status is RunStatus.FAILED
+            assert row.error == "cannot import caf\\udce9.csv \\x00 here"
+            kept = await store.get_run(good.run_id)
+            assert kept is not None and kept.status is RunStatus.SUCCEEDED
+            assert (await store.attempts(bad.run_id))[0].error == row.error
 
     run(body())

@@ -715,7 +715,8 @@ class PostgresStore:
             await conn.close()
             raise StoreError(
                 f"{self.location}: cannot prepare schema {self.schema!r}: "
-                f"{_scrub(str(exc), self.url)}"
+                f"{_scrub(str(exc), self.url)}",
+                transient=isinstance(exc, psycopg.OperationalError),
             ) from None
         except BaseException:
             await conn.close()

@@ -237,7 +237,10 @@ def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqli
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=not threaded
         )
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the state file: {exc}") from None
+        raise StoreError(
+            f"{path}: cannot open the state file: {exc}",
+            transient=isinstance(exc, sqlite3.OperationalError),
+        ) from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -248,6 +251,11 @@ def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqli
     except StoreError:
         conn.close()
         raise
+    except sqlite3.OperationalError as exc:
+        # Locked, busy, a full disk, a read-only mount: the file checked out (store.paths),
+        # so waiting may cure it; the daemon retries instead of exiting 2.
+        conn.close()
+        raise StoreError(f"{path}: cannot use the state file now: {exc}", transient=True) from None
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreError(f"{path}: not a usable qtasks state file: {exc}") from None

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from crashfuzz import Outcome, _env, _start, _wait_ready, check, prepare
+from crashfuzz import Outcome, _env, _history, _start, _wait_ready, check, prepare
 
 from reliability.registry import case
 
@@ -255,3 +255,46 @@ def test_postgres_connections_killed_under_the_daemon(tmp_path: Path) -> None:
         _wait(lambda: _bodies(tmp_path) >= before + 3, timeout=30)
         assert _stop(proc) == 0
         _finish_and_check(tmp_path, path, env)
+
+
+SLOW = """
+import time
+
+def slow():
+    time.sleep(1.6)
+
+def tick():
+    pass
+"""
+
+
+@case(
+    "graceful_stop_gives_claims_back",
+    group=GROUP,
+    title="SIGTERM while fires are claimed but not started: a fire waiting behind its job's "
+    "run (`overlap: queue`) and a `catch_up: all` backlog waiting for each other",
+    checks="the stop exits 0 and leaves no `claimed` row; the next start reports nothing "
+    "`interrupted`, and nothing ran twice",
+)
+def test_a_graceful_stop_leaves_nothing_claimed(tmp_path: Path) -> None:
+    (tmp_path / "slowjobs.py").write_text(SLOW)
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        "settings:\n  shutdown_grace: 0s\njobs:\n"
+        "  q:\n    entrypoint: slowjobs:slow\n    schedule: '* * * * * *'\n    overlap: queue\n"
+        "  t:\n    entrypoint: slowjobs:tick\n    schedule: '* * * * * *'\n"
+    )
+    env = _env(tmp_path, {})
+    log = tmp_path / "daemon.log"
+    for _ in range(2):
+        proc = _start(path, env, log)
+        try:
+            start = _wait_ready(log, len(log.read_bytes()) if log.exists() else 0, proc, 60)
+            _wait(lambda start=start: b" queued" in log.read_bytes()[start:], timeout=30)
+        finally:
+            assert _stop(proc) == 0
+        rows = _history(path, env)
+        assert not [r for r in rows if r["status"] in ("claimed", "queued", "running")], rows
+    assert not [r for r in rows if r["status"] == "interrupted"], rows
+    fires = [(r["job"], r["scheduled"]) for r in rows]
+    assert len(fires) == len(set(fires))
