@@ -20,7 +20,7 @@ def current_run() -> Any:
     return _current_run()
 
 
-def enqueue(job: str, *args: Any, config: str | Path | None = None, **kwargs: Any) -> str:
+def enqueue(job: str, /, *args: Any, config: str | Path | None = None, **kwargs: Any) -> str:
     """Hand a run of ``job`` to the daemon through the store; return its run id at once.
 
     Every keyword but ``config`` goes to the job (so a job may take ``state``, say)."""

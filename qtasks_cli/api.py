@@ -33,12 +33,22 @@ FINISHED_POLL = 0.2  # how often ``trigger --enqueue --wait`` looks at the store
 WOKEN_QUEUE_POLL = 5.0
 
 
-def load(config: str | os.PathLike[str] | None, *, check_imports: bool = True) -> Config:
-    """Read and validate a job file (``$QTASKS_CONFIG`` or ``./jobs.yaml`` when None)."""
+def load(
+    config: str | os.PathLike[str] | None,
+    *,
+    check_imports: bool = True,
+    variables_required: bool = True,
+) -> Config:
+    """Read and validate a job file (``$QTASKS_CONFIG`` or ``./jobs.yaml`` when None).
+
+    Commands that run no job (``list``, ``history``, ``trigger --enqueue``) pass
+    ``variables_required=False``: they need no ``${NAME}`` value, the daemon resolves it."""
     from qtasks_cli.config import default_config_path, load_config
 
     return load_config(
-        config if config is not None else default_config_path(), check_imports=check_imports
+        config if config is not None else default_config_path(),
+        check_imports=check_imports,
+        variables_required=variables_required,
     )
 
 
@@ -210,6 +220,7 @@ async def trigger_now(
 
 def enqueue(
     job: str,
+    /,
     *args: Any,
     config: str | os.PathLike[str] | None = None,
     state: str | None = None,

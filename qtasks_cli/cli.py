@@ -84,11 +84,13 @@ def _error_text(exc: QtasksError) -> str:
     return _one_line(str(exc))
 
 
-def _load(config: Path | None, *, check_imports: bool = True) -> Config:
+def _load(
+    config: Path | None, *, check_imports: bool = True, variables_required: bool = True
+) -> Config:
     from qtasks_cli import api
 
     try:
-        return api.load(config, check_imports=check_imports)
+        return api.load(config, check_imports=check_imports, variables_required=variables_required)
     except QtasksError as exc:
         print(_error_text(exc), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
@@ -145,7 +147,7 @@ def list_(
     from qtasks_cli import api
 
     start = _parse_after(after) if after else None
-    loaded = _load(config, check_imports=False)
+    loaded = _load(config, check_imports=False, variables_required=False)
     rows = api.list_jobs(loaded, count=next_, after=start)
     paused = api.paused_jobs(loaded)
     if as_json:
@@ -314,7 +316,8 @@ def trigger(
 
     if wait and not enqueue:
         _fail("--wait goes with --enqueue")
-    loaded = _load(config)
+    # A handed-over run keeps ${NAME} placeholders and the daemon resolves them.
+    loaded = _load(config, variables_required=not enqueue)
     args, kwargs = _parse_call_args(arg, kwarg, json_kwargs)
     try:
         spec = api.get_job(loaded, job)
@@ -367,7 +370,12 @@ def _parse_call_args(
             return text
         except RecursionError:
             _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
-        _check_depth(value, option, text)
+        except ValueError as exc:  # an integer of more than 4,300 digits, say
+            _fail(f"{option} {_shown(text)}: {exc}")
+        try:
+            _check_depth(value, option, text)
+        except RecursionError:
+            _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
         return value
 
     args = [scalar(a, "--arg") for a in arg] if arg else None
@@ -386,7 +394,12 @@ def _parse_call_args(
             _fail(f"--json-kwargs: not valid JSON: {exc}")
         except RecursionError:
             _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
-        _check_depth(extra, "--json-kwargs", json_kwargs)
+        except ValueError as exc:  # an integer of more than 4,300 digits, say
+            _fail(f"--json-kwargs: {exc}")
+        try:
+            _check_depth(extra, "--json-kwargs", json_kwargs)
+        except RecursionError:
+            _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
         if not isinstance(extra, dict):
             _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
         kwargs = {**(kwargs or {}), **extra}
@@ -435,7 +448,7 @@ def history(
     from qtasks_cli.models import RunStatus
     from qtasks_cli.ui import tables
 
-    loaded = _load(config, check_imports=False)
+    loaded = _load(config, check_imports=False, variables_required=False)
     wanted = None
     if status is not None:
         try:
@@ -496,7 +509,7 @@ def systemd_unit(
             f"--name: {name!r} is not a unit name (expected letters, digits and :_.@- "
             "without the .service suffix, such as 'qtasks' or 'shop-jobs')"
         )
-    loaded = _load(config, check_imports=False)
+    loaded = _load(config, check_imports=False, variables_required=False)
     path = loaded.path.resolve()
     try:
         unit = systemd.render_unit(

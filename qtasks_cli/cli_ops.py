@@ -77,7 +77,9 @@ def status(
     if missing is not None:
         if as_json:
             print(json.dumps({"up": False, "state": missing, "daemons": [], "jobs": []}))
-        print(f"no daemon is running on {missing} (no state file yet)", file=sys.stderr)
+        from qtasks_cli.ui.text import clean_line
+
+        print(clean_line(f"no daemon is running on {missing} (no state file yet)"), file=sys.stderr)
         raise typer.Exit(EXIT_NO_DAEMON)
     store = _control(loaded, state)
     try:
@@ -98,8 +100,20 @@ def status(
     else:
         print(report_module.report_text(report))
     if not report.up and as_json:  # the text's first line says it already
-        print(f"no daemon is running on {report.state}", file=sys.stderr)
+        from qtasks_cli.ui.text import clean_line
+
+        print(clean_line(f"no daemon is running on {report.state}"), file=sys.stderr)
     raise typer.Exit(EXIT_OK if report.up else EXIT_NO_DAEMON)
+
+
+def _check_run_id(run: str) -> None:
+    """Refuse (exit 2) text that cannot be a run id (20 hex digits, see qtasks history)."""
+    import re
+
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", run):
+        from qtasks_cli.ui.text import clean_line
+
+        _fail(f"{clean_line(ascii(run)[:80])} is not a run id (see qtasks history)")
 
 
 @app.command()
@@ -112,6 +126,7 @@ def show(
     """Show one run in full: trigger, arguments, attempts, traceback, output, result, node."""
     from qtasks_cli import show as show_module
 
+    _check_run_id(run)
     loaded = _load(config, check_imports=False)
     if _no_state_yet(loaded, state) is not None:
         _fail(f"no run {run!r}: nothing has run yet (no state file)")
@@ -164,7 +179,13 @@ def resume(
 
     loaded = _load(config, check_imports=False)
     try:
-        lifted = steer.resume_job(loaded, job, state=state)
+        if _no_state_yet(loaded, state) is not None:  # nothing was ever paused: make no file
+            from qtasks_cli.api import get_job
+
+            get_job(loaded, job)
+            lifted = None
+        else:
+            lifted = steer.resume_job(loaded, job, state=state)
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
     if lifted is None:
@@ -193,6 +214,7 @@ def cancel(
     thread: abandoned as on a timeout). Recorded as cancelled, with who cancelled it."""
     from qtasks_cli import steer
 
+    _check_run_id(run)
     loaded = _load(config, check_imports=False)
     if _no_state_yet(loaded, state) is not None:
         _fail(f"no run {run!r}: nothing has run yet (no state file)")
