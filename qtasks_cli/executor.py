@@ -22,7 +22,7 @@ import traceback
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -341,6 +341,10 @@ class _Run:
         self.abandon_reason = "cancelled"
         self.stuck_stack: traceback.StackSummary | None = None
         self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
+        # What still runs the body of an attempt that timed out (a thread, a task that ignored
+        # its cancellation, a child process not yet reaped): no retry starts beside it.
+        self.leftover: threading.Thread | asyncio.Future[Any] | None = None
+        self.not_retried = ""  # why no retry is made although the policy allows one
         self._emit = emit
         self._retry_types: tuple[type[BaseException], ...] | None = None
 
@@ -372,6 +376,7 @@ class _Run:
         )
 
     def _abandon(self, thread: threading.Thread) -> str:
+        self.leftover = thread
         frame = sys._current_frames().get(thread.ident or -1)
         if frame is not None:
             self.stuck_stack = traceback.extract_stack(frame)
@@ -429,6 +434,7 @@ class _Run:
             _seconds(grace),
         )
         self.runtime.keep(task)
+        self.leftover = task
         return None
 
     def retryable(self, exc: BaseException) -> bool:
@@ -563,6 +569,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     run.items = None
     run.stuck_stack = None
     run.stuck_where = ""
+    run.leftover = None
     started = run.clock()
     if number == 1:
         run.event(
@@ -584,6 +591,8 @@ async def _attempt(run: _Run) -> _AttemptResult:
     # let the other runs of the same burst start before this one's bookkeeping.
     await asyncio.sleep(0)
     result = await _judge(run, outcome, timed_out)
+    if result.failure is not None and number < job.retry.attempts:
+        result = await _settle_before_retry(run, result, number)
     failure = result.failure
     run.attempt_log.append(
         Attempt(
@@ -617,6 +626,37 @@ async def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _Attem
     return _AttemptResult(items=run.items, failure=await _failure(run.job, outcome.error))
 
 
+async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -> _AttemptResult:
+    """Attempts never overlap: before a retry, wait (up to the job's timeout, or
+    HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
+    that, no retry is made and the failure says why."""
+    leftover = run.leftover
+    if leftover is None or result.failure is None:
+        return result
+    bound = run.job.timeout.total_seconds() if run.job.timeout is not None else HOOK_TIMEOUT
+    if isinstance(leftover, threading.Thread):
+        if leftover.is_alive():
+            await asyncio.to_thread(leftover.join, bound)
+        alive, what = leftover.is_alive(), "its thread"
+    else:
+        if not leftover.done():
+            await asyncio.wait({leftover}, timeout=bound)
+        alive, what = not leftover.done(), "its task or child process"
+    if not alive:
+        run.leftover = None
+        return result
+    failure = result.failure
+    run.not_retried = (
+        f"attempt {number}'s body still runs ({what}, {_seconds(bound)} after its end); "
+        "not retried, so that two attempts never run at once"
+    )
+    log.warning("%s: %s", run.label, run.not_retried)
+    return _AttemptResult(
+        items=result.items,
+        failure=replace(failure, error=f"{failure.error}; {run.not_retried}"),
+    )
+
+
 def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
     """Seconds before retry n: min(delay * backoff^(n-1), max_delay) + uniform(0, jitter)."""
     delay = policy.base_delay(state.attempt_number)
@@ -636,7 +676,7 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
         if outcome is None or outcome.failed:  # a cancellation: let it propagate
             return False
         failure: _Failure | None = outcome.result().failure
-        return failure is not None and run.retryable(failure.exc)
+        return failure is not None and not run.not_retried and run.retryable(failure.exc)
 
     def announce(state: RetryCallState) -> None:
         run.event(

@@ -490,6 +490,8 @@ async def _close_stream(worker: Worker) -> None:
 
 async def _stop(run: _Run, worker: Worker) -> None:
     stack = await worker.stop(run.job.kill_grace.total_seconds())
+    if not worker.exited.done():  # not reaped even after SIGKILL: no retry beside it
+        run.leftover = worker.exited
     if stack and run.stuck_stack is None:
         run.stuck_stack = traceback.StackSummary.from_list(stack)
         run.stuck_where = "the child process was here when stopped"
