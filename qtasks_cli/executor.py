@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures
+from qtasks_cli import entrypoints, failures, release
 from qtasks_cli.durations import format_duration
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
@@ -909,4 +909,7 @@ async def execute(
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
     await _run_hook(run, result)
+    # A large result is freed in slices by a helper thread once the caller drops it, not in one
+    # GIL-holding step on the loop.
+    release.adopt(result.result)
     return result
