@@ -91,7 +91,7 @@ def test_describe_exception_contains_every_base_exception(exc: BaseException) ->
     try:
         raise exc
     except BaseException as raised:
-        error_type, message, text = failures.describe_exception(raised, same)
+        error_type, message, _text = failures.describe_exception(raised, same)
     assert error_type
     assert len(message) <= failures.ERROR_CHARS
     if isinstance(exc, ExitsOnStr):

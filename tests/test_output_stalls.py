@@ -5,6 +5,7 @@ installed ``qtasks run`` behind a pipe nobody reads and in a terminal stopped wi
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
 import shutil
@@ -185,7 +186,7 @@ def test_run_behind_a_pipe_nobody_reads_keeps_firing(tmp_path: Path) -> None:
         os.close(read_end)
     for name, times in stamps(tmp_path).items():
         got_seconds = sorted(seconds_of(times))
-        gaps = [b for a, b in zip(got_seconds, got_seconds[1:]) if b - a != 1]
+        gaps = [b for a, b in itertools.pairwise(got_seconds) if b - a != 1]
         assert not gaps, f"{name} missed seconds before {gaps}"
 
 
@@ -249,5 +250,5 @@ def test_live_table_in_a_terminal_stopped_with_ctrl_s_keeps_firing(tmp_path: Pat
     assert len(found) == 5
     for name, times in found.items():
         got_seconds = sorted(seconds_of(times))
-        gaps = [b for a, b in zip(got_seconds, got_seconds[1:]) if b - a != 1]
+        gaps = [b for a, b in itertools.pairwise(got_seconds) if b - a != 1]
         assert not gaps, f"{name} missed seconds before {gaps}"
