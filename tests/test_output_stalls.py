@@ -6,7 +6,10 @@ notice says how many once the reader is back, and the exit waits a bounded time.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from qtasks_cli.ui import output
 
@@ -56,3 +59,24 @@ def test_the_exit_does_not_wait_for_a_reader_that_never_reads() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_normal_exit_writes_what_is_queued(tmp_path: Path) -> None:
+    """An error printed just before ``sys.exit`` reaches the reader (atexit drains the queue)."""
+    script = (
+        "import logging, sys\n"
+        "from qtasks_cli.ui import log\n"
+        "log.configure('plain')\n"
+        "for i in range(2000):\n"
+        "    print(f'out {i}')\n"
+        "logging.getLogger('x').warning('a warning')\n"
+        "print('the last error', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 3
+    assert done.stdout.splitlines()[-1] == "out 1999"
+    assert "the last error" in done.stderr
+    assert "a warning" in done.stderr

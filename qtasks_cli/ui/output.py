@@ -13,6 +13,7 @@ only while the reader makes progress, and never longer than ``EXIT_WAIT`` second
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -72,6 +73,7 @@ class _Drain:
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
+        self.name = name
         self.queue: queue.Queue[Any] = queue.Queue(MAX_QUEUED)
         self.dropped = _Dropped()
         self.written = 0  # chunks written, for the exit's progress check
@@ -273,6 +275,9 @@ def bound_stdio() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` bounded streams on fds 1 and 2 (once)."""
     if _State.streams:
         return
+    # A normal exit (sys.exit, an error message printed just before it) must not lose what is
+    # queued: the drain threads are daemons and would be stopped mid-queue.
+    atexit.register(_at_exit)
     for name, fd in (("stdout", 1), ("stderr", 2)):
         current = getattr(sys, name)
         if isinstance(current, BoundedStream) or current is None:
@@ -287,6 +292,13 @@ def bound_stdio() -> None:
         stream = BoundedStream(current, fd, name)
         _State.streams.append(stream)
         setattr(sys, name, stream)
+
+
+def _at_exit() -> None:
+    settle()
+    for stream in _State.streams:
+        if getattr(sys, stream.drain.name, None) is stream:
+            setattr(sys, stream.drain.name, stream.original)
 
 
 def dropped_total() -> int:
