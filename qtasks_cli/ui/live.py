@@ -712,13 +712,17 @@ class LiveHandler(logging.Handler):
                 return
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                text = f"{text}: {type(exc).__name__}: {exc}"
+                from qtasks_cli.failures import safe_str
+
+                exc = record.exc_info[1]  # a job's exception: its __str__ may raise SystemExit
+                text = f"{text}: {type(exc).__name__}: {safe_str(exc, 500)}"
             when = datetime.fromtimestamp(record.created, timezone.utc)
             level = record.levelname if record.levelno >= logging.WARNING else ""
             self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
         except Exception:
             self.handleError(record)
+        except BaseException:
+            self.view.add_text("(a log record could not be formatted)", logging.ERROR)
 
 
 # --- the terminal --------------------------------------------------------------------------------
