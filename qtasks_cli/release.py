@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 LARGE = 100_000  # items from which a container is freed in slices
-SLICE = 50_000  # items freed per step
+SLICE = 10_000  # items freed per step (about a millisecond)
 CHECK_EVERY = 0.2  # seconds between looks at the adopted values
 GIVE_UP = 60.0  # seconds after which a value still held elsewhere is let go
 
