@@ -66,7 +66,9 @@ STRESS_INTRO = (
     "50 jobs fire every second (`benchjobs:tick`, as in part 1, `--ui plain` unless the row "
     "says otherwise) beside one stressor at a time; lateness and missed fires are those of the "
     "50 ticking jobs. Target: no missed fire and p99 < 50 ms beside every stressor "
-    "(`bench/stress.py`; `python bench/run.py --only stress`)."
+    "(`bench/stress.py`; `python bench/run.py --only stress`). *Other load* is how many cores "
+    "other processes kept busy meanwhile: above 1 of 2, the operating system's scheduling "
+    "delays are part of the figures."
 )
 
 

@@ -169,6 +169,8 @@ class Runtime:
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
         self._workers: Workers | None = None
+        # A zombie thread's future, resolved when it returns: what a retry waits on.
+        self._returned: dict[threading.Thread, asyncio.Future[Any]] = {}
 
     @property
     def workers(self) -> Workers:
@@ -224,6 +226,8 @@ class Runtime:
             outcome = await asyncio.shield(future)
         except asyncio.CancelledError:
             if not future.done():
+                self._returned[thread] = future
+                future.add_done_callback(lambda _: self._returned.pop(thread, None))
                 self._adopt_zombie(future, on_abandon(thread), owner)
             raise
         return outcome.unwrap()
@@ -249,6 +253,10 @@ class Runtime:
                     self.on_unstuck(owner)
 
         future.add_done_callback(bury)
+
+    def returned(self, thread: threading.Thread) -> asyncio.Future[Any] | None:
+        """The future that resolves when ``thread``, a zombie, returns; None once it has."""
+        return self._returned.get(thread)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a task that ignored its cancellation, so it is not garbage collected mid-run."""
@@ -631,18 +639,14 @@ async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -
     HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
     that, no retry is made and the failure says why."""
     leftover = run.leftover
-    if leftover is None or result.failure is None:
+    if leftover is None or result.failure is None or not run.retryable(result.failure.exc):
         return result
     bound = run.job.timeout.total_seconds() if run.job.timeout is not None else HOOK_TIMEOUT
-    if isinstance(leftover, threading.Thread):
-        if leftover.is_alive():
-            await asyncio.to_thread(leftover.join, bound)
-        alive, what = leftover.is_alive(), "its thread"
-    else:
-        if not leftover.done():
-            await asyncio.wait({leftover}, timeout=bound)
-        alive, what = not leftover.done(), "its task or child process"
-    if not alive:
+    what = "its thread" if isinstance(leftover, threading.Thread) else "its task or child process"
+    done = run.runtime.returned(leftover) if isinstance(leftover, threading.Thread) else leftover
+    if done is not None and not done.done():
+        await asyncio.wait({done}, timeout=bound)
+    if done is None or done.done():
         run.leftover = None
         return result
     failure = result.failure
