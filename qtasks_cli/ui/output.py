@@ -20,6 +20,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -61,6 +62,10 @@ def _write_all(fd: int, data: bytes) -> bool:
         try:
             written = os.write(fd, view)
         except InterruptedError:
+            continue
+        except BlockingIOError:  # someone made the descriptor non-blocking: wait for room
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [fd], [], 1.0)
             continue
         except OSError:
             return False
