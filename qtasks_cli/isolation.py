@@ -2,10 +2,10 @@
 
 A worker is ``python -m qtasks_cli.isolation``. It imports the job's entry point on its first
 call and then serves calls one at a time. Parent and child exchange frames over the child's
-stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and a
-pickled payload; the parent accepts a frame only from its child and for the current call. The child moves those
-pipes to private descriptors and gives the job the daemon's stdout, so a job prints where an
-inline job would. The exchange is lockstep: the parent sends ``call`` and reads until a final
+stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and
+a pickled payload; the parent accepts a frame only from its child and for the current call. The
+child moves those pipes to private descriptors and gives the job the daemon's stdout, so a job
+prints where an inline job would. The exchange is lockstep: the parent sends ``call`` and reads until a final
 frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for ``next`` or
 ``close``, because the generate_handler runs in the parent.
 
