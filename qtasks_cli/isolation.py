@@ -5,9 +5,9 @@ call and then serves calls one at a time. Parent and child exchange frames over 
 stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and
 a pickled payload; the parent accepts a frame only from its child and for the current call. The
 child moves those pipes to private descriptors and gives the job the daemon's stdout, so a job
-prints where an inline job would. The exchange is lockstep: the parent sends ``call`` and reads until a final
-frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for ``next`` or
-``close``, because the generate_handler runs in the parent.
+prints where an inline job would. The exchange is lockstep: the parent sends ``call`` and reads
+until a final frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for
+``next`` or ``close``, because the generate_handler runs in the parent.
 
 The executor imports this module only when a process job runs. The child imports asyncio (through
 the executor), ctypes on Linux and, on its first call, the job's module.
