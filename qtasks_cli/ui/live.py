@@ -565,6 +565,7 @@ class LiveView:
         self.first: datetime | None = None
         self.terminal_lost = False
         self.terminal_stalled = False  # it did not take the last frame at exit (Ctrl-S)
+        self._wake_pending = False  # a wake-up from another thread is on its way to the loop
         self._request_stop: Callable[[], None] | None = None
 
     # --- inputs ---------------------------------------------------------------------------
@@ -610,9 +611,18 @@ class LiveView:
             return
         if threading.get_ident() == self._loop_thread:
             painter.changed()
-        else:
+        elif not self._wake_pending:
+            # One wake-up for a burst of lines from other threads: a wake-up per line (a job
+            # printing thousands a second) would fill the loop's self-pipe, which the signal
+            # wake-up shares, and a SIGINT or SIGTERM arriving then would be lost.
+            self._wake_pending = True
             with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(painter.changed)
+                loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        if self._painter is not None:
+            self._painter.changed()
 
     # --- output -----------------------------------------------------------------------------
 
