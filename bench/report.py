@@ -53,12 +53,31 @@ def render(results: dict[str, Any]) -> str:
         "yacron": _yacron(results.get("yacron"), results.get("lateness", [])),
         "cluster_intro": _cluster_intro(results.get("cluster")),
         "cluster": _cluster(results.get("cluster")),
+        "stress_intro": STRESS_INTRO,
+        "stress": _stress(results.get("stress")),
         "reading": _reading(results),
     }
     return text.substitute(values)
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+STRESS_INTRO = (
+    "50 jobs fire every second (`benchjobs:tick`, as in part 1, `--ui plain` unless the row "
+    "says otherwise) beside one stressor at a time; lateness and missed fires are those of the "
+    "50 ticking jobs. Target: no missed fire and p99 < 50 ms beside every stressor "
+    "(`bench/stress.py`; `python bench/run.py --only stress`). *Other load* is how many cores "
+    "other processes kept busy meanwhile: above 1 of 2, the operating system's scheduling "
+    "delays are part of the figures."
+)
+
+
+def _stress(rows: list[dict[str, Any]] | None) -> str:
+    if not rows:
+        return "Not measured in this run."
+    import stress
+
+    return stress.render(rows)
 
 
 def _duration(seconds: float) -> str:

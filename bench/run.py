@@ -6,7 +6,9 @@
     python bench/run.py --render         # BENCHMARKS.md again from bench/out/results.json
 
 Parts: lateness (fire lateness and peak memory), idle, startup, throughput, yacron,
-cluster (three nodes sharing a PostgreSQL schema; $QTASKS_BENCH_POSTGRES or the local server).
+cluster (three nodes sharing a PostgreSQL schema; $QTASKS_BENCH_POSTGRES or the local server),
+stress (50 per-second jobs beside a stalled reader, a stopped terminal, huge results, floods,
+hostile exceptions).
 The qtasks measured is the one installed in the Python running this script; the anchors are
 installed into bench/.venv-anchors. Raw results go to bench/out/: results.json for a full run
 (results-quick.json or results-partial.json otherwise) and a timestamped copy. BENCHMARKS.md is
@@ -28,7 +30,7 @@ from typing import Any
 
 import common
 
-PARTS = ("lateness", "idle", "startup", "throughput", "yacron", "cluster")
+PARTS = ("lateness", "idle", "startup", "throughput", "yacron", "cluster", "stress")
 PINS = ("APScheduler==3.11.3", "yacron==0.19.0")
 
 
@@ -150,6 +152,10 @@ def _run_part(part: str, quick: bool) -> Any:
         import cluster
 
         return cluster.measure(quick=quick).as_dict()
+    if part == "stress":
+        import stress
+
+        return stress.measure_all(quick=quick)
     raise AssertionError(part)
 
 

@@ -12,12 +12,9 @@ import collections
 import contextlib
 import contextvars
 import functools
-import importlib.util
 import inspect
 import itertools
-import json
 import logging
-import os
 import random
 import sys
 import threading
@@ -25,11 +22,11 @@ import traceback
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints
+from qtasks_cli import entrypoints, failures, release
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
@@ -52,9 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREVIEW_CHARS = 200
-ERROR_CHARS = 2_000
-TRACEBACK_CHARS = 16 * 1024
+PREVIEW_CHARS = failures.PREVIEW_CHARS
+ERROR_CHARS = failures.ERROR_CHARS
+TRACEBACK_CHARS = failures.TRACEBACK_CHARS
 HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
 KILL_WAIT = 2.0  # seconds for a SIGKILLed child process to be reaped
 
@@ -174,6 +171,8 @@ class Runtime:
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
         self._workers: Workers | None = None
+        # A zombie thread's future, resolved when it returns: what a retry waits on.
+        self._returned: dict[threading.Thread, asyncio.Future[Any]] = {}
 
     @property
     def workers(self) -> Workers:
@@ -229,6 +228,8 @@ class Runtime:
             outcome = await asyncio.shield(future)
         except asyncio.CancelledError:
             if not future.done():
+                self._returned[thread] = future
+                future.add_done_callback(lambda _: self._returned.pop(thread, None))
                 self._adopt_zombie(future, on_abandon(thread), owner)
             raise
         return outcome.unwrap()
@@ -254,6 +255,10 @@ class Runtime:
                     self.on_unstuck(owner)
 
         future.add_done_callback(bury)
+
+    def returned(self, thread: threading.Thread) -> asyncio.Future[Any] | None:
+        """The future that resolves when ``thread``, a zombie, returns; None once it has."""
+        return self._returned.get(thread)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a task that ignored its cancellation, so it is not garbage collected mid-run."""
@@ -350,6 +355,10 @@ class _Run:
         self.abandon_reason = "cancelled"
         self.stuck_stack: traceback.StackSummary | None = None
         self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
+        # What still runs the body of an attempt that timed out (a thread, a task that ignored
+        # its cancellation, a child process not yet reaped): no retry starts beside it.
+        self.leftover: threading.Thread | asyncio.Future[Any] | None = None
+        self.not_retried = ""  # why no retry is made although the policy allows one
         self._emit = emit
         self._retry_types: tuple[type[BaseException], ...] | None = None
 
@@ -381,6 +390,7 @@ class _Run:
         )
 
     def _abandon(self, thread: threading.Thread) -> str:
+        self.leftover = thread
         frame = sys._current_frames().get(thread.ident or -1)
         if frame is not None:
             self.stuck_stack = traceback.extract_stack(frame)
@@ -438,6 +448,7 @@ class _Run:
             _seconds(grace),
         )
         self.runtime.keep(task)
+        self.leftover = task
         return None
 
     def retryable(self, exc: BaseException) -> bool:
@@ -556,7 +567,7 @@ async def _handle(run: _Run, handler: Any, item: Any) -> Any:
         run.event(
             EventKind.ITEM,
             attempt=len(run.attempt_log) + 1,
-            item=_preview(value, run.job.redact),
+            item=await failures.preview_off_loop(value, run.job.redact, as_json=False),
             items=run.items,
         )
     return value
@@ -572,6 +583,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     run.items = None
     run.stuck_stack = None
     run.stuck_where = ""
+    run.leftover = None
     started = run.clock()
     if number == 1:
         run.event(
@@ -592,7 +604,9 @@ async def _attempt(run: _Run) -> _AttemptResult:
     # A job that finished without awaiting anything returns within its task's first step;
     # let the other runs of the same burst start before this one's bookkeeping.
     await asyncio.sleep(0)
-    result = _judge(run, outcome, timed_out)
+    result = await _judge(run, outcome, timed_out)
+    if result.failure is not None and number < job.retry.attempts:
+        result = await _settle_before_retry(run, result, number)
     failure = result.failure
     run.attempt_log.append(
         Attempt(
@@ -617,13 +631,40 @@ async def _attempt(run: _Run) -> _AttemptResult:
     return result
 
 
-def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResult:
+async def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResult:
     if timed_out:
-        return _AttemptResult(items=run.items, failure=_timeout_failure(run, outcome))
+        return _AttemptResult(items=run.items, failure=await _timeout_failure(run, outcome))
     assert outcome is not None  # only a timed-out task may be left without an outcome
     if outcome.error is None:
         return _AttemptResult(value=outcome.value, items=run.items)
-    return _AttemptResult(items=run.items, failure=_failure(run.job, outcome.error))
+    return _AttemptResult(items=run.items, failure=await _failure(run.job, outcome.error))
+
+
+async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -> _AttemptResult:
+    """Attempts never overlap: before a retry, wait (up to the job's timeout, or
+    HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
+    that, no retry is made and the failure says why."""
+    leftover = run.leftover
+    if leftover is None or result.failure is None or not run.retryable(result.failure.exc):
+        return result
+    bound = run.job.timeout.total_seconds() if run.job.timeout is not None else HOOK_TIMEOUT
+    what = "its thread" if isinstance(leftover, threading.Thread) else "its task or child process"
+    done = run.runtime.returned(leftover) if isinstance(leftover, threading.Thread) else leftover
+    if done is not None and not done.done():
+        await asyncio.wait({done}, timeout=bound)
+    if done is None or done.done():
+        run.leftover = None
+        return result
+    failure = result.failure
+    run.not_retried = (
+        f"attempt {number}'s body still runs ({what}, {_seconds(bound)} after its end); "
+        "not retried, so that two attempts never run at once"
+    )
+    log.warning("%s: %s", run.label, run.not_retried)
+    return _AttemptResult(
+        items=result.items,
+        failure=replace(failure, error=f"{failure.error}; {run.not_retried}"),
+    )
 
 
 def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
@@ -645,7 +686,7 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
         if outcome is None or outcome.failed:  # a cancellation: let it propagate
             return False
         failure: _Failure | None = outcome.result().failure
-        return failure is not None and run.retryable(failure.exc)
+        return failure is not None and not run.not_retried and run.retryable(failure.exc)
 
     def announce(state: RetryCallState) -> None:
         run.event(
@@ -675,55 +716,32 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
 # --- errors, tracebacks and previews -------------------------------------------------------------
 
 
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return f"<{type(exc).__name__} whose str() failed>"
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object whose repr() failed>"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _clip_start(text: str, limit: int) -> str:
-    # Keep the end: that is where the error is.
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
-
-
-def _failure(job: JobSpec, exc: BaseException) -> _Failure:
+async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
+    """The failure ``exc`` makes, its text made off the loop, bounded and contained."""
     prefix = ""
     if isinstance(exc, _HandlerFailed):
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
-    if isinstance(exc, ReportedError):
-        error_type, message, text = exc.type_name, exc.message, exc.traceback_text
+    if isinstance(exc, ReportedError):  # text already, made by the child process
+        error_type = failures.clip(exc.type_name, 300)
+        error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
+        text = exc.traceback_text
+        if text is not None:
+            text = failures.redacted(text, TRACEBACK_CHARS, job.redact, keep_end=True)
     else:
-        error_type, message, text = _type_name(exc), _safe_str(exc), format_user_traceback(exc)
+        error_type, error, text = await failures.describe_exception_off_loop(
+            exc, job.redact, prefix
+        )
     return _Failure(
         status=RunStatus.FAILED,
         exc=exc,
         error_type=error_type,
-        error=_clip(job.redact(prefix + message), ERROR_CHARS),
-        traceback=None if text is None else _clip_start(job.redact(text), TRACEBACK_CHARS),
+        error=error,
+        traceback=text,
     )
 
 
-def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
+async def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
     job = run.job
     message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
     if run.stuck_stack is not None:
@@ -732,80 +750,30 @@ def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
         stack, where = traceback.extract_tb(outcome.error.__traceback__), "cancelled here"
     else:
         stack, where = traceback.StackSummary(), ""
-    frames = _user_frames(stack)
-    text = None
-    if frames:
+
+    def text() -> str | None:  # reads source files: off the loop
+        frames = failures.user_frames(stack)
+        if not frames:
+            return None
         body = "".join(frames.format())
-        text = f"Traceback (most recent call last):\n{body}TimeoutError: {message} ({where})\n"
-        text = _clip_start(job.redact(text), TRACEBACK_CHARS)
+        full = f"Traceback (most recent call last):\n{body}TimeoutError: {message} ({where})\n"
+        return failures.redacted(full, TRACEBACK_CHARS, job.redact, keep_end=True)
+
     return _Failure(
         status=RunStatus.TIMED_OUT,
         exc=TimeoutError(message),
         error_type="TimeoutError",
         error=message,
-        traceback=text,
+        traceback=await failures.off_loop(text, fallback=None),
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _internal_prefixes() -> tuple[str, ...]:
-    dirs = [os.path.dirname(os.path.abspath(__file__))]
-    for name in ("asyncio", "concurrent.futures", "tenacity", "importlib"):
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            dirs.append(os.path.dirname(os.path.abspath(spec.origin)))
-    files = [os.path.abspath(threading.__file__)]
-    runpy = importlib.util.find_spec("runpy")  # it starts a process job's child
-    if runpy is not None and runpy.origin and os.path.isfile(runpy.origin):
-        files.append(os.path.abspath(runpy.origin))
-    return (*(d + os.sep for d in dirs), *files)
-
-
-def _is_internal(filename: str) -> bool:
-    if filename.startswith(("<frozen importlib", "<frozen runpy")):  # frozen since 3.11
-        return True
-    return os.path.abspath(filename).startswith(_internal_prefixes())
-
-
-def _user_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
-    return traceback.StackSummary.from_list([f for f in stack if not _is_internal(f.filename)])
-
-
-def format_user_traceback(exc: BaseException) -> str:
-    """The formatted traceback of ``exc`` and its chained causes, without the frames of qtasks,
-    asyncio, concurrent.futures, tenacity, importlib and threading."""
-    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    pending, seen = [te], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        current.stack = _user_frames(current.stack)
-        nested = [
-            current.__cause__,
-            current.__context__,
-            *(getattr(current, "exceptions", None) or ()),
-        ]
-        pending.extend(n for n in nested if n is not None)
-    return "".join(te.format())
-
-
-def _preview(value: Any, redact: Callable[[str], str]) -> str:
-    return _clip(redact(_safe_repr(value)), PREVIEW_CHARS)
-
-
 def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
-    """JSON of ``value`` when it fits in 200 characters, else a clipped repr; secrets redacted."""
+    """JSON of ``value`` when it fits in 200 characters, else a clipped repr; secrets
+    redacted; bounded work, never raises (see ``failures.preview``)."""
     if value is None:
         return None
-    try:
-        text = redact(json.dumps(value, default=repr))
-    except Exception:  # circular, unhashable keys, a repr() that raises...
-        text = None
-    if text is not None and len(text) <= PREVIEW_CHARS:
-        return text
-    return _preview(value, redact)
+    return failures.preview(value, redact, user_code=True)
 
 
 # --- the run's end and hooks ---------------------------------------------------------------------
@@ -843,15 +811,8 @@ async def _run_hook(run: _Run, result: RunResult) -> None:
             _seconds(bound),
         )
     elif outcome is not None and outcome.error is not None:
-        exc = outcome.error
-        log.warning(
-            "%s: %s hook %r failed: %s: %s",
-            run.label,
-            name,
-            ref,
-            _type_name(exc),
-            _clip(job.redact(_safe_str(exc)), ERROR_CHARS),
-        )
+        error_type, error, _ = await failures.describe_exception_off_loop(outcome.error, job.redact)
+        log.warning("%s: %s hook %r failed: %s: %s", run.label, name, ref, error_type, error)
 
 
 def _finished_level(status: RunStatus) -> int:
@@ -876,7 +837,7 @@ def _finish(run: _Run, result: RunResult) -> None:
     )
 
 
-def _build_result(
+async def _build_result(
     run: _Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
 ) -> RunResult:
     failure = final.failure
@@ -898,7 +859,9 @@ def _build_result(
         attempts=len(run.attempt_log),
         status=RunStatus.SUCCEEDED,
         result=final.value,
-        result_preview=result_preview(final.value, run.job.redact),
+        result_preview=None
+        if final.value is None
+        else await failures.preview_off_loop(final.value, run.job.redact),
         items=final.items,
         attempt_log=tuple(run.attempt_log),
     )
@@ -965,7 +928,10 @@ async def execute(
         raise
     finally:
         _current_run.reset(context_token)
-    result = _build_result(run, final, base, clock())
+    result = await _build_result(run, final, base, clock())
     _finish(run, result)
     await _run_hook(run, result)
+    # A large result is freed in slices by a helper thread once the caller drops it, not in one
+    # GIL-holding step on the loop.
+    release.adopt(result.result)
     return result

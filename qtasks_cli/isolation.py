@@ -2,11 +2,12 @@
 
 A worker is ``python -m qtasks_cli.isolation``. It imports the job's entry point on its first
 call and then serves calls one at a time. Parent and child exchange frames over the child's
-stdin and stdout pipes: a header, a short tag and a pickled payload. The child moves those
-pipes to private descriptors and gives the job the daemon's stdout, so a job prints where an
-inline job would. The exchange is lockstep: the parent sends ``call`` and reads until a final
-frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for ``next`` or
-``close``, because the generate_handler runs in the parent.
+stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and
+a pickled payload; the parent accepts a frame only from its child and for the current call. The
+child moves those pipes to private descriptors and gives the job the daemon's stdout, so a job
+prints where an inline job would. The exchange is lockstep: the parent sends ``call`` and reads
+until a final frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for
+``next`` or ``close``, because the generate_handler runs in the parent.
 
 The executor imports this module only when a process job runs. The child imports asyncio (through
 the executor), ctypes on Linux and, on its first call, the job's module.
@@ -35,18 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints
+from qtasks_cli import entrypoints, failures
 from qtasks_cli.entrypoints import CallableKind
-from qtasks_cli.executor import (
-    KILL_WAIT,
-    ReportedError,
-    _handle,
-    _Run,
-    _safe_str,
-    _type_name,
-    format_user_traceback,
-    qualified_name,
-)
+from qtasks_cli.executor import KILL_WAIT, ReportedError, _handle, _Run, qualified_name
+from qtasks_cli.failures import safe_str as _safe_str
 
 if TYPE_CHECKING:
     from qtasks_cli.models import JobSpec
@@ -58,7 +51,12 @@ CLOSE_WAIT = 2.0  # seconds shutdown waits for idle children to exit on end of i
 # Lockstep keeps at most two frames in a pipe (``init`` and the first ``call``), so frames of at
 # most 4 KiB never fill its 64 KiB and never block the loop; larger ones are written from a thread.
 _DIRECT_WRITE = 4096
-_HEADER = struct.Struct(">BQ")  # length of the tag, length of the payload
+# A frame: magic, the sender's pid, the call it belongs to, the tag's and the payload's lengths.
+# The pid and call number let the parent drop what a forked copy of the job, or an earlier call,
+# says on the inherited pipe; a frame without the magic means the stream is out of step.
+_HEADER = struct.Struct(">4sIIBQ")
+_MAGIC = b"QTf1"
+_MAX_TAG = 16
 _PR_SET_PDEATHSIG = 1
 # After the child exits, how long its last frames may take to be read. The pipe's end can come
 # much later if the job forked a process that inherited it.
@@ -73,22 +71,41 @@ class ChildCrashed(Exception):
 # --- frames --------------------------------------------------------------------------------------
 
 
-def _frame(tag: str, payload: bytes = b"") -> bytes:
+class CorruptStream(Exception):
+    """A frame without the protocol's header: someone else wrote on the pipe."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    pid: int  # the sender's
+    call: int  # the call it belongs to (0: none)
+    tag: str
+    payload: bytes
+
+
+def _frame(tag: str, payload: bytes = b"", *, call: int = 0) -> bytes:
     name = tag.encode("ascii")
-    return _HEADER.pack(len(name), len(payload)) + name + payload
+    return _HEADER.pack(_MAGIC, os.getpid(), call, len(name), len(payload)) + name + payload
 
 
-def _read_frame(stream: IO[bytes]) -> tuple[str, bytes] | None:
-    """The next frame's tag and payload; None at the end of the stream (or a cut-off frame)."""
+def _read_frame(stream: IO[bytes]) -> _Raw | None:
+    """The next frame; None at the end of the stream (or a cut-off frame); CorruptStream if
+    what comes is not a frame."""
     head = stream.read(_HEADER.size)
     if len(head) < _HEADER.size:
         return None
-    name_size, payload_size = _HEADER.unpack(head)
+    magic, pid, call, name_size, payload_size = _HEADER.unpack(head)
+    if magic != _MAGIC or name_size > _MAX_TAG:
+        raise CorruptStream(f"{len(head)} bytes that are not a frame header: {head[:8]!r}…")
     name = stream.read(name_size)
     payload = stream.read(payload_size)
     if len(name) < name_size or len(payload) < payload_size:
         return None
-    return name.decode("ascii"), payload
+    try:
+        tag = name.decode("ascii")
+    except UnicodeDecodeError:
+        raise CorruptStream(f"a frame with a tag that is not ASCII: {name!r}") from None
+    return _Raw(pid=pid, call=call, tag=tag, payload=payload)
 
 
 def _pickled(value: Any, what: str, purpose: str) -> bytes:
@@ -128,8 +145,8 @@ def _decode(tag: str, payload: bytes) -> _Message:
         return _Message(tag=tag)
     try:
         return _Message(tag=tag, value=pickle.loads(payload))
-    except Exception as exc:
-        return _Message(tag=tag, unreadable=f"{type(exc).__name__}: {_safe_str(exc)}")
+    except BaseException as exc:
+        return _Message(tag=tag, unreadable=f"{type(exc).__name__}: {_safe_str(exc, 500)}")
 
 
 class Worker:
@@ -146,6 +163,8 @@ class Worker:
         self._loop = loop
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._ended = False  # the child's output reached its end: it is exiting or gone
+        self.call = 0  # the number of the current (or last) call
+        self.tainted = ""  # why another process speaks on our pipes: never reuse the child
         self._reader = threading.Thread(
             target=self._read_all, name=f"qtasks-child-{proc.pid}-output", daemon=True
         )
@@ -189,7 +208,11 @@ class Worker:
         assert stream is not None
         try:
             while (frame := _read_frame(stream)) is not None:
-                self._post(self._inbox.put_nowait, _decode(*frame))
+                self._post(self._accept, (frame, _decode(frame.tag, frame.payload)))
+        except CorruptStream as exc:
+            # Out of step for good: nothing more from this pipe can be trusted.
+            self.tainted = f"its pipe carried data that is not a qtasks frame ({exc})"
+            self.signal(signal.SIGKILL)
         except (OSError, ValueError):
             log.debug("reading from child process %d failed", self.pid, exc_info=True)
         finally:
@@ -206,13 +229,29 @@ class Worker:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(fn, arg)
 
+    def _accept(self, item: tuple[_Raw, _Message]) -> None:
+        """Pass on a frame from the child process of the current call; drop any other (from a
+        process the job forked, or a call that is over) and never reuse this child."""
+        frame, message = item
+        if frame.pid == self.pid and frame.call == self.call:
+            self._inbox.put_nowait(message)
+            return
+        who = "" if frame.pid == self.pid else f" by process {frame.pid}"
+        self.tainted = (
+            f"a {frame.tag!r} frame{who} for call {frame.call} came while call {self.call} "
+            "was current (did the job fork?)"
+        )
+        log.warning("child process %d: %s; dropped", self.pid, self.tainted)
+
     def _on_exit(self, returncode: int) -> None:
         self._inbox.put_nowait(_Message(tag="exit", value=returncode))
         if not self.exited.done():
             self.exited.set_result(returncode)
 
     async def send(self, tag: str, payload: bytes = b"") -> None:
-        frame = _frame(tag, payload)
+        if tag == "call":
+            self.call += 1
+        frame = _frame(tag, payload, call=self.call)
         if len(frame) <= _DIRECT_WRITE:
             self.write(frame)
         else:
@@ -234,7 +273,10 @@ class Worker:
         message = await self._inbox.get()
         if message.tag == "exit":
             self._inbox.put_nowait(message)  # so that every later receive sees it too
-            raise ChildCrashed(describe_exit(message.value))
+            why = describe_exit(message.value)
+            if self.tainted:
+                why = f"{why}: {self.tainted}"
+            raise ChildCrashed(why)
         return message
 
     def signal(self, sig: int) -> None:
@@ -339,6 +381,8 @@ class Workers:
     def give_back(self, job: JobSpec, worker: Worker) -> None:
         """Keep ``worker`` for ``job``'s next run if it is healthy and there is room."""
         idle = self._idle.setdefault(_key(job), [])
+        if worker.tainted:
+            worker.ready = False  # killed with its process group, forked copies included
         if worker.ready and worker.alive and not self._closed and len(idle) < IDLE_PER_JOB:
             idle.append(worker)
         else:
@@ -447,6 +491,8 @@ async def _close_stream(worker: Worker) -> None:
 
 async def _stop(run: _Run, worker: Worker) -> None:
     stack = await worker.stop(run.job.kill_grace.total_seconds())
+    if not worker.exited.done():  # not reaped even after SIGKILL: no retry beside it
+        run.leftover = worker.exited
     if stack and run.stuck_stack is None:
         run.stuck_stack = traceback.StackSummary.from_list(stack)
         run.stuck_where = "the child process was here when stopped"
@@ -470,14 +516,33 @@ class _Channel:
         self._in = inbound
         self._out = outbound
         self._sending = False
+        self.owner = os.getpid()
+        self.call = 0
+
+    def _never_from_a_copy(self) -> None:
+        """A copy the job forked that comes back here must not speak or listen for us: it
+        ends, quietly, the way a forked child should (os._exit)."""
+        if os.getpid() != self.owner:
+            _flush_stdio()
+            os._exit(0)
 
     def receive(self) -> tuple[str, bytes] | None:
-        return _read_frame(self._in)
+        self._never_from_a_copy()
+        try:
+            frame = _read_frame(self._in)
+        except CorruptStream:
+            return None
+        if frame is None:
+            return None
+        if frame.tag == "call":
+            self.call = frame.call
+        return frame.tag, frame.payload
 
     def send(self, tag: str, payload: bytes = b"") -> None:
+        self._never_from_a_copy()
         self._sending = True
         try:
-            self._out.write(_frame(tag, payload))
+            self._out.write(_frame(tag, payload, call=self.call))
             self._out.flush()
         except BrokenPipeError:
             raise _Stop(terminated=False) from None
@@ -544,17 +609,24 @@ def _invoke(loop: _Loop, fn: Any, args: Sequence[Any], kwargs: dict[str, Any]) -
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
-    """ReportedError's fields for ``exc``: what the parent needs to report and retry it."""
+    """ReportedError's fields for ``exc``: what the parent needs to report and retry it,
+    bounded here (a 100 MB message is not shipped) and contained (its ``__str__`` may raise
+    SystemExit). Secrets are redacted by the parent, which knows them."""
+    error_type, message, text = failures.describe_exception(
+        exc,
+        _unredacted,
+        error_chars=failures.SHIPPED_CHARS,
+        traceback_chars=failures.SHIPPED_CHARS,
+    )
     try:
-        text: str | None = format_user_traceback(exc)
-    except Exception:
-        text = None
-    return {
-        "type_name": _type_name(exc),
-        "message": _safe_str(exc),
-        "traceback_text": text,
-        "bases": [qualified_name(cls) for cls in type(exc).__mro__],
-    }
+        bases = [qualified_name(cls) for cls in type(exc).__mro__]
+    except BaseException:
+        bases = [error_type]
+    return {"type_name": error_type, "message": message, "traceback_text": text, "bases": bases}
+
+
+def _unredacted(text: str) -> str:
+    return text
 
 
 def _close_quietly(loop: _Loop, stream: Any) -> None:

@@ -400,9 +400,12 @@ class Supervisor:
             self._seq += 1
             heapq.heappush(self._heap, (when, self._seq, name, state.generation))
 
-    def _sleep_for(self) -> float:
+    def _sleep_for(self) -> float | None:
         now = self.clock()
-        waits = [max(0.0, self._next_poll - now.timestamp())]
+        waits = []
+        if self._poll_task is None or self._poll_task.done():
+            # While a poll is pending its end wakes the loop; a past _next_poll would spin.
+            waits.append(max(0.0, self._next_poll - now.timestamp()))
         while self._heap and not self._is_current(self._heap[0]):
             heapq.heappop(self._heap)
         claiming = self._claim_task is not None and not self._claim_task.done()
@@ -412,7 +415,7 @@ class Supervisor:
         instant = self.ledger.next_instant()
         if instant is not None:
             waits.append(max(0.0, (instant - now).total_seconds()))
-        return min(waits)
+        return min(waits, default=None)
 
     def _check_clock(self, now: datetime) -> None:
         """Notice a step of the wall clock (against the monotonic clock), say so once, and
@@ -1005,6 +1008,7 @@ class Supervisor:
         self._poll_task = asyncio.create_task(self._take_queued())
         self._tasks.add(self._poll_task)
         self._poll_task.add_done_callback(self._tasks.discard)
+        self._poll_task.add_done_callback(lambda _: self._wake.set())
 
     async def _take_queued(self) -> None:
         try:

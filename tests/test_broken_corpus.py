@@ -24,7 +24,9 @@ CORPUS = Path(__file__).with_name("broken")
 FILES = sorted(CORPUS.glob("*.yaml"))
 EXPECT = re.compile(rb"^# expect: (\d+) (.+)$")
 MEMORY_LIMIT = 512 * 1024 * 1024
-SECONDS = 1.0 + 2.0  # a second, plus slack for a loaded CI machine
+# A bound against blow-ups (billion laughs, quadratic parsing), which take minutes; not a speed
+# target (those are in bench/): a machine busy on both cores makes a 0.3 s run take seconds.
+SECONDS = 15.0
 
 
 def expectation(path: Path) -> tuple[int, str]:
@@ -87,7 +89,7 @@ def test_loader_points_at_the_expected_line(path: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         load_config(path, check_imports=False, env={})
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < SECONDS
     assert [(p.line, text in p.message) for p in info.value.problems] == [(line, True)]
 
 

@@ -383,6 +383,27 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
+def _read_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
+    """``count`` lines from the process's stdout, read from the descriptor (two writers may
+    land in one read), within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        if not ready:
+            raise AssertionError(
+                f"no {count} lines from pid {proc.pid} within {timeout}s: {data!r}"
+            )
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise AssertionError(f"pid {proc.pid} closed its output: {data!r}")
+        data += chunk
+    return data.decode().splitlines()[:count]
+
+
 def test_lock_daemon_across_processes(db: Path) -> None:
     proc = subprocess.Popen(
         [PYTHON, "-c", _HOLD_LOCK, str(db)],
@@ -432,9 +453,12 @@ from qtasks_cli.store.sqlite import SqliteStore
 asyncio.run(SqliteStore(sys.argv[1]).lock_daemon())
 child = os.fork()
 if child == 0:  # a job process started with fork()
+    # os.fork() returns here after the at-fork hooks ran: the child's copy of the lock is
+    # closed. Say so: on a busy machine the child may run long after the parent went on.
+    os.write(1, b"child up\\n")  # one write each: the two lines never interleave
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
+os.write(1, f"{child}\\n".encode())
 sys.stdin.readline()
 """
 
@@ -448,7 +472,9 @@ def test_a_forked_child_does_not_keep_the_lock(db: Path) -> None:
     )
     child = 0
     try:
-        child = int(_read_line(daemon, timeout=30))
+        lines = set(_read_lines(daemon, 2, timeout=60))
+        lines.discard("child up")
+        child = int(lines.pop())
         daemon.kill()
         daemon.wait(timeout=30)
         os.kill(child, 0)  # the job process outlives the daemon

@@ -40,6 +40,7 @@ MAX_REDRAWS_PER_SECOND = 4.0
 MAX_LINES = 500  # event lines kept for the events area
 MAX_LINES_PER_RECORD = 6  # a traceback must not push every other line out
 MIN_EVENT_LINES = 5  # the events area keeps at least this many lines when jobs overflow
+SCREEN_CLOSE_WAIT = 2.0  # seconds the exit waits for a stopped terminal to take the last frame
 
 _FAILED = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED})
 
@@ -555,6 +556,8 @@ class LiveView:
         self._paint_task: asyncio.Task[None] | None = None
         self.first: datetime | None = None
         self.terminal_lost = False
+        self.terminal_stalled = False  # it did not take the last frame at exit (Ctrl-S)
+        self._wake_pending = False  # a wake-up from another thread is on its way to the loop
         self._request_stop: Callable[[], None] | None = None
 
     # --- inputs ---------------------------------------------------------------------------
@@ -600,9 +603,18 @@ class LiveView:
             return
         if threading.get_ident() == self._loop_thread:
             painter.changed()
-        else:
+        elif not self._wake_pending:
+            # One wake-up for a burst of lines from other threads: a wake-up per line (a job
+            # printing thousands a second) would fill the loop's self-pipe, which the signal
+            # wake-up shares, and a SIGINT or SIGTERM arriving then would be lost.
+            self._wake_pending = True
             with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(painter.changed)
+                loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        if self._painter is not None:
+            self._painter.changed()
 
     # --- output -----------------------------------------------------------------------------
 
@@ -702,13 +714,17 @@ class LiveHandler(logging.Handler):
                 return
             text = record.getMessage()
             if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                text = f"{text}: {type(exc).__name__}: {exc}"
+                from qtasks_cli.failures import safe_str
+
+                exc = record.exc_info[1]  # a job's exception: its __str__ may raise SystemExit
+                text = f"{text}: {type(exc).__name__}: {safe_str(exc, 500)}"
             when = datetime.fromtimestamp(record.created, timezone.utc)
             level = record.levelname if record.levelno >= logging.WARNING else ""
             self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
         except Exception:
             self.handleError(record)
+        except BaseException:
+            self.view.add_text("(a log record could not be formatted)", logging.ERROR)
 
 
 # --- the terminal --------------------------------------------------------------------------------
@@ -830,6 +846,8 @@ def _run_drawn(
     handler: logging.Handler,
     encoding: str,
 ) -> int:
+    from qtasks_cli.ui.screen import Screen
+
     with _captured(view) as tty_fd, _no_echo(tty_fd):
         tty = os.fdopen(os.dup(tty_fd), "w", encoding=encoding, errors="replace")
         width, height = _size(tty_fd)
@@ -844,15 +862,33 @@ def _run_drawn(
             redirect_stderr=False,
         )
 
+        def paint(frame: tuple[tuple[int, int], RenderableType]) -> None:
+            size, renderable = frame
+            console.size = size
+            live.update(renderable, refresh=True)
+
+        def lost(exc: OSError) -> None:
+            loop = view._loop
+            if loop is None:
+                view.lose_terminal(exc)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(view.lose_terminal, exc)
+
+        # Every write to the terminal happens on the screen's thread: a terminal stopped with
+        # Ctrl-S blocks that thread, never the loop that fires jobs.
+        screen = Screen(
+            paint=paint,
+            begin=lambda: live.start(refresh=True),
+            end=live.stop,
+            on_error=lost,
+        )
+
         def draw() -> None:
             if view.terminal_lost:
                 return
             size = _size(tty_fd)
-            console.size = size
-            try:
-                live.update(view.frame(*size), refresh=True)
-            except OSError as exc:  # the terminal hung up (its window was closed)
-                view.lose_terminal(exc)
+            screen.show((size, view.frame(*size)))
 
         async def main() -> int:
             view.start(draw)
@@ -861,19 +897,20 @@ def _run_drawn(
             finally:
                 await view.stop()
 
+        closed = False
         try:
-            live.start(refresh=True)
             # Not asyncio.run: a job that ignores its cancellation must not keep us alive.
             from qtasks_cli.api import run_until_done
 
             return run_until_done(main())
         finally:
-            # Writing to a terminal that hung up fails; the cleanup must go on regardless.
-            with contextlib.suppress(OSError):
-                live.stop()
+            closed = screen.close(SCREEN_CLOSE_WAIT)
             restore_logging()
-            with contextlib.suppress(OSError):
-                tty.close()
+            if closed:  # a thread blocked on the terminal holds the file: leave it to exit
+                with contextlib.suppress(OSError):
+                    tty.close()
+            else:
+                view.terminal_stalled = True
 
 
 def _farewell(view: LiveView) -> None:

@@ -5,10 +5,8 @@ Logging is configured here and nowhere else."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
@@ -60,14 +58,22 @@ def log_event(event: Event) -> None:
         return
     _waiting.append(event)
     if len(_waiting) == 1:
-        loop.call_soon(drain)
+        loop.call_soon(_log_waiting)
 
 
 _waiting: list[Event] = []
 
 
 def drain() -> None:
-    """Log the events still waiting (the CLI calls it before exiting)."""
+    """Log the events still waiting, then give the output a bounded time to be written (the
+    CLI calls it before exiting; a reader that stopped reading does not hold the exit)."""
+    _log_waiting()
+    from qtasks_cli.ui import output
+
+    output.settle()
+
+
+def _log_waiting() -> None:
     events = _waiting[:]
     _waiting.clear()
     for event in events:
@@ -200,49 +206,21 @@ class JsonFormatter(logging.Formatter):
         return json_safe(json.dumps(fields, ensure_ascii=False, default=str))
 
 
-class DeferredHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that, on the event loop's thread, formats and writes its records
-    once the loop has finished what it is doing: a burst of a thousand fires starts every
-    job first and writes its three thousand log lines afterwards, in one write. Elsewhere
-    (other threads, no loop) it writes at once; ``flush`` writes whatever is waiting."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self._waiting: list[logging.LogRecord] = []
-        self._scheduled = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            super().emit(record)
-            return
-        self._waiting.append(record)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        waiting, self._waiting = self._waiting, []
-        if waiting:
-            try:
-                text = "".join(self.format(r) + self.terminator for r in waiting)
-                self.stream.write(text)
-            except Exception:
-                self.handleError(waiting[-1])
-        with contextlib.suppress(Exception):  # a job may have closed the stream
-            super().flush()
-
-
 def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """Send every log record to ``stream`` (stderr) as ``plain``, ``json`` or ``journal`` lines."""
-    handler = DeferredHandler(stream or sys.stderr)
+    """Send every log record to stderr as ``plain``, ``json`` or ``journal`` lines, through a
+    bounded queue formatted and written off the loop (``ui.output``); ``stream`` instead (a
+    test's StringIO) writes there directly."""
+    from qtasks_cli.ui import output
+
     formatter: logging.Formatter = (
         JsonFormatter() if mode == "json" else PlainFormatter(journal=mode == "journal")
     )
-    handler.setFormatter(formatter)
+    handler: logging.Handler
+    if stream is None:
+        handler = output.log_handler(formatter)
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

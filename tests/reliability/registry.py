@@ -80,6 +80,8 @@ def load_all_cases() -> dict[str, Case]:
 GROUP_ORDER = [
     "job faults (inline)",
     "job output",
+    "job values",
+    "output readers",
     "job faults (isolation: process)",
     "daemon and state file",
     "exactly once",

@@ -101,7 +101,7 @@ burns_cpu:
   entrypoint: rel_child:burns_cpu
   isolation: process
   schedule: "*/3 * * * * *"
-  timeout: 10s
+  timeout: 120s
   overlap: skip
 """
 
@@ -122,9 +122,16 @@ def check_killed_children(daemon: Daemon) -> dict[str, bool]:
     for job in ("hangs", "spins"):
         daemon.wait_for(
             lambda log, job=job: len(re.findall(rf" {job} \w+ timed out ", log)) >= 2,
-            timeout=20,
+            timeout=60,
             what=f"two timed-out runs of {job}",
         )
+    # The CPU limit kills after 1-2 s of CPU time, which is many seconds of wall time when
+    # other processes keep both cores busy: wait for it rather than assume a quiet machine.
+    daemon.wait_for(
+        lambda log: re.search(r" burns_cpu \w+ failed ", log) is not None,
+        timeout=120,
+        what="a run of burns_cpu killed by its CPU limit",
+    )
     folder = daemon.folder
     return {
         p.name: gone(int(p.read_text()))
@@ -226,5 +233,7 @@ def test_memory_limit_process(out: Outcome) -> None:
 )
 def test_cpu_limit_kill_process(out: Outcome) -> None:
     assert_healthy(out)
-    rows = out.of("burns_cpu")
+    # Fires while a run still burns are `skipped` (overlap: skip) and the run under way at the
+    # stop is `cancelled`: how many of each depends on how busy the machine is.
+    rows = [r for r in out.of("burns_cpu") if r["status"] not in ("skipped", "cancelled")]
     assert_all(rows, status="failed", at_least=1, error="signal 24 (SIGXCPU)")

@@ -1,0 +1,444 @@
+"""Bounded, contained text from what a job hands back: its exception, its result, its items.
+
+A job's value is hostile input to the daemon: ``__str__``/``__repr__`` may raise ``SystemExit``
+or ``KeyboardInterrupt``, loop forever, or return 100 MB; a result may be a list of ten million
+items. Everything here is bounded in size (``limit`` characters), contained against every
+``BaseException``, and, where the job's own code could run or the value is large, done in a
+helper thread with a deadline (``off_loop``) so the event loop that fires jobs never waits on it.
+
+Plain values (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` and the builtin
+containers of them) are walked here with a budget: a preview reads at most a few hundred of
+their items, whatever their size, and never calls the job's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib.util
+import json
+import logging
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CHARS = 200  # a result or item preview
+ERROR_CHARS = 2_000  # an error message
+TRACEBACK_CHARS = 16 * 1024  # a traceback (its end is kept)
+TEXT_TIMEOUT = 2.0  # seconds a job's __str__/__repr__/traceback may take before we give up
+# Secrets are redacted before clipping; this much beyond the limit is kept for that, so a
+# secret that straddles the limit is replaced whole rather than shown in part.
+_REDACT_MARGIN = 64 * 1024
+SHIPPED_CHARS = 8 * _REDACT_MARGIN  # what a child process sends, redacted and clipped here
+_ITEMS = 1_000  # container items read at most (the text budget stops it sooner)
+
+T = TypeVar("T")
+
+
+# --- the helper thread ---------------------------------------------------------------------------
+
+
+class _Helpers:
+    """Helper threads that outlived their deadline (a job's repr that never returns)."""
+
+    lock = threading.Lock()
+    stuck = 0
+
+
+def stuck_threads() -> int:
+    """How many helper threads outlived their deadline and still run."""
+    return _Helpers.stuck
+
+
+async def off_loop(fn: Callable[[], T], *, fallback: T, timeout: float = TEXT_TIMEOUT) -> T:
+    """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
+    does not return within ``timeout`` seconds (the thread is then left to finish alone)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+    state = {"late": False, "done": False}
+
+    def deliver(outcome: tuple[bool, Any]) -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    def target() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, fn())
+        except BaseException as exc:
+            outcome = (False, exc)
+        with _Helpers.lock:
+            state["done"] = True
+            if state["late"]:
+                _Helpers.stuck -= 1
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(deliver, outcome)
+
+    thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
+    thread.start()
+    try:
+        ok, value = await asyncio.wait_for(asyncio.shield(future), timeout)
+    except asyncio.TimeoutError:
+        with _Helpers.lock:
+            if not state["done"]:
+                state["late"] = True
+                _Helpers.stuck += 1
+        log.warning(
+            "turning a job's value into text took longer than %gs; gave up "
+            "(%d such thread(s) still running)",
+            timeout,
+            _Helpers.stuck,
+        )
+        return fallback
+    if not ok:
+        return fallback
+    result: T = value
+    return result
+
+
+# --- strings -------------------------------------------------------------------------------------
+
+
+def plain_str(text: Any, limit: int) -> str:
+    """An exact ``str`` of at most ``limit`` characters from a str (or str subclass) value,
+    without calling any method the subclass may override."""
+    return str.__getitem__(text, slice(0, limit)) if isinstance(text, str) else ""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with ``…``."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip_start(text: str, limit: int) -> str:
+    """``text`` cut to its last ``limit`` characters (a traceback's end is where the error is)."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def redacted(text: str, limit: int, redact: Callable[[str], str], *, keep_end: bool = False) -> str:
+    """``text`` with secrets redacted, then clipped to ``limit``; the work is bounded by the
+    limit, not by the text's length."""
+    span = limit + _REDACT_MARGIN
+    if len(text) > span:
+        text = text[-span:] if keep_end else text[:span]
+    text = redact(text)
+    return clip_start(text, limit) if keep_end else clip(text, limit)
+
+
+def type_name(obj: BaseException | type) -> str:
+    """``ValueError`` for builtins, else ``module.Qualified.Name``; never raises."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    try:
+        module, qualname = cls.__module__, cls.__qualname__
+        if not isinstance(module, str) or not isinstance(qualname, str):
+            raise TypeError
+        return plain_str(qualname if module == "builtins" else f"{module}.{qualname}", 300)
+    except BaseException:
+        return plain_str(type.__getattribute__(cls, "__name__"), 300)
+
+
+def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> str:
+    """``str(exc)`` cut to ``limit``; a placeholder if it raises anything (SystemExit too)."""
+    try:
+        return plain_str(str(exc), limit)
+    except BaseException as inner:
+        return f"<{type(exc).__name__} whose str() raised {type(inner).__name__}>"
+
+
+def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
+    """``repr(value)`` cut to ``limit``; a placeholder if it raises anything."""
+    try:
+        return plain_str(repr(value), limit)
+    except BaseException as inner:
+        return f"<{type(value).__name__} object whose repr() raised {type(inner).__name__}>"
+
+
+# --- previews of plain values --------------------------------------------------------------------
+
+
+class NeedsJobCode(Exception):
+    """The value holds an object whose text only its own (the job's) code can make."""
+
+
+class _Full(Exception):
+    """The text passed its budget."""
+
+
+_SCALARS = (type(None), bool, int, float)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def _scalar_repr(value: Any) -> str:
+    if type(value) is int and value.bit_length() > 600:  # repr of a huge int is quadratic
+        return f"<int of {value.bit_length()} bits>"
+    return repr(value)
+
+
+class _Writer:
+    def __init__(self, budget: int, user_code: bool) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.budget = budget
+        self.user_code = user_code
+        self.active: set[int] = set()  # containers being written: a cycle shows as [...]
+
+    def put(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > self.budget:
+            raise _Full
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _repr_into(out: _Writer, value: Any, depth: int) -> None:
+    kind = type(value)
+    if kind in _SCALARS:
+        out.put(_scalar_repr(value))
+    elif kind is str:
+        out.put(repr(value[: out.budget]) + ("…" if len(value) > out.budget else ""))
+    elif kind in (bytes, bytearray):
+        cut = value[: out.budget]
+        text = repr(cut) if kind is bytes else f"bytearray({bytes(cut)!r})"
+        out.put(text + (f"… ({len(value)} bytes)" if len(value) > out.budget else ""))
+    elif kind in _CONTAINERS:
+        _container_repr(out, value, depth)
+    elif out.user_code:
+        out.put(safe_repr(value, out.budget + 1))
+    else:
+        raise NeedsJobCode
+
+
+def _container_repr(out: _Writer, value: Any, depth: int) -> None:
+    kind = type(value)
+    if depth > 20:
+        out.put("…")
+        return
+    if id(value) in out.active:
+        out.put("[...]" if kind is list else "{...}" if kind is dict else "(...)")
+        return
+    out.active.add(id(value))
+    try:
+        _container_items(out, value, depth)
+    finally:
+        out.active.discard(id(value))
+
+
+def _container_items(out: _Writer, value: Any, depth: int) -> None:
+    kind = type(value)
+    opening, closing = "[]" if kind is list else "()" if kind is tuple else "{}"
+    if kind in (set, frozenset):
+        if not value:
+            out.put(f"{kind.__name__}()")
+            return
+        opening, closing = ("{", "}") if kind is set else ("frozenset({", "})")
+    out.put(opening)
+    shown = 0
+    for shown, item in enumerate(value.items() if kind is dict else value, 1):
+        if shown > _ITEMS:
+            out.put(f"… {len(value) - _ITEMS} more")
+            break
+        if shown > 1:
+            out.put(", ")
+        if kind is dict:
+            _repr_into(out, item[0], depth + 1)
+            out.put(": ")
+            _repr_into(out, item[1], depth + 1)
+        else:
+            _repr_into(out, item, depth + 1)
+    if kind is tuple and shown == 1 and len(value) == 1:
+        out.put(",")
+    out.put(closing)
+
+
+def _json_key(key: Any) -> str:
+    if type(key) is str:
+        return key
+    if key is None or type(key) is bool:
+        return json.dumps(key)
+    if type(key) in (int, float):
+        return json.dumps(key) if type(key) is float else _scalar_repr(key)
+    raise TypeError("not a JSON key")
+
+
+def _json_into(out: _Writer, value: Any, depth: int) -> None:
+    kind = type(value)
+    if depth > 20:
+        raise _Full
+    if kind in _SCALARS:
+        out.put(json.dumps(value) if kind is not int else _scalar_repr(value))
+    elif kind is str:
+        if len(value) > out.budget:
+            raise _Full
+        out.put(json.dumps(value, ensure_ascii=False))
+    elif kind in (list, tuple):
+        if len(value) > out.budget:
+            raise _Full
+        out.put("[")
+        for i, item in enumerate(value):
+            if i:
+                out.put(", ")
+            _json_into(out, item, depth + 1)
+        out.put("]")
+    elif kind is dict:
+        if len(value) > out.budget:
+            raise _Full
+        out.put("{")
+        for i, (key, item) in enumerate(value.items()):
+            if i:
+                out.put(", ")
+            out.put(json.dumps(_json_key(key), ensure_ascii=False) + ": ")
+            _json_into(out, item, depth + 1)
+        out.put("}")
+    else:  # json.dumps(default=repr) used to put such values as their repr string
+        inner = _Writer(out.budget, out.user_code)
+        with contextlib.suppress(_Full):
+            _repr_into(inner, value, depth)
+        out.put(json.dumps(inner.text(), ensure_ascii=False))
+
+
+def preview(
+    value: Any, redact: Callable[[str], str], *, as_json: bool = True, user_code: bool = False
+) -> str:
+    """A short text of ``value``: with ``as_json`` its JSON when that fits in PREVIEW_CHARS,
+    else a clipped repr-like text showing the first items of containers; secrets redacted.
+
+    Reads at most a few hundred items of plain values, however large. Raises NeedsJobCode
+    when an object needs its own ``__repr__`` and ``user_code`` is False (then call it again
+    with ``user_code=True`` in ``off_loop``)."""
+    if as_json:
+        out = _Writer(PREVIEW_CHARS, user_code)
+        try:
+            _json_into(out, value, 0)
+            text: str | None = out.text()
+        except (_Full, TypeError, ValueError, RecursionError):
+            text = None
+        if text is not None:
+            short = redact(text)
+            if len(short) <= PREVIEW_CHARS:
+                return short
+    out = _Writer(PREVIEW_CHARS + _REDACT_MARGIN // 64, user_code)
+    with contextlib.suppress(_Full):
+        _repr_into(out, value, 0)
+    return redacted(out.text(), PREVIEW_CHARS, redact)
+
+
+async def preview_off_loop(
+    value: Any, redact: Callable[[str], str], *, as_json: bool = True
+) -> str:
+    """``preview`` of ``value``: on the loop when it is a plain value (bounded work), else in
+    a helper thread with a deadline; a placeholder if the job's code fails or hangs."""
+    try:
+        return preview(value, redact, as_json=as_json)
+    except NeedsJobCode:
+        pass
+    fallback = f"<{type(value).__name__} object: its repr() failed or took too long>"
+    return await off_loop(
+        lambda: preview(value, redact, as_json=as_json, user_code=True), fallback=fallback
+    )
+
+
+# --- exceptions ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _internal_prefixes() -> tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    for name in ("asyncio", "concurrent.futures", "tenacity", "importlib"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            dirs.append(os.path.dirname(os.path.abspath(spec.origin)))
+    files = [os.path.abspath(threading.__file__)]
+    runpy = importlib.util.find_spec("runpy")  # it starts a process job's child
+    if runpy is not None and runpy.origin and os.path.isfile(runpy.origin):
+        files.append(os.path.abspath(runpy.origin))
+    return (*(d + os.sep for d in dirs), *files)
+
+
+def _is_internal(filename: str) -> bool:
+    if filename.startswith(("<frozen importlib", "<frozen runpy")):  # frozen since 3.11
+        return True
+    return os.path.abspath(filename).startswith(_internal_prefixes())
+
+
+def user_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    """``stack`` without the frames of qtasks, asyncio, tenacity, importlib and threading."""
+    return traceback.StackSummary.from_list([f for f in stack if not _is_internal(f.filename)])
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` and its chained causes, without the frames of qtasks,
+    asyncio, concurrent.futures, tenacity, importlib and threading. May run the job's code
+    (``__str__``, ``__notes__``): call it through ``describe_exception``."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    pending, seen = [te], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = user_frames(current.stack)
+        nested = [
+            current.__cause__,
+            current.__context__,
+            *(getattr(current, "exceptions", None) or ()),
+        ]
+        pending.extend(n for n in nested if n is not None)
+    return "".join(te.format())
+
+
+def _bare_traceback(exc: BaseException, message: str) -> str | None:
+    """The frames of ``exc`` alone, when its full formatting failed."""
+    try:
+        frames = user_frames(traceback.extract_tb(exc.__traceback__))
+        body = "".join(frames.format())
+    except BaseException:
+        return None
+    return f"Traceback (most recent call last):\n{body}{type_name(exc)}: {message}\n"
+
+
+def describe_exception(
+    exc: BaseException,
+    redact: Callable[[str], str],
+    prefix: str = "",
+    *,
+    error_chars: int = ERROR_CHARS,
+    traceback_chars: int = TRACEBACK_CHARS,
+) -> tuple[str, str, str | None]:
+    """(type name, message, traceback) of ``exc``, secrets redacted, clipped to ERROR_CHARS
+    and TRACEBACK_CHARS. Never raises: a ``__str__`` raising SystemExit gives a placeholder.
+    May run the job's code; the daemon calls it through ``describe_exception_off_loop``."""
+    error_type = type_name(exc)
+    message = safe_str(exc)
+    try:
+        text: str | None = format_user_traceback(exc)
+    except BaseException:
+        text = _bare_traceback(exc, message)
+    return (
+        error_type,
+        redacted(prefix + message, error_chars, redact),
+        None if text is None else redacted(text, traceback_chars, redact, keep_end=True),
+    )
+
+
+async def describe_exception_off_loop(
+    exc: BaseException, redact: Callable[[str], str], prefix: str = ""
+) -> tuple[str, str, str | None]:
+    """``describe_exception`` in a helper thread with a deadline (the job's ``__str__`` and
+    the source lines of its traceback are read there, never on the loop)."""
+    name = type_name(exc)
+    fallback = (
+        name,
+        redacted(
+            f"{prefix}<{name}: its text could not be read within {TEXT_TIMEOUT:g}s>",
+            ERROR_CHARS,
+            redact,
+        ),
+        None,
+    )
+    return await off_loop(lambda: describe_exception(exc, redact, prefix), fallback=fallback)

@@ -1,0 +1,155 @@
+"""Text made from what jobs hand back (failures.py): bounded in size and work, contained against
+every BaseException, the same as json.dumps/repr where those are cheap; and release.py, which frees
+a large result in slices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qtasks_cli import failures, release
+
+PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def same(text: str) -> str:
+    return text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(PLAIN)
+def test_preview_is_the_json_when_it_fits_else_at_most_200_characters(value: Any) -> None:
+    text = failures.preview(value, same)
+    assert len(text) <= failures.PREVIEW_CHARS
+    full = json.dumps(value, ensure_ascii=False)
+    if len(full) <= failures.PREVIEW_CHARS:
+        assert text == full
+    else:
+        assert text.endswith("…")
+
+
+@settings(max_examples=200, deadline=None)
+@given(PLAIN)
+def test_repr_preview_matches_repr_when_short(value: Any) -> None:
+    text = failures.preview(value, same, as_json=False)
+    full = repr(value)
+    if len(full) < failures.PREVIEW_CHARS and not isinstance(value, (set, frozenset)):
+        assert text == full
+    assert len(text) <= failures.PREVIEW_CHARS
+
+
+def test_huge_plain_values_are_previewed_from_their_first_items() -> None:
+    big = list(range(10_000_000))
+    assert failures.preview(big, same).startswith("[0, 1, 2, 3")
+    blob = b"x" * (20 * 1024 * 1024)
+    assert failures.preview(blob, same).startswith("b'xxx")
+    assert len(failures.preview({"k": "v" * 10_000_000}, same)) == failures.PREVIEW_CHARS
+    assert failures.preview(10**100_000, same) == "<int of 332193 bits>"
+
+
+def test_a_secret_straddling_the_limit_is_redacted_whole() -> None:
+    secret = "hunter2-sekret-" * 4
+    text = "a" * (failures.PREVIEW_CHARS - 5) + secret
+    shown = failures.redacted(text, failures.PREVIEW_CHARS, lambda t: t.replace(secret, "${PW}"))
+    assert "hunter" not in shown
+
+
+class ExitsOnStr(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(7)
+
+
+class InterruptsOnRepr:
+    def __repr__(self) -> str:
+        raise KeyboardInterrupt
+
+
+class NotesRaise(Exception):
+    @property
+    def __notes__(self) -> list[str]:
+        raise SystemExit(3)
+
+
+@pytest.mark.parametrize("exc", [ExitsOnStr("x"), NotesRaise("with notes")])
+def test_describe_exception_contains_every_base_exception(exc: BaseException) -> None:
+    try:
+        raise exc
+    except BaseException as raised:
+        error_type, message, _text = failures.describe_exception(raised, same)
+    assert error_type
+    assert len(message) <= failures.ERROR_CHARS
+    if isinstance(exc, ExitsOnStr):
+        assert message == "<ExitsOnStr whose str() raised SystemExit>"
+
+
+def test_repr_that_raises_or_hangs_gives_a_placeholder_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(failures, "TEXT_TIMEOUT", 0.2)
+    release_hang = threading.Event()
+
+    class Hangs:
+        def __repr__(self) -> str:
+            release_hang.wait(30)
+            return "late"
+
+    async def main() -> tuple[str, str, float]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        raised = await failures.preview_off_loop(InterruptsOnRepr(), same)
+        started = time.monotonic()
+        hung = await failures.off_loop(lambda: repr(Hangs()), fallback="gave up", timeout=0.2)
+        took = time.monotonic() - started
+        task.cancel()
+        release_hang.set()
+        assert ticks > 0  # the loop ran while the repr hung in its thread
+        return raised, hung, took
+
+    raised, hung, took = asyncio.run(main())
+    assert "<InterruptsOnRepr object whose repr() raised KeyboardInterrupt>" in raised
+    assert hung == "gave up"
+    assert took < 20
+
+
+def test_a_large_list_nobody_holds_is_emptied_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
+    value = list(range(300_000))
+    probe = value  # the test keeps a reference: it must not be touched
+    release.adopt(value)
+    del value
+    deadline = time.monotonic() + 10
+    time.sleep(0.1)
+    assert len(probe) == 300_000  # still held here: left alone
+    watched = [object()] * 200_000
+    witness = id(watched)
+    release.adopt(watched)
+    del watched
+    while release.pending() > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert release.pending() <= 1, "the list nobody holds was not freed"
+    assert len(probe) == 300_000
+    assert witness  # nothing else to check: the list is gone
+    assert sys.getrefcount(probe) >= 2
