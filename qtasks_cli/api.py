@@ -57,7 +57,8 @@ def state_location(config: Config, override: str | None = None) -> str:
     chosen = override or os.environ.get("QTASKS_STATE") or config.settings.state
     if "://" in chosen:
         return chosen
-    return str((Path.cwd() / chosen).resolve()) if override else chosen
+    # Made absolute without following links: store.paths checks (and refuses) links itself.
+    return os.path.abspath(chosen) if override else chosen
 
 
 def open_state(config: Config, override: str | None = None) -> Store:

@@ -410,9 +410,13 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:59] + "…")
 
 
+MAX_VALUES = 100_000  # values in one --arg/--kwarg/--json-kwargs, aliases expanded
+
+
 def _check_depth(value: Any, option: str, text: str) -> None:
     """Refuse (exit 2) a value nested deeper than MAX_DEPTH: it could not be stored or shown."""
     level = [value]
+    seen = 0
     for _ in range(MAX_DEPTH + 1):
         level = [
             item
@@ -420,6 +424,9 @@ def _check_depth(value: Any, option: str, text: str) -> None:
             if isinstance(node, (dict, list))
             for item in (node.values() if isinstance(node, dict) else node)
         ]
+        seen += len(level)
+        if seen > MAX_VALUES:  # YAML aliases can make a few bytes expand without end
+            _fail(f"{option} {_shown(text)}: more than {MAX_VALUES:,} values")
         if not level:
             return
     _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")

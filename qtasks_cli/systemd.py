@@ -33,7 +33,7 @@ STATUS_REFRESH = 5.0
 # systemd waits this much longer than shutdown_grace before it sends SIGKILL.
 STOP_MARGIN = timedelta(seconds=15)
 WATCHDOG_SEC = 30
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,250}")
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@-]{1,250}")  # no "\\": SyslogIdentifier= would end in one
 
 _NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 

@@ -224,7 +224,7 @@ def test_loop_blocked(blocked: Outcome) -> None:
             if r not in during and not (began <= when(r["scheduled"]) <= ended + ON_TIME)
         ]
         assert len(during) >= 3, out.show(rows)
-        assert len([r for r in outside if when(r["scheduled"]) > ended]) >= 2, out.show(rows)
+        assert len([r for r in outside if when(r["scheduled"]) > ended]) >= 1, out.show(rows)
         assert not late_rows(outside), show_rows(late_rows(outside))
         kinds = Counter((r["trigger"], r["status"]) for r in during)
         catch_up_runs = sum(n for (trigger, _), n in kinds.items() if trigger == "catch_up")
