@@ -384,11 +384,26 @@ def _password(url: str) -> str | None:
     return None
 
 
+def _raw_passwords(url: str) -> set[str]:
+    """The password of ``url`` as written in its user info, and its pieces: a URL that does
+    not parse (a raw ``%`` or ``@`` in the password) is quoted by the driver in parts."""
+    from urllib.parse import unquote
+
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    raw = userinfo.partition(":")[2]
+    found = {raw, unquote(raw), *raw.split("@")} if raw else set()
+    return {piece for piece in found if len(piece) >= 3}
+
+
 def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url`` (a server message could quote it)."""
-    password = _password(url)
+    """``text`` without the password of ``url`` (a server or driver message could quote it,
+    whole or in pieces when the URL does not parse)."""
     text = text.strip()
-    return text.replace(password, "***") if password else text
+    secrets_ = {p for p in (_password(url),) if p} | _raw_passwords(url)
+    for secret in sorted(secrets_, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _row_to_run(row: Sequence[Any]) -> RunRow:
