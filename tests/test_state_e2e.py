@@ -333,6 +333,14 @@ def stamp(n):
     daemon.wait_for(lambda log: "stamp no schedule" in log)
     time.sleep(1.5)  # well past the daemon's first look at the queue
     import qtasks_cli
+    import sys
+
+    from qtasks_cli import entrypoints
+
+    # enqueue() imports the entry point here to check its signature: forget the `work`
+    # modules other tests of this process imported.
+    sys.modules.pop("work", None)
+    entrypoints._cache.clear()
 
     delays = []
     for n in range(3):

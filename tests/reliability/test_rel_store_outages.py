@@ -186,10 +186,14 @@ def test_a_full_or_read_only_store_delays_fires_and_runs_none_twice(
         seen = _wait_ready(log, 0, proc, timeout=60)
         _wait(lambda: _bodies(tmp_path) >= 3, timeout=30)
         if fault == "full":
-            filler = mount / "filler"
-            with filler.open("wb") as f, __import__("contextlib").suppress(OSError):
+            fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
                 while True:
-                    f.write(b"\0" * 65536)
+                    os.write(fd, b"\0" * 65536)
+            except OSError:
+                pass  # full
+            finally:
+                os.close(fd)
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, timeout=30)
         _wait(lambda: b"wait for the store and run late" in log.read_bytes()[seen:], timeout=30)
