@@ -210,12 +210,12 @@ class Metrics:
 
 
 def _dropped_log_lines() -> int:
-    """Lines the log sinks dropped, as ``qtasks_cli.ui.log.dropped_lines()`` counts them
-    (0 where that module keeps no count)."""
+    """Lines dropped because their reader stalled (log records and job output), as
+    ``qtasks_cli.ui.output.dropped_total()`` counts them (0 before output is set up)."""
     import sys
 
-    module = sys.modules.get("qtasks_cli.ui.log")
-    counter = getattr(module, "dropped_lines", None)
+    module = sys.modules.get("qtasks_cli.ui.output")
+    counter = getattr(module, "dropped_total", None)
     try:
         return int(counter()) if callable(counter) else 0
     except Exception:
