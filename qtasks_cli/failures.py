@@ -179,7 +179,12 @@ def _scalar_repr(value: Any) -> str:
 
 
 class _Writer:
-    def __init__(self, budget: int, user_code: bool) -> None:
+    def __init__(
+        self, budget: int, user_code: bool, leaf: Callable[[str], str] | None = None
+    ) -> None:
+        # Each string of the value goes through ``leaf`` (redaction) before it is quoted,
+        # so a secret is hidden however many layers of repr or JSON end up around it.
+        self.leaf: Callable[[str], str] = leaf or (lambda text: text)
         self.parts: list[str] = []
         self.size = 0
         self.budget = budget
@@ -201,7 +206,8 @@ def _repr_into(out: _Writer, value: Any, depth: int) -> None:
     if kind in _SCALARS:
         out.put(_scalar_repr(value))
     elif kind is str:
-        out.put(repr(value[: out.budget]) + ("…" if len(value) > out.budget else ""))
+        cut = out.leaf(value[: out.budget + _REDACT_MARGIN // 64])[: out.budget]
+        out.put(repr(cut) + ("…" if len(value) > out.budget else ""))
     elif kind in (bytes, bytearray):
         cut = value[: out.budget]
         text = repr(cut) if kind is bytes else f"bytearray({bytes(cut)!r})"
@@ -275,7 +281,7 @@ def _json_into(out: _Writer, value: Any, depth: int) -> None:
     elif kind is str:
         if len(value) > out.budget:
             raise _Full
-        out.put(json.dumps(value, ensure_ascii=False))
+        out.put(json.dumps(out.leaf(value), ensure_ascii=False))
     elif kind in (list, tuple):
         if len(value) > out.budget:
             raise _Full
@@ -292,11 +298,11 @@ def _json_into(out: _Writer, value: Any, depth: int) -> None:
         for i, (key, item) in enumerate(value.items()):
             if i:
                 out.put(", ")
-            out.put(json.dumps(_json_key(key), ensure_ascii=False) + ": ")
+            out.put(json.dumps(out.leaf(_json_key(key)), ensure_ascii=False) + ": ")
             _json_into(out, item, depth + 1)
         out.put("}")
     else:  # json.dumps(default=repr) used to put such values as their repr string
-        inner = _Writer(out.budget, out.user_code)
+        inner = _Writer(out.budget, out.user_code, out.leaf)
         with contextlib.suppress(_Full):
             _repr_into(inner, value, depth)
         out.put(json.dumps(inner.text(), ensure_ascii=False))
@@ -312,7 +318,7 @@ def preview(
     when an object needs its own ``__repr__`` and ``user_code`` is False (then call it again
     with ``user_code=True`` in ``off_loop``)."""
     if as_json:
-        out = _Writer(PREVIEW_CHARS, user_code)
+        out = _Writer(PREVIEW_CHARS, user_code, redact)
         try:
             _json_into(out, value, 0)
             text: str | None = out.text()
@@ -322,7 +328,7 @@ def preview(
             short = redact(text)
             if len(short) <= PREVIEW_CHARS:
                 return short
-    out = _Writer(PREVIEW_CHARS + _REDACT_MARGIN // 64, user_code)
+    out = _Writer(PREVIEW_CHARS + _REDACT_MARGIN // 64, user_code, redact)
     with contextlib.suppress(_Full):
         _repr_into(out, value, 0)
     return redacted(out.text(), PREVIEW_CHARS, redact)
