@@ -332,9 +332,9 @@ def stamp(n):
     daemon = daemons([str(path)], cwd=path.parent)
     daemon.wait_for(lambda log: "stamp no schedule" in log)
     time.sleep(1.5)  # well past the daemon's first look at the queue
-    import qtasks_cli
     import sys
 
+    import qtasks_cli
     from qtasks_cli import entrypoints
 
     # enqueue() imports the entry point here to check its signature: forget the `work`
