@@ -18,9 +18,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from crashfuzz import Outcome, _env, _history, _start, _wait_ready, check, prepare
+from crashfuzz import Outcome, _env, _history, _wait_ready, check, prepare
+from crashfuzz import _start as _start_daemon
 
 from reliability.registry import case
+
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def _start(path: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    proc = _start_daemon(path, env, log)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left() -> Iterator[None]:
+    """Whatever a case asserted, no daemon it started outlives it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
 
 HOLD_LOCK = """
 import sqlite3, sys, time, pathlib
