@@ -122,6 +122,31 @@ def conclude(
     return Conclusion(requeue=requeue, interrupt=interrupt, reruns=reruns)
 
 
+def never_ran(
+    *,
+    job: str,
+    run_id: str,
+    trigger: TriggerKind,
+    scheduled: datetime | None,
+    ended: datetime,
+    status: RunStatus,
+    error: str,
+) -> RunResult:
+    """The outcome of a run whose body never started (skipped, missed, cancelled before it
+    began): no start time, no attempts; ``ended`` is aware UTC."""
+    return RunResult(
+        job=job,
+        run_id=run_id,
+        trigger=trigger,
+        scheduled=scheduled,
+        started=None,
+        ended=ended,
+        attempts=0,
+        status=status,
+        error=error,
+    )
+
+
 def rerun_note(run_id: str) -> str:
     """The text appended to an interrupted run's error when ``retry_interrupted`` re-runs it."""
     return f"; re-run as {run_id} (retry_interrupted)"
@@ -346,14 +371,12 @@ class Ledger:
 
     def unstarted(self, fire: Fire, status: RunStatus, error: str) -> None:
         """Record a claimed fire that will not run (skipped, missed, cancelled)."""
-        result = RunResult(
+        result = never_ran(
             job=fire.job,
             run_id=fire.run_id,
             trigger=fire.trigger,
             scheduled=fire.scheduled,
-            started=None,
             ended=self._clock(),
-            attempts=0,
             status=status,
             error=error,
         )

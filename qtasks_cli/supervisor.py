@@ -17,7 +17,7 @@ from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
-from qtasks_cli.ledger import Ledger, until_stored
+from qtasks_cli.ledger import Ledger, never_ran, until_stored
 from qtasks_cli.models import (
     CatchUp,
     Config,
@@ -737,14 +737,12 @@ class Supervisor:
             for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
                 if pending_id == run_id:
                     del state.pending[index]
-                    result = RunResult(
+                    result = never_ran(
                         job=state.spec.name,
                         run_id=run_id,
                         trigger=trigger,
                         scheduled=scheduled,
-                        started=None,
                         ended=self.clock(),
-                        attempts=0,
                         status=RunStatus.CANCELLED,
                         error=reason,
                     )
@@ -856,14 +854,12 @@ class Supervisor:
             result = (
                 replace(so_far, error=reason)
                 if isinstance(so_far, RunResult)
-                else RunResult(
+                else never_ran(
                     job=spec.name,
                     run_id=run_id,
                     trigger=trigger,
                     scheduled=scheduled,
-                    started=None,
                     ended=self.clock(),
-                    attempts=0,
                     status=RunStatus.CANCELLED,
                     error=reason,
                 )
