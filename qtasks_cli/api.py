@@ -351,6 +351,7 @@ async def serve(
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
     import asyncio
 
+    from qtasks_cli import sigguard
     from qtasks_cli.ledger import until_stored
     from qtasks_cli.supervisor import Supervisor
 
@@ -419,36 +420,38 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, supervisor.request_stop)
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
-    main = asyncio.create_task(supervisor.run())
-    # Everything loaded so far (config, schedules, modules) lives as long as the daemon:
-    # keep it out of the garbage collector's full passes, which otherwise stall the loop for
-    # tens of milliseconds now and then once a thousand jobs are firing.
-    gc.collect()
-    gc.freeze()
-    watchdog = asyncio.create_task(agent.run()) if agent is not None else None
-    if on_ready is not None:
-        ready = asyncio.create_task(supervisor.ready.wait())
-        await asyncio.wait({ready, main}, return_when=asyncio.FIRST_COMPLETED)
-        if supervisor.ready.is_set():
-            on_ready(supervisor)
-    force = asyncio.create_task(forced.wait())
-    await asyncio.wait({main, force}, return_when=asyncio.FIRST_COMPLETED)
-    if watchdog is not None:
-        watchdog.cancel()
-    if listener is not None:
-        listener.close()
-    if metrics is not None:
-        metrics.close()
-    await controller.stop(wait=0.5 if forced.is_set() else None)
-    if forced.is_set() and not main.done():
-        _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
-        with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest
-            await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
-        return EXIT_FORCED
-    force.cancel()
-    main.result()
-    await store.close()
-    return EXIT_OK
+    # From here on, job code in this process cannot take these signals (sigguard.py).
+    with sigguard.guarded(loop=loop):
+        main = asyncio.create_task(supervisor.run())
+        # Everything loaded so far (config, schedules, modules) lives as long as the daemon:
+        # keep it out of the garbage collector's full passes, which otherwise stall the loop for
+        # tens of milliseconds now and then once a thousand jobs are firing.
+        gc.collect()
+        gc.freeze()
+        watchdog = asyncio.create_task(agent.run()) if agent is not None else None
+        if on_ready is not None:
+            ready = asyncio.create_task(supervisor.ready.wait())
+            await asyncio.wait({ready, main}, return_when=asyncio.FIRST_COMPLETED)
+            if supervisor.ready.is_set():
+                on_ready(supervisor)
+        force = asyncio.create_task(forced.wait())
+        await asyncio.wait({main, force}, return_when=asyncio.FIRST_COMPLETED)
+        if watchdog is not None:
+            watchdog.cancel()
+        if listener is not None:
+            listener.close()
+        if metrics is not None:
+            metrics.close()
+        await controller.stop(wait=0.5 if forced.is_set() else None)
+        if forced.is_set() and not main.done():
+            _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
+            with contextlib.suppress(Exception):  # exiting now: the next start recovers the rest
+                await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
+            return EXIT_FORCED
+        force.cancel()
+        main.result()
+        await store.close()
+        return EXIT_OK
 
 
 async def _operator_channel(

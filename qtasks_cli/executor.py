@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, release
+from qtasks_cli import entrypoints, failures, release, sigguard
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
@@ -601,6 +601,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
         )
         raise
     ended = run.clock()
+    sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
     # A job that finished without awaiting anything returns within its task's first step;
     # let the other runs of the same burst start before this one's bookkeeping.
     await asyncio.sleep(0)

@@ -20,6 +20,7 @@ from reliability.harness import (
     run_scenarios,
     show_rows,
     statuses,
+    tail,
 )
 from reliability.registry import case
 
@@ -220,6 +221,59 @@ redirects_stdout: {entrypoint: "rel_output:redirects_stdout", schedule: "*/2 * *
 """
 
 
+SIGNALS_MODULE = """
+import _thread
+import asyncio
+import signal
+from signal import signal as bound_signal  # bound before the daemon starts: past the guard
+
+
+async def ignores_sigterm():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+async def clears_wakeup_fd():
+    signal.set_wakeup_fd(-1)
+
+
+async def takes_loop_handlers():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    loop.remove_signal_handler(signal.SIGINT)
+
+
+async def bound_ignore():
+    bound_signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+async def blocks_sigterm():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+def interrupts_main():
+    _thread.interrupt_main()
+
+
+async def raises_sigint():
+    signal.raise_signal(signal.SIGINT)
+"""
+
+SIGNAL_JOBS = "".join(
+    f'{name}: {{entrypoint: "rel_signals:{name}", schedule: "* * * * * *"}}\n'
+    for name in (
+        "ignores_sigterm",
+        "clears_wakeup_fd",
+        "takes_loop_handlers",
+        "bound_ignore",
+        "blocks_sigterm",
+        "interrupts_main",
+        "raises_sigint",
+    )
+)
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     root = tmp_path_factory.mktemp("job-faults")
@@ -252,6 +306,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         Scenario(
             name="redirect", jobs=REDIRECT_JOBS, modules={"rel_output": OUTPUT_MODULE}, ticks=6
         ),
+        Scenario(name="signals", jobs=SIGNAL_JOBS, modules={"rel_signals": SIGNALS_MODULE}),
     ]
     try:
         yield run_scenarios(scenarios, root)
@@ -537,3 +592,32 @@ def test_redirects_stdout(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["redirect"]
     assert_healthy(out)
     assert_all(out.of("redirects_stdout"), status="succeeded", at_least=2)
+
+
+@case(
+    "jobs_take_signals",
+    group=GROUP,
+    title="inline jobs, every second, set SIGTERM/SIGINT/SIGHUP to SIG_IGN, clear the signal "
+    "wake-up fd, replace or remove the loop's handlers, block SIGTERM, call "
+    "`_thread.interrupt_main()` and `signal.raise_signal(SIGINT)`; one binds `signal.signal` "
+    "before the daemon starts",
+    checks="every run succeeds; the daemon keeps firing, then stops on SIGTERM with exit 0 "
+    "(not 130, not deaf); the log names each refused call with the job's file and line",
+)
+def test_jobs_take_signals(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["signals"]
+    assert_healthy(out)
+    for line in SIGNAL_JOBS.splitlines():
+        job = line.split(":")[0]
+        assert_all(out.of(job), status="succeeded", at_least=3)
+    for call in (
+        "signal.signal(SIGTERM",
+        "signal.set_wakeup_fd(-1)",
+        "loop.add_signal_handler(SIGTERM",
+        "loop.remove_signal_handler(SIGINT)",
+        "signal.pthread_sigmask(",
+        "_thread.interrupt_main()",
+        "signal.raise_signal(SIGINT)",
+    ):
+        assert f"{call}" in out.log and "rel_signals.py:" in out.log, (call, tail(out.log))
+    assert "job bound_ignore changed the handler of SIGTERM" in out.log, tail(out.log)
