@@ -20,10 +20,13 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
+import types
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +46,133 @@ T = TypeVar("T")
 # --- the helper thread ---------------------------------------------------------------------------
 
 
+MAX_STUCK = 2  # helper threads left running past their deadline before we stop starting more
+
+
+class _GaveUp(BaseException):
+    """Raised inside a helper thread that outlived its deadline, to stop the job's code."""
+
+
 class _Helpers:
-    """Helper threads that outlived their deadline (a job's repr that never returns)."""
+    """Helper threads that outlived their deadline (a job's repr that never returns).
+
+    A late thread is asked to stop: ``_GaveUp`` is raised in it (``PyThreadState_SetAsyncExc``),
+    which ends Python code that loops, at its next bytecode, unless it swallows every
+    BaseException; it is asked again each time a new value is turned into text. Code that never
+    returns to the interpreter (a C loop) cannot be stopped this way. While MAX_STUCK threads
+    are still running, a job's own ``__str__``/``__repr__`` is not called again at all: its
+    value gets the placeholder text, so hung threads cannot pile up and eat the CPU."""
 
     lock = threading.Lock()
-    stuck = 0
+    stuck: ClassVar[dict[int, threading.Thread]] = {}
+    refused = 0
+    # The class whose __str__/__repr__ each helper thread is calling right now, and the
+    # classes whose text once outlived its deadline: those are not called again.
+    calling: ClassVar[dict[int, type]] = {}
+    hung: ClassVar[set[type]] = set()
+
+
+_MAX_HUNG = 1_000
+_HUNG_TEXTS = "earlier job values' texts still hang"
+
+
+@contextlib.contextmanager
+def _calling(cls: type) -> Iterator[None]:
+    """Marks the job's class whose text this thread is making (see ``_Helpers.hung``)."""
+    ident = threading.get_ident()
+    _Helpers.calling[ident] = cls
+    try:
+        yield
+    finally:
+        _Helpers.calling.pop(ident, None)
+
+
+def _hung_before(cls: type) -> bool:
+    return cls in _Helpers.hung
 
 
 def stuck_threads() -> int:
     """How many helper threads outlived their deadline and still run."""
-    return _Helpers.stuck
+    return len(_Helpers.stuck)
 
 
-async def off_loop(fn: Callable[[], T], *, fallback: T, timeout: float = TEXT_TIMEOUT) -> T:
+_THROTTLE = 0.5  # seconds a late helper thread sleeps at each line of the job's code
+
+
+def _throttle(frame: types.FrameType, event: str, arg: Any) -> Any:
+    """Line tracer of a late helper thread: it sleeps (without the GIL) at every line, so code
+    that swallows ``_GaveUp`` and spins on costs no CPU and does not compete with the loop."""
+    time.sleep(_THROTTLE)
+    return _throttle
+
+
+def _tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
+    """Call tracer of every helper thread: nothing (no line events) until the thread is late."""
+    return _throttle if threading.get_ident() in _Helpers.stuck else None
+
+
+def _stop_thread(ident: int) -> None:
+    """Ask a late helper thread to stop (``_GaveUp`` raised at its next bytecode), and make
+    the frames it is in sleep at each line in case it swallows that."""
+    import ctypes  # only once a job's value has hung
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_GaveUp))
+    frame = sys._current_frames().get(ident)
+    while frame is not None:
+        frame.f_trace = _throttle
+        frame = frame.f_back
+
+
+def _nudge_stuck() -> int:
+    """Ask every late helper thread to stop again; how many still run."""
+    with _Helpers.lock:
+        for ident, thread in list(_Helpers.stuck.items()):
+            if thread.is_alive():
+                _stop_thread(ident)
+            else:
+                del _Helpers.stuck[ident]
+        return len(_Helpers.stuck)
+
+
+async def off_loop(
+    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
+) -> T:
     """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
-    does not return within ``timeout`` seconds (the thread is then left to finish alone)."""
+    does not return within ``timeout`` seconds (the thread is then asked to stop and left to
+    finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
+    MAX_STUCK earlier ones still run."""
+    if _nudge_stuck() >= MAX_STUCK:
+        _Helpers.refused += 1
+        if _Helpers.refused == 1 or _Helpers.refused % 1000 == 0:
+            log.warning(
+                "%d helper thread(s) still turn a job's value into text after their deadline; "
+                "not calling job code for text until they end (%d value(s) shown as placeholders)",
+                len(_Helpers.stuck),
+                _Helpers.refused,
+            )
+        return fallback if refused is None else refused
     loop = asyncio.get_running_loop()
     future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-    state = {"late": False, "done": False}
 
     def deliver(outcome: tuple[bool, Any]) -> None:
         if not future.done():
             future.set_result(outcome)
 
     def target() -> None:
+        sys.settrace(_tracer)  # lets a late thread be slowed down (see _stop_thread)
         try:
             outcome: tuple[bool, Any] = (True, fn())
         except BaseException as exc:
             outcome = (False, exc)
-        with _Helpers.lock:
-            state["done"] = True
-            if state["late"]:
-                _Helpers.stuck -= 1
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-            loop.call_soon_threadsafe(deliver, outcome)
+        try:
+            with _Helpers.lock:
+                _Helpers.stuck.pop(threading.get_ident(), None)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(deliver, outcome)
+        except _GaveUp:  # asked to stop just as it ended
+            pass
+        finally:
+            sys.settrace(None)
 
     thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
     thread.start()
@@ -84,14 +180,17 @@ async def off_loop(fn: Callable[[], T], *, fallback: T, timeout: float = TEXT_TI
         ok, value = await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
         with _Helpers.lock:
-            if not state["done"]:
-                state["late"] = True
-                _Helpers.stuck += 1
+            if thread.is_alive() and thread.ident is not None:
+                _Helpers.stuck[thread.ident] = thread
+                culprit = _Helpers.calling.get(thread.ident)
+                if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
+                    _Helpers.hung.add(culprit)
+                _stop_thread(thread.ident)
         log.warning(
-            "turning a job's value into text took longer than %gs; gave up "
-            "(%d such thread(s) still running)",
+            "turning a job's value into text took longer than %gs; gave up and asked the "
+            "thread to stop (%d such thread(s) still running)",
             timeout,
-            _Helpers.stuck,
+            len(_Helpers.stuck),
         )
         return fallback
     if not ok:
@@ -142,19 +241,33 @@ def type_name(obj: BaseException | type) -> str:
 
 
 def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> str:
-    """``str(exc)`` cut to ``limit``; a placeholder if it raises anything (SystemExit too)."""
+    """``str(exc)`` cut to ``limit``; a placeholder if it raises anything (SystemExit too), or
+    without calling it when that class's ``__str__`` once outlived its deadline."""
+    cls = type(exc)
+    if _hung_before(cls):
+        return f"<{cls.__name__}: its str() hung before; not called again>"
     try:
-        return plain_str(str(exc), limit)
+        with _calling(cls):
+            return plain_str(str(exc), limit)
+    except _GaveUp:
+        raise
     except BaseException as inner:
-        return f"<{type(exc).__name__} whose str() raised {type(inner).__name__}>"
+        return f"<{cls.__name__} whose str() raised {type(inner).__name__}>"
 
 
 def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
-    """``repr(value)`` cut to ``limit``; a placeholder if it raises anything."""
+    """``repr(value)`` cut to ``limit``; a placeholder if it raises anything, or without
+    calling it when that class's ``__repr__`` once outlived its deadline."""
+    cls = type(value)
+    if _hung_before(cls):
+        return f"<{cls.__name__} object: its repr() hung before; not called again>"
     try:
-        return plain_str(repr(value), limit)
+        with _calling(cls):
+            return plain_str(repr(value), limit)
+    except _GaveUp:
+        raise
     except BaseException as inner:
-        return f"<{type(value).__name__} object whose repr() raised {type(inner).__name__}>"
+        return f"<{cls.__name__} object whose repr() raised {type(inner).__name__}>"
 
 
 # --- previews of plain values --------------------------------------------------------------------
@@ -343,9 +456,11 @@ async def preview_off_loop(
         return preview(value, redact, as_json=as_json)
     except NeedsJobCode:
         pass
-    fallback = f"<{type(value).__name__} object: its repr() failed or took too long>"
+    name = type(value).__name__
     return await off_loop(
-        lambda: preview(value, redact, as_json=as_json, user_code=True), fallback=fallback
+        lambda: preview(value, redact, as_json=as_json, user_code=True),
+        fallback=f"<{name} object: its repr() failed or was not read within {TEXT_TIMEOUT:g}s>",
+        refused=f"<{name} object: not shown while {_HUNG_TEXTS}>",
     )
 
 
@@ -422,7 +537,12 @@ def describe_exception(
     error_type = type_name(exc)
     message = safe_str(exc)
     try:
-        text: str | None = format_user_traceback(exc)
+        if _hung_before(type(exc)):
+            raise LookupError  # formatting would call its __str__ again
+        with _calling(type(exc)):
+            text: str | None = format_user_traceback(exc)
+    except _GaveUp:
+        raise
     except BaseException:
         text = _bare_traceback(exc, message)
     return (
@@ -438,13 +558,12 @@ async def describe_exception_off_loop(
     """``describe_exception`` in a helper thread with a deadline (the job's ``__str__`` and
     the source lines of its traceback are read there, never on the loop)."""
     name = type_name(exc)
-    fallback = (
-        name,
-        redacted(
-            f"{prefix}<{name}: its text could not be read within {TEXT_TIMEOUT:g}s>",
-            ERROR_CHARS,
-            redact,
-        ),
-        None,
+
+    def placeholder(why: str) -> tuple[str, str, str | None]:
+        return name, redacted(f"{prefix}<{name}: {why}>", ERROR_CHARS, redact), None
+
+    return await off_loop(
+        lambda: describe_exception(exc, redact, prefix),
+        fallback=placeholder(f"its text could not be read within {TEXT_TIMEOUT:g}s"),
+        refused=placeholder(f"its text is not read while {_HUNG_TEXTS}"),
     )
-    return await off_loop(lambda: describe_exception(exc, redact, prefix), fallback=fallback)

@@ -5,11 +5,21 @@ daemon must go on."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from reliability.harness import Outcome, Scenario, assert_all, assert_healthy, run_scenarios
+from reliability.harness import (
+    Daemon,
+    Outcome,
+    Scenario,
+    assert_all,
+    assert_healthy,
+    run_scenarios,
+    tail,
+)
 from reliability.registry import case
 
 GROUP = "job values"
@@ -57,6 +67,40 @@ async def areturn_exit_repr():
     return [1, {"x": ExitsOnRepr()}]
 
 
+class SpinsOnStr(Exception):
+    def __str__(self):
+        while True:
+            pass
+
+
+class SwallowsOnStr(Exception):
+    def __str__(self):
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                pass
+
+
+class SpinsOnRepr:
+    def __repr__(self):
+        while True:
+            pass
+
+
+def raise_spins_str():
+    raise SpinsOnStr("never shown")
+
+
+async def araise_swallows_str():
+    raise SwallowsOnStr("never shown")
+
+
+def return_spins_repr():
+    return [SpinsOnRepr()]
+
+
 def ten_million():
     return [i for i in range(10_000_000)]
 
@@ -77,6 +121,26 @@ araise_interrupt_str: {entrypoint: "rel_values:araise_interrupt_str", schedule: 
 return_exit_repr: {entrypoint: "rel_values:return_exit_repr", schedule: "* * * * * *"}
 areturn_exit_repr: {entrypoint: "rel_values:areturn_exit_repr", schedule: "* * * * * *"}
 """
+
+SPINNING = """
+raise_spins_str: {entrypoint: "rel_values:raise_spins_str", schedule: "* * * * * *"}
+araise_swallows_str: {entrypoint: "rel_values:araise_swallows_str", schedule: "* * * * * *"}
+return_spins_repr: {entrypoint: "rel_values:return_spins_repr", schedule: "* * * * * *"}
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(daemon: Daemon) -> float:
+    """CPU seconds per second of the daemon over 3 s, once every spinning value was met."""
+    daemon.wait_for(lambda log: log.count("hung before") >= 6, 60, "the hung texts learned")
+    before, start = _cpu_seconds(daemon.proc.pid), time.monotonic()
+    time.sleep(3)
+    return (_cpu_seconds(daemon.proc.pid) - before) / (time.monotonic() - start)
+
 
 BIG = """
 ten_million: {entrypoint: "rel_values:ten_million", schedule: "*/3 * * * * *"}
@@ -107,6 +171,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     scenarios = [
         Scenario(name="inline", jobs=INLINE, modules=modules, ticks=5),
         Scenario(name="big", jobs=BIG, modules=modules, ticks=7),
+        Scenario(name="spinning", jobs=SPINNING, modules=modules, ticks=3, driver=measure_cpu),
         Scenario(name="process", jobs=PROCESS, modules=modules, ticks=6),
     ]
     return run_scenarios(scenarios, Path(root))
@@ -208,3 +273,37 @@ def test_process_str_raises(outcomes: dict[str, Outcome]) -> None:
     rows = out.of("p_huge_message")
     assert_all(rows, status="failed", error_type="ValueError", at_least=1, error="mmmm")
     assert all(len(r["error"]) <= 2000 for r in rows)
+
+
+@case(
+    "str_spins",
+    group=GROUP,
+    title="jobs raise exceptions whose `__str__` loops forever (one swallows every "
+    "BaseException while it loops) and return an object whose `__repr__` loops, every second",
+    checks="after 2 s the text is given up, the thread is asked to stop (and slowed to a "
+    "sleep if it will not), and that class's text is never called again; runs `failed`/"
+    "`succeeded` with placeholders; the daemon uses under half a core afterwards (it used to "
+    "pile up spinning threads); the per-second job keeps its times",
+)
+def test_str_spins(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["spinning"]
+    assert_healthy(out)
+    for job, status, field, text in (
+        ("raise_spins_str", "failed", "error", "str() hung before"),
+        ("araise_swallows_str", "failed", "error", "str() hung before"),
+        ("return_spins_repr", "succeeded", "result", "repr() hung before"),
+    ):
+        rows = out.of(job)
+        # While the first run's text is being given up (2 s) it is still running: the fires
+        # meanwhile are honestly skipped. After that, no fire waits on that text again.
+        ran = [r for r in rows if r["status"] != "skipped"]
+        assert all(r in rows[:3] for r in rows if r["status"] == "skipped"), out.show(rows)
+        assert_all(ran, status=status, at_least=3)
+        assert "within 2s" in (ran[0][field] or ""), out.show(rows)
+        # Until the class is known to hang, a value whose text needs job code is shown as a
+        # placeholder while two given-up threads still run; then never called again.
+        later = [r[field] or "" for r in ran[1:]]
+        assert all(text in v or "still hang" in v for v in later), out.show(rows)
+        assert text in later[-1], out.show(rows)
+    cpu = out.extra["driver"]
+    assert cpu < 0.5, f"{cpu:.2f} CPU seconds per second with the texts given up\n{tail(out.log)}"
