@@ -5,11 +5,15 @@ notice says how many once the reader is back, and the exit waits a bounded time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qtasks_cli.ui import output
 
@@ -80,3 +84,70 @@ def test_a_normal_exit_writes_what_is_queued(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[-1] == "out 1999"
     assert "the last error" in done.stderr
     assert "a warning" in done.stderr
+
+
+# --- whole lines: a dropped piece takes its line with it, and a line counts once ---------------
+
+
+class _Scripted(output._TextDrain):
+    """A text drain whose queue accepts or refuses each piece as a script says (no thread)."""
+
+    def __init__(self, script: list[bool]) -> None:
+        self.script = iter(script)
+        self.queued: list[str] = []
+        super().__init__(-1, "test", "utf-8", "strict")
+
+    def _run(self) -> None:  # no drain thread: the test reads ``queued``
+        return
+
+    def put(self, item: object, lines: int = 1, size: int = 0) -> bool:
+        if next(self.script, True):
+            self.queued.append(str(item))
+            return True
+        self.dropped.add(lines)
+        return False
+
+
+@st.composite
+def _writes(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """Lines (line i is one character, ``chr(0x100 + i)``, repeated: a glued or mixed line
+    shows) and the writes that made them: the text cut at random places, ``\n`` included."""
+    lengths = draw(st.lists(st.integers(1, 5), min_size=1, max_size=12))
+    lines = [chr(0x100 + i) * n for i, n in enumerate(lengths)]
+    ended = draw(st.booleans())
+    text = "\n".join(lines) + ("\n" if ended else "")
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(text) - 1)), max_size=20))))
+    bounds = [0, *[c for c in cuts if c < len(text)], len(text)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    return lines, pieces
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=_writes(), script=st.lists(st.booleans(), max_size=30))
+def test_dropping_keeps_whole_lines_and_counts_each_line_once(
+    case: tuple[list[str], list[str]], script: list[bool]
+) -> None:
+    lines, pieces = case
+    drain = _Scripted(script)
+    for piece in pieces:
+        drain.offer(piece)
+    written = "".join(drain.queued).split("\n")
+    if written[-1] == "":
+        written.pop()
+    # Each written line is one original line, whole or cut short: never glued to another,
+    # never missing its middle, in order.
+    seen: list[int] = []
+    for line in written:
+        assert line, (pieces, script, drain.queued)  # no line is empty: no stray newline
+        index = ord(line[0]) - 0x100
+        assert set(line) == {line[0]}, (pieces, script, drain.queued)
+        assert len(line) <= len(lines[index]), (pieces, script, drain.queued)
+        assert not seen or index > seen[-1], (pieces, script, drain.queued)
+        seen.append(index)
+    complete = sum(lines[i] in written for i in seen)
+    # Exactly the lines not written whole are counted, each once however many of its pieces
+    # were dropped.
+    assert drain.dropped.total == len(lines) - complete, (pieces, script, drain.queued)
+    # Nothing is counted when nothing was refused.
+    if all(script[: len(pieces)]) and len(script) >= len(pieces):
+        assert drain.dropped.total == 0 and "".join(drain.queued) == "".join(pieces)

@@ -85,22 +85,25 @@ class _Drain:
         self._size_lock = threading.Lock()
         self._queued_chars = 0
         self.broken = False
+        self.ends_line = True  # what was written last ended a line
         self._thread = threading.Thread(target=self._run, name=f"qtasks-{name}", daemon=True)
         self._thread.start()
 
-    def put(self, item: Any, lines: int = 1, size: int = 0) -> None:
+    def put(self, item: Any, lines: int = 1, size: int = 0) -> bool:
         """Queue ``item`` (``size`` characters) without waiting; drop it (and count ``lines``)
-        when the queue is full."""
+        when the queue is full. True when queued."""
         with self._size_lock:
             if self._queued_chars + size > MAX_QUEUED_CHARS:
                 self.dropped.add(lines)
-                return
+                return False
             self._queued_chars += size
         try:
             self.queue.put_nowait((item, size))
         except queue.Full:
             self._release(size)
             self.dropped.add(lines)
+            return False
+        return True
 
     def _release(self, size: int) -> None:
         with self._size_lock:
@@ -127,14 +130,20 @@ class _Drain:
                     break
                 batch.append(self._take(more))
                 size += len(batch[-1])
-            if self.broken or not _write_all(self.fd, b"".join(batch)):
+            data = b"".join(batch)
+            if self.broken or not _write_all(self.fd, data):
                 self.broken = True  # nobody reads any more: drop quietly
+            if data:
+                self.ends_line = data.endswith(b"\n")
             self.written += len(batch)
             for _ in batch:
                 self.queue.task_done()
-            lost = self.dropped.take()
-            if lost and not self.broken:
-                self.notice(lost)
+            # The notice waits for the end of the line being written, so that it is never
+            # glued to a line's first half (where stdout and stderr share one pipe).
+            if self.ends_line and not self.broken:
+                lost = self.dropped.take()
+                if lost:
+                    self.notice(lost)
 
     def settle(self, deadline: float) -> None:
         """Wait until the queue is empty (and a little for the last write), while the
@@ -150,11 +159,44 @@ class _Drain:
 
 
 class _TextDrain(_Drain):
-    """What ``print`` writes to the process's stdout or stderr."""
+    """What ``print`` writes to the process's stdout or stderr.
+
+    Dropping works on whole lines: ``print`` writes a line in pieces (the text, then ``\n``),
+    and once a piece of a line is dropped the rest of that line is dropped too, so the output
+    holds no line with its middle missing, and a line counts once however many writes made it.
+    A line whose first part was already written when the queue filled is ended with a ``\n``
+    of its own, before the next line."""
 
     def __init__(self, fd: int, name: str, encoding: str, errors: str) -> None:
         self.encoding, self.errors = encoding, errors
+        self._line_lock = threading.Lock()
+        self._at_start = True  # the next text starts a line
+        self._dropping = False  # the rest of the current line is being dropped
+        self._owe_newline = False  # a line's first part went out without its end
         super().__init__(fd, name)
+
+    def offer(self, text: str) -> None:
+        """Queue ``text`` (one ``write``), dropping whole lines when the queue is full."""
+        with self._line_lock:
+            if self._dropping:
+                end = text.find("\n")
+                if end < 0:
+                    return  # still the line being dropped
+                text, self._dropping, self._at_start = text[end + 1 :], False, True
+                if not text:
+                    return
+            lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+            if not self._at_start and text.startswith("\n"):
+                lines -= 1  # only the end of a line already out: the newline is owed, not lost
+            queued = "\n" + text if self._owe_newline else text
+            if self.put(queued, lines, len(queued)):
+                self._owe_newline = False
+                self._at_start = text.endswith("\n")
+                return
+            if not self._at_start:
+                self._owe_newline = True  # the line's first part is queued or written
+            self._dropping = not text.endswith("\n")
+            self._at_start = not self._dropping
 
     def render(self, item: Any) -> bytes:
         return str.encode(item, self.encoding, self.errors)
@@ -199,7 +241,7 @@ class BoundedStream(io.TextIOBase):
         if size > MAX_QUEUED_CHARS:
             self.drain.dropped.add(text.count("\n", MAX_QUEUED_CHARS) or 1)
             text = text[:MAX_QUEUED_CHARS] + "\n"
-        self.drain.put(text, max(1, text.count("\n")), len(text))
+        self.drain.offer(text)
         return size
 
     def flush(self) -> None:
