@@ -687,6 +687,34 @@ def _serve_call(channel: _Channel, loop: _Loop, payload: bytes) -> None:
         _flush_stdio()
 
 
+class _Baseline:
+    """What a reused child puts back before each call, whatever the previous job did to it:
+    fds 0, 1 and 2, ``sys.stdin``/``stdout``/``stderr``, the working directory and the
+    SIGTERM handler. A job that closed its stdout, chdir'd or ignored SIGTERM does not break
+    or change the next call of the same child."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.fds = {fd: os.dup(fd) for fd in (0, 1, 2)}  # not inheritable: no job child gets them
+        self.streams = {name: getattr(sys, name) for name in ("stdin", "stdout", "stderr")}
+        self.cwd = os.getcwd()
+        self.on_sigterm = channel.on_sigterm
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        for fd, saved in self.fds.items():
+            with contextlib.suppress(OSError):
+                os.dup2(saved, fd)
+        for (name, stream), fd in zip(self.streams.items(), (0, 1, 2), strict=True):
+            if stream is None or getattr(stream, "closed", True):
+                mode = "r" if fd == 0 else "w"
+                stream = self.streams[name] = open(  # noqa: SIM115 (lives as the process's)
+                    fd, mode, buffering=1 if fd else -1, closefd=False, errors="backslashreplace"
+                )
+            setattr(sys, name, stream)
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+
+
 def _serve(channel: _Channel) -> None:
     first = channel.receive()
     if first is None or first[0] != "init":
@@ -694,9 +722,11 @@ def _serve(channel: _Channel) -> None:
     sys.path[:] = pickle.loads(first[1])
     importlib.invalidate_caches()
     loop = _Loop()
+    baseline = _Baseline(channel)
     while (frame := channel.receive()) is not None:
         tag, payload = frame
         if tag == "call":
+            baseline.restore()
             _serve_call(channel, loop, payload)
         else:
             log.warning("qtasks child %d: unexpected frame %r; ignored", os.getpid(), tag)
