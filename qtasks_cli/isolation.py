@@ -273,9 +273,12 @@ class Worker:
         message = await self._inbox.get()
         if message.tag == "exit":
             self._inbox.put_nowait(message)  # so that every later receive sees it too
-            why = describe_exit(message.value)
-            if self.tainted:
-                why = f"{why}: {self.tainted}"
+            if self.tainted and message.value in (-signal.SIGKILL, -signal.SIGTERM):
+                why = f"child was stopped by qtasks: {self.tainted}"  # not out of memory
+            else:
+                why = describe_exit(message.value)
+                if self.tainted:
+                    why = f"{why}: {self.tainted}"
             raise ChildCrashed(why)
         return message
 
