@@ -58,6 +58,12 @@ STRESSORS: dict[str, tuple[str, str]] = {
         "  exit_repr: {entrypoint: 'stressjobs:returns_exit_repr', schedule: '* * * * * *'}\n"
         "  aexit_repr: {entrypoint: 'stressjobs:areturns_exit_repr', schedule: '* * * * * *'}\n",
     ),
+    "spinning __str__, stolen signals": (
+        "every second: an exception whose `__str__` loops forever and swallows every "
+        "BaseException; an async job setting SIGTERM to SIG_IGN and clearing the wake-up fd",
+        "  spins: {entrypoint: 'stressjobs:raises_spins_str', schedule: '* * * * * *'}\n"
+        "  signals: {entrypoint: 'stressjobs:takes_signals', schedule: '* * * * * *'}\n",
+    ),
 }
 
 

@@ -57,3 +57,24 @@ def returns_exit_repr() -> ExitsOnRepr:
 
 async def areturns_exit_repr() -> list[object]:
     return [ExitsOnRepr()]
+
+
+class SpinsOnStr(Exception):
+    def __str__(self) -> str:
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:  # swallows even the request to stop
+                pass
+
+
+def raises_spins_str() -> None:
+    raise SpinsOnStr("never shown")
+
+
+async def takes_signals() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)

@@ -5,19 +5,26 @@ daemon must go on."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 
 from reliability.harness import (
     Daemon,
     Outcome,
     Scenario,
     assert_all,
+    assert_clean_exit,
+    assert_consecutive,
     assert_healthy,
     run_scenarios,
+    statuses,
     tail,
 )
 from reliability.registry import case
@@ -101,6 +108,21 @@ def return_spins_repr():
     return [SpinsOnRepr()]
 
 
+class HoldsTheGil(Exception):
+    def __str__(self):
+        # One C call that never gives the GIL back (as a catastrophic regular expression).
+        return str(sum(range(HOLD)))
+
+
+HOLD = 0
+
+
+def holds_gil(n):
+    global HOLD
+    HOLD = n
+    raise HoldsTheGil()
+
+
 def ten_million():
     return [i for i in range(10_000_000)]
 
@@ -142,6 +164,34 @@ def measure_cpu(daemon: Daemon) -> float:
     return (_cpu_seconds(daemon.proc.pid) - before) / (time.monotonic() - start)
 
 
+FREEZE = """
+holds_gil: {entrypoint: "rel_values:holds_gil", schedule: "@startup", kwargs: {n: 150000000}}
+"""
+
+
+def watch_pings(sock: socket.socket) -> Callable[[Daemon], list[float]]:
+    """The driver: the monotonic times of the daemon's WATCHDOG=1 datagrams, until the gap
+    the frozen loop makes has closed (pings resumed) or 60 s passed."""
+
+    def driver(daemon: Daemon) -> list[float]:
+        sock.settimeout(0.1)
+        pings: list[float] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                continue
+            if data == b"WATCHDOG=1":
+                pings.append(time.monotonic())
+                gaps = [b - a for a, b in itertools.pairwise(pings)]
+                if any(g > 1.5 for g in gaps) and len(pings) - 1 - gaps.index(max(gaps)) >= 3:
+                    break
+        return pings
+
+    return driver
+
+
 BIG = """
 ten_million: {entrypoint: "rel_values:ten_million", schedule: "*/3 * * * * *"}
 hundred_mb: {entrypoint: "rel_values:hundred_mb", schedule: "*/3 * * * * *"}
@@ -168,13 +218,28 @@ p_huge_message:
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     root = tmp_path_factory.mktemp("values")
     modules = {"rel_values": VALUES}
+    notify = root / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    watchdog = clean_env(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="1000000")
     scenarios = [
         Scenario(name="inline", jobs=INLINE, modules=modules, ticks=5),
         Scenario(name="big", jobs=BIG, modules=modules, ticks=7),
         Scenario(name="spinning", jobs=SPINNING, modules=modules, ticks=3, driver=measure_cpu),
+        Scenario(
+            name="freeze",
+            jobs=FREEZE,
+            modules=modules,
+            ticks=2,
+            driver=watch_pings(sock),
+            env=watchdog,
+        ),
         Scenario(name="process", jobs=PROCESS, modules=modules, ticks=6),
     ]
-    return run_scenarios(scenarios, Path(root))
+    try:
+        return run_scenarios(scenarios, Path(root))
+    finally:
+        sock.close()
 
 
 @case(
@@ -307,3 +372,26 @@ def test_str_spins(outcomes: dict[str, Outcome]) -> None:
         assert text in later[-1], out.show(rows)
     cpu = out.extra["driver"]
     assert cpu < 0.5, f"{cpu:.2f} CPU seconds per second with the texts given up\n{tail(out.log)}"
+
+
+@case(
+    "gil_held_by_a_value",
+    group=GROUP,
+    title="under systemd's watchdog (`WATCHDOG_USEC=1s`), a job's exception `__str__` runs one C "
+    "call that holds the GIL for seconds (as a catastrophic regular expression would)",
+    checks="the daemon cannot run meanwhile (a known limit of inline jobs), so its `WATCHDOG=1` "
+    "pings stop for longer than the watchdog allows, which is what makes systemd restart it; "
+    "afterwards it pings again, the run is `failed`, the per-second fires the freeze cost are "
+    "recorded `missed` (none lost, none doubled) and SIGTERM exits 0",
+)
+def test_gil_held_by_a_value(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["freeze"]
+    assert_clean_exit(out)
+    ticks = out.of("tick")
+    assert_consecutive(ticks)
+    assert set(statuses(ticks)) <= {"succeeded", "missed"}, out.show(ticks)
+    pings: list[float] = out.extra["driver"]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert gaps and max(gaps) > 1.0, f"no watchdog gap in {gaps}\n{tail(out.log)}"
+    assert len(pings) - 1 - gaps.index(max(gaps)) >= 3, "the pings did not resume"
+    assert_all(out.of("holds_gil"), status="failed", error_type="rel_values.HoldsTheGil")
