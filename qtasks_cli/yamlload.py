@@ -65,7 +65,8 @@ class Located:
     column: int
     path: str
     # For a plain scalar whose YAML 1.1 reading is a surprise: what kind ("base-60",
-    # "octal", "boolean", "date"); ``source`` is then the text as written.
+    # "octal", "boolean", "date"), or a number not in plain decimal digits ("binary", "hex",
+    # "underscore"); ``source`` is then the text as written.
     trap: str | None = None
     source: str = ""
 
@@ -83,6 +84,9 @@ class Located:
             "octal": "an octal number",
             "boolean": "a boolean",
             "date": "a date",
+            "binary": "a binary number",
+            "hex": "a hexadecimal number",
+            "underscore": "a number whose _ are dropped",
         }.get(self.trap or "", "")
 
     @property
@@ -139,6 +143,10 @@ def _trap_of(node: ScalarNode) -> str | None:
         return "base-60"
     if tag == _STD + "int" and _OCTAL.fullmatch(text) and text.strip("+-0_"):
         return "octal"
+    if tag == _STD + "int" and text.lstrip("+-")[:2] in ("0b", "0x"):
+        return "binary" if text.lstrip("+-")[1] == "b" else "hex"
+    if tag in (_STD + "int", _STD + "float") and "_" in text:
+        return "underscore"
     if tag == _STD + "bool" and text.lower() in _SURPRISING_BOOLS:
         return "boolean"
     if tag == _STD + "timestamp":
