@@ -713,6 +713,19 @@ class _JobReader:
                 self.report(
                     kwargs, f"expected a mapping of keyword arguments, got {kwargs.type_name()}"
                 )
+        # What every start path checks, checked up front (qtasks_cli.request).
+        from qtasks_cli.request import check_value
+
+        for node, key, value in (
+            (args, "args", list(self.values.get("args", ()))),
+            (kwargs, "kwargs", self.values.get("kwargs", {})),
+        ):
+            if node is None or _has_invalid(node):
+                continue  # reported where it is
+            problem = check_value(value, key)
+            if problem:
+                self.arguments_ok = False
+                self.report(node, f"arguments refused: {problem}")
 
     def _interpolate(self, node: Located) -> Any:
         """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
@@ -846,6 +859,19 @@ class _JobReader:
         if kwargs is not None and "keyword" in reason:
             return kwargs
         return args or kwargs or self.nodes["entrypoint"]
+
+
+def _has_invalid(node: Located) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if item.invalid:
+            return True
+        if item.kind == "map":
+            stack.extend(value for _, value in item.value.values())
+        elif item.kind == "seq":
+            stack.extend(item.value)
+    return False
 
 
 def _compact(value: Any) -> str:

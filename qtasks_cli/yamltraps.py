@@ -84,6 +84,15 @@ def notes(node: Located) -> list[tuple[Located, str]]:
                 )
             )
         elif item.kind == "map":
+            for k, (key_node, _) in item.value.items():
+                if key_node.trap:
+                    found.append(
+                        (
+                            key_node,
+                            f"key '{k}' is kept as the text '{k}' (YAML 1.1 reads {k} as "
+                            f"{key_node.reading()}); keys in arguments are always text",
+                        )
+                    )
             stack.extend((k, value) for k, (_, value) in reversed(item.value.items()))
         elif item.kind == "seq":
             stack.extend((None, value) for value in reversed(item.value))
