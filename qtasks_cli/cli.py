@@ -286,7 +286,7 @@ def trigger(
         list[str] | None,
         typer.Option(
             "--kwarg",
-            help="KEY=VALUE keyword argument (VALUE parsed as YAML); repeatable.",
+            help="KEY=VALUE keyword argument (VALUE read as the job file's YAML); repeatable.",
             show_default=False,
         ),
     ] = None,
@@ -361,49 +361,87 @@ def _print_items(event: Any) -> None:
 def _parse_call_args(
     arg: list[str] | None, kwarg: list[str] | None, json_kwargs: str | None
 ) -> tuple[Any, Any]:
-    import yaml
-
-    def scalar(text: str, option: str) -> Any:
-        try:
-            value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            return text
-        except RecursionError:
-            _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
-        except ValueError as exc:  # an integer of more than 4,300 digits, say
-            _fail(f"{option} {_shown(text)}: {exc}")
-        try:
-            _check_depth(value, option, text)
-        except RecursionError:
-            _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
-        return value
-
-    args = [scalar(a, "--arg") for a in arg] if arg else None
+    """--arg, --kwarg and --json-kwargs as a run's arguments. A VALUE is read by the job
+    file's own YAML reader (keys are the text written, a key given twice is refused, tags and
+    YAML 1.1's surprises as in the job file, which are said on stderr); --json-kwargs refuses
+    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2."""
+    args = [_yaml_value(a, "--arg", a) for a in arg] if arg else None
     kwargs: dict[str, Any] | None = None
     if kwarg:
         kwargs = {}
         for item in kwarg:
             key, sep, value = item.partition("=")
-            if not sep or not key.isidentifier():
-                _fail(f"--kwarg {item!r}: expected KEY=VALUE with KEY a Python identifier")
-            kwargs[key] = scalar(value, "--kwarg")
+            if not sep or not key:
+                _fail(f"--kwarg {_shown(item)}: expected KEY=VALUE")
+            if key in kwargs:
+                _fail(f"--kwarg {_shown(item)}: keyword {key!r} is given twice")
+            kwargs[key] = _yaml_value(value, "--kwarg", item)
     if json_kwargs:
-        try:
-            extra = json.loads(json_kwargs)
-        except json.JSONDecodeError as exc:
-            _fail(f"--json-kwargs: not valid JSON: {exc}")
-        except RecursionError:
-            _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
-        except ValueError as exc:  # an integer of more than 4,300 digits, say
-            _fail(f"--json-kwargs: {exc}")
-        try:
-            _check_depth(extra, "--json-kwargs", json_kwargs)
-        except RecursionError:
-            _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
-        if not isinstance(extra, dict):
-            _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
+        extra = _json_object(json_kwargs)
+        twice = sorted(set(extra) & set(kwargs or {}))
+        if twice:
+            _fail(f"--json-kwargs: keyword {twice[0]!r} is given by --kwarg too")
         kwargs = {**(kwargs or {}), **extra}
     return args, kwargs
+
+
+def _yaml_value(text: str, option: str, shown: str) -> Any:
+    from qtasks_cli import yamlload, yamltraps
+    from qtasks_cli.errors import ConfigError
+
+    if not text.strip():
+        return text
+    where = f"{option} {_shown(shown)}"
+    try:
+        tree, problems = yamlload.load(text, option)
+    except ConfigError as exc:
+        first = exc.problems[0]
+        if first.message.startswith("invalid YAML") and "nesting" not in first.message:
+            return text  # not YAML at all: the text as given
+        _fail(f"{where}: {first.message}")
+    except RecursionError:
+        _fail(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if problems:
+        _fail(f"{where}: {problems[0].message}")
+    if tree is None:
+        return None
+    for _, note in yamltraps.notes(tree):
+        from qtasks_cli.ui.text import clean_line
+
+        print(clean_line(f"{where}: warning: {note}"), file=sys.stderr)
+    return yamlload.plain(tree)
+
+
+class _TwiceInJSON(Exception):
+    pass
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in found:
+                raise _TwiceInJSON(key)
+            found[key] = value
+        return found
+
+    try:
+        extra = json.loads(text, object_pairs_hook=unique)
+    except _TwiceInJSON as exc:
+        _fail(f"--json-kwargs: key {exc.args[0]!r} is given twice in one object")
+    except json.JSONDecodeError as exc:
+        _fail(f"--json-kwargs: not valid JSON: {exc}")
+    except RecursionError:
+        _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
+    except ValueError as exc:  # an integer of more than 4,300 digits, say
+        _fail(f"--json-kwargs: {exc}")
+    try:
+        _check_depth(extra, "--json-kwargs", text)
+    except RecursionError:
+        _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
+    if not isinstance(extra, dict):
+        _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
+    return extra
 
 
 def _shown(text: str) -> str:

@@ -253,7 +253,15 @@ def _bool(node: Located) -> bool:
     return node.value
 
 
+def _plain_number(node: Located) -> None:
+    """A count, a size or a port is read from plain decimal digits only: YAML 1.1 reads
+    ``010`` as 8, ``0b101`` as 5, ``0x10`` as 16, ``1__0`` as 10 and ``1:30`` as 90."""
+    if node.trap in yamltraps.NUMBER_TRAPS:
+        raise _Bad(yamltraps.refusal(node, "a number") or node.trap_note())
+
+
 def _int(node: Located, minimum: int) -> int:
+    _plain_number(node)
     value = node.value
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"expected a whole number >= {minimum}, got {node.type_name()}")
@@ -267,6 +275,7 @@ def _optional(read: Callable[[Located], Any]) -> Callable[[Located], Any]:
 
 
 def _positive_number(node: Located) -> float:
+    _plain_number(node)
     value = node.value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise _Bad(f"expected a number > 0, got {_show(node)}")
@@ -404,6 +413,7 @@ def _state(ctx: _Context, node: Located) -> str:
 def _listen_address(node: Located) -> tuple[str, int]:
     """``settings.metrics``: ``HOST:PORT`` (``[::1]:9464`` for IPv6) or a bare port, which
     listens on 127.0.0.1 only."""
+    _plain_number(node)
     value = node.value
     expected = "expected HOST:PORT such as 127.0.0.1:9464, or a port number"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -522,6 +532,7 @@ def _description(node: Located) -> str:
 
 
 def _backoff(node: Located) -> float:
+    _plain_number(node)
     value = node.value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
         raise _Bad(f"expected a number >= 1, got {_show(node)}")
@@ -640,7 +651,12 @@ class _JobReader:
             # Every scalar: a quoted "1:30" is refused as 1:30 is, for the same reason.
             trapped = [item] if item.kind == "scalar" and not item.invalid else []
             if item.kind == "map":
-                trapped = [value for _, value in item.value.values() if value.trap]
+                trapped = [
+                    child
+                    for _, value in item.value.values()
+                    for child in (value.value if value.kind == "seq" else [value])
+                    if child.trap
+                ]
             if any(self._schedule_trap(node) for node in trapped):
                 continue
             if item.invalid:
@@ -665,7 +681,7 @@ class _JobReader:
             self.values["schedule_text"] = "; ".join(_compact(yamlload.plain(i)) for i in items)
 
     def _schedule_trap(self, node: Located) -> bool:
-        in_mapping = node.path.rsplit(".", 1)[-1] in yamltraps.MAPPING_FIELDS
+        in_mapping = node.path.rsplit(".", 1)[-1].split("[")[0] in yamltraps.MAPPING_FIELDS
         problem = yamltraps.refusal(node, "a valid value" if in_mapping else "a schedule")
         if problem:
             self.report(node, problem)
@@ -697,6 +713,19 @@ class _JobReader:
                 self.report(
                     kwargs, f"expected a mapping of keyword arguments, got {kwargs.type_name()}"
                 )
+        # What every start path checks, checked up front (qtasks_cli.request).
+        from qtasks_cli.request import check_value
+
+        for node, key, value in (
+            (args, "args", list(self.values.get("args", ()))),
+            (kwargs, "kwargs", self.values.get("kwargs", {})),
+        ):
+            if node is None or _has_invalid(node):
+                continue  # reported where it is
+            problem = check_value(value, key)
+            if problem:
+                self.arguments_ok = False
+                self.report(node, f"arguments refused: {problem}")
 
     def _interpolate(self, node: Located) -> Any:
         """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
@@ -726,6 +755,9 @@ class _JobReader:
 
     def _read_retry(self, node: Located | None) -> None:
         if node is None or node.is_null or node.invalid:
+            return
+        if node.trap in yamltraps.NUMBER_TRAPS:
+            self.report(node, yamltraps.refusal(node, "a number") or node.trap_note())
             return
         if node.kind != "map":
             self.report(
@@ -827,6 +859,19 @@ class _JobReader:
         if kwargs is not None and "keyword" in reason:
             return kwargs
         return args or kwargs or self.nodes["entrypoint"]
+
+
+def _has_invalid(node: Located) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if item.invalid:
+            return True
+        if item.kind == "map":
+            stack.extend(value for _, value in item.value.values())
+        elif item.kind == "seq":
+            stack.extend(item.value)
+    return False
 
 
 def _compact(value: Any) -> str:

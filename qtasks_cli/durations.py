@@ -8,7 +8,10 @@ from datetime import timedelta
 from qtasks_cli.errors import DurationError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# ASCII digits only: Python's \d and float() also read other scripts' digits, and float()
+# reads "1_0" as 10 and "1e3" as 1000.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 # Longer than any schedule or timeout can mean, and far inside timedelta's and datetime's range.
 _MAX_SECONDS = 100 * 366 * 86400.0
 _EXPECTED = "expected seconds or a duration such as 500ms, 30s, 5m, 2h, 1d or 1h30m"
@@ -31,12 +34,8 @@ def parse_duration(value: object) -> timedelta:
     text = value.strip().lower().replace(" ", "")
     if text.startswith("-"):
         raise DurationError(f"{value!r} is negative ({_EXPECTED})")
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return parse_duration(seconds)
+    if _SECONDS.fullmatch(text):
+        return parse_duration(float(text))
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:

@@ -12,7 +12,14 @@ of ``overlap: queue`` and the re-run of an interrupted run all go through ``buil
   So a ``${NAME}`` value never reaches the state file.
 * **Types.** A run's arguments are text, numbers, true/false, null, dates, date-times, binary
   data, lists and mappings with text keys, nested at most ``MAX_DEPTH`` levels: what the job
-  file can express and the store can keep exactly. Anything else is refused up front.
+  file can express and the store hands back exactly, of exactly those types (``str``, ``int``
+  of at most 4,300 digits, ``float``, ``bool``, ``None``, ``date``, ``datetime`` naive or with
+  a fixed offset, ``bytes``, ``list``, ``dict``). Anything else is refused up front, never
+  converted: a tuple, an IntEnum, a str subclass, a datetime in a named zone.
+* **Keys.** A mapping's keys are text. In YAML (the job file, ``--arg``, ``--kwarg``) a key is
+  the text as written (``1:`` is ``"1"``, ``no:`` is ``"no"``; ``validate`` says so) and a key
+  given twice is refused; in JSON (``--json-kwargs``) a key given twice is refused too; from
+  Python a key that is not a ``str`` is refused.
 * **Binding.** The resolved arguments must fit the entry point's signature
   (``inspect.Signature.bind``).
 
@@ -105,25 +112,66 @@ def escape(text: str) -> str:
 
 def check_value(value: Any, where: str = "") -> str | None:
     """None if ``value`` is one of the accepted types (see the module docstring), else why
-    not, naming where inside it (``kwargs.when[0]``)."""
+    not, naming where inside it (``kwargs.when[0]``). Types are taken exactly: what the store
+    would hand back as another type (a tuple as a list, an IntEnum or a str subclass as the
+    plain type, a datetime in a named zone with a fixed offset) is refused, not changed."""
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             return f"{path or 'the value'} is nested deeper than {MAX_DEPTH} levels"
-        if item is None or isinstance(item, (bool, int, float, str, bytes, date)):
+        kind = type(item)
+        if item is None or kind in _PLAIN:
             continue
-        if isinstance(item, (list, tuple)):
+        if kind is int:
+            if not -_INT_LIMIT < item < _INT_LIMIT:
+                return f"{path or 'the value'} is an integer of more than {_INT_DIGITS:,} digits"
+            continue
+        if kind is datetime:
+            back = datetime.fromisoformat(item.isoformat())
+            if repr(back) != repr(item):
+                lost = "its fold" if item.fold else "its zone (a fixed UTC offset only)"
+                return (
+                    f"{path or 'the value'} is the datetime {item!r:.80}, which the store would "
+                    f"hand back without {lost}; pass it naive, in UTC or with a "
+                    "datetime.timezone offset, and fold=0"
+                )
+            continue
+        if kind is list:
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
-        elif isinstance(item, Mapping):
+        elif kind is dict:
             for key, v in item.items():
-                if not isinstance(key, str):
-                    return f"{path or 'a mapping'} has a key {key!r} that is not text"
+                if type(key) is not str:
+                    return f"{path or 'a mapping'} has a key {key!r:.60} that is not text"
                 stack.append((v, f"{path}.{key}" if path else key, depth + 1))
         else:
-            shown = f"{type(item).__name__} {item!r:.60}"
-            return f"{path or 'the value'} is a {shown}; expected {ACCEPTED}"
+            return f"{path or 'the value'} is {_why_not(item)}"
     return None
+
+
+_PLAIN = frozenset((bool, str, float, bytes, date))
+_INT_DIGITS = 4300  # Python's own limit for an int read from or written as text
+_INT_LIMIT = 10**_INT_DIGITS
+_PLAIN_OF = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (bytes, "bytes"))
+
+
+def _why_not(item: Any) -> str:
+    """What ``item`` is and what to pass instead, for an ArgumentsError."""
+    shown = f"{type(item).__name__} {item!r:.60}"
+    if isinstance(item, tuple):
+        return f"a tuple {item!r:.60}, which the store would hand back as a list; pass a list"
+    for base, name in _PLAIN_OF:
+        if isinstance(item, base):
+            return (
+                f"a {shown} (a subclass of {name}), which the store would hand back as a plain "
+                f"{name}; pass {name}(value)"
+            )
+    if isinstance(item, (list, Mapping, date)):
+        plain = "list" if isinstance(item, list) else "dict" if isinstance(item, Mapping) else ""
+        if plain:
+            return f"a {shown}, which the store would hand back as a {plain}; pass {plain}(value)"
+        return f"a {shown} (a subclass of date), which the store would not hand back as it is"
+    return f"a {shown}; expected {ACCEPTED}"
 
 
 def _store_form(value: Any, text: Callable[[str], str]) -> Any:

@@ -65,24 +65,32 @@ class Located:
     column: int
     path: str
     # For a plain scalar whose YAML 1.1 reading is a surprise: what kind ("base-60",
-    # "octal", "boolean", "date"); ``source`` is then the text as written.
+    # "octal", "boolean", "date"), or a number not in plain decimal digits ("binary", "hex",
+    # "underscore"); ``source`` is then the text as written.
     trap: str | None = None
     source: str = ""
 
     def trap_note(self) -> str:
         """``'1:30' is read by YAML as 90 (a base-60 number)`` for a trapped scalar."""
-        return f"{self.source!r} is read by YAML as {show_value(self.value)} ({self._what()})"
+        return f"{self.source!r} is read by YAML as {show_value(self.value)} ({self.reading()})"
 
     def trap_reason(self) -> str:
         """``YAML 1.1 reads no as a boolean`` for a trapped scalar."""
-        return f"YAML 1.1 reads {self.source} as {self._what()}"
+        return f"YAML 1.1 reads {self.source} as {self.reading()}"
 
-    def _what(self) -> str:
+    def reading(self) -> str:
+        """What YAML 1.1 reads a trapped scalar as: ``a base-60 number``, ``a boolean``..."""
         return {
             "base-60": "a base-60 number",
             "octal": "an octal number",
             "boolean": "a boolean",
             "date": "a date",
+            "binary": "a binary number",
+            "hex": "a hexadecimal number",
+            "underscore": "a number whose _ are dropped",
+            "integer": "an integer",
+            "float": "a number",
+            "null": "null",
         }.get(self.trap or "", "")
 
     @property
@@ -139,11 +147,26 @@ def _trap_of(node: ScalarNode) -> str | None:
         return "base-60"
     if tag == _STD + "int" and _OCTAL.fullmatch(text) and text.strip("+-0_"):
         return "octal"
+    if tag == _STD + "int" and text.lstrip("+-")[:2] in ("0b", "0x"):
+        return "binary" if text.lstrip("+-")[1] == "b" else "hex"
+    if tag in (_STD + "int", _STD + "float") and "_" in text:
+        return "underscore"
     if tag == _STD + "bool" and text.lower() in _SURPRISING_BOOLS:
         return "boolean"
     if tag == _STD + "timestamp":
         return "date"
     return None
+
+
+_KEY_TYPES = {"int": "integer", "float": "float", "null": "null", "bool": "boolean"}
+
+
+def _key_trap(node: ScalarNode) -> str | None:
+    """For a plain mapping key YAML reads as other than text (``1``, ``no``, ``2024-01-01``,
+    ``~``): what it reads it as. qtasks keeps every key as the text written."""
+    if node.style or node.tag == _STD + "str":
+        return None
+    return _trap_of(node) or _KEY_TYPES.get(node.tag[len(_STD) :], "date")
 
 
 def plain(node: Located) -> Any:
@@ -347,6 +370,8 @@ class _Walker:
                 line=key_node.start_mark.line + 1,
                 column=key_node.start_mark.column + 1,
                 path=child,
+                trap=_key_trap(key_node),
+                source=key,
             )
             entries[key] = (key_loc, self.walk(value_node, child, depth + 1))
         for key, entry in merged.items():

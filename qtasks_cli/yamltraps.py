@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 
-from qtasks_cli.yamlload import Located
+from qtasks_cli.yamlload import Located, show_value
 
-__all__ = ["MAPPING_FIELDS", "notes", "refusal"]
+__all__ = ["MAPPING_FIELDS", "NUMBER_TRAPS", "notes", "refusal"]
 
 # The fields of a schedule mapping (``{hour: 23, minute: 59}``).
 MAPPING_FIELDS = ("month", "day", "day_of_week", "hour", "minute", "second")
+# Numbers YAML 1.1 reads from other than plain decimal digits: refused wherever a number is
+# a setting (a count, a duration, a schedule); in arguments only the first two are surprises
+# (YAML 1.2 reads 0x10 as 16 too, and 1_000 is what its writer meant).
+NUMBER_TRAPS = ("base-60", "octal", "binary", "hex", "underscore")
+_ARGUMENT_TRAPS = ("base-60", "octal", "boolean", "date")
 _CLOCK_LIKE = re.compile(r"\s*[-+]?\d+(:\d+)+(\.\d*)?\s*")
 
 
@@ -26,10 +31,11 @@ def refusal(node: Located, what: str) -> str | None:
     if node.trap == "base-60" or (isinstance(text, str) and _CLOCK_LIKE.fullmatch(text)):
         read = node.trap_note() if node.trap else f"{text!r} is not {what}"
         return f"{read}; {_clock_hint(text, what)}"
-    if node.trap == "octal":
-        digits = node.source.lstrip("+-0_") or "0"
+    if node.trap in NUMBER_TRAPS and (node.trap == "octal" or what != "a schedule"):
+        # A leading zero is more likely a typo than octal; the other forms mean their value.
+        digits = node.source.lstrip("+-0_") if node.trap == "octal" else show_value(node.value)
         if what != "a duration":
-            return f"{node.trap_note()}; write {digits}"
+            return f"{node.trap_note()}; write {digits or 0} in plain digits"
         return f"{node.trap_note()}, not {what}; write '{digits}s' for {digits} seconds"
     if node.trap == "boolean":
         if what == "a duration":
@@ -50,6 +56,8 @@ def _clock_hint(text: str, what: str) -> str:
             at = f"'{int(parts[1])} {int(parts[0])} * * *'"
             return f"for {int(parts[0]):02}:{int(parts[1]):02} every day write {at}"
         return "write a cron expression such as '30 1 * * *'"
+    if what == "a number":
+        return "write the number you meant in plain digits"
     if what != "a duration":
         return "write the number you meant, or quote the text"
     if len(parts) == 2:
@@ -66,7 +74,7 @@ def notes(node: Located) -> list[tuple[Located, str]]:
     stack: list[tuple[str | None, Located]] = [(None, node)]
     while stack:
         key, item = stack.pop()
-        if item.trap:
+        if item.trap in _ARGUMENT_TRAPS:
             written = f"{key}: {item.source}" if key is not None else item.source
             found.append(
                 (
@@ -76,6 +84,15 @@ def notes(node: Located) -> list[tuple[Located, str]]:
                 )
             )
         elif item.kind == "map":
+            for k, (key_node, _) in item.value.items():
+                if key_node.trap:
+                    found.append(
+                        (
+                            key_node,
+                            f"key '{k}' is kept as the text '{k}' (YAML 1.1 reads {k} as "
+                            f"{key_node.reading()}); keys in arguments are always text",
+                        )
+                    )
             stack.extend((k, value) for k, (_, value) in reversed(item.value.items()))
         elif item.kind == "seq":
             stack.extend((None, value) for value in reversed(item.value))

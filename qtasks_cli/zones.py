@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -30,7 +29,6 @@ __all__ = ["MachineZone", "ZoneError", "get_zone", "machine_zone"]
 
 ZONEINFO_DIRS = ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo")
 _TZIF_LIMIT = 1 << 20  # a zone file is a few kB
-_ZERO_BASED_DAY = re.compile(r",\d")
 
 
 class ZoneError(ValueError):
@@ -53,34 +51,75 @@ def _tzif(rule: str) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def get_zone(name: str) -> ZoneInfo:
-    """The zone ``name`` means: an IANA name, a POSIX TZ rule, or a TZif file's absolute
-    path (a leading ``:`` is ignored, as by tzset(3)). Raises ZoneError."""
+    """The zone ``name`` means: an IANA name, a POSIX TZ rule (as glibc reads it, see
+    ``qtasks_cli.posixtz``), or a TZif file's absolute path; one leading ``:`` is ignored, as
+    by tzset(3). A zone that counts leap seconds (``right/``) is refused. Raises ZoneError."""
     text = name[1:] if name.startswith(":") else name
     if not text or "\0" in text:
         raise ZoneError(f"{name!r} is not a time zone")
     if os.path.isabs(text):
         return _from_file(Path(text), name)
     try:
-        return ZoneInfo(text)
+        zone = ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         pass
-    if text.isascii() and text.isprintable() and any(ch.isdigit() for ch in text):
-        if _ZERO_BASED_DAY.search(text):
-            raise ZoneError(
-                f"{name!r} gives a date as a zero-based day of the year ('n'), which Python's "
-                "zoneinfo and the C library read a day apart in some years; write the date as "
-                "'Jn' (1-365, February 29 never counted) or 'Mm.w.d'"
-            )
+    else:
+        _refuse_leap_seconds(_zone_file_header(text), name)
+        return zone
+    if text.startswith(":"):
+        raise ZoneError(
+            f"{name!r} names no zone: tzset(3) drops one ':' and looks for a zone file named "
+            f"{text!r}, finds none and uses UTC; write {text.lstrip(':')!r}"
+        )
+    if not (text.isascii() and text.isprintable()):
+        raise ZoneError(f"unknown time zone {name!r}")
+    from qtasks_cli.posixtz import canonical_rule
+
+    try:
+        rule = canonical_rule(text)
+    except ValueError as exc:
+        if not any(ch.isdigit() for ch in text):
+            raise ZoneError(f"unknown time zone {name!r}") from None
+        raise ZoneError(str(exc)) from None
+    try:
+        zone = _FileZone.from_file(io.BytesIO(_tzif(rule)), key=name)
+        zone.utcoffset(None)  # the rule is parsed here and there; make sure it was
+        return zone
+    except (ValueError, OSError):
+        raise ZoneError(f"{name!r} is not a POSIX TZ rule Python's zoneinfo can apply") from None
+
+
+def _zone_file_header(key: str) -> bytes:
+    """The first bytes of the file ``ZoneInfo(key)`` reads, where it is one on the disk."""
+    import zoneinfo
+
+    for folder in zoneinfo.TZPATH:
         try:
-            zone = _FileZone.from_file(io.BytesIO(_tzif(text)), key=name)
-            zone.utcoffset(None)  # the rule is parsed here and there; make sure it was
-            return zone
-        except (ValueError, OSError):
-            raise ZoneError(
-                f"{name!r} is not a valid POSIX TZ rule (such as 'JST-9' or "
-                "'CET-1CEST,M3.5.0,M10.5.0/3'; a rule with daylight saving needs its dates)"
-            ) from None
-    raise ZoneError(f"unknown time zone {name!r}")
+            with open(os.path.join(folder, key), "rb") as fh:
+                return fh.read(_HEADER)
+        except OSError:
+            continue
+    return b""  # from the tzdata package, which has no leap-second zones
+
+
+_HEADER = 44  # RFC 8536: magic, version, 15 unused bytes and six 32-bit counts
+
+
+def _refuse_leap_seconds(header: bytes, name: str) -> None:
+    """A TZif file with leap-second records (tzdata's ``right/`` zones) describes a clock that
+    counts leap seconds: the C library shows its times 27 s behind the same zone's ordinary
+    ones, and Python's zoneinfo ignores the records. Neither can be matched: refuse."""
+    if len(header) < _HEADER or not header.startswith(b"TZif"):
+        return
+    leaps = struct.unpack(">6l", header[20:44])[2]
+    if leaps > 0:
+        plain = name.lstrip(":").split("right/", 1)[-1] if "right/" in name else None
+        hint = f"use {plain!r}" if plain else "use the same zone without leap seconds"
+        raise ZoneError(
+            f"{name!r} is a zone that counts leap seconds ({leaps} of them, as tzdata's "
+            f"'right/' zones do): the C library shows its times up to {leaps} s behind "
+            f"ordinary clock time, and qtasks cannot follow that; {hint}"
+        )
 
 
 def _from_file(path: Path, name: str) -> ZoneInfo:
@@ -90,6 +129,11 @@ def _from_file(path: Path, name: str) -> ZoneInfo:
         raise ZoneError(f"{name!r}: no such zone file") from None
     if not regular:  # a FIFO or a device would block or never end
         raise ZoneError(f"{name!r}: not a zone file (not a regular file)")
+    try:
+        with path.open("rb") as fh:
+            _refuse_leap_seconds(fh.read(_HEADER), name)
+    except OSError as exc:
+        raise ZoneError(f"{name!r}: not a readable zone file ({exc})") from None
     iana = _iana_name_of(path)
     if iana is not None:
         return ZoneInfo(iana)
@@ -165,7 +209,14 @@ class MachineZone:
 
 def machine_zone(env: Mapping[str, str] | None = None, root: str = "/") -> MachineZone:
     """The zone the machine's clock uses (see the module docstring); ``root`` is where
-    ``etc/`` is looked for (tests). Raises ZoneError for a ``$TZ`` that cannot be used."""
+    ``etc/`` is looked for (tests). Raises ZoneError for a ``$TZ`` (or a system zone) that
+    cannot be used, such as one counting leap seconds."""
+    found = _machine_zone(env, root)
+    get_zone(found.name)  # a 'right/' zone behind a link or in /etc/timezone: refused here
+    return found
+
+
+def _machine_zone(env: Mapping[str, str] | None, root: str) -> MachineZone:
     environ = os.environ if env is None else env
     tz = environ.get("TZ")
     if tz == "":
@@ -195,24 +246,20 @@ def machine_zone(env: Mapping[str, str] | None = None, root: str = "/") -> Machi
 def _from_tz(tz: str) -> MachineZone:
     text = tz[1:] if tz.startswith(":") else tz
     shown = f"TZ={tz}"
-    if os.path.isabs(text):
-        zone = get_zone(text)
-        key = str(zone)
-        what = "a zone file" if key == text else f"a zone file: {key}"
-        return MachineZone(key, f"{shown} ({what})")
     try:
-        ZoneInfo(text)
-        return MachineZone(text, shown)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        pass
-    try:
-        get_zone(text)
+        zone = get_zone(tz)
     except ZoneError as exc:
         raise ZoneError(
             f"the TZ environment variable {tz!r} names no zone qtasks can use: {exc}; "
             "fix TZ or set settings.timezone in the job file"
         ) from None
-    return MachineZone(text, f"{shown} (a POSIX TZ rule)")
+    if os.path.isabs(text):
+        key = str(zone)
+        what = "a zone file" if key == text else f"a zone file: {key}"
+        return MachineZone(key, f"{shown} ({what})")
+    if isinstance(zone, _FileZone):
+        return MachineZone(text, f"{shown} (a POSIX TZ rule)")
+    return MachineZone(text, shown)
 
 
 def _localtime_name(localtime: Path, declared: str | None) -> MachineZone | None:

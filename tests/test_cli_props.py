@@ -245,7 +245,7 @@ def test_bad_arguments_exit_2_with_one_line(
         ["history", "--limit", "-5"],
         ["trigger", "f", "--json-kwargs", '{"a":' * 5000 + "1" + "}" * 5000],
         ["trigger", "f", "--arg", "[" * 5000 + "]" * 5000],
-        ["trigger", "f", "--kwarg", "1x=2"],
+        ["trigger", "f", "--kwarg", "=2"],  # any other name is the signature's to refuse
         ["list", "--after", "9999-12-31T23:59:59-05:00"],
         ["list", "--next", "100000000000000000000000"],
         ["run", "--ui", "\x1b]52;c;aGk=\x07"],

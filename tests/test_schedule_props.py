@@ -207,14 +207,12 @@ def test_intervals_advance_by_exactly_the_interval(
 
 @st.composite
 def field_text(draw: st.DrawFn, low: int, high: int) -> str:
-    """A cron field in the forms people write: *, */N, a, a-b, a-b/N, a,b, a/N."""
+    """A cron field in the forms people write: *, */N, a, a-b, a-b/N, a,b."""
     a = draw(st.integers(low, high))
     b = draw(st.integers(a, high))
-    n = draw(st.integers(1, max(1, high - low)))
+    n = draw(st.integers(1, max(1, high)))
     c = draw(st.integers(low, high))
-    return draw(
-        st.sampled_from(["*", f"*/{n}", f"{a}", f"{a}-{b}", f"{a}-{b}/{n}", f"{a},{c}", f"{a}/{n}"])
-    )
+    return draw(st.sampled_from(["*", f"*/{n}", f"{a}", f"{a}-{b}", f"{a}-{b}/{n}", f"{a},{c}"]))
 
 
 def field_values(text: str, low: int, high: int) -> set[int]:

@@ -14,7 +14,7 @@ from conftest import run_qtasks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import yamlload
+from qtasks_cli import yamlload, yamltraps
 from qtasks_cli.config import parse_config_text
 from qtasks_cli.errors import ConfigError
 
@@ -157,7 +157,73 @@ def test_arguments_keep_yamls_value_and_validate_says_once_what_it_became(
 def test_true_false_and_quoted_text_are_no_trap() -> None:
     tree, _ = yamlload.load("a: true\nb: 'no'\nc: \"0755\"\nd: 10\ne: 1_000\nf: 0\n", "x")
     assert tree is not None
-    assert all(value.trap is None for _, value in tree.value.values())
+    assert [key for key, (_, value) in tree.value.items() if value.trap] == ["e"]
+    assert yamltraps.notes(tree) == []  # 1_000 in an argument is what its writer meant
+
+
+# Every field that takes a number, and where it sits (column of the value on line 3 or 4).
+NUMBER_FIELDS = [
+    ("settings: {max_concurrent: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.max_concurrent"),
+    ("settings: {keep_runs: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.keep_runs"),
+    ("settings: {keep_days: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.keep_days"),
+    ("settings: {max_catch_up: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.max_catch_up"),
+    ("settings: {metrics: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.metrics"),
+    ("jobs: {j: {entrypoint: m:f, retry: %s}}\n", "jobs.j.retry"),
+    ("jobs: {j: {entrypoint: m:f, retry: {retries: %s}}}\n", "jobs.j.retry.retries"),
+    ("jobs: {j: {entrypoint: m:f, retry: {retries: 1, backoff: %s}}}\n", "jobs.j.retry.backoff"),
+    ("defaults: {retry: %s}\njobs: {j: {entrypoint: m:f}}\n", "defaults.retry"),
+    ("jobs: {j: {entrypoint: m:f, timeout: %s}}\n", "jobs.j.timeout"),
+    ("jobs: {j: {entrypoint: m:f, retry: {retries: 1, delay: %s}}}\n", "jobs.j.retry.delay"),
+    ("settings: {shutdown_grace: %s}\njobs: {j: {entrypoint: m:f}}\n", "settings.shutdown_grace"),
+    ("jobs: {j: {entrypoint: m:f, schedule: {hour: %s}}}\n", "jobs.j.schedule.hour"),
+    ("jobs: {j: {entrypoint: m:f, schedule: {minute: [1, %s]}}}\n", "jobs.j.schedule.minute[1]"),
+]
+NUMBER_TRAPS = [
+    ("010", "'010' is read by YAML as 8 (an octal number)"),
+    ("0b101", "'0b101' is read by YAML as 5 (a binary number)"),
+    ("0x10", "'0x10' is read by YAML as 16 (a hexadecimal number)"),
+    ("1__0", "'1__0' is read by YAML as 10 (a number whose _ are dropped)"),
+    ("1:30", "'1:30' is read by YAML as 90 (a base-60 number)"),
+    ("+0o7", None),  # YAML 1.1 text: refused as text, whatever the field's wording
+    ("1_0.5", "'1_0.5' is read by YAML as 10.5 (a number whose _ are dropped)"),
+]
+
+
+@pytest.mark.parametrize(("template", "key"), NUMBER_FIELDS)
+@pytest.mark.parametrize(("written", "says"), NUMBER_TRAPS)
+def test_every_number_field_refuses_numbers_not_in_plain_digits(
+    tmp_path: Path, template: str, key: str, written: str, says: str | None
+) -> None:
+    text = template % written
+    found = messages(tmp_path, text)
+    assert len(found) == 1, found
+    if says is None:
+        return
+    line = text[: text.index(written)].count("\n") + 1
+    column = len(text[: text.index(written)].rsplit("\n", 1)[-1]) + 1
+    assert found[0].startswith(f"jobs.yaml:{line}:{column}: {key}: "), found[0]
+    assert says in found[0]
+    assert "write " in found[0]
+
+
+def test_plain_numbers_still_work(tmp_path: Path) -> None:
+    config = parse(
+        tmp_path,
+        "settings: {max_concurrent: 8, keep_days: 1.5, keep_runs: 100, metrics: 9464}\n"
+        "jobs: {j: {entrypoint: m:f, retry: {retries: 0, backoff: 2.5}, timeout: 5}}\n",
+    )
+    assert config.settings.max_concurrent == 8  # type: ignore[attr-defined]
+    assert config.settings.keep_days == 1.5  # type: ignore[attr-defined]
+    assert config.jobs["j"].retry.retries == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", ["1_0", "1e3", "\u0661\u0660", "\u0661\u0660s", "0x10", "inf"])
+def test_a_duration_in_text_is_plain_ascii_digits(text: str) -> None:
+    from qtasks_cli.durations import parse_duration
+    from qtasks_cli.errors import DurationError
+
+    with pytest.raises(DurationError):
+        parse_duration(text)
 
 
 @settings(max_examples=200, deadline=None)

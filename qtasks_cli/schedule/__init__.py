@@ -77,7 +77,7 @@ _MACROS = {
     "@midnight": "0 0 0 * * *",
     "@hourly": "0 0 * * * *",
 }
-_STARTUP_MACROS = ("@startup", "@reboot")
+_STARTUP_MACROS = ("@startup",)
 _FORMS = "a cron expression, a macro such as @daily, 'every <duration>' or a mapping"
 
 # Mapping keys from coarse to fine; a key finer than the finest given defaults to its minimum.
@@ -112,7 +112,16 @@ def parse_schedule(value: str | Mapping[str, Any], zone: ZoneInfo) -> Schedule:
         return _parse_mapping(value, zone)
     if not isinstance(value, str):
         raise ScheduleError(f"{value!r} is not a schedule (expected {_FORMS})")
-    text = " ".join(value.split())
+    # crontab(5): fields are separated by spaces and tabs; leading and trailing blanks (and a
+    # YAML block's final newline) are ignored. Any other character is no part of cron's syntax.
+    text = value.strip(" \t\r\n")
+    odd = next((ch for ch in text if not (ch.isascii() and ch.isprintable()) and ch != "\t"), None)
+    if odd is not None:
+        raise ScheduleError(
+            f"the schedule {value!r} has a character cron(8) does not read "
+            f"(U+{ord(odd):04X}); separate the fields with spaces"
+        )
+    text = " ".join(text.split())
     if not text:
         raise ScheduleError(f"the schedule is empty (expected {_FORMS})")
     lowered = text.lower()
@@ -127,6 +136,13 @@ def _parse_macro(text: str, zone: ZoneInfo) -> Schedule:
     name = text.lower()
     if name in _STARTUP_MACROS:
         return StartupSchedule()
+    if name == "@reboot":
+        # cron(8) runs @reboot once per boot of the machine (cronie keeps a lock file until
+        # the next boot); a restart of the daemon is no boot, and qtasks cannot tell them apart.
+        raise ScheduleError(
+            f"{text!r} runs once per boot of the machine in cron(8), which qtasks cannot tell "
+            "from a restart of the daemon; write '@startup' to run each time the daemon starts"
+        )
     if name not in _MACROS:
         known = ", ".join([*_MACROS, *_STARTUP_MACROS])
         raise ScheduleError(f"unknown macro {text!r} (expected one of {known})")
@@ -168,7 +184,7 @@ def _mapping_value(key: str, value: object) -> str:
         if not value:
             raise ScheduleError(f"{key} is an empty list (expected at least one value)")
         return ",".join(_mapping_value(key, v) for v in value)
-    text = str(value).strip()
+    text = ",".join(part.strip() for part in str(value).split(","))
     if key == "day_of_week" and any(ch.isdigit() for ch in text.split("#")[0]):
         # APScheduler counts weekdays from Monday = 0, cron from Sunday = 0.
         raise ScheduleError(

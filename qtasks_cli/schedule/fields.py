@@ -91,13 +91,18 @@ class _Field:
         return ",".join(dict.fromkeys(parts))
 
 
-_ITEM_RE = re.compile(r"(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?")
-_NTH_RE = re.compile(r"([a-z0-9]+)#([0-9]+)")
-_LAST_WEEKDAY_RE = re.compile(r"l([a-z0-9]+)|([a-z0-9]+)l")
+# Bounded repeats: a long run of digits is refused as invalid, never handed to int().
+_ITEM_RE = re.compile(r"(\*|[a-z0-9]{1,9})(?:-([a-z0-9]{1,9}))?(?:/([0-9]{1,9}))?")
+_NTH_RE = re.compile(r"([a-z0-9]{1,9})#([0-9]{1,9})")
+_LAST_WEEKDAY_RE = re.compile(r"l([a-z0-9]{1,9})|([a-z0-9]{1,9})l")
 
 
 def _parse_value(token: str, spec: _FieldSpec, field_text: str, part: str) -> int:
     if token.isdigit():
+        if len(token) > 4:  # cron's fields are at most 2 digits; keep int() away from huge text
+            raise ScheduleError(
+                spec.message(field_text, part, f"is out of range ({spec.low}-{spec.high})")
+            )
         value = int(token)
         if not spec.low <= value <= spec.high:
             raise ScheduleError(
@@ -110,19 +115,33 @@ def _parse_value(token: str, spec: _FieldSpec, field_text: str, part: str) -> in
 
 
 def _sequence(spec: _FieldSpec, a: int, b: int) -> list[int]:
-    """Values from ``a`` to ``b``; a reversed range wraps around the field's cycle."""
+    """Values from ``a`` to ``b`` (``a <= b``); weekday 7 is Sunday, 0."""
     if spec.kind == "weekday":
-        if a <= b:
-            return [v % 7 for v in range(a, b + 1)]
-        a, b = a % 7, b % 7
-        return [(a + i) % 7 for i in range((b - a) % 7 + 1)]
-    if a <= b:
-        return list(range(a, b + 1))
-    return list(range(a, spec.high + 1)) + list(range(spec.low, b + 1))
+        return [v % 7 for v in range(a, b + 1)]
+    return list(range(a, b + 1))
+
+
+def _backwards(spec: _FieldSpec, field_text: str, part: str, a: int, b: int) -> ScheduleError:
+    """cron(8) refuses a range whose start is after its end (cronie's entry.c: num1 > num2);
+    it never wraps around the field's cycle."""
+    if spec.kind == "weekday":  # 7 is Sunday again
+        low, high, end = 1, 7, 7 if b == 0 else b
+    else:
+        low, high, end = spec.low, spec.high, b
+    first = f"{a}-{high}" if a < high else f"{high}"
+    split = first if end == high else f"{first},{low}-{end}" if end > low else f"{first},{low}"
+    return ScheduleError(
+        spec.message(
+            field_text,
+            part,
+            f"runs backwards ({a} is after {b}); cron(8) refuses such a range, it does not "
+            f"wrap around: write {split}",
+        )
+    )
 
 
 def _parse_item(part: str, spec: _FieldSpec, field_text: str) -> _Item:
-    p = part.strip().lower()
+    p = part.lower()
     if not p:
         raise ScheduleError(
             f"{spec.name} field {field_text!r} has an empty list item ({spec.expected})"
@@ -150,17 +169,19 @@ def _parse_item(part: str, spec: _FieldSpec, field_text: str) -> _Item:
     step = 1
     if step_text is not None:
         step = int(step_text)
-        span = 7 if spec.kind == "weekday" else spec.high - spec.low + 1
         if step == 0:
             raise ScheduleError(
                 spec.message(field_text, part, "has step 0 (expected a step of at least 1)")
             )
-        if step > span:
+        if step > spec.high:
+            # cronie (1.5.5 on) refuses a step above the field's largest value; Debian's cron
+            # takes the first value only. Either way it does not mean "every N".
             raise ScheduleError(
                 spec.message(
                     field_text,
                     part,
-                    f"has step {step}, larger than the field's range ({spec.low}-{spec.high})",
+                    f"has step {step}, larger than the field's largest value {spec.high}; "
+                    "cron(8) refuses it",
                 )
             )
     if start == "*":
@@ -171,14 +192,22 @@ def _parse_item(part: str, spec: _FieldSpec, field_text: str) -> _Item:
     if end is None:
         if step_text is None:
             return _Item("value", a)
-        # "a/step" runs from a to the top of the field (7, Sunday again, for weekdays), as
-        # cronie reads it: "1/2" is Monday, Wednesday, Friday and Sunday.
-        return _Item("range", a, spec.high, step)
+        # cronie refuses "a/step"; old Vixie cron read it as "a"; croniter as "a-max/step".
+        raise ScheduleError(
+            spec.message(
+                field_text,
+                part,
+                "has a step after a single value, which cron(8) refuses (and other crons read "
+                f"differently); write {start}-{spec.high}/{step} for every {step} from {start}",
+            )
+        )
     b = (
         spec.high
         if (spec.kind == "day" and end == "l")
         else _parse_value(end, spec, field_text, part)
     )
+    if a > b:
+        raise _backwards(spec, field_text, part, a, b)
     if a == b and step_text is None:
         # croniter reads an equal range such as "mon-mon" as the whole cycle; it means one value.
         return _Item("value", a)
@@ -199,9 +228,14 @@ def _item_values(item: _Item, spec: _FieldSpec) -> list[int]:
 @functools.lru_cache(maxsize=4096)
 def _parse_field(text: str, spec: _FieldSpec) -> _Field:
     """Validate one field; memoized, since a thousand jobs repeat a handful of fields."""
-    stripped = text.strip()
+    stripped = text
     if not stripped:
         raise ScheduleError(f"{spec.name} field is empty ({spec.expected})")
+    if not (stripped.isascii() and stripped.isprintable()) or " " in stripped:
+        raise ScheduleError(
+            f"{spec.name} field {stripped!r} has a character cron(8) does not read "
+            f"({spec.expected})"
+        )
     if stripped == "?" and spec.kind in ("day", "weekday"):
         stripped = "*"  # Quartz's "no specific value"
     norm = stripped.lower()

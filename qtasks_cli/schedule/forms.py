@@ -21,6 +21,13 @@ _ONE_SECOND = timedelta(seconds=1)
 # Offset transitions are found by probing at this step and bisecting; tzdata has no zone
 # that changes its offset twice within one probe step.
 _PROBE_STEP = 86_400
+# cron(8) (cronie's cron.c, the "large" wake-up) takes a change of the local time of 3 hours or
+# more as a correction of the clock or the zone, not daylight saving time: the new time is used
+# at once. It measures in minutes from one wake-up to the next, so a jump forward by J is
+# large from J >= 180 min and one back from J >= 182 min (timeDiff = 1 + J or 1 - J, compared
+# with 180).
+LARGE_FORWARD = 180 * 60
+LARGE_BACK = 182 * 60
 
 # ---------------------------------------------------------------------------------------
 # Time zone offsets
@@ -156,17 +163,28 @@ class CronSchedule:
                 instant = wall - o
                 change = _first_change(zone, g, instant, o)
                 if change is None:
-                    if fixed and datetime.fromtimestamp(instant, zone).fold:
+                    if fixed and self._repeated(instant, o):
                         g = instant  # the repeated pass of a fixed wall time: fired already
                         continue
                     return datetime.fromtimestamp(instant, _UTC)
                 new = _offset(zone, change)
-                if fixed and new > o and wall < change + new:
+                if fixed and 0 < new - o < LARGE_FORWARD and wall < change + new:
                     return datetime.fromtimestamp(change, _UTC)  # a wall time in the gap
                 # Continue in the next segment from its first wall time, inclusive.
                 g, o = change - 1, new
         except (OverflowError, ValueError, OSError):  # beyond the years datetime can hold
             return None
+
+    def _repeated(self, instant: int, offset: int) -> bool:
+        """Whether ``instant`` (at ``offset``) is the second pass of a wall time that a move
+        back of less than cron(8)'s large change repeated; a larger move back is a correction,
+        after which cron(8) fires by the new clock, repeated times again."""
+        local = datetime.fromtimestamp(instant, self.zone)
+        if not local.fold:
+            return False
+        first = local.replace(fold=0).utcoffset()
+        assert first is not None
+        return first // _ONE_SECOND - offset < LARGE_BACK
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CronSchedule) and other.key == self.key
