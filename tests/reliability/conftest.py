@@ -3,13 +3,15 @@ at the end of a run in which every case had the outcome the table states."""
 
 from __future__ import annotations
 
+import importlib
 import os
+from pathlib import Path
 
 import pytest
 
 from reliability import registry
 
-_case_of: dict[str, str] = {}  # nodeid -> case id
+_case_of: dict[str, str] = {}  # nodeid -> case id ('' for a test that is no case)
 _outcomes: dict[str, str] = {}  # case id -> passed / failed / skipped / xfailed
 
 
@@ -20,9 +22,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             _case_of[item.nodeid] = case_id
 
 
+def _case_from_nodeid(nodeid: str) -> str | None:
+    """The case of a test collected elsewhere (an xdist worker): from its module's function."""
+    path, _, name = nodeid.partition("::")
+    if not path.startswith("tests/reliability/test_") or not name:
+        return None
+    module = importlib.import_module("reliability." + Path(path).stem)
+    function = getattr(module, name.split("[")[0], None)
+    case_id = getattr(function, "reliability_case", None)
+    return case_id if isinstance(case_id, str) else None
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    case_id = _case_of.get(report.nodeid)
-    if case_id is None:
+    if report.nodeid not in _case_of:
+        _case_of[report.nodeid] = _case_from_nodeid(report.nodeid) or ""
+    case_id = _case_of[report.nodeid]
+    if not case_id:
         return
     if hasattr(report, "wasxfail") and report.skipped:
         outcome = "xfailed"

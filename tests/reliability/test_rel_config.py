@@ -52,7 +52,7 @@ def storm_jobs(version: int) -> str:
         args = f", args: [{version}]" if i < 10 else ""
         entry = "rel_noop:noop_arg" if i < 10 else "rel_noop:noop"
         lines.append(
-            f"job{i:04d}: {{entrypoint: '{entry}', schedule: '{i % 5}/5 * * * * *'{args}}}"
+            f"job{i:04d}: {{entrypoint: '{entry}', schedule: '{i % 5}-59/5 * * * * *'{args}}}"
         )
     lines.append(
         "extra: {entrypoint: 'rel_noop:noop', schedule: '* * * * * *'}"
