@@ -119,11 +119,18 @@ def gone(pid: int) -> bool:
 def check_killed_children(daemon: Daemon) -> dict[str, bool]:
     """Once two runs of each stuck job timed out, the first one's child is gone, while the daemon
     still runs (so it was killed on timeout, not at exit)."""
-    for job in ("hangs", "spins"):
+    for job, prefix in (("hangs", "hang"), ("spins", "spin")):
         daemon.wait_for(
             lambda log, job=job: len(re.findall(rf" {job} \w+ timed out ", log)) >= 2,
             timeout=60,
             what=f"two timed-out runs of {job}",
+        )
+        # On a busy machine a run can time out before its new child reached the job: wait
+        # until two children started it (the first one's run ended before the second began).
+        daemon.wait_for(
+            lambda log, prefix=prefix: len(list(daemon.folder.glob(f"{prefix}-*.pid"))) >= 2,
+            timeout=90,
+            what=f"two children that started {job}",
         )
     # The CPU limit kills after 1-2 s of CPU time, which is many seconds of wall time when
     # other processes keep both cores busy: wait for it rather than assume a quiet machine.
