@@ -140,10 +140,12 @@ def check_killed_children(daemon: Daemon) -> dict[str, bool]:
         what="a run of burns_cpu killed by its CPU limit",
     )
     folder = daemon.folder
-    return {
-        p.name: gone(int(p.read_text()))
-        for p in sorted(folder.glob("hang-*.pid")) + sorted(folder.glob("spin-*.pid"))
-    }
+
+    def oldest_first(pattern: str) -> list[Path]:  # not by name: pid 10000 sorts before 9999
+        return sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+
+    files = oldest_first("hang-*.pid") + oldest_first("spin-*.pid")
+    return {p.name: gone(int(p.read_text())) for p in files}
 
 
 @pytest.fixture(scope="module")
