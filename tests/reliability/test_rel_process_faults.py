@@ -209,8 +209,11 @@ def test_segfault_process(out: Outcome) -> None:
     rows = out.of("segfaults")
     crashed = [r for r in rows if r["status"] == "failed"]
     fine = [r for r in rows if r["status"] == "succeeded"]
+    # A busy machine can make a fresh child's run last past the next second: that fire is
+    # honestly skipped, as overlap: skip says.
+    skipped = [r for r in rows if "previous run still running" in (r["error"] or "")]
     assert len(crashed) >= 2 and len(fine) >= 2, out.show(rows)
-    assert len(crashed) + len(fine) == len(rows), out.show(rows)
+    assert len(crashed) + len(fine) + len(skipped) == len(rows), out.show(rows)
     for r in crashed:
         assert "signal 11" in r["error"] and "SIGSEGV" in r["error"], show_rows([r])
     pids = [r["result"] for r in fine]
