@@ -57,6 +57,19 @@ def returns(token):
     return {"token": token, "repr": repr(token), "list": [token, token.encode()]}
 
 
+def nested(token):
+    # JSON of JSON, repr of repr, JSON of a repr of JSON: each layer escapes again.
+    deep = json.dumps(json.dumps({"token": token}))
+    print("printed", token)  # kept for `qtasks show`, a multi-line value over several lines
+    print("printed", deep, repr(repr(token)))
+    return {"deep": deep, "again": json.dumps(repr(json.dumps([token])))}
+
+
+def nested_fails(token):
+    print("about to fail with", json.dumps({"t": token}))
+    raise RuntimeError(repr(json.dumps({"t": repr(token)}, ensure_ascii=False)))
+
+
 def items(token):
     yield token
     yield {"t": token}
@@ -70,7 +83,7 @@ def hook(result):
     with open(os.environ["HOOK_OUT"], "a", encoding="utf-8", errors="backslashreplace") as f:
         f.write(repr(result) + "\\n")
 """
-FAILING = ("raw", "reprd", "jsoned", "asciid", "byted", "chained")
+FAILING = ("raw", "reprd", "jsoned", "asciid", "byted", "chained", "nested_fails")
 JOBS = (
     "".join(
         f"""\
@@ -81,7 +94,7 @@ JOBS = (
   on_failure: rel_secret:hook
   on_success: rel_secret:hook
 """
-        for name in (*FAILING, "returns")
+        for name in (*FAILING, "returns", "nested")
     )
     + """\
 items:
@@ -129,7 +142,7 @@ hostile = st.lists(
         ),
         st.characters(codec="utf-8", exclude_characters="\x00"),
     ),
-    min_size=1,
+    min_size=2,  # 8 characters at least: hidden wherever it occurs (redaction's rule)
     max_size=10,
 ).map(lambda parts: START + "".join(parts) + END)
 
@@ -189,7 +202,7 @@ def test_secrets_never_leave(secret: str) -> None:
                 daemon.wait_for(
                     lambda log: all(
                         log.count(f"{name} ") + log.count(f'"{name}"') >= 3
-                        for name in (*FAILING, "returns", "items", "in_child")
+                        for name in (*FAILING, "returns", "nested", "items", "in_child")
                     ),
                     timeout=60,
                     what="every job run to its end",
@@ -217,8 +230,27 @@ def test_secrets_never_leave(secret: str) -> None:
         history_rows = [
             json.loads(line) for line in outputs["history --json --limit 1000"].splitlines()
         ]
-        assert {row["job"] for row in history_rows} >= {*FAILING, "returns", "items", "in_child"}
+        assert {row["job"] for row in history_rows} >= {
+            *FAILING,
+            "returns",
+            "nested",
+            "items",
+            "in_child",
+        }
         outputs["history --json, decoded"] = repr(history_rows)
+        # A daemon's run in full: its arguments, traceback, result and the lines it printed.
+        for job in ("nested", "nested_fails", "items"):
+            run_id = next(
+                row["run_id"]
+                for row in history_rows
+                if row["job"] == job and row["trigger"] != "manual"
+            )
+            for extra in ([], ["--json"]):
+                shown = qtasks("show", run_id, *extra, "-c", str(config), folder=folder, env=env)
+                assert shown.returncode == 0, shown.stderr
+                assert "${TOKEN}" in shown.stdout, shown.stdout
+                outputs[f"show {job} {extra}"] = shown.stdout + shown.stderr
+        assert "printed" in outputs["show nested []"]
         outputs["hook payloads"] = hook_out.read_text()
         assert outputs["hook payloads"].count("RunResult(") >= 3
         outputs["state file"] = state_bytes(folder)
@@ -375,7 +407,7 @@ def test_secrets_in_live_output(tmp_path: Path) -> None:
     jobs = 'loud:\n  entrypoint: rel_secret:loud\n  kwargs: {token: "${TOKEN}"}\n'
     jobs += '  schedule: "* * * * * *"\n'
     config = write_project(tmp_path, jobs, {"rel_secret": module}, tick=False)
-    secret = START + "'\"\\\x1b[1m" + END
+    secret = START + "'\"\\\x1b[1m\nsecond line" + END  # over two lines
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(tmp_path)
