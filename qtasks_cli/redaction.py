@@ -70,14 +70,32 @@ def _escapes(char: str) -> list[str]:
     return bodies
 
 
-def _char_pattern(char: str) -> str:
-    if char in _LITERAL:
-        return re.escape(char)
-    if char == "\\":
-        return _BACKSLASHES
-    if char in "'\"/":
-        return r"\\*" + re.escape(char)
-    return f"(?:{re.escape(char)}|{_BACKSLASHES}(?:{'|'.join(_escapes(char))}))"
+def _body(part: str) -> str:
+    """The pattern of every spelling of ``part``, free of catastrophic backtracking.
+
+    Each character becomes ``\\{k,}`` (the backslashes that may come before it: k of the
+    value's own, doubled or added by each layer of escaping) and then the character itself or,
+    right after a backslash, one of its escapes; runs of the value's own backslashes fold into
+    the next character's count. So no two backslash quantifiers are ever next to each other,
+    and a match never starts inside a run of backslashes: the work stays linear in the text,
+    whatever the job printed (a million backslashes, say)."""
+    pieces = []
+    run = 0  # the value's own backslashes waiting for the next character
+    for char in part:
+        if char == "\\":
+            run += 1
+            continue
+        before = "" if char in _LITERAL and not run else rf"\\{{{run},}}"
+        if char in _LITERAL or char in "'\"/":
+            pieces.append(before + re.escape(char))
+        else:
+            escapes = "|".join(_escapes(char))
+            pieces.append(rf"{before}(?:{re.escape(char)}|(?<=\\)(?:{escapes}))")
+        run = 0
+    if run:
+        pieces.append(rf"\\{{{run},}}")
+    body = "".join(pieces)
+    return body if part[:1] in _LITERAL else r"(?<!\\)" + body
 
 
 def hidden_parts(value: str) -> tuple[str, ...]:
@@ -102,7 +120,7 @@ def _matcher(part: str) -> tuple[re.Pattern[str], str]:
     """The pattern of every spelling of ``part`` (as a whole word when it is shorter than
     ANYWHERE_CHARS), and its longest run of characters that every spelling holds as they are
     (a quick test before the pattern runs)."""
-    body = "".join(_char_pattern(char) for char in part)
+    body = _body(part)
     if len(part) < ANYWHERE_CHARS:
         start = _WORD_START if re.match(r"\w", part) else ""
         end = _WORD_END if re.match(r"\w", part[-1]) else ""

@@ -135,6 +135,26 @@ def test_a_value_without_the_secret_is_previewed_byte_for_byte(value: Any, secre
     assert redact_value(value, pairs) == value
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    secret=st.lists(
+        st.sampled_from(["\\", '"', "'", "é", "\n", "😀", "a", "/"]), min_size=8, max_size=16
+    ).map("".join),
+    unit=st.lists(
+        st.sampled_from(["\\", '"', "'", "a", "xe9", "u00e9", "n", "\n"]), min_size=1, max_size=4
+    ).map("".join),
+)
+def test_redaction_stays_linear_on_hostile_text(secret: str, unit: str) -> None:
+    """A job's text made of what the patterns are built from (backslashes, quotes, escape
+    bodies), 60,000 characters of it: redaction must not backtrack its way into minutes."""
+    import time
+
+    text = (unit * (60_000 // len(unit) + 1))[:60_000] + secret[:-1]
+    started = time.monotonic()
+    redact(text, ((secret, PLACEHOLDER),))
+    assert time.monotonic() - started < 2.0  # about 10 ms when it is linear
+
+
 def test_the_stored_result_of_the_issue_stays_valid_json() -> None:
     """REGION=eu: too short to be a secret, so nothing is rewritten; a longer value is
     replaced inside strings only, and the preview is still the same JSON shape."""
@@ -267,7 +287,7 @@ def test_the_live_table_hides_secrets_printed_over_several_lines(
     view = LiveView()
     with known(pairs):
         pump(view, [clean[: len(clean) // 2], clean[len(clean) // 2 :]])
-    expected = [clean_output(row) for row in clean.split("\n")]
+        expected = [clean_output(row) for row in clean.split("\n")]
     assert [line.text for line in view.lines] == [f"output: {r}" for r in expected if r.strip()]
 
 

@@ -42,10 +42,15 @@ def _renameat2() -> Any:
         pytest.skip("this C library has no renameat2")
 
 
+def swapping(one: Path, other: Path) -> contextlib.AbstractContextManager[dict[str, int]]:
+    """``swapping_as`` the uid ATTACKER."""
+    return swapping_as(ATTACKER, ATTACKER, one, other)
+
+
 @contextlib.contextmanager
-def swapping(one: Path, other: Path) -> Iterator[dict[str, int]]:
-    """A child, as ATTACKER, exchanging ``one`` and ``other`` as fast as it can until the
-    block ends; yields the counts of swaps done and refused (filled in at the end)."""
+def swapping_as(uid: int, gid: int, one: Path, other: Path) -> Iterator[dict[str, int]]:
+    """A child, as ``uid``/``gid``, exchanging ``one`` and ``other`` as fast as it can until
+    the block ends; yields the counts of swaps done and refused (filled in at the end)."""
     renameat2 = _renameat2()
     ready_r, ready_w = os.pipe()
     stop_r, stop_w = os.pipe()
@@ -56,8 +61,8 @@ def swapping(one: Path, other: Path) -> Iterator[dict[str, int]]:
         try:
             os.close(stop_w)
             os.setgroups([])
-            os.setgid(ATTACKER)
-            os.setuid(ATTACKER)
+            os.setgid(gid)
+            os.setuid(uid)
             os.set_blocking(stop_r, False)
             a, b = os.fsencode(one), os.fsencode(other)
             swaps = refused = 0

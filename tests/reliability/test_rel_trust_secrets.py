@@ -176,12 +176,14 @@ def state_bytes(folder: Path) -> str:
 @case(
     "secrets_never_leave",
     group=GROUP,
-    title="a `${TOKEN}` value with quotes, backslashes, non-ASCII, controls and escapes "
-    "(generated) raised as is, as repr, ascii, bytes, JSON and in a chained traceback, "
-    "returned, yielded and echoed, in a thread and in a child process",
-    checks="through `qtasks run` (plain and JSON logs), `qtasks trigger`, `history`, "
-    "`history --json`, `history --stats`, `list`, `validate`, the state file's bytes and the "
-    "hooks' payloads, no part of the value shows (a marker at each end must never appear)",
+    title="a `${TOKEN}` value with quotes, backslashes, non-ASCII, line breaks, controls and "
+    "escapes (generated) raised as is, as repr, ascii, bytes, JSON, nested (JSON of JSON, a "
+    "repr of a repr) and in a chained traceback, returned, yielded, echoed and printed, in a "
+    "thread and in a child process",
+    checks="through `qtasks run` (plain and JSON logs, and what the jobs printed), `qtasks "
+    "trigger`, `history`, `history --json`, `history --stats`, `show` (text and JSON), `list`, "
+    "`validate`, the state file's bytes and the hooks' payloads, no part of the value shows "
+    "(a marker at each end must never appear)",
 )
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(secret=hostile)
@@ -383,7 +385,8 @@ def test_secrets_not_stored_for_enqueue_api(tmp_path: Path) -> None:
     "secrets_in_live_output",
     group=GROUP,
     title="`qtasks run --ui live` on a terminal (a pty) while a job prints its `${TOKEN}` value "
-    "(with quotes, a backslash and an escape) to stdout and stderr, and fails with it",
+    "(two lines, with quotes, a backslash and an escape) to stdout and stderr, and fails with "
+    "it",
     checks="the table's events area shows `${TOKEN}`; no part of the value reaches the terminal",
 )
 def test_secrets_in_live_output(tmp_path: Path) -> None:
@@ -500,3 +503,42 @@ def test_secrets_in_interrupted_rerun(tmp_path: Path) -> None:
     }.items():
         assert_hidden(text, where)
     assert "${TOKEN}" in second.log
+
+
+@case(
+    "secrets_redaction_rewrites_nothing_else",
+    group=GROUP,
+    title="`REGION=eu` (a value too short to be a secret) and `TOKEN` (a long one with quotes "
+    "and a backslash) as `${NAME}` arguments of a job that returns JSON with `eu` inside other "
+    "words, keys and values, and the token inside a string",
+    checks="`qtasks validate` warns about `${REGION}`; `history --json` holds the result "
+    "preview as valid JSON, equal to the returned value with only the token's string changed "
+    "to `${TOKEN}`; no part of the token in the state file",
+)
+def test_secrets_redaction_rewrites_nothing_else(tmp_path: Path) -> None:
+    module = (
+        "def regional(region, token):\n"
+        '    return {"neutral": region, "queue": [1, "reuse", True], region: {"t": token},'
+        ' "json": \'{"a": "eu"}\'}\n'
+    )
+    jobs = (
+        "regional:\n  entrypoint: rel_regional:regional\n"
+        '  kwargs: {region: "${REGION}", token: "${TOKEN}"}\n'
+    )
+    config = write_project(tmp_path, jobs, {"rel_regional": module}, tick=False)
+    env = clean_env(REGION="eu", TOKEN=START + "'\"\\é" + END)
+    validated = qtasks("validate", str(config), folder=tmp_path, env=env)
+    assert validated.returncode == 0, validated.stderr
+    assert "${REGION} is shorter than 4 characters" in validated.stderr, validated.stderr
+    result = qtasks("trigger", "regional", "-c", str(config), folder=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    history = qtasks("history", "--json", "-c", str(config), folder=tmp_path, env=env)
+    assert history.returncode == 0, history.stderr
+    (row,) = [json.loads(line) for line in history.stdout.splitlines()]
+    assert json.loads(row["result"]) == {
+        "neutral": "eu",
+        "queue": [1, "reuse", True],
+        "eu": {"t": "${TOKEN}"},
+        "json": '{"a": "eu"}',
+    }
+    assert_hidden(state_bytes(tmp_path) + history.stdout + result.stdout, "the state or output")
