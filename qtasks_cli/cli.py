@@ -256,12 +256,15 @@ def _exit_now(code: int) -> NoReturn:
     import contextlib
     import logging
 
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a job may have closed or replaced them
+            stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
     log_module = sys.modules.get("qtasks_cli.ui.log")
     if log_module is not None:
         log_module.drain()  # events still waiting to become log lines
     logging.shutdown()  # and lines still waiting in the handler
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a job may have closed or replaced them
+        with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
 
