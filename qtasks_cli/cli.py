@@ -217,10 +217,6 @@ def run(
     loaded = _load(config)
     path = loaded.path
     mode = _log_mode(ui)
-    if mode == "live":  # the table shows what jobs print: hide their ${NAME} values there too
-        from qtasks_cli import redaction
-
-        redaction.remember(pair for job in loaded.jobs.values() for pair in job.secrets)
     bus = EventBus()
     try:
         if mode == "live":
@@ -260,12 +256,15 @@ def _exit_now(code: int) -> NoReturn:
     import contextlib
     import logging
 
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a job may have closed or replaced them
+            stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
     log_module = sys.modules.get("qtasks_cli.ui.log")
     if log_module is not None:
         log_module.drain()  # events still waiting to become log lines
     logging.shutdown()  # and lines still waiting in the handler
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a job may have closed or replaced them
+        with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
 
@@ -341,9 +340,12 @@ def trigger(
         bus = EventBus()
         bus.subscribe(api.log_sink_for(mode))
         bus.subscribe(_print_items)
-        result = api.run_until_done(
-            api.trigger_now(loaded, job, args=args, kwargs=kwargs, state=state, bus=bus)
-        )
+        from qtasks_cli.output import hiding
+
+        with hiding():  # the job's own prints, as the daemon shows them
+            result = api.run_until_done(
+                api.trigger_now(loaded, job, args=args, kwargs=kwargs, state=state, bus=bus)
+            )
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
     _exit_now(EXIT_OK if result.status.ok else EXIT_JOB_FAILED)

@@ -204,6 +204,11 @@ def parse_config_text(
     if ctx.problems:
         raise ConfigError(_sorted(ctx.problems))
     path = Path(filename) if Path(filename).is_absolute() else base_dir / Path(filename).name
+    # Text that belongs to no run (a job's printed lines under the live table, log records)
+    # is redacted with every secret this process has seen.
+    from qtasks_cli import redaction
+
+    redaction.remember(pair for job in jobs.values() for pair in job.secrets)
     return Config(
         path=path,
         settings=settings,
@@ -744,6 +749,7 @@ class _JobReader:
                 self.variables[name] = value
             if value:
                 self.secrets.setdefault(value, match.group(0))
+                self._warn_if_shown(node, match.group(0), value)
         text, missing = expand(node.value, self.ctx.env.get)
         if missing and self.ctx.variables_required:
             self.arguments_ok = False
@@ -752,6 +758,17 @@ class _JobReader:
             hint = f"give a default with ${{{missing[0]}:-value}}"
             self.report(node, f"environment {what} not set ({hint})")
         return text
+
+    def _warn_if_shown(self, node: Located, placeholder: str, value: str) -> None:
+        from qtasks_cli.redaction import MIN_SECRET_CHARS, is_secret
+
+        if not is_secret(value):
+            self.ctx.warn(
+                node,
+                f"the value of {placeholder} is shorter than {MIN_SECRET_CHARS} characters, "
+                "so it is not hidden in what jobs print, raise or return (the stored "
+                f"arguments keep {placeholder}); see the README's Security section",
+            )
 
     def _read_retry(self, node: Located | None) -> None:
         if node is None or node.is_null or node.invalid:
@@ -892,19 +909,19 @@ def _compact(value: Any) -> str:
 _NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
 
 
-def _canonical(value: Any, redact: Callable[[str], str] | None = None) -> Any:
+def _canonical(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, str):
-        return redact(value) if redact else value
+        return value
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, Mapping):
-        return {str(key): _canonical(item, redact) for key, item in value.items()}
+        return {str(key): _canonical(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_canonical(item, redact) for item in value]
+        return [_canonical(item) for item in value]
     if isinstance(value, date):
         return {"date": value.isoformat()}
     if isinstance(value, bytes):
@@ -924,7 +941,9 @@ def _definition(job: JobSpec) -> dict[str, Any]:
         if f.name == "schedule":
             definition[f.name] = value.key if value is not None else None
         elif f.name in ("args", "kwargs"):
-            definition[f.name] = _canonical(value, job.redact)
+            # As written, ${NAME} kept: no environment value enters the digest, short or not.
+            raw = job.raw_args if f.name == "args" else job.raw_kwargs
+            definition[f.name] = _canonical(value if raw is None else raw)
         else:
             definition[f.name] = _canonical(value)
     return definition

@@ -239,8 +239,10 @@ class Controller:
         for job, run_id, lines in self.capture.take():
             spec = self.supervisor.config.jobs.get(job)
             if spec is not None and spec.secrets:
-                lines = [spec.redact(line) for line in lines]
-            store.add_output(run_id, lines)
+                from qtasks_cli.redaction import redact_lines
+
+                lines = redact_lines(lines, spec.secrets)
+            store.add_output(run_id, lines)  # cut to OUTPUT_LINE_CHARS there, once redacted
 
     def _set_paused(self, paused: frozenset[str]) -> None:
         before = self.supervisor.paused

@@ -9,6 +9,11 @@ helper thread with a deadline (``off_loop``) so the event loop that fires jobs n
 Plain values (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` and the builtin
 containers of them) are walked here with a budget: a preview reads at most a few hundred of
 their items, whatever their size, and never calls the job's code.
+
+Secrets are hidden leaf by leaf (``qtasks_cli.redaction``): each string, each bytes value, each
+number's text and each object's own repr goes through ``redact`` before it is quoted, so a
+secret is hidden however many layers of repr or JSON the job put around it, and redaction
+never touches the JSON or repr syntax of the preview itself.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ TEXT_TIMEOUT = 2.0  # seconds a job's __str__/__repr__/traceback may take before
 _REDACT_MARGIN = 64 * 1024
 SHIPPED_CHARS = 8 * _REDACT_MARGIN  # what a child process sends, redacted and clipped here
 _ITEMS = 1_000  # container items read at most (the text budget stops it sooner)
+# Characters of one leaf (a string, bytes, an object's repr) read beyond the budget before it is
+# redacted and cut: a secret up to this long that straddles the cut is hidden whole.
+_LEAF_MARGIN = 4 * 1024
 
 T = TypeVar("T")
 
@@ -314,21 +322,27 @@ class _Writer:
         return "".join(self.parts)
 
 
+def _leaf_bytes(out: _Writer, value: bytes | bytearray) -> bytes:
+    """The first ``out.budget`` bytes of ``value``, secrets hidden (as UTF-8 text)."""
+    text = bytes(value[: out.budget + _LEAF_MARGIN]).decode("utf-8", "surrogateescape")
+    return out.leaf(text).encode("utf-8", "surrogateescape")[: out.budget]
+
+
 def _repr_into(out: _Writer, value: Any, depth: int) -> None:
     kind = type(value)
     if kind in _SCALARS:
-        out.put(_scalar_repr(value))
+        out.put(out.leaf(_scalar_repr(value)))
     elif kind is str:
-        cut = out.leaf(value[: out.budget + _REDACT_MARGIN // 64])[: out.budget]
+        cut = out.leaf(value[: out.budget + _LEAF_MARGIN])[: out.budget]
         out.put(repr(cut) + ("…" if len(value) > out.budget else ""))
     elif kind in (bytes, bytearray):
-        cut = value[: out.budget]
-        text = repr(cut) if kind is bytes else f"bytearray({bytes(cut)!r})"
+        shown = _leaf_bytes(out, value)
+        text = repr(shown) if kind is bytes else f"bytearray({shown!r})"
         out.put(text + (f"… ({len(value)} bytes)" if len(value) > out.budget else ""))
     elif kind in _CONTAINERS:
         _container_repr(out, value, depth)
     elif out.user_code:
-        out.put(safe_repr(value, out.budget + 1))
+        out.put(out.leaf(safe_repr(value, out.budget + _LEAF_MARGIN))[: out.budget + 1])
     else:
         raise NeedsJobCode
 
@@ -390,7 +404,9 @@ def _json_into(out: _Writer, value: Any, depth: int) -> None:
     if depth > 20:
         raise _Full
     if kind in _SCALARS:
-        out.put(json.dumps(value) if kind is not int else _scalar_repr(value))
+        text = json.dumps(value) if kind is not int else _scalar_repr(value)
+        hidden = out.leaf(text)
+        out.put(text if hidden == text else json.dumps(hidden, ensure_ascii=False))
     elif kind is str:
         if len(value) > out.budget:
             raise _Full
@@ -425,7 +441,9 @@ def preview(
     value: Any, redact: Callable[[str], str], *, as_json: bool = True, user_code: bool = False
 ) -> str:
     """A short text of ``value``: with ``as_json`` its JSON when that fits in PREVIEW_CHARS,
-    else a clipped repr-like text showing the first items of containers; secrets redacted.
+    else a clipped repr-like text showing the first items of containers. ``redact`` hides
+    secrets in one piece of text: it is applied to each leaf of the value (see the module's
+    docstring), never to the preview as a whole.
 
     Reads at most a few hundred items of plain values, however large. Raises NeedsJobCode
     when an object needs its own ``__repr__`` and ``user_code`` is False (then call it again
@@ -437,14 +455,12 @@ def preview(
             text: str | None = out.text()
         except (_Full, TypeError, ValueError, RecursionError):
             text = None
-        if text is not None:
-            short = redact(text)
-            if len(short) <= PREVIEW_CHARS:
-                return short
-    out = _Writer(PREVIEW_CHARS + _REDACT_MARGIN // 64, user_code, redact)
+        if text is not None and len(text) <= PREVIEW_CHARS:
+            return text
+    out = _Writer(PREVIEW_CHARS + 64, user_code, redact)
     with contextlib.suppress(_Full):
         _repr_into(out, value, 0)
-    return redacted(out.text(), PREVIEW_CHARS, redact)
+    return clip(out.text(), PREVIEW_CHARS)
 
 
 async def preview_off_loop(

@@ -8,6 +8,12 @@ the lines are then handed to the control thread, which stores them off the loop.
 
 Only Python-level writes are seen: a child process (``isolation: process``, ``os.system``)
 writes to the file descriptor directly and is not captured.
+
+The tees also hide the ``${NAME}`` values of the loaded job files (``redaction.redact_known``)
+in what passes through them, whole lines at a time (a secret may be written in pieces, or span
+lines): a partial line, or lines that end with the first lines of a multi-line secret, are
+held until more text comes, the stream is flushed, or they grow past ``HOLD_CHARS``.
+``qtasks trigger`` puts the same tees around a foreground run (``hiding``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import contextlib
 import contextvars
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
+from qtasks_cli import redaction
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.store.control import OUTPUT_LINE_CHARS, OUTPUT_LINES
+from qtasks_cli.store.control import OUTPUT_KEPT_CHARS, OUTPUT_LINES
 
 
 class _Buffer:
@@ -35,9 +43,9 @@ class _Buffer:
         with self.lock:
             text = self.partial + text
             *complete, self.partial = text.split("\n")
-            self.partial = self.partial[-OUTPUT_LINE_CHARS:]
+            self.partial = self.partial[-OUTPUT_KEPT_CHARS:]
             for line in complete[-OUTPUT_LINES:]:
-                self.lines.append(line[:OUTPUT_LINE_CHARS])
+                self.lines.append(line[:OUTPUT_KEPT_CHARS])
 
     def close(self) -> list[str]:
         with self.lock:
@@ -54,11 +62,16 @@ _buffers: dict[str, _Buffer] = {}
 _open: set[str] = set()  # runs between STARTED and FINISHED
 
 
+HOLD_CHARS = 64 * 1024  # a partial line held back for redaction is let go beyond this
+
+
 class _Tee:
-    """A text stream that also feeds the current run's buffer."""
+    """A text stream that also feeds the current run's buffer, and hides secrets."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._held = ""  # the start of a line, waiting for its end (only with secrets)
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         run_id = _current.get()
@@ -69,10 +82,50 @@ class _Tee:
                 if buffer is None:
                     buffer = _buffers.setdefault(run_id, _Buffer())  # atomic across threads
                 buffer.write(text)
-        return self._stream.write(text)
+        if not redaction.known_secrets() or not isinstance(text, str):
+            if self._held:
+                self.flush_held()
+            return self._stream.write(text)
+        with self._lock:
+            held = self._held + text
+            cut = held.rfind("\n") + 1
+            if cut:  # complete lines, but not the first lines of a secret without the rest
+                cut = redaction.hold_back(held[:cut])
+            if len(held) - cut > HOLD_CHARS:
+                cut = len(held)
+            self._held = held[cut:]
+            if cut:
+                self._stream.write(redaction.redact_known(held[:cut]))
+        return len(text)
+
+    def flush_held(self) -> None:
+        """Write out a held partial line, secrets hidden."""
+        with self._lock:
+            held, self._held = self._held, ""
+            if held:
+                self._stream.write(redaction.redact_known(held))
+
+    def flush(self) -> None:
+        self.flush_held()
+        self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def hiding() -> Iterator[None]:
+    """Hide the loaded job files' secrets in what is written to ``sys.stdout`` and
+    ``sys.stderr`` meanwhile (a foreground run's prints), as the daemon's tees do."""
+    saved = (sys.stdout, sys.stderr)
+    sys.stdout, sys.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
+    try:
+        yield
+    finally:
+        for tee in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                tee.flush()
+        sys.stdout, sys.stderr = saved
 
 
 class Capture:
@@ -91,6 +144,9 @@ class Capture:
 
     def uninstall(self) -> None:
         if self._saved is not None:
+            for tee in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    tee.flush()
             sys.stdout, sys.stderr = self._saved
             self._saved = None
 

@@ -136,3 +136,17 @@ def project(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_from_other_tests() -> Iterator[None]:
+    """Every job file loaded in a process adds its secrets to the ones hidden in text that
+    belongs to no run (``redaction.remember``): in the daemon on purpose, across tests not."""
+    from qtasks_cli import redaction
+
+    saved = redaction._Known.pairs
+    redaction._Known.pairs = ()
+    try:
+        yield
+    finally:
+        redaction._Known.pairs = saved

@@ -21,11 +21,13 @@ from qtasks_cli.metrics import _Histogram
 from qtasks_cli.models import RunStatus
 from qtasks_cli.output import Capture, _Buffer, _current
 from qtasks_cli.store.control import (
+    OUTPUT_KEPT_CHARS,
     OUTPUT_LINE_CHARS,
     OUTPUT_LINES,
     ControlStore,
     DaemonInfo,
     PlaceholderEnv,
+    clip_lines,
     open_control,
 )
 from qtasks_cli.store.sqlite import enqueue_now
@@ -195,10 +197,11 @@ def test_output_buffer_keeps_the_last_lines_bounded(writes: list[str]) -> None:
     if expected and expected[-1] == "":
         expected = expected[:-1]
     assert len(lines) <= OUTPUT_LINES
-    assert all(len(line) <= OUTPUT_LINE_CHARS for line in lines)
-    tail = [line[:OUTPUT_LINE_CHARS] for line in expected[-OUTPUT_LINES:]]
-    if all(len(line) <= OUTPUT_LINE_CHARS for line in expected[-OUTPUT_LINES:]):
+    assert all(len(line) <= OUTPUT_KEPT_CHARS for line in lines)
+    tail = [line[:OUTPUT_KEPT_CHARS] for line in expected[-OUTPUT_LINES:]]
+    if all(len(line) <= OUTPUT_KEPT_CHARS for line in expected[-OUTPUT_LINES:]):
         assert lines == tail
+    assert all(len(line) <= OUTPUT_LINE_CHARS for line in clip_lines(lines))
 
 
 def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:

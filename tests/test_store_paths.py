@@ -121,3 +121,64 @@ def test_checking_the_state_file_keeps_sqlites_locks(tmp_path: Path) -> None:
     assert seen.stdout.strip() == "2", seen.stderr
     first.close()
     assert sqlite3.connect(db).execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_a_folder_on_the_way_that_others_may_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: anyone may rename what is in it
+    with pytest.raises(StoreError) as caught:
+        paths.prepare_state_file(shared / "app" / "qtasks" / "state.db")
+    assert str(caught.value).startswith(
+        f"{shared}: refusing the folder on the way to the state file: it is writable by "
+        "other users (group and others, mode 0777), who could swap 'app' in it"
+    )
+    assert not (shared / "app").exists()  # nothing made in there
+
+
+def test_a_folder_of_ours_in_a_sticky_folder_is_fine(tmp_path: Path) -> None:
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    paths.prepare_state_file(sticky / "ours" / "state.db")
+    assert (sticky / "ours").stat().st_mode & 0o777 == 0o700
+
+
+def test_our_link_in_a_folder_others_may_write_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "link").symlink_to(real)
+    shared.chmod(0o777)
+    with pytest.raises(StoreError, match=r"could swap 'link' in it"):
+        paths.prepare_state_file(shared / "link" / "state.db")
+
+
+def test_relative_and_dotted_spellings_reach_the_same_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to("real")  # relative target
+    monkeypatch.chdir(tmp_path)
+    paths.prepare_state_file(Path("a/../link/./state.db"))
+    assert (tmp_path / "real" / "state.db").is_file()
+    os.close(paths.open_folder("link/../real"))
+
+
+def test_the_installed_command_refuses_such_a_state_with_one_line(tmp_path: Path) -> None:
+    from conftest import clean_env, run_qtasks
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = tmp_path / "jobs.yaml"
+    config.write_text(
+        f"settings:\n  state: {shared}/qtasks/state.db\njobs:\n  a:\n    entrypoint: os:getpid\n"
+    )
+    for args in (["history", "-c", str(config)], ["run", "--ui", "plain", str(config)]):
+        result = run_qtasks(*args, cwd=tmp_path, env=clean_env(), timeout=60)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert f"{shared}: refusing the folder on the way to the state file" in result.stderr

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtasks_cli import systemd
-from qtasks_cli.redaction import redact, redact_value, spellings
+from qtasks_cli.redaction import redact, redact_value
 from qtasks_cli.ui import text
 
 # Everything a terminal acts on: ESC, other C0 but \n, DEL, C1, bidi controls, U+2028/9.
@@ -98,8 +98,10 @@ def test_json_safe_keeps_the_exact_value_and_hides_what_a_terminal_obeys(value: 
     assert not OBEYED.search(dumped.replace("\n", ""))
 
 
+# A marker at each end (long enough to count as a secret whatever lies between): if either
+# shows, part of the secret leaked.
 secret_text = st.lists(hostile_chars.filter(lambda c: c != "\x00"), min_size=1, max_size=12).map(
-    lambda chars: "Zq" + "".join(chars) + "X7"
+    lambda chars: "Zq7k" + "".join(chars) + "X7w9"
 )
 
 
@@ -128,8 +130,7 @@ def test_redaction_hides_every_encoding_of_a_secret(secret: str) -> None:
     for encoded in _encodings(secret):
         hidden = redact(encoded, pairs)
         assert secret not in hidden, (encoded, hidden)
-        assert "Zq" not in hidden or "X7" not in hidden.split("Zq", 1)[1], (encoded, hidden)
-        assert not any(form in hidden for form in spellings(secret))
+        assert "Zq7k" not in hidden and "X7w9" not in hidden, (encoded, hidden)
 
 
 @given(secret_text)

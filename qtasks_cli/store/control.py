@@ -26,6 +26,9 @@ RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
 # Lines of output kept per run (the last ones), and characters per line.
 OUTPUT_LINES = 200
 OUTPUT_LINE_CHARS = 2000
+# Characters of a line kept while a run prints, before its secrets are hidden and the line is
+# cut to OUTPUT_LINE_CHARS: a secret that straddles the cut is then hidden whole.
+OUTPUT_KEPT_CHARS = OUTPUT_LINE_CHARS + 4096
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -5,10 +5,18 @@ The rules, in the spirit of OpenSSH's ``StrictModes``:
 
 - a path another user can write, or that another user owns, is refused (``StoreError``, exit 2),
   with the path, the reason and the command that fixes it;
-- a symbolic link on the way to the state folder must itself belong to the running user or root
-  (another user's link in a shared folder could point anywhere), and the state file, its
-  companions and the lock file are opened with ``O_NOFOLLOW``: qtasks never writes through a
-  link it did not make;
+- nobody else may be able to change what the path leads to, between qtasks' checks and
+  SQLite's open of the same path. So the state folder is opened one name at a time from ``/``
+  (``O_NOFOLLOW``, ``O_DIRECTORY``, each name relative to the descriptor of the folder before
+  it) and every folder on the way is checked on its descriptor (``fstat``): it must belong to
+  the running user or root and be writable by nobody else, unless it is sticky (``/tmp``) and
+  the next name in it belongs to the running user or root (then nobody else may rename or
+  remove it). Another user who can write a parent could otherwise swap the state folder for
+  one of theirs (``renameat2(RENAME_EXCHANGE)``) after the check;
+- a symbolic link on the way must itself belong to the running user or root, in a folder that
+  passes the same check, and the state file, its companions and the lock file are opened
+  relative to the checked folder's descriptor with ``O_NOFOLLOW``: qtasks never writes through
+  a link it did not make;
 - a state file with more than one hard link is refused: SQLite names the ``-wal`` file after
   the name it was given, so two names would mean two write-ahead logs for one database, and two
   lock files, so two daemons. With one name per file, ``<file>.lock`` is the same inode however
@@ -18,7 +26,6 @@ The rules, in the spirit of OpenSSH's ``StrictModes``:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from pathlib import Path
@@ -81,82 +88,201 @@ def _refuse(path: str | os.PathLike[str], what: str, why: str, fix: str) -> Stor
     return StoreError(f"{os.fspath(path)}: refusing the {what}: {why}; {fix}")
 
 
-def check_links(path: str | os.PathLike[str]) -> None:
-    """Refuse ``path`` if a symbolic link on the way to it belongs to another user.
-
-    Links the running user or root made are followed (an operator may link
-    ``/var/lib/qtasks`` elsewhere); a missing component ends the walk."""
-    _check_links(os.path.join(os.getcwd(), os.fspath(path)), 0)
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _check_links(path: str, depth: int) -> None:
-    current = os.sep
-    for part in path.split(os.sep):
-        if not part:
-            continue
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except OSError:
-            return  # missing: nothing more to follow
-        if not stat.S_ISLNK(st.st_mode):
-            continue
-        if st.st_uid not in _trusted_uids():
-            raise _refuse(
-                current,
-                "symbolic link on the way to the state file",
-                f"it is owned by {_user_name(st.st_uid)}",
-                "point settings.state at a folder you own",
-            )
-        if depth >= _MAX_LINKS:
-            raise StoreError(f"{current}: too many levels of symbolic links")
-        target = os.readlink(current)
-        _check_links(os.path.join(os.path.dirname(current), target), depth + 1)
+def _others_may_write(st: os.stat_result) -> str:
+    bits = [
+        who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit
+    ]
+    return " and ".join(bits)
+
+
+def _check_entry(
+    parent: os.stat_result,
+    parent_path: str,
+    child_uid: int,
+    child_path: str,
+    what: str = "folder on the way to the state file",
+) -> None:
+    """Refuse when someone but the running user and root could replace ``child_path`` (owned
+    by ``child_uid``) in the folder ``parent_path``: the folder is another user's, or others
+    may write it and it is not sticky, or it is sticky and the entry is another user's."""
+    why = None
+    if parent.st_uid not in _trusted_uids():
+        why = f"it is owned by {_user_name(parent.st_uid)}"
+    elif _others_may_write(parent) and not parent.st_mode & stat.S_ISVTX:
+        why = (
+            f"it is writable by other users ({_others_may_write(parent)}, "
+            f"mode {stat.S_IMODE(parent.st_mode):04o})"
+        )
+    if why is not None:
+        raise _refuse(
+            parent_path,
+            "folder on the way to the state file",
+            f"{why}, who could swap {os.path.basename(child_path)!r} in it for their own",
+            "keep the state in a folder whose parents belong to you or root and only you "
+            "(or root) may write",
+        )
+    if _others_may_write(parent) and child_uid not in _trusted_uids():
+        # A sticky folder others may write (/tmp): only an entry of ours is safe in it.
+        raise _refuse(
+            child_path,
+            what,
+            f"it is owned by {_user_name(child_uid)}, in a folder other users may write",
+            "use a path you own, or take it over with: chown -h $(id -u) " + _quoted(child_path),
+        )
+
+
+def _quoted(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
+
+
+class _Walk:
+    """The descriptors of the folders from ``/`` to the one reached, each checked."""
+
+    def __init__(self) -> None:
+        fd = os.open("/", _DIR_FLAGS)
+        self.stack: list[tuple[int, str, os.stat_result]] = [(fd, "/", os.fstat(fd))]
+
+    def close(self, keep: int | None = None) -> None:
+        for fd, _, _ in self.stack:
+            if fd != keep:
+                os.close(fd)
+        self.stack = []
+
+    def up(self) -> None:
+        if len(self.stack) > 1:
+            os.close(self.stack.pop()[0])
+
+    def to_root(self) -> None:
+        while len(self.stack) > 1:
+            self.up()
+
+
+def open_folder(folder: str | os.PathLike[str]) -> int:
+    """A descriptor (``O_PATH`` where there is one) of the state folder, created 0700 if it
+    is missing (missing parents 0755), reached one name at a time from ``/`` without
+    following a link unchecked, every folder on the way checked on its own descriptor (see
+    the module's rules). Raises StoreError naming the path and the reason; the caller closes
+    the descriptor."""
+    given = os.fspath(folder)
+    pending = [p for p in os.path.join(os.getcwd(), given).split(os.sep) if p and p != "."]
+    try:
+        walk = _Walk()
+    except OSError as exc:
+        raise StoreError(f"{given}: cannot use the state folder: {exc.strerror}") from None
+    links = 0
+    try:
+        root_why = distrust(walk.stack[0][2])
+        if root_why is not None:
+            raise _refuse("/", "folder on the way to the state file", root_why, "fix it")
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                walk.up()
+                continue
+            parent_fd, parent_path, parent_st = walk.stack[-1]
+            path = os.path.join(parent_path, name)
+            st = _entry(parent_fd, name, path, parent_st, create=True, last=not pending)
+            if stat.S_ISLNK(st.st_mode):
+                _check_link(st, path, parent_st, parent_path)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise StoreError(f"{path}: too many levels of symbolic links")
+                target = os.readlink(name, dir_fd=parent_fd)
+                if target.startswith(os.sep):
+                    walk.to_root()
+                pending[:0] = [p for p in target.split(os.sep) if p and p != "."]
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                shown = given if not pending else path
+                raise StoreError(f"{shown}: the state folder is not a folder")
+            what = "folder on the way to the state file" if pending else "state folder"
+            _check_entry(parent_st, parent_path, st.st_uid, path, what)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            opened = os.fstat(fd)
+            walk.stack.append((fd, path, opened))
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                raise StoreError(f"{path}: the folder changed while qtasks checked it")
+        fd, _, st = walk.stack[-1]
+        why = distrust(st)
+        if why is not None:
+            raise _refuse(given, "state folder", why, _fix(st, given, "700"))
+    except OSError as exc:
+        walk.close()
+        raise StoreError(f"{given}: cannot use the state folder: {exc.strerror or exc}") from None
+    except BaseException:
+        walk.close()
+        raise
+    walk.close(keep=fd)
+    return fd
+
+
+def _entry(
+    parent_fd: int, name: str, path: str, parent_st: os.stat_result, *, create: bool, last: bool
+) -> os.stat_result:
+    """The status of ``name`` in the folder ``parent_fd`` (not followed); a missing folder is
+    made first (0700 for the state folder itself, 0755 for a parent) where that is safe."""
+    try:
+        return os.lstat(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    _check_entry(parent_st, os.path.dirname(path), os.geteuid(), path)
+    mode = 0o700 if last else 0o755
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # made meanwhile (by ourselves, or by whoever may: checked below)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the state folder: {exc.strerror}") from None
+    else:
+        # mkdir's mode passes through the umask; nobody else can replace the new folder
+        # (its parent passed _check_entry), so setting the mode by name is safe.
+        os.chmod(name, mode, dir_fd=parent_fd)
+    return os.lstat(name, dir_fd=parent_fd)
+
+
+def _check_link(st: os.stat_result, path: str, parent_st: os.stat_result, parent: str) -> None:
+    if st.st_uid not in _trusted_uids():
+        raise _refuse(
+            path,
+            "symbolic link on the way to the state file",
+            f"it is owned by {_user_name(st.st_uid)}",
+            "point settings.state at a folder you own",
+        )
+    _check_entry(parent_st, parent, st.st_uid, path)
 
 
 def ensure_folder(folder: Path) -> None:
-    """Create the state folder 0700 if it is missing, then check the folder: a folder of
-    another user, or one that others may write, is refused with StoreError."""
-    check_links(folder)
-    if not os.path.lexists(folder):
-        try:
-            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"{folder}: cannot create the state folder: {exc.strerror or exc}"
-            ) from None
-        with contextlib.suppress(OSError):
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if os.fstat(fd).st_uid == os.geteuid():
-                    os.fchmod(fd, 0o700)  # mkdir's mode passes through the umask
-            finally:
-                os.close(fd)
-    try:
-        st = os.stat(folder)
-    except OSError as exc:
-        raise StoreError(f"{folder}: cannot use the state folder: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"{folder}: the state folder is not a folder")
-    why = distrust(st)
-    if why is not None:
-        raise _refuse(folder, "state folder", why, _fix(st, os.fspath(folder), "700"))
+    """Create the state folder 0700 if it is missing, then check it and every folder on the
+    way to it (``open_folder``): anything another user could change is refused with
+    StoreError."""
+    os.close(open_folder(folder))
 
 
-def open_checked(path: str | os.PathLike[str], what: str, *, create: bool = True) -> int:
+def open_checked(
+    path: str | os.PathLike[str], what: str, *, create: bool = True, folder: int | None = None
+) -> int:
     """Open (creating 0600 if ``create``) the regular file ``path`` without following a link,
     check it with ``distrust`` and its link count, and return the descriptor (read-write, or
-    read-only when only reading is allowed). Raises StoreError naming the path and the reason."""
+    read-only when only reading is allowed). With ``folder`` (a descriptor from
+    ``open_folder``) the file's name is opened in that folder. Raises StoreError naming the
+    path and the reason."""
     flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    name = os.path.basename(os.fspath(path)) if folder is not None else path
     try:
-        fd = os.open(path, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        fd = os.open(name, flags | os.O_RDWR | (os.O_CREAT if create else 0), 0o600, dir_fd=folder)
     except PermissionError:
         try:
-            fd = os.open(path, flags | os.O_RDONLY)
+            fd = os.open(name, flags | os.O_RDONLY, dir_fd=folder)
         except OSError as exc:
             raise StoreError(f"{os.fspath(path)}: cannot open the {what}: {exc.strerror}") from None
     except OSError as exc:
-        if os.path.islink(path):
+        if _is_link(name, folder):
             raise _refuse(
                 path,
                 what,
@@ -172,6 +298,13 @@ def open_checked(path: str | os.PathLike[str], what: str, *, create: bool = True
         os.close(fd)
         raise
     return fd
+
+
+def _is_link(name: str | os.PathLike[str], folder: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=folder).st_mode)
+    except OSError:
+        return False
 
 
 def _check_open_file(fd: int, path: str | os.PathLike[str], what: str) -> None:
@@ -194,13 +327,15 @@ def _check_file(st: os.stat_result, path: str | os.PathLike[str], what: str) -> 
         )
 
 
-def check_companions(path: Path) -> None:
+def check_companions(path: Path, folder: int | None = None) -> None:
     """Check the files beside the state file (``-wal``, ``-shm``, ``-journal``, ``.lock``)
-    that exist: each must be a regular file, not a link, trusted by ``distrust``."""
+    that exist: each must be a regular file, not a link, trusted by ``distrust``. With
+    ``folder`` (from ``open_folder``) they are looked up in that folder."""
     for suffix in COMPANIONS:
         companion = f"{path}{suffix}"
+        name = f"{path.name}{suffix}" if folder is not None else companion
         try:
-            st = os.lstat(companion)
+            st = os.lstat(name, dir_fd=folder)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -222,21 +357,34 @@ def check_companions(path: Path) -> None:
 
 
 def prepare_state_file(path: Path) -> None:
-    """Make ``path`` ready for SQLite: the folder checked (or made 0700), the file created 0600
-    or checked, and its companions checked. Raises StoreError on anything untrusted."""
-    ensure_folder(path.parent)
+    """Make ``path`` ready for SQLite: the folder and the way to it checked (the folder made
+    0700 if missing), the file created 0600 or checked, and its companions checked, all in
+    the folder's checked descriptor. Raises StoreError on anything untrusted.
+
+    SQLite then opens ``path`` by name: every folder on the way passed ``open_folder``, so
+    nobody but the running user and root can change what the name leads to meanwhile."""
+    folder = open_folder(path.parent)
+    try:
+        _prepare_in(folder, path)
+    finally:
+        os.close(folder)
+
+
+def _prepare_in(folder: int, path: Path) -> None:
     # An existing state file is checked with lstat, never opened: closing any descriptor of
     # the file drops every POSIX lock this process holds on it, SQLite's included, and
     # another process may then take the WAL away under a live connection ("How To Corrupt
-    # An SQLite Database File", 2.2). The trusted folder (no one else can write it) keeps
-    # the file from being swapped between this check and SQLite's open.
+    # An SQLite Database File", 2.2).
     try:
         fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            path.name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=folder,
         )
     except FileExistsError:
         try:
-            st = os.lstat(path)
+            st = os.lstat(path.name, dir_fd=folder)
         except OSError as exc:
             raise StoreError(f"{path}: cannot check the state file: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
@@ -251,7 +399,7 @@ def prepare_state_file(path: Path) -> None:
         raise StoreError(f"{path}: cannot create the state file: {exc.strerror or exc}") from None
     else:
         os.close(fd)  # a new, empty file: nobody holds a lock on it yet
-    check_companions(path)
+    check_companions(path, folder)
 
 
 def same_file(path: str | os.PathLike[str], fd: int) -> bool:

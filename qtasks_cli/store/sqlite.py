@@ -555,8 +555,11 @@ class SqliteStore:
         if self._lock_fd is not None:
             return
         lock_path = f"{self.location}.lock"
-        paths.ensure_folder(self.path.parent)
-        fd = paths.open_checked(lock_path, "lock file")
+        folder = paths.open_folder(self.path.parent)
+        try:
+            fd = paths.open_checked(lock_path, "lock file", folder=folder)
+        finally:
+            os.close(folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import JobView, RunStatus, Snapshot
+from qtasks_cli.redaction import hold_back, redact_known
 from qtasks_cli.ui import log as ui_log
 from qtasks_cli.ui.text import clean_line, clean_output
 
@@ -588,8 +589,9 @@ class LiveView:
         self._changed()
 
     def add_text(self, text: str, level: int = logging.INFO, when: datetime | None = None) -> None:
-        """Add (possibly multi-line) text as event lines, cut to a few lines."""
-        rows = [clean_line(row) for row in text.splitlines()] or [""]
+        """Add (possibly multi-line) text as event lines, cut to a few lines; the secrets of
+        the loaded job files are hidden in it first, whole (a secret may span lines)."""
+        rows = [clean_line(row) for row in redact_known(text).splitlines()] or [""]
         if len(rows) > MAX_LINES_PER_RECORD:
             extra = len(rows) - MAX_LINES_PER_RECORD + 1
             rows = [*rows[: MAX_LINES_PER_RECORD - 1], f"  ({extra} more lines)"]
@@ -731,7 +733,11 @@ class LiveHandler(logging.Handler):
 
 
 def _pump(fd: int, view: LiveView) -> None:
-    """Read what the process's stdout/stderr receive and show it line by line."""
+    """Read what the process's stdout/stderr receive and show it line by line.
+
+    The lines read together are redacted together, so a secret of several lines is hidden
+    whole; lines that end with the first lines of a known multi-line secret wait for the next
+    read (``redaction.hold_back``), and each line of such a secret is hidden on its own too."""
     pending = b""
     try:
         while True:
@@ -744,18 +750,34 @@ def _pump(fd: int, view: LiveView) -> None:
             if not chunk:
                 break
             pending += chunk
-            *rows, pending = pending.split(b"\n")
-            for raw in rows:
-                text = clean_output(raw.decode("utf-8", "replace"))
-                if text.strip():
-                    view.add_line(
-                        EventLine(time=view.clock(), level=logging.INFO, text=f"output: {text}")
-                    )
-        if pending.strip():
-            text = clean_output(pending.decode("utf-8", "replace"))
-            view.add_line(EventLine(time=view.clock(), level=logging.INFO, text=f"output: {text}"))
+            cut = pending.rfind(b"\n") + 1
+            if not cut:
+                continue
+            block = pending[:cut].decode("utf-8", "replace")
+            stop = hold_back(block)
+            if stop < len(block):
+                tail = block[stop:].encode("utf-8")
+                cut -= len(tail) if pending[:cut].endswith(tail) else 0
+            ready, pending = pending[:cut], pending[cut:]
+            if len(pending) > _HELD_BYTES:  # never hold without bound
+                ready, pending = ready + pending, b""
+            _show_output(view, ready)
+        _show_output(view, pending)
     finally:
         os.close(fd)
+
+
+_HELD_BYTES = 64 * 1024
+
+
+def _show_output(view: LiveView, data: bytes) -> None:
+    if not data.strip():
+        return
+    text = redact_known(data.decode("utf-8", "replace"))
+    for row in text.split("\n"):
+        shown = clean_output(row)
+        if shown.strip():
+            view.add_line(EventLine(time=view.clock(), level=logging.INFO, text=f"output: {shown}"))
 
 
 @contextlib.contextmanager

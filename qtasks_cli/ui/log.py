@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus
+from qtasks_cli.redaction import redact_known, redact_known_value
 from qtasks_cli.ui.text import clean_line, clean_text, json_safe
 
 EVENT_LOGGER = "qtasks.events"
@@ -173,9 +174,13 @@ class PlainFormatter(logging.Formatter):
         event: Event | None = getattr(record, "qtasks_event", None)
         # Job and state-file text may hold terminal escapes: cleaned, one line per record
         # (a value cannot forge a line), and the lines of a traceback after it.
-        text = clean_line(describe_event(event) if event is not None else record.getMessage())
+        # Every secret of the loaded job files is hidden first: a record that is not a run's
+        # event (a debug line with a job's exception, say) was not redacted by its job.
+        text = describe_event(event) if event is not None else record.getMessage()
+        text = clean_line(redact_known(text))
         if record.exc_info and event is None:
-            text = f"{text}\n{clean_text(self.formatException(record.exc_info))}"
+            trace = redact_known(self.formatException(record.exc_info))
+            text = f"{text}\n{clean_text(trace)}"
         level = record.levelname
         if self.journal:
             prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
@@ -203,6 +208,7 @@ class JsonFormatter(logging.Formatter):
             }
             if record.exc_info:
                 fields["traceback"] = self.formatException(record.exc_info)
+        fields = redact_known_value(fields)  # leaf by leaf, before the JSON is made
         return json_safe(json.dumps(fields, ensure_ascii=False, default=str))
 
 

@@ -220,3 +220,50 @@ def test_one_daemon_per_state_file_any_spelling(tmp_path: Path) -> None:
         "2 hard links",
     )
     sqlite3.connect(state / "state.db").close()
+
+
+@case(
+    "state_folder_swapped_while_opening",
+    group=GROUP,
+    title="another local user may write the folder that holds the state folder, and swaps the "
+    "state folder with one of theirs (`renameat2(RENAME_EXCHANGE)`, in a loop) while "
+    "`qtasks history` and `qtasks run` open it again and again; the same folder made sticky",
+    checks="every command exits 2 naming the writable folder, and the other user's database is "
+    "never opened or written; in the sticky folder the swap fails and every command works",
+)
+def test_state_folder_swapped_while_opening(tmp_path: Path) -> None:
+    import tempfile
+
+    from test_store_paths_race import swapping_as
+
+    uid, gid = _other_user()
+    parent = Path(tempfile.mkdtemp(prefix="qtasks-swap-", dir="/tmp"))
+    try:
+        config = project(tmp_path / "proj", str(parent / "state" / "state.db"))
+        assert qtasks("history", "-c", str(config), cwd=config.parent).returncode == 0
+        theirs = parent / "theirs"
+        theirs.mkdir()
+        with sqlite3.connect(theirs / "state.db") as db:
+            db.execute("CREATE TABLE planted (x)")
+        for path in (theirs, theirs / "state.db"):
+            os.chown(path, uid, gid)
+        planted = (theirs / "state.db").read_bytes()
+        parent.chmod(0o777)
+        with swapping_as(uid, gid, parent / "state", theirs) as counts:
+            for args in [["history", "-c", str(config)]] * 8 + [
+                ["run", "--ui", "plain", str(config)]
+            ]:
+                assert_refused(qtasks(*args, cwd=config.parent), parent, "writable by other users")
+        assert counts["swaps"] > 0
+        assert sorted(p.name for p in theirs.iterdir()) == ["state.db"]
+        assert (theirs / "state.db").read_bytes() == planted
+        parent.chmod(0o1777)
+        with swapping_as(uid, gid, parent / "state", theirs) as counts:
+            for _ in range(5):
+                result = qtasks("history", "-c", str(config), cwd=config.parent)
+                assert result.returncode == 0, result.stderr
+        assert counts["swaps"] == 0 and counts["refused"] > 0
+        assert (theirs / "state.db").read_bytes() == planted
+    finally:
+        parent.chmod(0o700)
+        shutil.rmtree(parent, ignore_errors=True)

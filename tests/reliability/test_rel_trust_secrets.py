@@ -57,6 +57,19 @@ def returns(token):
     return {"token": token, "repr": repr(token), "list": [token, token.encode()]}
 
 
+def nested(token):
+    # JSON of JSON, repr of repr, JSON of a repr of JSON: each layer escapes again.
+    deep = json.dumps(json.dumps({"token": token}))
+    print("printed", token)  # kept for `qtasks show`, a multi-line value over several lines
+    print("printed", deep, repr(repr(token)))
+    return {"deep": deep, "again": json.dumps(repr(json.dumps([token])))}
+
+
+def nested_fails(token):
+    print("about to fail with", json.dumps({"t": token}))
+    raise RuntimeError(repr(json.dumps({"t": repr(token)}, ensure_ascii=False)))
+
+
 def items(token):
     yield token
     yield {"t": token}
@@ -70,7 +83,7 @@ def hook(result):
     with open(os.environ["HOOK_OUT"], "a", encoding="utf-8", errors="backslashreplace") as f:
         f.write(repr(result) + "\\n")
 """
-FAILING = ("raw", "reprd", "jsoned", "asciid", "byted", "chained")
+FAILING = ("raw", "reprd", "jsoned", "asciid", "byted", "chained", "nested_fails")
 JOBS = (
     "".join(
         f"""\
@@ -81,7 +94,7 @@ JOBS = (
   on_failure: rel_secret:hook
   on_success: rel_secret:hook
 """
-        for name in (*FAILING, "returns")
+        for name in (*FAILING, "returns", "nested")
     )
     + """\
 items:
@@ -129,7 +142,7 @@ hostile = st.lists(
         ),
         st.characters(codec="utf-8", exclude_characters="\x00"),
     ),
-    min_size=1,
+    min_size=2,  # 8 characters at least: hidden wherever it occurs (redaction's rule)
     max_size=10,
 ).map(lambda parts: START + "".join(parts) + END)
 
@@ -163,12 +176,14 @@ def state_bytes(folder: Path) -> str:
 @case(
     "secrets_never_leave",
     group=GROUP,
-    title="a `${TOKEN}` value with quotes, backslashes, non-ASCII, controls and escapes "
-    "(generated) raised as is, as repr, ascii, bytes, JSON and in a chained traceback, "
-    "returned, yielded and echoed, in a thread and in a child process",
-    checks="through `qtasks run` (plain and JSON logs), `qtasks trigger`, `history`, "
-    "`history --json`, `history --stats`, `list`, `validate`, the state file's bytes and the "
-    "hooks' payloads, no part of the value shows (a marker at each end must never appear)",
+    title="a `${TOKEN}` value with quotes, backslashes, non-ASCII, line breaks, controls and "
+    "escapes (generated) raised as is, as repr, ascii, bytes, JSON, nested (JSON of JSON, a "
+    "repr of a repr) and in a chained traceback, returned, yielded, echoed and printed, in a "
+    "thread and in a child process",
+    checks="through `qtasks run` (plain and JSON logs, and what the jobs printed), `qtasks "
+    "trigger`, `history`, `history --json`, `history --stats`, `show` (text and JSON), `list`, "
+    "`validate`, the state file's bytes and the hooks' payloads, no part of the value shows "
+    "(a marker at each end must never appear)",
 )
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(secret=hostile)
@@ -189,7 +204,7 @@ def test_secrets_never_leave(secret: str) -> None:
                 daemon.wait_for(
                     lambda log: all(
                         log.count(f"{name} ") + log.count(f'"{name}"') >= 3
-                        for name in (*FAILING, "returns", "items", "in_child")
+                        for name in (*FAILING, "returns", "nested", "items", "in_child")
                     ),
                     timeout=60,
                     what="every job run to its end",
@@ -217,8 +232,27 @@ def test_secrets_never_leave(secret: str) -> None:
         history_rows = [
             json.loads(line) for line in outputs["history --json --limit 1000"].splitlines()
         ]
-        assert {row["job"] for row in history_rows} >= {*FAILING, "returns", "items", "in_child"}
+        assert {row["job"] for row in history_rows} >= {
+            *FAILING,
+            "returns",
+            "nested",
+            "items",
+            "in_child",
+        }
         outputs["history --json, decoded"] = repr(history_rows)
+        # A daemon's run in full: its arguments, traceback, result and the lines it printed.
+        for job in ("nested", "nested_fails", "items"):
+            run_id = next(
+                row["run_id"]
+                for row in history_rows
+                if row["job"] == job and row["trigger"] != "manual"
+            )
+            for extra in ([], ["--json"]):
+                shown = qtasks("show", run_id, *extra, "-c", str(config), folder=folder, env=env)
+                assert shown.returncode == 0, shown.stderr
+                assert "${TOKEN}" in shown.stdout, shown.stdout
+                outputs[f"show {job} {extra}"] = shown.stdout + shown.stderr
+        assert "printed" in outputs["show nested []"]
         outputs["hook payloads"] = hook_out.read_text()
         assert outputs["hook payloads"].count("RunResult(") >= 3
         outputs["state file"] = state_bytes(folder)
@@ -351,7 +385,8 @@ def test_secrets_not_stored_for_enqueue_api(tmp_path: Path) -> None:
     "secrets_in_live_output",
     group=GROUP,
     title="`qtasks run --ui live` on a terminal (a pty) while a job prints its `${TOKEN}` value "
-    "(with quotes, a backslash and an escape) to stdout and stderr, and fails with it",
+    "(two lines, with quotes, a backslash and an escape) to stdout and stderr, and fails with "
+    "it",
     checks="the table's events area shows `${TOKEN}`; no part of the value reaches the terminal",
 )
 def test_secrets_in_live_output(tmp_path: Path) -> None:
@@ -375,7 +410,7 @@ def test_secrets_in_live_output(tmp_path: Path) -> None:
     jobs = 'loud:\n  entrypoint: rel_secret:loud\n  kwargs: {token: "${TOKEN}"}\n'
     jobs += '  schedule: "* * * * * *"\n'
     config = write_project(tmp_path, jobs, {"rel_secret": module}, tick=False)
-    secret = START + "'\"\\\x1b[1m" + END
+    secret = START + "'\"\\\x1b[1m\nsecond line" + END  # over two lines
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(tmp_path)
@@ -468,3 +503,42 @@ def test_secrets_in_interrupted_rerun(tmp_path: Path) -> None:
     }.items():
         assert_hidden(text, where)
     assert "${TOKEN}" in second.log
+
+
+@case(
+    "secrets_redaction_rewrites_nothing_else",
+    group=GROUP,
+    title="`REGION=eu` (a value too short to be a secret) and `TOKEN` (a long one with quotes "
+    "and a backslash) as `${NAME}` arguments of a job that returns JSON with `eu` inside other "
+    "words, keys and values, and the token inside a string",
+    checks="`qtasks validate` warns about `${REGION}`; `history --json` holds the result "
+    "preview as valid JSON, equal to the returned value with only the token's string changed "
+    "to `${TOKEN}`; no part of the token in the state file",
+)
+def test_secrets_redaction_rewrites_nothing_else(tmp_path: Path) -> None:
+    module = (
+        "def regional(region, token):\n"
+        '    return {"neutral": region, "queue": [1, "reuse", True], region: {"t": token},'
+        ' "json": \'{"a": "eu"}\'}\n'
+    )
+    jobs = (
+        "regional:\n  entrypoint: rel_regional:regional\n"
+        '  kwargs: {region: "${REGION}", token: "${TOKEN}"}\n'
+    )
+    config = write_project(tmp_path, jobs, {"rel_regional": module}, tick=False)
+    env = clean_env(REGION="eu", TOKEN=START + "'\"\\é" + END)
+    validated = qtasks("validate", str(config), folder=tmp_path, env=env)
+    assert validated.returncode == 0, validated.stderr
+    assert "${REGION} is shorter than 4 characters" in validated.stderr, validated.stderr
+    result = qtasks("trigger", "regional", "-c", str(config), folder=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    history = qtasks("history", "--json", "-c", str(config), folder=tmp_path, env=env)
+    assert history.returncode == 0, history.stderr
+    (row,) = [json.loads(line) for line in history.stdout.splitlines()]
+    assert json.loads(row["result"]) == {
+        "neutral": "eu",
+        "queue": [1, "reuse", True],
+        "eu": {"t": "${TOKEN}"},
+        "json": '{"a": "eu"}',
+    }
+    assert_hidden(state_bytes(tmp_path) + history.stdout + result.stdout, "the state or output")
