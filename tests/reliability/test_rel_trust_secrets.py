@@ -185,6 +185,7 @@ def state_bytes(folder: Path) -> str:
     "`validate`, the state file's bytes and the hooks' payloads, no part of the value shows "
     "(a marker at each end must never appear)",
 )
+@pytest.mark.timeout(900)  # five examples of about 40 commands each: minutes on a busy machine
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(secret=hostile)
 def test_secrets_never_leave(secret: str) -> None:
