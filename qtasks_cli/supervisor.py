@@ -1159,17 +1159,21 @@ class Supervisor:
         if running:
             self._emit(
                 EventKind.NOTICE,
-                message=(f"stopping: waiting up to {grace:g}s for {len(running)} running job(s)"),
+                message=f"stopping: waiting up to {grace:g}s for "
+                + _runs_in_words(len(running), self.waiting, "running job(s)"),
             )
             _, still = await asyncio.wait(running, timeout=grace)
             if still:
+                waiting = self.waiting  # of those, the ones that never got a slot
                 for task in still:
                     task.cancel()
                 await asyncio.wait(still, timeout=5)
                 self._emit(
                     EventKind.NOTICE,
                     level=logging.WARNING,
-                    message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
+                    message="abandoned "
+                    + _runs_in_words(len(still), waiting, "run(s) still running")
+                    + " after shutdown_grace",
                 )
         await self.ledger.release_fires(self._unstarted_pending())
         try:
@@ -1205,3 +1209,12 @@ class Supervisor:
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock(), **fields))
+
+
+def _runs_in_words(tasks: int, waiting: int, what: str) -> str:
+    """``2 running job(s) and 1 run(s) waiting for a free slot``: tasks of runs, of which
+    ``waiting`` have no slot yet (they are not running)."""
+    parts = [f"{tasks - waiting} {what}"] if tasks > waiting else []
+    if waiting:
+        parts.append(f"{waiting} run(s) waiting for a free slot")
+    return " and ".join(parts)

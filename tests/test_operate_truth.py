@@ -290,8 +290,11 @@ jobs:
     assert off["paused"] is not None and off["paused"]["by"]
     assert on["state"] == "paused" and on["disabled"] is False
     text = qt(path, "status").stdout
-    assert re.search(r"^off +disabled, also paused since ", text, re.M), text
+    assert re.search(r"^off +disabled, also paused  ", text, re.M), text
     assert re.search(r"^on +paused since ", text, re.M), text
+    listed = run_qtasks("list", str(path)).stdout
+    assert re.search(r"^off .*\[.*, disabled, also paused\]$", listed, re.M), listed
+    assert re.search(r"^on .*\[.*, paused, enabled\]$", listed, re.M), listed
 
 
 def test_metrics_addresses_that_cannot_be_used_are_refused_up_front(project) -> None:

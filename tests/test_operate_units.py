@@ -428,3 +428,28 @@ def test_a_postgres_nodes_heartbeat_is_its_sign_of_life(control) -> None:
     [seen] = store.daemons()
     assert seen.last_seen == beat and seen.written == T0
     store.wake()  # nobody listens: fine
+
+
+def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
+    from qtasks_cli.models import JobView, Snapshot
+    from qtasks_cli.systemd import status_line
+    from qtasks_cli.ui.live import state_cell
+
+    def view(**fields: Any) -> JobView:
+        base: dict[str, Any] = {"name": "j", "schedule": "s", "enabled": True, "next_fire": None,
+                                "running": 0, "pending": 0, "max_attempts": 1}  # fmt: skip
+        return JobView(**{**base, **fields})
+
+    assert state_cell(view(enabled=False, paused=True))[0] == "disabled"
+    assert state_cell(view(paused=True))[0] == "paused"
+    assert state_cell(view(waiting=1, pending=1, abandoned=1))[0] == "waiting for a slot"
+    assert state_cell(view(pending=2, abandoned=1))[0] == "queued"
+    assert state_cell(view(abandoned=1, enabled=False))[0] == "abandoned, still running"
+    assert state_cell(view())[0] == "idle"
+    snapshot = Snapshot(
+        now=T0, started_at=T0, jobs=(view(next_fire=T0 + timedelta(hours=1), paused=True),),
+        running=1, queued=2, state="s", waiting=3, abandoned=1,
+    )  # fmt: skip
+    line = status_line(snapshot)
+    assert "1 running, 3 waiting for a slot, 2 queued, 1 abandoned still running" in line
+    assert "next:" not in line  # a paused job's next fire is no fire

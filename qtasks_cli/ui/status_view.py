@@ -39,7 +39,7 @@ def state_words(job: JobStatus, now: datetime) -> str:
     if job.abandoned and job.state != "abandoned":
         more.append(f"{len(job.abandoned)} abandoned still running")
     if job.pause is not None and job.state != "paused":
-        more.append(f"also paused since {_local(job.pause.since)} by {job.pause.by}")
+        more.append("also paused")
     tail = f", {', '.join(more)}" if more else ""
     if job.state == "running":
         run = job.running[0]
@@ -57,7 +57,7 @@ def state_words(job: JobStatus, now: datetime) -> str:
         return f"queued ({job.queued}){tail}"
     if job.state == "abandoned":
         runs = ", ".join(job.abandoned)
-        return f"abandoned run {runs} still running (given up on; its thread did not stop){tail}"
+        return f"abandoned run {runs} still running{tail}"
     if job.state == "paused" and job.pause is not None:
         return f"paused since {_local(job.pause.since)} by {job.pause.by}{tail}"
     return f"{job.state}{tail}"
