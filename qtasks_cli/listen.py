@@ -13,10 +13,25 @@ def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+MISSING_LIBRARY = (
+    "needs prometheus_client, which cannot be imported{why}; "
+    "install it with: pip install 'qtasks-cli[metrics]'"
+)
+
+
 def problem(host: str, port: int) -> str | None:
-    """Why the daemon could not listen on ``host:port``, or None; found without taking the
-    port (a running daemon may hold it): ``host`` must resolve, as the endpoint resolves it
-    (the first address ``getaddrinfo`` gives), to an address of this machine."""
+    """Why the daemon could not serve metrics on ``host:port``, or None; found without taking
+    the port (a running daemon may hold it) or importing the library: ``prometheus_client``
+    must be installed, and ``host`` must resolve, as the endpoint resolves it (the first
+    address ``getaddrinfo`` gives), to an address of this machine."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("prometheus_client")
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        return MISSING_LIBRARY.format(why="")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:

@@ -267,16 +267,16 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     """Serve the metrics on ``config.settings.metrics`` (host, port) in a thread, before the
     daemon does anything else; QtasksError (exit 2) when prometheus_client is missing, and
     a ConfigError located at the setting when the address cannot be bound."""
+    from qtasks_cli.listen import MISSING_LIBRARY, bind_failure
+
     address = config.settings.metrics
     assert address is not None
     try:
         from prometheus_client import start_http_server
         from prometheus_client.core import CollectorRegistry
     except ImportError as exc:
-        raise QtasksError(
-            f"settings.metrics needs prometheus_client, which cannot be imported ({exc}); "
-            "install it with: pip install 'qtasks-cli[metrics]'"
-        ) from None
+        message = MISSING_LIBRARY.format(why=f" ({exc})")
+        raise ConfigError([config.problem("settings.metrics", message)]) from None
     metrics = Metrics()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
@@ -284,8 +284,6 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        from qtasks_cli.listen import bind_failure
-
         raise ConfigError(
             [config.problem("settings.metrics", bind_failure(host, port, exc))]
         ) from None

@@ -5,6 +5,9 @@ What a run's output is (the README's "Operating a running daemon" says the same)
 - everything the run's Python code writes to ``sys.stdout`` and ``sys.stderr``: its task, the
   thread of a thread job, and every thread it starts (``threading.Thread``, and the threads
   of an executor it creates), however deep;
+- the log records it makes (``logging``, any logger but qtasks' own, at a level its logger
+  lets through), as ``LEVEL logger: message``: the daemon's log handlers, which replace those
+  a job's module set up, write them to the daemon's log, not to ``sys.stderr``;
 - for ``isolation: process`` jobs, everything the child process writes to its descriptors 1
   and 2, which includes the processes it starts (``os.system``, ``subprocess``) and C code
   (qtasks_cli.childout reads the child's pipes and feeds the run's buffer with ``feed``).
@@ -27,8 +30,11 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import functools
+import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from qtasks_cli.events import Event, EventKind
@@ -36,6 +42,7 @@ from qtasks_cli.models import JobSpec, RunResult
 from qtasks_cli.store.control import OUTPUT_LINE_CHARS, OUTPUT_LINES
 
 _KEPT_CLOSED = 10_000  # closed runs whose lines wait for their end to be recorded
+_OWN_LOGGERS = ("qtasks_cli", "qtasks.")  # the daemon's own records are not a run's output
 
 
 class _Buffer:
@@ -135,23 +142,29 @@ class Capture:
         self._closed: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._saved: tuple[Any, Any] | None = None
+        self._factory: Callable[..., logging.LogRecord] | None = None
 
     def install(self) -> None:
-        """Tee the standard streams; call it in the daemon's main task, before the tasks that
-        fire jobs are made (they copy its context, which says "no run")."""
+        """Tee the standard streams and keep the log records a run makes; call it in the
+        daemon's main task, before the tasks that fire jobs are made (they copy its context,
+        which says "no run")."""
         _current.set(_NO_RUN)
         if self._saved is not None:
             return
         self._saved = (sys.stdout, sys.stderr)
-        sys.stdout = _Tee(sys.stdout, 1)
-        sys.stderr = _Tee(sys.stderr, 2)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, 1), _Tee(sys.stderr, 2)
         threading.Thread.start = _start_in_run  # type: ignore[method-assign]
+        self._factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(functools.partial(_record, self._factory))
 
     def uninstall(self) -> None:
         if self._saved is not None:
             sys.stdout, sys.stderr = self._saved
             self._saved = None
             threading.Thread.start = _thread_start  # type: ignore[method-assign]
+            if self._factory is not None:
+                logging.setLogRecordFactory(self._factory)
+                self._factory = None
 
     def sink(self, event: Event) -> None:
         """Bus sink; STARTED and FINISHED are emitted inside the run's own task."""
@@ -179,6 +192,22 @@ class Capture:
         """The lines of finished run ``run_id`` (once; empty when it printed nothing)."""
         with self._lock:
             return self._closed.pop(run_id, [])
+
+
+def _record(factory: Callable[..., logging.LogRecord], *args: Any, **kwargs: Any) -> Any:
+    """The log record factory while output is captured: a record a run's code makes (any
+    logger but qtasks' own, at a level its logger lets through) is kept in the run's output
+    as ``LEVEL logger: message``, whatever handlers then do with it."""
+    record = factory(*args, **kwargs)
+    if _open and record.name != "qtasks" and not record.name.startswith(_OWN_LOGGERS):
+        run_id = current_run()
+        if run_id is not None and run_id in _open:
+            with contextlib.suppress(Exception):  # a message whose arguments do not format
+                text = f"{record.levelname} {record.name}: {record.getMessage()}"
+                if record.exc_info:
+                    text += "\n" + logging.Formatter().formatException(record.exc_info)
+                feed(run_id, text + "\n", 2)
+    return record
 
 
 def recorded(result: RunResult, lines: list[str], job: JobSpec) -> RunResult:

@@ -4,12 +4,13 @@ real SQLite daemon (found by a hostile test of issue 17):
 - ``status`` from a shell that lacks the daemon's ``${NAME}`` variables, or has another
   ``$TZ``, does not say "reload pending", and no variable value reaches the state file;
 - ``show`` right after ``trigger --enqueue --wait`` has every line the run printed: from its
-  task, threads it starts (however deep), a pool it makes, and, for a process job, the child
-  and what the child starts; a foreground ``trigger`` keeps its lines too;
+  task, threads it starts (however deep), a pool it makes, its log records, and, for a process
+  job, the child and what the child starts; a foreground ``trigger`` keeps its lines too;
 - a run waiting for a ``max_concurrent`` slot, a running one, and one given up on whose thread
   still runs are told apart by ``status`` and by the metrics gauges;
 - a job both disabled and paused is disabled (both visible in ``--json``);
-- a metrics address that cannot be used is a located error (exit 2) before anything starts.
+- a metrics setting that cannot work (address, port, missing library) is a located error
+  (exit 2) before anything starts.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ WORK = """
 import asyncio, concurrent.futures, os, subprocess, sys, threading, time
 from pathlib import Path
 
+import logging
+logging.basicConfig(level=logging.INFO)  # at import, as scripts do: qtasks' handlers replace it
+log = logging.getLogger("shop.sync")
+
 def chatty(tag):
     print(f"{tag}: from the job")
+    log.info("%s: logged", tag)
+    log.debug("%s: below the level: not kept", tag)
     def deeper():
         print(f"{tag}: two threads deep")
     def first():
@@ -75,6 +82,7 @@ def uses_token(token):
 
 EXPECTED = [
     "from the job",
+    "logged",
     "from its thread",
     "two threads deep",
     "from its pool",
@@ -90,6 +98,13 @@ PROCESS_EXPECTED = [
 
 
 QUICK = "jobs:\n  quick:\n    entrypoint: work:quick\n"
+
+
+def _line(tag: str, line: str, process: bool = False) -> str:
+    if line != "logged":
+        return f"{tag}: {line}"
+    # In a child process the module's own logging.basicConfig() writes the record to stderr.
+    return f"INFO:shop.sync:{tag}: logged" if process else f"INFO shop.sync: {tag}: logged"
 
 
 def show_json(path: Path, run_id: str) -> dict[str, Any]:
@@ -167,7 +182,8 @@ jobs:
             assert handed.returncode == 0, handed.stderr
             run_id = handed.stdout.strip()
             output = show_json(path, run_id)["output"]  # at once: no waiting for it
-            assert sorted(output) == sorted(f"{tag}: {line}" for line in expected), output
+            process = job == "isolated"
+            assert sorted(output) == sorted(_line(tag, x, process) for x in expected), output
     # The daemon still prints them where it always did.
     assert "isolated0: from os.system" in daemon.output
     assert "isolated0: written to fd 1" in daemon.output
@@ -181,7 +197,7 @@ def test_a_foreground_trigger_keeps_its_output_for_show(project) -> None:
     assert "fg: two threads deep" in ran.stdout  # still printed where the user looks
     [line] = qt(path, "history", "inline", "--json").stdout.splitlines()
     output = show_json(path, json.loads(line)["run_id"])["output"]
-    assert sorted(output) == sorted(f"fg: {line}" for line in EXPECTED), output
+    assert sorted(output) == sorted(_line("fg", line) for line in EXPECTED), output
 
 
 def test_waiting_for_a_slot_running_and_abandoned_are_told_apart(project, daemons) -> None:
@@ -325,3 +341,29 @@ def test_metrics_addresses_that_cannot_be_used_are_refused_up_front(project) -> 
         lines[0],
     ), lines
     assert not (path.parent / ".qtasks").exists()
+
+
+def test_metrics_without_prometheus_client_is_a_located_error(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    import pytest
+
+    from qtasks_cli.config import load_config
+    from qtasks_cli.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "prometheus_client" else real(name, *a),
+    )
+    path = tmp_path / "jobs.yaml"
+    path.write_text("settings:\n  metrics: 9464\njobs:\n  a:\n    entrypoint: os:getcwd\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_imports=True)
+    assert re.search(
+        r"jobs\.yaml:2:12: settings\.metrics: needs prometheus_client.*"
+        r"pip install 'qtasks-cli\[metrics\]'",
+        str(caught.value),
+    )
+    assert load_config(path, check_imports=False).settings.metrics == ("127.0.0.1", 9464)

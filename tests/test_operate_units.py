@@ -446,6 +446,11 @@ def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
     assert state_cell(view(pending=2, abandoned=1))[0] == "queued"
     assert state_cell(view(abandoned=1, enabled=False))[0] == "abandoned, still running"
     assert state_cell(view())[0] == "idle"
+    from qtasks_cli.ui.live import _UNICODE, _next
+
+    soon = T0 + timedelta(hours=1)
+    assert _next(view(next_fire=soon, paused=True), T0, None, _UNICODE)[0] == _UNICODE.none
+    assert _next(view(next_fire=soon), T0, None, _UNICODE)[0] != _UNICODE.none
     snapshot = Snapshot(
         now=T0, started_at=T0, jobs=(view(next_fire=T0 + timedelta(hours=1), paused=True),),
         running=1, queued=2, state="s", waiting=3, abandoned=1,

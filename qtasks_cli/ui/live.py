@@ -208,7 +208,8 @@ def order(snapshot: Snapshot, job_stats: Mapping[str, JobStats]) -> list[JobView
     # Most of 1,000 jobs are idle with no statistics: keep their path short.
     for view in snapshot.jobs:
         stats = get(view.name)
-        when = view.next_fire if view.next_fire is not None and view.enabled else _NEVER
+        fires = view.next_fire is not None and view.enabled and not view.paused
+        when = view.next_fire if fires and view.next_fire is not None else _NEVER
         if stats is None:
             if view.pending or view.running or view.waiting or view.abandoned:
                 busy.append((1, _NEVER, view.name, view))
@@ -313,7 +314,7 @@ def _last(stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
 
 
 def _next(view: JobView, now: datetime, zone: tzinfo | None, sym: _Symbols) -> tuple[str, str]:
-    if not view.enabled or view.next_fire is None:
+    if not view.enabled or view.paused or view.next_fire is None:  # a skipped fire is no fire
         return sym.none, ""
     return (
         countdown((view.next_fire - now).total_seconds()),
