@@ -135,14 +135,15 @@ class _Tee:
     with the first lines of a multi-line secret, are held until more text comes, the stream is
     flushed, or they grow past ``HOLD_CHARS``."""
 
-    def __init__(self, stream: TextIO, number: int) -> None:
+    def __init__(self, stream: TextIO, number: int, *, keep: bool = True) -> None:
         self._stream = stream
         self._number = number
+        self._keep = keep  # feed runs' buffers (False: only hide secrets)
         self._held = ""  # the start of a line, waiting for its end (only with secrets)
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        if _open and isinstance(text, str):  # no run open: one truth test per write
+        if _open and self._keep and isinstance(text, str):  # no run open: one truth test
             feed(current_run(), text, self._number)
         if not redaction.known_secrets() or not isinstance(text, str):
             if self._held:
@@ -180,7 +181,7 @@ def hiding() -> Iterator[None]:
     """Hide the loaded job files' secrets in what is written to ``sys.stdout`` and
     ``sys.stderr`` meanwhile (a foreground run's prints), as the daemon's tees do."""
     saved = (sys.stdout, sys.stderr)
-    sys.stdout, sys.stderr = _Tee(sys.stdout, 1), _Tee(sys.stderr, 2)
+    sys.stdout, sys.stderr = _Tee(sys.stdout, 1, keep=False), _Tee(sys.stderr, 2, keep=False)
     try:
         yield
     finally:
