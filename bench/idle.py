@@ -265,3 +265,23 @@ def _strace_calls(lines: list[str]) -> list[str]:
         else:
             calls.append(body)
     return calls
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python bench/idle.py [--window S] [--label L]``: the qtasks daemon alone (no anchors
+    needed), for before/after figures of one change; prints one line and the JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument("--trace", type=float, default=10.0, help="seconds under strace")
+    parser.add_argument("--label", default="qtasks")
+    args = parser.parse_args(argv)
+    minute = (datetime.now(timezone.utc).minute + 30) % 60
+    result = _measure(args.label, _qtasks_cmd, minute, args.window, args.trace, 3.0)
+    print(json.dumps(result.as_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -175,8 +175,10 @@ async def trigger_now(
     """Run one job now in this process with its retry, timeout, generator and hook settings,
     and record it in the history as a ``manual`` run."""
     from qtasks_cli.executor import Runtime, execute
+    from qtasks_cli.output import Capture, recorded
     from qtasks_cli.store import new_run_id
 
+    capture = Capture()
     job = get_job(config, job_name)
     call = build_call(job, args, kwargs)
     store = open_state(config, state)
@@ -201,18 +203,25 @@ async def trigger_now(
             kwargs=call.stored_kwargs,
         )
         await runtime.capacity.acquire()
-        result = await execute(
-            job,
-            run_id=run_id,
-            trigger=TriggerKind.MANUAL,
-            scheduled=None,
-            runtime=runtime,
-            emit=bus.emit,
-            args=call.args,
-            kwargs=call.kwargs,
-        )
+        capture.install()
+        bus.subscribe(capture.sink)
+        try:
+            result = await execute(
+                job,
+                run_id=run_id,
+                trigger=TriggerKind.MANUAL,
+                scheduled=None,
+                runtime=runtime,
+                emit=bus.emit,
+                args=call.args,
+                kwargs=call.kwargs,
+            )
+        finally:
+            bus.unsubscribe(capture.sink)
+            capture.uninstall()
         runtime.capacity.release()
-        await store.finish(result)
+        # What it printed is recorded with its end, as the daemon records it (qtasks show).
+        await store.finish(recorded(result, capture.take(run_id), job))
         return result
     finally:
         runtime.shutdown()
@@ -349,6 +358,30 @@ async def serve(
     on_ready: Callable[[Any], None] | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
+    # The metrics port first: a port another program holds is the job file's error (exit 2,
+    # at the setting), found before anything else is opened.
+    metrics = None
+    if config.settings.metrics is not None:
+        from qtasks_cli.metrics import start_metrics
+
+        metrics = start_metrics(config, bus=bus)
+    try:
+        return await _serve(config_path, config, bus=bus, state=state, on_ready=on_ready,
+                            metrics=metrics)  # fmt: skip
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+async def _serve(
+    config_path: Path,
+    config: Config,
+    *,
+    bus: EventBus,
+    state: str | None,
+    on_ready: Callable[[Any], None] | None,
+    metrics: MetricsServer | None,
+) -> int:
     import asyncio
 
     from qtasks_cli import sigguard
@@ -398,14 +431,18 @@ async def serve(
         return last_config
 
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
-    controller, metrics = await _operator_channel(supervisor, bus, state_location(config, state))
+    controller = await _operator_channel(supervisor, bus, state_location(config, state), metrics)
     listener = None
     if not store.wakes_on_work:
         from qtasks_cli.wake import Listener
 
-        listener = Listener(state_location(config, state), supervisor.nudge)
+        listener = Listener(state_location(config, state), supervisor.nudge, controller.poke)
         if listener.start():
             supervisor.queue_poll = WOKEN_QUEUE_POLL
+            controller.woken = True  # commands arrive as datagrams: no need to look for them
+    else:
+        store.on_control = controller.poke  # commands arrive as NOTIFY
+        controller.woken = True
     agent = _systemd_agent(supervisor, bus)
     forced = asyncio.Event()
     interrupts = 0
@@ -440,8 +477,6 @@ async def serve(
             watchdog.cancel()
         if listener is not None:
             listener.close()
-        if metrics is not None:
-            metrics.close()
         await controller.stop(wait=0.5 if forced.is_set() else None)
         if forced.is_set() and not main.done():
             _emit_notice(bus, "second interrupt: exiting now", logging.WARNING)
@@ -455,26 +490,24 @@ async def serve(
 
 
 async def _operator_channel(
-    supervisor: Supervisor, bus: EventBus, location: str
-) -> tuple[Controller, MetricsServer | None]:
-    """The thread behind ``status``/``pause``/``cancel`` and, with ``settings.metrics``, the
-    Prometheus endpoint (``prometheus_client`` is imported only then)."""
+    supervisor: Supervisor, bus: EventBus, location: str, metrics: MetricsServer | None
+) -> Controller:
+    """The thread behind ``status``/``pause``/``cancel``, the capture of each run's output
+    (recorded with its end), and the gauges of the Prometheus endpoint if there is one."""
     from qtasks_cli.control import Controller
     from qtasks_cli.output import Capture
 
     settings = supervisor.config.settings
-    capture = Capture()
-    controller = Controller(supervisor, state=location, schema=settings.schema, capture=capture)
+    controller = Controller(supervisor, state=location, schema=settings.schema)
     await controller.start()
-    supervisor.on_nudge = controller.poke  # a pause, resume or cancel may have been written
+    supervisor.on_config = controller.poke  # publish the new fingerprint at once
+    capture = Capture()
     capture.install()
     bus.subscribe(capture.sink)
-    metrics = None
-    if settings.metrics is not None:
-        from qtasks_cli.metrics import start_metrics
-
-        metrics = start_metrics(settings.metrics, controller=controller, bus=bus)
-    return controller, metrics
+    supervisor.output_of = capture.take
+    if metrics is not None:
+        metrics.attach(controller)
+    return controller
 
 
 def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None:

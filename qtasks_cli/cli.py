@@ -174,7 +174,8 @@ def list_(
         print(f"default time zone: {zone}")
     for row in rows:
         state = "enabled" if row["enabled"] else "disabled"
-        state = f"paused, {state}" if row["name"] in paused else state
+        if row["name"] in paused:  # the file's enabled: false wins over a pause
+            state = "paused, enabled" if row["enabled"] else "disabled, also paused"
         nexts = row["next"] or ["-"]
         name, schedule = clean_line(row["name"]), clean_line(row["schedule"])
         print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")

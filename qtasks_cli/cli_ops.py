@@ -71,6 +71,7 @@ def status(
 
     Exit 0 when a daemon is up, 3 when none is (as `systemctl is-active`)."""
     from qtasks_cli import status as report_module
+    from qtasks_cli.ui import status_view
 
     loaded = _load(config, check_imports=False)
     missing = _no_state_yet(loaded, state)
@@ -96,9 +97,9 @@ def status(
     finally:
         store.close()
     if as_json:
-        print(json.dumps(report_module.report_json(report), indent=2, default=str))
+        print(json.dumps(status_view.report_json(report), indent=2, default=str))
     else:
-        print(report_module.report_text(report))
+        print(status_view.report_text(report))
     if not report.up and as_json:  # the text's first line says it already
         from qtasks_cli.ui.text import clean_line
 

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,6 +71,9 @@ class _Reported(Exception):
     """The problem was already reported in place; just skip the value."""
 
 
+_ZONE_FROM_FILE = "job file (settings.timezone)"
+
+
 @dataclasses.dataclass(slots=True)
 class _Context:
     file: str
@@ -81,7 +84,9 @@ class _Context:
     # False where only the placeholders are kept (enqueue): an unset ${NAME} is no problem.
     variables_required: bool = True
     warnings: list[Problem] = dataclasses.field(default_factory=list)
-    zone_source: str = "job file (settings.timezone)"
+    zone_source: str = _ZONE_FROM_FILE
+    machine_zoned: set[str] = dataclasses.field(default_factory=set)  # jobs in the machine's zone
+    where: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # settings keys
 
     def warn(self, node: Located, message: str) -> None:
         self.warnings.append(
@@ -213,9 +218,10 @@ def parse_config_text(
         path=path,
         settings=settings,
         jobs=jobs,
-        digest=_digest(jobs),
+        digest=_digest(jobs, ctx.machine_zoned),
         warnings=tuple(_sorted(ctx.warnings)),
         zone_source=ctx.zone_source,
+        where={key: (filename, line, column) for key, (line, column) in ctx.where.items()},
     )
 
 
@@ -358,13 +364,14 @@ def _settings(ctx: _Context, entry: tuple[Located, Located] | None) -> Settings:
         "max_catch_up": lambda node: _int(node, 1),
         "node_timeout": lambda node: _duration(node, positive=True),
         "schema": _schema,
-        "metrics": _optional(_listen_address),
+        "metrics": _optional(lambda node: _listen_address(ctx, node)),
     }
     values: dict[str, Any] = {
         "path": (ctx.base_dir,),
         "state": str(ctx.base_dir / ".qtasks" / "state.db"),
     }
     for key, (key_node, node) in _mapping(ctx, entry, "settings").items():
+        ctx.where[f"settings.{key}"] = (node.line, node.column)
         if key not in readers:
             ctx.report(key_node, _unknown_key(key, KNOWN_SETTINGS_KEYS))
         elif not node.invalid:
@@ -415,9 +422,10 @@ def _state(ctx: _Context, node: Located) -> str:
     return os.path.normpath(ctx.base_dir / os.path.expanduser(text))
 
 
-def _listen_address(node: Located) -> tuple[str, int]:
+def _listen_address(ctx: _Context, node: Located) -> tuple[str, int]:
     """``settings.metrics``: ``HOST:PORT`` (``[::1]:9464`` for IPv6) or a bare port, which
-    listens on 127.0.0.1 only."""
+    listens on 127.0.0.1 only. Where the environment is checked (``validate``, ``run``), the
+    host must resolve to an address of this machine (qtasks_cli.listen)."""
     _plain_number(node)
     value = node.value
     expected = "expected HOST:PORT such as 127.0.0.1:9464, or a port number"
@@ -434,6 +442,12 @@ def _listen_address(node: Located) -> tuple[str, int]:
         raise _Bad(f"{expected} (port 1 to 65535), got {value!r}")
     if not host or any(c.isspace() or c in "/[]" for c in host):
         raise _Bad(f"{expected}, got {value!r}")
+    if ctx.check_imports:
+        from qtasks_cli import listen
+
+        why = listen.problem(host, int(port_text))
+        if why is not None:
+            raise _Bad(why)
     return host, int(port_text)
 
 
@@ -621,6 +635,8 @@ class _JobReader:
                 self.name_node, "missing 'entrypoint' (the function to run, 'module:function')"
             )
         zone = self.values.get("timezone") or self.settings.timezone
+        if not self.values.get("timezone") and self.ctx.zone_source != _ZONE_FROM_FILE:
+            self.ctx.machine_zoned.add(self.name)  # the zone is the environment's, not the file's
         self.values["timezone"] = zone
         self._read_schedule(self.nodes.get("schedule"), zone)
         self._read_arguments()
@@ -905,16 +921,20 @@ def _compact(value: Any) -> str:
 
 
 # --- digests ----------------------------------------------------------------------------------
+#
+# Both hashes are of the job file as written, never of the environment it was read in: a
+# ``${NAME}`` counts as its placeholder, so no value (a secret, or a variable one shell has and
+# another lacks) reaches a hash, and the daemon and ``qtasks status`` in an operator's shell
+# compute the same digest from the same file.
 
 _NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
+MACHINE_ZONE = "(the machine's zone)"  # what the digest says of a zone the file does not name
 
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, str):
-        return value
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -931,19 +951,26 @@ def _canonical(value: Any) -> Any:
     return repr(value)
 
 
-def _definition(job: JobSpec) -> dict[str, Any]:
-    """The job as it behaves: secrets show as their ``${NAME}``, formatting does not count."""
+def _definition(job: JobSpec, *, machine_zone: bool = False) -> dict[str, Any]:
+    """The job as it behaves, from the file as written: arguments with their ``${NAME}``
+    placeholders (never the values), formatting not counted. With ``machine_zone`` the zone
+    (which the file leaves to the machine) counts as MACHINE_ZONE, not as its name."""
     definition: dict[str, Any] = {}
     for f in dataclasses.fields(job):
         if f.name in _NOT_DEFINITION:
             continue
         value = getattr(job, f.name)
         if f.name == "schedule":
-            definition[f.name] = value.key if value is not None else None
-        elif f.name in ("args", "kwargs"):
-            # As written, ${NAME} kept: no environment value enters the digest, short or not.
-            raw = job.raw_args if f.name == "args" else job.raw_kwargs
-            definition[f.name] = _canonical(value if raw is None else raw)
+            key = value.key if value is not None else None
+            if key is not None and machine_zone:
+                key = key.replace(f"@{job.timezone}", f"@{MACHINE_ZONE}")
+            definition[f.name] = key
+        elif f.name == "timezone" and machine_zone:
+            definition[f.name] = MACHINE_ZONE
+        elif f.name == "args" and job.raw_args is not None:
+            definition[f.name] = _canonical(job.raw_args)
+        elif f.name == "kwargs" and job.raw_kwargs is not None:
+            definition[f.name] = _canonical(job.raw_kwargs)
         else:
             definition[f.name] = _canonical(value)
     return definition
@@ -955,9 +982,15 @@ def _hash(obj: Any) -> str:
 
 
 def fingerprint(job: JobSpec) -> str:
-    """sha256 of the job's effective definition; equal fingerprints mean the same behaviour."""
+    """sha256 of the job's effective definition (its zone included, whatever set it), with
+    ``${NAME}`` as written: equal fingerprints mean the same behaviour, up to the values of
+    variables, which never reach it (nodes compare these; see ``_definition``)."""
     return _hash(_definition(job))
 
 
-def _digest(jobs: Mapping[str, JobSpec]) -> str:
-    return _hash({name: _definition(job) for name, job in jobs.items()})
+def _digest(jobs: Mapping[str, JobSpec], machine_zoned: Collection[str] = ()) -> str:
+    """``Config.digest``: the job file's definitions as written. Independent of the environment
+    it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it."""
+    return _hash(
+        {name: _definition(job, machine_zone=name in machine_zoned) for name, job in jobs.items()}
+    )

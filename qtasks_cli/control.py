@@ -1,10 +1,18 @@
 """The daemon's side of the operator's commands, in a thread of its own.
 
-Every LOOK_EVERY seconds (sooner when poked by a wake-up datagram) the thread reads the
-paused jobs and the cancel requests from the store and hands them to the loop; every
-PUBLISH_EVERY seconds it publishes what ``qtasks status`` shows (pid, node, up since,
-version, the loaded file's fingerprint, next fires). It has its own store connection, so the
-loop never waits on it; the loop only takes a snapshot (cached views) and flips two fields.
+The thread sleeps on an event. An operator's command wakes it: ``pause``, ``resume``,
+``cancel`` and a ``status`` that wants a fresh view write what they want to the store and
+then announce it (a ``CONTROL`` datagram on the daemon's wake-up socket for SQLite, a NOTIFY
+for PostgreSQL; qtasks_cli.wake). The thread then reads the paused jobs and the cancel
+requests, hands them to the loop, and publishes what ``qtasks status`` shows (pid, node, up
+since, version, the loaded file's fingerprint, what each job is doing). Unasked, it does all
+that once every HEARTBEAT seconds, which is also the heartbeat ``status`` judges a daemon on
+another host by; on this host ``status`` asks the kernel whether the process still exists.
+Where a daemon has no wake-up path (no abstract Unix socket), the thread looks every
+LOOK_EVERY seconds instead.
+
+It has its own store connection, so the loop never waits on it; the loop only takes a
+snapshot (cached views) and flips two fields.
 """
 
 from __future__ import annotations
@@ -18,70 +26,87 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli import __version__
 from qtasks_cli.errors import StoreError
-from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control
+from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
 
 if TYPE_CHECKING:
     from qtasks_cli.models import Snapshot
-    from qtasks_cli.output import Capture
     from qtasks_cli.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
-# Seconds between looks for pauses and cancel requests when nothing pokes the thread: the
-# commands wake the daemon (datagram for SQLite, NOTIFY for PostgreSQL), which pokes it.
-LOOK_EVERY = 5.0
-PUBLISH_EVERY = 5.0  # seconds between status publishes (the heartbeat ``status`` judges)
-POKED_AFTER = 0.1  # a poke is served at the first half second at least this far away
+HEARTBEAT = 60.0  # seconds between looks and publishes when nobody asks
+LOOK_EVERY = 5.0  # ... when commands cannot wake the thread (no wake-up socket)
+ANSWER_AFTER = 0.05  # a poke is served at the first quiet instant at least this far away
+QUIET = (0.2, 0.8)  # the part of each second rounds happen in: away from cron's whole seconds
 TIDY_EVERY = 3600.0  # seconds between deletions of output rows of pruned runs
 LOOP_WAIT = 5.0  # the longest the thread waits for the loop to answer
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def daemon_info(
-    snapshot: Snapshot, *, node_id: str, config: str, digest: str, every: float
+    snapshot: Snapshot,
+    *,
+    node_id: str,
+    config: str,
+    digest: str,
+    every: float,
+    abandoned: Mapping[str, str] | None = None,
 ) -> DaemonInfo:
-    """What a daemon publishes, from its snapshot (pure)."""
+    """What a daemon publishes, from its snapshot and its abandoned runs (run id -> job)
+    (pure but for the pid and host)."""
+    given_up: dict[str, list[str]] = {}
+    for run_id, job in sorted((abandoned or {}).items()):
+        given_up.setdefault(job, []).append(run_id)
     jobs = {
         view.name: {
             "next": view.next_fire.isoformat() if view.next_fire is not None else None,
             "running": view.running,
+            "waiting": view.waiting,
             "pending": view.pending,
+            "abandoned": given_up.get(view.name, []),
             "enabled": view.enabled,
             "paused": view.paused,
         }
         for view in snapshot.jobs
     }
+    pid = os.getpid()
     return DaemonInfo(
         node_id=node_id,
         host=socket.gethostname(),
-        pid=os.getpid(),
+        pid=pid,
+        pid_start=process_start(pid),
         started=snapshot.started_at,
         last_seen=snapshot.now,
+        published=snapshot.now,
         version=__version__,
         config=config,
         digest=digest,
         every=every,
         running=snapshot.running,
         queued=snapshot.queued,
+        waiting=snapshot.waiting,
+        abandoned=snapshot.abandoned,
         jobs=jobs,
     )
 
 
-def next_half_second(after: float, now: float) -> float:
-    """The first wall-clock half second (x.5, Unix time) at least ``after`` seconds past
-    ``now``. Rounds fall between whole seconds, where cron's fires are, so the thread's store
-    writes and its turns at the GIL stay out of the way of a burst of fires."""
-    return math.ceil(now + after - 0.5) + 0.5
+def quiet_instant(after: float, now: float) -> float:
+    """The first wall-clock instant at least ``after`` seconds past ``now`` whose fraction of
+    a second lies within QUIET. Rounds fall between whole seconds, where cron's fires are, so
+    the thread's store writes and its turns at the GIL stay out of the way of a burst."""
+    when = now + after
+    low, high = QUIET
+    fraction = when - math.floor(when)
+    if fraction < low:
+        return math.floor(when) + low
+    if fraction > high:
+        return math.floor(when) + 1 + low
+    return when
 
 
 class Controller:
@@ -93,27 +118,39 @@ class Controller:
         *,
         state: str,
         schema: str,
+        heartbeat: float = HEARTBEAT,
         look_every: float = LOOK_EVERY,
-        publish_every: float = PUBLISH_EVERY,
         opener: Callable[[], ControlStore] | None = None,
-        capture: Capture | None = None,
     ) -> None:
-        self.capture = capture
         self.supervisor = supervisor
+        self.heartbeat = heartbeat
+        # Until ``woken`` says commands reach the thread, it looks every ``look_every`` s.
         self.look_every = look_every
-        self.publish_every = publish_every
+        self.woken = False
         self._open = opener or (lambda: open_control(state, schema=schema))
         self._store: ControlStore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
-        self._poked = False  # publish in the next round: a command may wait for it
         self._stop = threading.Event()
-        self._published = 0.0
         self._tidied = time.monotonic()
+        self.rounds = 0  # rounds done, for tests and the bench
         self.latest: Snapshot | None = None  # the last snapshot taken, for metrics
         self.store_errors = 0  # failed rounds in a row
         self.on_round: list[Callable[[], None]] = []  # called in the thread after each look
+
+    @property
+    def every(self) -> float:
+        """Seconds between rounds nobody asked for."""
+        return self.heartbeat if self.woken else min(self.heartbeat, self.look_every)
+
+    @property
+    def beat_every(self) -> float:
+        """Seconds between the heartbeats ``status`` sees: a PostgreSQL node's own (its row
+        in ``nodes``, which ``status`` reads with ours), else this thread's rounds."""
+        if self.supervisor.store.multi_node:
+            return min(self.every, self.supervisor.node_beat)
+        return self.every
 
     async def start(self) -> None:
         """Open the store and read the pauses before the first fire (so a restart never
@@ -142,13 +179,13 @@ class Controller:
         return snapshot
 
     def poke(self) -> None:
-        """Look at the store soon (a command announced a change); safe from any thread."""
-        self._poked = True
+        """Look at the store and publish soon (a command announced a change, or someone
+        wants a fresh view); safe from any thread, including the loop's."""
         self._wake.set()
 
     async def stop(self, wait: float | None = None) -> None:
-        """Stop the thread (storing the last output lines) and withdraw this daemon's row,
-        waiting for it at most ``wait`` seconds (default: as long as a round may take)."""
+        """Stop the thread and withdraw this daemon's row, waiting for it at most ``wait``
+        seconds (default: as long as a round may take)."""
         self._stop.set()
         self._wake.set()
         thread = self._thread
@@ -168,11 +205,12 @@ class Controller:
                         log.warning("the operator's tables can be reached again")
                     self.store_errors = 0
                 except StoreError as exc:
-                    if not self.store_errors:  # once per outage, not once a second
+                    if not self.store_errors:  # once per outage, not once a round
                         log.warning("cannot read or write the operator's tables: %s", exc)
                     self.store_errors += 1
                 except (concurrent.futures.TimeoutError, RuntimeError):
                     pass  # the loop is busy or closing: next round
+                self.rounds += 1
                 for hook in self.on_round:
                     try:
                         hook()
@@ -181,23 +219,24 @@ class Controller:
                 self._sleep()
         finally:
             with contextlib.suppress(Exception):
-                self._store_output(store)  # of runs that ended during the stop
-            with contextlib.suppress(Exception):
                 store.withdraw(self.supervisor.store.node_id)
             with contextlib.suppress(Exception):
                 store.close()
 
     def _sleep(self) -> None:
-        """Until the next round: ``look_every`` after this one, or sooner when poked; always
-        on a half second, so a burst of pokes makes at most about one round a second."""
-        deadline = next_half_second(self.look_every - 0.5, time.time())
+        """Until the next round: ``every`` seconds after this one (one wake-up, no polling),
+        or soon after a poke; always at a quiet instant, so a burst of pokes makes at most
+        about one round a second."""
+        deadline = quiet_instant(self.every, time.time())
+        if self.store_errors:  # an outage: try again sooner than a whole heartbeat
+            deadline = min(deadline, quiet_instant(LOOK_EVERY, time.time()))
         while not self._stop.is_set():
             remaining = deadline - time.time()
             if remaining <= 0:
                 return
             if self._wake.wait(remaining):
                 self._wake.clear()
-                deadline = min(deadline, next_half_second(POKED_AFTER, time.time()))
+                deadline = min(deadline, quiet_instant(ANSWER_AFTER, time.time()))
 
     def _round(self, store: ControlStore) -> None:
         paused = frozenset(store.paused())
@@ -212,37 +251,27 @@ class Controller:
             ]
             if done:
                 store.settle_cancel(done, f"cancelled on node {self.supervisor.store.node_id}")
-        self._store_output(store)
-        now = time.monotonic()
-        if self._poked or now - self._published >= self.publish_every - 0.5:
-            self._poked = False
-            snapshot: Snapshot = self._on_loop(self.supervisor.snapshot)
-            self.latest = snapshot
-            config = self.supervisor.config
-            store.publish(
-                daemon_info(
-                    snapshot,
-                    node_id=self.supervisor.store.node_id,
-                    config=str(config.path),
-                    digest=config.digest,
-                    every=self.publish_every,
-                )
+        snapshot, abandoned = self._on_loop(self._observe)
+        self.latest = snapshot
+        config = self.supervisor.config
+        store.publish(
+            daemon_info(
+                snapshot,
+                node_id=self.supervisor.store.node_id,
+                config=str(config.path),
+                digest=config.digest,
+                every=self.beat_every,
+                abandoned=abandoned,
             )
-            self._published = now
+        )
+        now = time.monotonic()
         if now - self._tidied >= TIDY_EVERY:
             self._tidied = now
             store.tidy()
 
-    def _store_output(self, store: ControlStore) -> None:
-        if self.capture is None:
-            return
-        for job, run_id, lines in self.capture.take():
-            spec = self.supervisor.config.jobs.get(job)
-            if spec is not None and spec.secrets:
-                from qtasks_cli.redaction import redact_lines
-
-                lines = redact_lines(lines, spec.secrets)
-            store.add_output(run_id, lines)  # cut to OUTPUT_LINE_CHARS there, once redacted
+    def _observe(self) -> tuple[Snapshot, dict[str, str]]:
+        """On the loop: the snapshot, and the runs given up on whose thread still runs."""
+        return self.supervisor.snapshot(), dict(self.supervisor.runtime.abandoned)
 
     def _set_paused(self, paused: frozenset[str]) -> None:
         before = self.supervisor.paused

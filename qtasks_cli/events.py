@@ -77,6 +77,11 @@ class EventBus:
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
 
+    def unsubscribe(self, sink: Sink) -> None:
+        """Stop sending events to ``sink`` (a sink never subscribed is fine)."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
     def emit(self, event: Event) -> None:
         for sink in self._sinks:
             try:

@@ -167,6 +167,9 @@ class Runtime:
         # rule, so one hung job holds one slot, not every slot; on_unstuck(job) when one ends.
         self.stuck: collections.Counter[str] = collections.Counter()
         self.on_unstuck: Callable[[str], None] | None = None
+        # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
+        # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
+        self.abandoned: dict[str, str] = {}
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
@@ -198,11 +201,13 @@ class Runtime:
         *,
         on_abandon: Callable[[threading.Thread], str],
         owner: str | None = None,
+        run_id: str | None = None,
     ) -> Any:
         """``call()`` in a new thread; returns its value or raises what it raised.
 
         If the caller is cancelled while the thread still runs, the thread becomes a zombie: it
-        borrows a capacity unit until it returns, and ``on_abandon(thread)`` names it for the log.
+        borrows a capacity unit until it returns, ``on_abandon(thread)`` names it for the log,
+        and ``run_id`` (of job ``owner``) is in ``abandoned`` meanwhile.
         """
         if self._closed:
             raise RuntimeError("the qtasks runtime is shut down; no new job threads start")
@@ -230,17 +235,22 @@ class Runtime:
             if not future.done():
                 self._returned[thread] = future
                 future.add_done_callback(lambda _: self._returned.pop(thread, None))
-                self._adopt_zombie(future, on_abandon(thread), owner)
+                self._adopt_zombie(future, on_abandon(thread), owner, run_id)
             raise
         return outcome.unwrap()
 
     def _adopt_zombie(
-        self, future: asyncio.Future[_Outcome], what: str, owner: str | None = None
+        self,
+        future: asyncio.Future[_Outcome],
+        what: str,
+        owner: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.capacity.borrow()
         self.zombies += 1
         if owner is not None:
             self.stuck[owner] += 1
+        self._mark_abandoned(future, owner, run_id)
         log.warning(
             "%s; thread still running; counted against max_concurrent until it returns", what
         )
@@ -260,10 +270,22 @@ class Runtime:
         """The future that resolves when ``thread``, a zombie, returns; None once it has."""
         return self._returned.get(thread)
 
-    def keep(self, task: asyncio.Task[Any]) -> None:
-        """Hold a task that ignored its cancellation, so it is not garbage collected mid-run."""
+    def keep(
+        self, task: asyncio.Task[Any], owner: str | None = None, run_id: str | None = None
+    ) -> None:
+        """Hold a task that ignored its cancellation, so it is not garbage collected mid-run;
+        ``run_id`` (of job ``owner``) is in ``abandoned`` until the task ends."""
         self._stray.add(task)
         task.add_done_callback(self._stray.discard)
+        self._mark_abandoned(task, owner, run_id)
+
+    def _mark_abandoned(
+        self, future: asyncio.Future[Any], owner: str | None, run_id: str | None
+    ) -> None:
+        if owner is None or run_id is None or future.done():
+            return
+        self.abandoned[run_id] = owner
+        future.add_done_callback(lambda _: self.abandoned.pop(run_id, None))
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -386,7 +408,7 @@ class _Run:
 
     async def in_thread(self, call: Callable[[], Any]) -> Any:
         return await self.runtime.call_in_thread(
-            call, on_abandon=self._abandon, owner=self.job.name
+            call, on_abandon=self._abandon, owner=self.job.name, run_id=self.run_id
         )
 
     def _abandon(self, thread: threading.Thread) -> str:
@@ -447,7 +469,7 @@ class _Run:
             what,
             _seconds(grace),
         )
-        self.runtime.keep(task)
+        self.runtime.keep(task, self.job.name, self.run_id)
         self.leftover = task
         return None
 

@@ -4,10 +4,11 @@ A worker is ``python -m qtasks_cli.isolation``. It imports the job's entry point
 call and then serves calls one at a time. Parent and child exchange frames over the child's
 stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and
 a pickled payload; the parent accepts a frame only from its child and for the current call. The
-child moves those pipes to private descriptors and gives the job the daemon's stdout, so a job
-prints where an inline job would. The exchange is lockstep: the parent sends ``call`` and reads
-until a final frame (``done``, ``end`` or ``raised``); a generator's every ``item`` waits for
-``next`` or ``close``, because the generate_handler runs in the parent.
+child moves those pipes to private descriptors; its own stdout and stderr are two more pipes,
+which the parent reads, keeps for the run's ``qtasks show`` and passes on to its own (so a job
+prints where an inline job would; qtasks_cli.childout). The exchange is lockstep: the parent
+sends ``call`` and reads until a final frame (``done``, ``end`` or ``raised``); a generator's
+every ``item`` waits for ``next`` or ``close``, because the generate_handler runs in the parent.
 
 The executor imports this module only when a process job runs. The child imports asyncio (through
 the executor), ctypes on Linux and, on its first call, the job's module.
@@ -42,6 +43,7 @@ from qtasks_cli.executor import KILL_WAIT, ReportedError, _handle, _Run, qualifi
 from qtasks_cli.failures import safe_str as _safe_str
 
 if TYPE_CHECKING:
+    from qtasks_cli.childout import ChildOutput
     from qtasks_cli.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ class Worker:
         self._ended = False  # the child's output reached its end: it is exiting or gone
         self.call = 0  # the number of the current (or last) call
         self.tainted = ""  # why another process speaks on our pipes: never reuse the child
+        self.output: ChildOutput | None = None  # its stdout and stderr (set by ``spawn``)
         self._reader = threading.Thread(
             target=self._read_all, name=f"qtasks-child-{proc.pid}-output", daemon=True
         )
@@ -179,21 +182,31 @@ class Worker:
         """Start a child; it waits for ``init`` (see ``Workers.take``)."""
         if not sys.executable:
             raise RuntimeError("cannot start a child process: sys.executable is unknown")
-        stdout = _dup_stdout()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, str(os.getpid()), str(stdout)],
+                [sys.executable, "-m", _MODULE, str(os.getpid()), str(out_w)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                pass_fds=(stdout,) if stdout >= 0 else (),
+                stderr=err_w,
+                pass_fds=(out_w,),
                 # Its own process group: a terminal's Ctrl-C goes to the daemon alone, which
                 # stops jobs gracefully, and killpg reaches whatever the job itself started.
                 start_new_session=True,
             )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
         finally:
-            if stdout >= 0:
-                os.close(stdout)
-        return cls(proc, asyncio.get_running_loop())
+            for fd in (out_w, err_w):
+                os.close(fd)
+        worker = cls(proc, asyncio.get_running_loop())
+        from qtasks_cli.childout import ChildOutput
+
+        worker.output = ChildOutput(out_r, err_r, proc.pid)
+        return worker
 
     @property
     def pid(self) -> int:
@@ -338,14 +351,6 @@ class Worker:
         return True
 
 
-def _dup_stdout() -> int:
-    """A copy of this process's stdout for the child, or -1 when there is none."""
-    try:
-        return os.dup(1)
-    except OSError:
-        return -1
-
-
 def _key(job: JobSpec) -> tuple[str, str]:
     return job.name, job.entrypoint
 
@@ -425,6 +430,8 @@ async def call_attempt(run: _Run) -> Any:
     )
     workers = run.runtime.workers
     worker = await workers.take(job)
+    if worker.output is not None:
+        worker.output.run_id = run.run_id
     try:
         return await _converse(run, worker, call, handler)
     except ChildCrashed as exc:
@@ -434,6 +441,10 @@ async def call_attempt(run: _Run) -> Any:
         await _stop(run, worker)
         raise
     finally:
+        if worker.output is not None:
+            # What the child wrote is in its pipes by now: keep it for this run first.
+            await asyncio.shield(worker.output.drain())
+            worker.output.run_id = None
         workers.give_back(job, worker)
 
 
@@ -756,14 +767,16 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _take_stdio(stdout: int) -> _Channel:
-    """Move the protocol pipes off fds 0 and 1; the job gets /dev/null and the daemon's stdout."""
+    """Move the protocol pipes off fds 0 and 1; the job gets /dev/null and the output pipe
+    the parent reads (qtasks_cli.childout), written a line at a time as on a terminal."""
     inbound, outbound = os.dup(0), os.dup(1)  # not inherited by the job's own subprocesses
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    os.dup2(stdout if stdout >= 0 else 2, 1)
-    if stdout >= 0:
-        os.close(stdout)
+    os.dup2(stdout, 1)
+    os.close(stdout)
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     return _Channel(os.fdopen(inbound, "rb"), os.fdopen(outbound, "wb"))
 
 

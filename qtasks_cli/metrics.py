@@ -17,11 +17,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli.errors import QtasksError
+from qtasks_cli.errors import ConfigError, QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
 
 if TYPE_CHECKING:
     from qtasks_cli.control import Controller
+    from qtasks_cli.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,10 @@ class StoreErrorCounter(logging.Handler):
 
 
 class Metrics:
-    """What the endpoint shows; ``sink`` goes on the event bus."""
+    """What the endpoint shows; ``sink`` goes on the event bus. Until a controller is
+    attached (the daemon is still opening its store), only the counters are shown."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller | None = None) -> None:
         self.controller = controller
         self._events: collections.deque[Event] = collections.deque(maxlen=_BACKLOG)
         self._lock = threading.Lock()
@@ -118,6 +120,8 @@ class Metrics:
 
     def _read_last_successes(self) -> None:
         """Merge the store's last successes (every node's runs) into ours."""
+        if self.controller is None:
+            return
         try:
             found = self.controller.read(lambda store: store.last_successes())
         except (QtasksError, RuntimeError) as exc:
@@ -186,9 +190,21 @@ class Metrics:
         return metric
 
     def _gauges(self, family: Any) -> Iterator[Any]:
-        snapshot = self.controller.fresh_snapshot()  # once per scrape
-        running = family("qtasks_running_runs", "Runs in progress on this daemon.")
-        queued = family("qtasks_queued_runs", "Runs waiting for a slot or for their job's run.")
+        # Once per scrape.
+        snapshot = self.controller.fresh_snapshot() if self.controller is not None else None
+        running = family(
+            "qtasks_running_runs", "Runs whose body runs on this daemon (each holds a slot)."
+        )
+        waiting = family("qtasks_slot_waiting_runs", "Runs waiting for a free max_concurrent slot.")
+        queued = family(
+            "qtasks_queued_runs",
+            "Runs queued behind their job's previous run (overlap: queue, catch-up).",
+        )
+        abandoned = family(
+            "qtasks_abandoned_runs",
+            "Runs given up on (timeout, cancel) whose thread or task still runs; each holds "
+            "a slot until it returns.",
+        )
         paused = family("qtasks_paused_jobs", "Jobs paused with qtasks pause.")
         next_fire = family(
             "qtasks_job_next_fire_timestamp_seconds",
@@ -200,13 +216,15 @@ class Metrics:
         )
         if snapshot is not None:
             running.add_metric([], snapshot.running)
+            waiting.add_metric([], snapshot.waiting)
             queued.add_metric([], snapshot.queued)
+            abandoned.add_metric([], snapshot.abandoned)
             paused.add_metric([], sum(1 for view in snapshot.jobs if view.paused))
             for view in snapshot.jobs:
                 job_paused.add_metric([view.name], 1.0 if view.paused else 0.0)
                 if view.next_fire is not None and view.enabled and not view.paused:
                     next_fire.add_metric([view.name], view.next_fire.timestamp())
-        yield from (running, queued, paused, next_fire, job_paused)
+        yield from (running, waiting, queued, abandoned, paused, next_fire, job_paused)
 
 
 def _dropped_log_lines() -> int:
@@ -234,37 +252,42 @@ class MetricsServer:
     def port(self) -> int:
         return int(self.server.server_address[1])
 
+    def attach(self, controller: Controller) -> None:
+        """Show the gauges and last successes of ``controller``'s daemon from now on."""
+        self.metrics.controller = controller
+        controller.on_round.append(self.metrics.fold)
+
     def close(self) -> None:
         logging.getLogger("qtasks_cli").removeHandler(self.metrics.store_errors)
         self.server.shutdown()
         self.server.server_close()
 
 
-def start_metrics(
-    address: tuple[str, int], *, controller: Controller, bus: EventBus
-) -> MetricsServer:
-    """Serve the metrics on ``address`` (host, port) in a thread; QtasksError (exit 2) when
-    prometheus_client is missing or the address cannot be bound."""
+def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
+    """Serve the metrics on ``config.settings.metrics`` (host, port) in a thread, before the
+    daemon does anything else; QtasksError (exit 2) when prometheus_client is missing, and
+    a ConfigError located at the setting when the address cannot be bound."""
+    from qtasks_cli.listen import MISSING_LIBRARY, bind_failure
+
+    address = config.settings.metrics
+    assert address is not None
     try:
         from prometheus_client import start_http_server
         from prometheus_client.core import CollectorRegistry
     except ImportError as exc:
-        raise QtasksError(
-            f"settings.metrics needs prometheus_client, which cannot be imported ({exc}); "
-            "install it with: pip install 'qtasks-cli[metrics]'"
-        ) from None
-    metrics = Metrics(controller)
+        message = MISSING_LIBRARY.format(why=f" ({exc})")
+        raise ConfigError([config.problem("settings.metrics", message)]) from None
+    metrics = Metrics()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
     host, port = address
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise QtasksError(
-            f"settings.metrics: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ConfigError(
+            [config.problem("settings.metrics", bind_failure(host, port, exc))]
         ) from None
     logging.getLogger("qtasks_cli").addHandler(metrics.store_errors)
     bus.subscribe(metrics.sink)
-    controller.on_round.append(metrics.fold)
     log.info("metrics on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", port)
     return MetricsServer(server, thread, metrics)

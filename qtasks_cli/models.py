@@ -178,9 +178,17 @@ class Config:
     path: Path
     settings: Settings
     jobs: Mapping[str, JobSpec]
-    digest: str = ""  # hash of the effective definitions
+    digest: str = ""  # hash of the definitions as written (config._digest): no variable values
     warnings: tuple[Problem, ...] = ()  # what `validate` points out without refusing
     zone_source: str = ""  # where settings.timezone came from, for `list`
+    # Where each settings key's value is written ("settings.metrics" -> (file, line, column)),
+    # for errors found once the file is in use (a metrics port another program holds).
+    where: Mapping[str, tuple[str, int, int]] = field(default_factory=dict)
+
+    def problem(self, key: str, message: str) -> Problem:
+        """A located problem with the value of ``key`` (the file's top when unknown)."""
+        file, line, column = self.where.get(key, (str(self.path), 1, 1))
+        return Problem(file=file, line=line, column=column, key=key, message=message)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -214,6 +222,9 @@ class RunResult:
     result_preview: str | None = None  # short JSON or repr, secrets redacted
     items: int | None = None
     attempt_log: tuple[Attempt, ...] = ()
+    # The last lines the run printed (qtasks_cli.output), secrets redacted: recorded with
+    # its end, in the same transaction.
+    output: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float | None:
@@ -230,10 +241,12 @@ class JobView:
     schedule: str  # in words
     enabled: bool
     next_fire: datetime | None
-    running: int
-    pending: int
+    running: int  # runs whose body runs (or is about to start: it has its slot)
+    pending: int  # runs queued behind the job's own previous run (overlap, catch-up)
     max_attempts: int
     paused: bool = False  # by ``qtasks pause``: its fires are recorded, not run
+    waiting: int = 0  # runs waiting for a free max_concurrent slot
+    abandoned: int = 0  # runs given up on (timeout, cancel) whose thread or task still runs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -243,7 +256,9 @@ class Snapshot:
     now: datetime
     started_at: datetime
     jobs: tuple[JobView, ...]
-    running: int
-    queued: int
+    running: int  # runs whose body runs (not those waiting for a slot)
+    queued: int  # runs queued behind their job's previous run
     state: str  # where history lives
     nodes: tuple[str, ...] = ()  # nodes alive (PostgreSQL)
+    waiting: int = 0  # runs waiting for a free max_concurrent slot
+    abandoned: int = 0  # runs given up on whose thread or task still runs (each holds a slot)

@@ -1,19 +1,30 @@
 """The last lines each run printed, for ``qtasks show``.
 
+What a run's output is (the README's "Operating a running daemon" says the same):
+
+- everything the run's Python code writes to ``sys.stdout`` and ``sys.stderr``: its task, the
+  thread of a thread job, and every thread it starts (``threading.Thread``, and the threads
+  of an executor it creates), however deep;
+- the log records it makes (``logging``, any logger but qtasks' own, at a level its logger
+  lets through), as ``LEVEL logger: message``: the daemon's log handlers, which replace those
+  a job's module set up, write them to the daemon's log, not to ``sys.stderr``;
+- for ``isolation: process`` jobs, everything the child process writes to its descriptors 1
+  and 2, which includes the processes it starts (``os.system``, ``subprocess``) and C code
+  (qtasks_cli.childout reads the child's pipes and feeds the run's buffer with ``feed``).
+
+Not captured: what child processes of an inline or thread job write straight to the daemon's
+descriptors, which every run of the daemon shares (nothing tells whose a byte is); the lines
+a thread prints after its run was given up on (timeout, cancel); Python writes that bypass
+``sys.stdout`` (``os.write(1, ...)``, ``sys.__stdout__``).
+
+The tees also hide the ``${NAME}`` values of the loaded job files in what passes through them
+(see ``_Tee``); ``qtasks trigger`` puts the same tees around a foreground run (``hiding``).
+
 The daemon's ``sys.stdout`` and ``sys.stderr`` become tees: every write still goes where it
-went, and a write made inside a run (its task, and the threads it starts, which copy the
-task's context) is also kept in that run's bounded buffer. The buffer is opened by the
-run's STARTED event and closed by its FINISHED event, both emitted inside the run's task;
-the lines are then handed to the control thread, which stores them off the loop.
-
-Only Python-level writes are seen: a child process (``isolation: process``, ``os.system``)
-writes to the file descriptor directly and is not captured.
-
-The tees also hide the ``${NAME}`` values of the loaded job files (``redaction.redact_known``)
-in what passes through them, whole lines at a time (a secret may be written in pieces, or span
-lines): a partial line, or lines that end with the first lines of a multi-line secret, are
-held until more text comes, the stream is flushed, or they grow past ``HOLD_CHARS``.
-``qtasks trigger`` puts the same tees around a foreground run (``hiding``).
+went, and a write made inside a run is also kept in that run's bounded buffer. The buffer is
+opened by the run's STARTED event and closed by its FINISHED event, both emitted inside the
+run's task; ``take`` then hands its lines to whoever records the run's end, which writes them
+in the same transaction (so they are durable before anyone is told the run finished).
 """
 
 from __future__ import annotations
@@ -21,67 +32,119 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import dataclasses
+import functools
+import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from qtasks_cli import redaction
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.store.control import OUTPUT_KEPT_CHARS, OUTPUT_LINES
+from qtasks_cli.models import JobSpec, RunResult
+from qtasks_cli.store.control import OUTPUT_KEPT_CHARS, OUTPUT_LINE_CHARS, OUTPUT_LINES
+
+_KEPT_CLOSED = 10_000  # closed runs whose lines wait for their end to be recorded
+_OWN_LOGGERS = ("qtasks_cli", "qtasks.")  # the daemon's own records are not a run's output
 
 
 class _Buffer:
+    """A run's last lines; an unfinished line is kept per stream (1: stdout, 2: stderr), so
+    ``print("a", end="")`` followed by a line on stderr makes two lines, not one."""
+
     __slots__ = ("lines", "lock", "partial")
 
     def __init__(self) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
-        self.partial = ""
+        self.partial: dict[int, str] = {}
         self.lock = threading.Lock()
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, stream: int = 1) -> None:
         with self.lock:
-            text = self.partial + text
-            *complete, self.partial = text.split("\n")
-            self.partial = self.partial[-OUTPUT_KEPT_CHARS:]
+            text = self.partial.get(stream, "") + text
+            *complete, rest = text.split("\n")
+            self.partial[stream] = rest[-OUTPUT_KEPT_CHARS:]
+            # Cut to OUTPUT_LINE_CHARS only once redacted (``recorded``): a secret that
+            # straddles the cut is then hidden whole.
             for line in complete[-OUTPUT_LINES:]:
                 self.lines.append(line[:OUTPUT_KEPT_CHARS])
 
     def close(self) -> list[str]:
         with self.lock:
-            if self.partial:
-                self.lines.append(self.partial)
-                self.partial = ""
+            for stream in sorted(self.partial):
+                if self.partial[stream]:
+                    self.lines.append(self.partial[stream])
+            self.partial.clear()
             return list(self.lines)
 
 
 # The run the current context belongs to; its buffer is made on its first write, so a run
-# that prints nothing costs one ContextVar.set at its start and one at its end.
+# that prints nothing costs one ContextVar.set at its start and one at its end. None: this
+# context says nothing (a thread's fresh context); _NO_RUN: the daemon's own code, whose
+# tasks and ``to_thread`` calls copy it (so a pool thread a run happened to start is not
+# taken for that run's when the daemon uses it).
+_NO_RUN = ""
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("qtasks_output", default=None)
 _buffers: dict[str, _Buffer] = {}
 _open: set[str] = set()  # runs between STARTED and FINISHED
+_RUN_ATTR = "_qtasks_output_run"  # on a Thread started inside a run: that run's id
+_thread_start = threading.Thread.start
+
+
+def current_run() -> str | None:
+    """The run whose output a write made here belongs to: the context's (a run's task, and
+    threads that copy its context, as ``asyncio.to_thread`` does), else the run that started
+    this thread (or the thread that started it, and so on)."""
+    run_id = _current.get()
+    if run_id is None:
+        run_id = getattr(threading.current_thread(), _RUN_ATTR, None)
+    return run_id or None
+
+
+def _start_in_run(self: threading.Thread) -> None:
+    """``Thread.start`` that remembers the run the starting code belongs to (threads do not
+    copy the starter's context before Python 3.14, so the tee could not tell otherwise)."""
+    run_id = current_run()
+    if run_id is not None and run_id in _open:
+        with contextlib.suppress(Exception):  # a Thread subclass with __slots__: not followed
+            setattr(self, _RUN_ATTR, run_id)
+    _thread_start(self)
+
+
+def feed(run_id: str | None, text: str, stream: int = 1) -> None:
+    """Keep ``text``, written on ``stream`` (1 or 2), in ``run_id``'s buffer if that run is
+    open; any thread, never raises."""
+    if run_id is None or run_id not in _open:
+        return
+    # Keeping output must never break the job's print.
+    with contextlib.suppress(Exception):
+        buffer = _buffers.get(run_id)
+        if buffer is None:
+            buffer = _buffers.setdefault(run_id, _Buffer())  # atomic across threads
+        buffer.write(text, stream)
 
 
 HOLD_CHARS = 64 * 1024  # a partial line held back for redaction is let go beyond this
 
 
 class _Tee:
-    """A text stream that also feeds the current run's buffer, and hides secrets."""
+    """A text stream that also feeds the current run's buffer, and hides the loaded job files'
+    ``${NAME}`` values (``redaction.redact_known``) in what passes through, whole lines at a
+    time (a secret may be written in pieces, or span lines): a partial line, or lines that end
+    with the first lines of a multi-line secret, are held until more text comes, the stream is
+    flushed, or they grow past ``HOLD_CHARS``."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, number: int, *, keep: bool = True) -> None:
         self._stream = stream
+        self._number = number
+        self._keep = keep  # feed runs' buffers (False: only hide secrets)
         self._held = ""  # the start of a line, waiting for its end (only with secrets)
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        run_id = _current.get()
-        if run_id is not None and run_id in _open and isinstance(text, str):
-            # Keeping output must never break the job's print.
-            with contextlib.suppress(Exception):
-                buffer = _buffers.get(run_id)
-                if buffer is None:
-                    buffer = _buffers.setdefault(run_id, _Buffer())  # atomic across threads
-                buffer.write(text)
+        if _open and self._keep and isinstance(text, str):  # no run open: one truth test
+            feed(current_run(), text, self._number)
         if not redaction.known_secrets() or not isinstance(text, str):
             if self._held:
                 self.flush_held()
@@ -118,7 +181,7 @@ def hiding() -> Iterator[None]:
     """Hide the loaded job files' secrets in what is written to ``sys.stdout`` and
     ``sys.stderr`` meanwhile (a foreground run's prints), as the daemon's tees do."""
     saved = (sys.stdout, sys.stderr)
-    sys.stdout, sys.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
+    sys.stdout, sys.stderr = _Tee(sys.stdout, 1, keep=False), _Tee(sys.stderr, 2, keep=False)
     try:
         yield
     finally:
@@ -129,18 +192,26 @@ def hiding() -> Iterator[None]:
 
 
 class Capture:
-    """Installs the tees and collects finished runs' lines (``take`` from any thread)."""
+    """Installs the tees and keeps each finished run's lines until ``take``n (any thread)."""
 
     def __init__(self) -> None:
-        self._done: collections.deque[tuple[str, str, list[str]]] = collections.deque(maxlen=10_000)
+        self._closed: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+        self._lock = threading.Lock()
         self._saved: tuple[Any, Any] | None = None
+        self._factory: Callable[..., logging.LogRecord] | None = None
 
     def install(self) -> None:
+        """Tee the standard streams and keep the log records a run makes; call it in the
+        daemon's main task, before the tasks that fire jobs are made (they copy its context,
+        which says "no run")."""
+        _current.set(_NO_RUN)
         if self._saved is not None:
             return
         self._saved = (sys.stdout, sys.stderr)
-        sys.stdout = _Tee(sys.stdout)
-        sys.stderr = _Tee(sys.stderr)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, 1), _Tee(sys.stderr, 2)
+        threading.Thread.start = _start_in_run  # type: ignore[method-assign]
+        self._factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(functools.partial(_record, self._factory))
 
     def uninstall(self) -> None:
         if self._saved is not None:
@@ -149,6 +220,10 @@ class Capture:
                     tee.flush()
             sys.stdout, sys.stderr = self._saved
             self._saved = None
+            threading.Thread.start = _thread_start  # type: ignore[method-assign]
+            if self._factory is not None:
+                logging.setLogRecordFactory(self._factory)
+                self._factory = None
 
     def sink(self, event: Event) -> None:
         """Bus sink; STARTED and FINISHED are emitted inside the run's own task."""
@@ -161,17 +236,44 @@ class Capture:
         elif event.kind is EventKind.FINISHED and run_id in _open:
             _open.discard(run_id)
             if _current.get() == run_id:
-                _current.set(None)
+                _current.set(_NO_RUN)
             found = _buffers.pop(run_id, None)
             # A thread abandoned by a timeout or cancel may still print: the run is no
             # longer open, so nothing is kept.
             lines = found.close() if found is not None else []
             if lines:
-                self._done.append((event.job, run_id, lines))
+                with self._lock:
+                    self._closed[run_id] = lines
+                    while len(self._closed) > _KEPT_CLOSED:
+                        self._closed.popitem(last=False)
 
-    def take(self) -> list[tuple[str, str, list[str]]]:
-        """The (job, run id, lines) of runs finished since the last call."""
-        taken = []
-        while self._done:
-            taken.append(self._done.popleft())
-        return taken
+    def take(self, run_id: str) -> list[str]:
+        """The lines of finished run ``run_id`` (once; empty when it printed nothing)."""
+        with self._lock:
+            return self._closed.pop(run_id, [])
+
+
+def _record(factory: Callable[..., logging.LogRecord], *args: Any, **kwargs: Any) -> Any:
+    """The log record factory while output is captured: a record a run's code makes (any
+    logger but qtasks' own, at a level its logger lets through) is kept in the run's output
+    as ``LEVEL logger: message``, whatever handlers then do with it."""
+    record = factory(*args, **kwargs)
+    if _open and record.name != "qtasks" and not record.name.startswith(_OWN_LOGGERS):
+        run_id = current_run()
+        if run_id is not None and run_id in _open:
+            with contextlib.suppress(Exception):  # a message whose arguments do not format
+                text = f"{record.levelname} {record.name}: {record.getMessage()}"
+                if record.exc_info:
+                    text += "\n" + logging.Formatter().formatException(record.exc_info)
+                feed(run_id, text + "\n", 2)
+    return record
+
+
+def recorded(result: RunResult, lines: list[str], job: JobSpec) -> RunResult:
+    """``result`` with the lines its run printed, ``job``'s secrets redacted (in the whole
+    text at once, so a secret that spans lines is found too)."""
+    if not lines:
+        return result
+    if job.secrets:
+        lines = job.redact("\n".join(lines)).split("\n")
+    return dataclasses.replace(result, output=tuple(line[:OUTPUT_LINE_CHARS] for line in lines))

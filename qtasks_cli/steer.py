@@ -1,6 +1,6 @@
 """``qtasks pause``, ``resume`` and ``cancel`` from another shell: written to the store (so
-they last across restarts and reach every node), then the daemon is woken (the wake-up
-datagram of a SQLite state; PostgreSQL nodes look every second)."""
+they last across restarts and reach every node), then the daemons' control threads are
+woken (``ControlStore.wake``: a datagram for SQLite, a NOTIFY for PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -34,16 +34,6 @@ def control_for(config: Config, state: str | None = None) -> ControlStore:
     return open_control(state_location(config, state), schema=config.settings.schema)
 
 
-def _wake(config: Config, state: str | None) -> None:
-    from qtasks_cli import wake
-    from qtasks_cli.api import state_location
-    from qtasks_cli.store import is_url
-
-    location = state_location(config, state)
-    if not is_url(location):
-        wake.send(location)
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -57,9 +47,9 @@ def pause_job(config: Config, job: str, *, state: str | None = None) -> tuple[Pa
     try:
         me = who()
         pause = store.pause(name, me, _now())
+        store.wake()
     finally:
         store.close()
-    _wake(config, state)
     return pause, pause.by == me
 
 
@@ -73,9 +63,9 @@ def resume_job(config: Config, job: str, *, state: str | None = None) -> Pause |
 
             get_job(config, job)  # raises UnknownJobError with the closest names
         lifted = store.resume(job)
+        store.wake()
     finally:
         store.close()
-    _wake(config, state)
     return lifted
 
 
@@ -116,7 +106,7 @@ def cancel_run(
                 "stop it there with Ctrl-C"
             )
         answer = store.request_cancel(run_id, who(), _now())
-        _wake(config, state)
+        store.wake()
         if answer not in ("requested", "cancelled"):
             if answer == "unknown":
                 raise RunNotFound(f"{store.location}: no run {run_id!r}")

@@ -183,7 +183,10 @@ class Supervisor:
         # and why runs cancelled by ``cancel_run`` were cancelled.
         self.paused: frozenset[str] = frozenset()
         self._cancelled_by: dict[str, str] = {}
-        self.on_nudge: Callable[[], None] | None = None  # a wake-up may carry a command too
+        # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
+        # end; and a call after a new job file was applied (the operator's view changes).
+        self.output_of: Callable[[str], list[str]] | None = None
+        self.on_config: Callable[[], None] | None = None
 
     # --- control: signal handlers call these; they only flip state -------------------------
 
@@ -202,22 +205,28 @@ class Supervisor:
         handing over thousands of runs does not fight the daemon for the write lock."""
         self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
         self._wake.set()
-        if self.on_nudge is not None:
-            self.on_nudge()
 
     @property
     def running(self) -> int:
-        return sum(state.running for state in self.jobs.values())
+        """Runs whose body runs, or is about to start: they hold a slot."""
+        return sum(state.running - state.waiting for state in self.jobs.values())
+
+    @property
+    def waiting(self) -> int:
+        """Runs waiting for a free max_concurrent slot."""
+        return sum(state.waiting for state in self.jobs.values())
 
     @property
     def queued(self) -> int:
-        return (
-            sum(len(state.pending) for state in self.jobs.values()) + self.runtime.capacity.waiting
-        )
+        """Runs queued behind their job's previous run (overlap: queue, catch-up)."""
+        return sum(len(state.pending) for state in self.jobs.values())
 
     def snapshot(self) -> Snapshot:
         """The daemon's state now, for displays; cheap enough to call a few times a second."""
-        views = tuple(self._view(name, s) for name, s in self.jobs.items())
+        abandoned: dict[str, int] = {}
+        for job in self.runtime.abandoned.values():
+            abandoned[job] = abandoned.get(job, 0) + 1
+        views = tuple(self._view(name, s, abandoned.get(name, 0)) for name, s in self.jobs.items())
         return Snapshot(
             now=self.clock(),
             started_at=self.started_at,
@@ -226,15 +235,18 @@ class Supervisor:
             queued=self.queued,
             state=self.store.location,
             nodes=self._nodes,
+            waiting=self.waiting,
+            abandoned=len(self.runtime.abandoned),
         )
 
-    def _view(self, name: str, state: _JobState) -> JobView:
+    def _view(self, name: str, state: _JobState, abandoned: int) -> JobView:
         """The job's view, reused while nothing in it changed: building 1,000 views (and
         describing 1,000 schedules) on every redraw of the live table would cost the loop
         milliseconds."""
         spec = state.spec
         paused = name in self.paused
-        key = (spec, state.next_fire, state.running, len(state.pending), paused)
+        key = (spec, state.next_fire, state.running, state.waiting, len(state.pending), paused,
+               abandoned)  # fmt: skip
         cached = self._views.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -247,10 +259,12 @@ class Supervisor:
             schedule=words,
             enabled=spec.enabled,
             next_fire=state.next_fire,
-            running=state.running,
+            running=state.running - state.waiting,
             pending=len(state.pending),
             max_attempts=spec.retry.attempts,
             paused=paused,
+            waiting=state.waiting,
+            abandoned=abandoned,
         )
         if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
             self._views.clear()
@@ -867,8 +881,16 @@ class Supervisor:
             raise
         finally:
             if result is not None:
-                await asyncio.shield(self.ledger.finish(result))
+                await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
             self._run_ended(spec.name)
+
+    def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
+        """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
+        if self.output_of is None:
+            return result
+        from qtasks_cli.output import recorded
+
+        return recorded(result, self.output_of(result.run_id), spec)
 
     def _refused(
         self,
@@ -922,11 +944,16 @@ class Supervisor:
 
     # --- several nodes on one store -------------------------------------------------------------
 
+    @property
+    def node_beat(self) -> float:
+        """Seconds between this node's heartbeats (PostgreSQL): at most a third of
+        node_timeout."""
+        return min(HEARTBEAT_EVERY, self.config.settings.node_timeout.total_seconds() / 3)
+
     async def _keep_in_touch(self) -> None:
         """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
         elsewhere, every few seconds (PostgreSQL only)."""
-        timeout = self.config.settings.node_timeout
-        every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 3)
+        every = self.node_beat
         while not self._stopping:
             await asyncio.sleep(every)
             await self._touch_nodes(self.clock())
@@ -1112,6 +1139,8 @@ class Supervisor:
             )
             if not same_time:
                 self._schedule_job(name, now)
+        if self.on_config is not None:
+            self.on_config()
         self._emit(
             EventKind.RELOADED,
             message=(
@@ -1130,17 +1159,21 @@ class Supervisor:
         if running:
             self._emit(
                 EventKind.NOTICE,
-                message=(f"stopping: waiting up to {grace:g}s for {len(running)} running job(s)"),
+                message=f"stopping: waiting up to {grace:g}s for "
+                + _runs_in_words(len(running), self.waiting, "running job(s)"),
             )
             _, still = await asyncio.wait(running, timeout=grace)
             if still:
+                waiting = self.waiting  # of those, the ones that never got a slot
                 for task in still:
                     task.cancel()
                 await asyncio.wait(still, timeout=5)
                 self._emit(
                     EventKind.NOTICE,
                     level=logging.WARNING,
-                    message=(f"abandoned {len(still)} run(s) still running after shutdown_grace"),
+                    message="abandoned "
+                    + _runs_in_words(len(still), waiting, "run(s) still running")
+                    + " after shutdown_grace",
                 )
         await self.ledger.release_fires(self._unstarted_pending())
         try:
@@ -1176,3 +1209,12 @@ class Supervisor:
 
     def _emit(self, kind: EventKind, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock(), **fields))
+
+
+def _runs_in_words(tasks: int, waiting: int, what: str) -> str:
+    """``2 running job(s) and 1 run(s) waiting for a free slot``: tasks of runs, of which
+    ``waiting`` have no slot yet (they are not running)."""
+    parts = [f"{tasks - waiting} {what}"] if tasks > waiting else []
+    if waiting:
+        parts.append(f"{waiting} run(s) waiting for a free slot")
+    return " and ".join(parts)

@@ -130,9 +130,13 @@ def status_line(snapshot: Snapshot) -> str:
     """One line for ``STATUS=``: ``5 jobs, 1 running, next: daily_report in 2h``."""
     count = len(snapshot.jobs)
     parts = [f"{count} job{'s' if count != 1 else ''}", f"{snapshot.running} running"]
+    if snapshot.waiting:
+        parts.append(f"{snapshot.waiting} waiting for a slot")
     if snapshot.queued:
         parts.append(f"{snapshot.queued} queued")
-    upcoming = [j for j in snapshot.jobs if j.enabled and j.next_fire is not None]
+    if snapshot.abandoned:
+        parts.append(f"{snapshot.abandoned} abandoned still running")
+    upcoming = [j for j in snapshot.jobs if j.enabled and not j.paused and j.next_fire is not None]
     if upcoming:
         soonest = min(upcoming, key=lambda j: (j.next_fire, j.name))
         assert soonest.next_fire is not None

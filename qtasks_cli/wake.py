@@ -1,6 +1,8 @@
-"""A wake-up call from ``enqueue`` to the daemon: one datagram on a local socket named after
-the state file, so handed-over runs start within milliseconds and the idle daemon need not
-poll the store every second."""
+"""A wake-up call to the daemon: one datagram on a local socket named after the state file,
+so handed-over runs start within milliseconds and operator's commands (pause, cancel, a
+``status`` that wants a fresh view) are served at once, while the idle daemon need not poll
+the store. A datagram says which: ``WORK`` (``enqueue``) wakes the loop, ``CONTROL`` the
+control thread (qtasks_cli.control)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ def address(state: str) -> str | None:
     return f"\0qtasks-wake-{digest}"
 
 
-def send(state: str) -> None:
-    """Tell a daemon on ``state`` to look for handed-over runs; nobody listening is fine."""
+WORK = b"!"
+CONTROL = b"c"
+
+
+def send(state: str, kind: bytes = WORK) -> None:
+    """Tell a daemon on ``state`` to look for handed-over runs (``WORK``) or at the operator's
+    tables (``CONTROL``); nobody listening is fine."""
     name = address(state)
     if name is None:
         return
@@ -32,7 +39,7 @@ def send(state: str) -> None:
         if _sender is None:
             _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             _sender.setblocking(False)
-        _sender.sendto(b"!", name)
+        _sender.sendto(kind, name)
     except OSError:
         pass  # no daemon, or its queue of wake-ups is full: it is awake anyway
 
@@ -41,11 +48,18 @@ _sender: socket.socket | None = None  # reused: enqueue() may be called thousand
 
 
 class Listener:
-    """The daemon's end: calls ``on_wake`` on the event loop for each burst of datagrams."""
+    """The daemon's end: for each burst of datagrams, calls ``on_wake`` on the event loop if
+    one of them was ``WORK`` and ``on_control`` if one was ``CONTROL``."""
 
-    def __init__(self, state: str, on_wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        state: str,
+        on_wake: Callable[[], None],
+        on_control: Callable[[], None] | None = None,
+    ) -> None:
         self._name = address(state)
         self._on_wake = on_wake
+        self._on_control = on_control
         self._sock: socket.socket | None = None
 
     def start(self) -> bool:
@@ -68,12 +82,19 @@ class Listener:
 
     def _read(self) -> None:
         assert self._sock is not None
+        work = control = False
         try:
-            while self._sock.recv(64):
-                pass
+            while data := self._sock.recv(64):
+                if data == CONTROL:
+                    control = True
+                else:
+                    work = True
         except OSError:
             pass  # drained
-        self._on_wake()
+        if control and self._on_control is not None:
+            self._on_control()
+        if work or self._on_control is None:
+            self._on_wake()
 
     def close(self) -> None:
         if self._sock is not None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from pg import fresh_schema, postgres_url
 
 from qtasks_cli.metrics import _Histogram
 from qtasks_cli.models import RunStatus
-from qtasks_cli.output import Capture, _Buffer, _current
+from qtasks_cli.output import Capture, _Buffer, _current, _thread_start
 from qtasks_cli.store.control import (
     OUTPUT_KEPT_CHARS,
     OUTPUT_LINE_CHARS,
@@ -89,10 +90,13 @@ def test_cancel_of_a_waiting_request_is_immediate_and_unknown_is_said(control) -
 
 def test_publish_output_tidy_and_daemons(control) -> None:
     store, state = control
+    seen = T0 + timedelta(seconds=5)
     info = DaemonInfo(
-        node_id="h:1", host="h", pid=1, started=T0, last_seen=T0 + timedelta(seconds=5),
+        node_id="h:1", host="h", pid=1, started=T0, last_seen=seen, published=seen,
         version="0.1.0", config="/srv/jobs.yaml", digest="abc", every=2.0, running=1,
-        jobs={"report": {"next": T0.isoformat(), "running": 0, "pending": 0, "enabled": True}},
+        waiting=2, abandoned=1, pid_start=12345,
+        jobs={"report": {"next": T0.isoformat(), "running": 0, "pending": 0, "enabled": True,
+                         "waiting": 2, "abandoned": ["r1"]}},
     )  # fmt: skip
     store.publish(info)
     store.publish(info)  # a replace, not a second row
@@ -102,6 +106,10 @@ def test_publish_output_tidy_and_daemons(control) -> None:
     lines = [f"line {i} \x1b[31m'\"\\" for i in range(OUTPUT_LINES + 5)]
     store.add_output(run_id, lines)
     assert store.output(run_id) == lines[-OUTPUT_LINES:]
+    # What neither store can hold in JSON text (NUL, a lone surrogate) is escaped, not lost.
+    store.add_output(run_id, ["nul \x00 here", "lone \udcff surrogate"])
+    assert store.output(run_id) == ["nul \\x00 here", "lone \\udcff surrogate"]
+    store.add_output(run_id, lines)
     store.add_output("gone-run", ["x"])
     assert store.tidy() == 1 and store.output("gone-run") == [] and store.output(run_id)
     store.withdraw("h:1")
@@ -205,7 +213,11 @@ def test_output_buffer_keeps_the_last_lines_bounded(writes: list[str]) -> None:
 
 
 def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
+    """A run's output is what its task, the threads that copy its context and the threads
+    it starts (however deep, and pools it makes) print; never another run's or the daemon's
+    own (a pool thread a run happened to start, used later by the daemon)."""
     import asyncio
+    import concurrent.futures
     import io
     import sys
 
@@ -215,28 +227,49 @@ def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
     saved = sys.stdout
     sys.stdout = io.StringIO()
     try:
-        capture.install()
 
-        async def run(run_id: str) -> None:
+        async def run(run_id: str, pool: list[concurrent.futures.ThreadPoolExecutor]) -> None:
             capture.sink(Event(kind=EventKind.STARTED, time=T0, job="j", run_id=run_id))
             print(f"{run_id} on the loop")
             await asyncio.sleep(0)
             await asyncio.to_thread(lambda: print(f"{run_id} in a thread"))
+
+            def nested() -> None:
+                inner = threading.Thread(target=lambda: print(f"{run_id} two threads deep"))
+                inner.start()
+                inner.join()
+
+            outer = threading.Thread(target=nested)
+            outer.start()
+            await asyncio.to_thread(outer.join)
+            mine = concurrent.futures.ThreadPoolExecutor(1)
+            pool.append(mine)
+            await asyncio.wrap_future(mine.submit(print, f"{run_id} in its pool"))
             capture.sink(Event(kind=EventKind.FINISHED, time=T0, job="j", run_id=run_id))
 
         async def main() -> None:
-            await asyncio.gather(run("a"), run("b"))
+            capture.install()  # in the daemon's main task: its context says "no run"
+            pools: list[concurrent.futures.ThreadPoolExecutor] = []
+            await asyncio.gather(run("a", pools), run("b", pools))
+            # The daemon's own to_thread, on a pool thread "a" started: not "a"'s.
+            await asyncio.to_thread(print, "the daemon's own")
+            for pool in pools:
+                pool.shutdown()
 
         asyncio.run(main())
         print("outside any run")
         capture.uninstall()
     finally:
         sys.stdout = saved
-    kept = {run_id: lines for _, run_id, lines in capture.take()}
-    assert kept == {
-        "a": ["a on the loop", "a in a thread"],
-        "b": ["b on the loop", "b in a thread"],
-    }
+    assert threading.Thread.start is _thread_start  # put back
+    for run_id in ("a", "b"):
+        assert capture.take(run_id) == [
+            f"{run_id} on the loop",
+            f"{run_id} in a thread",
+            f"{run_id} two threads deep",
+            f"{run_id} in its pool",
+        ]
+        assert capture.take(run_id) == []  # once
     assert _current.get() is None
 
 
@@ -253,8 +286,178 @@ def test_daemon_info_round_trips_through_json() -> None:
     from qtasks_cli.store.control import info_body, info_from_row
 
     info = DaemonInfo(
-        node_id="n", host="h", pid=3, started=T0, last_seen=T0, version="v", config="c",
-        digest="d", every=2.0, running=2, queued=1, jobs={"a": {"next": None}},
+        node_id="n", host="h", pid=3, started=T0, last_seen=T0, published=T0, version="v",
+        config="c", digest="d", every=2.0, running=2, queued=1, waiting=4, abandoned=1,
+        pid_start=99, jobs={"a": {"next": None}},
     )  # fmt: skip
     body = json.loads(json.dumps(info_body(info)))
     assert info_from_row("n", "h", 3, T0, T0, body) == info
+    # A PostgreSQL node's own heartbeat, newer than its row, is what liveness goes by.
+    beat = T0 + timedelta(seconds=30)
+    merged = info_from_row("n", "h", 3, T0, T0, body, beat=beat)
+    assert merged.last_seen == beat and merged.written == T0
+
+
+# --- the control thread sleeps while nobody asks ----------------------------------------------
+
+
+@given(st.floats(0, 4e9, allow_nan=False), st.floats(0, 120, allow_nan=False))
+def test_rounds_fall_in_the_quiet_part_of_a_second(now: float, after: float) -> None:
+    import math
+
+    from qtasks_cli.control import QUIET, quiet_instant
+
+    when = quiet_instant(after, now)
+    assert when >= now + after - 1e-6
+    fraction = when - math.floor(when)
+    assert QUIET[0] - 1e-6 <= fraction <= QUIET[1] + 1e-6
+    assert when - (now + after) <= 1 - (QUIET[1] - QUIET[0]) + 1e-6
+
+
+def test_the_control_thread_does_a_round_only_when_asked_or_at_its_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """Idle, the thread does not wake; a poke (what a command's datagram or NOTIFY does)
+    gets a round, with a fresh publish, within a second."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from qtasks_cli.control import Controller
+    from qtasks_cli.models import Snapshot
+
+    state = str(tmp_path / "state.db")
+
+    def snapshot() -> Snapshot:
+        return Snapshot(now=datetime.now(timezone.utc), started_at=T0, jobs=(), running=0,
+                        queued=0, state=state)  # fmt: skip
+
+    supervisor = SimpleNamespace(
+        paused=frozenset(),
+        store=SimpleNamespace(node_id="here:1", multi_node=False),
+        node_beat=5.0,
+        config=SimpleNamespace(path=tmp_path / "jobs.yaml", digest="d"),
+        snapshot=snapshot,
+        runtime=SimpleNamespace(abandoned={"r1": "job"}),
+        cancel_run=lambda run_id, by: False,
+    )
+    reader = open_control(state)
+
+    async def until(predicate: Any, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "not in time"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        controller = Controller(supervisor, state=state, schema="qtasks", heartbeat=60.0)  # type: ignore[arg-type]
+        controller.woken = True
+        await controller.start()
+        try:
+            await until(lambda: controller.rounds == 1)
+            [first] = reader.daemons()
+            assert first.every == 60.0 and first.jobs == {}
+            assert first.abandoned == 0 and first.pid_start is not None
+            await asyncio.sleep(1.2)  # idle: not one more round
+            assert controller.rounds == 1
+            began = time.monotonic()
+            controller.poke()
+            await until(lambda: controller.rounds == 2, timeout=2)
+            assert time.monotonic() - began < 1.5
+            [second] = reader.daemons()
+            assert second.written > first.written
+        finally:
+            await controller.stop()
+        assert reader.daemons() == []  # withdrawn at the stop
+
+    try:
+        asyncio.run(main())
+    finally:
+        reader.close()
+
+
+def test_liveness_by_process_here_and_by_heartbeat_elsewhere() -> None:
+    import socket
+
+    from qtasks_cli.status import is_alive
+    from qtasks_cli.store.control import process_start
+
+    here = socket.gethostname()
+    now = datetime.now(timezone.utc)
+    old = now - timedelta(minutes=10)
+    me = DaemonInfo(
+        node_id="n", host=here, pid=os.getpid(), started=old, last_seen=old, version="v",
+        config="c", digest="d", every=60.0, pid_start=process_start(os.getpid()),
+    )  # fmt: skip
+    # This host: the process exists, however old its heartbeat (it is late, not gone).
+    assert is_alive(me, now, here)
+    assert not me.alive(now)
+    # The pid now belongs to another process (started at another time): gone.
+    reused = DaemonInfo(**{**_fields(me), "pid_start": (me.pid_start or 0) + 1})
+    assert not is_alive(reused, now, here)
+    # Another host: the heartbeat decides.
+    elsewhere = DaemonInfo(**{**_fields(me), "host": "elsewhere"})
+    assert not is_alive(elsewhere, now, here)
+    fresh = DaemonInfo(**{**_fields(elsewhere), "last_seen": now - timedelta(seconds=100)})
+    assert is_alive(fresh, now, here)
+
+
+def _fields(info: DaemonInfo) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+
+
+def test_a_postgres_nodes_heartbeat_is_its_sign_of_life(control) -> None:
+    """A node rewrites its status row rarely; its ``nodes`` row beats every few seconds."""
+    store, state = control
+    if "#" not in state:
+        pytest.skip("PostgreSQL only")
+    import psycopg
+
+    url, schema = state.split("#")
+    info = DaemonInfo(
+        node_id="h:1:x", host="h", pid=1, started=T0, last_seen=T0, published=T0,
+        version="v", config="c", digest="d", every=5.0,
+    )  # fmt: skip
+    store.publish(info)
+    beat = T0 + timedelta(minutes=3)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f'INSERT INTO "{schema}".nodes (node_id, host, pid, started, last_seen, digest,'
+            " fingerprints, local_key) VALUES (%s, 'h', 1, %s, %s, '', '{}', 'k')",
+            ("h:1:x", T0, beat),
+        )
+    [seen] = store.daemons()
+    assert seen.last_seen == beat and seen.written == T0
+    store.wake()  # nobody listens: fine
+
+
+def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
+    from qtasks_cli.models import JobView, Snapshot
+    from qtasks_cli.systemd import status_line
+    from qtasks_cli.ui.live import state_cell
+
+    def view(**fields: Any) -> JobView:
+        base: dict[str, Any] = {"name": "j", "schedule": "s", "enabled": True, "next_fire": None,
+                                "running": 0, "pending": 0, "max_attempts": 1}  # fmt: skip
+        return JobView(**{**base, **fields})
+
+    assert state_cell(view(enabled=False, paused=True))[0] == "disabled"
+    assert state_cell(view(paused=True))[0] == "paused"
+    assert state_cell(view(waiting=1, pending=1, abandoned=1))[0] == "waiting for a slot"
+    assert state_cell(view(pending=2, abandoned=1))[0] == "queued"
+    assert state_cell(view(abandoned=1, enabled=False))[0] == "abandoned, still running"
+    assert state_cell(view())[0] == "idle"
+    from qtasks_cli.ui.live import _UNICODE, _next
+
+    soon = T0 + timedelta(hours=1)
+    assert _next(view(next_fire=soon, paused=True), T0, None, _UNICODE)[0] == _UNICODE.none
+    assert _next(view(next_fire=soon), T0, None, _UNICODE)[0] != _UNICODE.none
+    snapshot = Snapshot(
+        now=T0, started_at=T0, jobs=(view(next_fire=T0 + timedelta(hours=1), paused=True),),
+        running=1, queued=2, state="s", waiting=3, abandoned=1,
+    )  # fmt: skip
+    line = status_line(snapshot)
+    assert "1 running, 3 waiting for a slot, 2 queued, 1 abandoned still running" in line
+    assert "next:" not in line  # a paused job's next fire is no fire

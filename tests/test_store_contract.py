@@ -353,6 +353,39 @@ def test_long_tracebacks_keep_their_end(store_factory: StoreFactory) -> None:
     run(body())
 
 
+def test_a_runs_output_is_written_with_its_end(store_factory: StoreFactory) -> None:
+    """``finish`` writes the output lines in the same write as the outcome: once a reader sees
+    the run finished, its output is there (what ``show`` right after ``--wait`` relies on).
+    Lines are bounded, and what neither store can hold in JSON (NUL, a lone surrogate) is
+    escaped."""
+    from qtasks_cli.store.control import OUTPUT_LINE_CHARS, OUTPUT_LINES, open_control
+
+    async def body() -> list[str]:
+        async with opened(store_factory) as store:
+            base = {"job": "a", "run_id": run_id, "trigger": TriggerKind.MANUAL,
+                    "scheduled": None, "started": T0}  # fmt: skip
+            await store.add_run(RunResult(**base, ended=None, attempts=0, status=RunStatus.RUNNING))
+            lines = [f"line {i}" for i in range(OUTPUT_LINES + 3)]
+            lines += ["x" * (OUTPUT_LINE_CHARS + 9), "nul \x00", "lone \udcff"]
+            done = RunResult(**base, ended=T0 + SECOND, attempts=1,
+                             status=RunStatus.SUCCEEDED, output=tuple(lines))  # fmt: skip
+            await store.finish(done)
+            row = await store.get_run(run_id)  # reads see buffered writes
+            assert row is not None and row.status is RunStatus.SUCCEEDED
+            return lines
+
+    run_id = new_run_id()
+    lines = run(body())
+    control = open_control(store_factory.state, schema=store_factory.schema)
+    try:
+        kept = control.output(run_id)
+    finally:
+        control.close()
+    assert len(kept) == OUTPUT_LINES
+    assert kept[-3:] == ["x" * OUTPUT_LINE_CHARS, "nul \\x00", "lone \\udcff"]
+    assert kept[:-3] == lines[-OUTPUT_LINES:-3]
+
+
 def test_add_run_records_a_manual_run(store_factory: StoreFactory) -> None:
     async def body() -> None:
         async with opened(store_factory) as store:

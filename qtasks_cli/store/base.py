@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, overload
@@ -165,6 +165,10 @@ class Store(Protocol):
     # True when several daemons may share the store (PostgreSQL): then the claim is the
     # only guard against running a fire on every node, so a fire must never run unclaimed.
     multi_node: bool
+    # Called on the loop when an operator's command (pause, cancel, a status that wants a
+    # fresh view) is announced through the store itself (PostgreSQL NOTIFY), or when such an
+    # announcement may have been missed; a store with no such channel never calls it.
+    on_control: Callable[[], None] | None
 
     async def open(self) -> None:
         """Create or migrate the schema."""

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from qtasks_cli.models import Attempt
-from qtasks_cli.store.base import RunRow
+from qtasks_cli.store.base import RunRow, storable
 
 # Statuses of runs that ran (for "last result"); skipped and missed fires did not.
 RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
@@ -33,25 +33,51 @@ OUTPUT_KEPT_CHARS = OUTPUT_LINE_CHARS + 4096
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DaemonInfo:
-    """One daemon as it last described itself; ``jobs`` maps a job name to
-    ``{"next": ISO-8601 UTC or None, "running": int, "pending": int, "enabled": bool}``."""
+    """One daemon as it last described itself; ``jobs`` maps a job name to ``{"next":
+    ISO-8601 UTC or None, "running": int, "waiting": int, "pending": int, "abandoned": [run
+    ids], "enabled": bool, "paused": bool}`` (see ``qtasks_cli.control.daemon_info``)."""
 
     node_id: str
     host: str
     pid: int
     started: datetime  # aware UTC
-    last_seen: datetime  # aware UTC: the last publish
+    last_seen: datetime  # aware UTC: its latest heartbeat (a publish, or a node's beat)
     version: str
     config: str  # the job file's path
     digest: str  # Config.digest of the definitions the daemon runs
-    every: float  # seconds between publishes, to judge how fresh ``last_seen`` is
-    running: int = 0
-    queued: int = 0
+    every: float  # seconds between heartbeats, to judge how fresh ``last_seen`` is
+    running: int = 0  # runs whose body runs
+    queued: int = 0  # runs queued behind their job's previous run
     jobs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    waiting: int = 0  # runs waiting for a free max_concurrent slot
+    abandoned: int = 0  # runs given up on whose thread or task still runs
+    published: datetime | None = None  # aware UTC: when this description was written
+    pid_start: int | None = None  # the process's start time (see ``process_start``)
 
     def alive(self, now: datetime, grace: float = 0.0) -> bool:
-        """True when the last publish is recent: within three cadences (or ``grace`` s)."""
+        """True when the last heartbeat is recent: within three cadences (or ``grace`` s)."""
         return (now - self.last_seen).total_seconds() <= max(3 * self.every, grace)
+
+    @property
+    def written(self) -> datetime:
+        """When this description was written (aware UTC)."""
+        return self.published if self.published is not None else self.last_seen
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/PID/stat`` field
+    22, proc(5)): with the pid, it names one process, which a reused pid does not match.
+    None where there is no such file (not Linux, or no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    try:
+        # The command name may hold spaces and parentheses; the fields follow the last ')'.
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,7 +122,13 @@ class ControlStore(Protocol):
         """Remove a daemon's row (it stopped cleanly)."""
 
     def daemons(self) -> list[DaemonInfo]:
-        """Every daemon row, alive or not, by node id."""
+        """Every daemon row, alive or not, by node id; ``last_seen`` is the latest sign of
+        life the store has (a PostgreSQL node's heartbeat may be newer than its row)."""
+
+    def wake(self) -> None:
+        """Ask every daemon of this state to look at the operator's tables now (and publish
+        what it is doing): a datagram for SQLite, a NOTIFY for PostgreSQL; never raises for
+        nobody listening."""
 
     # -- pause -----------------------------------------------------------------------------
 
@@ -198,9 +230,10 @@ def open_control(state: str, *, schema: str = "qtasks") -> ControlStore:
 
 
 def clip_lines(lines: Sequence[str]) -> list[str]:
-    """The last OUTPUT_LINES lines, each cut to OUTPUT_LINE_CHARS characters."""
+    """The last OUTPUT_LINES lines, each cut to OUTPUT_LINE_CHARS characters and made
+    storable (no NUL, no lone surrogate: PostgreSQL's jsonb refuses both)."""
     kept = list(lines[-OUTPUT_LINES:])
-    return [line[:OUTPUT_LINE_CHARS] for line in kept]
+    return [storable(line[:OUTPUT_LINE_CHARS]) or "" for line in kept]
 
 
 def info_body(info: DaemonInfo) -> dict[str, Any]:
@@ -212,26 +245,42 @@ def info_body(info: DaemonInfo) -> dict[str, Any]:
         "every": info.every,
         "running": info.running,
         "queued": info.queued,
+        "waiting": info.waiting,
+        "abandoned": info.abandoned,
+        "pid_start": info.pid_start,
         "jobs": info.jobs,
     }
 
 
 def info_from_row(
-    node_id: str, host: str, pid: int, started: datetime, last_seen: datetime, data: Any
+    node_id: str,
+    host: str,
+    pid: int,
+    started: datetime,
+    last_seen: datetime,
+    data: Any,
+    *,
+    beat: datetime | None = None,
 ) -> DaemonInfo:
-    """A ``DaemonInfo`` from its columns and the JSON document of ``info_body``."""
+    """A ``DaemonInfo`` from its columns and the JSON document of ``info_body``; ``beat`` is
+    a newer heartbeat than the row's ``last_seen`` (a PostgreSQL node's), if any."""
     body: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+    start = body.get("pid_start")
     return DaemonInfo(
         node_id=node_id,
         host=host,
         pid=int(pid),
         started=started,
-        last_seen=last_seen,
+        last_seen=max(last_seen, beat) if beat is not None else last_seen,
+        published=last_seen,
+        pid_start=start if isinstance(start, int) else None,
         version=str(body.get("version", "?")),
         config=str(body.get("config", "")),
         digest=str(body.get("digest", "")),
         every=float(body.get("every", 2.0)),
         running=int(body.get("running", 0)),
         queued=int(body.get("queued", 0)),
+        waiting=int(body.get("waiting", 0)),
+        abandoned=int(body.get("abandoned", 0)),
         jobs=dict(body.get("jobs", {})),
     )

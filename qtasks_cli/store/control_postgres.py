@@ -27,6 +27,7 @@ from qtasks_cli.store.control import (
 )
 from qtasks_cli.store.postgres import (
     _RUN_COLUMNS,
+    CONTROL_KIND,
     DEFAULT_SCHEMA,
     _connect_options,
     _migrate_sync,
@@ -70,8 +71,13 @@ class PostgresControl:
         self._conn: _Conn | None = conn
 
     def _announce(self, conn: _Conn) -> None:
-        # The nodes' listeners wake their supervisors on "w", which pokes the control thread.
-        conn.execute("SELECT pg_notify(%s, %s)", (channel_name(self.schema), "w:control"))
+        # Each node's listener hands this kind to its control thread (not to its loop).
+        conn.execute(
+            "SELECT pg_notify(%s, %s)", (channel_name(self.schema), f"{CONTROL_KIND}:control")
+        )
+
+    def wake(self) -> None:
+        self._do("waking the nodes", self._announce)
 
     def close(self) -> None:
         with self._lock:
@@ -127,15 +133,26 @@ class PostgresControl:
         self._do("withdrawing the node's status", work)
 
     def daemons(self) -> list[DaemonInfo]:
+        # A node's row in ``nodes`` is its heartbeat (every few seconds, from its loop); the
+        # row here is rewritten only now and then, and when asked (``wake``).
         def work(conn: _Conn) -> list[Any]:
             return conn.execute(
-                f"SELECT node_id, host, pid, started, last_seen, info FROM {self._s}.daemons"
-                " ORDER BY node_id"
+                f"SELECT d.node_id, d.host, d.pid, d.started, d.last_seen, d.info, n.last_seen"
+                f" FROM {self._s}.daemons AS d LEFT JOIN {self._s}.nodes AS n"
+                " ON n.node_id = d.node_id ORDER BY d.node_id"
             ).fetchall()
 
         return [
-            info_from_row(node, host, pid, _utc(started), _utc(seen), body)
-            for node, host, pid, started, seen, body in self._do("reading nodes", work)
+            info_from_row(
+                node,
+                host,
+                pid,
+                _utc(started),
+                _utc(seen),
+                body,
+                beat=_utc(beat) if beat is not None else None,
+            )
+            for node, host, pid, started, seen, body, beat in self._do("reading nodes", work)
         ]
 
     # -- pause -----------------------------------------------------------------------------
@@ -151,7 +168,6 @@ class PostgresControl:
                 f"SELECT since, by_whom FROM {self._s}.paused_jobs WHERE job = %s", (job,)
             ).fetchone()
             assert row is not None
-            self._announce(conn)
             return Pause(job=job, since=_utc(row[0]), by=row[1])
 
         return self._do(f"pausing {job!r}", work, write=True)
@@ -162,7 +178,6 @@ class PostgresControl:
                 f"DELETE FROM {self._s}.paused_jobs WHERE job = %s RETURNING since, by_whom",
                 (job,),
             ).fetchone()
-            self._announce(conn)
             return None if row is None else Pause(job=job, since=_utc(row[0]), by=row[1])
 
         return self._do(f"resuming {job!r}", work, write=True)
@@ -197,7 +212,6 @@ class PostgresControl:
                     " VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
                     (run_id, now, by),
                 )
-                self._announce(conn)
                 return "requested"
             return status
 

@@ -110,6 +110,11 @@ class SqliteControl:
 
         self._do("withdrawing the daemon's status", work, write=True)
 
+    def wake(self) -> None:
+        from qtasks_cli import wake
+
+        wake.send(self.location, wake.CONTROL)
+
     def daemons(self) -> list[DaemonInfo]:
         def work(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute(

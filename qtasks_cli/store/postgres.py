@@ -221,6 +221,11 @@ _SQL = {
         " attempts = %s, error_type = %s, error = %s, traceback = %s, result = %s, items = %s"
         " WHERE run_id = %s"
     ),
+    "output": (
+        "INSERT INTO {s}.run_output (run_id, lines) SELECT %s, %s"
+        " WHERE EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = %s)"
+        " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines"
+    ),
     "attempt": (
         "INSERT INTO {s}.attempts (run_id, attempt, started, ended, status, error_type, error)"
         " SELECT %s, %s, %s, %s, %s, %s, %s"
@@ -352,6 +357,11 @@ def channel_name(schema: str) -> str:
     if len(name) > 63:
         name = "qtasks_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
     return name
+
+
+# The kind of notification an operator's command sends (qtasks_cli.store.control_postgres):
+# it wakes the nodes' control threads, not their loops.
+CONTROL_KIND = "k"
 
 
 def _statements(schema: str) -> dict[str, str]:
@@ -620,6 +630,7 @@ class PostgresStore:
 
     wakes_on_work = True
     multi_node = True
+    on_control: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -845,10 +856,20 @@ class PostgresStore:
             self._others_wrote = True
         if kind == "w":
             self._work.set()
+        elif kind == CONTROL_KIND:
+            self._control()
+
+    def _control(self) -> None:
+        if self.on_control is not None:
+            try:
+                self.on_control()
+            except Exception:
+                log.exception("%s: handing over an operator's command failed", self.location)
 
     def _wake_everyone(self) -> None:
         self._others_wrote = True
         self._work.set()
+        self._control()  # a command may have been announced while nobody listened
         for future in self._syncs.values():
             if not future.done():
                 future.set_result(None)
@@ -1349,7 +1370,8 @@ class PostgresStore:
         self._buffer(Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),)))
 
     async def finish(self, result: RunResult) -> None:
-        """Buffer: the run's outcome and one row per attempt."""
+        """Buffer: the run's outcome, one row per attempt and its output lines, written in
+        one transaction."""
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
                 self._sql["finish"],
@@ -1379,6 +1401,11 @@ class PostgresStore:
                 result.run_id,
             )
             statements.append((self._sql["attempt"], params))
+        if result.output:
+            from qtasks_cli.store.control import clip_lines
+
+            lines = Jsonb(clip_lines(result.output))
+            statements.append((self._sql["output"], (result.run_id, lines, result.run_id)))
         self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
 
     def _buffer(self, write: Write) -> None:

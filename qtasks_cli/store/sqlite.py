@@ -178,6 +178,7 @@ _SQL_FINISH = (
     "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
     " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?"
 )
+_SQL_OUTPUT = "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)"
 _SQL_ATTEMPT = (
     "INSERT OR REPLACE INTO attempts"
     " (run_id, attempt, started, ended, status, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -469,6 +470,7 @@ class SqliteStore:
 
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
     multi_node = False  # the daemon lock admits one daemon per file
+    on_control: Callable[[], None] | None = None  # never called: commands come as datagrams
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -901,7 +903,8 @@ class SqliteStore:
         self._buffer(Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
 
     async def finish(self, result: RunResult) -> None:
-        """Buffer: the run's outcome and one row per attempt."""
+        """Buffer: the run's outcome, one row per attempt and its output lines, written in
+        one transaction."""
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
                 _SQL_FINISH,
@@ -930,6 +933,11 @@ class SqliteStore:
                 storable(attempt.error),
             )
             statements.append((_SQL_ATTEMPT, params))
+        if result.output:
+            from qtasks_cli.store.control import clip_lines
+
+            lines = json.dumps(clip_lines(result.output))
+            statements.append((_SQL_OUTPUT, (result.run_id, lines)))
         self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
 
     def _buffer(self, write: Write) -> None:

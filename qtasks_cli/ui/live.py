@@ -209,16 +209,17 @@ def order(snapshot: Snapshot, job_stats: Mapping[str, JobStats]) -> list[JobView
     # Most of 1,000 jobs are idle with no statistics: keep their path short.
     for view in snapshot.jobs:
         stats = get(view.name)
-        when = view.next_fire if view.next_fire is not None and view.enabled else _NEVER
+        fires = view.next_fire is not None and view.enabled and not view.paused
+        when = view.next_fire if fires and view.next_fire is not None else _NEVER
         if stats is None:
-            if view.pending or view.running:
+            if view.pending or view.running or view.waiting or view.abandoned:
                 busy.append((1, _NEVER, view.name, view))
             else:
                 idle.append((when, view.name, view))
         elif stats.runs:
             first = min(p.started for p in stats.runs.values())
             busy.append((0, first, view.name, view))
-        elif stats.waiting or view.pending or view.running:
+        elif stats.waiting or view.pending or view.running or view.waiting or view.abandoned:
             busy.append((1, _NEVER, view.name, view))
         elif stats.failing:
             busy.append((2, when, view.name, view))
@@ -277,13 +278,28 @@ def _state(view: JobView, stats: JobStats, now: datetime, sym: _Symbols) -> _Cel
             return [(f"{many}retrying{attempt} in {wait}s{queued}", "yellow")]
         took = elapsed((now - progress.started).total_seconds())
         return [(f"{many}running{attempt}{sym.sep}{took}{queued}", "bold cyan")]
-    if stats.waiting or view.pending or view.running:
-        return [("queued", "magenta")]
-    if view.paused:
-        return [("paused", "yellow")]
+    return [state_cell(view, bool(stats.waiting))]
+
+
+def state_cell(view: JobView, fired: bool = False) -> tuple[str, str]:
+    """A job's state when none of its bodies runs, with its style. One order everywhere
+    (``qtasks run``, ``status --watch``, ``status``): a run waiting for a max_concurrent slot,
+    one queued behind the job's own run, a run given up on whose thread or task still runs,
+    then disabled (in the file) over paused (``qtasks pause``), then idle. ``fired``: a fire
+    was announced and its run has not started yet."""
+    if view.waiting:
+        return "waiting for a slot", "magenta"
+    if view.pending or fired:
+        return "queued", "magenta"
+    if view.running:
+        return "starting", "cyan"
+    if view.abandoned:
+        return "abandoned, still running", "yellow"
     if not view.enabled:
-        return [("disabled", "dim")]
-    return [("idle", "dim")]
+        return "disabled", "dim"
+    if view.paused:
+        return "paused", "yellow"
+    return "idle", "dim"
 
 
 def _last(stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
@@ -299,7 +315,7 @@ def _last(stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
 
 
 def _next(view: JobView, now: datetime, zone: tzinfo | None, sym: _Symbols) -> tuple[str, str]:
-    if not view.enabled or view.next_fire is None:
+    if not view.enabled or view.paused or view.next_fire is None:  # a skipped fire is no fire
         return sym.none, ""
     return (
         countdown((view.next_fire - now).total_seconds()),
@@ -408,8 +424,15 @@ def _footer(snapshot: Snapshot, status: str, sym: _Symbols) -> Text:
     text.append(f" job{'s' if count != 1 else ''}{sym.sep}")
     text.append(str(snapshot.running), "bold cyan" if snapshot.running else "bold")
     text.append(f" running{sym.sep}")
+    if snapshot.waiting:
+        text.append(str(snapshot.waiting), "bold magenta")
+        text.append(f" waiting for a slot{sym.sep}")
     text.append(str(snapshot.queued), "bold magenta" if snapshot.queued else "bold")
-    text.append(f" queued{sym.sep}up {span((snapshot.now - snapshot.started_at).total_seconds())}")
+    text.append(f" queued{sym.sep}")
+    if snapshot.abandoned:
+        text.append(str(snapshot.abandoned), "bold yellow")
+        text.append(f" abandoned{sym.sep}")
+    text.append(f"up {span((snapshot.now - snapshot.started_at).total_seconds())}")
     text.append(f"{sym.sep}state {snapshot.state}")
     return text
 

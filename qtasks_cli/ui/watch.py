@@ -11,8 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from qtasks_cli.status import StatusReport, watch_frame
+from qtasks_cli.status import StatusReport
 from qtasks_cli.ui.live import render
+from qtasks_cli.ui.status_view import watch_frame
 
 REDRAW_EVERY = 1.0  # seconds
 
