@@ -491,7 +491,7 @@ def test_a_redraw_with_1000_jobs_draws_only_what_fits() -> None:
     assert len(frame_lines(frame, 120, 40)) <= 40
 
 
-def frame_lines(frame: Any, width: int, height: int) -> list[str]:
+def frame_lines(frame: object, width: int, height: int) -> list[str]:
     console = Console(file=io.StringIO(), width=width, height=height, force_terminal=False)
     console.print(frame)
     return console.file.getvalue().splitlines()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import QTASKS, clean_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
