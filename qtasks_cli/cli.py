@@ -214,7 +214,11 @@ def run(
 
     from qtasks_cli import api
     from qtasks_cli.events import EventBus
+    from qtasks_cli.ui.output import bound_stdio
 
+    # Before the job modules are imported: a logging.StreamHandler one makes at import then
+    # holds the bounded, secret-hiding stream, not the raw one.
+    bound_stdio()
     loaded = _load(config)
     path = loaded.path
     mode = _log_mode(ui)
@@ -316,6 +320,10 @@ def trigger(
 
     if wait and not enqueue:
         _fail("--wait goes with --enqueue")
+    if not enqueue:
+        from qtasks_cli.ui.output import bound_stdio
+
+        bound_stdio()  # before the job modules are imported (see `run`)
     # A handed-over run keeps ${NAME} placeholders and the daemon resolves them.
     loaded = _load(config, variables_required=not enqueue)
     args, kwargs = _parse_call_args(arg, kwarg, json_kwargs)

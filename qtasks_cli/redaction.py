@@ -212,6 +212,18 @@ def hold_back(text: str) -> int:
     return stop
 
 
+def secret_start(text: str) -> int:
+    """The length of the longest end of ``text`` that is the start of a known secret (0 if
+    none): text a writer should keep back a moment, since the rest may follow."""
+    best = 0
+    for value, _ in _Known.pairs:
+        for k in range(min(len(text), len(value) - 1), best, -1):
+            if text.endswith(value[:k]):
+                best = k
+                break
+    return best
+
+
 def redact_known(text: str) -> str:
     """``text`` with every secret passed to ``remember`` hidden (see ``redact``)."""
     pairs = _Known.pairs

@@ -26,11 +26,17 @@ import threading
 import time
 from typing import Any, ClassVar, TextIO
 
+from qtasks_cli import redaction
+from qtasks_cli.ui.text import clean_text, strip_sequences
+
 MAX_QUEUED = 10_000  # records or written chunks waiting per stream
 MAX_QUEUED_CHARS = 32 << 20  # characters waiting per stream; one write is cut to this
 BATCH_BYTES = 64 * 1024  # written in one system call when that much is waiting
 EXIT_WAIT = 5.0  # seconds the exit may wait for a reader that keeps reading
 STALL_WAIT = 1.0  # seconds without progress after which the exit stops waiting
+HOLD_WAIT = 0.2  # seconds a partial line waits for its end before it goes out as it is
+HOLD_CHARS = 64 * 1024  # a partial line longer than this goes out without waiting
+SECRET_WAIT = 5.0  # seconds the possible start of a secret waits for the rest of its line
 
 _notices = logging.getLogger("qtasks.output")
 
@@ -119,18 +125,37 @@ class _Drain:
     def notice(self, lines: int) -> None:
         """Say that ``lines`` were dropped (the reader is back)."""
 
+    def release(self) -> bytes:
+        """What was held back, now that no more text came for ``HOLD_WAIT`` seconds."""
+        return b""
+
+    def held(self) -> bool:
+        """Whether text is held back for its line's end (see ``_TextDrain``)."""
+        return False
+
+    def join(self, batch: list[Any]) -> bytes:
+        """The bytes of a batch of queued items (``final``: nothing more is coming soon)."""
+        return b"".join(self._take(entry) for entry in batch)
+
     def _run(self) -> None:
         while True:
-            batch = [self._take(self.queue.get())]
-            size = len(batch[0])
-            while size < BATCH_BYTES:
+            try:
+                first = self.queue.get(timeout=HOLD_WAIT) if self.held() else self.queue.get()
+            except queue.Empty:
+                first = None  # a held partial line has waited long enough: out with it
+            batch = [] if first is None else [first]
+            size = 0 if first is None else max(first[1], 100)  # a log record: about 100
+            while first is not None and size < BATCH_BYTES:
                 try:
                     more = self.queue.get_nowait()
                 except queue.Empty:
                     break
-                batch.append(self._take(more))
-                size += len(batch[-1])
-            data = b"".join(batch)
+                batch.append(more)
+                size += max(more[1], 100)
+            try:
+                data = self.join(batch) if batch else self.release()
+            except BaseException:  # nothing a job wrote may stop this thread
+                data = b"(qtasks: output that could not be written was dropped)\n"
             if self.broken or not _write_all(self.fd, data):
                 self.broken = True  # nobody reads any more: drop quietly
             if data:
@@ -149,13 +174,24 @@ class _Drain:
         """Wait until the queue is empty (and a little for the last write), while the
         reader makes progress, until ``deadline`` (time.monotonic())."""
         last, since = self.written, time.monotonic()
-        while self.queue.unfinished_tasks and not self.broken:
+        while (self.queue.unfinished_tasks or self.held()) and not self.broken:
             now = time.monotonic()
             if now >= deadline or now - since > STALL_WAIT:
                 return
             time.sleep(0.01)
             if self.written != last:
                 last, since = self.written, time.monotonic()
+
+
+def _shown(text: str) -> str:
+    """Job output made safe to show: secrets hidden, then each line stripped of terminal
+    control (a job's ``\r`` progress redraws keep their last part), then secrets hidden again
+    (an escape sequence or invisible character inside a secret must not hide it)."""
+    lines = redaction.redact_known(text).split("\n")
+    shown = "\n".join(
+        clean_text(strip_sequences(line).rstrip("\r").rsplit("\r", 1)[-1]) for line in lines
+    )
+    return redaction.redact_known(shown) if shown != text else shown
 
 
 class _TextDrain(_Drain):
@@ -173,6 +209,8 @@ class _TextDrain(_Drain):
         self._at_start = True  # the next text starts a line
         self._dropping = False  # the rest of the current line is being dropped
         self._owe_newline = False  # a line's first part went out without its end
+        self._held = ""  # the start of a line, waiting for its end (drain thread only)
+        self._held_since: float | None = None  # when a possible secret's start was first held
         super().__init__(fd, name)
 
     def offer(self, text: str) -> None:
@@ -199,7 +237,52 @@ class _TextDrain(_Drain):
             self._at_start = not self._dropping
 
     def render(self, item: Any) -> bytes:
-        return str.encode(item, self.encoding, self.errors)
+        return self._encode(item)
+
+    def _encode(self, text: str) -> bytes:
+        try:
+            return str.encode(text, self.encoding, "surrogateescape")  # bytes from .buffer
+        except UnicodeEncodeError:  # a lone surrogate, or a character the encoding lacks
+            return str.encode(text, self.encoding, "backslashreplace")
+
+    def held(self) -> bool:
+        return bool(self._held)
+
+    def join(self, batch: list[Any]) -> bytes:
+        """Job output is shown the way the README promises: whole lines, each with terminal
+        control stripped (``clean_output``'s rules, line breaks kept) and the loaded job
+        files' ``${NAME}`` values hidden (``redaction.redact_known``), here on the drain
+        thread, never on the writer's (the event loop's). A line is held until its end comes,
+        for ``HOLD_WAIT`` seconds at most (``HOLD_CHARS`` at most), and lines that end with
+        the first lines of a multi-line secret until the rest comes."""
+        text = self._held + "".join(self._take_text(entry) for entry in batch)
+        cut = text.rfind("\n") + 1
+        if cut:
+            cut = redaction.hold_back(text[:cut])
+        if len(text) - cut > HOLD_CHARS:
+            cut = len(text)
+        self._held = text[cut:]
+        if cut:
+            self._held_since = None
+        return self._encode(_shown(text[:cut])) if cut else b""
+
+    def release(self) -> bytes:
+        """The held partial line, but for an end that may be the start of a secret (a job
+        writing ``"Bearer " + token[:6]``, flushing, then the rest): that waits for more, up to
+        ``SECRET_WAIT`` seconds in all."""
+        held, now = self._held, time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        keep = 0 if now - self._held_since > SECRET_WAIT else redaction.secret_start(held)
+        self._held = held[len(held) - keep :] if keep else ""
+        if not self._held:
+            self._held_since = None
+        out = held[: len(held) - keep]
+        return self._encode(_shown(out)) if out else b""
+
+    def _take_text(self, entry: tuple[Any, int]) -> str:
+        self._release(entry[1])
+        return str(entry[0])
 
     def notice(self, lines: int) -> None:
         _notices.warning(
@@ -247,6 +330,11 @@ class BoundedStream(io.TextIOBase):
     def flush(self) -> None:
         """Nothing to do here: the drain thread writes as soon as it can."""
 
+    @property
+    def buffer(self) -> _Bytes:
+        """For ``sys.stdout.buffer.write(b"...")``: bytes go the same bounded way."""
+        return _Bytes(self)
+
     def fileno(self) -> int:
         return self._fd
 
@@ -255,6 +343,23 @@ class BoundedStream(io.TextIOBase):
             return os.isatty(self._fd)
         except OSError:
             return False
+
+
+class _Bytes(io.RawIOBase):
+    """``BoundedStream.buffer``: bytes written are queued as text (undecodable bytes kept as
+    surrogates, which the drain writes back as the same bytes)."""
+
+    def __init__(self, stream: BoundedStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raw = bytes(data)
+        self._stream.write(raw.decode("utf-8", "surrogateescape"))
+        return len(raw)
 
 
 class _RecordDrain(_Drain):
