@@ -148,12 +148,14 @@ class JobSpec:
 
     def redact(self, text: str) -> str:
         """``text`` with every interpolated secret value replaced by its ``${NAME}``, in every
-        spelling it can take (repr, ascii, bytes and JSON escapes; see ``qtasks_cli.redaction``)."""
-        if not self.secrets or not text:
+        spelling it can take (repr, ascii, bytes and JSON escapes; see ``qtasks_cli.redaction``):
+        this job's, and every other job's of the loaded files (a job may read another's
+        secret from the environment, and what it stores must not hold it either)."""
+        if not text:
             return text
-        from qtasks_cli.redaction import redact
+        from qtasks_cli.redaction import redact, redact_known
 
-        return redact(text, self.secrets)
+        return redact_known(redact(text, self.secrets) if self.secrets else text)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

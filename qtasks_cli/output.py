@@ -274,6 +274,5 @@ def recorded(result: RunResult, lines: list[str], job: JobSpec) -> RunResult:
     text at once, so a secret that spans lines is found too)."""
     if not lines:
         return result
-    if job.secrets:
-        lines = job.redact("\n".join(lines)).split("\n")
+    lines = job.redact("\n".join(lines)).split("\n")
     return dataclasses.replace(result, output=tuple(line[:OUTPUT_LINE_CHARS] for line in lines))

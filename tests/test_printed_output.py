@@ -108,3 +108,33 @@ def _wait(predicate: Callable[[], bool], timeout: float = 60) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "not within the time"
         time.sleep(0.05)
+
+
+def test_a_job_reading_another_jobs_secret_stores_none_of_it(tmp_path: Path) -> None:
+    # `owner` has the secret in its kwargs; `reader` takes it from the environment itself.
+    (tmp_path / "work.py").write_text(
+        "import os\n"
+        "def owner(token):\n    return 'ok'\n"
+        "def reader():\n"
+        "    token = os.environ['TOKEN']\n"
+        "    print('reader saw', token)\n"
+        "    raise ConnectionError('CRM refused ' + token)\n"
+    )
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        "jobs:\n"
+        "  owner: {entrypoint: 'work:owner', kwargs: {token: '${TOKEN}'}}\n"
+        "  reader: {entrypoint: 'work:reader'}\n"
+    )
+    done = subprocess.run(
+        [QTASKS, "trigger", "reader", "-c", str(path)],
+        cwd=tmp_path,
+        env=clean_env(TOKEN=SECRET),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert SECRET.encode() not in done.stdout + done.stderr
+    stored = b"".join(p.read_bytes() for p in (tmp_path / ".qtasks").glob("state.db*"))
+    assert SECRET.encode() not in stored
+    assert b"CRM refused ${TOKEN}" in stored
