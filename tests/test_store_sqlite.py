@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qtasks_cli.store as store_package
 from qtasks_cli.errors import StoreError
@@ -947,3 +949,19 @@ def test_the_sqlite_store_satisfies_the_protocol() -> None:
     for name in members:
         ours: Callable[..., Awaitable[Any]] = getattr(SqliteStore, name)
         assert asyncio.iscoroutinefunction(ours), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(min_size=4, max_size=30).filter(lambda p: "\x00" not in p),
+    host=st.sampled_from(["db.example:5432", "[::1]", "[::1", "127.0.0.1"]),
+    query=st.sampled_from(["", "?sslmode=require", "?password=zz9&x=1"]),
+)
+def test_redact_url_hides_any_password_and_never_raises(
+    password: str, host: str, query: str
+) -> None:
+    # Written raw, as people do (libpq itself takes '#' and '?' in a password).
+    url = f"postgresql://app:{password}@{host}/jobs{query}"
+    shown = redact_url(url)
+    assert f":{password}@" not in shown and "zz9" not in shown
+    assert shown.startswith("postgresql://app@")

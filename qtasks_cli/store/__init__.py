@@ -63,24 +63,26 @@ def is_url(state: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (in the user info or a ``password=`` parameter)."""
-    if "://" not in url:
+    """``url`` without its password (in the user info or a ``password=`` parameter). Read the
+    way a connection URI is written, not as ``urllib`` would read it: the user info runs to the
+    last ``@`` before the parameters, so a password holding ``#``, ``?``, ``/`` or ``@`` is
+    hidden whole (more than libpq would take as the password, never less); never raises (an
+    unclosed ``[`` of an IPv6 host is left as it is)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}@{hostinfo}" if user else hostinfo
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        kept = [(key, value) for key, value in pairs if key.lower() != "password"]
-        if len(kept) != len(pairs):
-            query = urlencode(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query_at = rest.find("?", rest.rfind("@") + 1)
+    cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    if cut >= 0:
+        user = rest[:cut].split(":", 1)[0]
+        rest = (f"{user}@" if user else "") + rest[cut + 1 :]
+    base, mark, query = rest.partition("?")
+    if mark:
+        pairs = [pair for pair in query.split("&") if pair]
+        kept = [pair for pair in pairs if pair.split("=", 1)[0].lower() != "password"]
+        query = "&".join(kept)
+        rest = base + ("?" + query if query else "")
+    return f"{scheme}://{rest}"
 
 
 def open_store(
