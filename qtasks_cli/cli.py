@@ -3,6 +3,7 @@ exit codes. Heavy modules are imported inside the commands that need them."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -590,6 +591,11 @@ def main() -> None:
     """Console-script entry point: every bad argument is one line on stderr and exit 2."""
     from qtasks_cli.ui.text import clean_line
 
+    # A terminal or pipe whose encoding lacks a character we print (PYTHONIOENCODING=ascii and
+    # the "…" of a cut text) gets an escape, not a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         code = app(standalone_mode=False)
     except QtasksError as exc:  # anything a command did not map itself

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Mapping
 from datetime import date, timedelta
 from pathlib import Path
@@ -131,7 +132,15 @@ def load_config(
     unset ``${NAME}`` is no problem (its value is then empty; see qtasks_cli.request)."""
     shown = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
+        # Non-blocking open, then a check: a FIFO nobody writes would block here for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise ConfigFileError(
+                    f"{shown}: not a regular file (a FIFO, socket or device); "
+                    "write the job file to a file"
+                )
+            os.set_blocking(fd, True)
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigFileError(f"{shown}: no such file") from None
