@@ -151,6 +151,16 @@ def _decode(tag: str, payload: bytes) -> _Message:
         return _Message(tag=tag, unreadable=f"{type(exc).__name__}: {_safe_str(exc, 500)}")
 
 
+# The child's first statement drops the working directory that ``-m``/``-c`` put first on
+# sys.path before anything is imported, so a module another user planted there (a pickle.py)
+# is never run; the daemon's own sys.path arrives with ``init``. (``-I`` would do it too, but
+# also hides the user site a --user install of qtasks lives in; ``-P`` needs Python 3.11.)
+_BOOT = (
+    "import sys; del sys.path[0]; import runpy; "
+    f"runpy.run_module({_MODULE!r}, run_name='__main__', alter_sys=True)"
+)
+
+
 class Worker:
     """One child process serving one job's calls, one at a time.
 
@@ -186,7 +196,7 @@ class Worker:
         err_r, err_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", _MODULE, str(os.getpid()), str(out_w)],
+                [sys.executable, "-c", _BOOT, str(os.getpid()), str(out_w)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err_w,
@@ -566,7 +576,10 @@ class _Channel:
     def on_sigterm(self, signum: int, frame: types.FrameType | None) -> None:
         """Tell the parent where the job was, then unwind it so its finally blocks run."""
         if frame is not None and not self._sending:  # never cut into a frame being written
-            stack = [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_stack(frame)]
+            frames = traceback.extract_stack(frame)
+            if frames and frames[0].filename == "<string>":  # the boot line (``_BOOT``)
+                frames = traceback.StackSummary.from_list(frames[1:])
+            stack = [(f.filename, f.lineno, f.name, f.line) for f in frames]
             with contextlib.suppress(Exception):
                 self.send("stack", pickle.dumps(stack))
         raise _Stop(terminated=True)

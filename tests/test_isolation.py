@@ -791,3 +791,20 @@ def test_run_leaves_no_child_process_behind(project: Any, daemons: Any) -> None:
     assert len(pids) >= 2
     assert [pid for pid in pids if exists(pid)] == []
     assert "sending SIGKILL" in daemon.output
+
+
+def test_a_module_planted_in_the_working_directory_is_never_run(tmp_path: Path) -> None:
+    # Another user can write the folder qtasks is started from: their pickle.py must not run
+    # in the child (the child's sys.path does not start with the working directory).
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "pjob.py").write_text("import os\ndef pid():\n    return os.getpid()\n")
+    (jobs / "jobs.yaml").write_text("jobs:\n  p: {entrypoint: 'pjob:pid', isolation: process}\n")
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    marker = tmp_path / "planted-ran"
+    for name in ("pickle", "struct", "runpy", "qtasks_cli"):
+        (planted / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write('{name}')\n")
+    done = run_qtasks("trigger", "p", "-c", str(jobs / "jobs.yaml"), cwd=planted, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), marker.read_text()
