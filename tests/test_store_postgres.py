@@ -573,7 +573,7 @@ def test_enqueue_now_throughput(url: str, schema: str) -> None:
         f"enqueue_now (PostgreSQL): {count / elapsed:,.0f} requests/s ({count} in {elapsed:.2f}s)"
     )
     assert len(set(ids)) == count
-    assert count / elapsed > 500  # loose: shared CI machines; the figure is printed
+    # No speed is asserted (a busy machine makes it anything): bench/ measures throughput.
     rows = sql(url, f'SELECT count(*) FROM "{schema}".runs WHERE job = %s', ("a",))
     assert rows == [(count,)]
 
