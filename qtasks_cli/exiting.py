@@ -39,6 +39,12 @@ def _flush_stdio() -> None:
             stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
 
 
+def flush_stdio(seconds: float = STEP_WAIT) -> bool:
+    """Flush ``sys.stdout`` and ``sys.stderr`` (a job may have replaced them), waiting at most
+    ``seconds``; True if that ended in time."""
+    return _within(_flush_stdio, seconds)
+
+
 def _drain_log() -> None:
     log_module = sys.modules.get("qtasks_cli.ui.log")
     if log_module is not None:
@@ -49,9 +55,9 @@ def exit_now(code: int) -> NoReturn:
     """Flush what can be flushed, each step bounded, then ``os._exit(code)``: never waits on
     job threads that never returned (they were reported), nor on a job's streams or handlers.
     Takes at most OUR_WAIT + 2 * STEP_WAIT seconds."""
-    stdio_ok = _within(_flush_stdio, STEP_WAIT)
+    stdio_ok = flush_stdio()
     _within(_drain_log, OUR_WAIT)
     # The remaining handlers (a job's own among them) get one bounded chance to flush.
     if _within(logging.shutdown, STEP_WAIT) and stdio_ok:
-        _within(_flush_stdio, STEP_WAIT)
+        flush_stdio()
     os._exit(code)
