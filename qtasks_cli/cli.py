@@ -258,21 +258,11 @@ def _log_mode(ui: UI) -> str:
 
 
 def _exit_now(code: int) -> NoReturn:
-    """Exit without waiting for job threads that never returned (they were reported)."""
-    import contextlib
-    import logging
+    """Exit without waiting for job threads that never returned (they were reported), nor on
+    a job's streams or log handlers: every flush is bounded (``exiting``)."""
+    from qtasks_cli import exiting
 
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a job may have closed or replaced them
-            stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
-    log_module = sys.modules.get("qtasks_cli.ui.log")
-    if log_module is not None:
-        log_module.drain()  # events still waiting to become log lines
-    logging.shutdown()  # and lines still waiting in the handler
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    exiting.exit_now(code)
 
 
 @app.command()
