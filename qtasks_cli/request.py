@@ -8,8 +8,10 @@ of ``overlap: queue`` and the re-run of an interrupted run all go through ``buil
   arguments given by the caller are laid over the job file's ``kwargs`` key by key.
 * **Placeholders.** ``${NAME}`` and ``${NAME:-default}`` in the job file's strings are kept as
   written in the *stored* form and resolved only when the run starts (``$${`` is a literal
-  ``${``). Values given by a caller are literal: their ``${`` is stored escaped as ``$${``.
-  So a ``${NAME}`` value never reaches the state file.
+  ``${``), so a job file's ``${NAME}`` value never reaches the state file. Values given by a
+  caller are literal and stored as given (their ``${`` escaped as ``$${``), even when they
+  hold a ``${NAME}`` value of the caller's environment: they are the caller's data, and the
+  function receives exactly them. Displays hide such values (``qtasks_cli.show``).
 * **Types.** A run's arguments are text, numbers, true/false, null, dates, date-times, binary
   data, lists and mappings with text keys, nested at most ``MAX_DEPTH`` levels: what the job
   file can express and the store hands back exactly, of exactly those types (``str``, ``int``
@@ -228,15 +230,13 @@ def build_call(
     *,
     env: Mapping[str, str] | None = None,
     bind: bool = True,
-    redact: Callable[[str], str] | None = None,
     unset_ok: bool = False,
 ) -> RunCall:
     """The arguments of a run of ``job`` started with the caller's ``args`` / ``kwargs``
     (None: the job file's own). Caller values are literal; merged with the job file's by
     the module's rule, checked, resolved against ``job.variables`` then ``env`` (default
-    ``os.environ``) and, with ``bind``, checked against the signature. ``redact`` (such as
-    ``JobSpec.redact``) turns secret values inside caller strings into their ``${NAME}``
-    for the stored form, where that reads back exactly. With ``unset_ok`` (a process that
+    ``os.environ``) and, with ``bind``, checked against the signature. Caller strings are
+    stored literally (escaped), never rewritten into placeholders. With ``unset_ok`` (a process that
     only stores the call) an unset variable is no error: the values are then only bound.
     Raises ArgumentsError (or EntryPointError if the entry point cannot be imported)."""
     given = [] if args is None else list(args)
@@ -247,13 +247,12 @@ def build_call(
             raise ArgumentsError(f"job {job.name!r}: {what}s refused: {problem}")
     template_args = job.args if job.raw_args is None else job.raw_args
     template_kwargs = job.kwargs if job.raw_kwargs is None else job.raw_kwargs
-    literal = escape if redact is None else _redacting(job, redact, env)
     if args is None:
         stored_args = _store_form(list(template_args), _keep)
     else:
-        stored_args = _store_form(given, literal)
+        stored_args = _store_form(given, escape)
     stored_kwargs = _unwrap_dict(_store_form(dict(template_kwargs), _keep))
-    stored_kwargs.update(_unwrap_dict(_store_form(extra, literal)))
+    stored_kwargs.update(_unwrap_dict(_store_form(extra, escape)))
     return _finish(job, stored_args, stored_kwargs, env, bind, unset_ok)
 
 
@@ -296,22 +295,6 @@ def call_for_start(job: JobSpec, args: Any = None, kwargs: Any = None) -> RunCal
 
 _OWN_CALLS: dict[int, tuple[JobSpec, RunCall]] = {}
 _OWN_CALLS_MAX = 16_384
-
-
-def _redacting(
-    job: JobSpec, redact: Callable[[str], str], env: Mapping[str, str] | None
-) -> Callable[[str], str]:
-    environ = os.environ if env is None else env
-
-    def lookup(name: str) -> str | None:
-        return job.variables[name] if name in job.variables else environ.get(name)
-
-    def literal(text: str) -> str:
-        stored = redact(escape(text))
-        # "$" just before a secret would read back as "$${": keep such a text escaped only.
-        return stored if expand(stored, lookup) == (text, []) else escape(text)
-
-    return literal
 
 
 def _keep(text: str) -> str:

@@ -1,0 +1,90 @@
+"""Issue 14's hostile cases: a caller's values are data, stored and received literally; secrets
+are hidden where they are shown, in keys, bytes and percent-encoded forms too."""
+
+from __future__ import annotations
+
+import json
+import string
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qtasks_cli.models import JobSpec
+from qtasks_cli.redaction import redact
+from qtasks_cli.request import build_call, stored_call
+from qtasks_cli.show import _redacted
+
+names = st.text(string.ascii_uppercase, min_size=1, max_size=4)
+values = st.text(min_size=1, max_size=12).filter(lambda v: "\x00" not in v)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    caller_env=st.dictionaries(names, values, max_size=3),
+    daemon_env=st.dictionaries(names, values, max_size=3),
+    data=st.data(),
+)
+def test_a_callers_value_reaches_the_function_as_given(
+    caller_env: dict[str, str], daemon_env: dict[str, str], data: st.DataObject
+) -> None:
+    """Whatever the caller's and the daemon's environments hold, a caller's string (even one
+    made of the caller's ${NAME} values, or holding ``${``) is what the function receives."""
+    pieces = list(caller_env.values()) + ["${", "$${", "x", "}"] + [f"${{{n}}}" for n in caller_env]
+    note = "".join(data.draw(st.lists(st.sampled_from(pieces), max_size=6)))
+    secrets = tuple((v, f"${{{n}}}") for n, v in caller_env.items())
+    raw = {f"k{n}": f"${{{n}:-unset}}" for n in caller_env}
+    job = JobSpec(
+        name="j",
+        entrypoint="builtins:print",
+        kwargs=dict.fromkeys(raw, "x"),
+        raw_kwargs=raw,
+        variables=caller_env,
+        secrets=secrets,
+    )
+    given_kwargs = {"note": note, "blob": note.encode("utf-8", "surrogatepass"), note: [note]}
+    call = build_call(job, [note], given_kwargs, bind=False, env=caller_env)
+    stored_args = json.loads(json.dumps(call.stored_args))
+    stored_kwargs = json.loads(json.dumps(call.stored_kwargs))
+    later = JobSpec(name="j", entrypoint="builtins:print", raw_kwargs=raw, variables=daemon_env)
+    again = stored_call(later, stored_args, stored_kwargs, bind=False, env=daemon_env)
+    assert again.args == (note,)
+    for key, value in given_kwargs.items():
+        assert again.kwargs[key] == value
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def test_show_hides_a_secret_in_keys_bytes_and_strings() -> None:
+    secret = "S3cr3tV4lue"
+    job = JobSpec(name="j", entrypoint="builtins:print", secrets=((secret, "${TOKEN}"),))
+    call = build_call(
+        job,
+        None,
+        {"meta": {secret: 1}, "blob": secret.encode(), "note": f"a {secret} b"},
+        bind=False,
+        env={},
+    )
+    assert secret in _shown(call.stored_kwargs)  # stored as given: the caller's data
+    shown = _redacted(job, call.stored_kwargs)
+    assert secret not in _shown(shown)
+    assert b"S3cr3tV4lue".hex() not in _shown(shown)
+    assert "UzNjcjN0VjRsdWU" not in _shown(shown)  # its base64
+    assert shown["meta"] == {"${TOKEN}": 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF), min_size=8, max_size=20),
+    safe=st.sampled_from(["", "/", ":@"]),
+)
+def test_a_percent_encoded_secret_is_hidden(secret: str, safe: str) -> None:
+    pairs = ((secret, "${T}"),)
+    for form in (quote(secret, safe=safe), quote_plus(secret, safe=safe)):
+        text = f"401 for url https://api.example/x?key={form}&b=1"
+        hidden = redact(text, pairs)
+        assert form not in hidden, hidden
+        assert hidden.endswith("&b=1")
