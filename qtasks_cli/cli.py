@@ -367,7 +367,16 @@ def _parse_call_args(
     """--arg, --kwarg and --json-kwargs as a run's arguments. A VALUE is read by the job
     file's own YAML reader (keys are the text written, a key given twice is refused, tags and
     YAML 1.1's surprises as in the job file, which are said on stderr); --json-kwargs refuses
-    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2."""
+    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2;
+    so is an argument that is not UTF-8 text (``request.not_text``)."""
+    from qtasks_cli.request import not_text
+
+    given = (("--arg", arg or []), ("--kwarg", kwarg or []), ("--json-kwargs", [json_kwargs or ""]))
+    for option, texts in given:
+        for text in texts:
+            reason = not_text(text)
+            if reason:
+                _fail(f"{option} {_shown(text)}: {reason}")
     args = [_yaml_value(a, "--arg", a) for a in arg] if arg else None
     kwargs: dict[str, Any] | None = None
     if kwarg:

@@ -680,6 +680,13 @@ class _JobReader:
                 ]
             if any(self._schedule_trap(node) for node in trapped):
                 continue
+            if item.kind == "map" and any(
+                child.invalid
+                for _, value in item.value.values()
+                for child in (value.value if value.kind == "seq" else [value])
+            ):
+                self.ok = False  # already reported where it is written
+                continue
             if item.invalid:
                 self.ok = False
             elif item.kind == "seq" or (item.kind == "scalar" and not isinstance(item.value, str)):

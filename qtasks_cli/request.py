@@ -50,6 +50,7 @@ __all__ = [
     "check_value",
     "escape",
     "expand",
+    "not_text",
     "stored_call",
 ]
 
@@ -123,6 +124,10 @@ def check_value(value: Any, where: str = "") -> str | None:
         if depth > MAX_DEPTH:
             return f"{path or 'the value'} is nested deeper than {MAX_DEPTH} levels"
         kind = type(item)
+        if kind is str:
+            if _SURROGATE.search(item):
+                return f"{path or 'the value'} is {_not_text(item)}"
+            continue
         if item is None or kind in _PLAIN:
             continue
         if kind is int:
@@ -145,13 +150,42 @@ def check_value(value: Any, where: str = "") -> str | None:
             for key, v in item.items():
                 if type(key) is not str:
                     return f"{path or 'a mapping'} has a key {key!r:.60} that is not text"
+                if _SURROGATE.search(key):
+                    return f"{path or 'a mapping'} has a key that is {_not_text(key)}"
                 stack.append((v, f"{path}.{key}" if path else key, depth + 1))
         else:
             return f"{path or 'the value'} is {_why_not(item)}"
     return None
 
 
-_PLAIN = frozenset((bool, str, float, bytes, date))
+_PLAIN = frozenset((bool, float, bytes, date))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def not_text(text: str) -> str | None:
+    """None if ``text`` is Unicode text (it can be written as UTF-8), else why not: a lone
+    UTF-16 surrogate such as ``"\\ud800"``, or a byte that was not UTF-8 kept by Python as
+    U+DC80..U+DCFF (``surrogateescape``: a command-line argument or environment value in
+    another encoding). Such a string cannot be stored, logged or shown: every path (the job
+    file, ``--arg``, ``--kwarg``, ``--json-kwargs``, ``enqueue()``) refuses it the same way."""
+    return _not_text(text) if _SURROGATE.search(text) else None
+
+
+def _not_text(text: str) -> str:
+    found = _SURROGATE.search(text)
+    code = ord(found.group()) if found else 0xFFFD
+    at = found.start() if found else 0
+    if 0xDC80 <= code <= 0xDCFF:
+        return (
+            f"not UTF-8 text: the byte 0x{code - 0xDC00:02x} at character {at} "
+            f"({text[:at][-20:]!r} comes before it); give the text in UTF-8"
+        )
+    return (
+        f"not text: a lone UTF-16 surrogate \\u{code:04x} at character {at}; "
+        "give the character itself"
+    )
+
+
 _INT_DIGITS = 4300  # Python's own limit for an int read from or written as text
 _INT_LIMIT = 10**_INT_DIGITS
 _PLAIN_OF = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (bytes, "bytes"))

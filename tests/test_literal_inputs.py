@@ -4,13 +4,20 @@ are hidden where they are shown, in keys, bytes and percent-encoded forms too.""
 from __future__ import annotations
 
 import json
+import os
 import string
+import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import pytest
+from conftest import QTASKS, clean_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qtasks_cli.config import parse_config_text
+from qtasks_cli.errors import ConfigError
 from qtasks_cli.models import JobSpec
 from qtasks_cli.redaction import redact
 from qtasks_cli.request import build_call, stored_call
@@ -88,3 +95,57 @@ def test_a_percent_encoded_secret_is_hidden(secret: str, safe: str) -> None:
         hidden = redact(text, pairs)
         assert form not in hidden, hidden
         assert hidden.endswith("&b=1")
+
+
+# --- huge YAML 1.1 integers: one located line in every field ---------------------------------
+
+HUGE = {
+    "hex": "0x" + "f" * 4000,
+    "octal": "0" + "7" * 5000,
+    "binary": "0b" + "1" * 15000,
+    "base-60": "1:" * 2500 + "0",
+    "decimal": "9" * 5000,
+}
+SETTING = "settings: {timezone: UTC, FIELD}\njobs:\n  a: {entrypoint: m:f}\n"
+JOB = "settings: {timezone: UTC}\njobs:\n  a: {entrypoint: m:f, FIELD}\n"
+FIELDS = {
+    "settings.keep_runs": SETTING.replace("FIELD", "keep_runs: VALUE"),
+    "settings.max_concurrent": SETTING.replace("FIELD", "max_concurrent: VALUE"),
+    "jobs.a.timeout": JOB.replace("FIELD", "timeout: VALUE"),
+    "jobs.a.retry": JOB.replace("FIELD", "retry: VALUE"),
+    "jobs.a.schedule.hour": JOB.replace("FIELD", "schedule: {hour: VALUE}"),
+    "jobs.a.kwargs.n": JOB.replace("FIELD", "kwargs: {n: VALUE}"),
+    "jobs.a.args[0]": JOB.replace("FIELD", "args: [VALUE]"),
+}
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+@pytest.mark.parametrize("kind", list(HUGE))
+def test_a_huge_integer_is_one_located_problem(tmp_path: Path, field: str, kind: str) -> None:
+    (tmp_path / "m.py").write_text("def f(*a, **k):\n    return None\n")
+    text = FIELDS[field].replace("VALUE", HUGE[kind])
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, filename="jobs.yaml", base_dir=tmp_path)
+    problems = info.value.problems
+    assert problems and problems[0].key == field, problems
+    assert "more than 4,300 digits" in problems[0].message and problems[0].line >= 1
+    assert len(problems[0].message) < 200
+
+
+def test_the_command_line_refuses_huge_and_undecodable_values(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f(*a, **k):\n    return None\n")
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  a: {entrypoint: m:f}\n")
+    env = clean_env(PYTHONIOENCODING="utf-8")
+    cases = [
+        (("--kwarg", "n=" + HUGE["base-60"]), "more than 4,300 digits"),
+        (("--arg", HUGE["octal"]), "more than 4,300 digits"),
+        (("--kwarg", "s=caf" + b"\xe9".decode("utf-8", "surrogateescape")), "byte 0xe9"),
+        (("--enqueue", "--arg", b"\xff".decode("utf-8", "surrogateescape")), "byte 0xff"),
+        (("--json-kwargs", '{"s": "\\ud800"}'), "lone UTF-16 surrogate"),
+    ]
+    for extra, says in cases:
+        argv = [os.fsencode(a) for a in (QTASKS, "trigger", "a", "-c", "jobs.yaml", *extra)]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=30, env=env)
+        err = done.stderr.decode("utf-8", "replace").strip()
+        assert done.returncode == 2 and "\n" not in err and says in err, (extra[:1], err)
+        assert "Traceback" not in err
