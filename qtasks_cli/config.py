@@ -758,12 +758,26 @@ class _JobReader:
     def _interpolate(self, node: Located) -> Any:
         """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
         if node.kind == "map":
+            for key, (key_node, _) in node.value.items():
+                if "${" in key.replace("$${", ""):
+                    self.arguments_ok = False
+                    self.report(
+                        key_node,
+                        f"a mapping key is taken as written; {key!r:.40} would not be filled "
+                        "from the environment (placeholders are read in values only)",
+                    )
             return {key: self._interpolate(value) for key, (_, value) in node.value.items()}
         if node.kind == "seq":
             return [self._interpolate(item) for item in node.value]
         if not isinstance(node.value, str) or "${" not in node.value:
             return node.value
-        from qtasks_cli.request import PLACEHOLDER, expand
+        from qtasks_cli.request import PLACEHOLDER, expand, unsupported_placeholder
+
+        problem = unsupported_placeholder(node.value)
+        if problem:
+            self.arguments_ok = False
+            self.report(node, problem)
+            return node.value
 
         for match in PLACEHOLDER.finditer(node.value):
             name = match.group(1)

@@ -52,6 +52,7 @@ __all__ = [
     "expand",
     "not_text",
     "stored_call",
+    "unsupported_placeholder",
 ]
 
 MAX_DEPTH = 100
@@ -103,6 +104,29 @@ def expand(text: str, lookup: Callable[[str], str | None]) -> tuple[str, list[st
         return value
 
     return PLACEHOLDER.sub(substitute, text), missing
+
+
+_ANY_DOLLAR_BRACE = re.compile(r"\$\$\{|\$\{")
+
+
+def unsupported_placeholder(text: str) -> str | None:
+    """None if every ``${`` in ``text`` (a job file's string) is a supported placeholder,
+    ``${NAME}`` or ``${NAME:-default}``, or escaped as ``$${``; else why not, naming it. The
+    other forms of sh(1)'s parameter expansion (``${NAME-x}``, ``${NAME:?msg}``,
+    ``${NAME:=x}``, ``${NAME:+x}``, a placeholder inside a default) are refused rather than
+    passed on as text the function would take for a value (POSIX XCU 2.6.2)."""
+    for found in _ANY_DOLLAR_BRACE.finditer(text):
+        if found.group() == "$${" or (found.start() and text[found.start() - 1] == "$"):
+            continue
+        match = PLACEHOLDER.match(text, found.start())
+        if match is None or (match.group(2) is not None and "${" in match.group(2)):
+            end = text.find("}", found.start())
+            shown = text[found.start() : end + 1 if end != -1 else found.start() + 30]
+            return (
+                f"{shown!r:.60} is not a placeholder qtasks reads: only ${{NAME}} and "
+                "${NAME:-default} (not nested) are; write $${ for a literal ${"
+            )
+    return None
 
 
 def escape(text: str) -> str:

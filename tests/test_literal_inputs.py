@@ -20,7 +20,7 @@ from qtasks_cli.config import parse_config_text
 from qtasks_cli.errors import ConfigError
 from qtasks_cli.models import JobSpec
 from qtasks_cli.redaction import redact
-from qtasks_cli.request import build_call, stored_call
+from qtasks_cli.request import build_call, expand, stored_call, unsupported_placeholder
 from qtasks_cli.show import _redacted
 
 names = st.text(string.ascii_uppercase, min_size=1, max_size=4)
@@ -149,3 +149,50 @@ def test_the_command_line_refuses_huge_and_undecodable_values(tmp_path: Path) ->
         err = done.stderr.decode("utf-8", "replace").strip()
         assert done.returncode == 2 and "\n" not in err and says in err, (extra[:1], err)
         assert "Traceback" not in err
+
+
+# --- sh(1) parameter forms qtasks does not read: refused where written ------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${DB_PASS-fallback}",
+        "${DB_PASS:?must be set}",
+        "${DB_PASS:=x}",
+        "${DB_PASS:+x}",
+        "${DB_PASS?}",
+        "${U:-${DB_PASS}}",
+        "x ${#DB_PASS}",
+        "${ DB_PASS }",
+    ],
+)
+def test_an_unsupported_placeholder_is_one_located_problem(tmp_path: Path, value: str) -> None:
+    text = JOB.replace("FIELD", 'kwargs: {v: "VALUE"}').replace("VALUE", value)
+    (tmp_path / "m.py").write_text("def f(*a, **k):\n    return None\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, filename="jobs.yaml", base_dir=tmp_path, env={"DB_PASS": "pw12"})
+    (problem,) = info.value.problems
+    assert problem.key == "jobs.a.kwargs.v" and problem.line == 3
+    assert "not a placeholder qtasks reads" in problem.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("${}:-?=+AB_ x"), max_size=14))
+def test_any_accepted_text_expands_to_no_placeholder_syntax_left_unread(text: str) -> None:
+    """What ``unsupported_placeholder`` accepts, ``expand`` reads whole: no ``${`` it did not
+    mean survives as a value the function would take for a resolved one."""
+    if unsupported_placeholder(text) is not None:
+        return
+    out, _ = expand(text, {"A": "VAL"}.get)
+    stripped = text.replace("$${", "")
+    assert out.count("${") <= text.count("$${"), (text, out, stripped)
+
+
+def test_a_placeholder_as_a_mapping_key_is_refused(tmp_path: Path) -> None:
+    text = JOB.replace("FIELD", 'kwargs: {h: {"${HDR}": 1}}')
+    (tmp_path / "m.py").write_text("def f(*a, **k):\n    return None\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, filename="jobs.yaml", base_dir=tmp_path, env={"HDR": "x-token"})
+    (problem,) = info.value.problems
+    assert "mapping key is taken as written" in problem.message and problem.line == 3
