@@ -393,6 +393,12 @@ def _machine_zone(ctx: _Context, entry: tuple[Located, Located] | None) -> str:
     try:
         found = machine_zone(ctx.env)
     except ZoneError as exc:
+        if (ctx.env or os.environ).get("TZ") is not None and entry is None:
+            # The environment's fault, not the file's: named as such, not as line 1.
+            ctx.problems.append(
+                Problem(file="environment variable TZ", line=0, column=0, key="", message=str(exc))
+            )
+            return "UTC"  # not used: the file is refused
         where = entry[0] if entry is not None else Located("scalar", None, 1, 1, "")
         ctx.report(where, str(exc), path="settings.timezone")
         return "UTC"  # not used: the file is refused

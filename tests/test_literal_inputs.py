@@ -7,6 +7,7 @@ import json
 import os
 import string
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -22,6 +23,7 @@ from qtasks_cli.models import JobSpec
 from qtasks_cli.redaction import redact
 from qtasks_cli.request import build_call, expand, stored_call, unsupported_placeholder
 from qtasks_cli.show import _redacted
+from qtasks_cli.zones import ZoneError, get_zone, machine_zone
 
 names = st.text(string.ascii_uppercase, min_size=1, max_size=4)
 values = st.text(min_size=1, max_size=12).filter(lambda v: "\x00" not in v)
@@ -196,3 +198,36 @@ def test_a_placeholder_as_a_mapping_key_is_refused(tmp_path: Path) -> None:
         parse_config_text(text, filename="jobs.yaml", base_dir=tmp_path, env={"HDR": "x-token"})
     (problem,) = info.value.problems
     assert "mapping key is taken as written" in problem.message and problem.line == 3
+
+
+# --- the machine's zone as glibc reads $TZ and $TZDIR -----------------------------------------
+
+
+def test_tz_colon_is_utc_and_tzdir_is_where_zone_files_are_read(tmp_path: Path) -> None:
+    assert machine_zone({"TZ": ":"}).name == "UTC"
+    assert machine_zone({"TZ": ""}).name == "UTC"
+    folder = tmp_path / "zones"
+    folder.mkdir()
+    kolkata = Path("/usr/share/zoneinfo/Asia/Kolkata")
+    if not kolkata.exists():
+        pytest.skip("no system zoneinfo")
+    (folder / "UTC").write_bytes(kolkata.read_bytes())
+    zone = get_zone(machine_zone({"TZ": "UTC", "TZDIR": str(folder)}).name)
+    assert datetime(2025, 1, 1, tzinfo=zone).utcoffset() == timedelta(hours=5, minutes=30)
+    with pytest.raises(ZoneError, match="not in TZDIR"):
+        machine_zone({"TZ": "Europe/Riga", "TZDIR": str(folder)})
+
+
+@pytest.mark.parametrize("tz", [" ", "::", "Nowhere/City"])
+def test_a_bad_tz_is_reported_as_the_environment_variable(tmp_path: Path, tz: str) -> None:
+    (tmp_path / "m.py").write_text("def f(*a, **k):\n    return None\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(
+            "jobs:\n  a: {entrypoint: m:f}\n",
+            filename="jobs.yaml",
+            base_dir=tmp_path,
+            env={"TZ": tz},
+        )
+    (problem,) = info.value.problems
+    assert str(problem).startswith("environment variable TZ: "), str(problem)
+    assert "jobs.yaml" not in str(problem)
