@@ -415,6 +415,18 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
         _fail(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if problems:
         _fail(f"{where}: {problems[0].message}")
+    if _cut_by_yaml(text, tree is None or (tree.kind == "scalar" and tree.value is None)):
+        # A command line has no comments: `note=fix bug #42` means the whole text.
+        from qtasks_cli.ui.text import clean_line
+
+        print(
+            clean_line(
+                f"{where}: warning: YAML would read what follows '#' (or the whole '---') as "
+                "a comment; passed as the text given, quote it to say so"
+            ),
+            file=sys.stderr,
+        )
+        return text
     if tree is None:
         return None
     for _, note in yamltraps.notes(tree):
@@ -422,6 +434,22 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
 
         print(clean_line(f"{where}: warning: {note}"), file=sys.stderr)
     return yamlload.plain(tree)
+
+
+def _cut_by_yaml(text: str, empty: bool) -> bool:
+    """Whether YAML drops part of ``text`` (a comment after `` #``, or a document marker
+    such as ``---`` that leaves no value), which on a command line is never meant."""
+    if empty:
+        return text.strip() not in ("~", "null", "Null", "NULL")
+    if "#" not in text:
+        return False
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return False
+    return node is not None and text[node.end_mark.index :].strip().startswith("#")
 
 
 class _TwiceInJSON(Exception):

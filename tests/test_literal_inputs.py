@@ -231,3 +231,30 @@ def test_a_bad_tz_is_reported_as_the_environment_variable(tmp_path: Path, tz: st
     (problem,) = info.value.problems
     assert str(problem).startswith("environment variable TZ: "), str(problem)
     assert "jobs.yaml" not in str(problem)
+
+
+# --- a command line has no YAML comments ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "passed", "warned"),
+    [
+        ("note=fix bug #42", "fix bug #42", True),
+        ("tag=#urgent", "#urgent", True),
+        ("c=---", "---", True),
+        ("n=[1, 2] # list", "[1, 2] # list", True),
+        ("n='a #b'", "a #b", False),
+        ("n=a#b", "a#b", False),
+        ("n=null", None, False),
+        ("n=42", 42, False),
+    ],
+)
+def test_text_yaml_would_cut_is_passed_whole_with_a_warning(
+    capsys: pytest.CaptureFixture[str], given: str, passed: Any, warned: bool
+) -> None:
+    from qtasks_cli.cli import _parse_call_args
+
+    _, kwargs = _parse_call_args(None, [given], None)
+    assert kwargs == {given.split("=", 1)[0]: passed}
+    err = capsys.readouterr().err
+    assert ("as a comment" in err) is warned and err.count("\n") == int(warned), err
