@@ -258,3 +258,9 @@ def test_text_yaml_would_cut_is_passed_whole_with_a_warning(
     assert kwargs == {given.split("=", 1)[0]: passed}
     err = capsys.readouterr().err
     assert ("as a comment" in err) is warned and err.count("\n") == int(warned), err
+
+
+def test_j59_is_refused_where_zoneinfo_and_the_c_library_differ() -> None:
+    with pytest.raises(ZoneError, match="February 28 in every year"):
+        get_zone("AAA0BBB-1,J59/12,J300")
+    get_zone("AAA0BBB-1,J60/12,J300")  # March 1 to both
