@@ -153,11 +153,11 @@ def paused_jobs(config: Config, state: str | None = None) -> frozenset[str]:
 def build_call(
     job: JobSpec, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
 ) -> RunCall:
-    """A run's arguments by the one rule of ``qtasks_cli.request``; caller strings equal to
-    a ``${NAME}`` value are stored as the placeholder."""
+    """A run's arguments by the one rule of ``qtasks_cli.request``; caller values are
+    stored literally."""
     from qtasks_cli.request import build_call
 
-    return build_call(job, args, kwargs, redact=job.redact)
+    return build_call(job, args, kwargs)
 
 
 # --- trigger -------------------------------------------------------------------------------------
@@ -275,7 +275,8 @@ def enqueue_loaded(
 ) -> str:
     """``enqueue`` for a job file already loaded: the arguments are built and checked here,
     by the rule every start path uses (``args`` None or empty: the job file's), and stored
-    with ``${NAME}`` placeholders, never their values. ArgumentsError if they are refused."""
+    with the job file's ``${NAME}`` placeholders kept, never their values, and the caller's
+    values as given. ArgumentsError if they are refused."""
     import sys
 
     from qtasks_cli.entrypoints import add_to_sys_path
@@ -287,7 +288,7 @@ def enqueue_loaded(
     from qtasks_cli.request import build_call as build
 
     # Variables unset here are resolved by the daemon when the run starts.
-    call = build(spec, args or None, kwargs, redact=spec.redact, unset_ok=True)
+    call = build(spec, args or None, kwargs, unset_ok=True)
     location = state_location(config, state)
     return enqueue_now(
         location, spec.name, call.stored_args, call.stored_kwargs, schema=config.settings.schema

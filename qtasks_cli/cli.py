@@ -258,21 +258,11 @@ def _log_mode(ui: UI) -> str:
 
 
 def _exit_now(code: int) -> NoReturn:
-    """Exit without waiting for job threads that never returned (they were reported)."""
-    import contextlib
-    import logging
+    """Exit without waiting for job threads that never returned (they were reported), nor on
+    a job's streams or log handlers: every flush is bounded (``exiting``)."""
+    from qtasks_cli import exiting
 
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a job may have closed or replaced them
-            stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
-    log_module = sys.modules.get("qtasks_cli.ui.log")
-    if log_module is not None:
-        log_module.drain()  # events still waiting to become log lines
-    logging.shutdown()  # and lines still waiting in the handler
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    exiting.exit_now(code)
 
 
 @app.command()
@@ -376,7 +366,16 @@ def _parse_call_args(
     """--arg, --kwarg and --json-kwargs as a run's arguments. A VALUE is read by the job
     file's own YAML reader (keys are the text written, a key given twice is refused, tags and
     YAML 1.1's surprises as in the job file, which are said on stderr); --json-kwargs refuses
-    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2."""
+    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2;
+    so is an argument that is not UTF-8 text (``request.not_text``)."""
+    from qtasks_cli.request import not_text
+
+    given = (("--arg", arg or []), ("--kwarg", kwarg or []), ("--json-kwargs", [json_kwargs or ""]))
+    for option, texts in given:
+        for text in texts:
+            reason = not_text(text)
+            if reason:
+                _fail(f"{option} {_shown(text)}: {reason}")
     args = [_yaml_value(a, "--arg", a) for a in arg] if arg else None
     kwargs: dict[str, Any] | None = None
     if kwarg:
@@ -415,6 +414,18 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
         _fail(f"{where}: nested deeper than {MAX_DEPTH} levels")
     if problems:
         _fail(f"{where}: {problems[0].message}")
+    if _cut_by_yaml(text, tree is None or (tree.kind == "scalar" and tree.value is None)):
+        # A command line has no comments: `note=fix bug #42` means the whole text.
+        from qtasks_cli.ui.text import clean_line
+
+        print(
+            clean_line(
+                f"{where}: warning: YAML would read what follows '#' (or the whole '---') as "
+                "a comment; passed as the text given, quote it to say so"
+            ),
+            file=sys.stderr,
+        )
+        return text
     if tree is None:
         return None
     for _, note in yamltraps.notes(tree):
@@ -422,6 +433,22 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
 
         print(clean_line(f"{where}: warning: {note}"), file=sys.stderr)
     return yamlload.plain(tree)
+
+
+def _cut_by_yaml(text: str, empty: bool) -> bool:
+    """Whether YAML drops part of ``text`` (a comment after `` #``, or a document marker
+    such as ``---`` that leaves no value), which on a command line is never meant."""
+    if empty:
+        return text.strip() not in ("~", "null", "Null", "NULL")
+    if "#" not in text:
+        return False
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return False
+    return node is not None and text[node.end_mark.index :].strip().startswith("#")
 
 
 class _TwiceInJSON(Exception):

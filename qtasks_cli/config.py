@@ -402,6 +402,12 @@ def _machine_zone(ctx: _Context, entry: tuple[Located, Located] | None) -> str:
     try:
         found = machine_zone(ctx.env)
     except ZoneError as exc:
+        if (ctx.env or os.environ).get("TZ") is not None and entry is None:
+            # The environment's fault, not the file's: named as such, not as line 1.
+            ctx.problems.append(
+                Problem(file="environment variable TZ", line=0, column=0, key="", message=str(exc))
+            )
+            return "UTC"  # not used: the file is refused
         where = entry[0] if entry is not None else Located("scalar", None, 1, 1, "")
         ctx.report(where, str(exc), path="settings.timezone")
         return "UTC"  # not used: the file is refused
@@ -689,6 +695,13 @@ class _JobReader:
                 ]
             if any(self._schedule_trap(node) for node in trapped):
                 continue
+            if item.kind == "map" and any(
+                child.invalid
+                for _, value in item.value.values()
+                for child in (value.value if value.kind == "seq" else [value])
+            ):
+                self.ok = False  # already reported where it is written
+                continue
             if item.invalid:
                 self.ok = False
             elif item.kind == "seq" or (item.kind == "scalar" and not isinstance(item.value, str)):
@@ -760,12 +773,26 @@ class _JobReader:
     def _interpolate(self, node: Located) -> Any:
         """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
         if node.kind == "map":
+            for key, (key_node, _) in node.value.items():
+                if "${" in key.replace("$${", ""):
+                    self.arguments_ok = False
+                    self.report(
+                        key_node,
+                        f"a mapping key is taken as written; {key!r:.40} would not be filled "
+                        "from the environment (placeholders are read in values only)",
+                    )
             return {key: self._interpolate(value) for key, (_, value) in node.value.items()}
         if node.kind == "seq":
             return [self._interpolate(item) for item in node.value]
         if not isinstance(node.value, str) or "${" not in node.value:
             return node.value
-        from qtasks_cli.request import PLACEHOLDER, expand
+        from qtasks_cli.request import PLACEHOLDER, expand, unsupported_placeholder
+
+        problem = unsupported_placeholder(node.value)
+        if problem:
+            self.arguments_ok = False
+            self.report(node, problem)
+            return node.value
 
         for match in PLACEHOLDER.finditer(node.value):
             name = match.group(1)

@@ -21,12 +21,18 @@ class Problem:
     """One located problem in a job file: ``FILE:LINE:COL: key.path: message``."""
 
     file: str
-    line: int  # 1-based
+    line: int  # 1-based; 0 for a problem outside the file (``file`` then says where)
     column: int  # 1-based
     key: str  # dotted path such as ``jobs.daily_report.schedule``; "" for the whole file
     message: str
 
     def __str__(self) -> str:
+        if self.line == 0:  # not in the file: an environment variable, say (``file`` names it)
+            return (
+                f"{self.file}: {self.key}: {self.message}"
+                if self.key
+                else f"{self.file}: {self.message}"
+            )
         where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 

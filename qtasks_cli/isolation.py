@@ -1,10 +1,11 @@
 """``isolation: process``: each call of a job runs in a child process, kept and reused across runs.
 
 A worker is ``python -m qtasks_cli.isolation``. It imports the job's entry point on its first
-call and then serves calls one at a time. Parent and child exchange frames over the child's
-stdin and stdout pipes: a header (with the sender's pid and the call's number), a short tag and
-a pickled payload; the parent accepts a frame only from its child and for the current call. The
-child moves those pipes to private descriptors; its own stdout and stderr are two more pipes,
+call and then serves calls one at a time. Parent and child exchange frames (qtasks_cli.frames):
+the parent writes on the child's stdin pipe, the child answers on a UNIX socket given as its
+stdout, on which the kernel names the writer of every message; the parent accepts a frame only
+from its child and for the current call. The child moves both to private descriptors (a copy it
+forks with os.fork finds /dev/null there); its own stdout and stderr are two more pipes,
 which the parent reads, keeps for the run's ``qtasks show`` and passes on to its own (so a job
 prints where an inline job would; qtasks_cli.childout). The exchange is lockstep: the parent
 sends ``call`` and reads until a final frame (``done``, ``end`` or ``raised``); a generator's
@@ -26,7 +27,7 @@ import logging
 import os
 import pickle
 import signal
-import struct
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures
+from qtasks_cli import entrypoints, failures, frames
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.executor import KILL_WAIT, ReportedError, _handle, _Run, qualified_name
 from qtasks_cli.failures import safe_str as _safe_str
@@ -53,12 +54,6 @@ CLOSE_WAIT = 2.0  # seconds shutdown waits for idle children to exit on end of i
 # Lockstep keeps at most two frames in a pipe (``init`` and the first ``call``), so frames of at
 # most 4 KiB never fill its 64 KiB and never block the loop; larger ones are written from a thread.
 _DIRECT_WRITE = 4096
-# A frame: magic, the sender's pid, the call it belongs to, the tag's and the payload's lengths.
-# The pid and call number let the parent drop what a forked copy of the job, or an earlier call,
-# says on the inherited pipe; a frame without the magic means the stream is out of step.
-_HEADER = struct.Struct(">4sIIBQ")
-_MAGIC = b"QTf1"
-_MAX_TAG = 16
 _PR_SET_PDEATHSIG = 1
 # After the child exits, how long its last frames may take to be read. The pipe's end can come
 # much later if the job forked a process that inherited it.
@@ -73,41 +68,9 @@ class ChildCrashed(Exception):
 # --- frames --------------------------------------------------------------------------------------
 
 
-class CorruptStream(Exception):
-    """A frame without the protocol's header: someone else wrote on the pipe."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    pid: int  # the sender's
-    call: int  # the call it belongs to (0: none)
-    tag: str
-    payload: bytes
-
-
-def _frame(tag: str, payload: bytes = b"", *, call: int = 0) -> bytes:
-    name = tag.encode("ascii")
-    return _HEADER.pack(_MAGIC, os.getpid(), call, len(name), len(payload)) + name + payload
-
-
-def _read_frame(stream: IO[bytes]) -> _Raw | None:
-    """The next frame; None at the end of the stream (or a cut-off frame); CorruptStream if
-    what comes is not a frame."""
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
-        return None
-    magic, pid, call, name_size, payload_size = _HEADER.unpack(head)
-    if magic != _MAGIC or name_size > _MAX_TAG:
-        raise CorruptStream(f"{len(head)} bytes that are not a frame header: {head[:8]!r}…")
-    name = stream.read(name_size)
-    payload = stream.read(payload_size)
-    if len(name) < name_size or len(payload) < payload_size:
-        return None
-    try:
-        tag = name.decode("ascii")
-    except UnicodeDecodeError:
-        raise CorruptStream(f"a frame with a tag that is not ASCII: {name!r}") from None
-    return _Raw(pid=pid, call=call, tag=tag, payload=payload)
+_Raw = frames.Raw
+_frame = frames.frame
+CorruptStream = frames.CorruptStream
 
 
 def _pickled(value: Any, what: str, purpose: str) -> bytes:
@@ -142,7 +105,7 @@ class _Message:
     unreadable: str | None = None  # why the payload could not be unpickled here
 
 
-def _decode(tag: str, payload: bytes) -> _Message:
+def _decode(tag: str, payload: bytes | bytearray) -> _Message:
     if not payload:
         return _Message(tag=tag)
     try:
@@ -168,8 +131,12 @@ class Worker:
     child and then hands over its exit status, so ``exited`` resolves once the process is gone.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, channel: socket.socket
+    ) -> None:
         self.proc = proc
+        self._channel = frames.SenderStream(channel, proc.pid, self._on_foreign)
+        self._foreign: set[int] = set()  # pids of other processes that wrote on the channel
         self.ready = True  # waiting for a call and in step with the protocol
         self.exited: asyncio.Future[int] = loop.create_future()
         self._loop = loop
@@ -194,11 +161,12 @@ class Worker:
             raise RuntimeError("cannot start a child process: sys.executable is unknown")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        ours, theirs = frames.socket_pair()  # the child's frames come on it (see frames)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(os.getpid()), str(out_w)],
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=theirs.fileno(),
                 stderr=err_w,
                 pass_fds=(out_w,),
                 # Its own process group: a terminal's Ctrl-C goes to the daemon alone, which
@@ -208,11 +176,13 @@ class Worker:
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
+            ours.close()
             raise
         finally:
             for fd in (out_w, err_w):
                 os.close(fd)
-        worker = cls(proc, asyncio.get_running_loop())
+            theirs.close()
+        worker = cls(proc, asyncio.get_running_loop(), ours)
         from qtasks_cli.childout import ChildOutput
 
         worker.output = ChildOutput(out_r, err_r, proc.pid)
@@ -227,20 +197,31 @@ class Worker:
         return not self._ended and self.proc.returncode is None
 
     def _read_all(self) -> None:
-        stream = self.proc.stdout
-        assert stream is not None
         try:
-            while (frame := _read_frame(stream)) is not None:
+            while (frame := frames.read_frame(self._channel)) is not None:
                 self._post(self._accept, (frame, _decode(frame.tag, frame.payload)))
         except CorruptStream as exc:
-            # Out of step for good: nothing more from this pipe can be trusted.
+            # Out of step for good: nothing more from this channel can be trusted.
             self.tainted = f"its pipe carried data that is not a qtasks frame ({exc})"
+            self.signal(signal.SIGKILL)
+        except MemoryError:
+            self.tainted = "its frame could not be read: out of memory in the daemon"
             self.signal(signal.SIGKILL)
         except (OSError, ValueError):
             log.debug("reading from child process %d failed", self.pid, exc_info=True)
         finally:
             self._ended = True
-            stream.close()
+            self._channel.close()
+
+    def _on_foreign(self, pid: int) -> None:
+        """Another process wrote on the child's channel (a copy the job forked): what it wrote
+        was dropped; the child is not reused. Called by the reader thread."""
+        if pid in self._foreign:
+            return
+        self._foreign.add(pid)
+        who = f"process {pid}" if pid else "a process the kernel did not name"
+        self.tainted = f"{who}, not the child, wrote on its channel (did the job fork?)"
+        self._post(_log_foreign, (self.pid, self.tainted))
 
     def _wait_exit(self) -> None:
         returncode = self.proc.wait()
@@ -359,6 +340,10 @@ class Worker:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+
+def _log_foreign(item: tuple[int, str]) -> None:
+    log.warning("child process %d: %s; what it wrote was dropped", *item)
 
 
 def _key(job: JobSpec) -> tuple[str, str]:
@@ -553,14 +538,14 @@ class _Channel:
     def receive(self) -> tuple[str, bytes] | None:
         self._never_from_a_copy()
         try:
-            frame = _read_frame(self._in)
+            frame = frames.read_frame(self._in)
         except CorruptStream:
             return None
         if frame is None:
             return None
         if frame.tag == "call":
             self.call = frame.call
-        return frame.tag, frame.payload
+        return frame.tag, bytes(frame.payload)  # the same object when it is bytes
 
     def send(self, tag: str, payload: bytes = b"") -> None:
         self._never_from_a_copy()
@@ -790,7 +775,20 @@ def _take_stdio(stdout: int) -> _Channel:
     os.close(stdout)
     with contextlib.suppress(Exception):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # A copy the job forks with os.fork (multiprocessing, a daemonizer) finds /dev/null where the
+    # channel was: it cannot read the parent's frames. One forked some other way may write on
+    # the channel, but the daemon drops what any process but this one writes (see frames).
+    os.register_at_fork(after_in_child=functools.partial(_blind, (inbound, outbound)))
     return _Channel(os.fdopen(inbound, "rb"), os.fdopen(outbound, "wb"))
+
+
+def _blind(fds: tuple[int, ...]) -> None:
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd, inheritable=False)
+        os.close(devnull)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -128,3 +128,43 @@ def keep_last(catch_up: CatchUp, max_catch_up: int) -> int:
     if catch_up is CatchUp.ALL:
         return max(max_catch_up, 1)
     return 1
+
+
+# cron(8) of cronie: "Time changes of more than 3 hours are considered to be corrections to
+# the clock or the timezone"; after a smaller move back only wildcard jobs run again.
+LARGE_STEP = timedelta(hours=3)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepBack:
+    """The wall clock stepped back: the wall times up to ``until`` come round again.
+
+    ``mark`` (1..999 microseconds) is added to the recorded time of a fire that repeats such
+    a wall time, so the unique (job, scheduled) key holds the second pass as a fire of its own
+    (shown times are to the millisecond, so it is never seen); ``large``: a step of
+    ``LARGE_STEP`` or more."""
+
+    until: datetime
+    mark: timedelta
+    large: bool
+
+
+def step_back(now: datetime, step: timedelta) -> StepBack:
+    """The ``StepBack`` of a step of ``step`` (> 0, how far back) seen at ``now``; its mark
+    is taken from ``now`` so that two steps over the same wall times almost surely differ."""
+    mark = timedelta(microseconds=1 + int(now.timestamp() * 1_000_000) % 999)
+    return StepBack(until=now + step, mark=mark, large=step >= LARGE_STEP)
+
+
+def repeats_after_step(schedule: object, step: StepBack) -> bool:
+    """Whether a job fires again at wall times the clock repeats after ``step`` (cron(8) of
+    cronie on a time change back): after a large step every job does; after a smaller one, a
+    job following the clock does (a cron field for minute or hour starting with ``*``, or an
+    interval, which follows elapsed time and must not fall silent), and a fixed-time job
+    (``30 2 * * *``) does not fire twice. A union repeats if any member does."""
+    members = getattr(schedule, "members", None)
+    if members is not None:
+        return any(repeats_after_step(member, step) for member in members)
+    if getattr(schedule, "startup", False):
+        return False
+    return step.large or not getattr(schedule, "fixed", False)

@@ -144,6 +144,11 @@ def _date(text: str, rule: str) -> str:
     if text.startswith("J"):
         if not 1 <= int(text[1:]) <= 365:
             raise ValueError(f"{text!r} in {rule!r} is no day of the year (J1 to J365)")
+        if int(text[1:]) == 59:  # CPython's zoneinfo: `d >= 59` where `d > 59` is meant
+            raise ValueError(
+                f"{text!r} in {rule!r} is February 28 in every year to the C library (POSIX), "
+                "but Python's zoneinfo reads February 29 in leap years; use another day"
+            )
         return f"J{int(text[1:])}"
     raise ValueError(
         f"{rule!r} gives a date as a zero-based day of the year ({text!r}), which Python's "

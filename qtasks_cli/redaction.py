@@ -23,7 +23,9 @@ other (JSON of a repr of JSON ...). Each layer only adds backslashes before ``\\
 and ``/`` and writes other characters as escapes (``\\n``, ``\\xe9``, ``\\u00e9``, ``\\U0001f600``,
 a UTF-16 surrogate pair, UTF-8 bytes). So each secret is compiled into one pattern that accepts,
 for every character, the character itself or any run of backslashes followed by one of its
-escapes: every spelling at every depth, in one pass. Pure functions, no I/O.
+escapes: every spelling at every depth, in one pass. A secret may also leave percent-encoded
+in a URL (an HTTP client's error, any ``safe`` characters): one more pattern per secret
+(``_quoted_matcher``). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -115,6 +117,34 @@ _WORD_START = (
 _WORD_END = r"(?!\w)"
 
 
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "_.-~")  # RFC 3986 section 2.3
+
+
+def _percent(char: str) -> str:
+    """The pattern of ``char`` as it is or percent-encoded (its UTF-8 bytes, hex digits in
+    either case; a space also as ``+``, as ``quote_plus`` writes it)."""
+    encoded = "".join("%" + _hex(byte, 2) for byte in char.encode("utf-8", "surrogatepass"))
+    plus = r"|\+" if char == " " else ""
+    return f"(?:{re.escape(char)}|{encoded}{plus})"
+
+
+@functools.lru_cache(maxsize=512)
+def _quoted_matcher(part: str) -> tuple[re.Pattern[str], str] | None:
+    """The pattern of ``part`` percent-encoded as a URL carries it (an HTTP client's error):
+    what ``urllib.parse.quote`` or ``quote_plus`` make of it with any ``safe`` characters,
+    i.e. each character that is not unreserved (RFC 3986 section 2.3) as it is or as ``%XX``
+    of its UTF-8 bytes (either case); and its longest unreserved run, for the quick test.
+    None when no character of ``part`` would be encoded."""
+    if all(char in _UNRESERVED for char in part):
+        return None
+    body = "".join(re.escape(c) if c in _UNRESERVED else _percent(c) for c in part)
+    if len(part) < ANYWHERE_CHARS:
+        body = (r"(?<![\w%])" if re.match(r"\w", part) else "") + body
+        body += r"(?!\w)" if re.match(r"\w", part[-1]) else ""
+    runs = re.findall("[" + re.escape("".join(sorted(_UNRESERVED))) + "]+", part)
+    return re.compile(body), max(runs, key=len, default="")
+
+
 @functools.lru_cache(maxsize=512)
 def _matcher(part: str) -> tuple[re.Pattern[str], str]:
     """The pattern of every spelling of ``part`` (as a whole word when it is shorter than
@@ -144,6 +174,10 @@ def _plan(
     for part, placeholder in pairs:
         pattern, anchor = _matcher(part)
         plan.append((pattern, anchor, _constant(placeholder)))
+    for part, placeholder in pairs:  # after every plain spelling: a quoted form holds none
+        quoted = _quoted_matcher(part)
+        if quoted is not None:
+            plan.append((quoted[0], quoted[1], _constant(placeholder)))
     return tuple(plan)
 
 

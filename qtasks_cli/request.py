@@ -8,8 +8,10 @@ of ``overlap: queue`` and the re-run of an interrupted run all go through ``buil
   arguments given by the caller are laid over the job file's ``kwargs`` key by key.
 * **Placeholders.** ``${NAME}`` and ``${NAME:-default}`` in the job file's strings are kept as
   written in the *stored* form and resolved only when the run starts (``$${`` is a literal
-  ``${``). Values given by a caller are literal: their ``${`` is stored escaped as ``$${``.
-  So a ``${NAME}`` value never reaches the state file.
+  ``${``), so a job file's ``${NAME}`` value never reaches the state file. Values given by a
+  caller are literal and stored as given (their ``${`` escaped as ``$${``), even when they
+  hold a ``${NAME}`` value of the caller's environment: they are the caller's data, and the
+  function receives exactly them. Displays hide such values (``qtasks_cli.show``).
 * **Types.** A run's arguments are text, numbers, true/false, null, dates, date-times, binary
   data, lists and mappings with text keys, nested at most ``MAX_DEPTH`` levels: what the job
   file can express and the store hands back exactly, of exactly those types (``str``, ``int``
@@ -48,7 +50,9 @@ __all__ = [
     "check_value",
     "escape",
     "expand",
+    "not_text",
     "stored_call",
+    "unsupported_placeholder",
 ]
 
 MAX_DEPTH = 100
@@ -102,6 +106,29 @@ def expand(text: str, lookup: Callable[[str], str | None]) -> tuple[str, list[st
     return PLACEHOLDER.sub(substitute, text), missing
 
 
+_ANY_DOLLAR_BRACE = re.compile(r"\$\$\{|\$\{")
+
+
+def unsupported_placeholder(text: str) -> str | None:
+    """None if every ``${`` in ``text`` (a job file's string) is a supported placeholder,
+    ``${NAME}`` or ``${NAME:-default}``, or escaped as ``$${``; else why not, naming it. The
+    other forms of sh(1)'s parameter expansion (``${NAME-x}``, ``${NAME:?msg}``,
+    ``${NAME:=x}``, ``${NAME:+x}``, a placeholder inside a default) are refused rather than
+    passed on as text the function would take for a value (POSIX XCU 2.6.2)."""
+    for found in _ANY_DOLLAR_BRACE.finditer(text):
+        if found.group() == "$${" or (found.start() and text[found.start() - 1] == "$"):
+            continue
+        match = PLACEHOLDER.match(text, found.start())
+        if match is None or (match.group(2) is not None and "${" in match.group(2)):
+            end = text.find("}", found.start())
+            shown = text[found.start() : end + 1 if end != -1 else found.start() + 30]
+            return (
+                f"{shown!r:.60} is not a placeholder qtasks reads: only ${{NAME}} and "
+                "${NAME:-default} (not nested) are; write $${ for a literal ${"
+            )
+    return None
+
+
 def escape(text: str) -> str:
     """``text`` in the stored form of a literal value: ``expand(escape(t)) == t``."""
     return text.replace("${", "$${")
@@ -121,6 +148,10 @@ def check_value(value: Any, where: str = "") -> str | None:
         if depth > MAX_DEPTH:
             return f"{path or 'the value'} is nested deeper than {MAX_DEPTH} levels"
         kind = type(item)
+        if kind is str:
+            if _SURROGATE.search(item):
+                return f"{path or 'the value'} is {_not_text(item)}"
+            continue
         if item is None or kind in _PLAIN:
             continue
         if kind is int:
@@ -143,13 +174,42 @@ def check_value(value: Any, where: str = "") -> str | None:
             for key, v in item.items():
                 if type(key) is not str:
                     return f"{path or 'a mapping'} has a key {key!r:.60} that is not text"
+                if _SURROGATE.search(key):
+                    return f"{path or 'a mapping'} has a key that is {_not_text(key)}"
                 stack.append((v, f"{path}.{key}" if path else key, depth + 1))
         else:
             return f"{path or 'the value'} is {_why_not(item)}"
     return None
 
 
-_PLAIN = frozenset((bool, str, float, bytes, date))
+_PLAIN = frozenset((bool, float, bytes, date))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def not_text(text: str) -> str | None:
+    """None if ``text`` is Unicode text (it can be written as UTF-8), else why not: a lone
+    UTF-16 surrogate such as ``"\\ud800"``, or a byte that was not UTF-8 kept by Python as
+    U+DC80..U+DCFF (``surrogateescape``: a command-line argument or environment value in
+    another encoding). Such a string cannot be stored, logged or shown: every path (the job
+    file, ``--arg``, ``--kwarg``, ``--json-kwargs``, ``enqueue()``) refuses it the same way."""
+    return _not_text(text) if _SURROGATE.search(text) else None
+
+
+def _not_text(text: str) -> str:
+    found = _SURROGATE.search(text)
+    code = ord(found.group()) if found else 0xFFFD
+    at = found.start() if found else 0
+    if 0xDC80 <= code <= 0xDCFF:
+        return (
+            f"not UTF-8 text: the byte 0x{code - 0xDC00:02x} at character {at} "
+            f"({text[:at][-20:]!r} comes before it); give the text in UTF-8"
+        )
+    return (
+        f"not text: a lone UTF-16 surrogate \\u{code:04x} at character {at}; "
+        "give the character itself"
+    )
+
+
 _INT_DIGITS = 4300  # Python's own limit for an int read from or written as text
 _INT_LIMIT = 10**_INT_DIGITS
 _PLAIN_OF = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (bytes, "bytes"))
@@ -228,15 +288,13 @@ def build_call(
     *,
     env: Mapping[str, str] | None = None,
     bind: bool = True,
-    redact: Callable[[str], str] | None = None,
     unset_ok: bool = False,
 ) -> RunCall:
     """The arguments of a run of ``job`` started with the caller's ``args`` / ``kwargs``
     (None: the job file's own). Caller values are literal; merged with the job file's by
     the module's rule, checked, resolved against ``job.variables`` then ``env`` (default
-    ``os.environ``) and, with ``bind``, checked against the signature. ``redact`` (such as
-    ``JobSpec.redact``) turns secret values inside caller strings into their ``${NAME}``
-    for the stored form, where that reads back exactly. With ``unset_ok`` (a process that
+    ``os.environ``) and, with ``bind``, checked against the signature. Caller strings are
+    stored literally (escaped), never rewritten into placeholders. With ``unset_ok`` (a process that
     only stores the call) an unset variable is no error: the values are then only bound.
     Raises ArgumentsError (or EntryPointError if the entry point cannot be imported)."""
     given = [] if args is None else list(args)
@@ -247,13 +305,12 @@ def build_call(
             raise ArgumentsError(f"job {job.name!r}: {what}s refused: {problem}")
     template_args = job.args if job.raw_args is None else job.raw_args
     template_kwargs = job.kwargs if job.raw_kwargs is None else job.raw_kwargs
-    literal = escape if redact is None else _redacting(job, redact, env)
     if args is None:
         stored_args = _store_form(list(template_args), _keep)
     else:
-        stored_args = _store_form(given, literal)
+        stored_args = _store_form(given, escape)
     stored_kwargs = _unwrap_dict(_store_form(dict(template_kwargs), _keep))
-    stored_kwargs.update(_unwrap_dict(_store_form(extra, literal)))
+    stored_kwargs.update(_unwrap_dict(_store_form(extra, escape)))
     return _finish(job, stored_args, stored_kwargs, env, bind, unset_ok)
 
 
@@ -296,22 +353,6 @@ def call_for_start(job: JobSpec, args: Any = None, kwargs: Any = None) -> RunCal
 
 _OWN_CALLS: dict[int, tuple[JobSpec, RunCall]] = {}
 _OWN_CALLS_MAX = 16_384
-
-
-def _redacting(
-    job: JobSpec, redact: Callable[[str], str], env: Mapping[str, str] | None
-) -> Callable[[str], str]:
-    environ = os.environ if env is None else env
-
-    def lookup(name: str) -> str | None:
-        return job.variables[name] if name in job.variables else environ.get(name)
-
-    def literal(text: str) -> str:
-        stored = redact(escape(text))
-        # "$" just before a secret would read back as "$${": keep such a text escaped only.
-        return stored if expand(stored, lookup) == (text, []) else escape(text)
-
-    return literal
 
 
 def _keep(text: str) -> str:

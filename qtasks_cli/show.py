@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qtasks_cli.models import Attempt, Config, JobSpec
+from qtasks_cli.request import _TAG
 from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import ControlStore
 
@@ -23,15 +24,44 @@ class RunDetail:
     output: Sequence[str]
 
 
-def _redacted(job: JobSpec, value: Any) -> Any:
-    """``value`` with every interpolated secret in its strings shown as ``${NAME}``."""
+def _redacted(job: JobSpec, value: Any, depth: int = 0) -> Any:
+    """``value`` (arguments in the store's JSON form) with every interpolated secret shown as
+    ``${NAME}``: in its strings, its mapping keys and its binary values (decoded, redacted as
+    bytes, encoded again). A caller's value is stored literally even when it holds a secret,
+    so it is hidden here, where it is shown."""
     if isinstance(value, str):
         return job.redact(value)
+    if depth > 200:
+        return value
     if isinstance(value, (list, tuple)):
-        return [_redacted(job, item) for item in value]
+        return [_redacted(job, item, depth + 1) for item in value]
     if isinstance(value, Mapping):
-        return {key: _redacted(job, item) for key, item in value.items()}
+        if set(value) == {_TAG, "value"} and value[_TAG] == "bytes":
+            return {_TAG: "bytes", "value": _redacted_bytes(job, value["value"])}
+        return {
+            _redacted(job, key, depth + 1) if isinstance(key, str) else key: _redacted(
+                job, item, depth + 1
+            )
+            for key, item in value.items()
+        }
     return value
+
+
+def _redacted_bytes(job: JobSpec, encoded: Any) -> Any:
+    """Stored bytes (base64 text) with secrets hidden in the bytes they stand for."""
+    import base64
+    import binascii
+
+    from qtasks_cli.redaction import redact_value
+
+    if not isinstance(encoded, str) or not job.secrets:
+        return encoded
+    try:
+        data = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        return job.redact(encoded)
+    hidden = redact_value(data, job.secrets)
+    return encoded if hidden == data else base64.b64encode(hidden).decode("ascii")
 
 
 def read_detail(config: Config, store: ControlStore, run_id: str) -> RunDetail | None:
@@ -44,7 +74,7 @@ def read_detail(config: Config, store: ControlStore, run_id: str) -> RunDetail |
     if stored is not None:
         args, kwargs = stored
         source = "the run"
-        if spec is not None:  # stored redacted already; redact again in case of old rows
+        if spec is not None:  # a caller's values are stored as given: hidden here
             args, kwargs = _redacted(spec, args), _redacted(spec, kwargs)
     elif spec is not None:
         args, kwargs = _redacted(spec, list(spec.args)), _redacted(spec, dict(spec.kwargs))

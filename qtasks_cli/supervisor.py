@@ -29,7 +29,17 @@ from qtasks_cli.models import (
     Snapshot,
     TriggerKind,
 )
-from qtasks_cli.policy import LATE_AFTER, Gap, due_fires, keep_last, missed_reason, split_due
+from qtasks_cli.policy import (
+    LATE_AFTER,
+    Gap,
+    StepBack,
+    due_fires,
+    keep_last,
+    missed_reason,
+    repeats_after_step,
+    split_due,
+    step_back,
+)
 from qtasks_cli.request import call_for_start
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
@@ -140,6 +150,7 @@ class Supervisor:
         # ``clock`` by hand passes no monotonic clock and sees no steps.
         self._monotonic = monotonic or (time.monotonic if clock is utcnow else None)
         self._offset: float | None = None  # wall minus monotonic, seconds
+        self._step_back: StepBack | None = None  # the wall times a step back repeats
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
@@ -437,6 +448,8 @@ class Supervisor:
         fire at most once whichever way the clock went."""
         if self._monotonic is None:
             return
+        if self._step_back is not None and now > self._step_back.until:
+            self._step_back = None  # the repeated wall times are behind us
         offset = now.timestamp() - self._monotonic()
         previous, self._offset = self._offset, offset
         if previous is None or abs(offset - previous) < CLOCK_STEP:
@@ -453,6 +466,12 @@ class Supervisor:
             # Fires claimed for what is now the far future would start late by the step:
             # give the claims back and schedule afresh from the present.
             self.ledger.release()
+            if not self.store.multi_node:
+                # The wall times up to where the clock was come round again; jobs that
+                # follow the clock fire at them again, under a key of their own
+                # (policy.repeats_after_step). With several nodes the others' clocks
+                # keep those times, so a second pass would run them twice.
+                self._step_back = step_back(now, timedelta(seconds=-step) + CLAIM_AHEAD)
             for name in self.jobs:
                 self._schedule_job(name, now)
 
@@ -698,6 +717,15 @@ class Supervisor:
         error: str | None = None,
     ) -> Fire:
         key = spec.schedule.key if spec.schedule is not None else ""
+        repeat = self._step_back
+        if (
+            repeat is not None
+            and trigger is not TriggerKind.STARTUP
+            and when <= repeat.until
+            and spec.schedule is not None
+            and repeats_after_step(spec.schedule, repeat)
+        ):
+            when += repeat.mark
         return Fire(
             job=spec.name,
             scheduled=when,

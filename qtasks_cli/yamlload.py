@@ -122,6 +122,8 @@ def scalar_type_name(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+_INT_DIGITS = 4300  # Python's default limit for an int read from or written as text
+_INT_LIMIT = 10**_INT_DIGITS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _OCTAL = re.compile(r"[-+]?0[0-7_]+")
 _SURPRISING_BOOLS = frozenset(("yes", "no", "on", "off"))
@@ -322,13 +324,29 @@ class _Walker:
         construct: Callable[[Any, Node], Any] = constructors.yaml_constructors[node.tag]
         try:
             value = construct(self.loader, node)
+        except ValueError as exc:
+            if node.tag == _STD + "int" and len(node.value) > _INT_DIGITS:  # int("9" * 5000)
+                return self._too_big(node, path)
+            what = {"timestamp": "a date"}.get(show_tag(node.tag)[2:], show_tag(node.tag))
+            self.problem(node, path, f"cannot read {node.value!r:.80} as {what} ({exc})")
+            return INVALID
         except Exception as exc:  # PyYAML raises ValueError and friends for bad explicit scalars
             what = {"timestamp": "a date"}.get(show_tag(node.tag)[2:], show_tag(node.tag))
-            self.problem(node, path, f"cannot read {node.value!r} as {what} ({exc})")
+            self.problem(node, path, f"cannot read {node.value!r:.80} as {what} ({exc})")
             return INVALID
         if isinstance(value, str) and _SURROGATE.search(value):
             return self._join_surrogates(node, path, value)
+        if type(value) is int and not -_INT_LIMIT < value < _INT_LIMIT:
+            return self._too_big(node, path)
         return value
+
+    def _too_big(self, node: ScalarNode, path: str) -> Any:
+        """An integer Python cannot turn into text (``sys.get_int_max_str_digits``), which the
+        store keeps as text: refused where it is written, for every key (0x, 0o, 0b, base-60
+        and decimal alike)."""
+        shown = f"{node.value[:20]}... ({len(node.value):,} characters)"
+        self.problem(node, path, f"{shown} is an integer of more than {_INT_DIGITS:,} digits")
+        return INVALID
 
     def _join_surrogates(self, node: ScalarNode, path: str, value: str) -> Any:
         """PyYAML reads a JSON-style pair such as ``\\ud83d\\ude00`` as two lone surrogates:

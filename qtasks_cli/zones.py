@@ -6,7 +6,8 @@ TZif file. Every form becomes a ``zoneinfo.ZoneInfo``: a rule is wrapped in a TZ
 no transitions whose footer is the rule, so the standard library applies it for all times.
 
 The machine's zone is looked for as the C library does (tzset(3)): ``$TZ`` in any of its
-forms (set but empty means UTC), else ``/etc/localtime`` (a link into a zoneinfo folder, or a
+forms (set but empty, or ``:``, means UTC; a relative name is read from ``$TZDIR`` when set,
+as glibc does), else ``/etc/localtime`` (a link into a zoneinfo folder, or a
 copy of a zone file, matched back to its IANA name where one has the same content), else
 ``/etc/timezone``, else UTC, which is what the C library uses when nothing is set. A ``$TZ``
 nothing can read is refused (``ZoneError``), never replaced by UTC.
@@ -67,9 +68,11 @@ def get_zone(name: str) -> ZoneInfo:
         _refuse_leap_seconds(_zone_file_header(text), name)
         return zone
     if text.startswith(":"):
+        meant = text.lstrip(":")
         raise ZoneError(
             f"{name!r} names no zone: tzset(3) drops one ':' and looks for a zone file named "
-            f"{text!r}, finds none and uses UTC; write {text.lstrip(':')!r}"
+            f"{text!r}, finds none and uses UTC; "
+            + (f"write {meant!r}" if meant else "write ':' or '' for UTC")
         )
     if not (text.isascii() and text.isprintable()):
         raise ZoneError(f"unknown time zone {name!r}")
@@ -219,10 +222,10 @@ def machine_zone(env: Mapping[str, str] | None = None, root: str = "/") -> Machi
 def _machine_zone(env: Mapping[str, str] | None, root: str) -> MachineZone:
     environ = os.environ if env is None else env
     tz = environ.get("TZ")
-    if tz == "":
-        return MachineZone("UTC", "TZ set but empty (UTC, as the C library reads it)")
-    if tz is not None and tz.strip(": "):
-        return _from_tz(tz)
+    if tz in ("", ":"):  # glibc's tzset: "" and, its colon dropped, ":" mean UTC
+        return MachineZone("UTC", f"TZ={tz} (UTC, as the C library reads it)")
+    if tz is not None:
+        return _from_tz(tz, environ.get("TZDIR"))
     localtime = Path(root, "etc/localtime")
     declared = _read_timezone_file(Path(root, "etc/timezone"))
     broken = False
@@ -243,9 +246,29 @@ def _machine_zone(env: Mapping[str, str] | None, root: str) -> MachineZone:
     return MachineZone("UTC", "UTC: no TZ, /etc/localtime or /etc/timezone (as the C library)")
 
 
-def _from_tz(tz: str) -> MachineZone:
+def _from_tz(tz: str, tzdir: str | None = None) -> MachineZone:
+    """$TZ's zone; a relative name is read from ``$TZDIR`` when that is set, as glibc does
+    (tzfile.c: TZDIR replaces the compiled-in zoneinfo folder). A value that names nothing
+    (white space, ``::``, a name without a file) is refused: glibc would run on UTC."""
     text = tz[1:] if tz.startswith(":") else tz
     shown = f"TZ={tz}"
+    if tzdir and text and not os.path.isabs(text) and os.path.isabs(tzdir):
+        path = os.path.join(tzdir, text)
+        if os.path.isfile(path):
+            try:
+                zone = get_zone(path)
+            except ZoneError as exc:
+                raise ZoneError(
+                    f"the TZ environment variable {tz!r} names {path} (in TZDIR), which "
+                    f"qtasks cannot use: {exc}; fix TZ or TZDIR or set settings.timezone"
+                ) from None
+            return MachineZone(str(zone), f"{shown} (from TZDIR={tzdir})")
+        if _zone_bytes(text) is not None:
+            raise ZoneError(
+                f"the TZ environment variable {tz!r} names a zone file that is not in "
+                f"TZDIR={tzdir}, where the C library looks (it would run on UTC); fix TZ or "
+                "TZDIR or set settings.timezone in the job file"
+            )
     try:
         zone = get_zone(tz)
     except ZoneError as exc:

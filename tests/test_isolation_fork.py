@@ -71,6 +71,25 @@ def copy_writes_frames(tag):
     return f"parent of {tag} from {os.getpid()}"
 
 
+def copy_forges_the_child(tag):
+    """A copy made by fork(2) itself (no Python at-fork hooks run: a C library forking) writes
+    frames that claim to be the child's, for this and the next calls, on every descriptor."""
+    import ctypes
+
+    from qtasks_cli import frames
+
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:
+        child = os.getppid()
+        for call in range(0, 8):
+            payload = pickle.dumps(f"forged {call}")
+            header = frames.HEADER.pack(frames.MAGIC, child, call, 4, len(payload))
+            _every_fd(header + b"done" + payload)
+        os._exit(0)
+    _wait_copy(pid)
+    return f"parent of {tag} from {os.getpid()}"
+
+
 def copy_writes_garbage(tag):
     pid = os.fork()
     if pid == 0:
@@ -152,6 +171,19 @@ def test_frames_of_a_copy_are_dropped_and_the_child_is_not_reused(folder: Path) 
     assert pids[1] != pids[0]
     assert pids[2] == pids[1]
     assert all("forged" not in str(r.result) for r in results)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PASSCRED is Linux's")
+def test_frames_forged_with_the_childs_pid_are_dropped(folder: Path) -> None:
+    forks, after = spec("copy_forges_the_child"), spec("plain", name="copy_forges_the_child")
+    results = run_all((forks, "one"), (after, "two"), (forks, "three"), (after, "four"))
+    assert [r.status for r in results] == [RunStatus.SUCCEEDED] * 4, results
+    assert all("forged" not in str(r.result) for r in results), results
+    assert results[0].result.startswith("parent of one from ")
+    assert results[1].result.startswith("plain two from ")
+    assert results[2].result.startswith("parent of three from ")
+    pids = [int(r.result.rsplit(" ", 1)[1]) for r in results]
+    assert pids[1] != pids[0] and pids[3] != pids[2]  # a child spoken for is not reused
 
 
 def test_garbage_on_the_pipe_fails_that_run_only(folder: Path) -> None:

@@ -348,11 +348,12 @@ def test_placeholders_are_stored_and_resolved_at_start() -> None:
     call = build_call(job, bind=False, env={})
     assert call.stored_kwargs == {"t": "${T}", "d": "${D:-dflt}", "lit": "$${T}"}
     assert call.kwargs == {"t": "v", "d": "dflt", "lit": "${T}"}
-    # A caller's string holding the secret value is stored as the placeholder.
-    redacted = build_call(
-        job, None, {"t": "xx-v"}, bind=False, redact=lambda s: s.replace("v", "${T}")
-    )
-    assert redacted.stored_kwargs["t"] == "xx-${T}" and redacted.kwargs["t"] == "xx-v"
+    # A caller's string holding the secret value is stored as given, and received as given
+    # whatever the starting process's environment says.
+    literal = build_call(job, None, {"t": "xx-v", "u": "${T}"}, bind=False, env={"T": "w"})
+    assert literal.stored_kwargs["t"] == "xx-v" and literal.stored_kwargs["u"] == "$${T}"
+    again = stored_call(job, [], literal.stored_kwargs, bind=False, env={"T": "w"})
+    assert again.kwargs["t"] == "xx-v" and again.kwargs["u"] == "${T}"
     # A variable unset when the run starts fails the run with a clear reason.
     with pytest.raises(ArgumentsError, match="'U' not set"):
         stored_call(job, [], {"t": "${U}"}, bind=False, env={})

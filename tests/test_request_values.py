@@ -125,6 +125,8 @@ REFUSED = [
     (10**4300, "more than 4,300 digits"),
     (bytearray(b"x"), "bytearray"),
     ({1, 2}, "a set"),
+    ("x\ud800", "lone UTF-16 surrogate"),  # as the job file, --kwarg and --json-kwargs refuse it
+    ({"k\udce9": 1}, "not UTF-8 text: the byte 0xe9"),  # an undecodable argv/env byte
 ]
 
 
@@ -167,7 +169,7 @@ ACCEPTED_EDGES: list[Any] = [
     datetime(2026, 1, 1, 12, tzinfo=timezone.utc),
     date(1, 1, 1),
     b"\x00\xff",
-    "\x00 ${HOME} \ud800",
+    "\x00 ${HOME} \U0001f600",
     {"__qtasks__": "dict", "value": {"x": 1}},
     [[{"a": [b"x"]}]],
 ]

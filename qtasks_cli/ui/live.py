@@ -33,6 +33,7 @@ from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import JobView, RunStatus, Snapshot
 from qtasks_cli.redaction import hold_back, redact_known
 from qtasks_cli.ui import log as ui_log
+from qtasks_cli.ui.lines import MAX_HELD, LineCutter
 from qtasks_cli.ui.text import clean_line, clean_output
 
 log = logging.getLogger(__name__)
@@ -761,7 +762,7 @@ def _pump(fd: int, view: LiveView) -> None:
     The lines read together are redacted together, so a secret of several lines is hidden
     whole; lines that end with the first lines of a known multi-line secret wait for the next
     read (``redaction.hold_back``), and each line of such a secret is hidden on its own too."""
-    pending = b""
+    cutter = LineCutter(hold_back)
     try:
         while True:
             try:
@@ -772,33 +773,29 @@ def _pump(fd: int, view: LiveView) -> None:
                 break
             if not chunk:
                 break
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if not cut:
-                continue
-            block = pending[:cut].decode("utf-8", "replace")
-            stop = hold_back(block)
-            if stop < len(block):
-                tail = block[stop:].encode("utf-8")
-                cut -= len(tail) if pending[:cut].endswith(tail) else 0
-            ready, pending = pending[:cut], pending[cut:]
-            if len(pending) > _HELD_BYTES:  # never hold without bound
-                ready, pending = ready + pending, b""
-            _show_output(view, ready)
-        _show_output(view, pending)
+            for data, cut in cutter.feed(chunk):
+                _show_output(view, data, cut)
+        for data, cut in cutter.finish():
+            _show_output(view, data, cut)
     finally:
         os.close(fd)
 
 
-_HELD_BYTES = 64 * 1024
+_SHOWN_CHARS = 2000  # of one output line; the table shows one screen line of it anyway
+_CUT = f" … (the rest of this line, over {MAX_HELD // 1024} KiB, is not shown)"
 
 
-def _show_output(view: LiveView, data: bytes) -> None:
+def _show_output(view: LiveView, data: bytes, cut: bool = False) -> None:
     if not data.strip():
         return
     text = redact_known(data.decode("utf-8", "replace"))
-    for row in text.split("\n"):
-        shown = clean_output(row)
+    rows = text.split("\n")
+    for number, row in enumerate(rows, 1):
+        shown = clean_output(row[: _SHOWN_CHARS + 1])
+        if len(shown) > _SHOWN_CHARS:
+            shown = shown[:_SHOWN_CHARS] + "…"
+        if cut and number == len(rows):
+            shown += _CUT
         if shown.strip():
             view.add_line(EventLine(time=view.clock(), level=logging.INFO, text=f"output: {shown}"))
 
@@ -823,9 +820,9 @@ def _captured(view: LiveView) -> Iterator[int]:
     try:
         yield saved[2]
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        from qtasks_cli import exiting
+
+        exiting.flush_stdio()  # bounded: a job may have put a stream there whose flush hangs
         for fd, copy in saved.items():
             os.dup2(copy, fd)
             os.close(copy)

@@ -212,10 +212,41 @@ class JsonFormatter(logging.Formatter):
         return json_safe(json.dumps(fields, ensure_ascii=False, default=str))
 
 
+# The daemon's own loggers, and those of the libraries it runs its loop and store with. Their
+# records go to qtasks' handler alone and never propagate to the root logger, so a handler a job
+# adds there (an HTTPHandler to a collector that hangs) never runs in the daemon's log calls.
+DAEMON_LOGGERS = ("qtasks", "qtasks_cli", "asyncio", "concurrent.futures", "psycopg", "tenacity")
+
+
+def _install(handler: logging.Handler, level: int) -> Callable[[], None]:
+    """Make ``handler`` the only handler of the root logger and of DAEMON_LOGGERS (which stop
+    propagating); the returned function puts back what was there."""
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in DAEMON_LOGGERS]
+    before = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        for old in list(lg.handlers):
+            lg.removeHandler(old)
+        lg.addHandler(handler)
+        lg.setLevel(level)
+    for lg in loggers[1:]:
+        lg.propagate = False
+
+    def restore() -> None:
+        for lg, handlers, old_level, propagate in before:
+            lg.removeHandler(handler)
+            for old in handlers:
+                lg.addHandler(old)
+            lg.setLevel(old_level)
+            lg.propagate = propagate
+
+    return restore
+
+
 def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:
     """Send every log record to stderr as ``plain``, ``json`` or ``journal`` lines, through a
     bounded queue formatted and written off the loop (``ui.output``); ``stream`` instead (a
-    test's StringIO) writes there directly."""
+    test's StringIO) writes there directly. The daemon's records (DAEMON_LOGGERS) reach this
+    handler only; a job's reach it and whatever handlers the job adds to the root logger."""
     from qtasks_cli.ui import output
 
     formatter: logging.Formatter = (
@@ -227,27 +258,10 @@ def configure(mode: str, stream: TextIO | None = None, level: int = logging.INFO
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(formatter)
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    _install(handler, level)
 
 
 def use_handler(handler: logging.Handler, level: int = logging.INFO) -> Callable[[], None]:
     """Make ``handler`` the only destination of log records (the live table's events area)
     until the returned function is called, which puts the previous handlers back."""
-    root = logging.getLogger()
-    before, before_level = list(root.handlers), root.level
-    for old in before:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-
-    def restore() -> None:
-        root.removeHandler(handler)
-        for old in before:
-            root.addHandler(old)
-        root.setLevel(before_level)
-
-    return restore
+    return _install(handler, level)

@@ -13,9 +13,10 @@ from reliability.registry import case
 FORKS = """
 import os
 import pickle
+import stat
 import time
 
-from qtasks_cli import isolation
+from qtasks_cli import frames, isolation
 
 
 def _wait(pid):
@@ -47,6 +48,44 @@ def copy_writes_frames():
         os._exit(0)
     _wait(pid)
     return f"parent {os.getpid()}"
+
+
+def _sockets():
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                yield fd
+        except OSError:
+            pass
+
+
+def copy_forges_the_child():
+    # fork(2) from C (no at-fork hooks): frames claiming the child's pid, every call
+    import ctypes
+
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:
+        child = os.getppid()
+        for call in range(64):
+            payload = pickle.dumps("forged")
+            header = frames.HEADER.pack(frames.MAGIC, child, call, 4, len(payload))
+            for fd in _sockets():
+                try:
+                    os.write(fd, header + b"done" + payload)
+                except OSError:
+                    pass
+        os._exit(0)
+    _wait(pid)
+    return f"parent {os.getpid()}"
+
+
+def absurd_length():
+    # the child itself writes a header announcing 2**62 bytes on its channel
+    header = frames.HEADER.pack(frames.MAGIC, os.getpid(), 1, 4, 2**62)
+    for fd in _sockets():
+        os.write(fd, header + b"done")
+    time.sleep(5)
+    return "never read"
 """
 
 ATTEMPTS = """
@@ -87,6 +126,14 @@ copy_writes_frames:
   entrypoint: rel_forks:copy_writes_frames
   isolation: process
   schedule: "*/2 * * * * *"
+copy_forges_the_child:
+  entrypoint: rel_forks:copy_forges_the_child
+  isolation: process
+  schedule: "*/2 * * * * *"
+absurd_length:
+  entrypoint: rel_forks:absurd_length
+  isolation: process
+  schedule: "*/3 * * * * *"
 """
 
 ATTEMPT_JOBS = """
@@ -135,6 +182,38 @@ def test_forked_copy_speaks(outcomes: dict[str, Outcome]) -> None:
         rows = [r for r in out.of(job) if r["status"] != "cancelled"]
         assert_all(rows, status="succeeded", at_least=2, result="parent ")
     assert "dropped" in out.log
+
+
+@case(
+    "forged_child_pid",
+    group="job faults (isolation: process)",
+    title="a copy forked by fork(2) itself (no Python at-fork hook runs) writes result frames "
+    "that carry the child's pid, for every call, on every socket it inherited",
+    checks="every run `succeeded` with the parent's own result, never `forged`: the kernel "
+    "names the writer of every message (SCM_CREDENTIALS) and the copy's are dropped, logged",
+)
+def test_forged_child_pid(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["forks"]
+    assert_healthy(out)
+    rows = [r for r in out.of("copy_forges_the_child") if r["status"] != "cancelled"]
+    assert_all(rows, status="succeeded", at_least=2, result="parent ")
+    assert "not the child, wrote on its channel" in out.log
+
+
+@case(
+    "frame_length_absurd",
+    group="job faults (isolation: process)",
+    title="a process job's child writes a frame header announcing 2**62 bytes on its channel",
+    checks="nothing is allocated for it: the run `failed` with `not a qtasks frame` and the "
+    "limit in its error, no qtasks traceback; the per-second job keeps its times",
+)
+def test_frame_length_absurd(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["forks"]
+    assert_healthy(out)
+    rows = [r for r in out.of("absurd_length") if r["status"] != "cancelled"]
+    assert_all(rows, status="failed", at_least=1, error="not a qtasks frame")
+    assert all("over the limit" in (r["error"] or "") for r in rows), rows
+    assert "MemoryError" not in out.log
 
 
 def _marks(path: Path) -> list[tuple[str, int, float]]:

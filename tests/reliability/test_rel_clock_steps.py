@@ -176,3 +176,39 @@ def test_a_forward_jump_of_an_hour_costs_bounded_work_and_rows(
     assert len(daemon.output.splitlines()) < 3000  # not a line per missed fire
     fires = Counter((r["job"], r["scheduled"]) for r in rows)
     assert max(fires.values()) == 1
+
+
+@case(
+    "clock_step_back_repeats",
+    group=GROUP,
+    title="the wall clock steps back 6 s over wall times already fired (libfaketime; the "
+    "monotonic clock is not faked)",
+    checks="a job following the clock (cron(8): minute field starting with *) fires again at "
+    "the repeated wall times; a fixed-time job does not fire a wall time twice",
+)
+def test_a_step_back_over_fired_times_repeats_only_clock_jobs(
+    project: Any, daemons: Any, tmp_path: Path
+) -> None:
+    path = project(
+        "jobs:\n"
+        " clock:\n  entrypoint: work:tick\n  schedule: '* * * * * *'\n"
+        " fixed:\n  entrypoint: work:tick\n  schedule: '* 0-59 0-23 * * *'\n",
+        work=TICK,
+    )
+    offset = tmp_path / "offset"
+    offset.write_text("+0\n")
+    daemon = daemons([str(path)], cwd=path.parent, env=faked(offset))
+    daemon.wait_for(lambda log: "next fire" in log)
+    wait_until(lambda: len(ran(history(path), "clock")) >= 8, timeout=30)
+    offset.write_text("-6\n")
+    daemon.wait_for(lambda log: "stepped back by 6s" in log, timeout=15)
+
+    def seconds(job: str) -> Counter[datetime]:
+        return Counter(t.replace(microsecond=0) for t in ran(history(path), job))
+
+    # Fires at a wall second already fired before the step: the clock job repeats them.
+    wait_until(lambda: sum(n > 1 for n in seconds("clock").values()) >= 3, timeout=20)
+    assert daemon.stop() == 0
+    assert max(seconds("fixed").values()) == 1  # a fixed-time job never fires a time twice
+    fires = Counter((r["job"], r["scheduled"]) for r in history(path))
+    assert max(fires.values()) == 1  # each recorded fire once
