@@ -710,14 +710,17 @@ class Supervisor:
 
     def _busy(self, name: str) -> str | None:
         """Why the job counts as still running, or None: a run in progress or waiting for a
-        slot, or a thread of an earlier run that timed out and has not returned."""
+        slot, or a thread of an earlier run that timed out and has not returned, or a task of
+        one that ignored its cancellation and still runs."""
         state = self.jobs[name]
         if state.running > state.waiting:
             return "previous run still running"
         if state.running:
             return "previous run still waiting for a free slot (max_concurrent)"
-        if self.runtime.stuck[name]:
+        if self.runtime.stuck[name] > self.runtime.stuck_tasks[name]:
             return "previous run's thread is still running after its timeout"
+        if self.runtime.stuck[name]:
+            return "previous run's task ignored its cancellation and is still running"
         return None
 
     def _overlap(self, fire: Fire) -> Fire:
