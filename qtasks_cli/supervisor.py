@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from qtasks_cli import sigguard
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -56,6 +57,9 @@ HEARTBEAT_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
 # Missed fires of one job in one wake-up reported one event each; more become one event.
 MISSED_EVENTS = 5
+# While runs are in progress the loop wakes at least this often (seconds) to put back the
+# daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
+SIGNAL_CHECK = 1.0
 # Runs handed over through the store: begun durably before their body (ledger.py).
 HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 
@@ -294,6 +298,7 @@ class Supervisor:
                 self.apply_config(parsed)
             now = self.clock()
             try:
+                sigguard.check(self._running_jobs)
                 self._check_clock(now)
                 self._claim_due(now)
                 self._start_ready(self.clock())
@@ -414,9 +419,17 @@ class Supervisor:
             self._seq += 1
             heapq.heappush(self._heap, (when, self._seq, name, state.generation))
 
+    def _running_jobs(self) -> str:
+        """Who may have changed the daemon's signal handling: the jobs running now."""
+        names = [name for name, state in self.jobs.items() if state.running]
+        names += [name for name, count in self.runtime.stuck.items() if count]
+        return ", ".join(sorted(set(names))[:10]) or "a job"
+
     def _sleep_for(self) -> float | None:
         now = self.clock()
         waits = []
+        if self._tasks or self.runtime.zombies:  # runs in progress: see SIGNAL_CHECK
+            waits.append(SIGNAL_CHECK)
         if self._poll_task is None or self._poll_task.done():
             # While a poll is pending its end wakes the loop; a past _next_poll would spin.
             waits.append(max(0.0, self._next_poll - now.timestamp()))
