@@ -173,6 +173,11 @@ def _take_apart(stack: list[Any]) -> None:
 
 
 def _push_nested(stack: list[Any], items: Any) -> None:
+    # The types of a slice, in C: the loop below runs only for a slice that holds containers.
+    kinds = set(map(type, items))
+    if not any(kind is container for kind in kinds for container in _CONTAINERS):
+        return
+    del kinds
     for item in items:
         if _is_one_of(type(item), _CONTAINERS) and len(item) and _held_by_parent_only(item):
             stack.append(item)

@@ -63,9 +63,12 @@ class _Guard:
 
 
 def _caller() -> str:
-    """``file:line`` of the first frame outside this module (the job's call)."""
+    """``file:line`` of the first frame outside this module and asyncio (the job's call)."""
     frame = sys._getframe(2)
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
+    while frame is not None and (
+        frame.f_globals.get("__name__") == __name__
+        or str(frame.f_globals.get("__name__", "")).startswith("asyncio.")
+    ):
         frame = frame.f_back  # type: ignore[assignment]
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
