@@ -302,14 +302,15 @@ class _OwnedTable(dict):  # type: ignore[type-arg]
 
 
 def _restored(job: str, what: str) -> None:
+    key = ("restored", what.split(" (to ")[0])
     with _Guard.lock:
-        if (job, what) in _Guard.warned:
+        if key in _Guard.warned:
             return
-        _Guard.warned.add((job, what))
+        _Guard.warned.add(key)
     log.warning(
-        "job %s changed %s past the guard; the daemon's is restored (warned once per job)",
-        job,
+        "%s was changed past the guard (noticed %s); the daemon's is restored (warned once)",
         what,
+        f"while {job} ran" if job.startswith("one of") else f"when job {job}'s attempt ended",
     )
 
 

@@ -423,7 +423,8 @@ class Supervisor:
         """Who may have changed the daemon's signal handling: the jobs running now."""
         names = [name for name, state in self.jobs.items() if state.running]
         names += [name for name, count in self.runtime.stuck.items() if count]
-        return ", ".join(sorted(set(names))[:10]) or "a job"
+        unique = sorted(set(names))
+        return f"one of the running jobs ({', '.join(unique[:10]) or '?'})"
 
     def _sleep_for(self) -> float | None:
         now = self.clock()
