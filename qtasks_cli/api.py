@@ -385,12 +385,14 @@ async def _serve(
 ) -> int:
     import asyncio
 
-    from qtasks_cli import sigguard
+    from qtasks_cli import offthread, sigguard
     from qtasks_cli.ledger import until_stored
     from qtasks_cli.supervisor import Supervisor
 
     store = open_state(config, state)
     loop = asyncio.get_running_loop()
+    # Jobs' to_thread calls that hang must never hold up the daemon's own (offthread.py).
+    loop.set_default_executor(offthread.DaemonExecutor())
     # A store that is locked, full, read-only or unreachable at start-up is waited for,
     # with backoff and a log line; only a configuration error exits 2 (see ledger.py).
     early_stop = asyncio.Event()
@@ -425,9 +427,9 @@ async def _serve(
         # An unchanged file needs no new parse (modules are not re-imported anyway), so
         # repeated SIGHUPs cost almost nothing.
         nonlocal last_text, last_config
-        text = await asyncio.to_thread(_read_bytes, config_path)
+        text = await offthread.run(_read_bytes, config_path, name="qtasks-reload")
         if text is None or text != last_text:
-            last_config = await asyncio.to_thread(load, config_path)
+            last_config = await offthread.run(load, config_path, name="qtasks-reload")
             last_text = text
         return last_config
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qtasks_cli import __version__
+from qtasks_cli import __version__, offthread
 from qtasks_cli.errors import StoreError
 from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
 
@@ -156,8 +156,8 @@ class Controller:
         """Open the store and read the pauses before the first fire (so a restart never
         fires a paused job), then start the thread. StoreError if the store cannot be read."""
         self._loop = asyncio.get_running_loop()
-        self._store = await asyncio.to_thread(self._open)
-        paused = await asyncio.to_thread(self._store.paused)
+        self._store = await offthread.run(self._open, name="qtasks-control")
+        paused = await offthread.run(self._store.paused, name="qtasks-control")
         self.supervisor.paused = frozenset(paused)
         self._thread = threading.Thread(target=self._main, name="qtasks-control", daemon=True)
         self._thread.start()
@@ -190,7 +190,8 @@ class Controller:
         self._wake.set()
         thread = self._thread
         if thread is not None:
-            await asyncio.to_thread(thread.join, LOOP_WAIT + 5 if wait is None else wait)
+            # Not asyncio.to_thread: jobs may have filled the loop's default executor.
+            await offthread.run(thread.join, LOOP_WAIT + 5 if wait is None else wait)
 
     # --- the thread -------------------------------------------------------------------------
 

@@ -166,6 +166,8 @@ class Runtime:
         # Per job, its zombie threads: such a job counts as still running for its overlap
         # rule, so one hung job holds one slot, not every slot; on_unstuck(job) when one ends.
         self.stuck: collections.Counter[str] = collections.Counter()
+        # Of those, the tasks that ignored their cancellation (async jobs).
+        self.stuck_tasks: collections.Counter[str] = collections.Counter()
         self.on_unstuck: Callable[[str], None] | None = None
         # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
         # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
@@ -255,7 +257,9 @@ class Runtime:
             "%s; thread still running; counted against max_concurrent until it returns", what
         )
 
-        def bury(_: asyncio.Future[_Outcome]) -> None:
+        def bury(done: asyncio.Future[_Outcome]) -> None:
+            if not done.cancelled():
+                _let_go(done.result())  # what the late thread returned: dropped off the loop
             self.zombies -= 1
             self.capacity.release()
             log.info("%s; its thread has returned", what)
@@ -274,10 +278,34 @@ class Runtime:
         self, task: asyncio.Task[Any], owner: str | None = None, run_id: str | None = None
     ) -> None:
         """Hold a task that ignored its cancellation, so it is not garbage collected mid-run;
-        ``run_id`` (of job ``owner``) is in ``abandoned`` until the task ends."""
+        ``run_id`` (of job ``owner``) is in ``abandoned`` until the task ends. Like a thread
+        that outlived its timeout, it borrows a capacity unit and counts in ``stuck[owner]``
+        (the job is still running for its overlap rule) until it ends."""
+        if task.done():
+            return
         self._stray.add(task)
-        task.add_done_callback(self._stray.discard)
         self._mark_abandoned(task, owner, run_id)
+        self.capacity.borrow()
+        self.zombies += 1
+        if owner is not None:
+            self.stuck[owner] += 1
+            self.stuck_tasks[owner] += 1
+
+        def bury(done: asyncio.Task[Any]) -> None:
+            self._stray.discard(done)
+            if not done.cancelled() and done.exception() is None:
+                outcome = done.result()
+                if type(outcome) is _Outcome:
+                    _let_go(outcome)
+            self.zombies -= 1
+            self.capacity.release()
+            if owner is not None:
+                self.stuck[owner] -= 1
+                self.stuck_tasks[owner] -= 1
+                if self.on_unstuck is not None:
+                    self.on_unstuck(owner)
+
+        task.add_done_callback(bury)
 
     def _mark_abandoned(
         self, future: asyncio.Future[Any], owner: str | None, run_id: str | None
@@ -376,6 +404,9 @@ class _Run:
         self.items: int | None = None  # items handled by the current attempt
         self.abandon_reason = "cancelled"
         self.stuck_stack: traceback.StackSummary | None = None
+        # A stuck thread's frames (innermost first) with their line numbers at the timeout:
+        # their source lines are read off the loop, when the timeout's traceback is made.
+        self.stuck_frames: list[tuple[types.FrameType, int]] | None = None
         self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
         # What still runs the body of an attempt that timed out (a thread, a task that ignored
         # its cancellation, a child process not yet reaped): no retry starts beside it.
@@ -402,7 +433,7 @@ class _Run:
             value = fn(*args, **kwargs)
         else:
             value = await self.in_thread(functools.partial(fn, *args, **kwargs))
-        if inspect.isawaitable(value):
+        if _awaitable(value):
             value = await value
         return value
 
@@ -415,7 +446,12 @@ class _Run:
         self.leftover = thread
         frame = sys._current_frames().get(thread.ident or -1)
         if frame is not None:
-            self.stuck_stack = traceback.extract_stack(frame)
+            # Frames and line numbers only: reading source lines may run a loader's code.
+            frames: list[tuple[types.FrameType, int]] = []
+            while frame is not None:
+                frames.append((frame, frame.f_lineno))
+                frame = frame.f_back
+            self.stuck_frames = frames
             self.stuck_where = "its thread is still running here"
         return f"{self.label}: {self.abandon_reason}"
 
@@ -474,15 +510,35 @@ class _Run:
         return None
 
     def retryable(self, exc: BaseException) -> bool:
+        """Whether ``retry_on`` matches ``exc``: by its class's MRO, as ``except`` matches
+        (no code of the job's exception runs on the loop)."""
         if self._retry_types is None:
             self._retry_types = _retry_types(self.job)
-        if isinstance(exc, ReportedError):
+        if type(exc) is ReportedError:
             return exc.is_a(self._retry_types)
-        return isinstance(exc, self._retry_types)
+        return failures.is_subclass(type(exc), self._retry_types)
 
 
 def _seconds(value: float) -> str:
     return format_duration(timedelta(seconds=value))
+
+
+def _awaitable(value: Any) -> bool:
+    """``inspect.isawaitable(value)`` judged from ``type(value)`` alone: no ``__class__``
+    property or ABC machinery (a metaclass's ``__eq__``/``__hash__``) of the job runs here."""
+    kind = type(value)
+    if kind is types.CoroutineType:
+        return True
+    if kind is types.GeneratorType:  # a @types.coroutine generator
+        return bool(value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE)
+    return failures.has_method(kind, "__await__")
+
+
+def _let_go(outcome: _Outcome | None) -> None:
+    """The job's value and exception of ``outcome`` are dropped off the loop (release.py)."""
+    if outcome is not None:
+        release.adopt(outcome.value)
+        release.adopt(outcome.error)
 
 
 def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
@@ -524,27 +580,38 @@ async def _call_attempt(run: _Run) -> Any:
         return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
     value = await run.call(fn, *run.args, **run.kwargs)
     # A plain function (a partial, a factory) may hand back a generator: iterate it too.
-    if isinstance(value, types.GeneratorType):
+    # (Exact types: neither can be subclassed, and isinstance would read __class__.)
+    if type(value) is types.GeneratorType:
         return await _drain(run, value, handler)
-    if isinstance(value, types.AsyncGeneratorType):
+    if type(value) is types.AsyncGeneratorType:
         return await _drain_async(run, value, handler)
     return value
 
 
 async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
-    """Iterate a sync generator, each step in a thread since it may block."""
+    """Iterate a sync generator, each step in a thread since it may block. A generator left
+    unfinished (a timeout, a cancel) is closed off the loop: its ``finally`` is the job's code
+    and may block, so it runs where its last reference is dropped, in release.py's thread."""
     handled: list[Any] = []
     run.items = 0
     end = object()
-    while True:
-        item = await run.in_thread(functools.partial(next, gen, end))
-        if item is end:
-            return handled
-        try:
-            handled.append(await _handle(run, handler, item))
-        except _HandlerFailed:
-            await run.in_thread(functools.partial(_close_quietly, gen))
-            raise
+    finished = False
+    try:
+        while True:
+            item = await run.in_thread(functools.partial(next, gen, end))
+            if item is end:
+                finished = True
+                return handled
+            try:
+                handled.append(await _handle(run, handler, item))
+            except _HandlerFailed:
+                await run.in_thread(functools.partial(_close_quietly, gen))
+                raise
+            finally:
+                del item
+    finally:
+        if not finished:
+            release.adopt(gen)
 
 
 async def _drain_async(run: _Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
@@ -584,6 +651,8 @@ async def _handle(run: _Run, handler: Any, item: Any) -> Any:
             raise
         except BaseException as exc:
             raise _HandlerFailed(run.job.generate_handler or "", exc) from exc
+    if value is not item:
+        release.adopt(item)  # the handler's input, dropped off the loop
     run.items = (run.items or 0) + 1
     if run.job.echo:
         run.event(
@@ -604,6 +673,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     number = len(run.attempt_log) + 1
     run.items = None
     run.stuck_stack = None
+    run.stuck_frames = None
     run.stuck_where = ""
     run.leftover = None
     started = run.clock()
@@ -655,6 +725,8 @@ async def _attempt(run: _Run) -> _AttemptResult:
 
 
 async def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResult:
+    # Whatever the attempt handed back is dropped off the loop once nobody holds it.
+    _let_go(outcome)
     if timed_out:
         return _AttemptResult(items=run.items, failure=await _timeout_failure(run, outcome))
     assert outcome is not None  # only a timed-out task may be left without an outcome
@@ -742,10 +814,10 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
 async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
     """The failure ``exc`` makes, its text made off the loop, bounded and contained."""
     prefix = ""
-    if isinstance(exc, _HandlerFailed):
+    if type(exc) is _HandlerFailed:
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
-    if isinstance(exc, ReportedError):  # text already, made by the child process
+    if type(exc) is ReportedError:  # text already, made by the child process
         error_type = failures.clip(exc.type_name, 300)
         error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
         text = exc.traceback_text
@@ -767,15 +839,27 @@ async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
 async def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
     job = run.job
     message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
-    if run.stuck_stack is not None:
-        stack, where = run.stuck_stack, run.stuck_where
-    elif outcome is not None and outcome.error is not None:
-        stack, where = traceback.extract_tb(outcome.error.__traceback__), "cancelled here"
-    else:
-        stack, where = traceback.StackSummary(), ""
+    frames_at = run.stuck_frames
+    run.stuck_frames = None
+    summary, where = run.stuck_stack, run.stuck_where
+    error = outcome.error if outcome is not None else None
 
-    def text() -> str | None:  # reads source files: off the loop
-        frames = failures.user_frames(stack)
+    def stack() -> traceback.StackSummary:
+        if frames_at is not None:
+            found = traceback.StackSummary.extract(iter(frames_at))
+            found.reverse()
+            return found
+        if summary is not None:
+            return summary
+        if error is not None:
+            return traceback.extract_tb(error.__traceback__)
+        return traceback.StackSummary()
+
+    if frames_at is None and summary is None:
+        where = "cancelled here" if error is not None else ""
+
+    def text() -> str | None:  # reads source files and the job's exception: off the loop
+        frames = failures.user_frames(stack())
         if not frames:
             return None
         body = "".join(frames.format())
@@ -787,8 +871,17 @@ async def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
         exc=TimeoutError(message),
         error_type="TimeoutError",
         error=message,
-        traceback=await failures.off_loop(text, fallback=None),
+        traceback=await _timeout_text(text, frames_at),
     )
+
+
+async def _timeout_text(
+    text: Callable[[], str | None], frames: list[tuple[types.FrameType, int]] | None
+) -> str | None:
+    try:
+        return await failures.off_loop(text, fallback=None)
+    finally:
+        release.adopt(frames)  # the stuck thread's frames hold its locals
 
 
 def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
@@ -804,11 +897,15 @@ def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
 
 async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
     if run.job.secrets:  # a hook's payload never holds a ${NAME} value
-        from dataclasses import replace
-
         from qtasks_cli.redaction import redact_value
 
-        result = replace(result, result=redact_value(result.result, run.job.secrets))
+        value, secrets = result.result, run.job.secrets
+        # Walking the job's value runs its code (isinstance, iteration): off the loop.
+        hidden = await failures.off_loop(
+            lambda: redact_value(value, secrets), fallback=None, refused=None
+        )
+        result = replace(result, result=hidden)
+        release.adopt(hidden)
     return await run.call(run.resolve(ref), result)
 
 
@@ -825,6 +922,7 @@ async def _run_hook(run: _Run, result: RunResult) -> None:
         return
     bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
     outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
+    _let_go(outcome)
     if timed_out:
         log.warning(
             "%s: %s hook %r did not finish within %s; abandoned",

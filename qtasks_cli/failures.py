@@ -77,7 +77,7 @@ class _Helpers:
     # The class whose __str__/__repr__ each helper thread is calling right now, and the
     # classes whose text once outlived its deadline: those are not called again.
     calling: ClassVar[dict[int, type]] = {}
-    hung: ClassVar[set[type]] = set()
+    hung: ClassVar[dict[int, type]] = {}  # by id: a set would call a metaclass's __hash__/__eq__
 
 
 _MAX_HUNG = 1_000
@@ -96,7 +96,7 @@ def _calling(cls: type) -> Iterator[None]:
 
 
 def _hung_before(cls: type) -> bool:
-    return cls in _Helpers.hung
+    return id(cls) in _Helpers.hung
 
 
 def stuck_threads() -> int:
@@ -129,6 +129,17 @@ def _stop_thread(ident: int) -> None:
     while frame is not None:
         frame.f_trace = _throttle
         frame = frame.f_back
+
+
+def _lowest_priority(thread: threading.Thread) -> None:
+    """Give a late helper thread the lowest CPU priority (nice 19, Linux: per thread), so that
+    code we cannot stop, a C loop that releases the GIL (a key derivation retried forever),
+    only takes CPU time nobody else wants."""
+    native = thread.native_id
+    if native is None:
+        return
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, native, 19)
 
 
 def _nudge_stuck() -> int:
@@ -192,8 +203,9 @@ async def off_loop(
                 _Helpers.stuck[thread.ident] = thread
                 culprit = _Helpers.calling.get(thread.ident)
                 if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
-                    _Helpers.hung.add(culprit)
+                    _Helpers.hung[id(culprit)] = culprit
                 _stop_thread(thread.ident)
+                _lowest_priority(thread)
         log.warning(
             "turning a job's value into text took longer than %gs; gave up and asked the "
             "thread to stop (%d such thread(s) still running)",
@@ -207,13 +219,48 @@ async def off_loop(
     return result
 
 
+# --- types, read without running a job's code ----------------------------------------------------
+#
+# ``isinstance(x, C)`` reads ``x.__class__`` (a property of the job's class may run there), ``kind
+# in (int, float)`` and sets of classes call a metaclass's ``__eq__``/``__hash__``, and ``cls.attr``
+# goes through a metaclass's ``__getattribute__``. On the event loop, a job's value is only ever
+# looked at through ``type(x)`` (the C type slot), identity, and these slot readers of ``type``.
+
+_MRO = type.__dict__["__mro__"].__get__
+_NAME = type.__dict__["__name__"].__get__
+_QUALNAME = type.__dict__["__qualname__"].__get__
+_MODULE = type.__dict__["__module__"].__get__
+_CLASS_DICT = type.__dict__["__dict__"].__get__
+
+
+def is_one_of(kind: type, kinds: tuple[type, ...]) -> bool:
+    """``kind`` is one of ``kinds``, by identity."""
+    return any(kind is candidate for candidate in kinds)
+
+
+def is_subclass(cls: type, bases: tuple[type, ...]) -> bool:
+    """``cls`` derives from one of ``bases`` through its MRO, as ``except`` matches exceptions
+    (no ``__subclasscheck__``, no ``__class__``, no ``__eq__`` of the job's classes run)."""
+    return any(klass is base for klass in _MRO(cls) for base in bases)
+
+
+def has_method(cls: type, name: str) -> bool:
+    """``name`` is defined in the class dict of ``cls`` or of a class of its MRO."""
+    return any(name in _CLASS_DICT(klass) for klass in _MRO(cls))
+
+
+def class_name(cls: type) -> str:
+    """``cls.__name__`` without running a metaclass's code."""
+    return plain_str(_NAME(cls), 300) or "?"
+
+
 # --- strings -------------------------------------------------------------------------------------
 
 
 def plain_str(text: Any, limit: int) -> str:
     """An exact ``str`` of at most ``limit`` characters from a str (or str subclass) value,
     without calling any method the subclass may override."""
-    return str.__getitem__(text, slice(0, limit)) if isinstance(text, str) else ""
+    return str.__getitem__(text, slice(0, limit)) if is_subclass(type(text), (str,)) else ""
 
 
 def clip(text: str, limit: int) -> str:
@@ -238,14 +285,14 @@ def redacted(text: str, limit: int, redact: Callable[[str], str], *, keep_end: b
 
 def type_name(obj: BaseException | type) -> str:
     """``ValueError`` for builtins, else ``module.Qualified.Name``; never raises."""
-    cls = obj if isinstance(obj, type) else type(obj)
+    cls: type = obj if is_subclass(type(obj), (type,)) else type(obj)  # type: ignore[assignment]
     try:
-        module, qualname = cls.__module__, cls.__qualname__
-        if not isinstance(module, str) or not isinstance(qualname, str):
+        module, qualname = _MODULE(cls), _QUALNAME(cls)
+        if type(module) is not str or type(qualname) is not str:
             raise TypeError
         return plain_str(qualname if module == "builtins" else f"{module}.{qualname}", 300)
-    except BaseException:
-        return plain_str(type.__getattribute__(cls, "__name__"), 300)
+    except Exception:
+        return class_name(cls)
 
 
 def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> str:
@@ -253,14 +300,14 @@ def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> s
     without calling it when that class's ``__str__`` once outlived its deadline."""
     cls = type(exc)
     if _hung_before(cls):
-        return f"<{cls.__name__}: its str() hung before; not called again>"
+        return f"<{class_name(cls)}: its str() hung before; not called again>"
     try:
         with _calling(cls):
             return plain_str(str(exc), limit)
     except _GaveUp:
         raise
     except BaseException as inner:
-        return f"<{cls.__name__} whose str() raised {type(inner).__name__}>"
+        return f"<{class_name(cls)} whose str() raised {class_name(type(inner))}>"
 
 
 def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
@@ -268,14 +315,14 @@ def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
     calling it when that class's ``__repr__`` once outlived its deadline."""
     cls = type(value)
     if _hung_before(cls):
-        return f"<{cls.__name__} object: its repr() hung before; not called again>"
+        return f"<{class_name(cls)} object: its repr() hung before; not called again>"
     try:
         with _calling(cls):
             return plain_str(repr(value), limit)
     except _GaveUp:
         raise
     except BaseException as inner:
-        return f"<{cls.__name__} object whose repr() raised {type(inner).__name__}>"
+        return f"<{class_name(cls)} object whose repr() raised {class_name(type(inner))}>"
 
 
 # --- previews of plain values --------------------------------------------------------------------
@@ -330,16 +377,16 @@ def _leaf_bytes(out: _Writer, value: bytes | bytearray) -> bytes:
 
 def _repr_into(out: _Writer, value: Any, depth: int) -> None:
     kind = type(value)
-    if kind in _SCALARS:
+    if is_one_of(kind, _SCALARS):
         out.put(out.leaf(_scalar_repr(value)))
     elif kind is str:
         cut = out.leaf(value[: out.budget + _LEAF_MARGIN])[: out.budget]
         out.put(repr(cut) + ("…" if len(value) > out.budget else ""))
-    elif kind in (bytes, bytearray):
+    elif kind is bytes or kind is bytearray:
         shown = _leaf_bytes(out, value)
         text = repr(shown) if kind is bytes else f"bytearray({shown!r})"
         out.put(text + (f"… ({len(value)} bytes)" if len(value) > out.budget else ""))
-    elif kind in _CONTAINERS:
+    elif is_one_of(kind, _CONTAINERS):
         _container_repr(out, value, depth)
     elif out.user_code:
         out.put(out.leaf(safe_repr(value, out.budget + _LEAF_MARGIN))[: out.budget + 1])
@@ -365,7 +412,7 @@ def _container_repr(out: _Writer, value: Any, depth: int) -> None:
 def _container_items(out: _Writer, value: Any, depth: int) -> None:
     kind = type(value)
     opening, closing = "[]" if kind is list else "()" if kind is tuple else "{}"
-    if kind in (set, frozenset):
+    if kind is set or kind is frozenset:
         if not value:
             out.put(f"{kind.__name__}()")
             return
@@ -394,7 +441,7 @@ def _json_key(key: Any) -> str:
         return key
     if key is None or type(key) is bool:
         return json.dumps(key)
-    if type(key) in (int, float):
+    if type(key) is int or type(key) is float:
         return json.dumps(key) if type(key) is float else _scalar_repr(key)
     raise TypeError("not a JSON key")
 
@@ -403,7 +450,7 @@ def _json_into(out: _Writer, value: Any, depth: int) -> None:
     kind = type(value)
     if depth > 20:
         raise _Full
-    if kind in _SCALARS:
+    if is_one_of(kind, _SCALARS):
         text = json.dumps(value) if kind is not int else _scalar_repr(value)
         hidden = out.leaf(text)
         out.put(text if hidden == text else json.dumps(hidden, ensure_ascii=False))
@@ -411,7 +458,7 @@ def _json_into(out: _Writer, value: Any, depth: int) -> None:
         if len(value) > out.budget:
             raise _Full
         out.put(json.dumps(out.leaf(value), ensure_ascii=False))
-    elif kind in (list, tuple):
+    elif kind is list or kind is tuple:
         if len(value) > out.budget:
             raise _Full
         out.put("[")
@@ -472,7 +519,7 @@ async def preview_off_loop(
         return preview(value, redact, as_json=as_json)
     except NeedsJobCode:
         pass
-    name = type(value).__name__
+    name = class_name(type(value))
     return await off_loop(
         lambda: preview(value, redact, as_json=as_json, user_code=True),
         fallback=f"<{name} object: its repr() failed or was not read within {TEXT_TIMEOUT:g}s>",

@@ -259,7 +259,9 @@ class Worker:
         if len(frame) <= _DIRECT_WRITE:
             self.write(frame)
         else:
-            await asyncio.to_thread(self.write, frame)
+            from qtasks_cli import offthread  # not the default executor jobs may fill
+
+            await offthread.run(self.write, frame, name="qtasks-child-write")
 
     def write(self, frame: bytes) -> None:
         stdin = self.proc.stdin

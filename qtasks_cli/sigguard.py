@@ -12,16 +12,29 @@ changed nothing (the current handler, the current fd, the current mask).
 A signal sent from outside (``kill``, ``systemctl``, the terminal) is untouched; so is
 ``os.kill(os.getpid(), SIGTERM)``, which is an explicit request to stop gracefully. Process
 jobs (``isolation: process``) run in their own interpreter and keep full control of their
-own signals. Signals other than the guarded ones are the job's to use.
+own signals. Signals other than the guarded ones are the job's to use, but a Python handler a
+job sets for one (a SIGALRM deadline) runs on the main thread, which is the event loop's: an
+exception it raises while the loop, not the job's own code, runs is caught and logged against
+the job instead of breaking the daemon (``_contained``).
+
+``loop.add_signal_handler`` called through the class (``_UnixSelectorEventLoop
+.add_signal_handler(loop, ...)``) passes the instance's guard; the loop's table of handlers is
+guarded too. A handler set by a way no wrapper sees (``from signal import signal`` bound before
+the guard) is put back by ``check`` (at each wake-up of the daemon's loop) and ``restore``
+(after each inline attempt). ``sys.setswitchinterval``, which decides how long the loop may
+wait for the GIL, is guarded the same way.
 """
 
 from __future__ import annotations
 
 import _thread
 import contextlib
+import functools
 import logging
+import os
 import signal
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
@@ -38,15 +51,24 @@ class _Guard:
     active = False
     owned: frozenset[int] = frozenset()
     wakeup_fd = -1
+    switch_interval = 0.005
     handlers: ClassVar[dict[int, Any]] = {}
     originals: ClassVar[dict[str, Callable[..., Any]]] = {}
     warned: ClassVar[set[tuple[str, str]]] = set()
+    # The loop's table of signal callbacks (guarded), and the daemon's own entries in it.
+    loop_table: dict[int, Any] | None = None
+    loop_handles: ClassVar[dict[int, Any]] = {}
+    # Per signal, the wrapper installed for a job's handler and that handler (``getsignal``).
+    wrapped: ClassVar[dict[int, tuple[Any, Any]]] = {}
 
 
 def _caller() -> str:
-    """``file:line`` of the first frame outside this module (the job's call)."""
+    """``file:line`` of the first frame outside this module and asyncio (the job's call)."""
     frame = sys._getframe(2)
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
+    while frame is not None and (
+        frame.f_globals.get("__name__") == __name__
+        or str(frame.f_globals.get("__name__", "")).startswith("asyncio.")
+    ):
         frame = frame.f_back  # type: ignore[assignment]
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
@@ -59,8 +81,9 @@ def _refuse(call: str) -> None:
             return
         _Guard.warned.add(key)
     log.warning(
-        "%s at %s was ignored: the qtasks daemon keeps its own SIGTERM, SIGINT and SIGHUP "
-        "handling (run the job with isolation: process to manage signals yourself)",
+        "%s at %s was refused and changed nothing: the qtasks daemon keeps its own SIGTERM, "
+        "SIGINT and SIGHUP handling and its GIL switch interval (run the job with isolation: "
+        "process to manage them yourself)",
         call,
         where,
     )
@@ -76,8 +99,82 @@ def _name(signum: int) -> str:
 def _signal(signum: int, handler: Any) -> Any:
     if _Guard.active and signum in _Guard.owned:
         _refuse(f"signal.signal({_name(signum)}, ...)")
-        return signal.getsignal(signum)
-    return _Guard.originals["signal"](signum, handler)
+        return _getsignal(signum)
+    if _Guard.active and callable(handler):
+        wrapper = _contained(handler, _job_name(), signum)
+        previous = _Guard.originals["signal"](signum, wrapper)
+        _Guard.wrapped[int(signum)] = (wrapper, handler)
+        return _unwrapped(int(signum), previous)
+    return _unwrapped(int(signum), _Guard.originals["signal"](signum, handler))
+
+
+def _getsignal(signum: int) -> Any:
+    real = _Guard.originals.get("getsignal", signal.getsignal)
+    return _unwrapped(int(signum), real(signum))
+
+
+def _unwrapped(signum: int, handler: Any) -> Any:
+    """The job's own handler for the wrapper ``_contained`` made of it."""
+    entry = _Guard.wrapped.get(signum)
+    return entry[1] if entry is not None and entry[0] is handler else handler
+
+
+def _job_name() -> str:
+    from qtasks_cli.context import RUN_VAR
+
+    run = RUN_VAR.get()
+    return run.job if run is not None else "?"
+
+
+def _contained(handler: Callable[..., Any], job: str, signum: int) -> Callable[..., Any]:
+    """``handler`` run so that what it raises reaches the job's own code only: raised while
+    the daemon (the loop, its selector, qtasks) runs on the main thread, it is logged against
+    ``job`` and dropped, so no fire is left half-claimed and no other run gets the error."""
+
+    def on_signal(received: int, frame: Any) -> Any:
+        if _in_job_code(frame):
+            return handler(received, frame)
+        try:
+            return handler(received, frame)
+        except BaseException as exc:
+            from qtasks_cli.failures import type_name
+
+            log.warning(
+                "job %s: its %s handler raised %s while the daemon, not the job, was running; "
+                "ignored (a handler's exception only reaches the job's own code)",
+                job,
+                _name(signum),
+                type_name(exc),
+            )
+            return None
+
+    on_signal.__wrapped__ = handler  # type: ignore[attr-defined]
+    return on_signal
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_dirs() -> tuple[tuple[str, ...], str]:
+    paths = sysconfig.get_paths()
+    dirs = {
+        os.path.abspath(paths[key]) + os.sep for key in ("stdlib", "platstdlib") if key in paths
+    }
+    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    return tuple(dirs), own
+
+
+def _in_job_code(frame: Any) -> bool:
+    """Whether the main thread was interrupted in a job's code: going outwards from ``frame``,
+    the first frame outside the standard library is not qtasks' (the job's or a library's)."""
+    stdlib, own = _stdlib_dirs()
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(own):
+            return False
+        standard = filename.startswith(stdlib) or filename.startswith("<frozen")
+        if not standard or "-packages" + os.sep in filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _set_wakeup_fd(fd: int, /, **kwargs: Any) -> int:
@@ -114,8 +211,17 @@ def _interrupt_main(signum: int = signal.SIGINT) -> None:
     _Guard.originals["interrupt_main"](signum)
 
 
+def _setswitchinterval(interval: float) -> None:
+    if _Guard.active:
+        _refuse(f"sys.setswitchinterval({interval!r})")
+        return
+    _Guard.originals["setswitchinterval"](interval)
+
+
 _PATCHES: tuple[tuple[Any, str, Callable[..., Any]], ...] = (
     (signal, "signal", _signal),
+    (signal, "getsignal", _getsignal),
+    (sys, "setswitchinterval", _setswitchinterval),
     (signal, "set_wakeup_fd", _set_wakeup_fd),
     (signal, "pthread_sigmask", _pthread_sigmask),
     (signal, "raise_signal", _raise_signal),
@@ -151,36 +257,107 @@ def _guard_loop(loop: Any) -> Callable[[], None]:
 
     loop.add_signal_handler = add_signal_handler
     loop.remove_signal_handler = remove_signal_handler
+    # The class's methods (called as ``Loop.add_signal_handler(loop, ...)``) write the table
+    # straight away: guard the table itself.
+    plain = getattr(loop, "_signal_handlers", None)
+    if type(plain) is dict:
+        table = _OwnedTable(plain)
+        loop._signal_handlers = table
+        _Guard.loop_table = table
+        _Guard.loop_handles = {s: plain[s] for s in _Guard.owned if s in plain}
 
     def undo() -> None:
         del loop.add_signal_handler, loop.remove_signal_handler
+        table = _Guard.loop_table
+        if plain is not None and table is not None and loop._signal_handlers is table:
+            plain.clear()
+            plain.update(table)
+            loop._signal_handlers = plain
+        _Guard.loop_table = None
+        _Guard.loop_handles = {}
 
     return undo
 
 
-def _restored(job: str, what: str) -> None:
-    with _Guard.lock:
-        if (job, what) in _Guard.warned:
+class _OwnedTable(dict):  # type: ignore[type-arg]
+    """The loop's signal -> callback table, refusing changes to the owned signals' entries."""
+
+    def __setitem__(self, sig: Any, handle: Any) -> None:
+        if _Guard.active and sig in _Guard.owned:
+            _refuse(f"loop.add_signal_handler({_name(sig)}, ...) (through the loop's class)")
             return
-        _Guard.warned.add((job, what))
+        super().__setitem__(sig, handle)
+
+    def __delitem__(self, sig: Any) -> None:
+        if _Guard.active and sig in _Guard.owned:
+            _refuse(f"loop.remove_signal_handler({_name(sig)}) (through the loop's class)")
+            raise KeyError(sig)
+        super().__delitem__(sig)
+
+    def pop(self, sig: Any, *default: Any) -> Any:
+        if _Guard.active and sig in _Guard.owned:
+            _refuse(f"removing the loop's handler of {_name(sig)}")
+            return self.get(sig, *default)
+        return super().pop(sig, *default)
+
+
+def _restored(job: str, what: str) -> None:
+    key = ("restored", what.split(" (to ")[0])
+    with _Guard.lock:
+        if key in _Guard.warned:
+            return
+        _Guard.warned.add(key)
     log.warning(
-        "job %s changed %s past the guard; the daemon's is restored (warned once per job)",
-        job,
+        "%s was changed past the guard (noticed %s); the daemon's is restored (warned once)",
         what,
+        f"while {job} ran" if job.startswith("one of") else f"when job {job}'s attempt ended",
     )
 
 
-def restore(job: str) -> None:
-    """Put back the daemon's handlers, wake-up fd and unblocked mask if ``job`` changed them by
-    a way the wrappers cannot see (a ``from signal import signal`` bound before the guard).
-    Called from the main thread after each inline attempt; cheap (a few system calls)."""
-    if not _Guard.active or threading.current_thread() is not threading.main_thread():
+def check(jobs: Callable[[], str]) -> None:
+    """The cheap part of ``restore`` (no system call): the owned signals' handlers, the loop's
+    table of them and the switch interval, put back if changed; ``jobs()`` names who may have
+    done it. Called from the main thread at each wake-up of the daemon's loop, so a handler set
+    past the guard (SIG_IGN for SIGTERM) is in force at most until the next wake-up."""
+    if not _Guard.active:
         return
-    real_signal = _Guard.originals["signal"]
+    real_get = _Guard.originals["getsignal"]
     for signum, handler in _Guard.handlers.items():
-        if signal.getsignal(signum) is not handler:
+        if real_get(signum) is not handler:
+            _put_back_handlers(jobs())
+            break
+    _put_back_loop_and_interval(jobs)
+
+
+def _put_back_handlers(job: str) -> None:
+    real_signal, real_get = _Guard.originals["signal"], _Guard.originals["getsignal"]
+    for signum, handler in _Guard.handlers.items():
+        if real_get(signum) is not handler:
             _restored(job, f"the handler of {_name(signum)}")
             real_signal(signum, handler)
+
+
+def _put_back_loop_and_interval(jobs: Callable[[], str]) -> None:
+    table = _Guard.loop_table
+    if table is not None:
+        for signum, handle in _Guard.loop_handles.items():
+            if dict.get(table, signum) is not handle:
+                _restored(jobs(), f"the event loop's callback for {_name(signum)}")
+                dict.__setitem__(table, signum, handle)
+    if sys.getswitchinterval() != _Guard.switch_interval:
+        _restored(jobs(), f"the GIL switch interval (to {sys.getswitchinterval():g}s)")
+        _Guard.originals["setswitchinterval"](_Guard.switch_interval)
+
+
+def restore(job: str) -> None:
+    """Put back the daemon's handlers, the loop's table of them, wake-up fd, unblocked mask and
+    GIL switch interval if ``job`` changed them by a way the wrappers cannot see (a ``from
+    signal import signal`` bound before the guard). Called from the main thread after each
+    inline attempt; cheap (a few system calls)."""
+    if not _Guard.active or threading.current_thread() is not threading.main_thread():
+        return
+    _put_back_handlers(job)
+    _put_back_loop_and_interval(lambda: job)
     if _Guard.wakeup_fd != -1:
         previous = _Guard.originals["set_wakeup_fd"](_Guard.wakeup_fd)
         if previous != _Guard.wakeup_fd:
@@ -209,8 +386,9 @@ def guarded(owned: Iterable[int] = OWNED, *, loop: Any = None) -> Iterator[None]
             _Guard.originals.setdefault(attr, getattr(module, attr))
             setattr(module, attr, wrapper)
         _Guard.owned = frozenset(int(s) for s in owned)
-        _Guard.handlers = {s: signal.getsignal(s) for s in _Guard.owned}
+        _Guard.handlers = {s: _Guard.originals["getsignal"](s) for s in _Guard.owned}
         _Guard.wakeup_fd = _current_wakeup_fd()
+        _Guard.switch_interval = sys.getswitchinterval()
         _Guard.active = True
     undo_loop = _guard_loop(loop) if loop is not None else None
     try:
@@ -223,3 +401,4 @@ def guarded(owned: Iterable[int] = OWNED, *, loop: Any = None) -> Iterator[None]
             for module, attr, _wrapper in _PATCHES:
                 setattr(module, attr, _Guard.originals[attr])
             _Guard.warned.clear()
+            _Guard.wrapped.clear()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from qtasks_cli import sigguard
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -66,6 +67,9 @@ HEARTBEAT_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
 # Missed fires of one job in one wake-up reported one event each; more become one event.
 MISSED_EVENTS = 5
+# While runs are in progress the loop wakes at least this often (seconds) to put back the
+# daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
+SIGNAL_CHECK = 1.0
 # Runs handed over through the store: begun durably before their body (ledger.py).
 HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 
@@ -305,6 +309,7 @@ class Supervisor:
                 self.apply_config(parsed)
             now = self.clock()
             try:
+                sigguard.check(self._running_jobs)
                 self._check_clock(now)
                 self._claim_due(now)
                 self._start_ready(self.clock())
@@ -425,9 +430,18 @@ class Supervisor:
             self._seq += 1
             heapq.heappush(self._heap, (when, self._seq, name, state.generation))
 
+    def _running_jobs(self) -> str:
+        """Who may have changed the daemon's signal handling: the jobs running now."""
+        names = [name for name, state in self.jobs.items() if state.running]
+        names += [name for name, count in self.runtime.stuck.items() if count]
+        unique = sorted(set(names))
+        return f"one of the running jobs ({', '.join(unique[:10]) or '?'})"
+
     def _sleep_for(self) -> float | None:
         now = self.clock()
         waits = []
+        if self._tasks or self.runtime.zombies:  # runs in progress: see SIGNAL_CHECK
+            waits.append(SIGNAL_CHECK)
         if self._poll_task is None or self._poll_task.done():
             # While a poll is pending its end wakes the loop; a past _next_poll would spin.
             waits.append(max(0.0, self._next_poll - now.timestamp()))
@@ -738,14 +752,17 @@ class Supervisor:
 
     def _busy(self, name: str) -> str | None:
         """Why the job counts as still running, or None: a run in progress or waiting for a
-        slot, or a thread of an earlier run that timed out and has not returned."""
+        slot, or a thread of an earlier run that timed out and has not returned, or a task of
+        one that ignored its cancellation and still runs."""
         state = self.jobs[name]
         if state.running > state.waiting:
             return "previous run still running"
         if state.running:
             return "previous run still waiting for a free slot (max_concurrent)"
-        if self.runtime.stuck[name]:
+        if self.runtime.stuck[name] > self.runtime.stuck_tasks[name]:
             return "previous run's thread is still running after its timeout"
+        if self.runtime.stuck[name]:
+            return "previous run's task ignored its cancellation and is still running"
         return None
 
     def _overlap(self, fire: Fire) -> Fire:

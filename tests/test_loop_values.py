@@ -1,0 +1,154 @@
+"""The loop never runs a job value's code; values are dropped off it; the daemon's own blocking
+work never waits on the executor jobs share (in-process, fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from qtasks_cli import executor, failures, offthread, release
+from qtasks_cli.context import RUN_VAR, RunInfo
+
+
+class Tripwire(Exception):
+    """Raised by a job value's code that must not run on the calling thread."""
+
+
+def _no_code_here() -> None:
+    if threading.current_thread() is threading.main_thread():
+        raise Tripwire("a job value's code ran on the main thread")
+
+
+class Meta(type):
+    def __eq__(cls, other: object) -> bool:
+        _no_code_here()
+        return type.__eq__(cls, other)
+
+    def __hash__(cls) -> int:
+        _no_code_here()
+        return type.__hash__(cls)
+
+    def __getattribute__(cls, name: str) -> Any:
+        if name not in ("__mro__", "__dict__") and not name.startswith("_abc"):
+            _no_code_here()
+        return type.__getattribute__(cls, name)
+
+
+class Hostile(metaclass=Meta):
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        _no_code_here()
+        return object
+
+
+class HostileError(Exception, metaclass=Meta):
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        _no_code_here()
+        return HostileError
+
+
+def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
+    value, exc = Hostile(), HostileError("boom")
+    assert not executor._awaitable(value)
+    assert failures.type_name(exc).endswith("HostileError")
+    assert failures.class_name(type(value)) == "Hostile"
+    with pytest.raises(failures.NeedsJobCode):
+        failures.preview(value, lambda text: text)
+    release.adopt(value)
+    release.adopt(exc)
+    spec_types = (ValueError, HostileError)
+    assert failures.is_subclass(type(exc), spec_types)
+    assert not failures.is_subclass(type(value), spec_types)
+
+
+def test_preview_off_loop_and_describe_of_hostile_values_run_their_code_in_a_thread() -> None:
+    async def main() -> tuple[str, tuple[str, str, str | None]]:
+        shown = await failures.preview_off_loop([Hostile()], lambda text: text)
+        described = await failures.describe_exception_off_loop(HostileError("x"), lambda t: t)
+        return shown, described
+
+    shown, (error_type, message, _) = asyncio.run(main())
+    assert "Hostile" in shown
+    assert error_type.endswith("HostileError") and message == "x"
+
+
+def test_a_value_is_dropped_in_the_release_thread_nested_ones_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
+    dropped: list[str] = []
+    done = threading.Event()
+
+    class Mark:
+        def __del__(self) -> None:
+            dropped.append(threading.current_thread().name)
+            done.set()
+
+    value = {"rows": [[Mark()], *range(release.SLICE * 3)]}
+    release.adopt(value)
+    del value
+    assert done.wait(10), "the nested value was never freed"
+    assert dropped == ["qtasks-release"]
+
+
+def test_a_value_someone_holds_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
+    held = {"rows": list(range(1000))}
+    release.adopt(held)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(held["rows"]) == 1000
+
+
+def test_daemon_calls_never_queue_behind_jobs_hung_calls() -> None:
+    never = threading.Event()
+    pool = offthread.DaemonExecutor(job_workers=2)
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(pool)
+        token = RUN_VAR.set(RunInfo(job="j", run_id="r", trigger="manual", scheduled=None))
+        try:
+            hung = [asyncio.ensure_future(asyncio.to_thread(never.wait)) for _ in range(3)]
+        finally:
+            RUN_VAR.reset(token)
+        await asyncio.sleep(0.05)
+        # The job's pool is full; the daemon's own calls (no run in context) still run.
+        answer = await asyncio.wait_for(asyncio.to_thread(lambda: "daemon"), 10)
+        own = await asyncio.wait_for(offthread.run(lambda: "own"), 10)
+        never.set()
+        await asyncio.wait_for(asyncio.gather(*hung), 10)
+        return answer + own
+
+    try:
+        assert asyncio.run(main()) == "daemonown"
+    finally:
+        never.set()
+        pool.shutdown()
+
+
+def test_a_stray_task_borrows_a_unit_and_counts_as_stuck_until_it_ends() -> None:
+    async def main() -> None:
+        runtime = executor.Runtime(1)
+        release_it = asyncio.Event()
+
+        async def stubborn() -> None:
+            await release_it.wait()
+
+        task = asyncio.ensure_future(stubborn())
+        runtime.keep(task, "job", "run")
+        assert runtime.stuck["job"] == 1 and runtime.stuck_tasks["job"] == 1
+        assert runtime.capacity.in_use == 1
+        release_it.set()
+        await task
+        await asyncio.sleep(0)
+        assert runtime.stuck["job"] == 0 and runtime.capacity.in_use == 0
+        assert "run" not in runtime.abandoned
+
+    asyncio.run(main())
