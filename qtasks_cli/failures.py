@@ -131,17 +131,6 @@ def _stop_thread(ident: int) -> None:
         frame = frame.f_back
 
 
-def _lowest_priority(thread: threading.Thread) -> None:
-    """Give a late helper thread the lowest CPU priority (nice 19, Linux: per thread), so that
-    code we cannot stop, a C loop that releases the GIL (a key derivation retried forever),
-    only takes CPU time nobody else wants."""
-    native = thread.native_id
-    if native is None:
-        return
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, native, 19)
-
-
 def _nudge_stuck() -> int:
     """Ask every late helper thread to stop again; how many still run."""
     with _Helpers.lock:
@@ -205,7 +194,6 @@ async def off_loop(
                 if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
                     _Helpers.hung[id(culprit)] = culprit
                 _stop_thread(thread.ident)
-                _lowest_priority(thread)
         log.warning(
             "turning a job's value into text took longer than %gs; gave up and asked the "
             "thread to stop (%d such thread(s) still running)",
