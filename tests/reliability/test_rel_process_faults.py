@@ -192,7 +192,10 @@ def test_hang_sync_process(out: Outcome) -> None:
 )
 def test_busy_loop_process(out: Outcome) -> None:
     assert_healthy(out)
-    assert_all(out.of("spins"), status="timed_out", at_least=2, error="1s")
+    # A busy machine can make a run (1 s, then the kill and a fresh child) outlast the 2 s
+    # between fires: that fire is honestly skipped, as overlap: skip says.
+    rows = [r for r in out.of("spins") if "previous run still running" not in (r["error"] or "")]
+    assert_all(rows, status="timed_out", at_least=2, error="1s")
     children = {k: v for k, v in _children(out).items() if k.startswith("spin-")}
     assert len(children) >= 2 and all(list(children.values())[:-1]), children
 
