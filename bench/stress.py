@@ -48,6 +48,11 @@ STRESSORS: dict[str, tuple[str, str]] = {
         "a job returns a list of ten million ints every 3 s",
         "  many: {entrypoint: 'stressjobs:ten_million', schedule: '*/3 * * * * *'}\n",
     ),
+    "process job, 3M tuples": (
+        "an `isolation: process` job returns a list of three million tuples every 3 s",
+        "  tuples: {entrypoint: 'stressjobs:three_million_tuples', schedule: '*/3 * * * * *', "
+        "isolation: process}\n",
+    ),
     "job flooding stdout": (
         "a job prints 10,000 lines and one 8 MB line every second (stdout read)",
         "  floods: {entrypoint: 'stressjobs:floods', schedule: '* * * * * *'}\n",

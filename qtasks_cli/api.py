@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -176,6 +177,7 @@ async def trigger_now(
     and record it in the history as a ``manual`` run."""
     from qtasks_cli.executor import Runtime, execute
     from qtasks_cli.output import Capture, recorded
+    from qtasks_cli.pickled import loaded
     from qtasks_cli.store import new_run_id
 
     capture = Capture()
@@ -222,7 +224,8 @@ async def trigger_now(
         runtime.capacity.release()
         # What it printed is recorded with its end, as the daemon records it (qtasks show).
         await store.finish(recorded(result, capture.take(run_id), job))
-        return result
+        # A process job's value comes back pickled (pickled.py): the caller gets the value.
+        return replace(result, result=await loaded(result.result))
     finally:
         runtime.shutdown()
         await store.close()

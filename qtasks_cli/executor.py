@@ -41,6 +41,7 @@ from qtasks_cli.models import (
     RunStatus,
     TriggerKind,
 )
+from qtasks_cli.pickled import Pickled, loaded
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -896,6 +897,8 @@ def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
 
 
 async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
+    if type(result.result) is Pickled:  # the hook gets the value itself, unpickled off the loop
+        result = replace(result, result=await loaded(result.result))
     if run.job.secrets:  # a hook's payload never holds a ${NAME} value
         from qtasks_cli.redaction import redact_value
 
@@ -974,15 +977,20 @@ async def _build_result(
             items=final.items,
             attempt_log=tuple(run.attempt_log),
         )
+    value = final.value
+    if type(value) is Pickled:  # a process job's: previewed in its child (pickled.py)
+        preview: str | None = run.job.redact(value.preview) if value.preview else None
+    elif value is None:
+        preview = None
+    else:
+        preview = await failures.preview_off_loop(value, run.job.redact)
     return RunResult(
         **base,
         ended=ended,
         attempts=len(run.attempt_log),
         status=RunStatus.SUCCEEDED,
-        result=final.value,
-        result_preview=None
-        if final.value is None
-        else await failures.preview_off_loop(final.value, run.job.redact),
+        result=value,
+        result_preview=preview,
         items=final.items,
         attempt_log=tuple(run.attempt_log),
     )

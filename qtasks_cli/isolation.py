@@ -38,10 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, frames
+from qtasks_cli import entrypoints, failures, frames, redaction
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.executor import KILL_WAIT, ReportedError, _handle, _Run, qualified_name
 from qtasks_cli.failures import safe_str as _safe_str
+from qtasks_cli.pickled import Pickled
 
 if TYPE_CHECKING:
     from qtasks_cli.childout import ChildOutput
@@ -420,8 +421,10 @@ async def call_attempt(run: _Run) -> Any:
     call: the value, or a generator's handled items; the job's exception as a ReportedError."""
     job = run.job
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
+    # The secrets go with the call: the child previews the result with them hidden (pickled.py).
+    secrets = tuple(dict((*job.secrets, *redaction.known_pairs())).items())
     call = _pickled(
-        (job.entrypoint, run.args, run.kwargs),
+        (job.entrypoint, run.args, run.kwargs, secrets),
         f"the arguments of job {job.name!r}",
         "to send them to its child process",
     )
@@ -465,7 +468,8 @@ def _final(worker: Worker, message: _Message, handled: list[Any]) -> Any:
         return handled
     if message.tag == "done":
         worker.ready = True
-        return _unpickled(message, "the result")
+        preview, data = _unpickled(message, "the result")
+        return Pickled(preview, data)
     if message.tag == "raised":
         worker.ready = True
         raise ReportedError(**message.value)
@@ -643,6 +647,11 @@ def _unredacted(text: str) -> str:
     return text
 
 
+def _redact(text: str) -> str:
+    """The daemon's secrets (sent with the call) hidden, as ``JobSpec.redact`` does there."""
+    return redaction.redact_known(text)
+
+
 def _close_quietly(loop: _Loop, stream: Any) -> None:
     try:
         if isinstance(stream, types.AsyncGeneratorType):
@@ -681,7 +690,8 @@ def _stream(channel: _Channel, loop: _Loop, ref: str, stream: Any) -> None:
 def _serve_call(channel: _Channel, loop: _Loop, payload: bytes) -> None:
     try:
         try:
-            ref, args, kwargs = pickle.loads(payload)
+            ref, args, kwargs, secrets = pickle.loads(payload)
+            redaction.remember(secrets)
         except Exception as exc:
             raise TypeError(
                 f"the arguments cannot be unpickled in the child process: "
@@ -692,7 +702,9 @@ def _serve_call(channel: _Channel, loop: _Loop, payload: bytes) -> None:
             _stream(channel, loop, ref, value)
         else:
             purpose = "to send it to the parent process"
-            channel.send("done", _pickled(value, f"the result of {ref}", purpose))
+            data = _pickled(value, f"the result of {ref}", purpose)
+            preview = "" if value is None else failures.preview(value, _redact, user_code=True)
+            channel.send("done", pickle.dumps((preview, data), protocol=pickle.HIGHEST_PROTOCOL))
     except _Stop:
         raise
     except BaseException as exc:

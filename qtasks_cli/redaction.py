@@ -225,6 +225,11 @@ def remember(secrets: Iterable[tuple[str, str]]) -> None:
         _Known.pairs = tuple(known.items())
 
 
+def known_pairs() -> tuple[tuple[str, str], ...]:
+    """Every ``(value, placeholder)`` pair passed to ``remember`` (for a child process)."""
+    return _Known.pairs
+
+
 def known_secrets() -> bool:
     """Whether any loaded job file has a secret (see ``remember``)."""
     return bool(_Known.pairs)

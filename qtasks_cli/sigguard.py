@@ -19,10 +19,13 @@ the job instead of breaking the daemon (``_contained``).
 
 ``loop.add_signal_handler`` called through the class (``_UnixSelectorEventLoop
 .add_signal_handler(loop, ...)``) passes the instance's guard; the loop's table of handlers is
-guarded too. A handler set by a way no wrapper sees (``from signal import signal`` bound before
-the guard) is put back by ``check`` (at each wake-up of the daemon's loop) and ``restore``
-(after each inline attempt). ``sys.setswitchinterval``, which decides how long the loop may
-wait for the GIL, is guarded the same way.
+guarded too, and so are ``signal.signal``/``pthread_sigmask`` bound before the guard (``from
+signal import signal``): signal.py looks its C module up at each call (``_CSignal``). A handler
+set by a way no wrapper sees (the ``_signal`` C module called directly, ctypes) is put back by
+``check`` (at each wake-up of the daemon's loop) and ``restore`` (after each inline attempt);
+until then a SIGTERM can be lost, which no Python-level guard can prevent.
+``sys.setswitchinterval``, which decides how long the loop may wait for the GIL, is guarded the
+same way.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def _caller() -> str:
     """``file:line`` of the first frame outside this module and asyncio (the job's call)."""
     frame = sys._getframe(2)
     while frame is not None and (
-        frame.f_globals.get("__name__") == __name__
+        frame.f_globals.get("__name__") in (__name__, "signal")
         or str(frame.f_globals.get("__name__", "")).startswith("asyncio.")
     ):
         frame = frame.f_back  # type: ignore[assignment]
@@ -216,6 +219,42 @@ def _setswitchinterval(interval: float) -> None:
         _refuse(f"sys.setswitchinterval({interval!r})")
         return
     _Guard.originals["setswitchinterval"](interval)
+
+
+def _from_guard() -> bool:
+    """Whether the call into ``_signal`` comes from this module (through signal.py's wrapper)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") == "signal":
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame is not None and frame.f_globals.get("__name__") == __name__
+
+
+class _CSignal:
+    """Stands in for the ``_signal`` C module inside signal.py while the guard is active.
+
+    signal.py's ``signal``, ``getsignal`` and ``pthread_sigmask`` look ``_signal`` up in their
+    module's globals at each call, so a reference bound before the guard (``from signal import
+    signal``, a library's ``self._signal = signal.signal``) is guarded too: it reaches the
+    wrappers above instead of the kernel. Everything else is the real module's."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def signal(self, signum: int, handler: Any) -> Any:
+        if _from_guard():
+            return self._real.signal(signum, handler)
+        return _signal(signum, handler)
+
+    def getsignal(self, signum: int) -> Any:
+        return _unwrapped(int(signum), self._real.getsignal(signum))
+
+    def pthread_sigmask(self, how: int, mask: Iterable[int]) -> Any:
+        if _from_guard():
+            return self._real.pthread_sigmask(how, mask)
+        return _pthread_sigmask(how, mask)
 
 
 _PATCHES: tuple[tuple[Any, str, Callable[..., Any]], ...] = (
@@ -385,6 +424,9 @@ def guarded(owned: Iterable[int] = OWNED, *, loop: Any = None) -> Iterator[None]
         for module, attr, wrapper in _PATCHES:
             _Guard.originals.setdefault(attr, getattr(module, attr))
             setattr(module, attr, wrapper)
+        c_module = vars(signal).get("_signal")
+        if c_module is not None and not isinstance(c_module, _CSignal):
+            signal._signal = _CSignal(c_module)  # type: ignore[attr-defined]
         _Guard.owned = frozenset(int(s) for s in owned)
         _Guard.handlers = {s: _Guard.originals["getsignal"](s) for s in _Guard.owned}
         _Guard.wakeup_fd = _current_wakeup_fd()
@@ -400,5 +442,8 @@ def guarded(owned: Iterable[int] = OWNED, *, loop: Any = None) -> Iterator[None]
             _Guard.active = False
             for module, attr, _wrapper in _PATCHES:
                 setattr(module, attr, _Guard.originals[attr])
+            proxy = vars(signal).get("_signal")
+            if isinstance(proxy, _CSignal):
+                signal._signal = proxy._real  # type: ignore[attr-defined]
             _Guard.warned.clear()
             _Guard.wrapped.clear()

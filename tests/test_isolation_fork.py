@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from qtasks_cli import entrypoints
 from qtasks_cli.executor import Runtime, execute
 from qtasks_cli.models import Isolation, JobSpec, RunResult, RunStatus, TriggerKind
+from qtasks_cli.pickled import loaded
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="os.fork")
 
@@ -130,17 +132,16 @@ def run_all(*calls: tuple[JobSpec, str]) -> list[RunResult]:
         try:
             results = []
             for n, (job, tag) in enumerate(calls):
-                results.append(
-                    await execute(
-                        job,
-                        run_id=f"r{n}",
-                        trigger=TriggerKind.MANUAL,
-                        scheduled=None,
-                        runtime=runtime,
-                        emit=lambda _: None,
-                        kwargs={"tag": tag},
-                    )
+                result = await execute(
+                    job,
+                    run_id=f"r{n}",
+                    trigger=TriggerKind.MANUAL,
+                    scheduled=None,
+                    runtime=runtime,
+                    emit=lambda _: None,
+                    kwargs={"tag": tag},
                 )
+                results.append(replace(result, result=await loaded(result.result)))
             return results
         finally:
             runtime.shutdown()

@@ -43,6 +43,10 @@ def ten_million() -> list[int]:
     return [i for i in range(10_000_000)]
 
 
+def three_million_tuples() -> list[tuple[int, int]]:
+    return [(i, i) for i in range(3_000_000)]
+
+
 def raises_exit_str() -> None:
     raise ExitsOnStr("never shown")
 

@@ -245,7 +245,13 @@ async def takes_loop_handlers():
 
 
 async def bound_ignore():
-    bound_signal(signal.SIGTERM, signal.SIG_IGN)
+    bound_signal(signal.SIGTERM, signal.SIG_IGN)  # refused: signal.py looks _signal up per call
+
+
+async def c_level_ignore():
+    import _signal
+
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # no Python wrapper sees this one
 
 
 async def blocks_sigterm():
@@ -267,6 +273,7 @@ SIGNAL_JOBS = "".join(
         "clears_wakeup_fd",
         "takes_loop_handlers",
         "bound_ignore",
+        "c_level_ignore",
         "blocks_sigterm",
         "interrupts_main",
         "raises_sigint",
@@ -607,9 +614,10 @@ def test_redirects_stdout(outcomes: dict[str, Outcome]) -> None:
     title="inline jobs, every second, set SIGTERM/SIGINT/SIGHUP to SIG_IGN, clear the signal "
     "wake-up fd, replace or remove the loop's handlers, block SIGTERM, call "
     "`_thread.interrupt_main()` and `signal.raise_signal(SIGINT)`; one binds `signal.signal` "
-    "before the daemon starts",
+    "before the daemon starts, one calls the `_signal` C module directly",
     checks="every run succeeds; the daemon keeps firing, then stops on SIGTERM with exit 0 "
-    "(not 130, not deaf); the log names each refused call with the job's file and line",
+    "(not 130, not deaf); the log names each refused call with the job's file and line, the "
+    "bound one included; the C-level one is put back at the attempt's end",
 )
 def test_jobs_take_signals(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["signals"]
@@ -627,4 +635,8 @@ def test_jobs_take_signals(outcomes: dict[str, Outcome]) -> None:
         "signal.raise_signal(SIGINT)",
     ):
         assert f"{call}" in out.log and "rel_signals.py:" in out.log, (call, tail(out.log))
+    bound_line = next(
+        n for n, text in enumerate(SIGNALS_MODULE.splitlines()) if "# refused: signal.py" in text
+    )
+    assert f"rel_signals.py:{bound_line + 1} was refused" in out.log, tail(out.log)
     assert "the handler of SIGTERM was changed past the guard" in out.log, tail(out.log)
