@@ -659,7 +659,9 @@ async def _handle(run: _Run, handler: Any, item: Any) -> Any:
         run.event(
             EventKind.ITEM,
             attempt=len(run.attempt_log) + 1,
-            item=await failures.preview_off_loop(value, run.job.redact, as_json=False),
+            item=run.job.redact(value.preview)  # a process job's, previewed in its child
+            if type(value) is Pickled
+            else await failures.preview_off_loop(value, run.job.redact, as_json=False),
             items=run.items,
         )
     return value

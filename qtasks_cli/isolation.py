@@ -488,12 +488,30 @@ async def _take_item(
     run: _Run, worker: Worker, handler: Any, message: _Message, handled: list[Any]
 ) -> None:
     try:
-        item = _unpickled(message, f"item {(run.items or 0) + 1}")
+        shown, data = _unpickled(message, f"item {(run.items or 0) + 1}")
+        item: Any = Pickled(shown, data)
+        if handler is not None:  # the handler gets the item itself (see pickled.py)
+            item = await _item_value(item, (run.items or 0) + 1)
         handled.append(await _handle(run, handler, item))
     except Exception:
         await _close_stream(worker)
         raise
     await worker.send("next")
+
+
+async def _item_value(item: Pickled, number: int) -> Any:
+    def load() -> tuple[bool, Any]:
+        try:
+            return True, item.load()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {_safe_str(exc, 500)}"
+
+    timeout = f"not unpickled within {failures.TEXT_TIMEOUT:g}s"
+    done, value = await failures.off_loop(load, fallback=(False, timeout))
+    if not done:
+        what = f"item {number} sent back by the child process cannot be unpickled: {value}"
+        raise TypeError(what)
+    return value
 
 
 async def _close_stream(worker: Worker) -> None:
@@ -673,10 +691,11 @@ def _stream(channel: _Channel, loop: _Loop, ref: str, stream: Any) -> None:
         count += 1
         try:
             data = _pickled(item, f"item {count} of {ref}", "to send it to the parent process")
+            shown = failures.preview(item, _redact, as_json=False, user_code=True)
         except TypeError:
             _close_quietly(loop, stream)
             raise
-        channel.send("item", data)
+        channel.send("item", pickle.dumps((shown, data), protocol=pickle.HIGHEST_PROTOCOL))
         reply = channel.receive()
         if reply is None:
             raise _Stop(terminated=False)

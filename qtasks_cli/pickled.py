@@ -33,10 +33,14 @@ class Pickled:
 
 
 async def loaded(value: Any) -> Any:
-    """``value``, or the value a ``Pickled`` stands for, unpickled in a helper thread with
-    ``failures.TEXT_TIMEOUT``'s deadline; the ``Pickled`` itself when that fails or hangs."""
-    if type(value) is not Pickled:
-        return value
+    """``value``, or the value a ``Pickled`` stands for (a list of them too: a process job's
+    generator items), unpickled in a helper thread with ``failures.TEXT_TIMEOUT``'s deadline;
+    ``value`` itself when that fails or hangs."""
     from qtasks_cli import failures
 
-    return await failures.off_loop(value.load, fallback=value)
+    if type(value) is Pickled:
+        return await failures.off_loop(value.load, fallback=value)
+    if type(value) is list and value and all(type(item) is Pickled for item in value):
+        items: list[Pickled] = value
+        return await failures.off_loop(lambda: [item.load() for item in items], fallback=value)
+    return value
