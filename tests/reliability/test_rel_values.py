@@ -33,6 +33,7 @@ GROUP = "job values"
 
 VALUES = """
 import asyncio
+import os
 
 
 class ExitsOnStr(Exception):
@@ -133,6 +134,28 @@ def hundred_mb():
 
 def huge_message():
     raise ValueError("m" * (50 * 1024 * 1024))
+
+
+def _unpickled_in(pid):
+    # Unpickling runs this: note which process did it (the daemon must not, for a record).
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "unpickled.log"), "a") as f:
+        f.write(f"{os.getpid()} made in {pid}\\n")
+    return [(i, i) for i in range(3)]
+
+
+class Tuples(list):
+    def __reduce__(self):
+        return (_unpickled_in, (os.getpid(),))
+
+
+def three_million_tuples():
+    value = Tuples((i, i) for i in range(3_000_000))
+    return [value, "tail"]
+
+
+def tuple_items():
+    for n in range(3):
+        yield Tuples((i, i) for i in range(1000))
 """
 
 INLINE = """
@@ -211,6 +234,15 @@ p_huge_message:
   entrypoint: rel_values:huge_message
   schedule: "*/3 * * * * *"
   isolation: process
+p_tuples:
+  entrypoint: rel_values:three_million_tuples
+  schedule: "*/3 * * * * *"
+  isolation: process
+p_items:
+  entrypoint: rel_values:tuple_items
+  schedule: "*/2 * * * * *"
+  isolation: process
+  echo: true
 """
 
 
@@ -338,6 +370,26 @@ def test_process_str_raises(outcomes: dict[str, Outcome]) -> None:
     rows = out.of("p_huge_message")
     assert_all(rows, status="failed", error_type="ValueError", at_least=1, error="mmmm")
     assert all(len(r["error"]) <= 2000 for r in rows)
+
+
+@case(
+    "process_big_result_stays_pickled",
+    group=GROUP,
+    title="`isolation: process` jobs return a list of three million tuples every 3 s, and yield "
+    "lists of tuples (no handler, `echo: true`); unpickling either notes the process that does it",
+    checks="the runs `succeeded` with previews made in the child; the daemon never unpickles "
+    "them (unpickling holds the GIL: 0.7 s for three million tuples, in which nothing fires); "
+    "the per-second job keeps its times",
+)
+def test_process_big_result_stays_pickled(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["process"]
+    assert_healthy(out)
+    rows = out.of("p_tuples")
+    assert_all(rows, status="succeeded", at_least=2)
+    assert all((r["result"] or "").startswith("[[(0, 0), (1, 1)") for r in rows), out.show(rows)
+    assert_all(out.of("p_items"), status="succeeded", at_least=2)
+    log = out.config.parent / "unpickled.log"
+    assert not log.exists(), log.read_text()
 
 
 @case(
