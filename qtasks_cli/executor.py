@@ -32,6 +32,7 @@ from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
+from qtasks_cli.isolation.wire import KILL_WAIT, ReportedError
 from qtasks_cli.models import (
     Attempt,
     Isolation,
@@ -46,7 +47,7 @@ from qtasks_cli.pickled import Pickled, loaded
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from qtasks_cli.isolation import Workers
+    from qtasks_cli.isolation.pool import Workers
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ PREVIEW_CHARS = failures.PREVIEW_CHARS
 ERROR_CHARS = failures.ERROR_CHARS
 TRACEBACK_CHARS = failures.TRACEBACK_CHARS
 HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
-KILL_WAIT = 2.0  # seconds for a SIGKILLed child process to be reaped
 
 _FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
@@ -184,7 +184,7 @@ class Runtime:
     def workers(self) -> Workers:
         """The child processes of process jobs; the first use imports ``isolation``."""
         if self._workers is None:
-            from qtasks_cli.isolation import Workers
+            from qtasks_cli.isolation.pool import Workers
 
             self._workers = Workers()
             if self._closed:
@@ -337,28 +337,6 @@ class _HandlerFailed(Exception):
         self.original = original
 
 
-def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-class ReportedError(Exception):
-    """An exception raised where its object cannot come from (a job's child process), carried
-    as text: its type's name, the qualified names of its classes, its message and traceback."""
-
-    def __init__(
-        self, *, type_name: str, message: str, traceback_text: str | None, bases: Sequence[str]
-    ) -> None:
-        super().__init__(message)
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-        self.bases = frozenset(bases)
-
-    def is_a(self, classes: tuple[type[BaseException], ...]) -> bool:
-        """What ``isinstance`` says of the original exception, judged by class names."""
-        return any(qualified_name(cls) in self.bases for cls in classes)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Failure:
     status: RunStatus  # FAILED or TIMED_OUT
@@ -419,6 +397,15 @@ class _Run:
     @property
     def label(self) -> str:
         return f"job {self.job.name!r} run {self.run_id}"
+
+    @property
+    def workers(self) -> Workers:
+        """The runtime's child processes (isolation.call's ``Invocation``)."""
+        return self.runtime.workers
+
+    async def handle(self, handler: Any, item: Any) -> Any:
+        """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
+        return await _handle(self, handler, item)
 
     def event(self, kind: EventKind, **fields: Any) -> None:
         event = Event(kind=kind, time=self.clock(), job=self.job.name, run_id=self.run_id, **fields)
@@ -569,9 +556,9 @@ async def _call_attempt(run: _Run) -> Any:
     """
     job = run.job
     if job.isolation is Isolation.PROCESS:
-        from qtasks_cli import isolation
+        from qtasks_cli.isolation.call import call_attempt
 
-        return await isolation.call_attempt(run)
+        return await call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
     kind = entrypoints.kind_of(fn)

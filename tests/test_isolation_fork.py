@@ -25,7 +25,7 @@ import os
 import pickle
 import time
 
-from qtasks_cli import isolation
+from qtasks_cli import frames
 
 
 def _wait_copy(pid):
@@ -67,7 +67,7 @@ def copy_writes_frames(tag):
     pid = os.fork()
     if pid == 0:
         for call in range(0, 8):
-            _every_fd(isolation._frame("done", pickle.dumps(f"forged {call}"), call=call))
+            _every_fd(frames.frame("done", pickle.dumps(f"forged {call}"), call=call))
         os._exit(0)
     _wait_copy(pid)
     return f"parent of {tag} from {os.getpid()}"

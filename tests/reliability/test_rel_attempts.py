@@ -39,7 +39,7 @@ def copy_writes_frames():
     pid = os.fork()
     if pid == 0:
         for call in range(64):
-            frame = isolation._frame("done", pickle.dumps("forged"), call=call)
+            frame = frames.frame("done", pickle.dumps("forged"), call=call)
             for fd in range(3, 64):
                 try:
                     os.write(fd, frame)
