@@ -180,7 +180,9 @@ class Config:
     path: Path
     settings: Settings
     jobs: Mapping[str, JobSpec]
-    digest: str = ""  # hash of the definitions as written (config._digest): no variable values
+    digest: str = (
+        ""  # hash of the definitions as written (digests.config_digest): no variable values
+    )
     warnings: tuple[Problem, ...] = ()  # what `validate` points out without refusing
     zone_source: str = ""  # where settings.timezone came from, for `list`
     # Where each settings key's value is written ("settings.metrics" -> (file, line, column)),

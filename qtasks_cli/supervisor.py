@@ -1022,7 +1022,7 @@ class Supervisor:
 
     def _job_fingerprints(self) -> dict[str, str]:
         if not self._fingerprints:
-            from qtasks_cli.config import fingerprint
+            from qtasks_cli.digests import fingerprint
 
             self._fingerprints = {name: fingerprint(j) for name, j in self.config.jobs.items()}
         return self._fingerprints
@@ -1151,7 +1151,7 @@ class Supervisor:
     def apply_config(self, config: Config) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
         progress are not touched."""
-        from qtasks_cli.config import fingerprint
+        from qtasks_cli.digests import fingerprint
 
         old = self.config.jobs
         now = self.clock()

@@ -17,10 +17,10 @@ from qtasks_cli.config import (
     KNOWN_JOB_KEYS,
     KNOWN_SETTINGS_KEYS,
     default_config_path,
-    fingerprint,
     load_config,
     parse_config_text,
 )
+from qtasks_cli.digests import fingerprint
 from qtasks_cli.errors import ConfigError, ConfigFileError, ScheduleError
 from qtasks_cli.models import (
     CatchUp,

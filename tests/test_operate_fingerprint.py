@@ -11,7 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli.config import _definition, fingerprint, load_config
+from qtasks_cli.config import load_config
+from qtasks_cli.digests import definition as _definition
+from qtasks_cli.digests import fingerprint
 
 FILE = """
 jobs:

@@ -1,0 +1,87 @@
+"""What a job file defines, as hashes: a job's fingerprint and the whole file's digest.
+
+Both hashes are of the job file as written, never of the environment it was read in: a
+``${NAME}`` counts as its placeholder, so no value (a secret, or a variable one shell has and
+another lacks) reaches a hash, and the daemon and ``qtasks status`` in an operator's shell
+compute the same digest from the same file. Pure: the daemon's loop uses it without the parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from qtasks_cli.models import JobSpec
+
+_NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
+MACHINE_ZONE = "(the machine's zone)"  # what the digest says of a zone the file does not name
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, date):
+        return {"date": value.isoformat()}
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return repr(value)
+
+
+def definition(job: JobSpec, *, machine_zone: bool = False) -> dict[str, Any]:
+    """The job as it behaves, from the file as written: arguments with their ``${NAME}``
+    placeholders (never the values), formatting not counted. With ``machine_zone`` the zone
+    (which the file leaves to the machine) counts as MACHINE_ZONE, not as its name."""
+    definition: dict[str, Any] = {}
+    for f in dataclasses.fields(job):
+        if f.name in _NOT_DEFINITION:
+            continue
+        value = getattr(job, f.name)
+        if f.name == "schedule":
+            key = value.key if value is not None else None
+            if key is not None and machine_zone:
+                key = key.replace(f"@{job.timezone}", f"@{MACHINE_ZONE}")
+            definition[f.name] = key
+        elif f.name == "timezone" and machine_zone:
+            definition[f.name] = MACHINE_ZONE
+        elif f.name == "args" and job.raw_args is not None:
+            definition[f.name] = _canonical(job.raw_args)
+        elif f.name == "kwargs" and job.raw_kwargs is not None:
+            definition[f.name] = _canonical(job.raw_kwargs)
+        else:
+            definition[f.name] = _canonical(value)
+    return definition
+
+
+def _hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(job: JobSpec) -> str:
+    """sha256 of the job's effective definition (its zone included, whatever set it), with
+    ``${NAME}`` as written: equal fingerprints mean the same behaviour, up to the values of
+    variables, which never reach it (nodes compare these; see ``definition``)."""
+    return _hash(definition(job))
+
+
+def config_digest(jobs: Mapping[str, JobSpec], machine_zoned: Collection[str] = ()) -> str:
+    """``Config.digest``: the job file's definitions as written. Independent of the environment
+    it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it."""
+    return _hash(
+        {name: definition(job, machine_zone=name in machine_zoned) for name, job in jobs.items()}
+    )
