@@ -29,7 +29,7 @@ from qtasks_cli import cli
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import Config, JobSpec, JobView, RunStatus, Settings, Snapshot
 from qtasks_cli.ui import live
-from qtasks_cli.ui.live import EventLine, JobStats, LiveView, RunProgress, render
+from qtasks_cli.ui.live import EventLine, JobTally, LiveView, RunProgress, render
 
 UTC = timezone.utc
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -121,7 +121,7 @@ def ev(kind: EventKind, at: float, run_id: str = "r1", **fields: object) -> Even
 
 
 def test_record_follows_a_run_through_retries_to_its_end() -> None:
-    stats: dict[str, JobStats] = {}
+    stats: dict[str, JobTally] = {}
     live.record(stats, ev(EventKind.FIRED, 0))
     assert stats["sync"].waiting == {"r1"}
     live.record(stats, ev(EventKind.STARTED, 1, max_attempts=4))
@@ -157,7 +157,7 @@ def test_record_follows_a_run_through_retries_to_its_end() -> None:
 # --- the renderer --------------------------------------------------------------------------------
 
 
-def shop() -> tuple[Snapshot, dict[str, JobStats]]:
+def shop() -> tuple[Snapshot, dict[str, JobTally]]:
     jobs = (
         view("daily_report", 7200 + 300, schedule="at 14:05 every day"),
         view("export_orders", 192, schedule="every 10s"),
@@ -169,25 +169,25 @@ def shop() -> tuple[Snapshot, dict[str, JobStats]]:
         view("manual", None, schedule="only when triggered"),
     )
     stats = {
-        "export_orders": JobStats(
+        "export_orders": JobTally(
             successes=12,
             last_status=RunStatus.SUCCEEDED,
             last_ended=NOW - timedelta(minutes=2),
             last_duration=1.3,
         ),
-        "sync_with_crm": JobStats(
+        "sync_with_crm": JobTally(
             successes=3,
             failures=1,
             runs={"a": RunProgress(started=NOW - timedelta(seconds=3), attempt=2, max_attempts=4)},
         ),
-        "flaky": JobStats(
+        "flaky": JobTally(
             successes=2,
             failures=5,
             last_status=RunStatus.FAILED,
             last_error_type="ConnectionError",
             last_ended=NOW - timedelta(minutes=5),
         ),
-        "retrier": JobStats(
+        "retrier": JobTally(
             runs={
                 "b": RunProgress(
                     started=NOW - timedelta(seconds=30),
@@ -197,7 +197,7 @@ def shop() -> tuple[Snapshot, dict[str, JobStats]]:
                 )
             }
         ),
-        "waiting": JobStats(waiting={"c"}),
+        "waiting": JobTally(waiting={"c"}),
     }
     return snap(*jobs, running=3, queued=1), stats
 
@@ -453,7 +453,7 @@ def thousand_jobs_supervisor() -> object:
 
 def test_a_redraw_with_1000_jobs_draws_only_what_fits() -> None:
     supervisor = thousand_jobs_supervisor()
-    stats: dict[str, JobStats] = {}
+    stats: dict[str, JobTally] = {}
     for i in range(0, 1000, 7):
         name = f"job_{i:04d}"
         live.record(stats, Event(kind=EventKind.STARTED, time=NOW, job=name, run_id="a"))

@@ -127,7 +127,7 @@ class RunProgress:
 
 
 @dataclass(slots=True)
-class JobStats:
+class JobTally:
     """What the events since the start say about one job; updated by ``record``."""
 
     successes: int = 0
@@ -144,13 +144,13 @@ class JobStats:
         return self.last_status in _FAILED
 
 
-def record(stats: dict[str, JobStats], event: Event) -> bool:
+def record(stats: dict[str, JobTally], event: Event) -> bool:
     """Fold one event into the per-job statistics; True if it concerned a job."""
     if event.job is None:
         return False
     job = stats.get(event.job)
     if job is None:
-        job = stats[event.job] = JobStats()
+        job = stats[event.job] = JobTally()
     run_id = event.run_id or ""
     kind = event.kind
     if kind is EventKind.FIRED:
@@ -195,13 +195,13 @@ class _Symbols:
 
 _UNICODE = _Symbols(ok="✓", failed="✗", more="…", none="—", sep=" · ")
 _ASCII = _Symbols(ok="ok", failed="x", more="...", none="-", sep=" | ")
-_EMPTY = JobStats()
+_EMPTY = JobTally()
 
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
 
 
-def order(snapshot: Snapshot, job_stats: Mapping[str, JobStats]) -> list[JobView]:
+def order(snapshot: Snapshot, job_stats: Mapping[str, JobTally]) -> list[JobView]:
     """Running jobs first (oldest run first), then queued, then failing, then by next fire;
     jobs with no next fire last."""
     busy: list[tuple[int, datetime, str, JobView]] = []
@@ -266,7 +266,7 @@ _LAST_RESORT = (4, 2)
 _GAP = "  "
 
 
-def _state(view: JobView, stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
+def _state(view: JobView, stats: JobTally, now: datetime, sym: _Symbols) -> _Cell:
     if stats.runs:
         progress = max(stats.runs.values(), key=lambda p: p.started)
         many = f"{len(stats.runs)}× " if len(stats.runs) > 1 else ""
@@ -303,7 +303,7 @@ def state_cell(view: JobView, fired: bool = False) -> tuple[str, str]:
     return "idle", "dim"
 
 
-def _last(stats: JobStats, now: datetime, sym: _Symbols) -> _Cell:
+def _last(stats: JobTally, now: datetime, sym: _Symbols) -> _Cell:
     if stats.last_status is None or stats.last_ended is None:
         return [(sym.none, "dim")]
     age = ago((now - stats.last_ended).total_seconds())
@@ -325,7 +325,7 @@ def _next(view: JobView, now: datetime, zone: tzinfo | None, sym: _Symbols) -> t
 
 
 def _row(
-    view: JobView, stats: JobStats, now: datetime, zone: tzinfo | None, sym: _Symbols
+    view: JobView, stats: JobTally, now: datetime, zone: tzinfo | None, sym: _Symbols
 ) -> list[_Cell]:
     nxt, at = _next(view, now, zone, sym)
     dim = "dim" if not view.enabled else ""
@@ -440,7 +440,7 @@ def _footer(snapshot: Snapshot, status: str, sym: _Symbols) -> Text:
 
 def render(
     snapshot: Snapshot,
-    job_stats: Mapping[str, JobStats],
+    job_stats: Mapping[str, JobTally],
     events: Sequence[EventLine],
     width: int,
     height: int,
@@ -566,7 +566,7 @@ class LiveView:
         ascii_only: bool = False,
         max_lines: int = MAX_LINES,
     ) -> None:
-        self.stats: dict[str, JobStats] = {}
+        self.stats: dict[str, JobTally] = {}
         self.lines: deque[EventLine] = deque(maxlen=max_lines)
         self.status = "starting"
         self.clock = clock

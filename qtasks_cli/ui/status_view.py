@@ -186,7 +186,7 @@ def watch_frame(report: StatusReport) -> tuple[Snapshot, dict[str, Any], list[An
     import logging
 
     from qtasks_cli.ui.live import EventLine, RunProgress
-    from qtasks_cli.ui.live import JobStats as LiveStats
+    from qtasks_cli.ui.live import JobTally as LiveStats
     from qtasks_cli.ui.text import clean_output
 
     up = [d.info for d in report.daemons if d.alive]
