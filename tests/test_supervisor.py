@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from reliability import virtual
 
-from qtasks_cli.config import parse_config_text
-from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import Config, RunStatus, TriggerKind
 from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.sqlite import SqliteStore
-from qtasks_cli.supervisor import Supervisor, Timer
+from qtasks_cli.supervisor import Supervisor
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 GATES: dict[str, asyncio.Event] = {}
@@ -37,53 +36,8 @@ def blocking_async_misuse() -> None:  # referenced in docs of the suite, not run
     pass
 
 
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class FakeTimer(Timer):
-    """Advances the fake clock by the supervisor's timeout instead of sleeping, after letting
-    started runs and the store's thread settle; stops the supervisor at ``until``."""
-
-    def __init__(
-        self, clock: FakeClock, until: datetime, on_tick: Callable[[datetime], None] | None = None
-    ) -> None:
-        self.clock = clock
-        self.until = until
-        self.on_tick = on_tick
-        self.supervisor: Supervisor | None = None
-
-    async def wait(self, timeout: float | None, wake: asyncio.Event) -> None:
-        assert self.supervisor is not None
-        for _ in range(200):  # let runs finish; gated runs stay pending
-            await asyncio.sleep(0)
-            busy = [t for t in self.supervisor._tasks if not t.done()]
-            if not busy or all(("gated" in t.get_name()) for t in busy):
-                break
-            await asyncio.sleep(0.001)
-        if wake.is_set():
-            wake.clear()
-            return
-        step = 3600.0 if timeout is None else timeout
-        self.clock.now += timedelta(seconds=step)
-        if self.on_tick is not None:
-            self.on_tick(self.clock.now)
-        if self.clock.now > self.until:
-            self.supervisor.request_stop()
-
-
 def make_config(tmp_path: Path, jobs: str, settings: str = "") -> Config:
-    text = (
-        "settings:\n  timezone: UTC\n  shutdown_grace: 0s\n"
-        + textwrap.indent(textwrap.dedent(settings), "  ")
-        + "jobs:\n"
-        + textwrap.indent(textwrap.dedent(jobs), "  ")
-    )
-    return parse_config_text(text, filename=str(tmp_path / "jobs.yaml"), base_dir=tmp_path)
+    return virtual.make_config(tmp_path, jobs, settings)
 
 
 async def supervise(
@@ -94,21 +48,7 @@ async def supervise(
     on_tick: Callable[[datetime], None] | None = None,
     before: Callable[[Supervisor], Any] | None = None,
 ) -> tuple[list[Event], list[RunRow]]:
-    clock = FakeClock(start)
-    timer = FakeTimer(clock, until, on_tick)
-    store = SqliteStore(store_path, clock=clock)
-    await store.open()
-    bus = EventBus()
-    events: list[Event] = []
-    bus.subscribe(events.append)
-    supervisor = Supervisor(config, store=store, bus=bus, clock=clock, timer=timer)
-    timer.supervisor = supervisor
-    if before is not None:
-        await before(supervisor)
-    await asyncio.wait_for(supervisor.run(), timeout=60)
-    rows = await store.history(limit=100_000)
-    await store.close()
-    return events, sorted(rows, key=lambda r: (r.job, r.scheduled or T0, r.run_id))
+    return await virtual.supervise(config, store_path, start, until, on_step=on_tick, before=before)
 
 
 def by_job(rows: list[RunRow], job: str) -> list[RunRow]:

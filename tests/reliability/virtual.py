@@ -1,12 +1,13 @@
-"""The supervisor under a virtual clock, against the real SQLite store: for cases whose time can be
-controlled (DST days, a store that refuses writes for a while)."""
+"""The supervisor under a virtual clock, against the real SQLite store: the one virtual-time harness
+of the suite (test_supervisor.py and the reliability cases whose time can be controlled: DST
+days, a store that refuses writes for a while)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import textwrap
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ class VirtualTimer(Timer):
         for _ in range(500):  # runs are instant no-ops; this only waits for their bookkeeping
             await asyncio.sleep(0)
             busy = [t for t in self.supervisor._tasks if not t.done()]
-            if self.supervisor.running == 0 and not busy:  # claims in flight count too
-                break
+            # Runs of a job named "gated" wait for the test to open their gate: they stay.
+            gated = [t for t in busy if "gated" in t.get_name()]
+            if len(busy) == len(gated) and self.supervisor.running <= len(gated):
+                break  # claims in flight count in ``running`` too
             await asyncio.sleep(0.001)
         # In real time the store writes its buffer every 0.2 s, long before a second passes;
         # flushing at each step keeps that order under the virtual clock.
@@ -90,6 +93,7 @@ async def supervise(
     *,
     wrap: Callable[[SqliteStore], Store] | None = None,
     on_step: Callable[[datetime], None] | None = None,
+    before: Callable[[Supervisor], Awaitable[Any]] | None = None,
 ) -> tuple[list[Event], list[RunRow]]:
     """Run the supervisor from ``start`` to ``until`` in virtual time; return its events and the
     store's rows (by job, then scheduled time)."""
@@ -104,6 +108,8 @@ async def supervise(
     supervisor = Supervisor(config, store=store, bus=bus, clock=clock, timer=timer)
     timer.supervisor = supervisor
     try:
+        if before is not None:
+            await before(supervisor)
         await asyncio.wait_for(supervisor.run(), timeout=90)
         rows = await sqlite.history(limit=1_000_000)
     finally:
