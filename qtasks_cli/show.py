@@ -96,7 +96,7 @@ def _when(value: Any) -> str:
 
 
 def _took(seconds: float | None) -> str:
-    from qtasks_cli.ui.live import elapsed
+    from qtasks_cli.ui.humanize import elapsed
 
     return elapsed(seconds) if seconds is not None else "-"
 

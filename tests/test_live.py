@@ -28,8 +28,10 @@ from rich.live import Live
 from qtasks_cli import cli
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import Config, JobSpec, JobView, RunStatus, Settings, Snapshot
-from qtasks_cli.ui import live
-from qtasks_cli.ui.live import EventLine, JobTally, LiveView, RunProgress, render
+from qtasks_cli.ui import humanize, live, tally
+from qtasks_cli.ui.live import LiveView
+from qtasks_cli.ui.render import MIN_EVENT_LINES, render
+from qtasks_cli.ui.tally import EventLine, JobTally, RunProgress
 
 UTC = timezone.utc
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -84,26 +86,26 @@ def line_of(lines: list[str], name: str) -> str:
 
 
 def test_words_for_times() -> None:
-    assert live.countdown(192) == "in 3m 12s"
-    assert live.countdown(0.2) == "in 1s"
-    assert live.countdown(0) == "now"
-    assert live.countdown(7200 + 300) == "in 2h 5m"
-    assert live.countdown(3 * 86400 + 4 * 3600 + 59) == "in 3d 4h"
-    assert live.countdown(3600) == "in 1h"
-    assert live.ago(125) == "2m ago"
-    assert live.ago(3) == "3s ago"
-    assert live.ago(2 * 86400 + 5) == "2d ago"
-    assert live.elapsed(1.34) == "1.3s"
-    assert live.elapsed(0.4) == "400ms"
-    assert live.elapsed(0.0042) == "4ms"
-    assert live.elapsed(192) == "3m 12s"
+    assert humanize.countdown(192) == "in 3m 12s"
+    assert humanize.countdown(0.2) == "in 1s"
+    assert humanize.countdown(0) == "now"
+    assert humanize.countdown(7200 + 300) == "in 2h 5m"
+    assert humanize.countdown(3 * 86400 + 4 * 3600 + 59) == "in 3d 4h"
+    assert humanize.countdown(3600) == "in 1h"
+    assert humanize.ago(125) == "2m ago"
+    assert humanize.ago(3) == "3s ago"
+    assert humanize.ago(2 * 86400 + 5) == "2d ago"
+    assert humanize.elapsed(1.34) == "1.3s"
+    assert humanize.elapsed(0.4) == "400ms"
+    assert humanize.elapsed(0.0042) == "4ms"
+    assert humanize.elapsed(192) == "3m 12s"
 
 
 def test_clock_time_says_the_day_when_it_is_not_today() -> None:
     zone = ZoneInfo("Europe/Berlin")
-    assert live.clock_time(NOW + timedelta(minutes=5), NOW, zone) == "13:05:00"
-    assert live.clock_time(NOW + timedelta(days=2), NOW, zone) == "Tue 13:00"
-    assert live.clock_time(NOW + timedelta(days=40), NOW, zone) == "2026-04-10 14:00"
+    assert humanize.clock_time(NOW + timedelta(minutes=5), NOW, zone) == "13:05:00"
+    assert humanize.clock_time(NOW + timedelta(days=2), NOW, zone) == "Tue 13:00"
+    assert humanize.clock_time(NOW + timedelta(days=40), NOW, zone) == "2026-04-10 14:00"
 
 
 def test_clean_output_drops_escapes_and_keeps_the_last_carriage_return_part() -> None:
@@ -122,17 +124,17 @@ def ev(kind: EventKind, at: float, run_id: str = "r1", **fields: object) -> Even
 
 def test_record_follows_a_run_through_retries_to_its_end() -> None:
     stats: dict[str, JobTally] = {}
-    live.record(stats, ev(EventKind.FIRED, 0))
+    tally.record(stats, ev(EventKind.FIRED, 0))
     assert stats["sync"].waiting == {"r1"}
-    live.record(stats, ev(EventKind.STARTED, 1, max_attempts=4))
+    tally.record(stats, ev(EventKind.STARTED, 1, max_attempts=4))
     job = stats["sync"]
     assert job.waiting == set() and job.runs["r1"].attempt == 1
-    live.record(stats, ev(EventKind.ATTEMPT_FAILED, 2, attempt=1, max_attempts=4))
-    live.record(stats, ev(EventKind.RETRYING, 2, attempt=2, max_attempts=4, delay=5.0))
+    tally.record(stats, ev(EventKind.ATTEMPT_FAILED, 2, attempt=1, max_attempts=4))
+    tally.record(stats, ev(EventKind.RETRYING, 2, attempt=2, max_attempts=4, delay=5.0))
     progress = job.runs["r1"]
     assert (progress.attempt, progress.max_attempts) == (2, 4)
     assert progress.retry_at == NOW + timedelta(seconds=7)
-    live.record(
+    tally.record(
         stats,
         ev(
             EventKind.FINISHED,
@@ -145,13 +147,13 @@ def test_record_follows_a_run_through_retries_to_its_end() -> None:
     assert job.runs == {}
     assert (job.successes, job.failures, job.failing) == (0, 1, True)
     assert job.last_error_type == "ConnectionError"
-    live.record(stats, ev(EventKind.STARTED, 20, run_id="r2"))
-    live.record(
+    tally.record(stats, ev(EventKind.STARTED, 20, run_id="r2"))
+    tally.record(
         stats, ev(EventKind.FINISHED, 21, run_id="r2", status=RunStatus.SUCCEEDED, duration=1.3)
     )
     assert (job.successes, job.failures, job.failing) == (1, 1, False)
     assert job.last_duration == 1.3 and job.last_ended == NOW + timedelta(seconds=21)
-    assert not live.record(stats, Event(kind=EventKind.NOTICE, time=NOW, message="hello"))
+    assert not tally.record(stats, Event(kind=EventKind.NOTICE, time=NOW, message="hello"))
 
 
 # --- the renderer --------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def test_more_jobs_than_lines_shows_what_fits_and_counts_the_rest() -> None:
         assert shown[0].startswith("job_0000")  # the soonest fire first
         assert lines[-1].startswith("1000 jobs · 0 running")
         event_lines = [line for line in lines if " started" in line]
-        assert len(event_lines) == live.MIN_EVENT_LINES  # the events keep their few lines
+        assert len(event_lines) == MIN_EVENT_LINES  # the events keep their few lines
         assert event_lines[-1].endswith("job_0049 r49 started")  # the latest ones
 
 
@@ -456,9 +458,9 @@ def test_a_redraw_with_1000_jobs_draws_only_what_fits() -> None:
     stats: dict[str, JobTally] = {}
     for i in range(0, 1000, 7):
         name = f"job_{i:04d}"
-        live.record(stats, Event(kind=EventKind.STARTED, time=NOW, job=name, run_id="a"))
+        tally.record(stats, Event(kind=EventKind.STARTED, time=NOW, job=name, run_id="a"))
         status = RunStatus.SUCCEEDED if i % 2 else RunStatus.FAILED
-        live.record(
+        tally.record(
             stats,
             Event(kind=EventKind.FINISHED, time=NOW, job=name, run_id="a", status=status),
         )

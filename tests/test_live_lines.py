@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from qtasks_cli.ui import live
 from qtasks_cli.ui.lines import MAX_HELD, LineCutter
+from qtasks_cli.ui.tally import EventLine
 
 
 def _all(chunks: list[bytes]) -> list[tuple[bytes, bool]]:
@@ -58,7 +59,7 @@ class _View:
     def clock(self) -> object:
         return None
 
-    def add_line(self, line: live.EventLine) -> None:
+    def add_line(self, line: EventLine) -> None:
         self.lines.append(line.text)
 
 

@@ -436,7 +436,7 @@ def test_a_postgres_nodes_heartbeat_is_its_sign_of_life(control) -> None:
 def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
     from qtasks_cli.models import JobView, Snapshot
     from qtasks_cli.systemd import status_line
-    from qtasks_cli.ui.live import state_cell
+    from qtasks_cli.ui.render import state_cell
 
     def view(**fields: Any) -> JobView:
         base: dict[str, Any] = {"name": "j", "schedule": "s", "enabled": True, "next_fire": None,
@@ -449,7 +449,7 @@ def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
     assert state_cell(view(pending=2, abandoned=1))[0] == "queued"
     assert state_cell(view(abandoned=1, enabled=False))[0] == "abandoned, still running"
     assert state_cell(view())[0] == "idle"
-    from qtasks_cli.ui.live import _UNICODE, _next
+    from qtasks_cli.ui.render import _UNICODE, _next
 
     soon = T0 + timedelta(hours=1)
     assert _next(view(next_fire=soon, paused=True), T0, None, _UNICODE)[0] == _UNICODE.none

@@ -18,13 +18,13 @@ def _local(when: datetime | None) -> str:
 
 
 def _ago(now: datetime, when: datetime) -> str:
-    from qtasks_cli.ui.live import ago
+    from qtasks_cli.ui.humanize import ago
 
     return ago(max(0.0, (now - when).total_seconds()))
 
 
 def _span(seconds: float) -> str:
-    from qtasks_cli.ui.live import elapsed
+    from qtasks_cli.ui.humanize import elapsed
 
     return elapsed(max(0.0, seconds))
 
@@ -185,8 +185,8 @@ def watch_frame(report: StatusReport) -> tuple[Snapshot, dict[str, Any], list[An
     """The live table's inputs (snapshot, per-job statistics, event lines) from a report."""
     import logging
 
-    from qtasks_cli.ui.live import EventLine, RunProgress
-    from qtasks_cli.ui.live import JobTally as LiveStats
+    from qtasks_cli.ui.tally import EventLine, RunProgress
+    from qtasks_cli.ui.tally import JobTally as LiveStats
     from qtasks_cli.ui.text import clean_output
 
     up = [d.info for d in report.daemons if d.alive]

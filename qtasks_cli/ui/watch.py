@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qtasks_cli.status import StatusReport
-from qtasks_cli.ui.live import render
+from qtasks_cli.ui.render import render
 from qtasks_cli.ui.status_view import watch_frame
 
 REDRAW_EVERY = 1.0  # seconds
