@@ -136,6 +136,23 @@ def huge_message():
     raise ValueError("m" * (50 * 1024 * 1024))
 
 
+async def _refresh(options):
+    import argparse
+
+    argparse.ArgumentParser().parse_args(options)  # bad options: SystemExit(2)
+
+
+async def leaves_exits_behind():
+    import sys
+
+    loop = asyncio.get_running_loop()
+    asyncio.create_task(_refresh(["--nope"]))  # fire and forget
+    loop.call_soon(sys.exit, 3)
+    r, w = os.pipe()
+    loop.add_reader(r, sys.exit, 5)  # level-triggered: would raise at every turn
+    os.write(w, b"x")
+
+
 def _unpickled_in(pid):
     # Unpickling runs this: note which process did it (the daemon must not, for a record).
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "unpickled.log"), "a") as f:
@@ -165,6 +182,7 @@ raise_interrupt_str: {entrypoint: "rel_values:raise_interrupt_str", schedule: "*
 araise_interrupt_str: {entrypoint: "rel_values:araise_interrupt_str", schedule: "* * * * * *"}
 return_exit_repr: {entrypoint: "rel_values:return_exit_repr", schedule: "* * * * * *"}
 areturn_exit_repr: {entrypoint: "rel_values:areturn_exit_repr", schedule: "* * * * * *"}
+leaves_exits: {entrypoint: "rel_values:leaves_exits_behind", schedule: "*/2 * * * * *"}
 """
 
 SPINNING = """
@@ -370,6 +388,25 @@ def test_process_str_raises(outcomes: dict[str, Outcome]) -> None:
     rows = out.of("p_huge_message")
     assert_all(rows, status="failed", error_type="ValueError", at_least=1, error="mmmm")
     assert all(len(r["error"]) <= 2000 for r in rows)
+
+
+@case(
+    "exits_left_on_the_loop",
+    group=GROUP,
+    title="an async job leaves behind a task that raises SystemExit(2) (argparse on bad options), "
+    "a `call_soon(sys.exit, 3)` and an `add_reader` callback calling `sys.exit(5)` on a readable "
+    "pipe, every 2 s",
+    checks="each is logged with the job's file and line and ignored (the reader is removed, not "
+    "called again at every turn); the daemon keeps firing and exits 0 on SIGTERM (asyncio "
+    "re-raises them out of the loop: the daemon used to exit with the job's code)",
+)
+def test_exits_left_on_the_loop(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["inline"]
+    assert_healthy(out)
+    assert_all(out.of("leaves_exits"), status="succeeded", at_least=2)
+    for code in ("SystemExit(2)", "SystemExit(3)", "SystemExit(5)"):
+        assert f"job code raised {code} on the event loop outside its run" in out.log, tail(out.log)
+    assert "rel_values.py:" in out.log
 
 
 @case(
