@@ -15,17 +15,27 @@ Never runs a job's code in the caller: only ``type(x) is ...`` identity checks, 
 builtin types and reference counts. A helper thread stuck in a job's ``__del__`` for ``STUCK``
 seconds is left alone and another one takes over (at most ``MAX_THREADS`` at a time).
 
-Limits: objects in a reference cycle are freed by the cyclic garbage collector, which runs on
-whichever thread happens to allocate; a large tuple is freed in one step (it cannot be emptied);
-a job's own object holding a large container frees it in one step (in the helper thread).
+A value that is still held after ``CYCLE_CHECK`` seconds may be held only by itself (a
+reference cycle: ``self.me = self``, parent and child links), which no reference count ever
+frees: the cyclic garbage collector does, on whichever thread happens to allocate, often the
+event loop's, where every ``__del__`` of the cycle would then run. So the helper drops its own
+reference and runs the collector itself (at most once per ``CYCLE_CHECK``): what only a cycle
+held is freed there, its ``__del__`` in the helper thread. A value that can be weakly referenced
+and is still alive afterwards has another holder and is watched again until ``GIVE_UP``.
+
+Limits: a cycle that becomes garbage some other way is still collected wherever the collector
+happens to run; a large tuple is freed in one step (it cannot be emptied); a job's own object
+holding a large container frees it in one step (in the helper thread).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,7 @@ log = logging.getLogger(__name__)
 SLICE = 10_000  # items taken apart per step (about a millisecond)
 CHECK_EVERY = 0.2  # seconds between looks at the adopted values
 GIVE_UP = 60.0  # seconds after which a value still held elsewhere is let go
+CYCLE_CHECK = 2.0  # seconds after which a value still held may be held by a cycle only
 IDLE_EXIT = 2.0  # seconds with nothing adopted after which the helper thread ends
 STUCK = 1.0  # seconds one value may take to free before another thread takes over
 MAX_THREADS = 4
@@ -42,6 +53,8 @@ LARGE = 100_000  # kept for callers: a container this long is certainly taken ap
 _lock = threading.Lock()
 # id -> (deadline, value): the id of a value we hold cannot be reused while we hold it.
 _adopted: dict[int, tuple[float, Any]] = {}
+_last_collect = 0.0  # monotonic time of the helper's last run of the garbage collector
+_checked: set[int] = set()  # ids of adopted values found alive after a collection: held elsewhere
 _threads: dict[threading.Thread, float] = {}  # helper thread -> when its current value began
 _warned_stuck = False
 
@@ -67,6 +80,7 @@ def adopt(value: Any) -> None:
     with _lock:
         entry = _adopted.get(id(value))
         _adopted[id(value)] = (now + GIVE_UP, value)
+        _checked.discard(id(value))
         del entry
         _ensure_thread(now)
 
@@ -120,13 +134,24 @@ def _run() -> None:
             del entry
             # References: the dict's tuple, ``value`` here and getrefcount's argument.
             alone = sys.getrefcount(value) <= 3
-            if not alone and time.monotonic() < deadline:
+            now = time.monotonic()
+            if not alone and now < deadline:
+                if (
+                    key not in _checked
+                    and now >= deadline - GIVE_UP + CYCLE_CHECK
+                    and now - _last_collect >= CYCLE_CHECK
+                ):
+                    holder = [value]  # our last reference must go before the collection runs
+                    del value
+                    _collect_cycle(me, key, deadline, holder)
+                    continue
                 del value
                 continue
             with _lock:
                 if _adopted.pop(key, None) is None:  # another helper took it
                     del value
                     continue
+                _checked.discard(key)
                 _threads[me] = time.monotonic()
             if alone:
                 stack = [value]
@@ -134,8 +159,45 @@ def _run() -> None:
                 _take_apart(stack)
             else:
                 del value
+                _collect_now()  # a cycle we could not test with a weak reference: freed here
             with _lock:
                 _threads[me] = 0.0
+
+
+def _collect_cycle(me: threading.Thread, key: int, deadline: float, holder: list[Any]) -> None:
+    """Drop our reference to the value in ``holder`` (its only item: the caller keeps none) and
+    run the garbage collector in this thread, so that a cycle nothing else holds is freed here
+    (see the module docstring); a value still alive afterwards is adopted again, checked."""
+    try:
+        ref = weakref.ref(holder[0])
+    except TypeError:  # no weak references to it (a list, a dict): let go at GIVE_UP
+        with _lock:
+            _checked.add(key)
+        holder.clear()
+        return
+    with _lock:
+        if _adopted.pop(key, None) is None:  # another helper took it
+            holder.clear()
+            return
+        _threads[me] = time.monotonic()
+    holder.clear()
+    _collect_now()
+    alive = ref()
+    with _lock:
+        if alive is not None:
+            _adopted.setdefault(id(alive), (deadline, alive))
+            _checked.add(id(alive))
+        _threads[me] = 0.0
+    del alive
+
+
+def _collect_now() -> None:
+    """The garbage collector, in this helper thread (at most once per CYCLE_CHECK)."""
+    global _last_collect
+    if time.monotonic() - _last_collect < CYCLE_CHECK:
+        return
+    _last_collect = time.monotonic()
+    gc.collect()  # a __del__ of what only a cycle held runs here
 
 
 def _held_by_parent_only(item: Any) -> bool:

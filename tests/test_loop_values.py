@@ -96,6 +96,48 @@ def test_a_value_is_dropped_in_the_release_thread_nested_ones_too(
     assert dropped == ["qtasks-release"]
 
 
+def test_a_value_held_only_by_a_cycle_is_freed_in_the_helper_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No reference count frees a cycle: the collector would, on whichever thread allocates
+    # (often the loop's), running every __del__ there.
+    monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
+    monkeypatch.setattr(release, "CYCLE_CHECK", 0.05)
+    freed_in: list[str] = []
+    done = threading.Event()
+
+    class Conn:
+        def __init__(self) -> None:
+            self.me = self  # a cycle, as parent and child links make
+
+        def __del__(self) -> None:
+            freed_in.append(threading.current_thread().name)
+            done.set()
+
+    value = Conn()
+    release.adopt(value)
+    del value
+    assert done.wait(10), "the cycle was never freed"
+    assert freed_in == ["qtasks-release"]
+
+
+def test_a_cycle_someone_else_holds_is_kept_and_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
+    monkeypatch.setattr(release, "CYCLE_CHECK", 0.02)
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    held = Node()
+    release.adopt(held)
+    deadline = time.monotonic() + 5
+    while id(held) not in release._checked and time.monotonic() < deadline:
+        time.sleep(0.01)  # checked once (a collection in the helper), then watched
+    assert id(held) in release._checked and release.pending() >= 1
+    assert held.me is held
+
+
 def test_a_value_someone_holds_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(release, "CHECK_EVERY", 0.01)
     held = {"rows": list(range(1000))}
