@@ -218,6 +218,7 @@ async def trigger_now(
                 args=call.args,
                 kwargs=call.kwargs,
             )
+            await runtime.settle_hooks(None)  # each bounded by its own timeout
         finally:
             bus.unsubscribe(capture.sink)
             capture.uninstall()

@@ -21,7 +21,15 @@ import threading
 import traceback
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -176,6 +184,7 @@ class Runtime:
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
+        self._hooks: set[asyncio.Task[None]] = set()  # on_success/on_failure hooks running
         self._workers: Workers | None = None
         # A zombie thread's future, resolved when it returns: what a retry waits on.
         self._returned: dict[threading.Thread, asyncio.Future[Any]] = {}
@@ -190,6 +199,23 @@ class Runtime:
             if self._closed:
                 self._workers.close()  # so that it starts nothing
         return self._workers
+
+    def start_hook(self, hook: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a finished run's hook in a task of its own: the run is recorded and over (its
+        job may fire again) while the hook, bounded by its own timeout, goes on."""
+        task = asyncio.get_running_loop().create_task(hook, name=name)
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    async def settle_hooks(self, timeout: float | None) -> int:
+        """Wait up to ``timeout`` seconds (None: each hook's own bound) for running hooks;
+        cancel those still running then. Returns how many were cancelled."""
+        if not self._hooks:
+            return 0
+        _, still = await asyncio.wait(set(self._hooks), timeout=timeout)
+        for task in still:
+            task.cancel()
+        return len(still)
 
     def shutdown(self) -> None:
         """Start no more threads or child processes; threads still running are not waited
@@ -391,6 +417,9 @@ class _Run:
         # its cancellation, a child process not yet reaped): no retry starts beside it.
         self.leftover: threading.Thread | asyncio.Future[Any] | None = None
         self.not_retried = ""  # why no retry is made although the policy allows one
+        # While the run's hook runs: who its threads belong to ("report (on_success hook)"),
+        # which is not the job, so a hung hook never holds the job's next fires.
+        self.hook: str | None = None
         self._emit = emit
         self._retry_types: tuple[type[BaseException], ...] | None = None
 
@@ -426,8 +455,12 @@ class _Run:
         return value
 
     async def in_thread(self, call: Callable[[], Any]) -> Any:
+        hook = self.hook is not None  # a hook's thread never holds its job or marks its run
         return await self.runtime.call_in_thread(
-            call, on_abandon=self._abandon, owner=self.job.name, run_id=self.run_id
+            call,
+            on_abandon=self._abandon,
+            owner=self.hook if hook else self.job.name,
+            run_id=None if hook else self.run_id,
         )
 
     def _abandon(self, thread: threading.Thread) -> str:
@@ -493,7 +526,10 @@ class _Run:
             what,
             _seconds(grace),
         )
-        self.runtime.keep(task, self.job.name, self.run_id)
+        if self.hook is not None:
+            self.runtime.keep(task, self.hook)
+        else:
+            self.runtime.keep(task, self.job.name, self.run_id)
         self.leftover = task
         return None
 
@@ -912,8 +948,15 @@ async def _run_hook(run: _Run, result: RunResult) -> None:
         return
     if not ref:
         return
+    run.hook = f"{job.name} ({name} hook)"
     bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
-    outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
+    try:
+        outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
+    except asyncio.CancelledError:
+        log.warning("%s: %s hook %r abandoned at shutdown", run.label, name, ref)
+        raise
+    finally:
+        release.adopt(result.result)
     _let_go(outcome)
     if timed_out:
         log.warning(
@@ -1048,8 +1091,18 @@ async def execute(
         _current_run.reset(context_token)
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
-    await _run_hook(run, result)
-    # A large result is freed in slices by a helper thread once the caller drops it, not in one
-    # GIL-holding step on the loop.
-    release.adopt(result.result)
+    if _hook_of(job, result.status):
+        # The run is over: its hook runs on its own, never holding the record or the job.
+        runtime.start_hook(_run_hook(run, result), f"qtasks:{job.name}:{run_id}:hook")
+    else:
+        # A large result is freed in slices by a helper thread once the caller drops it, not
+        # in one GIL-holding step on the loop.
+        release.adopt(result.result)
     return result
+
+
+def _hook_of(job: JobSpec, status: RunStatus) -> str | None:
+    """The hook a run that ended with ``status`` calls, if the job has one."""
+    if status is RunStatus.SUCCEEDED:
+        return job.on_success
+    return job.on_failure if status in _FAILED_FOR_GOOD else None

@@ -1221,6 +1221,8 @@ class Supervisor:
                     + " after shutdown_grace",
                 )
         await self.ledger.release_fires(self._unstarted_pending())
+        if await self.runtime.settle_hooks(grace):  # the runs are recorded already
+            log.warning("hooks still running after shutdown_grace were abandoned")
         try:
             await asyncio.shield(self.store.flush())
         except Exception as exc:

@@ -76,16 +76,19 @@ async def run_async(
     **kwargs: Any,
 ) -> RunResult:
     kwargs.setdefault("resolve", resolve)
-    return await execute(
+    runtime = runtime or Runtime(4)
+    result = await execute(
         spec,
         run_id="r1",
         trigger=TriggerKind.MANUAL,
         scheduled=None,
-        runtime=runtime or Runtime(4),
+        runtime=runtime,
         emit=(events if events is not None else []).append,
         sleep=sleep or Sleeper(),
         **kwargs,
     )
+    await runtime.settle_hooks(None)  # a hook runs on its own after the run
+    return result
 
 
 def run(spec: JobSpec, **kwargs: Any) -> RunResult:
@@ -772,6 +775,43 @@ def test_hook_that_hangs_is_abandoned_at_the_job_timeout(caplog: pytest.LogCaptu
         result = run(spec)
     assert result.status is RunStatus.SUCCEEDED
     assert "'t:hook_hangs' did not finish within 50ms" in caplog.text
+
+
+def hook_blocks(result: RunResult) -> None:
+    calls["hook_started"].set()
+    calls["hook_gate"].wait(10)
+
+
+def test_a_hung_hook_holds_neither_the_record_nor_the_job() -> None:
+    # The run is over when its body is: its result is returned (and recorded by the caller)
+    # while the hook still runs, and the hook's thread, abandoned at its timeout, is not the
+    # job's (a job counts as running while its own abandoned thread lives).
+    calls["hook_started"], calls["hook_gate"] = threading.Event(), threading.Event()
+    spec = job(
+        "async_add", args=(1,), timeout=timedelta(milliseconds=50), on_success="t:hook_blocks"
+    )
+
+    async def main() -> tuple[RunResult, bool, int, int]:
+        runtime = Runtime(4)
+        result = await execute(
+            spec,
+            run_id="r1",
+            trigger=TriggerKind.MANUAL,
+            scheduled=None,
+            runtime=runtime,
+            emit=lambda _: None,
+            resolve=resolve,
+        )
+        hook_running = not calls["hook_started"].is_set() or not calls["hook_gate"].is_set()
+        await runtime.settle_hooks(None)  # the hook times out: its thread is abandoned
+        stuck_job = runtime.stuck[spec.name]
+        stuck_hook = runtime.stuck[f"{spec.name} (on_success hook)"]
+        calls["hook_gate"].set()
+        return result, hook_running, stuck_job, stuck_hook
+
+    result, hook_running, stuck_job, stuck_hook = asyncio.run(main())
+    assert result.status is RunStatus.SUCCEEDED and result.result == 1 and hook_running
+    assert stuck_job == 0 and stuck_hook == 1  # counted as the hook's, not the job's
 
 
 def test_unresolvable_hook_is_logged(caplog: pytest.LogCaptureFixture) -> None:

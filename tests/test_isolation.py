@@ -392,6 +392,7 @@ def test_the_daemon_never_unpickles_a_result_only_to_record_it(
                 runtime=runtime,
                 emit=lambda _: None,
             )
+            await runtime.settle_hooks(None)  # the hook runs on its own after the run
             return plain, hooked
         finally:
             runtime.shutdown()
