@@ -551,8 +551,11 @@ def run_until_done(main: Coroutine[Any, Any, T]) -> T:
     supervisor already reported it). The caller exits with ``os._exit`` afterwards."""
     import asyncio
 
+    from qtasks_cli import looperrors
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    loop.set_exception_handler(looperrors.handle)  # no job code on the loop for its reports
     task = loop.create_task(main)
     while True:
         try:

@@ -142,29 +142,24 @@ def _nudge_stuck() -> int:
         return len(_Helpers.stuck)
 
 
-async def off_loop(
-    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
-) -> T:
-    """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
-    does not return within ``timeout`` seconds (the thread is then asked to stop and left to
-    finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
-    MAX_STUCK earlier ones still run."""
-    if _nudge_stuck() >= MAX_STUCK:
-        _Helpers.refused += 1
-        if _Helpers.refused == 1 or _Helpers.refused % 1000 == 0:
-            log.warning(
-                "%d helper thread(s) still turn a job's value into text after their deadline; "
-                "not calling job code for text until they end (%d value(s) shown as placeholders)",
-                len(_Helpers.stuck),
-                _Helpers.refused,
-            )
-        return fallback if refused is None else refused
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+def _refuse_more() -> bool:
+    """True (and counted, warned now and then) while MAX_STUCK earlier helper threads run."""
+    if _nudge_stuck() < MAX_STUCK:
+        return False
+    _Helpers.refused += 1
+    if _Helpers.refused == 1 or _Helpers.refused % 1000 == 0:
+        log.warning(
+            "%d helper thread(s) still turn a job's value into text after their deadline; "
+            "not calling job code for text until they end (%d value(s) shown as placeholders)",
+            len(_Helpers.stuck),
+            _Helpers.refused,
+        )
+    return True
 
-    def deliver(outcome: tuple[bool, Any]) -> None:
-        if not future.done():
-            future.set_result(outcome)
+
+def _start_helper(fn: Callable[[], Any], deliver: Callable[[tuple[bool, Any]], None]) -> Any:
+    """A daemon thread running ``fn()``, handing ``(True, value)`` or ``(False, exception)``
+    to ``deliver`` (from that thread); returns the thread."""
 
     def target() -> None:
         sys.settrace(_tracer)  # lets a late thread be slowed down (see _stop_thread)
@@ -175,8 +170,7 @@ async def off_loop(
         try:
             with _Helpers.lock:
                 _Helpers.stuck.pop(threading.get_ident(), None)
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(deliver, outcome)
+            deliver(outcome)
         except _GaveUp:  # asked to stop just as it ended
             pass
         finally:
@@ -184,23 +178,76 @@ async def off_loop(
 
     thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
     thread.start()
+    return thread
+
+
+def _give_up(thread: threading.Thread, timeout: float) -> None:
+    with _Helpers.lock:
+        if thread.is_alive() and thread.ident is not None:
+            _Helpers.stuck[thread.ident] = thread
+            culprit = _Helpers.calling.get(thread.ident)
+            if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
+                _Helpers.hung[id(culprit)] = culprit
+            _stop_thread(thread.ident)
+    log.warning(
+        "turning a job's value into text took longer than %gs; gave up and asked the "
+        "thread to stop (%d such thread(s) still running)",
+        timeout,
+        len(_Helpers.stuck),
+    )
+
+
+async def off_loop(
+    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
+) -> T:
+    """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
+    does not return within ``timeout`` seconds (the thread is then asked to stop and left to
+    finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
+    MAX_STUCK earlier ones still run."""
+    if _refuse_more():
+        return fallback if refused is None else refused
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+
+    def deliver(outcome: tuple[bool, Any]) -> None:
+        def settle() -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle)
+
+    thread = _start_helper(fn, deliver)
     try:
         ok, value = await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
-        with _Helpers.lock:
-            if thread.is_alive() and thread.ident is not None:
-                _Helpers.stuck[thread.ident] = thread
-                culprit = _Helpers.calling.get(thread.ident)
-                if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
-                    _Helpers.hung[id(culprit)] = culprit
-                _stop_thread(thread.ident)
-        log.warning(
-            "turning a job's value into text took longer than %gs; gave up and asked the "
-            "thread to stop (%d such thread(s) still running)",
-            timeout,
-            len(_Helpers.stuck),
-        )
+        _give_up(thread, timeout)
         return fallback
+    if not ok:
+        return fallback
+    result: T = value
+    return result
+
+
+def in_helper(
+    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
+) -> T:
+    """``off_loop`` for a thread that may block (a log writer, never the event loop): waits
+    for ``fn()`` in a helper thread up to ``timeout`` seconds, with the same fallbacks."""
+    if _refuse_more():
+        return fallback if refused is None else refused
+    done = threading.Event()
+    box: list[tuple[bool, Any]] = []
+
+    def deliver(outcome: tuple[bool, Any]) -> None:
+        box.append(outcome)
+        done.set()
+
+    thread = _start_helper(fn, deliver)
+    if not done.wait(timeout):
+        _give_up(thread, timeout)
+        return fallback
+    ok, value = box[0]
     if not ok:
         return fallback
     result: T = value

@@ -44,6 +44,7 @@ from qtasks_cli import redaction
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import JobSpec, RunResult
 from qtasks_cli.store.control import OUTPUT_KEPT_CHARS, OUTPUT_LINE_CHARS, OUTPUT_LINES
+from qtasks_cli.ui import records
 
 _KEPT_CLOSED = 10_000  # closed runs whose lines wait for their end to be recorded
 _OWN_LOGGERS = ("qtasks_cli", "qtasks.")  # the daemon's own records are not a run's output
@@ -261,10 +262,13 @@ def _record(factory: Callable[..., logging.LogRecord], *args: Any, **kwargs: Any
     if _open and record.name != "qtasks" and not record.name.startswith(_OWN_LOGGERS):
         run_id = current_run()
         if run_id is not None and run_id in _open:
-            with contextlib.suppress(Exception):  # a message whose arguments do not format
+            with contextlib.suppress(Exception):
+                # Made text once, here, by the thread that logged it (ui.records): the
+                # handlers then reuse it.
+                records.settle(record, "inline")
                 text = f"{record.levelname} {record.name}: {record.getMessage()}"
-                if record.exc_info:
-                    text += "\n" + logging.Formatter().formatException(record.exc_info)
+                if record.exc_text:
+                    text += "\n" + record.exc_text
                 feed(run_id, text + "\n", 2)
     return record
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import Snapshot
 from qtasks_cli.redaction import hold_back, redact_known
 from qtasks_cli.ui import log as ui_log
+from qtasks_cli.ui import records
 from qtasks_cli.ui.humanize import span
 from qtasks_cli.ui.lines import MAX_HELD, LineCutter
 from qtasks_cli.ui.render import render
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_REDRAWS_PER_SECOND = 4.0
 MAX_LINES = 500  # event lines kept for the events area
 MAX_LINES_PER_RECORD = 6  # a traceback must not push every other line out
+_READ_CHARS = 64 * 1024  # of one record's text, at most, are read to show its few lines
 SCREEN_CLOSE_WAIT = 2.0  # seconds the exit waits for a stopped terminal to take the last frame
 
 
@@ -168,10 +171,14 @@ class LiveView:
     def add_text(self, text: str, level: int = logging.INFO, when: datetime | None = None) -> None:
         """Add (possibly multi-line) text as event lines, cut to a few lines; the secrets of
         the loaded job files are hidden in it first, whole (a secret may span lines)."""
-        rows = [clean_line(row) for row in redact_known(text).splitlines()] or [""]
-        if len(rows) > MAX_LINES_PER_RECORD:
-            extra = len(rows) - MAX_LINES_PER_RECORD + 1
-            rows = [*rows[: MAX_LINES_PER_RECORD - 1], f"  ({extra} more lines)"]
+        # Only what can be shown is redacted and cleaned (16 MB would hold the GIL for a
+        # second), with room kept for a secret that spans the cut, so that it is hidden whole.
+        head = text[: _READ_CHARS + records.MAX_CHARS]
+        rows = [clean_line(row) for row in redact_known(head).splitlines()] or [""]
+        total = len(rows) if len(head) == len(text) else text.count("\n") + 1
+        if total > MAX_LINES_PER_RECORD:
+            extra = total - MAX_LINES_PER_RECORD + 1
+            rows = [*rows[: MAX_LINES_PER_RECORD - 1], f"  ({extra:,} more lines)"]
         stamp = when or self.clock()
         for row in rows:
             self.add_line(EventLine(time=stamp, level=level, text=row))
@@ -279,31 +286,63 @@ class LiveView:
 
 
 class LiveHandler(logging.Handler):
-    """Log records into the view's events area (event records as ``describe_event`` lines)."""
+    """Log records into the view's events area (event records as ``describe_event`` lines).
+
+    Never under the handler's lock, and never with job code on the event loop: a record whose
+    text runs a job's code (ui.records) is made text by the thread that logged it, or, when
+    that is the loop's, by this handler's own thread with a deadline."""
 
     def __init__(self, view: LiveView) -> None:
         super().__init__()
         self.view = view
+        self._later: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._waiting = 0  # records handed to the thread and not shown yet (bounded)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             event: Event | None = getattr(record, "qtasks_event", None)
             if event is not None:
                 self.view.add_text(ui_log.describe_event(event), record.levelno, event.time)
-                return
-            text = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                from qtasks_cli.failures import safe_str
-
-                exc = record.exc_info[1]  # a job's exception: its __str__ may raise SystemExit
-                text = f"{text}: {type(exc).__name__}: {safe_str(exc, 500)}"
-            when = datetime.fromtimestamp(record.created, timezone.utc)
-            level = record.levelname if record.levelno >= logging.WARNING else ""
-            self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
+            elif records.here(record):
+                self._show(record)
+            elif self._waiting < MAX_LINES:  # more waiting than the area shows: dropped
+                self._waiting += 1
+                self._later.put(record)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="qtasks-live-records", daemon=True
+                    )
+                    self._thread.start()
         except Exception:
             self.handleError(record)
         except BaseException:
             self.view.add_text("(a log record could not be formatted)", logging.ERROR)
+
+    def _run(self) -> None:
+        while True:
+            record = self._later.get()
+            self._waiting -= 1
+            with contextlib.suppress(Exception):
+                records.settle(record, "helper")
+                self._show(record)
+
+    def _show(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_text:  # the table shows its last line: the exception's type and text
+            lines = record.exc_text.rstrip().splitlines()
+            text = f"{text}: {lines[-1]}" if lines else text
+        when = datetime.fromtimestamp(record.created, timezone.utc)
+        level = record.levelname if record.levelno >= logging.WARNING else ""
+        self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
 
 
 # --- the terminal --------------------------------------------------------------------------------

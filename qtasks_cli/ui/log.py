@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus
 from qtasks_cli.redaction import redact_known, redact_known_value
+from qtasks_cli.ui import records
 from qtasks_cli.ui.text import clean_line, clean_text, json_safe
 
 EVENT_LOGGER = "qtasks.events"
@@ -176,10 +177,12 @@ class PlainFormatter(logging.Formatter):
         # (a value cannot forge a line), and the lines of a traceback after it.
         # Every secret of the loaded job files is hidden first: a record that is not a run's
         # event (a debug line with a job's exception, say) was not redacted by its job.
+        if event is None:
+            records.settle(record, "helper")  # already, unless a handler of a job's logs it
         text = describe_event(event) if event is not None else record.getMessage()
-        text = clean_line(redact_known(text))
-        if record.exc_info and event is None:
-            trace = redact_known(self.formatException(record.exc_info))
+        text = clean_line(records.cut(redact_known(text)))
+        if record.exc_text and event is None:
+            trace = records.cut(redact_known(record.exc_text), keep_end=True)
             text = f"{text}\n{clean_text(trace)}"
         level = record.levelname
         if self.journal:
@@ -198,6 +201,7 @@ class JsonFormatter(logging.Formatter):
         if event is not None:
             fields = event_fields(event)
         else:
+            records.settle(record, "helper")  # already, unless a handler of a job's logs it
             when = datetime.fromtimestamp(record.created).astimezone()
             fields = {
                 "time": when.isoformat(timespec="milliseconds"),
@@ -206,9 +210,12 @@ class JsonFormatter(logging.Formatter):
                 "logger": record.name,
                 "message": record.getMessage(),
             }
-            if record.exc_info:
-                fields["traceback"] = self.formatException(record.exc_info)
+            if record.exc_text:
+                fields["traceback"] = record.exc_text
         fields = redact_known_value(fields)  # leaf by leaf, before the JSON is made
+        for key in ("message", "traceback"):
+            if key in fields:
+                fields[key] = records.cut(fields[key], keep_end=key == "traceback")
         return json_safe(json.dumps(fields, ensure_ascii=False, default=str))
 
 

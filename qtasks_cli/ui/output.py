@@ -27,6 +27,7 @@ import time
 from typing import Any, ClassVar, TextIO
 
 from qtasks_cli import redaction
+from qtasks_cli.ui import records
 from qtasks_cli.ui.text import clean_text, strip_sequences
 
 MAX_QUEUED = 10_000  # records or written chunks waiting per stream
@@ -373,6 +374,7 @@ class _RecordDrain(_Drain):
         if isinstance(item, str):
             return item.encode("utf-8", "backslashreplace")
         try:
+            records.settle(item, "helper")  # one the loop left: job code, with a deadline
             text = self.formatter.format(item)
         except BaseException:
             text = f"(a log record could not be formatted: {item.name} {item.levelname})"
@@ -398,6 +400,19 @@ class BoundedQueueHandler(logging.handlers.QueueHandler):
     def __init__(self, drain: _RecordDrain) -> None:
         super().__init__(drain.queue)
         self.drain = drain
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Without the handler's lock (the queue is thread-safe): a record whose text runs a
+        job's code (ui.records) is made text by the thread that logged it, or by the drain
+        thread with a deadline when that thread is the event loop's; a slow or hung text
+        never holds another thread's log call."""
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            records.here(record)
+            self.emit(record)
+        return bool(rv)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record  # formatted by the drain thread: the records never leave the process

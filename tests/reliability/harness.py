@@ -280,6 +280,7 @@ class Scenario:
     ticks: int = 5  # run until the per-second job fired this many times after the driver
     driver: Callable[[Daemon], Any] | None = None  # runs once the daemon is ready
     env: dict[str, str] | None = None
+    ui: str = "plain"
 
 
 def run_scenarios(scenarios: Sequence[Scenario], root: Path) -> dict[str, Outcome]:
@@ -304,7 +305,7 @@ def run_scenarios(scenarios: Sequence[Scenario], root: Path) -> dict[str, Outcom
     try:
         for s in scenarios:
             config = write_project(root / s.name, s.jobs, s.modules, s.settings)
-            daemons[s.name] = Daemon(config, s.env)
+            daemons[s.name] = Daemon(config, s.env, ui=s.ui)
         threads = [threading.Thread(target=drive, args=(s,), daemon=True) for s in scenarios]
         for t in threads:
             t.start()
