@@ -949,6 +949,15 @@ async def _run_hook(run: _Run, result: RunResult) -> None:
     if not ref:
         return
     run.hook = f"{job.name} ({name} hook)"
+    if run.runtime.stuck[run.hook]:  # one hung call per hook at most: threads are not free
+        log.warning(
+            "%s: %s hook %r not called: its call for an earlier run is still running",
+            run.label,
+            name,
+            ref,
+        )
+        release.adopt(result.result)
+        return
     bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
     try:
         outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
