@@ -623,8 +623,13 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    from qtasks_cli import pipes
+
+    pipes.guard_stdio()  # `qtasks status | head -1` exits with status's code (pipes.py)
     try:
         code = app(standalone_mode=False)
+    except BrokenPipeError:  # a write that bypassed the guard: end quietly, as SIGPIPE would
+        sys.exit(pipes.quiet_exit())
     except QtasksError as exc:  # anything a command did not map itself
         print(_error_text(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
