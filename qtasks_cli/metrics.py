@@ -1,5 +1,6 @@
-"""The Prometheus endpoint (``settings.metrics``), served by ``prometheus_client`` in its own
-thread; only imported when metrics are on, since the library costs import time.
+"""The Prometheus endpoint (``settings.metrics``), served with ``prometheus_client`` in a
+thread that sleeps until a scrape comes (qtasks_cli.scrape); only imported when metrics are
+on, since the library costs import time.
 
 The loop's only part is the event sink, which appends the few events that count to a deque
 (tens of nanoseconds). Everything else happens off the loop: the events are folded into
@@ -259,7 +260,8 @@ class MetricsServer:
 
     def close(self) -> None:
         logging.getLogger("qtasks_cli").removeHandler(self.metrics.store_errors)
-        self.server.shutdown()
+        self.server.stop()
+        self.thread.join(5)
         self.server.server_close()
 
 
@@ -272,8 +274,9 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     address = config.settings.metrics
     assert address is not None
     try:
-        from prometheus_client import start_http_server
         from prometheus_client.core import CollectorRegistry
+
+        from qtasks_cli.scrape import serve
     except ImportError as exc:
         message = MISSING_LIBRARY.format(why=f" ({exc})")
         raise ConfigError([config.problem("settings.metrics", message)]) from None
@@ -282,7 +285,7 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     registry.register(metrics)
     host, port = address
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server, thread = serve(host, port, registry)
     except OSError as exc:
         raise ConfigError(
             [config.problem("settings.metrics", bind_failure(host, port, exc))]
