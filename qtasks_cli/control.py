@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli import __version__, offthread
 from qtasks_cli.errors import StoreError
+from qtasks_cli.store.base import local_key
 from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def daemon_info(
     digest: str,
     every: float,
     abandoned: Mapping[str, str] | None = None,
+    wakeable: bool | None = None,
 ) -> DaemonInfo:
     """What a daemon publishes, from its snapshot and its abandoned runs (run id -> job)
     (pure but for the pid and host)."""
@@ -80,6 +82,8 @@ def daemon_info(
         host=socket.gethostname(),
         pid=pid,
         pid_start=process_start(pid),
+        local_key=local_key() or None,
+        wakeable=wakeable,
         started=snapshot.started_at,
         last_seen=snapshot.now,
         published=snapshot.now,
@@ -263,6 +267,7 @@ class Controller:
                 digest=config.digest,
                 every=self.beat_every,
                 abandoned=abandoned,
+                wakeable=self.woken,
             )
         )
         now = time.monotonic()

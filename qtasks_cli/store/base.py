@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -334,3 +335,16 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@functools.cache
+def local_key() -> str:
+    """This kernel boot and pid namespace: pids compare only within one (containers, and
+    ``unshare --pid``, may share a host name); "" where that cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot_id}:{namespace}"

@@ -53,6 +53,12 @@ class DaemonInfo:
     abandoned: int = 0  # runs given up on whose thread or task still runs
     published: datetime | None = None  # aware UTC: when this description was written
     pid_start: int | None = None  # the process's start time (see ``process_start``)
+    # Its kernel boot and pid namespace (``base.local_key``): its pid means something to a
+    # reader with the same key only; None from a daemon that did not say.
+    local_key: str | None = None
+    # Whether a command's wake-up reaches it at once (``ControlStore.wake``): then it answers
+    # a ``status`` within a moment, else only at its next look; None: it did not say.
+    wakeable: bool | None = None
 
     def alive(self, now: datetime, grace: float = 0.0) -> bool:
         """True when the last heartbeat is recent: within three cadences (or ``grace`` s)."""
@@ -248,6 +254,8 @@ def info_body(info: DaemonInfo) -> dict[str, Any]:
         "waiting": info.waiting,
         "abandoned": info.abandoned,
         "pid_start": info.pid_start,
+        "local_key": info.local_key,
+        "wakeable": info.wakeable,
         "jobs": info.jobs,
     }
 
@@ -266,6 +274,8 @@ def info_from_row(
     a newer heartbeat than the row's ``last_seen`` (a PostgreSQL node's), if any."""
     body: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
     start = body.get("pid_start")
+    key = body.get("local_key")
+    wakeable = body.get("wakeable")
     return DaemonInfo(
         node_id=node_id,
         host=host,
@@ -274,6 +284,8 @@ def info_from_row(
         last_seen=max(last_seen, beat) if beat is not None else last_seen,
         published=last_seen,
         pid_start=start if isinstance(start, int) else None,
+        local_key=key if isinstance(key, str) else None,
+        wakeable=wakeable if isinstance(wakeable, bool) else None,
         version=str(body.get("version", "?")),
         config=str(body.get("config", "")),
         digest=str(body.get("digest", "")),

@@ -48,6 +48,7 @@ from qtasks_cli.store.base import (
     busy_error,
     encode_request,
     job_stats,
+    local_key,
     pid_alive,
     storable,
     truncate_traceback,
@@ -326,19 +327,7 @@ def _must_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _local_key() -> str:
-    """This kernel boot and pid namespace: pids of two nodes compare only within one
-    (containers may share a host name); "" where that cannot be told."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            boot_id = boot.read().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return ""
-    return f"{boot_id}:{namespace}"
-
-
-_LOCAL_KEY = _local_key()
+_LOCAL_KEY = local_key()
 
 
 def check_schema(schema: str) -> str:
