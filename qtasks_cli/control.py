@@ -30,8 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli import __version__, offthread
+from qtasks_cli.cancels import cancelled_event
 from qtasks_cli.errors import StoreError
-from qtasks_cli.store.base import local_key
+from qtasks_cli.store.base import RunRow, local_key
 from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
 
 if TYPE_CHECKING:
@@ -256,6 +257,11 @@ class Controller:
             ]
             if done:
                 store.settle_cancel(done, f"cancelled on node {self.supervisor.store.node_id}")
+        reported = store.take_unreported_cancels(
+            f"reported by node {self.supervisor.store.node_id}"
+        )
+        if reported:
+            self._on_loop(self._report_cancels, reported)
         snapshot, abandoned = self._on_loop(self._observe)
         self.latest = snapshot
         config = self.supervisor.config
@@ -278,6 +284,20 @@ class Controller:
     def _observe(self) -> tuple[Snapshot, dict[str, str]]:
         """On the loop: the snapshot, and the runs given up on whose thread still runs."""
         return self.supervisor.snapshot(), dict(self.supervisor.runtime.abandoned)
+
+    def _report_cancels(self, rows: list[RunRow]) -> None:
+        """On the loop: report runs cancelled without a daemon (qtasks_cli.cancels)."""
+        for row in rows:
+            self.supervisor.bus.emit(
+                cancelled_event(
+                    job=row.job,
+                    run_id=row.run_id,
+                    trigger=row.trigger,
+                    scheduled=row.scheduled,
+                    error=row.error or "cancelled",
+                    time=self.supervisor.clock(),
+                )
+            )
 
     def _set_paused(self, paused: frozenset[str]) -> None:
         before = self.supervisor.paused

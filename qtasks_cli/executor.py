@@ -172,6 +172,9 @@ class Runtime:
         # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
         # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
         self.abandoned: dict[str, str] = {}
+        # Why a run's task is being cancelled (run id -> "cancelled by ..."), set by whoever
+        # cancels it, for the FINISHED event; "cancelled" when nobody said.
+        self.why_cancelled: dict[str, str] = {}
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
@@ -1040,7 +1043,7 @@ async def execute(
             ended=clock(),
             attempts=len(run.attempt_log),
             status=RunStatus.CANCELLED,
-            error="cancelled",
+            error=runtime.why_cancelled.get(run_id, "cancelled"),
             items=run.items,
             attempt_log=tuple(run.attempt_log),
         )

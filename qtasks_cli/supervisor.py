@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from qtasks_cli import sigguard
+from qtasks_cli import cancels, sigguard
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -641,8 +641,9 @@ class Supervisor:
         for fire in decided:
             state = self.jobs.get(fire.job)
             if state is None:  # removed by a reload after the claim
-                self.ledger.unstarted(
-                    fire, RunStatus.CANCELLED, "the job was removed by a reload before it ran"
+                self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
+                self._cancelled(
+                    fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
                 )
                 continue
             if fire.status is not RunStatus.CLAIMED:
@@ -805,24 +806,28 @@ class Supervisor:
                         status=RunStatus.CANCELLED,
                         error=reason,
                     )
-                    self._emit(
-                        EventKind.FINISHED,
-                        job=state.spec.name,
-                        run_id=run_id,
-                        trigger=trigger,
-                        status=RunStatus.CANCELLED,
-                        error=reason,
-                        level=logging.WARNING,
-                    )
+                    self._cancelled(state.spec.name, run_id, trigger, scheduled, reason)
                     self._background(self.ledger.finish(result))
                     return True
         suffix = f":{run_id}"
         for task in self._tasks:
             if task.get_name().endswith(suffix) and not task.done():
                 self._cancelled_by[run_id] = reason
+                self.runtime.why_cancelled[run_id] = reason  # for the executor's event
                 task.cancel(reason)
                 return True
         return False
+
+    def _cancelled(
+        self, job: str, run_id: str, trigger: TriggerKind, scheduled: datetime | None, why: str
+    ) -> None:
+        """Report a run cancelled before its body started (qtasks_cli.cancels)."""
+        self.bus.emit(
+            cancels.cancelled_event(
+                job=job, run_id=run_id, trigger=trigger, scheduled=scheduled, error=why,
+                time=self.clock(),
+            )
+        )  # fmt: skip
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -908,12 +913,13 @@ class Supervisor:
         except asyncio.CancelledError as exc:
             if not recordable and run_id not in self._cancelled_by:
                 raise  # a stop before the request began: it stays taken and is given back
-            reason = self._cancelled_by.pop(run_id, "cancelled at shutdown")
+            reason = self._cancelled_by.pop(run_id, cancels.AT_SHUTDOWN)
+            self.runtime.why_cancelled.pop(run_id, None)
             so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
-            result = (
-                replace(so_far, error=reason)
-                if isinstance(so_far, RunResult)
-                else never_ran(
+            if isinstance(so_far, RunResult):  # the executor reported its end
+                result = replace(so_far, error=reason)
+            else:  # cancelled waiting for a slot, or before the request began
+                result = never_ran(
                     job=spec.name,
                     run_id=run_id,
                     trigger=trigger,
@@ -922,7 +928,7 @@ class Supervisor:
                     status=RunStatus.CANCELLED,
                     error=reason,
                 )
-            )
+                self._cancelled(spec.name, run_id, trigger, scheduled, reason)
             raise
         finally:
             if result is not None:
@@ -1211,6 +1217,10 @@ class Supervisor:
             if still:
                 waiting = self.waiting  # of those, the ones that never got a slot
                 for task in still:
+                    name = task.get_name()
+                    if name.startswith("qtasks:"):  # a run's task (_start_run names it)
+                        why = self.runtime.why_cancelled
+                        why.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
                     task.cancel()
                 await asyncio.wait(still, timeout=5)
                 self._emit(

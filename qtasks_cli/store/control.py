@@ -23,6 +23,11 @@ from qtasks_cli.store.base import RunRow, storable
 # Statuses of runs that ran (for "last result"); skipped and missed fires did not.
 RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
 
+# A cancel request whose run was cancelled without a daemon (``qtasks cancel`` of a request no
+# daemon had taken, recovery of a dead daemon's run with a pending cancel) carries this
+# outcome until a daemon's control thread reports it (``take_unreported_cancels``).
+UNREPORTED = "unreported"
+
 # Lines of output kept per run (the last ones), and characters per line.
 OUTPUT_LINES = 200
 OUTPUT_LINE_CHARS = 2000
@@ -152,7 +157,8 @@ class ControlStore(Protocol):
     def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
         """Ask for ``run_id`` to be stopped. Returns ``requested`` (claimed or running: the
         daemon running it stops it), ``cancelled`` (handed over and not taken yet: marked
-        cancelled here, atomically), the status of a finished run, or ``unknown``."""
+        cancelled here, atomically, with an UNREPORTED request a daemon then reports), the
+        status of a finished run, or ``unknown``."""
 
     def cancel_requests(self) -> list[CancelRequest]:
         """Requests no daemon has settled yet whose run is still claimed or running,
@@ -160,6 +166,11 @@ class ControlStore(Protocol):
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         """Mark requests handled (``outcome`` says how), so daemons stop looking at them."""
+
+    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+        """The runs cancelled without a daemon (their request's outcome is UNREPORTED), each
+        marked ``outcome`` in the same transaction, so that one daemon of a cluster reports
+        each once (qtasks_cli.cancels)."""
 
     # -- runs in full ----------------------------------------------------------------------
 
