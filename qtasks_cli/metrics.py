@@ -206,7 +206,10 @@ class Metrics:
             "Runs given up on (timeout, cancel) whose thread or task still runs; each holds "
             "a slot until it returns.",
         )
-        paused = family("qtasks_paused_jobs", "Jobs paused with qtasks pause.")
+        paused = family(
+            "qtasks_paused_jobs",
+            "Jobs paused with qtasks pause (kept by name until resumed, in the job file or not).",
+        )
         next_fire = family(
             "qtasks_job_next_fire_timestamp_seconds",
             "Unix time of the job's next scheduled fire.",
@@ -220,11 +223,15 @@ class Metrics:
             waiting.add_metric([], snapshot.waiting)
             queued.add_metric([], snapshot.queued)
             abandoned.add_metric([], snapshot.abandoned)
-            paused.add_metric([], sum(1 for view in snapshot.jobs if view.paused))
+            paused.add_metric([], len(snapshot.paused_jobs))
             for view in snapshot.jobs:
                 job_paused.add_metric([view.name], 1.0 if view.paused else 0.0)
                 if view.next_fire is not None and view.enabled and not view.paused:
                     next_fire.add_metric([view.name], view.next_fire.timestamp())
+            in_file = {view.name for view in snapshot.jobs}
+            for name in snapshot.paused_jobs:  # removed from the file, still paused
+                if name not in in_file:
+                    job_paused.add_metric([name], 1.0)
         yield from (running, waiting, queued, abandoned, paused, next_fire, job_paused)
 
 

@@ -66,9 +66,11 @@ class JobStatus:
     orphaned: Sequence[RunRow] = ()
     owners: Mapping[str, str] = field(default_factory=dict)  # run id -> OWNER_* of running
 
+    in_file: bool = True  # the job file defines it (else: an old run's, or a kept pause)
+
     @property
     def disabled(self) -> bool:
-        return self.state != "unknown" and not self.enabled
+        return self.in_file and not self.enabled
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -187,8 +189,10 @@ def build_report(
             "waiting": bool(waiting),
             "queued": bool(queued),
             "abandoned": bool(abandoned),
-            "unknown": spec is None,
-            "disabled": not enabled,
+            # A pause is kept by name until resumed, in the file or not: a paused job out
+            # of the file is paused (and its pause holds if it comes back).
+            "unknown": spec is None and pause is None,
+            "disabled": spec is not None and not enabled,
             "paused": pause is not None,
         }
         state = next((s for s in STATES if flags.get(s, True)), "idle")
@@ -215,6 +219,7 @@ def build_report(
                 abandoned=abandoned,
                 orphaned=orphaned,
                 owners={r.run_id: owners[r.run_id] for r in running},
+                in_file=spec is not None,
             )
         )
     return StatusReport(

@@ -252,6 +252,7 @@ class Supervisor:
             nodes=self._nodes,
             waiting=self.waiting,
             abandoned=len(self.runtime.abandoned),
+            paused_jobs=tuple(sorted(self.paused)),
         )
 
     def _view(self, name: str, state: _JobState, abandoned: int) -> JobView:

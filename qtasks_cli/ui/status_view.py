@@ -97,7 +97,8 @@ def state_words(job: JobStatus, now: datetime, *, multi_node: bool = False) -> s
         runs = ", ".join(job.abandoned)
         return f"abandoned run {runs} still running{tail}"
     if job.state == "paused" and job.pause is not None:
-        return f"paused since {_local(job.pause.since)} by {job.pause.by}{tail}"
+        out = "" if job.in_file else f"; not in the job file (qtasks resume {job.name} lifts it)"
+        return f"paused since {_local(job.pause.since)} by {job.pause.by}{out}{tail}"
     return f"{job.state}{tail}"
 
 
@@ -219,6 +220,7 @@ def report_json(report: StatusReport) -> dict[str, Any]:
                 "state": job.state,
                 "enabled": job.enabled,
                 "disabled": job.disabled,
+                "in_file": job.in_file,
                 "paused": None
                 if job.pause is None
                 else {"since": when(job.pause.since), "by": job.pause.by},
