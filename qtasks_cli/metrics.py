@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 # Seconds; the last bucket (+Inf) is added by the exposition.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0)
-_COUNTED = frozenset({EventKind.FINISHED, EventKind.SKIPPED, EventKind.MISSED, EventKind.STARTED})
+# Every final status is counted once, by the daemon that recorded it: runs that ended here,
+# fires skipped or missed, and runs of a dead daemon this one concluded interrupted.
+_COUNTED = frozenset(
+    {EventKind.FINISHED, EventKind.SKIPPED, EventKind.MISSED, EventKind.STARTED,
+     EventKind.INTERRUPTED}
+)  # fmt: skip
 _BACKLOG = 1_000_000  # events kept between two folds
 
 
@@ -95,7 +100,7 @@ class Metrics:
 
     def sink(self, event: Event) -> None:
         """Bus sink, on the loop: keep the events that count, nothing more."""
-        if event.kind in _COUNTED and event.job is not None:
+        if event.kind in _COUNTED and event.job is not None and event.recorded:
             self._events.append(event)
 
     def fold(self) -> None:

@@ -198,6 +198,7 @@ class Supervisor:
         # and why runs cancelled by ``cancel_run`` were cancelled.
         self.paused: frozenset[str] = frozenset()
         self._cancelled_by: dict[str, str] = {}
+        self._let_go: set[str] = set()  # runs another node concluded (qtasks_cli.fencing)
         # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
         # end; and a call after a new job file was applied (the operator's view changes).
         self.output_of: Callable[[str], list[str]] | None = None
@@ -830,6 +831,32 @@ class Supervisor:
             )
         )  # fmt: skip
 
+    def runs_in_hand(self) -> dict[str, str]:
+        """Every run this daemon holds (run id -> job): run tasks, claims waiting for their
+        instant, runs queued behind their job's previous run."""
+        held = self.ledger.held_runs()
+        for name, state in self.jobs.items():
+            held.update((entry[0], name) for entry in state.pending)
+        for task in self._tasks:
+            kind, _, rest = task.get_name().partition(":")
+            if kind == "qtasks" and not task.done():
+                job, _, run_id = rest.rpartition(":")
+                held[run_id] = job
+        return held
+
+    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
+        """Stop holding a run another node concluded ``status`` (qtasks_cli.fencing): drop
+        its claim or queued entry, or stop its body as a cancel does; nothing is recorded."""
+        self.ledger.forget({run_id})
+        for state in self.jobs.values():
+            state.pending = [entry for entry in state.pending if entry[0] != run_id]
+        for task in self._tasks:
+            if task.get_name().endswith(f":{run_id}") and not task.done():
+                self._let_go.add(run_id)
+                self.runtime.concluded[run_id] = status
+                self.runtime.why_cancelled[run_id] = why
+                task.cancel(why)
+
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -912,6 +939,8 @@ class Supervisor:
             finally:
                 self.runtime.capacity.release()
         except asyncio.CancelledError as exc:
+            if run_id in self._let_go:
+                raise  # concluded by another node: its record stands (qtasks_cli.fencing)
             if not recordable and run_id not in self._cancelled_by:
                 raise  # a stop before the request began: it stays taken and is given back
             reason = self._cancelled_by.pop(run_id, cancels.AT_SHUTDOWN)
@@ -932,6 +961,11 @@ class Supervisor:
                 self._cancelled(spec.name, run_id, trigger, scheduled, reason)
             raise
         finally:
+            if run_id in self._let_go:  # concluded elsewhere: nothing to record here
+                self._let_go.discard(run_id)
+                self.runtime.concluded.pop(run_id, None)
+                self.runtime.why_cancelled.pop(run_id, None)
+                result = None
             if result is not None:
                 await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
             self._run_ended(spec.name)
@@ -1013,9 +1047,13 @@ class Supervisor:
     async def _touch_nodes(self, now: datetime) -> None:
         timeout = self.config.settings.node_timeout
         try:
-            await self.store.heartbeat(
+            registered = await self.store.heartbeat(
                 now, digest=self.config.digest, fingerprints=self._job_fingerprints()
             )
+            if not registered:  # presumed dead meanwhile: honour what the others concluded
+                from qtasks_cli.fencing import honour_conclusions
+
+                await honour_conclusions(self)
             for row in await self.store.reap_dead_nodes(
                 now, timeout, rerun_jobs=self._rerun_jobs()
             ):

@@ -253,9 +253,10 @@ class Store(Protocol):
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> None:
+    ) -> bool:
         """Record that this node is alive at ``now``, with the digest of its job file and
-        a fingerprint per job, for ``nodes``."""
+        a fingerprint per job, for ``nodes``. False when another node had presumed this one
+        dead meanwhile (and concluded its runs: qtasks_cli.fencing); it is registered again."""
 
     async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
         """The nodes whose last heartbeat is within ``timeout`` of ``now``, by node id."""
