@@ -114,7 +114,11 @@ def conclude(
             continue
         decided = verdict(row.status, row.trigger)
         if row.cancel_by is not None:  # asked to stop, then its daemon died: stopped
-            why = "in progress" if decided is Verdict.INTERRUPT_RUNNING else "before it began"
+            why = {
+                Verdict.INTERRUPT_RUNNING: "while it ran",
+                Verdict.INTERRUPT_CLAIMED: "at about its start",  # see MAY_HAVE_RUN
+                Verdict.REQUEUE: "before it began",
+            }[decided]
             note = f" ({row.note})" if row.note else ""
             cancel.append(
                 (row.run_id, f"cancelled by {row.cancel_by}; its daemon stopped {why}{note}")

@@ -182,7 +182,7 @@ def test_recovery_honours_a_cancel_asked_before_the_owner_died(
                     interrupted = await survivor.recover(now, rerun_jobs={"a", "q"})
                     assert [r.run_id for r in interrupted] == [left.run_id]
                     for run_id, how in (
-                        (running.run_id, "in progress"),
+                        (running.run_id, "while it ran"),
                         (taken, "before it began"),
                     ):
                         row = await survivor.get_run(run_id)
