@@ -88,8 +88,18 @@ def test_runs_of_a_killed_daemon_are_said_to_be_on_a_daemon_that_is_gone(project
     daemon = daemons([str(path)], cwd=path.parent)
     daemon.wait_for(lambda log: "qtasks ready" in log)
     run_id = _slow_running(path, daemon)
+    behind = qt(path, "trigger", "slow", "--enqueue").stdout.strip()  # waits behind run_id
+    wait_until(
+        lambda: any(r["run_id"] == behind and r["status"] == "claimed" for r in rows(path)),
+        what="the second run taken",
+    )
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(timeout=10)
+
+    # A cancel of a run nothing runs any more says so at once, and is kept.
+    cancelled = qt(path, "cancel", behind)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "its daemon is gone; the cancel is kept" in cancelled.stdout, cancelled.stdout
 
     result = qt(path, "status")
     assert result.returncode == 3
@@ -100,7 +110,10 @@ def test_runs_of_a_killed_daemon_are_said_to_be_on_a_daemon_that_is_gone(project
     _code, data = status_json(path)
     [slow] = [j for j in data["jobs"] if j["name"] == "slow"]
     assert slow["state"] == "orphaned" and slow["running"] == []
-    assert [(r["run_id"], r["daemon"]) for r in slow["orphaned"]] == [(run_id, "gone")]
+    assert {(r["run_id"], r["daemon"]) for r in slow["orphaned"]} == {
+        (run_id, "gone"),
+        (behind, "gone"),
+    }
 
     shown = qt(path, "show", run_id)
     assert shown.returncode == 0
@@ -114,6 +127,10 @@ def test_runs_of_a_killed_daemon_are_said_to_be_on_a_daemon_that_is_gone(project
     again.wait_for(lambda log: "qtasks ready" in log)
     [row] = [r for r in rows(path, "slow") if r["run_id"] == run_id]
     assert row["status"] == "interrupted"
+    # The kept cancel: cancelled, never given back to the queue, and reported once.
+    [row] = [r for r in rows(path, "slow") if r["run_id"] == behind]
+    assert row["status"] == "cancelled" and row["error"].startswith("cancelled by "), row
+    again.wait_for(lambda log: f"{behind} cancelled" in log)
     assert "running on a daemon" not in qt(path, "show", run_id).stdout.splitlines()[0]
     assert again.stop() == 0
 

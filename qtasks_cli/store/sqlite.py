@@ -650,9 +650,15 @@ class SqliteStore:
                 f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
                 [(run_id,) for run_id, _ in done.cancel],
             )
+            cancelled.extend(run_id for run_id, _ in done.cancel)
             return [run_id for run_id, _ in done.interrupt]
 
+        cancelled: list[str] = []
         interrupted = self._transaction(work)
+        if cancelled:  # the control thread reports them: tell it now, as NOTIFY does
+            from qtasks_cli import wake
+
+            wake.send(self.location, wake.CONTROL)
         if interrupted:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
         return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
