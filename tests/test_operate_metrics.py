@@ -1,6 +1,7 @@
 """The metrics endpoint computes on scrape and sleeps between scrapes: its thread does not wake
 while nobody scrapes (``prometheus_client.start_http_server`` polled twice a second), serves
-IPv4 and IPv6 addresses, and stops at once."""
+IPv4 and IPv6 addresses, and stops at once. Each final status is counted once, by the daemon
+that recorded it, and every kept pause is counted."""
 
 from __future__ import annotations
 
@@ -92,3 +93,58 @@ def test_a_port_in_use_is_a_located_error_and_leaves_nothing_running(tmp_path: P
         with pytest.raises(ConfigError, match="already in use"):
             _serve(tmp_path, "127.0.0.1", port)
         assert "qtasks-metrics" not in {t.name for t in threading.enumerate()} - before
+
+
+def test_each_final_status_is_counted_once_by_the_daemon_that_recorded_it() -> None:
+    from datetime import datetime, timezone
+
+    from qtasks_cli.events import Event, EventKind
+    from qtasks_cli.metrics import Metrics
+    from qtasks_cli.models import RunStatus
+
+    now = datetime.now(timezone.utc)
+    metrics = Metrics()
+
+    def finished(job: str, status: RunStatus, **more: object) -> Event:
+        return Event(kind=EventKind.FINISHED, time=now, job=job, run_id="r", status=status,
+                     **more)  # type: ignore[arg-type]  # fmt: skip
+
+    metrics.sink(finished("a", RunStatus.SUCCEEDED))
+    metrics.sink(finished("a", RunStatus.CANCELLED))
+    # A run another node concluded while this one did not answer: that node counts it.
+    metrics.sink(finished("a", RunStatus.INTERRUPTED, recorded=False))
+    # A dead daemon's run this one concluded.
+    metrics.sink(Event(kind=EventKind.INTERRUPTED, time=now, job="b", run_id="x",
+                       status=RunStatus.INTERRUPTED))  # fmt: skip
+    metrics.fold()
+    assert dict(metrics.runs) == {
+        ("a", "succeeded"): 1,
+        ("a", "cancelled"): 1,
+        ("b", "interrupted"): 1,
+    }
+
+
+def test_the_paused_gauges_count_every_kept_pause() -> None:
+    from datetime import datetime, timezone
+    from typing import Any
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from qtasks_cli.metrics import Metrics
+    from qtasks_cli.models import JobView, Snapshot
+
+    now = datetime.now(timezone.utc)
+    view = JobView(name="in_file", schedule="s", enabled=True, next_fire=None, running=0,
+                   pending=0, max_attempts=1, paused=True)  # fmt: skip
+    snapshot = Snapshot(now=now, started_at=now, jobs=(view,), running=0, queued=0, state="s",
+                        paused_jobs=("in_file", "removed"))  # fmt: skip
+
+    class Controller:
+        def fresh_snapshot(self) -> Snapshot:
+            return snapshot
+
+    metrics = Metrics(Controller())  # type: ignore[arg-type]
+    families: dict[str, Any] = {f.name: f for f in metrics._gauges(GaugeMetricFamily)}
+    assert [s.value for s in families["qtasks_paused_jobs"].samples] == [2]
+    per_job = {s.labels["job"]: s.value for s in families["qtasks_job_paused"].samples}
+    assert per_job == {"in_file": 1.0, "removed": 1.0}
