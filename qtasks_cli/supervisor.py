@@ -962,13 +962,16 @@ class Supervisor:
             raise
         finally:
             if run_id in self._let_go:  # concluded elsewhere: nothing to record here
+                result = None
+            try:
+                if result is not None:
+                    await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
+            finally:  # also when a cancel lands while the end is being recorded
+                self._cancelled_by.pop(run_id, None)
                 self._let_go.discard(run_id)
                 self.runtime.concluded.pop(run_id, None)
                 self.runtime.why_cancelled.pop(run_id, None)
-                result = None
-            if result is not None:
-                await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
-            self._run_ended(spec.name)
+                self._run_ended(spec.name)
 
     def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
         """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
