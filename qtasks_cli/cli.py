@@ -151,25 +151,25 @@ def list_(
     loaded = _load(config, check_imports=False, variables_required=False)
     rows = api.list_jobs(loaded, count=next_, after=start)
     paused = api.paused_jobs(loaded)
+    # A pause is kept by name until resumed: one of a job no longer in the file is listed too.
+    kept = sorted(paused - set(loaded.jobs))
     if as_json:
         keys = ("name", "schedule", "timezone", "enabled", "next")
-        print(
-            json.dumps(
-                [
-                    {
-                        **{k: r[k] for k in keys},
-                        "timezone_source": r["timezone_source"],
-                        "paused": r["name"] in paused,
-                    }
-                    for r in rows
-                ],
-                indent=2,
-            )
-        )
+        listed: list[dict[str, Any]] = [
+            {**{k: r[k] for k in keys}, "timezone_source": r["timezone_source"],
+             "paused": r["name"] in paused, "in_file": True}
+            for r in rows
+        ]  # fmt: skip
+        listed += [
+            {"name": name, "schedule": None, "timezone": None, "enabled": False, "next": [],
+             "timezone_source": None, "paused": True, "in_file": False}
+            for name in kept
+        ]  # fmt: skip
+        print(json.dumps(listed, indent=2))
         return
     from qtasks_cli.ui.text import clean_line
 
-    width = max(len(clean_line(r["name"])) for r in rows)
+    width = max(len(clean_line(name)) for name in [*(r["name"] for r in rows), *kept, ""])
     if loaded.zone_source:  # the machine's zone is the default: say where it was found
         zone = clean_line(f"{loaded.settings.timezone} (from {loaded.zone_source})")
         print(f"default time zone: {zone}")
@@ -182,6 +182,9 @@ def list_(
         print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")
         for when in nexts:
             print(f"{'':<{width}}  next: {when}")
+    for name in kept:
+        shown = clean_line(name)
+        print(f"{shown:<{width}}  not in the job file  [paused: `qtasks resume {shown}` lifts it]")
 
 
 def _parse_after(text: str) -> Any:
@@ -623,8 +626,13 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    from qtasks_cli import pipes
+
+    pipes.guard_stdio()  # `qtasks status | head -1` exits with status's code (pipes.py)
     try:
         code = app(standalone_mode=False)
+    except BrokenPipeError:  # a write that bypassed the guard: end quietly, as SIGPIPE would
+        sys.exit(pipes.quiet_exit())
     except QtasksError as exc:  # anything a command did not map itself
         print(_error_text(exc), file=sys.stderr)
         sys.exit(exc.exit_code)

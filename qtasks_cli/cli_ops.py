@@ -225,6 +225,8 @@ def cancel(
         _fail(str(exc), exc.exit_code)
     if outcome.status.finished:
         print(f"run {outcome.run_id} of {outcome.job}: {outcome.status} ({outcome.error})")
+    elif outcome.note:
+        print(f"run {outcome.run_id} of {outcome.job}: {outcome.note}")
     else:
         print(f"run {outcome.run_id} of {outcome.job}: cancel requested (--wait 0)")
 

@@ -30,7 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli import __version__, offthread
+from qtasks_cli.cancels import cancelled_event
 from qtasks_cli.errors import StoreError
+from qtasks_cli.store.base import RunRow, local_key
 from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ def daemon_info(
     digest: str,
     every: float,
     abandoned: Mapping[str, str] | None = None,
+    wakeable: bool | None = None,
 ) -> DaemonInfo:
     """What a daemon publishes, from its snapshot and its abandoned runs (run id -> job)
     (pure but for the pid and host)."""
@@ -80,6 +83,8 @@ def daemon_info(
         host=socket.gethostname(),
         pid=pid,
         pid_start=process_start(pid),
+        local_key=local_key() or None,
+        wakeable=wakeable,
         started=snapshot.started_at,
         last_seen=snapshot.now,
         published=snapshot.now,
@@ -252,6 +257,11 @@ class Controller:
             ]
             if done:
                 store.settle_cancel(done, f"cancelled on node {self.supervisor.store.node_id}")
+        reported = store.take_unreported_cancels(
+            f"reported by node {self.supervisor.store.node_id}"
+        )
+        if reported:
+            self._on_loop(self._report_cancels, reported)
         snapshot, abandoned = self._on_loop(self._observe)
         self.latest = snapshot
         config = self.supervisor.config
@@ -263,6 +273,7 @@ class Controller:
                 digest=config.digest,
                 every=self.beat_every,
                 abandoned=abandoned,
+                wakeable=self.woken,
             )
         )
         now = time.monotonic()
@@ -273,6 +284,20 @@ class Controller:
     def _observe(self) -> tuple[Snapshot, dict[str, str]]:
         """On the loop: the snapshot, and the runs given up on whose thread still runs."""
         return self.supervisor.snapshot(), dict(self.supervisor.runtime.abandoned)
+
+    def _report_cancels(self, rows: list[RunRow]) -> None:
+        """On the loop: report runs cancelled without a daemon (qtasks_cli.cancels)."""
+        for row in rows:
+            self.supervisor.bus.emit(
+                cancelled_event(
+                    job=row.job,
+                    run_id=row.run_id,
+                    trigger=row.trigger,
+                    scheduled=row.scheduled,
+                    error=row.error or "cancelled",
+                    time=self.supervisor.clock(),
+                )
+            )
 
     def _set_paused(self, paused: frozenset[str]) -> None:
         before = self.supervisor.paused

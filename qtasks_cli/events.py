@@ -54,6 +54,9 @@ class Event:
     items: int | None = None
     message: str | None = None
     level: int = logging.INFO
+    # False on the FINISHED event of a run another node had concluded while this daemon did
+    # not answer (qtasks_cli.fencing): its record is that node's, and so is its count.
+    recorded: bool = True
 
     @property
     def label(self) -> str:

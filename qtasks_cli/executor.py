@@ -181,6 +181,12 @@ class Runtime:
         # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
         # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
         self.abandoned: dict[str, str] = {}
+        # Why a run's task is being cancelled (run id -> "cancelled by ..."), set by whoever
+        # cancels it, for the FINISHED event; "cancelled" when nobody said.
+        self.why_cancelled: dict[str, str] = {}
+        # Runs another node concluded while this daemon did not answer (qtasks_cli.fencing):
+        # run id -> the status the store holds, which their FINISHED event says.
+        self.concluded: dict[str, RunStatus] = {}
         self._closed = False
         self._numbers = itertools.count(1)
         self._stray: set[asyncio.Task[Any]] = set()
@@ -986,9 +992,10 @@ def _finished_level(status: RunStatus) -> int:
     return logging.WARNING if status is RunStatus.CANCELLED else logging.ERROR
 
 
-def _finish(run: _Run, result: RunResult) -> None:
+def _finish(run: _Run, result: RunResult, *, recorded: bool = True) -> None:
     run.event(
         EventKind.FINISHED,
+        recorded=recorded,
         trigger=result.trigger,
         scheduled=result.scheduled,
         status=result.status,
@@ -1084,16 +1091,17 @@ async def execute(
     try:
         final = await _attempts(run, sleep)
     except asyncio.CancelledError as exc:
+        concluded = runtime.concluded.get(run_id)
         cancelled = RunResult(
             **base,
             ended=clock(),
             attempts=len(run.attempt_log),
-            status=RunStatus.CANCELLED,
-            error="cancelled",
+            status=concluded or RunStatus.CANCELLED,
+            error=runtime.why_cancelled.get(run_id, "cancelled"),
             items=run.items,
             attempt_log=tuple(run.attempt_log),
         )
-        _finish(run, cancelled)
+        _finish(run, cancelled, recorded=concluded is None)
         setattr(exc, CANCELLED_RESULT, cancelled)  # the attempts so far, for the record
         raise
     finally:

@@ -21,6 +21,7 @@ recovery reports as interrupted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import heapq
 import logging
@@ -83,16 +84,21 @@ class Unfinished:
     kwargs_json: str | None
     note: str = ""  # appended to the error in brackets (when, which node)
     still_running: bool = False  # a `qtasks trigger` process on this host still runs it
+    cancel_by: str | None = None  # a ``qtasks cancel`` of it no daemon had settled: who
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Conclusion:
     """What recovery writes, in one transaction: requests given back, runs interrupted
-    (run id, error) and re-runs (new run id, job, args_json, kwargs_json)."""
+    (run id, error), re-runs (new run id, job, args_json, kwargs_json) and runs cancelled
+    (run id, error): an operator asked to stop them and their daemon died first, so they
+    are neither re-run nor given back (the request's outcome becomes UNREPORTED, for a
+    daemon to report, qtasks_cli.cancels)."""
 
     requeue: list[str]
     interrupt: list[tuple[str, str]]
     reruns: list[tuple[str, str, str | None, str | None]]
+    cancel: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def conclude(
@@ -102,10 +108,22 @@ def conclude(
     requeue: list[str] = []
     interrupt: list[tuple[str, str]] = []
     reruns: list[tuple[str, str, str | None, str | None]] = []
+    cancel: list[tuple[str, str]] = []
     for row in rows:
         if row.still_running and row.status == RunStatus.RUNNING.value:
             continue
         decided = verdict(row.status, row.trigger)
+        if row.cancel_by is not None:  # asked to stop, then its daemon died: stopped
+            why = {
+                Verdict.INTERRUPT_RUNNING: "while it ran",
+                Verdict.INTERRUPT_CLAIMED: "at about its start",  # see MAY_HAVE_RUN
+                Verdict.REQUEUE: "before it began",
+            }[decided]
+            note = f" ({row.note})" if row.note else ""
+            cancel.append(
+                (row.run_id, f"cancelled by {row.cancel_by}; its daemon stopped {why}{note}")
+            )
+            continue
         if decided is Verdict.REQUEUE:
             requeue.append(row.run_id)
             continue
@@ -119,7 +137,7 @@ def conclude(
             reruns.append((again, row.job, row.args_json, row.kwargs_json))
             error += rerun_note(again)
         interrupt.append((row.run_id, error))
-    return Conclusion(requeue=requeue, interrupt=interrupt, reruns=reruns)
+    return Conclusion(requeue=requeue, interrupt=interrupt, reruns=reruns, cancel=cancel)
 
 
 def never_ran(
@@ -298,6 +316,19 @@ class Ledger:
         while self._held and self._held[0][0] <= now:
             due.append(heapq.heappop(self._held)[2])
         return due
+
+    def held_runs(self) -> dict[str, str]:
+        """The claims held until their instant: run id -> job."""
+        return {fire.run_id: fire.job for _, _, fire in self._held}
+
+    def forget(self, run_ids: Collection[str]) -> list[Fire]:
+        """Drop held claims that are no longer this daemon's (another node concluded them
+        while this one did not answer): they must not start, and are not released either."""
+        gone = [f for _, _, f in self._held if f.run_id in run_ids]
+        if gone:
+            self._held = [e for e in self._held if e[2].run_id not in run_ids]
+            heapq.heapify(self._held)
+        return gone
 
     def release(self, jobs: Collection[str] | None = None) -> None:
         """Give back the held claims (of ``jobs``, or all): off the list now, deleted from

@@ -1,5 +1,6 @@
-"""The Prometheus endpoint (``settings.metrics``), served by ``prometheus_client`` in its own
-thread; only imported when metrics are on, since the library costs import time.
+"""The Prometheus endpoint (``settings.metrics``), served with ``prometheus_client`` in a
+thread that sleeps until a scrape comes (qtasks_cli.scrape); only imported when metrics are
+on, since the library costs import time.
 
 The loop's only part is the event sink, which appends the few events that count to a deque
 (tens of nanoseconds). Everything else happens off the loop: the events are folded into
@@ -29,7 +30,12 @@ log = logging.getLogger(__name__)
 # Seconds; the last bucket (+Inf) is added by the exposition.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0)
-_COUNTED = frozenset({EventKind.FINISHED, EventKind.SKIPPED, EventKind.MISSED, EventKind.STARTED})
+# Every final status is counted once, by the daemon that recorded it: runs that ended here,
+# fires skipped or missed, and runs of a dead daemon this one concluded interrupted.
+_COUNTED = frozenset(
+    {EventKind.FINISHED, EventKind.SKIPPED, EventKind.MISSED, EventKind.STARTED,
+     EventKind.INTERRUPTED}
+)  # fmt: skip
 _BACKLOG = 1_000_000  # events kept between two folds
 
 
@@ -94,7 +100,7 @@ class Metrics:
 
     def sink(self, event: Event) -> None:
         """Bus sink, on the loop: keep the events that count, nothing more."""
-        if event.kind in _COUNTED and event.job is not None:
+        if event.kind in _COUNTED and event.job is not None and event.recorded:
             self._events.append(event)
 
     def fold(self) -> None:
@@ -205,7 +211,10 @@ class Metrics:
             "Runs given up on (timeout, cancel) whose thread or task still runs; each holds "
             "a slot until it returns.",
         )
-        paused = family("qtasks_paused_jobs", "Jobs paused with qtasks pause.")
+        paused = family(
+            "qtasks_paused_jobs",
+            "Jobs paused with qtasks pause (kept by name until resumed, in the job file or not).",
+        )
         next_fire = family(
             "qtasks_job_next_fire_timestamp_seconds",
             "Unix time of the job's next scheduled fire.",
@@ -219,11 +228,15 @@ class Metrics:
             waiting.add_metric([], snapshot.waiting)
             queued.add_metric([], snapshot.queued)
             abandoned.add_metric([], snapshot.abandoned)
-            paused.add_metric([], sum(1 for view in snapshot.jobs if view.paused))
+            paused.add_metric([], len(snapshot.paused_jobs))
             for view in snapshot.jobs:
                 job_paused.add_metric([view.name], 1.0 if view.paused else 0.0)
                 if view.next_fire is not None and view.enabled and not view.paused:
                     next_fire.add_metric([view.name], view.next_fire.timestamp())
+            in_file = {view.name for view in snapshot.jobs}
+            for name in snapshot.paused_jobs:  # removed from the file, still paused
+                if name not in in_file:
+                    job_paused.add_metric([name], 1.0)
         yield from (running, waiting, queued, abandoned, paused, next_fire, job_paused)
 
 
@@ -259,7 +272,8 @@ class MetricsServer:
 
     def close(self) -> None:
         logging.getLogger("qtasks_cli").removeHandler(self.metrics.store_errors)
-        self.server.shutdown()
+        self.server.stop()
+        self.thread.join(5)
         self.server.server_close()
 
 
@@ -272,8 +286,9 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     address = config.settings.metrics
     assert address is not None
     try:
-        from prometheus_client import start_http_server
         from prometheus_client.core import CollectorRegistry
+
+        from qtasks_cli.scrape import serve
     except ImportError as exc:
         message = MISSING_LIBRARY.format(why=f" ({exc})")
         raise ConfigError([config.problem("settings.metrics", message)]) from None
@@ -282,7 +297,7 @@ def start_metrics(config: Config, *, bus: EventBus) -> MetricsServer:
     registry.register(metrics)
     host, port = address
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server, thread = serve(host, port, registry)
     except OSError as exc:
         raise ConfigError(
             [config.problem("settings.metrics", bind_failure(host, port, exc))]

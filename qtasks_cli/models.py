@@ -266,3 +266,6 @@ class Snapshot:
     nodes: tuple[str, ...] = ()  # nodes alive (PostgreSQL)
     waiting: int = 0  # runs waiting for a free max_concurrent slot
     abandoned: int = 0  # runs given up on whose thread or task still runs (each holds a slot)
+    # Every job paused in the state (``qtasks pause``), in the job file or not: a pause is
+    # kept by name until resumed, across reloads that remove and re-add the job.
+    paused_jobs: tuple[str, ...] = ()

@@ -9,7 +9,8 @@ full pool would make it deaf to reloads and unable to stop.
 
 So the daemon never waits on that pool: ``run`` does its blocking work in a fresh thread of its
 own, and ``DaemonExecutor`` (the loop's default executor in the daemon) gives calls made by a job
-(those that see the job's run in ``qtasks_cli.current_run()``) a bounded pool of their own, while
+(those that see the job's run in ``qtasks_cli.current_run()``) a bounded pool of their own, each
+call in a copy of the caller's context, while
 calls made by the daemon or the libraries it uses outside any run (``loop.getaddrinfo`` while the
 PostgreSQL store reconnects) each get a fresh thread and never queue behind a job's hung calls.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -79,13 +81,18 @@ class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
         if RUN_VAR.get() is None:
             return _start(lambda: fn(*args, **kwargs), "qtasks-executor")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._work.put((future, lambda: fn(*args, **kwargs)))
+        # The call runs in a copy of the job's context, as ``asyncio.to_thread`` does (but
+        # ``loop.run_in_executor`` does not): what it prints is the run's output, and
+        # ``qtasks_cli.current_run()`` answers in it.
+        context = contextvars.copy_context()
+        self._work.put((future, lambda: context.run(fn, *args, **kwargs)))
         with self._guard:
             if self._idle == 0 and self._workers < self._limit:
                 self._workers += 1
                 worker = threading.Thread(target=self._serve, name="qtasks-job-executor")
                 worker.daemon = True
-                worker.start()
+                # Started from an empty context: a shared worker belongs to no run.
+                contextvars.Context().run(worker.start)
         return future
 
     def _serve(self) -> None:

@@ -3,8 +3,11 @@
 What a run's output is (the README's "Operating a running daemon" says the same):
 
 - everything the run's Python code writes to ``sys.stdout`` and ``sys.stderr``: its task, the
-  thread of a thread job, and every thread it starts (``threading.Thread``, and the threads
-  of an executor it creates), however deep;
+  thread of a thread job, every thread it starts (``threading.Thread``), however deep, and
+  every call it hands to an executor's thread: ``asyncio.to_thread``, ``loop.run_in_executor``
+  (the daemon's default executor runs each call in a copy of the caller's context) and
+  ``ThreadPoolExecutor.submit`` on any pool, the job's own or one made at import (each work
+  item is kept as its submitter's, whoever started the pool's threads);
 - the log records it makes (``logging``, any logger but qtasks' own, at a level its logger
   lets through), as ``LEVEL logger: message``: the daemon's log handlers, which replace those
   a job's module set up, write them to the daemon's log, not to ``sys.stderr``;
@@ -15,7 +18,10 @@ What a run's output is (the README's "Operating a running daemon" says the same)
 Not captured: what child processes of an inline or thread job write straight to the daemon's
 descriptors, which every run of the daemon shares (nothing tells whose a byte is); the lines
 a thread prints after its run was given up on (timeout, cancel); Python writes that bypass
-``sys.stdout`` (``os.write(1, ...)``, ``sys.__stdout__``).
+``sys.stdout`` (``os.write(1, ...)``, ``sys.__stdout__``); and work a run hands to a thread it
+did not start by other means than an executor's ``submit`` (a ``queue.Queue`` read by a
+long-lived thread, ``multiprocessing.pool.ThreadPool``): such a thread writes as the run that
+started it, if that run is still open, else as none.
 
 The tees also hide the ``${NAME}`` values of the loaded job files in what passes through them
 (see ``_Tee``); ``qtasks trigger`` puts the same tees around a foreground run (``hiding``).
@@ -30,6 +36,7 @@ in the same transaction (so they are durable before anyone is told the run finis
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -91,6 +98,7 @@ _buffers: dict[str, _Buffer] = {}
 _open: set[str] = set()  # runs between STARTED and FINISHED
 _RUN_ATTR = "_qtasks_output_run"  # on a Thread started inside a run: that run's id
 _thread_start = threading.Thread.start
+_pool_submit = concurrent.futures.ThreadPoolExecutor.submit
 
 
 def current_run() -> str | None:
@@ -111,6 +119,30 @@ def _start_in_run(self: threading.Thread) -> None:
         with contextlib.suppress(Exception):  # a Thread subclass with __slots__: not followed
             setattr(self, _RUN_ATTR, run_id)
     _thread_start(self)
+
+
+def _as_run(run_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with its writes kept as ``run_id``'s ("" : no run's)."""
+    token = _current.set(run_id)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current.reset(token)
+
+
+def _submit_in_run(
+    self: concurrent.futures.ThreadPoolExecutor,
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> concurrent.futures.Future[Any]:
+    """``ThreadPoolExecutor.submit`` whose work item writes as the submitter's run (or as
+    no run's): a pool's worker threads outlive the run that happened to start them, and
+    serve every submitter after it, so neither the thread nor its context can tell."""
+    run_id = current_run()
+    owner = run_id if run_id is not None and run_id in _open else _NO_RUN
+    return _pool_submit(self, functools.partial(_as_run, owner, fn), *args, **kwargs)  # fmt: skip
 
 
 def feed(run_id: str | None, text: str, stream: int = 1) -> None:
@@ -211,6 +243,7 @@ class Capture:
         self._saved = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, 1), _Tee(sys.stderr, 2)
         threading.Thread.start = _start_in_run  # type: ignore[method-assign]
+        concurrent.futures.ThreadPoolExecutor.submit = _submit_in_run  # type: ignore[method-assign,assignment]
         self._factory = logging.getLogRecordFactory()
         logging.setLogRecordFactory(functools.partial(_record, self._factory))
 
@@ -222,6 +255,7 @@ class Capture:
             sys.stdout, sys.stderr = self._saved
             self._saved = None
             threading.Thread.start = _thread_start  # type: ignore[method-assign]
+            concurrent.futures.ThreadPoolExecutor.submit = _pool_submit  # type: ignore[method-assign]
             if self._factory is not None:
                 logging.setLogRecordFactory(self._factory)
                 self._factory = None

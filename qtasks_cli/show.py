@@ -22,6 +22,10 @@ class RunDetail:
     kwargs: Any  # a mapping, with ${NAME} placeholders
     arguments_from: str  # "the run" (manual, handed over) or "the job file" or "unknown"
     output: Sequence[str]
+    # For a claimed or running run: whether whoever runs it is still there (status.OWNER_*),
+    # and what that means in words ("" while it answers).
+    owner: str | None = None
+    owner_note: str = ""
 
 
 def _redacted(job: JobSpec, value: Any, depth: int = 0) -> Any:
@@ -81,6 +85,7 @@ def read_detail(config: Config, store: ControlStore, run_id: str) -> RunDetail |
         source = "the job file"
     else:
         args, kwargs, source = None, None, "unknown"
+    owner, note = _owner(store, run)
     return RunDetail(
         run=run,
         attempts=store.attempts(run_id),
@@ -88,7 +93,28 @@ def read_detail(config: Config, store: ControlStore, run_id: str) -> RunDetail |
         kwargs=kwargs,
         arguments_from=source,
         output=store.output(run_id),
+        owner=owner,
+        owner_note=note,
     )
+
+
+def _owner(store: ControlStore, run: RunRow) -> tuple[str | None, str]:
+    """Whether whoever runs an unfinished ``run`` is still there, judged as ``status`` judges
+    daemons (without asking them: by process on this host, else by heartbeat)."""
+    if run.status.finished:
+        return None, ""
+    import socket
+    from datetime import datetime, timezone
+
+    from qtasks_cli.status import daemon_views, owner_state
+    from qtasks_cli.store import is_url
+    from qtasks_cli.ui.status_view import owner_words
+
+    here = socket.gethostname()
+    now = datetime.now(timezone.utc)
+    views = daemon_views(None, store.daemons(), now=now, host=here)
+    owner = owner_state(run, views, here=here)
+    return owner, owner_words(run, owner, multi_node=is_url(store.location))
 
 
 def _when(value: Any) -> str:
@@ -109,7 +135,7 @@ def detail_text(detail: RunDetail) -> str:
     from qtasks_cli.ui.text import clean_output
 
     run = detail.run
-    lines = [f"run {run.run_id} of job {run.job}: {run.status}"]
+    lines = [f"run {run.run_id} of job {run.job}: {detail.owner_note or run.status}"]
 
     def field(name: str, value: object) -> None:
         lines.append(f"  {name:<10} {clean_output(str(value))}")
@@ -183,4 +209,7 @@ def detail_json(detail: RunDetail) -> dict[str, Any]:
         for a in detail.attempts
     ]
     data["output"] = list(detail.output)
+    if detail.owner is not None:
+        data["daemon"] = detail.owner
+        data["note"] = detail.owner_note or None
     return data

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_USAGE, QtasksError
 from qtasks_cli.models import Config, RunStatus, TriggerKind
+from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import ControlStore, Pause, open_control, who
 
 CANCEL_POLL = 0.1  # seconds between looks at a run being cancelled
@@ -76,6 +77,7 @@ class CancelOutcome:
     status: RunStatus
     error: str | None
     waited: float  # seconds
+    note: str = ""  # why it is not recorded yet (its daemon is gone: recovery records it)
 
 
 def cancel_run(
@@ -115,6 +117,11 @@ def cancel_run(
             return CancelOutcome(
                 run_id=run_id, job=row.job, status=row.status, error="cancel requested", waited=0
             )
+        gone = _owner_gone(store, row) if answer == "requested" else ""
+        if gone:  # nobody runs it: the request stands, and recovery concludes it cancelled
+            return CancelOutcome(
+                run_id=run_id, job=row.job, status=row.status, error=None, waited=0, note=gone
+            )
         spec = config.jobs.get(row.job)
         grace = spec.kill_grace.total_seconds() if spec is not None else 5.0
         limit = wait if wait is not None else grace + CANCEL_MARGIN
@@ -126,7 +133,9 @@ def cancel_run(
             if time.monotonic() - began > limit:
                 raise NotCancelled(
                     f"cancel of run {run_id} of {row.job} requested, but no daemon stopped it "
-                    f"within {limit:g}s (is a daemon running? see qtasks status)"
+                    f"within {limit:g}s (is a daemon running? see qtasks status); the request "
+                    "stands: the daemon running it acts on it when it answers again, and if "
+                    "that daemon is gone the run is recorded cancelled when it is recovered"
                 )
             sleep(CANCEL_POLL)
     finally:
@@ -143,3 +152,22 @@ def cancel_run(
             f"run {run_id} of {final.job} ended before it was cancelled: {final.status}"
         )
     return outcome
+
+
+def _owner_gone(store: ControlStore, row: RunRow) -> str:
+    """What to say when whoever runs ``row`` is gone (``status.owner_state``), else ""."""
+    import socket
+
+    from qtasks_cli.status import OWNER_GONE, daemon_views, owner_state
+    from qtasks_cli.store import is_url
+
+    here = socket.gethostname()
+    views = daemon_views(None, store.daemons(), now=_now(), host=here)
+    if owner_state(row, views, here=here) != OWNER_GONE:
+        return ""
+    then = (
+        "a live node records it cancelled once node_timeout has passed, or the next start"
+        if is_url(store.location) and row.trigger is not TriggerKind.MANUAL
+        else "the next start records it cancelled (not interrupted)"
+    )
+    return f"nothing runs it any more: its daemon is gone; the cancel is kept, and {then}"

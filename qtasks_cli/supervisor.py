@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from qtasks_cli import sigguard
+from qtasks_cli import cancels, sigguard
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -198,6 +198,7 @@ class Supervisor:
         # and why runs cancelled by ``cancel_run`` were cancelled.
         self.paused: frozenset[str] = frozenset()
         self._cancelled_by: dict[str, str] = {}
+        self._let_go: set[str] = set()  # runs another node concluded (qtasks_cli.fencing)
         # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
         # end; and a call after a new job file was applied (the operator's view changes).
         self.output_of: Callable[[str], list[str]] | None = None
@@ -252,6 +253,7 @@ class Supervisor:
             nodes=self._nodes,
             waiting=self.waiting,
             abandoned=len(self.runtime.abandoned),
+            paused_jobs=tuple(sorted(self.paused)),
         )
 
     def _view(self, name: str, state: _JobState, abandoned: int) -> JobView:
@@ -641,8 +643,9 @@ class Supervisor:
         for fire in decided:
             state = self.jobs.get(fire.job)
             if state is None:  # removed by a reload after the claim
-                self.ledger.unstarted(
-                    fire, RunStatus.CANCELLED, "the job was removed by a reload before it ran"
+                self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
+                self._cancelled(
+                    fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
                 )
                 continue
             if fire.status is not RunStatus.CLAIMED:
@@ -805,24 +808,54 @@ class Supervisor:
                         status=RunStatus.CANCELLED,
                         error=reason,
                     )
-                    self._emit(
-                        EventKind.FINISHED,
-                        job=state.spec.name,
-                        run_id=run_id,
-                        trigger=trigger,
-                        status=RunStatus.CANCELLED,
-                        error=reason,
-                        level=logging.WARNING,
-                    )
+                    self._cancelled(state.spec.name, run_id, trigger, scheduled, reason)
                     self._background(self.ledger.finish(result))
                     return True
         suffix = f":{run_id}"
         for task in self._tasks:
             if task.get_name().endswith(suffix) and not task.done():
                 self._cancelled_by[run_id] = reason
+                self.runtime.why_cancelled[run_id] = reason  # for the executor's event
                 task.cancel(reason)
                 return True
         return False
+
+    def _cancelled(
+        self, job: str, run_id: str, trigger: TriggerKind, scheduled: datetime | None, why: str
+    ) -> None:
+        """Report a run cancelled before its body started (qtasks_cli.cancels)."""
+        self.bus.emit(
+            cancels.cancelled_event(
+                job=job, run_id=run_id, trigger=trigger, scheduled=scheduled, error=why,
+                time=self.clock(),
+            )
+        )  # fmt: skip
+
+    def runs_in_hand(self) -> dict[str, str]:
+        """Every run this daemon holds (run id -> job): run tasks, claims waiting for their
+        instant, runs queued behind their job's previous run."""
+        held = self.ledger.held_runs()
+        for name, state in self.jobs.items():
+            held.update((entry[0], name) for entry in state.pending)
+        for task in self._tasks:
+            kind, _, rest = task.get_name().partition(":")
+            if kind == "qtasks" and not task.done():
+                job, _, run_id = rest.rpartition(":")
+                held[run_id] = job
+        return held
+
+    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
+        """Stop holding a run another node concluded ``status`` (qtasks_cli.fencing): drop
+        its claim or queued entry, or stop its body as a cancel does; nothing is recorded."""
+        self.ledger.forget({run_id})
+        for state in self.jobs.values():
+            state.pending = [entry for entry in state.pending if entry[0] != run_id]
+        for task in self._tasks:
+            if task.get_name().endswith(f":{run_id}") and not task.done():
+                self._let_go.add(run_id)
+                self.runtime.concluded[run_id] = status
+                self.runtime.why_cancelled[run_id] = why
+                task.cancel(why)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -906,14 +939,17 @@ class Supervisor:
             finally:
                 self.runtime.capacity.release()
         except asyncio.CancelledError as exc:
+            if run_id in self._let_go:
+                raise  # concluded by another node: its record stands (qtasks_cli.fencing)
             if not recordable and run_id not in self._cancelled_by:
                 raise  # a stop before the request began: it stays taken and is given back
-            reason = self._cancelled_by.pop(run_id, "cancelled at shutdown")
+            reason = self._cancelled_by.pop(run_id, cancels.AT_SHUTDOWN)
+            self.runtime.why_cancelled.pop(run_id, None)
             so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
-            result = (
-                replace(so_far, error=reason)
-                if isinstance(so_far, RunResult)
-                else never_ran(
+            if isinstance(so_far, RunResult):  # the executor reported its end
+                result = replace(so_far, error=reason)
+            else:  # cancelled waiting for a slot, or before the request began
+                result = never_ran(
                     job=spec.name,
                     run_id=run_id,
                     trigger=trigger,
@@ -922,12 +958,20 @@ class Supervisor:
                     status=RunStatus.CANCELLED,
                     error=reason,
                 )
-            )
+                self._cancelled(spec.name, run_id, trigger, scheduled, reason)
             raise
         finally:
-            if result is not None:
-                await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
-            self._run_ended(spec.name)
+            if run_id in self._let_go:  # concluded elsewhere: nothing to record here
+                result = None
+            try:
+                if result is not None:
+                    await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
+            finally:  # also when a cancel lands while the end is being recorded
+                self._cancelled_by.pop(run_id, None)
+                self._let_go.discard(run_id)
+                self.runtime.concluded.pop(run_id, None)
+                self.runtime.why_cancelled.pop(run_id, None)
+                self._run_ended(spec.name)
 
     def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
         """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
@@ -1006,9 +1050,13 @@ class Supervisor:
     async def _touch_nodes(self, now: datetime) -> None:
         timeout = self.config.settings.node_timeout
         try:
-            await self.store.heartbeat(
+            registered = await self.store.heartbeat(
                 now, digest=self.config.digest, fingerprints=self._job_fingerprints()
             )
+            if not registered:  # presumed dead meanwhile: honour what the others concluded
+                from qtasks_cli.fencing import honour_conclusions
+
+                await honour_conclusions(self)
             for row in await self.store.reap_dead_nodes(
                 now, timeout, rerun_jobs=self._rerun_jobs()
             ):
@@ -1211,6 +1259,10 @@ class Supervisor:
             if still:
                 waiting = self.waiting  # of those, the ones that never got a slot
                 for task in still:
+                    name = task.get_name()
+                    if name.startswith("qtasks:"):  # a run's task (_start_run names it)
+                        why = self.runtime.why_cancelled
+                        why.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
                     task.cancel()
                 await asyncio.wait(still, timeout=5)
                 self._emit(

@@ -97,6 +97,7 @@ def test_list_shows_words_zone_and_next_fires_across_dst(project) -> None:
         "enabled",
         "next",
         "paused",
+        "in_file",
     }
     assert jobs["report"]["schedule"] == "at 02:30 every day"
     assert jobs["report"]["timezone"] == "Europe/Berlin"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -252,9 +253,10 @@ class Store(Protocol):
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> None:
+    ) -> bool:
         """Record that this node is alive at ``now``, with the digest of its job file and
-        a fingerprint per job, for ``nodes``."""
+        a fingerprint per job, for ``nodes``. False when another node had presumed this one
+        dead meanwhile (and concluded its runs: qtasks_cli.fencing); it is registered again."""
 
     async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
         """The nodes whose last heartbeat is within ``timeout`` of ``now``, by node id."""
@@ -334,3 +336,16 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@functools.cache
+def local_key() -> str:
+    """This kernel boot and pid namespace: pids compare only within one (containers, and
+    ``unshare --pid``, may share a host name); "" where that cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot_id}:{namespace}"

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ class Write:
     kind: str  # "start" or "finish", for messages
     run_id: str
     statements: tuple[tuple[str, tuple[Any, ...]], ...]
+    wanted: str = ""  # the status a finish writes, to tell a repeat from a refusal
 
 
 def _cause(exc: StoreError) -> object:
@@ -174,16 +175,12 @@ class WriteBuffer:
                 f"({failure}); those runs will show as interrupted"
             )
 
-    def ignored(self, write: Write) -> None:
-        """Log a write whose first statement touched no row."""
-        level = logging.WARNING if write.kind == "finish" else logging.DEBUG
-        self._log.log(
-            level,
-            "%s: %s of unknown or finished run %r ignored",
-            self._location,
-            write.kind,
-            write.run_id,
-        )
+    def ignored(self, write: Write, row: Sequence[Any] | None) -> None:
+        """Log a write the fence refused (its first statement touched no row), with what the
+        store holds instead (``row``: job, status, error, owner; None: no such run)."""
+        from qtasks_cli.store.fence import refused
+
+        refused(self._log, self._location, write.kind, write.run_id, write.wanted, row)
 
     def dropped(self, write: Write, reason: object) -> None:
         """Log a write the database rejected for good (the others go on)."""

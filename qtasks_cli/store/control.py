@@ -23,6 +23,11 @@ from qtasks_cli.store.base import RunRow, storable
 # Statuses of runs that ran (for "last result"); skipped and missed fires did not.
 RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
 
+# A cancel request whose run was cancelled without a daemon (``qtasks cancel`` of a request no
+# daemon had taken, recovery of a dead daemon's run with a pending cancel) carries this
+# outcome until a daemon's control thread reports it (``take_unreported_cancels``).
+UNREPORTED = "unreported"
+
 # Lines of output kept per run (the last ones), and characters per line.
 OUTPUT_LINES = 200
 OUTPUT_LINE_CHARS = 2000
@@ -53,6 +58,12 @@ class DaemonInfo:
     abandoned: int = 0  # runs given up on whose thread or task still runs
     published: datetime | None = None  # aware UTC: when this description was written
     pid_start: int | None = None  # the process's start time (see ``process_start``)
+    # Its kernel boot and pid namespace (``base.local_key``): its pid means something to a
+    # reader with the same key only; None from a daemon that did not say.
+    local_key: str | None = None
+    # Whether a command's wake-up reaches it at once (``ControlStore.wake``): then it answers
+    # a ``status`` within a moment, else only at its next look; None: it did not say.
+    wakeable: bool | None = None
 
     def alive(self, now: datetime, grace: float = 0.0) -> bool:
         """True when the last heartbeat is recent: within three cadences (or ``grace`` s)."""
@@ -146,7 +157,8 @@ class ControlStore(Protocol):
     def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
         """Ask for ``run_id`` to be stopped. Returns ``requested`` (claimed or running: the
         daemon running it stops it), ``cancelled`` (handed over and not taken yet: marked
-        cancelled here, atomically), the status of a finished run, or ``unknown``."""
+        cancelled here, atomically, with an UNREPORTED request a daemon then reports), the
+        status of a finished run, or ``unknown``."""
 
     def cancel_requests(self) -> list[CancelRequest]:
         """Requests no daemon has settled yet whose run is still claimed or running,
@@ -154,6 +166,11 @@ class ControlStore(Protocol):
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         """Mark requests handled (``outcome`` says how), so daemons stop looking at them."""
+
+    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+        """The runs cancelled without a daemon (their request's outcome is UNREPORTED), each
+        marked ``outcome`` in the same transaction, so that one daemon of a cluster reports
+        each once (qtasks_cli.cancels)."""
 
     # -- runs in full ----------------------------------------------------------------------
 
@@ -248,6 +265,8 @@ def info_body(info: DaemonInfo) -> dict[str, Any]:
         "waiting": info.waiting,
         "abandoned": info.abandoned,
         "pid_start": info.pid_start,
+        "local_key": info.local_key,
+        "wakeable": info.wakeable,
         "jobs": info.jobs,
     }
 
@@ -266,6 +285,8 @@ def info_from_row(
     a newer heartbeat than the row's ``last_seen`` (a PostgreSQL node's), if any."""
     body: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
     start = body.get("pid_start")
+    key = body.get("local_key")
+    wakeable = body.get("wakeable")
     return DaemonInfo(
         node_id=node_id,
         host=host,
@@ -274,6 +295,8 @@ def info_from_row(
         last_seen=max(last_seen, beat) if beat is not None else last_seen,
         published=last_seen,
         pid_start=start if isinstance(start, int) else None,
+        local_key=key if isinstance(key, str) else None,
+        wakeable=wakeable if isinstance(wakeable, bool) else None,
         version=str(body.get("version", "?")),
         config=str(body.get("config", "")),
         digest=str(body.get("digest", "")),

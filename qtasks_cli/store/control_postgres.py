@@ -17,6 +17,7 @@ from qtasks_cli.store import redact_url
 from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import (
     RAN,
+    UNREPORTED,
     CancelRequest,
     DaemonInfo,
     Overview,
@@ -205,6 +206,12 @@ class PostgresControl:
                     " WHERE run_id = %s AND status = 'queued'",
                     (now, f"cancelled by {by} before it started", run_id),
                 )
+                conn.execute(
+                    f"INSERT INTO {self._s}.cancel_requests (run_id, requested, by_whom, outcome)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET"
+                    " outcome = excluded.outcome",
+                    (run_id, now, by, UNREPORTED),
+                )
                 return "cancelled"
             if status in ("claimed", "running"):
                 conn.execute(
@@ -236,6 +243,22 @@ class PostgresControl:
             )
 
         self._do("settling cancel requests", work)
+
+    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+        s = self._s
+
+        def work(conn: _Conn) -> list[Any]:
+            taken = conn.execute(
+                f"UPDATE {s}.cancel_requests SET outcome = %s WHERE outcome = %s RETURNING run_id",
+                (outcome, UNREPORTED),
+            ).fetchall()
+            return conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE run_id = ANY(%s)"
+                " AND status = 'cancelled' ORDER BY ended, run_id",
+                ([r[0] for r in taken],),
+            ).fetchall()
+
+        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
 
     # -- runs in full ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from qtasks_cli.models import Attempt, RunStatus
 from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import (
     RAN,
+    UNREPORTED,
     CancelRequest,
     DaemonInfo,
     Overview,
@@ -181,6 +182,11 @@ class SqliteControl:
                     " WHERE run_id = ? AND status = 'queued'",
                     (_to_us(now), f"cancelled by {by} before it started", run_id),
                 )
+                conn.execute(
+                    "INSERT INTO cancel_requests (run_id, requested, by_whom, outcome)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET outcome = ?",
+                    (run_id, _to_us(now), by, UNREPORTED, UNREPORTED),
+                )
                 return "cancelled"
             if status in ("claimed", "running"):
                 conn.execute(
@@ -212,6 +218,30 @@ class SqliteControl:
             )
 
         self._do("settling cancel requests", work, write=True)
+
+    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+        def any_left(conn: sqlite3.Connection) -> bool:
+            found = conn.execute(
+                "SELECT 1 FROM cancel_requests WHERE outcome = ? LIMIT 1", (UNREPORTED,)
+            )
+            return found.fetchone() is not None
+
+        if not self._do("reading cancels", any_left, write=False):  # no write lock each round
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN"
+                " (SELECT run_id FROM cancel_requests WHERE outcome = ?)"
+                " AND status = 'cancelled' ORDER BY ended, run_id",
+                (UNREPORTED,),
+            ).fetchall()
+            conn.execute(
+                "UPDATE cancel_requests SET outcome = ? WHERE outcome = ?", (outcome, UNREPORTED)
+            )
+            return rows
+
+        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
 
     # -- runs in full ----------------------------------------------------------------------
 

@@ -48,11 +48,14 @@ from qtasks_cli.store.base import (
     busy_error,
     encode_request,
     job_stats,
+    local_key,
     pid_alive,
     storable,
     truncate_traceback,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
+from qtasks_cli.store.control import UNREPORTED
+from qtasks_cli.store.fence import OWNED, cancel_by
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -212,27 +215,36 @@ _SQL = {
         " WHERE job = ANY(%s) AND status IN ('claimed', 'running') AND trigger <> 'manual'"
         " AND node IS DISTINCT FROM %s ORDER BY job, run_id"
     ),
+    # Fenced (store/fence.py): a run's row is written only while it is unfinished and this
+    # node's; a finish first locks the row so, so its attempts and output go with it or not.
     "start": (
-        "UPDATE {s}.runs SET status = 'running', started = %s, pid = %s, host = %s, node = %s"
-        " WHERE run_id = %s AND status IN ('queued', 'claimed', 'running')"
+        "UPDATE {s}.runs SET status = 'running', started = %s, pid = %s, host = %s"
+        f" WHERE run_id = %s AND {OWNED} AND node = %s"
     ),
+    "fence": f"SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s FOR UPDATE",
     "finish": (
         "UPDATE {s}.runs SET status = %s, started = coalesce(%s, started), ended = %s,"
         " attempts = %s, error_type = %s, error = %s, traceback = %s, result = %s, items = %s"
-        " WHERE run_id = %s"
+        f" WHERE run_id = %s AND {OWNED} AND node = %s"
     ),
     "output": (
         "INSERT INTO {s}.run_output (run_id, lines) SELECT %s, %s"
-        " WHERE EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = %s)"
+        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
         " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines"
     ),
     "attempt": (
         "INSERT INTO {s}.attempts (run_id, attempt, started, ended, status, error_type, error)"
         " SELECT %s, %s, %s, %s, %s, %s, %s"
-        " WHERE EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = %s)"
+        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
         " ON CONFLICT (run_id, attempt) DO UPDATE SET started = excluded.started,"
         " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
         " error = excluded.error"
+    ),
+    "cancel_one": (
+        "UPDATE {s}.runs SET status = 'cancelled', ended = %s, error = %s WHERE run_id = %s"
+    ),
+    "cancel_reported": (
+        f"UPDATE {{s}}.cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ANY(%s)"
     ),
     "insert_run": (
         "INSERT INTO {s}.runs (run_id, job, trigger, scheduled, created, started, ended, status,"
@@ -273,9 +285,9 @@ _SQL = {
         " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
     ),
     "unfinished_of_nodes": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node"
-        " FROM {s}.runs WHERE node = ANY(%s) AND status IN ('claimed', 'running')"
-        " FOR UPDATE"
+        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
+        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r WHERE node = ANY(%s)"
+        " AND status IN ('claimed', 'running') FOR UPDATE"
     ),
     "rerun": (
         "INSERT INTO {s}.runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
@@ -290,8 +302,8 @@ _SQL = {
     ),
     "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
     "orphans": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node"
-        " FROM {s}.runs AS r"
+        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
+        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r"
         " WHERE status IN ('claimed', 'running')"
         " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
         " FOR UPDATE SKIP LOCKED"
@@ -326,19 +338,7 @@ def _must_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _local_key() -> str:
-    """This kernel boot and pid namespace: pids of two nodes compare only within one
-    (containers may share a host name); "" where that cannot be told."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            boot_id = boot.read().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return ""
-    return f"{boot_id}:{namespace}"
-
-
-_LOCAL_KEY = _local_key()
+_LOCAL_KEY = local_key()
 
 
 def check_schema(schema: str) -> str:
@@ -922,8 +922,9 @@ class PostgresStore:
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> None:
-        """Record that this node is alive at ``now`` with its job file's digest."""
+    ) -> bool:
+        """Record that this node is alive at ``now`` with its job file's digest; False when
+        its row was gone (another node presumed it dead and concluded its runs)."""
         beat = (_aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
         row = (
             self.node_id,
@@ -944,14 +945,17 @@ class PostgresStore:
             return False
 
         found = await self._do("recording a heartbeat", work)
-        if not found and self._registered:
+        reaped = not found and self._registered
+        if reaped:
             log.warning(
-                "%s: node %s had been presumed dead by another node; its runs in progress "
-                "were marked interrupted; registered again",
+                "%s: node %s had been presumed dead by another node (it did not answer for "
+                "longer than node_timeout); its runs in progress were concluded there; "
+                "registered again",
                 self.location,
                 self.node_id,
             )
         self._registered = True
+        return not reaped
 
     async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
         """The nodes that heartbeat within ``timeout`` of ``now``, by node id."""
@@ -1028,7 +1032,8 @@ class PostgresStore:
         note: Callable[[str | None], str],
     ) -> tuple[list[str], int]:
         """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
-        host, args_json, kwargs_json, node); the interrupted run ids and requeued count."""
+        host, args_json, kwargs_json, node, cancel_by); the interrupted run ids and the
+        count of requeued, re-run and cancelled ones (others to be told)."""
         unfinished = [
             Unfinished(
                 run_id=run_id,
@@ -1040,9 +1045,11 @@ class PostgresStore:
                 note=note(node),
                 still_running=trigger == TriggerKind.MANUAL.value
                 and self._runs_elsewhere(pid, host),
+                cancel_by=cancel_by,
             )
-            for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node in rows
-        ]
+            for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node, cancel_by
+            in rows
+        ]  # fmt: skip
         done = conclude(unfinished, rerun_jobs, new_run_id)
         for again, job, args_json, kwargs_json in done.reruns:
             await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
@@ -1050,7 +1057,13 @@ class PostgresStore:
             await conn.execute(self._sql["interrupt_one"], (now, error, run_id))
         if done.requeue:
             await conn.execute(self._sql["requeue"], (done.requeue,))
-        return [run_id for run_id, _ in done.interrupt], len(done.requeue) + len(done.reruns)
+        for run_id, error in done.cancel:
+            await conn.execute(self._sql["cancel_one"], (now, error, run_id))
+        if done.cancel:  # a daemon's control thread reports them (qtasks_cli.cancels)
+            await conn.execute(self._sql["cancel_reported"], ([r for r, _ in done.cancel],))
+            await self._notify(conn, CONTROL_KIND)
+        told = len(done.requeue) + len(done.reruns) + len(done.cancel)
+        return [run_id for run_id, _ in done.interrupt], told
 
     async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunRow]:
         if not run_ids:
@@ -1365,14 +1378,36 @@ class PostgresStore:
     # -- buffered writes --------------------------------------------------------------
 
     async def start(self, run_id: str, started: datetime) -> None:
-        """Buffer: the run is running, in this process on this host and node."""
-        params = (_aware(started), self._pid, self._host, self.node_id, run_id)
+        """Buffer: the run is running, in this process on this host (fenced: only while it
+        is still this node's and unfinished)."""
+        params = (_aware(started), self._pid, self._host, run_id, self.node_id)
         self._buffer(Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),)))
 
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome, one row per attempt and its output lines, written in
-        one transaction."""
-        statements: list[tuple[str, tuple[Any, ...]]] = [
+        one transaction, all or nothing: only while the run is still this node's and
+        unfinished (``fence``: a final status another node wrote is final)."""
+        run_id, node = result.run_id, self.node_id
+        statements: list[tuple[str, tuple[Any, ...]]] = [(self._sql["fence"], (run_id, node))]
+        for attempt in result.attempt_log:
+            params = (
+                run_id,
+                attempt.number,
+                _aware(attempt.started),
+                _opt_aware(attempt.ended),
+                attempt.status.value,
+                storable(attempt.error_type),
+                storable(attempt.error),
+                run_id,
+                node,
+            )
+            statements.append((self._sql["attempt"], params))
+        if result.output:
+            from qtasks_cli.store.control import clip_lines
+
+            lines = Jsonb(clip_lines(result.output))
+            statements.append((self._sql["output"], (run_id, lines, run_id, node)))
+        statements.append(
             (
                 self._sql["finish"],
                 (
@@ -1385,28 +1420,15 @@ class PostgresStore:
                     truncate_traceback(result.traceback),
                     storable(result.result_preview),
                     result.items,
-                    result.run_id,
+                    run_id,
+                    node,
                 ),
             )
-        ]
-        for attempt in result.attempt_log:
-            params = (
-                result.run_id,
-                attempt.number,
-                _aware(attempt.started),
-                _opt_aware(attempt.ended),
-                attempt.status.value,
-                storable(attempt.error_type),
-                storable(attempt.error),
-                result.run_id,
-            )
-            statements.append((self._sql["attempt"], params))
-        if result.output:
-            from qtasks_cli.store.control import clip_lines
-
-            lines = Jsonb(clip_lines(result.output))
-            statements.append((self._sql["output"], (result.run_id, lines, result.run_id)))
-        self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+        )
+        self._buffer(
+            Write(kind="finish", run_id=run_id, statements=tuple(statements),
+                  wanted=result.status.value)
+        )  # fmt: skip
 
     def _buffer(self, write: Write) -> None:
         if self._closed or not self._opened:
@@ -1443,9 +1465,23 @@ class PostgresStore:
                 for sql, params in rest:
                     await conn.execute(sql, params)
             await self._notify(conn, "c")
-        for write, cur in firsts:
-            if cur.rowcount == 0:
-                self._writes.ignored(write)
+        refused = [write for write, cur in firsts if cur.rowcount == 0]
+        if refused:
+            await self._refused(conn, refused)
+
+    async def _refused(self, conn: _AsyncConn, writes: list[Write]) -> None:
+        """Say what the store holds instead of each write the fence refused."""
+        try:
+            cur = await conn.execute(
+                f"SELECT run_id, job, status, error, node FROM {check_schema(self.schema)}.runs"
+                " WHERE run_id = ANY(%s)",
+                ([w.run_id for w in writes],),
+            )
+            found = {row[0]: row[1:] for row in await cur.fetchall()}
+        except psycopg.Error:  # written already: only the words are lost
+            found = {}
+        for write in writes:
+            self._writes.ignored(write, found.get(write.run_id))
 
     async def flush(self) -> None:
         """Write buffered rows now; StoreError (rows kept) when the server refuses."""

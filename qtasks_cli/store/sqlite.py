@@ -44,6 +44,8 @@ from qtasks_cli.store.base import encode_request as _encode_request
 from qtasks_cli.store.base import pid_alive as _pid_alive
 from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 from qtasks_cli.store.buffer import Write, WriteBuffer
+from qtasks_cli.store.control import UNREPORTED
+from qtasks_cli.store.fence import OWNED, cancel_by
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -166,17 +168,16 @@ _SQL_ADVANCE_JOB = (
     " THEN excluded.schedule_key ELSE jobs.schedule_key END,"
     " last_scheduled = max(jobs.last_scheduled, excluded.last_scheduled)"
 )
-_SQL_START = (
-    "UPDATE runs SET status = 'running', started = ?, pid = ?, host = ?"
-    " WHERE run_id = ? AND status IN ('queued', 'claimed', 'running')"
-)
+# Fenced (store/fence.py): written only while the run is unfinished and this daemon's.
+_OWN = f" AND {OWNED} AND pid IS ? AND host IS ?"
+_SQL_START = "UPDATE runs SET status = 'running', started = ? WHERE run_id = ?" + _OWN
 _SQL_BEGIN = (
     "UPDATE runs SET status = 'running', started = ?"
     " WHERE run_id = ? AND status = 'claimed' AND pid IS ? AND host IS ?"
 )
 _SQL_FINISH = (
     "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
-    " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?"
+    " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?" + _OWN
 )
 _SQL_OUTPUT = "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)"
 _SQL_ATTEMPT = (
@@ -621,12 +622,14 @@ class SqliteStore:
                     note=noticed if status == RunStatus.RUNNING.value else "",
                     still_running=trigger == TriggerKind.MANUAL.value
                     and self._runs_elsewhere(pid, host),
+                    cancel_by=by,
                 )
-                for run_id, job, status, trigger, pid, host, args_json, kwargs_json in conn.execute(
-                    "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json"
-                    " FROM runs WHERE status IN ('claimed', 'running')"
+                for run_id, job, status, trigger, pid, host, args_json, kwargs_json, by
+                in conn.execute(
+                    "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json,"
+                    f" {cancel_by('')} FROM runs AS r WHERE status IN ('claimed', 'running')"
                 )
-            ]
+            ]  # fmt: skip
             done = conclude(rows, rerun_jobs, new_run_id)
             conn.executemany(
                 "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
@@ -639,9 +642,23 @@ class SqliteStore:
             conn.executemany(
                 _SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
             )
+            conn.executemany(  # the control thread reports them (qtasks_cli.cancels)
+                "UPDATE runs SET status = 'cancelled', ended = ?, error = ? WHERE run_id = ?",
+                [(now_us, error, run_id) for run_id, error in done.cancel],
+            )
+            conn.executemany(
+                f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
+                [(run_id,) for run_id, _ in done.cancel],
+            )
+            cancelled.extend(run_id for run_id, _ in done.cancel)
             return [run_id for run_id, _ in done.interrupt]
 
+        cancelled: list[str] = []
         interrupted = self._transaction(work)
+        if cancelled:  # the control thread reports them: tell it now, as NOTIFY does
+            from qtasks_cli import wake
+
+            wake.send(self.location, wake.CONTROL)
         if interrupted:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
         return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
@@ -845,8 +862,9 @@ class SqliteStore:
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> None:
-        """Remember this daemon's job file digest and fingerprints (in memory)."""
+    ) -> bool:
+        """Remember this daemon's job file digest and fingerprints (in memory); always True:
+        no other daemon can hold this file, so none presumes this one dead."""
         started = now if self._node is None else self._node.started
         self._node = NodeInfo(
             node_id=self.node_id,
@@ -857,6 +875,7 @@ class SqliteStore:
             digest=digest,
             fingerprints=dict(fingerprints),
         )
+        return True
 
     async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
         """This daemon, if it heartbeat within ``timeout``: the flock excludes any other."""
@@ -899,7 +918,7 @@ class SqliteStore:
 
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host."""
-        params = (_to_us(started), self._pid, self._host, run_id)
+        params = (_to_us(started), run_id, self._pid, self._host)
         self._buffer(Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
 
     async def finish(self, result: RunResult) -> None:
@@ -919,6 +938,8 @@ class SqliteStore:
                     storable(result.result_preview),
                     result.items,
                     result.run_id,
+                    self._pid,
+                    self._host,
                 ),
             )
         ]
@@ -938,7 +959,10 @@ class SqliteStore:
 
             lines = json.dumps(clip_lines(result.output))
             statements.append((_SQL_OUTPUT, (result.run_id, lines)))
-        self._buffer(Write(kind="finish", run_id=result.run_id, statements=tuple(statements)))
+        self._buffer(
+            Write(kind="finish", run_id=result.run_id, statements=tuple(statements),
+                  wanted=result.status.value)
+        )  # fmt: skip
 
     def _buffer(self, write: Write) -> None:
         if self._closed or self._executor is None:
@@ -979,8 +1003,12 @@ class SqliteStore:
 
     def _apply(self, conn: sqlite3.Connection, write: Write) -> None:
         (first_sql, first_params), *rest = write.statements
-        if conn.execute(first_sql, first_params).rowcount == 0:
-            self._writes.ignored(write)
+        if conn.execute(first_sql, first_params).rowcount == 0:  # refused by the fence
+            found = conn.execute(
+                "SELECT job, status, error, host || ':' || pid FROM runs WHERE run_id = ?",
+                (write.run_id,),
+            ).fetchone()
+            self._writes.ignored(write, found)
             return
         for sql, params in rest:
             conn.execute(sql, params)

@@ -23,15 +23,46 @@ def _ago(now: datetime, when: datetime) -> str:
     return ago(max(0.0, (now - when).total_seconds()))
 
 
+def _here() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _span(seconds: float) -> str:
     from qtasks_cli.ui.humanize import elapsed
 
     return elapsed(max(0.0, seconds))
 
 
-def state_words(job: JobStatus, now: datetime) -> str:
+def owner_words(run: RunRow, owner: str, *, multi_node: bool) -> str:
+    """What is true of a claimed or running run whose owner is not answering (``owner``:
+    ``status.OWNER_*``): ``running on a daemon that is gone (...): ...``; "" when it answers."""
+    from qtasks_cli.models import TriggerKind
+    from qtasks_cli.status import OWNER_GONE, OWNER_LATE
+
+    doing = "running" if run.status is RunStatus.RUNNING else "claimed"
+    who = f"pid {run.pid}" if run.pid is not None else "pid ?"
+    if run.node:
+        who += f", node {run.node}"
+    foreground = run.trigger is TriggerKind.MANUAL
+    where = "in a `qtasks trigger` that" if foreground else "on a daemon that"
+    if owner == OWNER_LATE:
+        return f"{doing} {where} does not answer ({who})"
+    if owner != OWNER_GONE:
+        return ""
+    if multi_node and not foreground:
+        then = "a live node marks it interrupted once node_timeout has passed, or the next start"
+    else:
+        then = "it will be marked interrupted at the next start"
+    return f"{doing} {where} is gone ({who}): nothing runs it; {then}"
+
+
+def state_words(job: JobStatus, now: datetime, *, multi_node: bool = False) -> str:
     """The job's state in a few words: ``running since 12:00:01 (run R, 3s, node N)``..."""
     more = []
+    if job.orphaned and job.state != "orphaned":
+        more.append(f"{len(job.orphaned)} on a daemon that is gone")
     if job.waiting and job.state != "waiting":
         more.append(f"{job.waiting} waiting for a slot")
     if job.queued and job.state != "queued":
@@ -48,7 +79,14 @@ def state_words(job: JobStatus, now: datetime) -> str:
         node = f", node {run.node}" if run.node else ""
         took = _span((now - started).total_seconds())
         since = _local(started)[11:]
-        return f"running since {since} (run {run.run_id}, {took}{node}){others}{tail}"
+        owner = job.owners.get(run.run_id, "")
+        late = "; its daemon does not answer" if owner == "late" else ""
+        return f"running since {since} (run {run.run_id}, {took}{node}{late}){others}{tail}"
+    if job.state == "orphaned":
+        run = job.orphaned[0]
+        others = f" +{len(job.orphaned) - 1} more" if len(job.orphaned) > 1 else ""
+        words = owner_words(run, "gone", multi_node=multi_node)
+        return f"{words} (run {run.run_id}){others}{tail}"
     if job.state == "waiting":
         which = f" (run {job.claimed[0].run_id})" if len(job.claimed) == 1 else ""
         count = f"{job.waiting} " if job.waiting > 1 else ""
@@ -59,7 +97,8 @@ def state_words(job: JobStatus, now: datetime) -> str:
         runs = ", ".join(job.abandoned)
         return f"abandoned run {runs} still running{tail}"
     if job.state == "paused" and job.pause is not None:
-        return f"paused since {_local(job.pause.since)} by {job.pause.by}{tail}"
+        out = "" if job.in_file else f"; not in the job file (qtasks resume {job.name} lifts it)"
+        return f"paused since {_local(job.pause.since)} by {job.pause.by}{out}{tail}"
     return f"{job.state}{tail}"
 
 
@@ -79,6 +118,7 @@ def last_words(run: RunRow | None, now: datetime | None) -> str:
 
 def report_text(report: StatusReport) -> str:
     """What ``qtasks status`` prints."""
+    from qtasks_cli.status import ANSWER_WAIT
     from qtasks_cli.ui.tables import table
     from qtasks_cli.ui.text import clean_output
 
@@ -86,12 +126,22 @@ def report_text(report: StatusReport) -> str:
     up = [d for d in report.daemons if d.alive]
     lines = []
     if up:
-        lines.append(f"{len(up)} daemon{'s' if len(up) != 1 else ''} up on {report.state}")
+        late_count = sum(1 for d in up if not d.responsive)
+        late_part = f", {late_count} not answering" if late_count else ""
+        lines.append(
+            f"{len(up)} daemon{'s' if len(up) != 1 else ''} up{late_part} on {report.state}"
+        )
     else:
         lines.append(f"no daemon is running on {report.state}")
     for view in report.daemons:
         info = view.info
-        late = "" if view.responsive else " (late: the daemon does not answer)"
+        late = ""
+        if not view.responsive:
+            late = (
+                f" (late: no answer within {ANSWER_WAIT:g}s; stopped or hung?)"
+                if info.wakeable is not False
+                else " (late: no heartbeat for three cadences)"
+            )
         if not view.alive:
             if info.host != "" and (now - info.last_seen).total_seconds() < 86400:
                 lines.append(
@@ -110,11 +160,18 @@ def report_text(report: StatusReport) -> str:
             f" {_ago(now, info.last_seen)}{late}  version {info.version}"
         )
         lines.append(f"    {loaded} (fingerprint {info.digest[:12] or '-'})")
+        if view.judged_by == "namespace":
+            lines.append(f"    in another pid namespace (a container?), as pid {info.pid} there")
+        elif view.judged_by == "heartbeat" and info.host == _here():
+            lines.append(
+                "    in another pid namespace (a container?) this shell cannot see into: "
+                "judged by its heartbeat and answers"
+            )
     lines.append("")
     rows = [
         [
             clean_output(job.name),
-            clean_output(state_words(job, now)),
+            clean_output(state_words(job, now, multi_node=report.multi_node)),
             clean_output(last_words(job.last, now).splitlines()[0]),
             _local(job.next_fire) if job.next_fire is not None else "-",
         ]
@@ -142,6 +199,7 @@ def report_json(report: StatusReport) -> dict[str, Any]:
                 "pid": v.info.pid,
                 "alive": v.alive,
                 "responsive": v.responsive,
+                "judged_by": v.judged_by,
                 "up_since": when(v.info.started),
                 "last_heartbeat": when(v.info.last_seen),
                 "version": v.info.version,
@@ -162,10 +220,22 @@ def report_json(report: StatusReport) -> dict[str, Any]:
                 "state": job.state,
                 "enabled": job.enabled,
                 "disabled": job.disabled,
+                "in_file": job.in_file,
                 "paused": None
                 if job.pause is None
                 else {"since": when(job.pause.since), "by": job.pause.by},
-                "running": [row_json(r) for r in job.running],
+                "running": [
+                    {**row_json(r), "daemon": job.owners.get(r.run_id, "unknown")}
+                    for r in job.running
+                ],
+                "orphaned": [
+                    {
+                        **row_json(r),
+                        "daemon": "gone",
+                        "note": owner_words(r, "gone", multi_node=report.multi_node),
+                    }
+                    for r in job.orphaned
+                ],
                 "waiting_for_slot": job.waiting,
                 "claimed": [r.run_id for r in job.claimed],
                 "queued": job.queued,
