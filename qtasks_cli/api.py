@@ -131,8 +131,7 @@ def _zone_source(config: Config, job: JobSpec) -> str:
 def paused_jobs(config: Config, state: str | None = None) -> frozenset[str]:
     """The jobs paused with ``qtasks pause``; empty when the state cannot be read (a file
     not created yet, a database that does not answer: ``list`` works without them)."""
-    from qtasks_cli.store import is_url
-    from qtasks_cli.store.control import open_control
+    from qtasks_cli.store import is_url, open_control
 
     location = state_location(config, state)
     if not is_url(location) and not Path(location).exists():

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qtasks_cli import __version__, offthread
 from qtasks_cli.cancels import cancelled_event
 from qtasks_cli.errors import StoreError
+from qtasks_cli.store import open_control
 from qtasks_cli.store.base import RunRow, local_key
-from qtasks_cli.store.control import ControlStore, DaemonInfo, open_control, process_start
+from qtasks_cli.store.control import ControlStore, DaemonInfo, process_start
 
 if TYPE_CHECKING:
     from qtasks_cli.models import Snapshot

@@ -50,7 +50,7 @@ from typing import Any, TextIO
 from qtasks_cli import redaction
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import JobSpec, RunResult
-from qtasks_cli.store.control import OUTPUT_KEPT_CHARS, OUTPUT_LINE_CHARS, OUTPUT_LINES
+from qtasks_cli.store.base import OUTPUT_KEPT_CHARS, OUTPUT_LINE_CHARS, OUTPUT_LINES
 from qtasks_cli.ui import records
 
 _KEPT_CLOSED = 10_000  # closed runs whose lines wait for their end to be recorded

@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 
 from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_USAGE, QtasksError
 from qtasks_cli.models import Config, RunStatus, TriggerKind
+from qtasks_cli.store import open_control
 from qtasks_cli.store.base import RunRow
-from qtasks_cli.store.control import ControlStore, Pause, open_control, who
+from qtasks_cli.store.control import ControlStore, Pause, who
 
 CANCEL_POLL = 0.1  # seconds between looks at a run being cancelled
 CANCEL_MARGIN = 15.0  # seconds beyond kill_grace that ``cancel`` waits for the daemon

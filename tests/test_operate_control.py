@@ -9,7 +9,7 @@ from datetime import timedelta
 from test_operate_units import T0, _enqueue, control  # noqa: F401  (the fixture)
 
 from qtasks_cli.models import RunStatus
-from qtasks_cli.store.control import open_control
+from qtasks_cli.store import open_control
 
 
 def _open_again(state: str):  # type: ignore[no-untyped-def]

@@ -21,16 +21,9 @@ from pg import fresh_schema, postgres_url
 from qtasks_cli.metrics import _Histogram
 from qtasks_cli.models import RunStatus
 from qtasks_cli.output import Capture, _Buffer, _current, _thread_start
-from qtasks_cli.store.control import (
-    OUTPUT_KEPT_CHARS,
-    OUTPUT_LINE_CHARS,
-    OUTPUT_LINES,
-    ControlStore,
-    DaemonInfo,
-    PlaceholderEnv,
-    clip_lines,
-    open_control,
-)
+from qtasks_cli.store import open_control
+from qtasks_cli.store.base import OUTPUT_KEPT_CHARS, OUTPUT_LINE_CHARS, OUTPUT_LINES, clip_lines
+from qtasks_cli.store.control import ControlStore, DaemonInfo, PlaceholderEnv
 from qtasks_cli.store.sqlite import enqueue_now
 from qtasks_cli.ui.sparkline import ASCII_BARS, BARS, sparkline, strip
 

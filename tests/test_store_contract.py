@@ -358,7 +358,8 @@ def test_a_runs_output_is_written_with_its_end(store_factory: StoreFactory) -> N
     the run finished, its output is there (what ``show`` right after ``--wait`` relies on).
     Lines are bounded, and what neither store can hold in JSON (NUL, a lone surrogate) is
     escaped."""
-    from qtasks_cli.store.control import OUTPUT_LINE_CHARS, OUTPUT_LINES, open_control
+    from qtasks_cli.store import open_control
+    from qtasks_cli.store.base import OUTPUT_LINE_CHARS, OUTPUT_LINES
 
     async def body() -> list[str]:
         async with opened(store_factory) as store:

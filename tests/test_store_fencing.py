@@ -25,7 +25,8 @@ from test_store_contract import (  # noqa: F401  (store_factory is the fixture)
 )
 
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store.control import ControlStore, open_control
+from qtasks_cli.store import open_control
+from qtasks_cli.store.control import ControlStore
 
 
 def _control(factory: StoreFactory) -> ControlStore:

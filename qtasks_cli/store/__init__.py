@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from qtasks_cli.store.base import Store
+    from qtasks_cli.store.control import ControlStore
 
-__all__ = ["enqueue_now", "is_url", "new_run_id", "open_store", "redact_url"]
+__all__ = ["enqueue_now", "is_url", "new_run_id", "open_control", "open_store", "redact_url"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -141,3 +142,16 @@ def _install_hint(url: str, exc: ImportError) -> str:
         f"{redact_url(url)}: the PostgreSQL store needs psycopg, which cannot be imported "
         f"({exc}); install it with: pip install 'qtasks-cli[postgres]'"
     )
+
+
+def open_control(state: str, *, schema: str = "qtasks") -> ControlStore:
+    """The control store for ``state`` (a file path or a ``postgresql://`` URL), opened and
+    migrated; StoreError when it cannot be."""
+    if is_url(state):
+        _postgres_module(state)  # a clear message when psycopg is missing
+        from qtasks_cli.store.control_postgres import PostgresControl
+
+        return PostgresControl(state, schema=schema)
+    from qtasks_cli.store.control_sqlite import SqliteControl
+
+    return SqliteControl(state)

@@ -349,3 +349,23 @@ def local_key() -> str:
     except OSError:
         return ""
     return f"{boot_id}:{namespace}"
+
+
+# A cancel request whose run was cancelled without a daemon (``qtasks cancel`` of a request no
+# daemon had taken, recovery of a dead daemon's run with a pending cancel) carries this
+# outcome until a daemon's control thread reports it (``take_unreported_cancels``).
+UNREPORTED = "unreported"
+
+# Lines of output kept per run (the last ones), and characters per line.
+OUTPUT_LINES = 200
+OUTPUT_LINE_CHARS = 2000
+# Characters of a line kept while a run prints, before its secrets are hidden and the line is
+# cut to OUTPUT_LINE_CHARS: a secret that straddles the cut is then hidden whole.
+OUTPUT_KEPT_CHARS = OUTPUT_LINE_CHARS + 4096
+
+
+def clip_lines(lines: Sequence[str]) -> list[str]:
+    """The last OUTPUT_LINES lines, each cut to OUTPUT_LINE_CHARS characters and made
+    storable (no NUL, no lone surrogate: PostgreSQL's jsonb refuses both)."""
+    kept = list(lines[-OUTPUT_LINES:])
+    return [storable(line[:OUTPUT_LINE_CHARS]) or "" for line in kept]

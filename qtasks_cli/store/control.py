@@ -18,22 +18,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from qtasks_cli.models import Attempt
-from qtasks_cli.store.base import RunRow, storable
+from qtasks_cli.store.base import RunRow
 
 # Statuses of runs that ran (for "last result"); skipped and missed fires did not.
 RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
-
-# A cancel request whose run was cancelled without a daemon (``qtasks cancel`` of a request no
-# daemon had taken, recovery of a dead daemon's run with a pending cancel) carries this
-# outcome until a daemon's control thread reports it (``take_unreported_cancels``).
-UNREPORTED = "unreported"
-
-# Lines of output kept per run (the last ones), and characters per line.
-OUTPUT_LINES = 200
-OUTPUT_LINE_CHARS = 2000
-# Characters of a line kept while a run prints, before its secrets are hidden and the line is
-# cut to OUTPUT_LINE_CHARS: a secret that straddles the cut is then hidden whole.
-OUTPUT_KEPT_CHARS = OUTPUT_LINE_CHARS + 4096
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -227,30 +215,6 @@ def who() -> str:
     except Exception:  # no name for this uid (containers)
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
-
-
-def open_control(state: str, *, schema: str = "qtasks") -> ControlStore:
-    """The control store for ``state`` (a file path or a ``postgresql://`` URL), opened and
-    migrated; StoreError when it cannot be."""
-    from qtasks_cli.store import is_url
-
-    if is_url(state):
-        from qtasks_cli.store import _postgres_module
-
-        _postgres_module(state)  # a clear message when psycopg is missing
-        from qtasks_cli.store.control_postgres import PostgresControl
-
-        return PostgresControl(state, schema=schema)
-    from qtasks_cli.store.control_sqlite import SqliteControl
-
-    return SqliteControl(state)
-
-
-def clip_lines(lines: Sequence[str]) -> list[str]:
-    """The last OUTPUT_LINES lines, each cut to OUTPUT_LINE_CHARS characters and made
-    storable (no NUL, no lone surrogate: PostgreSQL's jsonb refuses both)."""
-    kept = list(lines[-OUTPUT_LINES:])
-    return [storable(line[:OUTPUT_LINE_CHARS]) or "" for line in kept]
 
 
 def info_body(info: DaemonInfo) -> dict[str, Any]:

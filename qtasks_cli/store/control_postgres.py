@@ -14,15 +14,13 @@ from psycopg.types.json import Jsonb
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
 from qtasks_cli.store import redact_url
-from qtasks_cli.store.base import RunRow
+from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
-    UNREPORTED,
     CancelRequest,
     DaemonInfo,
     Overview,
     Pause,
-    clip_lines,
     info_body,
     info_from_row,
 )

@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
-from qtasks_cli.store.base import RunRow
+from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
-    UNREPORTED,
     CancelRequest,
     DaemonInfo,
     Overview,
     Pause,
-    clip_lines,
     info_body,
     info_from_row,
 )

@@ -39,6 +39,7 @@ from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id, redact_url
 from qtasks_cli.store.base import (
+    UNREPORTED,
     Claim,
     Fire,
     JobStats,
@@ -46,6 +47,7 @@ from qtasks_cli.store.base import (
     QueuedRun,
     RunRow,
     busy_error,
+    clip_lines,
     encode_request,
     job_stats,
     local_key,
@@ -54,7 +56,6 @@ from qtasks_cli.store.base import (
     truncate_traceback,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.control import UNREPORTED
 from qtasks_cli.store.fence import OWNED, cancel_by
 
 if TYPE_CHECKING:
@@ -1403,8 +1404,6 @@ class PostgresStore:
             )
             statements.append((self._sql["attempt"], params))
         if result.output:
-            from qtasks_cli.store.control import clip_lines
-
             lines = Jsonb(clip_lines(result.output))
             statements.append((self._sql["output"], (run_id, lines, run_id, node)))
         statements.append(

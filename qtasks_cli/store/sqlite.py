@@ -30,6 +30,7 @@ from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import new_run_id, paths
 from qtasks_cli.store.base import (
+    UNREPORTED,
     Claim,
     Fire,
     JobStats,
@@ -37,6 +38,7 @@ from qtasks_cli.store.base import (
     QueuedRun,
     RunRow,
     busy_error,
+    clip_lines,
     job_stats,
     storable,
 )
@@ -44,7 +46,6 @@ from qtasks_cli.store.base import encode_request as _encode_request
 from qtasks_cli.store.base import pid_alive as _pid_alive
 from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.control import UNREPORTED
 from qtasks_cli.store.fence import OWNED, cancel_by
 
 if TYPE_CHECKING:
@@ -955,8 +956,6 @@ class SqliteStore:
             )
             statements.append((_SQL_ATTEMPT, params))
         if result.output:
-            from qtasks_cli.store.control import clip_lines
-
             lines = json.dumps(clip_lines(result.output))
             statements.append((_SQL_OUTPUT, (result.run_id, lines)))
         self._buffer(
