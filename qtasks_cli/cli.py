@@ -14,44 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from qtasks_cli import __version__
+from qtasks_cli.cli_common import ConfigArg, ConfigOpt, StateOpt, app
+from qtasks_cli.cli_common import fail as _fail
+from qtasks_cli.cli_common import one_line as _one_line
 from qtasks_cli.errors import EXIT_FORCED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
 
 if TYPE_CHECKING:
     from qtasks_cli.models import Config
-
-app = typer.Typer(
-    name="qtasks",
-    help="A scheduler for Python functions: one YAML file, one process, history in SQLite.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-ConfigArg = Annotated[
-    Path | None,
-    typer.Argument(
-        help="The job file [default: $QTASKS_CONFIG, else ./jobs.yaml].", show_default=False
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="The job file [default: $QTASKS_CONFIG, else ./jobs.yaml].",
-        show_default=False,
-    ),
-]
-StateOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--state",
-        help="The state file (or PostgreSQL URL) instead of settings.state.",
-        show_default=False,
-    ),
-]
-
 
 MAX_LIMIT = 1_000_000_000  # rows; SQLite and PostgreSQL take 64-bit limits
 MAX_DEPTH = 100  # levels of nesting in --arg, --kwarg and --json-kwargs values
@@ -62,18 +31,6 @@ class UI(str, enum.Enum):
     live = "live"
     plain = "plain"
     json = "json"
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(_one_line(message), file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def _one_line(message: str) -> str:
-    """``message`` as one line safe for a terminal (it may quote paths and values)."""
-    from qtasks_cli.ui.text import clean_line
-
-    return clean_line(message)
 
 
 def _error_text(exc: QtasksError) -> str:
@@ -560,8 +517,6 @@ def history(
         for row in rows:
             print(json.dumps(tables.row_json(row), default=str))
     elif stats and rows and _rich_terminal():
-        from qtasks_cli.cli_ops import print_stats_pictures
-
         print_stats_pictures(loaded, rows, limit=limit, state=state)
     else:
         print(tables.stats_text(rows) if stats else tables.history_text(rows))
@@ -650,6 +605,26 @@ def main() -> None:
             sys.exit(EXIT_FORCED)
         raise
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def print_stats_pictures(loaded: Config, rows: list[Any], *, limit: int, state: str | None) -> None:
+    """``history --stats`` on a terminal: the statistics with a duration sparkline and a
+    success strip of each job's latest runs (at most RECENT_RUNS, fewer with --limit)."""
+    import asyncio
+
+    from rich.console import Console
+
+    from qtasks_cli import api
+    from qtasks_cli.ui import sparkline
+
+    count = min(limit, sparkline.RECENT_RUNS)
+    try:
+        recent = asyncio.run(api.recent_runs(loaded, [r.job for r in rows], count, state=state))
+    except QtasksError as exc:
+        _fail(str(exc), exc.exit_code)
+    console = Console()
+    ascii_only = "utf" not in (console.encoding or "").lower()
+    console.print(sparkline.stats_table(rows, recent, ascii_only=ascii_only))
 
 
 # The operator's commands (status, show, pause, resume, cancel) register themselves on ``app``.

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from qtasks_cli.cli import ConfigOpt, StateOpt, _fail, app
+from qtasks_cli.cli_common import ConfigOpt, StateOpt, app
+from qtasks_cli.cli_common import fail as _fail
 from qtasks_cli.errors import EXIT_OK, QtasksError
 
 if TYPE_CHECKING:
@@ -229,23 +230,3 @@ def cancel(
         print(f"run {outcome.run_id} of {outcome.job}: {outcome.note}")
     else:
         print(f"run {outcome.run_id} of {outcome.job}: cancel requested (--wait 0)")
-
-
-def print_stats_pictures(loaded: Config, rows: list[Any], *, limit: int, state: str | None) -> None:
-    """``history --stats`` on a terminal: the statistics with a duration sparkline and a
-    success strip of each job's latest runs (at most RECENT_RUNS, fewer with --limit)."""
-    import asyncio
-
-    from rich.console import Console
-
-    from qtasks_cli import api
-    from qtasks_cli.ui import sparkline
-
-    count = min(limit, sparkline.RECENT_RUNS)
-    try:
-        recent = asyncio.run(api.recent_runs(loaded, [r.job for r in rows], count, state=state))
-    except QtasksError as exc:
-        _fail(str(exc), exc.exit_code)
-    console = Console()
-    ascii_only = "utf" not in (console.encoding or "").lower()
-    console.print(sparkline.stats_table(rows, recent, ascii_only=ascii_only))

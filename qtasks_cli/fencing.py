@@ -18,15 +18,25 @@ alone: its end is refused and logged.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from qtasks_cli.models import RunStatus
 
 if TYPE_CHECKING:
-    from qtasks_cli.store.base import RunRow
-    from qtasks_cli.supervisor import Supervisor
+    from qtasks_cli.store.base import RunRow, Store
 
 log = logging.getLogger(__name__)
+
+
+class Holder(Protocol):
+    """What this needs of the daemon (the Supervisor): its store and the runs it holds."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def runs_in_hand(self) -> dict[str, str]: ...
+
+    def let_go(self, run_id: str, status: RunStatus, why: str) -> None: ...
 
 
 def _gone(row: RunRow | None, node: str) -> bool:
@@ -36,7 +46,7 @@ def _gone(row: RunRow | None, node: str) -> bool:
     return row.node is not None and row.node != node
 
 
-async def honour_conclusions(supervisor: Supervisor) -> list[str]:
+async def honour_conclusions(supervisor: Holder) -> list[str]:
     """After this node learnt it had been presumed dead: let go of every run the store no
     longer counts as its own (see the module); the run ids let go of."""
     store = supervisor.store
