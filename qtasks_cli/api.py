@@ -388,7 +388,7 @@ async def _serve(
 ) -> int:
     import asyncio
 
-    from qtasks_cli import offthread, sigguard
+    from qtasks_cli import keepstate, offthread, sigguard
     from qtasks_cli.ledger import until_stored
     from qtasks_cli.supervisor import Supervisor
 
@@ -465,6 +465,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
     # From here on, job code in this process cannot take these signals (sigguard.py).
     with sigguard.guarded(loop=loop):
+        keepstate.capture(loop)  # and put back what inline jobs change (keepstate.py)
         main = asyncio.create_task(supervisor.run())
         # Everything loaded so far (config, schedules, modules) lives as long as the daemon:
         # keep it out of the garbage collector's full passes, which otherwise stall the loop for
@@ -490,6 +491,7 @@ async def _serve(
                 await asyncio.wait_for(asyncio.shield(store.flush()), timeout=2)
             return EXIT_FORCED
         force.cancel()
+        keepstate.release()
         main.result()
         await store.close()
         return EXIT_OK
@@ -563,6 +565,13 @@ def run_until_done(main: Coroutine[Any, Any, T]) -> T:
             if task.done():  # qtasks' own code ended with it: not a job's
                 raise
             _escaped_from_job(exc)
+        except RuntimeError:
+            if task.done():
+                raise
+            # ``loop.stop()`` called by job code: the loop goes on (asyncio raises this).
+            logging.getLogger("qtasks_cli.supervisor").error(
+                "job code stopped the event loop (loop.stop()); ignored: the daemon goes on"
+            )
 
 
 def _escaped_from_job(exc: BaseException) -> None:

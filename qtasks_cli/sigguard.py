@@ -42,6 +42,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
+from qtasks_cli import keepstate
+
 log = logging.getLogger(__name__)
 
 OWNED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -85,7 +87,8 @@ def _refuse(call: str) -> None:
         _Guard.warned.add(key)
     log.warning(
         "%s at %s was refused and changed nothing: the qtasks daemon keeps its own SIGTERM, "
-        "SIGINT and SIGHUP handling and its GIL switch interval (run the job with isolation: "
+        "SIGINT and SIGHUP handling, its GIL switch interval and its recursion limit (run the "
+        "job with isolation: "
         "process to manage them yourself)",
         call,
         where,
@@ -257,10 +260,18 @@ class _CSignal:
         return _pthread_sigmask(how, mask)
 
 
+def _setrecursionlimit(limit: int) -> None:
+    if _Guard.active:
+        _refuse(f"sys.setrecursionlimit({limit!r})")
+        return
+    _Guard.originals["setrecursionlimit"](limit)
+
+
 _PATCHES: tuple[tuple[Any, str, Callable[..., Any]], ...] = (
     (signal, "signal", _signal),
     (signal, "getsignal", _getsignal),
     (sys, "setswitchinterval", _setswitchinterval),
+    (sys, "setrecursionlimit", _setrecursionlimit),
     (signal, "set_wakeup_fd", _set_wakeup_fd),
     (signal, "pthread_sigmask", _pthread_sigmask),
     (signal, "raise_signal", _raise_signal),
@@ -360,6 +371,7 @@ def check(jobs: Callable[[], str]) -> None:
     past the guard (SIG_IGN for SIGTERM) is in force at most until the next wake-up."""
     if not _Guard.active:
         return
+    keepstate.restore(jobs())
     real_get = _Guard.originals["getsignal"]
     for signum, handler in _Guard.handlers.items():
         if real_get(signum) is not handler:
@@ -395,6 +407,7 @@ def restore(job: str) -> None:
     inline attempt; cheap (a few system calls)."""
     if not _Guard.active or threading.current_thread() is not threading.main_thread():
         return
+    keepstate.restore(job)
     _put_back_handlers(job)
     _put_back_loop_and_interval(lambda: job)
     if _Guard.wakeup_fd != -1:

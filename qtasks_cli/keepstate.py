@@ -1,0 +1,206 @@
+"""The daemon keeps the process-wide settings its loop depends on, whatever inline job code does.
+
+Inline jobs share the daemon's interpreter, so job code can change settings that every call of
+the daemon's event loop then pays for or breaks on: the recursion limit
+(``sys.setrecursionlimit(30)``: no fire ever again), a profile or trace function left on the
+loop's thread (a profiler never stopped: every call of the loop slowed), the loop's task
+factory and exception handler (a factory that raises: no task is ever made again; asyncio's
+default handler formats a job's exception on the loop), the log record factory (it runs in the
+daemon's own log calls on the loop), and the daemon's loggers (a handler a job adds to
+``qtasks``, to forward its events, runs in every line the loop logs; ``logging.config.dictConfig``
+disables every existing logger, the daemon's included, by default).
+
+``capture`` notes the daemon's settings once the loop runs; ``restore`` puts back what a job
+changed, after each inline attempt (sigguard's ``restore``) and at each wake-up of the loop
+(sigguard's ``check``), with one warning per kind of change. A handler a job added to one of the
+daemon's loggers is not removed: it is moved behind a bounded queue and called from a thread of
+its own (``Offloaded``), so it still gets the daemon's records and never holds the loop.
+``loop.stop()`` by a job is handled where the loop is run (``api.run_until_done``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DAEMON_PREFIXES = ("qtasks", "asyncio", "concurrent.futures", "psycopg", "tenacity")
+_REAL_SETRECURSIONLIMIT = sys.setrecursionlimit  # before sigguard wraps it
+MAX_QUEUED = 10_000  # records waiting for a job's handler on a daemon logger; more are dropped
+
+
+class _Kept:
+    active = False
+    recursion_limit = 1000
+    record_factory: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
+    exception_handler: Any = None
+    task_factory: Any = None
+    profile: Any = None
+    trace: Any = None
+    loggers: dict[str, tuple[list[logging.Handler], int, bool]] = {}  # noqa: RUF012
+    warned: set[str] = set()  # noqa: RUF012
+
+
+class Offloaded(logging.Handler):
+    """A job's handler on a daemon logger, called from a thread of its own through a bounded
+    queue: a slow handler (an HTTPHandler to a collector that hangs) delays nothing else."""
+
+    def __init__(self, inner: logging.Handler) -> None:
+        super().__init__(inner.level)
+        self.inner = inner
+        self._queue: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED)
+        self.dropped = 0
+        threading.Thread(target=self._run, name="qtasks-job-handler", daemon=True).start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+        return True
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                self.inner.handle(record)
+            except BaseException:  # a job's handler: its failure is its own
+                log.debug("a job's handler on a daemon logger failed", exc_info=True)
+
+
+def _daemon_loggers() -> list[logging.Logger]:
+    manager = logging.Logger.manager
+    return [
+        lg
+        for name, lg in list(manager.loggerDict.items())
+        if isinstance(lg, logging.Logger) and name.startswith(DAEMON_PREFIXES)
+    ]
+
+
+_REAL_ADD_HANDLER = logging.Logger.addHandler
+
+
+def _add_handler(self: logging.Logger, handler: logging.Handler) -> None:
+    """``Logger.addHandler`` while the daemon runs: a handler job code adds to a daemon logger
+    is called off the loop from the start (``Offloaded``)."""
+    if (
+        _Kept.active
+        and self.name.startswith(DAEMON_PREFIXES)
+        and not isinstance(handler, Offloaded)
+        and self.name in _Kept.loggers
+        and handler not in _Kept.loggers[self.name][0]
+    ):
+        _put_back(f"a handler added to logger {self.name!r} (now called off the loop)", "?")
+        handler = Offloaded(handler)
+        _Kept.loggers[self.name][0].append(handler)
+    _REAL_ADD_HANDLER(self, handler)
+
+
+def capture(loop: asyncio.AbstractEventLoop) -> None:
+    """Note the daemon's settings (call on the loop's thread, once its logging is set up)."""
+    _Kept.recursion_limit = sys.getrecursionlimit()
+    _Kept.record_factory = logging.getLogRecordFactory()
+    _Kept.loop = loop
+    _Kept.exception_handler = loop.get_exception_handler()
+    _Kept.task_factory = loop.get_task_factory()
+    _Kept.profile = sys.getprofile()
+    _Kept.trace = sys.gettrace()
+    _Kept.loggers = {
+        lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _daemon_loggers()
+    }
+    _Kept.warned.clear()
+    _Kept.active = True
+    logging.Logger.addHandler = _add_handler  # type: ignore[method-assign,assignment]
+
+
+def release() -> None:
+    """Stop keeping (the daemon is stopping)."""
+    _Kept.active = False
+    logging.Logger.addHandler = _REAL_ADD_HANDLER  # type: ignore[method-assign]
+
+
+def _put_back(what: str, job: str) -> None:
+    if what in _Kept.warned:
+        return
+    _Kept.warned.add(what)
+    log.warning(
+        "%s was changed by job code (noticed %s); the daemon's is put back (warned once): run "
+        "the job with isolation: process to change it for itself",
+        what,
+        "as it was made"
+        if job == "?"
+        else f"while {job} ran"
+        if job.startswith("one of")
+        else f"when job {job}'s attempt ended",
+    )
+
+
+def restore(job: str) -> None:
+    """Put back what job code changed (see the module docstring). On the loop's thread only:
+    the profile and trace functions are that thread's. Cheap: a few reads when nothing
+    changed."""
+    if not _Kept.active or threading.current_thread() is not threading.main_thread():
+        return
+    _restore_loggers(job)  # first: the warnings below go through them
+    if sys.getrecursionlimit() != _Kept.recursion_limit:  # past sigguard's refusal
+        _put_back(f"the recursion limit (to {sys.getrecursionlimit()})", job)
+        _REAL_SETRECURSIONLIMIT(_Kept.recursion_limit)
+    if sys.getprofile() is not _Kept.profile:
+        _put_back("the event loop thread's profile function (sys.setprofile)", job)
+        sys.setprofile(_Kept.profile)
+    if sys.gettrace() is not _Kept.trace:
+        _put_back("the event loop thread's trace function (sys.settrace)", job)
+        sys.settrace(_Kept.trace)
+    if logging.getLogRecordFactory() is not _Kept.record_factory:
+        _put_back("the log record factory (logging.setLogRecordFactory)", job)
+        logging.setLogRecordFactory(_Kept.record_factory)
+    loop = _Kept.loop
+    if loop is not None and not loop.is_closed():
+        if loop.get_exception_handler() is not _Kept.exception_handler:
+            _put_back("the event loop's exception handler", job)
+            loop.set_exception_handler(_Kept.exception_handler)
+        if loop.get_task_factory() is not _Kept.task_factory:
+            _put_back("the event loop's task factory", job)
+            loop.set_task_factory(_Kept.task_factory)
+
+
+def _restore_loggers(job: str) -> None:
+    disabled = [lg for lg in _daemon_loggers() if lg.disabled]
+    for lg in disabled:
+        lg.disabled = False
+    if disabled:
+        _put_back(
+            f"the daemon's loggers ({len(disabled)} disabled, as logging.config.dictConfig "
+            "does by default)",
+            job,
+        )
+    for lg in _daemon_loggers():
+        kept = _Kept.loggers.get(lg.name)
+        if kept is None:
+            continue
+        handlers, level, propagate = kept
+        if lg.level != level or lg.propagate != propagate:
+            _put_back(f"the level or propagation of logger {lg.name!r}", job)
+            lg.setLevel(level)
+            lg.propagate = propagate
+        for handler in list(lg.handlers):
+            if handler in handlers:
+                continue
+            lg.removeHandler(handler)
+            if isinstance(handler, Offloaded):
+                wrapped = handler
+            else:
+                _put_back(f"a handler added to logger {lg.name!r} (now called off the loop)", job)
+                wrapped = Offloaded(handler)
+            lg.addHandler(wrapped)
+            handlers.append(wrapped)
+        for handler in handlers:
+            if handler not in lg.handlers and not isinstance(handler, Offloaded):
+                _put_back(f"the daemon's handler of logger {lg.name!r}", job)
+                lg.addHandler(handler)

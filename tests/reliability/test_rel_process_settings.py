@@ -1,0 +1,147 @@
+"""Inline job code changes process-wide settings the daemon's loop depends on: the loop stopped,
+its task factory and exception handler replaced, the recursion limit lowered, a slow log record
+factory, a slow handler on the daemon's logger, ``logging.config.dictConfig``, a profile function
+left on the loop's thread. The daemon keeps its own (keepstate.py, sigguard.py) and goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reliability.harness import (
+    Outcome,
+    Scenario,
+    assert_all,
+    assert_healthy,
+    late_rows,
+    run_scenarios,
+    show_rows,
+    tail,
+)
+from reliability.registry import case
+
+GROUP = "job values"
+
+SETTINGS = """
+import asyncio
+import logging
+import logging.config
+import sys
+import time
+
+
+def _slow_factory(*args, **kwargs):
+    time.sleep(0.3)
+    return logging.LogRecord(*args, **kwargs)
+
+
+class _Slow(logging.Handler):
+    def emit(self, record):
+        time.sleep(0.5)  # a collector that answers slowly
+
+
+class Odd(Exception):
+    def __repr__(self):
+        time.sleep(3)
+        return "Odd()"
+
+
+async def _boom():
+    raise Odd("x")
+
+
+def _profile(frame, event, arg):
+    if event == "call":
+        time.sleep(0.001)
+
+
+async def stops_loop():
+    asyncio.get_running_loop().stop()
+
+
+async def task_factory():
+    def factory(loop, coro, **kwargs):
+        raise RuntimeError("no tasks for you")
+
+    asyncio.get_running_loop().set_task_factory(factory)
+
+
+def recursion_limit():
+    sys.setrecursionlimit(30)
+
+
+def record_factory():
+    logging.setLogRecordFactory(_slow_factory)
+
+
+def daemon_handler():
+    logging.getLogger("qtasks").addHandler(_Slow())
+
+
+async def exception_handler():
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(None)
+    loop.create_task(_boom())
+
+
+def dict_config():
+    logging.config.dictConfig({"version": 1})  # disable_existing_loggers: True
+
+
+async def profiles():
+    sys.setprofile(_profile)
+"""
+
+NAMES = (
+    "stops_loop",
+    "task_factory",
+    "recursion_limit",
+    "record_factory",
+    "daemon_handler",
+    "exception_handler",
+    "dict_config",
+    "profiles",
+)
+JOBS = "".join(
+    f'{name}: {{entrypoint: "rel_settings:{name}", schedule: "*/3 * * * * *"}}\n' for name in NAMES
+)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    root = tmp_path_factory.mktemp("process-settings")
+    scenario = Scenario(name="settings", jobs=JOBS, modules={"rel_settings": SETTINGS}, ticks=8)
+    return run_scenarios([scenario], Path(root))["settings"]
+
+
+@case(
+    "process_settings_kept",
+    group=GROUP,
+    title="inline jobs, every 3 s: `loop.stop()`, a task factory that raises, "
+    "`sys.setrecursionlimit(30)`, a log record factory that sleeps 0.3 s, a handler that sleeps "
+    "0.5 s added to the `qtasks` logger, `loop.set_exception_handler(None)` before a task whose "
+    "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})`, a profile "
+    "function left on the loop's thread",
+    checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
+    "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
+    "to `stopping`, each change is put back with a warning, and SIGTERM exits 0",
+)
+def test_process_settings_kept(outcome: Outcome) -> None:
+    out = outcome
+    assert_healthy(out)
+    for name in NAMES:
+        assert_all(out.of(name), status="succeeded", at_least=2)
+    assert not late_rows(out.of("tick")), show_rows(late_rows(out.of("tick")))
+    for what in (
+        "job code stopped the event loop",
+        "the event loop's task factory was changed",
+        "sys.setrecursionlimit(30)",
+        "the log record factory (logging.setLogRecordFactory) was changed",
+        "a handler added to logger 'qtasks' (now called off the loop) was changed",
+        "the event loop's exception handler was changed",
+        "disabled, as logging.config.dictConfig does by default) was changed",
+        "profile function (sys.setprofile) was changed",
+        "qtasks stopping",
+    ):
+        assert what in out.log, (what, tail(out.log))
