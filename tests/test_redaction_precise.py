@@ -11,16 +11,18 @@ each is pinned by an example test of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import failures
+from qtasks_cli import failures, output, redaction
 from qtasks_cli.redaction import hidden_parts, redact, redact_value
 from qtasks_cli.spelling import ANYWHERE_CHARS
 from qtasks_cli.ui.text import clean_line, clean_output, clean_text, visible
@@ -299,3 +301,50 @@ def test_fullwidth_and_other_cases_are_not_secrets() -> None:
     assert redact("HUNTER2XYZ", pairs) == "HUNTER2XYZ"
     assert redact("ｈｕｎｔｅｒ２ｘｙｚ", pairs) == "ｈｕｎｔｅｒ２ｘｙｚ"
     assert redact("hun\u200bter2xyz", pairs) == PLACEHOLDER
+
+
+# --- what is written in pieces ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def known(pairs: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    saved = redaction._Known.pairs
+    redaction._Known.pairs = pairs
+    try:
+        yield
+    finally:
+        redaction._Known.pairs = saved
+
+
+TOKEN = "Zq7-hunter2-Xw9"
+
+
+@pytest.mark.parametrize("separator", ["", "\u200b", "\x1b[0m", "\x1b[", "\x00"])
+def test_the_start_of_a_split_secret_is_held_back(separator: str) -> None:
+    """A writer keeps back the end of a partial line that may start a secret, read as the
+    operator sees it (an escape sequence cut short counts as what it will be)."""
+    with known(((TOKEN, PLACEHOLDER),)):
+        held = "Bearer " + TOKEN[:5] + separator
+        assert redaction.secret_start(held) == len(TOKEN[:5] + separator)
+    lines = "log\n" + "-----BEGIN\u200b\n"
+    with known((("-----BEGIN\nline two\n-----END", PLACEHOLDER),)):
+        assert redaction.hold_back(lines) == len("log\n")
+
+
+def test_writers_partial_lines_are_held_apart_and_flushes_keep_a_secrets_start() -> None:
+    """Two runs printing at once (a run's line, flushed in two pieces with another run's line
+    between them): the secret's start never goes out alone, and nothing is lost."""
+    sink = io.StringIO()
+    tee = output._Tee(sink, 1, keep=False)  # type: ignore[arg-type]
+    with known(((TOKEN, PLACEHOLDER),)):
+        tee.pass_on("run-a", "Bearer " + TOKEN[:5] + "\u200b")
+        tee.pass_on("run-b", "other line\n")
+        tee.flush()
+        assert "Zq7" not in visible(sink.getvalue())[0], sink.getvalue()
+        tee.pass_on("run-a", TOKEN[5:] + "\n")
+        tee.pass_on("run-b", "a start without its end: Zq7")
+        tee.release("run-b")  # its run ended
+        tee.flush_all()
+    assert sink.getvalue() == (
+        "other line\nBearer " + PLACEHOLDER + "\na start without its end: Zq7"
+    ), sink.getvalue()
