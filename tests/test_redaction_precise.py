@@ -348,3 +348,14 @@ def test_writers_partial_lines_are_held_apart_and_flushes_keep_a_secrets_start()
     assert sink.getvalue() == (
         "other line\nBearer " + PLACEHOLDER + "\na start without its end: Zq7"
     ), sink.getvalue()
+
+
+def test_an_exception_class_named_after_the_secret_is_hidden() -> None:
+    pairs = ((TOKEN, PLACEHOLDER),)
+    named = type("Err_" + TOKEN.replace("-", "_"), (Exception,), {})
+    pairs += ((TOKEN.replace("-", "_"), PLACEHOLDER),)
+    try:
+        raise named("boom")
+    except Exception as exc:
+        error_type, error, trace = failures.describe_exception(exc, lambda t: redact(t, pairs))
+    assert "hunter2" not in error_type + error + (trace or ""), (error_type, trace)
