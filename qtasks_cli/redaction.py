@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from qtasks_cli.spelling import Spelling, escaped, quoted, substitute
-from qtasks_cli.ui.text import INVISIBLE, visible
+from qtasks_cli.ui.text import ANY_INVISIBLE, INVISIBLE, visible
 
 MIN_SECRET_CHARS = 4  # shorter values are not secrets (see the module's docstring)
 
@@ -83,6 +83,9 @@ def _plan(
 def _hide_unseen(text: str, plan: tuple[Spelling, ...]) -> str:
     """``text`` with each spelling found in its visible view replaced, with the invisible
     characters between its characters (those around it stay)."""
+    view = visible(text)[0]
+    if not any(spelling.anchor in view for spelling in plan):
+        return text  # the common case: text with colours, and no secret in it
     view, to_text, _ = list(_readings(text))[-1]
     for spelling in plan:
         found = list(spelling.find(view))
@@ -107,8 +110,9 @@ def redact(text: str, secrets: Iterable[tuple[str, str]]) -> str:
         return text
     plain, seen = _plan(tuple(secrets))
     for spelling in plain:
-        text = substitute(text, spelling)
-    if seen and INVISIBLE.search(text):
+        if spelling.anchor in text:
+            text = substitute(text, spelling)
+    if seen and ANY_INVISIBLE.search(text):
         text = _hide_unseen(text, seen)
     return text
 
@@ -157,7 +161,7 @@ def _readings(text: str) -> Iterator[tuple[str, Callable[[int], int], bool]]:
     the map from its offsets to ``text``'s (the view's end to the text's end), and whether it
     is the view (to be matched with the secrets as they are seen)."""
     yield text, lambda position: position, False
-    if not INVISIBLE.search(text):
+    if not ANY_INVISIBLE.search(text):
         return
     view, starts = visible(text)
     offsets = [shown for shown, _ in starts]

@@ -49,6 +49,8 @@ _DRAWN_AS_NOTHING = (
 INVISIBLE = re.compile(
     _SEQUENCE.pattern + "|[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]"
 )
+# A quick test: every INVISIBLE part starts with one of these (ESC and the C1 introducers too).
+ANY_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]")
 # In JSON (which may escape only C0): the characters a terminal would still obey.
 _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
@@ -64,12 +66,16 @@ def visible(text: str) -> tuple[str, list[tuple[int, int]]]:
     pieces: list[str] = []
     starts: list[tuple[int, int]] = []
     pos = shown = 0
-    for match in INVISIBLE.finditer(text):
-        if match.start() > pos:
+    found = ANY_INVISIBLE.search(text)
+    while found is not None:
+        start = found.start()
+        end = INVISIBLE.match(text, start).end()  # type: ignore[union-attr]  # always matches
+        if start > pos:
             starts.append((shown, pos))
-            pieces.append(text[pos : match.start()])
-            shown += match.start() - pos
-        pos = match.end()
+            pieces.append(text[pos:start])
+            shown += start - pos
+        pos = end
+        found = ANY_INVISIBLE.search(text, pos)
     if pos < len(text):
         starts.append((shown, pos))
         pieces.append(text[pos:])
