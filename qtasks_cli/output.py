@@ -155,7 +155,7 @@ class _Tee:
             feed(current_run(), text, self._number)
         if not redaction.known_secrets() or not isinstance(text, str):
             if self._held:
-                self.flush_all()
+                self._let_go(list(self._held), whole=True)
             return self._stream.write(text)
         self._put(current_run(), text)
         return len(text)
