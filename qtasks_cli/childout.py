@@ -1,11 +1,13 @@
 """What the child process of an ``isolation: process`` job writes to its descriptors 1 and 2.
 
 The child's stdout and stderr are pipes the daemon reads in one thread per child. Each chunk
-is first kept for the run the child serves now (qtasks_cli.output.feed), then written on to
-the daemon's own descriptor 1 or 2, so it lands where an inline job's output lands (the
-terminal, the live table, the journal). Because the child is the run's own, this takes in
-everything: its Python prints, C code, and the processes it starts (``os.system``,
-``subprocess`` with inherited descriptors), which inherit the pipes.
+is first kept for the run the child serves now (qtasks_cli.output.feed), then passed on to the
+daemon's own ``sys.stdout`` or ``sys.stderr`` (qtasks_cli.output.pass_on), so it lands where
+an inline job's output lands (the terminal, the live table, the journal) the way an inline
+job's prints do: the loaded secrets hidden, terminal control stripped, its partial lines held
+apart from other writers'. Bytes that are not UTF-8 are shown as U+FFFD. Because the child is
+the run's own, this takes in everything: its Python prints, C code, and the processes it
+starts (``os.system``, ``subprocess`` with inherited descriptors), which inherit the pipes.
 
 At the end of a call the child flushes its streams before it sends its last frame, so all it
 wrote is in the pipes by then: ``drain`` has the thread read whatever the pipes hold now,
@@ -35,7 +37,8 @@ class ChildOutput:
     """The reading end of one child's stdout and stderr pipes, and the thread reading them."""
 
     def __init__(self, stdout: int, stderr: int, pid: int) -> None:
-        self._fds = {stdout: 1, stderr: 2}  # our end -> the daemon's descriptor it goes on to
+        self._fds = {stdout: 1, stderr: 2}  # our end -> the daemon's stream it goes on to
+        self._writer = f"child-{pid}"  # whose text it is between runs (``output.pass_on``)
         self._decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in self._fds}
         self.run_id: str | None = None  # the run the child serves now
         self._lock = threading.Lock()
@@ -99,12 +102,12 @@ class ChildOutput:
                 continue
             except OSError:
                 return False
+            text = self._decoders[fd].decode(data, final=not data)
+            output.feed(self.run_id, text, self._fds[fd])
+            # Where an inline job's prints go: secrets hidden, terminal control stripped.
+            output.pass_on(self._fds[fd], self.run_id or self._writer, text)
             if not data:
-                stream = self._fds[fd]
-                output.feed(self.run_id, self._decoders[fd].decode(b"", final=True), stream)
                 return False
-            output.feed(self.run_id, self._decoders[fd].decode(data), self._fds[fd])
-            _write_all(self._fds[fd], data)
 
     def _answer(self) -> None:
         with self._lock:
@@ -117,18 +120,3 @@ class ChildOutput:
 def _resolve(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Pass ``data`` on to the daemon's descriptor ``fd``; a descriptor that is gone drops it
-    (the run's copy is already kept)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            select.select([], [fd], [], 1.0)
-        except InterruptedError:
-            continue
-        except OSError:
-            return

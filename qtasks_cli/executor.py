@@ -850,7 +850,7 @@ async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
     if type(exc) is ReportedError:  # text already, made by the child process
-        error_type = failures.clip(exc.type_name, 300)
+        error_type = job.redact(failures.clip(exc.type_name, 300))
         error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
         text = exc.traceback_text
         if text is not None:

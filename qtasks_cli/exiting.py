@@ -36,7 +36,8 @@ def _within(fn: Callable[[], object], seconds: float) -> bool:
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a job may have closed or replaced them
-            stream.flush()  # a line the secret-hiding tees still hold goes to the queue now
+            # A line the secret-hiding tees still hold goes to the queue now.
+            getattr(stream, "flush_all", stream.flush)()
 
 
 def flush_stdio(seconds: float = STEP_WAIT) -> bool:

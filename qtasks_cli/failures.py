@@ -644,7 +644,7 @@ def describe_exception(
     except BaseException:
         text = _bare_traceback(exc, message)
     return (
-        error_type,
+        redact(error_type),  # a class a job made may be named after its secret
         redacted(prefix + message, error_chars, redact),
         None if text is None else redacted(text, traceback_chars, redact, keep_end=True),
     )
@@ -655,7 +655,7 @@ async def describe_exception_off_loop(
 ) -> tuple[str, str, str | None]:
     """``describe_exception`` in a helper thread with a deadline (the job's ``__str__`` and
     the source lines of its traceback are read there, never on the loop)."""
-    name = type_name(exc)
+    name = redact(type_name(exc))
 
     def placeholder(why: str) -> tuple[str, str, str | None]:
         return name, redacted(f"{prefix}<{name}: {why}>", ERROR_CHARS, redact), None

@@ -161,18 +161,26 @@ def feed(run_id: str | None, text: str, stream: int = 1) -> None:
 HOLD_CHARS = 64 * 1024  # a partial line held back for redaction is let go beyond this
 
 
+_MAX_HELD = 1000  # writers with a partial line held at once; the oldest goes out beyond this
+
+
 class _Tee:
     """A text stream that also feeds the current run's buffer, and hides the loaded job files'
     ``${NAME}`` values (``redaction.redact_known``) in what passes through, whole lines at a
-    time (a secret may be written in pieces, or span lines): a partial line, or lines that end
-    with the first lines of a multi-line secret, are held until more text comes, the stream is
-    flushed, or they grow past ``HOLD_CHARS``."""
+    time (a secret may be written in pieces, or span lines). Each writer's text is held apart
+    (a run's, by its id; the daemon's own; a child process's, by ``pass_on``), so runs
+    printing at the same time never join each other's partial lines: a writer's partial line,
+    or lines that end with the first lines of a multi-line secret, are held until that writer
+    writes more, the stream is flushed, or they grow past ``HOLD_CHARS``. A flush keeps back
+    the end of a partial line that may be the start of a secret (``redaction.secret_start``)
+    until its writer goes on or its run ends (``release``); the exit lets everything go
+    (``flush_all``)."""
 
     def __init__(self, stream: TextIO, number: int, *, keep: bool = True) -> None:
         self._stream = stream
         self._number = number
         self._keep = keep  # feed runs' buffers (False: only hide secrets)
-        self._held = ""  # the start of a line, waiting for its end (only with secrets)
+        self._held: dict[str | None, str] = {}  # by writer: a line's start, waiting for its end
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -180,33 +188,92 @@ class _Tee:
             feed(current_run(), text, self._number)
         if not redaction.known_secrets() or not isinstance(text, str):
             if self._held:
-                self.flush_held()
+                self._let_go(list(self._held), whole=True)
             return self._stream.write(text)
+        self._put(current_run(), text)
+        return len(text)
+
+    def pass_on(self, writer: str, text: str) -> None:
+        """Write ``text`` of ``writer`` (a child process) as its own: held apart, never kept
+        for a run (the caller keeps it)."""
+        if not redaction.known_secrets():
+            self._emit(writer, text)
+        else:
+            self._put(writer, text)
+
+    def _put(self, writer: str | None, text: str) -> None:
         with self._lock:
-            held = self._held + text
+            held = self._held.pop(writer, "") + text
             cut = held.rfind("\n") + 1
             if cut:  # complete lines, but not the first lines of a secret without the rest
                 cut = redaction.hold_back(held[:cut])
             if len(held) - cut > HOLD_CHARS:
                 cut = len(held)
-            self._held = held[cut:]
+            if cut < len(held):
+                self._held[writer] = held[cut:]
+            if len(self._held) > _MAX_HELD:
+                oldest = next(iter(self._held))
+                self._emit(oldest, redaction.redact_known(self._held.pop(oldest)))
             if cut:
-                self._stream.write(redaction.redact_known(held[:cut]))
-        return len(text)
+                self._emit(writer, redaction.redact_known(held[:cut]))
 
-    def flush_held(self) -> None:
-        """Write out a held partial line, secrets hidden."""
+    def _emit(self, writer: str | None, text: str) -> None:
+        inner = self._stream
+        if isinstance(inner, _Tee) and writer is not None:  # hiding() inside Capture's tees
+            inner._put(writer, text)  # the same writer there
+        else:
+            inner.write(text)
+
+    def _let_go(self, writers: list[str | None], *, whole: bool) -> None:
         with self._lock:
-            held, self._held = self._held, ""
-            if held:
-                self._stream.write(redaction.redact_known(held))
+            for writer in writers:
+                held = self._held.pop(writer, "")
+                keep = 0 if whole else redaction.secret_start(held)
+                if keep:
+                    self._held[writer] = held[len(held) - keep :]
+                if len(held) > keep:
+                    self._emit(writer, redaction.redact_known(held[: len(held) - keep]))
+
+    def release(self, run_id: str) -> None:
+        """Write out what ``run_id`` still holds (its run ended)."""
+        if run_id in self._held:
+            self._let_go([run_id], whole=True)
+        if isinstance(self._stream, _Tee):
+            self._stream.release(run_id)
 
     def flush(self) -> None:
-        self.flush_held()
+        """Write out the held partial lines, secrets hidden, but an end that may start one."""
+        if self._held:
+            self._let_go(list(self._held), whole=False)
+        self._stream.flush()
+
+    def flush_all(self) -> None:
+        """Write out everything held, secrets hidden (the stream's end)."""
+        if self._held:
+            self._let_go(list(self._held), whole=True)
+        if isinstance(self._stream, _Tee):
+            self._stream.flush_all()
         self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def pass_on(number: int, writer: str, text: str) -> None:
+    """Write ``text`` that ``writer`` (a child process) wrote on its descriptor ``number`` (1
+    or 2) where an inline job's prints go: through the tees (secrets hidden, lines held apart
+    from other writers') and the bounded streams (terminal control stripped). Never raises."""
+    stream = sys.stdout if number == 1 else sys.stderr
+    with contextlib.suppress(Exception):
+        if isinstance(stream, _Tee):
+            stream.pass_on(writer, text)
+        elif stream is not None:
+            stream.write(redaction.redact_known(text))
+
+
+def flush_all(stream: Any) -> None:
+    """Flush ``stream``, letting go of all a tee holds."""
+    getattr(stream, "flush_all", stream.flush)()
 
 
 @contextlib.contextmanager
@@ -220,7 +287,7 @@ def hiding() -> Iterator[None]:
     finally:
         for tee in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
-                tee.flush()
+                flush_all(tee)
         sys.stdout, sys.stderr = saved
 
 
@@ -251,7 +318,7 @@ class Capture:
         if self._saved is not None:
             for tee in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
-                    tee.flush()
+                    flush_all(tee)
             sys.stdout, sys.stderr = self._saved
             self._saved = None
             threading.Thread.start = _thread_start  # type: ignore[method-assign]
@@ -269,6 +336,10 @@ class Capture:
             _open.add(run_id)
             _current.set(run_id)
         elif event.kind is EventKind.FINISHED and run_id in _open:
+            for stream in (sys.stdout, sys.stderr):  # the end of its last partial line
+                if isinstance(stream, _Tee):
+                    with contextlib.suppress(Exception):
+                        stream.release(run_id)
             _open.discard(run_id)
             if _current.get() == run_id:
                 _current.set(_NO_RUN)

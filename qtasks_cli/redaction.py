@@ -6,7 +6,7 @@ rewrite unrelated text (``REGION=eu`` inside "neutral") while its placeholder sh
 
 - ``MIN_SECRET_CHARS`` (4) characters or more: hidden. Shorter values (``eu``, ``3``) are not
   secrets; ``validate`` warns about each, and the stored arguments keep the placeholder anyway;
-- fewer than ``ANYWHERE_CHARS`` (8): hidden where it stands as a whole word, not inside a
+- fewer than ``spelling.ANYWHERE_CHARS`` (8): hidden where it stands as a whole word, not inside a
   longer word or number (``hunter2`` in "login hunter2 failed", not "1234" in "order 12345");
 - ``ANYWHERE_CHARS`` or more: hidden wherever it occurs, inside other text too;
 - a value of several lines is also hidden line by line (each line by the same rules), since
@@ -17,87 +17,31 @@ error, a traceback, one printed line) before they quote, encode or join it, neve
 qtasks made (a JSON preview, a repr), so redaction cannot rewrite JSON syntax, quotes or
 another value.
 
-How: a secret may leave a job as it is, inside ``repr()`` or ``ascii()`` (quoted either way),
-as ``bytes``, JSON-escaped (with or without ``ensure_ascii``), and any of these nested in each
-other (JSON of a repr of JSON ...). Each layer only adds backslashes before ``\\``, ``'``, ``"``
-and ``/`` and writes other characters as escapes (``\\n``, ``\\xe9``, ``\\u00e9``, ``\\U0001f600``,
-a UTF-16 surrogate pair, UTF-8 bytes). So each secret is compiled into one pattern that accepts,
-for every character, the character itself or any run of backslashes followed by one of its
-escapes: every spelling at every depth, in one pass. A secret may also leave percent-encoded
-in a URL (an HTTP client's error, any ``safe`` characters): one more pattern per secret
-(``_quoted_matcher``). Pure functions, no I/O.
+How: ``qtasks_cli.spelling`` compiles each secret into the patterns of every spelling it can
+take on its way out (repr, ascii, bytes, JSON, nested; percent-encoded) and says where a
+spelling's edges may stand (escape units read as the characters they stand for).
+
+Whatever separates its characters: a secret split by what the operator never sees (escape
+sequences, the controls the terminal cleaning removes, zero-width and other characters drawn
+as nothing: ``ui.text.INVISIBLE``) is hidden too, with what splits it: after the pass over the
+text as it is, a second pass reads the text without those characters (``ui.text.visible``,
+the same rule that cleans it for the screen) and hides each secret it finds there (the
+secret without such characters of its own) in the text itself. Not hidden: a secret a job
+changed (another case, fullwidth or other lookalike letters, base64, a hash): qtasks trusts
+the job's code, and no rule could name every change. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
-import re
-import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from qtasks_cli.spelling import Spelling, escaped, quoted, substitute
+from qtasks_cli.ui.text import ANY_INVISIBLE, INVISIBLE, visible
+
 MIN_SECRET_CHARS = 4  # shorter values are not secrets (see the module's docstring)
-ANYWHERE_CHARS = 8  # shorter secrets are hidden only as whole words
-
-# Characters that no encoding qtasks produces ever escapes: each spelling holds them as they are.
-_LITERAL = frozenset(string.ascii_letters + string.digits + " !#$%&()*+,-.:;<=>?@[]^_`{|}~")
-_SHORT_ESCAPES = {"\n": "n", "\t": "t", "\r": "r", "\b": "b", "\f": "f", "\x0b": "v", "\x07": "a"}
-_BACKSLASHES = r"\\+"
-
-
-def _hex(number: int, width: int) -> str:
-    """``number`` as ``width`` hex digits, matched in either case."""
-    return "".join(
-        f"[{digit}{digit.upper()}]" if digit.isalpha() else digit for digit in f"{number:0{width}x}"
-    )
-
-
-def _escapes(char: str) -> list[str]:
-    """Patterns of the bodies that may follow the backslashes of an escaped ``char``."""
-    code = ord(char)
-    bodies = [f"[{letters}]" for letters in _SHORT_ESCAPES.get(char, "")]
-    if code < 0x100:
-        bodies.append("x" + _hex(code, 2))
-    if code < 0x10000:
-        bodies.append("u" + _hex(code, 4))
-    else:
-        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
-        bodies.append("U" + _hex(code, 8))
-        bodies.append("u" + _hex(high, 4) + _BACKSLASHES + "u" + _hex(low, 4))
-    if code >= 0x80:  # the UTF-8 bytes, as a bytes repr shows them
-        encoded = char.encode("utf-8", "surrogatepass")
-        bodies.append(_BACKSLASHES.join("x" + _hex(byte, 2) for byte in encoded))
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of the environment (surrogateescape)
-            bodies.append("x" + _hex(code - 0xDC00, 2))
-    return bodies
-
-
-def _body(part: str) -> str:
-    """The pattern of every spelling of ``part``, free of catastrophic backtracking.
-
-    Each character becomes ``\\{k,}`` (the backslashes that may come before it: k of the
-    value's own, doubled or added by each layer of escaping) and then the character itself or,
-    right after a backslash, one of its escapes; runs of the value's own backslashes fold into
-    the next character's count. So no two backslash quantifiers are ever next to each other,
-    and a match never starts inside a run of backslashes: the work stays linear in the text,
-    whatever the job printed (a million backslashes, say)."""
-    pieces = []
-    run = 0  # the value's own backslashes waiting for the next character
-    for char in part:
-        if char == "\\":
-            run += 1
-            continue
-        before = "" if char in _LITERAL and not run else rf"\\{{{run},}}"
-        if char in _LITERAL or char in "'\"/":
-            pieces.append(before + re.escape(char))
-        else:
-            escapes = "|".join(_escapes(char))
-            pieces.append(rf"{before}(?:{re.escape(char)}|(?<=\\)(?:{escapes}))")
-        run = 0
-    if run:
-        pieces.append(rf"\\{{{run},}}")
-    body = "".join(pieces)
-    return body if part[:1] in _LITERAL else r"(?<!\\)" + body
 
 
 def hidden_parts(value: str) -> tuple[str, ...]:
@@ -109,76 +53,50 @@ def hidden_parts(value: str) -> tuple[str, ...]:
     )
 
 
-# Before a whole word: no word character, unless it ends an escape (``\\n``, ``\\xe9`` ...).
-_WORD_START = (
-    r"(?:(?<!\w)|(?<=\\[nrtbfva])|(?<=\\x[0-9a-fA-F]{2})"
-    r"|(?<=\\u[0-9a-fA-F]{4})|(?<=\\U[0-9a-fA-F]{8}))"
-)
-_WORD_END = r"(?!\w)"
-
-
-_UNRESERVED = frozenset(string.ascii_letters + string.digits + "_.-~")  # RFC 3986 section 2.3
-
-
-def _percent(char: str) -> str:
-    """The pattern of ``char`` as it is or percent-encoded (its UTF-8 bytes, hex digits in
-    either case; a space also as ``+``, as ``quote_plus`` writes it)."""
-    encoded = "".join("%" + _hex(byte, 2) for byte in char.encode("utf-8", "surrogatepass"))
-    plus = r"|\+" if char == " " else ""
-    return f"(?:{re.escape(char)}|{encoded}{plus})"
-
-
-@functools.lru_cache(maxsize=512)
-def _quoted_matcher(part: str) -> tuple[re.Pattern[str], str] | None:
-    """The pattern of ``part`` percent-encoded as a URL carries it (an HTTP client's error):
-    what ``urllib.parse.quote`` or ``quote_plus`` make of it with any ``safe`` characters,
-    i.e. each character that is not unreserved (RFC 3986 section 2.3) as it is or as ``%XX``
-    of its UTF-8 bytes (either case); and its longest unreserved run, for the quick test.
-    None when no character of ``part`` would be encoded."""
-    if all(char in _UNRESERVED for char in part):
-        return None
-    body = "".join(re.escape(c) if c in _UNRESERVED else _percent(c) for c in part)
-    if len(part) < ANYWHERE_CHARS:
-        body = (r"(?<![\w%])" if re.match(r"\w", part) else "") + body
-        body += r"(?!\w)" if re.match(r"\w", part[-1]) else ""
-    runs = re.findall("[" + re.escape("".join(sorted(_UNRESERVED))) + "]+", part)
-    return re.compile(body), max(runs, key=len, default="")
-
-
-@functools.lru_cache(maxsize=512)
-def _matcher(part: str) -> tuple[re.Pattern[str], str]:
-    """The pattern of every spelling of ``part`` (as a whole word when it is shorter than
-    ANYWHERE_CHARS), and its longest run of characters that every spelling holds as they are
-    (a quick test before the pattern runs)."""
-    body = _body(part)
-    if len(part) < ANYWHERE_CHARS:
-        start = _WORD_START if re.match(r"\w", part) else ""
-        end = _WORD_END if re.match(r"\w", part[-1]) else ""
-        body = start + body + end
-    pattern = re.compile(body)
-    runs = re.findall("[" + re.escape("".join(sorted(_LITERAL))) + "]+", part)
-    return pattern, max(runs, key=len, default="")
-
-
-def _constant(text: str) -> Callable[[re.Match[str]], str]:
-    return lambda _match: text  # a function, so a backslash in the placeholder stays as it is
+def _spellings(pairs: list[tuple[str, str]]) -> tuple[Spelling, ...]:
+    pairs.sort(key=lambda pair: -len(pair[0]))  # a secret that holds another goes first, whole
+    # Of each, the percent-encoded form first: its pattern takes "%25" whole where a plain
+    # spelling would take its "%" alone, and it never matches inside a backslash-escaped one.
+    plan = [
+        spelling
+        for part, placeholder in pairs
+        for spelling in (quoted(part, placeholder), escaped(part, placeholder))
+        if spelling is not None
+    ]
+    return tuple(plan)
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(
     secrets: tuple[tuple[str, str], ...],
-) -> tuple[tuple[re.Pattern[str], str, Callable[[re.Match[str]], str]], ...]:
-    pairs = [(part, placeholder) for value, placeholder in secrets for part in hidden_parts(value)]
-    pairs.sort(key=lambda pair: -len(pair[0]))  # a secret that holds another goes first, whole
-    plan = []
-    for part, placeholder in pairs:
-        pattern, anchor = _matcher(part)
-        plan.append((pattern, anchor, _constant(placeholder)))
-    for part, placeholder in pairs:  # after every plain spelling: a quoted form holds none
-        quoted = _quoted_matcher(part)
-        if quoted is not None:
-            plan.append((quoted[0], quoted[1], _constant(placeholder)))
-    return tuple(plan)
+) -> tuple[tuple[Spelling, ...], tuple[Spelling, ...]]:
+    """The spellings to hide in the text as it is (each hidden part, and each as it is seen),
+    and in the text as it is seen (each hidden part without its own invisible characters,
+    when that is still long enough to be a secret)."""
+    pairs = {(part, shown) for value, shown in secrets for part in hidden_parts(value)}
+    seen = {(_seen(part), shown) for part, shown in pairs}
+    seen = {(part, shown) for part, shown in seen if len(part) >= MIN_SECRET_CHARS}
+    # A secret as the operator sees it is hidden in any text, invisible characters or not.
+    return _spellings(sorted(pairs | seen)), _spellings(sorted(seen))
+
+
+def _hide_unseen(text: str, plan: tuple[Spelling, ...]) -> str:
+    """``text`` with each spelling found in its visible view replaced, with the invisible
+    characters between its characters (those around it stay)."""
+    view = visible(text)[0]
+    if not any(spelling.anchor in view for spelling in plan):
+        return text  # the common case: text with colours, and no secret in it
+    view, to_text, _ = list(_readings(text))[-1]
+    for spelling in plan:
+        found = list(spelling.find(view))
+        if found:
+            pieces, pos = [], 0
+            for start, end, shown in found:
+                pieces += [text[pos : to_text(start)], shown]
+                pos = to_text(end - 1) + 1
+            text = "".join(pieces) + text[pos:]
+            view, to_text, _ = list(_readings(text))[-1]
+    return text
 
 
 def redact(text: str, secrets: Iterable[tuple[str, str]]) -> str:
@@ -190,10 +108,12 @@ def redact(text: str, secrets: Iterable[tuple[str, str]]) -> str:
     never a JSON or repr document built from several values."""
     if not text:
         return text
-    for pattern, anchor, shown in _plan(tuple(secrets)):
-        if anchor not in text:
-            continue
-        text = pattern.sub(shown, text)
+    plain, seen = _plan(tuple(secrets))
+    for spelling in plain:
+        if spelling.anchor in text:
+            text = substitute(text, spelling)
+    if seen and ANY_INVISIBLE.search(text):
+        text = _hide_unseen(text, seen)
     return text
 
 
@@ -235,31 +155,63 @@ def known_secrets() -> bool:
     return bool(_Known.pairs)
 
 
+@functools.lru_cache(maxsize=256)
+def _seen(value: str) -> str:
+    """``value`` as the operator sees it (without ``INVISIBLE`` characters)."""
+    return INVISIBLE.sub("", value)
+
+
+def _readings(text: str) -> Iterator[tuple[str, Callable[[int], int], bool]]:
+    """``text`` as it is, then (if it holds any) without its invisible characters: each with
+    the map from its offsets to ``text``'s (the view's end to the text's end), and whether it
+    is the view (to be matched with the secrets as they are seen)."""
+    yield text, lambda position: position, False
+    if not ANY_INVISIBLE.search(text):
+        return
+    view, starts = visible(text)
+    offsets = [shown for shown, _ in starts]
+
+    def to_text(position: int) -> int:
+        if position >= len(view):
+            return len(text)
+        piece = bisect.bisect_right(offsets, position) - 1
+        return starts[piece][1] + position - starts[piece][0]
+
+    yield view, to_text, True
+
+
 def hold_back(text: str) -> int:
     """Where to stop writing ``text`` (complete lines, to go out line by line) so that no
     known secret of several lines is cut: the start of the line where ``text`` ends with the
-    first line(s) of such a secret, or ``len(text)``. The caller keeps the rest until more
-    text comes (or its stream ends) and redacts it with that text."""
+    first line(s) of such a secret (invisible characters read as the operator sees them), or
+    ``len(text)``. The caller keeps the rest until more text comes (or its stream ends) and
+    redacts it with that text."""
     stop = len(text)
-    for value, _ in _Known.pairs:
-        end = value.find("\n")
-        while end != -1:
-            head = value[: end + 1]
-            if text.endswith(head):
-                stop = min(stop, text.rfind("\n", 0, len(text) - len(head)) + 1)
-            end = value.find("\n", end + 1)
+    for reading, to_text, seen in _readings(text):
+        for value, _ in _Known.pairs:
+            value = _seen(value) if seen else value
+            end = value.find("\n")
+            while end != -1:
+                head = value[: end + 1]
+                if reading.endswith(head):
+                    line = reading.rfind("\n", 0, len(reading) - len(head))
+                    stop = min(stop, to_text(line) + 1 if line >= 0 else 0)
+                end = value.find("\n", end + 1)
     return stop
 
 
 def secret_start(text: str) -> int:
     """The length of the longest end of ``text`` that is the start of a known secret (0 if
-    none): text a writer should keep back a moment, since the rest may follow."""
+    none; invisible characters read as the operator sees them): text a writer should keep back
+    a moment, since the rest may follow."""
     best = 0
-    for value, _ in _Known.pairs:
-        for k in range(min(len(text), len(value) - 1), best, -1):
-            if text.endswith(value[:k]):
-                best = k
-                break
+    for reading, to_text, seen in _readings(text):
+        for value, _ in _Known.pairs:
+            value = _seen(value) if seen else value
+            for k in range(min(len(reading), len(value) - 1), 0, -1):
+                if reading.endswith(value[:k]):
+                    best = max(best, len(text) - to_text(len(reading) - k))
+                    break
     return best
 
 

@@ -34,6 +34,23 @@ _UNSAFE = re.compile(
     r"\u2066-\u2069\ud800-\udfff]"
 )
 _BREAKS = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# What an operator never sees of a text: the escape sequences and controls ``clean_text``
+# removes (not the line breaks and tabs it turns into visible space), and what a terminal draws
+# as nothing: Unicode's Default_Ignorable_Code_Point and format (Cf) characters (zero-width
+# space and joiners, soft hyphen, U+FEFF, word joiner, variation selectors, tags, Hangul
+# fillers). Redaction reads text without these too (``visible``), so a secret split by them
+# is still found: the same rule as the one that joins it on the screen.
+_DRAWN_AS_NOTHING = (
+    "\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+INVISIBLE = re.compile(
+    _SEQUENCE.pattern + "|[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]"
+)
+# A quick test: every INVISIBLE part starts with one of these (ESC and the C1 introducers too).
+ANY_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]")
 # In JSON (which may escape only C0): the characters a terminal would still obey.
 _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
@@ -41,6 +58,28 @@ _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u20
 def strip_sequences(text: str) -> str:
     """``text`` without ECMA-48 escape sequences and control strings (the bytes they hold too)."""
     return _SEQUENCE.sub("", text) if _INTRODUCER.search(text) else text
+
+
+def visible(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """``text`` without what the operator never sees of it (``INVISIBLE``), and where each
+    piece of that view starts: ``(view, [(view offset, text offset), ...])``, offsets rising."""
+    pieces: list[str] = []
+    starts: list[tuple[int, int]] = []
+    pos = shown = 0
+    found = ANY_INVISIBLE.search(text)
+    while found is not None:
+        start = found.start()
+        end = INVISIBLE.match(text, start).end()  # type: ignore[union-attr]  # always matches
+        if start > pos:
+            starts.append((shown, pos))
+            pieces.append(text[pos:start])
+            shown += start - pos
+        pos = end
+        found = ANY_INVISIBLE.search(text, pos)
+    if pos < len(text):
+        starts.append((shown, pos))
+        pieces.append(text[pos:])
+    return "".join(pieces), starts
 
 
 def clean_text(text: str) -> str:

@@ -170,6 +170,61 @@ def test_escapes_in_state_file(tmp_path: Path) -> None:
     assert rows[0]["job"] == "tick" + BODY and rows[0]["error"] == "bad " + BODY
 
 
+CHILD_MODULE = f"""
+import os
+import sys
+
+BODY = {BODY!r}
+
+
+def chatty(token):
+    print("out " + BODY + " " + token, flush=True)
+    sys.stderr.write("err " + token[:6] + "\x1b[0m")
+    sys.stderr.flush()
+    os.write(2, (token[6:] + "\\n").encode())  # the rest, straight to descriptor 2
+"""
+CHILD_JOBS = """\
+chatty:
+  entrypoint: rel_child:chatty
+  kwargs: {token: "${TOKEN}"}
+  isolation: process
+  schedule: "* * * * * *"
+"""
+CHILD_TOKEN = "Zq7-child-token-Xw9"
+
+
+@case(
+    "escapes_and_secrets_from_a_child_process",
+    group=GROUP,
+    title="an `isolation: process` job prints OSC 0/52, CSI 2J, C1, DCS and a bidi override "
+    "with its `${TOKEN}` value to stdout, and to stderr the value's start, an ANSI reset and "
+    "(straight to descriptor 2) the rest",
+    checks="what `qtasks trigger` and `qtasks run` pass on from the child's pipes holds none "
+    "of the sequences and no part of the value (`${TOKEN}` instead), as for an inline job",
+)
+def test_escapes_and_secrets_from_a_child_process(tmp_path: Path) -> None:
+    config = write_project(tmp_path, CHILD_JOBS, {"rel_child": CHILD_MODULE}, tick=False)
+    env = {"TOKEN": CHILD_TOKEN}
+    result = qtasks("trigger", "chatty", "-c", str(config), cwd=tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    daemon = Daemon(config, clean_env(**env))
+    try:
+        daemon.wait_for(lambda log: log.count("chatty") >= 6, 30, "a few runs")
+        assert daemon.stop() == 0, tail(daemon.log)
+    finally:
+        daemon.kill()
+    for where, text in {
+        "trigger (stdout)": result.stdout,
+        "trigger (stderr)": result.stderr,
+        "run (stdout)": daemon.out_path.read_text(errors="replace"),
+        "run (stderr)": daemon.log,
+    }.items():
+        assert_clean(text, where)
+        for part in ("Zq7", "Xw9", "child-token"):
+            assert part not in text, f"{where}: {part!r} shows:\n{text[-2000:]}"
+        assert "${TOKEN}" in text, (where, text[-2000:])
+
+
 def _read_pty(fd: int, until: float, done: Callable[[bytes], bool], buffer: bytearray) -> None:
     while time.monotonic() < until and not done(bytes(buffer)):
         ready, _, _ = select.select([fd], [], [], 0.2)
