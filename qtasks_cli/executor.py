@@ -45,6 +45,7 @@ from qtasks_cli.models import (
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
+    from qtasks_cli.burst import Gate
     from qtasks_cli.isolation import Workers
 
 log = logging.getLogger(__name__)
@@ -390,8 +391,11 @@ class _Run:
         resolve: Callable[[str], Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        gate: Gate | None = None,
     ) -> None:
         self.job = job
+        # The burst's gate the first attempt waits at, just before the body (burst.py).
+        self.gate = gate
         self.run_id = run_id
         self.trigger = trigger
         self.scheduled = scheduled
@@ -419,8 +423,9 @@ class _Run:
     def label(self) -> str:
         return f"job {self.job.name!r} run {self.run_id}"
 
-    def event(self, kind: EventKind, **fields: Any) -> None:
-        event = Event(kind=kind, time=self.clock(), job=self.job.name, run_id=self.run_id, **fields)
+    def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
+        when = self.clock() if at is None else at
+        event = Event(kind=kind, time=when, job=self.job.name, run_id=self.run_id, **fields)
         try:
             self._emit(event)
         except Exception:
@@ -429,7 +434,7 @@ class _Run:
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
         awaitable it returns is awaited on the loop."""
-        if entrypoints.kind_of(fn) is CallableKind.ASYNC:
+        if _kind_of(fn) is CallableKind.ASYNC:
             value = fn(*args, **kwargs)
         else:
             value = await self.in_thread(functools.partial(fn, *args, **kwargs))
@@ -541,6 +546,35 @@ def _let_go(outcome: _Outcome | None) -> None:
         release.adopt(outcome.error)
 
 
+def _opened(gate: Gate | None, started: datetime) -> datetime:
+    """When an attempt started: the moment its burst's gate opened, if it waited at one (the
+    clock read before it is from before the instant); else ``started``."""
+    if gate is not None and gate.at is not None and gate.at > started:
+        return gate.at
+    return started
+
+
+# The kind of each entry point called, by identity: inspecting a function costs microseconds,
+# and a burst calls the same few thousand functions every second.
+_KINDS: dict[int, tuple[Any, CallableKind]] = {}
+_KINDS_MAX = 16_384
+
+
+def _kind_of(fn: Any) -> CallableKind:
+    """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
+    whose ``__call__`` may change)."""
+    if type(fn) is not types.FunctionType:
+        return entrypoints.kind_of(fn)
+    found = _KINDS.get(id(fn))
+    if found is not None and found[0] is fn:
+        return found[1]
+    kind = entrypoints.kind_of(fn)
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[id(fn)] = (fn, kind)
+    return kind
+
+
 def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
     if not job.retry.on:
         return (Exception,)
@@ -567,13 +601,17 @@ async def _call_attempt(run: _Run) -> Any:
     This is the one step that ``isolation: process`` replaces.
     """
     job = run.job
+    gate = run.gate
+    if gate is not None:  # the first attempt of a burst: everything above is done already
+        run.gate = None
+        await gate
     if job.isolation is Isolation.PROCESS:
         from qtasks_cli import isolation
 
         return await isolation.call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = entrypoints.kind_of(fn)
+    kind = _kind_of(fn)
     if kind is CallableKind.GENERATOR:
         return await _drain(run, fn(*run.args, **run.kwargs), handler)
     if kind is CallableKind.ASYNC_GENERATOR:
@@ -676,10 +714,12 @@ async def _attempt(run: _Run) -> _AttemptResult:
     run.stuck_frames = None
     run.stuck_where = ""
     run.leftover = None
+    gate = run.gate
     started = run.clock()
     if number == 1:
         run.event(
             EventKind.STARTED,
+            at=None if gate is None else max(gate.instant, started),
             trigger=run.trigger,
             scheduled=run.scheduled,
             max_attempts=job.retry.attempts,
@@ -689,14 +729,21 @@ async def _attempt(run: _Run) -> _AttemptResult:
         outcome, timed_out = await run.bounded(_call_attempt(run), timeout, f"attempt {number}")
     except asyncio.CancelledError:
         run.attempt_log.append(
-            Attempt(number=number, started=started, ended=run.clock(), status=RunStatus.CANCELLED)
+            Attempt(
+                number=number,
+                started=_opened(gate, started),
+                ended=run.clock(),
+                status=RunStatus.CANCELLED,
+            )
         )
         raise
     ended = run.clock()
-    sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
-    # A job that finished without awaiting anything returns within its task's first step;
-    # let the other runs of the same burst start before this one's bookkeeping.
+    started = _opened(gate, started)
+    # A job that finished without awaiting anything returns within its first step; let
+    # the other runs of the same burst start before this one's bookkeeping (the guard's
+    # check alone costs tens of µs).
     await asyncio.sleep(0)
+    sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
     result = await _judge(run, outcome, timed_out)
     if result.failure is not None and number < job.retry.attempts:
         result = await _settle_before_retry(run, result, number)
@@ -1001,6 +1048,7 @@ async def execute(
     clock: Callable[[], datetime] = _utc_now,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     resolve: Callable[[str], Any] = entrypoints.resolve,
+    gate: Gate | None = None,
 ) -> RunResult:
     """Run ``job`` once (up to 1 + retries attempts) and return how it went.
 
@@ -1020,6 +1068,7 @@ async def execute(
         resolve=resolve,
         args=tuple(job.args if args is None else args),
         kwargs=dict(job.kwargs if kwargs is None else kwargs),
+        gate=gate,
     )
     started = clock()
     base: dict[str, Any] = {
@@ -1035,6 +1084,7 @@ async def execute(
     try:
         final = await _attempts(run, sleep)
     except asyncio.CancelledError as exc:
+        base["started"] = _opened(gate, started)
         cancelled = RunResult(
             **base,
             ended=clock(),
@@ -1049,6 +1099,7 @@ async def execute(
         raise
     finally:
         _current_run.reset(context_token)
+    base["started"] = _opened(gate, started)
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
     await _run_hook(run, result)
