@@ -434,13 +434,22 @@ class _Run:
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
         awaitable it returns is awaited on the loop."""
-        if _kind_of(fn) is CallableKind.ASYNC:
+        kind = _kind_of(fn)
+        if self.gate is not None:  # a burst's first attempt: the body starts at go
+            await self.through_gate()
+        if kind is CallableKind.ASYNC:
             value = fn(*args, **kwargs)
         else:
             value = await self.in_thread(functools.partial(fn, *args, **kwargs))
         if _awaitable(value):
             value = await value
         return value
+
+    async def through_gate(self) -> None:
+        """Wait at the burst's gate, once (burst.py): everything before is set-up."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate
 
     async def in_thread(self, call: Callable[[], Any]) -> Any:
         return await self.runtime.call_in_thread(
@@ -601,22 +610,21 @@ async def _call_attempt(run: _Run) -> Any:
     This is the one step that ``isolation: process`` replaces.
     """
     job = run.job
-    gate = run.gate
-    if gate is not None:  # the first attempt of a burst: everything above is done already
-        run.gate = None
-        await gate
     if job.isolation is Isolation.PROCESS:
         from qtasks_cli import isolation
 
+        await run.through_gate()
         return await isolation.call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
     kind = _kind_of(fn)
     if kind is CallableKind.GENERATOR:
+        await run.through_gate()
         return await _drain(run, fn(*run.args, **run.kwargs), handler)
     if kind is CallableKind.ASYNC_GENERATOR:
+        await run.through_gate()
         return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
-    value = await run.call(fn, *run.args, **run.kwargs)
+    value = await run.call(fn, *run.args, **run.kwargs)  # passes the gate, if any
     # A plain function (a partial, a factory) may hand back a generator: iterate it too.
     # (Exact types: neither can be subclassed, and isinstance would read __class__.)
     if type(value) is types.GeneratorType:

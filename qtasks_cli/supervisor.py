@@ -79,8 +79,8 @@ HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 # is the rest: the timer's overshoot). Bounded so that a slow burst never blocks the loop
 # for long.
 PREPARE_GUESS = 30e-6
-PREPARE_MAX = 200e-6
-LEAD_MAX = 0.1
+PREPARE_MAX = 300e-6
+LEAD_MAX = 0.25
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
 
