@@ -121,9 +121,7 @@ def _pooled(
 ) -> list[Lateness]:
     pooled: list[Lateness] = []
     for (scheduler, store, count), values in samples.items():
-        rows = [
-            r for r in runs if (r.scheduler, r.store, r.jobs) == (scheduler, store, count)
-        ]
+        rows = [r for r in runs if (r.scheduler, r.store, r.jobs) == (scheduler, store, count)]
         live = [r for r in rows if r.available]
         row = Lateness(scheduler=scheduler, jobs=count, store=store, ui=rows[0].ui)
         row.available = bool(live)
@@ -429,6 +427,5 @@ def _print(r: Lateness) -> None:
         f"  {label:<30} p50 {r.p50_ms} ms  p99 {r.p99_ms} ms  max {r.max_ms} ms  "
         f"starts {r.starts}/{r.expected}  missed {r.missed}  doubled {r.doubled}  "
         f"cpu {r.cpu_s_per_s} s/s  peak RSS {r.peak_rss_mb} MB  other load {r.other_load}  "
-        f"load {r.load_average}"
-        + (f"  history {r.history}" if r.history else "")
+        f"load {r.load_average}" + (f"  history {r.history}" if r.history else "")
     )

@@ -73,6 +73,7 @@ LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the li
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _ACTIVE = ("queued", "claimed", "running")
+PRUNE_CHUNK = 5000  # runs deleted per transaction
 
 # Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
 # quoted schema name.
@@ -1302,23 +1303,43 @@ class PostgresStore:
             conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
             params["cutoff"] = _aware(now) - timedelta(days=keep_days)
         active = ", ".join(f"'{status}'" for status in _ACTIVE)
-        sql = (
-            "WITH doomed AS (SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
+        select = (
+            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
             f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
             f" {_ORDER_NEWEST}) AS rank"
             f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
             # A row scheduled after now (the clock went back) still guards its (job, time).
             f" WHERE ({' OR '.join(conditions)})"
-            " AND (scheduled IS NULL OR scheduled < %(now)s)),"
-            f" gone AS (DELETE FROM {quoted}.attempts WHERE run_id IN (SELECT run_id FROM doomed))"
-            f" DELETE FROM {quoted}.runs WHERE run_id IN (SELECT run_id FROM doomed)"
+            " AND (scheduled IS NULL OR scheduled < %(now)s)"
         )
-
-        async def work(conn: _AsyncConn) -> int:
-            cur = await conn.execute(sql, params)
-            return max(cur.rowcount, 0)
-
-        deleted = await self._do("pruning history", work)
+        chunk = "SELECT run_id FROM qtasks_doomed WHERE n > %s AND n <= %s"
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        # A connection of its own, and one short transaction per PRUNE_CHUNK runs: claims on
+        # the store's connection never wait for the prune. Dead rows are left to autovacuum,
+        # which makes their space reusable (the table files do not shrink).
+        try:
+            async with await self._connect() as conn:
+                await conn.execute(
+                    "CREATE TEMP TABLE qtasks_doomed (n bigserial PRIMARY KEY, run_id text)"
+                )
+                await conn.execute(f"INSERT INTO qtasks_doomed (run_id) {select}", params)
+                cur = await conn.execute("SELECT count(*) FROM qtasks_doomed")
+                row = await cur.fetchone()
+                total = int(row[0]) if row else 0
+                deleted = 0
+                for start in range(0, total, PRUNE_CHUNK):
+                    bounds = (start, start + PRUNE_CHUNK)
+                    async with conn.transaction():
+                        await conn.execute(
+                            f"DELETE FROM {quoted}.attempts WHERE run_id IN ({chunk})", bounds
+                        )
+                        cur = await conn.execute(
+                            f"DELETE FROM {quoted}.runs WHERE run_id IN ({chunk})", bounds
+                        )
+                        deleted += max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise self._fail("pruning history", exc) from exc
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
