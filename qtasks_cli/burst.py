@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import types
 from collections.abc import Callable, Coroutine, Generator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -42,6 +43,114 @@ class Gate:
     def __await__(self) -> Generator[Any, None, None]:
         if not self.open:
             yield self  # to Burst.go, which drives the coroutine through
+
+    def start(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        clock: Callable[[], datetime],
+    ) -> Start:
+        """Await the result to have ``Burst.go`` call ``fn(*args, **kwargs)`` and take the
+        body's first step itself, with none of the awaiting coroutine's frames in between."""
+        return Start(self, fn, args, kwargs, clock)
+
+
+class Start:
+    """A body the burst starts (``Gate.start``). Awaiting it gives ``(True, result)`` for a
+    coroutine it drove to its end, or ``(False, value)`` for what ``fn`` returned that is not a
+    coroutine (the caller awaits it, as it would have). ``ended``: when a body that finished
+    in its first step did (for its duration), else None."""
+
+    __slots__ = ("args", "body", "clock", "ended", "fn", "gate", "kwargs", "outcome")
+
+    def __init__(
+        self,
+        gate: Gate,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.gate = gate
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.clock = clock
+        self.body: Coroutine[Any, Any, Any] | None = None
+        self.outcome: tuple[int, Any] | None = None  # (_RETURNED | _RAISED, value)
+        self.ended: datetime | None = None
+
+    def begin(self) -> Any:
+        """Call the body and take its first step (in the run's task and context); return
+        the future it waits on, or None when it ended or is not a coroutine."""
+        try:
+            body = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.outcome = (_RAISED, exc)
+            return None
+        if type(body) is not types.CoroutineType:
+            self.outcome = (_VALUE, body)
+            return None
+        self.body = body
+        try:
+            waits = body.send(None)
+        except StopIteration as stop:
+            self.outcome, self.ended = (_RETURNED, stop.value), self.clock()
+            return None
+        except BaseException as exc:
+            self.outcome, self.ended = (_RAISED, exc), self.clock()
+            return None
+        return waits
+
+    def __await__(self) -> Generator[Any, Any, tuple[bool, Any]]:
+        thrown: BaseException | None = None
+        if not self.gate.open:
+            try:
+                yield self  # to Burst.go, which calls begin()
+            except BaseException as exc:  # the task was cancelled, say, before it went on
+                if self.body is None or self.outcome is not None:
+                    raise
+                thrown = exc
+        if self.body is None and self.outcome is None:  # the burst never reached it
+            self.begin_late()
+        outcome = self.outcome
+        if outcome is not None:
+            self.outcome = None
+            if outcome[0] == _RAISED:
+                raise outcome[1]
+            return outcome[0] == _RETURNED, outcome[1]
+        assert self.body is not None
+        # The body waits on what its first step handed the task: go on driving it.
+        if thrown is None:
+            return True, (yield from _driven(self.body, None, send=True))
+        return True, (yield from _driven(self.body, thrown, send=False))
+
+    def begin_late(self) -> None:
+        """No burst started the body: start it here, as a plain call would."""
+        try:
+            body = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.outcome = (_RAISED, exc)
+            return
+        if type(body) is types.CoroutineType:
+            self.body = body
+        else:
+            self.outcome = (_VALUE, body)
+
+
+def _driven(coro: Coroutine[Any, Any, Any], first: Any, *, send: bool) -> Generator[Any, Any, Any]:
+    """``yield from coro`` for a coroutine stepped before: first ``send(first)`` (or
+    ``throw(first)``), then hand on what it yields and what comes back, as ``yield from``."""
+    while True:
+        try:
+            produced = coro.send(first) if send else coro.throw(first)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            first, send = (yield produced), True
+        except BaseException as exc:  # GeneratorExit and cancellations go to the body
+            first, send = exc, False
 
 
 class Burst:
@@ -76,43 +185,59 @@ class Burst:
         if not held:
             return
         loop = asyncio.get_running_loop()
-        for task, stepped, context in held:
-            _step_as(loop, task, context, stepped.step)
+        current = asyncio.current_task(loop)
+        if current is not None:
+            asyncio.tasks._leave_task(loop, current)
+        try:
+            for task, stepped, context in held:
+                start = stepped.start
+                asyncio.tasks._enter_task(loop, task)
+                try:
+                    if start is not None:  # the body itself, with no frame of the run between
+                        stepped.began(context.run(start.begin))
+                    else:
+                        context.run(stepped.step)
+                finally:
+                    asyncio.tasks._leave_task(loop, task)
+        finally:
+            if current is not None:
+                asyncio.tasks._enter_task(loop, current)
 
 
 def _step_as(
     loop: asyncio.AbstractEventLoop,
     task: asyncio.Task[Any],
     context: contextvars.Context,
-    step: Callable[[], None],
-) -> None:
+    step: Callable[[], Any],
+) -> Any:
     """Run ``step`` in ``context`` with ``task`` as the loop's current task."""
     current = asyncio.current_task(loop)
     if current is not None:
         asyncio.tasks._leave_task(loop, current)
     asyncio.tasks._enter_task(loop, task)
     try:
-        context.run(step)
+        return context.run(step)
     finally:
         asyncio.tasks._leave_task(loop, task)
         if current is not None:
             asyncio.tasks._enter_task(loop, current)
 
 
-_YIELDED, _RETURNED, _RAISED = 0, 1, 2
+_YIELDED, _RETURNED, _RAISED, _VALUE = 0, 1, 2, 3
 
 
 class _Stepped(Coroutine[Any, Any, Any]):
     """A coroutine stepped from outside its task (``step``) before the task's own first
     step; the task receives what the last outside step produced, then drives it as usual."""
 
-    __slots__ = ("_coro", "_gate", "_last", "at_gate")
+    __slots__ = ("_coro", "_gate", "_last", "at_gate", "start")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], gate: Gate) -> None:
         self._coro = coro
         self._gate = gate
         self._last: tuple[int, Any] | None = None
         self.at_gate = False
+        self.start: Start | None = None  # the body the burst starts, when it is one
 
     def step(self) -> None:
         try:
@@ -122,8 +247,15 @@ class _Stepped(Coroutine[Any, Any, Any]):
         except BaseException as exc:  # the task raises it at its first step, as usual
             self._last, self.at_gate = (_RAISED, exc), False
         else:
-            self.at_gate = produced is self._gate
+            self.start = produced if type(produced) is Start else None
+            self.at_gate = produced is self._gate or self.start is not None
             self._last = (_YIELDED, produced)
+
+    def began(self, waits: Any) -> None:
+        """The burst took the body's first step: the task waits on what it yielded (or,
+        when it ended, sends the run on at once)."""
+        self.at_gate, self.start = False, None
+        self._last = None if waits is None else (_YIELDED, waits)
 
     def send(self, value: Any) -> Any:
         last = self._last

@@ -396,6 +396,7 @@ class _Run:
         self.job = job
         # The burst's gate the first attempt waits at, just before the body (burst.py).
         self.gate = gate
+        self.body_ended: datetime | None = None  # when a body the burst ran ended in go
         self.run_id = run_id
         self.trigger = trigger
         self.scheduled = scheduled
@@ -436,6 +437,14 @@ class _Run:
         awaitable it returns is awaited on the loop."""
         kind = _kind_of(fn)
         if self.gate is not None:  # a burst's first attempt: the body starts at go
+            if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
+                start = self.gate.start(fn, args, kwargs, self.clock)
+                self.gate = None
+                driven, value = await start
+                self.body_ended = start.ended
+                if not driven and _awaitable(value):
+                    value = await value
+                return value
             await self.through_gate()
         if kind is CallableKind.ASYNC:
             value = fn(*args, **kwargs)
@@ -722,6 +731,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     run.stuck_frames = None
     run.stuck_where = ""
     run.leftover = None
+    run.body_ended = None
     gate = run.gate
     started = run.clock()
     if number == 1:
@@ -745,7 +755,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
             )
         )
         raise
-    ended = run.clock()
+    ended = run.body_ended or run.clock()
     started = _opened(gate, started)
     # A job that finished without awaiting anything returns within its first step; let
     # the other runs of the same burst start before this one's bookkeeping (the guard's

@@ -81,6 +81,7 @@ HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 # for long.
 PREPARE_GUESS = 30e-6
 PREPARE_MAX = 300e-6
+PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
 LEAD_MAX = 0.25
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
@@ -430,7 +431,7 @@ class Supervisor:
         """How long before an instant with ``fires`` held fires the loop wakes (seconds)."""
         if not self._early:
             return 0.0
-        return min(self._early + fires * self._prepare_cost, LEAD_MAX)
+        return min(self._early + PREPARE_MARGIN * fires * self._prepare_cost, LEAD_MAX)
 
     def _check_clock(self, now: datetime) -> None:
         """Notice a step of the wall clock (against the monotonic clock), say so once, and
@@ -625,6 +626,11 @@ class Supervisor:
         unrun: list[Fire] = []
         burst: Burst | None = None
         prepared = time.perf_counter()
+        # No collector pass while runs are prepared and started: the objects the preparing
+        # makes are young, and a pass over them stops everything for milliseconds (a full
+        # one for tens); the next allocation after the burst collects them.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             for fire in decided:
                 state = self.jobs.get(fire.job)
@@ -652,8 +658,12 @@ class Supervisor:
                 )
                 self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
         finally:
-            if burst is not None:  # never leave a prepared run at its gate
-                self._go(burst, prepared)
+            try:
+                if burst is not None:  # never leave a prepared run at its gate
+                    self._go(burst, prepared)
+            finally:
+                if collecting:
+                    gc.enable()
         for fire in unrun:
             self.ledger.unstarted(fire, fire.status, fire.error or "")
             self._emit_unrun(fire)
@@ -666,15 +676,7 @@ class Supervisor:
             # Up at once, down slowly: one slow burst makes the next ones wake earlier.
             self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
             settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
-        # No collector pass in the middle of a burst: the objects the preparing made are
-        # young, and a pass over them would stop the bodies for milliseconds.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            burst.go(self.clock)
-        finally:
-            if collecting:
-                gc.enable()
+        burst.go(self.clock)
 
     def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
         """Claimed fires that come to start late (the loop or the store held them up) go

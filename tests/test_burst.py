@@ -159,3 +159,101 @@ def test_settle_never_waits_longer_than_its_limit() -> None:
     settle_until(160.0, now=fake.read, sleep=fake.sleep, spin=0.001, limit=0.01)
     assert fake.now == pytest.approx(100.01, abs=0.0001)
     assert sum(fake.slept) <= 0.01
+
+
+async def chain(i: int, gate: Gate, fn: Any, log: list[Any]) -> Any:
+    """A run as the executor makes it: set-up, then the body started by the burst."""
+    log.append(("set-up", i))
+    driven, value = await gate.start(fn, (i,), {}, lambda: T0)
+    log.append(("after", i, driven))
+    return value
+
+
+@needs_stepping
+def test_go_starts_each_body_itself_and_the_runs_go_on_after_the_burst() -> None:
+    async def body(i: int) -> str:
+        task = asyncio.current_task()
+        log.append(("body", i, task.get_name() if task else None, VAR.get()))
+        return f"done {i}"
+
+    log: list[Any] = []
+
+    async def main() -> None:
+        burst = Burst(T0)
+        VAR.set("outside")
+        tasks = [burst.add(chain(i, burst.gate, body, log), name=f"run-{i}") for i in range(3)]
+        assert log == [("set-up", 0), ("set-up", 1), ("set-up", 2)]
+        burst.go(lambda: T0)
+        assert log[3:] == [("body", i, f"run-{i}", "outside") for i in range(3)]
+        assert await asyncio.gather(*tasks) == ["done 0", "done 1", "done 2"]
+        assert log[6:] == [("after", i, True) for i in range(3)]
+
+    asyncio.run(main())
+
+
+@needs_stepping
+def test_a_body_that_waits_is_driven_on_by_its_task_and_sees_its_cancellation() -> None:
+    seen: list[str] = []
+
+    async def waits(i: int) -> str:
+        try:
+            await asyncio.sleep(0.01)
+            seen.append(f"woke {i}")
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append(f"cancelled {i}")
+            raise
+        return "never"
+
+    async def main() -> None:
+        log: list[Any] = []
+        burst = Burst(T0)
+        task = burst.add(chain(0, burst.gate, waits, log))
+        early = burst.add(chain(1, burst.gate, waits, log))
+        burst.go(lambda: T0)
+        early.cancel()  # before its task took a step of its own
+        with pytest.raises(asyncio.CancelledError):
+            await early
+        while "woke 0" not in seen:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["cancelled 1", "woke 0", "cancelled 0"]
+
+    asyncio.run(main())
+
+
+@needs_stepping
+def test_what_a_started_body_raises_or_returns_reaches_the_run() -> None:
+    async def fails(i: int) -> None:
+        raise ValueError(f"body {i} failed")
+
+    def plain(i: int) -> int:  # not a coroutine function after all: its value is handed back
+        return i * 10
+
+    async def main() -> None:
+        log: list[Any] = []
+        burst = Burst(T0)
+        failing = burst.add(chain(0, burst.gate, fails, log))
+        valued = burst.add(chain(1, burst.gate, plain, log))
+        burst.go(lambda: T0)
+        with pytest.raises(ValueError, match="body 0 failed"):
+            await failing
+        assert await valued == 10
+        assert ("after", 1, False) in log
+
+    asyncio.run(main())
+
+
+def test_a_start_reached_after_go_calls_the_body_as_a_plain_await_would() -> None:
+    async def body(i: int) -> int:
+        await asyncio.sleep(0)
+        return i + 1
+
+    async def main() -> None:
+        burst = Burst(T0)
+        burst.go(lambda: T0)
+        assert await asyncio.create_task(chain(4, burst.gate, body, [])) == 5
+
+    asyncio.run(main())
