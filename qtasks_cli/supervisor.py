@@ -148,6 +148,7 @@ class Supervisor:
             retry=(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds()),
         )
         self._reload_requested = False
+        self._next_memo: dict[tuple[int, datetime], datetime | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
         self._claim_task: asyncio.Task[None] | None = None
@@ -318,6 +319,9 @@ class Supervisor:
         now = self.clock()
         startup: list[Fire] = []
         ahead: list[str] = []
+        # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
+        # their next fire: computed once (10,000 jobs, a few schedules).
+        self._next_memo = {}
         for spec in self.config.jobs.values():
             if not spec.enabled or spec.schedule is None:
                 continue
@@ -328,6 +332,7 @@ class Supervisor:
                 ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
                 recorded = None  # the clock went back since: schedule from now
             self._schedule_job(spec.name, now, recorded)
+        self._next_memo = None
         if ahead:
             log.warning(
                 "last recorded fires lie in the future (the wall clock was ahead, or stepped "
@@ -338,8 +343,9 @@ class Supervisor:
         if startup:
             await self._claim(startup, now)
             self._start_ready(now)
+        words: dict[int, str] = {}  # jobs sharing a schedule share its description
         for state in self.jobs.values():
-            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state, words))
 
     async def _nap(self, seconds: float) -> None:
         """Sleep while waiting for the store; a stop request cuts it short."""
@@ -365,18 +371,22 @@ class Supervisor:
         )
 
     @staticmethod
-    def _plan(state: _JobState) -> str:
+    def _plan(state: _JobState, words: dict[int, str]) -> str:
         spec = state.spec
         if not spec.enabled:
             return "disabled"
-        if spec.schedule is None:
+        schedule = spec.schedule
+        if schedule is None:
             return "no schedule; runs when triggered"
+        described = words.get(id(schedule))
+        if described is None:
+            described = words[id(schedule)] = schedule.describe()
         if state.next_fire is None:
-            return f"no further fires ({spec.schedule.describe()})"
+            return f"no further fires ({described})"
         from qtasks_cli.zones import get_zone
 
         local = state.next_fire.astimezone(get_zone(spec.timezone))
-        return f"next fire {local.isoformat()} ({spec.schedule.describe()})"
+        return f"next fire {local.isoformat()} ({described})"
 
     def _schedule_job(
         self, name: str, now: datetime, last: tuple[datetime, str] | None = None
@@ -391,7 +401,14 @@ class Supervisor:
         if schedule is None or not state.spec.enabled:
             return
         after = last[0] if last is not None and last[1] == schedule.key else now
-        self._push(name, schedule.next_after(after))
+        memo = self._next_memo
+        if memo is None:
+            self._push(name, schedule.next_after(after))
+            return
+        key = (id(schedule), after)
+        if key not in memo:
+            memo[key] = schedule.next_after(after)
+        self._push(name, memo[key])
 
     def _push(self, name: str, when: datetime | None) -> None:
         state = self.jobs[name]

@@ -41,6 +41,7 @@ _SCALAR_TAGS = frozenset(
     _STD + name for name in ("null", "bool", "int", "float", "str", "binary", "timestamp")
 )
 _MERGE_TAG = _STD + "merge"
+_STR_TAG = _STD + "str"
 
 
 class _Invalid:
@@ -332,6 +333,11 @@ class _Walker:
         return Located(kind="map", value=entries, line=line, column=column, path=path)
 
     def _scalar(self, node: ScalarNode, path: str) -> Any:
+        if node.tag == _STR_TAG:  # most scalars: PyYAML's constructor returns the text as is
+            value = node.value
+            if _SURROGATE.search(value):
+                return self._join_surrogates(node, path, value)
+            return value
         if node.tag not in _SCALAR_TAGS:
             self.problem(node, path, _unknown_tag(node.tag))
             return INVALID
