@@ -84,6 +84,9 @@ PREPARE_MAX = 300e-6
 PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
 LEAD_MAX = 0.25
 
+# Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
+PLAN_LINES = 100
+
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
 
 
@@ -344,8 +347,17 @@ class Supervisor:
             await self._claim(startup, now)
             self._start_ready(now)
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
-        for state in self.jobs.values():
+        states = list(self.jobs.values())
+        for state in states[:PLAN_LINES]:
             self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state, words))
+        if len(states) > PLAN_LINES:
+            # Ten thousand plan lines would be noise, and their records the start-up's
+            # largest use of memory.
+            self._emit(
+                EventKind.NOTICE,
+                message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
+                f"(`qtasks list {self.config.path}` shows every next fire)",
+            )
 
     async def _nap(self, seconds: float) -> None:
         """Sleep while waiting for the store; a stop request cuts it short."""
