@@ -11,13 +11,15 @@ each), written by the measured qtasks' own schema. Then, on a fresh copy each ti
   every fire.
 
 The file's size (with its WAL) is read before, after the prune and after the daemon's next
-start. Standalone (``python bench/prune.py``) or ``python bench/run.py --only prune``.
+start. ``QTBENCH_PRUNE_TEMPLATE=FILE`` starts from a copy of FILE instead (a file an older
+version made, say). Standalone (``python bench/prune.py``) or ``python bench/run.py --only prune``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import shutil
 import sqlite3
@@ -71,8 +73,13 @@ def measure(*, quick: bool = False) -> Prune:
     result.deleted_expected = JOBS * (per_job - keep)
     with common.workdir("prune") as work:
         template = work / "template.db"
-        print(f"  writing {result.rows:,} runs into {template}", flush=True)
-        _fill(template, per_job)
+        given = os.environ.get("QTBENCH_PRUNE_TEMPLATE")  # a file made by another version
+        if given:
+            shutil.copyfile(given, template)
+            print(f"  using {given} ({result.rows:,} runs)", flush=True)
+        else:
+            print(f"  writing {result.rows:,} runs into {template}", flush=True)
+            _fill(template, per_job)
         result.auto_vacuum = _auto_vacuum(template)
         result.size_before_mb = _size_mb(template)
         api = work / "api.db"

@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2000  # runs deleted per write transaction
+# Runs deleted per write transaction: tens of milliseconds of the write lock, which a claim
+# (written half a second before its fire) can wait out.
+CHUNK = 10_000
 PAUSE = 0.001  # seconds between chunks, so that a waiting claim takes the write lock
 VACUUM_PAGES = 4000  # pages given back per incremental_vacuum transaction
 # An old file (auto_vacuum off) is rewritten at a daemon's start when this share of its pages
@@ -109,7 +111,9 @@ def give_back(conn: sqlite3.Connection, write_lock: threading.Lock, location: st
         return
     while free > 0:
         with write_lock:
-            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+            # The pragma gives back one page per step, and ``execute`` takes one step only:
+            # ``executescript`` runs it to its end.
+            conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
         left = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         if left >= free:
             break  # nothing more could be given back now
