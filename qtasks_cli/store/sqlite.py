@@ -62,6 +62,13 @@ MIN_SQLITE = (3, 25, 0)  # upserts and window functions
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
+# Finished runs that have a duration: the condition of the runs_duration index, which a query
+# must repeat word for word for SQLite to use the index.
+_TIMED = (
+    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
+    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
+)
+
 # Step i brings a file from ``user_version`` i to i + 1; append, never edit.
 MIGRATIONS: list[tuple[str, ...]] = [
     (
@@ -146,6 +153,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             lines_json TEXT NOT NULL
         ) WITHOUT ROWID
         """,
+    ),
+    # history --stats from indexes (issue 16): counts and last ends per (job, status) from
+    # one covering scan, percentiles by walking each job's durations in order.
+    (
+        "CREATE INDEX runs_job_status ON runs (job, status, ended)",
+        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {_TIMED}",
     ),
 ]
 
@@ -1083,10 +1096,7 @@ class SqliteStore:
             params,
         ):
             counts.setdefault(name, {})[status] = (count, _from_us(last_ended))
-        percentiles = {
-            name: (_percentile_of(ranks, 0.5), _percentile_of(ranks, 0.95))
-            for name, ranks in self._duration_ranks(job).items()
-        }
+        percentiles = {name: self._percentiles(name, count) for name, count in self._timed(job)}
         if job is not None:
             counts.setdefault(job, {})
         return [
@@ -1094,42 +1104,39 @@ class SqliteStore:
             for name in sorted(counts)
         ]
 
-    def _duration_ranks(self, job: str | None) -> dict[str, tuple[int, dict[int, float]]]:
-        """Per job: how many finished runs have a duration, and the durations (seconds) at
-        the ranks the p50 and p95 interpolate between; SQLite sorts, Python gets 4 rows a
-        job (not a row per run: 1,000,000 runs would cost seconds)."""
-        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
+    def _timed(self, job: str | None) -> list[tuple[str, int]]:
+        """Per job, how many finished runs have a duration (a scan of runs_duration)."""
         and_job = "AND job = ?" if job is not None else ""
-        wanted = " OR ".join(
-            f"r = CAST({q} * (n - 1) AS INTEGER) + {extra}" for q in _QUANTILES for extra in (1, 2)
-        )
-        found: dict[str, tuple[int, dict[int, float]]] = {}
-        for name, rank, count, micros in self._db.execute(
-            "SELECT job, r, n, d FROM (SELECT job, ended - started AS d,"
-            " row_number() OVER (PARTITION BY job ORDER BY ended - started) AS r,"
-            " count(*) OVER (PARTITION BY job) AS n"
-            f" FROM runs WHERE status IN ({finished})"
-            f" AND started IS NOT NULL AND ended IS NOT NULL {and_job})"
-            f" WHERE {wanted}",
+        return self._db.execute(
+            f"SELECT job, count(*) FROM runs WHERE {_TIMED} {and_job} GROUP BY job",
             () if job is None else (job,),
-        ):
-            found.setdefault(name, (count, {}))[1][rank - 1] = micros / 1e6
-        return found
+        ).fetchall()
+
+    def _percentiles(self, job: str, count: int) -> tuple[float | None, float | None]:
+        """p50 and p95 of the job's durations (seconds; linear interpolation between closest
+        ranks, numpy's default), each from the two values at its ranks, read in order from
+        runs_duration: no row per run comes to Python."""
+        found: list[float | None] = []
+        for q in _QUANTILES:
+            pos = q * (count - 1)
+            low = int(pos)
+            values = [
+                micros / 1e6
+                for (micros,) in self._db.execute(
+                    f"SELECT ended - started FROM runs WHERE job = ? AND {_TIMED}"
+                    " ORDER BY ended - started LIMIT 2 OFFSET ?",
+                    (job, low),
+                )
+            ]
+            if not values:
+                found.append(None)
+                continue
+            high = values[1] if len(values) > 1 else values[0]
+            found.append(values[0] + (high - values[0]) * (pos - low))
+        return found[0], found[1]
 
 
 _QUANTILES = (0.5, 0.95)
-
-
-def _percentile_of(ranks: tuple[int, dict[int, float]], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), from the values at the
-    0-based ranks ``_duration_ranks`` kept."""
-    count, values = ranks
-    if count == 0:
-        return None
-    pos = q * (count - 1)
-    low = int(pos)
-    high = min(low + 1, count - 1)
-    return values[low] + (values[high] - values[low]) * (pos - low)
 
 
 def _claim_work(
