@@ -77,6 +77,13 @@ PRUNE_CHUNK = 5000  # runs deleted per transaction
 
 # Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
 # quoted schema name.
+# Finished runs that have a duration: the condition of the runs_duration index, which a query
+# repeats for the planner to use it.
+_TIMED = (
+    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
+    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     (
         """
@@ -176,6 +183,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             lines jsonb NOT NULL
         )
         """,
+    ),
+    # history --stats from indexes (issue 16): counts and last ends per (job, status), and
+    # each job's percentiles by walking its durations in order.
+    (
+        "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
+        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + _TIMED,
     ),
 ]
 
@@ -1531,6 +1544,24 @@ class PostgresStore:
             for number, started, ended, status, error_type, error in rows
         ]
 
+    async def _percentile(self, quoted: str, job: str, count: int, q: float) -> float | None:
+        """The ``q`` quantile of the job's ``count`` durations (seconds; linear interpolation
+        between closest ranks), from the two values at its ranks, read in order from the
+        runs_duration index: no row per run comes back."""
+        pos = q * (count - 1)
+        low = int(pos)
+        rows = await self._fetch(
+            "reading statistics",
+            f"SELECT extract(epoch FROM ended - started)::float8 FROM {quoted}.runs"
+            f" WHERE job = %s AND {_TIMED} ORDER BY ended - started LIMIT 2 OFFSET %s",
+            (job, low),
+        )
+        if not rows:
+            return None
+        first = float(rows[0][0])
+        second = float(rows[1][0]) if len(rows) > 1 else first
+        return first + (second - first) * (pos - low)
+
     async def stats(self, job: str | None = None) -> list[JobStats]:
         """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
 
@@ -1547,21 +1578,16 @@ class PostgresStore:
             params,
         ):
             counts.setdefault(name, {})[status] = (count, _utc(last_ended))
-        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
         and_job = "AND job = %s" if job is not None else ""
-        percentiles = {
-            name: (p50, p95)
-            for name, p50, p95 in await self._fetch(
-                "reading statistics",
-                "SELECT job, percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),"
-                " percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) FROM"
-                " (SELECT job, extract(epoch FROM ended - started)::float8 AS seconds"
-                f" FROM {quoted}.runs WHERE status IN ({finished})"
-                f" AND started IS NOT NULL AND ended IS NOT NULL {and_job}) AS durations"
-                " GROUP BY job",
-                params,
-            )
-        }
+        timed = await self._fetch(
+            "reading statistics",
+            f"SELECT job, count(*) FROM {quoted}.runs WHERE {_TIMED} {and_job} GROUP BY job",
+            params,
+        )
+        percentiles: dict[str, tuple[float | None, float | None]] = {}
+        for name, count in timed:
+            p50 = await self._percentile(quoted, name, count, 0.5)
+            percentiles[name] = (p50, await self._percentile(quoted, name, count, 0.95))
         if job is not None:
             counts.setdefault(job, {})
         return [
