@@ -5,9 +5,9 @@ Why the loop wakes early (README, "Firing on the instant"): an asyncio timer wak
 little after its deadline (the selector's timeout is rounded up to the millisecond, and a
 virtual machine's timers overshoot further, 2-15 ms on the one the benchmarks ran on). So the
 loop wakes ``FIRE_EARLY`` before a fire's instant, prepares everything for it, and finishes
-the wait with ``settle_until``: a kernel sleep to ``SPIN`` before the instant and a short spin
-on the clock for the rest. Nothing spins while nothing is due, and a spin is never longer than
-``SPIN`` plus the kernel's wake-up delay.
+the wait with ``settle_until``: a kernel sleep to ``SPIN`` before the instant and a spin on the
+clock for the rest (the asyncio floor of bench/lateness.py does the same). Nothing spins while
+nothing is due, and a spin is never longer than ``SPIN`` plus the kernel's wake-up delay.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from datetime import datetime, timezone
 # (bench/lateness.py shows the effect). The wait from here to the instant blocks the loop,
 # so the margin is kept small: callbacks wait at most this long, once per fire instant.
 FIRE_EARLY = 0.005
-# The last part of that wait is a spin on the clock (seconds): a kernel sleep wakes
-# 50-150 µs late; the spin makes the start land on the instant to a few µs.
-SPIN = 0.0003
+# The last part of that wait is a spin on the clock (seconds), as long as the margin: a
+# kernel sleep wakes 50-150 µs late on a quiet machine, and on a busy one the woken thread
+# may wait a time slice (several ms) for a core, which a thread that spins already holds.
+# At most this much CPU per fire instant; none while nothing is due.
+SPIN = FIRE_EARLY
 
 
 def utcnow() -> datetime:
