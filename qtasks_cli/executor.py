@@ -23,10 +23,11 @@ import types
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, release, sigguard
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
@@ -322,10 +323,6 @@ class Runtime:
 
 # The attribute of the CancelledError ``execute`` re-raises that holds the run's result so far.
 CANCELLED_RESULT = "qtasks_result"
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class _HandlerFailed(Exception):

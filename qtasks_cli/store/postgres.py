@@ -34,6 +34,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
@@ -316,10 +317,6 @@ _SQL = {
     ),
     "notify": "SELECT pg_notify(%s, %s)",
 }
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _aware(value: datetime) -> datetime:

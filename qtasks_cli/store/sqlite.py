@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
@@ -209,10 +210,6 @@ _SQL_ENQUEUE = (
     "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
     " VALUES (?, ?, 'queued', ?, 'queued', ?, ?)"
 )
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _to_us(value: datetime) -> int:
