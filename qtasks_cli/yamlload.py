@@ -263,7 +263,9 @@ class _Walker:
     expanded: int = 0
     alias_stack: tuple[tuple[Node, str], ...] = ()
     # Ids of the nodes walked, for a tree libyaml composed (None otherwise): a second visit
-    # is an alias, which that tree does not mark.
+    # is an alias, which that tree does not mark. Such a tree is also consumed as it is
+    # walked, so that it and the located values are never both whole in memory (60 MB at
+    # 10,000 jobs).
     seen: set[int] | None = None
 
     def problem(self, node: Node, path: str, message: str) -> None:
@@ -324,9 +326,12 @@ class _Walker:
             self.problem(node, path, _unknown_tag(node.tag))
             return Located(kind="scalar", value=INVALID, line=line, column=column, path=path)
         if isinstance(node, SequenceNode):
-            items = [
-                self.walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node.value)
-            ]
+            items = []
+            nodes = node.value
+            for i in range(len(nodes)):
+                items.append(self.walk(nodes[i], f"{path}[{i}]", depth + 1))
+                if self.seen is not None:
+                    nodes[i] = None  # walked once (libyaml's tree): let it go
             return Located(kind="seq", value=items, line=line, column=column, path=path)
         assert isinstance(node, MappingNode)
         entries = self._mapping(node, path, depth)
@@ -388,7 +393,12 @@ class _Walker:
     def _mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
         entries: dict[str, tuple[Located, Located]] = {}
         merged: dict[str, tuple[Located, Located]] = {}
-        for key_node, value_node in node.value:
+        pairs = node.value
+        consume = self.seen is not None
+        for index in range(len(pairs)):
+            key_node, value_node = pairs[index]
+            if consume:  # libyaml's tree is walked once: each entry goes once walked
+                pairs[index] = None
             if key_node.tag == _MERGE_TAG:
                 self._merge(value_node, path, depth, merged)
                 continue
