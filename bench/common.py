@@ -32,7 +32,23 @@ QTASKS = str(Path(sys.executable).with_name("qtasks"))
 
 
 def anchor_python() -> str:
-    return str(ANCHOR_VENV / "bin" / "python")
+    """The anchors' Python: bench/.venv-anchors when it exists, else this one (installed with
+    the ``bench`` extra, which brings APScheduler 3)."""
+    python = ANCHOR_VENV / "bin" / "python"
+    return str(python) if python.exists() else PYTHON
+
+
+def has_apscheduler(python: str) -> bool:
+    try:
+        run([python, "-c", "import apscheduler.schedulers.asyncio"], timeout=60)
+    except (OSError, RuntimeError):
+        return False
+    return True
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages now."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def anchor_bin(name: str) -> str:

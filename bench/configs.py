@@ -11,15 +11,24 @@ def job_name(i: int) -> str:
     return f"j{i:04d}"
 
 
-def qtasks_ticking(path: Path, count: int, *, schedule: str, max_concurrent: int = 2000) -> Path:
+def qtasks_ticking(
+    path: Path,
+    count: int,
+    *,
+    schedule: str,
+    max_concurrent: int = 2000,
+    schema: str | None = None,
+) -> Path:
     """``count`` jobs running ``benchjobs:tick`` on ``schedule``; history in ``state.db``
-    beside the file (as a user runs it)."""
+    beside the file (as a user runs it), or in PostgreSQL schema ``schema`` (the server from
+    ``$QTASKS_STATE``)."""
     lines = [
         "settings:",
         f"  path: [{str(JOBS_DIR)!r}]",
         "  state: state.db",
         "  timezone: UTC",
         f"  max_concurrent: {max_concurrent}",
+        *([f"  schema: {schema}"] if schema else []),
         "jobs:",
     ]
     for i in range(count):

@@ -1,11 +1,13 @@
 """Where a qtasks fire spends its time: a diagnostic, not part of ``run.py``.
 
 Runs the same daemon ``qtasks run FILE --ui plain`` runs (config, SQLite store, plain log sink,
-Supervisor), in this process, with N jobs firing every second, and reports per second:
-how late the loop woke, how long the claim in the store took, and when the first and last job
-started; then the main thread's cProfile, sorted by cumulative time.
+Supervisor), in this process, with N jobs firing every second, and reports per second: when
+the loop woke to prepare the instant's runs, when the burst's gate opened, when the first and
+last job started, and the µs per run between consecutive bodies; then, unless
+``--no-profile``, a cProfile of the preparing (``--profile prepare``) or of the bursts alone
+(``--profile go``), sorted by own time.
 
-    python bench/profile_fire.py --jobs 1000 --seconds 8 [--no-log]
+    python bench/profile_fire.py --jobs 1000 --seconds 8 [--profile go|prepare] [--no-log]
 
 Log lines go to bench/out/work/profile-N/output.log (stderr is redirected there).
 """
@@ -34,8 +36,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--no-log", action="store_true", help="no log sink (isolates logging)")
+    parser.add_argument("--profile", choices=("go", "prepare"), default="go")
     parser.add_argument("--no-profile", action="store_true", help="timings only, no cProfile")
-    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--top", type=int, default=30)
     options = parser.parse_args()
     with common.workdir(f"profile-{options.jobs}") as work:
         config_path = configs.qtasks_ticking(
@@ -52,21 +55,14 @@ def main() -> None:
             sys.stderr = real_stderr
             log_file.close()
         _report(marks, out, options)
-        if options.no_profile:
-            return
-        text = io.StringIO()
-        stats = pstats.Stats(profile, stream=text)
-        stats.sort_stats("cumulative").print_stats(options.top)
-        print(text.getvalue())
-        stats.sort_stats("tottime")
-        text = io.StringIO()
-        stats.stream = text  # type: ignore[attr-defined]
-        stats.print_stats(25)
-        print(text.getvalue())
+        if not options.no_profile:
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(options.top)
+            print(text.getvalue())
 
 
 async def _serve(config_path: Any, options: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from qtasks_cli import api
+    from qtasks_cli import api, burst
     from qtasks_cli.events import EventBus
     from qtasks_cli.supervisor import Supervisor
 
@@ -78,63 +74,62 @@ async def _serve(config_path: Any, options: argparse.Namespace) -> tuple[dict[st
     await store.open()
     supervisor = Supervisor(config, store=store, bus=bus)
     marks: dict[str, Any] = defaultdict(list)
-
-    fire_due = supervisor._fire_due
-    claim = store.claim
-
-    async def timed_fire_due(now: Any) -> None:
-        woke = time.time()
-        before = len(marks["claim"])
-        await fire_due(now)
-        if len(marks["claim"]) > before:
-            marks["fire"].append((woke, time.time()))
-
-    async def timed_claim(fires: Any) -> Any:
-        began = time.time()
-        won = await claim(fires)
-        marks["claim"].append((began, time.time(), len(fires)))
-        return won
-
-    supervisor._fire_due = timed_fire_due  # type: ignore[method-assign]
-    store.claim = timed_claim  # type: ignore[method-assign,assignment]
     profile = cProfile.Profile()
+    profiling = not options.no_profile
+    go = burst.Burst.go
+    start_ready = supervisor._start_ready
+
+    def timed_go(self: Any, now: Any) -> None:
+        began = time.time()
+        if profiling and options.profile == "go":
+            profile.enable()
+        go(self, now)
+        if profiling and options.profile == "go":
+            profile.disable()
+        marks["go"].append((began, time.time(), self.gate.instant.timestamp()))
+
+    def timed_start_ready(now: Any) -> None:
+        began = time.time()
+        if profiling and options.profile == "prepare":
+            profile.enable()
+        start_ready(now)
+        if profiling and options.profile == "prepare":
+            profile.disable()
+        marks["woke"].append(began)
+
+    burst.Burst.go = timed_go  # type: ignore[method-assign]
+    supervisor._start_ready = timed_start_ready  # type: ignore[method-assign]
     task = asyncio.create_task(supervisor.run())
     await supervisor.ready.wait()
-    # Skip the first fire (imports, first-use caches), then profile whole seconds.
-    start = math.floor(time.time()) + 2
-    await asyncio.sleep(start - time.time() - 0.3)
-    if not options.no_profile:
-        profile.enable()
     await asyncio.sleep(options.seconds)
-    profile.disable()
     supervisor.request_stop()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(task, timeout=30)
     await store.close()
-    marks["window"] = (start, start + options.seconds)
+    burst.Burst.go = go  # type: ignore[method-assign]
     return marks, profile
 
 
 def _report(marks: dict[str, Any], out: Any, options: argparse.Namespace) -> None:
-    start, end = marks["window"]
     starts: dict[int, list[float]] = defaultdict(list)
     for line in out.read_text().splitlines():
         t = float(line.split()[1])
         starts[math.floor(t)].append(t)
-    claims = {math.floor(began): (began, ended, n) for began, ended, n in marks["claim"]}
     print(f"qtasks, {options.jobs} jobs every second, log {'off' if options.no_log else 'plain'}")
-    print("second      woke+ms  claim ms  first start+ms  last start+ms  starts")
-    for woke, _done in marks["fire"]:
-        second = math.floor(woke)
-        if not start <= second < end:
-            continue
-        began, ended, _n = claims.get(second, (math.nan, math.nan, 0))
+    print(
+        "instant      woke ms  gate ms  first ms  last ms  µs/run  starts   (ms from the instant)"
+    )
+    for began, _ended, instant in marks["go"]:
+        second = int(instant)
+        woke = max((w for w in marks["woke"] if w <= began), default=math.nan)
         seen = sorted(starts.get(second, []))
-        first = (seen[0] - second) * 1000 if seen else math.nan
-        last = (seen[-1] - second) * 1000 if seen else math.nan
+        if len(seen) < options.jobs:
+            continue  # a start-up or late burst
+        first, last = seen[0] - instant, seen[-1] - instant
+        per_run = (last - first) / max(len(seen) - 1, 1) * 1e6
         print(
-            f"{second}  {(woke - second) * 1000:7.2f}  {(ended - began) * 1000:8.2f}"
-            f"  {first:14.2f}  {last:13.2f}  {len(seen):6d}"
+            f"{second}  {(woke - instant) * 1000:8.2f} {(began - instant) * 1000:8.2f}"
+            f" {first * 1000:8.2f} {last * 1000:8.2f} {per_run:7.2f} {len(seen):7d}"
         )
 
 

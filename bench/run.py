@@ -3,6 +3,7 @@
     python bench/run.py                  # everything (about 10 minutes), rewrites BENCHMARKS.md
     python bench/run.py --quick          # a smoke run in under 2 minutes; bench/out/ only
     python bench/run.py --only lateness,startup
+    python bench/run.py --only lateness  # also rewrites the lateness section of BENCHMARKS.md
     python bench/run.py --render         # BENCHMARKS.md again from bench/out/results.json
 
 Parts: lateness (fire lateness and peak memory), idle, startup, throughput, yacron,
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py" + (" " + shlex.join(argv or sys.argv[1:])).rstrip()
     print(f"qtasks benchmarks: {command}")
     print(f"qtasks from {common.QTASKS}; anchors in {common.ANCHOR_VENV}")
-    ensure_anchors()
+    if set(parts) <= {"lateness"} and common.has_apscheduler(common.anchor_python()):
+        print(f"APScheduler 3 from {common.anchor_python()} (the bench extra)")
+    else:
+        ensure_anchors()
 
     import machine
 
@@ -117,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     for what, bound, shown, verdict in report.target_rows(results):
         print(f"  {what}: {shown} (bound {bound}) -> {verdict.strip('*')}")
     full = not options.quick and set(parts) == set(PARTS)
+    alone = not options.quick and parts == ["lateness"] and options.write_md != "no"
     if options.write_md == "yes" or (options.write_md == "auto" and full):
         target = common.ROOT / "BENCHMARKS.md"
         target.write_text(report.render(results))
         print(f"\nwrote {target}")
+    elif alone and _replace_section(report.lateness_section(results)):
+        print(f"\nwrote the lateness section of {common.ROOT / 'BENCHMARKS.md'}")
     else:
         print("\nBENCHMARKS.md left as it is (only a full run of every part rewrites it)")
     print(f"total {results['seconds']:.0f} s")
@@ -180,6 +187,19 @@ def ensure_anchors() -> None:
     )
     if done.returncode != 0:
         raise SystemExit(f"installing {', '.join(PINS)} into {common.ANCHOR_VENV} failed")
+
+
+def _replace_section(text: str) -> bool:
+    """Put ``text`` between the lateness markers of BENCHMARKS.md; False without markers."""
+    target = common.ROOT / "BENCHMARKS.md"
+    begin, end = "<!-- lateness:start -->\n", "\n<!-- lateness:end -->"
+    current = target.read_text()
+    if begin not in current or end not in current:
+        return False
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    target.write_text(f"{head}{begin}{text}{end}{tail}")
+    return True
 
 
 def _save(results: dict[str, Any], *, full: bool) -> str:

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FINISHED_POLL = 0.2  # how often ``trigger --enqueue --wait`` looks at the store
-# With the wake-up socket, the store is still polled this often, in case a wake-up is lost.
-WOKEN_QUEUE_POLL = 5.0
+# With the wake-up socket, the store is still polled this often, in case a wake-up is lost
+# (the only way known: an enqueue from another network namespace, which does not share the
+# socket's abstract name). Each look wakes the idle daemon, so it is rare (issue 16).
+WOKEN_QUEUE_POLL = 60.0
 
 
 def load(

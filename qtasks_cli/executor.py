@@ -31,10 +31,11 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, release, sigguard
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration
@@ -55,6 +56,7 @@ from qtasks_cli.pickled import Pickled, loaded
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
+    from qtasks_cli.burst import Gate
     from qtasks_cli.isolation.pool import Workers
 
 log = logging.getLogger(__name__)
@@ -356,10 +358,6 @@ class Runtime:
 CANCELLED_RESULT = "qtasks_result"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class _HandlerFailed(Exception):
     """The generate_handler raised; the attempt fails with the handler's own exception."""
 
@@ -401,8 +399,12 @@ class _Run:
         resolve: Callable[[str], Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        gate: Gate | None = None,
     ) -> None:
         self.job = job
+        # The burst's gate the first attempt waits at, just before the body (burst.py).
+        self.gate = gate
+        self.body_ended: datetime | None = None  # when a body the burst ran ended in go
         self.run_id = run_id
         self.trigger = trigger
         self.scheduled = scheduled
@@ -442,8 +444,9 @@ class _Run:
         """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
         return await _handle(self, handler, item)
 
-    def event(self, kind: EventKind, **fields: Any) -> None:
-        event = Event(kind=kind, time=self.clock(), job=self.job.name, run_id=self.run_id, **fields)
+    def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
+        when = self.clock() if at is None else at
+        event = Event(kind=kind, time=when, job=self.job.name, run_id=self.run_id, **fields)
         try:
             self._emit(event)
         except Exception:
@@ -452,13 +455,30 @@ class _Run:
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
         awaitable it returns is awaited on the loop."""
-        if entrypoints.kind_of(fn) is CallableKind.ASYNC:
+        kind = _kind_of(fn)
+        if self.gate is not None:  # a burst's first attempt: the body starts at go
+            if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
+                start = self.gate.start(fn, args, kwargs, self.clock)
+                self.gate = None
+                driven, value = await start
+                self.body_ended = start.ended
+                if not driven and _awaitable(value):
+                    value = await value
+                return value
+            await self.through_gate()
+        if kind is CallableKind.ASYNC:
             value = fn(*args, **kwargs)
         else:
             value = await self.in_thread(functools.partial(fn, *args, **kwargs))
         if _awaitable(value):
             value = await value
         return value
+
+    async def through_gate(self) -> None:
+        """Wait at the burst's gate, once (burst.py): everything before is set-up."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate
 
     async def in_thread(self, call: Callable[[], Any]) -> Any:
         hook = self.hook is not None  # a hook's thread never holds its job or marks its run
@@ -571,6 +591,35 @@ def _let_go(outcome: _Outcome | None) -> None:
         release.adopt(outcome.error)
 
 
+def _opened(gate: Gate | None, started: datetime) -> datetime:
+    """When an attempt started: the moment its burst's gate opened, if it waited at one (the
+    clock read before it is from before the instant); else ``started``."""
+    if gate is not None and gate.at is not None and gate.at > started:
+        return gate.at
+    return started
+
+
+# The kind of each entry point called, by identity: inspecting a function costs microseconds,
+# and a burst calls the same few thousand functions every second.
+_KINDS: dict[int, tuple[Any, CallableKind]] = {}
+_KINDS_MAX = 16_384
+
+
+def _kind_of(fn: Any) -> CallableKind:
+    """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
+    whose ``__call__`` may change)."""
+    if type(fn) is not types.FunctionType:
+        return entrypoints.kind_of(fn)
+    found = _KINDS.get(id(fn))
+    if found is not None and found[0] is fn:
+        return found[1]
+    kind = entrypoints.kind_of(fn)
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[id(fn)] = (fn, kind)
+    return kind
+
+
 def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
     if not job.retry.on:
         return (Exception,)
@@ -600,15 +649,18 @@ async def _call_attempt(run: _Run) -> Any:
     if job.isolation is Isolation.PROCESS:
         from qtasks_cli.isolation.call import call_attempt
 
+        await run.through_gate()
         return await call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = entrypoints.kind_of(fn)
+    kind = _kind_of(fn)
     if kind is CallableKind.GENERATOR:
+        await run.through_gate()
         return await _drain(run, fn(*run.args, **run.kwargs), handler)
     if kind is CallableKind.ASYNC_GENERATOR:
+        await run.through_gate()
         return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
-    value = await run.call(fn, *run.args, **run.kwargs)
+    value = await run.call(fn, *run.args, **run.kwargs)  # passes the gate, if any
     # A plain function (a partial, a factory) may hand back a generator: iterate it too.
     # (Exact types: neither can be subclassed, and isinstance would read __class__.)
     if type(value) is types.GeneratorType:
@@ -708,10 +760,13 @@ async def _attempt(run: _Run) -> _AttemptResult:
     run.stuck_frames = None
     run.stuck_where = ""
     run.leftover = None
+    run.body_ended = None
+    gate = run.gate
     started = run.clock()
     if number == 1:
         run.event(
             EventKind.STARTED,
+            at=None if gate is None else max(gate.instant, started),
             trigger=run.trigger,
             scheduled=run.scheduled,
             max_attempts=job.retry.attempts,
@@ -721,14 +776,21 @@ async def _attempt(run: _Run) -> _AttemptResult:
         outcome, timed_out = await run.bounded(_call_attempt(run), timeout, f"attempt {number}")
     except asyncio.CancelledError:
         run.attempt_log.append(
-            Attempt(number=number, started=started, ended=run.clock(), status=RunStatus.CANCELLED)
+            Attempt(
+                number=number,
+                started=_opened(gate, started),
+                ended=run.clock(),
+                status=RunStatus.CANCELLED,
+            )
         )
         raise
-    ended = run.clock()
-    sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
-    # A job that finished without awaiting anything returns within its task's first step;
-    # let the other runs of the same burst start before this one's bookkeeping.
+    ended = run.body_ended or run.clock()
+    started = _opened(gate, started)
+    # A job that finished without awaiting anything returns within its first step; let
+    # the other runs of the same burst start before this one's bookkeeping (the guard's
+    # check alone costs tens of µs).
     await asyncio.sleep(0)
+    sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
     result = await _judge(run, outcome, timed_out)
     if result.failure is not None and number < job.retry.attempts:
         result = await _settle_before_retry(run, result, number)
@@ -1057,6 +1119,7 @@ async def execute(
     clock: Callable[[], datetime] = _utc_now,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     resolve: Callable[[str], Any] = entrypoints.resolve,
+    gate: Gate | None = None,
 ) -> RunResult:
     """Run ``job`` once (up to 1 + retries attempts) and return how it went.
 
@@ -1076,6 +1139,7 @@ async def execute(
         resolve=resolve,
         args=tuple(job.args if args is None else args),
         kwargs=dict(job.kwargs if kwargs is None else kwargs),
+        gate=gate,
     )
     started = clock()
     base: dict[str, Any] = {
@@ -1092,6 +1156,7 @@ async def execute(
         final = await _attempts(run, sleep)
     except asyncio.CancelledError as exc:
         concluded = runtime.concluded.get(run_id)
+        base["started"] = _opened(gate, started)
         cancelled = RunResult(
             **base,
             ended=clock(),
@@ -1106,6 +1171,7 @@ async def execute(
         raise
     finally:
         _current_run.reset(context_token)
+    base["started"] = _opened(gate, started)
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
     if _hook_of(job, result.status):

@@ -21,6 +21,7 @@ recovery reports as interrupted.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import heapq
@@ -256,6 +257,7 @@ class Ledger:
         self._background = background
         self.backoff = Backoff(*retry)
         self._held: list[tuple[datetime, int, Fire]] = []  # claimed, before their instant
+        self._held_at: collections.Counter[datetime] = collections.Counter()  # per instant
         self._seq = 0
         self._failing = False
 
@@ -305,16 +307,23 @@ class Ledger:
         """Keep a claimed fire until its instant (``due``)."""
         self._seq += 1
         heapq.heappush(self._held, (fire.scheduled, self._seq, fire))
+        self._held_at[fire.scheduled] += 1
 
     def next_instant(self) -> datetime | None:
         """The instant of the soonest held fire, or None."""
         return self._held[0][0] if self._held else None
+
+    def held_at(self, instant: datetime) -> int:
+        """How many held fires are due at ``instant``."""
+        return self._held_at.get(instant, 0)
 
     def due(self, now: datetime) -> list[Fire]:
         """Take the held fires whose instant has come, soonest first."""
         due: list[Fire] = []
         while self._held and self._held[0][0] <= now:
             due.append(heapq.heappop(self._held)[2])
+        for fire in due:
+            self._forget(fire.scheduled)
         return due
 
     def held_runs(self) -> dict[str, str]:
@@ -328,7 +337,16 @@ class Ledger:
         if gone:
             self._held = [e for e in self._held if e[2].run_id not in run_ids]
             heapq.heapify(self._held)
+            for fire in gone:
+                self._forget(fire.scheduled)
         return gone
+
+    def _forget(self, instant: datetime) -> None:
+        left = self._held_at[instant] - 1
+        if left > 0:
+            self._held_at[instant] = left
+        else:
+            del self._held_at[instant]
 
     def release(self, jobs: Collection[str] | None = None) -> None:
         """Give back the held claims (of ``jobs``, or all): off the list now, deleted from
@@ -350,6 +368,8 @@ class Ledger:
         fires = [f for _, _, f in self._held if jobs is None or f.job in jobs]
         self._held = [e for e in self._held if jobs is not None and e[2].job not in jobs]
         heapq.heapify(self._held)
+        for fire in fires:
+            self._forget(fire.scheduled)
         return fires
 
     async def _release(self, fires: list[Fire]) -> None:

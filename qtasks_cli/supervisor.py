@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from qtasks_cli import cancels, sigguard
+from qtasks_cli.burst import Burst, Gate
+from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, settle_until, utcnow
 from qtasks_cli.durations import format_duration
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -72,53 +75,19 @@ MISSED_EVENTS = 5
 SIGNAL_CHECK = 1.0
 # Runs handed over through the store: begun durably before their body (ledger.py).
 HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
+# Preparing a fire's run before its instant (burst.py) costs about this much (seconds); the
+# loop measures it at every burst and wakes that much more before an instant (FIRE_EARLY
+# is the rest: the timer's overshoot). Bounded so that a slow burst never blocks the loop
+# for long.
+PREPARE_GUESS = 30e-6
+PREPARE_MAX = 300e-6
+PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
+LEAD_MAX = 0.25
 
+# Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
+PLAN_LINES = 100
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Wakeup(asyncio.Event):
-    """An Event the loop can sleep on with a timeout for the price of one future and one
-    timer handle (``wait_for`` costs a task and several loop passes per wake-up, which is
-    most of the daemon's idle CPU)."""
-
-    _sleeper: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        super().set()
-        if self._sleeper is not None and not self._sleeper.done():
-            self._sleeper.set_result(None)
-
-    async def sleep(self, timeout: float | None) -> None:
-        if self.is_set():
-            return
-        loop = asyncio.get_running_loop()
-        self._sleeper = sleeper = loop.create_future()
-        handle = None if timeout is None else loop.call_later(timeout, _resolve, sleeper)
-        try:
-            await sleeper
-        finally:
-            self._sleeper = None
-            if handle is not None:
-                handle.cancel()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class Timer:
-    """Waits until a timeout passes or ``wake`` is set; tests replace it to control time."""
-
-    async def wait(self, timeout: float | None, wake: asyncio.Event) -> None:
-        if isinstance(wake, Wakeup):
-            await wake.sleep(timeout)
-        elif not wake.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
-        wake.clear()
+__all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
 
 
 @dataclass(slots=True)
@@ -164,6 +133,10 @@ class Supervisor:
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = 0
         self._wake = Wakeup()
+        # Wake this long before a fire's instant (plus the preparing, see PREPARE_GUESS)
+        # and wait the rest precisely (clock.settle_until); a test's clock has no overshoot.
+        self._early = FIRE_EARLY if clock is utcnow else 0.0
+        self._prepare_cost = PREPARE_GUESS
         # How often to look for handed-over requests; slower when something wakes us.
         self.queue_poll = QUEUE_POLL
         self._last_poll = 0.0
@@ -178,6 +151,7 @@ class Supervisor:
             retry=(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds()),
         )
         self._reload_requested = False
+        self._next_memo: dict[tuple[int, datetime], datetime | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
         self._claim_task: asyncio.Task[None] | None = None
@@ -350,6 +324,9 @@ class Supervisor:
         now = self.clock()
         startup: list[Fire] = []
         ahead: list[str] = []
+        # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
+        # their next fire: computed once (10,000 jobs, a few schedules).
+        self._next_memo = {}
         for spec in self.config.jobs.values():
             if not spec.enabled or spec.schedule is None:
                 continue
@@ -360,6 +337,7 @@ class Supervisor:
                 ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
                 recorded = None  # the clock went back since: schedule from now
             self._schedule_job(spec.name, now, recorded)
+        self._next_memo = None
         if ahead:
             log.warning(
                 "last recorded fires lie in the future (the wall clock was ahead, or stepped "
@@ -370,8 +348,18 @@ class Supervisor:
         if startup:
             await self._claim(startup, now)
             self._start_ready(now)
-        for state in self.jobs.values():
-            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state))
+        words: dict[int, str] = {}  # jobs sharing a schedule share its description
+        states = list(self.jobs.values())
+        for state in states[:PLAN_LINES]:
+            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state, words))
+        if len(states) > PLAN_LINES:
+            # Ten thousand plan lines would be noise, and their records the start-up's
+            # largest use of memory.
+            self._emit(
+                EventKind.NOTICE,
+                message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
+                f"(`qtasks list {self.config.path}` shows every next fire)",
+            )
 
     async def _nap(self, seconds: float) -> None:
         """Sleep while waiting for the store; a stop request cuts it short."""
@@ -397,18 +385,22 @@ class Supervisor:
         )
 
     @staticmethod
-    def _plan(state: _JobState) -> str:
+    def _plan(state: _JobState, words: dict[int, str]) -> str:
         spec = state.spec
         if not spec.enabled:
             return "disabled"
-        if spec.schedule is None:
+        schedule = spec.schedule
+        if schedule is None:
             return "no schedule; runs when triggered"
+        described = words.get(id(schedule))
+        if described is None:
+            described = words[id(schedule)] = schedule.describe()
         if state.next_fire is None:
-            return f"no further fires ({spec.schedule.describe()})"
+            return f"no further fires ({described})"
         from qtasks_cli.zones import get_zone
 
         local = state.next_fire.astimezone(get_zone(spec.timezone))
-        return f"next fire {local.isoformat()} ({spec.schedule.describe()})"
+        return f"next fire {local.isoformat()} ({described})"
 
     def _schedule_job(
         self, name: str, now: datetime, last: tuple[datetime, str] | None = None
@@ -423,7 +415,14 @@ class Supervisor:
         if schedule is None or not state.spec.enabled:
             return
         after = last[0] if last is not None and last[1] == schedule.key else now
-        self._push(name, schedule.next_after(after))
+        memo = self._next_memo
+        if memo is None:
+            self._push(name, schedule.next_after(after))
+            return
+        key = (id(schedule), after)
+        if key not in memo:
+            memo[key] = schedule.next_after(after)
+        self._push(name, memo[key])
 
     def _push(self, name: str, when: datetime | None) -> None:
         state = self.jobs[name]
@@ -455,8 +454,15 @@ class Supervisor:
             waits.append(max(0.0, (claim_at - now).total_seconds()))
         instant = self.ledger.next_instant()
         if instant is not None:
-            waits.append(max(0.0, (instant - now).total_seconds()))
+            lead = self._lead(self.ledger.held_at(instant))
+            waits.append(max(0.0, (instant - now).total_seconds() - lead))
         return min(waits, default=None)
+
+    def _lead(self, fires: int) -> float:
+        """How long before an instant with ``fires`` held fires the loop wakes (seconds)."""
+        if not self._early:
+            return 0.0
+        return min(self._early + PREPARE_MARGIN * fires * self._prepare_cost, LEAD_MAX)
 
     def _check_clock(self, now: datetime) -> None:
         """Notice a step of the wall clock (against the monotonic clock), say so once, and
@@ -629,10 +635,18 @@ class Supervisor:
         )
 
     def _start_ready(self, now: datetime) -> None:
-        """Start every claimed fire whose instant has come; overlap is decided now, for the
-        fires due together against what ran before them (so catch_up: all runs them all)."""
-        due = self.ledger.due(now)
-        if due and now - due[0].scheduled > LATE_AFTER:
+        """Start every claimed fire whose instant has come, or comes within the loop's lead
+        (then its run is prepared now and its body starts on the instant: burst.py);
+        overlap is decided now, for the fires due together against what ran before them (so
+        catch_up: all runs them all)."""
+        horizon = now
+        instant = self.ledger.next_instant()
+        if self._early and instant is not None:
+            horizon = now + timedelta(seconds=self._lead(self.ledger.held_at(instant)))
+        due = self.ledger.due(horizon)
+        if not due:
+            return
+        if now - due[0].scheduled > LATE_AFTER:
             due = self._recheck_late(due, now)
         if self.paused:  # paused after its claim, before its instant
             due = [self._unless_paused(fire) for fire in due]
@@ -640,26 +654,61 @@ class Supervisor:
             self._overlap(f) if f.job in self.jobs and f.status is RunStatus.CLAIMED else f
             for f in due
         ]
-        for fire in decided:
-            state = self.jobs.get(fire.job)
-            if state is None:  # removed by a reload after the claim
-                self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
-                self._cancelled(
-                    fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
+        unrun: list[Fire] = []
+        burst: Burst | None = None
+        prepared = time.perf_counter()
+        # No collector pass while runs are prepared and started: the objects the preparing
+        # makes are young, and a pass over them stops everything for milliseconds (a full
+        # one for tens); the next allocation after the burst collects them.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for fire in decided:
+                state = self.jobs.get(fire.job)
+                if state is None:  # removed by a reload after the claim
+                    self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
+                    self._cancelled(
+                        fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
+                    )
+                    continue
+                if fire.status is not RunStatus.CLAIMED:
+                    unrun.append(fire)
+                    continue
+                at = max(fire.scheduled, now)
+                if burst is not None and burst.gate.instant != at:
+                    self._go(burst, prepared)
+                    burst, prepared = None, time.perf_counter()
+                if burst is None:
+                    burst = Burst(at)
+                self._emit(
+                    EventKind.FIRED,
+                    at=at,
+                    job=fire.job,
+                    run_id=fire.run_id,
+                    trigger=fire.trigger,
+                    scheduled=fire.scheduled,
                 )
-                continue
-            if fire.status is not RunStatus.CLAIMED:
-                self.ledger.unstarted(fire, fire.status, fire.error or "")
-                self._emit_unrun(fire)
-                continue
-            self._emit(
-                EventKind.FIRED,
-                job=fire.job,
-                run_id=fire.run_id,
-                trigger=fire.trigger,
-                scheduled=fire.scheduled,
-            )
-            self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled)
+                self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
+        finally:
+            try:
+                if burst is not None:  # never leave a prepared run at its gate
+                    self._go(burst, prepared)
+            finally:
+                if collecting:
+                    gc.enable()
+        for fire in unrun:
+            self.ledger.unstarted(fire, fire.status, fire.error or "")
+            self._emit_unrun(fire)
+
+    def _go(self, burst: Burst, prepared: float) -> None:
+        """Wait for the burst's instant (the rest of the lead) and start its bodies."""
+        count = len(burst)
+        if self._early and count:
+            cost = (time.perf_counter() - prepared) / count
+            # Up at once, down slowly: one slow burst makes the next ones wake earlier.
+            self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
+            settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
+        burst.go(self.clock)
 
     def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
         """Claimed fires that come to start late (the loop or the store held them up) go
@@ -872,7 +921,11 @@ class Supervisor:
         scheduled: datetime | None,
         args: Any = None,
         kwargs: Any = None,
+        *,
+        burst: Burst | None = None,
     ) -> None:
+        """Start a run's task (``burst``: prepared now, its body starts at ``burst.go``), or
+        queue it behind the job's current run (overlap)."""
         state = self.jobs.get(spec.name)
         if state is None:
             return
@@ -887,10 +940,14 @@ class Supervisor:
             )
             return
         state.running += 1
-        task = asyncio.create_task(
-            self._run(spec, run_id, trigger, scheduled, args, kwargs),
-            name=f"qtasks:{spec.name}:{run_id}",
-        )
+        name = f"qtasks:{spec.name}:{run_id}"
+        if burst is not None:
+            coro = self._run(spec, run_id, trigger, scheduled, args, kwargs, burst.gate)
+            task = burst.add(coro, name=name)
+        else:
+            task = asyncio.create_task(
+                self._run(spec, run_id, trigger, scheduled, args, kwargs), name=name
+            )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -902,6 +959,7 @@ class Supervisor:
         scheduled: datetime | None,
         args: Any,
         kwargs: Any,
+        gate: Gate | None = None,
     ) -> None:
         result: RunResult | None = None
         state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
@@ -935,6 +993,7 @@ class Supervisor:
                     clock=self.clock,
                     args=call.args,
                     kwargs=call.kwargs,
+                    gate=gate,
                 )
             finally:
                 self.runtime.capacity.release()
@@ -1306,8 +1365,8 @@ class Supervisor:
             state.pending = keep
         return fires
 
-    def _emit(self, kind: EventKind, **fields: Any) -> None:
-        self.bus.emit(Event(kind=kind, time=self.clock(), **fields))
+    def _emit(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
+        self.bus.emit(Event(kind=kind, time=self.clock() if at is None else at, **fields))
 
 
 def _runs_in_words(tasks: int, waiting: int, what: str) -> str:

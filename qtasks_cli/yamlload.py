@@ -7,8 +7,10 @@ PyYAML reads YAML 1.1, whose plain scalars change meaning silently: ``1:30`` is 
 number 90, ``0755`` the octal 493, ``yes``/``no``/``on``/``off`` are booleans and
 ``2024-01-01`` a date. Such a value keeps YAML's reading but is marked (``Located.trap``), so
 that duration and schedule fields refuse it and ``validate`` says what arguments became.
-libyaml's parser is used where PyYAML was built with it (the composer stays in Python, for
-the limits above); a file it refuses is parsed again in Python for PyYAML's own wording.
+Where PyYAML was built with libyaml, libyaml composes the nodes too (several times faster); a
+file whose tree holds a node twice (an alias) or nests too deep is composed again by PyYAML's
+composer over libyaml's parser, for the alias marks and limits above, and a file libyaml
+refuses is parsed again in Python for PyYAML's own wording.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _SCALAR_TAGS = frozenset(
     _STD + name for name in ("null", "bool", "int", "float", "str", "binary", "timestamp")
 )
 _MERGE_TAG = _STD + "merge"
+_STR_TAG = _STD + "str"
 
 
 class _Invalid:
@@ -247,6 +250,11 @@ if _CParser is not None and getattr(yaml, "__with_libyaml__", False):
     _FastLoader = _CMarkedLoader
 
 
+class _NotATree(Exception):
+    """A tree libyaml composed holds a node twice (an alias) or nests too deep: compose it
+    again with PyYAML's composer, which marks aliases where they are written."""
+
+
 @dataclass(slots=True)
 class _Walker:
     loader: _Marked
@@ -254,6 +262,11 @@ class _Walker:
     problems: list[Problem]
     expanded: int = 0
     alias_stack: tuple[tuple[Node, str], ...] = ()
+    # Ids of the nodes walked, for a tree libyaml composed (None otherwise): a second visit
+    # is an alias, which that tree does not mark. Such a tree is also consumed as it is
+    # walked, so that it and the located values are never both whole in memory (60 MB at
+    # 10,000 jobs).
+    seen: set[int] | None = None
 
     def problem(self, node: Node, path: str, message: str) -> None:
         mark = node.start_mark
@@ -268,6 +281,11 @@ class _Walker:
         )
 
     def walk(self, node: Node, path: str, depth: int = 0) -> Located:
+        seen = self.seen
+        if seen is not None:
+            if id(node) in seen or depth > MAX_DEPTH:
+                raise _NotATree
+            seen.add(id(node))
         is_alias = id(node) in self.loader.alias_copies
         if is_alias:
             self.alias_stack += ((node, path),)
@@ -308,15 +326,23 @@ class _Walker:
             self.problem(node, path, _unknown_tag(node.tag))
             return Located(kind="scalar", value=INVALID, line=line, column=column, path=path)
         if isinstance(node, SequenceNode):
-            items = [
-                self.walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node.value)
-            ]
+            items = []
+            nodes = node.value
+            for i in range(len(nodes)):
+                items.append(self.walk(nodes[i], f"{path}[{i}]", depth + 1))
+                if self.seen is not None:
+                    nodes[i] = None  # walked once (libyaml's tree): let it go
             return Located(kind="seq", value=items, line=line, column=column, path=path)
         assert isinstance(node, MappingNode)
         entries = self._mapping(node, path, depth)
         return Located(kind="map", value=entries, line=line, column=column, path=path)
 
     def _scalar(self, node: ScalarNode, path: str) -> Any:
+        if node.tag == _STR_TAG:  # most scalars: PyYAML's constructor returns the text as is
+            value = node.value
+            if _SURROGATE.search(value):
+                return self._join_surrogates(node, path, value)
+            return value
         if node.tag not in _SCALAR_TAGS:
             self.problem(node, path, _unknown_tag(node.tag))
             return INVALID
@@ -367,7 +393,12 @@ class _Walker:
     def _mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
         entries: dict[str, tuple[Located, Located]] = {}
         merged: dict[str, tuple[Located, Located]] = {}
-        for key_node, value_node in node.value:
+        pairs = node.value
+        consume = self.seen is not None
+        for index in range(len(pairs)):
+            key_node, value_node = pairs[index]
+            if consume:  # libyaml's tree is walked once: each entry goes once walked
+                pairs[index] = None
             if key_node.tag == _MERGE_TAG:
                 self._merge(value_node, path, depth, merged)
                 continue
@@ -463,6 +494,25 @@ def line_col(text: str, position: int) -> tuple[int, int]:
     return line, position - (before.rfind("\n") + 1) + 1
 
 
+def _load_c(text: str, file: str) -> tuple[Located | None, list[Problem]] | None:
+    """``load`` with libyaml's composer as well as its parser, for a file without aliases
+    (most): None when the file has one, nests too deep or does not parse, so that the
+    caller composes it with PyYAML's composer, for the alias marks and PyYAML's wording."""
+    loader = _FastLoader(text)
+    try:
+        root = _CParser.get_single_node(loader)
+    except yaml.YAMLError:
+        return None
+    if root is None:
+        return None, []
+    walker = _Walker(loader=loader, file=file, problems=[], seen=set())
+    try:
+        tree = walker.walk(root, "")
+    except _NotATree:
+        return None
+    return tree, walker.problems
+
+
 def load(text: str, file: str) -> tuple[Located | None, list[Problem]]:
     """Parse ``text`` into a Located tree plus the non-fatal problems found on the way.
 
@@ -471,6 +521,9 @@ def load(text: str, file: str) -> tuple[Located | None, list[Problem]]:
     """
     loader: _Marked | None = None
     if _FastLoader is not None:
+        found = _load_c(text, file)
+        if found is not None:
+            return found
         fast = _FastLoader(text)
         try:
             root = fast.get_single_node()

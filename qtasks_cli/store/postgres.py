@@ -34,6 +34,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
@@ -77,9 +78,17 @@ LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the li
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _ACTIVE = ("queued", "claimed", "running")
+PRUNE_CHUNK = 5000  # runs deleted per transaction
 
 # Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
 # quoted schema name.
+# Finished runs that have a duration: the condition of the runs_duration index, which a query
+# repeats for the planner to use it.
+_TIMED = (
+    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
+    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     (
         """
@@ -179,6 +188,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             lines jsonb NOT NULL
         )
         """,
+    ),
+    # history --stats from indexes (issue 16): counts and last ends per (job, status), and
+    # each job's percentiles by walking its durations in order.
+    (
+        "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
+        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + _TIMED,
     ),
 ]
 
@@ -315,10 +330,6 @@ _SQL = {
     ),
     "notify": "SELECT pg_notify(%s, %s)",
 }
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _aware(value: datetime) -> datetime:
@@ -1316,23 +1327,43 @@ class PostgresStore:
             conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
             params["cutoff"] = _aware(now) - timedelta(days=keep_days)
         active = ", ".join(f"'{status}'" for status in _ACTIVE)
-        sql = (
-            "WITH doomed AS (SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
+        select = (
+            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
             f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
             f" {_ORDER_NEWEST}) AS rank"
             f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
             # A row scheduled after now (the clock went back) still guards its (job, time).
             f" WHERE ({' OR '.join(conditions)})"
-            " AND (scheduled IS NULL OR scheduled < %(now)s)),"
-            f" gone AS (DELETE FROM {quoted}.attempts WHERE run_id IN (SELECT run_id FROM doomed))"
-            f" DELETE FROM {quoted}.runs WHERE run_id IN (SELECT run_id FROM doomed)"
+            " AND (scheduled IS NULL OR scheduled < %(now)s)"
         )
-
-        async def work(conn: _AsyncConn) -> int:
-            cur = await conn.execute(sql, params)
-            return max(cur.rowcount, 0)
-
-        deleted = await self._do("pruning history", work)
+        chunk = "SELECT run_id FROM qtasks_doomed WHERE n > %s AND n <= %s"
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        # A connection of its own, and one short transaction per PRUNE_CHUNK runs: claims on
+        # the store's connection never wait for the prune. Dead rows are left to autovacuum,
+        # which makes their space reusable (the table files do not shrink).
+        try:
+            async with await self._connect() as conn:
+                await conn.execute(
+                    "CREATE TEMP TABLE qtasks_doomed (n bigserial PRIMARY KEY, run_id text)"
+                )
+                await conn.execute(f"INSERT INTO qtasks_doomed (run_id) {select}", params)
+                cur = await conn.execute("SELECT count(*) FROM qtasks_doomed")
+                row = await cur.fetchone()
+                total = int(row[0]) if row else 0
+                deleted = 0
+                for start in range(0, total, PRUNE_CHUNK):
+                    bounds = (start, start + PRUNE_CHUNK)
+                    async with conn.transaction():
+                        await conn.execute(
+                            f"DELETE FROM {quoted}.attempts WHERE run_id IN ({chunk})", bounds
+                        )
+                        cur = await conn.execute(
+                            f"DELETE FROM {quoted}.runs WHERE run_id IN ({chunk})", bounds
+                        )
+                        deleted += max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise self._fail("pruning history", exc) from exc
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
@@ -1545,6 +1576,24 @@ class PostgresStore:
             for number, started, ended, status, error_type, error in rows
         ]
 
+    async def _percentile(self, quoted: str, job: str, count: int, q: float) -> float | None:
+        """The ``q`` quantile of the job's ``count`` durations (seconds; linear interpolation
+        between closest ranks), from the two values at its ranks, read in order from the
+        runs_duration index: no row per run comes back."""
+        pos = q * (count - 1)
+        low = int(pos)
+        rows = await self._fetch(
+            "reading statistics",
+            f"SELECT extract(epoch FROM ended - started)::float8 FROM {quoted}.runs"
+            f" WHERE job = %s AND {_TIMED} ORDER BY ended - started LIMIT 2 OFFSET %s",
+            (job, low),
+        )
+        if not rows:
+            return None
+        first = float(rows[0][0])
+        second = float(rows[1][0]) if len(rows) > 1 else first
+        return first + (second - first) * (pos - low)
+
     async def stats(self, job: str | None = None) -> list[JobStats]:
         """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
 
@@ -1561,21 +1610,16 @@ class PostgresStore:
             params,
         ):
             counts.setdefault(name, {})[status] = (count, _utc(last_ended))
-        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
         and_job = "AND job = %s" if job is not None else ""
-        percentiles = {
-            name: (p50, p95)
-            for name, p50, p95 in await self._fetch(
-                "reading statistics",
-                "SELECT job, percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),"
-                " percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) FROM"
-                " (SELECT job, extract(epoch FROM ended - started)::float8 AS seconds"
-                f" FROM {quoted}.runs WHERE status IN ({finished})"
-                f" AND started IS NOT NULL AND ended IS NOT NULL {and_job}) AS durations"
-                " GROUP BY job",
-                params,
-            )
-        }
+        timed = await self._fetch(
+            "reading statistics",
+            f"SELECT job, count(*) FROM {quoted}.runs WHERE {_TIMED} {and_job} GROUP BY job",
+            params,
+        )
+        percentiles: dict[str, tuple[float | None, float | None]] = {}
+        for name, count in timed:
+            p50 = await self._percentile(quoted, name, count, 0.5)
+            percentiles[name] = (p50, await self._percentile(quoted, name, count, 0.95))
         if job is not None:
             counts.setdefault(job, {})
         return [

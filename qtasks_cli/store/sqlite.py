@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,10 +26,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id, paths
+from qtasks_cli.store import new_run_id, paths, sqlite_prune
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
@@ -63,7 +65,13 @@ MIN_SQLITE = (3, 25, 0)  # upserts and window functions
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-_ACTIVE = (RunStatus.QUEUED.value, RunStatus.CLAIMED.value, RunStatus.RUNNING.value)
+
+# Finished runs that have a duration: the condition of the runs_duration index, which a query
+# must repeat word for word for SQLite to use the index.
+_TIMED = (
+    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
+    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
+)
 
 # Step i brings a file from ``user_version`` i to i + 1; append, never edit.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -150,6 +158,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ) WITHOUT ROWID
         """,
     ),
+    # history --stats from indexes (issue 16): counts and last ends per (job, status) from
+    # one covering scan, percentiles by walking each job's durations in order.
+    (
+        "CREATE INDEX runs_job_status ON runs (job, status, ended)",
+        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {_TIMED}",
+    ),
 ]
 
 _RUN_COLUMNS = (
@@ -200,10 +214,6 @@ _SQL_ENQUEUE = (
 )
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _to_us(value: datetime) -> int:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
@@ -246,6 +256,9 @@ def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqli
         ) from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # A new file gives pruned space back as it goes (store/sqlite_prune.py).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("%s: SQLite refused WAL mode (journal mode %s)", path, mode)
@@ -330,16 +343,6 @@ def _row_to_run(row: Sequence[Any]) -> RunRow:
 def _node_name(host: str, pid: int) -> str:
     # One daemon per file (the flock), so a process is a node; no column needed.
     return f"{host}:{pid}"
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    if not sorted_values:
-        return None
-    pos = q * (len(sorted_values) - 1)
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------
@@ -458,6 +461,9 @@ class SqliteStore:
         self._files_seen: tuple[int, ...] = ()
         self._closed = False
         self._lock_fd: int | None = None
+        # Held around every write transaction of this store's connections: the prune's
+        # chunks take turns with claims instead of making them wait on SQLite's busy loop.
+        self._write_lock = threading.Lock()
         self._writes = WriteBuffer(
             location=self.location,
             log=log,
@@ -499,13 +505,14 @@ class SqliteStore:
     def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT (worker thread)."""
         conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
         return result
 
     # -- lifecycle --------------------------------------------------------------------
@@ -577,6 +584,8 @@ class SqliteStore:
             raise StoreError(f"{lock_path}: cannot lock: {exc.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{self._pid}\n".encode(), 0)
+        if self._executor is not None:  # an old file with much free space: compact it now
+            await self._run("compacting the state file", self._compact_sync)
         self._lock_fd = fd
         _held_locks.add(fd)
         _forget_locks_in_children()
@@ -589,6 +598,10 @@ class SqliteStore:
             last_seen=now,
             digest="",
         )
+
+    def _compact_sync(self) -> None:
+        with self._write_lock:
+            sqlite_prune.compact_on_start(self._db, self.location)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -896,11 +909,25 @@ class SqliteStore:
         if keep_runs is None and keep_days is None:
             return 0
         await self._writes.flush_for_read()
-        keep = -1 if keep_runs is None else max(keep_runs, 0)
-        cutoff = None if keep_days is None else _to_us(now - timedelta(days=keep_days))
-        deleted = await self._run_transaction(
-            "pruning history", _prune_work(keep, cutoff, _to_us(now))
+        if self._executor is None or self._closed:
+            raise RuntimeError(f"{self.location}: the store is not open")
+        work = functools.partial(
+            sqlite_prune.prune,
+            lambda: _connect(self.path, self._busy_timeout),
+            self._write_lock,
+            keep=-1 if keep_runs is None else max(keep_runs, 0),
+            cutoff=None if keep_days is None else _to_us(now - timedelta(days=keep_days)),
+            now=_to_us(now),
+            location=self.location,
         )
+        try:
+            # Its own thread and connection: the store's thread stays free for claims.
+            deleted = await asyncio.get_running_loop().run_in_executor(None, work)
+        except sqlite3.Error as exc:
+            transient = isinstance(exc, sqlite3.OperationalError)
+            raise StoreError(
+                f"{self.location}: pruning history failed: {exc}", transient=transient
+            ) from exc
         if deleted:
             log.info("%s: pruned %d finished runs", self.location, deleted)
         return deleted
@@ -972,6 +999,10 @@ class SqliteStore:
         await self._run("writing run updates", self._write_batch, batch)
 
     def _write_batch(self, batch: list[Write]) -> None:
+        with self._write_lock:
+            self._write_batch_locked(batch)
+
+    def _write_batch_locked(self, batch: list[Write]) -> None:
         conn = self._db
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -1089,23 +1120,47 @@ class SqliteStore:
             params,
         ):
             counts.setdefault(name, {})[status] = (count, _from_us(last_ended))
-        durations: dict[str, list[float]] = {}
-        finished = ", ".join(f"'{s.value}'" for s in RunStatus if s.finished)
-        and_job = "AND job = ?" if job is not None else ""
-        for name, started, ended in self._db.execute(
-            f"SELECT job, started, ended FROM runs WHERE status IN ({finished})"
-            f" AND started IS NOT NULL AND ended IS NOT NULL {and_job}",
-            params,
-        ):
-            durations.setdefault(name, []).append((ended - started) / 1e6)
+        percentiles = {name: self._percentiles(name, count) for name, count in self._timed(job)}
         if job is not None:
             counts.setdefault(job, {})
-        stats = []
-        for name in sorted(counts):
-            values = sorted(durations.get(name, []))
-            p50, p95 = _percentile(values, 0.5), _percentile(values, 0.95)
-            stats.append(job_stats(name, counts[name], p50, p95))
-        return stats
+        return [
+            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
+            for name in sorted(counts)
+        ]
+
+    def _timed(self, job: str | None) -> list[tuple[str, int]]:
+        """Per job, how many finished runs have a duration (a scan of runs_duration)."""
+        and_job = "AND job = ?" if job is not None else ""
+        return self._db.execute(
+            f"SELECT job, count(*) FROM runs WHERE {_TIMED} {and_job} GROUP BY job",
+            () if job is None else (job,),
+        ).fetchall()
+
+    def _percentiles(self, job: str, count: int) -> tuple[float | None, float | None]:
+        """p50 and p95 of the job's durations (seconds; linear interpolation between closest
+        ranks, numpy's default), each from the two values at its ranks, read in order from
+        runs_duration: no row per run comes to Python."""
+        found: list[float | None] = []
+        for q in _QUANTILES:
+            pos = q * (count - 1)
+            low = int(pos)
+            values = [
+                micros / 1e6
+                for (micros,) in self._db.execute(
+                    f"SELECT ended - started FROM runs WHERE job = ? AND {_TIMED}"
+                    " ORDER BY ended - started LIMIT 2 OFFSET ?",
+                    (job, low),
+                )
+            ]
+            if not values:
+                found.append(None)
+                continue
+            high = values[1] if len(values) > 1 else values[0]
+            found.append(values[0] + (high - values[0]) * (pos - low))
+        return found[0], found[1]
+
+
+_QUANTILES = (0.5, 0.95)
 
 
 def _claim_work(
@@ -1160,30 +1215,6 @@ def _inserted(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]
             r[0] for r in conn.execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", chunk)
         )
     return found
-
-
-def _prune_work(keep: int, cutoff: int | None, now: int) -> Callable[[sqlite3.Connection], int]:
-    def work(conn: sqlite3.Connection) -> int:
-        conditions = []
-        if keep >= 0:
-            conditions.append("rank > :keep")
-        if cutoff is not None:
-            conditions.append("coalesce(ended, started, scheduled, created) < :cutoff")
-        active = ", ".join(f"'{s}'" for s in _ACTIVE)
-        doomed = conn.execute(
-            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled, created,"
-            f" row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
-            f" {_ORDER_NEWEST}) AS rank"
-            f" FROM runs WHERE status NOT IN ({active}))"
-            # A row scheduled after now (the clock went back) still guards its (job, time).
-            f" WHERE ({' OR '.join(conditions)}) AND (scheduled IS NULL OR scheduled < :now)",
-            {"keep": keep, "cutoff": cutoff, "now": now},
-        ).fetchall()
-        conn.executemany("DELETE FROM attempts WHERE run_id = ?", doomed)
-        conn.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
-        return len(doomed)
-
-    return work
 
 
 if TYPE_CHECKING:
