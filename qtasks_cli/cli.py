@@ -604,7 +604,7 @@ def main() -> None:
         if _click_error(exc, "Abort"):
             sys.exit(EXIT_FORCED)
         raise
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    sys.exit(pipes.exit_code(code if isinstance(code, int) else EXIT_OK))
 
 
 def print_stats_pictures(loaded: Config, rows: list[Any], *, limit: int, state: str | None) -> None:

@@ -131,3 +131,30 @@ def test_a_daemon_whose_reader_has_gone_runs_on_and_stops_cleanly(project) -> No
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait(timeout=10)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_one_line_and_ex_ioerr_never_a_traceback(history_dir: Path) -> None:
+    # `qtasks status > /dev/full`: ENOSPC on every write. The command's work is done (a pause is
+    # stored) but what it printed is lost, which a script must learn: EX_IOERR (sysexits(3)).
+    path = history_dir
+    cwd = path.parent
+    commands = [
+        ["--version"],
+        ["validate", str(path)],
+        ["list", str(path), "--json"],
+        ["history", "-c", str(path), "--json"],
+        ["status", "-c", str(path)],
+        ["pause", "tick", "-c", str(path)],
+        ["resume", "tick", "-c", str(path)],
+    ]
+    with open("/dev/full", "w") as full:
+        for args in commands:
+            code, err = _run(args, cwd, stdout=full.fileno(), stderr=None)
+            assert code == 74, (args, code, err)
+            assert "Traceback" not in err, (args, err)
+            assert err.strip().splitlines() == [
+                "qtasks: cannot write to stdout: No space left on device"
+            ], (args, err)
+    shown = run_qtasks("status", "-c", str(path), "--json", cwd=cwd)
+    assert '"paused": null' in shown.stdout, shown.stdout  # paused, then resumed: both stored
