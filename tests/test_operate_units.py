@@ -454,3 +454,12 @@ def test_one_order_of_states_in_the_live_table_and_systemd_status() -> None:
     line = status_line(snapshot)
     assert "1 running, 3 waiting for a slot, 2 queued, 1 abandoned still running" in line
     assert "next:" not in line  # a paused job's next fire is no fire
+
+
+def test_last_result_is_a_run_that_ran_not_one_cancelled_before_it_started(control) -> None:
+    # `status` LAST: a queued request cancelled before any daemon took it never ran.
+    store, state = control
+    run_id = _enqueue(state, "report")
+    assert store.request_cancel(run_id, "me", T0) == "cancelled"
+    overview = store.overview(since=None)
+    assert "report" not in overview.last, overview.last

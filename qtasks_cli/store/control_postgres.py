@@ -343,7 +343,7 @@ class PostgresControl:
             ).fetchall()
             last = conn.execute(
                 f"SELECT DISTINCT ON (job) {_RUN_COLUMNS} FROM {s}.runs"
-                " WHERE status = ANY(%s) ORDER BY job,"
+                " WHERE status = ANY(%s) AND started IS NOT NULL ORDER BY job,"
                 " coalesce(started, scheduled, created) DESC, run_id DESC",
                 (list(RAN),),
             ).fetchall()

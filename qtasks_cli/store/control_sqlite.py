@@ -327,7 +327,7 @@ class SqliteControl:
             last = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM (SELECT *, row_number() OVER"
                 f" (PARTITION BY job {_ORDER_NEWEST}) AS rank FROM runs"
-                f" WHERE status IN ({ran})) WHERE rank = 1"
+                f" WHERE status IN ({ran}) AND started IS NOT NULL) WHERE rank = 1"
             ).fetchall()
             waiting = conn.execute(
                 "SELECT job, count(*) FROM runs WHERE status = 'queued' GROUP BY job"

@@ -268,7 +268,8 @@ def watch_frame(report: StatusReport) -> tuple[Snapshot, dict[str, Any], list[An
             JobView(
                 name=job.name,
                 schedule=job.schedule,
-                enabled=job.enabled,
+                # "disabled" is said of a job the file disables; one not in it (a kept pause) is not
+                enabled=job.enabled or not job.in_file,
                 next_fire=job.next_fire,
                 running=len(job.running),
                 pending=job.queued,
