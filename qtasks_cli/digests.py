@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from datetime import date, timedelta
 from typing import Any
 
-from qtasks_cli.models import JobSpec
+from qtasks_cli.models import JobSpec, Settings
 
 _NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
 MACHINE_ZONE = "(the machine's zone)"  # what the digest says of a zone the file does not name
@@ -79,9 +79,28 @@ def fingerprint(job: JobSpec) -> str:
     return _hash(definition(job))
 
 
-def config_digest(jobs: Mapping[str, JobSpec], machine_zoned: Collection[str] = ()) -> str:
-    """``Config.digest``: the job file's definitions as written. Independent of the environment
-    it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it."""
-    return _hash(
-        {name: definition(job, machine_zone=name in machine_zoned) for name, job in jobs.items()}
-    )
+def config_digest(
+    jobs: Mapping[str, JobSpec],
+    machine_zoned: Collection[str] = (),
+    settings: Settings | None = None,
+    *,
+    machine_zone: bool = False,
+) -> str:
+    """``Config.digest``: the job file's definitions as written, its ``settings`` too (so an
+    edit of ``keep_runs`` is a reload pending, as a job's is). Independent of the environment
+    it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it: the
+    state's location is left out (it names the store both read, and may hold a password), and
+    with ``machine_zone`` the settings' zone counts as MACHINE_ZONE."""
+    whole: dict[str, Any] = {
+        name: definition(job, machine_zone=name in machine_zoned) for name, job in jobs.items()
+    }
+    if settings is not None:
+        shown = {
+            f.name: _canonical(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if f.name != "state"
+        }
+        if machine_zone:
+            shown["timezone"] = MACHINE_ZONE
+        whole = {"jobs": whole, "settings": shown}
+    return _hash(whole)

@@ -104,3 +104,20 @@ def test_a_change_of_the_file_still_changes_the_digest(tmp_path: Path) -> None:
         path.write_text(FILE.replace(old, new, 1))
         after = load_config(path, check_imports=False, env={}, variables_required=False)
         assert after.digest != before.digest, (old, new)
+
+
+def test_an_edit_of_the_settings_changes_the_digest_but_the_state_location_does_not(
+    tmp_path: Path,
+) -> None:
+    # `status` says "reload pending" for a settings edit too (a reload applies them).
+    path = tmp_path / "jobs.yaml"
+    base = "settings:\n  keep_runs: 1000\n  state: a.db\njobs:\n  j: {entrypoint: m:f}\n"
+    path.write_text(base)
+    before = load_config(path, check_imports=False, env={}, variables_required=False)
+    for old, new in [("keep_runs: 1000", "keep_runs: 1"), ("keep_runs: 1000", "max_catch_up: 1")]:
+        path.write_text(base.replace(old, new))
+        after = load_config(path, check_imports=False, env={}, variables_required=False)
+        assert after.digest != before.digest, new
+    path.write_text(base.replace("state: a.db", "state: ./a.db"))
+    same = load_config(path, check_imports=False, env={}, variables_required=False)
+    assert same.digest == before.digest

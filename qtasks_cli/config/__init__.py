@@ -14,6 +14,7 @@ from qtasks_cli.config.jobs import (
     _jobs,
 )
 from qtasks_cli.config.reading import (
+    _ZONE_FROM_FILE,
     KNOWN_JOB_KEYS,
     KNOWN_RETRY_KEYS,
     KNOWN_SETTINGS_KEYS,
@@ -162,7 +163,12 @@ def parse_config_text(
         path=path,
         settings=settings,
         jobs=jobs,
-        digest=config_digest(jobs, ctx.machine_zoned),
+        digest=config_digest(
+            jobs,
+            ctx.machine_zoned,
+            settings,
+            machine_zone=ctx.zone_source != _ZONE_FROM_FILE,
+        ),
         warnings=tuple(_sorted(ctx.warnings)),
         zone_source=ctx.zone_source,
         where={key: (filename, line, column) for key, (line, column) in ctx.where.items()},
