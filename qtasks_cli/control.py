@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli import __version__, offthread
@@ -165,6 +167,7 @@ class Controller:
         self._store = await offthread.run(self._open, name="qtasks-control")
         paused = await offthread.run(self._store.paused, name="qtasks-control")
         self.supervisor.paused = frozenset(paused)
+        await offthread.run(functools.partial(_withdraw_gone, self._store), name="qtasks-control")
         self._thread = threading.Thread(target=self._main, name="qtasks-control", daemon=True)
         self._thread.start()
 
@@ -317,3 +320,21 @@ class Controller:
 
         future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         return future.result(LOOP_WAIT)
+
+
+GONE_KEPT = timedelta(hours=24)  # how long a daemon judged gone by its heartbeat stays listed
+
+
+def _withdraw_gone(store: ControlStore) -> None:
+    """At a daemon's start, after recovery took over their runs: the entries of daemons that
+    are gone (their process is not there on this host, or their heartbeat stopped more than
+    GONE_KEPT ago) leave ``status``, which otherwise lists every killed daemon for good."""
+    from qtasks_cli.liveness import judge
+
+    now = datetime.now(timezone.utc)
+    here = socket.gethostname()
+    for info in store.daemons():
+        alive, by = judge(info, now, here)
+        if not alive and (by != "heartbeat" or now - info.last_seen > GONE_KEPT):
+            with contextlib.suppress(Exception):  # a listing to tidy, never a reason to fail
+                store.withdraw(info.node_id)

@@ -463,3 +463,27 @@ def test_last_result_is_a_run_that_ran_not_one_cancelled_before_it_started(contr
     assert store.request_cancel(run_id, "me", T0) == "cancelled"
     overview = store.overview(since=None)
     assert "report" not in overview.last, overview.last
+
+
+def test_a_daemon_that_is_gone_leaves_the_listing_when_another_starts(control) -> None:
+    # Every SIGKILLed daemon stayed in `status` for good; the next start tidies them away.
+    import socket
+    import subprocess
+
+    from qtasks_cli.control import _withdraw_gone
+    from qtasks_cli.store.base import local_key
+
+    store, _ = control
+    dead = subprocess.Popen(["true"])
+    dead.wait(10)
+    now = datetime.now(timezone.utc)
+    for node, pid, seen in [("gone", dead.pid, now), ("me", os.getpid(), now)]:
+        store.publish(
+            DaemonInfo(
+                node_id=node, host=socket.gethostname(), pid=pid, started=seen, last_seen=seen,
+                published=seen, version="v", config="c", digest="d", every=2.0,
+                local_key=local_key(),
+            )
+        )  # fmt: skip
+    _withdraw_gone(store)
+    assert [d.node_id for d in store.daemons()] == ["me"]
