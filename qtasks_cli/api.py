@@ -554,7 +554,7 @@ def run_until_done(main: Coroutine[Any, Any, T]) -> T:
     supervisor already reported it). The caller exits with ``os._exit`` afterwards."""
     import asyncio
 
-    from qtasks_cli import looperrors
+    from qtasks_cli import keepstate, looperrors
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -566,11 +566,13 @@ def run_until_done(main: Coroutine[Any, Any, T]) -> T:
         except (SystemExit, KeyboardInterrupt) as exc:
             if task.done():  # qtasks' own code ended with it: not a job's
                 raise
+            keepstate.restore("one of the jobs")
             _escaped_from_job(exc)
         except RuntimeError:
             if task.done():
                 raise
             # ``loop.stop()`` called by job code: the loop goes on (asyncio raises this).
+            keepstate.restore("one of the jobs")  # a logger a job disabled must say it
             logging.getLogger("qtasks_cli.supervisor").error(
                 "job code stopped the event loop (loop.stop()); ignored: the daemon goes on"
             )

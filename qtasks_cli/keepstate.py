@@ -164,10 +164,10 @@ def restore(job: str) -> None:
     if loop is not None and not loop.is_closed():
         if loop.get_exception_handler() is not _Kept.exception_handler:
             _put_back("the event loop's exception handler", job)
-            loop.set_exception_handler(_Kept.exception_handler)
+            type(loop).set_exception_handler(loop, _Kept.exception_handler)  # past the guard
         if loop.get_task_factory() is not _Kept.task_factory:
             _put_back("the event loop's task factory", job)
-            loop.set_task_factory(_Kept.task_factory)
+            type(loop).set_task_factory(loop, _Kept.task_factory)
 
 
 def _restore_loggers(job: str) -> None:

@@ -87,8 +87,8 @@ def _refuse(call: str) -> None:
         _Guard.warned.add(key)
     log.warning(
         "%s at %s was refused and changed nothing: the qtasks daemon keeps its own SIGTERM, "
-        "SIGINT and SIGHUP handling, its GIL switch interval and its recursion limit (run the "
-        "job with isolation: "
+        "SIGINT and SIGHUP handling, its GIL switch interval, its recursion limit and its event "
+        "loop's task factory and exception handler (run the job with isolation: "
         "process to manage them yourself)",
         call,
         where,
@@ -305,8 +305,25 @@ def _guard_loop(loop: Any) -> Callable[[], None]:
         result: bool = remove(sig)
         return result
 
+    def set_task_factory(factory: Any) -> None:
+        # Every task the daemon makes would go through a job's factory (one that raises:
+        # no task is ever made again), and other jobs' tasks in the same burst too.
+        if _Guard.active:
+            _refuse("loop.set_task_factory(...)")
+            return
+        type(loop).set_task_factory(loop, factory)
+
+    def set_exception_handler(handler: Any) -> None:
+        # asyncio's default handler formats a job's exception on the loop (looperrors.py).
+        if _Guard.active:
+            _refuse("loop.set_exception_handler(...)")
+            return
+        type(loop).set_exception_handler(loop, handler)
+
     loop.add_signal_handler = add_signal_handler
     loop.remove_signal_handler = remove_signal_handler
+    loop.set_task_factory = set_task_factory
+    loop.set_exception_handler = set_exception_handler
     # The class's methods (called as ``Loop.add_signal_handler(loop, ...)``) write the table
     # straight away: guard the table itself.
     plain = getattr(loop, "_signal_handlers", None)
@@ -318,6 +335,7 @@ def _guard_loop(loop: Any) -> Callable[[], None]:
 
     def undo() -> None:
         del loop.add_signal_handler, loop.remove_signal_handler
+        del loop.set_task_factory, loop.set_exception_handler
         table = _Guard.loop_table
         if plain is not None and table is not None and loop._signal_handlers is table:
             plain.clear()

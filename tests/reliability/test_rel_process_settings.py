@@ -135,11 +135,11 @@ def test_process_settings_kept(outcome: Outcome) -> None:
     assert not late_rows(out.of("tick")), show_rows(late_rows(out.of("tick")))
     for what in (
         "job code stopped the event loop",
-        "the event loop's task factory was changed",
+        "loop.set_task_factory(...) at",
         "sys.setrecursionlimit(30)",
         "the log record factory (logging.setLogRecordFactory) was changed",
         "a handler added to logger 'qtasks' (now called off the loop) was changed",
-        "the event loop's exception handler was changed",
+        "loop.set_exception_handler(...) at",
         "disabled, as logging.config.dictConfig does by default) was changed",
         "profile function (sys.setprofile) was changed",
         "qtasks stopping",
