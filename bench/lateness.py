@@ -37,13 +37,16 @@ from typing import Any
 import common
 import configs
 
-# The programs of one round, in the order they run.
+# The programs of one round, in the order they run. With $QTBENCH_BASELINE naming another
+# installed ``qtasks`` (an older version, say), it runs in every round too, as "baseline", so
+# that before and after share the same minutes of the machine.
 PROGRAMS = ("floor", "apscheduler", "qtasks/sqlite", "qtasks/postgres")
+BASELINE_PROGRAMS = ("baseline/sqlite", "baseline/postgres")
 
 
 @dataclass(kw_only=True)
 class Lateness:
-    scheduler: str  # "floor", "apscheduler", "qtasks"
+    scheduler: str  # "floor", "apscheduler", "qtasks", "baseline" (qtasks of $QTBENCH_BASELINE)
     jobs: int
     ui: str = ""  # qtasks only: plain or live
     store: str = ""  # qtasks only: sqlite or postgres
@@ -83,23 +86,32 @@ def measure_all(
     unreachable = _pg_unreachable(url)
     runs: list[Lateness] = []
     samples: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    baseline = os.environ.get("QTBENCH_BASELINE")
+    programs = PROGRAMS + (BASELINE_PROGRAMS if baseline else ())
     for number in range(1, rounds + 1):
         print(f"  -- round {number} of {rounds}", flush=True)
         for count in counts:
-            for program in PROGRAMS:
+            for program in programs:
                 scheduler, _, store = program.partition("/")
                 if scheduler == "floor":
                     row, values = measure_floor(count, window=window, warmup=warmup)
                 elif scheduler == "apscheduler":
                     row, values = measure_aps(count, window=window, warmup=warmup)
                 elif store == "postgres" and unreachable:
-                    row, values = Lateness(scheduler="qtasks", jobs=count, store=store), []
+                    row, values = Lateness(scheduler=scheduler, jobs=count, store=store), []
                     row.available = False
                     row.note = f"not available: PostgreSQL cannot be reached ({unreachable})"
                 else:
                     row, values = measure_qtasks(
-                        count, ui="plain", window=window, warmup=warmup, store=store, url=url
+                        count,
+                        ui="plain",
+                        window=window,
+                        warmup=warmup,
+                        store=store,
+                        url=url,
+                        command=baseline if scheduler == "baseline" else common.QTASKS,
                     )
+                    row.scheduler = scheduler
                 row.round = number
                 runs.append(row)
                 samples[(row.scheduler, row.store, count)].extend(values)
@@ -172,6 +184,7 @@ def measure_qtasks(
     warmup: float,
     store: str = "sqlite",
     url: str = "",
+    command: str = common.QTASKS,
 ) -> tuple[Lateness, list[float]]:
     result = Lateness(scheduler="qtasks", jobs=count, ui=ui, store=store)
     if ui == "live" and not live_view_available():
@@ -185,7 +198,7 @@ def measure_qtasks(
             work / "jobs.yaml", count, schedule="* * * * * *", schema=schema
         )
         out = work / "starts.txt"
-        cmd = [common.QTASKS, "run", str(config), "--ui", ui]
+        cmd = [command, "run", str(config), "--ui", ui]
         extra = {"QTBENCH_OUT": str(out)}
         if schema is not None:
             extra["QTASKS_STATE"] = url

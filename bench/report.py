@@ -345,6 +345,8 @@ def _program(row: dict[str, Any]) -> str:
         return "asyncio floor"
     if row["scheduler"] == "apscheduler":
         return "APScheduler 3"
+    if row["scheduler"] == "baseline":
+        return f"qtasks before (baseline), {_store_name(row.get('store') or 'sqlite')}"
     label = f"qtasks, {_store_name(row.get('store') or 'sqlite')}"
     if row.get("ui") == "live":
         label += " `--ui live`"

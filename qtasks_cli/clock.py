@@ -41,21 +41,23 @@ def settle_until(
     *,
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
     spin: float = SPIN,
     limit: float = 2 * FIRE_EARLY,
 ) -> None:
-    """Block until ``now()`` reaches ``instant`` (seconds since the epoch): sleep until
-    ``spin`` before it, then spin. Returns at once when the instant has passed, and never
-    waits longer than ``limit`` (a wall clock stepped back is not waited out here)."""
+    """Block until the wall clock ``now()`` reaches ``instant`` (seconds since the epoch):
+    sleep until ``spin`` before it, then spin. Returns at once when the instant has passed.
+    Never waits longer than ``limit`` by the monotonic clock, nor than the wait it computed
+    at the start: a wall clock stepped back meanwhile is not waited out here (the loop
+    notices the step next and schedules afresh)."""
     left = instant - now()
     if left <= 0:
         return
-    if left > limit:
-        left = limit
-        instant = now() + limit
+    left = min(left, limit)
+    deadline = monotonic() + left
     if left > spin:
         sleep(left - spin)
-    while now() < instant:
+    while now() < instant and monotonic() < deadline:
         pass
 
 

@@ -58,6 +58,9 @@ NUDGE_GAP = 0.05
 # Claims are written this long before a fire's instant, so that at the instant the
 # bodies start with no database write in between (ledger.py).
 CLAIM_AHEAD = timedelta(milliseconds=500)
+# When claims take long (a busy PostgreSQL server), they are written further ahead: three
+# times the last claim's duration, decaying slowly back to CLAIM_AHEAD, at most this much.
+CLAIM_AHEAD_MAX = timedelta(seconds=2)
 # How soon fires the store did not claim are tried again (doubling up to CLAIM_RETRY_MAX):
 # a fire never runs unclaimed; it waits for the store and is late but once.
 CLAIM_RETRY = timedelta(milliseconds=200)
@@ -155,6 +158,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
         self._claim_task: asyncio.Task[None] | None = None
+        self._claim_ahead = CLAIM_AHEAD  # grows while claims are slow (CLAIM_AHEAD_MAX)
         self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
         self._nodes: tuple[str, ...] = ()
         self._fingerprints: dict[str, str] = {}
@@ -450,7 +454,7 @@ class Supervisor:
             heapq.heappop(self._heap)
         claiming = self._claim_task is not None and not self._claim_task.done()
         if self._heap and not claiming:  # a claim in flight wakes the loop when it ends
-            claim_at = self._heap[0][0] - CLAIM_AHEAD
+            claim_at = self._heap[0][0] - self._claim_ahead
             waits.append(max(0.0, (claim_at - now).total_seconds()))
         instant = self.ledger.next_instant()
         if instant is not None:
@@ -493,7 +497,7 @@ class Supervisor:
                 # follow the clock fire at them again, under a key of their own
                 # (policy.repeats_after_step). With several nodes the others' clocks
                 # keep those times, so a second pass would run them twice.
-                self._step_back = step_back(now, timedelta(seconds=-step) + CLAIM_AHEAD)
+                self._step_back = step_back(now, timedelta(seconds=-step) + self._claim_ahead)
             for name in self.jobs:
                 self._schedule_job(name, now)
 
@@ -528,14 +532,14 @@ class Supervisor:
     # --- firing ------------------------------------------------------------------------------
 
     def _claim_due(self, now: datetime) -> None:
-        """Claim every fire due by ``now + CLAIM_AHEAD`` in one store write, in the
+        """Claim every fire due by ``now + _claim_ahead`` in one store write, in the
         background: claimed fires wait in the ledger for their instant, and a slow or locked
         store never holds up fires already claimed. Late fires go through catch_up."""
         if self._claim_task is not None and not self._claim_task.done():
             return  # one claim at a time; its end wakes the loop
         fires: list[Fire] = []
         advanced: list[tuple[str, int, datetime]] = []
-        horizon = now + CLAIM_AHEAD
+        horizon = now + self._claim_ahead
         while self._heap and self._heap[0][0] <= horizon:
             entry = heapq.heappop(self._heap)
             if not self._is_current(entry):
@@ -563,9 +567,18 @@ class Supervisor:
     async def _claim_round(
         self, fires: list[Fire], advanced: list[tuple[str, int, datetime]], now: datetime
     ) -> None:
+        began = self.clock()
         claimed = await self._claim(fires, now)
         retry = timedelta(seconds=0 if claimed else self.ledger.backoff.next())
         after = self.clock()
+        if claimed and self.store.multi_node:
+            # A slow claim (a busy database server) makes the next ones start earlier. Only
+            # with a shared store: a single SQLite daemon's claims are local writes, and its
+            # handling of a clock stepped back counts on the usual lead.
+            took = after - began
+            self._claim_ahead = min(
+                CLAIM_AHEAD_MAX, max(CLAIM_AHEAD, 3 * took, self._claim_ahead * 0.9)
+            )
         for name, generation, last_due in advanced:
             state = self.jobs.get(name)
             if state is None or state.generation != generation or state.spec.schedule is None:
@@ -573,7 +586,7 @@ class Supervisor:
             if claimed:
                 self._push(name, state.spec.schedule.next_after(last_due))
             else:  # the store did not answer: claim again after the retry delay
-                self._push(name, after + CLAIM_AHEAD + retry)
+                self._push(name, after + self._claim_ahead + retry)
 
     async def _claim(self, fires: list[Fire], now: datetime) -> bool:
         """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the

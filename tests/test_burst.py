@@ -156,9 +156,25 @@ def test_settle_returns_at_once_when_the_instant_has_passed() -> None:
 
 def test_settle_never_waits_longer_than_its_limit() -> None:
     fake = FakeTime(100.0, step=0.00001)
-    settle_until(160.0, now=fake.read, sleep=fake.sleep, spin=0.001, limit=0.01)
+    settle_until(
+        160.0, now=fake.read, sleep=fake.sleep, monotonic=fake.read, spin=0.001, limit=0.01
+    )
     assert fake.now == pytest.approx(100.01, abs=0.0001)
     assert sum(fake.slept) <= 0.01
+
+
+def test_a_wall_clock_stepped_back_during_the_spin_is_not_waited_out() -> None:
+    wall = FakeTime(100.0, step=0.00001)
+    steady = FakeTime(5.0, step=0.00001)
+
+    def read_wall() -> float:
+        steady.read()  # the two clocks move together...
+        if wall.reads == 50:
+            wall.now -= 6.0  # ...until the wall clock is stepped back 6 s
+        return wall.read()
+
+    settle_until(100.004, now=read_wall, sleep=steady.sleep, monotonic=steady.read, spin=0.005)
+    assert steady.now < 5.0 + 0.004 + 0.001  # the spin ended by the monotonic clock
 
 
 async def chain(i: int, gate: Gate, fn: Any, log: list[Any]) -> Any:
