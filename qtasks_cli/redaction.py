@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from qtasks_cli.spelling import Spelling, escaped, quoted, substitute
-from qtasks_cli.ui.text import ANY_INVISIBLE, INVISIBLE, visible
+from qtasks_cli.ui.text import ANY_INVISIBLE, INVISIBLE, clean_line, strip_sequences, visible
 
 MIN_SECRET_CHARS = 4  # shorter values are not secrets (see the module's docstring)
 
@@ -254,3 +254,12 @@ def redact_value(value: Any, secrets: tuple[tuple[str, str], ...], depth: int = 
         except Exception:
             return items
     return value
+
+
+def clean_output(text: str) -> str:
+    """A line a job printed, safe to show: escape sequences and control characters removed,
+    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``), and the
+    ``${NAME}`` values of the loaded job file hidden (``redaction.remember``)."""
+    text = strip_sequences(redact_known(text)).rstrip("\r")
+    text = text.rsplit("\r", 1)[-1]
+    return clean_line(text)

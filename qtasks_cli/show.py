@@ -131,8 +131,8 @@ def detail_text(detail: RunDetail) -> str:
     """What ``qtasks show`` prints; terminal escapes in stored text are removed."""
     import json
 
+    from qtasks_cli.redaction import clean_output
     from qtasks_cli.ui.tables import table
-    from qtasks_cli.ui.text import clean_output
 
     run = detail.run
     lines = [f"run {run.run_id} of job {run.job}: {detail.owner_note or run.status}"]

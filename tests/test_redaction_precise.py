@@ -23,9 +23,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qtasks_cli import failures, output, redaction
-from qtasks_cli.redaction import hidden_parts, redact, redact_value
+from qtasks_cli.redaction import clean_output, hidden_parts, redact, redact_value
 from qtasks_cli.spelling import ANYWHERE_CHARS
-from qtasks_cli.ui.text import clean_line, clean_output, clean_text, visible
+from qtasks_cli.ui.text import clean_line, clean_text, visible
 
 PLACEHOLDER = "${TOKEN}"
 SENTINEL = "Q"  # no encoding changes it, and neither secrets nor their surroundings hold it

@@ -268,8 +268,8 @@ def test_the_live_table_hides_secrets_printed_over_several_lines(
     """Output captured under the live table, read in arbitrary pieces: a secret of several
     lines whose lines arrive in different reads is still hidden; lines without a secret are
     shown as they were."""
+    from qtasks_cli.redaction import clean_output
     from qtasks_cli.ui.live import LiveView
-    from qtasks_cli.ui.text import clean_output
 
     pairs = ((secret, PLACEHOLDER),)
     lines = data.draw(st.lists(texts_with(secret) | clean_text, min_size=1, max_size=4))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import systemd
+from qtasks_cli import redaction, systemd
 from qtasks_cli.redaction import redact, redact_value
 from qtasks_cli.ui import text
 
@@ -71,7 +71,7 @@ def test_clean_text_keeps_only_line_feeds(value: str) -> None:
 
 @given(hostile_text)
 def test_clean_output_is_one_clean_line(value: str) -> None:
-    shown = text.clean_output(value)
+    shown = redaction.clean_output(value)
     assert not OBEYED.search(shown) and "\n" not in shown
 
 

@@ -31,14 +31,14 @@ from rich.text import Text
 
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import Snapshot
-from qtasks_cli.redaction import hold_back, redact_known
+from qtasks_cli.redaction import clean_output, hold_back, redact_known
 from qtasks_cli.ui import log as ui_log
 from qtasks_cli.ui import records
 from qtasks_cli.ui.humanize import span
 from qtasks_cli.ui.lines import MAX_HELD, LineCutter
 from qtasks_cli.ui.render import render
 from qtasks_cli.ui.tally import EventLine, JobTally, record
-from qtasks_cli.ui.text import clean_line, clean_output
+from qtasks_cli.ui.text import clean_line
 
 log = logging.getLogger(__name__)
 

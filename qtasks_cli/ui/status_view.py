@@ -118,9 +118,9 @@ def last_words(run: RunRow | None, now: datetime | None) -> str:
 
 def report_text(report: StatusReport) -> str:
     """What ``qtasks status`` prints."""
+    from qtasks_cli.redaction import clean_output
     from qtasks_cli.status import ANSWER_WAIT
     from qtasks_cli.ui.tables import table
-    from qtasks_cli.ui.text import clean_output
 
     now = report.now
     up = [d for d in report.daemons if d.alive]
@@ -255,9 +255,9 @@ def watch_frame(report: StatusReport) -> tuple[Snapshot, dict[str, Any], list[An
     """The live table's inputs (snapshot, per-job statistics, event lines) from a report."""
     import logging
 
+    from qtasks_cli.redaction import clean_output
     from qtasks_cli.ui.tally import EventLine, RunProgress
     from qtasks_cli.ui.tally import JobTally as LiveStats
-    from qtasks_cli.ui.text import clean_output
 
     up = [d.info for d in report.daemons if d.alive]
     started = min((d.started for d in up), default=report.now)

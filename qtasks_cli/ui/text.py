@@ -104,17 +104,6 @@ def clean_line(text: str) -> str:
     return clean_text(text).replace("\n", "\\n")
 
 
-def clean_output(text: str) -> str:
-    """A line a job printed, safe to show: escape sequences and control characters removed,
-    only the last ``\\r``-separated part kept (progress bars redraw with ``\\r``), and the
-    ``${NAME}`` values of the loaded job file hidden (``redaction.remember``)."""
-    from qtasks_cli.redaction import redact_known
-
-    text = strip_sequences(redact_known(text)).rstrip("\r")
-    text = text.rsplit("\r", 1)[-1]
-    return clean_line(text)
-
-
 def json_safe(dumped: str) -> str:
     """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters a terminal
     still obeys (DEL, C1, bidi controls, U+2028/9) written as ``\\uXXXX``: the same JSON value,
