@@ -205,6 +205,8 @@ def test_the_ambiguous_readings() -> None:
 # --- secrets split by what the operator never sees ---------------------------------------------
 
 INVISIBLE = [
+    "\r",  # a carriage return: a raw terminal draws what follows over the start
+    "\x0c",  # a form feed
     "\u200b",  # zero-width space
     "\u00ad",  # soft hyphen
     "\ufeff",  # zero-width no-break space

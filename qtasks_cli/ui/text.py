@@ -46,11 +46,18 @@ _DRAWN_AS_NOTHING = (
     "\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
     "\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
 )
+# A carriage return, vertical tab and form feed count too: a raw terminal (``sqlite3`` or
+# ``jq -r`` on the stored text) draws what follows them where the secret's start stands.
 INVISIBLE = re.compile(
-    _SEQUENCE.pattern + "|[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]"
+    _SEQUENCE.pattern
+    + "|[\x00-\x08\x0b-\x0d\x0e-\x1b\x1f\x7f-\x84\x86-\x9f"
+    + _DRAWN_AS_NOTHING
+    + "]"
 )
 # A quick test: every INVISIBLE part starts with one of these (ESC and the C1 introducers too).
-ANY_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]")
+ANY_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x0d\x0e-\x1b\x1f\x7f-\x84\x86-\x9f" + _DRAWN_AS_NOTHING + "]"
+)
 # In JSON (which may escape only C0): the characters a terminal would still obey.
 _JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
