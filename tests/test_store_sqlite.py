@@ -661,8 +661,14 @@ def test_the_writer_retries_until_the_lock_is_gone(
             assert caplog.text.count("cannot write") == 1
             blocker.release()
             tick.put_nowait(None)
-            await until(lambda: status_of(db, f.run_id) == "running", "the retried write")
-            assert "wrote 1 run updates that had waited" in caplog.text
+            # The line is logged just after the commit that the status shows: wait for both.
+            await until(
+                lambda: (
+                    status_of(db, f.run_id) == "running"
+                    and "wrote 1 run updates that had waited" in caplog.text
+                ),
+                "the retried write",
+            )
         finally:
             blocker.release()
             await store.close()
