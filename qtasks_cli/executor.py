@@ -1008,14 +1008,10 @@ async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
 async def _run_hook(run: _Run, result: RunResult) -> None:
     """on_success / on_failure: logged when it fails or hangs; never changes the run."""
     job = run.job
-    if result.status is RunStatus.SUCCEEDED:
-        ref, name = job.on_success, "on_success"
-    elif result.status in _FAILED_FOR_GOOD:
-        ref, name = job.on_failure, "on_failure"
-    else:
+    hook = _hook_of(job, result.status)
+    if hook is None:
         return
-    if not ref:
-        return
+    name, ref = hook
     run.hook = f"{job.name} ({name} hook)"
     if run.runtime.stuck[run.hook]:  # one hung call per hook at most: threads are not free
         log.warning(
@@ -1184,8 +1180,11 @@ async def execute(
     return result
 
 
-def _hook_of(job: JobSpec, status: RunStatus) -> str | None:
-    """The hook a run that ended with ``status`` calls, if the job has one."""
-    if status is RunStatus.SUCCEEDED:
-        return job.on_success
-    return job.on_failure if status in _FAILED_FOR_GOOD else None
+def _hook_of(job: JobSpec, status: RunStatus) -> tuple[str, str] | None:
+    """``(name, entry point)`` of the hook a run that ended with ``status`` calls, if the job
+    has one."""
+    if status is RunStatus.SUCCEEDED and job.on_success:
+        return "on_success", job.on_success
+    if status in _FAILED_FOR_GOOD and job.on_failure:
+        return "on_failure", job.on_failure
+    return None
