@@ -84,7 +84,7 @@ def test_a_daemon_that_ran_with_the_clock_ahead_fires_at_once_after_it_is_correc
     offset.write_text("+2h\n")
     ahead = daemons([str(path)], cwd=path.parent, env=faked(offset))
     ahead.wait_for(lambda log: "next fire" in log)
-    wait_until(lambda: len(ran(history(path), "tick")) >= 2, timeout=20)
+    wait_until(lambda: len(ran(history(path), "tick")) >= 2, timeout=60)
     assert ahead.stop() == 0
     future = ran(history(path), "tick")[-1]
     assert (future - datetime.now(future.tzinfo)).total_seconds() > 3600  # fired 2 h ahead
@@ -113,7 +113,7 @@ def test_a_step_back_under_a_running_daemon_is_logged_and_firing_goes_on(
     offset.write_text("+0\n")
     daemon = daemons([str(path)], cwd=path.parent, env=faked(offset))
     daemon.wait_for(lambda log: "next fire" in log)
-    wait_until(lambda: len(ran(history(path), "tick")) >= 2, timeout=20)
+    wait_until(lambda: len(ran(history(path), "tick")) >= 2, timeout=60)
     offset.write_text("-1h\n")
     daemon.wait_for(lambda log: "stepped back by 1h" in log, timeout=15)
     before = len(ran(history(path), "tick"))
@@ -143,7 +143,7 @@ def test_a_forward_jump_of_an_hour_costs_bounded_work_and_rows(
     offset.write_text("+0\n")
     daemon = daemons([str(path)], cwd=path.parent, env=faked(offset))
     daemon.wait_for(lambda log: "j29 next fire" in log)
-    wait_until(lambda: len(ran(history(path), "j0")) >= 2, timeout=20)
+    wait_until(lambda: len(ran(history(path), "j0")) >= 2, timeout=60)
     before = datetime.now(timezone.utc) + timedelta(seconds=3)
     offset.write_text("+1h\n")
     jump = datetime.now(timezone.utc) + timedelta(hours=1)
@@ -162,7 +162,7 @@ def test_a_forward_jump_of_an_hour_costs_bounded_work_and_rows(
             for job in ("j0", "j29")
         )
 
-    wait_until(on_time_again, timeout=20)
+    wait_until(on_time_again, timeout=60)
     assert daemon.stop() == 0
     rows = history(path)
     in_gap = [
@@ -207,7 +207,7 @@ def test_a_step_back_over_fired_times_repeats_only_clock_jobs(
         return Counter(t.replace(microsecond=0) for t in ran(history(path), job))
 
     # Fires at a wall second already fired before the step: the clock job repeats them.
-    wait_until(lambda: sum(n > 1 for n in seconds("clock").values()) >= 3, timeout=20)
+    wait_until(lambda: sum(n > 1 for n in seconds("clock").values()) >= 3, timeout=60)
     assert daemon.stop() == 0
     assert max(seconds("fixed").values()) == 1  # a fixed-time job never fires a time twice
     fires = Counter((r["job"], r["scheduled"]) for r in history(path))
