@@ -54,11 +54,23 @@ T = TypeVar("T")
 # --- the helper thread ---------------------------------------------------------------------------
 
 
-MAX_STUCK = 2  # helper threads left running past their deadline before we stop starting more
+MAX_STUCK = 2  # late helper threads not yet throttled before we stop starting more
+MAX_THROTTLED = 32  # late helper threads throttled (idle, a stack each) before we stop too
 
 
 class _GaveUp(BaseException):
-    """Raised inside a helper thread that outlived its deadline, to stop the job's code."""
+    """Raised inside a helper thread that outlived its deadline, to stop the job's code.
+
+    It is raised by ``PyThreadState_SetAsyncExc`` with the class, so the instance is made in
+    the late thread itself, by the interpreter, when the exception is raised there: its
+    ``__init__`` is the one piece of our code that runs in that thread, and it arms the
+    throttle there (``_arm_throttle``). Raised once per thread: a second one could land inside
+    the throttle's own trace function, and CPython turns tracing off for a thread whose trace
+    function raises (see ``sys.settrace``), which would set a swallowing loop free again."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        _arm_throttle()
 
 
 class _Helpers:
@@ -66,10 +78,12 @@ class _Helpers:
 
     A late thread is asked to stop: ``_GaveUp`` is raised in it (``PyThreadState_SetAsyncExc``),
     which ends Python code that loops, at its next bytecode, unless it swallows every
-    BaseException; it is asked again each time a new value is turned into text. Code that never
-    returns to the interpreter (a C loop) cannot be stopped this way. While MAX_STUCK threads
-    are still running, a job's own ``__str__``/``__repr__`` is not called again at all: its
-    value gets the placeholder text, so hung threads cannot pile up and eat the CPU."""
+    BaseException; then it goes on throttled (see ``_GaveUp``). Code that never
+    returns to the interpreter (a C loop) cannot be stopped or throttled this way. While
+    MAX_STUCK late threads are not throttled (or MAX_THROTTLED are), a job's own
+    ``__str__``/``__repr__`` is not called again at all: its value gets the placeholder text,
+    so hung threads cannot pile up and eat the CPU. A throttled thread that swallows
+    ``_GaveUp`` is never ended; it sleeps at every line for good."""
 
     lock = threading.Lock()
     stuck: ClassVar[dict[int, threading.Thread]] = {}
@@ -78,6 +92,7 @@ class _Helpers:
     # classes whose text once outlived its deadline: those are not called again.
     calling: ClassVar[dict[int, type]] = {}
     hung: ClassVar[dict[int, type]] = {}  # by id: a set would call a metaclass's __hash__/__eq__
+    throttled: ClassVar[set[int]] = set()  # late threads _GaveUp reached (see _arm_throttle)
 
 
 _MAX_HUNG = 1_000
@@ -108,43 +123,58 @@ _THROTTLE = 0.5  # seconds a late helper thread sleeps at each line of the job's
 
 
 def _throttle(frame: types.FrameType, event: str, arg: Any) -> Any:
-    """Line tracer of a late helper thread: it sleeps (without the GIL) at every line, so code
-    that swallows ``_GaveUp`` and spins on costs no CPU and does not compete with the loop."""
+    """Trace function of a late helper thread: it sleeps (without the GIL) at every call and
+    line, so code that swallows ``_GaveUp`` and spins on costs no CPU and does not compete
+    with the loop for the GIL."""
     time.sleep(_THROTTLE)
     return _throttle
 
 
-def _tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
-    """Call tracer of every helper thread: nothing (no line events) until the thread is late."""
-    return _throttle if threading.get_ident() in _Helpers.stuck else None
-
-
-def _stop_thread(ident: int) -> None:
-    """Ask a late helper thread to stop (``_GaveUp`` raised at its next bytecode), and make
-    the frames it is in sleep at each line in case it swallows that."""
-    import ctypes  # only once a job's value has hung
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_GaveUp))
-    frame = sys._current_frames().get(ident)
+def _arm_throttle() -> None:
+    """In a late helper thread (from ``_GaveUp.__init__``): trace every frame of its stack and
+    every later call with ``_throttle``, as ``pdb.set_trace`` does for a debugger. A thread
+    that swallows ``_GaveUp`` goes on at one line per ``_THROTTLE`` seconds."""
+    ident = threading.get_ident()
+    with _Helpers.lock:
+        if ident not in _Helpers.stuck or ident in _Helpers.throttled:
+            return
+        _Helpers.throttled.add(ident)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         frame.f_trace = _throttle
         frame = frame.f_back
+    sys.settrace(_throttle)
 
 
-def _nudge_stuck() -> int:
-    """Ask every late helper thread to stop again; how many still run."""
+def _stop_thread(ident: int) -> None:
+    """Ask a late helper thread to stop: ``_GaveUp`` is raised at its next bytecode, unless an
+    earlier one already reached it (the thread is throttled then, see ``_GaveUp``).
+    Called with ``_Helpers.lock`` held."""
+    if ident in _Helpers.throttled:
+        return
+    import ctypes  # only once a job's value has hung
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_GaveUp))
+
+
+def _nudge_stuck() -> bool:
+    """Ask every late helper thread that has not yet been reached to stop; forget the ended
+    ones; True while too many still run (MAX_STUCK unthrottled, or MAX_THROTTLED in all)."""
     with _Helpers.lock:
         for ident, thread in list(_Helpers.stuck.items()):
             if thread.is_alive():
                 _stop_thread(ident)
             else:
                 del _Helpers.stuck[ident]
-        return len(_Helpers.stuck)
+                _Helpers.throttled.discard(ident)
+        busy = len(_Helpers.stuck) - len(_Helpers.throttled)
+        return busy >= MAX_STUCK or len(_Helpers.stuck) >= MAX_THROTTLED + MAX_STUCK
 
 
 def _refuse_more() -> bool:
-    """True (and counted, warned now and then) while MAX_STUCK earlier helper threads run."""
-    if _nudge_stuck() < MAX_STUCK:
+    """True (and counted, warned now and then) while too many earlier helper threads run
+    (see ``_nudge_stuck``)."""
+    if not _nudge_stuck():
         return False
     _Helpers.refused += 1
     if _Helpers.refused == 1 or _Helpers.refused % 1000 == 0:
@@ -162,7 +192,6 @@ def _start_helper(fn: Callable[[], Any], deliver: Callable[[tuple[bool, Any]], N
     to ``deliver`` (from that thread); returns the thread."""
 
     def target() -> None:
-        sys.settrace(_tracer)  # lets a late thread be slowed down (see _stop_thread)
         try:
             outcome: tuple[bool, Any] = (True, fn())
         except BaseException as exc:
@@ -170,11 +199,12 @@ def _start_helper(fn: Callable[[], Any], deliver: Callable[[tuple[bool, Any]], N
         try:
             with _Helpers.lock:
                 _Helpers.stuck.pop(threading.get_ident(), None)
+                _Helpers.throttled.discard(threading.get_ident())
             deliver(outcome)
         except _GaveUp:  # asked to stop just as it ended
             pass
         finally:
-            sys.settrace(None)
+            sys.settrace(None)  # armed by _GaveUp if it was late
 
     thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
     thread.start()
@@ -203,7 +233,7 @@ async def off_loop(
     """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
     does not return within ``timeout`` seconds (the thread is then asked to stop and left to
     finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
-    MAX_STUCK earlier ones still run."""
+    too many earlier ones still run (see ``_nudge_stuck``)."""
     if _refuse_more():
         return fallback if refused is None else refused
     loop = asyncio.get_running_loop()

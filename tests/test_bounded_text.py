@@ -157,3 +157,48 @@ def test_a_large_list_nobody_holds_is_emptied_in_slices(monkeypatch: pytest.Monk
     assert freed.wait(max(0.0, deadline - time.monotonic())), "the list nobody holds was not freed"
     assert len(probe) == 300_000
     assert sys.getrefcount(probe) >= 2
+
+
+def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop is raised once; a second one could land in the slowing trace function, which
+    turns tracing off for the thread (it used to: a given-up loop then spun a core for good)."""
+    monkeypatch.setattr(failures, "_THROTTLE", 0.02)
+    stop = threading.Event()
+    lines = [0]
+
+    class Swallows(Exception):
+        def __str__(self) -> str:
+            while not stop.is_set():
+                try:
+                    while not stop.is_set():
+                        lines[0] += 1
+                except BaseException:  # swallows the request to stop too
+                    pass
+            return "ended"
+
+    async def give_up() -> str:
+        return await failures.off_loop(lambda: str(Swallows()), fallback="gave up", timeout=0.1)
+
+    try:
+        assert asyncio.run(give_up()) == "gave up"
+        deadline = time.monotonic() + 30
+        while not failures._Helpers.throttled and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert failures._Helpers.throttled, "the late thread was never reached"
+        for _ in range(5):  # later values ask late threads again, as the daemon does
+            started, before = time.monotonic(), lines[0]
+            for _ in range(20):
+                failures._nudge_stuck()
+                threading.Event().wait(0.005)
+            elapsed = time.monotonic() - started
+            # Each counted line sleeps 0.02 s first (the loop line and the count: 2 lines).
+            assert lines[0] - before <= elapsed / 0.02 + 5, (lines[0] - before, elapsed)
+    finally:
+        stop.set()
+    deadline = time.monotonic() + 30
+    while failures.stuck_threads() and time.monotonic() < deadline:
+        failures._nudge_stuck()
+        threading.Event().wait(0.05)
+    assert failures.stuck_threads() == 0
