@@ -22,7 +22,19 @@ _NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs",
 MACHINE_ZONE = "(the machine's zone)"  # what the digest says of a zone the file does not name
 
 
+_PLAIN = frozenset({str, bool, int, float, type(None)})
+
+
 def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:  # the common leaves first, by exact type (the digest is made per job)
+        return value
+    if kind is dict or kind is tuple or kind is list:
+        return (
+            {str(key): _canonical(item) for key, item in value.items()}
+            if kind is dict
+            else [_canonical(item) for item in value]
+        )
     if isinstance(value, enum.Enum):
         return value.value
     if value is None or isinstance(value, (str, bool, int, float)):
@@ -38,8 +50,18 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"bytes": value.hex()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: _canonical(getattr(value, name)) for name in _field_names(type(value))}
     return repr(value)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def definition(job: JobSpec, *, machine_zone: bool = False) -> dict[str, Any]:
@@ -47,23 +69,23 @@ def definition(job: JobSpec, *, machine_zone: bool = False) -> dict[str, Any]:
     placeholders (never the values), formatting not counted. With ``machine_zone`` the zone
     (which the file leaves to the machine) counts as MACHINE_ZONE, not as its name."""
     definition: dict[str, Any] = {}
-    for f in dataclasses.fields(job):
-        if f.name in _NOT_DEFINITION:
+    for name in _field_names(type(job)):
+        if name in _NOT_DEFINITION:
             continue
-        value = getattr(job, f.name)
-        if f.name == "schedule":
+        value = getattr(job, name)
+        if name == "schedule":
             key = value.key if value is not None else None
             if key is not None and machine_zone:
                 key = key.replace(f"@{job.timezone}", f"@{MACHINE_ZONE}")
-            definition[f.name] = key
-        elif f.name == "timezone" and machine_zone:
-            definition[f.name] = MACHINE_ZONE
-        elif f.name == "args" and job.raw_args is not None:
-            definition[f.name] = _canonical(job.raw_args)
-        elif f.name == "kwargs" and job.raw_kwargs is not None:
-            definition[f.name] = _canonical(job.raw_kwargs)
+            definition[name] = key
+        elif name == "timezone" and machine_zone:
+            definition[name] = MACHINE_ZONE
+        elif name == "args" and job.raw_args is not None:
+            definition[name] = _canonical(job.raw_args)
+        elif name == "kwargs" and job.raw_kwargs is not None:
+            definition[name] = _canonical(job.raw_kwargs)
         else:
-            definition[f.name] = _canonical(value)
+            definition[name] = _canonical(value)
     return definition
 
 
