@@ -8,7 +8,8 @@ factory and exception handler (a factory that raises: no task is ever made again
 default handler formats a job's exception on the loop), the log record factory (it runs in the
 daemon's own log calls on the loop), and the daemon's loggers (a handler a job adds to
 ``qtasks``, to forward its events, runs in every line the loop logs; ``logging.config.dictConfig``
-disables every existing logger, the daemon's included, by default).
+disables every existing logger, the daemon's included, by default), and a function a job adds to
+``gc.callbacks`` (called wherever the collector runs, the loop's thread too: gchooks.py).
 
 ``capture`` notes the daemon's settings once the loop runs; ``restore`` puts back what a job
 changed, after each inline attempt (sigguard's ``restore``) and at each wake-up of the loop
@@ -26,6 +27,8 @@ import queue
 import sys
 import threading
 from typing import Any
+
+from qtasks_cli import gchooks
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
         lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _daemon_loggers()
     }
     _Kept.warned.clear()
+    gchooks.capture(lambda what: _put_back(what, "one of the jobs"))
     _Kept.active = True
     logging.Logger.addHandler = _add_handler  # type: ignore[method-assign,assignment]
 
@@ -122,6 +126,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
 def release() -> None:
     """Stop keeping (the daemon is stopping)."""
     _Kept.active = False
+    gchooks.release()
     logging.Logger.addHandler = _REAL_ADD_HANDLER  # type: ignore[method-assign]
 
 
@@ -161,6 +166,7 @@ def restore(job: str) -> None:
     if logging.getLogRecordFactory() is not _Kept.record_factory:
         _put_back("the log record factory (logging.setLogRecordFactory)", job)
         logging.setLogRecordFactory(_Kept.record_factory)
+    gchooks.offload(lambda what: _put_back(what, job))
     loop = _Kept.loop
     if loop is not None and not loop.is_closed():
         if loop.get_exception_handler() is not _Kept.exception_handler:
