@@ -48,6 +48,23 @@ class _Kept:
     trace: Any = None
     loggers: dict[str, tuple[list[logging.Handler], int, bool]] = {}  # noqa: RUF012
     warned: set[str] = set()  # noqa: RUF012
+    disable_tried = False  # a job set ``disabled`` on a daemon logger since the last restore
+
+
+class _KeptLogger(logging.Logger):
+    """A daemon logger that job code cannot disable: ``logging.config.dictConfig`` (whose
+    default ``disable_existing_loggers`` sets ``disabled`` on every logger there is) run by a job
+    in one thread would otherwise drop the daemon's lines, and its warnings about that very job,
+    until the next ``restore``. Setting ``disabled`` is noted and ignored."""
+
+    @property
+    def disabled(self) -> bool:
+        return False
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        if value:
+            _Kept.disable_tried = True
 
 
 class Offloaded(logging.Handler):
@@ -117,6 +134,9 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
     _Kept.loggers = {
         lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _daemon_loggers()
     }
+    for lg in _daemon_loggers():
+        if type(lg) is logging.Logger:
+            lg.__class__ = _KeptLogger
     _Kept.warned.clear()
     gchooks.capture(lambda what: _put_back(what, "one of the jobs"))
     _Kept.active = True
@@ -127,6 +147,9 @@ def release() -> None:
     """Stop keeping (the daemon is stopping)."""
     _Kept.active = False
     gchooks.release()
+    for lg in _daemon_loggers():
+        if type(lg) is _KeptLogger:
+            lg.__class__ = logging.Logger  # type: ignore[assignment]
     logging.Logger.addHandler = _REAL_ADD_HANDLER  # type: ignore[method-assign]
 
 
@@ -178,13 +201,18 @@ def restore(job: str) -> None:
 
 
 def _restore_loggers(job: str) -> None:
-    disabled = [lg for lg in _daemon_loggers() if lg.disabled]
-    for lg in disabled:
+    disabled = False
+    for lg in _daemon_loggers():
+        if type(lg) is _KeptLogger:
+            continue
+        disabled = disabled or lg.disabled
         lg.disabled = False
-    if disabled:
+        if type(lg) is logging.Logger:  # made since: from now on it cannot be disabled
+            lg.__class__ = _KeptLogger
+    if _Kept.disable_tried or disabled:
+        _Kept.disable_tried = False
         _put_back(
-            f"the daemon's loggers ({len(disabled)} disabled, as logging.config.dictConfig "
-            "does by default)",
+            "the daemon's loggers (set disabled, as logging.config.dictConfig does by default)",
             job,
         )
     for lg in _daemon_loggers():

@@ -29,6 +29,7 @@ import asyncio
 import gc
 import logging
 import logging.config
+import signal
 import sys
 import threading
 import time
@@ -92,6 +93,13 @@ def dict_config():
     logging.config.dictConfig({"version": 1})  # disable_existing_loggers: True
 
 
+def dict_config_then_signal():
+    logging.config.dictConfig({"version": 1})
+    # Refused; the refusal's warning must not be lost to the loggers dictConfig just disabled.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(0.5)
+
+
 async def profiles():
     sys.setprofile(_profile)
 
@@ -121,6 +129,7 @@ NAMES = (
     "daemon_handler",
     "exception_handler",
     "dict_config",
+    "dict_config_then_signal",
     "profiles",
     "gc_callback",
 )
@@ -142,12 +151,14 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     title="inline jobs, every 3 s: `loop.stop()`, a task factory that raises, "
     "`sys.setrecursionlimit(30)`, a log record factory that sleeps 0.3 s, a handler that sleeps "
     "0.5 s added to the `qtasks` logger, `loop.set_exception_handler(None)` before a task whose "
-    "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})`, a profile "
-    "function left on the loop's thread, a `gc.callbacks` function that sleeps 2.5 s on the loop's "
-    "thread (the collector left one allocation short of a pass)",
+    "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})` (and then "
+    "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), a profile function left on the "
+    "loop's thread, a `gc.callbacks` function that sleeps 2.5 s on the loop's thread (the "
+    "collector left one allocation short of a pass)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
     "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
-    "to `stopping`, each change is put back with a warning, and SIGTERM exits 0",
+    "to `stopping`, each change is put back or refused with a warning (none lost to the loggers "
+    "a job's dictConfig disabled a moment before), and SIGTERM exits 0",
 )
 def test_process_settings_kept(outcome: Outcome) -> None:
     out = outcome
@@ -163,6 +174,7 @@ def test_process_settings_kept(outcome: Outcome) -> None:
         "a handler added to logger 'qtasks' (now called off the loop) was changed",
         "loop.set_exception_handler(...) at",
         "disabled, as logging.config.dictConfig does by default) was changed",
+        "signal.signal(SIGTERM, ...) at",
         "profile function (sys.setprofile) was changed",
         "a garbage collector callback (gc.callbacks; now called off the loop) was changed",
         "qtasks stopping",
