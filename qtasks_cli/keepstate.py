@@ -26,6 +26,7 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from qtasks_cli import gchooks
@@ -55,7 +56,39 @@ class _KeptLogger(logging.Logger):
     """A daemon logger that job code cannot disable: ``logging.config.dictConfig`` (whose
     default ``disable_existing_loggers`` sets ``disabled`` on every logger there is) run by a job
     in one thread would otherwise drop the daemon's lines, and its warnings about that very job,
-    until the next ``restore``. Setting ``disabled`` is noted and ignored."""
+    until the next ``restore``; ``logging.disable(CRITICAL)`` would silence the daemon's log for
+    good. Setting ``disabled`` is noted and ignored, and so is ``logging.disable``'s level (the
+    job's own loggers keep it). Its records are made by the daemon's record factory, never by
+    one a job set (``logging.setLogRecordFactory``): a slow one held the loop in each of its
+    log calls until ``restore`` put the daemon's back."""
+
+    def makeRecord(
+        self,
+        name: str,
+        level: int,
+        fn: str,
+        lno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        extra: Mapping[str, object] | None = None,
+        sinfo: str | None = None,
+    ) -> logging.LogRecord:
+        factory = _Kept.record_factory or logging.LogRecord
+        record: logging.LogRecord = factory(name, level, fn, lno, msg, args, exc_info, func, sinfo)
+        for key, value in (extra or {}).items():  # as logging.Logger.makeRecord does
+            if key in ("message", "asctime") or key in record.__dict__:
+                raise KeyError(f"Attempt to overwrite {key!r} in LogRecord")
+            record.__dict__[key] = value
+        return record
+
+    def isEnabledFor(self, level: int) -> bool:
+        try:
+            return self._cache[level]  # type: ignore[attr-defined,no-any-return]
+        except KeyError:
+            enabled = self._cache[level] = level >= self.getEffectiveLevel()  # type: ignore[attr-defined]
+            return enabled
 
     @property
     def disabled(self) -> bool:
@@ -209,6 +242,8 @@ def _restore_loggers(job: str) -> None:
         lg.disabled = False
         if type(lg) is logging.Logger:  # made since: from now on it cannot be disabled
             lg.__class__ = _KeptLogger
+    if logging.root.manager.disable:
+        _put_back("logging.disable's level (the daemon's loggers ignore it)", job)
     if _Kept.disable_tried or disabled:
         _Kept.disable_tried = False
         _put_back(

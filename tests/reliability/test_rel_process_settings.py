@@ -93,6 +93,10 @@ def dict_config():
     logging.config.dictConfig({"version": 1})  # disable_existing_loggers: True
 
 
+def logging_disable():
+    logging.disable(logging.CRITICAL)  # meant for the job's own loggers
+
+
 def dict_config_then_signal():
     logging.config.dictConfig({"version": 1})
     # Refused; the refusal's warning must not be lost to the loggers dictConfig just disabled.
@@ -130,6 +134,7 @@ NAMES = (
     "exception_handler",
     "dict_config",
     "dict_config_then_signal",
+    "logging_disable",
     "profiles",
     "gc_callback",
 )
@@ -152,7 +157,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "`sys.setrecursionlimit(30)`, a log record factory that sleeps 0.3 s, a handler that sleeps "
     "0.5 s added to the `qtasks` logger, `loop.set_exception_handler(None)` before a task whose "
     "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})` (and then "
-    "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), a profile function left on the "
+    "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), `logging.disable(CRITICAL)`, "
+    "a profile function left on the "
     "loop's thread, a `gc.callbacks` function that sleeps 2.5 s on the loop's thread (the "
     "collector left one allocation short of a pass)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
@@ -175,6 +181,7 @@ def test_process_settings_kept(outcome: Outcome) -> None:
         "loop.set_exception_handler(...) at",
         "disabled, as logging.config.dictConfig does by default) was changed",
         "signal.signal(SIGTERM, ...) at",
+        "logging.disable's level (the daemon's loggers ignore it)",
         "profile function (sys.setprofile) was changed",
         "a garbage collector callback (gc.callbacks; now called off the loop) was changed",
         "qtasks stopping",
