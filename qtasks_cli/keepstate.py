@@ -171,7 +171,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
         if type(lg) is logging.Logger:
             lg.__class__ = _KeptLogger
     _Kept.warned.clear()
-    gchooks.capture(lambda what: _put_back(what, "one of the jobs"))
+    gchooks.capture()
     _Kept.active = True
     logging.Logger.addHandler = _add_handler  # type: ignore[method-assign,assignment]
 
