@@ -189,6 +189,21 @@ def raise_value_error_of_slow_arg():
 
 def raise_plain_value_error():
     raise ValueError("an honest message")
+
+
+class SlowCheck(type):
+    def __subclasscheck__(cls, sub):
+        if threading.current_thread() is threading.main_thread():
+            threading.Event().wait(1.5)  # on the loop's thread this would stall every fire
+        return type.__subclasscheck__(cls, sub)
+
+
+class MetaError(ValueError, metaclass=SlowCheck):
+    pass
+
+
+def raise_meta_error():
+    raise MetaError("checked slowly")
 """
 
 INLINE = """
@@ -201,6 +216,7 @@ areturn_exit_repr: {entrypoint: "rel_values:areturn_exit_repr", schedule: "* * *
 leaves_exits: {entrypoint: "rel_values:leaves_exits_behind", schedule: "*/2 * * * * *"}
 slow_arg: {entrypoint: "rel_values:raise_value_error_of_slow_arg", schedule: "*/10 * * * * *"}
 plain_value_error: {entrypoint: "rel_values:raise_plain_value_error", schedule: "* * * * * *"}
+meta_error: {entrypoint: "rel_values:raise_meta_error", schedule: "*/2 * * * * *", retry: 1}
 """
 
 SPINNING = """
@@ -358,6 +374,23 @@ def test_slow_text_blames_its_own_class(outcomes: dict[str, Outcome]) -> None:
     after = [r for r in out.of("plain_value_error") if when(r["started"]) > given_up]
     assert_all(after, status="failed", error_type="ValueError", error="an honest message")
     assert all(r["error"] == "an honest message" for r in after), out.show(after)
+
+
+@case(
+    "exception_metaclass_off_loop",
+    group=GROUP,
+    title="a sync job raises an exception whose metaclass's `__subclasscheck__` takes 1.5 s on "
+    "the main thread, every 2 s, with a retry",
+    checks="each run `failed` with the job's exception after two attempts; the per-second job "
+    "keeps its times: the exception never travels up the loop's frames as itself (CPython "
+    "called that `__subclasscheck__` at each `except` it passed, and fires were missed)",
+)
+def test_exception_metaclass_off_loop(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["inline"]
+    assert_healthy(out)
+    rows = out.of("meta_error")
+    assert_all(rows, status="failed", error_type="rel_values.MetaError", error="checked slowly")
+    assert all(r["attempts"] == 2 for r in rows), out.show(rows)
 
 
 @case(
