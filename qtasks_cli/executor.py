@@ -141,10 +141,23 @@ class _Outcome:
     value: Any = None
     error: BaseException | None = None
 
-    def unwrap(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
+
+class _JobRaised(BaseException):
+    """A sync job's exception on its way up the loop's frames, raised in its place.
+
+    CPython normalizes an exception at each ``except``/``finally`` it passes, and that calls
+    ``__subclasscheck__`` of the exception class's metaclass: job code, on the loop, once per
+    daemon frame (a metaclass that took 1 s there made a per-second job miss fires). This
+    class's metaclass is ``type``. ``_inner`` gives the job's exception back where it is
+    recorded (``bounded``, ``_guarded``, a generator's handler)."""
+
+    def __init__(self, inner: BaseException) -> None:
+        super().__init__()
+        self.inner = inner
+
+
+def _inner(exc: BaseException) -> BaseException:
+    return exc.inner if type(exc) is _JobRaised else exc
 
 
 def _capture(fn: Callable[..., Any], *args: Any) -> _Outcome:
@@ -158,7 +171,7 @@ async def _guarded(awaitable: Awaitable[Any]) -> _Outcome:
     try:
         return _Outcome(value=await awaitable)
     except BaseException as exc:
-        return _Outcome(error=exc)
+        return _Outcome(error=_inner(exc))
 
 
 class Runtime:
@@ -274,7 +287,9 @@ class Runtime:
                 future.add_done_callback(lambda _: self._returned.pop(thread, None))
                 self._adopt_zombie(future, on_abandon(thread), owner, run_id)
             raise
-        return outcome.unwrap()
+        if outcome.error is not None:
+            raise _JobRaised(outcome.error)  # not the job's own class: see _JobRaised
+        return outcome.value
 
     def _adopt_zombie(
         self,
@@ -522,7 +537,7 @@ class _Run:
                 self.abandon_reason = f"{what} cancelled"
                 raise
             except BaseException as exc:
-                return _Outcome(error=exc), False
+                return _Outcome(error=_inner(exc)), False
         task = asyncio.get_running_loop().create_task(
             _guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
         )
@@ -732,7 +747,8 @@ async def _handle(run: _Run, handler: Any, item: Any) -> Any:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            raise _HandlerFailed(run.job.generate_handler or "", exc) from exc
+            inner = _inner(exc)
+            raise _HandlerFailed(run.job.generate_handler or "", inner) from inner
     if value is not item:
         release.adopt(item)  # the handler's input, dropped off the loop
     run.items = (run.items or 0) + 1

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,8 @@ class _Helpers:
     lock = threading.Lock()
     stuck: ClassVar[dict[int, threading.Thread]] = {}
     refused = 0
-    # The class whose __str__/__repr__ each helper thread is calling right now, and the
-    # classes whose text once outlived its deadline: those are not called again.
-    calling: ClassVar[dict[int, type]] = {}
+    # The classes whose own text method was running in a thread that outlived its deadline:
+    # those are not called again (see _culprits).
     hung: ClassVar[dict[int, type]] = {}  # by id: a set would call a metaclass's __hash__/__eq__
     throttled: ClassVar[set[int]] = set()  # late threads _GaveUp reached (see _arm_throttle)
 
@@ -99,15 +98,26 @@ _MAX_HUNG = 1_000
 _HUNG_TEXTS = "earlier job values' texts still hang"
 
 
-@contextlib.contextmanager
-def _calling(cls: type) -> Iterator[None]:
-    """Marks the job's class whose text this thread is making (see ``_Helpers.hung``)."""
-    ident = threading.get_ident()
-    _Helpers.calling[ident] = cls
-    try:
-        yield
-    finally:
-        _Helpers.calling.pop(ident, None)
+_TEXT_METHODS = frozenset({"__str__", "__repr__", "__format__", "__notes__"})
+
+
+def _culprits(ident: int) -> list[type]:
+    """The classes whose own Python ``__str__``/``__repr__``/``__format__``/``__notes__`` is on
+    the late thread ``ident``'s stack: the code that hung, or called what hung. A class whose
+    text is made in C (``ValueError``, ``list``) is never among them, nor is an exception whose
+    traceback took long to format: blaming the class of the value being turned into text
+    marked ``ValueError`` hung after a slow traceback of 200,000 chained ``ValueError``s, and
+    every later ``ValueError`` of every job was recorded as a placeholder."""
+    frame = sys._current_frames().get(ident)
+    found: list[type] = []
+    while frame is not None:
+        code = frame.f_code
+        if code.co_argcount and code.co_name in _TEXT_METHODS:
+            owner = frame.f_locals.get(code.co_varnames[0], _TEXT_METHODS)
+            if owner is not _TEXT_METHODS:
+                found.append(type(owner))
+        frame = frame.f_back
+    return found
 
 
 def _hung_before(cls: type) -> bool:
@@ -215,9 +225,9 @@ def _give_up(thread: threading.Thread, timeout: float) -> None:
     with _Helpers.lock:
         if thread.is_alive() and thread.ident is not None:
             _Helpers.stuck[thread.ident] = thread
-            culprit = _Helpers.calling.get(thread.ident)
-            if culprit is not None and len(_Helpers.hung) < _MAX_HUNG:
-                _Helpers.hung[id(culprit)] = culprit
+            for culprit in _culprits(thread.ident):
+                if len(_Helpers.hung) < _MAX_HUNG:
+                    _Helpers.hung[id(culprit)] = culprit
             _stop_thread(thread.ident)
     log.warning(
         "turning a job's value into text took longer than %gs; gave up and asked the "
@@ -367,8 +377,7 @@ def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> s
     if _hung_before(cls):
         return f"<{class_name(cls)}: its str() hung before; not called again>"
     try:
-        with _calling(cls):
-            return plain_str(str(exc), limit)
+        return plain_str(str(exc), limit)
     except _GaveUp:
         raise
     except BaseException as inner:
@@ -382,8 +391,7 @@ def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
     if _hung_before(cls):
         return f"<{class_name(cls)} object: its repr() hung before; not called again>"
     try:
-        with _calling(cls):
-            return plain_str(repr(value), limit)
+        return plain_str(repr(value), limit)
     except _GaveUp:
         raise
     except BaseException as inner:
@@ -667,8 +675,7 @@ def describe_exception(
     try:
         if _hung_before(type(exc)):
             raise LookupError  # formatting would call its __str__ again
-        with _calling(type(exc)):
-            text: str | None = format_user_traceback(exc)
+        text: str | None = format_user_traceback(exc)
     except _GaveUp:
         raise
     except BaseException:

@@ -8,7 +8,8 @@ factory and exception handler (a factory that raises: no task is ever made again
 default handler formats a job's exception on the loop), the log record factory (it runs in the
 daemon's own log calls on the loop), and the daemon's loggers (a handler a job adds to
 ``qtasks``, to forward its events, runs in every line the loop logs; ``logging.config.dictConfig``
-disables every existing logger, the daemon's included, by default).
+disables every existing logger, the daemon's included, by default), and a function a job adds to
+``gc.callbacks`` (called wherever the collector runs, the loop's thread too: gchooks.py).
 
 ``capture`` notes the daemon's settings once the loop runs; ``restore`` puts back what a job
 changed, after each inline attempt (sigguard's ``restore``) and at each wake-up of the loop
@@ -25,7 +26,10 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
+
+from qtasks_cli import gchooks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,55 @@ class _Kept:
     trace: Any = None
     loggers: dict[str, tuple[list[logging.Handler], int, bool]] = {}  # noqa: RUF012
     warned: set[str] = set()  # noqa: RUF012
+    disable_tried = False  # a job set ``disabled`` on a daemon logger since the last restore
+
+
+class _KeptLogger(logging.Logger):
+    """A daemon logger that job code cannot disable: ``logging.config.dictConfig`` (whose
+    default ``disable_existing_loggers`` sets ``disabled`` on every logger there is) run by a job
+    in one thread would otherwise drop the daemon's lines, and its warnings about that very job,
+    until the next ``restore``; ``logging.disable(CRITICAL)`` would silence the daemon's log for
+    good. Setting ``disabled`` is noted and ignored, and so is ``logging.disable``'s level (the
+    job's own loggers keep it). Its records are made by the daemon's record factory, never by
+    one a job set (``logging.setLogRecordFactory``): a slow one held the loop in each of its
+    log calls until ``restore`` put the daemon's back."""
+
+    def makeRecord(
+        self,
+        name: str,
+        level: int,
+        fn: str,
+        lno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        extra: Mapping[str, object] | None = None,
+        sinfo: str | None = None,
+    ) -> logging.LogRecord:
+        factory = _Kept.record_factory or logging.LogRecord
+        record: logging.LogRecord = factory(name, level, fn, lno, msg, args, exc_info, func, sinfo)
+        for key, value in (extra or {}).items():  # as logging.Logger.makeRecord does
+            if key in ("message", "asctime") or key in record.__dict__:
+                raise KeyError(f"Attempt to overwrite {key!r} in LogRecord")
+            record.__dict__[key] = value
+        return record
+
+    def isEnabledFor(self, level: int) -> bool:
+        try:
+            return self._cache[level]  # type: ignore[attr-defined,no-any-return]
+        except KeyError:
+            enabled = self._cache[level] = level >= self.getEffectiveLevel()  # type: ignore[attr-defined]
+            return enabled
+
+    @property
+    def disabled(self) -> bool:
+        return False
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        if value:
+            _Kept.disable_tried = True
 
 
 class Offloaded(logging.Handler):
@@ -114,7 +167,11 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
     _Kept.loggers = {
         lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _daemon_loggers()
     }
+    for lg in _daemon_loggers():
+        if type(lg) is logging.Logger:
+            lg.__class__ = _KeptLogger
     _Kept.warned.clear()
+    gchooks.capture()
     _Kept.active = True
     logging.Logger.addHandler = _add_handler  # type: ignore[method-assign,assignment]
 
@@ -122,6 +179,10 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
 def release() -> None:
     """Stop keeping (the daemon is stopping)."""
     _Kept.active = False
+    gchooks.release()
+    for lg in _daemon_loggers():
+        if type(lg) is _KeptLogger:
+            lg.__class__ = logging.Logger  # type: ignore[assignment]
     logging.Logger.addHandler = _REAL_ADD_HANDLER  # type: ignore[method-assign]
 
 
@@ -161,6 +222,7 @@ def restore(job: str) -> None:
     if logging.getLogRecordFactory() is not _Kept.record_factory:
         _put_back("the log record factory (logging.setLogRecordFactory)", job)
         logging.setLogRecordFactory(_Kept.record_factory)
+    gchooks.offload(lambda what: _put_back(what, job))
     loop = _Kept.loop
     if loop is not None and not loop.is_closed():
         if loop.get_exception_handler() is not _Kept.exception_handler:
@@ -172,13 +234,20 @@ def restore(job: str) -> None:
 
 
 def _restore_loggers(job: str) -> None:
-    disabled = [lg for lg in _daemon_loggers() if lg.disabled]
-    for lg in disabled:
+    disabled = False
+    for lg in _daemon_loggers():
+        if type(lg) is _KeptLogger:
+            continue
+        disabled = disabled or lg.disabled
         lg.disabled = False
-    if disabled:
+        if type(lg) is logging.Logger:  # made since: from now on it cannot be disabled
+            lg.__class__ = _KeptLogger
+    if logging.root.manager.disable:
+        _put_back("logging.disable's level (the daemon's loggers ignore it)", job)
+    if _Kept.disable_tried or disabled:
+        _Kept.disable_tried = False
         _put_back(
-            f"the daemon's loggers ({len(disabled)} disabled, as logging.config.dictConfig "
-            "does by default)",
+            "the daemon's loggers (set disabled, as logging.config.dictConfig does by default)",
             job,
         )
     for lg in _daemon_loggers():

@@ -202,3 +202,36 @@ def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
         failures._nudge_stuck()
         threading.Event().wait(0.05)
     assert failures.stuck_threads() == 0
+
+
+def test_only_the_class_whose_own_text_hung_is_not_called_again() -> None:
+    """A slow text is blamed on the class whose ``__str__``/``__repr__`` ran in the late
+    thread, never on the builtin class holding it: a slow traceback of chained ValueErrors
+    once made every later ValueError of every job a placeholder."""
+    gate = threading.Event()
+
+    class SlowArg:
+        def __str__(self) -> str:
+            gate.wait(30)
+            return "slow"
+
+    class SlowError(Exception):
+        def __str__(self) -> str:
+            gate.wait(30)
+            return "slow"
+
+    async def give_up(fn: Any) -> str:
+        return await failures.off_loop(fn, fallback="gave up", timeout=0.1)
+
+    try:
+        # ValueError's own str() is C; the time goes to its argument's __str__.
+        assert asyncio.run(give_up(lambda: failures.safe_str(ValueError(SlowArg())))) == "gave up"
+        assert asyncio.run(give_up(lambda: failures.safe_str(SlowError()))) == "gave up"
+        # Time spent in no text method at all (reading a traceback's source, say).
+        assert asyncio.run(give_up(lambda: str(gate.wait(30)))) == "gave up"
+    finally:
+        gate.set()
+    assert failures.safe_str(ValueError("an honest message")) == "an honest message"
+    assert failures.safe_repr([ValueError("x")]) == "[ValueError('x')]"
+    assert "hung before" in failures.safe_str(SlowError())
+    assert "hung before" in failures.safe_repr(SlowArg())

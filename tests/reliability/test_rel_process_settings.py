@@ -1,7 +1,8 @@
 """Inline job code changes process-wide settings the daemon's loop depends on: the loop stopped,
 its task factory and exception handler replaced, the recursion limit lowered, a slow log record
 factory, a slow handler on the daemon's logger, ``logging.config.dictConfig``, a profile function
-left on the loop's thread. The daemon keeps its own (keepstate.py, sigguard.py) and goes on."""
+left on the loop's thread, a slow ``gc.callbacks`` function. The daemon keeps its own
+(keepstate.py, sigguard.py, gchooks.py) and goes on."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ GROUP = "job values"
 
 SETTINGS = """
 import asyncio
+import gc
 import logging
 import logging.config
+import signal
 import sys
+import threading
 import time
 
 
@@ -89,8 +93,36 @@ def dict_config():
     logging.config.dictConfig({"version": 1})  # disable_existing_loggers: True
 
 
+def logging_disable():
+    logging.disable(logging.CRITICAL)  # meant for the job's own loggers
+
+
+def dict_config_then_signal():
+    logging.config.dictConfig({"version": 1})
+    # Refused; the refusal's warning must not be lost to the loggers dictConfig just disabled.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(0.5)
+
+
 async def profiles():
     sys.setprofile(_profile)
+
+
+def _gc_metric(phase, info):
+    if threading.current_thread() is threading.main_thread():
+        time.sleep(2.5)  # a gc-pause metric pushed to a collector that hangs
+
+
+_kept = []
+
+
+def gc_callback():
+    if _gc_metric not in gc.callbacks:
+        gc.callbacks.append(_gc_metric)
+    # Leave the collector one allocation short of a pass: the loop's next one makes it.
+    threshold = gc.get_threshold()[0]
+    while gc.get_count()[0] < threshold - 2:
+        _kept.append([])
 """
 
 NAMES = (
@@ -101,7 +133,10 @@ NAMES = (
     "daemon_handler",
     "exception_handler",
     "dict_config",
+    "dict_config_then_signal",
+    "logging_disable",
     "profiles",
+    "gc_callback",
 )
 JOBS = "".join(
     f'{name}: {{entrypoint: "rel_settings:{name}", schedule: "*/3 * * * * *"}}\n' for name in NAMES
@@ -121,11 +156,15 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     title="inline jobs, every 3 s: `loop.stop()`, a task factory that raises, "
     "`sys.setrecursionlimit(30)`, a log record factory that sleeps 0.3 s, a handler that sleeps "
     "0.5 s added to the `qtasks` logger, `loop.set_exception_handler(None)` before a task whose "
-    "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})`, a profile "
-    "function left on the loop's thread",
+    "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})` (and then "
+    "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), `logging.disable(CRITICAL)`, "
+    "a profile function left on the "
+    "loop's thread, a `gc.callbacks` function that sleeps 2.5 s on the loop's thread (the "
+    "collector left one allocation short of a pass)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
     "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
-    "to `stopping`, each change is put back with a warning, and SIGTERM exits 0",
+    "to `stopping`, each change is put back or refused with a warning (none lost to the loggers "
+    "a job's dictConfig disabled a moment before), and SIGTERM exits 0",
 )
 def test_process_settings_kept(outcome: Outcome) -> None:
     out = outcome
@@ -141,7 +180,10 @@ def test_process_settings_kept(outcome: Outcome) -> None:
         "a handler added to logger 'qtasks' (now called off the loop) was changed",
         "loop.set_exception_handler(...) at",
         "disabled, as logging.config.dictConfig does by default) was changed",
+        "signal.signal(SIGTERM, ...) at",
+        "logging.disable's level (the daemon's loggers ignore it)",
         "profile function (sys.setprofile) was changed",
+        "a garbage collector callback (gc.callbacks; now called off the loop) was changed",
         "qtasks stopping",
     ):
         assert what in out.log, (what, tail(out.log))

@@ -26,6 +26,7 @@ from reliability.harness import (
     run_scenarios,
     statuses,
     tail,
+    when,
 )
 from reliability.registry import case
 
@@ -34,6 +35,7 @@ GROUP = "job values"
 VALUES = """
 import asyncio
 import os
+import threading
 
 
 class ExitsOnStr(Exception):
@@ -173,6 +175,35 @@ def three_million_tuples():
 def tuple_items():
     for n in range(3):
         yield Tuples((i, i) for i in range(1000))
+
+
+class SlowArg:
+    def __str__(self):
+        threading.Event().wait(5)  # idle: past the 2 s deadline without using the CPU
+        return "slow"
+
+
+def raise_value_error_of_slow_arg():
+    raise ValueError(SlowArg())
+
+
+def raise_plain_value_error():
+    raise ValueError("an honest message")
+
+
+class SlowCheck(type):
+    def __subclasscheck__(cls, sub):
+        if threading.current_thread() is threading.main_thread():
+            threading.Event().wait(1.5)  # on the loop's thread this would stall every fire
+        return type.__subclasscheck__(cls, sub)
+
+
+class MetaError(ValueError, metaclass=SlowCheck):
+    pass
+
+
+def raise_meta_error():
+    raise MetaError("checked slowly")
 """
 
 INLINE = """
@@ -183,6 +214,9 @@ araise_interrupt_str: {entrypoint: "rel_values:araise_interrupt_str", schedule: 
 return_exit_repr: {entrypoint: "rel_values:return_exit_repr", schedule: "* * * * * *"}
 areturn_exit_repr: {entrypoint: "rel_values:areturn_exit_repr", schedule: "* * * * * *"}
 leaves_exits: {entrypoint: "rel_values:leaves_exits_behind", schedule: "*/2 * * * * *"}
+slow_arg: {entrypoint: "rel_values:raise_value_error_of_slow_arg", schedule: "*/10 * * * * *"}
+plain_value_error: {entrypoint: "rel_values:raise_plain_value_error", schedule: "* * * * * *"}
+meta_error: {entrypoint: "rel_values:raise_meta_error", schedule: "*/2 * * * * *", retry: 1}
 """
 
 SPINNING = """
@@ -319,6 +353,44 @@ def test_str_raises_system_exit(outcomes: dict[str, Outcome]) -> None:
             at_least=3,
             error="str() raised KeyboardInterrupt",
         )
+
+
+@case(
+    "slow_text_blames_its_own_class",
+    group=GROUP,
+    title="a job raises `ValueError(x)` where `x.__str__` takes 5 s, beside a job raising a plain "
+    "`ValueError` every second",
+    checks="the slow run `failed` with a placeholder message (its text not read within 2 s); "
+    "every plain `ValueError` after it keeps its own message: only `x`'s class is not called "
+    "again, never the builtin class that held it (every later `ValueError` of every job used "
+    "to be recorded as `its str() hung before`)",
+)
+def test_slow_text_blames_its_own_class(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["inline"]
+    assert_healthy(out)
+    slow = [r for r in out.of("slow_arg") if r["status"] != "skipped"]
+    assert_all(slow, status="failed", error_type="ValueError", error="within 2s")
+    given_up = min(when(r["ended"]) for r in slow)
+    after = [r for r in out.of("plain_value_error") if when(r["started"]) > given_up]
+    assert_all(after, status="failed", error_type="ValueError", error="an honest message")
+    assert all(r["error"] == "an honest message" for r in after), out.show(after)
+
+
+@case(
+    "exception_metaclass_off_loop",
+    group=GROUP,
+    title="a sync job raises an exception whose metaclass's `__subclasscheck__` takes 1.5 s on "
+    "the main thread, every 2 s, with a retry",
+    checks="each run `failed` with the job's exception after two attempts; the per-second job "
+    "keeps its times: the exception never travels up the loop's frames as itself (CPython "
+    "called that `__subclasscheck__` at each `except` it passed, and fires were missed)",
+)
+def test_exception_metaclass_off_loop(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["inline"]
+    assert_healthy(out)
+    rows = out.of("meta_error")
+    assert_all(rows, status="failed", error_type="rel_values.MetaError", error="checked slowly")
+    assert all(r["attempts"] == 2 for r in rows), out.show(rows)
 
 
 @case(
