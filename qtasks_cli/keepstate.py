@@ -45,6 +45,7 @@ class _Kept:
     loop: asyncio.AbstractEventLoop | None = None
     exception_handler: Any = None
     task_factory: Any = None
+    debug = False  # the loop's debug mode (PYTHONASYNCIODEBUG, -X dev)
     profile: Any = None
     trace: Any = None
     loggers: dict[str, tuple[list[logging.Handler], int, bool]] = {}  # noqa: RUF012
@@ -162,6 +163,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
     _Kept.loop = loop
     _Kept.exception_handler = loop.get_exception_handler()
     _Kept.task_factory = loop.get_task_factory()
+    _Kept.debug = loop.get_debug()
     _Kept.profile = sys.getprofile()
     _Kept.trace = sys.gettrace()
     _Kept.loggers = {
@@ -231,6 +233,9 @@ def restore(job: str) -> None:
         if loop.get_task_factory() is not _Kept.task_factory:
             _put_back("the event loop's task factory", job)
             type(loop).set_task_factory(loop, _Kept.task_factory)
+        if loop.get_debug() is not _Kept.debug:  # debug mode costs the loop 3x its CPU
+            _put_back("the event loop's debug mode (loop.set_debug)", job)
+            loop.set_debug(_Kept.debug)
 
 
 def _restore_loggers(job: str) -> None:

@@ -108,6 +108,10 @@ async def profiles():
     sys.setprofile(_profile)
 
 
+async def debug_mode():
+    asyncio.get_running_loop().set_debug(True)  # left on, it costs every fire
+
+
 def _gc_metric(phase, info):
     if threading.current_thread() is threading.main_thread():
         time.sleep(2.5)  # a gc-pause metric pushed to a collector that hangs
@@ -136,6 +140,7 @@ NAMES = (
     "dict_config_then_signal",
     "logging_disable",
     "profiles",
+    "debug_mode",
     "gc_callback",
 )
 JOBS = "".join(
@@ -158,9 +163,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "0.5 s added to the `qtasks` logger, `loop.set_exception_handler(None)` before a task whose "
     "exception's `__repr__` takes 3 s, `logging.config.dictConfig({'version': 1})` (and then "
     "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), `logging.disable(CRITICAL)`, "
-    "a profile function left on the "
-    "loop's thread, a `gc.callbacks` function that sleeps 2.5 s on the loop's thread (the "
-    "collector left one allocation short of a pass)",
+    "a profile function left on the loop's thread, `loop.set_debug(True)`, a `gc.callbacks` "
+    "function that sleeps 2.5 s on the loop's thread (the collector left one allocation short "
+    "of a pass)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
     "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
     "to `stopping`, each change is put back or refused with a warning (none lost to the loggers "
@@ -183,6 +188,7 @@ def test_process_settings_kept(outcome: Outcome) -> None:
         "signal.signal(SIGTERM, ...) at",
         "logging.disable's level (the daemon's loggers ignore it)",
         "profile function (sys.setprofile) was changed",
+        "the event loop's debug mode (loop.set_debug) was changed",
         "a garbage collector callback (gc.callbacks; now called off the loop) was changed",
         "qtasks stopping",
     ):
