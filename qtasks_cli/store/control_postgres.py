@@ -13,7 +13,6 @@ from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
-from qtasks_cli.store import redact_url
 from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
@@ -24,6 +23,7 @@ from qtasks_cli.store.control import (
     info_body,
     info_from_row,
 )
+from qtasks_cli.store.names import redact_url
 from qtasks_cli.store.postgres import (
     _RUN_COLUMNS,
     CONTROL_KIND,

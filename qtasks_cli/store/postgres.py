@@ -38,7 +38,6 @@ from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id, redact_url
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
@@ -58,6 +57,7 @@ from qtasks_cli.store.base import (
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.names import new_run_id, redact_url
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store

@@ -30,7 +30,6 @@ from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import Unfinished, conclude
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id, paths, sqlite_prune
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
@@ -49,6 +48,10 @@ from qtasks_cli.store.base import pid_alive as _pid_alive
 from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.names import new_run_id
+from qtasks_cli.store.paths import open_checked, open_folder, prepare_state_file
+from qtasks_cli.store.sqlite_prune import compact_on_start
+from qtasks_cli.store.sqlite_prune import prune as prune_file
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -233,7 +236,7 @@ def _from_us(value: int | None) -> datetime | None:
 
 def _prepare_file(path: Path) -> None:
     """Create the folder (0700) and the file (0600), or refuse an untrusted one (store.paths)."""
-    paths.prepare_state_file(path)
+    prepare_state_file(path)
 
 
 def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqlite3.Connection:
@@ -566,9 +569,9 @@ class SqliteStore:
         if self._lock_fd is not None:
             return
         lock_path = f"{self.location}.lock"
-        folder = paths.open_folder(self.path.parent)
+        folder = open_folder(self.path.parent)
         try:
-            fd = paths.open_checked(lock_path, "lock file", folder=folder)
+            fd = open_checked(lock_path, "lock file", folder=folder)
         finally:
             os.close(folder)
         try:
@@ -601,7 +604,7 @@ class SqliteStore:
 
     def _compact_sync(self) -> None:
         with self._write_lock:
-            sqlite_prune.compact_on_start(self._db, self.location)
+            compact_on_start(self._db, self.location)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -912,7 +915,7 @@ class SqliteStore:
         if self._executor is None or self._closed:
             raise RuntimeError(f"{self.location}: the store is not open")
         work = functools.partial(
-            sqlite_prune.prune,
+            prune_file,
             lambda: _connect(self.path, self._busy_timeout),
             self._write_lock,
             keep=-1 if keep_runs is None else max(keep_runs, 0),
