@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
@@ -25,8 +26,8 @@ from qtasks_cli.store.control import (
 )
 from qtasks_cli.store.sqlite import (
     _ORDER_NEWEST,
-    _RUN_COLUMNS,
     BUSY_TIMEOUT,
+    DIALECT,
     _connect,
     _from_us,
     _rollback,
@@ -36,6 +37,8 @@ from qtasks_cli.store.sqlite import (
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
+
+_RUN_COLUMNS = sql.run_columns(DIALECT)
 
 _T = TypeVar("_T")
 

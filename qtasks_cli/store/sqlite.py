@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import Unfinished, conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.ledger import conclude
+from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
@@ -39,15 +40,11 @@ from qtasks_cli.store.base import (
     QueuedRun,
     RunRow,
     busy_error,
-    clip_lines,
-    job_stats,
-    storable,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
 from qtasks_cli.store.base import pid_alive as _pid_alive
-from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.fence import OWNED
 from qtasks_cli.store.names import new_run_id
 from qtasks_cli.store.paths import open_checked, open_folder, prepare_state_file
 from qtasks_cli.store.sqlite_prune import compact_on_start
@@ -68,13 +65,6 @@ MIN_SQLITE = (3, 25, 0)  # upserts and window functions
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-
-# Finished runs that have a duration: the condition of the runs_duration index, which a query
-# must repeat word for word for SQLite to use the index.
-_TIMED = (
-    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
-    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
-)
 
 # Step i brings a file from ``user_version`` i to i + 1; append, never edit.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -165,15 +155,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # one covering scan, percentiles by walking each job's durations in order.
     (
         "CREATE INDEX runs_job_status ON runs (job, status, ended)",
-        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {_TIMED}",
+        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {sql.TIMED}",
     ),
 ]
 
-_RUN_COLUMNS = (
-    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
-    " traceback, result, items, pid, host, created"
-)
-_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
+_ORDER_NEWEST = sql.ORDER_NEWEST
 
 _SQL_CLAIM = (
     "INSERT INTO runs (run_id, job, trigger, scheduled, created, ended, status, error, pid, host)"
@@ -193,23 +179,9 @@ _SQL_BEGIN = (
     "UPDATE runs SET status = 'running', started = ?"
     " WHERE run_id = ? AND status = 'claimed' AND pid IS ? AND host IS ?"
 )
-_SQL_FINISH = (
-    "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
-    " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?" + _OWN
-)
 _SQL_OUTPUT = "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)"
 _SQL_ATTEMPT = (
-    "INSERT OR REPLACE INTO attempts"
-    " (run_id, attempt, started, ended, status, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SQL_INSERT_RUN = (
-    "INSERT INTO runs (run_id, job, trigger, scheduled, created, started, ended, status,"
-    " attempts, error_type, error, traceback, result, items, pid, host, args_json, kwargs_json)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SQL_RERUN = (
-    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-    " VALUES (?, ?, 'rerun', ?, 'queued', ?, ?)"
+    f"INSERT OR REPLACE INTO attempts ({sql.ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_ENQUEUE = (
     "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
@@ -230,6 +202,30 @@ def _opt_us(value: datetime | None) -> int | None:
 def _from_us(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(microseconds=value)
 
+
+def _time(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _seconds(micros: int) -> float:
+    return micros / 1e6
+
+
+DIALECT = sql.Dialect(
+    mark="?",
+    prefix="",
+    time_in=_to_us,
+    time_out=_time,
+    node_column=False,
+    lines=json.dumps,
+    duration="ended - started",
+    seconds=_seconds,
+)
+_SQL_FINISH = f"UPDATE runs SET {sql.finish_set(DIALECT)} WHERE run_id = ?" + _OWN
+_SQL_INSERT_RUN = sql.insert_run_sql(DIALECT)
+_SQL_RERUN = sql.rerun_sql(DIALECT)
+_SQL_INTERRUPT = sql.conclude_sql(DIALECT, "interrupted")
+_SQL_CANCEL = sql.conclude_sql(DIALECT, "cancelled")
 
 # -- opening a file -------------------------------------------------------------------
 
@@ -321,61 +317,19 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _row_to_run(row: Sequence[Any]) -> RunRow:
-    pid, host = row[13], row[14]
-    return RunRow(
-        run_id=row[0],
-        job=row[1],
-        trigger=TriggerKind(row[2]),
-        scheduled=_from_us(row[3]),
-        started=_from_us(row[4]),
-        ended=_from_us(row[5]),
-        status=RunStatus(row[6]),
-        attempts=row[7],
-        error_type=row[8],
-        error=row[9],
-        traceback=row[10],
-        result=row[11],
-        items=row[12],
-        pid=row[13],
-        host=row[14],
-        created=_from_us(row[15]),
-        node=None if pid is None or host is None else _node_name(host, pid),
-    )
-
-
-def _node_name(host: str, pid: int) -> str:
-    # One daemon per file (the flock), so a process is a node; no column needed.
-    return f"{host}:{pid}"
+    return sql.row_to_run(DIALECT, row)
 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------
 
-_cached: dict[tuple[int, str], tuple[sqlite3.Connection, threading.Lock]] = {}
-_cached_lock = threading.Lock()
-_atexit_registered = False
+
+def _open_threaded(path: str) -> sqlite3.Connection:
+    return _connect(Path(path), BUSY_TIMEOUT, threaded=True)
 
 
-def _cached_connection(
-    path: str | os.PathLike[str],
-) -> tuple[sqlite3.Connection, threading.Lock]:
-    # Keyed by pid too: a forked child must not share its parent's connection.
-    key = (os.getpid(), os.path.abspath(os.path.expanduser(path)))
-    with _cached_lock:
-        entry = _cached.get(key)
-        if entry is None:
-            entry = (_connect(Path(key[1]), BUSY_TIMEOUT, threaded=True), threading.Lock())
-            _cached[key] = entry
-            _close_at_exit()
-        return entry
-
-
-def _close_at_exit() -> None:
-    global _atexit_registered
-    if not _atexit_registered:
-        import atexit
-
-        atexit.register(close_cached_connections)
-        _atexit_registered = True
+_cache: sql.ConnectionCache[sqlite3.Connection] = sql.ConnectionCache(
+    close=sqlite3.Connection.close, usable=lambda conn: True
+)
 
 
 def enqueue_now(
@@ -392,7 +346,8 @@ def enqueue_now(
     """
     args_json, kwargs_json = _encode_request(job, args, kwargs or {})
     created = _to_us(now if now is not None else _utc_now())
-    conn, lock = _cached_connection(path)
+    where = os.path.abspath(os.path.expanduser(path))
+    conn, lock = _cache.get(where, functools.partial(_open_threaded, where))
     run_id = new_run_id()
     try:
         with lock:
@@ -404,12 +359,7 @@ def enqueue_now(
 
 def close_cached_connections() -> None:
     """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
-    with _cached_lock:
-        entries = list(_cached.values())
-        _cached.clear()
-    for conn, lock in entries:
-        with lock:
-            conn.close()
+    _cache.close_all()
 
 
 # -- the daemon lock across fork() --------------------------------------------------
@@ -476,7 +426,7 @@ class SqliteStore:
             batch_size=batch_size,
             sleep=sleep,
         )
-        self.node_id = _node_name(self._host, self._pid)
+        self.node_id = sql.node_name(self._host, self._pid)
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
@@ -628,40 +578,24 @@ class SqliteStore:
         noticed = f"noticed at {notice.isoformat()}"
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            rows = [
-                Unfinished(
-                    run_id=run_id,
-                    job=job,
-                    status=status,
-                    trigger=trigger,
-                    args_json=args_json,
-                    kwargs_json=kwargs_json,
-                    note=noticed if status == RunStatus.RUNNING.value else "",
-                    still_running=trigger == TriggerKind.MANUAL.value
-                    and self._runs_elsewhere(pid, host),
-                    cancel_by=by,
-                )
-                for run_id, job, status, trigger, pid, host, args_json, kwargs_json, by
-                in conn.execute(
-                    "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json,"
-                    f" {cancel_by('')} FROM runs AS r WHERE status IN ('claimed', 'running')"
-                )
-            ]  # fmt: skip
+            rows = sql.unfinished(
+                conn.execute(f"{sql.unfinished_sql(DIALECT)} WHERE {OWNED}"),
+                note=lambda status, _: noticed if status == RunStatus.RUNNING.value else "",
+                runs_elsewhere=self._runs_elsewhere,
+            )
             done = conclude(rows, rerun_jobs, new_run_id)
             conn.executemany(
                 "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
                 [(run_id,) for run_id in done.requeue],
             )
             conn.executemany(
-                "UPDATE runs SET status = 'interrupted', ended = ?, error = ? WHERE run_id = ?",
-                [(now_us, error, run_id) for run_id, error in done.interrupt],
+                _SQL_INTERRUPT, [(now_us, error, run_id) for run_id, error in done.interrupt]
             )
             conn.executemany(
                 _SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
             )
             conn.executemany(  # the control thread reports them (qtasks_cli.cancels)
-                "UPDATE runs SET status = 'cancelled', ended = ?, error = ? WHERE run_id = ?",
-                [(now_us, error, run_id) for run_id, error in done.cancel],
+                _SQL_CANCEL, [(now_us, error, run_id) for run_id, error in done.cancel]
             )
             conn.executemany(
                 f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
@@ -685,8 +619,9 @@ class SqliteStore:
 
     async def last_fired(self) -> dict[str, tuple[datetime, str]]:
         """Per job, the last scheduled time recorded and its schedule key."""
-        rows = await self._run("reading last fires", self._fetch_all, "SELECT * FROM jobs", ())
-        return {job: (_EPOCH + timedelta(microseconds=us), key) for job, us, key in rows}
+        query = sql.last_fired_sql(DIALECT)
+        rows = await self._run("reading last fires", self._fetch_all, query, ())
+        return {job: (_time(us), key) for job, us, key in rows}
 
     @overload
     async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
@@ -706,41 +641,30 @@ class SqliteStore:
         """
         if not fires:
             return []
+        sql.check_fires(DIALECT, fires)
         created = _to_us(self._clock())
-        rows: list[tuple[Any, ...]] = []
-        latest: dict[str, tuple[int, str]] = {}
-        for fire in fires:
-            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
-                raise ValueError(
-                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
-                    "expected claimed, skipped or missed"
-                )
-            scheduled = _to_us(fire.scheduled)
-            ended = None if fire.status is RunStatus.CLAIMED else created
-            rows.append(
-                (
-                    fire.run_id,
-                    fire.job,
-                    fire.trigger.value,
-                    scheduled,
-                    created,
-                    ended,
-                    fire.status.value,
-                    fire.error,
-                    self._pid,
-                    self._host,
-                )
+        rows = [
+            (
+                fire.run_id,
+                fire.job,
+                fire.trigger.value,
+                _to_us(fire.scheduled),
+                created,
+                None if fire.status is RunStatus.CLAIMED else created,
+                fire.status.value,
+                fire.error,
+                self._pid,
+                self._host,
             )
-            if fire.job not in latest or scheduled >= latest[fire.job][0]:
-                latest[fire.job] = (scheduled, fire.schedule_key)
-        jobs = [(job, us, key) for job, (us, key) in latest.items()]
+            for fire in fires
+        ]
+        latest = sql.latest_fires(fires)
+        jobs = [(job, _to_us(when), key) for job, (when, key) in latest.items()]
         exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs or ()))
         outcomes = await self._run_transaction(
             "claiming fires", _claim_work(rows, jobs, exclusive, created, self._pid, self._host)
         )
-        if exclusive_jobs is None:
-            return [outcome is Claim.INSERTED for outcome in outcomes]
-        return outcomes
+        return sql.as_bools(outcomes, exclusive_jobs)
 
     async def release(self, fires: Sequence[Fire]) -> None:
         """Delete unstarted claims and move last fires back before them (see ``Store``)."""
@@ -764,25 +688,15 @@ class SqliteStore:
 
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Insert a run that has no scheduled time (a manual run), as given."""
-        row = (
-            result.run_id,
-            result.job,
-            result.trigger.value,
-            _opt_us(result.scheduled),
-            _to_us(self._clock()),
-            _opt_us(result.started),
-            _opt_us(result.ended),
-            result.status.value,
-            result.attempts,
-            storable(result.error_type),
-            storable(result.error),
-            _truncate_traceback(result.traceback),
-            storable(result.result_preview),
-            result.items,
-            self._pid,
-            self._host,
-            None if args is None else json.dumps(args, default=repr),
-            None if kwargs is None else json.dumps(kwargs, default=repr),
+        row = sql.run_values(
+            DIALECT,
+            result,
+            created=self._clock(),
+            pid=self._pid,
+            host=self._host,
+            node=self.node_id,
+            args=args,
+            kwargs=kwargs,
         )
         try:
             await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
@@ -812,17 +726,7 @@ class SqliteStore:
     async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
         """Move up to ``limit`` oldest pending requests to ``claimed`` and return them."""
         rows = await self._run_transaction("taking queued requests", self._take_work(limit))
-        return [
-            QueuedRun(
-                run_id=run_id,
-                job=job,
-                args=None if args_json is None else tuple(json.loads(args_json)),
-                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
-                enqueued=_EPOCH + timedelta(microseconds=created),
-                trigger=TriggerKind(trigger),
-            )
-            for run_id, job, args_json, kwargs_json, created, trigger in rows
-        ]
+        return [sql.queued_run(DIALECT, row) for row in rows]
 
     def _take_work(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
         # SELECT then UPDATE under the write lock is as atomic as UPDATE ... RETURNING,
@@ -955,38 +859,12 @@ class SqliteStore:
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome, one row per attempt and its output lines, written in
         one transaction."""
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (
-                _SQL_FINISH,
-                (
-                    result.status.value,
-                    _opt_us(result.started),
-                    _opt_us(result.ended),
-                    result.attempts,
-                    storable(result.error_type),
-                    storable(result.error),
-                    _truncate_traceback(result.traceback),
-                    storable(result.result_preview),
-                    result.items,
-                    result.run_id,
-                    self._pid,
-                    self._host,
-                ),
-            )
-        ]
+        finish = (*sql.finish_values(DIALECT, result), result.run_id, self._pid, self._host)
+        statements: list[tuple[str, tuple[Any, ...]]] = [(_SQL_FINISH, finish)]
         for attempt in result.attempt_log:
-            params = (
-                result.run_id,
-                attempt.number,
-                _to_us(attempt.started),
-                _opt_us(attempt.ended),
-                attempt.status.value,
-                storable(attempt.error_type),
-                storable(attempt.error),
-            )
-            statements.append((_SQL_ATTEMPT, params))
+            statements.append((_SQL_ATTEMPT, sql.attempt_values(DIALECT, result.run_id, attempt)))
         if result.output:
-            lines = json.dumps(clip_lines(result.output))
+            lines = sql.output_lines(DIALECT, result.output)
             statements.append((_SQL_OUTPUT, (result.run_id, lines)))
         self._buffer(
             Write(kind="finish", run_id=result.run_id, statements=tuple(statements),
@@ -1043,8 +921,8 @@ class SqliteStore:
             ).fetchone()
             self._writes.ignored(write, found)
             return
-        for sql, params in rest:
-            conn.execute(sql, params)
+        for statement, params in rest:
+            conn.execute(statement, params)
 
     async def flush(self) -> None:
         """Write buffered rows now; StoreError (rows kept) when the file cannot be written."""
@@ -1059,9 +937,7 @@ class SqliteStore:
         self._db.execute(sql, params)
 
     def _get_run_sync(self, run_id: str) -> RunRow | None:
-        row = self._db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        row = self._db.execute(*sql.run_query(DIALECT, run_id)).fetchone()
         return None if row is None else _row_to_run(row)
 
     async def get_run(self, run_id: str) -> RunRow | None:
@@ -1073,97 +949,24 @@ class SqliteStore:
     ) -> list[RunRow]:
         """Newest first (by start, else scheduled, else created time)."""
         await self._writes.flush_for_read()
-        where: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            where.append("job = ?")
-            params.append(job)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.value)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause}{_ORDER_NEWEST} LIMIT ?"
-        rows = await self._run("reading history", self._fetch_all, sql, (*params, limit))
+        query = sql.history_query(DIALECT, job, status, limit)
+        rows = await self._run("reading history", self._fetch_all, *query)
         return [_row_to_run(row) for row in rows]
 
     async def attempts(self, run_id: str) -> list[Attempt]:
         await self._writes.flush_for_read()
-        rows = await self._run(
-            "reading attempts",
-            self._fetch_all,
-            "SELECT attempt, started, ended, status, error_type, error FROM attempts"
-            " WHERE run_id = ? ORDER BY attempt",
-            (run_id,),
-        )
-        return [
-            Attempt(
-                number=number,
-                started=_EPOCH + timedelta(microseconds=started),
-                ended=_from_us(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for number, started, ended, status, error_type, error in rows
-        ]
+        query = sql.attempts_query(DIALECT, run_id)
+        rows = await self._run("reading attempts", self._fetch_all, *query)
+        return [sql.attempt_from_row(DIALECT, row) for row in rows]
 
     async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
-
-        A job named explicitly but never run gets a row of zeros.
-        """
+        """Per job (sorted by name): counts, p50/p95 durations, last success and failure
+        (``sql.stats_steps``); a job named explicitly but never run gets a row of zeros."""
         await self._writes.flush_for_read()
         return await self._run("reading statistics", self._stats_sync, job)
 
     def _stats_sync(self, job: str | None) -> list[JobStats]:
-        where, params = ("WHERE job = ?", (job,)) if job is not None else ("", ())
-        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
-        for name, status, count, last_ended in self._db.execute(
-            f"SELECT job, status, count(*), max(ended) FROM runs {where} GROUP BY job, status",
-            params,
-        ):
-            counts.setdefault(name, {})[status] = (count, _from_us(last_ended))
-        percentiles = {name: self._percentiles(name, count) for name, count in self._timed(job)}
-        if job is not None:
-            counts.setdefault(job, {})
-        return [
-            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
-            for name in sorted(counts)
-        ]
-
-    def _timed(self, job: str | None) -> list[tuple[str, int]]:
-        """Per job, how many finished runs have a duration (a scan of runs_duration)."""
-        and_job = "AND job = ?" if job is not None else ""
-        return self._db.execute(
-            f"SELECT job, count(*) FROM runs WHERE {_TIMED} {and_job} GROUP BY job",
-            () if job is None else (job,),
-        ).fetchall()
-
-    def _percentiles(self, job: str, count: int) -> tuple[float | None, float | None]:
-        """p50 and p95 of the job's durations (seconds; linear interpolation between closest
-        ranks, numpy's default), each from the two values at its ranks, read in order from
-        runs_duration: no row per run comes to Python."""
-        found: list[float | None] = []
-        for q in _QUANTILES:
-            pos = q * (count - 1)
-            low = int(pos)
-            values = [
-                micros / 1e6
-                for (micros,) in self._db.execute(
-                    f"SELECT ended - started FROM runs WHERE job = ? AND {_TIMED}"
-                    " ORDER BY ended - started LIMIT 2 OFFSET ?",
-                    (job, low),
-                )
-            ]
-            if not values:
-                found.append(None)
-                continue
-            high = values[1] if len(values) > 1 else values[0]
-            found.append(values[0] + (high - values[0]) * (pos - low))
-        return found[0], found[1]
-
-
-_QUANTILES = (0.5, 0.95)
+        return sql.drive(sql.stats_steps(DIALECT, job), self._fetch_all)
 
 
 def _claim_work(
@@ -1184,7 +987,7 @@ def _claim_work(
                 " AND NOT (pid IS ? AND host IS ?) ORDER BY job, run_id",
                 (*exclusive, pid, host),
             ):
-                busy.setdefault(job, _node_name(other_host, other_pid))
+                busy.setdefault(job, sql.node_name(other_host, other_pid))
         final: list[tuple[Any, ...]] = []
         wanted: list[Claim] = []
         for row in rows:
