@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
@@ -25,19 +26,26 @@ from qtasks_cli.store.control import (
 )
 from qtasks_cli.store.names import redact_url
 from qtasks_cli.store.postgres import (
-    _RUN_COLUMNS,
     CONTROL_KIND,
     DEFAULT_SCHEMA,
     _connect_options,
     _migrate_sync,
-    _row_to_run,
     _scrub,
     channel_name,
     check_schema,
+    dialect,
 )
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
+
+# The run columns and their decoding are the schema's own, whatever its name.
+_RUN_COLUMNS = sql.run_columns(dialect(DEFAULT_SCHEMA))
+
+
+def _row_to_run(row: Sequence[Any]) -> RunRow:
+    return sql.row_to_run(dialect(DEFAULT_SCHEMA), row)
+
 
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]

@@ -19,13 +19,11 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 import re
 import secrets
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -36,8 +34,9 @@ from psycopg.types.json import Jsonb
 
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import Unfinished, conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.ledger import conclude
+from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
@@ -47,16 +46,12 @@ from qtasks_cli.store.base import (
     QueuedRun,
     RunRow,
     busy_error,
-    clip_lines,
     encode_request,
-    job_stats,
     local_key,
     pid_alive,
-    storable,
-    truncate_traceback,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.fence import OWNED
 from qtasks_cli.store.names import new_run_id, redact_url
 
 if TYPE_CHECKING:
@@ -82,13 +77,6 @@ PRUNE_CHUNK = 5000  # runs deleted per transaction
 
 # Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
 # quoted schema name.
-# Finished runs that have a duration: the condition of the runs_duration index, which a query
-# repeats for the planner to use it.
-_TIMED = (
-    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
-    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
-)
-
 MIGRATIONS: list[tuple[str, ...]] = [
     (
         """
@@ -193,15 +181,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # each job's percentiles by walking its durations in order.
     (
         "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
-        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + _TIMED,
+        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + sql.TIMED,
     ),
 ]
-
-_RUN_COLUMNS = (
-    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
-    " traceback, result, items, pid, host, created, node"
-)
-_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
 
 # Statements with ``{s}`` for the schema; each store formats them once.
 _SQL = {
@@ -239,9 +221,9 @@ _SQL = {
     ),
     "fence": f"SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s FOR UPDATE",
     "finish": (
-        "UPDATE {s}.runs SET status = %s, started = coalesce(%s, started), ended = %s,"
-        " attempts = %s, error_type = %s, error = %s, traceback = %s, result = %s, items = %s"
-        f" WHERE run_id = %s AND {OWNED} AND node = %s"
+        "UPDATE {s}.runs SET "
+        + sql.FINISH_SET.format(m="%s")
+        + f" WHERE run_id = %s AND {OWNED} AND node = %s"
     ),
     "output": (
         "INSERT INTO {s}.run_output (run_id, lines) SELECT %s, %s"
@@ -249,24 +231,14 @@ _SQL = {
         " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines"
     ),
     "attempt": (
-        "INSERT INTO {s}.attempts (run_id, attempt, started, ended, status, error_type, error)"
-        " SELECT %s, %s, %s, %s, %s, %s, %s"
+        f"INSERT INTO {{s}}.attempts ({sql.ATTEMPT_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s"
         f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
         " ON CONFLICT (run_id, attempt) DO UPDATE SET started = excluded.started,"
         " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
         " error = excluded.error"
     ),
-    "cancel_one": (
-        "UPDATE {s}.runs SET status = 'cancelled', ended = %s, error = %s WHERE run_id = %s"
-    ),
     "cancel_reported": (
         f"UPDATE {{s}}.cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ANY(%s)"
-    ),
-    "insert_run": (
-        "INSERT INTO {s}.runs (run_id, job, trigger, scheduled, created, started, ended, status,"
-        " attempts, error_type, error, traceback, result, items, pid, host, node, args_json,"
-        " kwargs_json) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-        " %s, %s, %s)"
     ),
     # One statement, so the sync fast path is one round trip; NOTIFY fires at commit.
     "enqueue": (
@@ -300,26 +272,13 @@ _SQL = {
         "SELECT node_id, local_key, pid, last_seen FROM {s}.nodes WHERE node_id <> %s"
         " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
     ),
-    "unfinished_of_nodes": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
-        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r WHERE node = ANY(%s)"
-        " AND status IN ('claimed', 'running') FOR UPDATE"
-    ),
-    "rerun": (
-        "INSERT INTO {s}.runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        " VALUES (%s, %s, 'rerun', %s, 'queued', %s, %s)"
-    ),
-    "interrupt_one": (
-        "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = %s"
-    ),
+    "unfinished_of_nodes": " WHERE node = ANY(%s) AND status IN ('claimed', 'running') FOR UPDATE",
     "begin": (
         "UPDATE {s}.runs SET status = 'running', started = %s"
         " WHERE run_id = %s AND status = 'claimed' AND node = %s"
     ),
     "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
     "orphans": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
-        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r"
         " WHERE status IN ('claimed', 'running')"
         " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
         " FOR UPDATE SKIP LOCKED"
@@ -376,9 +335,32 @@ def channel_name(schema: str) -> str:
 CONTROL_KIND = "k"
 
 
+@functools.lru_cache(maxsize=16)
+def dialect(schema: str) -> sql.Dialect:
+    """The SQL dialect of a schema (sql.py): ``%s``, ``"schema".runs``, timestamptz, jsonb."""
+    return sql.Dialect(
+        mark="%s",
+        prefix=f"{check_schema(schema)}.",
+        time_in=_aware,
+        time_out=_must_utc,
+        node_column=True,
+        lines=Jsonb,
+        duration="extract(epoch FROM ended - started)::float8",
+        seconds=float,
+    )
+
+
 def _statements(schema: str) -> dict[str, str]:
     quoted = check_schema(schema)
-    return {name: text.replace("{s}", quoted) for name, text in _SQL.items()}
+    d = dialect(schema)
+    found = {name: text.replace("{s}", quoted) for name, text in _SQL.items()}
+    found["unfinished_of_nodes"] = sql.unfinished_sql(d) + found["unfinished_of_nodes"]
+    found["orphans"] = sql.unfinished_sql(d) + found["orphans"]
+    found["insert_run"] = sql.insert_run_sql(d)
+    found["rerun"] = sql.rerun_sql(d)
+    found["interrupt_one"] = sql.conclude_sql(d, "interrupted")
+    found["cancel_one"] = sql.conclude_sql(d, "cancelled")
+    return found
 
 
 def _connect_options(url: str) -> dict[str, Any]:
@@ -426,28 +408,6 @@ def _scrub(text: str, url: str) -> str:
     for secret in sorted(secrets_, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
-
-
-def _row_to_run(row: Sequence[Any]) -> RunRow:
-    return RunRow(
-        run_id=row[0],
-        job=row[1],
-        trigger=TriggerKind(row[2]),
-        scheduled=_utc(row[3]),
-        started=_utc(row[4]),
-        ended=_utc(row[5]),
-        status=RunStatus(row[6]),
-        attempts=row[7],
-        error_type=row[8],
-        error=row[9],
-        traceback=row[10],
-        result=row[11],
-        items=row[12],
-        pid=row[13],
-        host=row[14],
-        created=_utc(row[15]),
-        node=row[16],
-    )
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -542,51 +502,39 @@ def _migrate_sync(conn: psycopg.Connection[Any], schema: str, location: str) -> 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------
 
-_cached: dict[tuple[int, str, str], tuple[psycopg.Connection[Any], threading.Lock]] = {}
-_cached_lock = threading.Lock()
-_atexit_registered = False
 _ENQUEUER = f"enqueue:{socket.gethostname()}:{os.getpid()}"
 
 
-def _cached_connection(url: str, schema: str) -> tuple[psycopg.Connection[Any], threading.Lock]:
-    # Keyed by pid too: a forked child must not share its parent's connection.
-    key = (os.getpid(), url, schema)
-    with _cached_lock:
-        entry = _cached.get(key)
-        if entry is not None and not entry[0].closed and not entry[0].broken:
-            return entry
-        location = redact_url(url)
-        try:
-            conn = psycopg.Connection.connect(url, **_connect_options(url))
-        except psycopg.Error as exc:
-            raise StoreError(f"{location}: cannot connect: {_scrub(str(exc), url)}") from None
-        try:
-            _migrate_sync(conn, schema, location)
-            # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
-            # this process) may lose the last fraction of a second of requests, and in
-            # exchange enqueue_now does not wait for a disk flush (about 6x faster).
-            conn.execute("SET synchronous_commit = off")
-        except psycopg.Error as exc:
-            conn.close()
-            raise StoreError(
-                f"{location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
-            ) from None
-        except BaseException:
-            conn.close()
-            raise
-        entry = (conn, threading.Lock())
-        _cached[key] = entry
-        _close_at_exit()
-        return entry
+def _connect_sync(url: str, schema: str) -> psycopg.Connection[Any]:
+    location = redact_url(url)
+    try:
+        conn = psycopg.Connection.connect(url, **_connect_options(url))
+    except psycopg.Error as exc:
+        raise StoreError(f"{location}: cannot connect: {_scrub(str(exc), url)}") from None
+    try:
+        _migrate_sync(conn, schema, location)
+        # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
+        # this process) may lose the last fraction of a second of requests, and in
+        # exchange enqueue_now does not wait for a disk flush (about 6x faster).
+        conn.execute("SET synchronous_commit = off")
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreError(
+            f"{location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
-def _close_at_exit() -> None:
-    global _atexit_registered
-    if not _atexit_registered:
-        import atexit
+def _usable(conn: psycopg.Connection[Any]) -> bool:
+    return not conn.closed and not conn.broken
 
-        atexit.register(close_cached_connections)
-        _atexit_registered = True
+
+_cache: sql.ConnectionCache[psycopg.Connection[Any]] = sql.ConnectionCache(
+    close=psycopg.Connection.close, usable=_usable
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -613,7 +561,7 @@ def enqueue_now(
     sql, channel = _enqueue_statement(schema)
     run_id = new_run_id()
     params = (run_id, job, created, args_json, kwargs_json, channel, f"w:{_ENQUEUER}")
-    conn, lock = _cached_connection(url, schema)
+    conn, lock = _cache.get((url, schema), functools.partial(_connect_sync, url, schema))
     try:
         with lock:
             conn.execute(sql, params)
@@ -626,12 +574,7 @@ def enqueue_now(
 
 def close_cached_connections() -> None:
     """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
-    with _cached_lock:
-        entries = list(_cached.values())
-        _cached.clear()
-    for conn, lock in entries:
-        with lock:
-            conn.close()
+    _cache.close_all()
 
 
 # -- the store ------------------------------------------------------------------------
@@ -661,6 +604,7 @@ class PostgresStore:
         self.location = redact_url(url)
         self.schema = schema
         self._sql = _statements(schema)
+        self._d = dialect(schema)
         self._connect_options = _connect_options(url)
         self._channel = channel_name(schema)
         self._node_timeout = node_timeout
@@ -1046,22 +990,9 @@ class PostgresStore:
         """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
         host, args_json, kwargs_json, node, cancel_by); the interrupted run ids and the
         count of requeued, re-run and cancelled ones (others to be told)."""
-        unfinished = [
-            Unfinished(
-                run_id=run_id,
-                job=job,
-                status=status,
-                trigger=trigger,
-                args_json=args_json,
-                kwargs_json=kwargs_json,
-                note=note(node),
-                still_running=trigger == TriggerKind.MANUAL.value
-                and self._runs_elsewhere(pid, host),
-                cancel_by=cancel_by,
-            )
-            for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node, cancel_by
-            in rows
-        ]  # fmt: skip
+        unfinished = sql.unfinished(
+            rows, note=lambda _, node: note(node), runs_elsewhere=self._runs_elsewhere
+        )
         done = conclude(unfinished, rerun_jobs, new_run_id)
         for again, job, args_json, kwargs_json in done.reruns:
             await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
@@ -1081,11 +1012,11 @@ class PostgresStore:
         if not run_ids:
             return []
         cur = await conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
+            f"SELECT {sql.run_columns(self._d)} FROM {self._d.table('runs')}"
             " WHERE run_id = ANY(%s) ORDER BY run_id",
             (run_ids,),
         )
-        return [_row_to_run(row) for row in await cur.fetchall()]
+        return [sql.row_to_run(self._d, row) for row in await cur.fetchall()]
 
     # -- decisions: written at once ---------------------------------------------------
 
@@ -1120,13 +1051,7 @@ class PostgresStore:
 
     async def last_fired(self) -> dict[str, tuple[datetime, str]]:
         """Per job, the last scheduled time recorded and its schedule key."""
-        quoted = check_schema(self.schema)
-
-        async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(f"SELECT job, last_scheduled, schedule_key FROM {quoted}.jobs")
-            return await cur.fetchall()
-
-        rows = await self._do("reading last fires", work)
+        rows = await self._fetch("reading last fires", sql.last_fired_sql(self._d))
         return {job: (_must_utc(when), key) for job, when, key in rows}
 
     @overload
@@ -1144,22 +1069,13 @@ class PostgresStore:
         one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
         if not fires:
             return []
-        for fire in fires:
-            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
-                raise ValueError(
-                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
-                    "expected claimed, skipped or missed"
-                )
-            _aware(fire.scheduled)
+        sql.check_fires(self._d, fires)
         created = _aware(self._clock())
         # One global order of inserts, so concurrent claims wait for each other instead
         # of deadlocking on the unique index.
         order = sorted(range(len(fires)), key=lambda i: (fires[i].job, fires[i].scheduled))
         ordered = [fires[i] for i in order]
-        latest: dict[str, tuple[datetime, str]] = {}
-        for fire in ordered:
-            if fire.job not in latest or fire.scheduled >= latest[fire.job][0]:
-                latest[fire.job] = (fire.scheduled, fire.schedule_key)
+        latest = sql.latest_fires(ordered)
         jobs = sorted(latest)
         exclusive = sorted(set(jobs) & set(exclusive_jobs or ()))
 
@@ -1213,32 +1129,19 @@ class PostgresStore:
                 outcomes.append(Claim.BUSY)
             else:
                 outcomes.append(Claim.INSERTED)
-        if exclusive_jobs is None:
-            return [outcome is Claim.INSERTED for outcome in outcomes]
-        return outcomes
+        return sql.as_bools(outcomes, exclusive_jobs)
 
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Insert a run that has no scheduled time (a manual run), as given."""
-        row = (
-            result.run_id,
-            result.job,
-            result.trigger.value,
-            _opt_aware(result.scheduled),
-            _aware(self._clock()),
-            _opt_aware(result.started),
-            _opt_aware(result.ended),
-            result.status.value,
-            result.attempts,
-            storable(result.error_type),
-            storable(result.error),
-            truncate_traceback(result.traceback),
-            storable(result.result_preview),
-            result.items,
-            self._pid,
-            self._host,
-            self.node_id,
-            None if args is None else json.dumps(args, default=repr),
-            None if kwargs is None else json.dumps(kwargs, default=repr),
+        row = sql.run_values(
+            self._d,
+            result,
+            created=self._clock(),
+            pid=self._pid,
+            host=self._host,
+            node=self.node_id,
+            args=args,
+            kwargs=kwargs,
         )
 
         async def work(conn: _AsyncConn) -> None:
@@ -1299,17 +1202,7 @@ class PostgresStore:
 
         rows = await self._do("taking queued requests", work)
         rows.sort(key=lambda row: (row[4], row[0]))
-        return [
-            QueuedRun(
-                run_id=run_id,
-                job=job,
-                args=None if args_json is None else tuple(json.loads(args_json)),
-                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
-                enqueued=_must_utc(created),
-                trigger=TriggerKind(trigger),
-            )
-            for run_id, job, args_json, kwargs_json, created, trigger in rows
-        ]
+        return [sql.queued_run(self._d, row) for row in rows]
 
     async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         """Delete finished runs beyond the ``keep_runs`` newest per job or older than
@@ -1330,7 +1223,7 @@ class PostgresStore:
         select = (
             "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
             f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
-            f" {_ORDER_NEWEST}) AS rank"
+            f" {sql.ORDER_NEWEST}) AS rank"
             f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
             # A row scheduled after now (the clock went back) still guards its (job, time).
             f" WHERE ({' OR '.join(conditions)})"
@@ -1422,39 +1315,13 @@ class PostgresStore:
         run_id, node = result.run_id, self.node_id
         statements: list[tuple[str, tuple[Any, ...]]] = [(self._sql["fence"], (run_id, node))]
         for attempt in result.attempt_log:
-            params = (
-                run_id,
-                attempt.number,
-                _aware(attempt.started),
-                _opt_aware(attempt.ended),
-                attempt.status.value,
-                storable(attempt.error_type),
-                storable(attempt.error),
-                run_id,
-                node,
-            )
+            params = (*sql.attempt_values(self._d, run_id, attempt), run_id, node)
             statements.append((self._sql["attempt"], params))
         if result.output:
-            lines = Jsonb(clip_lines(result.output))
+            lines = sql.output_lines(self._d, result.output)
             statements.append((self._sql["output"], (run_id, lines, run_id, node)))
-        statements.append(
-            (
-                self._sql["finish"],
-                (
-                    result.status.value,
-                    _opt_aware(result.started),
-                    _opt_aware(result.ended),
-                    result.attempts,
-                    storable(result.error_type),
-                    storable(result.error),
-                    truncate_traceback(result.traceback),
-                    storable(result.result_preview),
-                    result.items,
-                    run_id,
-                    node,
-                ),
-            )
-        )
+        finish = (*sql.finish_values(self._d, result), run_id, node)
+        statements.append((self._sql["finish"], finish))
         self._buffer(
             Write(kind="finish", run_id=run_id, statements=tuple(statements),
                   wanted=result.status.value)
@@ -1528,104 +1395,33 @@ class PostgresStore:
 
     async def get_run(self, run_id: str) -> RunRow | None:
         await self._writes.flush_for_read()
-        rows = await self._fetch(
-            "reading a run",
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs WHERE run_id = %s",
-            (run_id,),
-        )
-        return _row_to_run(rows[0]) if rows else None
+        rows = await self._fetch("reading a run", *sql.run_query(self._d, run_id))
+        return sql.row_to_run(self._d, rows[0]) if rows else None
 
     async def history(
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRow]:
         """Newest first (by start, else scheduled, else created time)."""
         await self._writes.flush_for_read()
-        where: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            where.append("job = %s")
-            params.append(job)
-        if status is not None:
-            where.append("status = %s")
-            params.append(status.value)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
-            f" {clause}{_ORDER_NEWEST} LIMIT %s"
-        )
-        rows = await self._fetch("reading history", sql, (*params, limit))
-        return [_row_to_run(row) for row in rows]
+        query = sql.history_query(self._d, job, status, limit)
+        return [
+            sql.row_to_run(self._d, row) for row in await self._fetch("reading history", *query)
+        ]
 
     async def attempts(self, run_id: str) -> list[Attempt]:
         await self._writes.flush_for_read()
-        rows = await self._fetch(
-            "reading attempts",
-            "SELECT attempt, started, ended, status, error_type, error"
-            f" FROM {check_schema(self.schema)}.attempts WHERE run_id = %s ORDER BY attempt",
-            (run_id,),
-        )
-        return [
-            Attempt(
-                number=number,
-                started=_must_utc(started),
-                ended=_utc(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for number, started, ended, status, error_type, error in rows
-        ]
-
-    async def _percentile(self, quoted: str, job: str, count: int, q: float) -> float | None:
-        """The ``q`` quantile of the job's ``count`` durations (seconds; linear interpolation
-        between closest ranks), from the two values at its ranks, read in order from the
-        runs_duration index: no row per run comes back."""
-        pos = q * (count - 1)
-        low = int(pos)
-        rows = await self._fetch(
-            "reading statistics",
-            f"SELECT extract(epoch FROM ended - started)::float8 FROM {quoted}.runs"
-            f" WHERE job = %s AND {_TIMED} ORDER BY ended - started LIMIT 2 OFFSET %s",
-            (job, low),
-        )
-        if not rows:
-            return None
-        first = float(rows[0][0])
-        second = float(rows[1][0]) if len(rows) > 1 else first
-        return first + (second - first) * (pos - low)
+        rows = await self._fetch("reading attempts", *sql.attempts_query(self._d, run_id))
+        return [sql.attempt_from_row(self._d, row) for row in rows]
 
     async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
-
-        A job named explicitly but never run gets a row of zeros.
-        """
+        """Per job (sorted by name): counts, p50/p95 durations, last success and failure
+        (``sql.stats_steps``); a job named explicitly but never run gets a row of zeros."""
         await self._writes.flush_for_read()
-        quoted = check_schema(self.schema)
-        where, params = ("WHERE job = %s", (job,)) if job is not None else ("", ())
-        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
-        for name, status, count, last_ended in await self._fetch(
-            "reading statistics",
-            f"SELECT job, status, count(*), max(ended) FROM {quoted}.runs {where}"
-            " GROUP BY job, status",
-            params,
-        ):
-            counts.setdefault(name, {})[status] = (count, _utc(last_ended))
-        and_job = "AND job = %s" if job is not None else ""
-        timed = await self._fetch(
-            "reading statistics",
-            f"SELECT job, count(*) FROM {quoted}.runs WHERE {_TIMED} {and_job} GROUP BY job",
-            params,
-        )
-        percentiles: dict[str, tuple[float | None, float | None]] = {}
-        for name, count in timed:
-            p50 = await self._percentile(quoted, name, count, 0.5)
-            percentiles[name] = (p50, await self._percentile(quoted, name, count, 0.95))
-        if job is not None:
-            counts.setdefault(job, {})
-        return [
-            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
-            for name in sorted(counts)
-        ]
+
+        async def fetch(query: str, params: Sequence[Any]) -> list[Any]:
+            return await self._fetch("reading statistics", query, params)
+
+        return await sql.drive_async(sql.stats_steps(self._d, job), fetch)
 
 
 if TYPE_CHECKING:
