@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -440,64 +440,70 @@ def _check_version(version: int, location: str, schema: str) -> None:
         )
 
 
-async def _migrate(conn: _AsyncConn, schema: str, location: str) -> None:
-    """Create or migrate the schema; several nodes starting at once take turns."""
+def _current(schema: str, location: str) -> Generator[sql.Query, list[Any], bool]:
+    """Whether the schema is at this qtasks's version, read without a lock."""
+    table = _version_table(check_schema(schema))
+    rows = yield "SELECT to_regclass(%s) IS NOT NULL", (table,)
+    if rows and rows[0][0]:
+        found = yield f"SELECT version FROM {table}", None
+        if found and found[0][0] >= len(MIGRATIONS):
+            _check_version(found[0][0], location, schema)
+            return True
+    return False
+
+
+def _upgrade(schema: str, location: str) -> Generator[sql.Query, list[Any], int]:
+    """Inside a transaction: create or migrate the schema; the version it had."""
     quoted = check_schema(schema)
     table = _version_table(quoted)
-    target = len(MIGRATIONS)
-    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    row = await cur.fetchone()
-    if row is not None and row[0]:
-        cur = await conn.execute(f"SELECT version FROM {table}")
-        found = await cur.fetchone()
-        if found is not None and found[0] >= target:
-            _check_version(found[0], location, schema)
-            return
-    async with conn.transaction():
-        # CREATE SCHEMA IF NOT EXISTS alone still races: two creators can both miss it.
-        await conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
-        cur = await conn.execute(f"SELECT version FROM {table}")
-        found = await cur.fetchone()
-        version = 0 if found is None else int(found[0])
-        if found is None:
-            await conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
-        _check_version(version, location, schema)
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                await conn.execute(statement.replace("{s}", quoted))
-        await conn.execute(f"UPDATE {table} SET version = %s", (target,))
-    if version != target:
+    # CREATE SCHEMA IF NOT EXISTS alone still races: two creators can both miss it.
+    yield _MIGRATE_LOCK, (f"qtasks-migrate:{schema}",)
+    yield f"CREATE SCHEMA IF NOT EXISTS {quoted}", None
+    yield f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)", None
+    found = yield f"SELECT version FROM {table}", None
+    version = int(found[0][0]) if found else 0
+    if not found:
+        yield f"INSERT INTO {table} (version) VALUES (0)", None
+    _check_version(version, location, schema)
+    for step in MIGRATIONS[version:]:
+        for statement in step:
+            yield statement.replace("{s}", quoted), None
+    yield f"UPDATE {table} SET version = %s", (len(MIGRATIONS),)
+    return version
+
+
+def _migrated(location: str, schema: str, version: int) -> None:
+    if version != len(MIGRATIONS):
+        target = len(MIGRATIONS)
         log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
+
+
+async def _migrate(conn: _AsyncConn, schema: str, location: str) -> None:
+    """Create or migrate the schema; several nodes starting at once take turns."""
+
+    async def fetch(query: str, params: Any) -> list[Any]:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description is not None else []
+
+    if await sql.drive_async(_current(schema, location), fetch):
+        return
+    async with conn.transaction():
+        version = await sql.drive_async(_upgrade(schema, location), fetch)
+    _migrated(location, schema, version)
 
 
 def _migrate_sync(conn: psycopg.Connection[Any], schema: str, location: str) -> None:
-    """``_migrate`` for the synchronous enqueue path."""
-    quoted = check_schema(schema)
-    table = _version_table(quoted)
-    target = len(MIGRATIONS)
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-    if row is not None and row[0]:
-        found = conn.execute(f"SELECT version FROM {table}").fetchone()
-        if found is not None and found[0] >= target:
-            _check_version(found[0], location, schema)
-            return
+    """``_migrate`` for the synchronous enqueue path and the operator's commands."""
+
+    def fetch(query: str, params: Any) -> list[Any]:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description is not None else []
+
+    if sql.drive(_current(schema, location), fetch):
+        return
     with conn.transaction():
-        conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
-        found = conn.execute(f"SELECT version FROM {table}").fetchone()
-        version = 0 if found is None else int(found[0])
-        if found is None:
-            conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
-        _check_version(version, location, schema)
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                conn.execute(statement.replace("{s}", quoted))
-        conn.execute(f"UPDATE {table} SET version = %s", (target,))
-    if version != target:
-        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
+        version = sql.drive(_upgrade(schema, location), fetch)
+    _migrated(location, schema, version)
 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------

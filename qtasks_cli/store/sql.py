@@ -41,7 +41,7 @@ from qtasks_cli.store.fence import cancel_by
 _T = TypeVar("_T")
 _C = TypeVar("_C")
 
-Query = tuple[str, Sequence[Any]]
+Query = tuple[str, Any]  # a statement and its parameters (None: none)
 
 # The order of the newest runs, which the runs_job_time and runs_time indexes serve.
 ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
