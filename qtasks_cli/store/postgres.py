@@ -26,7 +26,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -35,13 +35,12 @@ from psycopg.types.json import Jsonb
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
     Fire,
-    JobStats,
     NodeInfo,
     QueuedRun,
     RunRow,
@@ -586,7 +585,7 @@ def close_cached_connections() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-class PostgresStore:
+class PostgresStore(sql.SqlStore):
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
     wakes_on_work = True
@@ -1052,30 +1051,9 @@ class PostgresStore:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(rows))
         return rows
 
-    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
-        return pid is not None and pid != self._pid and host == self._host and pid_alive(pid)
-
-    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
-        """Per job, the last scheduled time recorded and its schedule key."""
-        rows = await self._fetch("reading last fires", sql.last_fired_sql(self._d))
-        return {job: (_must_utc(when), key) for job, when, key in rows}
-
-    @overload
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
-
-    @overload
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
-    ) -> list[Claim]: ...
-
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
-    ) -> list[bool] | list[Claim]:
-        """Insert each fire unless its (job, scheduled) exists and advance last fires, in
-        one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
-        if not fires:
-            return []
-        sql.check_fires(self._d, fires)
+    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
+        """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED
+        under the job's advisory lock, so check and insert are atomic across nodes."""
         created = _aware(self._clock())
         # One global order of inserts, so concurrent claims wait for each other instead
         # of deadlocking on the unique index.
@@ -1083,7 +1061,7 @@ class PostgresStore:
         ordered = [fires[i] for i in order]
         latest = sql.latest_fires(ordered)
         jobs = sorted(latest)
-        exclusive = sorted(set(jobs) & set(exclusive_jobs or ()))
+        exclusive = sorted(set(jobs) & set(exclusive_jobs))
 
         async def work(conn: _AsyncConn) -> tuple[set[str], dict[str, str]]:
             async with conn.transaction():
@@ -1135,7 +1113,7 @@ class PostgresStore:
                 outcomes.append(Claim.BUSY)
             else:
                 outcomes.append(Claim.INSERTED)
-        return sql.as_bools(outcomes, exclusive_jobs)
+        return outcomes
 
     async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
         """Insert a run that has no scheduled time (a manual run), as given."""
@@ -1386,48 +1364,20 @@ class PostgresStore:
         for write in writes:
             self._writes.ignored(write, found.get(write.run_id))
 
-    async def flush(self) -> None:
-        """Write buffered rows now; StoreError (rows kept) when the server refuses."""
-        await self._writes.flush()
-
     # -- reads ------------------------------------------------------------------------
 
-    async def _fetch(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
         async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(sql, params)
+            cur = await conn.execute(query, params)
             return await cur.fetchall()
 
         return await self._do(what, work)
 
-    async def get_run(self, run_id: str) -> RunRow | None:
-        await self._writes.flush_for_read()
-        rows = await self._fetch("reading a run", *sql.run_query(self._d, run_id))
-        return sql.row_to_run(self._d, rows[0]) if rows else None
+    async def _steps(self, what: str, steps: Generator[sql.Query, list[Any], _T]) -> _T:
+        async def fetch(query: str, params: Any) -> list[Any]:
+            return await self._fetch(what, query, params)
 
-    async def history(
-        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
-        """Newest first (by start, else scheduled, else created time)."""
-        await self._writes.flush_for_read()
-        query = sql.history_query(self._d, job, status, limit)
-        return [
-            sql.row_to_run(self._d, row) for row in await self._fetch("reading history", *query)
-        ]
-
-    async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._writes.flush_for_read()
-        rows = await self._fetch("reading attempts", *sql.attempts_query(self._d, run_id))
-        return [sql.attempt_from_row(self._d, row) for row in rows]
-
-    async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure
-        (``sql.stats_steps``); a job named explicitly but never run gets a row of zeros."""
-        await self._writes.flush_for_read()
-
-        async def fetch(query: str, params: Sequence[Any]) -> list[Any]:
-            return await self._fetch("reading statistics", query, params)
-
-        return await sql.drive_async(sql.stats_steps(self._d, job), fetch)
+        return await sql.drive_async(steps, fetch)
 
 
 if TYPE_CHECKING:

@@ -20,29 +20,27 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.ledger import conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
     UNREPORTED,
     Claim,
     Fire,
-    JobStats,
     NodeInfo,
     QueuedRun,
     RunRow,
     busy_error,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
-from qtasks_cli.store.base import pid_alive as _pid_alive
 from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.fence import OWNED
 from qtasks_cli.store.names import new_run_id
@@ -387,7 +385,7 @@ def _close_held_locks() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-class SqliteStore:
+class SqliteStore(sql.SqlStore):
     """The ``Store`` over one SQLite file; see the module docstring for the threading."""
 
     def __init__(
@@ -427,6 +425,7 @@ class SqliteStore:
             sleep=sleep,
         )
         self.node_id = sql.node_name(self._host, self._pid)
+        self._d = DIALECT
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
@@ -614,34 +613,8 @@ class SqliteStore:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
         return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
 
-    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
-        return pid is not None and pid != self._pid and host == self._host and _pid_alive(pid)
-
-    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
-        """Per job, the last scheduled time recorded and its schedule key."""
-        query = sql.last_fired_sql(DIALECT)
-        rows = await self._run("reading last fires", self._fetch_all, query, ())
-        return {job: (_time(us), key) for job, us, key in rows}
-
-    @overload
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
-
-    @overload
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
-    ) -> list[Claim]: ...
-
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
-    ) -> list[bool] | list[Claim]:
-        """Insert each fire unless its (job, scheduled) exists; advance last fires; one commit.
-
-        With ``exclusive_jobs``, a claimed fire of such a job becomes SKIPPED (BUSY) while
-        another process has a non-manual run of it claimed or running (see ``Store``).
-        """
-        if not fires:
-            return []
-        sql.check_fires(DIALECT, fires)
+    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
+        """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED."""
         created = _to_us(self._clock())
         rows = [
             (
@@ -660,11 +633,10 @@ class SqliteStore:
         ]
         latest = sql.latest_fires(fires)
         jobs = [(job, _to_us(when), key) for job, (when, key) in latest.items()]
-        exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs or ()))
-        outcomes = await self._run_transaction(
+        exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs))
+        return await self._run_transaction(
             "claiming fires", _claim_work(rows, jobs, exclusive, created, self._pid, self._host)
         )
-        return sql.as_bools(outcomes, exclusive_jobs)
 
     async def release(self, fires: Sequence[Fire]) -> None:
         """Delete unstarted claims and move last fires back before them (see ``Store``)."""
@@ -924,14 +896,10 @@ class SqliteStore:
         for statement, params in rest:
             conn.execute(statement, params)
 
-    async def flush(self) -> None:
-        """Write buffered rows now; StoreError (rows kept) when the file cannot be written."""
-        await self._writes.flush()
-
     # -- reads ------------------------------------------------------------------------
 
-    def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        return self._db.execute(sql, params).fetchall()
+    def _fetch_all(self, query: str, params: Any) -> list[Any]:
+        return self._db.execute(query, params).fetchall()
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
         self._db.execute(sql, params)
@@ -940,33 +908,12 @@ class SqliteStore:
         row = self._db.execute(*sql.run_query(DIALECT, run_id)).fetchone()
         return None if row is None else _row_to_run(row)
 
-    async def get_run(self, run_id: str) -> RunRow | None:
-        await self._writes.flush_for_read()
-        return await self._run("reading a run", self._get_run_sync, run_id)
+    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
+        return await self._run(what, self._fetch_all, query, params)
 
-    async def history(
-        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
-        """Newest first (by start, else scheduled, else created time)."""
-        await self._writes.flush_for_read()
-        query = sql.history_query(DIALECT, job, status, limit)
-        rows = await self._run("reading history", self._fetch_all, *query)
-        return [_row_to_run(row) for row in rows]
-
-    async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._writes.flush_for_read()
-        query = sql.attempts_query(DIALECT, run_id)
-        rows = await self._run("reading attempts", self._fetch_all, *query)
-        return [sql.attempt_from_row(DIALECT, row) for row in rows]
-
-    async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure
-        (``sql.stats_steps``); a job named explicitly but never run gets a row of zeros."""
-        await self._writes.flush_for_read()
-        return await self._run("reading statistics", self._stats_sync, job)
-
-    def _stats_sync(self, job: str | None) -> list[JobStats]:
-        return sql.drive(sql.stats_steps(DIALECT, job), self._fetch_all)
+    async def _steps(self, what: str, steps: Generator[sql.Query, list[Any], _T]) -> _T:
+        # All in the store's thread: one hop for the whole read.
+        return await self._run(what, sql.drive, steps, self._fetch_all)
 
 
 def _claim_work(
