@@ -1,0 +1,108 @@
+"""``SqlStore``: the ``Store`` methods that are the same SQL in both stores."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Generator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.store.base import Claim, Fire, JobStats, RunRow, pid_alive
+from qtasks_cli.store.sql.dialect import Dialect, Query
+from qtasks_cli.store.sql.reads import (
+    attempts_query,
+    history_query,
+    last_fired_sql,
+    run_query,
+    stats_steps,
+)
+from qtasks_cli.store.sql.rows import attempt_from_row, check_fires, row_to_run
+
+if TYPE_CHECKING:
+    from qtasks_cli.store.buffer import WriteBuffer
+
+
+_T = TypeVar("_T")
+
+
+class SqlStore(abc.ABC):
+    """The ``Store`` methods that are the same SQL in both stores: reads, the claim's
+    contract, flushing. A store gives its dialect, its writes' buffer and three
+    primitives: ``_fetch`` (one query), ``_steps`` (a read of several) and ``_claim``."""
+
+    location: str
+    _d: Dialect
+    _pid: int
+    _host: str
+    _writes: WriteBuffer
+
+    @abc.abstractmethod
+    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
+        """The rows of one query; StoreError saying ``what`` failed."""
+
+    @abc.abstractmethod
+    async def _steps(self, what: str, steps: Generator[Query, list[Any], _T]) -> _T:
+        """Run a read of several queries (``drive``); StoreError saying ``what`` failed."""
+
+    @abc.abstractmethod
+    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
+        """``Store.claim`` of checked, non-empty ``fires``, as ``Claim`` per fire."""
+
+    @overload
+    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
+
+    @overload
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
+    ) -> list[Claim]: ...
+
+    async def claim(
+        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
+    ) -> list[bool] | list[Claim]:
+        """Insert each fire unless its (job, scheduled) exists and advance last fires, in
+        one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
+        if not fires:
+            return []
+        check_fires(self._d, fires)
+        outcomes = await self._claim(fires, exclusive_jobs or ())
+        if exclusive_jobs is None:
+            return [outcome is Claim.INSERTED for outcome in outcomes]
+        return outcomes
+
+    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
+        """Per job, the last scheduled time recorded and its schedule key."""
+        rows = await self._fetch("reading last fires", last_fired_sql(self._d))
+        return {job: (self._d.time_out(when), key) for job, when, key in rows}
+
+    async def flush(self) -> None:
+        """Write buffered rows now; StoreError (rows kept) when the store cannot take them."""
+        await self._writes.flush()
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        await self._writes.flush_for_read()
+        rows = await self._fetch("reading a run", *run_query(self._d, run_id))
+        return row_to_run(self._d, rows[0]) if rows else None
+
+    async def history(
+        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRow]:
+        """Newest first (by start, else scheduled, else created time)."""
+        await self._writes.flush_for_read()
+        rows = await self._fetch("reading history", *history_query(self._d, job, status, limit))
+        return [row_to_run(self._d, row) for row in rows]
+
+    async def attempts(self, run_id: str) -> list[Attempt]:
+        await self._writes.flush_for_read()
+        rows = await self._fetch("reading attempts", *attempts_query(self._d, run_id))
+        return [attempt_from_row(self._d, row) for row in rows]
+
+    async def stats(self, job: str | None = None) -> list[JobStats]:
+        """Per job (sorted by name): counts, p50/p95 durations, last success and failure
+        (``stats_steps``); a job named explicitly but never run gets a row of zeros."""
+        await self._writes.flush_for_read()
+        return await self._steps("reading statistics", stats_steps(self._d, job))
+
+    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
+        """A manual run's process still runs on this host (``qtasks trigger``)."""
+        return pid is not None and pid != self._pid and host == self._host and pid_alive(pid)
