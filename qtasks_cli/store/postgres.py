@@ -588,6 +588,7 @@ def close_cached_connections() -> None:
 class PostgresStore(sql.SqlStore):
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
+    _duplicate = psycopg.errors.UniqueViolation
     wakes_on_work = True
     multi_node = True
     on_control: Callable[[], None] | None = None
@@ -1115,32 +1116,13 @@ class PostgresStore(sql.SqlStore):
                 outcomes.append(Claim.INSERTED)
         return outcomes
 
-    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
-        """Insert a run that has no scheduled time (a manual run), as given."""
-        row = sql.run_values(
-            self._d,
-            result,
-            created=self._clock(),
-            pid=self._pid,
-            host=self._host,
-            node=self.node_id,
-            args=args,
-            kwargs=kwargs,
-        )
-
+    async def _insert_run(self, row: tuple[Any, ...]) -> None:
         async def work(conn: _AsyncConn) -> None:
             async with conn.transaction():
                 await conn.execute(self._sql["insert_run"], row)
                 await self._notify(conn, "c")
 
-        try:
-            await self._do("recording a run", work)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(
-                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
-                ) from None
-            raise
+        await self._do("recording a run", work)
 
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime

@@ -428,6 +428,7 @@ class SqliteStore(sql.SqlStore):
         self._d = DIALECT
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
+    _duplicate = sqlite3.IntegrityError
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
     multi_node = False  # the daemon lock admits one daemon per file
     on_control: Callable[[], None] | None = None  # never called: commands come as datagrams
@@ -658,26 +659,8 @@ class SqliteStore(sql.SqlStore):
 
         await self._run_transaction("releasing unstarted claims", work)
 
-    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
-        """Insert a run that has no scheduled time (a manual run), as given."""
-        row = sql.run_values(
-            DIALECT,
-            result,
-            created=self._clock(),
-            pid=self._pid,
-            host=self._host,
-            node=self.node_id,
-            args=args,
-            kwargs=kwargs,
-        )
-        try:
-            await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise StoreError(
-                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
-                ) from None
-            raise
+    async def _insert_run(self, row: tuple[Any, ...]) -> None:
+        await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
 
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime

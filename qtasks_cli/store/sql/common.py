@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.errors import StoreError
+from qtasks_cli.models import Attempt, RunResult, RunStatus
 from qtasks_cli.store.base import Claim, Fire, JobStats, RunRow, pid_alive
 from qtasks_cli.store.sql.dialect import Dialect, Query
 from qtasks_cli.store.sql.reads import (
@@ -17,7 +18,7 @@ from qtasks_cli.store.sql.reads import (
     run_query,
     stats_steps,
 )
-from qtasks_cli.store.sql.rows import attempt_from_row, check_fires, row_to_run
+from qtasks_cli.store.sql.rows import attempt_from_row, check_fires, row_to_run, run_values
 
 if TYPE_CHECKING:
     from qtasks_cli.store.buffer import WriteBuffer
@@ -32,6 +33,9 @@ class SqlStore(abc.ABC):
     primitives: ``_fetch`` (one query), ``_steps`` (a read of several) and ``_claim``."""
 
     location: str
+    node_id: str
+    _duplicate: type[BaseException]  # the driver's error for a run id recorded already
+    _clock: Callable[[], datetime]
     _d: Dialect
     _pid: int
     _host: str
@@ -44,6 +48,10 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     async def _steps(self, what: str, steps: Generator[Query, list[Any], _T]) -> _T:
         """Run a read of several queries (``drive``); StoreError saying ``what`` failed."""
+
+    @abc.abstractmethod
+    async def _insert_run(self, row: tuple[Any, ...]) -> None:
+        """Insert ``rows.run_values``; StoreError caused by ``_duplicate`` when it exists."""
 
     @abc.abstractmethod
     async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
@@ -69,6 +77,27 @@ class SqlStore(abc.ABC):
         if exclusive_jobs is None:
             return [outcome is Claim.INSERTED for outcome in outcomes]
         return outcomes
+
+    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
+        """Insert a run that has no scheduled time (a manual run), as given."""
+        row = run_values(
+            self._d,
+            result,
+            created=self._clock(),
+            pid=self._pid,
+            host=self._host,
+            node=self.node_id,
+            args=args,
+            kwargs=kwargs,
+        )
+        try:
+            await self._insert_run(row)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, self._duplicate):
+                raise StoreError(
+                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
+                ) from None
+            raise
 
     async def last_fired(self) -> dict[str, tuple[datetime, str]]:
         """Per job, the last scheduled time recorded and its schedule key."""
