@@ -25,15 +25,14 @@ from qtasks_cli.store.control import (
     info_from_row,
 )
 from qtasks_cli.store.names import redact_url
-from qtasks_cli.store.postgres import (
+from qtasks_cli.store.postgres_conn import connect_options, scrub
+from qtasks_cli.store.postgres_schema import (
     CONTROL_KIND,
     DEFAULT_SCHEMA,
-    _connect_options,
-    _migrate_sync,
-    _scrub,
     channel_name,
     check_schema,
     dialect,
+    migrate_sync,
 )
 
 if TYPE_CHECKING:
@@ -65,15 +64,15 @@ class PostgresControl:
         self._s = check_schema(schema)
         self._lock = threading.Lock()
         try:
-            conn = psycopg.Connection.connect(url, **_connect_options(url))
+            conn = psycopg.Connection.connect(url, **connect_options(url))
         except psycopg.Error as exc:
-            raise StoreError(f"{self.location}: cannot connect: {_scrub(str(exc), url)}") from None
+            raise StoreError(f"{self.location}: cannot connect: {scrub(str(exc), url)}") from None
         try:
-            _migrate_sync(conn, schema, self.location)
+            migrate_sync(conn, schema, self.location)
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(
-                f"{self.location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
+                f"{self.location}: cannot prepare schema {schema!r}: {scrub(str(exc), url)}"
             ) from None
         self._conn: _Conn | None = conn
 
@@ -100,7 +99,7 @@ class PostgresControl:
             try:
                 if conn.broken:  # the server went away: one new connection per call at most
                     conn = self._conn = psycopg.Connection.connect(
-                        self.url, **_connect_options(self.url)
+                        self.url, **connect_options(self.url)
                     )
                 if not write:
                     return work(conn)
@@ -108,7 +107,7 @@ class PostgresControl:
                     return work(conn)
             except psycopg.Error as exc:
                 raise StoreError(
-                    f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}"
+                    f"{self.location}: {what} failed: {scrub(str(exc), self.url)}"
                 ) from None
 
     # -- daemons ---------------------------------------------------------------------------

@@ -18,18 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import os
-import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.clock import utcnow as _utc_now
@@ -38,7 +35,6 @@ from qtasks_cli.ledger import conclude
 from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
-    UNREPORTED,
     Claim,
     Fire,
     NodeInfo,
@@ -50,8 +46,24 @@ from qtasks_cli.store.base import (
     pid_alive,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.fence import OWNED
 from qtasks_cli.store.names import new_run_id, redact_url
+from qtasks_cli.store.postgres_conn import connect_options, scrub
+from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
+from qtasks_cli.store.postgres_schema import (
+    CONTROL_KIND,
+    DEFAULT_SCHEMA,
+    aware,
+    channel_name,
+    check_schema,
+    dialect,
+    migrate,
+    migrate_sync,
+    must_utc,
+    statements,
+)
+from qtasks_cli.store.postgres_schema import (
+    MIGRATIONS as MIGRATIONS,
+)
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -60,353 +72,17 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _AsyncConn = psycopg.AsyncConnection[Any]
+_LOCAL_KEY = local_key()
 
-DEFAULT_SCHEMA = "qtasks"
 NODE_TIMEOUT = timedelta(seconds=30)  # the default of settings.node_timeout
-CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
 BATCH_SIZE = 500  # more pending writes than this are written at once
 SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
 LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
 
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _ACTIVE = ("queued", "claimed", "running")
 PRUNE_CHUNK = 5000  # runs deleted per transaction
-
-# Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
-# quoted schema name.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """
-        CREATE TABLE {s}.runs (
-            run_id text COLLATE "C" PRIMARY KEY,
-            job text NOT NULL,
-            trigger text NOT NULL,
-            scheduled timestamptz,
-            created timestamptz NOT NULL,
-            started timestamptz,
-            ended timestamptz,
-            status text NOT NULL,
-            attempts integer NOT NULL DEFAULT 0,
-            error_type text,
-            error text,
-            traceback text,
-            result text,
-            items bigint,
-            pid integer,
-            host text,
-            node text,
-            args_json text,
-            kwargs_json text,
-            UNIQUE (job, scheduled)
-        )
-        """,
-        """
-        CREATE TABLE {s}.attempts (
-            run_id text COLLATE "C" NOT NULL,
-            attempt integer NOT NULL,
-            started timestamptz NOT NULL,
-            ended timestamptz,
-            status text NOT NULL,
-            error_type text,
-            error text,
-            PRIMARY KEY (run_id, attempt)
-        )
-        """,
-        """
-        CREATE TABLE {s}.jobs (
-            job text PRIMARY KEY,
-            last_scheduled timestamptz NOT NULL,
-            schedule_key text NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.nodes (
-            node_id text PRIMARY KEY,
-            host text NOT NULL,
-            pid integer NOT NULL,
-            started timestamptz NOT NULL,
-            last_seen timestamptz NOT NULL,
-            digest text NOT NULL DEFAULT '',
-            fingerprints jsonb NOT NULL DEFAULT '{}',
-            local_key text NOT NULL DEFAULT ''
-        )
-        """,
-        "CREATE INDEX runs_job_time ON {s}.runs"
-        " (job, (coalesce(started, scheduled, created)) DESC, run_id DESC)",
-        "CREATE INDEX runs_time ON {s}.runs"
-        " ((coalesce(started, scheduled, created)) DESC, run_id DESC)",
-        "CREATE INDEX runs_queued ON {s}.runs (created, run_id) WHERE status = 'queued'",
-        "CREATE INDEX runs_active ON {s}.runs (job, node) WHERE status IN ('claimed', 'running')",
-        "CREATE INDEX runs_node ON {s}.runs (node) WHERE status IN ('claimed', 'running')",
-    ),
-    # The operator's tables (qtasks_cli/store/control_postgres.py): status, pause, cancel,
-    # output.
-    (
-        """
-        CREATE TABLE {s}.daemons (
-            node_id text PRIMARY KEY,
-            host text NOT NULL,
-            pid integer NOT NULL,
-            started timestamptz NOT NULL,
-            last_seen timestamptz NOT NULL,
-            info jsonb NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.paused_jobs (
-            job text PRIMARY KEY,
-            since timestamptz NOT NULL,
-            by_whom text NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.cancel_requests (
-            run_id text COLLATE "C" PRIMARY KEY,
-            requested timestamptz NOT NULL,
-            by_whom text NOT NULL,
-            outcome text
-        )
-        """,
-        """
-        CREATE TABLE {s}.run_output (
-            run_id text COLLATE "C" PRIMARY KEY,
-            lines jsonb NOT NULL
-        )
-        """,
-    ),
-    # history --stats from indexes (issue 16): counts and last ends per (job, status), and
-    # each job's percentiles by walking its durations in order.
-    (
-        "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
-        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + sql.TIMED,
-    ),
-]
-
-# Statements with ``{s}`` for the schema; each store formats them once.
-_SQL = {
-    "claim": (
-        "INSERT INTO {s}.runs"
-        " (run_id, job, trigger, scheduled, created, ended, status, error, pid, host, node)"
-        " SELECT f.run_id, f.job, f.trigger, f.scheduled, %(created)s, f.ended, f.status,"
-        " f.error, %(pid)s, %(host)s, %(node)s"
-        " FROM unnest(%(ids)s::text[], %(jobs)s::text[], %(triggers)s::text[],"
-        " %(scheduled)s::timestamptz[], %(ended)s::timestamptz[], %(statuses)s::text[],"
-        " %(errors)s::text[]) WITH ORDINALITY"
-        " AS f(run_id, job, trigger, scheduled, ended, status, error, n)"
-        " ORDER BY f.n ON CONFLICT DO NOTHING RETURNING run_id"
-    ),
-    "advance": (
-        "INSERT INTO {s}.jobs AS j (job, last_scheduled, schedule_key)"
-        " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) ORDER BY 1"
-        " ON CONFLICT (job) DO UPDATE SET"
-        " schedule_key = CASE WHEN excluded.last_scheduled >= j.last_scheduled"
-        " THEN excluded.schedule_key ELSE j.schedule_key END,"
-        " last_scheduled = greatest(j.last_scheduled, excluded.last_scheduled)"
-    ),
-    # The array is sorted, so every node takes the locks in one order: no deadlock.
-    "lock_jobs": "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(%s::text[]) AS k",
-    "busy": (
-        "SELECT DISTINCT ON (job) job, coalesce(node, 'unknown') FROM {s}.runs"
-        " WHERE job = ANY(%s) AND status IN ('claimed', 'running') AND trigger <> 'manual'"
-        " AND node IS DISTINCT FROM %s ORDER BY job, run_id"
-    ),
-    # Fenced (store/fence.py): a run's row is written only while it is unfinished and this
-    # node's; a finish first locks the row so, so its attempts and output go with it or not.
-    "start": (
-        "UPDATE {s}.runs SET status = 'running', started = %s, pid = %s, host = %s"
-        f" WHERE run_id = %s AND {OWNED} AND node = %s"
-    ),
-    "fence": f"SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s FOR UPDATE",
-    "finish": (
-        "UPDATE {s}.runs SET "
-        + sql.FINISH_SET.format(m="%s")
-        + f" WHERE run_id = %s AND {OWNED} AND node = %s"
-    ),
-    "output": (
-        "INSERT INTO {s}.run_output (run_id, lines) SELECT %s, %s"
-        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
-        " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines"
-    ),
-    "attempt": (
-        f"INSERT INTO {{s}}.attempts ({sql.ATTEMPT_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s"
-        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
-        " ON CONFLICT (run_id, attempt) DO UPDATE SET started = excluded.started,"
-        " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
-        " error = excluded.error"
-    ),
-    "cancel_reported": (
-        f"UPDATE {{s}}.cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ANY(%s)"
-    ),
-    # One statement, so the sync fast path is one round trip; NOTIFY fires at commit.
-    "enqueue": (
-        "WITH request AS (INSERT INTO {s}.runs"
-        " (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        " VALUES (%s, %s, 'queued', %s, 'queued', %s, %s))"
-        " SELECT pg_notify(%s, %s)"
-    ),
-    "take": (
-        "UPDATE {s}.runs AS r SET status = 'claimed', pid = %s, host = %s, node = %s"
-        " WHERE r.run_id IN (SELECT run_id FROM {s}.runs WHERE status = 'queued'"
-        " ORDER BY created, run_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING r.run_id, r.job, r.args_json, r.kwargs_json, r.created, r.trigger"
-    ),
-    "register": (
-        "INSERT INTO {s}.nodes"
-        " (node_id, host, pid, started, last_seen, digest, fingerprints, local_key)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET"
-        " last_seen = excluded.last_seen, digest = excluded.digest,"
-        " fingerprints = excluded.fingerprints"
-    ),
-    "beat": (
-        "UPDATE {s}.nodes SET last_seen = %s, digest = %s, fingerprints = %s WHERE node_id = %s"
-    ),
-    "nodes": (
-        "SELECT node_id, host, pid, started, last_seen, digest, fingerprints FROM {s}.nodes"
-        " WHERE last_seen >= %s ORDER BY node_id"
-    ),
-    # Rows another reaper holds are skipped, so each dead node is reaped once.
-    "dead_candidates": (
-        "SELECT node_id, local_key, pid, last_seen FROM {s}.nodes WHERE node_id <> %s"
-        " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
-    ),
-    "unfinished_of_nodes": " WHERE node = ANY(%s) AND status IN ('claimed', 'running') FOR UPDATE",
-    "begin": (
-        "UPDATE {s}.runs SET status = 'running', started = %s"
-        " WHERE run_id = %s AND status = 'claimed' AND node = %s"
-    ),
-    "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
-    "orphans": (
-        " WHERE status IN ('claimed', 'running')"
-        " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
-        " FOR UPDATE SKIP LOCKED"
-    ),
-    "requeue": (
-        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
-        " WHERE run_id = ANY(%s)"
-    ),
-    "notify": "SELECT pg_notify(%s, %s)",
-}
-
-
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
-    return value
-
-
-def _opt_aware(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(timezone.utc)
-
-
-def _must_utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
-
-
-_LOCAL_KEY = local_key()
-
-
-def check_schema(schema: str) -> str:
-    """``schema`` quoted for SQL, or StoreError unless it is a plain identifier."""
-    if not _SCHEMA_NAME.match(schema):
-        raise StoreError(
-            f"invalid PostgreSQL schema name {schema!r}: expected letters, digits and "
-            "underscores, not starting with a digit, at most 63 characters"
-        )
-    return f'"{schema}"'
-
-
-def channel_name(schema: str) -> str:
-    """The NOTIFY channel of a schema's cluster (at most 63 bytes, as PostgreSQL wants)."""
-    name = f"qtasks_{schema}"
-    if len(name) > 63:
-        name = "qtasks_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
-    return name
-
-
-# The kind of notification an operator's command sends (qtasks_cli.store.control_postgres):
-# it wakes the nodes' control threads, not their loops.
-CONTROL_KIND = "k"
-
-
-@functools.lru_cache(maxsize=16)
-def dialect(schema: str) -> sql.Dialect:
-    """The SQL dialect of a schema (sql.py): ``%s``, ``"schema".runs``, timestamptz, jsonb."""
-    return sql.Dialect(
-        mark="%s",
-        prefix=f"{check_schema(schema)}.",
-        time_in=_aware,
-        time_out=_must_utc,
-        node_column=True,
-        lines=Jsonb,
-        duration="extract(epoch FROM ended - started)::float8",
-        seconds=float,
-    )
-
-
-def _statements(schema: str) -> dict[str, str]:
-    quoted = check_schema(schema)
-    d = dialect(schema)
-    found = {name: text.replace("{s}", quoted) for name, text in _SQL.items()}
-    found["unfinished_of_nodes"] = sql.unfinished_sql(d) + found["unfinished_of_nodes"]
-    found["orphans"] = sql.unfinished_sql(d) + found["orphans"]
-    found["insert_run"] = sql.insert_run_sql(d)
-    found["rerun"] = sql.rerun_sql(d)
-    found["interrupt_one"] = sql.conclude_sql(d, "interrupted")
-    found["cancel_one"] = sql.conclude_sql(d, "cancelled")
-    return found
-
-
-def _connect_options(url: str) -> dict[str, Any]:
-    """Keyword arguments for psycopg's connect: autocommit, UTC, a timeout and a name."""
-    try:
-        given = conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        raise StoreError(
-            f"{redact_url(url)}: not a valid PostgreSQL URL: {_scrub(str(exc), url)}"
-        ) from None
-    options: dict[str, Any] = {"autocommit": True}
-    if "connect_timeout" not in given:
-        options["connect_timeout"] = CONNECT_TIMEOUT
-    if "application_name" not in given:
-        options["application_name"] = "qtasks"
-    if "options" not in given:
-        options["options"] = "-c TimeZone=UTC"
-    return options
-
-
-def _password(url: str) -> str | None:
-    with contextlib.suppress(psycopg.Error):
-        value = conninfo_to_dict(url).get("password")
-        return str(value) if value else None
-    return None
-
-
-def _raw_passwords(url: str) -> set[str]:
-    """The password of ``url`` as written in its user info, and its pieces: a URL that does
-    not parse (a raw ``%`` or ``@`` in the password) is quoted by the driver in parts."""
-    from urllib.parse import unquote
-
-    authority = url.split("://", 1)[-1].split("/", 1)[0]
-    userinfo = authority.rpartition("@")[0]
-    raw = userinfo.partition(":")[2]
-    found = {raw, unquote(raw), *raw.split("@")} if raw else set()
-    return {piece for piece in found if len(piece) >= 3}
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url`` (a server or driver message could quote it,
-    whole or in pieces when the URL does not parse)."""
-    text = text.strip()
-    secrets_ = {p for p in (_password(url),) if p} | _raw_passwords(url)
-    for secret in sorted(secrets_, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -414,95 +90,11 @@ def _row_to_node(row: Sequence[Any]) -> NodeInfo:
         node_id=row[0],
         host=row[1],
         pid=row[2],
-        started=_must_utc(row[3]),
-        last_seen=_must_utc(row[4]),
+        started=must_utc(row[3]),
+        last_seen=must_utc(row[4]),
         digest=row[5],
         fingerprints=dict(row[6] or {}),
     )
-
-
-# -- migrations -------------------------------------------------------------------------
-
-_MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
-
-
-def _version_table(quoted: str) -> str:
-    return f"{quoted}.schema_version"
-
-
-def _check_version(version: int, location: str, schema: str) -> None:
-    known = len(MIGRATIONS)
-    if version > known:
-        raise StoreError(
-            f"{location}: schema {schema!r} was created by a newer qtasks (schema version "
-            f"{version}, this qtasks knows up to {known}); upgrade qtasks or use another schema"
-        )
-
-
-def _current(schema: str, location: str) -> Generator[sql.Query, list[Any], bool]:
-    """Whether the schema is at this qtasks's version, read without a lock."""
-    table = _version_table(check_schema(schema))
-    rows = yield "SELECT to_regclass(%s) IS NOT NULL", (table,)
-    if rows and rows[0][0]:
-        found = yield f"SELECT version FROM {table}", None
-        if found and found[0][0] >= len(MIGRATIONS):
-            _check_version(found[0][0], location, schema)
-            return True
-    return False
-
-
-def _upgrade(schema: str, location: str) -> Generator[sql.Query, list[Any], int]:
-    """Inside a transaction: create or migrate the schema; the version it had."""
-    quoted = check_schema(schema)
-    table = _version_table(quoted)
-    # CREATE SCHEMA IF NOT EXISTS alone still races: two creators can both miss it.
-    yield _MIGRATE_LOCK, (f"qtasks-migrate:{schema}",)
-    yield f"CREATE SCHEMA IF NOT EXISTS {quoted}", None
-    yield f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)", None
-    found = yield f"SELECT version FROM {table}", None
-    version = int(found[0][0]) if found else 0
-    if not found:
-        yield f"INSERT INTO {table} (version) VALUES (0)", None
-    _check_version(version, location, schema)
-    for step in MIGRATIONS[version:]:
-        for statement in step:
-            yield statement.replace("{s}", quoted), None
-    yield f"UPDATE {table} SET version = %s", (len(MIGRATIONS),)
-    return version
-
-
-def _migrated(location: str, schema: str, version: int) -> None:
-    if version != len(MIGRATIONS):
-        target = len(MIGRATIONS)
-        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
-
-
-async def _migrate(conn: _AsyncConn, schema: str, location: str) -> None:
-    """Create or migrate the schema; several nodes starting at once take turns."""
-
-    async def fetch(query: str, params: Any) -> list[Any]:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description is not None else []
-
-    if await sql.drive_async(_current(schema, location), fetch):
-        return
-    async with conn.transaction():
-        version = await sql.drive_async(_upgrade(schema, location), fetch)
-    _migrated(location, schema, version)
-
-
-def _migrate_sync(conn: psycopg.Connection[Any], schema: str, location: str) -> None:
-    """``_migrate`` for the synchronous enqueue path and the operator's commands."""
-
-    def fetch(query: str, params: Any) -> list[Any]:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description is not None else []
-
-    if sql.drive(_current(schema, location), fetch):
-        return
-    with conn.transaction():
-        version = sql.drive(_upgrade(schema, location), fetch)
-    _migrated(location, schema, version)
 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------
@@ -513,11 +105,11 @@ _ENQUEUER = f"enqueue:{socket.gethostname()}:{os.getpid()}"
 def _connect_sync(url: str, schema: str) -> psycopg.Connection[Any]:
     location = redact_url(url)
     try:
-        conn = psycopg.Connection.connect(url, **_connect_options(url))
+        conn = psycopg.Connection.connect(url, **connect_options(url))
     except psycopg.Error as exc:
-        raise StoreError(f"{location}: cannot connect: {_scrub(str(exc), url)}") from None
+        raise StoreError(f"{location}: cannot connect: {scrub(str(exc), url)}") from None
     try:
-        _migrate_sync(conn, schema, location)
+        migrate_sync(conn, schema, location)
         # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
         # this process) may lose the last fraction of a second of requests, and in
         # exchange enqueue_now does not wait for a disk flush (about 6x faster).
@@ -525,7 +117,7 @@ def _connect_sync(url: str, schema: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         conn.close()
         raise StoreError(
-            f"{location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
+            f"{location}: cannot prepare schema {schema!r}: {scrub(str(exc), url)}"
         ) from None
     except BaseException:
         conn.close()
@@ -544,7 +136,7 @@ _cache: sql.ConnectionCache[psycopg.Connection[Any]] = sql.ConnectionCache(
 
 @functools.lru_cache(maxsize=16)
 def _enqueue_statement(schema: str) -> tuple[str, str]:
-    return _statements(schema)["enqueue"], channel_name(schema)
+    return statements(schema)["enqueue"], channel_name(schema)
 
 
 def enqueue_now(
@@ -562,7 +154,7 @@ def enqueue_now(
     statement is prepared after a few calls), for the Python API.
     """
     args_json, kwargs_json = encode_request(job, args, kwargs or {})
-    created = _aware(now) if now is not None else _utc_now()
+    created = aware(now) if now is not None else _utc_now()
     sql, channel = _enqueue_statement(schema)
     run_id = new_run_id()
     params = (run_id, job, created, args_json, kwargs_json, channel, f"w:{_ENQUEUER}")
@@ -572,7 +164,7 @@ def enqueue_now(
             conn.execute(sql, params)
     except psycopg.Error as exc:
         raise StoreError(
-            f"{redact_url(url)}: cannot enqueue {job!r}: {_scrub(str(exc), url)}"
+            f"{redact_url(url)}: cannot enqueue {job!r}: {scrub(str(exc), url)}"
         ) from None
     return run_id
 
@@ -609,9 +201,9 @@ class PostgresStore(sql.SqlStore):
         self.url = url
         self.location = redact_url(url)
         self.schema = schema
-        self._sql = _statements(schema)
+        self._sql = statements(schema)
         self._d = dialect(schema)
-        self._connect_options = _connect_options(url)
+        self._connect_options = connect_options(url)
         self._channel = channel_name(schema)
         self._node_timeout = node_timeout
         self._pid = os.getpid()
@@ -646,7 +238,7 @@ class PostgresStore(sql.SqlStore):
 
     def _fail(self, what: str, exc: BaseException) -> StoreError:
         return StoreError(
-            f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}",
+            f"{self.location}: {what} failed: {scrub(str(exc), self.url)}",
             transient=isinstance(exc, psycopg.OperationalError),
         )
 
@@ -655,7 +247,7 @@ class PostgresStore(sql.SqlStore):
             return await psycopg.AsyncConnection.connect(self.url, **self._connect_options)
         except psycopg.Error as exc:
             raise StoreError(
-                f"{self.location}: cannot connect: {_scrub(str(exc), self.url)}",
+                f"{self.location}: cannot connect: {scrub(str(exc), self.url)}",
                 transient=isinstance(exc, psycopg.OperationalError),
             ) from None
 
@@ -698,12 +290,12 @@ class PostgresStore(sql.SqlStore):
             return
         conn = await self._connect()
         try:
-            await _migrate(conn, self.schema, self.location)
+            await migrate(conn, self.schema, self.location)
         except psycopg.Error as exc:
             await conn.close()
             raise StoreError(
                 f"{self.location}: cannot prepare schema {self.schema!r}: "
-                f"{_scrub(str(exc), self.url)}",
+                f"{scrub(str(exc), self.url)}",
                 transient=isinstance(exc, psycopg.OperationalError),
             ) from None
         except BaseException:
@@ -798,7 +390,7 @@ class PostgresStore(sql.SqlStore):
                 log.warning(
                     "%s: not listening for notifications (%s); retrying in %.1fs",
                     self.location,
-                    _scrub(str(exc), self.url),
+                    scrub(str(exc), self.url),
                     pause,
                 )
             # Anything could have been written while nobody listened.
@@ -887,7 +479,7 @@ class PostgresStore(sql.SqlStore):
     ) -> bool:
         """Record that this node is alive at ``now`` with its job file's digest; False when
         its row was gone (another node presumed it dead and concluded its runs)."""
-        beat = (_aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
+        beat = (aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
         row = (
             self.node_id,
             self._host,
@@ -923,7 +515,7 @@ class PostgresStore(sql.SqlStore):
         """The nodes that heartbeat within ``timeout`` of ``now``, by node id."""
 
         async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(self._sql["nodes"], (_aware(now) - timeout,))
+            cur = await conn.execute(self._sql["nodes"], (aware(now) - timeout,))
             return await cur.fetchall()
 
         return [_row_to_node(row) for row in await self._do("reading nodes", work)]
@@ -938,7 +530,7 @@ class PostgresStore(sql.SqlStore):
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
             async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, _aware(now), timeout, reruns)
+                interrupted, requeued = await self._reap(conn, aware(now), timeout, reruns)
                 if interrupted or requeued:
                     await self._notify(conn, "w" if requeued else "c")
             return await self._rows(conn, interrupted)
@@ -971,7 +563,7 @@ class PostgresStore(sql.SqlStore):
         noticed = now.isoformat()
 
         def note(node: str | None) -> str:
-            when = _must_utc(dead[node]).isoformat() if node in dead else "?"
+            when = must_utc(dead[node]).isoformat() if node in dead else "?"
             return f"node {node} silent since {when}; noticed at {noticed}"
 
         interrupted, requeued = await self._conclude(conn, rows, now, rerun_jobs, note)
@@ -980,7 +572,7 @@ class PostgresStore(sql.SqlStore):
                 "%s: node %s silent since %s is presumed dead",
                 self.location,
                 node,
-                _must_utc(last_seen).isoformat(),
+                must_utc(last_seen).isoformat(),
             )
         await conn.execute(self._sql["forget_nodes"], (names,))
         return interrupted, requeued
@@ -1031,7 +623,7 @@ class PostgresStore(sql.SqlStore):
         unfinished by processes that never registered as nodes (``qtasks trigger``, unless
         it still runs on this host) or whose node is gone, by ``ledger.verdict``."""
         await self._writes.flush_for_read()
-        now = _aware(now)
+        now = aware(now)
         reruns = frozenset(rerun_jobs)
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
@@ -1055,7 +647,7 @@ class PostgresStore(sql.SqlStore):
     async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
         """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED
         under the job's advisory lock, so check and insert are atomic across nodes."""
-        created = _aware(self._clock())
+        created = aware(self._clock())
         # One global order of inserts, so concurrent claims wait for each other instead
         # of deadlocking on the unique index.
         order = sorted(range(len(fires)), key=lambda i: (fires[i].job, fires[i].scheduled))
@@ -1134,7 +726,7 @@ class PostgresStore(sql.SqlStore):
         params = (
             run_id,
             job,
-            _aware(now),
+            aware(now),
             args_json,
             kwargs_json,
             self._channel,
@@ -1178,13 +770,13 @@ class PostgresStore(sql.SqlStore):
         await self._writes.flush_for_read()
         quoted = check_schema(self.schema)
         conditions = []
-        params: dict[str, Any] = {"now": _aware(now)}
+        params: dict[str, Any] = {"now": aware(now)}
         if keep_runs is not None:
             conditions.append("rank > %(keep)s")
             params["keep"] = max(keep_runs, 0)
         if keep_days is not None:
             conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
-            params["cutoff"] = _aware(now) - timedelta(days=keep_days)
+            params["cutoff"] = aware(now) - timedelta(days=keep_days)
         active = ", ".join(f"'{status}'" for status in _ACTIVE)
         select = (
             "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
@@ -1235,7 +827,7 @@ class PostgresStore(sql.SqlStore):
         quoted = check_schema(self.schema)
         earliest: dict[str, datetime] = {}
         for fire in fires:
-            when = _aware(fire.scheduled)
+            when = aware(fire.scheduled)
             earliest[fire.job] = min(when, earliest.get(fire.job, when))
         ids = [fire.run_id for fire in fires]
 
@@ -1258,7 +850,7 @@ class PostgresStore(sql.SqlStore):
     async def begin(self, run_id: str, started: datetime) -> bool:
         """Mark a taken request ``running``, committed before its body starts; False (and
         nothing written) when this node no longer owns it as ``claimed``."""
-        params = (_aware(started), run_id, self.node_id)
+        params = (aware(started), run_id, self.node_id)
 
         async def work(conn: _AsyncConn) -> bool:
             cur = await conn.execute(self._sql["begin"], params)
@@ -1271,7 +863,7 @@ class PostgresStore(sql.SqlStore):
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host (fenced: only while it
         is still this node's and unfinished)."""
-        params = (_aware(started), self._pid, self._host, run_id, self.node_id)
+        params = (aware(started), self._pid, self._host, run_id, self.node_id)
         self._buffer(Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),)))
 
     async def finish(self, result: RunResult) -> None:
@@ -1314,7 +906,7 @@ class PostgresStore(sql.SqlStore):
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as exc:
-                    self._writes.dropped(write, _scrub(str(exc), self.url))
+                    self._writes.dropped(write, scrub(str(exc), self.url))
 
     async def _apply(self, conn: _AsyncConn, batch: list[Write]) -> None:
         """Write ``batch`` in one transaction, pipelined: one round trip for all of it."""
