@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,11 +46,32 @@ from qtasks_cli.store.names import new_run_id
 from qtasks_cli.store.paths import open_checked, open_folder, prepare_state_file
 from qtasks_cli.store.sqlite_prune import compact_on_start
 from qtasks_cli.store.sqlite_prune import prune as prune_file
+from qtasks_cli.store.sqlite_schema import (
+    DIALECT,
+    MIN_SQLITE,
+    SQL_ADVANCE_JOB,
+    SQL_ATTEMPT,
+    SQL_BEGIN,
+    SQL_CANCEL,
+    SQL_CLAIM,
+    SQL_ENQUEUE,
+    SQL_FINISH,
+    SQL_INSERT_RUN,
+    SQL_INTERRUPT,
+    SQL_OUTPUT,
+    SQL_RERUN,
+    SQL_START,
+    from_us,
+    to_us,
+)
+from qtasks_cli.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # _migrate reads it here
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
 
 log = logging.getLogger(__name__)
+
+_ORDER_NEWEST = sql.ORDER_NEWEST  # tests read it here
 
 _T = TypeVar("_T")
 
@@ -59,172 +79,6 @@ BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we 
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the file is locked
 BATCH_SIZE = 500  # more pending writes than this are written at once
-MIN_SQLITE = (3, 25, 0)  # upserts and window functions
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-# Step i brings a file from ``user_version`` i to i + 1; append, never edit.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            job TEXT NOT NULL,
-            trigger TEXT NOT NULL,
-            scheduled INTEGER,
-            created INTEGER NOT NULL,
-            started INTEGER,
-            ended INTEGER,
-            status TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error_type TEXT,
-            error TEXT,
-            traceback TEXT,
-            result TEXT,
-            items INTEGER,
-            pid INTEGER,
-            host TEXT,
-            args_json TEXT,
-            kwargs_json TEXT,
-            UNIQUE (job, scheduled)
-        )
-        """,
-        """
-        CREATE TABLE attempts (
-            run_id TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            started INTEGER NOT NULL,
-            ended INTEGER,
-            status TEXT NOT NULL,
-            error_type TEXT,
-            error TEXT,
-            PRIMARY KEY (run_id, attempt)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE jobs (
-            job TEXT PRIMARY KEY,
-            last_scheduled INTEGER NOT NULL,
-            schedule_key TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        "CREATE INDEX runs_job_time ON runs"
-        " (job, coalesce(started, scheduled, created) DESC, run_id DESC)",
-        "CREATE INDEX runs_time ON runs (coalesce(started, scheduled, created) DESC, run_id DESC)",
-        "CREATE INDEX runs_queued ON runs (created, run_id) WHERE status = 'queued'",
-        "CREATE INDEX runs_active ON runs (status) WHERE status IN ('claimed', 'running')",
-    ),
-    # The operator's tables (qtasks_cli/store/control_sqlite.py): status, pause, cancel, output.
-    (
-        """
-        CREATE TABLE daemons (
-            node_id TEXT PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            started INTEGER NOT NULL,
-            last_seen INTEGER NOT NULL,
-            info_json TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE paused_jobs (
-            job TEXT PRIMARY KEY,
-            since INTEGER NOT NULL,
-            by_whom TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE cancel_requests (
-            run_id TEXT PRIMARY KEY,
-            requested INTEGER NOT NULL,
-            by_whom TEXT NOT NULL,
-            outcome TEXT
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE run_output (
-            run_id TEXT PRIMARY KEY,
-            lines_json TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-    ),
-    # history --stats from indexes (issue 16): counts and last ends per (job, status) from
-    # one covering scan, percentiles by walking each job's durations in order.
-    (
-        "CREATE INDEX runs_job_status ON runs (job, status, ended)",
-        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {sql.TIMED}",
-    ),
-]
-
-_ORDER_NEWEST = sql.ORDER_NEWEST
-
-_SQL_CLAIM = (
-    "INSERT INTO runs (run_id, job, trigger, scheduled, created, ended, status, error, pid, host)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, scheduled) DO NOTHING"
-)
-_SQL_ADVANCE_JOB = (
-    "INSERT INTO jobs (job, last_scheduled, schedule_key) VALUES (?, ?, ?)"
-    " ON CONFLICT (job) DO UPDATE SET"
-    " schedule_key = CASE WHEN excluded.last_scheduled >= jobs.last_scheduled"
-    " THEN excluded.schedule_key ELSE jobs.schedule_key END,"
-    " last_scheduled = max(jobs.last_scheduled, excluded.last_scheduled)"
-)
-# Fenced (store/fence.py): written only while the run is unfinished and this daemon's.
-_OWN = f" AND {OWNED} AND pid IS ? AND host IS ?"
-_SQL_START = "UPDATE runs SET status = 'running', started = ? WHERE run_id = ?" + _OWN
-_SQL_BEGIN = (
-    "UPDATE runs SET status = 'running', started = ?"
-    " WHERE run_id = ? AND status = 'claimed' AND pid IS ? AND host IS ?"
-)
-_SQL_OUTPUT = "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)"
-_SQL_ATTEMPT = (
-    f"INSERT OR REPLACE INTO attempts ({sql.ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SQL_ENQUEUE = (
-    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-    " VALUES (?, ?, 'queued', ?, 'queued', ?, ?)"
-)
-
-
-def _to_us(value: datetime) -> int:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _opt_us(value: datetime | None) -> int | None:
-    return None if value is None else _to_us(value)
-
-
-def _from_us(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
-
-
-def _time(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def _seconds(micros: int) -> float:
-    return micros / 1e6
-
-
-DIALECT = sql.Dialect(
-    mark="?",
-    prefix="",
-    time_in=_to_us,
-    time_out=_time,
-    node_column=False,
-    lines=json.dumps,
-    duration="ended - started",
-    seconds=_seconds,
-)
-_SQL_FINISH = f"UPDATE runs SET {sql.finish_set(DIALECT)} WHERE run_id = ?" + _OWN
-_SQL_INSERT_RUN = sql.insert_run_sql(DIALECT)
-_SQL_RERUN = sql.rerun_sql(DIALECT)
-_SQL_INTERRUPT = sql.conclude_sql(DIALECT, "interrupted")
-_SQL_CANCEL = sql.conclude_sql(DIALECT, "cancelled")
-
 # -- opening a file -------------------------------------------------------------------
 
 
@@ -343,13 +197,13 @@ def enqueue_now(
     Synchronous and fast (one connection per file is kept open), for the Python API.
     """
     args_json, kwargs_json = _encode_request(job, args, kwargs or {})
-    created = _to_us(now if now is not None else _utc_now())
+    created = to_us(now if now is not None else _utc_now())
     where = os.path.abspath(os.path.expanduser(path))
     conn, lock = _cache.get(where, functools.partial(_open_threaded, where))
     run_id = new_run_id()
     try:
         with lock:
-            conn.execute(_SQL_ENQUEUE, (run_id, job, created, args_json, kwargs_json))
+            conn.execute(SQL_ENQUEUE, (run_id, job, created, args_json, kwargs_json))
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot enqueue {job!r}: {exc}") from None
     return run_id
@@ -569,11 +423,11 @@ class SqliteStore(sql.SqlStore):
         interrupted runs of ``rerun_jobs`` as new requests, in the same transaction."""
         await self._writes.flush_for_read()
         return await self._run(
-            "recovering unfinished runs", self._recover_sync, _to_us(now), frozenset(rerun_jobs)
+            "recovering unfinished runs", self._recover_sync, to_us(now), frozenset(rerun_jobs)
         )
 
     def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunRow]:
-        notice = _from_us(now_us)
+        notice = from_us(now_us)
         assert notice is not None
         noticed = f"noticed at {notice.isoformat()}"
 
@@ -589,13 +443,13 @@ class SqliteStore(sql.SqlStore):
                 [(run_id,) for run_id in done.requeue],
             )
             conn.executemany(
-                _SQL_INTERRUPT, [(now_us, error, run_id) for run_id, error in done.interrupt]
+                SQL_INTERRUPT, [(now_us, error, run_id) for run_id, error in done.interrupt]
             )
             conn.executemany(
-                _SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
+                SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
             )
             conn.executemany(  # the control thread reports them (qtasks_cli.cancels)
-                _SQL_CANCEL, [(now_us, error, run_id) for run_id, error in done.cancel]
+                SQL_CANCEL, [(now_us, error, run_id) for run_id, error in done.cancel]
             )
             conn.executemany(
                 f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
@@ -616,13 +470,13 @@ class SqliteStore(sql.SqlStore):
 
     async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
         """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED."""
-        created = _to_us(self._clock())
+        created = to_us(self._clock())
         rows = [
             (
                 fire.run_id,
                 fire.job,
                 fire.trigger.value,
-                _to_us(fire.scheduled),
+                to_us(fire.scheduled),
                 created,
                 None if fire.status is RunStatus.CLAIMED else created,
                 fire.status.value,
@@ -633,7 +487,7 @@ class SqliteStore(sql.SqlStore):
             for fire in fires
         ]
         latest = sql.latest_fires(fires)
-        jobs = [(job, _to_us(when), key) for job, (when, key) in latest.items()]
+        jobs = [(job, to_us(when), key) for job, (when, key) in latest.items()]
         exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs))
         return await self._run_transaction(
             "claiming fires", _claim_work(rows, jobs, exclusive, created, self._pid, self._host)
@@ -646,7 +500,7 @@ class SqliteStore(sql.SqlStore):
         await self._writes.flush()  # a buffered start must land first: it is never released
         earliest: dict[str, int] = {}
         for fire in fires:
-            us = _to_us(fire.scheduled)
+            us = to_us(fire.scheduled)
             earliest[fire.job] = min(us, earliest.get(fire.job, us))
         ids = [(fire.run_id,) for fire in fires]
         back = [(us - 1, job, us) for job, us in earliest.items()]
@@ -660,7 +514,7 @@ class SqliteStore(sql.SqlStore):
         await self._run_transaction("releasing unstarted claims", work)
 
     async def _insert_run(self, row: tuple[Any, ...]) -> None:
-        await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
+        await self._run("recording a run", self._execute, SQL_INSERT_RUN, row)
 
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
@@ -668,8 +522,8 @@ class SqliteStore(sql.SqlStore):
         """Write a pending request (status and trigger ``queued``); return its run id."""
         args_json, kwargs_json = _encode_request(job, args, kwargs)
         run_id = new_run_id()
-        row = (run_id, job, _to_us(now), args_json, kwargs_json)
-        await self._run(f"enqueueing {job!r}", self._execute, _SQL_ENQUEUE, row)
+        row = (run_id, job, to_us(now), args_json, kwargs_json)
+        await self._run(f"enqueueing {job!r}", self._execute, SQL_ENQUEUE, row)
         return run_id
 
     def enqueue_sync(
@@ -778,8 +632,8 @@ class SqliteStore(sql.SqlStore):
             lambda: _connect(self.path, self._busy_timeout),
             self._write_lock,
             keep=-1 if keep_runs is None else max(keep_runs, 0),
-            cutoff=None if keep_days is None else _to_us(now - timedelta(days=keep_days)),
-            now=_to_us(now),
+            cutoff=None if keep_days is None else to_us(now - timedelta(days=keep_days)),
+            now=to_us(now),
             location=self.location,
         )
         try:
@@ -797,10 +651,10 @@ class SqliteStore(sql.SqlStore):
     async def begin(self, run_id: str, started: datetime) -> bool:
         """Mark a taken request ``running``, committed before its body starts; False (and
         nothing written) when this daemon no longer owns it as ``claimed``."""
-        params = (_to_us(started), run_id, self._pid, self._host)
+        params = (to_us(started), run_id, self._pid, self._host)
 
         def work(conn: sqlite3.Connection) -> bool:
-            return conn.execute(_SQL_BEGIN, params).rowcount == 1
+            return conn.execute(SQL_BEGIN, params).rowcount == 1
 
         return await self._run_transaction("marking a run started", work)
 
@@ -808,19 +662,19 @@ class SqliteStore(sql.SqlStore):
 
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host."""
-        params = (_to_us(started), run_id, self._pid, self._host)
-        self._buffer(Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
+        params = (to_us(started), run_id, self._pid, self._host)
+        self._buffer(Write(kind="start", run_id=run_id, statements=((SQL_START, params),)))
 
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome, one row per attempt and its output lines, written in
         one transaction."""
         finish = (*sql.finish_values(DIALECT, result), result.run_id, self._pid, self._host)
-        statements: list[tuple[str, tuple[Any, ...]]] = [(_SQL_FINISH, finish)]
+        statements: list[tuple[str, tuple[Any, ...]]] = [(SQL_FINISH, finish)]
         for attempt in result.attempt_log:
-            statements.append((_SQL_ATTEMPT, sql.attempt_values(DIALECT, result.run_id, attempt)))
+            statements.append((SQL_ATTEMPT, sql.attempt_values(DIALECT, result.run_id, attempt)))
         if result.output:
             lines = sql.output_lines(DIALECT, result.output)
-            statements.append((_SQL_OUTPUT, (result.run_id, lines)))
+            statements.append((SQL_OUTPUT, (result.run_id, lines)))
         self._buffer(
             Write(kind="finish", run_id=result.run_id, statements=tuple(statements),
                   wanted=result.status.value)
@@ -930,11 +784,11 @@ def _claim_work(
         # One executemany for the whole batch (1,000 fires a second must stay cheap); only
         # when some row was already there do we ask which ones.
         before = conn.total_changes
-        conn.executemany(_SQL_CLAIM, final)
+        conn.executemany(SQL_CLAIM, final)
         if conn.total_changes - before != len(final):
             ours = _inserted(conn, final)
             wanted = [w if row[0] in ours else Claim.EXISTS for row, w in zip(final, wanted)]
-        conn.executemany(_SQL_ADVANCE_JOB, jobs)
+        conn.executemany(SQL_ADVANCE_JOB, jobs)
         return wanted
 
     return work
