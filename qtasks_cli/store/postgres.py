@@ -49,6 +49,7 @@ from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.names import new_run_id, redact_url
 from qtasks_cli.store.postgres_conn import connect_options, scrub
 from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
+from qtasks_cli.store.postgres_prune import prune as prune_schema
 from qtasks_cli.store.postgres_schema import (
     CONTROL_KIND,
     DEFAULT_SCHEMA,
@@ -80,9 +81,6 @@ RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the s
 BATCH_SIZE = 500  # more pending writes than this are written at once
 SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
 LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
-
-_ACTIVE = ("queued", "claimed", "running")
-PRUNE_CHUNK = 5000  # runs deleted per transaction
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -762,57 +760,19 @@ class PostgresStore(sql.SqlStore):
         rows.sort(key=lambda row: (row[4], row[0]))
         return [sql.queued_run(self._d, row) for row in rows]
 
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
-        ``keep_days`` (either limit deletes; None disables it); return how many."""
-        if keep_runs is None and keep_days is None:
-            return 0
-        await self._writes.flush_for_read()
-        quoted = check_schema(self.schema)
-        conditions = []
-        params: dict[str, Any] = {"now": aware(now)}
-        if keep_runs is not None:
-            conditions.append("rank > %(keep)s")
-            params["keep"] = max(keep_runs, 0)
-        if keep_days is not None:
-            conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
-            params["cutoff"] = aware(now) - timedelta(days=keep_days)
-        active = ", ".join(f"'{status}'" for status in _ACTIVE)
-        select = (
-            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
-            f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
-            f" {sql.ORDER_NEWEST}) AS rank"
-            f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
-            # A row scheduled after now (the clock went back) still guards its (job, time).
-            f" WHERE ({' OR '.join(conditions)})"
-            " AND (scheduled IS NULL OR scheduled < %(now)s)"
-        )
-        chunk = "SELECT run_id FROM qtasks_doomed WHERE n > %s AND n <= %s"
+    async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         if not self._opened or self._closed:
             raise RuntimeError(f"{self.location}: the store is not open")
-        # A connection of its own, and one short transaction per PRUNE_CHUNK runs: claims on
-        # the store's connection never wait for the prune. Dead rows are left to autovacuum,
-        # which makes their space reusable (the table files do not shrink).
         try:
+            # A connection of its own: claims on the store's connection never wait for it.
             async with await self._connect() as conn:
-                await conn.execute(
-                    "CREATE TEMP TABLE qtasks_doomed (n bigserial PRIMARY KEY, run_id text)"
+                deleted = await prune_schema(
+                    conn,
+                    check_schema(self.schema),
+                    keep_runs=keep_runs,
+                    keep_days=keep_days,
+                    now=now,
                 )
-                await conn.execute(f"INSERT INTO qtasks_doomed (run_id) {select}", params)
-                cur = await conn.execute("SELECT count(*) FROM qtasks_doomed")
-                row = await cur.fetchone()
-                total = int(row[0]) if row else 0
-                deleted = 0
-                for start in range(0, total, PRUNE_CHUNK):
-                    bounds = (start, start + PRUNE_CHUNK)
-                    async with conn.transaction():
-                        await conn.execute(
-                            f"DELETE FROM {quoted}.attempts WHERE run_id IN ({chunk})", bounds
-                        )
-                        cur = await conn.execute(
-                            f"DELETE FROM {quoted}.runs WHERE run_id IN ({chunk})", bounds
-                        )
-                        deleted += max(cur.rowcount, 0)
         except psycopg.Error as exc:
             raise self._fail("pruning history", exc) from exc
         if deleted:

@@ -619,12 +619,7 @@ class SqliteStore(sql.SqlStore):
         after the previous one."""
         return []
 
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
-        ``keep_days`` (either limit deletes; None disables it); return how many."""
-        if keep_runs is None and keep_days is None:
-            return 0
-        await self._writes.flush_for_read()
+    async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
         if self._executor is None or self._closed:
             raise RuntimeError(f"{self.location}: the store is not open")
         work = functools.partial(

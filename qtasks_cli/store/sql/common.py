@@ -28,9 +28,10 @@ _T = TypeVar("_T")
 
 
 class SqlStore(abc.ABC):
-    """The ``Store`` methods that are the same SQL in both stores: reads, the claim's
-    contract, flushing. A store gives its dialect, its writes' buffer and three
-    primitives: ``_fetch`` (one query), ``_steps`` (a read of several) and ``_claim``."""
+    """The ``Store`` methods that are the same in both stores: reads, stats, the claim's
+    contract, manual runs, the prune's limits, flushing. A store gives its dialect, its
+    writes' buffer and five primitives: ``_fetch`` (one query), ``_steps`` (a read of
+    several), ``_insert_run``, ``_claim`` and ``_prune``."""
 
     location: str
     node_id: str
@@ -52,6 +53,10 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     async def _insert_run(self, row: tuple[Any, ...]) -> None:
         """Insert ``rows.run_values``; StoreError caused by ``_duplicate`` when it exists."""
+
+    @abc.abstractmethod
+    async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        """``prune`` once some limit is set and buffered writes are written."""
 
     @abc.abstractmethod
     async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
@@ -131,6 +136,14 @@ class SqlStore(abc.ABC):
         (``stats_steps``); a job named explicitly but never run gets a row of zeros."""
         await self._writes.flush_for_read()
         return await self._steps("reading statistics", stats_steps(self._d, job))
+
+    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
+        ``keep_days`` (either limit deletes; None disables it); return how many."""
+        if keep_runs is None and keep_days is None:
+            return 0
+        await self._writes.flush_for_read()
+        return await self._prune(keep_runs, keep_days, now)
 
     def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
         """A manual run's process still runs on this host (``qtasks trigger``)."""
