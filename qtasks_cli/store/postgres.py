@@ -49,6 +49,7 @@ from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.names import new_run_id, redact_url
 from qtasks_cli.store.postgres_conn import connect_options, scrub
 from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
+from qtasks_cli.store.postgres_listen import Listener
 from qtasks_cli.store.postgres_prune import prune as prune_schema
 from qtasks_cli.store.postgres_schema import (
     CONTROL_KIND,
@@ -79,8 +80,6 @@ NODE_TIMEOUT = timedelta(seconds=30)  # the default of settings.node_timeout
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
 BATCH_SIZE = 500  # more pending writes than this are written at once
-SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
-LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -226,11 +225,14 @@ class PostgresStore(sql.SqlStore):
             reason=lambda exc: exc,
         )
         # Listening for NOTIFY on a connection of its own.
-        self._listener: asyncio.Task[None] | None = None
-        self._listening = False
-        self._work = asyncio.Event()
-        self._others_wrote = False
-        self._syncs: dict[str, asyncio.Future[None]] = {}
+        self._ear = Listener(
+            connect=self._connect,
+            channel=self._channel,
+            node_id=self.node_id,
+            location=self.location,
+            url=url,
+            on_control=self._control,
+        )
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -310,11 +312,7 @@ class PostgresStore(sql.SqlStore):
         failure: StoreError | None = None
         try:
             await self._writes.stop()
-            listener = self._listener
-            if listener is not None and not listener.done():
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            await self._ear.stop()
             if self._opened:
                 failure = await self._writes.drain()
                 lost = len(self._writes.pending)
@@ -322,8 +320,7 @@ class PostgresStore(sql.SqlStore):
                     await self._leave()
         finally:
             self._closed = True
-            for future in self._syncs.values():
-                future.cancel()
+            self._ear.cancel_syncs()
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
@@ -352,64 +349,9 @@ class PostgresStore(sql.SqlStore):
 
         await self._do("registering this node", work)
         self._registered = True
-        await self._listen_now()
+        await self._ear.start()
 
     # -- notifications ----------------------------------------------------------------
-
-    async def _listen_now(self) -> None:
-        """Start the listening task and wait until it listens or failed once."""
-        if self._listener is not None:
-            return
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="qtasks-pg-listen")
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({waiter, self._listener}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._listener.done():
-            self._listener.result()  # raises what ended it
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        pause, longest = LISTEN_RETRY
-        while True:
-            try:
-                conn = await self._connect()
-                try:
-                    await conn.execute(f'LISTEN "{self._channel}"')
-                    self._listening = True
-                    ready.set()
-                    pause = LISTEN_RETRY[0]
-                    async for note in conn.notifies():
-                        self._on_notify(note.payload)
-                finally:
-                    self._listening = False
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            except (psycopg.Error, StoreError) as exc:
-                log.warning(
-                    "%s: not listening for notifications (%s); retrying in %.1fs",
-                    self.location,
-                    scrub(str(exc), self.url),
-                    pause,
-                )
-            # Anything could have been written while nobody listened.
-            self._wake_everyone()
-            ready.set()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, longest)
-
-    def _on_notify(self, payload: str) -> None:
-        kind, _, sender = payload.partition(":")
-        if kind == "s":
-            future = self._syncs.pop(sender, None)
-            if future is not None and not future.done():
-                future.set_result(None)
-            return
-        if sender != self.node_id:
-            self._others_wrote = True
-        if kind == "w":
-            self._work.set()
-        elif kind == CONTROL_KIND:
-            self._control()
 
     def _control(self) -> None:
         if self.on_control is not None:
@@ -418,57 +360,25 @@ class PostgresStore(sql.SqlStore):
             except Exception:
                 log.exception("%s: handing over an operator's command failed", self.location)
 
-    def _wake_everyone(self) -> None:
-        self._others_wrote = True
-        self._work.set()
-        self._control()  # a command may have been announced while nobody listened
-        for future in self._syncs.values():
-            if not future.done():
-                future.set_result(None)
-        self._syncs.clear()
+    @property
+    def _listening(self) -> bool:
+        return self._ear.listening
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Return True as soon as a request is handed over (or the listener reconnected),
         False after ``timeout`` seconds; starts listening on first use."""
-        if self._listener is None:
-            await self._listen_now()
-            return True  # requests written before we listened are not announced again
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except asyncio.TimeoutError:
-                return False
-        self._work.clear()
-        return True
+        return await self._ear.wait_for_work(timeout)
 
     async def changed(self) -> bool:
-        """True when another store wrote since the last call.
+        """True when another store wrote since the last call (``Listener.changed``)."""
 
-        Sends a notification to itself and waits for it: notifications arrive in commit
-        order, so every earlier write of another store has been seen by then.
-        """
-        if self._listener is None:
-            await self._listen_now()
-            return True
-        if not self._listening:
-            return True
-        token = secrets.token_hex(8)
-        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._syncs[token] = arrived
+        async def send(payload: str) -> None:
+            async def work(conn: _AsyncConn) -> None:
+                await conn.execute(self._sql["notify"], (self._channel, payload))
 
-        async def work(conn: _AsyncConn) -> None:
-            await conn.execute(self._sql["notify"], (self._channel, f"s:{token}"))
-
-        try:
             await self._do("checking for changes", work)
-            await asyncio.wait_for(arrived, SYNC_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.debug("%s: own notification did not come back in %ss", self.location, SYNC_TIMEOUT)
-            self._others_wrote = True
-        finally:
-            self._syncs.pop(token, None)
-        others, self._others_wrote = self._others_wrote, False
-        return others
+
+        return await self._ear.changed(send)
 
     # -- the cluster ------------------------------------------------------------------
 
