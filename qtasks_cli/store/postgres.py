@@ -500,16 +500,10 @@ class PostgresStore(sql.SqlStore):
             rows, note=lambda _, node: note(node), runs_elsewhere=self._runs_elsewhere
         )
         done = conclude(unfinished, rerun_jobs, new_run_id)
-        for again, job, args_json, kwargs_json in done.reruns:
-            await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
-        for run_id, error in done.interrupt:
-            await conn.execute(self._sql["interrupt_one"], (now, error, run_id))
-        if done.requeue:
-            await conn.execute(self._sql["requeue"], (done.requeue,))
-        for run_id, error in done.cancel:
-            await conn.execute(self._sql["cancel_one"], (now, error, run_id))
+        async with conn.cursor() as cur:
+            for statement, batch in sql.verdict_writes(self._d, done, now):
+                await cur.executemany(statement, batch)
         if done.cancel:  # a daemon's control thread reports them (qtasks_cli.cancels)
-            await conn.execute(self._sql["cancel_reported"], ([r for r, _ in done.cancel],))
             await self._notify(conn, CONTROL_KIND)
         told = len(done.requeue) + len(done.reruns) + len(done.cancel)
         return [run_id for run_id, _ in done.interrupt], told

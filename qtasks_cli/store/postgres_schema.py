@@ -20,7 +20,6 @@ from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.fence import OWNED
 
 log = logging.getLogger(__name__)
@@ -192,9 +191,6 @@ _SQL = {
         " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
         " error = excluded.error"
     ),
-    "cancel_reported": (
-        f"UPDATE {{s}}.cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ANY(%s)"
-    ),
     # One statement, so the sync fast path is one round trip; NOTIFY fires at commit.
     "enqueue": (
         "WITH request AS (INSERT INTO {s}.runs"
@@ -237,10 +233,6 @@ _SQL = {
         " WHERE status IN ('claimed', 'running')"
         " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
         " FOR UPDATE SKIP LOCKED"
-    ),
-    "requeue": (
-        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
-        " WHERE run_id = ANY(%s)"
     ),
     "notify": "SELECT pg_notify(%s, %s)",
 }
@@ -303,9 +295,6 @@ def statements(schema: str) -> dict[str, str]:
     found["unfinished_of_nodes"] = sql.unfinished_sql(d) + found["unfinished_of_nodes"]
     found["orphans"] = sql.unfinished_sql(d) + found["orphans"]
     found["insert_run"] = sql.insert_run_sql(d)
-    found["rerun"] = sql.rerun_sql(d)
-    found["interrupt_one"] = sql.conclude_sql(d, "interrupted")
-    found["cancel_one"] = sql.conclude_sql(d, "cancelled")
     return found
 
 

@@ -31,7 +31,6 @@ from qtasks_cli.ledger import conclude
 from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
-    UNREPORTED,
     Claim,
     Fire,
     NodeInfo,
@@ -52,14 +51,11 @@ from qtasks_cli.store.sqlite_schema import (
     SQL_ADVANCE_JOB,
     SQL_ATTEMPT,
     SQL_BEGIN,
-    SQL_CANCEL,
     SQL_CLAIM,
     SQL_ENQUEUE,
     SQL_FINISH,
     SQL_INSERT_RUN,
-    SQL_INTERRUPT,
     SQL_OUTPUT,
-    SQL_RERUN,
     SQL_START,
     from_us,
     to_us,
@@ -438,23 +434,8 @@ class SqliteStore(sql.SqlStore):
                 runs_elsewhere=self._runs_elsewhere,
             )
             done = conclude(rows, rerun_jobs, new_run_id)
-            conn.executemany(
-                "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
-                [(run_id,) for run_id in done.requeue],
-            )
-            conn.executemany(
-                SQL_INTERRUPT, [(now_us, error, run_id) for run_id, error in done.interrupt]
-            )
-            conn.executemany(
-                SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
-            )
-            conn.executemany(  # the control thread reports them (qtasks_cli.cancels)
-                SQL_CANCEL, [(now_us, error, run_id) for run_id, error in done.cancel]
-            )
-            conn.executemany(
-                f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
-                [(run_id,) for run_id, _ in done.cancel],
-            )
+            for statement, batch in sql.verdict_writes(DIALECT, done, notice):
+                conn.executemany(statement, batch)
             cancelled.extend(run_id for run_id, _ in done.cancel)
             return [run_id for run_id, _ in done.interrupt]
 

@@ -171,6 +171,3 @@ DIALECT = sql.Dialect(
 )
 SQL_FINISH = f"UPDATE runs SET {sql.finish_set(DIALECT)} WHERE run_id = ?" + _OWN
 SQL_INSERT_RUN = sql.insert_run_sql(DIALECT)
-SQL_RERUN = sql.rerun_sql(DIALECT)
-SQL_INTERRUPT = sql.conclude_sql(DIALECT, "interrupted")
-SQL_CANCEL = sql.conclude_sql(DIALECT, "cancelled")

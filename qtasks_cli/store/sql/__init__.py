@@ -22,13 +22,19 @@ from qtasks_cli.store.sql.reads import (
     run_query,
     stats_steps,
 )
+from qtasks_cli.store.sql.recovery import (
+    conclude_sql,
+    rerun_sql,
+    unfinished,
+    unfinished_sql,
+    verdict_writes,
+)
 from qtasks_cli.store.sql.rows import (
     ATTEMPT_COLUMNS,
     FINISH_SET,
     attempt_from_row,
     attempt_values,
     check_fires,
-    conclude_sql,
     finish_set,
     finish_values,
     insert_run_sql,
@@ -36,12 +42,9 @@ from qtasks_cli.store.sql.rows import (
     node_name,
     output_lines,
     queued_run,
-    rerun_sql,
     row_to_run,
     run_columns,
     run_values,
-    unfinished,
-    unfinished_sql,
 )
 
 __all__ = [
@@ -77,4 +80,5 @@ __all__ = [
     "stats_steps",
     "unfinished",
     "unfinished_sql",
+    "verdict_writes",
 ]

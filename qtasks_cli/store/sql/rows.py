@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli.ledger import Unfinished
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store.base import Fire, QueuedRun, RunRow, clip_lines, storable, truncate_traceback
-from qtasks_cli.store.fence import cancel_by
 from qtasks_cli.store.sql.dialect import Dialect
 
 # -- runs as rows -----------------------------------------------------------------------
@@ -176,59 +174,6 @@ def latest_fires(fires: Iterable[Fire]) -> dict[str, tuple[datetime, str]]:
         if fire.job not in latest or fire.scheduled >= latest[fire.job][0]:
             latest[fire.job] = (fire.scheduled, fire.schedule_key)
     return latest
-
-
-# -- recovery ---------------------------------------------------------------------------
-
-
-def unfinished_sql(d: Dialect) -> str:
-    """The columns of ``unfinished`` over ``runs AS r``, up to FROM and its table."""
-    node = "node" if d.node_column else "NULL"
-    return (
-        f"SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, {node},"
-        f" {cancel_by(d.prefix)} FROM {d.table('runs')} AS r"
-    )
-
-
-def unfinished(
-    rows: Iterable[Sequence[Any]],
-    *,
-    note: Callable[[str, str | None], str],
-    runs_elsewhere: Callable[[int | None, str | None], bool],
-) -> list[Unfinished]:
-    """Rows of ``unfinished_sql`` for ``ledger.conclude``; ``note`` is given each row's
-    status and node, ``runs_elsewhere`` its pid and host (for manual runs only)."""
-    return [
-        Unfinished(
-            run_id=run_id,
-            job=job,
-            status=status,
-            trigger=trigger,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            note=note(status, node),
-            still_running=trigger == TriggerKind.MANUAL.value and runs_elsewhere(pid, host),
-            cancel_by=by,
-        )
-        for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node, by in rows
-    ]
-
-
-def rerun_sql(d: Dialect) -> str:
-    """A re-run of an interrupted run: a new request with the same arguments."""
-    return (
-        f"INSERT INTO {d.table('runs')}"
-        " (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        f" VALUES ({d.mark}, {d.mark}, 'rerun', {d.mark}, 'queued', {d.mark}, {d.mark})"
-    )
-
-
-def conclude_sql(d: Dialect, status: str) -> str:
-    """Conclude one run as ``status`` (interrupted, cancelled): ended, error, run id."""
-    return (
-        f"UPDATE {d.table('runs')} SET status = '{status}', ended = {d.mark}, error = {d.mark}"
-        f" WHERE run_id = {d.mark}"
-    )
 
 
 def attempt_from_row(d: Dialect, row: Sequence[Any]) -> Attempt:
