@@ -546,7 +546,9 @@ class PostgresStore(sql.SqlStore):
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(rows))
         return rows
 
-    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
+    async def _claim(
+        self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
+    ) -> list[Claim]:
         """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED
         under the job's advisory lock, so check and insert are atomic across nodes."""
         created = aware(self._clock())

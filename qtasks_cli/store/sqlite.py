@@ -449,7 +449,9 @@ class SqliteStore(sql.SqlStore):
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
         return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
 
-    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
+    async def _claim(
+        self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
+    ) -> list[Claim]:
         """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED."""
         created = to_us(self._clock())
         rows = [
@@ -457,7 +459,7 @@ class SqliteStore(sql.SqlStore):
                 fire.run_id,
                 fire.job,
                 fire.trigger.value,
-                to_us(fire.scheduled),
+                at,
                 created,
                 None if fire.status is RunStatus.CLAIMED else created,
                 fire.status.value,
@@ -465,7 +467,7 @@ class SqliteStore(sql.SqlStore):
                 self._pid,
                 self._host,
             )
-            for fire in fires
+            for fire, at in zip(fires, scheduled)
         ]
         latest = sql.latest_fires(fires)
         jobs = [(job, to_us(when), key) for job, (when, key) in latest.items()]

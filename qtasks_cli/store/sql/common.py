@@ -15,7 +15,7 @@ from qtasks_cli.store.sql.reads import (
     attempts_query,
     history_query,
     last_fired_sql,
-    run_query,
+    run_steps,
     stats_steps,
 )
 from qtasks_cli.store.sql.rows import attempt_from_row, check_fires, row_to_run, run_values
@@ -59,8 +59,11 @@ class SqlStore(abc.ABC):
         """``prune`` once some limit is set and buffered writes are written."""
 
     @abc.abstractmethod
-    async def _claim(self, fires: Sequence[Fire], exclusive_jobs: Collection[str]) -> list[Claim]:
-        """``Store.claim`` of checked, non-empty ``fires``, as ``Claim`` per fire."""
+    async def _claim(
+        self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
+    ) -> list[Claim]:
+        """``Store.claim`` of checked, non-empty ``fires`` (``scheduled``: their times as
+        stored), as ``Claim`` per fire."""
 
     @overload
     async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
@@ -77,8 +80,8 @@ class SqlStore(abc.ABC):
         one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
         if not fires:
             return []
-        check_fires(self._d, fires)
-        outcomes = await self._claim(fires, exclusive_jobs or ())
+        scheduled = check_fires(self._d, fires)
+        outcomes = await self._claim(fires, scheduled, exclusive_jobs or ())
         if exclusive_jobs is None:
             return [outcome is Claim.INSERTED for outcome in outcomes]
         return outcomes
@@ -115,8 +118,7 @@ class SqlStore(abc.ABC):
 
     async def get_run(self, run_id: str) -> RunRow | None:
         await self._writes.flush_for_read()
-        rows = await self._fetch("reading a run", *run_query(self._d, run_id))
-        return row_to_run(self._d, rows[0]) if rows else None
+        return await self._steps("reading a run", run_steps(self._d, run_id))
 
     async def history(
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None

@@ -37,13 +37,15 @@ def row_to_run(d: Dialect, row: Sequence[Any]) -> RunRow:
         node = row[16]
     else:
         node = None if pid is None or host is None else node_name(host, pid)
+    out = d.time_out  # read for every row of history: no call per missing time
+    scheduled, started, ended, created = row[3], row[4], row[5], row[15]
     return RunRow(
         run_id=row[0],
         job=row[1],
         trigger=TriggerKind(row[2]),
-        scheduled=d.opt_out(row[3]),
-        started=d.opt_out(row[4]),
-        ended=d.opt_out(row[5]),
+        scheduled=None if scheduled is None else out(scheduled),
+        started=None if started is None else out(started),
+        ended=None if ended is None else out(ended),
         status=RunStatus(row[6]),
         attempts=row[7],
         error_type=row[8],
@@ -53,7 +55,7 @@ def row_to_run(d: Dialect, row: Sequence[Any]) -> RunRow:
         items=row[12],
         pid=pid,
         host=host,
-        created=d.opt_out(row[15]),
+        created=None if created is None else out(created),
         node=node,
     )
 
@@ -118,10 +120,11 @@ def finish_set(d: Dialect) -> str:
 
 def finish_values(d: Dialect, result: RunResult) -> tuple[Any, ...]:
     """A run's outcome, in the order of ``finish_set``."""
+    started, ended = result.started, result.ended  # written after every run: no calls spared
     return (
         result.status.value,
-        d.opt_in(result.started),
-        d.opt_in(result.ended),
+        None if started is None else d.time_in(started),
+        None if ended is None else d.time_in(ended),
         result.attempts,
         storable(result.error_type),
         storable(result.error),
@@ -136,11 +139,12 @@ ATTEMPT_COLUMNS = "run_id, attempt, started, ended, status, error_type, error"
 
 def attempt_values(d: Dialect, run_id: str, attempt: Attempt) -> tuple[Any, ...]:
     """One attempt's row, in the order of ``ATTEMPT_COLUMNS``."""
+    ended = attempt.ended
     return (
         run_id,
         attempt.number,
         d.time_in(attempt.started),
-        d.opt_in(attempt.ended),
+        None if ended is None else d.time_in(ended),
         attempt.status.value,
         storable(attempt.error_type),
         storable(attempt.error),
@@ -155,15 +159,18 @@ def output_lines(d: Dialect, lines: Sequence[str]) -> Any:
 # -- claims -----------------------------------------------------------------------------
 
 
-def check_fires(d: Dialect, fires: Sequence[Fire]) -> None:
-    """ValueError unless every fire is claimed, skipped or missed at an aware time."""
+def check_fires(d: Dialect, fires: Sequence[Fire]) -> list[Any]:
+    """Each fire's scheduled time as stored; ValueError (for the first bad fire) unless
+    every fire is claimed, skipped or missed at an aware time."""
+    stored = []
     for fire in fires:
         if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
             raise ValueError(
                 f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
                 "expected claimed, skipped or missed"
             )
-        d.time_in(fire.scheduled)
+        stored.append(d.time_in(fire.scheduled))
+    return stored
 
 
 def latest_fires(fires: Iterable[Fire]) -> dict[str, tuple[datetime, str]]:
