@@ -262,10 +262,12 @@ class PostgresStore(sql.SqlStore):
             self._conn = conn = await self._connect()
         return conn
 
+    def _is_open(self) -> bool:
+        return self._opened and not self._closed
+
     async def _do(self, what: str, work: Callable[[_AsyncConn], Awaitable[_T]]) -> _T:
         """Run ``work`` on the connection, alone; psycopg errors become StoreError."""
-        if not self._opened or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         async with self._lock:
             conn = await self._connection()
             try:
@@ -667,8 +669,7 @@ class PostgresStore(sql.SqlStore):
         return [sql.queued_run(self._d, row) for row in rows]
 
     async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        if not self._opened or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         try:
             # A connection of its own: claims on the store's connection never wait for it.
             async with await self._connect() as conn:
@@ -739,22 +740,17 @@ class PostgresStore(sql.SqlStore):
         run_id, node = result.run_id, self.node_id
         statements: list[tuple[str, tuple[Any, ...]]] = [(self._sql["fence"], (run_id, node))]
         for attempt in result.attempt_log:
-            params = (*sql.attempt_values(self._d, run_id, attempt), run_id, node)
+            params = sql.attempt_values(self._d, run_id, attempt, run_id, node)
             statements.append((self._sql["attempt"], params))
         if result.output:
             lines = sql.output_lines(self._d, result.output)
             statements.append((self._sql["output"], (run_id, lines, run_id, node)))
-        finish = (*sql.finish_values(self._d, result), run_id, node)
+        finish = sql.finish_values(self._d, result, run_id, node)
         statements.append((self._sql["finish"], finish))
         self._buffer(
             Write(kind="finish", run_id=run_id, statements=tuple(statements),
                   wanted=result.status.value)
         )  # fmt: skip
-
-    def _buffer(self, write: Write) -> None:
-        if self._closed or not self._opened:
-            raise RuntimeError(f"{self.location}: the store is not open")
-        self._writes.add(write)
 
     async def _write_pending(self, batch: list[Write]) -> None:
         await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))

@@ -285,9 +285,11 @@ class SqliteStore(sql.SqlStore):
 
     # -- plumbing ---------------------------------------------------------------------
 
+    def _is_open(self) -> bool:
+        return self._executor is not None and not self._closed
+
     async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
@@ -603,8 +605,7 @@ class SqliteStore(sql.SqlStore):
         return []
 
     async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        if self._executor is None or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         work = functools.partial(
             prune_file,
             lambda: _connect(self.path, self._busy_timeout),
@@ -646,7 +647,7 @@ class SqliteStore(sql.SqlStore):
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome, one row per attempt and its output lines, written in
         one transaction."""
-        finish = (*sql.finish_values(DIALECT, result), result.run_id, self._pid, self._host)
+        finish = sql.finish_values(DIALECT, result, result.run_id, self._pid, self._host)
         statements: list[tuple[str, tuple[Any, ...]]] = [(SQL_FINISH, finish)]
         for attempt in result.attempt_log:
             statements.append((SQL_ATTEMPT, sql.attempt_values(DIALECT, result.run_id, attempt)))
@@ -657,11 +658,6 @@ class SqliteStore(sql.SqlStore):
             Write(kind="finish", run_id=result.run_id, statements=tuple(statements),
                   wanted=result.status.value)
         )  # fmt: skip
-
-    def _buffer(self, write: Write) -> None:
-        if self._closed or self._executor is None:
-            raise RuntimeError(f"{self.location}: the store is not open")
-        self._writes.add(write)
 
     async def _write_pending(self, batch: list[Write]) -> None:
         await self._run("writing run updates", self._write_batch, batch)

@@ -21,7 +21,7 @@ from qtasks_cli.store.sql.reads import (
 from qtasks_cli.store.sql.rows import attempt_from_row, check_fires, row_to_run, run_values
 
 if TYPE_CHECKING:
-    from qtasks_cli.store.buffer import WriteBuffer
+    from qtasks_cli.store.buffer import Write, WriteBuffer
 
 
 _T = TypeVar("_T")
@@ -41,6 +41,21 @@ class SqlStore(abc.ABC):
     _pid: int
     _host: str
     _writes: WriteBuffer
+
+    @abc.abstractmethod
+    def _is_open(self) -> bool:
+        """Opened and not closed yet."""
+
+    def _check_open(self) -> None:
+        """RuntimeError (a programming error, not a store's) unless the store is open."""
+        if not self._is_open():
+            raise RuntimeError(f"{self.location}: the store is not open")
+
+    def _buffer(self, write: Write) -> None:
+        """Hand a write that decides nothing (start, finish) to the buffer."""
+        if not self._is_open():  # after every run: one call, not two
+            raise RuntimeError(f"{self.location}: the store is not open")
+        self._writes.add(write)
 
     @abc.abstractmethod
     async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:

@@ -118,8 +118,9 @@ def finish_set(d: Dialect) -> str:
     return FINISH_SET.format(m=d.mark)
 
 
-def finish_values(d: Dialect, result: RunResult) -> tuple[Any, ...]:
-    """A run's outcome, in the order of ``finish_set``."""
+def finish_values(d: Dialect, result: RunResult, *where: Any) -> tuple[Any, ...]:
+    """A run's outcome, in the order of ``finish_set``, then ``where`` (the WHERE clause's
+    values: run id, owner)."""
     started, ended = result.started, result.ended  # written after every run: no calls spared
     return (
         result.status.value,
@@ -131,14 +132,16 @@ def finish_values(d: Dialect, result: RunResult) -> tuple[Any, ...]:
         truncate_traceback(result.traceback),
         storable(result.result_preview),
         result.items,
+        *where,
     )
 
 
 ATTEMPT_COLUMNS = "run_id, attempt, started, ended, status, error_type, error"
 
 
-def attempt_values(d: Dialect, run_id: str, attempt: Attempt) -> tuple[Any, ...]:
-    """One attempt's row, in the order of ``ATTEMPT_COLUMNS``."""
+def attempt_values(d: Dialect, run_id: str, attempt: Attempt, *more: Any) -> tuple[Any, ...]:
+    """One attempt's row, in the order of ``ATTEMPT_COLUMNS``, then ``more`` (the values of
+    a fence, where the store has one)."""
     ended = attempt.ended
     return (
         run_id,
@@ -148,6 +151,7 @@ def attempt_values(d: Dialect, run_id: str, attempt: Attempt) -> tuple[Any, ...]
         attempt.status.value,
         storable(attempt.error_type),
         storable(attempt.error),
+        *more,
     )
 
 
