@@ -36,7 +36,7 @@ from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
-    from qtasks_cli.store.base import Claim, Fire, Store
+    from qtasks_cli.store.base import Claim, Fire, LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ SLOW_CLAIM = 1.0
 
 class Ledger:
     """One daemon's side of the ledger: claims (held until their instant), begins, finishes
-    and releases, each written through the ``Store``; the supervisor decides what to claim
+    and releases, each written through the ``LedgerStore``; the supervisor decides what to claim
     and when to start, the ledger makes it durable.
 
     ``background(coro)`` runs a coroutine as a tracked task; ``stopping()`` and ``nap`` let a
@@ -242,7 +242,7 @@ class Ledger:
 
     def __init__(
         self,
-        store: Store,
+        store: LedgerStore,
         *,
         clock: Callable[[], datetime],
         stopping: Callable[[], bool],

@@ -1,4 +1,5 @@
-"""The one interface every state store implements (SQLite and PostgreSQL)."""
+"""The interfaces every state store implements (SQLite and PostgreSQL): four narrow seams
+(ledger, history, queue, membership) and ``Store``, their whole; the value types they carry."""
 
 from __future__ import annotations
 
@@ -153,8 +154,9 @@ def busy_error(node: str) -> str:
     return f"skipped: previous run still running on node {node}"
 
 
-class Store(Protocol):
-    """History, last fires and queued requests; every method is safe to await from the loop.
+class LedgerStore(Protocol):
+    """Claim -> start -> finish (``qtasks_cli.ledger``): what keeps a fire or a request from
+    starting twice, and what recovery concludes for the runs of a daemon that died.
 
     Writes that do not decide anything (``start``, ``finish``) may be buffered and
     written in batches; ``flush`` writes them now and reads always see them.
@@ -162,24 +164,6 @@ class Store(Protocol):
 
     location: str  # for messages: a path, or a URL without its password
     node_id: str  # this store's identity in the cluster; recorded with what it claims
-    wakes_on_work: bool  # True when wait_for_work returns as soon as work is handed over
-    # True when several daemons may share the store (PostgreSQL): then the claim is the
-    # only guard against running a fire on every node, so a fire must never run unclaimed.
-    multi_node: bool
-    # Called on the loop when an operator's command (pause, cancel, a status that wants a
-    # fresh view) is announced through the store itself (PostgreSQL NOTIFY), or when such an
-    # announcement may have been missed; a store with no such channel never calls it.
-    on_control: Callable[[], None] | None
-
-    async def open(self) -> None:
-        """Create or migrate the schema."""
-
-    async def close(self) -> None:
-        """Flush buffered writes and release everything."""
-
-    async def lock_daemon(self) -> None:
-        """Become a daemon of this store: SQLite takes an exclusive lock (StoreError naming
-        the pid holding it); PostgreSQL registers this node and starts listening for work."""
 
     async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
         """Conclude the unfinished runs of dead daemons by ``ledger.verdict``: running and
@@ -234,6 +218,32 @@ class Store(Protocol):
     async def flush(self) -> None:
         """Write buffered writes now."""
 
+
+class HistoryStore(Protocol):
+    """What ran, as ``history``, ``show`` and the API read it, and its retention."""
+
+    location: str
+
+    async def get_run(self, run_id: str) -> RunRow | None: ...
+
+    async def history(
+        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRow]:
+        """Newest first."""
+
+    async def attempts(self, run_id: str) -> list[Attempt]: ...
+
+    async def stats(self, job: str | None = None) -> list[JobStats]: ...
+
+    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        """Delete finished runs beyond the retention; return how many."""
+
+
+class QueueStore(Protocol):
+    """Requests handed over (``trigger --enqueue``, ``enqueue()``) and taken by one daemon."""
+
+    wakes_on_work: bool  # True when wait_for_work returns as soon as work is handed over
+
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
     ) -> str:
@@ -242,14 +252,31 @@ class Store(Protocol):
     async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
         """Atomically take up to ``limit`` pending requests, oldest first (status CLAIMED)."""
 
-    async def changed(self) -> bool:
-        """Cheaply tell whether anyone else wrote since the last call (PostgreSQL: since
-        ``lock_daemon``; before it, the first call says True)."""
-
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait until a request may have been handed over or ``timeout`` seconds pass;
         True when woken early (possibly spuriously: callers then take_queued). SQLite
         cannot be woken (``wakes_on_work`` is False): it sleeps the timeout."""
+
+
+class MembershipStore(Protocol):
+    """The daemons sharing the store: becoming one, heartbeats, reaping the silent ones."""
+
+    node_id: str
+    # True when several daemons may share the store (PostgreSQL): then the claim is the
+    # only guard against running a fire on every node, so a fire must never run unclaimed.
+    multi_node: bool
+    # Called on the loop when an operator's command (pause, cancel, a status that wants a
+    # fresh view) is announced through the store itself (PostgreSQL NOTIFY), or when such an
+    # announcement may have been missed; a store with no such channel never calls it.
+    on_control: Callable[[], None] | None
+
+    async def lock_daemon(self) -> None:
+        """Become a daemon of this store: SQLite takes an exclusive lock (StoreError naming
+        the pid holding it); PostgreSQL registers this node and starts listening for work."""
+
+    async def changed(self) -> bool:
+        """Cheaply tell whether anyone else wrote since the last call (PostgreSQL: since
+        ``lock_daemon``; before it, the first call says True)."""
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
@@ -267,19 +294,17 @@ class Store(Protocol):
         """``recover`` for the runs of nodes silent for longer than ``timeout``; forget
         the nodes. Each dead run is returned by one caller only."""
 
-    async def get_run(self, run_id: str) -> RunRow | None: ...
 
-    async def history(
-        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
-        """Newest first."""
+class Store(LedgerStore, HistoryStore, QueueStore, MembershipStore, Protocol):
+    """A whole state store, the daemon's view: the four seams above, opened and closed.
+    Every method is safe to await from the loop. Callers that need one seam take it
+    (``ledger`` the ``LedgerStore``); the supervisor wires the whole."""
 
-    async def attempts(self, run_id: str) -> list[Attempt]: ...
+    async def open(self) -> None:
+        """Create or migrate the schema."""
 
-    async def stats(self, job: str | None = None) -> list[JobStats]: ...
-
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        """Delete finished runs beyond the retention; return how many."""
+    async def close(self) -> None:
+        """Flush buffered writes and release everything."""
 
 
 # -- helpers shared by the stores ------------------------------------------------------

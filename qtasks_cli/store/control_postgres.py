@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
-from qtasks_cli.store import redact_url
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
@@ -24,20 +24,27 @@ from qtasks_cli.store.control import (
     info_body,
     info_from_row,
 )
-from qtasks_cli.store.postgres import (
-    _RUN_COLUMNS,
+from qtasks_cli.store.names import redact_url
+from qtasks_cli.store.postgres_conn import connect_options, scrub
+from qtasks_cli.store.postgres_schema import (
     CONTROL_KIND,
     DEFAULT_SCHEMA,
-    _connect_options,
-    _migrate_sync,
-    _row_to_run,
-    _scrub,
     channel_name,
     check_schema,
+    dialect,
+    migrate_sync,
 )
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
+
+# The run columns and their decoding are the schema's own, whatever its name.
+_RUN_COLUMNS = sql.run_columns(dialect(DEFAULT_SCHEMA))
+
+
+def _row_to_run(row: Sequence[Any]) -> RunRow:
+    return sql.row_to_run(dialect(DEFAULT_SCHEMA), row)
+
 
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]
@@ -57,15 +64,15 @@ class PostgresControl:
         self._s = check_schema(schema)
         self._lock = threading.Lock()
         try:
-            conn = psycopg.Connection.connect(url, **_connect_options(url))
+            conn = psycopg.Connection.connect(url, **connect_options(url))
         except psycopg.Error as exc:
-            raise StoreError(f"{self.location}: cannot connect: {_scrub(str(exc), url)}") from None
+            raise StoreError(f"{self.location}: cannot connect: {scrub(str(exc), url)}") from None
         try:
-            _migrate_sync(conn, schema, self.location)
+            migrate_sync(conn, schema, self.location)
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(
-                f"{self.location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
+                f"{self.location}: cannot prepare schema {schema!r}: {scrub(str(exc), url)}"
             ) from None
         self._conn: _Conn | None = conn
 
@@ -92,7 +99,7 @@ class PostgresControl:
             try:
                 if conn.broken:  # the server went away: one new connection per call at most
                     conn = self._conn = psycopg.Connection.connect(
-                        self.url, **_connect_options(self.url)
+                        self.url, **connect_options(self.url)
                     )
                 if not write:
                     return work(conn)
@@ -100,7 +107,7 @@ class PostgresControl:
                     return work(conn)
             except psycopg.Error as exc:
                 raise StoreError(
-                    f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}"
+                    f"{self.location}: {what} failed: {scrub(str(exc), self.url)}"
                 ) from None
 
     # -- daemons ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
 from qtasks_cli.store.control import (
     RAN,
@@ -23,25 +24,19 @@ from qtasks_cli.store.control import (
     info_body,
     info_from_row,
 )
-from qtasks_cli.store.sqlite import (
-    _ORDER_NEWEST,
-    _RUN_COLUMNS,
-    BUSY_TIMEOUT,
-    _connect,
-    _from_us,
-    _rollback,
-    _row_to_run,
-    _to_us,
-)
+from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, _rollback, _row_to_run
+from qtasks_cli.store.sqlite_schema import DIALECT, from_us, to_us
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
+
+_RUN_COLUMNS = sql.run_columns(DIALECT)
 
 _T = TypeVar("_T")
 
 
 def _time(value: int) -> datetime:
-    result = _from_us(value)
+    result = from_us(value)
     assert result is not None
     return result
 
@@ -89,8 +84,8 @@ class SqliteControl:
             info.node_id,
             info.host,
             info.pid,
-            _to_us(info.started),
-            _to_us(info.last_seen),
+            to_us(info.started),
+            to_us(info.last_seen),
             body,
         )
 
@@ -138,7 +133,7 @@ class SqliteControl:
         def work(conn: sqlite3.Connection) -> Pause:
             conn.execute(
                 "INSERT OR IGNORE INTO paused_jobs (job, since, by_whom) VALUES (?, ?, ?)",
-                (job, _to_us(now), by),
+                (job, to_us(now), by),
             )
             since, whom = conn.execute(
                 "SELECT since, by_whom FROM paused_jobs WHERE job = ?", (job,)
@@ -178,19 +173,19 @@ class SqliteControl:
                 conn.execute(
                     "UPDATE runs SET status = 'cancelled', ended = ?, error = ?"
                     " WHERE run_id = ? AND status = 'queued'",
-                    (_to_us(now), f"cancelled by {by} before it started", run_id),
+                    (to_us(now), f"cancelled by {by} before it started", run_id),
                 )
                 conn.execute(
                     "INSERT INTO cancel_requests (run_id, requested, by_whom, outcome)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET outcome = ?",
-                    (run_id, _to_us(now), by, UNREPORTED, UNREPORTED),
+                    (run_id, to_us(now), by, UNREPORTED, UNREPORTED),
                 )
                 return "cancelled"
             if status in ("claimed", "running"):
                 conn.execute(
                     "INSERT OR IGNORE INTO cancel_requests (run_id, requested, by_whom)"
                     " VALUES (?, ?, ?)",
-                    (run_id, _to_us(now), by),
+                    (run_id, to_us(now), by),
                 )
                 return "requested"
             return status
@@ -284,7 +279,7 @@ class SqliteControl:
             Attempt(
                 number=n,
                 started=_time(started),
-                ended=_from_us(ended),
+                ended=from_us(ended),
                 status=RunStatus(status),
                 error_type=error_type,
                 error=error,
@@ -317,7 +312,7 @@ class SqliteControl:
 
     def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
         ran = ", ".join(f"'{s}'" for s in RAN)
-        cutoff = _to_us(since) if since is not None else -(2**62)
+        cutoff = to_us(since) if since is not None else -(2**62)
 
         def work(conn: sqlite3.Connection) -> Overview:
             active = conn.execute(
@@ -326,7 +321,7 @@ class SqliteControl:
             ).fetchall()
             last = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM (SELECT *, row_number() OVER"
-                f" (PARTITION BY job {_ORDER_NEWEST}) AS rank FROM runs"
+                f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
                 f" WHERE status IN ({ran}) AND started IS NOT NULL) WHERE rank = 1"
             ).fetchall()
             waiting = conn.execute(

@@ -18,46 +18,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
-import re
 import secrets
 import socket
-import threading
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import Unfinished, conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id, redact_url
+from qtasks_cli.ledger import conclude
+from qtasks_cli.models import RunResult, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
-    UNREPORTED,
     Claim,
     Fire,
-    JobStats,
     NodeInfo,
     QueuedRun,
     RunRow,
     busy_error,
-    clip_lines,
     encode_request,
-    job_stats,
     local_key,
     pid_alive,
-    storable,
-    truncate_traceback,
 )
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.names import new_run_id, redact_url
+from qtasks_cli.store.postgres_conn import connect_options, scrub
+from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
+from qtasks_cli.store.postgres_listen import Listener
+from qtasks_cli.store.postgres_prune import prune as prune_schema
+from qtasks_cli.store.postgres_schema import (
+    CONTROL_KIND,
+    DEFAULT_SCHEMA,
+    aware,
+    channel_name,
+    check_schema,
+    dialect,
+    migrate,
+    migrate_sync,
+    must_utc,
+    statements,
+)
+from qtasks_cli.store.postgres_schema import (
+    MIGRATIONS as MIGRATIONS,
+)
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
@@ -66,388 +74,12 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _AsyncConn = psycopg.AsyncConnection[Any]
+_LOCAL_KEY = local_key()
 
-DEFAULT_SCHEMA = "qtasks"
 NODE_TIMEOUT = timedelta(seconds=30)  # the default of settings.node_timeout
-CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
 BATCH_SIZE = 500  # more pending writes than this are written at once
-SYNC_TIMEOUT = 5.0  # seconds changed() waits for its own notification to come back
-LISTEN_RETRY = (0.5, 30.0)  # first and longest pause before reconnecting the listener
-
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
-_ACTIVE = ("queued", "claimed", "running")
-PRUNE_CHUNK = 5000  # runs deleted per transaction
-
-# Step i brings a schema from version i to i + 1; append, never edit. ``{s}`` is the
-# quoted schema name.
-# Finished runs that have a duration: the condition of the runs_duration index, which a query
-# repeats for the planner to use it.
-_TIMED = (
-    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
-    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
-)
-
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """
-        CREATE TABLE {s}.runs (
-            run_id text COLLATE "C" PRIMARY KEY,
-            job text NOT NULL,
-            trigger text NOT NULL,
-            scheduled timestamptz,
-            created timestamptz NOT NULL,
-            started timestamptz,
-            ended timestamptz,
-            status text NOT NULL,
-            attempts integer NOT NULL DEFAULT 0,
-            error_type text,
-            error text,
-            traceback text,
-            result text,
-            items bigint,
-            pid integer,
-            host text,
-            node text,
-            args_json text,
-            kwargs_json text,
-            UNIQUE (job, scheduled)
-        )
-        """,
-        """
-        CREATE TABLE {s}.attempts (
-            run_id text COLLATE "C" NOT NULL,
-            attempt integer NOT NULL,
-            started timestamptz NOT NULL,
-            ended timestamptz,
-            status text NOT NULL,
-            error_type text,
-            error text,
-            PRIMARY KEY (run_id, attempt)
-        )
-        """,
-        """
-        CREATE TABLE {s}.jobs (
-            job text PRIMARY KEY,
-            last_scheduled timestamptz NOT NULL,
-            schedule_key text NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.nodes (
-            node_id text PRIMARY KEY,
-            host text NOT NULL,
-            pid integer NOT NULL,
-            started timestamptz NOT NULL,
-            last_seen timestamptz NOT NULL,
-            digest text NOT NULL DEFAULT '',
-            fingerprints jsonb NOT NULL DEFAULT '{}',
-            local_key text NOT NULL DEFAULT ''
-        )
-        """,
-        "CREATE INDEX runs_job_time ON {s}.runs"
-        " (job, (coalesce(started, scheduled, created)) DESC, run_id DESC)",
-        "CREATE INDEX runs_time ON {s}.runs"
-        " ((coalesce(started, scheduled, created)) DESC, run_id DESC)",
-        "CREATE INDEX runs_queued ON {s}.runs (created, run_id) WHERE status = 'queued'",
-        "CREATE INDEX runs_active ON {s}.runs (job, node) WHERE status IN ('claimed', 'running')",
-        "CREATE INDEX runs_node ON {s}.runs (node) WHERE status IN ('claimed', 'running')",
-    ),
-    # The operator's tables (qtasks_cli/store/control_postgres.py): status, pause, cancel,
-    # output.
-    (
-        """
-        CREATE TABLE {s}.daemons (
-            node_id text PRIMARY KEY,
-            host text NOT NULL,
-            pid integer NOT NULL,
-            started timestamptz NOT NULL,
-            last_seen timestamptz NOT NULL,
-            info jsonb NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.paused_jobs (
-            job text PRIMARY KEY,
-            since timestamptz NOT NULL,
-            by_whom text NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE {s}.cancel_requests (
-            run_id text COLLATE "C" PRIMARY KEY,
-            requested timestamptz NOT NULL,
-            by_whom text NOT NULL,
-            outcome text
-        )
-        """,
-        """
-        CREATE TABLE {s}.run_output (
-            run_id text COLLATE "C" PRIMARY KEY,
-            lines jsonb NOT NULL
-        )
-        """,
-    ),
-    # history --stats from indexes (issue 16): counts and last ends per (job, status), and
-    # each job's percentiles by walking its durations in order.
-    (
-        "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
-        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + _TIMED,
-    ),
-]
-
-_RUN_COLUMNS = (
-    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
-    " traceback, result, items, pid, host, created, node"
-)
-_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
-
-# Statements with ``{s}`` for the schema; each store formats them once.
-_SQL = {
-    "claim": (
-        "INSERT INTO {s}.runs"
-        " (run_id, job, trigger, scheduled, created, ended, status, error, pid, host, node)"
-        " SELECT f.run_id, f.job, f.trigger, f.scheduled, %(created)s, f.ended, f.status,"
-        " f.error, %(pid)s, %(host)s, %(node)s"
-        " FROM unnest(%(ids)s::text[], %(jobs)s::text[], %(triggers)s::text[],"
-        " %(scheduled)s::timestamptz[], %(ended)s::timestamptz[], %(statuses)s::text[],"
-        " %(errors)s::text[]) WITH ORDINALITY"
-        " AS f(run_id, job, trigger, scheduled, ended, status, error, n)"
-        " ORDER BY f.n ON CONFLICT DO NOTHING RETURNING run_id"
-    ),
-    "advance": (
-        "INSERT INTO {s}.jobs AS j (job, last_scheduled, schedule_key)"
-        " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) ORDER BY 1"
-        " ON CONFLICT (job) DO UPDATE SET"
-        " schedule_key = CASE WHEN excluded.last_scheduled >= j.last_scheduled"
-        " THEN excluded.schedule_key ELSE j.schedule_key END,"
-        " last_scheduled = greatest(j.last_scheduled, excluded.last_scheduled)"
-    ),
-    # The array is sorted, so every node takes the locks in one order: no deadlock.
-    "lock_jobs": "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(%s::text[]) AS k",
-    "busy": (
-        "SELECT DISTINCT ON (job) job, coalesce(node, 'unknown') FROM {s}.runs"
-        " WHERE job = ANY(%s) AND status IN ('claimed', 'running') AND trigger <> 'manual'"
-        " AND node IS DISTINCT FROM %s ORDER BY job, run_id"
-    ),
-    # Fenced (store/fence.py): a run's row is written only while it is unfinished and this
-    # node's; a finish first locks the row so, so its attempts and output go with it or not.
-    "start": (
-        "UPDATE {s}.runs SET status = 'running', started = %s, pid = %s, host = %s"
-        f" WHERE run_id = %s AND {OWNED} AND node = %s"
-    ),
-    "fence": f"SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s FOR UPDATE",
-    "finish": (
-        "UPDATE {s}.runs SET status = %s, started = coalesce(%s, started), ended = %s,"
-        " attempts = %s, error_type = %s, error = %s, traceback = %s, result = %s, items = %s"
-        f" WHERE run_id = %s AND {OWNED} AND node = %s"
-    ),
-    "output": (
-        "INSERT INTO {s}.run_output (run_id, lines) SELECT %s, %s"
-        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
-        " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines"
-    ),
-    "attempt": (
-        "INSERT INTO {s}.attempts (run_id, attempt, started, ended, status, error_type, error)"
-        " SELECT %s, %s, %s, %s, %s, %s, %s"
-        f" WHERE EXISTS (SELECT 1 FROM {{s}}.runs WHERE run_id = %s AND {OWNED} AND node = %s)"
-        " ON CONFLICT (run_id, attempt) DO UPDATE SET started = excluded.started,"
-        " ended = excluded.ended, status = excluded.status, error_type = excluded.error_type,"
-        " error = excluded.error"
-    ),
-    "cancel_one": (
-        "UPDATE {s}.runs SET status = 'cancelled', ended = %s, error = %s WHERE run_id = %s"
-    ),
-    "cancel_reported": (
-        f"UPDATE {{s}}.cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ANY(%s)"
-    ),
-    "insert_run": (
-        "INSERT INTO {s}.runs (run_id, job, trigger, scheduled, created, started, ended, status,"
-        " attempts, error_type, error, traceback, result, items, pid, host, node, args_json,"
-        " kwargs_json) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-        " %s, %s, %s)"
-    ),
-    # One statement, so the sync fast path is one round trip; NOTIFY fires at commit.
-    "enqueue": (
-        "WITH request AS (INSERT INTO {s}.runs"
-        " (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        " VALUES (%s, %s, 'queued', %s, 'queued', %s, %s))"
-        " SELECT pg_notify(%s, %s)"
-    ),
-    "take": (
-        "UPDATE {s}.runs AS r SET status = 'claimed', pid = %s, host = %s, node = %s"
-        " WHERE r.run_id IN (SELECT run_id FROM {s}.runs WHERE status = 'queued'"
-        " ORDER BY created, run_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING r.run_id, r.job, r.args_json, r.kwargs_json, r.created, r.trigger"
-    ),
-    "register": (
-        "INSERT INTO {s}.nodes"
-        " (node_id, host, pid, started, last_seen, digest, fingerprints, local_key)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET"
-        " last_seen = excluded.last_seen, digest = excluded.digest,"
-        " fingerprints = excluded.fingerprints"
-    ),
-    "beat": (
-        "UPDATE {s}.nodes SET last_seen = %s, digest = %s, fingerprints = %s WHERE node_id = %s"
-    ),
-    "nodes": (
-        "SELECT node_id, host, pid, started, last_seen, digest, fingerprints FROM {s}.nodes"
-        " WHERE last_seen >= %s ORDER BY node_id"
-    ),
-    # Rows another reaper holds are skipped, so each dead node is reaped once.
-    "dead_candidates": (
-        "SELECT node_id, local_key, pid, last_seen FROM {s}.nodes WHERE node_id <> %s"
-        " AND (last_seen < %s OR (local_key = %s AND pid <> %s)) FOR UPDATE SKIP LOCKED"
-    ),
-    "unfinished_of_nodes": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
-        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r WHERE node = ANY(%s)"
-        " AND status IN ('claimed', 'running') FOR UPDATE"
-    ),
-    "rerun": (
-        "INSERT INTO {s}.runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-        " VALUES (%s, %s, 'rerun', %s, 'queued', %s, %s)"
-    ),
-    "interrupt_one": (
-        "UPDATE {s}.runs SET status = 'interrupted', ended = %s, error = %s WHERE run_id = %s"
-    ),
-    "begin": (
-        "UPDATE {s}.runs SET status = 'running', started = %s"
-        " WHERE run_id = %s AND status = 'claimed' AND node = %s"
-    ),
-    "forget_nodes": "DELETE FROM {s}.nodes WHERE node_id = ANY(%s)",
-    "orphans": (
-        "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json, node,"
-        f" {cancel_by('{s}.')} FROM {{s}}.runs AS r"
-        " WHERE status IN ('claimed', 'running')"
-        " AND NOT EXISTS (SELECT 1 FROM {s}.nodes AS n WHERE n.node_id = r.node)"
-        " FOR UPDATE SKIP LOCKED"
-    ),
-    "requeue": (
-        "UPDATE {s}.runs SET status = 'queued', pid = NULL, host = NULL, node = NULL"
-        " WHERE run_id = ANY(%s)"
-    ),
-    "notify": "SELECT pg_notify(%s, %s)",
-}
-
-
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
-    return value
-
-
-def _opt_aware(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(timezone.utc)
-
-
-def _must_utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
-
-
-_LOCAL_KEY = local_key()
-
-
-def check_schema(schema: str) -> str:
-    """``schema`` quoted for SQL, or StoreError unless it is a plain identifier."""
-    if not _SCHEMA_NAME.match(schema):
-        raise StoreError(
-            f"invalid PostgreSQL schema name {schema!r}: expected letters, digits and "
-            "underscores, not starting with a digit, at most 63 characters"
-        )
-    return f'"{schema}"'
-
-
-def channel_name(schema: str) -> str:
-    """The NOTIFY channel of a schema's cluster (at most 63 bytes, as PostgreSQL wants)."""
-    name = f"qtasks_{schema}"
-    if len(name) > 63:
-        name = "qtasks_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
-    return name
-
-
-# The kind of notification an operator's command sends (qtasks_cli.store.control_postgres):
-# it wakes the nodes' control threads, not their loops.
-CONTROL_KIND = "k"
-
-
-def _statements(schema: str) -> dict[str, str]:
-    quoted = check_schema(schema)
-    return {name: text.replace("{s}", quoted) for name, text in _SQL.items()}
-
-
-def _connect_options(url: str) -> dict[str, Any]:
-    """Keyword arguments for psycopg's connect: autocommit, UTC, a timeout and a name."""
-    try:
-        given = conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        raise StoreError(
-            f"{redact_url(url)}: not a valid PostgreSQL URL: {_scrub(str(exc), url)}"
-        ) from None
-    options: dict[str, Any] = {"autocommit": True}
-    if "connect_timeout" not in given:
-        options["connect_timeout"] = CONNECT_TIMEOUT
-    if "application_name" not in given:
-        options["application_name"] = "qtasks"
-    if "options" not in given:
-        options["options"] = "-c TimeZone=UTC"
-    return options
-
-
-def _password(url: str) -> str | None:
-    with contextlib.suppress(psycopg.Error):
-        value = conninfo_to_dict(url).get("password")
-        return str(value) if value else None
-    return None
-
-
-def _raw_passwords(url: str) -> set[str]:
-    """The password of ``url`` as written in its user info, and its pieces: a URL that does
-    not parse (a raw ``%`` or ``@`` in the password) is quoted by the driver in parts."""
-    from urllib.parse import unquote
-
-    authority = url.split("://", 1)[-1].split("/", 1)[0]
-    userinfo = authority.rpartition("@")[0]
-    raw = userinfo.partition(":")[2]
-    found = {raw, unquote(raw), *raw.split("@")} if raw else set()
-    return {piece for piece in found if len(piece) >= 3}
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the password of ``url`` (a server or driver message could quote it,
-    whole or in pieces when the URL does not parse)."""
-    text = text.strip()
-    secrets_ = {p for p in (_password(url),) if p} | _raw_passwords(url)
-    for secret in sorted(secrets_, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _row_to_run(row: Sequence[Any]) -> RunRow:
-    return RunRow(
-        run_id=row[0],
-        job=row[1],
-        trigger=TriggerKind(row[2]),
-        scheduled=_utc(row[3]),
-        started=_utc(row[4]),
-        ended=_utc(row[5]),
-        status=RunStatus(row[6]),
-        attempts=row[7],
-        error_type=row[8],
-        error=row[9],
-        traceback=row[10],
-        result=row[11],
-        items=row[12],
-        pid=row[13],
-        host=row[14],
-        created=_utc(row[15]),
-        node=row[16],
-    )
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -455,143 +87,53 @@ def _row_to_node(row: Sequence[Any]) -> NodeInfo:
         node_id=row[0],
         host=row[1],
         pid=row[2],
-        started=_must_utc(row[3]),
-        last_seen=_must_utc(row[4]),
+        started=must_utc(row[3]),
+        last_seen=must_utc(row[4]),
         digest=row[5],
         fingerprints=dict(row[6] or {}),
     )
 
 
-# -- migrations -------------------------------------------------------------------------
-
-_MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
-
-
-def _version_table(quoted: str) -> str:
-    return f"{quoted}.schema_version"
-
-
-def _check_version(version: int, location: str, schema: str) -> None:
-    known = len(MIGRATIONS)
-    if version > known:
-        raise StoreError(
-            f"{location}: schema {schema!r} was created by a newer qtasks (schema version "
-            f"{version}, this qtasks knows up to {known}); upgrade qtasks or use another schema"
-        )
-
-
-async def _migrate(conn: _AsyncConn, schema: str, location: str) -> None:
-    """Create or migrate the schema; several nodes starting at once take turns."""
-    quoted = check_schema(schema)
-    table = _version_table(quoted)
-    target = len(MIGRATIONS)
-    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    row = await cur.fetchone()
-    if row is not None and row[0]:
-        cur = await conn.execute(f"SELECT version FROM {table}")
-        found = await cur.fetchone()
-        if found is not None and found[0] >= target:
-            _check_version(found[0], location, schema)
-            return
-    async with conn.transaction():
-        # CREATE SCHEMA IF NOT EXISTS alone still races: two creators can both miss it.
-        await conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
-        cur = await conn.execute(f"SELECT version FROM {table}")
-        found = await cur.fetchone()
-        version = 0 if found is None else int(found[0])
-        if found is None:
-            await conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
-        _check_version(version, location, schema)
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                await conn.execute(statement.replace("{s}", quoted))
-        await conn.execute(f"UPDATE {table} SET version = %s", (target,))
-    if version != target:
-        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
-
-
-def _migrate_sync(conn: psycopg.Connection[Any], schema: str, location: str) -> None:
-    """``_migrate`` for the synchronous enqueue path."""
-    quoted = check_schema(schema)
-    table = _version_table(quoted)
-    target = len(MIGRATIONS)
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-    if row is not None and row[0]:
-        found = conn.execute(f"SELECT version FROM {table}").fetchone()
-        if found is not None and found[0] >= target:
-            _check_version(found[0], location, schema)
-            return
-    with conn.transaction():
-        conn.execute(_MIGRATE_LOCK, (f"qtasks-migrate:{schema}",))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
-        found = conn.execute(f"SELECT version FROM {table}").fetchone()
-        version = 0 if found is None else int(found[0])
-        if found is None:
-            conn.execute(f"INSERT INTO {table} (version) VALUES (0)")
-        _check_version(version, location, schema)
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                conn.execute(statement.replace("{s}", quoted))
-        conn.execute(f"UPDATE {table} SET version = %s", (target,))
-    if version != target:
-        log.info("%s: schema %s migrated from version %d to %d", location, schema, version, target)
-
-
 # -- the synchronous fast path for enqueue() -----------------------------------------
 
-_cached: dict[tuple[int, str, str], tuple[psycopg.Connection[Any], threading.Lock]] = {}
-_cached_lock = threading.Lock()
-_atexit_registered = False
 _ENQUEUER = f"enqueue:{socket.gethostname()}:{os.getpid()}"
 
 
-def _cached_connection(url: str, schema: str) -> tuple[psycopg.Connection[Any], threading.Lock]:
-    # Keyed by pid too: a forked child must not share its parent's connection.
-    key = (os.getpid(), url, schema)
-    with _cached_lock:
-        entry = _cached.get(key)
-        if entry is not None and not entry[0].closed and not entry[0].broken:
-            return entry
-        location = redact_url(url)
-        try:
-            conn = psycopg.Connection.connect(url, **_connect_options(url))
-        except psycopg.Error as exc:
-            raise StoreError(f"{location}: cannot connect: {_scrub(str(exc), url)}") from None
-        try:
-            _migrate_sync(conn, schema, location)
-            # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
-            # this process) may lose the last fraction of a second of requests, and in
-            # exchange enqueue_now does not wait for a disk flush (about 6x faster).
-            conn.execute("SET synchronous_commit = off")
-        except psycopg.Error as exc:
-            conn.close()
-            raise StoreError(
-                f"{location}: cannot prepare schema {schema!r}: {_scrub(str(exc), url)}"
-            ) from None
-        except BaseException:
-            conn.close()
-            raise
-        entry = (conn, threading.Lock())
-        _cached[key] = entry
-        _close_at_exit()
-        return entry
+def _connect_sync(url: str, schema: str) -> psycopg.Connection[Any]:
+    location = redact_url(url)
+    try:
+        conn = psycopg.Connection.connect(url, **connect_options(url))
+    except psycopg.Error as exc:
+        raise StoreError(f"{location}: cannot connect: {scrub(str(exc), url)}") from None
+    try:
+        migrate_sync(conn, schema, location)
+        # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
+        # this process) may lose the last fraction of a second of requests, and in
+        # exchange enqueue_now does not wait for a disk flush (about 6x faster).
+        conn.execute("SET synchronous_commit = off")
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreError(
+            f"{location}: cannot prepare schema {schema!r}: {scrub(str(exc), url)}"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
-def _close_at_exit() -> None:
-    global _atexit_registered
-    if not _atexit_registered:
-        import atexit
+def _usable(conn: psycopg.Connection[Any]) -> bool:
+    return not conn.closed and not conn.broken
 
-        atexit.register(close_cached_connections)
-        _atexit_registered = True
+
+_cache: sql.ConnectionCache[psycopg.Connection[Any]] = sql.ConnectionCache(
+    close=psycopg.Connection.close, usable=_usable
+)
 
 
 @functools.lru_cache(maxsize=16)
 def _enqueue_statement(schema: str) -> tuple[str, str]:
-    return _statements(schema)["enqueue"], channel_name(schema)
+    return statements(schema)["enqueue"], channel_name(schema)
 
 
 def enqueue_now(
@@ -609,37 +151,33 @@ def enqueue_now(
     statement is prepared after a few calls), for the Python API.
     """
     args_json, kwargs_json = encode_request(job, args, kwargs or {})
-    created = _aware(now) if now is not None else _utc_now()
+    created = aware(now) if now is not None else _utc_now()
     sql, channel = _enqueue_statement(schema)
     run_id = new_run_id()
     params = (run_id, job, created, args_json, kwargs_json, channel, f"w:{_ENQUEUER}")
-    conn, lock = _cached_connection(url, schema)
+    conn, lock = _cache.get((url, schema), functools.partial(_connect_sync, url, schema))
     try:
         with lock:
             conn.execute(sql, params)
     except psycopg.Error as exc:
         raise StoreError(
-            f"{redact_url(url)}: cannot enqueue {job!r}: {_scrub(str(exc), url)}"
+            f"{redact_url(url)}: cannot enqueue {job!r}: {scrub(str(exc), url)}"
         ) from None
     return run_id
 
 
 def close_cached_connections() -> None:
     """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
-    with _cached_lock:
-        entries = list(_cached.values())
-        _cached.clear()
-    for conn, lock in entries:
-        with lock:
-            conn.close()
+    _cache.close_all()
 
 
 # -- the store ------------------------------------------------------------------------
 
 
-class PostgresStore:
+class PostgresStore(sql.SqlStore):
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
+    _duplicate = psycopg.errors.UniqueViolation
     wakes_on_work = True
     multi_node = True
     on_control: Callable[[], None] | None = None
@@ -660,8 +198,9 @@ class PostgresStore:
         self.url = url
         self.location = redact_url(url)
         self.schema = schema
-        self._sql = _statements(schema)
-        self._connect_options = _connect_options(url)
+        self._sql = statements(schema)
+        self._d = dialect(schema)
+        self._connect_options = connect_options(url)
         self._channel = channel_name(schema)
         self._node_timeout = node_timeout
         self._pid = os.getpid()
@@ -686,17 +225,20 @@ class PostgresStore:
             reason=lambda exc: exc,
         )
         # Listening for NOTIFY on a connection of its own.
-        self._listener: asyncio.Task[None] | None = None
-        self._listening = False
-        self._work = asyncio.Event()
-        self._others_wrote = False
-        self._syncs: dict[str, asyncio.Future[None]] = {}
+        self._ear = Listener(
+            connect=self._connect,
+            channel=self._channel,
+            node_id=self.node_id,
+            location=self.location,
+            url=url,
+            on_control=self._control,
+        )
 
     # -- plumbing ---------------------------------------------------------------------
 
     def _fail(self, what: str, exc: BaseException) -> StoreError:
         return StoreError(
-            f"{self.location}: {what} failed: {_scrub(str(exc), self.url)}",
+            f"{self.location}: {what} failed: {scrub(str(exc), self.url)}",
             transient=isinstance(exc, psycopg.OperationalError),
         )
 
@@ -705,7 +247,7 @@ class PostgresStore:
             return await psycopg.AsyncConnection.connect(self.url, **self._connect_options)
         except psycopg.Error as exc:
             raise StoreError(
-                f"{self.location}: cannot connect: {_scrub(str(exc), self.url)}",
+                f"{self.location}: cannot connect: {scrub(str(exc), self.url)}",
                 transient=isinstance(exc, psycopg.OperationalError),
             ) from None
 
@@ -720,10 +262,12 @@ class PostgresStore:
             self._conn = conn = await self._connect()
         return conn
 
+    def _is_open(self) -> bool:
+        return self._opened and not self._closed
+
     async def _do(self, what: str, work: Callable[[_AsyncConn], Awaitable[_T]]) -> _T:
         """Run ``work`` on the connection, alone; psycopg errors become StoreError."""
-        if not self._opened or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         async with self._lock:
             conn = await self._connection()
             try:
@@ -748,12 +292,12 @@ class PostgresStore:
             return
         conn = await self._connect()
         try:
-            await _migrate(conn, self.schema, self.location)
+            await migrate(conn, self.schema, self.location)
         except psycopg.Error as exc:
             await conn.close()
             raise StoreError(
                 f"{self.location}: cannot prepare schema {self.schema!r}: "
-                f"{_scrub(str(exc), self.url)}",
+                f"{scrub(str(exc), self.url)}",
                 transient=isinstance(exc, psycopg.OperationalError),
             ) from None
         except BaseException:
@@ -770,11 +314,7 @@ class PostgresStore:
         failure: StoreError | None = None
         try:
             await self._writes.stop()
-            listener = self._listener
-            if listener is not None and not listener.done():
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            await self._ear.stop()
             if self._opened:
                 failure = await self._writes.drain()
                 lost = len(self._writes.pending)
@@ -782,8 +322,7 @@ class PostgresStore:
                     await self._leave()
         finally:
             self._closed = True
-            for future in self._syncs.values():
-                future.cancel()
+            self._ear.cancel_syncs()
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     await self._conn.close()
@@ -812,64 +351,9 @@ class PostgresStore:
 
         await self._do("registering this node", work)
         self._registered = True
-        await self._listen_now()
+        await self._ear.start()
 
     # -- notifications ----------------------------------------------------------------
-
-    async def _listen_now(self) -> None:
-        """Start the listening task and wait until it listens or failed once."""
-        if self._listener is not None:
-            return
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="qtasks-pg-listen")
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({waiter, self._listener}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._listener.done():
-            self._listener.result()  # raises what ended it
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        pause, longest = LISTEN_RETRY
-        while True:
-            try:
-                conn = await self._connect()
-                try:
-                    await conn.execute(f'LISTEN "{self._channel}"')
-                    self._listening = True
-                    ready.set()
-                    pause = LISTEN_RETRY[0]
-                    async for note in conn.notifies():
-                        self._on_notify(note.payload)
-                finally:
-                    self._listening = False
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            except (psycopg.Error, StoreError) as exc:
-                log.warning(
-                    "%s: not listening for notifications (%s); retrying in %.1fs",
-                    self.location,
-                    _scrub(str(exc), self.url),
-                    pause,
-                )
-            # Anything could have been written while nobody listened.
-            self._wake_everyone()
-            ready.set()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, longest)
-
-    def _on_notify(self, payload: str) -> None:
-        kind, _, sender = payload.partition(":")
-        if kind == "s":
-            future = self._syncs.pop(sender, None)
-            if future is not None and not future.done():
-                future.set_result(None)
-            return
-        if sender != self.node_id:
-            self._others_wrote = True
-        if kind == "w":
-            self._work.set()
-        elif kind == CONTROL_KIND:
-            self._control()
 
     def _control(self) -> None:
         if self.on_control is not None:
@@ -878,57 +362,25 @@ class PostgresStore:
             except Exception:
                 log.exception("%s: handing over an operator's command failed", self.location)
 
-    def _wake_everyone(self) -> None:
-        self._others_wrote = True
-        self._work.set()
-        self._control()  # a command may have been announced while nobody listened
-        for future in self._syncs.values():
-            if not future.done():
-                future.set_result(None)
-        self._syncs.clear()
+    @property
+    def _listening(self) -> bool:
+        return self._ear.listening
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Return True as soon as a request is handed over (or the listener reconnected),
         False after ``timeout`` seconds; starts listening on first use."""
-        if self._listener is None:
-            await self._listen_now()
-            return True  # requests written before we listened are not announced again
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except asyncio.TimeoutError:
-                return False
-        self._work.clear()
-        return True
+        return await self._ear.wait_for_work(timeout)
 
     async def changed(self) -> bool:
-        """True when another store wrote since the last call.
+        """True when another store wrote since the last call (``Listener.changed``)."""
 
-        Sends a notification to itself and waits for it: notifications arrive in commit
-        order, so every earlier write of another store has been seen by then.
-        """
-        if self._listener is None:
-            await self._listen_now()
-            return True
-        if not self._listening:
-            return True
-        token = secrets.token_hex(8)
-        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._syncs[token] = arrived
+        async def send(payload: str) -> None:
+            async def work(conn: _AsyncConn) -> None:
+                await conn.execute(self._sql["notify"], (self._channel, payload))
 
-        async def work(conn: _AsyncConn) -> None:
-            await conn.execute(self._sql["notify"], (self._channel, f"s:{token}"))
-
-        try:
             await self._do("checking for changes", work)
-            await asyncio.wait_for(arrived, SYNC_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.debug("%s: own notification did not come back in %ss", self.location, SYNC_TIMEOUT)
-            self._others_wrote = True
-        finally:
-            self._syncs.pop(token, None)
-        others, self._others_wrote = self._others_wrote, False
-        return others
+
+        return await self._ear.changed(send)
 
     # -- the cluster ------------------------------------------------------------------
 
@@ -937,7 +389,7 @@ class PostgresStore:
     ) -> bool:
         """Record that this node is alive at ``now`` with its job file's digest; False when
         its row was gone (another node presumed it dead and concluded its runs)."""
-        beat = (_aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
+        beat = (aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
         row = (
             self.node_id,
             self._host,
@@ -973,7 +425,7 @@ class PostgresStore:
         """The nodes that heartbeat within ``timeout`` of ``now``, by node id."""
 
         async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(self._sql["nodes"], (_aware(now) - timeout,))
+            cur = await conn.execute(self._sql["nodes"], (aware(now) - timeout,))
             return await cur.fetchall()
 
         return [_row_to_node(row) for row in await self._do("reading nodes", work)]
@@ -988,7 +440,7 @@ class PostgresStore:
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
             async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, _aware(now), timeout, reruns)
+                interrupted, requeued = await self._reap(conn, aware(now), timeout, reruns)
                 if interrupted or requeued:
                     await self._notify(conn, "w" if requeued else "c")
             return await self._rows(conn, interrupted)
@@ -1021,7 +473,7 @@ class PostgresStore:
         noticed = now.isoformat()
 
         def note(node: str | None) -> str:
-            when = _must_utc(dead[node]).isoformat() if node in dead else "?"
+            when = must_utc(dead[node]).isoformat() if node in dead else "?"
             return f"node {node} silent since {when}; noticed at {noticed}"
 
         interrupted, requeued = await self._conclude(conn, rows, now, rerun_jobs, note)
@@ -1030,7 +482,7 @@ class PostgresStore:
                 "%s: node %s silent since %s is presumed dead",
                 self.location,
                 node,
-                _must_utc(last_seen).isoformat(),
+                must_utc(last_seen).isoformat(),
             )
         await conn.execute(self._sql["forget_nodes"], (names,))
         return interrupted, requeued
@@ -1046,33 +498,14 @@ class PostgresStore:
         """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
         host, args_json, kwargs_json, node, cancel_by); the interrupted run ids and the
         count of requeued, re-run and cancelled ones (others to be told)."""
-        unfinished = [
-            Unfinished(
-                run_id=run_id,
-                job=job,
-                status=status,
-                trigger=trigger,
-                args_json=args_json,
-                kwargs_json=kwargs_json,
-                note=note(node),
-                still_running=trigger == TriggerKind.MANUAL.value
-                and self._runs_elsewhere(pid, host),
-                cancel_by=cancel_by,
-            )
-            for run_id, job, status, trigger, pid, host, args_json, kwargs_json, node, cancel_by
-            in rows
-        ]  # fmt: skip
+        unfinished = sql.unfinished(
+            rows, note=lambda _, node: note(node), runs_elsewhere=self._runs_elsewhere
+        )
         done = conclude(unfinished, rerun_jobs, new_run_id)
-        for again, job, args_json, kwargs_json in done.reruns:
-            await conn.execute(self._sql["rerun"], (again, job, now, args_json, kwargs_json))
-        for run_id, error in done.interrupt:
-            await conn.execute(self._sql["interrupt_one"], (now, error, run_id))
-        if done.requeue:
-            await conn.execute(self._sql["requeue"], (done.requeue,))
-        for run_id, error in done.cancel:
-            await conn.execute(self._sql["cancel_one"], (now, error, run_id))
+        async with conn.cursor() as cur:
+            for statement, batch in sql.verdict_writes(self._d, done, now):
+                await cur.executemany(statement, batch)
         if done.cancel:  # a daemon's control thread reports them (qtasks_cli.cancels)
-            await conn.execute(self._sql["cancel_reported"], ([r for r, _ in done.cancel],))
             await self._notify(conn, CONTROL_KIND)
         told = len(done.requeue) + len(done.reruns) + len(done.cancel)
         return [run_id for run_id, _ in done.interrupt], told
@@ -1081,11 +514,11 @@ class PostgresStore:
         if not run_ids:
             return []
         cur = await conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
+            f"SELECT {sql.run_columns(self._d)} FROM {self._d.table('runs')}"
             " WHERE run_id = ANY(%s) ORDER BY run_id",
             (run_ids,),
         )
-        return [_row_to_run(row) for row in await cur.fetchall()]
+        return [sql.row_to_run(self._d, row) for row in await cur.fetchall()]
 
     # -- decisions: written at once ---------------------------------------------------
 
@@ -1094,7 +527,7 @@ class PostgresStore:
         unfinished by processes that never registered as nodes (``qtasks trigger``, unless
         it still runs on this host) or whose node is gone, by ``ledger.verdict``."""
         await self._writes.flush_for_read()
-        now = _aware(now)
+        now = aware(now)
         reruns = frozenset(rerun_jobs)
 
         async def work(conn: _AsyncConn) -> list[RunRow]:
@@ -1115,53 +548,19 @@ class PostgresStore:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(rows))
         return rows
 
-    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
-        return pid is not None and pid != self._pid and host == self._host and pid_alive(pid)
-
-    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
-        """Per job, the last scheduled time recorded and its schedule key."""
-        quoted = check_schema(self.schema)
-
-        async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(f"SELECT job, last_scheduled, schedule_key FROM {quoted}.jobs")
-            return await cur.fetchall()
-
-        rows = await self._do("reading last fires", work)
-        return {job: (_must_utc(when), key) for job, when, key in rows}
-
-    @overload
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
-
-    @overload
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
-    ) -> list[Claim]: ...
-
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
-    ) -> list[bool] | list[Claim]:
-        """Insert each fire unless its (job, scheduled) exists and advance last fires, in
-        one transaction; see ``Store.claim`` for ``exclusive_jobs``."""
-        if not fires:
-            return []
-        for fire in fires:
-            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
-                raise ValueError(
-                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
-                    "expected claimed, skipped or missed"
-                )
-            _aware(fire.scheduled)
-        created = _aware(self._clock())
+    async def _claim(
+        self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
+    ) -> list[Claim]:
+        """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED
+        under the job's advisory lock, so check and insert are atomic across nodes."""
+        created = aware(self._clock())
         # One global order of inserts, so concurrent claims wait for each other instead
         # of deadlocking on the unique index.
         order = sorted(range(len(fires)), key=lambda i: (fires[i].job, fires[i].scheduled))
         ordered = [fires[i] for i in order]
-        latest: dict[str, tuple[datetime, str]] = {}
-        for fire in ordered:
-            if fire.job not in latest or fire.scheduled >= latest[fire.job][0]:
-                latest[fire.job] = (fire.scheduled, fire.schedule_key)
+        latest = sql.latest_fires(ordered)
         jobs = sorted(latest)
-        exclusive = sorted(set(jobs) & set(exclusive_jobs or ()))
+        exclusive = sorted(set(jobs) & set(exclusive_jobs))
 
         async def work(conn: _AsyncConn) -> tuple[set[str], dict[str, str]]:
             async with conn.transaction():
@@ -1213,47 +612,15 @@ class PostgresStore:
                 outcomes.append(Claim.BUSY)
             else:
                 outcomes.append(Claim.INSERTED)
-        if exclusive_jobs is None:
-            return [outcome is Claim.INSERTED for outcome in outcomes]
         return outcomes
 
-    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
-        """Insert a run that has no scheduled time (a manual run), as given."""
-        row = (
-            result.run_id,
-            result.job,
-            result.trigger.value,
-            _opt_aware(result.scheduled),
-            _aware(self._clock()),
-            _opt_aware(result.started),
-            _opt_aware(result.ended),
-            result.status.value,
-            result.attempts,
-            storable(result.error_type),
-            storable(result.error),
-            truncate_traceback(result.traceback),
-            storable(result.result_preview),
-            result.items,
-            self._pid,
-            self._host,
-            self.node_id,
-            None if args is None else json.dumps(args, default=repr),
-            None if kwargs is None else json.dumps(kwargs, default=repr),
-        )
-
+    async def _insert_run(self, row: tuple[Any, ...]) -> None:
         async def work(conn: _AsyncConn) -> None:
             async with conn.transaction():
                 await conn.execute(self._sql["insert_run"], row)
                 await self._notify(conn, "c")
 
-        try:
-            await self._do("recording a run", work)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
-                raise StoreError(
-                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
-                ) from None
-            raise
+        await self._do("recording a run", work)
 
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
@@ -1265,7 +632,7 @@ class PostgresStore:
         params = (
             run_id,
             job,
-            _aware(now),
+            aware(now),
             args_json,
             kwargs_json,
             self._channel,
@@ -1299,69 +666,20 @@ class PostgresStore:
 
         rows = await self._do("taking queued requests", work)
         rows.sort(key=lambda row: (row[4], row[0]))
-        return [
-            QueuedRun(
-                run_id=run_id,
-                job=job,
-                args=None if args_json is None else tuple(json.loads(args_json)),
-                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
-                enqueued=_must_utc(created),
-                trigger=TriggerKind(trigger),
-            )
-            for run_id, job, args_json, kwargs_json, created, trigger in rows
-        ]
+        return [sql.queued_run(self._d, row) for row in rows]
 
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
-        ``keep_days`` (either limit deletes; None disables it); return how many."""
-        if keep_runs is None and keep_days is None:
-            return 0
-        await self._writes.flush_for_read()
-        quoted = check_schema(self.schema)
-        conditions = []
-        params: dict[str, Any] = {"now": _aware(now)}
-        if keep_runs is not None:
-            conditions.append("rank > %(keep)s")
-            params["keep"] = max(keep_runs, 0)
-        if keep_days is not None:
-            conditions.append("coalesce(ended, started, scheduled, created) < %(cutoff)s")
-            params["cutoff"] = _aware(now) - timedelta(days=keep_days)
-        active = ", ".join(f"'{status}'" for status in _ACTIVE)
-        select = (
-            "SELECT run_id FROM (SELECT run_id, ended, started, scheduled,"
-            f" created, row_number() OVER (PARTITION BY job, status IN ('missed', 'skipped')"
-            f" {_ORDER_NEWEST}) AS rank"
-            f" FROM {quoted}.runs WHERE status NOT IN ({active})) AS ranked"
-            # A row scheduled after now (the clock went back) still guards its (job, time).
-            f" WHERE ({' OR '.join(conditions)})"
-            " AND (scheduled IS NULL OR scheduled < %(now)s)"
-        )
-        chunk = "SELECT run_id FROM qtasks_doomed WHERE n > %s AND n <= %s"
-        if not self._opened or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
-        # A connection of its own, and one short transaction per PRUNE_CHUNK runs: claims on
-        # the store's connection never wait for the prune. Dead rows are left to autovacuum,
-        # which makes their space reusable (the table files do not shrink).
+    async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        self._check_open()
         try:
+            # A connection of its own: claims on the store's connection never wait for it.
             async with await self._connect() as conn:
-                await conn.execute(
-                    "CREATE TEMP TABLE qtasks_doomed (n bigserial PRIMARY KEY, run_id text)"
+                deleted = await prune_schema(
+                    conn,
+                    check_schema(self.schema),
+                    keep_runs=keep_runs,
+                    keep_days=keep_days,
+                    now=now,
                 )
-                await conn.execute(f"INSERT INTO qtasks_doomed (run_id) {select}", params)
-                cur = await conn.execute("SELECT count(*) FROM qtasks_doomed")
-                row = await cur.fetchone()
-                total = int(row[0]) if row else 0
-                deleted = 0
-                for start in range(0, total, PRUNE_CHUNK):
-                    bounds = (start, start + PRUNE_CHUNK)
-                    async with conn.transaction():
-                        await conn.execute(
-                            f"DELETE FROM {quoted}.attempts WHERE run_id IN ({chunk})", bounds
-                        )
-                        cur = await conn.execute(
-                            f"DELETE FROM {quoted}.runs WHERE run_id IN ({chunk})", bounds
-                        )
-                        deleted += max(cur.rowcount, 0)
         except psycopg.Error as exc:
             raise self._fail("pruning history", exc) from exc
         if deleted:
@@ -1376,7 +694,7 @@ class PostgresStore:
         quoted = check_schema(self.schema)
         earliest: dict[str, datetime] = {}
         for fire in fires:
-            when = _aware(fire.scheduled)
+            when = aware(fire.scheduled)
             earliest[fire.job] = min(when, earliest.get(fire.job, when))
         ids = [fire.run_id for fire in fires]
 
@@ -1399,7 +717,7 @@ class PostgresStore:
     async def begin(self, run_id: str, started: datetime) -> bool:
         """Mark a taken request ``running``, committed before its body starts; False (and
         nothing written) when this node no longer owns it as ``claimed``."""
-        params = (_aware(started), run_id, self.node_id)
+        params = (aware(started), run_id, self.node_id)
 
         async def work(conn: _AsyncConn) -> bool:
             cur = await conn.execute(self._sql["begin"], params)
@@ -1412,7 +730,7 @@ class PostgresStore:
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host (fenced: only while it
         is still this node's and unfinished)."""
-        params = (_aware(started), self._pid, self._host, run_id, self.node_id)
+        params = (aware(started), self._pid, self._host, run_id, self.node_id)
         self._buffer(Write(kind="start", run_id=run_id, statements=((self._sql["start"], params),)))
 
     async def finish(self, result: RunResult) -> None:
@@ -1422,48 +740,17 @@ class PostgresStore:
         run_id, node = result.run_id, self.node_id
         statements: list[tuple[str, tuple[Any, ...]]] = [(self._sql["fence"], (run_id, node))]
         for attempt in result.attempt_log:
-            params = (
-                run_id,
-                attempt.number,
-                _aware(attempt.started),
-                _opt_aware(attempt.ended),
-                attempt.status.value,
-                storable(attempt.error_type),
-                storable(attempt.error),
-                run_id,
-                node,
-            )
+            params = sql.attempt_values(self._d, run_id, attempt, run_id, node)
             statements.append((self._sql["attempt"], params))
         if result.output:
-            lines = Jsonb(clip_lines(result.output))
+            lines = sql.output_lines(self._d, result.output)
             statements.append((self._sql["output"], (run_id, lines, run_id, node)))
-        statements.append(
-            (
-                self._sql["finish"],
-                (
-                    result.status.value,
-                    _opt_aware(result.started),
-                    _opt_aware(result.ended),
-                    result.attempts,
-                    storable(result.error_type),
-                    storable(result.error),
-                    truncate_traceback(result.traceback),
-                    storable(result.result_preview),
-                    result.items,
-                    run_id,
-                    node,
-                ),
-            )
-        )
+        finish = sql.finish_values(self._d, result, run_id, node)
+        statements.append((self._sql["finish"], finish))
         self._buffer(
             Write(kind="finish", run_id=run_id, statements=tuple(statements),
                   wanted=result.status.value)
         )  # fmt: skip
-
-    def _buffer(self, write: Write) -> None:
-        if self._closed or not self._opened:
-            raise RuntimeError(f"{self.location}: the store is not open")
-        self._writes.add(write)
 
     async def _write_pending(self, batch: list[Write]) -> None:
         await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))
@@ -1481,7 +768,7 @@ class PostgresStore:
                 except psycopg.OperationalError:
                     raise
                 except psycopg.Error as exc:
-                    self._writes.dropped(write, _scrub(str(exc), self.url))
+                    self._writes.dropped(write, scrub(str(exc), self.url))
 
     async def _apply(self, conn: _AsyncConn, batch: list[Write]) -> None:
         """Write ``batch`` in one transaction, pipelined: one round trip for all of it."""
@@ -1513,119 +800,20 @@ class PostgresStore:
         for write in writes:
             self._writes.ignored(write, found.get(write.run_id))
 
-    async def flush(self) -> None:
-        """Write buffered rows now; StoreError (rows kept) when the server refuses."""
-        await self._writes.flush()
-
     # -- reads ------------------------------------------------------------------------
 
-    async def _fetch(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
         async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(sql, params)
+            cur = await conn.execute(query, params)
             return await cur.fetchall()
 
         return await self._do(what, work)
 
-    async def get_run(self, run_id: str) -> RunRow | None:
-        await self._writes.flush_for_read()
-        rows = await self._fetch(
-            "reading a run",
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs WHERE run_id = %s",
-            (run_id,),
-        )
-        return _row_to_run(rows[0]) if rows else None
+    async def _steps(self, what: str, steps: Generator[sql.Query, list[Any], _T]) -> _T:
+        async def fetch(query: str, params: Any) -> list[Any]:
+            return await self._fetch(what, query, params)
 
-    async def history(
-        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
-        """Newest first (by start, else scheduled, else created time)."""
-        await self._writes.flush_for_read()
-        where: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            where.append("job = %s")
-            params.append(job)
-        if status is not None:
-            where.append("status = %s")
-            params.append(status.value)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM {check_schema(self.schema)}.runs"
-            f" {clause}{_ORDER_NEWEST} LIMIT %s"
-        )
-        rows = await self._fetch("reading history", sql, (*params, limit))
-        return [_row_to_run(row) for row in rows]
-
-    async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._writes.flush_for_read()
-        rows = await self._fetch(
-            "reading attempts",
-            "SELECT attempt, started, ended, status, error_type, error"
-            f" FROM {check_schema(self.schema)}.attempts WHERE run_id = %s ORDER BY attempt",
-            (run_id,),
-        )
-        return [
-            Attempt(
-                number=number,
-                started=_must_utc(started),
-                ended=_utc(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for number, started, ended, status, error_type, error in rows
-        ]
-
-    async def _percentile(self, quoted: str, job: str, count: int, q: float) -> float | None:
-        """The ``q`` quantile of the job's ``count`` durations (seconds; linear interpolation
-        between closest ranks), from the two values at its ranks, read in order from the
-        runs_duration index: no row per run comes back."""
-        pos = q * (count - 1)
-        low = int(pos)
-        rows = await self._fetch(
-            "reading statistics",
-            f"SELECT extract(epoch FROM ended - started)::float8 FROM {quoted}.runs"
-            f" WHERE job = %s AND {_TIMED} ORDER BY ended - started LIMIT 2 OFFSET %s",
-            (job, low),
-        )
-        if not rows:
-            return None
-        first = float(rows[0][0])
-        second = float(rows[1][0]) if len(rows) > 1 else first
-        return first + (second - first) * (pos - low)
-
-    async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
-
-        A job named explicitly but never run gets a row of zeros.
-        """
-        await self._writes.flush_for_read()
-        quoted = check_schema(self.schema)
-        where, params = ("WHERE job = %s", (job,)) if job is not None else ("", ())
-        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
-        for name, status, count, last_ended in await self._fetch(
-            "reading statistics",
-            f"SELECT job, status, count(*), max(ended) FROM {quoted}.runs {where}"
-            " GROUP BY job, status",
-            params,
-        ):
-            counts.setdefault(name, {})[status] = (count, _utc(last_ended))
-        and_job = "AND job = %s" if job is not None else ""
-        timed = await self._fetch(
-            "reading statistics",
-            f"SELECT job, count(*) FROM {quoted}.runs WHERE {_TIMED} {and_job} GROUP BY job",
-            params,
-        )
-        percentiles: dict[str, tuple[float | None, float | None]] = {}
-        for name, count in timed:
-            p50 = await self._percentile(quoted, name, count, 0.5)
-            percentiles[name] = (p50, await self._percentile(quoted, name, count, 0.95))
-        if job is not None:
-            counts.setdefault(job, {})
-        return [
-            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
-            for name in sorted(counts)
-        ]
+        return await sql.drive_async(steps, fetch)
 
 
 if TYPE_CHECKING:

@@ -14,46 +14,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import Unfinished, conclude
-from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import new_run_id, paths, sqlite_prune
+from qtasks_cli.ledger import conclude
+from qtasks_cli.models import RunResult, RunStatus
+from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
-    UNREPORTED,
     Claim,
     Fire,
-    JobStats,
     NodeInfo,
     QueuedRun,
     RunRow,
     busy_error,
-    clip_lines,
-    job_stats,
-    storable,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
-from qtasks_cli.store.base import pid_alive as _pid_alive
-from qtasks_cli.store.base import truncate_traceback as _truncate_traceback
 from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.fence import OWNED, cancel_by
+from qtasks_cli.store.fence import OWNED
+from qtasks_cli.store.names import new_run_id
+from qtasks_cli.store.paths import open_checked, open_folder, prepare_state_file
+from qtasks_cli.store.sqlite_prune import compact_on_start
+from qtasks_cli.store.sqlite_prune import prune as prune_file
+from qtasks_cli.store.sqlite_schema import (
+    DIALECT,
+    MIN_SQLITE,
+    SQL_ADVANCE_JOB,
+    SQL_ATTEMPT,
+    SQL_BEGIN,
+    SQL_CLAIM,
+    SQL_ENQUEUE,
+    SQL_FINISH,
+    SQL_INSERT_RUN,
+    SQL_OUTPUT,
+    SQL_START,
+    from_us,
+    to_us,
+)
+from qtasks_cli.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # _migrate reads it here
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
 
 log = logging.getLogger(__name__)
+
+_ORDER_NEWEST = sql.ORDER_NEWEST  # tests read it here
 
 _T = TypeVar("_T")
 
@@ -61,179 +75,12 @@ BUSY_TIMEOUT = 5.0  # seconds another process may hold the write lock before we 
 FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
 RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the file is locked
 BATCH_SIZE = 500  # more pending writes than this are written at once
-MIN_SQLITE = (3, 25, 0)  # upserts and window functions
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-# Finished runs that have a duration: the condition of the runs_duration index, which a query
-# must repeat word for word for SQLite to use the index.
-_TIMED = (
-    "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
-    " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
-)
-
-# Step i brings a file from ``user_version`` i to i + 1; append, never edit.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            job TEXT NOT NULL,
-            trigger TEXT NOT NULL,
-            scheduled INTEGER,
-            created INTEGER NOT NULL,
-            started INTEGER,
-            ended INTEGER,
-            status TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error_type TEXT,
-            error TEXT,
-            traceback TEXT,
-            result TEXT,
-            items INTEGER,
-            pid INTEGER,
-            host TEXT,
-            args_json TEXT,
-            kwargs_json TEXT,
-            UNIQUE (job, scheduled)
-        )
-        """,
-        """
-        CREATE TABLE attempts (
-            run_id TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            started INTEGER NOT NULL,
-            ended INTEGER,
-            status TEXT NOT NULL,
-            error_type TEXT,
-            error TEXT,
-            PRIMARY KEY (run_id, attempt)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE jobs (
-            job TEXT PRIMARY KEY,
-            last_scheduled INTEGER NOT NULL,
-            schedule_key TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        "CREATE INDEX runs_job_time ON runs"
-        " (job, coalesce(started, scheduled, created) DESC, run_id DESC)",
-        "CREATE INDEX runs_time ON runs (coalesce(started, scheduled, created) DESC, run_id DESC)",
-        "CREATE INDEX runs_queued ON runs (created, run_id) WHERE status = 'queued'",
-        "CREATE INDEX runs_active ON runs (status) WHERE status IN ('claimed', 'running')",
-    ),
-    # The operator's tables (qtasks_cli/store/control_sqlite.py): status, pause, cancel, output.
-    (
-        """
-        CREATE TABLE daemons (
-            node_id TEXT PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            started INTEGER NOT NULL,
-            last_seen INTEGER NOT NULL,
-            info_json TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE paused_jobs (
-            job TEXT PRIMARY KEY,
-            since INTEGER NOT NULL,
-            by_whom TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE cancel_requests (
-            run_id TEXT PRIMARY KEY,
-            requested INTEGER NOT NULL,
-            by_whom TEXT NOT NULL,
-            outcome TEXT
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE run_output (
-            run_id TEXT PRIMARY KEY,
-            lines_json TEXT NOT NULL
-        ) WITHOUT ROWID
-        """,
-    ),
-    # history --stats from indexes (issue 16): counts and last ends per (job, status) from
-    # one covering scan, percentiles by walking each job's durations in order.
-    (
-        "CREATE INDEX runs_job_status ON runs (job, status, ended)",
-        f"CREATE INDEX runs_duration ON runs (job, ended - started) WHERE {_TIMED}",
-    ),
-]
-
-_RUN_COLUMNS = (
-    "run_id, job, trigger, scheduled, started, ended, status, attempts, error_type, error,"
-    " traceback, result, items, pid, host, created"
-)
-_ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC"
-
-_SQL_CLAIM = (
-    "INSERT INTO runs (run_id, job, trigger, scheduled, created, ended, status, error, pid, host)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, scheduled) DO NOTHING"
-)
-_SQL_ADVANCE_JOB = (
-    "INSERT INTO jobs (job, last_scheduled, schedule_key) VALUES (?, ?, ?)"
-    " ON CONFLICT (job) DO UPDATE SET"
-    " schedule_key = CASE WHEN excluded.last_scheduled >= jobs.last_scheduled"
-    " THEN excluded.schedule_key ELSE jobs.schedule_key END,"
-    " last_scheduled = max(jobs.last_scheduled, excluded.last_scheduled)"
-)
-# Fenced (store/fence.py): written only while the run is unfinished and this daemon's.
-_OWN = f" AND {OWNED} AND pid IS ? AND host IS ?"
-_SQL_START = "UPDATE runs SET status = 'running', started = ? WHERE run_id = ?" + _OWN
-_SQL_BEGIN = (
-    "UPDATE runs SET status = 'running', started = ?"
-    " WHERE run_id = ? AND status = 'claimed' AND pid IS ? AND host IS ?"
-)
-_SQL_FINISH = (
-    "UPDATE runs SET status = ?, started = coalesce(?, started), ended = ?, attempts = ?,"
-    " error_type = ?, error = ?, traceback = ?, result = ?, items = ? WHERE run_id = ?" + _OWN
-)
-_SQL_OUTPUT = "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)"
-_SQL_ATTEMPT = (
-    "INSERT OR REPLACE INTO attempts"
-    " (run_id, attempt, started, ended, status, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SQL_INSERT_RUN = (
-    "INSERT INTO runs (run_id, job, trigger, scheduled, created, started, ended, status,"
-    " attempts, error_type, error, traceback, result, items, pid, host, args_json, kwargs_json)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SQL_RERUN = (
-    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-    " VALUES (?, ?, 'rerun', ?, 'queued', ?, ?)"
-)
-_SQL_ENQUEUE = (
-    "INSERT INTO runs (run_id, job, trigger, created, status, args_json, kwargs_json)"
-    " VALUES (?, ?, 'queued', ?, 'queued', ?, ?)"
-)
-
-
-def _to_us(value: datetime) -> int:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}; the store needs timezone-aware datetimes")
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _opt_us(value: datetime | None) -> int | None:
-    return None if value is None else _to_us(value)
-
-
-def _from_us(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
-
-
 # -- opening a file -------------------------------------------------------------------
 
 
 def _prepare_file(path: Path) -> None:
     """Create the folder (0700) and the file (0600), or refuse an untrusted one (store.paths)."""
-    paths.prepare_state_file(path)
+    prepare_state_file(path)
 
 
 def _connect(path: Path, busy_timeout: float, *, threaded: bool = False) -> sqlite3.Connection:
@@ -318,61 +165,19 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _row_to_run(row: Sequence[Any]) -> RunRow:
-    pid, host = row[13], row[14]
-    return RunRow(
-        run_id=row[0],
-        job=row[1],
-        trigger=TriggerKind(row[2]),
-        scheduled=_from_us(row[3]),
-        started=_from_us(row[4]),
-        ended=_from_us(row[5]),
-        status=RunStatus(row[6]),
-        attempts=row[7],
-        error_type=row[8],
-        error=row[9],
-        traceback=row[10],
-        result=row[11],
-        items=row[12],
-        pid=row[13],
-        host=row[14],
-        created=_from_us(row[15]),
-        node=None if pid is None or host is None else _node_name(host, pid),
-    )
-
-
-def _node_name(host: str, pid: int) -> str:
-    # One daemon per file (the flock), so a process is a node; no column needed.
-    return f"{host}:{pid}"
+    return sql.row_to_run(DIALECT, row)
 
 
 # -- the synchronous fast path for enqueue() -----------------------------------------
 
-_cached: dict[tuple[int, str], tuple[sqlite3.Connection, threading.Lock]] = {}
-_cached_lock = threading.Lock()
-_atexit_registered = False
+
+def _open_threaded(path: str) -> sqlite3.Connection:
+    return _connect(Path(path), BUSY_TIMEOUT, threaded=True)
 
 
-def _cached_connection(
-    path: str | os.PathLike[str],
-) -> tuple[sqlite3.Connection, threading.Lock]:
-    # Keyed by pid too: a forked child must not share its parent's connection.
-    key = (os.getpid(), os.path.abspath(os.path.expanduser(path)))
-    with _cached_lock:
-        entry = _cached.get(key)
-        if entry is None:
-            entry = (_connect(Path(key[1]), BUSY_TIMEOUT, threaded=True), threading.Lock())
-            _cached[key] = entry
-            _close_at_exit()
-        return entry
-
-
-def _close_at_exit() -> None:
-    global _atexit_registered
-    if not _atexit_registered:
-        import atexit
-
-        atexit.register(close_cached_connections)
-        _atexit_registered = True
+_cache: sql.ConnectionCache[sqlite3.Connection] = sql.ConnectionCache(
+    close=sqlite3.Connection.close, usable=lambda conn: True
+)
 
 
 def enqueue_now(
@@ -388,12 +193,13 @@ def enqueue_now(
     Synchronous and fast (one connection per file is kept open), for the Python API.
     """
     args_json, kwargs_json = _encode_request(job, args, kwargs or {})
-    created = _to_us(now if now is not None else _utc_now())
-    conn, lock = _cached_connection(path)
+    created = to_us(now if now is not None else _utc_now())
+    where = os.path.abspath(os.path.expanduser(path))
+    conn, lock = _cache.get(where, functools.partial(_open_threaded, where))
     run_id = new_run_id()
     try:
         with lock:
-            conn.execute(_SQL_ENQUEUE, (run_id, job, created, args_json, kwargs_json))
+            conn.execute(SQL_ENQUEUE, (run_id, job, created, args_json, kwargs_json))
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot enqueue {job!r}: {exc}") from None
     return run_id
@@ -401,12 +207,7 @@ def enqueue_now(
 
 def close_cached_connections() -> None:
     """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
-    with _cached_lock:
-        entries = list(_cached.values())
-        _cached.clear()
-    for conn, lock in entries:
-        with lock:
-            conn.close()
+    _cache.close_all()
 
 
 # -- the daemon lock across fork() --------------------------------------------------
@@ -434,7 +235,7 @@ def _close_held_locks() -> None:
 # -- the store ------------------------------------------------------------------------
 
 
-class SqliteStore:
+class SqliteStore(sql.SqlStore):
     """The ``Store`` over one SQLite file; see the module docstring for the threading."""
 
     def __init__(
@@ -473,18 +274,22 @@ class SqliteStore:
             batch_size=batch_size,
             sleep=sleep,
         )
-        self.node_id = _node_name(self._host, self._pid)
+        self.node_id = sql.node_name(self._host, self._pid)
+        self._d = DIALECT
         self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
+    _duplicate = sqlite3.IntegrityError
     wakes_on_work = False  # nothing tells a SQLite reader that a request was written
     multi_node = False  # the daemon lock admits one daemon per file
     on_control: Callable[[], None] | None = None  # never called: commands come as datagrams
 
     # -- plumbing ---------------------------------------------------------------------
 
+    def _is_open(self) -> bool:
+        return self._executor is not None and not self._closed
+
     async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+        self._check_open()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
@@ -566,9 +371,9 @@ class SqliteStore:
         if self._lock_fd is not None:
             return
         lock_path = f"{self.location}.lock"
-        folder = paths.open_folder(self.path.parent)
+        folder = open_folder(self.path.parent)
         try:
-            fd = paths.open_checked(lock_path, "lock file", folder=folder)
+            fd = open_checked(lock_path, "lock file", folder=folder)
         finally:
             os.close(folder)
         try:
@@ -601,7 +406,7 @@ class SqliteStore:
 
     def _compact_sync(self) -> None:
         with self._write_lock:
-            sqlite_prune.compact_on_start(self._db, self.location)
+            compact_on_start(self._db, self.location)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -616,54 +421,23 @@ class SqliteStore:
         interrupted runs of ``rerun_jobs`` as new requests, in the same transaction."""
         await self._writes.flush_for_read()
         return await self._run(
-            "recovering unfinished runs", self._recover_sync, _to_us(now), frozenset(rerun_jobs)
+            "recovering unfinished runs", self._recover_sync, to_us(now), frozenset(rerun_jobs)
         )
 
     def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunRow]:
-        notice = _from_us(now_us)
+        notice = from_us(now_us)
         assert notice is not None
         noticed = f"noticed at {notice.isoformat()}"
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            rows = [
-                Unfinished(
-                    run_id=run_id,
-                    job=job,
-                    status=status,
-                    trigger=trigger,
-                    args_json=args_json,
-                    kwargs_json=kwargs_json,
-                    note=noticed if status == RunStatus.RUNNING.value else "",
-                    still_running=trigger == TriggerKind.MANUAL.value
-                    and self._runs_elsewhere(pid, host),
-                    cancel_by=by,
-                )
-                for run_id, job, status, trigger, pid, host, args_json, kwargs_json, by
-                in conn.execute(
-                    "SELECT run_id, job, status, trigger, pid, host, args_json, kwargs_json,"
-                    f" {cancel_by('')} FROM runs AS r WHERE status IN ('claimed', 'running')"
-                )
-            ]  # fmt: skip
+            rows = sql.unfinished(
+                conn.execute(f"{sql.unfinished_sql(DIALECT)} WHERE {OWNED}"),
+                note=lambda status, _: noticed if status == RunStatus.RUNNING.value else "",
+                runs_elsewhere=self._runs_elsewhere,
+            )
             done = conclude(rows, rerun_jobs, new_run_id)
-            conn.executemany(
-                "UPDATE runs SET status = 'queued', pid = NULL, host = NULL WHERE run_id = ?",
-                [(run_id,) for run_id in done.requeue],
-            )
-            conn.executemany(
-                "UPDATE runs SET status = 'interrupted', ended = ?, error = ? WHERE run_id = ?",
-                [(now_us, error, run_id) for run_id, error in done.interrupt],
-            )
-            conn.executemany(
-                _SQL_RERUN, [(again, job, now_us, a, k) for again, job, a, k in done.reruns]
-            )
-            conn.executemany(  # the control thread reports them (qtasks_cli.cancels)
-                "UPDATE runs SET status = 'cancelled', ended = ?, error = ? WHERE run_id = ?",
-                [(now_us, error, run_id) for run_id, error in done.cancel],
-            )
-            conn.executemany(
-                f"UPDATE cancel_requests SET outcome = '{UNREPORTED}' WHERE run_id = ?",
-                [(run_id,) for run_id, _ in done.cancel],
-            )
+            for statement, batch in sql.verdict_writes(DIALECT, done, notice):
+                conn.executemany(statement, batch)
             cancelled.extend(run_id for run_id, _ in done.cancel)
             return [run_id for run_id, _ in done.interrupt]
 
@@ -677,67 +451,32 @@ class SqliteStore:
             log.info("%s: %d unfinished runs marked interrupted", self.location, len(interrupted))
         return [row for run_id in interrupted if (row := self._get_run_sync(run_id)) is not None]
 
-    def _runs_elsewhere(self, pid: int | None, host: str | None) -> bool:
-        return pid is not None and pid != self._pid and host == self._host and _pid_alive(pid)
-
-    async def last_fired(self) -> dict[str, tuple[datetime, str]]:
-        """Per job, the last scheduled time recorded and its schedule key."""
-        rows = await self._run("reading last fires", self._fetch_all, "SELECT * FROM jobs", ())
-        return {job: (_EPOCH + timedelta(microseconds=us), key) for job, us, key in rows}
-
-    @overload
-    async def claim(self, fires: Sequence[Fire]) -> list[bool]: ...
-
-    @overload
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str]
-    ) -> list[Claim]: ...
-
-    async def claim(
-        self, fires: Sequence[Fire], *, exclusive_jobs: Collection[str] | None = None
-    ) -> list[bool] | list[Claim]:
-        """Insert each fire unless its (job, scheduled) exists; advance last fires; one commit.
-
-        With ``exclusive_jobs``, a claimed fire of such a job becomes SKIPPED (BUSY) while
-        another process has a non-manual run of it claimed or running (see ``Store``).
-        """
-        if not fires:
-            return []
-        created = _to_us(self._clock())
-        rows: list[tuple[Any, ...]] = []
-        latest: dict[str, tuple[int, str]] = {}
-        for fire in fires:
-            if fire.status not in (RunStatus.CLAIMED, RunStatus.SKIPPED, RunStatus.MISSED):
-                raise ValueError(
-                    f"fire {fire.run_id!r} of {fire.job!r} has status {fire.status.value!r}; "
-                    "expected claimed, skipped or missed"
-                )
-            scheduled = _to_us(fire.scheduled)
-            ended = None if fire.status is RunStatus.CLAIMED else created
-            rows.append(
-                (
-                    fire.run_id,
-                    fire.job,
-                    fire.trigger.value,
-                    scheduled,
-                    created,
-                    ended,
-                    fire.status.value,
-                    fire.error,
-                    self._pid,
-                    self._host,
-                )
+    async def _claim(
+        self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
+    ) -> list[Claim]:
+        """The claim in one transaction; a busy exclusive job's fire is inserted SKIPPED."""
+        created = to_us(self._clock())
+        rows = [
+            (
+                fire.run_id,
+                fire.job,
+                fire.trigger.value,
+                at,
+                created,
+                None if fire.status is RunStatus.CLAIMED else created,
+                fire.status.value,
+                fire.error,
+                self._pid,
+                self._host,
             )
-            if fire.job not in latest or scheduled >= latest[fire.job][0]:
-                latest[fire.job] = (scheduled, fire.schedule_key)
-        jobs = [(job, us, key) for job, (us, key) in latest.items()]
-        exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs or ()))
-        outcomes = await self._run_transaction(
+            for fire, at in zip(fires, scheduled)
+        ]
+        latest = sql.latest_fires(fires)
+        jobs = [(job, to_us(when), key) for job, (when, key) in latest.items()]
+        exclusive = sorted({fire.job for fire in fires} & set(exclusive_jobs))
+        return await self._run_transaction(
             "claiming fires", _claim_work(rows, jobs, exclusive, created, self._pid, self._host)
         )
-        if exclusive_jobs is None:
-            return [outcome is Claim.INSERTED for outcome in outcomes]
-        return outcomes
 
     async def release(self, fires: Sequence[Fire]) -> None:
         """Delete unstarted claims and move last fires back before them (see ``Store``)."""
@@ -746,7 +485,7 @@ class SqliteStore:
         await self._writes.flush()  # a buffered start must land first: it is never released
         earliest: dict[str, int] = {}
         for fire in fires:
-            us = _to_us(fire.scheduled)
+            us = to_us(fire.scheduled)
             earliest[fire.job] = min(us, earliest.get(fire.job, us))
         ids = [(fire.run_id,) for fire in fires]
         back = [(us - 1, job, us) for job, us in earliest.items()]
@@ -759,36 +498,8 @@ class SqliteStore:
 
         await self._run_transaction("releasing unstarted claims", work)
 
-    async def add_run(self, result: RunResult, *, args: Any = None, kwargs: Any = None) -> None:
-        """Insert a run that has no scheduled time (a manual run), as given."""
-        row = (
-            result.run_id,
-            result.job,
-            result.trigger.value,
-            _opt_us(result.scheduled),
-            _to_us(self._clock()),
-            _opt_us(result.started),
-            _opt_us(result.ended),
-            result.status.value,
-            result.attempts,
-            storable(result.error_type),
-            storable(result.error),
-            _truncate_traceback(result.traceback),
-            storable(result.result_preview),
-            result.items,
-            self._pid,
-            self._host,
-            None if args is None else json.dumps(args, default=repr),
-            None if kwargs is None else json.dumps(kwargs, default=repr),
-        )
-        try:
-            await self._run("recording a run", self._execute, _SQL_INSERT_RUN, row)
-        except StoreError as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise StoreError(
-                    f"{self.location}: run {result.run_id!r} of {result.job!r} is already recorded"
-                ) from None
-            raise
+    async def _insert_run(self, row: tuple[Any, ...]) -> None:
+        await self._run("recording a run", self._execute, SQL_INSERT_RUN, row)
 
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
@@ -796,8 +507,8 @@ class SqliteStore:
         """Write a pending request (status and trigger ``queued``); return its run id."""
         args_json, kwargs_json = _encode_request(job, args, kwargs)
         run_id = new_run_id()
-        row = (run_id, job, _to_us(now), args_json, kwargs_json)
-        await self._run(f"enqueueing {job!r}", self._execute, _SQL_ENQUEUE, row)
+        row = (run_id, job, to_us(now), args_json, kwargs_json)
+        await self._run(f"enqueueing {job!r}", self._execute, SQL_ENQUEUE, row)
         return run_id
 
     def enqueue_sync(
@@ -809,17 +520,7 @@ class SqliteStore:
     async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
         """Move up to ``limit`` oldest pending requests to ``claimed`` and return them."""
         rows = await self._run_transaction("taking queued requests", self._take_work(limit))
-        return [
-            QueuedRun(
-                run_id=run_id,
-                job=job,
-                args=None if args_json is None else tuple(json.loads(args_json)),
-                kwargs=None if kwargs_json is None else json.loads(kwargs_json),
-                enqueued=_EPOCH + timedelta(microseconds=created),
-                trigger=TriggerKind(trigger),
-            )
-            for run_id, job, args_json, kwargs_json, created, trigger in rows
-        ]
+        return [sql.queued_run(DIALECT, row) for row in rows]
 
     def _take_work(self, limit: int) -> Callable[[sqlite3.Connection], list[Any]]:
         # SELECT then UPDATE under the write lock is as atomic as UPDATE ... RETURNING,
@@ -903,21 +604,15 @@ class SqliteStore:
         after the previous one."""
         return []
 
-    async def prune(self, *, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
-        """Delete finished runs beyond the ``keep_runs`` newest per job or older than
-        ``keep_days`` (either limit deletes; None disables it); return how many."""
-        if keep_runs is None and keep_days is None:
-            return 0
-        await self._writes.flush_for_read()
-        if self._executor is None or self._closed:
-            raise RuntimeError(f"{self.location}: the store is not open")
+    async def _prune(self, keep_runs: int | None, keep_days: float | None, now: datetime) -> int:
+        self._check_open()
         work = functools.partial(
-            sqlite_prune.prune,
+            prune_file,
             lambda: _connect(self.path, self._busy_timeout),
             self._write_lock,
             keep=-1 if keep_runs is None else max(keep_runs, 0),
-            cutoff=None if keep_days is None else _to_us(now - timedelta(days=keep_days)),
-            now=_to_us(now),
+            cutoff=None if keep_days is None else to_us(now - timedelta(days=keep_days)),
+            now=to_us(now),
             location=self.location,
         )
         try:
@@ -935,10 +630,10 @@ class SqliteStore:
     async def begin(self, run_id: str, started: datetime) -> bool:
         """Mark a taken request ``running``, committed before its body starts; False (and
         nothing written) when this daemon no longer owns it as ``claimed``."""
-        params = (_to_us(started), run_id, self._pid, self._host)
+        params = (to_us(started), run_id, self._pid, self._host)
 
         def work(conn: sqlite3.Connection) -> bool:
-            return conn.execute(_SQL_BEGIN, params).rowcount == 1
+            return conn.execute(SQL_BEGIN, params).rowcount == 1
 
         return await self._run_transaction("marking a run started", work)
 
@@ -946,54 +641,23 @@ class SqliteStore:
 
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host."""
-        params = (_to_us(started), run_id, self._pid, self._host)
-        self._buffer(Write(kind="start", run_id=run_id, statements=((_SQL_START, params),)))
+        params = (to_us(started), run_id, self._pid, self._host)
+        self._buffer(Write(kind="start", run_id=run_id, statements=((SQL_START, params),)))
 
     async def finish(self, result: RunResult) -> None:
         """Buffer: the run's outcome, one row per attempt and its output lines, written in
         one transaction."""
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (
-                _SQL_FINISH,
-                (
-                    result.status.value,
-                    _opt_us(result.started),
-                    _opt_us(result.ended),
-                    result.attempts,
-                    storable(result.error_type),
-                    storable(result.error),
-                    _truncate_traceback(result.traceback),
-                    storable(result.result_preview),
-                    result.items,
-                    result.run_id,
-                    self._pid,
-                    self._host,
-                ),
-            )
-        ]
+        finish = sql.finish_values(DIALECT, result, result.run_id, self._pid, self._host)
+        statements: list[tuple[str, tuple[Any, ...]]] = [(SQL_FINISH, finish)]
         for attempt in result.attempt_log:
-            params = (
-                result.run_id,
-                attempt.number,
-                _to_us(attempt.started),
-                _opt_us(attempt.ended),
-                attempt.status.value,
-                storable(attempt.error_type),
-                storable(attempt.error),
-            )
-            statements.append((_SQL_ATTEMPT, params))
+            statements.append((SQL_ATTEMPT, sql.attempt_values(DIALECT, result.run_id, attempt)))
         if result.output:
-            lines = json.dumps(clip_lines(result.output))
-            statements.append((_SQL_OUTPUT, (result.run_id, lines)))
+            lines = sql.output_lines(DIALECT, result.output)
+            statements.append((SQL_OUTPUT, (result.run_id, lines)))
         self._buffer(
             Write(kind="finish", run_id=result.run_id, statements=tuple(statements),
                   wanted=result.status.value)
         )  # fmt: skip
-
-    def _buffer(self, write: Write) -> None:
-        if self._closed or self._executor is None:
-            raise RuntimeError(f"{self.location}: the store is not open")
-        self._writes.add(write)
 
     async def _write_pending(self, batch: list[Write]) -> None:
         await self._run("writing run updates", self._write_batch, batch)
@@ -1040,127 +704,27 @@ class SqliteStore:
             ).fetchone()
             self._writes.ignored(write, found)
             return
-        for sql, params in rest:
-            conn.execute(sql, params)
-
-    async def flush(self) -> None:
-        """Write buffered rows now; StoreError (rows kept) when the file cannot be written."""
-        await self._writes.flush()
+        for statement, params in rest:
+            conn.execute(statement, params)
 
     # -- reads ------------------------------------------------------------------------
 
-    def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        return self._db.execute(sql, params).fetchall()
+    def _fetch_all(self, query: str, params: Any) -> list[Any]:
+        return self._db.execute(query, params).fetchall()
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
         self._db.execute(sql, params)
 
     def _get_run_sync(self, run_id: str) -> RunRow | None:
-        row = self._db.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        row = self._db.execute(*sql.run_query(DIALECT, run_id)).fetchone()
         return None if row is None else _row_to_run(row)
 
-    async def get_run(self, run_id: str) -> RunRow | None:
-        await self._writes.flush_for_read()
-        return await self._run("reading a run", self._get_run_sync, run_id)
+    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
+        return await self._run(what, self._fetch_all, query, params)
 
-    async def history(
-        self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
-        """Newest first (by start, else scheduled, else created time)."""
-        await self._writes.flush_for_read()
-        where: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            where.append("job = ?")
-            params.append(job)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.value)
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause}{_ORDER_NEWEST} LIMIT ?"
-        rows = await self._run("reading history", self._fetch_all, sql, (*params, limit))
-        return [_row_to_run(row) for row in rows]
-
-    async def attempts(self, run_id: str) -> list[Attempt]:
-        await self._writes.flush_for_read()
-        rows = await self._run(
-            "reading attempts",
-            self._fetch_all,
-            "SELECT attempt, started, ended, status, error_type, error FROM attempts"
-            " WHERE run_id = ? ORDER BY attempt",
-            (run_id,),
-        )
-        return [
-            Attempt(
-                number=number,
-                started=_EPOCH + timedelta(microseconds=started),
-                ended=_from_us(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for number, started, ended, status, error_type, error in rows
-        ]
-
-    async def stats(self, job: str | None = None) -> list[JobStats]:
-        """Per job (sorted by name): counts, p50/p95 durations, last success and failure.
-
-        A job named explicitly but never run gets a row of zeros.
-        """
-        await self._writes.flush_for_read()
-        return await self._run("reading statistics", self._stats_sync, job)
-
-    def _stats_sync(self, job: str | None) -> list[JobStats]:
-        where, params = ("WHERE job = ?", (job,)) if job is not None else ("", ())
-        counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
-        for name, status, count, last_ended in self._db.execute(
-            f"SELECT job, status, count(*), max(ended) FROM runs {where} GROUP BY job, status",
-            params,
-        ):
-            counts.setdefault(name, {})[status] = (count, _from_us(last_ended))
-        percentiles = {name: self._percentiles(name, count) for name, count in self._timed(job)}
-        if job is not None:
-            counts.setdefault(job, {})
-        return [
-            job_stats(name, counts[name], *percentiles.get(name, (None, None)))
-            for name in sorted(counts)
-        ]
-
-    def _timed(self, job: str | None) -> list[tuple[str, int]]:
-        """Per job, how many finished runs have a duration (a scan of runs_duration)."""
-        and_job = "AND job = ?" if job is not None else ""
-        return self._db.execute(
-            f"SELECT job, count(*) FROM runs WHERE {_TIMED} {and_job} GROUP BY job",
-            () if job is None else (job,),
-        ).fetchall()
-
-    def _percentiles(self, job: str, count: int) -> tuple[float | None, float | None]:
-        """p50 and p95 of the job's durations (seconds; linear interpolation between closest
-        ranks, numpy's default), each from the two values at its ranks, read in order from
-        runs_duration: no row per run comes to Python."""
-        found: list[float | None] = []
-        for q in _QUANTILES:
-            pos = q * (count - 1)
-            low = int(pos)
-            values = [
-                micros / 1e6
-                for (micros,) in self._db.execute(
-                    f"SELECT ended - started FROM runs WHERE job = ? AND {_TIMED}"
-                    " ORDER BY ended - started LIMIT 2 OFFSET ?",
-                    (job, low),
-                )
-            ]
-            if not values:
-                found.append(None)
-                continue
-            high = values[1] if len(values) > 1 else values[0]
-            found.append(values[0] + (high - values[0]) * (pos - low))
-        return found[0], found[1]
-
-
-_QUANTILES = (0.5, 0.95)
+    async def _steps(self, what: str, steps: Generator[sql.Query, list[Any], _T]) -> _T:
+        # All in the store's thread: one hop for the whole read.
+        return await self._run(what, sql.drive, steps, self._fetch_all)
 
 
 def _claim_work(
@@ -1181,7 +745,7 @@ def _claim_work(
                 " AND NOT (pid IS ? AND host IS ?) ORDER BY job, run_id",
                 (*exclusive, pid, host),
             ):
-                busy.setdefault(job, _node_name(other_host, other_pid))
+                busy.setdefault(job, sql.node_name(other_host, other_pid))
         final: list[tuple[Any, ...]] = []
         wanted: list[Claim] = []
         for row in rows:
@@ -1194,11 +758,11 @@ def _claim_work(
         # One executemany for the whole batch (1,000 fires a second must stay cheap); only
         # when some row was already there do we ask which ones.
         before = conn.total_changes
-        conn.executemany(_SQL_CLAIM, final)
+        conn.executemany(SQL_CLAIM, final)
         if conn.total_changes - before != len(final):
             ours = _inserted(conn, final)
             wanted = [w if row[0] in ours else Claim.EXISTS for row, w in zip(final, wanted)]
-        conn.executemany(_SQL_ADVANCE_JOB, jobs)
+        conn.executemany(SQL_ADVANCE_JOB, jobs)
         return wanted
 
     return work
