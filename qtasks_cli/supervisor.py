@@ -10,25 +10,23 @@ import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from qtasks_cli import cancels, sigguard
-from qtasks_cli.burst import Burst, Gate
+from qtasks_cli.burst import Burst
 from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, settle_until, utcnow
+from qtasks_cli.cluster import Cluster
 from qtasks_cli.durations import format_duration
-from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import Event, EventBus, EventKind
-from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
-from qtasks_cli.ledger import Ledger, never_ran, until_stored
+from qtasks_cli.executor import Runtime
+from qtasks_cli.intake import Intake
+from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
-    CatchUp,
     Config,
     JobSpec,
     JobView,
-    Overlap,
-    RunResult,
     RunStatus,
     Snapshot,
     TriggerKind,
@@ -38,23 +36,21 @@ from qtasks_cli.policy import (
     Gap,
     StepBack,
     due_fires,
+    exclusive,
     keep_last,
+    late_claim_missed,
     missed_reason,
+    overlap_skip,
     repeats_after_step,
     split_due,
     step_back,
 )
-from qtasks_cli.request import call_for_start
+from qtasks_cli.runs import JobState, Runs
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
+from qtasks_cli.store.base import Claim, Fire, RunRow, Store, busy_error
 
 log = logging.getLogger(__name__)
 
-# How often the daemon asks the store whether requests were handed over.
-QUEUE_POLL = 1.0
-QUEUE_BATCH = 500
-# The shortest gap between two looks at the queue prompted by wake-ups.
-NUDGE_GAP = 0.05
 # Claims are written this long before a fire's instant, so that at the instant the
 # bodies start with no database write in between (ledger.py).
 CLAIM_AHEAD = timedelta(milliseconds=500)
@@ -68,16 +64,12 @@ CLAIM_RETRY_MAX = timedelta(seconds=1)
 # A difference this large between how far the wall clock and the monotonic clock moved
 # is a clock step (NTP, an operator, a resumed VM).
 CLOCK_STEP = 2.0
-# How often a node heartbeats; at most a third of node_timeout.
-HEARTBEAT_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
 # Missed fires of one job in one wake-up reported one event each; more become one event.
 MISSED_EVENTS = 5
 # While runs are in progress the loop wakes at least this often (seconds) to put back the
 # daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
 SIGNAL_CHECK = 1.0
-# Runs handed over through the store: begun durably before their body (ledger.py).
-HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 # Preparing a fire's run before its instant (burst.py) costs about this much (seconds); the
 # loop measures it at every burst and wakes that much more before an instant (FIRE_EARLY
 # is the rest: the timer's overshoot). Bounded so that a slow burst never blocks the loop
@@ -91,16 +83,6 @@ LEAD_MAX = 0.25
 PLAN_LINES = 100
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
-
-
-@dataclass(slots=True)
-class _JobState:
-    spec: JobSpec
-    next_fire: datetime | None = None
-    generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
-    running: int = 0
-    waiting: int = 0  # of the running ones, those still waiting for a slot
-    pending: list[tuple[str, TriggerKind, datetime | None, Any, Any]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -130,9 +112,8 @@ class Supervisor:
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
-        self.runtime.on_unstuck = self._start_pending
         self.started_at = clock()
-        self.jobs: dict[str, _JobState] = {}
+        self.jobs: dict[str, JobState] = {}  # shared with the parts below; never rebound
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = 0
         self._wake = Wakeup()
@@ -140,9 +121,6 @@ class Supervisor:
         # and wait the rest precisely (clock.settle_until); a test's clock has no overshoot.
         self._early = FIRE_EARLY if clock is utcnow else 0.0
         self._prepare_cost = PREPARE_GUESS
-        # How often to look for handed-over requests; slower when something wakes us.
-        self.queue_poll = QUEUE_POLL
-        self._last_poll = 0.0
         self._stopping = False
         self._stopped = asyncio.Event()
         self.ledger = Ledger(
@@ -159,27 +137,48 @@ class Supervisor:
         self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
         self._claim_task: asyncio.Task[None] | None = None
         self._claim_ahead = CLAIM_AHEAD  # grows while claims are slow (CLAIM_AHEAD_MAX)
-        self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
-        self._nodes: tuple[str, ...] = ()
-        self._fingerprints: dict[str, str] = {}
+        self.runs = Runs(
+            jobs=self.jobs,
+            store=store,
+            ledger=self.ledger,
+            runtime=self.runtime,
+            bus=bus,
+            clock=clock,
+            emit=self._emit,
+            tasks=self._tasks,
+            background=self._background,
+            wake=self._wake,
+            config=lambda: self.config,
+            stopping=lambda: self._stopping,
+        )
+        self.cluster = Cluster(
+            store=store,
+            holder=self.runs,
+            config=lambda: self.config,
+            clock=clock,
+            emit=self._emit,
+            interrupted=self._interrupted,
+            rerun_jobs=self._rerun_jobs,
+            stopping=lambda: self._stopping,
+        )
         self._side_tasks: list[asyncio.Task[None]] = []
-        self._poll_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._parsed: Config | None = None  # a reloaded file waiting to be applied
-        self._next_poll = 0.0
-        self._queue_more = True  # the first poll reads requests left from before the start
+        self.intake = Intake(
+            store=store,
+            clock=clock,
+            wake=self._wake,
+            tasks=self._tasks,
+            deliver=self.runs.start_queued,
+            stopping=lambda: self._stopping,
+        )
         self._next_prune: datetime | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
-        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs,
-        # and why runs cancelled by ``cancel_run`` were cancelled.
+        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs;
+        # and a call after a new job file was applied (the operator's view changes).
         self.paused: frozenset[str] = frozenset()
-        self._cancelled_by: dict[str, str] = {}
-        self._let_go: set[str] = set()  # runs another node concluded (qtasks_cli.fencing)
-        # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
-        # end; and a call after a new job file was applied (the operator's view changes).
-        self.output_of: Callable[[str], list[str]] | None = None
         self.on_config: Callable[[], None] | None = None
 
     # --- control: signal handlers call these; they only flip state -------------------------
@@ -194,26 +193,25 @@ class Supervisor:
         self._wake.set()
 
     def nudge(self) -> None:
-        """Look for handed-over requests soon instead of at the next poll. Wake-ups that
-        arrive together are served by one look (at most one per NUDGE_GAP), so a shop
-        handing over thousands of runs does not fight the daemon for the write lock."""
-        self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
-        self._wake.set()
+        """Look for handed-over requests soon (qtasks_cli.intake)."""
+        self.intake.nudge()
 
     @property
     def running(self) -> int:
         """Runs whose body runs, or is about to start: they hold a slot."""
-        return sum(state.running - state.waiting for state in self.jobs.values())
+        return self.runs.running
 
-    @property
-    def waiting(self) -> int:
-        """Runs waiting for a free max_concurrent slot."""
-        return sum(state.waiting for state in self.jobs.values())
+    def cancel_run(self, run_id: str, by: str) -> bool:
+        """Stop a run of this daemon for ``qtasks cancel`` (qtasks_cli.runs.Runs.cancel)."""
+        return self.runs.cancel(run_id, by)
 
-    @property
-    def queued(self) -> int:
-        """Runs queued behind their job's previous run (overlap: queue, catch-up)."""
-        return sum(len(state.pending) for state in self.jobs.values())
+    def runs_in_hand(self) -> dict[str, str]:
+        """Every run this daemon holds, run id -> job (qtasks_cli.fencing)."""
+        return self.runs.runs_in_hand()
+
+    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
+        """Stop holding a run another node concluded (qtasks_cli.fencing)."""
+        self.runs.let_go(run_id, status, why)
 
     def snapshot(self) -> Snapshot:
         """The daemon's state now, for displays; cheap enough to call a few times a second."""
@@ -225,16 +223,16 @@ class Supervisor:
             now=self.clock(),
             started_at=self.started_at,
             jobs=views,
-            running=self.running,
-            queued=self.queued,
+            running=self.runs.running,
+            queued=self.runs.queued,
             state=self.store.location,
-            nodes=self._nodes,
-            waiting=self.waiting,
+            nodes=self.cluster.nodes,
+            waiting=self.runs.waiting,
             abandoned=len(self.runtime.abandoned),
             paused_jobs=tuple(sorted(self.paused)),
         )
 
-    def _view(self, name: str, state: _JobState, abandoned: int) -> JobView:
+    def _view(self, name: str, state: JobState, abandoned: int) -> JobView:
         """The job's view, reused while nothing in it changed: building 1,000 views (and
         describing 1,000 schedules) on every redraw of the live table would cost the loop
         milliseconds."""
@@ -272,9 +270,9 @@ class Supervisor:
         """Supervise until ``request_stop``; then stop gracefully."""
         await self._start()
         if self.store.multi_node:
-            self._side_tasks.append(asyncio.create_task(self._keep_in_touch()))
+            self._side_tasks.append(asyncio.create_task(self.cluster.keep_in_touch()))
         if self.store.wakes_on_work:
-            self._side_tasks.append(asyncio.create_task(self._wake_on_work()))
+            self._side_tasks.append(asyncio.create_task(self.intake.listen()))
         self.ready.set()
         self._emit(EventKind.READY)
         while not self._stopping:
@@ -293,7 +291,7 @@ class Supervisor:
                 self._check_clock(now)
                 self._claim_due(now)
                 self._start_ready(self.clock())
-                self._poll_queue()
+                self.intake.poll()
                 self._maybe_prune(now)
             except Exception:  # a bug of ours must not take every job down with it
                 log.exception("the supervisor loop failed; carrying on")
@@ -304,9 +302,10 @@ class Supervisor:
     async def _start(self) -> None:
         now = self.clock()
         self.started_at = now
-        self.jobs = {spec.name: _JobState(spec=spec) for spec in self.config.jobs.values()}
+        self.jobs.clear()
+        self.jobs.update((spec.name, JobState(spec=spec)) for spec in self.config.jobs.values())
         if self.store.multi_node:
-            await self._touch_nodes(now)
+            await self.cluster.touch(now)
         # A store that is locked, full or unreachable at start-up is waited for (and said
         # so); the daemon does not exit, so a service manager has nothing to give up on.
         rows = await until_stored(
@@ -376,7 +375,7 @@ class Supervisor:
     def _interrupted(self, row: RunRow) -> None:
         """Report a run a dead daemon left behind (recovery already queued its re-run when
         its job has ``retry_interrupted``)."""
-        self._queue_more = True
+        self.intake.more = True
         self._emit(
             EventKind.INTERRUPTED,
             job=row.job,
@@ -389,7 +388,7 @@ class Supervisor:
         )
 
     @staticmethod
-    def _plan(state: _JobState, words: dict[int, str]) -> str:
+    def _plan(state: JobState, words: dict[int, str]) -> str:
         spec = state.spec
         if not spec.enabled:
             return "disabled"
@@ -447,9 +446,9 @@ class Supervisor:
         waits = []
         if self._tasks or self.runtime.zombies:  # runs in progress: see SIGNAL_CHECK
             waits.append(SIGNAL_CHECK)
-        if self._poll_task is None or self._poll_task.done():
-            # While a poll is pending its end wakes the loop; a past _next_poll would spin.
-            waits.append(max(0.0, self._next_poll - now.timestamp()))
+        poll = self.intake.wait(now.timestamp())
+        if poll is not None:
+            waits.append(poll)
         while self._heap and not self._is_current(self._heap[0]):
             heapq.heappop(self._heap)
         claiming = self._claim_task is not None and not self._claim_task.done()
@@ -594,10 +593,10 @@ class Supervisor:
         remembered (``_retry_from``) and tried again, late but once."""
         if self.paused:  # a paused job's fires are recorded `skipped (paused)`, not run
             fires = [self._unless_paused(fire) for fire in fires]
-        exclusive = None
+        apart = None
         if self.store.multi_node:
-            exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
-        outcomes = await self.ledger.claim(fires, exclusive=exclusive)
+            apart = {f.job for f in fires if exclusive(self.jobs[f.job].spec.overlap)}
+        outcomes = await self.ledger.claim(fires, exclusive=apart)
         if outcomes is None:
             for fire in fires:
                 self._retry_from.setdefault(fire.job, fire.scheduled)
@@ -680,7 +679,7 @@ class Supervisor:
                 state = self.jobs.get(fire.job)
                 if state is None:  # removed by a reload after the claim
                     self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
-                    self._cancelled(
+                    self.runs.cancelled(
                         fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
                     )
                     continue
@@ -701,7 +700,7 @@ class Supervisor:
                     trigger=fire.trigger,
                     scheduled=fire.scheduled,
                 )
-                self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
+                self.runs.start(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
         finally:
             try:
                 if burst is not None:  # never leave a prepared run at its gate
@@ -735,16 +734,16 @@ class Supervisor:
                 keep.append(fire)
                 continue
             spec = state.spec
-            newer = spec.schedule.next_after(fire.scheduled) if spec.schedule else None
-            newest = newer is None or newer > now  # no later fire of the job is due yet
-            graced = now - fire.scheduled <= spec.misfire_grace
-            runs = graced and (
-                spec.catch_up is CatchUp.ALL or (spec.catch_up is CatchUp.LATEST and newest)
+            reason = late_claim_missed(
+                scheduled=fire.scheduled,
+                newer=spec.schedule.next_after(fire.scheduled) if spec.schedule else None,
+                now=now,
+                catch_up=spec.catch_up,
+                misfire_grace=spec.misfire_grace,
             )
-            if runs:
+            if reason is None:
                 keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
                 continue
-            reason = missed_reason(spec.catch_up, not newest)
             self.ledger.unstarted(fire, RunStatus.MISSED, reason)
             self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
         return keep
@@ -766,8 +765,8 @@ class Supervisor:
                     f"{gap.describe()} missed: {why}",
                 )
             )
-        if spec.name in self._held_jobs:
-            reason = f"held back: {self._held_jobs[spec.name]}"
+        if spec.name in self.cluster.held:
+            reason = f"held back: {self.cluster.held[spec.name]}"
             return summary + [
                 self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in due
             ]
@@ -815,34 +814,14 @@ class Supervisor:
             error=error,
         )
 
-    def _busy(self, name: str) -> str | None:
-        """Why the job counts as still running, or None: a run in progress or waiting for a
-        slot, or a thread of an earlier run that timed out and has not returned, or a task of
-        one that ignored its cancellation and still runs."""
-        state = self.jobs[name]
-        if state.running > state.waiting:
-            return "previous run still running"
-        if state.running:
-            return "previous run still waiting for a free slot (max_concurrent)"
-        if self.runtime.stuck[name] > self.runtime.stuck_tasks[name]:
-            return "previous run's thread is still running after its timeout"
-        if self.runtime.stuck[name]:
-            return "previous run's task ignored its cancellation and is still running"
-        return None
-
     def _overlap(self, fire: Fire) -> Fire:
         """Apply the job's overlap policy to a fire that wants to run."""
         state = self.jobs[fire.job]
-        policy = state.spec.overlap
-        busy = self._busy(fire.job)
-        if busy is None or policy is Overlap.ALLOW:
+        busy = self.runs.busy(fire.job)
+        why = overlap_skip(state.spec.overlap, fire.trigger, busy, queued=bool(state.pending))
+        if why is None:
             return fire
-        if fire.trigger is TriggerKind.CATCH_UP:
-            return fire  # catch-up runs wait for each other (queued), one per missed fire
-        if policy is Overlap.QUEUE and not state.pending:
-            return fire  # started as pending when the current run ends
-        why = "a run is already queued" if policy is Overlap.QUEUE else busy
-        return replace(fire, status=RunStatus.SKIPPED, error=f"skipped: {why} (overlap: {policy})")
+        return replace(fire, status=RunStatus.SKIPPED, error=why)
 
     def _unless_paused(self, fire: Fire) -> Fire:
         """A fire of a paused job (``qtasks pause``) is recorded, not run."""
@@ -850,406 +829,10 @@ class Supervisor:
             return fire
         return replace(fire, status=RunStatus.SKIPPED, error="skipped (paused)")
 
-    def cancel_run(self, run_id: str, by: str) -> bool:
-        """Stop a run of this daemon for ``qtasks cancel``, as a timeout does: the task is
-        cancelled (an async job is cancelled, a process job gets SIGTERM then SIGKILL after
-        kill_grace, a thread job is abandoned and marked stuck); a run waiting in the
-        overlap queue is dropped. Recorded ``cancelled`` with ``by`` in its error; False
-        when no run of that id is in progress here."""
-        reason = f"cancelled by {by}"
-        for state in self.jobs.values():
-            for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
-                if pending_id == run_id:
-                    del state.pending[index]
-                    result = never_ran(
-                        job=state.spec.name,
-                        run_id=run_id,
-                        trigger=trigger,
-                        scheduled=scheduled,
-                        ended=self.clock(),
-                        status=RunStatus.CANCELLED,
-                        error=reason,
-                    )
-                    self._cancelled(state.spec.name, run_id, trigger, scheduled, reason)
-                    self._background(self.ledger.finish(result))
-                    return True
-        suffix = f":{run_id}"
-        for task in self._tasks:
-            if task.get_name().endswith(suffix) and not task.done():
-                self._cancelled_by[run_id] = reason
-                self.runtime.why_cancelled[run_id] = reason  # for the executor's event
-                task.cancel(reason)
-                return True
-        return False
-
-    def _cancelled(
-        self, job: str, run_id: str, trigger: TriggerKind, scheduled: datetime | None, why: str
-    ) -> None:
-        """Report a run cancelled before its body started (qtasks_cli.cancels)."""
-        self.bus.emit(
-            cancels.cancelled_event(
-                job=job, run_id=run_id, trigger=trigger, scheduled=scheduled, error=why,
-                time=self.clock(),
-            )
-        )  # fmt: skip
-
-    def runs_in_hand(self) -> dict[str, str]:
-        """Every run this daemon holds (run id -> job): run tasks, claims waiting for their
-        instant, runs queued behind their job's previous run."""
-        held = self.ledger.held_runs()
-        for name, state in self.jobs.items():
-            held.update((entry[0], name) for entry in state.pending)
-        for task in self._tasks:
-            kind, _, rest = task.get_name().partition(":")
-            if kind == "qtasks" and not task.done():
-                job, _, run_id = rest.rpartition(":")
-                held[run_id] = job
-        return held
-
-    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
-        """Stop holding a run another node concluded ``status`` (qtasks_cli.fencing): drop
-        its claim or queued entry, or stop its body as a cancel does; nothing is recorded."""
-        self.ledger.forget({run_id})
-        for state in self.jobs.values():
-            state.pending = [entry for entry in state.pending if entry[0] != run_id]
-        for task in self._tasks:
-            if task.get_name().endswith(f":{run_id}") and not task.done():
-                self._let_go.add(run_id)
-                self.runtime.concluded[run_id] = status
-                self.runtime.why_cancelled[run_id] = why
-                task.cancel(why)
-
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # --- runs ------------------------------------------------------------------------------------
-
-    def _start_run(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        args: Any = None,
-        kwargs: Any = None,
-        *,
-        burst: Burst | None = None,
-    ) -> None:
-        """Start a run's task (``burst``: prepared now, its body starts at ``burst.go``), or
-        queue it behind the job's current run (overlap)."""
-        state = self.jobs.get(spec.name)
-        if state is None:
-            return
-        busy = self._busy(spec.name) is not None
-        waits = spec.overlap is Overlap.QUEUE or (
-            trigger is TriggerKind.CATCH_UP and spec.overlap is not Overlap.ALLOW
-        )
-        if busy and waits and trigger not in HANDED_OVER:
-            state.pending.append((run_id, trigger, scheduled, args, kwargs))
-            self._emit(
-                EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
-            )
-            return
-        state.running += 1
-        name = f"qtasks:{spec.name}:{run_id}"
-        if burst is not None:
-            coro = self._run(spec, run_id, trigger, scheduled, args, kwargs, burst.gate)
-            task = burst.add(coro, name=name)
-        else:
-            task = asyncio.create_task(
-                self._run(spec, run_id, trigger, scheduled, args, kwargs), name=name
-            )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        args: Any,
-        kwargs: Any,
-        gate: Gate | None = None,
-    ) -> None:
-        result: RunResult | None = None
-        state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
-        # A request cancelled before its begin stays taken: the next start gives it back.
-        recordable = trigger not in HANDED_OVER
-        try:
-            state.waiting += 1
-            try:
-                await self.runtime.capacity.acquire()
-            finally:
-                state.waiting -= 1
-            try:
-                if trigger in HANDED_OVER:
-                    if not await self.ledger.begin(spec.name, run_id):
-                        return
-                    recordable = True
-                else:
-                    await self.ledger.started(run_id)
-                try:
-                    call = call_for_start(spec, args, kwargs)
-                except QtasksError as exc:
-                    result = self._refused(spec, run_id, trigger, scheduled, exc)
-                    return
-                result = await execute(
-                    spec,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    runtime=self.runtime,
-                    emit=self.bus.emit,
-                    clock=self.clock,
-                    args=call.args,
-                    kwargs=call.kwargs,
-                    gate=gate,
-                )
-            finally:
-                self.runtime.capacity.release()
-        except asyncio.CancelledError as exc:
-            if run_id in self._let_go:
-                raise  # concluded by another node: its record stands (qtasks_cli.fencing)
-            if not recordable and run_id not in self._cancelled_by:
-                raise  # a stop before the request began: it stays taken and is given back
-            reason = self._cancelled_by.pop(run_id, cancels.AT_SHUTDOWN)
-            self.runtime.why_cancelled.pop(run_id, None)
-            so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
-            if isinstance(so_far, RunResult):  # the executor reported its end
-                result = replace(so_far, error=reason)
-            else:  # cancelled waiting for a slot, or before the request began
-                result = never_ran(
-                    job=spec.name,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    ended=self.clock(),
-                    status=RunStatus.CANCELLED,
-                    error=reason,
-                )
-                self._cancelled(spec.name, run_id, trigger, scheduled, reason)
-            raise
-        finally:
-            if run_id in self._let_go:  # concluded elsewhere: nothing to record here
-                result = None
-            try:
-                if result is not None:
-                    await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
-            finally:  # also when a cancel lands while the end is being recorded
-                self._cancelled_by.pop(run_id, None)
-                self._let_go.discard(run_id)
-                self.runtime.concluded.pop(run_id, None)
-                self.runtime.why_cancelled.pop(run_id, None)
-                self._run_ended(spec.name)
-
-    def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
-        """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
-        if self.output_of is None:
-            return result
-        from qtasks_cli.output import recorded
-
-        return recorded(result, self.output_of(result.run_id), spec)
-
-    def _refused(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        exc: QtasksError,
-    ) -> RunResult:
-        """A run whose arguments were refused as it started: failed, with the reason."""
-        now = self.clock()
-        result = RunResult(
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            started=now,
-            ended=now,
-            attempts=0,
-            status=RunStatus.FAILED,
-            error_type=type(exc).__name__,
-            error=spec.redact(str(exc)),
-        )
-        self._emit(
-            EventKind.FINISHED,
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            status=RunStatus.FAILED,
-            error=result.error,
-            level=logging.ERROR,
-        )
-        return result
-
-    def _run_ended(self, name: str) -> None:
-        state = self.jobs.get(name)
-        if state is None:
-            return
-        state.running -= 1
-        self._start_pending(name)
-        self._wake.set()
-
-    def _start_pending(self, name: str) -> None:
-        """Start the job's next pending run once nothing of it runs any more."""
-        state = self.jobs.get(name)
-        if state is None or not state.pending or self._stopping or self._busy(name):
-            return
-        run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
-        self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
-
-    # --- several nodes on one store -------------------------------------------------------------
-
-    @property
-    def node_beat(self) -> float:
-        """Seconds between this node's heartbeats (PostgreSQL): at most a third of
-        node_timeout."""
-        return min(HEARTBEAT_EVERY, self.config.settings.node_timeout.total_seconds() / 3)
-
-    async def _keep_in_touch(self) -> None:
-        """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
-        elsewhere, every few seconds (PostgreSQL only)."""
-        every = self.node_beat
-        while not self._stopping:
-            await asyncio.sleep(every)
-            await self._touch_nodes(self.clock())
-
-    async def _touch_nodes(self, now: datetime) -> None:
-        timeout = self.config.settings.node_timeout
-        try:
-            registered = await self.store.heartbeat(
-                now, digest=self.config.digest, fingerprints=self._job_fingerprints()
-            )
-            if not registered:  # presumed dead meanwhile: honour what the others concluded
-                from qtasks_cli.fencing import honour_conclusions
-
-                await honour_conclusions(self)
-            for row in await self.store.reap_dead_nodes(
-                now, timeout, rerun_jobs=self._rerun_jobs()
-            ):
-                self._interrupted(row)
-            nodes = await self.store.nodes(now, timeout)
-        except Exception as exc:
-            log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
-            return
-        self._nodes = tuple(node.node_id for node in nodes)
-        self._compare_definitions(nodes)
-
-    def _job_fingerprints(self) -> dict[str, str]:
-        if not self._fingerprints:
-            from qtasks_cli.digests import fingerprint
-
-            self._fingerprints = {name: fingerprint(j) for name, j in self.config.jobs.items()}
-        return self._fingerprints
-
-    def _compare_definitions(self, nodes: Sequence[NodeInfo]) -> None:
-        """Hold back every job whose definition differs on another live node."""
-        mine = self._job_fingerprints()
-        held: dict[str, str] = {}
-        for node in nodes:
-            if node.node_id == self.store.node_id or not node.digest:
-                continue  # ourselves, or a node that has not described its jobs yet
-            for job, print_ in mine.items():
-                if node.fingerprints.get(job) != print_:
-                    held[job] = f"its definition differs on node {node.node_id}"
-        if set(held) != set(self._held_jobs):
-            if held:
-                self._emit(
-                    EventKind.NOTICE,
-                    level=logging.WARNING,
-                    message=(
-                        "job file differs from the other nodes'; not firing until they agree: "
-                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items()))
-                    ),
-                )
-            else:
-                self._emit(EventKind.NOTICE, message="job files agree across nodes again")
-        self._held_jobs = held
-
-    async def _wake_on_work(self) -> None:
-        """Look for handed-over requests as soon as the store says there may be some."""
-        while not self._stopping:
-            try:
-                woken = await self.store.wait_for_work(30.0)
-            except Exception as exc:
-                log.warning("cannot listen for handed-over runs: %s", exc)
-                await asyncio.sleep(QUEUE_POLL)
-                continue
-            if woken:
-                self.nudge()
-
-    # --- handed-over requests -------------------------------------------------------------------
-
-    def _poll_queue(self) -> None:
-        """Look for handed-over requests at most once a second, in the background: a store
-        locked by another process must not hold up firing."""
-        now = self.clock().timestamp()
-        if now < self._next_poll or (self._poll_task is not None and not self._poll_task.done()):
-            return
-        self._last_poll = now
-        self._next_poll = now + self.queue_poll
-        self._poll_task = asyncio.create_task(self._take_queued())
-        self._tasks.add(self._poll_task)
-        self._poll_task.add_done_callback(self._tasks.discard)
-        self._poll_task.add_done_callback(lambda _: self._wake.set())
-
-    async def _take_queued(self) -> None:
-        try:
-            if not (self._queue_more or await self.store.changed()):
-                return
-            requests = await self.store.take_queued(self.clock(), limit=QUEUE_BATCH)
-        except Exception as exc:
-            log.warning("cannot read queued requests from %s: %s", self.store.location, exc)
-            return
-        for request in requests:
-            self._start_queued(request)
-        self._queue_more = len(requests) == QUEUE_BATCH
-        if self._queue_more:  # take the rest at once
-            self._next_poll = 0.0
-            self._wake.set()
-
-    def _start_queued(self, request: QueuedRun) -> None:
-        state = self.jobs.get(request.job)
-        if state is None:
-            result = RunResult(
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                scheduled=None,
-                started=None,
-                ended=self.clock(),
-                attempts=0,
-                status=RunStatus.FAILED,
-                error_type="UnknownJob",
-                error=f"no job named {request.job!r} in {self.config.path}",
-            )
-            self._emit(
-                EventKind.FINISHED,
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                status=RunStatus.FAILED,
-                error=result.error,
-                level=logging.ERROR,
-            )
-            self._background(self.ledger.finish(result))
-            return
-        self._emit(EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=request.trigger)
-        # A handed-over request is never skipped: under skip or queue it waits for the
-        # current run instead, so no order notification is lost.
-        if self._busy(request.job) is not None and state.spec.overlap is not Overlap.ALLOW:
-            state.pending.append(
-                (request.run_id, request.trigger, None, request.args, request.kwargs)
-            )
-            return
-        self._start_run(
-            state.spec, request.run_id, request.trigger, None, request.args, request.kwargs
-        )
 
     # --- reload and stop ----------------------------------------------------------------------
 
@@ -1283,14 +866,14 @@ class Supervisor:
             if n in old and fingerprint(old[n]) != fingerprint(config.jobs[n])
         ]
         self.config = config
-        self._fingerprints = {}
+        self.cluster.config_changed()
         for name in removed:
             state = self.jobs.pop(name)
             state.generation += 1
         if removed:
             self.ledger.release(set(removed))
         for name in added:
-            self.jobs[name] = _JobState(spec=config.jobs[name])
+            self.jobs[name] = JobState(spec=config.jobs[name])
             self._schedule_job(name, now)
         for name in changed:
             state = self.jobs[name]
@@ -1325,11 +908,11 @@ class Supervisor:
             self._emit(
                 EventKind.NOTICE,
                 message=f"stopping: waiting up to {grace:g}s for "
-                + _runs_in_words(len(running), self.waiting, "running job(s)"),
+                + _runs_in_words(len(running), self.runs.waiting, "running job(s)"),
             )
             _, still = await asyncio.wait(running, timeout=grace)
             if still:
-                waiting = self.waiting  # of those, the ones that never got a slot
+                waiting = self.runs.waiting  # of those, the ones that never got a slot
                 for task in still:
                     name = task.get_name()
                     if name.startswith("qtasks:"):  # a run's task (_start_run names it)
@@ -1344,7 +927,7 @@ class Supervisor:
                     + _runs_in_words(len(still), waiting, "run(s) still running")
                     + " after shutdown_grace",
                 )
-        await self.ledger.release_fires(self._unstarted_pending())
+        await self.ledger.release_fires(self.runs.take_unstarted())
         if await self.runtime.settle_hooks(grace):  # the runs are recorded already
             log.warning("hooks still running after shutdown_grace were abandoned")
         try:
@@ -1352,31 +935,6 @@ class Supervisor:
         except Exception as exc:
             log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
-
-    def _unstarted_pending(self) -> list[Fire]:
-        """Take the claimed fires still waiting to start (``overlap: queue``, catch-up runs
-        waiting for each other) off the pending lists, to give their claims back at a stop:
-        they never ran, so the next start fires or catches them up. Handed-over requests
-        stay taken, and the next start gives them back to the queue."""
-        fires: list[Fire] = []
-        for name, state in self.jobs.items():
-            keep = []
-            for entry in state.pending:
-                run_id, trigger, scheduled = entry[0], entry[1], entry[2]
-                if trigger in HANDED_OVER or scheduled is None:
-                    keep.append(entry)
-                    continue
-                fires.append(
-                    Fire(
-                        job=name,
-                        scheduled=scheduled,
-                        trigger=trigger,
-                        run_id=run_id,
-                        schedule_key="",
-                    )
-                )
-            state.pending = keep
-        return fires
 
     def _emit(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock() if at is None else at, **fields))
