@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,27 +27,13 @@ from qtasks_cli.models import JobSpec, RunResult, RunStatus, TriggerKind
 from qtasks_cli.policy import HANDED_OVER, busy_reason, waits_behind
 from qtasks_cli.request import call_for_start
 from qtasks_cli.store.base import Fire
+from qtasks_cli.timetable import JobState
 
 if TYPE_CHECKING:
     from qtasks_cli.burst import Burst, Gate
     from qtasks_cli.clock import Wakeup
     from qtasks_cli.models import Config
     from qtasks_cli.store.base import QueuedRun, Store
-
-# A run waiting behind its job's run in progress: run id, trigger, scheduled, args, kwargs.
-Pending = tuple[str, TriggerKind, datetime | None, Any, Any]
-
-
-@dataclass(slots=True)
-class JobState:
-    """One job as the daemon holds it: its spec, its next fire and its runs."""
-
-    spec: JobSpec
-    next_fire: datetime | None = None
-    generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
-    running: int = 0
-    waiting: int = 0  # of the running ones, those still waiting for a slot
-    pending: list[Pending] = field(default_factory=list)
 
 
 class Runs:

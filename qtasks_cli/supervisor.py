@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
 from qtasks_cli import cancels, sigguard
-from qtasks_cli.burst import Burst
-from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, settle_until, utcnow
+from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
 from qtasks_cli.durations import format_duration
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime
+from qtasks_cli.firing import CLAIM_RETRY, CLAIM_RETRY_MAX, Firing
 from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
     Config,
-    JobSpec,
     JobView,
     RunStatus,
     Snapshot,
@@ -33,51 +29,21 @@ from qtasks_cli.models import (
 )
 from qtasks_cli.policy import (
     LATE_AFTER,
-    Gap,
-    StepBack,
-    due_fires,
-    exclusive,
-    keep_last,
-    late_claim_missed,
-    missed_reason,
-    overlap_skip,
-    repeats_after_step,
-    split_due,
     step_back,
 )
-from qtasks_cli.runs import JobState, Runs
-from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, RunRow, Store, busy_error
+from qtasks_cli.runs import Runs
+from qtasks_cli.store.base import Fire, RunRow, Store
+from qtasks_cli.timetable import JobState, Timetable
 
 log = logging.getLogger(__name__)
 
-# Claims are written this long before a fire's instant, so that at the instant the
-# bodies start with no database write in between (ledger.py).
-CLAIM_AHEAD = timedelta(milliseconds=500)
-# When claims take long (a busy PostgreSQL server), they are written further ahead: three
-# times the last claim's duration, decaying slowly back to CLAIM_AHEAD, at most this much.
-CLAIM_AHEAD_MAX = timedelta(seconds=2)
-# How soon fires the store did not claim are tried again (doubling up to CLAIM_RETRY_MAX):
-# a fire never runs unclaimed; it waits for the store and is late but once.
-CLAIM_RETRY = timedelta(milliseconds=200)
-CLAIM_RETRY_MAX = timedelta(seconds=1)
 # A difference this large between how far the wall clock and the monotonic clock moved
 # is a clock step (NTP, an operator, a resumed VM).
 CLOCK_STEP = 2.0
 PRUNE_EVERY = timedelta(hours=1)
-# Missed fires of one job in one wake-up reported one event each; more become one event.
-MISSED_EVENTS = 5
 # While runs are in progress the loop wakes at least this often (seconds) to put back the
 # daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
 SIGNAL_CHECK = 1.0
-# Preparing a fire's run before its instant (burst.py) costs about this much (seconds); the
-# loop measures it at every burst and wakes that much more before an instant (FIRE_EARLY
-# is the rest: the timer's overshoot). Bounded so that a slow burst never blocks the loop
-# for long.
-PREPARE_GUESS = 30e-6
-PREPARE_MAX = 300e-6
-PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
-LEAD_MAX = 0.25
 
 # Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
 PLAN_LINES = 100
@@ -108,19 +74,13 @@ class Supervisor:
         # ``clock`` by hand passes no monotonic clock and sees no steps.
         self._monotonic = monotonic or (time.monotonic if clock is utcnow else None)
         self._offset: float | None = None  # wall minus monotonic, seconds
-        self._step_back: StepBack | None = None  # the wall times a step back repeats
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
         self.started_at = clock()
         self.jobs: dict[str, JobState] = {}  # shared with the parts below; never rebound
-        self._heap: list[tuple[datetime, int, str, int]] = []
-        self._seq = 0
+        self.timetable = Timetable(self.jobs)
         self._wake = Wakeup()
-        # Wake this long before a fire's instant (plus the preparing, see PREPARE_GUESS)
-        # and wait the rest precisely (clock.settle_until); a test's clock has no overshoot.
-        self._early = FIRE_EARLY if clock is utcnow else 0.0
-        self._prepare_cost = PREPARE_GUESS
         self._stopping = False
         self._stopped = asyncio.Event()
         self.ledger = Ledger(
@@ -132,11 +92,7 @@ class Supervisor:
             retry=(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds()),
         )
         self._reload_requested = False
-        self._next_memo: dict[tuple[int, datetime], datetime | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
-        self._claim_task: asyncio.Task[None] | None = None
-        self._claim_ahead = CLAIM_AHEAD  # grows while claims are slow (CLAIM_AHEAD_MAX)
         self.runs = Runs(
             jobs=self.jobs,
             store=store,
@@ -160,6 +116,22 @@ class Supervisor:
             interrupted=self._interrupted,
             rerun_jobs=self._rerun_jobs,
             stopping=lambda: self._stopping,
+        )
+        self.firing = Firing(
+            jobs=self.jobs,
+            timetable=self.timetable,
+            ledger=self.ledger,
+            store=store,
+            runs=self.runs,
+            config=lambda: self.config,
+            paused=lambda: self.paused,
+            held=lambda: self.cluster.held,
+            clock=clock,
+            emit=self._emit,
+            tasks=self._tasks,
+            wake=self._wake,
+            # A test's clock has no overshoot: it wakes on the instant itself.
+            early=FIRE_EARLY if clock is utcnow else 0.0,
         )
         self._side_tasks: list[asyncio.Task[None]] = []
         self._reload_task: asyncio.Task[None] | None = None
@@ -289,8 +261,8 @@ class Supervisor:
             try:
                 sigguard.check(self._running_jobs)
                 self._check_clock(now)
-                self._claim_due(now)
-                self._start_ready(self.clock())
+                self.firing.claim_due(now)
+                self.firing.start_ready(self.clock())
                 self.intake.poll()
                 self._maybe_prune(now)
             except Exception:  # a bug of ours must not take every job down with it
@@ -329,18 +301,17 @@ class Supervisor:
         ahead: list[str] = []
         # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
         # their next fire: computed once (10,000 jobs, a few schedules).
-        self._next_memo = {}
-        for spec in self.config.jobs.values():
-            if not spec.enabled or spec.schedule is None:
-                continue
-            if spec.schedule.startup:
-                startup.append(self._fire(spec, now, TriggerKind.STARTUP))
-            recorded = last.get(spec.name)
-            if recorded is not None and recorded[0] > now + LATE_AFTER:
-                ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
-                recorded = None  # the clock went back since: schedule from now
-            self._schedule_job(spec.name, now, recorded)
-        self._next_memo = None
+        with self.timetable.sharing():
+            for spec in self.config.jobs.values():
+                if not spec.enabled or spec.schedule is None:
+                    continue
+                if spec.schedule.startup:
+                    startup.append(self.firing.fire(spec, now, TriggerKind.STARTUP))
+                recorded = last.get(spec.name)
+                if recorded is not None and recorded[0] > now + LATE_AFTER:
+                    ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
+                    recorded = None  # the clock went back since: schedule from now
+                self.timetable.schedule(spec.name, now, recorded)
         if ahead:
             log.warning(
                 "last recorded fires lie in the future (the wall clock was ahead, or stepped "
@@ -349,8 +320,8 @@ class Supervisor:
                 ", ".join(ahead),
             )
         if startup:
-            await self._claim(startup, now)
-            self._start_ready(now)
+            await self.firing.claim(startup, now)
+            self.firing.start_ready(now)
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
         states = list(self.jobs.values())
         for state in states[:PLAN_LINES]:
@@ -405,35 +376,6 @@ class Supervisor:
         local = state.next_fire.astimezone(get_zone(spec.timezone))
         return f"next fire {local.isoformat()} ({described})"
 
-    def _schedule_job(
-        self, name: str, now: datetime, last: tuple[datetime, str] | None = None
-    ) -> None:
-        """Put the job's next fire on the heap: after its last recorded fire when the schedule
-        is unchanged (so downtime is caught up), else after now (a changed schedule never
-        backfills)."""
-        state = self.jobs[name]
-        schedule = state.spec.schedule
-        state.generation += 1
-        state.next_fire = None
-        if schedule is None or not state.spec.enabled:
-            return
-        after = last[0] if last is not None and last[1] == schedule.key else now
-        memo = self._next_memo
-        if memo is None:
-            self._push(name, schedule.next_after(after))
-            return
-        key = (id(schedule), after)
-        if key not in memo:
-            memo[key] = schedule.next_after(after)
-        self._push(name, memo[key])
-
-    def _push(self, name: str, when: datetime | None) -> None:
-        state = self.jobs[name]
-        state.next_fire = when
-        if when is not None:
-            self._seq += 1
-            heapq.heappush(self._heap, (when, self._seq, name, state.generation))
-
     def _running_jobs(self) -> str:
         """Who may have changed the daemon's signal handling: the jobs running now."""
         names = [name for name, state in self.jobs.items() if state.running]
@@ -449,23 +391,10 @@ class Supervisor:
         poll = self.intake.wait(now.timestamp())
         if poll is not None:
             waits.append(poll)
-        while self._heap and not self._is_current(self._heap[0]):
-            heapq.heappop(self._heap)
-        claiming = self._claim_task is not None and not self._claim_task.done()
-        if self._heap and not claiming:  # a claim in flight wakes the loop when it ends
-            claim_at = self._heap[0][0] - self._claim_ahead
-            waits.append(max(0.0, (claim_at - now).total_seconds()))
-        instant = self.ledger.next_instant()
-        if instant is not None:
-            lead = self._lead(self.ledger.held_at(instant))
-            waits.append(max(0.0, (instant - now).total_seconds() - lead))
+        firing = self.firing.wait(now)
+        if firing is not None:
+            waits.append(firing)
         return min(waits, default=None)
-
-    def _lead(self, fires: int) -> float:
-        """How long before an instant with ``fires`` held fires the loop wakes (seconds)."""
-        if not self._early:
-            return 0.0
-        return min(self._early + PREPARE_MARGIN * fires * self._prepare_cost, LEAD_MAX)
 
     def _check_clock(self, now: datetime) -> None:
         """Notice a step of the wall clock (against the monotonic clock), say so once, and
@@ -473,8 +402,8 @@ class Supervisor:
         fire at most once whichever way the clock went."""
         if self._monotonic is None:
             return
-        if self._step_back is not None and now > self._step_back.until:
-            self._step_back = None  # the repeated wall times are behind us
+        if self.firing.stepped_back is not None and now > self.firing.stepped_back.until:
+            self.firing.stepped_back = None  # the repeated wall times are behind us
         offset = now.timestamp() - self._monotonic()
         previous, self._offset = self._offset, offset
         if previous is None or abs(offset - previous) < CLOCK_STEP:
@@ -496,9 +425,11 @@ class Supervisor:
                 # follow the clock fire at them again, under a key of their own
                 # (policy.repeats_after_step). With several nodes the others' clocks
                 # keep those times, so a second pass would run them twice.
-                self._step_back = step_back(now, timedelta(seconds=-step) + self._claim_ahead)
+                self.firing.stepped_back = step_back(
+                    now, timedelta(seconds=-step) + self.firing.claim_ahead
+                )
             for name in self.jobs:
-                self._schedule_job(name, now)
+                self.timetable.schedule(name, now)
 
     def _maybe_prune(self, now: datetime) -> None:
         """Apply keep_runs/keep_days at start and then hourly, in the background."""
@@ -523,311 +454,6 @@ class Supervisor:
         else:
             if removed:
                 log.info("pruned %d old run(s) from the history", removed)
-
-    def _is_current(self, entry: tuple[datetime, int, str, int]) -> bool:
-        state = self.jobs.get(entry[2])
-        return state is not None and state.generation == entry[3]
-
-    # --- firing ------------------------------------------------------------------------------
-
-    def _claim_due(self, now: datetime) -> None:
-        """Claim every fire due by ``now + _claim_ahead`` in one store write, in the
-        background: claimed fires wait in the ledger for their instant, and a slow or locked
-        store never holds up fires already claimed. Late fires go through catch_up."""
-        if self._claim_task is not None and not self._claim_task.done():
-            return  # one claim at a time; its end wakes the loop
-        fires: list[Fire] = []
-        advanced: list[tuple[str, int, datetime]] = []
-        horizon = now + self._claim_ahead
-        while self._heap and self._heap[0][0] <= horizon:
-            entry = heapq.heappop(self._heap)
-            if not self._is_current(entry):
-                continue
-            name = entry[2]
-            spec = self.jobs[name].spec
-            assert spec.schedule is not None
-            first = min(entry[0], self._retry_from.pop(name, entry[0]))
-            # An on-time fire is the common case; only a late wake-up looks for missed fires.
-            gap: Gap | None = None
-            if now - first <= LATE_AFTER:
-                due = [first]
-            else:
-                last = keep_last(spec.catch_up, self.config.settings.max_catch_up)
-                due, gap = due_fires(spec.schedule.next_after, first, now, keep_last=last)
-            fires.extend(self._decide(spec, due, now, gap))
-            advanced.append((name, self.jobs[name].generation, due[-1] if due else first))
-        if not fires:
-            return
-        self._claim_task = task = asyncio.create_task(self._claim_round(fires, advanced, now))
-        task.add_done_callback(lambda _: self._wake.set())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _claim_round(
-        self, fires: list[Fire], advanced: list[tuple[str, int, datetime]], now: datetime
-    ) -> None:
-        began = self.clock()
-        claimed = await self._claim(fires, now)
-        retry = timedelta(seconds=0 if claimed else self.ledger.backoff.next())
-        after = self.clock()
-        if claimed and self.store.multi_node:
-            # A slow claim (a busy database server) makes the next ones start earlier. Only
-            # with a shared store: a single SQLite daemon's claims are local writes, and its
-            # handling of a clock stepped back counts on the usual lead.
-            took = after - began
-            self._claim_ahead = min(
-                CLAIM_AHEAD_MAX, max(CLAIM_AHEAD, 3 * took, self._claim_ahead * 0.9)
-            )
-        for name, generation, last_due in advanced:
-            state = self.jobs.get(name)
-            if state is None or state.generation != generation or state.spec.schedule is None:
-                continue  # removed or rescheduled (reload, clock step) meanwhile
-            if claimed:
-                self._push(name, state.spec.schedule.next_after(last_due))
-            else:  # the store did not answer: claim again after the retry delay
-                self._push(name, after + self._claim_ahead + retry)
-
-    async def _claim(self, fires: list[Fire], now: datetime) -> bool:
-        """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the
-        others. False when the store did not answer: no fire runs unclaimed, so they are
-        remembered (``_retry_from``) and tried again, late but once."""
-        if self.paused:  # a paused job's fires are recorded `skipped (paused)`, not run
-            fires = [self._unless_paused(fire) for fire in fires]
-        apart = None
-        if self.store.multi_node:
-            apart = {f.job for f in fires if exclusive(self.jobs[f.job].spec.overlap)}
-        outcomes = await self.ledger.claim(fires, exclusive=apart)
-        if outcomes is None:
-            for fire in fires:
-                self._retry_from.setdefault(fire.job, fire.scheduled)
-            return False
-        missed: dict[str, list[Fire]] = {}
-        for fire, won in zip(fires, outcomes):
-            if not won:
-                log.debug(
-                    "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
-                )
-                continue
-            if won is Claim.BUSY:
-                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
-            if fire.status is RunStatus.CLAIMED:
-                self.ledger.hold(fire)
-            elif fire.status is RunStatus.MISSED:
-                missed.setdefault(fire.job, []).append(fire)
-            else:
-                self._emit_unrun(fire)
-        for job_fires in missed.values():
-            if len(job_fires) <= MISSED_EVENTS:
-                for fire in job_fires:
-                    self._emit_unrun(fire)
-            else:
-                first, last = job_fires[0], job_fires[-1]
-                self._emit_unrun(
-                    replace(
-                        last,
-                        error=(
-                            f"{len(job_fires)} fires from {first.scheduled.isoformat()} "
-                            f"to {last.scheduled.isoformat()} missed: {last.error}"
-                        ),
-                    )
-                )
-        return True
-
-    def _emit_unrun(self, fire: Fire) -> None:
-        kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
-        self._emit(
-            kind,
-            job=fire.job,
-            run_id=fire.run_id,
-            trigger=fire.trigger,
-            scheduled=fire.scheduled,
-            status=fire.status,
-            error=fire.error,
-            level=logging.WARNING,
-        )
-
-    def _start_ready(self, now: datetime) -> None:
-        """Start every claimed fire whose instant has come, or comes within the loop's lead
-        (then its run is prepared now and its body starts on the instant: burst.py);
-        overlap is decided now, for the fires due together against what ran before them (so
-        catch_up: all runs them all)."""
-        horizon = now
-        instant = self.ledger.next_instant()
-        if self._early and instant is not None:
-            horizon = now + timedelta(seconds=self._lead(self.ledger.held_at(instant)))
-        due = self.ledger.due(horizon)
-        if not due:
-            return
-        if now - due[0].scheduled > LATE_AFTER:
-            due = self._recheck_late(due, now)
-        if self.paused:  # paused after its claim, before its instant
-            due = [self._unless_paused(fire) for fire in due]
-        decided = [
-            self._overlap(f) if f.job in self.jobs and f.status is RunStatus.CLAIMED else f
-            for f in due
-        ]
-        unrun: list[Fire] = []
-        burst: Burst | None = None
-        prepared = time.perf_counter()
-        # No collector pass while runs are prepared and started: the objects the preparing
-        # makes are young, and a pass over them stops everything for milliseconds (a full
-        # one for tens); the next allocation after the burst collects them.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for fire in decided:
-                state = self.jobs.get(fire.job)
-                if state is None:  # removed by a reload after the claim
-                    self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
-                    self.runs.cancelled(
-                        fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
-                    )
-                    continue
-                if fire.status is not RunStatus.CLAIMED:
-                    unrun.append(fire)
-                    continue
-                at = max(fire.scheduled, now)
-                if burst is not None and burst.gate.instant != at:
-                    self._go(burst, prepared)
-                    burst, prepared = None, time.perf_counter()
-                if burst is None:
-                    burst = Burst(at)
-                self._emit(
-                    EventKind.FIRED,
-                    at=at,
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
-                )
-                self.runs.start(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
-        finally:
-            try:
-                if burst is not None:  # never leave a prepared run at its gate
-                    self._go(burst, prepared)
-            finally:
-                if collecting:
-                    gc.enable()
-        for fire in unrun:
-            self.ledger.unstarted(fire, fire.status, fire.error or "")
-            self._emit_unrun(fire)
-
-    def _go(self, burst: Burst, prepared: float) -> None:
-        """Wait for the burst's instant (the rest of the lead) and start its bodies."""
-        count = len(burst)
-        if self._early and count:
-            cost = (time.perf_counter() - prepared) / count
-            # Up at once, down slowly: one slow burst makes the next ones wake earlier.
-            self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
-            settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
-        burst.go(self.clock)
-
-    def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
-        """Claimed fires that come to start late (the loop or the store held them up) go
-        through catch_up like any late fire, judged against the fires due after them: the
-        ones it does not run are recorded missed."""
-        keep: list[Fire] = []
-        for fire in due:
-            state = self.jobs.get(fire.job)
-            late = now - fire.scheduled > LATE_AFTER
-            if state is None or not late or fire.trigger is not TriggerKind.SCHEDULE:
-                keep.append(fire)
-                continue
-            spec = state.spec
-            reason = late_claim_missed(
-                scheduled=fire.scheduled,
-                newer=spec.schedule.next_after(fire.scheduled) if spec.schedule else None,
-                now=now,
-                catch_up=spec.catch_up,
-                misfire_grace=spec.misfire_grace,
-            )
-            if reason is None:
-                keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
-                continue
-            self.ledger.unstarted(fire, RunStatus.MISSED, reason)
-            self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
-        return keep
-
-    def _decide(
-        self, spec: JobSpec, due: Sequence[datetime], now: datetime, gap: Gap | None = None
-    ) -> list[Fire]:
-        """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace;
-        a ``gap`` of fires not listed one by one becomes one missed row."""
-        summary: list[Fire] = []
-        if gap is not None:
-            why = missed_reason(spec.catch_up, True)
-            summary.append(
-                self._fire(
-                    spec,
-                    gap.first,
-                    TriggerKind.SCHEDULE,
-                    RunStatus.MISSED,
-                    f"{gap.describe()} missed: {why}",
-                )
-            )
-        if spec.name in self.cluster.held:
-            reason = f"held back: {self.cluster.held[spec.name]}"
-            return summary + [
-                self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in due
-            ]
-        catch, on_time, missed = split_due(
-            due,
-            now,
-            catch_up=spec.catch_up,
-            misfire_grace=spec.misfire_grace,
-            max_catch_up=self.config.settings.max_catch_up,
-        )
-        fires = [self._fire(spec, t, TriggerKind.CATCH_UP) for t in catch]
-        fires += [self._fire(spec, t, TriggerKind.SCHEDULE) for t in on_time]
-        reason = missed_reason(spec.catch_up, bool(on_time))
-        fires += [
-            self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in missed
-        ]
-        fires.sort(key=lambda f: f.scheduled)
-        return summary + fires
-
-    def _fire(
-        self,
-        spec: JobSpec,
-        when: datetime,
-        trigger: TriggerKind,
-        status: RunStatus = RunStatus.CLAIMED,
-        error: str | None = None,
-    ) -> Fire:
-        key = spec.schedule.key if spec.schedule is not None else ""
-        repeat = self._step_back
-        if (
-            repeat is not None
-            and trigger is not TriggerKind.STARTUP
-            and when <= repeat.until
-            and spec.schedule is not None
-            and repeats_after_step(spec.schedule, repeat)
-        ):
-            when += repeat.mark
-        return Fire(
-            job=spec.name,
-            scheduled=when,
-            trigger=trigger,
-            run_id=new_run_id(),
-            schedule_key=key,
-            status=status,
-            error=error,
-        )
-
-    def _overlap(self, fire: Fire) -> Fire:
-        """Apply the job's overlap policy to a fire that wants to run."""
-        state = self.jobs[fire.job]
-        busy = self.runs.busy(fire.job)
-        why = overlap_skip(state.spec.overlap, fire.trigger, busy, queued=bool(state.pending))
-        if why is None:
-            return fire
-        return replace(fire, status=RunStatus.SKIPPED, error=why)
-
-    def _unless_paused(self, fire: Fire) -> Fire:
-        """A fire of a paused job (``qtasks pause``) is recorded, not run."""
-        if fire.job not in self.paused or fire.status is not RunStatus.CLAIMED:
-            return fire
-        return replace(fire, status=RunStatus.SKIPPED, error="skipped (paused)")
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -874,7 +500,7 @@ class Supervisor:
             self.ledger.release(set(removed))
         for name in added:
             self.jobs[name] = JobState(spec=config.jobs[name])
-            self._schedule_job(name, now)
+            self.timetable.schedule(name, now)
         for name in changed:
             state = self.jobs[name]
             previous = state.spec
@@ -886,7 +512,7 @@ class Supervisor:
                 and previous.enabled == state.spec.enabled
             )
             if not same_time:
-                self._schedule_job(name, now)
+                self.timetable.schedule(name, now)
         if self.on_config is not None:
             self.on_config()
         self._emit(
@@ -899,8 +525,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for task in self._side_tasks:
             task.cancel()
-        if self._claim_task is not None:  # let a claim in flight land, so it can be released
-            await asyncio.wait({self._claim_task}, timeout=10)
+        await self.firing.landed()
         await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
         running = [t for t in self._tasks if not t.done()]
