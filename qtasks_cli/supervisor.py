@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
-from qtasks_cli import cancels, sigguard
-from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, utcnow
+from qtasks_cli import sigguard
+from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
 from qtasks_cli.durations import format_duration
 from qtasks_cli.events import Event, EventBus, EventKind
@@ -22,25 +22,22 @@ from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
     Config,
-    JobView,
     RunStatus,
     Snapshot,
     TriggerKind,
 )
 from qtasks_cli.policy import (
-    LATE_AFTER,
     step_back,
 )
+from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
-from qtasks_cli.store.base import Fire, RunRow, Store
+from qtasks_cli.stopping import stop_runs
+from qtasks_cli.store.base import RunRow, Store
 from qtasks_cli.timetable import JobState, Timetable
+from qtasks_cli.views import JobViews, plan
 
 log = logging.getLogger(__name__)
 
-# A difference this large between how far the wall clock and the monotonic clock moved
-# is a clock step (NTP, an operator, a resumed VM).
-CLOCK_STEP = 2.0
-PRUNE_EVERY = timedelta(hours=1)
 # While runs are in progress the loop wakes at least this often (seconds) to put back the
 # daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
 SIGNAL_CHECK = 1.0
@@ -72,8 +69,8 @@ class Supervisor:
         self.clock = clock
         # Clock steps are seen by comparing with the monotonic clock; a test that drives
         # ``clock`` by hand passes no monotonic clock and sees no steps.
-        self._monotonic = monotonic or (time.monotonic if clock is utcnow else None)
-        self._offset: float | None = None  # wall minus monotonic, seconds
+        monotonic = monotonic or (time.monotonic if clock is utcnow else None)
+        self._steps = StepWatch(monotonic) if monotonic is not None else None
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
@@ -144,10 +141,9 @@ class Supervisor:
             deliver=self.runs.start_queued,
             stopping=lambda: self._stopping,
         )
-        self._next_prune: datetime | None = None
-        self._prune_task: asyncio.Task[None] | None = None
+        self._pruner = Pruner(store, lambda: self.config.settings)
         self.ready = asyncio.Event()
-        self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
+        self._views = JobViews(self.jobs)  # for snapshot()
         # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs;
         # and a call after a new job file was applied (the operator's view changes).
         self.paused: frozenset[str] = frozenset()
@@ -187,14 +183,10 @@ class Supervisor:
 
     def snapshot(self) -> Snapshot:
         """The daemon's state now, for displays; cheap enough to call a few times a second."""
-        abandoned: dict[str, int] = {}
-        for job in self.runtime.abandoned.values():
-            abandoned[job] = abandoned.get(job, 0) + 1
-        views = tuple(self._view(name, s, abandoned.get(name, 0)) for name, s in self.jobs.items())
         return Snapshot(
             now=self.clock(),
             started_at=self.started_at,
-            jobs=views,
+            jobs=self._views.views(paused=self.paused, abandoned=self.runtime.abandoned),
             running=self.runs.running,
             queued=self.runs.queued,
             state=self.store.location,
@@ -203,38 +195,6 @@ class Supervisor:
             abandoned=len(self.runtime.abandoned),
             paused_jobs=tuple(sorted(self.paused)),
         )
-
-    def _view(self, name: str, state: JobState, abandoned: int) -> JobView:
-        """The job's view, reused while nothing in it changed: building 1,000 views (and
-        describing 1,000 schedules) on every redraw of the live table would cost the loop
-        milliseconds."""
-        spec = state.spec
-        paused = name in self.paused
-        key = (spec, state.next_fire, state.running, state.waiting, len(state.pending), paused,
-               abandoned)  # fmt: skip
-        cached = self._views.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if cached is not None and cached[0][0] is spec:
-            words = cached[1].schedule
-        else:
-            words = spec.schedule.describe() if spec.schedule else "only when triggered"
-        view = JobView(
-            name=name,
-            schedule=words,
-            enabled=spec.enabled,
-            next_fire=state.next_fire,
-            running=state.running - state.waiting,
-            pending=len(state.pending),
-            max_attempts=spec.retry.attempts,
-            paused=paused,
-            waiting=state.waiting,
-            abandoned=abandoned,
-        )
-        if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
-            self._views.clear()
-        self._views[name] = (key, view)
-        return view
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -264,7 +224,7 @@ class Supervisor:
                 self.firing.claim_due(now)
                 self.firing.start_ready(self.clock())
                 self.intake.poll()
-                self._maybe_prune(now)
+                self._pruner.maybe(now)
             except Exception:  # a bug of ours must not take every job down with it
                 log.exception("the supervisor loop failed; carrying on")
             await self.timer.wait(self._sleep_for(), self._wake)
@@ -274,8 +234,7 @@ class Supervisor:
     async def _start(self) -> None:
         now = self.clock()
         self.started_at = now
-        self.jobs.clear()
-        self.jobs.update((spec.name, JobState(spec=spec)) for spec in self.config.jobs.values())
+        self.timetable.fill(self.config.jobs)
         if self.store.multi_node:
             await self.cluster.touch(now)
         # A store that is locked, full or unreachable at start-up is waited for (and said
@@ -297,21 +256,12 @@ class Supervisor:
         if last is None:
             return  # asked to stop while waiting for the store
         now = self.clock()
-        startup: list[Fire] = []
-        ahead: list[str] = []
-        # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
-        # their next fire: computed once (10,000 jobs, a few schedules).
-        with self.timetable.sharing():
-            for spec in self.config.jobs.values():
-                if not spec.enabled or spec.schedule is None:
-                    continue
-                if spec.schedule.startup:
-                    startup.append(self.firing.fire(spec, now, TriggerKind.STARTUP))
-                recorded = last.get(spec.name)
-                if recorded is not None and recorded[0] > now + LATE_AFTER:
-                    ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
-                    recorded = None  # the clock went back since: schedule from now
-                self.timetable.schedule(spec.name, now, recorded)
+        ahead = self.timetable.schedule_all(self.config.jobs, now, last)
+        startup = [
+            self.firing.fire(spec, now, TriggerKind.STARTUP)
+            for spec in self.config.jobs.values()
+            if spec.enabled and spec.schedule is not None and spec.schedule.startup
+        ]
         if ahead:
             log.warning(
                 "last recorded fires lie in the future (the wall clock was ahead, or stepped "
@@ -325,7 +275,7 @@ class Supervisor:
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
         states = list(self.jobs.values())
         for state in states[:PLAN_LINES]:
-            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state, words))
+            self._emit(EventKind.NOTICE, job=state.spec.name, message=plan(state, words))
         if len(states) > PLAN_LINES:
             # Ten thousand plan lines would be noise, and their records the start-up's
             # largest use of memory.
@@ -358,24 +308,6 @@ class Supervisor:
             level=logging.WARNING,
         )
 
-    @staticmethod
-    def _plan(state: JobState, words: dict[int, str]) -> str:
-        spec = state.spec
-        if not spec.enabled:
-            return "disabled"
-        schedule = spec.schedule
-        if schedule is None:
-            return "no schedule; runs when triggered"
-        described = words.get(id(schedule))
-        if described is None:
-            described = words[id(schedule)] = schedule.describe()
-        if state.next_fire is None:
-            return f"no further fires ({described})"
-        from qtasks_cli.zones import get_zone
-
-        local = state.next_fire.astimezone(get_zone(spec.timezone))
-        return f"next fire {local.isoformat()} ({described})"
-
     def _running_jobs(self) -> str:
         """Who may have changed the daemon's signal handling: the jobs running now."""
         names = [name for name, state in self.jobs.items() if state.running]
@@ -400,15 +332,13 @@ class Supervisor:
         """Notice a step of the wall clock (against the monotonic clock), say so once, and
         compute every next fire from the present; the unique (job, time) key keeps every
         fire at most once whichever way the clock went."""
-        if self._monotonic is None:
+        if self._steps is None:
             return
         if self.firing.stepped_back is not None and now > self.firing.stepped_back.until:
             self.firing.stepped_back = None  # the repeated wall times are behind us
-        offset = now.timestamp() - self._monotonic()
-        previous, self._offset = self._offset, offset
-        if previous is None or abs(offset - previous) < CLOCK_STEP:
+        step = self._steps.step(now)
+        if not step:
             return
-        step = offset - previous
         direction = "forward" if step > 0 else "back"
         log.warning(
             "the wall clock stepped %s by %s; computing every next fire from now (%s)",
@@ -430,30 +360,6 @@ class Supervisor:
                 )
             for name in self.jobs:
                 self.timetable.schedule(name, now)
-
-    def _maybe_prune(self, now: datetime) -> None:
-        """Apply keep_runs/keep_days at start and then hourly, in the background."""
-        if self._next_prune is not None and now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY
-        settings = self.config.settings
-        if settings.keep_runs is None and settings.keep_days is None:
-            return
-        if self._prune_task is not None and not self._prune_task.done():
-            return
-        self._prune_task = asyncio.create_task(self._prune(now))
-
-    async def _prune(self, now: datetime) -> None:
-        settings = self.config.settings
-        try:
-            removed = await self.store.prune(
-                keep_runs=settings.keep_runs, keep_days=settings.keep_days, now=now
-            )
-        except Exception as exc:
-            log.warning("cannot prune history in %s: %s", self.store.location, exc)
-        else:
-            if removed:
-                log.info("pruned %d old run(s) from the history", removed)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -480,45 +386,18 @@ class Supervisor:
     def apply_config(self, config: Config) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
         progress are not touched."""
-        from qtasks_cli.digests import fingerprint
-
-        old = self.config.jobs
-        now = self.clock()
-        added = [n for n in config.jobs if n not in old]
-        removed = [n for n in old if n not in config.jobs]
-        changed = [
-            n
-            for n in config.jobs
-            if n in old and fingerprint(old[n]) != fingerprint(config.jobs[n])
-        ]
+        changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock())
         self.config = config
         self.cluster.config_changed()
-        for name in removed:
-            state = self.jobs.pop(name)
-            state.generation += 1
-        if removed:
-            self.ledger.release(set(removed))
-        for name in added:
-            self.jobs[name] = JobState(spec=config.jobs[name])
-            self.timetable.schedule(name, now)
-        for name in changed:
-            state = self.jobs[name]
-            previous = state.spec
-            state.spec = config.jobs[name]
-            same_time = (
-                previous.schedule is not None
-                and state.spec.schedule is not None
-                and previous.schedule.key == state.spec.schedule.key
-                and previous.enabled == state.spec.enabled
-            )
-            if not same_time:
-                self.timetable.schedule(name, now)
+        if changes.removed:
+            self.ledger.release(set(changes.removed))
         if self.on_config is not None:
             self.on_config()
         self._emit(
             EventKind.RELOADED,
             message=(
-                f"{config.path}: {len(added)} added, {len(removed)} removed, {len(changed)} changed"
+                f"{config.path}: {len(changes.added)} added, {len(changes.removed)} removed, "
+                f"{len(changes.changed)} changed"
             ),
         )
 
@@ -528,30 +407,13 @@ class Supervisor:
         await self.firing.landed()
         await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
-        running = [t for t in self._tasks if not t.done()]
-        if running:
-            self._emit(
-                EventKind.NOTICE,
-                message=f"stopping: waiting up to {grace:g}s for "
-                + _runs_in_words(len(running), self.runs.waiting, "running job(s)"),
-            )
-            _, still = await asyncio.wait(running, timeout=grace)
-            if still:
-                waiting = self.runs.waiting  # of those, the ones that never got a slot
-                for task in still:
-                    name = task.get_name()
-                    if name.startswith("qtasks:"):  # a run's task (_start_run names it)
-                        why = self.runtime.why_cancelled
-                        why.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
-                    task.cancel()
-                await asyncio.wait(still, timeout=5)
-                self._emit(
-                    EventKind.NOTICE,
-                    level=logging.WARNING,
-                    message="abandoned "
-                    + _runs_in_words(len(still), waiting, "run(s) still running")
-                    + " after shutdown_grace",
-                )
+        await stop_runs(
+            self._tasks,
+            grace=grace,
+            waiting=lambda: self.runs.waiting,
+            why_cancelled=self.runtime.why_cancelled,
+            emit=self._emit,
+        )
         await self.ledger.release_fires(self.runs.take_unstarted())
         if await self.runtime.settle_hooks(grace):  # the runs are recorded already
             log.warning("hooks still running after shutdown_grace were abandoned")
@@ -563,12 +425,3 @@ class Supervisor:
 
     def _emit(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock() if at is None else at, **fields))
-
-
-def _runs_in_words(tasks: int, waiting: int, what: str) -> str:
-    """``2 running job(s) and 1 run(s) waiting for a free slot``: tasks of runs, of which
-    ``waiting`` have no slot yet (they are not running)."""
-    parts = [f"{tasks - waiting} {what}"] if tasks > waiting else []
-    if waiting:
-        parts.append(f"{waiting} run(s) waiting for a free slot")
-    return " and ".join(parts)

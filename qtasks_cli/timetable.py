@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from qtasks_cli.models import JobSpec, TriggerKind
+from qtasks_cli.policy import LATE_AFTER
 
 # A run waiting behind its job's run in progress: run id, trigger, scheduled, args, kwargs.
 Pending = tuple[str, TriggerKind, datetime | None, Any, Any]
@@ -33,6 +34,15 @@ class JobState:
     running: int = 0
     waiting: int = 0  # of the running ones, those still waiting for a slot
     pending: list[Pending] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Changes:
+    """The jobs a new job file added, removed and changed (by fingerprint)."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
 
 
 # One heap entry: when, a sequence number (ties keep their order), job, generation.
@@ -57,6 +67,64 @@ class Timetable:
             yield
         finally:
             self._memo = None
+
+    def fill(self, specs: Mapping[str, JobSpec]) -> None:
+        """Hold ``specs`` (the job file's, at the start), none of them scheduled yet."""
+        self.jobs.clear()
+        self.jobs.update((spec.name, JobState(spec=spec)) for spec in specs.values())
+
+    def schedule_all(
+        self, specs: Mapping[str, JobSpec], now: datetime, last: Mapping[str, tuple[datetime, str]]
+    ) -> list[str]:
+        """Schedule each job from its ``last`` recorded fire (time, schedule key). A last
+        fire in the future (the wall clock was ahead, or stepped back since) is ignored:
+        that job is scheduled from now, and it is returned as ``job (time)``; each
+        (job, time) still runs at most once."""
+        ahead: list[str] = []
+        # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
+        # their next fire: computed once (10,000 jobs, a few schedules).
+        with self.sharing():
+            for spec in specs.values():
+                if not spec.enabled or spec.schedule is None:
+                    continue
+                recorded = last.get(spec.name)
+                if recorded is not None and recorded[0] > now + LATE_AFTER:
+                    ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
+                    recorded = None  # the clock went back since: schedule from now
+                self.schedule(spec.name, now, recorded)
+        return ahead
+
+    def apply(
+        self, old: Mapping[str, JobSpec], specs: Mapping[str, JobSpec], now: datetime
+    ) -> Changes:
+        """Go from the ``old`` job file's specs to a new one's ``specs``: added jobs are
+        scheduled from ``now``, removed ones dropped (their heap entries go stale), changed
+        ones take the new spec and are scheduled afresh unless their schedule and
+        ``enabled`` are the same. Runs in progress are not touched."""
+        from qtasks_cli.digests import fingerprint
+
+        added = [n for n in specs if n not in old]
+        removed = [n for n in old if n not in specs]
+        changed = [n for n in specs if n in old and fingerprint(old[n]) != fingerprint(specs[n])]
+        for name in removed:
+            state = self.jobs.pop(name)
+            state.generation += 1
+        for name in added:
+            self.jobs[name] = JobState(spec=specs[name])
+            self.schedule(name, now)
+        for name in changed:
+            state = self.jobs[name]
+            previous = state.spec
+            state.spec = specs[name]
+            same_time = (
+                previous.schedule is not None
+                and state.spec.schedule is not None
+                and previous.schedule.key == state.spec.schedule.key
+                and previous.enabled == state.spec.enabled
+            )
+            if not same_time:
+                self.schedule(name, now)
+        return Changes(added=added, removed=removed, changed=changed)
 
     def schedule(self, name: str, now: datetime, last: tuple[datetime, str] | None = None) -> None:
         """Put the job's next fire on the heap: after its last recorded fire (``last``: time
