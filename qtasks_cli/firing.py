@@ -37,7 +37,7 @@ from qtasks_cli.policy import (
     late_claim_missed,
     missed_reason,
     overlap_skip,
-    repeats_after_step,
+    second_pass,
     split_due,
 )
 from qtasks_cli.store import new_run_id
@@ -397,19 +397,13 @@ class Firing:
         status: RunStatus = RunStatus.CLAIMED,
         error: str | None = None,
     ) -> Fire:
+        """A new fire of ``spec`` at ``when`` (marked if it repeats a wall time after a step
+        of the clock back: policy.second_pass)."""
         key = spec.schedule.key if spec.schedule is not None else ""
-        repeat = self.stepped_back
-        if (
-            repeat is not None
-            and trigger is not TriggerKind.STARTUP
-            and when <= repeat.until
-            and spec.schedule is not None
-            and repeats_after_step(spec.schedule, repeat)
-        ):
-            when += repeat.mark
+        startup = trigger is TriggerKind.STARTUP
         return Fire(
             job=spec.name,
-            scheduled=when,
+            scheduled=second_pass(when, spec.schedule, self.stepped_back, startup=startup),
             trigger=trigger,
             run_id=new_run_id(),
             schedule_key=key,

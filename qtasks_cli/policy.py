@@ -242,3 +242,15 @@ def exclusive(policy: Overlap) -> bool:
     """Whether a shared store keeps the job's runs apart across nodes (a claim while another
     node runs the job comes back busy)."""
     return policy is not Overlap.ALLOW
+
+
+def second_pass(
+    when: datetime, schedule: object | None, step: StepBack | None, *, startup: bool
+) -> datetime:
+    """The time to record a fire at ``when`` under: ``when`` itself, or ``when`` plus
+    ``step.mark`` when it repeats a wall time after the clock stepped back (``step``, still
+    in effect up to ``step.until``) and the job fires again then (``repeats_after_step``).
+    A startup fire is never a second pass."""
+    if step is None or startup or schedule is None or when > step.until:
+        return when
+    return when + step.mark if repeats_after_step(schedule, step) else when

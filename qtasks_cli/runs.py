@@ -114,16 +114,7 @@ class Runs:
             for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
                 if pending_id == run_id:
                     del state.pending[index]
-                    result = never_ran(
-                        job=state.spec.name,
-                        run_id=run_id,
-                        trigger=trigger,
-                        scheduled=scheduled,
-                        ended=self.clock(),
-                        status=RunStatus.CANCELLED,
-                        error=reason,
-                    )
-                    self.cancelled(state.spec.name, run_id, trigger, scheduled, reason)
+                    result = self._never_started(state.spec, run_id, trigger, scheduled, reason)
                     self._background(self.ledger.finish(result))
                     return True
         suffix = f":{run_id}"
@@ -145,6 +136,27 @@ class Runs:
                 time=self.clock(),
             )
         )  # fmt: skip
+
+    def _never_started(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        reason: str,
+    ) -> RunResult:
+        """The outcome of a run cancelled before its body started, reported once."""
+        result = never_ran(
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            ended=self.clock(),
+            status=RunStatus.CANCELLED,
+            error=reason,
+        )
+        self.cancelled(spec.name, run_id, trigger, scheduled, reason)
+        return result
 
     def runs_in_hand(self) -> dict[str, str]:
         """Every run this daemon holds (run id -> job): run tasks, claims waiting for their
@@ -265,16 +277,7 @@ class Runs:
             if isinstance(so_far, RunResult):  # the executor reported its end
                 result = replace(so_far, error=reason)
             else:  # cancelled waiting for a slot, or before the request began
-                result = never_ran(
-                    job=spec.name,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    ended=self.clock(),
-                    status=RunStatus.CANCELLED,
-                    error=reason,
-                )
-                self.cancelled(spec.name, run_id, trigger, scheduled, reason)
+                result = self._never_started(spec, run_id, trigger, scheduled, reason)
             raise
         finally:
             if run_id in self._let_go:  # concluded elsewhere: nothing to record here

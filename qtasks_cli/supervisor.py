@@ -1,5 +1,13 @@
-"""The daemon's loop: due fires, overlap, the concurrency cap, catch-up, queued triggers, reload
-and graceful stop. Clock and timer are injected so tests control time."""
+"""The daemon's loop, which wires the parts: it sleeps until the next thing due or a wake-up,
+then asks each part to do its share, and stops gracefully when asked.
+
+The parts, each in a module of its own: ``timetable`` (the job table and the heap of next
+fires), ``firing`` (claims ahead of the instant, then starts on it), ``runs`` (a run through
+the executor, overlap queues, cancels), ``intake`` (handed-over requests), ``cluster``
+(heartbeats and reaping on a shared store), ``ledger`` (claim -> start -> finish),
+``pruning``, ``views`` (the snapshot) and ``stopping``; ``policy`` decides. Signal handlers
+only flip state here (``request_stop``, ``request_reload``). Clock and timer are injected so
+tests control time."""
 
 from __future__ import annotations
 
@@ -26,9 +34,7 @@ from qtasks_cli.models import (
     Snapshot,
     TriggerKind,
 )
-from qtasks_cli.policy import (
-    step_back,
-)
+from qtasks_cli.policy import step_back
 from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
 from qtasks_cli.stopping import stop_runs

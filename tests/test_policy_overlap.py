@@ -22,8 +22,11 @@ from qtasks_cli.policy import (
     late_claim_missed,
     missed_reason,
     overlap_skip,
+    second_pass,
+    step_back,
     waits_behind,
 )
+from qtasks_cli.schedule import parse_schedule
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 BUSY = "previous run still running"
@@ -124,3 +127,18 @@ def test_a_late_claimed_fire_runs_only_as_catch_up_allows(
         assert (why is None) is newest
     if why is not None:
         assert why == missed_reason(catch_up, not newest)
+
+
+def test_a_second_pass_after_a_step_back_is_marked_only_where_the_job_repeats() -> None:
+    from zoneinfo import ZoneInfo
+
+    step = step_back(NOW, timedelta(seconds=90))
+    every_minute = parse_schedule("* * * * *", ZoneInfo("UTC"))
+    fixed = parse_schedule("30 2 * * *", ZoneInfo("UTC"))
+    inside = NOW + timedelta(seconds=30)
+    assert second_pass(inside, every_minute, step, startup=False) == inside + step.mark
+    assert second_pass(inside, fixed, step, startup=False) == inside  # fires once
+    assert second_pass(inside, every_minute, step, startup=True) == inside
+    assert second_pass(inside, every_minute, None, startup=False) == inside
+    after = step.until + timedelta(seconds=1)  # past the repeated wall times
+    assert second_pass(after, every_minute, step, startup=False) == after
