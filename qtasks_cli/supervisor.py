@@ -2,12 +2,12 @@
 then asks each part to do its share, and stops gracefully when asked.
 
 The parts, each in a module of its own: ``timetable`` (the job table and the heap of next
-fires), ``firing`` (claims ahead of the instant, then starts on it), ``runs`` (a run through
-the executor, overlap queues, cancels), ``intake`` (handed-over requests), ``cluster``
-(heartbeats and reaping on a shared store), ``ledger`` (claim -> start -> finish),
-``pruning``, ``views`` (the snapshot) and ``stopping``; ``policy`` decides. Signal handlers
-only flip state here (``request_stop``, ``request_reload``). Clock and timer are injected so
-tests control time."""
+fires), ``claims`` (fires claimed ahead of their instant), ``firing`` (started on it),
+``runs`` (a run through the executor, overlap queues, cancels), ``intake`` (handed-over
+requests), ``cluster`` (heartbeats and reaping on a shared store), ``ledger`` (claim ->
+start -> finish), ``pruning``, ``views`` (the snapshot) and ``stopping``; ``policy`` decides.
+Signal handlers only flip state here (``request_stop``, ``request_reload``). Clock and timer
+are injected so tests control time."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from qtasks_cli import sigguard
+from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
-from qtasks_cli.durations import format_duration
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.executor import Runtime
-from qtasks_cli.firing import CLAIM_RETRY, CLAIM_RETRY_MAX, Firing
+from qtasks_cli.firing import Firing
 from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
@@ -34,7 +34,6 @@ from qtasks_cli.models import (
     Snapshot,
     TriggerKind,
 )
-from qtasks_cli.policy import step_back
 from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
 from qtasks_cli.stopping import stop_runs
@@ -120,12 +119,11 @@ class Supervisor:
             rerun_jobs=self._rerun_jobs,
             stopping=lambda: self._stopping,
         )
-        self.firing = Firing(
+        self.claims = Claims(
             jobs=self.jobs,
             timetable=self.timetable,
             ledger=self.ledger,
             store=store,
-            runs=self.runs,
             config=lambda: self.config,
             paused=lambda: self.paused,
             held=lambda: self.cluster.held,
@@ -133,6 +131,14 @@ class Supervisor:
             emit=self._emit,
             tasks=self._tasks,
             wake=self._wake,
+        )
+        self.firing = Firing(
+            jobs=self.jobs,
+            ledger=self.ledger,
+            runs=self.runs,
+            paused=lambda: self.paused,
+            clock=clock,
+            emit=self._emit,
             # A test's clock has no overshoot: it wakes on the instant itself.
             early=FIRE_EARLY if clock is utcnow else 0.0,
         )
@@ -227,7 +233,7 @@ class Supervisor:
             try:
                 sigguard.check(self._running_jobs)
                 self._check_clock(now)
-                self.firing.claim_due(now)
+                self.claims.claim_due(now)
                 self.firing.start_ready(self.clock())
                 self.intake.poll()
                 self._pruner.maybe(now)
@@ -264,7 +270,7 @@ class Supervisor:
         now = self.clock()
         ahead = self.timetable.schedule_all(self.config.jobs, now, last)
         startup = [
-            self.firing.fire(spec, now, TriggerKind.STARTUP)
+            self.claims.fire(spec, now, TriggerKind.STARTUP)
             for spec in self.config.jobs.values()
             if spec.enabled and spec.schedule is not None and spec.schedule.startup
         ]
@@ -276,7 +282,7 @@ class Supervisor:
                 ", ".join(ahead),
             )
         if startup:
-            await self.firing.claim(startup, now)
+            await self.claims.claim(startup, now)
             self.firing.start_ready(now)
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
         states = list(self.jobs.values())
@@ -329,43 +335,13 @@ class Supervisor:
         poll = self.intake.wait(now.timestamp())
         if poll is not None:
             waits.append(poll)
-        firing = self.firing.wait(now)
-        if firing is not None:
-            waits.append(firing)
+        waits += [w for w in (self.claims.wait(now), self.firing.wait(now)) if w is not None]
         return min(waits, default=None)
 
     def _check_clock(self, now: datetime) -> None:
-        """Notice a step of the wall clock (against the monotonic clock), say so once, and
-        compute every next fire from the present; the unique (job, time) key keeps every
-        fire at most once whichever way the clock went."""
-        if self._steps is None:
-            return
-        if self.firing.stepped_back is not None and now > self.firing.stepped_back.until:
-            self.firing.stepped_back = None  # the repeated wall times are behind us
-        step = self._steps.step(now)
-        if not step:
-            return
-        direction = "forward" if step > 0 else "back"
-        log.warning(
-            "the wall clock stepped %s by %s; computing every next fire from now (%s)",
-            direction,
-            format_duration(timedelta(seconds=round(abs(step)))),
-            now.isoformat(),
-        )
-        if step < 0:
-            # Fires claimed for what is now the far future would start late by the step:
-            # give the claims back and schedule afresh from the present.
-            self.ledger.release()
-            if not self.store.multi_node:
-                # The wall times up to where the clock was come round again; jobs that
-                # follow the clock fire at them again, under a key of their own
-                # (policy.repeats_after_step). With several nodes the others' clocks
-                # keep those times, so a second pass would run them twice.
-                self.firing.stepped_back = step_back(
-                    now, timedelta(seconds=-step) + self.firing.claim_ahead
-                )
-            for name in self.jobs:
-                self.timetable.schedule(name, now)
+        """Notice a step of the wall clock (clock.StepWatch); the claims react to it."""
+        if self._steps is not None:
+            self.claims.after_step(now, self._steps.step(now))
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -410,7 +386,7 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for task in self._side_tasks:
             task.cancel()
-        await self.firing.landed()
+        await self.claims.landed()
         await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
         await stop_runs(
