@@ -188,8 +188,9 @@ class Claims:
         """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the
         others. False when the store did not answer: no fire runs unclaimed, so they are
         remembered (``_retry_from``) and tried again, late but once."""
-        if self._paused():  # a paused job's fires are recorded `skipped (paused)`, not run
-            fires = [unless_paused(fire, self._paused()) for fire in fires]
+        paused = self._paused()
+        if paused:  # a paused job's fires are recorded `skipped (paused)`, not run
+            fires = [unless_paused(fire, paused) for fire in fires]
         apart = None
         if self.store.multi_node:
             apart = {f.job for f in fires if exclusive(self.jobs[f.job].spec.overlap)}

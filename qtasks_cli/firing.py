@@ -89,8 +89,9 @@ class Firing:
             return
         if now - due[0].scheduled > LATE_AFTER:
             due = self._recheck_late(due, now)
-        if self._paused():  # paused after its claim, before its instant
-            due = [unless_paused(fire, self._paused()) for fire in due]
+        paused = self._paused()
+        if paused:  # paused after its claim, before its instant
+            due = [unless_paused(fire, paused) for fire in due]
         decided = [
             self._overlap(f) if f.job in self.jobs and f.status is RunStatus.CLAIMED else f
             for f in due
