@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
     from qtasks_cli.timetable import JobState, Timetable
 
-log = logging.getLogger(__name__)
+# The daemon loop's logger, as before the loop was split: its records keep their name (the
+# JSON log's "logger", the store-error count of metrics.py).
+log = logging.getLogger("qtasks_cli.supervisor")
 
 # Claims are written this long before a fire's instant, so that at the instant the
 # bodies start with no database write in between (ledger.py).

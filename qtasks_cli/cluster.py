@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from qtasks_cli.models import Config
     from qtasks_cli.store.base import NodeInfo, RunRow, Store
 
-log = logging.getLogger(__name__)
+# The daemon loop's logger, as before the loop was split: its records keep their name (the
+# JSON log's "logger", the store-error count of metrics.py).
+log = logging.getLogger("qtasks_cli.supervisor")
 
 # How often a node heartbeats (seconds); at most a third of node_timeout.
 HEARTBEAT_EVERY = 5.0

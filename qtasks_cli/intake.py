@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from qtasks_cli.clock import Wakeup
     from qtasks_cli.store.base import QueuedRun, Store
 
-log = logging.getLogger(__name__)
+# The daemon loop's logger, as before the loop was split: its records keep their name (the
+# JSON log's "logger", the store-error count of metrics.py).
+log = logging.getLogger("qtasks_cli.supervisor")
 
 # How often the daemon asks the store whether requests were handed over (seconds).
 QUEUE_POLL = 1.0

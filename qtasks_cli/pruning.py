@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from qtasks_cli.models import Settings
     from qtasks_cli.store.base import Store
 
-log = logging.getLogger(__name__)
+# The daemon loop's logger, as before the loop was split: its records keep their name (the
+# JSON log's "logger", the store-error count of metrics.py).
+log = logging.getLogger("qtasks_cli.supervisor")
 
 PRUNE_EVERY = timedelta(hours=1)
 
