@@ -77,7 +77,7 @@ async def _serve(config_path: Any, options: argparse.Namespace) -> tuple[dict[st
     profile = cProfile.Profile()
     profiling = not options.no_profile
     go = burst.Burst.go
-    start_ready = supervisor._start_ready
+    start_ready = supervisor.firing.start_ready
 
     def timed_go(self: Any, now: Any) -> None:
         began = time.time()
@@ -98,7 +98,7 @@ async def _serve(config_path: Any, options: argparse.Namespace) -> tuple[dict[st
         marks["woke"].append(began)
 
     burst.Burst.go = timed_go  # type: ignore[method-assign]
-    supervisor._start_ready = timed_start_ready  # type: ignore[method-assign]
+    supervisor.firing.start_ready = timed_start_ready  # type: ignore[method-assign]
     task = asyncio.create_task(supervisor.run())
     await supervisor.ready.wait()
     await asyncio.sleep(options.seconds)

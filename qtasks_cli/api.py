@@ -446,7 +446,7 @@ async def _serve(
 
         listener = Listener(state_location(config, state), supervisor.nudge, controller.poke)
         if listener.start():
-            supervisor.queue_poll = WOKEN_QUEUE_POLL
+            supervisor.intake.poll_every = WOKEN_QUEUE_POLL
             controller.woken = True  # commands arrive as datagrams: no need to look for them
     else:
         store.on_control = controller.poke  # commands arrive as NOTIFY
@@ -514,7 +514,7 @@ async def _operator_channel(
     capture = Capture()
     capture.install()
     bus.subscribe(capture.sink)
-    supervisor.output_of = capture.take
+    supervisor.runs.output_of = capture.take
     if metrics is not None:
         metrics.attach(controller)
     return controller

@@ -1,5 +1,5 @@
 """Time for the daemon's loop: UTC now, the wake-up the loop sleeps on, the timer tests
-replace, and the fine wait to a fire's instant.
+replace, the fine wait to a fire's instant, and the watch for steps of the wall clock.
 
 Why the loop wakes early (README, "Firing on the instant"): an asyncio timer wakes the loop a
 little after its deadline (the selector's timeout is rounded up to the millisecond, and a
@@ -102,3 +102,26 @@ class Timer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
         wake.clear()
+
+
+# A difference this large between how far the wall clock and the monotonic clock moved
+# is a clock step (NTP, an operator, a resumed VM), in seconds.
+CLOCK_STEP = 2.0
+
+
+class StepWatch:
+    """Notices steps of the wall clock by comparing it with the monotonic clock."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._offset: float | None = None  # wall minus monotonic, seconds
+
+    def step(self, now: datetime) -> float:
+        """How far the wall clock (``now``, aware) stepped since the last call, in seconds
+        (negative: back); 0.0 at the first call and while it moved with the monotonic clock
+        (by less than ``CLOCK_STEP``)."""
+        offset = now.timestamp() - self._monotonic()
+        previous, self._offset = self._offset, offset
+        if previous is None or abs(offset - previous) < CLOCK_STEP:
+            return 0.0
+        return offset - previous

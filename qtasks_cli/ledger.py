@@ -150,9 +150,11 @@ def never_ran(
     ended: datetime,
     status: RunStatus,
     error: str,
+    error_type: str | None = None,
 ) -> RunResult:
     """The outcome of a run whose body never started (skipped, missed, cancelled before it
-    began): no start time, no attempts; ``ended`` is aware UTC."""
+    began, a request for a job the file does not have): no start time, no attempts;
+    ``ended`` is aware UTC."""
     return RunResult(
         job=job,
         run_id=run_id,
@@ -163,6 +165,7 @@ def never_ran(
         attempts=0,
         status=status,
         error=error,
+        error_type=error_type,
     )
 
 

@@ -1,7 +1,10 @@
-"""Pure firing decisions: which fires of a job are due, with bounded work after a long gap.
+"""Pure firing decisions: which fires of a job are due (with bounded work after a long gap),
+catch-up, overlap and the reasons a fire did not run.
 
 Nothing here reads the clock: ``now`` is an argument (aware UTC), so the rules are tested
-without waiting.
+without waiting. This is the one place that decides overlap (``busy_reason``,
+``overlap_skip``, ``waits_behind``, ``exclusive``): the loop asks before a fire starts, and a
+shared store keeps a job's runs apart across nodes for the jobs ``exclusive`` names.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from qtasks_cli.models import CatchUp
+from qtasks_cli.models import CatchUp, Overlap, TriggerKind
 
 # A fire started more than this after its time counts as late and goes through catch_up.
 LATE_AFTER = timedelta(seconds=1)
 # Fires enumerated one by one from the first due fire before the rest of a long gap is
 # summarised (a clock jumping forward a day must not cost 86,400 rows for a per-second job).
 EXACT_LIMIT = 100
+# Runs handed over through the store: begun durably before their body (ledger.py), and never
+# skipped by overlap (they wait for the run in progress instead).
+HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -168,3 +174,83 @@ def repeats_after_step(schedule: object, step: StepBack) -> bool:
     if getattr(schedule, "startup", False):
         return False
     return step.large or not getattr(schedule, "fixed", False)
+
+
+def late_claim_missed(
+    *,
+    scheduled: datetime,
+    newer: datetime | None,
+    now: datetime,
+    catch_up: CatchUp,
+    misfire_grace: timedelta,
+) -> str | None:
+    """Why a claimed fire that comes to start late (more than ``LATE_AFTER``) is missed, or
+    None when it runs as a catch-up run. ``newer`` is the job's next fire after
+    ``scheduled`` (None: there is none): ``latest`` runs only the newest due fire, ``all``
+    every one within ``misfire_grace``, ``none`` nothing."""
+    newest = newer is None or newer > now  # no later fire of the job is due yet
+    graced = now - scheduled <= misfire_grace
+    if graced and (catch_up is CatchUp.ALL or (catch_up is CatchUp.LATEST and newest)):
+        return None
+    return missed_reason(catch_up, not newest)
+
+
+def busy_reason(*, running: int, waiting: int, stuck: int, stuck_tasks: int) -> str | None:
+    """Why a job counts as still running, or None: a run in progress (``running`` counts the
+    ``waiting`` ones too) or waiting for a slot, a thread of an earlier run that timed out and
+    has not returned (``stuck`` counts the ``stuck_tasks`` too), or a task of one that ignored
+    its cancellation and still runs."""
+    if running > waiting:
+        return "previous run still running"
+    if running:
+        return "previous run still waiting for a free slot (max_concurrent)"
+    if stuck > stuck_tasks:
+        return "previous run's thread is still running after its timeout"
+    if stuck:
+        return "previous run's task ignored its cancellation and is still running"
+    return None
+
+
+def overlap_skip(
+    policy: Overlap, trigger: TriggerKind, busy: str | None, *, queued: bool
+) -> str | None:
+    """The error of a fire skipped by its job's overlap ``policy``, or None when it goes on
+    to start (it may still wait behind the run in progress: ``waits_behind``). ``busy`` is
+    ``busy_reason``; ``queued``: a run of the job already waits behind it. Catch-up runs
+    (they wait for each other, one per missed fire) and handed-over requests are never
+    skipped; under ``queue`` one run waits and later ones are skipped."""
+    if busy is None or policy is Overlap.ALLOW:
+        return None
+    if trigger is TriggerKind.CATCH_UP or trigger in HANDED_OVER:
+        return None
+    if policy is Overlap.QUEUE and not queued:
+        return None
+    why = "a run is already queued" if policy is Overlap.QUEUE else busy
+    return f"skipped: {why} (overlap: {policy})"
+
+
+def waits_behind(policy: Overlap, trigger: TriggerKind, busy: bool) -> bool:
+    """Whether a run about to start waits until its job's run in progress ends: under
+    ``queue``, a catch-up run under ``skip``, and a handed-over request under either (it is
+    never skipped, so no order notification is lost). Nothing waits under ``allow``."""
+    if not busy or policy is Overlap.ALLOW:
+        return False
+    return trigger in HANDED_OVER or policy is Overlap.QUEUE or trigger is TriggerKind.CATCH_UP
+
+
+def exclusive(policy: Overlap) -> bool:
+    """Whether a shared store keeps the job's runs apart across nodes (a claim while another
+    node runs the job comes back busy)."""
+    return policy is not Overlap.ALLOW
+
+
+def second_pass(
+    when: datetime, schedule: object | None, step: StepBack | None, *, startup: bool
+) -> datetime:
+    """The time to record a fire at ``when`` under: ``when`` itself, or ``when`` plus
+    ``step.mark`` when it repeats a wall time after the clock stepped back (``step``, still
+    in effect up to ``step.until``) and the job fires again then (``repeats_after_step``).
+    A startup fire is never a second pass."""
+    if step is None or startup or schedule is None or when > step.until:
+        return when
+    return when + step.mark if repeats_after_step(schedule, step) else when

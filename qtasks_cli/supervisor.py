@@ -1,106 +1,56 @@
-"""The daemon's loop: due fires, overlap, the concurrency cap, catch-up, queued triggers, reload
-and graceful stop. Clock and timer are injected so tests control time."""
+"""The daemon's loop, which wires the parts: it sleeps until the next thing due or a wake-up,
+then asks each part to do its share, and stops gracefully when asked.
+
+The parts, each in a module of its own: ``timetable`` (the job table and the heap of next
+fires), ``claims`` (fires claimed ahead of their instant), ``firing`` (started on it),
+``runs`` (a run through the executor, overlap queues, cancels), ``intake`` (handed-over
+requests), ``cluster`` (heartbeats and reaping on a shared store), ``ledger`` (claim ->
+start -> finish), ``pruning``, ``views`` (the snapshot) and ``stopping``; ``policy`` decides.
+Signal handlers only flip state here (``request_stop``, ``request_reload``). Clock and timer
+are injected so tests control time."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
-from qtasks_cli import cancels, sigguard
-from qtasks_cli.burst import Burst, Gate
-from qtasks_cli.clock import FIRE_EARLY, Timer, Wakeup, settle_until, utcnow
-from qtasks_cli.durations import format_duration
-from qtasks_cli.errors import QtasksError
+from qtasks_cli import sigguard
+from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
+from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
+from qtasks_cli.cluster import Cluster
 from qtasks_cli.events import Event, EventBus, EventKind
-from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
-from qtasks_cli.ledger import Ledger, never_ran, until_stored
+from qtasks_cli.executor import Runtime
+from qtasks_cli.firing import Firing
+from qtasks_cli.intake import Intake
+from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
-    CatchUp,
     Config,
-    JobSpec,
-    JobView,
-    Overlap,
-    RunResult,
     RunStatus,
     Snapshot,
     TriggerKind,
 )
-from qtasks_cli.policy import (
-    LATE_AFTER,
-    Gap,
-    StepBack,
-    due_fires,
-    keep_last,
-    missed_reason,
-    repeats_after_step,
-    split_due,
-    step_back,
-)
-from qtasks_cli.request import call_for_start
-from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, NodeInfo, QueuedRun, RunRow, Store, busy_error
+from qtasks_cli.pruning import Pruner
+from qtasks_cli.runs import Runs
+from qtasks_cli.stopping import stop_runs
+from qtasks_cli.store.base import RunRow, Store
+from qtasks_cli.timetable import JobState, Timetable
+from qtasks_cli.views import JobViews, plan
 
 log = logging.getLogger(__name__)
 
-# How often the daemon asks the store whether requests were handed over.
-QUEUE_POLL = 1.0
-QUEUE_BATCH = 500
-# The shortest gap between two looks at the queue prompted by wake-ups.
-NUDGE_GAP = 0.05
-# Claims are written this long before a fire's instant, so that at the instant the
-# bodies start with no database write in between (ledger.py).
-CLAIM_AHEAD = timedelta(milliseconds=500)
-# When claims take long (a busy PostgreSQL server), they are written further ahead: three
-# times the last claim's duration, decaying slowly back to CLAIM_AHEAD, at most this much.
-CLAIM_AHEAD_MAX = timedelta(seconds=2)
-# How soon fires the store did not claim are tried again (doubling up to CLAIM_RETRY_MAX):
-# a fire never runs unclaimed; it waits for the store and is late but once.
-CLAIM_RETRY = timedelta(milliseconds=200)
-CLAIM_RETRY_MAX = timedelta(seconds=1)
-# A difference this large between how far the wall clock and the monotonic clock moved
-# is a clock step (NTP, an operator, a resumed VM).
-CLOCK_STEP = 2.0
-# How often a node heartbeats; at most a third of node_timeout.
-HEARTBEAT_EVERY = 5.0
-PRUNE_EVERY = timedelta(hours=1)
-# Missed fires of one job in one wake-up reported one event each; more become one event.
-MISSED_EVENTS = 5
 # While runs are in progress the loop wakes at least this often (seconds) to put back the
 # daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
 SIGNAL_CHECK = 1.0
-# Runs handed over through the store: begun durably before their body (ledger.py).
-HANDED_OVER = frozenset({TriggerKind.QUEUED, TriggerKind.RERUN})
-# Preparing a fire's run before its instant (burst.py) costs about this much (seconds); the
-# loop measures it at every burst and wakes that much more before an instant (FIRE_EARLY
-# is the rest: the timer's overshoot). Bounded so that a slow burst never blocks the loop
-# for long.
-PREPARE_GUESS = 30e-6
-PREPARE_MAX = 300e-6
-PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
-LEAD_MAX = 0.25
 
 # Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
 PLAN_LINES = 100
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
-
-
-@dataclass(slots=True)
-class _JobState:
-    spec: JobSpec
-    next_fire: datetime | None = None
-    generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
-    running: int = 0
-    waiting: int = 0  # of the running ones, those still waiting for a slot
-    pending: list[tuple[str, TriggerKind, datetime | None, Any, Any]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -124,25 +74,15 @@ class Supervisor:
         self.clock = clock
         # Clock steps are seen by comparing with the monotonic clock; a test that drives
         # ``clock`` by hand passes no monotonic clock and sees no steps.
-        self._monotonic = monotonic or (time.monotonic if clock is utcnow else None)
-        self._offset: float | None = None  # wall minus monotonic, seconds
-        self._step_back: StepBack | None = None  # the wall times a step back repeats
+        monotonic = monotonic or (time.monotonic if clock is utcnow else None)
+        self._steps = StepWatch(monotonic) if monotonic is not None else None
         self.timer = timer or Timer()
         self._reload_config = reload
         self.runtime = runtime or Runtime(config.settings.max_concurrent)
-        self.runtime.on_unstuck = self._start_pending
         self.started_at = clock()
-        self.jobs: dict[str, _JobState] = {}
-        self._heap: list[tuple[datetime, int, str, int]] = []
-        self._seq = 0
+        self.jobs: dict[str, JobState] = {}  # shared with the parts below; never rebound
+        self.timetable = Timetable(self.jobs)
         self._wake = Wakeup()
-        # Wake this long before a fire's instant (plus the preparing, see PREPARE_GUESS)
-        # and wait the rest precisely (clock.settle_until); a test's clock has no overshoot.
-        self._early = FIRE_EARLY if clock is utcnow else 0.0
-        self._prepare_cost = PREPARE_GUESS
-        # How often to look for handed-over requests; slower when something wakes us.
-        self.queue_poll = QUEUE_POLL
-        self._last_poll = 0.0
         self._stopping = False
         self._stopped = asyncio.Event()
         self.ledger = Ledger(
@@ -154,32 +94,71 @@ class Supervisor:
             retry=(CLAIM_RETRY.total_seconds(), CLAIM_RETRY_MAX.total_seconds()),
         )
         self._reload_requested = False
-        self._next_memo: dict[tuple[int, datetime], datetime | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._retry_from: dict[str, datetime] = {}  # first fire the store did not claim
-        self._claim_task: asyncio.Task[None] | None = None
-        self._claim_ahead = CLAIM_AHEAD  # grows while claims are slow (CLAIM_AHEAD_MAX)
-        self._held_jobs: dict[str, str] = {}  # job -> why its definition differs across nodes
-        self._nodes: tuple[str, ...] = ()
-        self._fingerprints: dict[str, str] = {}
+        self.runs = Runs(
+            jobs=self.jobs,
+            store=store,
+            ledger=self.ledger,
+            runtime=self.runtime,
+            bus=bus,
+            clock=clock,
+            emit=self._emit,
+            tasks=self._tasks,
+            background=self._background,
+            wake=self._wake,
+            config=lambda: self.config,
+            stopping=lambda: self._stopping,
+        )
+        self.cluster = Cluster(
+            store=store,
+            holder=self.runs,
+            config=lambda: self.config,
+            clock=clock,
+            emit=self._emit,
+            interrupted=self._interrupted,
+            rerun_jobs=self._rerun_jobs,
+            stopping=lambda: self._stopping,
+        )
+        self.claims = Claims(
+            jobs=self.jobs,
+            timetable=self.timetable,
+            ledger=self.ledger,
+            store=store,
+            config=lambda: self.config,
+            paused=lambda: self.paused,
+            held=lambda: self.cluster.held,
+            clock=clock,
+            emit=self._emit,
+            tasks=self._tasks,
+            wake=self._wake,
+        )
+        self.firing = Firing(
+            jobs=self.jobs,
+            ledger=self.ledger,
+            runs=self.runs,
+            paused=lambda: self.paused,
+            clock=clock,
+            emit=self._emit,
+            # A test's clock has no overshoot: it wakes on the instant itself.
+            early=FIRE_EARLY if clock is utcnow else 0.0,
+        )
         self._side_tasks: list[asyncio.Task[None]] = []
-        self._poll_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._parsed: Config | None = None  # a reloaded file waiting to be applied
-        self._next_poll = 0.0
-        self._queue_more = True  # the first poll reads requests left from before the start
-        self._next_prune: datetime | None = None
-        self._prune_task: asyncio.Task[None] | None = None
+        self.intake = Intake(
+            store=store,
+            clock=clock,
+            wake=self._wake,
+            tasks=self._tasks,
+            deliver=self.runs.start_queued,
+            stopping=lambda: self._stopping,
+        )
+        self._pruner = Pruner(store, lambda: self.config.settings)
         self.ready = asyncio.Event()
-        self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}  # for snapshot()
-        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs,
-        # and why runs cancelled by ``cancel_run`` were cancelled.
+        self._views = JobViews(self.jobs)  # for snapshot()
+        # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs;
+        # and a call after a new job file was applied (the operator's view changes).
         self.paused: frozenset[str] = frozenset()
-        self._cancelled_by: dict[str, str] = {}
-        self._let_go: set[str] = set()  # runs another node concluded (qtasks_cli.fencing)
-        # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
-        # end; and a call after a new job file was applied (the operator's view changes).
-        self.output_of: Callable[[str], list[str]] | None = None
         self.on_config: Callable[[], None] | None = None
 
     # --- control: signal handlers call these; they only flip state -------------------------
@@ -194,77 +173,40 @@ class Supervisor:
         self._wake.set()
 
     def nudge(self) -> None:
-        """Look for handed-over requests soon instead of at the next poll. Wake-ups that
-        arrive together are served by one look (at most one per NUDGE_GAP), so a shop
-        handing over thousands of runs does not fight the daemon for the write lock."""
-        self._next_poll = min(self._next_poll, self._last_poll + NUDGE_GAP)
-        self._wake.set()
+        """Look for handed-over requests soon (qtasks_cli.intake)."""
+        self.intake.nudge()
 
     @property
     def running(self) -> int:
         """Runs whose body runs, or is about to start: they hold a slot."""
-        return sum(state.running - state.waiting for state in self.jobs.values())
+        return self.runs.running
 
-    @property
-    def waiting(self) -> int:
-        """Runs waiting for a free max_concurrent slot."""
-        return sum(state.waiting for state in self.jobs.values())
+    def cancel_run(self, run_id: str, by: str) -> bool:
+        """Stop a run of this daemon for ``qtasks cancel`` (qtasks_cli.runs.Runs.cancel)."""
+        return self.runs.cancel(run_id, by)
 
-    @property
-    def queued(self) -> int:
-        """Runs queued behind their job's previous run (overlap: queue, catch-up)."""
-        return sum(len(state.pending) for state in self.jobs.values())
+    def runs_in_hand(self) -> dict[str, str]:
+        """Every run this daemon holds, run id -> job (qtasks_cli.fencing)."""
+        return self.runs.runs_in_hand()
+
+    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
+        """Stop holding a run another node concluded (qtasks_cli.fencing)."""
+        self.runs.let_go(run_id, status, why)
 
     def snapshot(self) -> Snapshot:
         """The daemon's state now, for displays; cheap enough to call a few times a second."""
-        abandoned: dict[str, int] = {}
-        for job in self.runtime.abandoned.values():
-            abandoned[job] = abandoned.get(job, 0) + 1
-        views = tuple(self._view(name, s, abandoned.get(name, 0)) for name, s in self.jobs.items())
         return Snapshot(
             now=self.clock(),
             started_at=self.started_at,
-            jobs=views,
-            running=self.running,
-            queued=self.queued,
+            jobs=self._views.views(paused=self.paused, abandoned=self.runtime.abandoned),
+            running=self.runs.running,
+            queued=self.runs.queued,
             state=self.store.location,
-            nodes=self._nodes,
-            waiting=self.waiting,
+            nodes=self.cluster.nodes,
+            waiting=self.runs.waiting,
             abandoned=len(self.runtime.abandoned),
             paused_jobs=tuple(sorted(self.paused)),
         )
-
-    def _view(self, name: str, state: _JobState, abandoned: int) -> JobView:
-        """The job's view, reused while nothing in it changed: building 1,000 views (and
-        describing 1,000 schedules) on every redraw of the live table would cost the loop
-        milliseconds."""
-        spec = state.spec
-        paused = name in self.paused
-        key = (spec, state.next_fire, state.running, state.waiting, len(state.pending), paused,
-               abandoned)  # fmt: skip
-        cached = self._views.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if cached is not None and cached[0][0] is spec:
-            words = cached[1].schedule
-        else:
-            words = spec.schedule.describe() if spec.schedule else "only when triggered"
-        view = JobView(
-            name=name,
-            schedule=words,
-            enabled=spec.enabled,
-            next_fire=state.next_fire,
-            running=state.running - state.waiting,
-            pending=len(state.pending),
-            max_attempts=spec.retry.attempts,
-            paused=paused,
-            waiting=state.waiting,
-            abandoned=abandoned,
-        )
-        if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
-            self._views.clear()
-        self._views[name] = (key, view)
-        return view
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -272,9 +214,9 @@ class Supervisor:
         """Supervise until ``request_stop``; then stop gracefully."""
         await self._start()
         if self.store.multi_node:
-            self._side_tasks.append(asyncio.create_task(self._keep_in_touch()))
+            self._side_tasks.append(asyncio.create_task(self.cluster.keep_in_touch()))
         if self.store.wakes_on_work:
-            self._side_tasks.append(asyncio.create_task(self._wake_on_work()))
+            self._side_tasks.append(asyncio.create_task(self.intake.listen()))
         self.ready.set()
         self._emit(EventKind.READY)
         while not self._stopping:
@@ -291,10 +233,10 @@ class Supervisor:
             try:
                 sigguard.check(self._running_jobs)
                 self._check_clock(now)
-                self._claim_due(now)
-                self._start_ready(self.clock())
-                self._poll_queue()
-                self._maybe_prune(now)
+                self.claims.claim_due(now)
+                self.firing.start_ready(self.clock())
+                self.intake.poll()
+                self._pruner.maybe(now)
             except Exception:  # a bug of ours must not take every job down with it
                 log.exception("the supervisor loop failed; carrying on")
             await self.timer.wait(self._sleep_for(), self._wake)
@@ -304,9 +246,9 @@ class Supervisor:
     async def _start(self) -> None:
         now = self.clock()
         self.started_at = now
-        self.jobs = {spec.name: _JobState(spec=spec) for spec in self.config.jobs.values()}
+        self.timetable.fill(self.config.jobs)
         if self.store.multi_node:
-            await self._touch_nodes(now)
+            await self.cluster.touch(now)
         # A store that is locked, full or unreachable at start-up is waited for (and said
         # so); the daemon does not exit, so a service manager has nothing to give up on.
         rows = await until_stored(
@@ -326,22 +268,12 @@ class Supervisor:
         if last is None:
             return  # asked to stop while waiting for the store
         now = self.clock()
-        startup: list[Fire] = []
-        ahead: list[str] = []
-        # Jobs sharing a schedule (parse_schedule shares the object) and a last fire share
-        # their next fire: computed once (10,000 jobs, a few schedules).
-        self._next_memo = {}
-        for spec in self.config.jobs.values():
-            if not spec.enabled or spec.schedule is None:
-                continue
-            if spec.schedule.startup:
-                startup.append(self._fire(spec, now, TriggerKind.STARTUP))
-            recorded = last.get(spec.name)
-            if recorded is not None and recorded[0] > now + LATE_AFTER:
-                ahead.append(f"{spec.name} ({recorded[0].isoformat()})")
-                recorded = None  # the clock went back since: schedule from now
-            self._schedule_job(spec.name, now, recorded)
-        self._next_memo = None
+        ahead = self.timetable.schedule_all(self.config.jobs, now, last)
+        startup = [
+            self.claims.fire(spec, now, TriggerKind.STARTUP)
+            for spec in self.config.jobs.values()
+            if spec.enabled and spec.schedule is not None and spec.schedule.startup
+        ]
         if ahead:
             log.warning(
                 "last recorded fires lie in the future (the wall clock was ahead, or stepped "
@@ -350,12 +282,12 @@ class Supervisor:
                 ", ".join(ahead),
             )
         if startup:
-            await self._claim(startup, now)
-            self._start_ready(now)
+            await self.claims.claim(startup, now)
+            self.firing.start_ready(now)
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
         states = list(self.jobs.values())
         for state in states[:PLAN_LINES]:
-            self._emit(EventKind.NOTICE, job=state.spec.name, message=self._plan(state, words))
+            self._emit(EventKind.NOTICE, job=state.spec.name, message=plan(state, words))
         if len(states) > PLAN_LINES:
             # Ten thousand plan lines would be noise, and their records the start-up's
             # largest use of memory.
@@ -376,7 +308,7 @@ class Supervisor:
     def _interrupted(self, row: RunRow) -> None:
         """Report a run a dead daemon left behind (recovery already queued its re-run when
         its job has ``retry_interrupted``)."""
-        self._queue_more = True
+        self.intake.more = True
         self._emit(
             EventKind.INTERRUPTED,
             job=row.job,
@@ -387,53 +319,6 @@ class Supervisor:
             error=row.error,
             level=logging.WARNING,
         )
-
-    @staticmethod
-    def _plan(state: _JobState, words: dict[int, str]) -> str:
-        spec = state.spec
-        if not spec.enabled:
-            return "disabled"
-        schedule = spec.schedule
-        if schedule is None:
-            return "no schedule; runs when triggered"
-        described = words.get(id(schedule))
-        if described is None:
-            described = words[id(schedule)] = schedule.describe()
-        if state.next_fire is None:
-            return f"no further fires ({described})"
-        from qtasks_cli.zones import get_zone
-
-        local = state.next_fire.astimezone(get_zone(spec.timezone))
-        return f"next fire {local.isoformat()} ({described})"
-
-    def _schedule_job(
-        self, name: str, now: datetime, last: tuple[datetime, str] | None = None
-    ) -> None:
-        """Put the job's next fire on the heap: after its last recorded fire when the schedule
-        is unchanged (so downtime is caught up), else after now (a changed schedule never
-        backfills)."""
-        state = self.jobs[name]
-        schedule = state.spec.schedule
-        state.generation += 1
-        state.next_fire = None
-        if schedule is None or not state.spec.enabled:
-            return
-        after = last[0] if last is not None and last[1] == schedule.key else now
-        memo = self._next_memo
-        if memo is None:
-            self._push(name, schedule.next_after(after))
-            return
-        key = (id(schedule), after)
-        if key not in memo:
-            memo[key] = schedule.next_after(after)
-        self._push(name, memo[key])
-
-    def _push(self, name: str, when: datetime | None) -> None:
-        state = self.jobs[name]
-        state.next_fire = when
-        if when is not None:
-            self._seq += 1
-            heapq.heappush(self._heap, (when, self._seq, name, state.generation))
 
     def _running_jobs(self) -> str:
         """Who may have changed the daemon's signal handling: the jobs running now."""
@@ -447,809 +332,21 @@ class Supervisor:
         waits = []
         if self._tasks or self.runtime.zombies:  # runs in progress: see SIGNAL_CHECK
             waits.append(SIGNAL_CHECK)
-        if self._poll_task is None or self._poll_task.done():
-            # While a poll is pending its end wakes the loop; a past _next_poll would spin.
-            waits.append(max(0.0, self._next_poll - now.timestamp()))
-        while self._heap and not self._is_current(self._heap[0]):
-            heapq.heappop(self._heap)
-        claiming = self._claim_task is not None and not self._claim_task.done()
-        if self._heap and not claiming:  # a claim in flight wakes the loop when it ends
-            claim_at = self._heap[0][0] - self._claim_ahead
-            waits.append(max(0.0, (claim_at - now).total_seconds()))
-        instant = self.ledger.next_instant()
-        if instant is not None:
-            lead = self._lead(self.ledger.held_at(instant))
-            waits.append(max(0.0, (instant - now).total_seconds() - lead))
+        poll = self.intake.wait(now.timestamp())
+        if poll is not None:
+            waits.append(poll)
+        waits += [w for w in (self.claims.wait(now), self.firing.wait(now)) if w is not None]
         return min(waits, default=None)
 
-    def _lead(self, fires: int) -> float:
-        """How long before an instant with ``fires`` held fires the loop wakes (seconds)."""
-        if not self._early:
-            return 0.0
-        return min(self._early + PREPARE_MARGIN * fires * self._prepare_cost, LEAD_MAX)
-
     def _check_clock(self, now: datetime) -> None:
-        """Notice a step of the wall clock (against the monotonic clock), say so once, and
-        compute every next fire from the present; the unique (job, time) key keeps every
-        fire at most once whichever way the clock went."""
-        if self._monotonic is None:
-            return
-        if self._step_back is not None and now > self._step_back.until:
-            self._step_back = None  # the repeated wall times are behind us
-        offset = now.timestamp() - self._monotonic()
-        previous, self._offset = self._offset, offset
-        if previous is None or abs(offset - previous) < CLOCK_STEP:
-            return
-        step = offset - previous
-        direction = "forward" if step > 0 else "back"
-        log.warning(
-            "the wall clock stepped %s by %s; computing every next fire from now (%s)",
-            direction,
-            format_duration(timedelta(seconds=round(abs(step)))),
-            now.isoformat(),
-        )
-        if step < 0:
-            # Fires claimed for what is now the far future would start late by the step:
-            # give the claims back and schedule afresh from the present.
-            self.ledger.release()
-            if not self.store.multi_node:
-                # The wall times up to where the clock was come round again; jobs that
-                # follow the clock fire at them again, under a key of their own
-                # (policy.repeats_after_step). With several nodes the others' clocks
-                # keep those times, so a second pass would run them twice.
-                self._step_back = step_back(now, timedelta(seconds=-step) + self._claim_ahead)
-            for name in self.jobs:
-                self._schedule_job(name, now)
-
-    def _maybe_prune(self, now: datetime) -> None:
-        """Apply keep_runs/keep_days at start and then hourly, in the background."""
-        if self._next_prune is not None and now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY
-        settings = self.config.settings
-        if settings.keep_runs is None and settings.keep_days is None:
-            return
-        if self._prune_task is not None and not self._prune_task.done():
-            return
-        self._prune_task = asyncio.create_task(self._prune(now))
-
-    async def _prune(self, now: datetime) -> None:
-        settings = self.config.settings
-        try:
-            removed = await self.store.prune(
-                keep_runs=settings.keep_runs, keep_days=settings.keep_days, now=now
-            )
-        except Exception as exc:
-            log.warning("cannot prune history in %s: %s", self.store.location, exc)
-        else:
-            if removed:
-                log.info("pruned %d old run(s) from the history", removed)
-
-    def _is_current(self, entry: tuple[datetime, int, str, int]) -> bool:
-        state = self.jobs.get(entry[2])
-        return state is not None and state.generation == entry[3]
-
-    # --- firing ------------------------------------------------------------------------------
-
-    def _claim_due(self, now: datetime) -> None:
-        """Claim every fire due by ``now + _claim_ahead`` in one store write, in the
-        background: claimed fires wait in the ledger for their instant, and a slow or locked
-        store never holds up fires already claimed. Late fires go through catch_up."""
-        if self._claim_task is not None and not self._claim_task.done():
-            return  # one claim at a time; its end wakes the loop
-        fires: list[Fire] = []
-        advanced: list[tuple[str, int, datetime]] = []
-        horizon = now + self._claim_ahead
-        while self._heap and self._heap[0][0] <= horizon:
-            entry = heapq.heappop(self._heap)
-            if not self._is_current(entry):
-                continue
-            name = entry[2]
-            spec = self.jobs[name].spec
-            assert spec.schedule is not None
-            first = min(entry[0], self._retry_from.pop(name, entry[0]))
-            # An on-time fire is the common case; only a late wake-up looks for missed fires.
-            gap: Gap | None = None
-            if now - first <= LATE_AFTER:
-                due = [first]
-            else:
-                last = keep_last(spec.catch_up, self.config.settings.max_catch_up)
-                due, gap = due_fires(spec.schedule.next_after, first, now, keep_last=last)
-            fires.extend(self._decide(spec, due, now, gap))
-            advanced.append((name, self.jobs[name].generation, due[-1] if due else first))
-        if not fires:
-            return
-        self._claim_task = task = asyncio.create_task(self._claim_round(fires, advanced, now))
-        task.add_done_callback(lambda _: self._wake.set())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _claim_round(
-        self, fires: list[Fire], advanced: list[tuple[str, int, datetime]], now: datetime
-    ) -> None:
-        began = self.clock()
-        claimed = await self._claim(fires, now)
-        retry = timedelta(seconds=0 if claimed else self.ledger.backoff.next())
-        after = self.clock()
-        if claimed and self.store.multi_node:
-            # A slow claim (a busy database server) makes the next ones start earlier. Only
-            # with a shared store: a single SQLite daemon's claims are local writes, and its
-            # handling of a clock stepped back counts on the usual lead.
-            took = after - began
-            self._claim_ahead = min(
-                CLAIM_AHEAD_MAX, max(CLAIM_AHEAD, 3 * took, self._claim_ahead * 0.9)
-            )
-        for name, generation, last_due in advanced:
-            state = self.jobs.get(name)
-            if state is None or state.generation != generation or state.spec.schedule is None:
-                continue  # removed or rescheduled (reload, clock step) meanwhile
-            if claimed:
-                self._push(name, state.spec.schedule.next_after(last_due))
-            else:  # the store did not answer: claim again after the retry delay
-                self._push(name, after + self._claim_ahead + retry)
-
-    async def _claim(self, fires: list[Fire], now: datetime) -> bool:
-        """Claim ``fires`` in the store; hold the won CLAIMED ones in the ledger and report the
-        others. False when the store did not answer: no fire runs unclaimed, so they are
-        remembered (``_retry_from``) and tried again, late but once."""
-        if self.paused:  # a paused job's fires are recorded `skipped (paused)`, not run
-            fires = [self._unless_paused(fire) for fire in fires]
-        exclusive = None
-        if self.store.multi_node:
-            exclusive = {f.job for f in fires if self.jobs[f.job].spec.overlap is not Overlap.ALLOW}
-        outcomes = await self.ledger.claim(fires, exclusive=exclusive)
-        if outcomes is None:
-            for fire in fires:
-                self._retry_from.setdefault(fire.job, fire.scheduled)
-            return False
-        missed: dict[str, list[Fire]] = {}
-        for fire, won in zip(fires, outcomes):
-            if not won:
-                log.debug(
-                    "%s at %s was already recorded; not firing it again", fire.job, fire.scheduled
-                )
-                continue
-            if won is Claim.BUSY:
-                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
-            if fire.status is RunStatus.CLAIMED:
-                self.ledger.hold(fire)
-            elif fire.status is RunStatus.MISSED:
-                missed.setdefault(fire.job, []).append(fire)
-            else:
-                self._emit_unrun(fire)
-        for job_fires in missed.values():
-            if len(job_fires) <= MISSED_EVENTS:
-                for fire in job_fires:
-                    self._emit_unrun(fire)
-            else:
-                first, last = job_fires[0], job_fires[-1]
-                self._emit_unrun(
-                    replace(
-                        last,
-                        error=(
-                            f"{len(job_fires)} fires from {first.scheduled.isoformat()} "
-                            f"to {last.scheduled.isoformat()} missed: {last.error}"
-                        ),
-                    )
-                )
-        return True
-
-    def _emit_unrun(self, fire: Fire) -> None:
-        kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
-        self._emit(
-            kind,
-            job=fire.job,
-            run_id=fire.run_id,
-            trigger=fire.trigger,
-            scheduled=fire.scheduled,
-            status=fire.status,
-            error=fire.error,
-            level=logging.WARNING,
-        )
-
-    def _start_ready(self, now: datetime) -> None:
-        """Start every claimed fire whose instant has come, or comes within the loop's lead
-        (then its run is prepared now and its body starts on the instant: burst.py);
-        overlap is decided now, for the fires due together against what ran before them (so
-        catch_up: all runs them all)."""
-        horizon = now
-        instant = self.ledger.next_instant()
-        if self._early and instant is not None:
-            horizon = now + timedelta(seconds=self._lead(self.ledger.held_at(instant)))
-        due = self.ledger.due(horizon)
-        if not due:
-            return
-        if now - due[0].scheduled > LATE_AFTER:
-            due = self._recheck_late(due, now)
-        if self.paused:  # paused after its claim, before its instant
-            due = [self._unless_paused(fire) for fire in due]
-        decided = [
-            self._overlap(f) if f.job in self.jobs and f.status is RunStatus.CLAIMED else f
-            for f in due
-        ]
-        unrun: list[Fire] = []
-        burst: Burst | None = None
-        prepared = time.perf_counter()
-        # No collector pass while runs are prepared and started: the objects the preparing
-        # makes are young, and a pass over them stops everything for milliseconds (a full
-        # one for tens); the next allocation after the burst collects them.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for fire in decided:
-                state = self.jobs.get(fire.job)
-                if state is None:  # removed by a reload after the claim
-                    self.ledger.unstarted(fire, RunStatus.CANCELLED, cancels.REMOVED)
-                    self._cancelled(
-                        fire.job, fire.run_id, fire.trigger, fire.scheduled, cancels.REMOVED
-                    )
-                    continue
-                if fire.status is not RunStatus.CLAIMED:
-                    unrun.append(fire)
-                    continue
-                at = max(fire.scheduled, now)
-                if burst is not None and burst.gate.instant != at:
-                    self._go(burst, prepared)
-                    burst, prepared = None, time.perf_counter()
-                if burst is None:
-                    burst = Burst(at)
-                self._emit(
-                    EventKind.FIRED,
-                    at=at,
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
-                )
-                self._start_run(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
-        finally:
-            try:
-                if burst is not None:  # never leave a prepared run at its gate
-                    self._go(burst, prepared)
-            finally:
-                if collecting:
-                    gc.enable()
-        for fire in unrun:
-            self.ledger.unstarted(fire, fire.status, fire.error or "")
-            self._emit_unrun(fire)
-
-    def _go(self, burst: Burst, prepared: float) -> None:
-        """Wait for the burst's instant (the rest of the lead) and start its bodies."""
-        count = len(burst)
-        if self._early and count:
-            cost = (time.perf_counter() - prepared) / count
-            # Up at once, down slowly: one slow burst makes the next ones wake earlier.
-            self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
-            settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
-        burst.go(self.clock)
-
-    def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
-        """Claimed fires that come to start late (the loop or the store held them up) go
-        through catch_up like any late fire, judged against the fires due after them: the
-        ones it does not run are recorded missed."""
-        keep: list[Fire] = []
-        for fire in due:
-            state = self.jobs.get(fire.job)
-            late = now - fire.scheduled > LATE_AFTER
-            if state is None or not late or fire.trigger is not TriggerKind.SCHEDULE:
-                keep.append(fire)
-                continue
-            spec = state.spec
-            newer = spec.schedule.next_after(fire.scheduled) if spec.schedule else None
-            newest = newer is None or newer > now  # no later fire of the job is due yet
-            graced = now - fire.scheduled <= spec.misfire_grace
-            runs = graced and (
-                spec.catch_up is CatchUp.ALL or (spec.catch_up is CatchUp.LATEST and newest)
-            )
-            if runs:
-                keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
-                continue
-            reason = missed_reason(spec.catch_up, not newest)
-            self.ledger.unstarted(fire, RunStatus.MISSED, reason)
-            self._emit_unrun(replace(fire, status=RunStatus.MISSED, error=reason))
-        return keep
-
-    def _decide(
-        self, spec: JobSpec, due: Sequence[datetime], now: datetime, gap: Gap | None = None
-    ) -> list[Fire]:
-        """Split due fires into runs and missed rows by lateness, catch_up and misfire_grace;
-        a ``gap`` of fires not listed one by one becomes one missed row."""
-        summary: list[Fire] = []
-        if gap is not None:
-            why = missed_reason(spec.catch_up, True)
-            summary.append(
-                self._fire(
-                    spec,
-                    gap.first,
-                    TriggerKind.SCHEDULE,
-                    RunStatus.MISSED,
-                    f"{gap.describe()} missed: {why}",
-                )
-            )
-        if spec.name in self._held_jobs:
-            reason = f"held back: {self._held_jobs[spec.name]}"
-            return summary + [
-                self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in due
-            ]
-        catch, on_time, missed = split_due(
-            due,
-            now,
-            catch_up=spec.catch_up,
-            misfire_grace=spec.misfire_grace,
-            max_catch_up=self.config.settings.max_catch_up,
-        )
-        fires = [self._fire(spec, t, TriggerKind.CATCH_UP) for t in catch]
-        fires += [self._fire(spec, t, TriggerKind.SCHEDULE) for t in on_time]
-        reason = missed_reason(spec.catch_up, bool(on_time))
-        fires += [
-            self._fire(spec, t, TriggerKind.SCHEDULE, RunStatus.MISSED, reason) for t in missed
-        ]
-        fires.sort(key=lambda f: f.scheduled)
-        return summary + fires
-
-    def _fire(
-        self,
-        spec: JobSpec,
-        when: datetime,
-        trigger: TriggerKind,
-        status: RunStatus = RunStatus.CLAIMED,
-        error: str | None = None,
-    ) -> Fire:
-        key = spec.schedule.key if spec.schedule is not None else ""
-        repeat = self._step_back
-        if (
-            repeat is not None
-            and trigger is not TriggerKind.STARTUP
-            and when <= repeat.until
-            and spec.schedule is not None
-            and repeats_after_step(spec.schedule, repeat)
-        ):
-            when += repeat.mark
-        return Fire(
-            job=spec.name,
-            scheduled=when,
-            trigger=trigger,
-            run_id=new_run_id(),
-            schedule_key=key,
-            status=status,
-            error=error,
-        )
-
-    def _busy(self, name: str) -> str | None:
-        """Why the job counts as still running, or None: a run in progress or waiting for a
-        slot, or a thread of an earlier run that timed out and has not returned, or a task of
-        one that ignored its cancellation and still runs."""
-        state = self.jobs[name]
-        if state.running > state.waiting:
-            return "previous run still running"
-        if state.running:
-            return "previous run still waiting for a free slot (max_concurrent)"
-        if self.runtime.stuck[name] > self.runtime.stuck_tasks[name]:
-            return "previous run's thread is still running after its timeout"
-        if self.runtime.stuck[name]:
-            return "previous run's task ignored its cancellation and is still running"
-        return None
-
-    def _overlap(self, fire: Fire) -> Fire:
-        """Apply the job's overlap policy to a fire that wants to run."""
-        state = self.jobs[fire.job]
-        policy = state.spec.overlap
-        busy = self._busy(fire.job)
-        if busy is None or policy is Overlap.ALLOW:
-            return fire
-        if fire.trigger is TriggerKind.CATCH_UP:
-            return fire  # catch-up runs wait for each other (queued), one per missed fire
-        if policy is Overlap.QUEUE and not state.pending:
-            return fire  # started as pending when the current run ends
-        why = "a run is already queued" if policy is Overlap.QUEUE else busy
-        return replace(fire, status=RunStatus.SKIPPED, error=f"skipped: {why} (overlap: {policy})")
-
-    def _unless_paused(self, fire: Fire) -> Fire:
-        """A fire of a paused job (``qtasks pause``) is recorded, not run."""
-        if fire.job not in self.paused or fire.status is not RunStatus.CLAIMED:
-            return fire
-        return replace(fire, status=RunStatus.SKIPPED, error="skipped (paused)")
-
-    def cancel_run(self, run_id: str, by: str) -> bool:
-        """Stop a run of this daemon for ``qtasks cancel``, as a timeout does: the task is
-        cancelled (an async job is cancelled, a process job gets SIGTERM then SIGKILL after
-        kill_grace, a thread job is abandoned and marked stuck); a run waiting in the
-        overlap queue is dropped. Recorded ``cancelled`` with ``by`` in its error; False
-        when no run of that id is in progress here."""
-        reason = f"cancelled by {by}"
-        for state in self.jobs.values():
-            for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
-                if pending_id == run_id:
-                    del state.pending[index]
-                    result = never_ran(
-                        job=state.spec.name,
-                        run_id=run_id,
-                        trigger=trigger,
-                        scheduled=scheduled,
-                        ended=self.clock(),
-                        status=RunStatus.CANCELLED,
-                        error=reason,
-                    )
-                    self._cancelled(state.spec.name, run_id, trigger, scheduled, reason)
-                    self._background(self.ledger.finish(result))
-                    return True
-        suffix = f":{run_id}"
-        for task in self._tasks:
-            if task.get_name().endswith(suffix) and not task.done():
-                self._cancelled_by[run_id] = reason
-                self.runtime.why_cancelled[run_id] = reason  # for the executor's event
-                task.cancel(reason)
-                return True
-        return False
-
-    def _cancelled(
-        self, job: str, run_id: str, trigger: TriggerKind, scheduled: datetime | None, why: str
-    ) -> None:
-        """Report a run cancelled before its body started (qtasks_cli.cancels)."""
-        self.bus.emit(
-            cancels.cancelled_event(
-                job=job, run_id=run_id, trigger=trigger, scheduled=scheduled, error=why,
-                time=self.clock(),
-            )
-        )  # fmt: skip
-
-    def runs_in_hand(self) -> dict[str, str]:
-        """Every run this daemon holds (run id -> job): run tasks, claims waiting for their
-        instant, runs queued behind their job's previous run."""
-        held = self.ledger.held_runs()
-        for name, state in self.jobs.items():
-            held.update((entry[0], name) for entry in state.pending)
-        for task in self._tasks:
-            kind, _, rest = task.get_name().partition(":")
-            if kind == "qtasks" and not task.done():
-                job, _, run_id = rest.rpartition(":")
-                held[run_id] = job
-        return held
-
-    def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
-        """Stop holding a run another node concluded ``status`` (qtasks_cli.fencing): drop
-        its claim or queued entry, or stop its body as a cancel does; nothing is recorded."""
-        self.ledger.forget({run_id})
-        for state in self.jobs.values():
-            state.pending = [entry for entry in state.pending if entry[0] != run_id]
-        for task in self._tasks:
-            if task.get_name().endswith(f":{run_id}") and not task.done():
-                self._let_go.add(run_id)
-                self.runtime.concluded[run_id] = status
-                self.runtime.why_cancelled[run_id] = why
-                task.cancel(why)
+        """Notice a step of the wall clock (clock.StepWatch); the claims react to it."""
+        if self._steps is not None:
+            self.claims.after_step(now, self._steps.step(now))
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # --- runs ------------------------------------------------------------------------------------
-
-    def _start_run(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        args: Any = None,
-        kwargs: Any = None,
-        *,
-        burst: Burst | None = None,
-    ) -> None:
-        """Start a run's task (``burst``: prepared now, its body starts at ``burst.go``), or
-        queue it behind the job's current run (overlap)."""
-        state = self.jobs.get(spec.name)
-        if state is None:
-            return
-        busy = self._busy(spec.name) is not None
-        waits = spec.overlap is Overlap.QUEUE or (
-            trigger is TriggerKind.CATCH_UP and spec.overlap is not Overlap.ALLOW
-        )
-        if busy and waits and trigger not in HANDED_OVER:
-            state.pending.append((run_id, trigger, scheduled, args, kwargs))
-            self._emit(
-                EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
-            )
-            return
-        state.running += 1
-        name = f"qtasks:{spec.name}:{run_id}"
-        if burst is not None:
-            coro = self._run(spec, run_id, trigger, scheduled, args, kwargs, burst.gate)
-            task = burst.add(coro, name=name)
-        else:
-            task = asyncio.create_task(
-                self._run(spec, run_id, trigger, scheduled, args, kwargs), name=name
-            )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        args: Any,
-        kwargs: Any,
-        gate: Gate | None = None,
-    ) -> None:
-        result: RunResult | None = None
-        state = self.jobs.get(spec.name) or _JobState(spec=spec)  # gone if a reload removed it
-        # A request cancelled before its begin stays taken: the next start gives it back.
-        recordable = trigger not in HANDED_OVER
-        try:
-            state.waiting += 1
-            try:
-                await self.runtime.capacity.acquire()
-            finally:
-                state.waiting -= 1
-            try:
-                if trigger in HANDED_OVER:
-                    if not await self.ledger.begin(spec.name, run_id):
-                        return
-                    recordable = True
-                else:
-                    await self.ledger.started(run_id)
-                try:
-                    call = call_for_start(spec, args, kwargs)
-                except QtasksError as exc:
-                    result = self._refused(spec, run_id, trigger, scheduled, exc)
-                    return
-                result = await execute(
-                    spec,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    runtime=self.runtime,
-                    emit=self.bus.emit,
-                    clock=self.clock,
-                    args=call.args,
-                    kwargs=call.kwargs,
-                    gate=gate,
-                )
-            finally:
-                self.runtime.capacity.release()
-        except asyncio.CancelledError as exc:
-            if run_id in self._let_go:
-                raise  # concluded by another node: its record stands (qtasks_cli.fencing)
-            if not recordable and run_id not in self._cancelled_by:
-                raise  # a stop before the request began: it stays taken and is given back
-            reason = self._cancelled_by.pop(run_id, cancels.AT_SHUTDOWN)
-            self.runtime.why_cancelled.pop(run_id, None)
-            so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts, if it had started
-            if isinstance(so_far, RunResult):  # the executor reported its end
-                result = replace(so_far, error=reason)
-            else:  # cancelled waiting for a slot, or before the request began
-                result = never_ran(
-                    job=spec.name,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    ended=self.clock(),
-                    status=RunStatus.CANCELLED,
-                    error=reason,
-                )
-                self._cancelled(spec.name, run_id, trigger, scheduled, reason)
-            raise
-        finally:
-            if run_id in self._let_go:  # concluded elsewhere: nothing to record here
-                result = None
-            try:
-                if result is not None:
-                    await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
-            finally:  # also when a cancel lands while the end is being recorded
-                self._cancelled_by.pop(run_id, None)
-                self._let_go.discard(run_id)
-                self.runtime.concluded.pop(run_id, None)
-                self.runtime.why_cancelled.pop(run_id, None)
-                self._run_ended(spec.name)
-
-    def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
-        """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
-        if self.output_of is None:
-            return result
-        from qtasks_cli.output import recorded
-
-        return recorded(result, self.output_of(result.run_id), spec)
-
-    def _refused(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        exc: QtasksError,
-    ) -> RunResult:
-        """A run whose arguments were refused as it started: failed, with the reason."""
-        now = self.clock()
-        result = RunResult(
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            started=now,
-            ended=now,
-            attempts=0,
-            status=RunStatus.FAILED,
-            error_type=type(exc).__name__,
-            error=spec.redact(str(exc)),
-        )
-        self._emit(
-            EventKind.FINISHED,
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            status=RunStatus.FAILED,
-            error=result.error,
-            level=logging.ERROR,
-        )
-        return result
-
-    def _run_ended(self, name: str) -> None:
-        state = self.jobs.get(name)
-        if state is None:
-            return
-        state.running -= 1
-        self._start_pending(name)
-        self._wake.set()
-
-    def _start_pending(self, name: str) -> None:
-        """Start the job's next pending run once nothing of it runs any more."""
-        state = self.jobs.get(name)
-        if state is None or not state.pending or self._stopping or self._busy(name):
-            return
-        run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
-        self._start_run(state.spec, run_id, trigger, scheduled, args, kwargs)
-
-    # --- several nodes on one store -------------------------------------------------------------
-
-    @property
-    def node_beat(self) -> float:
-        """Seconds between this node's heartbeats (PostgreSQL): at most a third of
-        node_timeout."""
-        return min(HEARTBEAT_EVERY, self.config.settings.node_timeout.total_seconds() / 3)
-
-    async def _keep_in_touch(self) -> None:
-        """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
-        elsewhere, every few seconds (PostgreSQL only)."""
-        every = self.node_beat
-        while not self._stopping:
-            await asyncio.sleep(every)
-            await self._touch_nodes(self.clock())
-
-    async def _touch_nodes(self, now: datetime) -> None:
-        timeout = self.config.settings.node_timeout
-        try:
-            registered = await self.store.heartbeat(
-                now, digest=self.config.digest, fingerprints=self._job_fingerprints()
-            )
-            if not registered:  # presumed dead meanwhile: honour what the others concluded
-                from qtasks_cli.fencing import honour_conclusions
-
-                await honour_conclusions(self)
-            for row in await self.store.reap_dead_nodes(
-                now, timeout, rerun_jobs=self._rerun_jobs()
-            ):
-                self._interrupted(row)
-            nodes = await self.store.nodes(now, timeout)
-        except Exception as exc:
-            log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
-            return
-        self._nodes = tuple(node.node_id for node in nodes)
-        self._compare_definitions(nodes)
-
-    def _job_fingerprints(self) -> dict[str, str]:
-        if not self._fingerprints:
-            from qtasks_cli.digests import fingerprint
-
-            self._fingerprints = {name: fingerprint(j) for name, j in self.config.jobs.items()}
-        return self._fingerprints
-
-    def _compare_definitions(self, nodes: Sequence[NodeInfo]) -> None:
-        """Hold back every job whose definition differs on another live node."""
-        mine = self._job_fingerprints()
-        held: dict[str, str] = {}
-        for node in nodes:
-            if node.node_id == self.store.node_id or not node.digest:
-                continue  # ourselves, or a node that has not described its jobs yet
-            for job, print_ in mine.items():
-                if node.fingerprints.get(job) != print_:
-                    held[job] = f"its definition differs on node {node.node_id}"
-        if set(held) != set(self._held_jobs):
-            if held:
-                self._emit(
-                    EventKind.NOTICE,
-                    level=logging.WARNING,
-                    message=(
-                        "job file differs from the other nodes'; not firing until they agree: "
-                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items()))
-                    ),
-                )
-            else:
-                self._emit(EventKind.NOTICE, message="job files agree across nodes again")
-        self._held_jobs = held
-
-    async def _wake_on_work(self) -> None:
-        """Look for handed-over requests as soon as the store says there may be some."""
-        while not self._stopping:
-            try:
-                woken = await self.store.wait_for_work(30.0)
-            except Exception as exc:
-                log.warning("cannot listen for handed-over runs: %s", exc)
-                await asyncio.sleep(QUEUE_POLL)
-                continue
-            if woken:
-                self.nudge()
-
-    # --- handed-over requests -------------------------------------------------------------------
-
-    def _poll_queue(self) -> None:
-        """Look for handed-over requests at most once a second, in the background: a store
-        locked by another process must not hold up firing."""
-        now = self.clock().timestamp()
-        if now < self._next_poll or (self._poll_task is not None and not self._poll_task.done()):
-            return
-        self._last_poll = now
-        self._next_poll = now + self.queue_poll
-        self._poll_task = asyncio.create_task(self._take_queued())
-        self._tasks.add(self._poll_task)
-        self._poll_task.add_done_callback(self._tasks.discard)
-        self._poll_task.add_done_callback(lambda _: self._wake.set())
-
-    async def _take_queued(self) -> None:
-        try:
-            if not (self._queue_more or await self.store.changed()):
-                return
-            requests = await self.store.take_queued(self.clock(), limit=QUEUE_BATCH)
-        except Exception as exc:
-            log.warning("cannot read queued requests from %s: %s", self.store.location, exc)
-            return
-        for request in requests:
-            self._start_queued(request)
-        self._queue_more = len(requests) == QUEUE_BATCH
-        if self._queue_more:  # take the rest at once
-            self._next_poll = 0.0
-            self._wake.set()
-
-    def _start_queued(self, request: QueuedRun) -> None:
-        state = self.jobs.get(request.job)
-        if state is None:
-            result = RunResult(
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                scheduled=None,
-                started=None,
-                ended=self.clock(),
-                attempts=0,
-                status=RunStatus.FAILED,
-                error_type="UnknownJob",
-                error=f"no job named {request.job!r} in {self.config.path}",
-            )
-            self._emit(
-                EventKind.FINISHED,
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                status=RunStatus.FAILED,
-                error=result.error,
-                level=logging.ERROR,
-            )
-            self._background(self.ledger.finish(result))
-            return
-        self._emit(EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=request.trigger)
-        # A handed-over request is never skipped: under skip or queue it waits for the
-        # current run instead, so no order notification is lost.
-        if self._busy(request.job) is not None and state.spec.overlap is not Overlap.ALLOW:
-            state.pending.append(
-                (request.run_id, request.trigger, None, request.args, request.kwargs)
-            )
-            return
-        self._start_run(
-            state.spec, request.run_id, request.trigger, None, request.args, request.kwargs
-        )
 
     # --- reload and stop ----------------------------------------------------------------------
 
@@ -1271,80 +368,35 @@ class Supervisor:
     def apply_config(self, config: Config) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
         progress are not touched."""
-        from qtasks_cli.digests import fingerprint
-
-        old = self.config.jobs
-        now = self.clock()
-        added = [n for n in config.jobs if n not in old]
-        removed = [n for n in old if n not in config.jobs]
-        changed = [
-            n
-            for n in config.jobs
-            if n in old and fingerprint(old[n]) != fingerprint(config.jobs[n])
-        ]
+        changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock())
         self.config = config
-        self._fingerprints = {}
-        for name in removed:
-            state = self.jobs.pop(name)
-            state.generation += 1
-        if removed:
-            self.ledger.release(set(removed))
-        for name in added:
-            self.jobs[name] = _JobState(spec=config.jobs[name])
-            self._schedule_job(name, now)
-        for name in changed:
-            state = self.jobs[name]
-            previous = state.spec
-            state.spec = config.jobs[name]
-            same_time = (
-                previous.schedule is not None
-                and state.spec.schedule is not None
-                and previous.schedule.key == state.spec.schedule.key
-                and previous.enabled == state.spec.enabled
-            )
-            if not same_time:
-                self._schedule_job(name, now)
+        self.cluster.config_changed()
+        if changes.removed:
+            self.ledger.release(set(changes.removed))
         if self.on_config is not None:
             self.on_config()
         self._emit(
             EventKind.RELOADED,
             message=(
-                f"{config.path}: {len(added)} added, {len(removed)} removed, {len(changed)} changed"
+                f"{config.path}: {len(changes.added)} added, {len(changes.removed)} removed, "
+                f"{len(changes.changed)} changed"
             ),
         )
 
     async def _shutdown(self) -> None:
         for task in self._side_tasks:
             task.cancel()
-        if self._claim_task is not None:  # let a claim in flight land, so it can be released
-            await asyncio.wait({self._claim_task}, timeout=10)
+        await self.claims.landed()
         await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
-        running = [t for t in self._tasks if not t.done()]
-        if running:
-            self._emit(
-                EventKind.NOTICE,
-                message=f"stopping: waiting up to {grace:g}s for "
-                + _runs_in_words(len(running), self.waiting, "running job(s)"),
-            )
-            _, still = await asyncio.wait(running, timeout=grace)
-            if still:
-                waiting = self.waiting  # of those, the ones that never got a slot
-                for task in still:
-                    name = task.get_name()
-                    if name.startswith("qtasks:"):  # a run's task (_start_run names it)
-                        why = self.runtime.why_cancelled
-                        why.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
-                    task.cancel()
-                await asyncio.wait(still, timeout=5)
-                self._emit(
-                    EventKind.NOTICE,
-                    level=logging.WARNING,
-                    message="abandoned "
-                    + _runs_in_words(len(still), waiting, "run(s) still running")
-                    + " after shutdown_grace",
-                )
-        await self.ledger.release_fires(self._unstarted_pending())
+        await stop_runs(
+            self._tasks,
+            grace=grace,
+            waiting=lambda: self.runs.waiting,
+            why_cancelled=self.runtime.why_cancelled,
+            emit=self._emit,
+        )
+        await self.ledger.release_fires(self.runs.take_unstarted())
         if await self.runtime.settle_hooks(grace):  # the runs are recorded already
             log.warning("hooks still running after shutdown_grace were abandoned")
         try:
@@ -1353,39 +405,5 @@ class Supervisor:
             log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
 
-    def _unstarted_pending(self) -> list[Fire]:
-        """Take the claimed fires still waiting to start (``overlap: queue``, catch-up runs
-        waiting for each other) off the pending lists, to give their claims back at a stop:
-        they never ran, so the next start fires or catches them up. Handed-over requests
-        stay taken, and the next start gives them back to the queue."""
-        fires: list[Fire] = []
-        for name, state in self.jobs.items():
-            keep = []
-            for entry in state.pending:
-                run_id, trigger, scheduled = entry[0], entry[1], entry[2]
-                if trigger in HANDED_OVER or scheduled is None:
-                    keep.append(entry)
-                    continue
-                fires.append(
-                    Fire(
-                        job=name,
-                        scheduled=scheduled,
-                        trigger=trigger,
-                        run_id=run_id,
-                        schedule_key="",
-                    )
-                )
-            state.pending = keep
-        return fires
-
     def _emit(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
         self.bus.emit(Event(kind=kind, time=self.clock() if at is None else at, **fields))
-
-
-def _runs_in_words(tasks: int, waiting: int, what: str) -> str:
-    """``2 running job(s) and 1 run(s) waiting for a free slot``: tasks of runs, of which
-    ``waiting`` have no slot yet (they are not running)."""
-    parts = [f"{tasks - waiting} {what}"] if tasks > waiting else []
-    if waiting:
-        parts.append(f"{waiting} run(s) waiting for a free slot")
-    return " and ".join(parts)

@@ -63,7 +63,7 @@ def test_a_store_call_that_never_answers_does_not_make_the_loop_spin(tmp_path: P
         store.changed = changed  # type: ignore[method-assign]
         timer = CountingTimer(clock, steps=40)
         supervisor = Supervisor(config, store=store, bus=EventBus(), clock=clock, timer=timer)
-        supervisor._queue_more = False  # so the poll asks store.changed()
+        supervisor.intake.more = False  # so the poll asks store.changed()
         timer.supervisor = supervisor
         try:
             await asyncio.wait_for(supervisor.run(), timeout=60)

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import run_qtasks
 
-from qtasks_cli import supervisor as supervisor_module
+from qtasks_cli import intake as intake_module
 from reliability.harness import (
     ON_TIME,
     Outcome,
@@ -99,7 +99,7 @@ def test_dst_list(tmp_path: Path) -> None:
 def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
     # Under a virtual clock the queue poll (1 s) would make the timer step second by second
     # through hours; nothing is handed over in these cases, so poll rarely.
-    monkeypatch.setattr(supervisor_module, "QUEUE_POLL", 3600.0)
+    monkeypatch.setattr(intake_module, "QUEUE_POLL", 3600.0)
 
 
 @case(

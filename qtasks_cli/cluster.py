@@ -1,0 +1,133 @@
+"""Several nodes on one store (PostgreSQL): this node's heartbeat, the runs of dead nodes
+reaped, and jobs held back while their definition differs on another live node.
+
+A node heartbeats every ``every`` seconds (at most a third of ``node_timeout``). A node that
+finds itself presumed dead meanwhile honours what the others concluded (qtasks_cli.fencing).
+The loop asks ``held`` before it fires a job: a job defined differently elsewhere is recorded
+missed ("held back") until the files agree, so two definitions never run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from qtasks_cli.events import EventKind
+
+if TYPE_CHECKING:
+    from qtasks_cli.fencing import Holder
+    from qtasks_cli.models import Config
+    from qtasks_cli.store.base import NodeInfo, RunRow, Store
+
+# The daemon loop's logger, as before the loop was split: its records keep their name (the
+# JSON log's "logger", the store-error count of metrics.py).
+log = logging.getLogger("qtasks_cli.supervisor")
+
+# How often a node heartbeats (seconds); at most a third of node_timeout.
+HEARTBEAT_EVERY = 5.0
+
+
+class Cluster:
+    """This node's membership: heartbeat, reaping, the live nodes and the jobs held back."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        holder: Holder,
+        config: Callable[[], Config],
+        clock: Callable[[], datetime],
+        emit: Callable[..., None],
+        interrupted: Callable[[RunRow], None],
+        rerun_jobs: Callable[[], set[str]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self._holder = holder  # what fencing lets go of (the supervisor)
+        self._config = config
+        self.clock = clock
+        self._emit = emit
+        self._interrupted = interrupted
+        self._rerun_jobs = rerun_jobs
+        self._stopping = stopping
+        self.nodes: tuple[str, ...] = ()  # the live nodes, for the snapshot
+        self.held: dict[str, str] = {}  # job -> why its definition differs across nodes
+        self._fingerprints: dict[str, str] = {}
+
+    @property
+    def every(self) -> float:
+        """Seconds between this node's heartbeats: at most a third of node_timeout."""
+        return min(HEARTBEAT_EVERY, self._config().settings.node_timeout.total_seconds() / 3)
+
+    def config_changed(self) -> None:
+        """A new job file was applied: describe its jobs afresh at the next heartbeat."""
+        self._fingerprints = {}
+
+    async def keep_in_touch(self) -> None:
+        """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
+        elsewhere, every few seconds, until the daemon stops."""
+        every = self.every
+        while not self._stopping():
+            await asyncio.sleep(every)
+            await self.touch(self.clock())
+
+    async def touch(self, now: datetime) -> None:
+        """One heartbeat; a store that does not answer is logged and tried at the next."""
+        config = self._config()
+        timeout = config.settings.node_timeout
+        try:
+            registered = await self.store.heartbeat(
+                now, digest=config.digest, fingerprints=self._job_fingerprints()
+            )
+            if not registered:  # presumed dead meanwhile: honour what the others concluded
+                from qtasks_cli.fencing import honour_conclusions
+
+                await honour_conclusions(self._holder)
+            for row in await self.store.reap_dead_nodes(
+                now, timeout, rerun_jobs=self._rerun_jobs()
+            ):
+                self._interrupted(row)
+            nodes = await self.store.nodes(now, timeout)
+        except Exception as exc:
+            log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
+            return
+        self.nodes = tuple(node.node_id for node in nodes)
+        self._compare_definitions(nodes)
+
+    def _job_fingerprints(self) -> dict[str, str]:
+        if not self._fingerprints:
+            from qtasks_cli.digests import fingerprint
+
+            jobs = self._config().jobs
+            self._fingerprints = {name: fingerprint(j) for name, j in jobs.items()}
+        return self._fingerprints
+
+    def _compare_definitions(self, nodes: Sequence[NodeInfo]) -> None:
+        """Hold back every job whose definition differs on another live node."""
+        mine = self._job_fingerprints()
+        held: dict[str, str] = {}
+        for node in nodes:
+            if node.node_id == self.store.node_id or not node.digest:
+                continue  # ourselves, or a node that has not described its jobs yet
+            for job, print_ in mine.items():
+                if node.fingerprints.get(job) != print_:
+                    held[job] = f"its definition differs on node {node.node_id}"
+        if set(held) != set(self.held):
+            if held:
+                self._emit(
+                    EventKind.NOTICE,
+                    level=logging.WARNING,
+                    message=(
+                        "job file differs from the other nodes'; not firing until they agree: "
+                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items()))
+                    ),
+                )
+            else:
+                self._emit(EventKind.NOTICE, message="job files agree across nodes again")
+        self.held = held
+
+
+__all__ = ["HEARTBEAT_EVERY", "Cluster"]

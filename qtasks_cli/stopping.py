@@ -1,0 +1,62 @@
+"""The graceful stop of the runs in progress (design.md, after uvicorn's ``shutdown()``):
+wait for them up to ``shutdown_grace``, then cancel what is left and say how many.
+
+A run's task is named ``qtasks:<job>:<run id>`` (qtasks_cli.runs); one cancelled here is
+recorded ``cancelled at shutdown`` (qtasks_cli.cancels) unless a reason was given already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+
+from qtasks_cli import cancels
+from qtasks_cli.events import EventKind
+
+
+async def stop_runs(
+    tasks: Collection[asyncio.Task[None]],
+    *,
+    grace: float,
+    waiting: Callable[[], int],
+    why_cancelled: dict[str, str],
+    emit: Callable[..., None],
+) -> None:
+    """Wait up to ``grace`` seconds for ``tasks`` (the daemon's, runs among them); cancel
+    the rest and wait up to 5 s more for them to end. ``waiting``: how many runs have no
+    max_concurrent slot yet (they are not running)."""
+    running = [t for t in tasks if not t.done()]
+    if not running:
+        return
+    emit(
+        EventKind.NOTICE,
+        message=f"stopping: waiting up to {grace:g}s for "
+        + runs_in_words(len(running), waiting(), "running job(s)"),
+    )
+    _, still = await asyncio.wait(running, timeout=grace)
+    if not still:
+        return
+    left_waiting = waiting()  # of those, the ones that never got a slot
+    for task in still:
+        name = task.get_name()
+        if name.startswith("qtasks:"):  # a run's task (Runs.start names it)
+            why_cancelled.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
+        task.cancel()
+    await asyncio.wait(still, timeout=5)
+    emit(
+        EventKind.NOTICE,
+        level=logging.WARNING,
+        message="abandoned "
+        + runs_in_words(len(still), left_waiting, "run(s) still running")
+        + " after shutdown_grace",
+    )
+
+
+def runs_in_words(tasks: int, waiting: int, what: str) -> str:
+    """``2 running job(s) and 1 run(s) waiting for a free slot``: tasks of runs, of which
+    ``waiting`` have no slot yet (they are not running)."""
+    parts = [f"{tasks - waiting} {what}"] if tasks > waiting else []
+    if waiting:
+        parts.append(f"{waiting} run(s) waiting for a free slot")
+    return " and ".join(parts)

@@ -1,0 +1,85 @@
+"""What the daemon shows of its jobs: each job's view for the snapshot (the live table,
+``status``, the metrics), and each job's plan line at the start.
+
+Views are pure readings of the job table; building 1,000 views (and describing 1,000
+schedules) on every redraw of the live table would cost the loop milliseconds, so a job's
+view is reused while nothing in it changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+from qtasks_cli.models import JobView
+
+if TYPE_CHECKING:
+    from qtasks_cli.timetable import JobState
+
+
+class JobViews:
+    """Each job's ``JobView``, cached while its inputs are the same."""
+
+    def __init__(self, jobs: dict[str, JobState]) -> None:
+        self.jobs = jobs  # the supervisor's table, shared
+        self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
+
+    def views(
+        self, *, paused: Collection[str], abandoned: Mapping[str, str]
+    ) -> tuple[JobView, ...]:
+        """Every job's view; ``abandoned``: run id -> job of runs given up on that still run."""
+        counts: dict[str, int] = {}
+        for job in abandoned.values():
+            counts[job] = counts.get(job, 0) + 1
+        return tuple(
+            self._view(name, state, name in paused, counts.get(name, 0))
+            for name, state in self.jobs.items()
+        )
+
+    def _view(self, name: str, state: JobState, paused: bool, abandoned: int) -> JobView:
+        spec = state.spec
+        key = (spec, state.next_fire, state.running, state.waiting, len(state.pending), paused,
+               abandoned)  # fmt: skip
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None and cached[0][0] is spec:
+            words = cached[1].schedule
+        else:
+            words = spec.schedule.describe() if spec.schedule else "only when triggered"
+        view = JobView(
+            name=name,
+            schedule=words,
+            enabled=spec.enabled,
+            next_fire=state.next_fire,
+            running=state.running - state.waiting,
+            pending=len(state.pending),
+            max_attempts=spec.retry.attempts,
+            paused=paused,
+            waiting=state.waiting,
+            abandoned=abandoned,
+        )
+        if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
+            self._views.clear()
+        self._views[name] = (key, view)
+        return view
+
+
+def plan(state: JobState, words: dict[int, str]) -> str:
+    """The job's plan at the start (``next fire <local time> (<schedule in words>)``);
+    ``words`` memoises descriptions, shared by the jobs that share a schedule object."""
+    spec = state.spec
+    if not spec.enabled:
+        return "disabled"
+    schedule = spec.schedule
+    if schedule is None:
+        return "no schedule; runs when triggered"
+    described = words.get(id(schedule))
+    if described is None:
+        described = words[id(schedule)] = schedule.describe()
+    if state.next_fire is None:
+        return f"no further fires ({described})"
+    from qtasks_cli.zones import get_zone
+
+    local = state.next_fire.astimezone(get_zone(spec.timezone))
+    return f"next fire {local.isoformat()} ({described})"
