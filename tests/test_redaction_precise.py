@@ -104,6 +104,9 @@ def ambiguous(chain: list[str], left: str, secret: str, right: str) -> str | Non
     """Why the encoded text reads two ways at an edge of the secret (None: it does not). Each
     reason is a rule of ``qtasks_cli.spelling``, pinned by ``test_the_ambiguous_readings``."""
     e_left, e_secret, e_right = (encode(t, chain) for t in (left, secret, right))
+    if re.search(r"%[0-9a-fA-F]{2}$", e_left) or re.match(r"%[0-9a-fA-F]{2}", e_right):
+        # A URL's "%0a" next to a short secret reads as the line break it encodes.
+        return "percent escape at an edge"
     if chain == ["raw"] and "\\" in e_left[-10:] + e_right[:10]:
         # Backslashes in raw text next to the secret read as escapes: "C:\tabs" as a tab.
         return "raw backslash at an edge"
@@ -198,6 +201,8 @@ def test_the_ambiguous_readings() -> None:
     assert redact("abc\\\\n", pairs) == "${TOKEN}n"
     # A spelling that mixes depths is no spelling: "bt" and a JSON newline, then a raw "\".
     assert redact(json.dumps(" bt\nf")[1:-1], (("bt\\\n", PLACEHOLDER),)) == " bt\\nf"
+    # A "%XX" next to a short secret is the character it encodes: "%0a" is a line break.
+    assert redact("%0aaaab", (("aaab", PLACEHOLDER),)) == "%0a" + PLACEHOLDER
     # Raw text that is an escaped spelling of the secret is hidden (it is one).
     assert redact("x0t\\t", (("x0t\t", PLACEHOLDER),)) == PLACEHOLDER
 
