@@ -277,9 +277,9 @@ def trigger(
         bound_stdio()  # before the job modules are imported (see `run`)
     # A handed-over run keeps ${NAME} placeholders and the daemon resolves them.
     loaded = _load(config, variables_required=not enqueue)
-    args, kwargs = _parse_call_args(arg, kwarg, json_kwargs)
     try:
-        spec = api.get_job(loaded, job)
+        spec = api.get_job(loaded, job)  # first: no warning about the arguments of no job
+        args, kwargs = _parse_call_args(arg, kwarg, json_kwargs)
         if enqueue:
             run_id = api.enqueue_loaded(loaded, spec.name, args, kwargs, state=state)
             print(run_id)

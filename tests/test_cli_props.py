@@ -195,11 +195,17 @@ def contained(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(api, "run_until_done", run_until_done)
     monkeypatch.setattr(api, "wait_for_run", wait_for_run)
     monkeypatch.setattr(cli, "_exit_now", exit_now)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    from qtasks_cli.ui.log import DAEMON_LOGGERS
+
+    # A command in-process sets up the daemon's log (its loggers stop propagating): put it all
+    # back, or a later test in this worker that reads records at the root sees none.
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in DAEMON_LOGGERS]
+    before = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    for lg, handlers, level, propagate in before:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 def _located(line: str, folder: Path) -> bool:
