@@ -666,12 +666,17 @@ def describe_exception(
     *,
     error_chars: int = ERROR_CHARS,
     traceback_chars: int = TRACEBACK_CHARS,
+    message_read: Callable[[str], None] | None = None,
 ) -> tuple[str, str, str | None]:
     """(type name, message, traceback) of ``exc``, secrets redacted, clipped to ERROR_CHARS
     and TRACEBACK_CHARS. Never raises: a ``__str__`` raising SystemExit gives a placeholder.
-    May run the job's code; the daemon calls it through ``describe_exception_off_loop``."""
+    May run the job's code; the daemon calls it through ``describe_exception_off_loop``.
+    ``message_read`` is given the message (redacted, clipped) as soon as it is made, before the
+    traceback, which may take longer (a chain of 200,000 exceptions)."""
     error_type = type_name(exc)
     message = safe_str(exc)
+    if message_read is not None:
+        message_read(redacted(prefix + message, error_chars, redact))
     try:
         if _hung_before(type(exc)):
             raise LookupError  # formatting would call its __str__ again
@@ -697,8 +702,14 @@ async def describe_exception_off_loop(
     def placeholder(why: str) -> tuple[str, str, str | None]:
         return name, redacted(f"{prefix}<{name}: {why}>", ERROR_CHARS, redact), None
 
-    return await off_loop(
-        lambda: describe_exception(exc, redact, prefix),
-        fallback=placeholder(f"its text could not be read within {TEXT_TIMEOUT:g}s"),
+    read: list[str] = []  # the message, once made: kept if only the traceback is late
+    late = placeholder(f"its text could not be read within {TEXT_TIMEOUT:g}s")
+    found = await off_loop(
+        lambda: describe_exception(exc, redact, prefix, message_read=read.append),
+        timeout=TEXT_TIMEOUT,
+        fallback=late,
         refused=placeholder(f"its text is not read while {_HUNG_TEXTS}"),
     )
+    if found is late and read:
+        return name, read[0], f"(its traceback could not be formatted within {TEXT_TIMEOUT:g}s)"
+    return found

@@ -235,3 +235,24 @@ def test_only_the_class_whose_own_text_hung_is_not_called_again() -> None:
     assert failures.safe_repr([ValueError("x")]) == "[ValueError('x')]"
     assert "hung before" in failures.safe_str(SlowError())
     assert "hung before" in failures.safe_repr(SlowArg())
+
+
+def test_a_traceback_too_slow_to_format_keeps_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the part that is late is given up: a chain of 200,000 exceptions takes seconds to
+    format, and its message (read first) used to be lost with it."""
+    monkeypatch.setattr(failures, "TEXT_TIMEOUT", 0.2)
+    release_format = threading.Event()
+
+    def slow_format(exc: BaseException) -> str:
+        release_format.wait(30)
+        return "late"
+
+    monkeypatch.setattr(failures, "format_user_traceback", slow_format)
+    try:
+        error_type, message, trace = asyncio.run(
+            failures.describe_exception_off_loop(ValueError("an honest message"), same)
+        )
+    finally:
+        release_format.set()
+    assert (error_type, message) == ("ValueError", "an honest message")
+    assert trace is not None and "could not be formatted" in trace
