@@ -57,7 +57,10 @@ def job_with(kwargs: dict[str, str], env: dict[str, str], args: list[str] | None
     return config.jobs["j"]
 
 
-names = st.from_regex(r"[A-Z_][A-Z0-9_]{0,11}", fullmatch=True)
+# Variables qtasks itself reads ($TZ names the zone): a job file's own ${NAME}s are the others.
+OWN_ENV = {"TZ", "TZDIR", "TERM", "QTASKS_STATE", "NOTIFY_SOCKET", "JOURNAL_STREAM"}
+OWN_ENV |= {"INVOCATION_ID", "WATCHDOG_PID", "WATCHDOG_USEC"}
+names = st.from_regex(r"[A-Z_][A-Z0-9_]{0,11}", fullmatch=True).filter(lambda n: n not in OWN_ENV)
 # Any text YAML can carry in a JSON-quoted string: no surrogates, no NUL.
 values = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
 
