@@ -19,6 +19,7 @@ from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus, TriggerKind
 
 AT_SHUTDOWN = "cancelled at shutdown"
+ABANDONED_AT_SHUTDOWN = "cancelled at shutdown; it had not stopped when the daemon exited"
 REMOVED = "the job was removed by a reload before it ran"
 
 

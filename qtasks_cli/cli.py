@@ -545,6 +545,7 @@ def systemd_unit(
 ) -> None:
     """Print a systemd service (Type=notify, watchdog, reload on SIGHUP) that runs CONFIG."""
     from qtasks_cli import systemd
+    from qtasks_cli.stopping import longest_kill_grace
 
     if not systemd.valid_unit_name(name):
         _fail(
@@ -559,6 +560,7 @@ def systemd_unit(
             config=path,
             working_directory=path.parent,
             shutdown_grace=loaded.settings.shutdown_grace,
+            kill_grace=longest_kill_grace(loaded.jobs.values()),
             name=name,
             user=None if user else systemd.current_user(),
             user_unit=user,

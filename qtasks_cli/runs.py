@@ -71,6 +71,8 @@ class Runs:
         # (qtasks_cli.fencing).
         self._cancelled_by: dict[str, str] = {}
         self._let_go: set[str] = set()
+        # Runs whose body may run, until they are recorded (``left_running``).
+        self._going: dict[str, tuple[JobSpec, TriggerKind, datetime | None]] = {}
         # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
         # end.
         self.output_of: Callable[[str], list[str]] | None = None
@@ -171,6 +173,17 @@ class Runs:
                 held[run_id] = job
         return held
 
+    def left_running(self, why: str) -> list[RunResult]:
+        """At the end of a stop, the runs whose task has still not ended (an async job that
+        ignores its cancellation, a child slower to die than the wait): concluded
+        ``cancelled`` with ``why`` and said once. The caller records them before the store
+        closes, so that no row stays ``running`` after a clean exit."""
+        return [
+            self._never_started(spec, run_id, trigger, scheduled, why)
+            for run_id, (spec, trigger, scheduled) in self._going.items()
+            if run_id not in self._let_go
+        ]
+
     def let_go(self, run_id: str, status: RunStatus, why: str) -> None:
         """Stop holding a run another node concluded ``status`` (qtasks_cli.fencing): drop
         its claim or queued entry, or stop its body as a cancel does; nothing is recorded."""
@@ -247,6 +260,7 @@ class Runs:
                     recordable = True
                 else:
                     await self.ledger.started(run_id)
+                self._going[run_id] = (spec, trigger, scheduled)  # recorded from here on
                 try:
                     call = call_for_start(spec, args, kwargs)
                 except QtasksError as exc:
@@ -280,6 +294,7 @@ class Runs:
                 result = self._never_started(spec, run_id, trigger, scheduled, reason)
             raise
         finally:
+            self._going.pop(run_id, None)  # its own end is recorded below, not left_running's
             if run_id in self._let_go:  # concluded elsewhere: nothing to record here
                 result = None
             try:

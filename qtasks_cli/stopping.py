@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from qtasks_cli import cancels
 from qtasks_cli.events import EventKind
+from qtasks_cli.models import Isolation
+
+if TYPE_CHECKING:
+    from qtasks_cli.models import JobSpec
+
+REAP_MARGIN = 5.0  # seconds, beyond a child's kill_grace, to reap it and record its run
 
 
 async def stop_runs(
@@ -22,9 +30,12 @@ async def stop_runs(
     waiting: Callable[[], int],
     why_cancelled: dict[str, str],
     emit: Callable[..., None],
+    settle: float = 5.0,
 ) -> None:
     """Wait up to ``grace`` seconds for ``tasks`` (the daemon's, runs among them); cancel
-    the rest and wait up to 5 s more for them to end. ``waiting``: how many runs have no
+    the rest and wait up to ``settle`` seconds more for them to end (a process job's child
+    gets SIGTERM, then SIGKILL after its kill_grace, and is reaped and recorded: the caller
+    passes the longest kill_grace plus a margin). ``waiting``: how many runs have no
     max_concurrent slot yet (they are not running)."""
     running = [t for t in tasks if not t.done()]
     if not running:
@@ -43,7 +54,7 @@ async def stop_runs(
         if name.startswith("qtasks:"):  # a run's task (Runs.start names it)
             why_cancelled.setdefault(name.rpartition(":")[2], cancels.AT_SHUTDOWN)
         task.cancel()
-    await asyncio.wait(still, timeout=5)
+    await asyncio.wait(still, timeout=settle)
     emit(
         EventKind.NOTICE,
         level=logging.WARNING,
@@ -51,6 +62,19 @@ async def stop_runs(
         + runs_in_words(len(still), left_waiting, "run(s) still running")
         + " after shutdown_grace",
     )
+
+
+def longest_kill_grace(jobs: Iterable[JobSpec]) -> timedelta:
+    """The longest ``kill_grace`` of the ``isolation: process`` jobs (their children get
+    SIGTERM, then SIGKILL after it); zero without such jobs."""
+    graces = [j.kill_grace for j in jobs if j.isolation is Isolation.PROCESS]
+    return max(graces, default=timedelta(0))
+
+
+def stop_settle(jobs: Iterable[JobSpec]) -> float:
+    """Seconds a stop waits for cancelled runs to end: ``longest_kill_grace`` plus
+    ``REAP_MARGIN``."""
+    return longest_kill_grace(jobs).total_seconds() + REAP_MARGIN
 
 
 def runs_in_words(tasks: int, waiting: int, what: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli import sigguard
+from qtasks_cli import cancels, sigguard
 from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
@@ -36,7 +36,7 @@ from qtasks_cli.models import (
 )
 from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
-from qtasks_cli.stopping import stop_runs
+from qtasks_cli.stopping import stop_runs, stop_settle
 from qtasks_cli.store.base import RunRow, Store
 from qtasks_cli.timetable import JobState, Timetable
 from qtasks_cli.views import JobViews, plan
@@ -395,7 +395,10 @@ class Supervisor:
             waiting=lambda: self.runs.waiting,
             why_cancelled=self.runtime.why_cancelled,
             emit=self._emit,
+            settle=stop_settle(self.config.jobs.values()),
         )
+        for result in self.runs.left_running(cancels.ABANDONED_AT_SHUTDOWN):
+            await self.ledger.finish(result)
         await self.ledger.release_fires(self.runs.take_unstarted())
         if await self.runtime.settle_hooks(grace):  # the runs are recorded already
             log.warning("hooks still running after shutdown_grace were abandoned")

@@ -333,11 +333,16 @@ def render_unit(
     config: Path,
     working_directory: Path,
     shutdown_grace: timedelta,
+    kill_grace: timedelta = timedelta(0),
     name: str = "qtasks",
     user: str | None = None,
     user_unit: bool = False,
 ) -> str:
     """The text of a ``Type=notify`` service that runs ``qtasks run CONFIG``.
+
+    ``TimeoutStopSec=`` is ``shutdown_grace`` plus ``kill_grace`` (the longest of the
+    ``isolation: process`` jobs: a stop waits for their children's SIGKILL and reap) plus
+    ``STOP_MARGIN``, so systemd's SIGKILL never lands before the runs are recorded.
 
     ``user`` becomes ``User=`` in a system unit; a user unit (``user_unit``) runs as its owner
     and is wanted by ``default.target`` instead of ``multi-user.target``."""
@@ -382,7 +387,7 @@ def render_unit(
         "RestartSec=5s",
         # A bad job file exits 2; restarting cannot fix it.
         "RestartPreventExitStatus=2",
-        f"TimeoutStopSec={_seconds(shutdown_grace + STOP_MARGIN)}",
+        f"TimeoutStopSec={_seconds(shutdown_grace + kill_grace + STOP_MARGIN)}",
         f"WatchdogSec={WATCHDOG_SEC}s",
         "KillMode=mixed",
         f"SyslogIdentifier={name}",

@@ -555,3 +555,18 @@ def test_under_systemd_the_log_has_priority_prefixes_and_no_timestamps(project) 
     lines = [line for line in text.splitlines() if line]
     assert all(re.match(r"<[0-7]>[A-Z]+ ", line) for line in lines), text
     assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (INFO|ERROR)", text)
+
+
+def test_systemd_unit_stop_timeout_covers_the_longest_kill_grace(project) -> None:
+    # A stop waits for a process job's child: SIGTERM, SIGKILL after kill_grace, the reap.
+    # systemd must not SIGKILL the daemon before that run is recorded.
+    path = project(
+        "settings:\n  shutdown_grace: 20s\njobs:\n"
+        "  a: {entrypoint: 'work:f', isolation: process, kill_grace: 40s}\n"
+        "  b: {entrypoint: 'work:f', isolation: process}\n"
+        "  c: {entrypoint: 'work:f', kill_grace: 90s}\n",  # inline: its kill_grace is unused
+        work="def f():\n    return 1\n",
+    )
+    result = run_qtasks("systemd-unit", str(path), cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    assert unit_settings(result.stdout)["TimeoutStopSec"] == ["75s"]  # 20 s + 40 s + 15 s

@@ -241,8 +241,51 @@ class Outcome:
     def of(self, job: str) -> list[Row]:
         return [r for r in self.rows if r["job"] == job]
 
+    def ended(self, job: str) -> list[Row]:
+        """``job``'s runs that ran and ended by themselves: not skipped, not still going at stop.
+
+        On a busy machine the window may close while a slow run is still going; shutdown then
+        cancels it honestly, and that row says nothing about the fault under test.
+        """
+        return [
+            r
+            for r in self.of(job)
+            if r["status"] != "skipped" and r["error"] != "cancelled at shutdown"
+        ]
+
     def show(self, rows: Iterable[Row] | None = None) -> str:
         return show_rows(self.rows if rows is None else rows)
+
+
+def false_busy_skips(rows: Sequence[Row], settle: float = 1.0) -> list[Row]:
+    """Rows skipped as "previous run still running" while no earlier run of the job was going.
+
+    A busy machine may make a run outlast its period, and then the skip is the truth; the
+    fault is a skip while every earlier run had long ended (a loop frozen on a big value used
+    to do that). A run counts as going until ``settle`` seconds after its body's end: its
+    outcome (the preview of its value) is recorded off the loop after that end.
+    """
+
+    def t(text: str) -> datetime:
+        return datetime.fromisoformat(text)
+
+    false: list[Row] = []
+    for r in rows:
+        if "previous run still running" not in (r["error"] or ""):
+            continue
+        at = t(r["scheduled"])
+        going = [
+            o
+            for o in rows
+            if o["job"] == r["job"]
+            and o["status"] != "skipped"
+            and o["started"] is not None
+            and t(o["started"]) <= at
+            and (o["ended"] is None or t(o["ended"]) + timedelta(seconds=settle) > at)
+        ]
+        if not going:
+            false.append(r)
+    return false
 
 
 def show_rows(rows: Iterable[Row]) -> str:

@@ -23,6 +23,7 @@ from reliability.harness import (
     assert_clean_exit,
     assert_consecutive,
     assert_healthy,
+    false_busy_skips,
     run_scenarios,
     statuses,
     tail,
@@ -430,16 +431,17 @@ def test_huge_results(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["big"]
     assert_healthy(out)
     for job in ("ten_million", "hundred_mb"):
-        rows = out.of(job)
+        rows = out.ended(job)
         assert_all(rows, status="succeeded", at_least=2)
         assert all(len(r["result"] or "") <= 200 for r in rows), rows
     assert out.of("ten_million")[0]["result"].startswith("[0, 1, 2, 3")
     assert out.of("hundred_mb")[0]["result"].startswith("b'xxxx")
-    rows = out.of("huge_message")
+    rows = out.ended("huge_message")
     assert_all(rows, status="failed", error_type="ValueError", at_least=2, error="mmmm")
     assert all(len(r["error"]) <= 2000 for r in rows)
-    # The other fires of the per-second neighbours were never called "still running".
-    assert not [r for r in out.rows if "previous run still running" in (r["error"] or "")]
+    # No fire was called "previous run still running" while no earlier run was going (a busy
+    # machine may make a 10-million-item build outlast its 3 s period; that skip is true).
+    assert not false_busy_skips(out.rows), out.show(false_busy_skips(out.rows))
 
 
 @case(
@@ -504,10 +506,10 @@ def test_process_big_result_stays_pickled(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["process"]
     assert_healthy(out)
     # Building and pickling them takes seconds on a busy machine: a fire may find the run going.
-    rows = [r for r in out.of("p_tuples") if r["status"] != "skipped"]
+    rows = out.ended("p_tuples")
     assert_all(rows, status="succeeded", at_least=1)
     assert all((r["result"] or "").startswith("[[(0, 0), (1, 1)") for r in rows), out.show(rows)
-    assert_all(out.of("p_items"), status="succeeded", at_least=2)
+    assert_all(out.ended("p_items"), status="succeeded", at_least=2)
     log = out.config.parent / "unpickled.log"
     assert not log.exists(), log.read_text()
 
@@ -534,8 +536,10 @@ def test_str_spins(outcomes: dict[str, Outcome]) -> None:
         # While the first run's text is being given up (2 s) it is still running: the fires
         # meanwhile are honestly skipped. After that, no fire waits on that text again.
         ran = [r for r in rows if r["status"] != "skipped"]
-        assert all(r in rows[:3] for r in rows if r["status"] == "skipped"), out.show(rows)
         assert_all(ran, status=status, at_least=3)
+        # (on a busy machine the 2 s may end later than the third fire: no fixed count)
+        second = rows.index(ran[1])
+        assert all(r in rows[:second] for r in rows if r["status"] == "skipped"), out.show(rows)
         assert "within 2s" in (ran[0][field] or ""), out.show(rows)
         # Until the class is known to hang, a value whose text needs job code is shown as a
         # placeholder while two given-up threads still run; then never called again.

@@ -1,0 +1,81 @@
+"""A clean stop leaves no run ``running`` in the history: every run that was going is recorded
+as it ended, or ``cancelled`` when it would not end.
+
+Attacked with the runs a stop cannot end on time: a child that ignores SIGTERM under a
+``kill_grace`` longer than the stop used to wait after its cancel (5 s), and an async job that
+swallows every cancellation, so its task never ends before the daemon exits.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from conftest import run_qtasks
+
+JOBS = """
+settings:
+  shutdown_grace: 0s
+jobs:
+  deaf_child:
+    entrypoint: stubborn:deaf_child
+    schedule: "@startup"
+    isolation: process
+    kill_grace: 7s
+  swallows_cancel:
+    entrypoint: stubborn:swallows_cancel
+    schedule: "@startup"
+"""
+
+STUBBORN = """
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def deaf_child():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path("deaf.started").touch()
+    while True:
+        time.sleep(0.1)
+
+
+async def swallows_cancel():
+    Path("swallow.started").touch()
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+"""
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    listed = run_qtasks("history", "--json", "-c", str(path), cwd=path.parent)
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def test_a_stop_records_every_run_it_could_not_end(project: Any, daemons: Any) -> None:
+    path = project(JOBS, stubborn=STUBBORN)
+    daemon = daemons([str(path)], cwd=path.parent)
+    folder = path.parent
+    daemon.wait_for(lambda _: (folder / "deaf.started").exists(), timeout=30)
+    daemon.wait_for(lambda _: (folder / "swallow.started").exists(), timeout=30)
+    # kill_grace 7 s, and the stop waits for the SIGKILL and the reap: well inside 60 s.
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.output
+    by_job = {r["job"]: r for r in rows(path)}
+    assert not [r for r in by_job.values() if r["status"] in ("running", "claimed")], by_job
+    deaf = by_job["deaf_child"]
+    assert deaf["status"] == "cancelled", deaf
+    assert deaf["error"] == "cancelled at shutdown", deaf
+    assert deaf["started"] is not None
+    assert "sending SIGKILL" in daemon.output
+    swallowed = by_job["swallows_cancel"]
+    assert swallowed["status"] == "cancelled", swallowed
+    assert "had not stopped when the daemon exited" in swallowed["error"], swallowed
+    assert swallowed["started"] is not None  # the start it had is kept
