@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from qtasks_cli.control import Controller
     from qtasks_cli.events import Event, EventBus
     from qtasks_cli.metrics import MetricsServer
+    from qtasks_cli.models import RunResult
     from qtasks_cli.request import RunCall
-    from qtasks_cli.store.base import RunRow, Store
+    from qtasks_cli.store.base import Store
     from qtasks_cli.supervisor import Supervisor
     from qtasks_cli.systemd import SystemdAgent
 
@@ -300,7 +301,7 @@ def enqueue_loaded(
     )
 
 
-async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunRow:
+async def wait_for_run(config: Config, run_id: str, *, state: str | None = None) -> RunResult:
     """Block until the run has finished; return its row."""
     import asyncio
 
@@ -337,7 +338,7 @@ async def read_history(
 
 async def recent_runs(
     config: Config, jobs: Sequence[str], count: int, *, state: str | None = None
-) -> dict[str, list[RunRow]]:
+) -> dict[str, list[RunResult]]:
     """Per job, its latest ``count`` runs that ran (not skipped or missed), oldest first."""
     from qtasks_cli.ui.sparkline import oldest_first
 

@@ -19,8 +19,8 @@ from qtasks_cli.events import EventKind
 
 if TYPE_CHECKING:
     from qtasks_cli.fencing import Holder
-    from qtasks_cli.models import Config
-    from qtasks_cli.store.base import NodeInfo, RunRow, Store
+    from qtasks_cli.models import Config, RunResult
+    from qtasks_cli.store.base import NodeInfo, Store
 
 # The daemon loop's logger, as before the loop was split: its records keep their name (the
 # JSON log's "logger", the store-error count of metrics.py).
@@ -41,7 +41,7 @@ class Cluster:
         config: Callable[[], Config],
         clock: Callable[[], datetime],
         emit: Callable[..., None],
-        interrupted: Callable[[RunRow], None],
+        interrupted: Callable[[RunResult], None],
         rerun_jobs: Callable[[], set[str]],
         stopping: Callable[[], bool],
     ) -> None:

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qtasks_cli import __version__, offthread
 from qtasks_cli.cancels import cancelled_event
 from qtasks_cli.errors import StoreError
+from qtasks_cli.models import RunResult
 from qtasks_cli.store import open_control
-from qtasks_cli.store.base import RunRow, local_key
+from qtasks_cli.store.base import local_key
 from qtasks_cli.store.control import ControlStore, DaemonInfo, process_start
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class Controller:
         """On the loop: the snapshot, and the runs given up on whose thread still runs."""
         return self.supervisor.snapshot(), dict(self.supervisor.runtime.abandoned)
 
-    def _report_cancels(self, rows: list[RunRow]) -> None:
+    def _report_cancels(self, rows: list[RunResult]) -> None:
         """On the loop: report runs cancelled without a daemon (qtasks_cli.cancels)."""
         for row in rows:
             self.supervisor.bus.emit(

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 from qtasks_cli.models import RunStatus
 
 if TYPE_CHECKING:
-    from qtasks_cli.store.base import RunRow, Store
+    from qtasks_cli.models import RunResult
+    from qtasks_cli.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Holder(Protocol):
     def let_go(self, run_id: str, status: RunStatus, why: str) -> None: ...
 
 
-def _gone(row: RunRow | None, node: str) -> bool:
+def _gone(row: RunResult | None, node: str) -> bool:
     """Whether ``row`` is no longer this node's unfinished run."""
     if row is None or row.status.finished or row.status is RunStatus.QUEUED:
         return True  # concluded, or given back to the queue

@@ -209,7 +209,13 @@ class Attempt:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunResult:
-    """The outcome of one run; what hooks receive and what the store records."""
+    """One run: its outcome as the executor made it (what hooks receive and what the store
+    records), or as the store read it back (what history shows).
+
+    Times are aware UTC. ``result`` is the value the job returned, in memory only: a run read
+    back from the store has ``result`` None, and ``result_preview``, ``pid``, ``host``,
+    ``created`` (when the run was claimed or enqueued) and ``node`` (the node that claimed or
+    took it) from its row; ``attempt_log`` and ``output`` are written, not read back."""
 
     job: str
     run_id: str
@@ -217,7 +223,7 @@ class RunResult:
     scheduled: datetime | None
     started: datetime | None
     ended: datetime | None
-    attempts: int
+    attempts: int = 0
     status: RunStatus
     error_type: str | None = None
     error: str | None = None
@@ -229,6 +235,10 @@ class RunResult:
     # The last lines the run printed (qtasks_cli.output), secrets redacted: recorded with
     # its end, in the same transaction.
     output: tuple[str, ...] = ()
+    pid: int | None = None
+    host: str | None = None
+    created: datetime | None = None
+    node: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -8,15 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qtasks_cli.models import Attempt, Config, JobSpec
+from qtasks_cli.models import Attempt, Config, JobSpec, RunResult
 from qtasks_cli.request import _TAG
-from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import ControlStore
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunDetail:
-    run: RunRow
+    run: RunResult
     attempts: Sequence[Attempt]
     args: Any  # a list, with ${NAME} placeholders
     kwargs: Any  # a mapping, with ${NAME} placeholders
@@ -98,7 +97,7 @@ def read_detail(config: Config, store: ControlStore, run_id: str) -> RunDetail |
     )
 
 
-def _owner(store: ControlStore, run: RunRow) -> tuple[str | None, str]:
+def _owner(store: ControlStore, run: RunResult) -> tuple[str | None, str]:
     """Whether whoever runs an unfinished ``run`` is still there, judged as ``status`` judges
     daemons (without asking them: by process on this host, else by heartbeat)."""
     if run.status.finished:
@@ -157,7 +156,7 @@ def detail_text(detail: RunDetail) -> str:
         field("kwargs", json.dumps(detail.kwargs, default=repr))
         field("", f"(arguments from {detail.arguments_from})")
     field("items", run.items if run.items is not None else "-")
-    field("result", run.result if run.result is not None else "-")
+    field("result", run.result_preview if run.result_preview is not None else "-")
     lines.append("")
     if detail.attempts:
         rows = [

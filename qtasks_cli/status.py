@@ -12,8 +12,8 @@ from typing import Any
 
 from qtasks_cli.liveness import is_alive as is_alive  # callers of status find it here
 from qtasks_cli.liveness import judge
-from qtasks_cli.models import Config, RunStatus
-from qtasks_cli.store.base import RunRow, pid_alive
+from qtasks_cli.models import Config, RunResult, RunStatus
+from qtasks_cli.store.base import pid_alive
 from qtasks_cli.store.control import ControlStore, DaemonInfo, Overview, Pause
 
 EXIT_NO_DAEMON = 3  # as ``systemctl is-active`` says "inactive"
@@ -54,16 +54,16 @@ class JobStatus:
     state: str  # one of STATES
     enabled: bool
     pause: Pause | None
-    running: Sequence[RunRow]  # running, oldest first
+    running: Sequence[RunResult]  # running, oldest first
     queued: int  # handed over and not taken, or queued in a daemon behind the job's own run
-    last: RunRow | None  # the latest run that ran
+    last: RunResult | None  # the latest run that ran
     next_fire: datetime | None  # the earliest next fire any live daemon published
     waiting: int = 0  # runs waiting for a free max_concurrent slot
-    claimed: Sequence[RunRow] = ()  # claimed, not started yet (waiting or about to start)
+    claimed: Sequence[RunResult] = ()  # claimed, not started yet (waiting or about to start)
     abandoned: Sequence[str] = ()  # runs given up on whose thread or task still runs
     # Claimed or running in the store, but whoever ran them is gone (a SIGKILLed daemon):
     # nothing runs them; they will be concluded ``interrupted`` (see ``owner_state``).
-    orphaned: Sequence[RunRow] = ()
+    orphaned: Sequence[RunResult] = ()
     owners: Mapping[str, str] = field(default_factory=dict)  # run id -> OWNER_* of running
 
     in_file: bool = True  # the job file defines it (else: an old run's, or a kept pause)
@@ -89,7 +89,7 @@ class StatusReport:
 
 
 def owner_state(
-    row: RunRow, daemons: Sequence[DaemonView], *, here: str, key: str | None = None
+    row: RunResult, daemons: Sequence[DaemonView], *, here: str, key: str | None = None
 ) -> str:
     """Whether whoever runs ``row`` (claimed or running) is still there: its daemon, by the
     daemon's liveness (``is_alive``, answered or not), else a foreground ``qtasks trigger``
@@ -156,7 +156,7 @@ def build_report(
 
     views = daemon_views(config, daemons, now=now, host=host, answered=answered, key=key)
     live = [v.info for v in views if v.alive]
-    active: dict[str, list[RunRow]] = {}
+    active: dict[str, list[RunResult]] = {}
     for row in overview.active:
         active.setdefault(row.job, []).append(row)
     names = list(config.jobs) + sorted({*active, *paused, *overview.waiting} - set(config.jobs))

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from qtasks_cli.errors import EXIT_JOB_FAILED, EXIT_USAGE, QtasksError
-from qtasks_cli.models import Config, RunStatus, TriggerKind
+from qtasks_cli.models import Config, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store import open_control
-from qtasks_cli.store.base import RunRow
 from qtasks_cli.store.control import ControlStore, Pause, who
 
 CANCEL_POLL = 0.1  # seconds between looks at a run being cancelled
@@ -155,7 +154,7 @@ def cancel_run(
     return outcome
 
 
-def _owner_gone(store: ControlStore, row: RunRow) -> str:
+def _owner_gone(store: ControlStore, row: RunResult) -> str:
     """What to say when whoever runs ``row`` is gone (``status.owner_state``), else ""."""
     import socket
 

@@ -30,6 +30,7 @@ from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import (
     Config,
+    RunResult,
     RunStatus,
     Snapshot,
     TriggerKind,
@@ -37,7 +38,7 @@ from qtasks_cli.models import (
 from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
 from qtasks_cli.stopping import stop_runs, stop_settle
-from qtasks_cli.store.base import RunRow, Store
+from qtasks_cli.store.base import Store
 from qtasks_cli.timetable import JobState, Timetable
 from qtasks_cli.views import JobViews, plan
 
@@ -305,7 +306,7 @@ class Supervisor:
     def _rerun_jobs(self) -> set[str]:
         return {name for name, spec in self.config.jobs.items() if spec.retry_interrupted}
 
-    def _interrupted(self, row: RunRow) -> None:
+    def _interrupted(self, row: RunResult) -> None:
         """Report a run a dead daemon left behind (recovery already queued its re-run when
         its job has ``retry_interrupted``)."""
         self.intake.more = True

@@ -24,9 +24,8 @@ CORPUS = Path(__file__).with_name("broken")
 FILES = sorted(CORPUS.glob("*.yaml"))
 EXPECT = re.compile(rb"^# expect: (\d+) (.+)$")
 MEMORY_LIMIT = 512 * 1024 * 1024
-# A bound against blow-ups (billion laughs, quadratic parsing), which take minutes; not a speed
-# target (those are in bench/): a machine busy on both cores makes a 0.3 s run take seconds.
-SECONDS = 15.0
+# A blow-up (billion laughs, quadratic parsing) takes minutes: it runs into the subprocess's
+# 30 s bound and fails on its exit code. Speed is measured in bench/, never asserted here.
 
 
 def expectation(path: Path) -> tuple[int, str]:
@@ -86,10 +85,8 @@ def test_the_corpus_is_large_and_small() -> None:
 @pytest.mark.parametrize("path", FILES, ids=[path.stem for path in FILES])
 def test_loader_points_at_the_expected_line(path: Path) -> None:
     line, text = expectation(path)
-    start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         load_config(path, check_imports=False, env={})
-    assert time.perf_counter() - start < SECONDS
     assert [(p.line, text in p.message) for p in info.value.problems] == [(line, True)]
 
 
@@ -114,7 +111,6 @@ def test_validate_command_reports_the_line(path: Path, corpus_runs: dict[Path, R
     assert f"{path}:{line}:" in done.stderr
     assert text in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
-    assert done.seconds < SECONDS
 
 
 @needs_cli
@@ -137,7 +133,6 @@ def test_generated_missing_and_valid_files(tmp_path: Path) -> None:
         (missing, f"{missing}: no such file"),
     ]:
         assert (runs[path].returncode, runs[path].stderr.strip()) == (2, message)
-        assert runs[path].seconds < SECONDS
     assert (runs[good].returncode, runs[good].stdout.strip(), runs[good].stderr) == (
         0,
         "2 jobs OK",

@@ -22,7 +22,8 @@ from conftest import QTASKS, clean_env
 from test_operate import qt, rows, status_json, wait_until
 
 from qtasks_cli.liveness import INIT_PID_NS, find_in_namespace, judge
-from qtasks_cli.store.base import RunRow, local_key
+from qtasks_cli.models import RunResult
+from qtasks_cli.store.base import local_key
 from qtasks_cli.store.control import DaemonInfo, process_start
 
 WORK = """
@@ -241,8 +242,8 @@ def test_whose_run_is_told_by_its_daemons_liveness() -> None:
     assert by_node["me"].alive and not by_node["me"].responsive  # asked, did not answer
     assert not by_node["dead"].alive
 
-    def run(node: str | None, **more: Any) -> RunRow:
-        return RunRow(
+    def run(node: str | None, **more: Any) -> RunResult:
+        return RunResult(
             run_id="r", job="j", trigger=more.pop("trigger", TriggerKind.SCHEDULE),
             scheduled=None, started=now, ended=None, status=RunStatus.RUNNING, node=node, **more,
         )  # fmt: skip

@@ -152,7 +152,9 @@ def test_redaction_stays_linear_on_hostile_text(secret: str, unit: str) -> None:
     text = (unit * (60_000 // len(unit) + 1))[:60_000] + secret[:-1]
     started = time.monotonic()
     redact(text, ((secret, PLACEHOLDER),))
-    assert time.monotonic() - started < 2.0  # about 10 ms when it is linear
+    # About 10 ms when it is linear; backtracking takes minutes. A bound, not a speed target
+    # (bench/ measures speed): generous for a busy machine.
+    assert time.monotonic() - started < 30.0
 
 
 def test_the_stored_result_of_the_issue_stays_valid_json() -> None:

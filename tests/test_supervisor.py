@@ -12,8 +12,7 @@ import pytest
 from reliability import virtual
 
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.models import Config, RunStatus, TriggerKind
-from qtasks_cli.store.base import RunRow
+from qtasks_cli.models import Config, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store.sqlite import SqliteStore
 from qtasks_cli.supervisor import Supervisor
 
@@ -47,11 +46,11 @@ async def supervise(
     until: datetime,
     on_tick: Callable[[datetime], None] | None = None,
     before: Callable[[Supervisor], Any] | None = None,
-) -> tuple[list[Event], list[RunRow]]:
+) -> tuple[list[Event], list[RunResult]]:
     return await virtual.supervise(config, store_path, start, until, on_step=on_tick, before=before)
 
 
-def by_job(rows: list[RunRow], job: str) -> list[RunRow]:
+def by_job(rows: list[RunResult], job: str) -> list[RunResult]:
     return [r for r in rows if r.job == job]
 
 

@@ -67,35 +67,6 @@ class QueuedRun:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class RunRow:
-    """One run as history shows it."""
-
-    run_id: str
-    job: str
-    trigger: TriggerKind
-    scheduled: datetime | None
-    started: datetime | None
-    ended: datetime | None
-    status: RunStatus
-    attempts: int = 0
-    error_type: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    result: str | None = None  # a short JSON or repr preview
-    items: int | None = None
-    pid: int | None = None
-    host: str | None = None
-    created: datetime | None = None
-    node: str | None = None  # the node that claimed or took the run
-
-    @property
-    def duration(self) -> float | None:
-        if self.started is None or self.ended is None:
-            return None
-        return (self.ended - self.started).total_seconds()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class JobStats:
     job: str
     runs: int
@@ -165,7 +136,7 @@ class LedgerStore(Protocol):
     location: str  # for messages: a path, or a URL without its password
     node_id: str  # this store's identity in the cluster; recorded with what it claims
 
-    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunResult]:
         """Conclude the unfinished runs of dead daemons by ``ledger.verdict``: running and
         claimed fires become ``interrupted``, requests taken but never begun go back to the
         queue. An interrupted run of a job in ``rerun_jobs`` is re-run as a new request with
@@ -224,11 +195,11 @@ class HistoryStore(Protocol):
 
     location: str
 
-    async def get_run(self, run_id: str) -> RunRow | None: ...
+    async def get_run(self, run_id: str) -> RunResult | None: ...
 
     async def history(
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
+    ) -> list[RunResult]:
         """Newest first."""
 
     async def attempts(self, run_id: str) -> list[Attempt]: ...
@@ -290,7 +261,7 @@ class MembershipStore(Protocol):
 
     async def reap_dead_nodes(
         self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
-    ) -> list[RunRow]:
+    ) -> list[RunResult]:
         """``recover`` for the runs of nodes silent for longer than ``timeout``; forget
         the nodes. Each dead run is returned by one caller only."""
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from qtasks_cli.models import Attempt
-from qtasks_cli.store.base import RunRow
+from qtasks_cli.models import Attempt, RunResult
 
 # Statuses of runs that ran (for "last result"); skipped and missed fires did not.
 RAN = ("succeeded", "failed", "timed_out", "cancelled", "interrupted")
@@ -83,11 +82,11 @@ def process_start(pid: int) -> int | None:
 class Overview:
     """The runs ``qtasks status`` needs, in one read."""
 
-    active: Sequence[RunRow]  # claimed or running, oldest first
-    last: Mapping[str, RunRow]  # per job, its latest run that ran (not skipped or missed)
+    active: Sequence[RunResult]  # claimed or running, oldest first
+    last: Mapping[str, RunResult]  # per job, its latest run that ran (not skipped or missed)
     waiting: Mapping[str, int]  # per job, handed-over requests no daemon has taken yet
     counts: Mapping[str, Mapping[str, int]]  # per job and status, runs ended since ``since``
-    recent: Sequence[RunRow]  # the latest finished runs, newest first
+    recent: Sequence[RunResult]  # the latest finished runs, newest first
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -155,7 +154,7 @@ class ControlStore(Protocol):
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         """Mark requests handled (``outcome`` says how), so daemons stop looking at them."""
 
-    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+    def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         """The runs cancelled without a daemon (their request's outcome is UNREPORTED), each
         marked ``outcome`` in the same transaction, so that one daemon of a cluster reports
         each once (qtasks_cli.cancels)."""
@@ -168,7 +167,7 @@ class ControlStore(Protocol):
     def output(self, run_id: str) -> list[str]:
         """A run's captured output lines, oldest first."""
 
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str) -> RunResult | None:
         """One run as history shows it, or None."""
 
     def attempts(self, run_id: str) -> list[Attempt]:

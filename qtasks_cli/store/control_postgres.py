@@ -12,9 +12,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.models import Attempt, RunResult, RunStatus
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
+from qtasks_cli.store.base import UNREPORTED, clip_lines
 from qtasks_cli.store.control import (
     RAN,
     CancelRequest,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 _RUN_COLUMNS = sql.run_columns(dialect(DEFAULT_SCHEMA))
 
 
-def _row_to_run(row: Sequence[Any]) -> RunRow:
+def _row_to_run(row: Sequence[Any]) -> RunResult:
     return sql.row_to_run(dialect(DEFAULT_SCHEMA), row)
 
 
@@ -249,7 +249,7 @@ class PostgresControl:
 
         self._do("settling cancel requests", work)
 
-    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+    def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         s = self._s
 
         def work(conn: _Conn) -> list[Any]:
@@ -288,7 +288,7 @@ class PostgresControl:
         row = self._do("reading a run's output", work)
         return [] if row is None else [str(line) for line in row[0]]
 
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str) -> RunResult | None:
         def work(conn: _Conn) -> Any:
             return conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM {self._s}.runs WHERE run_id = %s", (run_id,)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunStatus
+from qtasks_cli.models import Attempt, RunResult, RunStatus
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, RunRow, clip_lines
+from qtasks_cli.store.base import UNREPORTED, clip_lines
 from qtasks_cli.store.control import (
     RAN,
     CancelRequest,
@@ -212,7 +212,7 @@ class SqliteControl:
 
         self._do("settling cancel requests", work, write=True)
 
-    def take_unreported_cancels(self, outcome: str) -> list[RunRow]:
+    def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         def any_left(conn: sqlite3.Connection) -> bool:
             found = conn.execute(
                 "SELECT 1 FROM cancel_requests WHERE outcome = ? LIMIT 1", (UNREPORTED,)
@@ -258,7 +258,7 @@ class SqliteControl:
         row = self._do("reading a run's output", work, write=False)
         return [] if row is None else [str(line) for line in json.loads(row[0])]
 
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str) -> RunResult | None:
         def work(conn: sqlite3.Connection) -> Any:
             return conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)

@@ -39,7 +39,6 @@ from qtasks_cli.store.base import (
     Fire,
     NodeInfo,
     QueuedRun,
-    RunRow,
     busy_error,
     encode_request,
     local_key,
@@ -432,13 +431,13 @@ class PostgresStore(sql.SqlStore):
 
     async def reap_dead_nodes(
         self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
-    ) -> list[RunRow]:
+    ) -> list[RunResult]:
         """Conclude the runs of nodes silent for longer than ``timeout`` (or whose process
         is gone from this host) as ``recover`` does; forget the nodes."""
         await self._writes.flush_for_read()
         reruns = frozenset(rerun_jobs)
 
-        async def work(conn: _AsyncConn) -> list[RunRow]:
+        async def work(conn: _AsyncConn) -> list[RunResult]:
             async with conn.transaction():
                 interrupted, requeued = await self._reap(conn, aware(now), timeout, reruns)
                 if interrupted or requeued:
@@ -510,7 +509,7 @@ class PostgresStore(sql.SqlStore):
         told = len(done.requeue) + len(done.reruns) + len(done.cancel)
         return [run_id for run_id, _ in done.interrupt], told
 
-    async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunRow]:
+    async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunResult]:
         if not run_ids:
             return []
         cur = await conn.execute(
@@ -522,7 +521,7 @@ class PostgresStore(sql.SqlStore):
 
     # -- decisions: written at once ---------------------------------------------------
 
-    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunResult]:
         """At a node's start: reap dead nodes (``node_timeout``), and conclude the runs left
         unfinished by processes that never registered as nodes (``qtasks trigger``, unless
         it still runs on this host) or whose node is gone, by ``ledger.verdict``."""
@@ -530,7 +529,7 @@ class PostgresStore(sql.SqlStore):
         now = aware(now)
         reruns = frozenset(rerun_jobs)
 
-        async def work(conn: _AsyncConn) -> list[RunRow]:
+        async def work(conn: _AsyncConn) -> list[RunResult]:
             async with conn.transaction():
                 interrupted, requeued = await self._reap(conn, now, self._node_timeout, reruns)
                 cur = await conn.execute(self._sql["orphans"])

@@ -35,7 +35,6 @@ from qtasks_cli.store.base import (
     Fire,
     NodeInfo,
     QueuedRun,
-    RunRow,
     busy_error,
 )
 from qtasks_cli.store.base import encode_request as _encode_request
@@ -164,7 +163,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
             log.debug("rollback failed", exc_info=True)
 
 
-def _row_to_run(row: Sequence[Any]) -> RunRow:
+def _row_to_run(row: Sequence[Any]) -> RunResult:
     return sql.row_to_run(DIALECT, row)
 
 
@@ -416,7 +415,7 @@ class SqliteStore(sql.SqlStore):
 
     # -- decisions: written at once ---------------------------------------------------
 
-    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunRow]:
+    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunResult]:
         """Conclude the runs a dead daemon left unfinished (``ledger.verdict``); re-run the
         interrupted runs of ``rerun_jobs`` as new requests, in the same transaction."""
         await self._writes.flush_for_read()
@@ -424,7 +423,7 @@ class SqliteStore(sql.SqlStore):
             "recovering unfinished runs", self._recover_sync, to_us(now), frozenset(rerun_jobs)
         )
 
-    def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunRow]:
+    def _recover_sync(self, now_us: int, rerun_jobs: frozenset[str]) -> list[RunResult]:
         notice = from_us(now_us)
         assert notice is not None
         noticed = f"noticed at {notice.isoformat()}"
@@ -599,7 +598,7 @@ class SqliteStore(sql.SqlStore):
 
     async def reap_dead_nodes(
         self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
-    ) -> list[RunRow]:
+    ) -> list[RunResult]:
         """Nothing to do: no other daemon can hold this file, and ``recover`` cleaned up
         after the previous one."""
         return []
@@ -715,7 +714,7 @@ class SqliteStore(sql.SqlStore):
     def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
         self._db.execute(sql, params)
 
-    def _get_run_sync(self, run_id: str) -> RunRow | None:
+    def _get_run_sync(self, run_id: str) -> RunResult | None:
         row = self._db.execute(*sql.run_query(DIALECT, run_id)).fetchone()
         return None if row is None else _row_to_run(row)
 

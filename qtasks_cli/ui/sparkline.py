@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qtasks_cli.models import RunStatus
-from qtasks_cli.store.base import JobStats, RunRow
+from qtasks_cli.models import RunResult, RunStatus
+from qtasks_cli.store.base import JobStats
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=*#"
@@ -50,7 +50,7 @@ def strip(statuses: Sequence[RunStatus], *, ascii_only: bool = False) -> list[tu
     return cells
 
 
-def oldest_first(rows: Sequence[RunRow], count: int = RECENT_RUNS) -> list[RunRow]:
+def oldest_first(rows: Sequence[RunResult], count: int = RECENT_RUNS) -> list[RunResult]:
     """The latest ``count`` runs that ran (not skipped or missed) of newest-first ``rows``,
     oldest first."""
     ran = [r for r in rows if r.status in _STRIP]
@@ -58,7 +58,10 @@ def oldest_first(rows: Sequence[RunRow], count: int = RECENT_RUNS) -> list[RunRo
 
 
 def stats_table(
-    stats: Sequence[JobStats], recent: Mapping[str, Sequence[RunRow]], *, ascii_only: bool = False
+    stats: Sequence[JobStats],
+    recent: Mapping[str, Sequence[RunResult]],
+    *,
+    ascii_only: bool = False,
 ) -> Any:
     """A Rich table: the columns of the plain statistics plus the pictures."""
     from rich.table import Table

@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli.models import JobView, RunStatus, Snapshot
+from qtasks_cli.models import JobView, RunResult, RunStatus, Snapshot
 from qtasks_cli.status import JobStatus, StatusReport
-from qtasks_cli.store.base import RunRow
 
 _FAILED = ("failed", "timed_out", "interrupted")
 
@@ -35,7 +34,7 @@ def _span(seconds: float) -> str:
     return elapsed(max(0.0, seconds))
 
 
-def owner_words(run: RunRow, owner: str, *, multi_node: bool) -> str:
+def owner_words(run: RunResult, owner: str, *, multi_node: bool) -> str:
     """What is true of a claimed or running run whose owner is not answering (``owner``:
     ``status.OWNER_*``): ``running on a daemon that is gone (...): ...``; "" when it answers."""
     from qtasks_cli.models import TriggerKind
@@ -102,7 +101,7 @@ def state_words(job: JobStatus, now: datetime, *, multi_node: bool = False) -> s
     return f"{job.state}{tail}"
 
 
-def last_words(run: RunRow | None, now: datetime | None) -> str:
+def last_words(run: RunResult | None, now: datetime | None) -> str:
     """``failed in 2.1s 3h ago: ConnectionError``; without the age when ``now`` is None."""
     if run is None:
         return "-"

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli.store.base import JobStats, RunRow
+from qtasks_cli.models import RunResult
+from qtasks_cli.store.base import JobStats
 from qtasks_cli.ui.text import clean_line
 
 
@@ -36,7 +37,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return _table(header, rows)
 
 
-def history_text(rows: Sequence[RunRow]) -> str:
+def history_text(rows: Sequence[RunResult]) -> str:
     """Newest first: run id, job, trigger, scheduled, start, duration, status, attempts, error."""
     if not rows:
         return "no runs recorded yet"
@@ -95,9 +96,22 @@ def stats_text(rows: Sequence[JobStats]) -> str:
     return _table(header, body)
 
 
-def row_json(row: RunRow | JobStats) -> dict[str, Any]:
+# A history row's JSON keys, in order: the stored columns (the preview is ``result``).
+HISTORY_KEYS = (
+    ("run_id", "run_id"), ("job", "job"), ("trigger", "trigger"), ("scheduled", "scheduled"),
+    ("started", "started"), ("ended", "ended"), ("status", "status"), ("attempts", "attempts"),
+    ("error_type", "error_type"), ("error", "error"), ("traceback", "traceback"),
+    ("result", "result_preview"), ("items", "items"), ("pid", "pid"), ("host", "host"),
+    ("created", "created"), ("node", "node"),
+)  # fmt: skip
+
+
+def row_json(row: RunResult | JobStats) -> dict[str, Any]:
     """A history row or statistic as a JSON-ready mapping."""
-    data = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+    if isinstance(row, RunResult):
+        data = {key: getattr(row, name) for key, name in HISTORY_KEYS}
+    else:
+        data = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, datetime):
@@ -105,7 +119,7 @@ def row_json(row: RunRow | JobStats) -> dict[str, Any]:
         elif hasattr(value, "value"):
             value = value.value
         out[key] = value
-    if isinstance(row, RunRow):
+    if isinstance(row, RunResult):
         out["duration"] = row.duration
     else:
         out["success_rate"] = row.success_rate

@@ -14,8 +14,8 @@ from typing import Any
 
 from qtasks_cli.config import parse_config_text
 from qtasks_cli.events import Event, EventBus
-from qtasks_cli.models import Config
-from qtasks_cli.store.base import RunRow, Store
+from qtasks_cli.models import Config, RunResult
+from qtasks_cli.store.base import Store
 from qtasks_cli.store.sqlite import SqliteStore
 from qtasks_cli.supervisor import Supervisor, Timer
 
@@ -101,7 +101,7 @@ async def supervise(
     wrap: Callable[[SqliteStore], Store] | None = None,
     on_step: Callable[[datetime], None] | None = None,
     before: Callable[[Supervisor], Awaitable[Any]] | None = None,
-) -> tuple[list[Event], list[RunRow]]:
+) -> tuple[list[Event], list[RunResult]]:
     """Run the supervisor from ``start`` to ``until`` in virtual time; return its events and the
     store's rows (by job, then scheduled time)."""
     clock = VirtualClock(start)
@@ -124,11 +124,11 @@ async def supervise(
     return events, sorted(rows, key=lambda r: (r.job, r.scheduled or start, r.run_id))
 
 
-def rows_of(rows: list[RunRow], job: str) -> list[RunRow]:
+def rows_of(rows: list[RunResult], job: str) -> list[RunResult]:
     return [r for r in rows if r.job == job]
 
 
-def show(rows: list[RunRow]) -> str:
+def show(rows: list[RunResult]) -> str:
     return "\n".join(
         f"{r.job} {r.scheduled} {r.trigger} {r.status} started={r.started} error={r.error}"
         for r in rows

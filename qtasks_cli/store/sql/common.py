@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus
-from qtasks_cli.store.base import Claim, Fire, JobStats, RunRow, pid_alive
+from qtasks_cli.store.base import Claim, Fire, JobStats, pid_alive
 from qtasks_cli.store.sql.dialect import Dialect, Query
 from qtasks_cli.store.sql.reads import (
     attempts_query,
@@ -131,13 +131,13 @@ class SqlStore(abc.ABC):
         """Write buffered rows now; StoreError (rows kept) when the store cannot take them."""
         await self._writes.flush()
 
-    async def get_run(self, run_id: str) -> RunRow | None:
+    async def get_run(self, run_id: str) -> RunResult | None:
         await self._writes.flush_for_read()
         return await self._steps("reading a run", run_steps(self._d, run_id))
 
     async def history(
         self, job: str | None = None, *, limit: int = 50, status: RunStatus | None = None
-    ) -> list[RunRow]:
+    ) -> list[RunResult]:
         """Newest first (by start, else scheduled, else created time)."""
         await self._writes.flush_for_read()
         rows = await self._fetch("reading history", *history_query(self._d, job, status, limit))

@@ -7,8 +7,8 @@ from collections.abc import Generator
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli.models import RunStatus
-from qtasks_cli.store.base import JobStats, RunRow, job_stats
+from qtasks_cli.models import RunResult, RunStatus
+from qtasks_cli.store.base import JobStats, job_stats
 from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, Dialect, Query
 from qtasks_cli.store.sql.rows import row_to_run, run_columns
 
@@ -19,7 +19,7 @@ def run_query(d: Dialect, run_id: str) -> Query:
     return f"SELECT {run_columns(d)} FROM {d.table('runs')} WHERE run_id = {d.mark}", (run_id,)
 
 
-def run_steps(d: Dialect, run_id: str) -> Generator[Query, list[Any], RunRow | None]:
+def run_steps(d: Dialect, run_id: str) -> Generator[Query, list[Any], RunResult | None]:
     """One run by id, decoded where it is read (SQLite: in the store's thread)."""
     rows = yield run_query(d, run_id)
     return row_to_run(d, rows[0]) if rows else None

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
-from qtasks_cli.store.base import Fire, QueuedRun, RunRow, clip_lines, storable, truncate_traceback
+from qtasks_cli.store.base import Fire, QueuedRun, clip_lines, storable, truncate_traceback
 from qtasks_cli.store.sql.dialect import Dialect
 
 # -- runs as rows -----------------------------------------------------------------------
@@ -30,7 +30,7 @@ def node_name(host: str, pid: int) -> str:
     return f"{host}:{pid}"
 
 
-def row_to_run(d: Dialect, row: Sequence[Any]) -> RunRow:
+def row_to_run(d: Dialect, row: Sequence[Any]) -> RunResult:
     """A ``runs`` row read as ``run_columns`` as history shows it."""
     pid, host = row[13], row[14]
     if d.node_column:
@@ -39,7 +39,7 @@ def row_to_run(d: Dialect, row: Sequence[Any]) -> RunRow:
         node = None if pid is None or host is None else node_name(host, pid)
     out = d.time_out  # read for every row of history: no call per missing time
     scheduled, started, ended, created = row[3], row[4], row[5], row[15]
-    return RunRow(
+    return RunResult(
         run_id=row[0],
         job=row[1],
         trigger=TriggerKind(row[2]),
@@ -51,7 +51,7 @@ def row_to_run(d: Dialect, row: Sequence[Any]) -> RunRow:
         error_type=row[8],
         error=row[9],
         traceback=row[10],
-        result=row[11],
+        result_preview=row[11],
         items=row[12],
         pid=pid,
         host=host,
