@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -127,6 +128,7 @@ class Daemon:
         self.stop_sent: datetime | None = None
         self.stop_seconds: float | None = None  # from the stop signal to the exit
         self.exit_code: int | None = None
+        self.stack_dump = ""  # py-spy's stacks of a daemon that did not exit when stopped
 
     @property
     def log(self) -> str:
@@ -189,6 +191,7 @@ class Daemon:
         try:
             self.exit_code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.stack_dump = stacks_of(self.proc.pid)  # where it hung, for the failure
             self.kill()
             self.exit_code = None
         else:
@@ -201,6 +204,21 @@ class Daemon:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+
+
+def stacks_of(pid: int) -> str:
+    """Every thread's Python stack in process ``pid`` (``py-spy dump``), or why there are
+    none: what a daemon that hangs on its way out was doing."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(install py-spy to see where it hung)"
+    try:
+        done = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return "(py-spy dump took over 30 s)"
+    return done.stdout + done.stderr
 
 
 def tail(text: str, lines: int = 60, width: int = 400) -> str:
@@ -235,6 +253,7 @@ class Outcome:
     ready_at: datetime
     stopped_at: datetime
     stop_seconds: float | None
+    stack_dump: str = ""  # where a daemon that did not exit when stopped hung (py-spy)
     error: str | None = None  # what went wrong while driving the daemon
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -307,6 +326,7 @@ def collect(name: str, daemon: Daemon, error: BaseException | None = None, **ext
         ready_at=daemon.ready_at or daemon.started,
         stopped_at=daemon.stop_sent or utcnow(),
         stop_seconds=daemon.stop_seconds,
+        stack_dump=daemon.stack_dump,
         error=None if error is None else f"{type(error).__name__}: {error}",
         extra=extra,
     )
@@ -416,7 +436,8 @@ def assert_clean_exit(out: Outcome) -> None:
     """Exit code 0 after SIGTERM and no traceback of qtasks itself in the log."""
     assert out.error is None, f"{out.error}; log:\n{tail(out.log)}"
     assert out.exit_code is not None, (
-        f"no exit within {STOP_TIMEOUT:g} s of SIGTERM; log:\n{tail(out.log)}"
+        f"no exit within {STOP_TIMEOUT:g} s of SIGTERM; log:\n{tail(out.log)}\n"
+        f"its stacks:\n{out.stack_dump}"
     )
     assert out.exit_code == 0, f"exit code {out.exit_code}; log:\n{tail(out.log)}"
     assert not QTASKS_TRACEBACK.search(out.log), f"a qtasks traceback in the log:\n{tail(out.log)}"
