@@ -173,6 +173,11 @@ class Runs:
                 held[run_id] = job
         return held
 
+    def going_specs(self) -> list[JobSpec]:
+        """The specs of the runs whose body may run: a reload may have changed or removed
+        their job since they started (a stop waits for their kill_grace, not the new one)."""
+        return [spec for spec, _, _ in self._going.values()]
+
     def left_running(self, why: str) -> list[RunResult]:
         """At the end of a stop, the runs whose task has still not ended (an async job that
         ignores its cancellation, a child slower to die than the wait): concluded

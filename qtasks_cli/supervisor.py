@@ -390,18 +390,20 @@ class Supervisor:
         await self.claims.landed()
         await self.ledger.release_all()
         grace = self.config.settings.shutdown_grace.total_seconds()
+        grace_ends = time.monotonic() + grace  # runs and their hooks share it
         await stop_runs(
             self._tasks,
             grace=grace,
             waiting=lambda: self.runs.waiting,
             why_cancelled=self.runtime.why_cancelled,
             emit=self._emit,
-            settle=stop_settle(self.config.jobs.values()),
+            settle=stop_settle([*self.config.jobs.values(), *self.runs.going_specs()]),
         )
         for result in self.runs.left_running(cancels.ABANDONED_AT_SHUTDOWN):
             await self.ledger.finish(result)
         await self.ledger.release_fires(self.runs.take_unstarted())
-        if await self.runtime.settle_hooks(grace):  # the runs are recorded already
+        # The runs are recorded already; their hooks get what is left of the grace.
+        if await self.runtime.settle_hooks(max(0.0, grace_ends - time.monotonic())):
             log.warning("hooks still running after shutdown_grace were abandoned")
         try:
             await asyncio.shield(self.store.flush())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,51 @@ def test_a_stop_records_every_run_it_could_not_end(project: Any, daemons: Any) -
     assert swallowed["status"] == "cancelled", swallowed
     assert "had not stopped when the daemon exited" in swallowed["error"], swallowed
     assert swallowed["started"] is not None  # the start it had is kept
+
+
+HOOK_JOBS = """
+settings:
+  shutdown_grace: 6s
+jobs:
+  report:
+    entrypoint: hooked:report
+    schedule: "@startup"
+    on_success: hooked:notify
+"""
+
+HOOKED = """
+import asyncio
+import time
+from pathlib import Path
+
+
+async def report():
+    Path("report.started").touch()
+    await asyncio.sleep(4)  # ends inside the stop's grace
+    return "ok"
+
+
+def notify(result):
+    time.sleep(1000)  # a webhook that never answers
+"""
+
+
+def log_time(log: str, text: str) -> datetime:
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.fromisoformat(line.split()[0])
+
+
+def test_a_hook_gets_what_is_left_of_the_grace_not_a_second_grace(
+    project: Any, daemons: Any
+) -> None:
+    path = project(HOOK_JOBS, hooked=HOOKED)
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda _: (path.parent / "report.started").exists(), timeout=30)
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.output
+    log = daemon.output
+    assert [r["status"] for r in rows(path)] == ["succeeded"]  # recorded before its hook
+    # The daemon's own clock: the hook is given up when the 6 s grace ends (it used to get
+    # another 6 s after the run's end, 10 s in all); a second of slack for a busy machine.
+    stopping = log_time(log, "qtasks stopping")
+    gave_up = log_time(log, "hooks still running after shutdown_grace were abandoned")
+    assert (gave_up - stopping).total_seconds() < 7.5, log
