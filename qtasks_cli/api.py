@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +18,8 @@ from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, QtasksError, UnknownJobError
 from qtasks_cli.models import Config, JobSpec, RunResult, RunStatus, TriggerKind
 
 if TYPE_CHECKING:
+    import asyncio
+
     from qtasks_cli.control import Controller
     from qtasks_cli.events import Event, EventBus
     from qtasks_cli.metrics import MetricsServer
@@ -177,7 +179,9 @@ async def trigger_now(
 ) -> RunResult:
     """Run one job now in this process with its retry, timeout, generator and hook settings,
     and record it in the history as a ``manual`` run."""
-    from qtasks_cli.executor import Runtime, execute
+    import asyncio
+
+    from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
     from qtasks_cli.output import Capture, recorded
     from qtasks_cli.pickled import loaded
     from qtasks_cli.store import new_run_id
@@ -209,17 +213,30 @@ async def trigger_now(
         await runtime.capacity.acquire()
         capture.install()
         bus.subscribe(capture.sink)
+        stopped_by: list[str] = []  # why the run was stopped: Ctrl-C or SIGTERM
+
+        async def body() -> RunResult:
+            try:
+                return await execute(
+                    job,
+                    run_id=run_id,
+                    trigger=TriggerKind.MANUAL,
+                    scheduled=None,
+                    runtime=runtime,
+                    emit=bus.emit,
+                    args=call.args,
+                    kwargs=call.kwargs,
+                )
+            except asyncio.CancelledError as exc:
+                so_far = getattr(exc, CANCELLED_RESULT, None)  # its attempts so far
+                if stopped_by and isinstance(so_far, RunResult):
+                    return replace(so_far, error=f"cancelled by {stopped_by[0]}")
+                raise
+
+        running = asyncio.create_task(body())
         try:
-            result = await execute(
-                job,
-                run_id=run_id,
-                trigger=TriggerKind.MANUAL,
-                scheduled=None,
-                runtime=runtime,
-                emit=bus.emit,
-                args=call.args,
-                kwargs=call.kwargs,
-            )
+            with _stops_on_signals(running, stopped_by):
+                result = await running
             await runtime.settle_hooks(None)  # each bounded by its own timeout
         finally:
             bus.unsubscribe(capture.sink)
@@ -232,6 +249,33 @@ async def trigger_now(
     finally:
         runtime.shutdown()
         await store.close()
+
+
+@contextlib.contextmanager
+def _stops_on_signals(run: asyncio.Task[Any], why: list[str]) -> Iterator[None]:
+    """While ``run`` (a ``trigger`` run) goes on, Ctrl-C (SIGINT) or SIGTERM stops it as
+    ``qtasks cancel`` stops a daemon's run: an async job is cancelled, a process job's child
+    gets SIGTERM, then SIGKILL after kill_grace, a thread job is abandoned; it is recorded
+    ``cancelled by Ctrl-C`` (or ``by SIGTERM``). A second one exits at once with 130, as the
+    daemon does: the run's row then stays ``running`` until a daemon's recovery concludes it."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def stop(name: str) -> None:
+        if why:
+            os._exit(EXIT_FORCED)
+        why.append(name)
+        run.cancel()
+
+    owned = (signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")
+    for signum, name in owned:
+        loop.add_signal_handler(signum, stop, name)
+    try:
+        yield
+    finally:
+        for signum, _ in owned:
+            loop.remove_signal_handler(signum)
 
 
 def enqueue(

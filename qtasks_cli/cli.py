@@ -308,7 +308,17 @@ def trigger(
             )
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
-    _exit_now(EXIT_OK if result.status.ok else EXIT_JOB_FAILED)
+    _exit_now(_trigger_exit(result))
+
+
+def _trigger_exit(result: Any) -> int:
+    """``trigger``'s exit code: 0 if the run succeeded, 1 if it failed; stopped by Ctrl-C
+    130, by SIGTERM 143 (128 + the signal, as a shell reports it)."""
+    from qtasks_cli.models import RunStatus
+
+    if result.status is RunStatus.CANCELLED:
+        return 143 if result.error == "cancelled by SIGTERM" else EXIT_FORCED
+    return EXIT_OK if result.status.ok else EXIT_JOB_FAILED
 
 
 def _print_items(event: Any) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import run_qtasks
+import pytest
+from conftest import QTASKS, clean_env, run_qtasks
 
 JOBS = """
 settings:
@@ -128,3 +131,68 @@ def test_a_hook_gets_what_is_left_of_the_grace_not_a_second_grace(
     stopping = log_time(log, "qtasks stopping")
     gave_up = log_time(log, "hooks still running after shutdown_grace were abandoned")
     assert (gave_up - stopping).total_seconds() < 7.5, log
+
+
+TRIGGER_JOBS = """
+jobs:
+  async_wait: {entrypoint: "long:async_wait"}
+  thread_wait: {entrypoint: "long:thread_wait"}
+  child_wait: {entrypoint: "long:thread_wait", isolation: process, kill_grace: 1s}
+"""
+
+LONG = """
+import asyncio
+import time
+from pathlib import Path
+
+
+async def async_wait():
+    Path("started").touch()
+    await asyncio.sleep(600)
+
+
+def thread_wait():
+    Path("started").touch()
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("job", "sig", "code", "why"),
+    [
+        ("async_wait", signal.SIGINT, 130, "cancelled by Ctrl-C"),
+        ("thread_wait", signal.SIGINT, 130, "cancelled by Ctrl-C"),
+        ("child_wait", signal.SIGINT, 130, "cancelled by Ctrl-C"),
+        ("async_wait", signal.SIGTERM, 143, "cancelled by SIGTERM"),
+    ],
+)
+def test_ctrl_c_stops_a_triggered_run_and_records_it(
+    project: Any, job: str, sig: int, code: int, why: str
+) -> None:
+    path = project(TRIGGER_JOBS, long=LONG)
+    folder = path.parent
+    proc = subprocess.Popen(
+        [QTASKS, "trigger", job, "-c", str(path)],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "started").exists():
+            assert proc.poll() is None, proc.communicate(timeout=10)
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == code, err
+    assert "raised KeyboardInterrupt" not in err, err  # not blamed on the job
+    [row] = rows(path)
+    assert (row["status"], row["error"]) == ("cancelled", why), row
+    assert row["started"] is not None and row["ended"] is not None
