@@ -111,7 +111,7 @@ class Capacity:
             if waiter.done() and not waiter.cancelled():
                 # The unit arrived just as we were cancelled: pass it on rather than leak it.
                 self.release()
-            else:
+            elif waiter in self._waiters:  # a release may have dropped it already
                 self._waiters.remove(waiter)
             raise
 
@@ -126,6 +126,8 @@ class Capacity:
         self._in_use -= 1
         while self._waiters and self._in_use < self._limit:
             waiter = self._waiters.popleft()
+            if waiter.done():  # cancelled while it waited (a stop): its turn is passed on
+                continue
             self._in_use += 1  # counted at hand-over, so nobody can overtake the waiter
             waiter.set_result(None)
 

@@ -196,3 +196,22 @@ def test_ctrl_c_stops_a_triggered_run_and_records_it(
     [row] = rows(path)
     assert (row["status"], row["error"]) == ("cancelled", why), row
     assert row["started"] is not None and row["ended"] is not None
+
+
+def test_a_stop_records_runs_waiting_for_a_slot(project: Any, daemons: Any) -> None:
+    # 30 runs, 4 slots: the stop cancels holders and waiters in one go, in any order.
+    jobs = "".join(
+        f"  hog{n}: {{entrypoint: 'slots:hog', schedule: '@startup'}}\n" for n in range(30)
+    )
+    path = project(
+        "settings: {shutdown_grace: 1s, max_concurrent: 4}\njobs:\n" + jobs,
+        slots="import asyncio\nfrom pathlib import Path\n\n\nasync def hog():\n"
+        "    Path('started').touch()\n    await asyncio.sleep(1000)\n",
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda _: (path.parent / "started").exists(), timeout=30)
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.output
+    listed = rows(path)
+    assert len(listed) == 30
+    assert {r["status"] for r in listed} == {"cancelled"}, [(r["job"], r["status"]) for r in listed]
+    assert "Task exception was never retrieved" not in daemon.output, daemon.output
