@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, release, sigguard
+from qtasks_cli import entrypoints, failures, offloop, release, sigguard
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
@@ -989,7 +989,7 @@ async def _timeout_text(
     text: Callable[[], str | None], frames: list[tuple[types.FrameType, int]] | None
 ) -> str | None:
     try:
-        return await failures.off_loop(text, fallback=None)
+        return await offloop.off_loop(text, fallback=None)
     finally:
         release.adopt(frames)  # the stuck thread's frames hold its locals
 
@@ -1013,7 +1013,7 @@ async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
 
         value, secrets = result.result, run.job.secrets
         # Walking the job's value runs its code (isinstance, iteration): off the loop.
-        hidden = await failures.off_loop(
+        hidden = await offloop.off_loop(
             lambda: redact_value(value, secrets), fallback=None, refused=None
         )
         result = replace(result, result=hidden)
