@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, offloop, release, sigguard
+from qtasks_cli import entrypoints, failures, offloop, previews, release, sigguard
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
@@ -758,7 +758,7 @@ async def _handle(run: _Run, handler: Any, item: Any) -> Any:
             attempt=len(run.attempt_log) + 1,
             item=run.job.redact(value.preview)  # a process job's, previewed in its child
             if type(value) is Pickled
-            else await failures.preview_off_loop(value, run.job.redact, as_json=False),
+            else await previews.preview_off_loop(value, run.job.redact, as_json=False),
             items=run.items,
         )
     return value
@@ -994,14 +994,6 @@ async def _timeout_text(
         release.adopt(frames)  # the stuck thread's frames hold its locals
 
 
-def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
-    """JSON of ``value`` when it fits in 200 characters, else a clipped repr; secrets
-    redacted; bounded work, never raises (see ``failures.preview``)."""
-    if value is None:
-        return None
-    return failures.preview(value, redact, user_code=True)
-
-
 # --- the run's end and hooks ---------------------------------------------------------------------
 
 
@@ -1105,7 +1097,7 @@ async def _build_result(
     elif value is None:
         preview = None
     else:
-        preview = await failures.preview_off_loop(value, run.job.redact)
+        preview = await previews.preview_off_loop(value, run.job.redact)
     return RunResult(
         **base,
         ended=ended,

@@ -3,7 +3,7 @@
 Unpickling runs in C and holds the GIL from start to end: three million tuples take about
 0.4 s, during which no thread of the daemon, its event loop included, runs. So the daemon never
 unpickles a process job's result just to record it: the child makes the preview (the same
-``failures.preview`` with the same secrets hidden) and sends it beside the pickled bytes, and
+``previews.preview`` with the same secrets hidden) and sends it beside the pickled bytes, and
 the value itself is unpickled only when Python code asks for it (an ``on_success``/
 ``on_failure`` hook, a caller of ``trigger_now``), in a helper thread with a deadline.
 """

@@ -1,6 +1,6 @@
-"""Text made from what jobs hand back (failures.py, offloop.py): bounded in size and work,
-contained against every BaseException, the same as json.dumps/repr where those are cheap; and
-release.py, which frees a large result in slices."""
+"""Text made from what jobs hand back (failures.py, previews.py, offloop.py): bounded in size
+and work, contained against every BaseException, the same as json.dumps/repr where those are
+cheap; and release.py, which frees a large result in slices."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import failures, offloop, release
+from qtasks_cli import failures, offloop, previews, release
 
 PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -35,7 +35,7 @@ def same(text: str) -> str:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(PLAIN)
 def test_preview_is_the_json_when_it_fits_else_at_most_200_characters(value: Any) -> None:
-    text = failures.preview(value, same)
+    text = previews.preview(value, same)
     assert len(text) <= failures.PREVIEW_CHARS
     full = json.dumps(value, ensure_ascii=False)
     if len(full) <= failures.PREVIEW_CHARS:
@@ -49,7 +49,7 @@ def test_preview_is_the_json_when_it_fits_else_at_most_200_characters(value: Any
 @settings(max_examples=200, deadline=None)
 @given(PLAIN)
 def test_repr_preview_matches_repr_when_short(value: Any) -> None:
-    text = failures.preview(value, same, as_json=False)
+    text = previews.preview(value, same, as_json=False)
     full = repr(value)
     if len(full) < failures.PREVIEW_CHARS and not isinstance(value, (set, frozenset)):
         assert text == full
@@ -58,11 +58,11 @@ def test_repr_preview_matches_repr_when_short(value: Any) -> None:
 
 def test_huge_plain_values_are_previewed_from_their_first_items() -> None:
     big = list(range(10_000_000))
-    assert failures.preview(big, same).startswith("[0, 1, 2, 3")
+    assert previews.preview(big, same).startswith("[0, 1, 2, 3")
     blob = b"x" * (20 * 1024 * 1024)
-    assert failures.preview(blob, same).startswith("b'xxx")
-    assert len(failures.preview({"k": "v" * 10_000_000}, same)) == failures.PREVIEW_CHARS
-    assert failures.preview(10**100_000, same) == "<int of 332193 bits>"
+    assert previews.preview(blob, same).startswith("b'xxx")
+    assert len(previews.preview({"k": "v" * 10_000_000}, same)) == failures.PREVIEW_CHARS
+    assert previews.preview(10**100_000, same) == "<int of 332193 bits>"
 
 
 def test_a_secret_straddling_the_limit_is_redacted_whole() -> None:
@@ -121,7 +121,7 @@ def test_repr_that_raises_or_hangs_gives_a_placeholder_off_the_loop(
                 ticks += 1
 
         task = asyncio.create_task(ticker())
-        raised = await failures.preview_off_loop(InterruptsOnRepr(), same)
+        raised = await previews.preview_off_loop(InterruptsOnRepr(), same)
         started = time.monotonic()
         hung = await offloop.off_loop(lambda: repr(Hangs()), fallback="gave up", timeout=0.2)
         took = time.monotonic() - started

@@ -24,9 +24,9 @@ from qtasks_cli.executor import (
     Capacity,
     Runtime,
     execute,
-    result_preview,
 )
 from qtasks_cli.models import JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+from qtasks_cli.previews import result_preview
 
 # --- helpers -------------------------------------------------------------------------------------
 

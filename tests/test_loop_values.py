@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qtasks_cli import executor, failures, offthread, release
+from qtasks_cli import executor, failures, offthread, previews, release
 from qtasks_cli.context import RUN_VAR, RunInfo
 
 
@@ -57,8 +57,8 @@ def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
     assert not executor._awaitable(value)
     assert failures.type_name(exc).endswith("HostileError")
     assert failures.class_name(type(value)) == "Hostile"
-    with pytest.raises(failures.NeedsJobCode):
-        failures.preview(value, lambda text: text)
+    with pytest.raises(previews.NeedsJobCode):
+        previews.preview(value, lambda text: text)
     release.adopt(value)
     release.adopt(exc)
     spec_types = (ValueError, HostileError)
@@ -68,7 +68,7 @@ def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
 
 def test_preview_off_loop_and_describe_of_hostile_values_run_their_code_in_a_thread() -> None:
     async def main() -> tuple[str, tuple[str, str, str | None]]:
-        shown = await failures.preview_off_loop([Hostile()], lambda text: text)
+        shown = await previews.preview_off_loop([Hostile()], lambda text: text)
         described = await failures.describe_exception_off_loop(HostileError("x"), lambda t: t)
         return shown, described
 
