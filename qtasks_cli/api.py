@@ -176,9 +176,10 @@ async def trigger_now(
 ) -> RunResult:
     """Run one job now in this process with its retry, timeout, generator and hook settings,
     and record it in the history as a ``manual`` run."""
-    from qtasks_cli.executor import Runtime, execute
+    from qtasks_cli.executor import execute
     from qtasks_cli.output import Capture, recorded
     from qtasks_cli.pickled import loaded
+    from qtasks_cli.runtime import Runtime
     from qtasks_cli.store import new_run_id
 
     capture = Capture()

@@ -21,12 +21,11 @@ from qtasks_cli.events import Event, EventKind
 from qtasks_cli.executor import (
     ERROR_CHARS,
     TRACEBACK_CHARS,
-    Capacity,
-    Runtime,
     execute,
 )
 from qtasks_cli.models import JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
 from qtasks_cli.previews import result_preview
+from qtasks_cli.runtime import Capacity, Runtime
 
 # --- helpers -------------------------------------------------------------------------------------
 

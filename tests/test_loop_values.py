@@ -12,6 +12,7 @@ import pytest
 
 from qtasks_cli import executor, failures, offthread, previews, release
 from qtasks_cli.context import RUN_VAR, RunInfo
+from qtasks_cli.runtime import Runtime
 
 
 class Tripwire(Exception):
@@ -177,7 +178,7 @@ def test_daemon_calls_never_queue_behind_jobs_hung_calls() -> None:
 
 def test_a_stray_task_borrows_a_unit_and_counts_as_stuck_until_it_ends() -> None:
     async def main() -> None:
-        runtime = executor.Runtime(1)
+        runtime = Runtime(1)
         release_it = asyncio.Event()
 
         async def stubborn() -> None:
