@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import random
-import sys
 import threading
 import traceback
 import types
@@ -29,13 +27,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, offloop, previews, release, sigguard
+from qtasks_cli.calling import HandlerFailed, Run, handle, kind_of
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
-from qtasks_cli.durations import format_duration
+from qtasks_cli.durations import format_duration, format_seconds
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.isolation.wire import KILL_WAIT, ReportedError
+from qtasks_cli.isolation.wire import ReportedError
 from qtasks_cli.models import (
     Attempt,
     Isolation,
@@ -46,13 +45,12 @@ from qtasks_cli.models import (
     TriggerKind,
 )
 from qtasks_cli.pickled import Pickled, loaded
-from qtasks_cli.runtime import Outcome, Runtime, guarded, let_go, unwrap
+from qtasks_cli.runtime import Outcome, Runtime, let_go
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
     from qtasks_cli.burst import Gate
-    from qtasks_cli.isolation.pool import Workers
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +69,6 @@ _FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 CANCELLED_RESULT = "qtasks_result"
 
 
-class _HandlerFailed(Exception):
-    """The generate_handler raised; the attempt fails with the handler's own exception."""
-
-    def __init__(self, ref: str, original: BaseException) -> None:
-        super().__init__(ref, original)
-        self.ref = ref
-        self.original = original
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Failure:
     status: RunStatus  # FAILED or TIMED_OUT
@@ -96,207 +85,6 @@ class _AttemptResult:
     failure: _Failure | None = None
 
 
-class _Run:
-    """The mutable state of one ``execute`` call."""
-
-    def __init__(
-        self,
-        job: JobSpec,
-        *,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        runtime: Runtime,
-        emit: Callable[[Event], None],
-        clock: Callable[[], datetime],
-        resolve: Callable[[str], Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        gate: Gate | None = None,
-    ) -> None:
-        self.job = job
-        # The burst's gate the first attempt waits at, just before the body (burst.py).
-        self.gate = gate
-        self.body_ended: datetime | None = None  # when a body the burst ran ended in go
-        self.run_id = run_id
-        self.trigger = trigger
-        self.scheduled = scheduled
-        self.runtime = runtime
-        self.clock = clock
-        self.resolve = resolve
-        self.args = args
-        self.kwargs = kwargs
-        self.attempt_log: list[Attempt] = []
-        self.items: int | None = None  # items handled by the current attempt
-        self.abandon_reason = "cancelled"
-        self.stuck_stack: traceback.StackSummary | None = None
-        # A stuck thread's frames (innermost first) with their line numbers at the timeout:
-        # their source lines are read off the loop, when the timeout's traceback is made.
-        self.stuck_frames: list[tuple[types.FrameType, int]] | None = None
-        self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
-        # What still runs the body of an attempt that timed out (a thread, a task that ignored
-        # its cancellation, a child process not yet reaped): no retry starts beside it.
-        self.leftover: threading.Thread | asyncio.Future[Any] | None = None
-        self.not_retried = ""  # why no retry is made although the policy allows one
-        # While the run's hook runs: who its threads belong to ("report (on_success hook)"),
-        # which is not the job, so a hung hook never holds the job's next fires.
-        self.hook: str | None = None
-        self._emit = emit
-        self._retry_types: tuple[type[BaseException], ...] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"job {self.job.name!r} run {self.run_id}"
-
-    @property
-    def workers(self) -> Workers:
-        """The runtime's child processes (isolation.call's ``Invocation``)."""
-        return self.runtime.workers
-
-    async def handle(self, handler: Any, item: Any) -> Any:
-        """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
-        return await _handle(self, handler, item)
-
-    def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
-        when = self.clock() if at is None else at
-        event = Event(kind=kind, time=when, job=self.job.name, run_id=self.run_id, **fields)
-        try:
-            self._emit(event)
-        except Exception:
-            log.exception("%s: emitting the %s event failed", self.label, kind)
-
-    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
-        awaitable it returns is awaited on the loop."""
-        kind = _kind_of(fn)
-        if self.gate is not None:  # a burst's first attempt: the body starts at go
-            if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
-                start = self.gate.start(fn, args, kwargs, self.clock)
-                self.gate = None
-                driven, value = await start
-                self.body_ended = start.ended
-                if not driven and _awaitable(value):
-                    value = await value
-                return value
-            await self.through_gate()
-        if kind is CallableKind.ASYNC:
-            value = fn(*args, **kwargs)
-        else:
-            value = await self.in_thread(functools.partial(fn, *args, **kwargs))
-        if _awaitable(value):
-            value = await value
-        return value
-
-    async def through_gate(self) -> None:
-        """Wait at the burst's gate, once (burst.py): everything before is set-up."""
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            await gate
-
-    async def in_thread(self, call: Callable[[], Any]) -> Any:
-        hook = self.hook is not None  # a hook's thread never holds its job or marks its run
-        return await self.runtime.call_in_thread(
-            call,
-            on_abandon=self._abandon,
-            owner=self.hook if hook else self.job.name,
-            run_id=None if hook else self.run_id,
-        )
-
-    def _abandon(self, thread: threading.Thread) -> str:
-        self.leftover = thread
-        frame = sys._current_frames().get(thread.ident or -1)
-        if frame is not None:
-            # Frames and line numbers only: reading source lines may run a loader's code.
-            frames: list[tuple[types.FrameType, int]] = []
-            while frame is not None:
-                frames.append((frame, frame.f_lineno))
-                frame = frame.f_back
-            self.stuck_frames = frames
-            self.stuck_where = "its thread is still running here"
-        return f"{self.label}: {self.abandon_reason}"
-
-    async def bounded(
-        self, awaitable: Awaitable[Any], timeout: float | None, what: str
-    ) -> tuple[Outcome | None, bool]:
-        """Run ``awaitable`` in its own task, cancelled after ``timeout`` seconds.
-
-        Returns its outcome (None if it would not stop) and whether it timed out.
-        """
-        if timeout is None:
-            # Nothing to time out: await it right here. A second task per run would delay
-            # every job of a burst behind the prologues of all the others.
-            try:
-                return Outcome(value=await awaitable), False
-            except asyncio.CancelledError as exc:
-                task = asyncio.current_task()
-                cancelling = getattr(task, "cancelling", None)
-                if cancelling is not None and not cancelling():
-                    return Outcome(error=exc), False  # the job raised it, nobody cancelled us
-                self.abandon_reason = f"{what} cancelled"
-                raise
-            except BaseException as exc:
-                return Outcome(error=unwrap(exc)), False
-        task = asyncio.get_running_loop().create_task(
-            guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
-        )
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        except asyncio.CancelledError:
-            self.abandon_reason = f"{what} cancelled"
-            await self._stop(task, what)
-            raise
-        if done:
-            return task.result(), False
-        self.abandon_reason = f"{what} timed out after {_seconds(timeout or 0)}"
-        return await self._stop(task, what), True
-
-    async def _stop(self, task: asyncio.Task[Outcome], what: str) -> Outcome | None:
-        task.cancel()
-        # Even with no grace, let the task see its cancellation once before judging it stuck.
-        grace = max(self.job.kill_grace.total_seconds(), 0.01)
-        if self.job.isolation is Isolation.PROCESS:
-            grace += KILL_WAIT + 1.0  # the SIGKILL after kill_grace and the reaping
-        done, _ = await asyncio.wait({task}, timeout=grace)
-        if done:
-            return task.result()
-        log.warning(
-            "%s: %s ignored its cancellation for %s; left running on the loop",
-            self.label,
-            what,
-            _seconds(grace),
-        )
-        if self.hook is not None:
-            self.runtime.keep(task, self.hook)
-        else:
-            self.runtime.keep(task, self.job.name, self.run_id)
-        self.leftover = task
-        return None
-
-    def retryable(self, exc: BaseException) -> bool:
-        """Whether ``retry_on`` matches ``exc``: by its class's MRO, as ``except`` matches
-        (no code of the job's exception runs on the loop)."""
-        if self._retry_types is None:
-            self._retry_types = _retry_types(self.job)
-        if type(exc) is ReportedError:
-            return exc.is_a(self._retry_types)
-        return failures.is_subclass(type(exc), self._retry_types)
-
-
-def _seconds(value: float) -> str:
-    return format_duration(timedelta(seconds=value))
-
-
-def _awaitable(value: Any) -> bool:
-    """``inspect.isawaitable(value)`` judged from ``type(value)`` alone: no ``__class__``
-    property or ABC machinery (a metaclass's ``__eq__``/``__hash__``) of the job runs here."""
-    kind = type(value)
-    if kind is types.CoroutineType:
-        return True
-    if kind is types.GeneratorType:  # a @types.coroutine generator
-        return bool(value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE)
-    return failures.has_method(kind, "__await__")
-
-
 def _opened(gate: Gate | None, started: datetime) -> datetime:
     """When an attempt started: the moment its burst's gate opened, if it waited at one (the
     clock read before it is from before the instant); else ``started``."""
@@ -305,48 +93,10 @@ def _opened(gate: Gate | None, started: datetime) -> datetime:
     return started
 
 
-# The kind of each entry point called, by identity: inspecting a function costs microseconds,
-# and a burst calls the same few thousand functions every second.
-_KINDS: dict[int, tuple[Any, CallableKind]] = {}
-_KINDS_MAX = 16_384
-
-
-def _kind_of(fn: Any) -> CallableKind:
-    """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
-    whose ``__call__`` may change)."""
-    if type(fn) is not types.FunctionType:
-        return entrypoints.kind_of(fn)
-    found = _KINDS.get(id(fn))
-    if found is not None and found[0] is fn:
-        return found[1]
-    kind = entrypoints.kind_of(fn)
-    if len(_KINDS) >= _KINDS_MAX:
-        _KINDS.clear()
-    _KINDS[id(fn)] = (fn, kind)
-    return kind
-
-
-def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
-    if not job.retry.on:
-        return (Exception,)
-    found: list[type[BaseException]] = []
-    for name in job.retry.on:
-        try:
-            found.append(entrypoints.resolve_exception(name))
-        except Exception as exc:
-            log.warning(
-                "job %r: retry_on %r cannot be resolved (%s); it matches nothing",
-                job.name,
-                name,
-                exc,
-            )
-    return tuple(found)
-
-
 # --- calling the job -----------------------------------------------------------------------------
 
 
-async def _call_attempt(run: _Run) -> Any:
+async def _call_attempt(run: Run) -> Any:
     """Call the job once and return its result; a generator's result is its handled items.
 
     This is the one step that ``isolation: process`` replaces.
@@ -359,7 +109,7 @@ async def _call_attempt(run: _Run) -> Any:
         return await call_attempt(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = _kind_of(fn)
+    kind = kind_of(fn)
     if kind is CallableKind.GENERATOR:
         await run.through_gate()
         return await _drain(run, fn(*run.args, **run.kwargs), handler)
@@ -376,7 +126,7 @@ async def _call_attempt(run: _Run) -> Any:
     return value
 
 
-async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
+async def _drain(run: Run, gen: Iterator[Any], handler: Any) -> list[Any]:
     """Iterate a sync generator, each step in a thread since it may block. A generator left
     unfinished (a timeout, a cancel) is closed off the loop: its ``finally`` is the job's code
     and may block, so it runs where its last reference is dropped, in release.py's thread."""
@@ -391,8 +141,8 @@ async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
                 finished = True
                 return handled
             try:
-                handled.append(await _handle(run, handler, item))
-            except _HandlerFailed:
+                handled.append(await handle(run, handler, item))
+            except HandlerFailed:
                 await run.in_thread(functools.partial(_close_quietly, gen))
                 raise
             finally:
@@ -402,13 +152,13 @@ async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
             release.adopt(gen)
 
 
-async def _drain_async(run: _Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
+async def _drain_async(run: Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
     handled: list[Any] = []
     run.items = 0
     async for item in agen:
         try:
-            handled.append(await _handle(run, handler, item))
-        except _HandlerFailed:
+            handled.append(await handle(run, handler, item))
+        except HandlerFailed:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None:
                 try:
@@ -429,36 +179,10 @@ def _close_quietly(gen: Iterator[Any]) -> None:
         log.debug("closing the generator failed", exc_info=True)
 
 
-async def _handle(run: _Run, handler: Any, item: Any) -> Any:
-    if handler is None:
-        value = item
-    else:
-        try:
-            value = await run.call(handler, item)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            inner = unwrap(exc)
-            raise _HandlerFailed(run.job.generate_handler or "", inner) from inner
-    if value is not item:
-        release.adopt(item)  # the handler's input, dropped off the loop
-    run.items = (run.items or 0) + 1
-    if run.job.echo:
-        run.event(
-            EventKind.ITEM,
-            attempt=len(run.attempt_log) + 1,
-            item=run.job.redact(value.preview)  # a process job's, previewed in its child
-            if type(value) is Pickled
-            else await previews.preview_off_loop(value, run.job.redact, as_json=False),
-            items=run.items,
-        )
-    return value
-
-
 # --- attempts and retries ------------------------------------------------------------------------
 
 
-async def _attempt(run: _Run) -> _AttemptResult:
+async def _attempt(run: Run) -> _AttemptResult:
     """One attempt under the job's timeout; records it and reports a failure."""
     job = run.job
     number = len(run.attempt_log) + 1
@@ -525,7 +249,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     return result
 
 
-async def _judge(run: _Run, outcome: Outcome | None, timed_out: bool) -> _AttemptResult:
+async def _judge(run: Run, outcome: Outcome | None, timed_out: bool) -> _AttemptResult:
     # Whatever the attempt handed back is dropped off the loop once nobody holds it.
     let_go(outcome)
     if timed_out:
@@ -536,7 +260,7 @@ async def _judge(run: _Run, outcome: Outcome | None, timed_out: bool) -> _Attemp
     return _AttemptResult(items=run.items, failure=await _failure(run.job, outcome.error))
 
 
-async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -> _AttemptResult:
+async def _settle_before_retry(run: Run, result: _AttemptResult, number: int) -> _AttemptResult:
     """Attempts never overlap: before a retry, wait (up to the job's timeout, or
     HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
     that, no retry is made and the failure says why."""
@@ -553,7 +277,7 @@ async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -
         return result
     failure = result.failure
     run.not_retried = (
-        f"attempt {number}'s body still runs ({what}, {_seconds(bound)} after its end); "
+        f"attempt {number}'s body still runs ({what}, {format_seconds(bound)} after its end); "
         "not retried, so that two attempts never run at once"
     )
     log.warning("%s: %s", run.label, run.not_retried)
@@ -570,7 +294,7 @@ def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
     return delay + (random.uniform(0.0, jitter) if jitter > 0 else 0.0)
 
 
-async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
+async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
     """Attempts until one succeeds, a failure is not retryable or the retries are used up."""
 
     policy = run.job.retry
@@ -615,7 +339,7 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
 async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
     """The failure ``exc`` makes, its text made off the loop, bounded and contained."""
     prefix = ""
-    if type(exc) is _HandlerFailed:
+    if type(exc) is HandlerFailed:
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
     if type(exc) is ReportedError:  # text already, made by the child process
@@ -637,7 +361,7 @@ async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
     )
 
 
-async def _timeout_failure(run: _Run, outcome: Outcome | None) -> _Failure:
+async def _timeout_failure(run: Run, outcome: Outcome | None) -> _Failure:
     job = run.job
     message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
     frames_at = run.stuck_frames
@@ -688,7 +412,7 @@ async def _timeout_text(
 # --- the run's end and hooks ---------------------------------------------------------------------
 
 
-async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
+async def _call_hook(run: Run, ref: str, result: RunResult) -> Any:
     if type(result.result) is Pickled:  # the hook gets the value itself, unpickled off the loop
         result = replace(result, result=await loaded(result.result))
     if run.job.secrets:  # a hook's payload never holds a ${NAME} value
@@ -704,7 +428,7 @@ async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
     return await run.call(run.resolve(ref), result)
 
 
-async def _run_hook(run: _Run, result: RunResult) -> None:
+async def _run_hook(run: Run, result: RunResult) -> None:
     """on_success / on_failure: logged when it fails or hangs; never changes the run."""
     job = run.job
     hook = _hook_of(job, result.status)
@@ -736,7 +460,7 @@ async def _run_hook(run: _Run, result: RunResult) -> None:
             run.label,
             name,
             ref,
-            _seconds(bound),
+            format_seconds(bound),
         )
     elif outcome is not None and outcome.error is not None:
         error_type, error, _ = await failures.describe_exception_off_loop(outcome.error, job.redact)
@@ -749,7 +473,7 @@ def _finished_level(status: RunStatus) -> int:
     return logging.WARNING if status is RunStatus.CANCELLED else logging.ERROR
 
 
-def _finish(run: _Run, result: RunResult, *, recorded: bool = True) -> None:
+def _finish(run: Run, result: RunResult, *, recorded: bool = True) -> None:
     run.event(
         EventKind.FINISHED,
         recorded=recorded,
@@ -767,7 +491,7 @@ def _finish(run: _Run, result: RunResult, *, recorded: bool = True) -> None:
 
 
 async def _build_result(
-    run: _Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
+    run: Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
 ) -> RunResult:
     failure = final.failure
     if failure is not None:
@@ -823,7 +547,7 @@ async def execute(
     CancelledError is re-raised; a cancellation while a hook runs only stops the hook (the run's
     FINISHED event has already gone out) and is re-raised too.
     """
-    run = _Run(
+    run = Run(
         job,
         run_id=run_id,
         trigger=trigger,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qtasks_cli import executor, failures, offthread, previews, release
+from qtasks_cli import calling, failures, offthread, previews, release
 from qtasks_cli.context import RUN_VAR, RunInfo
 from qtasks_cli.runtime import Runtime
 
@@ -55,7 +55,7 @@ class HostileError(Exception, metaclass=Meta):
 
 def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
     value, exc = Hostile(), HostileError("boom")
-    assert not executor._awaitable(value)
+    assert not calling._awaitable(value)
     assert failures.type_name(exc).endswith("HostileError")
     assert failures.class_name(type(value)) == "Hostile"
     with pytest.raises(previews.NeedsJobCode):

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Invocation(Protocol):
-    """What an attempt needs of the executor's run (its ``_Run``): the seam that keeps this
+    """What an attempt needs of the executor's run (a ``calling.Run``): the seam that keeps this
     package from importing the executor."""
 
     job: JobSpec
