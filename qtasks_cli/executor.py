@@ -15,10 +15,8 @@ import threading
 import traceback
 import types
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -27,17 +25,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, offloop, previews, release, sigguard
-from qtasks_cli.calling import HandlerFailed, Run, handle, kind_of
+from qtasks_cli.calling import HandlerFailed, Run, call_attempt
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_duration, format_seconds
-from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.isolation.wire import ReportedError
 from qtasks_cli.models import (
     Attempt,
-    Isolation,
     JobSpec,
     RetryPolicy,
     RunResult,
@@ -93,92 +89,6 @@ def _opened(gate: Gate | None, started: datetime) -> datetime:
     return started
 
 
-# --- calling the job -----------------------------------------------------------------------------
-
-
-async def _call_attempt(run: Run) -> Any:
-    """Call the job once and return its result; a generator's result is its handled items.
-
-    This is the one step that ``isolation: process`` replaces.
-    """
-    job = run.job
-    if job.isolation is Isolation.PROCESS:
-        from qtasks_cli.isolation.call import call_attempt
-
-        await run.through_gate()
-        return await call_attempt(run)
-    fn = run.resolve(job.entrypoint)
-    handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = kind_of(fn)
-    if kind is CallableKind.GENERATOR:
-        await run.through_gate()
-        return await _drain(run, fn(*run.args, **run.kwargs), handler)
-    if kind is CallableKind.ASYNC_GENERATOR:
-        await run.through_gate()
-        return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
-    value = await run.call(fn, *run.args, **run.kwargs)  # passes the gate, if any
-    # A plain function (a partial, a factory) may hand back a generator: iterate it too.
-    # (Exact types: neither can be subclassed, and isinstance would read __class__.)
-    if type(value) is types.GeneratorType:
-        return await _drain(run, value, handler)
-    if type(value) is types.AsyncGeneratorType:
-        return await _drain_async(run, value, handler)
-    return value
-
-
-async def _drain(run: Run, gen: Iterator[Any], handler: Any) -> list[Any]:
-    """Iterate a sync generator, each step in a thread since it may block. A generator left
-    unfinished (a timeout, a cancel) is closed off the loop: its ``finally`` is the job's code
-    and may block, so it runs where its last reference is dropped, in release.py's thread."""
-    handled: list[Any] = []
-    run.items = 0
-    end = object()
-    finished = False
-    try:
-        while True:
-            item = await run.in_thread(functools.partial(next, gen, end))
-            if item is end:
-                finished = True
-                return handled
-            try:
-                handled.append(await handle(run, handler, item))
-            except HandlerFailed:
-                await run.in_thread(functools.partial(_close_quietly, gen))
-                raise
-            finally:
-                del item
-    finally:
-        if not finished:
-            release.adopt(gen)
-
-
-async def _drain_async(run: Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
-    handled: list[Any] = []
-    run.items = 0
-    async for item in agen:
-        try:
-            handled.append(await handle(run, handler, item))
-        except HandlerFailed:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    log.debug("%s: closing the generator failed", run.label, exc_info=True)
-            raise
-    return handled
-
-
-def _close_quietly(gen: Iterator[Any]) -> None:
-    close = getattr(gen, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except BaseException:  # runs in a thread; the handler's failure is the one to report
-        log.debug("closing the generator failed", exc_info=True)
-
-
 # --- attempts and retries ------------------------------------------------------------------------
 
 
@@ -204,7 +114,7 @@ async def _attempt(run: Run) -> _AttemptResult:
         )
     timeout = job.timeout.total_seconds() if job.timeout is not None else None
     try:
-        outcome, timed_out = await run.bounded(_call_attempt(run), timeout, f"attempt {number}")
+        outcome, timed_out = await run.bounded(call_attempt(run), timeout, f"attempt {number}")
     except asyncio.CancelledError:
         run.attempt_log.append(
             Attempt(
