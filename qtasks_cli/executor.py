@@ -12,26 +12,24 @@ import functools
 import logging
 import random
 import threading
-import traceback
-import types
 from collections.abc import (
     Awaitable,
     Callable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, offloop, previews, release, sigguard
-from qtasks_cli.calling import HandlerFailed, Run, call_attempt
+from qtasks_cli.calling import Run, call_attempt
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
-from qtasks_cli.durations import format_duration, format_seconds
+from qtasks_cli.durations import format_seconds
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.isolation.wire import ReportedError
+from qtasks_cli.judging import AttemptResult, Failure, judge
 from qtasks_cli.models import (
     Attempt,
     JobSpec,
@@ -41,7 +39,7 @@ from qtasks_cli.models import (
     TriggerKind,
 )
 from qtasks_cli.pickled import Pickled, loaded
-from qtasks_cli.runtime import Outcome, Runtime, let_go
+from qtasks_cli.runtime import Runtime, let_go
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -50,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREVIEW_CHARS = failures.PREVIEW_CHARS
-ERROR_CHARS = failures.ERROR_CHARS
-TRACEBACK_CHARS = failures.TRACEBACK_CHARS
 HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
 
 _FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
@@ -63,22 +58,6 @@ _FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 # The attribute of the CancelledError ``execute`` re-raises that holds the run's result so far.
 CANCELLED_RESULT = "qtasks_result"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Failure:
-    status: RunStatus  # FAILED or TIMED_OUT
-    exc: BaseException  # what retry_on is matched against; a TimeoutError for a timeout
-    error_type: str
-    error: str
-    traceback: str | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _AttemptResult:
-    value: Any = None
-    items: int | None = None
-    failure: _Failure | None = None
 
 
 def _opened(gate: Gate | None, started: datetime) -> datetime:
@@ -92,7 +71,7 @@ def _opened(gate: Gate | None, started: datetime) -> datetime:
 # --- attempts and retries ------------------------------------------------------------------------
 
 
-async def _attempt(run: Run) -> _AttemptResult:
+async def _attempt(run: Run) -> AttemptResult:
     """One attempt under the job's timeout; records it and reports a failure."""
     job = run.job
     number = len(run.attempt_log) + 1
@@ -132,7 +111,7 @@ async def _attempt(run: Run) -> _AttemptResult:
     # check alone costs tens of µs).
     await asyncio.sleep(0)
     sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
-    result = await _judge(run, outcome, timed_out)
+    result = await judge(run, outcome, timed_out)
     if result.failure is not None and number < job.retry.attempts:
         result = await _settle_before_retry(run, result, number)
     failure = result.failure
@@ -159,18 +138,7 @@ async def _attempt(run: Run) -> _AttemptResult:
     return result
 
 
-async def _judge(run: Run, outcome: Outcome | None, timed_out: bool) -> _AttemptResult:
-    # Whatever the attempt handed back is dropped off the loop once nobody holds it.
-    let_go(outcome)
-    if timed_out:
-        return _AttemptResult(items=run.items, failure=await _timeout_failure(run, outcome))
-    assert outcome is not None  # only a timed-out task may be left without an outcome
-    if outcome.error is None:
-        return _AttemptResult(value=outcome.value, items=run.items)
-    return _AttemptResult(items=run.items, failure=await _failure(run.job, outcome.error))
-
-
-async def _settle_before_retry(run: Run, result: _AttemptResult, number: int) -> _AttemptResult:
+async def _settle_before_retry(run: Run, result: AttemptResult, number: int) -> AttemptResult:
     """Attempts never overlap: before a retry, wait (up to the job's timeout, or
     HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
     that, no retry is made and the failure says why."""
@@ -191,7 +159,7 @@ async def _settle_before_retry(run: Run, result: _AttemptResult, number: int) ->
         "not retried, so that two attempts never run at once"
     )
     log.warning("%s: %s", run.label, run.not_retried)
-    return _AttemptResult(
+    return AttemptResult(
         items=result.items,
         failure=replace(failure, error=f"{failure.error}; {run.not_retried}"),
     )
@@ -204,7 +172,7 @@ def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
     return delay + (random.uniform(0.0, jitter) if jitter > 0 else 0.0)
 
 
-async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
+async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> AttemptResult:
     """Attempts until one succeeds, a failure is not retryable or the retries are used up."""
 
     policy = run.job.retry
@@ -215,7 +183,7 @@ async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> _Att
         outcome = state.outcome
         if outcome is None or outcome.failed:  # a cancellation: let it propagate
             return False
-        failure: _Failure | None = outcome.result().failure
+        failure: Failure | None = outcome.result().failure
         return failure is not None and not run.not_retried and run.retryable(failure.exc)
 
     def announce(state: RetryCallState) -> None:
@@ -239,84 +207,8 @@ async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> _Att
         sleep=pause,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
-    final: _AttemptResult = await retrying(_attempt, run)
+    final: AttemptResult = await retrying(_attempt, run)
     return final
-
-
-# --- errors, tracebacks and previews -------------------------------------------------------------
-
-
-async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
-    """The failure ``exc`` makes, its text made off the loop, bounded and contained."""
-    prefix = ""
-    if type(exc) is HandlerFailed:
-        prefix = f"generate_handler {exc.ref!r} failed: "
-        exc = exc.original
-    if type(exc) is ReportedError:  # text already, made by the child process
-        error_type = job.redact(failures.clip(exc.type_name, 300))
-        error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
-        text = exc.traceback_text
-        if text is not None:
-            text = failures.redacted(text, TRACEBACK_CHARS, job.redact, keep_end=True)
-    else:
-        error_type, error, text = await failures.describe_exception_off_loop(
-            exc, job.redact, prefix
-        )
-    return _Failure(
-        status=RunStatus.FAILED,
-        exc=exc,
-        error_type=error_type,
-        error=error,
-        traceback=text,
-    )
-
-
-async def _timeout_failure(run: Run, outcome: Outcome | None) -> _Failure:
-    job = run.job
-    message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
-    frames_at = run.stuck_frames
-    run.stuck_frames = None
-    summary, where = run.stuck_stack, run.stuck_where
-    error = outcome.error if outcome is not None else None
-
-    def stack() -> traceback.StackSummary:
-        if frames_at is not None:
-            found = traceback.StackSummary.extract(iter(frames_at))
-            found.reverse()
-            return found
-        if summary is not None:
-            return summary
-        if error is not None:
-            return traceback.extract_tb(error.__traceback__)
-        return traceback.StackSummary()
-
-    if frames_at is None and summary is None:
-        where = "cancelled here" if error is not None else ""
-
-    def text() -> str | None:  # reads source files and the job's exception: off the loop
-        frames = failures.user_frames(stack())
-        if not frames:
-            return None
-        body = "".join(frames.format())
-        full = f"Traceback (most recent call last):\n{body}TimeoutError: {message} ({where})\n"
-        return failures.redacted(full, TRACEBACK_CHARS, job.redact, keep_end=True)
-
-    return _Failure(
-        status=RunStatus.TIMED_OUT,
-        exc=TimeoutError(message),
-        error_type="TimeoutError",
-        error=message,
-        traceback=await _timeout_text(text, frames_at),
-    )
-
-
-async def _timeout_text(
-    text: Callable[[], str | None], frames: list[tuple[types.FrameType, int]] | None
-) -> str | None:
-    try:
-        return await offloop.off_loop(text, fallback=None)
-    finally:
-        release.adopt(frames)  # the stuck thread's frames hold its locals
 
 
 # --- the run's end and hooks ---------------------------------------------------------------------
@@ -401,7 +293,7 @@ def _finish(run: Run, result: RunResult, *, recorded: bool = True) -> None:
 
 
 async def _build_result(
-    run: Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
+    run: Run, final: AttemptResult, base: dict[str, Any], ended: datetime
 ) -> RunResult:
     failure = final.failure
     if failure is not None:
