@@ -3,6 +3,10 @@
 ``execute`` is the one engine behind ``qtasks run`` and ``qtasks trigger``. It reports what happens
 as Events through a callback, returns a RunResult and never prints or touches the store.
 tenacity is imported only when a run executes, so importing this module stays light.
+
+The parts it drives: ``calling`` (a run's state and its calls into the job's code), ``judging``
+(what an attempt came to), ``hooks`` (``on_success``/``on_failure``) and ``runtime`` (what all
+runs of the process share: the cap, the threads, the child processes).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, offloop, previews, release, sigguard
+from qtasks_cli import entrypoints, previews, release, sigguard
 from qtasks_cli.calling import Run, call_attempt
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_seconds
 from qtasks_cli.events import Event, EventKind
+from qtasks_cli.hooks import HOOK_TIMEOUT, hook_of, run_hook
 from qtasks_cli.judging import AttemptResult, Failure, judge
 from qtasks_cli.models import (
     Attempt,
@@ -38,8 +43,8 @@ from qtasks_cli.models import (
     RunStatus,
     TriggerKind,
 )
-from qtasks_cli.pickled import Pickled, loaded
-from qtasks_cli.runtime import Runtime, let_go
+from qtasks_cli.pickled import Pickled
+from qtasks_cli.runtime import Runtime
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -47,10 +52,6 @@ if TYPE_CHECKING:
     from qtasks_cli.burst import Gate
 
 log = logging.getLogger(__name__)
-
-HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
-
-_FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -211,62 +212,7 @@ async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> Atte
     return final
 
 
-# --- the run's end and hooks ---------------------------------------------------------------------
-
-
-async def _call_hook(run: Run, ref: str, result: RunResult) -> Any:
-    if type(result.result) is Pickled:  # the hook gets the value itself, unpickled off the loop
-        result = replace(result, result=await loaded(result.result))
-    if run.job.secrets:  # a hook's payload never holds a ${NAME} value
-        from qtasks_cli.redaction import redact_value
-
-        value, secrets = result.result, run.job.secrets
-        # Walking the job's value runs its code (isinstance, iteration): off the loop.
-        hidden = await offloop.off_loop(
-            lambda: redact_value(value, secrets), fallback=None, refused=None
-        )
-        result = replace(result, result=hidden)
-        release.adopt(hidden)
-    return await run.call(run.resolve(ref), result)
-
-
-async def _run_hook(run: Run, result: RunResult) -> None:
-    """on_success / on_failure: logged when it fails or hangs; never changes the run."""
-    job = run.job
-    hook = _hook_of(job, result.status)
-    if hook is None:
-        return
-    name, ref = hook
-    run.hook = f"{job.name} ({name} hook)"
-    if run.runtime.stuck[run.hook]:  # one hung call per hook at most: threads are not free
-        log.warning(
-            "%s: %s hook %r not called: its call for an earlier run is still running",
-            run.label,
-            name,
-            ref,
-        )
-        release.adopt(result.result)
-        return
-    bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
-    try:
-        outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
-    except asyncio.CancelledError:
-        log.warning("%s: %s hook %r abandoned at shutdown", run.label, name, ref)
-        raise
-    finally:
-        release.adopt(result.result)
-    let_go(outcome)
-    if timed_out:
-        log.warning(
-            "%s: %s hook %r did not finish within %s; abandoned",
-            run.label,
-            name,
-            ref,
-            format_seconds(bound),
-        )
-    elif outcome is not None and outcome.error is not None:
-        error_type, error, _ = await failures.describe_exception_off_loop(outcome.error, job.redact)
-        log.warning("%s: %s hook %r failed: %s: %s", run.label, name, ref, error_type, error)
+# --- the run's end -------------------------------------------------------------------------------
 
 
 def _finished_level(status: RunStatus) -> int:
@@ -395,21 +341,11 @@ async def execute(
     base["started"] = _opened(gate, started)
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
-    if _hook_of(job, result.status):
+    if hook_of(job, result.status):
         # The run is over: its hook runs on its own, never holding the record or the job.
-        runtime.start_hook(_run_hook(run, result), f"qtasks:{job.name}:{run_id}:hook")
+        runtime.start_hook(run_hook(run, result), f"qtasks:{job.name}:{run_id}:hook")
     else:
         # A large result is freed in slices by a helper thread once the caller drops it, not
         # in one GIL-holding step on the loop.
         release.adopt(result.result)
     return result
-
-
-def _hook_of(job: JobSpec, status: RunStatus) -> tuple[str, str] | None:
-    """``(name, entry point)`` of the hook a run that ended with ``status`` calls, if the job
-    has one."""
-    if status is RunStatus.SUCCEEDED and job.on_success:
-        return "on_success", job.on_success
-    if status in _FAILED_FOR_GOOD and job.on_failure:
-        return "on_failure", job.on_failure
-    return None
