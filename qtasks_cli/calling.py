@@ -105,7 +105,7 @@ class Run:
 
     async def handle(self, handler: Any, item: Any) -> Any:
         """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
-        return await handle(self, handler, item)
+        return await _handle(self, handler, item)
 
     def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
         when = self.clock() if at is None else at
@@ -118,7 +118,7 @@ class Run:
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
         awaitable it returns is awaited on the loop."""
-        kind = kind_of(fn)
+        kind = _kind_of(fn)
         if self.gate is not None:  # a burst's first attempt: the body starts at go
             if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
                 start = self.gate.start(fn, args, kwargs, self.clock)
@@ -249,7 +249,7 @@ _KINDS: dict[int, tuple[Any, CallableKind]] = {}
 _KINDS_MAX = 16_384
 
 
-def kind_of(fn: Any) -> CallableKind:
+def _kind_of(fn: Any) -> CallableKind:
     """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
     whose ``__call__`` may change)."""
     if type(fn) is not types.FunctionType:
@@ -281,7 +281,7 @@ def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-async def handle(run: Run, handler: Any, item: Any) -> Any:
+async def _handle(run: Run, handler: Any, item: Any) -> Any:
     """``item`` through ``handler`` (or kept as it is when there is none), counted and echoed;
     the handler's exception is raised as a ``HandlerFailed``."""
     if handler is None:
@@ -325,7 +325,7 @@ async def call_attempt(run: Run) -> Any:
         return await call_in_child(run)
     fn = run.resolve(job.entrypoint)
     handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = kind_of(fn)
+    kind = _kind_of(fn)
     if kind is CallableKind.GENERATOR:
         await run.through_gate()
         return await _drain(run, fn(*run.args, **run.kwargs), handler)
@@ -357,7 +357,7 @@ async def _drain(run: Run, gen: Iterator[Any], handler: Any) -> list[Any]:
                 finished = True
                 return handled
             try:
-                handled.append(await handle(run, handler, item))
+                handled.append(await _handle(run, handler, item))
             except HandlerFailed:
                 await run.in_thread(functools.partial(_close_quietly, gen))
                 raise
@@ -373,7 +373,7 @@ async def _drain_async(run: Run, agen: AsyncIterator[Any], handler: Any) -> list
     run.items = 0
     async for item in agen:
         try:
-            handled.append(await handle(run, handler, item))
+            handled.append(await _handle(run, handler, item))
         except HandlerFailed:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None:
