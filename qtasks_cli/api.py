@@ -181,9 +181,10 @@ async def trigger_now(
     and record it in the history as a ``manual`` run."""
     import asyncio
 
-    from qtasks_cli.executor import CANCELLED_RESULT, Runtime, execute
+    from qtasks_cli.executor import CANCELLED_RESULT, execute
     from qtasks_cli.output import Capture, recorded
     from qtasks_cli.pickled import loaded
+    from qtasks_cli.runtime import Runtime
     from qtasks_cli.store import new_run_id
 
     capture = Capture()

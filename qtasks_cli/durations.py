@@ -63,3 +63,8 @@ def format_duration(delta: timedelta) -> str:
     if ms:
         parts.append(f"{ms}ms")
     return sign + "".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    """``format_duration`` of a number of seconds."""
+    return format_duration(timedelta(seconds=seconds))

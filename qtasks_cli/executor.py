@@ -3,369 +3,55 @@
 ``execute`` is the one engine behind ``qtasks run`` and ``qtasks trigger``. It reports what happens
 as Events through a callback, returns a RunResult and never prints or touches the store.
 tenacity is imported only when a run executes, so importing this module stays light.
+
+The parts it drives: ``calling`` (a run's state and its calls into the job's code), ``judging``
+(what an attempt came to), ``hooks`` (``on_success``/``on_failure``) and ``runtime`` (what all
+runs of the process share: the cap, the threads, the child processes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import contextvars
 import functools
-import inspect
-import itertools
 import logging
 import random
-import sys
 import threading
-import traceback
-import types
-from collections import deque
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
-    Iterator,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, release, sigguard
+from qtasks_cli import entrypoints, previews, release, sigguard
+from qtasks_cli.calling import Run, call_attempt
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
-from qtasks_cli.durations import format_duration
-from qtasks_cli.entrypoints import CallableKind
+from qtasks_cli.durations import format_seconds
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.isolation.wire import KILL_WAIT, ReportedError
+from qtasks_cli.hooks import HOOK_TIMEOUT, hook_of, run_hook
+from qtasks_cli.judging import AttemptResult, Failure, judge
 from qtasks_cli.models import (
     Attempt,
-    Isolation,
     JobSpec,
     RetryPolicy,
     RunResult,
     RunStatus,
     TriggerKind,
 )
-from qtasks_cli.pickled import Pickled, loaded
+from qtasks_cli.pickled import Pickled
+from qtasks_cli.runtime import Runtime
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
     from qtasks_cli.burst import Gate
-    from qtasks_cli.isolation.pool import Workers
 
 log = logging.getLogger(__name__)
-
-PREVIEW_CHARS = failures.PREVIEW_CHARS
-ERROR_CHARS = failures.ERROR_CHARS
-TRACEBACK_CHARS = failures.TRACEBACK_CHARS
-HOOK_TIMEOUT = 60.0  # seconds, for hooks of jobs without a timeout
-
-_FAILED_FOR_GOOD = (RunStatus.FAILED, RunStatus.TIMED_OUT)
-
-
-# --- the concurrency cap -------------------------------------------------------------------------
-
-
-class Capacity:
-    """A FIFO limiter: ``acquire`` waits its turn, ``release`` hands the unit to the next waiter.
-
-    ``borrow`` takes a unit without waiting and may exceed the limit; it is how a thread that
-    outlived its timeout keeps counting against the cap until it returns.
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"max_concurrent must be at least 1, got {limit!r}")
-        self._limit = limit
-        self._in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        """Take one unit, waiting behind everyone who asked earlier."""
-        if self._in_use < self._limit and not self._waiters:
-            self._in_use += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                # The unit arrived just as we were cancelled: pass it on rather than leak it.
-                self.release()
-            elif waiter in self._waiters:  # a release may have dropped it already
-                self._waiters.remove(waiter)
-            raise
-
-    def borrow(self) -> None:
-        """Take one unit now, even beyond the limit."""
-        self._in_use += 1
-
-    def release(self) -> None:
-        """Give back one unit taken by ``acquire`` or ``borrow``."""
-        if self._in_use <= 0:
-            raise RuntimeError("Capacity.release() called more often than acquire() and borrow()")
-        self._in_use -= 1
-        while self._waiters and self._in_use < self._limit:
-            waiter = self._waiters.popleft()
-            if waiter.done():  # cancelled while it waited (a stop): its turn is passed on
-                continue
-            self._in_use += 1  # counted at hand-over, so nobody can overtake the waiter
-            waiter.set_result(None)
-
-
-# --- threads and the runtime ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """What a call did, as a value: asyncio re-raises SystemExit and KeyboardInterrupt that
-    escape a task or a future, so nothing a job raises may travel as an exception there."""
-
-    value: Any = None
-    error: BaseException | None = None
-
-
-class _JobRaised(BaseException):
-    """A sync job's exception on its way up the loop's frames, raised in its place.
-
-    CPython normalizes an exception at each ``except``/``finally`` it passes, and that calls
-    ``__subclasscheck__`` of the exception class's metaclass: job code, on the loop, once per
-    daemon frame (a metaclass that took 1 s there made a per-second job miss fires). This
-    class's metaclass is ``type``. ``_inner`` gives the job's exception back where it is
-    recorded (``bounded``, ``_guarded``, a generator's handler)."""
-
-    def __init__(self, inner: BaseException) -> None:
-        super().__init__()
-        self.inner = inner
-
-
-def _inner(exc: BaseException) -> BaseException:
-    return exc.inner if type(exc) is _JobRaised else exc
-
-
-def _capture(fn: Callable[..., Any], *args: Any) -> _Outcome:
-    try:
-        return _Outcome(value=fn(*args))
-    except BaseException as exc:
-        return _Outcome(error=exc)
-
-
-async def _guarded(awaitable: Awaitable[Any]) -> _Outcome:
-    try:
-        return _Outcome(value=await awaitable)
-    except BaseException as exc:
-        return _Outcome(error=_inner(exc))
-
-
-class Runtime:
-    """Shared by all runs of one process: the concurrency cap, the threads for sync code and
-    the child processes of ``isolation: process`` jobs.
-
-    Sync code runs in a daemon thread per call, named ``qtasks-job-N``. A run uses one thread at
-    a time and holds a capacity unit, so the cap bounds the threads. Not a ThreadPoolExecutor:
-    its workers are joined at interpreter exit, so one stuck job would hang shutdown, and a
-    worker kept busy by a timed-out call would starve the retry or hook that follows it.
-    """
-
-    def __init__(self, max_concurrent: int) -> None:
-        self.capacity = Capacity(max_concurrent)
-        self.zombies = 0  # threads whose caller stopped waiting and that have not returned yet
-        # Per job, its zombie threads: such a job counts as still running for its overlap
-        # rule, so one hung job holds one slot, not every slot; on_unstuck(job) when one ends.
-        self.stuck: collections.Counter[str] = collections.Counter()
-        # Of those, the tasks that ignored their cancellation (async jobs).
-        self.stuck_tasks: collections.Counter[str] = collections.Counter()
-        self.on_unstuck: Callable[[str], None] | None = None
-        # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
-        # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
-        self.abandoned: dict[str, str] = {}
-        # Why a run's task is being cancelled (run id -> "cancelled by ..."), set by whoever
-        # cancels it, for the FINISHED event; "cancelled" when nobody said.
-        self.why_cancelled: dict[str, str] = {}
-        # Runs another node concluded while this daemon did not answer (qtasks_cli.fencing):
-        # run id -> the status the store holds, which their FINISHED event says.
-        self.concluded: dict[str, RunStatus] = {}
-        self._closed = False
-        self._numbers = itertools.count(1)
-        self._stray: set[asyncio.Task[Any]] = set()
-        self._hooks: set[asyncio.Task[None]] = set()  # on_success/on_failure hooks running
-        self._workers: Workers | None = None
-        # A zombie thread's future, resolved when it returns: what a retry waits on.
-        self._returned: dict[threading.Thread, asyncio.Future[Any]] = {}
-
-    @property
-    def workers(self) -> Workers:
-        """The child processes of process jobs; the first use imports ``isolation``."""
-        if self._workers is None:
-            from qtasks_cli.isolation.pool import Workers
-
-            self._workers = Workers()
-            if self._closed:
-                self._workers.close()  # so that it starts nothing
-        return self._workers
-
-    def start_hook(self, hook: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a finished run's hook in a task of its own: the run is recorded and over (its
-        job may fire again) while the hook, bounded by its own timeout, goes on."""
-        task = asyncio.get_running_loop().create_task(hook, name=name)
-        self._hooks.add(task)
-        task.add_done_callback(self._hooks.discard)
-
-    async def settle_hooks(self, timeout: float | None) -> int:
-        """Wait up to ``timeout`` seconds (None: each hook's own bound) for running hooks;
-        cancel those still running then. Returns how many were cancelled."""
-        if not self._hooks:
-            return 0
-        _, still = await asyncio.wait(set(self._hooks), timeout=timeout)
-        for task in still:
-            task.cancel()
-        return len(still)
-
-    def shutdown(self) -> None:
-        """Start no more threads or child processes; threads still running are not waited
-        for. Idle children exit and busy ones are killed; this blocks until they are reaped."""
-        self._closed = True
-        if self._workers is not None:
-            self._workers.close()
-
-    async def call_in_thread(
-        self,
-        call: Callable[[], Any],
-        *,
-        on_abandon: Callable[[threading.Thread], str],
-        owner: str | None = None,
-        run_id: str | None = None,
-    ) -> Any:
-        """``call()`` in a new thread; returns its value or raises what it raised.
-
-        If the caller is cancelled while the thread still runs, the thread becomes a zombie: it
-        borrows a capacity unit until it returns, ``on_abandon(thread)`` names it for the log,
-        and ``run_id`` (of job ``owner``) is in ``abandoned`` meanwhile.
-        """
-        if self._closed:
-            raise RuntimeError("the qtasks runtime is shut down; no new job threads start")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_Outcome] = loop.create_future()
-        context = contextvars.copy_context()
-
-        def deliver(outcome: _Outcome) -> None:
-            if not future.done():
-                future.set_result(outcome)
-
-        def target() -> None:
-            outcome = _capture(context.run, call)
-            # RuntimeError: the loop is closed, so nobody waits for this thread any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, outcome)
-
-        thread = threading.Thread(
-            target=target, name=f"qtasks-job-{next(self._numbers)}", daemon=True
-        )
-        thread.start()
-        try:
-            outcome = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if not future.done():
-                self._returned[thread] = future
-                future.add_done_callback(lambda _: self._returned.pop(thread, None))
-                self._adopt_zombie(future, on_abandon(thread), owner, run_id)
-            raise
-        if outcome.error is not None:
-            raise _JobRaised(outcome.error)  # not the job's own class: see _JobRaised
-        return outcome.value
-
-    def _adopt_zombie(
-        self,
-        future: asyncio.Future[_Outcome],
-        what: str,
-        owner: str | None = None,
-        run_id: str | None = None,
-    ) -> None:
-        self.capacity.borrow()
-        self.zombies += 1
-        if owner is not None:
-            self.stuck[owner] += 1
-        self._mark_abandoned(future, owner, run_id)
-        log.warning(
-            "%s; thread still running; counted against max_concurrent until it returns", what
-        )
-
-        def bury(done: asyncio.Future[_Outcome]) -> None:
-            if not done.cancelled():
-                _let_go(done.result())  # what the late thread returned: dropped off the loop
-            self.zombies -= 1
-            self.capacity.release()
-            log.info("%s; its thread has returned", what)
-            if owner is not None:
-                self.stuck[owner] -= 1
-                if self.on_unstuck is not None:
-                    self.on_unstuck(owner)
-
-        future.add_done_callback(bury)
-
-    def returned(self, thread: threading.Thread) -> asyncio.Future[Any] | None:
-        """The future that resolves when ``thread``, a zombie, returns; None once it has."""
-        return self._returned.get(thread)
-
-    def keep(
-        self, task: asyncio.Task[Any], owner: str | None = None, run_id: str | None = None
-    ) -> None:
-        """Hold a task that ignored its cancellation, so it is not garbage collected mid-run;
-        ``run_id`` (of job ``owner``) is in ``abandoned`` until the task ends. Like a thread
-        that outlived its timeout, it borrows a capacity unit and counts in ``stuck[owner]``
-        (the job is still running for its overlap rule) until it ends."""
-        if task.done():
-            return
-        self._stray.add(task)
-        self._mark_abandoned(task, owner, run_id)
-        self.capacity.borrow()
-        self.zombies += 1
-        if owner is not None:
-            self.stuck[owner] += 1
-            self.stuck_tasks[owner] += 1
-
-        def bury(done: asyncio.Task[Any]) -> None:
-            self._stray.discard(done)
-            if not done.cancelled() and done.exception() is None:
-                outcome = done.result()
-                if type(outcome) is _Outcome:
-                    _let_go(outcome)
-            self.zombies -= 1
-            self.capacity.release()
-            if owner is not None:
-                self.stuck[owner] -= 1
-                self.stuck_tasks[owner] -= 1
-                if self.on_unstuck is not None:
-                    self.on_unstuck(owner)
-
-        task.add_done_callback(bury)
-
-    def _mark_abandoned(
-        self, future: asyncio.Future[Any], owner: str | None, run_id: str | None
-    ) -> None:
-        if owner is None or run_id is None or future.done():
-            return
-        self.abandoned[run_id] = owner
-        future.add_done_callback(lambda _: self.abandoned.pop(run_id, None))
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -373,239 +59,6 @@ class Runtime:
 
 # The attribute of the CancelledError ``execute`` re-raises that holds the run's result so far.
 CANCELLED_RESULT = "qtasks_result"
-
-
-class _HandlerFailed(Exception):
-    """The generate_handler raised; the attempt fails with the handler's own exception."""
-
-    def __init__(self, ref: str, original: BaseException) -> None:
-        super().__init__(ref, original)
-        self.ref = ref
-        self.original = original
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Failure:
-    status: RunStatus  # FAILED or TIMED_OUT
-    exc: BaseException  # what retry_on is matched against; a TimeoutError for a timeout
-    error_type: str
-    error: str
-    traceback: str | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _AttemptResult:
-    value: Any = None
-    items: int | None = None
-    failure: _Failure | None = None
-
-
-class _Run:
-    """The mutable state of one ``execute`` call."""
-
-    def __init__(
-        self,
-        job: JobSpec,
-        *,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        runtime: Runtime,
-        emit: Callable[[Event], None],
-        clock: Callable[[], datetime],
-        resolve: Callable[[str], Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        gate: Gate | None = None,
-    ) -> None:
-        self.job = job
-        # The burst's gate the first attempt waits at, just before the body (burst.py).
-        self.gate = gate
-        self.body_ended: datetime | None = None  # when a body the burst ran ended in go
-        self.run_id = run_id
-        self.trigger = trigger
-        self.scheduled = scheduled
-        self.runtime = runtime
-        self.clock = clock
-        self.resolve = resolve
-        self.args = args
-        self.kwargs = kwargs
-        self.attempt_log: list[Attempt] = []
-        self.items: int | None = None  # items handled by the current attempt
-        self.abandon_reason = "cancelled"
-        self.stuck_stack: traceback.StackSummary | None = None
-        # A stuck thread's frames (innermost first) with their line numbers at the timeout:
-        # their source lines are read off the loop, when the timeout's traceback is made.
-        self.stuck_frames: list[tuple[types.FrameType, int]] | None = None
-        self.stuck_where = ""  # what stuck_stack shows, for the timeout's traceback
-        # What still runs the body of an attempt that timed out (a thread, a task that ignored
-        # its cancellation, a child process not yet reaped): no retry starts beside it.
-        self.leftover: threading.Thread | asyncio.Future[Any] | None = None
-        self.not_retried = ""  # why no retry is made although the policy allows one
-        # While the run's hook runs: who its threads belong to ("report (on_success hook)"),
-        # which is not the job, so a hung hook never holds the job's next fires.
-        self.hook: str | None = None
-        self._emit = emit
-        self._retry_types: tuple[type[BaseException], ...] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"job {self.job.name!r} run {self.run_id}"
-
-    @property
-    def workers(self) -> Workers:
-        """The runtime's child processes (isolation.call's ``Invocation``)."""
-        return self.runtime.workers
-
-    async def handle(self, handler: Any, item: Any) -> Any:
-        """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
-        return await _handle(self, handler, item)
-
-    def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
-        when = self.clock() if at is None else at
-        event = Event(kind=kind, time=when, job=self.job.name, run_id=self.run_id, **fields)
-        try:
-            self._emit(event)
-        except Exception:
-            log.exception("%s: emitting the %s event failed", self.label, kind)
-
-    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
-        awaitable it returns is awaited on the loop."""
-        kind = _kind_of(fn)
-        if self.gate is not None:  # a burst's first attempt: the body starts at go
-            if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
-                start = self.gate.start(fn, args, kwargs, self.clock)
-                self.gate = None
-                driven, value = await start
-                self.body_ended = start.ended
-                if not driven and _awaitable(value):
-                    value = await value
-                return value
-            await self.through_gate()
-        if kind is CallableKind.ASYNC:
-            value = fn(*args, **kwargs)
-        else:
-            value = await self.in_thread(functools.partial(fn, *args, **kwargs))
-        if _awaitable(value):
-            value = await value
-        return value
-
-    async def through_gate(self) -> None:
-        """Wait at the burst's gate, once (burst.py): everything before is set-up."""
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            await gate
-
-    async def in_thread(self, call: Callable[[], Any]) -> Any:
-        hook = self.hook is not None  # a hook's thread never holds its job or marks its run
-        return await self.runtime.call_in_thread(
-            call,
-            on_abandon=self._abandon,
-            owner=self.hook if hook else self.job.name,
-            run_id=None if hook else self.run_id,
-        )
-
-    def _abandon(self, thread: threading.Thread) -> str:
-        self.leftover = thread
-        frame = sys._current_frames().get(thread.ident or -1)
-        if frame is not None:
-            # Frames and line numbers only: reading source lines may run a loader's code.
-            frames: list[tuple[types.FrameType, int]] = []
-            while frame is not None:
-                frames.append((frame, frame.f_lineno))
-                frame = frame.f_back
-            self.stuck_frames = frames
-            self.stuck_where = "its thread is still running here"
-        return f"{self.label}: {self.abandon_reason}"
-
-    async def bounded(
-        self, awaitable: Awaitable[Any], timeout: float | None, what: str
-    ) -> tuple[_Outcome | None, bool]:
-        """Run ``awaitable`` in its own task, cancelled after ``timeout`` seconds.
-
-        Returns its outcome (None if it would not stop) and whether it timed out.
-        """
-        if timeout is None:
-            # Nothing to time out: await it right here. A second task per run would delay
-            # every job of a burst behind the prologues of all the others.
-            try:
-                return _Outcome(value=await awaitable), False
-            except asyncio.CancelledError as exc:
-                task = asyncio.current_task()
-                cancelling = getattr(task, "cancelling", None)
-                if cancelling is not None and not cancelling():
-                    return _Outcome(error=exc), False  # the job raised it, nobody cancelled us
-                self.abandon_reason = f"{what} cancelled"
-                raise
-            except BaseException as exc:
-                return _Outcome(error=_inner(exc)), False
-        task = asyncio.get_running_loop().create_task(
-            _guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
-        )
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        except asyncio.CancelledError:
-            self.abandon_reason = f"{what} cancelled"
-            await self._stop(task, what)
-            raise
-        if done:
-            return task.result(), False
-        self.abandon_reason = f"{what} timed out after {_seconds(timeout or 0)}"
-        return await self._stop(task, what), True
-
-    async def _stop(self, task: asyncio.Task[_Outcome], what: str) -> _Outcome | None:
-        task.cancel()
-        # Even with no grace, let the task see its cancellation once before judging it stuck.
-        grace = max(self.job.kill_grace.total_seconds(), 0.01)
-        if self.job.isolation is Isolation.PROCESS:
-            grace += KILL_WAIT + 1.0  # the SIGKILL after kill_grace and the reaping
-        done, _ = await asyncio.wait({task}, timeout=grace)
-        if done:
-            return task.result()
-        log.warning(
-            "%s: %s ignored its cancellation for %s; left running on the loop",
-            self.label,
-            what,
-            _seconds(grace),
-        )
-        if self.hook is not None:
-            self.runtime.keep(task, self.hook)
-        else:
-            self.runtime.keep(task, self.job.name, self.run_id)
-        self.leftover = task
-        return None
-
-    def retryable(self, exc: BaseException) -> bool:
-        """Whether ``retry_on`` matches ``exc``: by its class's MRO, as ``except`` matches
-        (no code of the job's exception runs on the loop)."""
-        if self._retry_types is None:
-            self._retry_types = _retry_types(self.job)
-        if type(exc) is ReportedError:
-            return exc.is_a(self._retry_types)
-        return failures.is_subclass(type(exc), self._retry_types)
-
-
-def _seconds(value: float) -> str:
-    return format_duration(timedelta(seconds=value))
-
-
-def _awaitable(value: Any) -> bool:
-    """``inspect.isawaitable(value)`` judged from ``type(value)`` alone: no ``__class__``
-    property or ABC machinery (a metaclass's ``__eq__``/``__hash__``) of the job runs here."""
-    kind = type(value)
-    if kind is types.CoroutineType:
-        return True
-    if kind is types.GeneratorType:  # a @types.coroutine generator
-        return bool(value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE)
-    return failures.has_method(kind, "__await__")
-
-
-def _let_go(outcome: _Outcome | None) -> None:
-    """The job's value and exception of ``outcome`` are dropped off the loop (release.py)."""
-    if outcome is not None:
-        release.adopt(outcome.value)
-        release.adopt(outcome.error)
 
 
 def _opened(gate: Gate | None, started: datetime) -> datetime:
@@ -616,160 +69,10 @@ def _opened(gate: Gate | None, started: datetime) -> datetime:
     return started
 
 
-# The kind of each entry point called, by identity: inspecting a function costs microseconds,
-# and a burst calls the same few thousand functions every second.
-_KINDS: dict[int, tuple[Any, CallableKind]] = {}
-_KINDS_MAX = 16_384
-
-
-def _kind_of(fn: Any) -> CallableKind:
-    """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
-    whose ``__call__`` may change)."""
-    if type(fn) is not types.FunctionType:
-        return entrypoints.kind_of(fn)
-    found = _KINDS.get(id(fn))
-    if found is not None and found[0] is fn:
-        return found[1]
-    kind = entrypoints.kind_of(fn)
-    if len(_KINDS) >= _KINDS_MAX:
-        _KINDS.clear()
-    _KINDS[id(fn)] = (fn, kind)
-    return kind
-
-
-def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
-    if not job.retry.on:
-        return (Exception,)
-    found: list[type[BaseException]] = []
-    for name in job.retry.on:
-        try:
-            found.append(entrypoints.resolve_exception(name))
-        except Exception as exc:
-            log.warning(
-                "job %r: retry_on %r cannot be resolved (%s); it matches nothing",
-                job.name,
-                name,
-                exc,
-            )
-    return tuple(found)
-
-
-# --- calling the job -----------------------------------------------------------------------------
-
-
-async def _call_attempt(run: _Run) -> Any:
-    """Call the job once and return its result; a generator's result is its handled items.
-
-    This is the one step that ``isolation: process`` replaces.
-    """
-    job = run.job
-    if job.isolation is Isolation.PROCESS:
-        from qtasks_cli.isolation.call import call_attempt
-
-        await run.through_gate()
-        return await call_attempt(run)
-    fn = run.resolve(job.entrypoint)
-    handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = _kind_of(fn)
-    if kind is CallableKind.GENERATOR:
-        await run.through_gate()
-        return await _drain(run, fn(*run.args, **run.kwargs), handler)
-    if kind is CallableKind.ASYNC_GENERATOR:
-        await run.through_gate()
-        return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
-    value = await run.call(fn, *run.args, **run.kwargs)  # passes the gate, if any
-    # A plain function (a partial, a factory) may hand back a generator: iterate it too.
-    # (Exact types: neither can be subclassed, and isinstance would read __class__.)
-    if type(value) is types.GeneratorType:
-        return await _drain(run, value, handler)
-    if type(value) is types.AsyncGeneratorType:
-        return await _drain_async(run, value, handler)
-    return value
-
-
-async def _drain(run: _Run, gen: Iterator[Any], handler: Any) -> list[Any]:
-    """Iterate a sync generator, each step in a thread since it may block. A generator left
-    unfinished (a timeout, a cancel) is closed off the loop: its ``finally`` is the job's code
-    and may block, so it runs where its last reference is dropped, in release.py's thread."""
-    handled: list[Any] = []
-    run.items = 0
-    end = object()
-    finished = False
-    try:
-        while True:
-            item = await run.in_thread(functools.partial(next, gen, end))
-            if item is end:
-                finished = True
-                return handled
-            try:
-                handled.append(await _handle(run, handler, item))
-            except _HandlerFailed:
-                await run.in_thread(functools.partial(_close_quietly, gen))
-                raise
-            finally:
-                del item
-    finally:
-        if not finished:
-            release.adopt(gen)
-
-
-async def _drain_async(run: _Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
-    handled: list[Any] = []
-    run.items = 0
-    async for item in agen:
-        try:
-            handled.append(await _handle(run, handler, item))
-        except _HandlerFailed:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    log.debug("%s: closing the generator failed", run.label, exc_info=True)
-            raise
-    return handled
-
-
-def _close_quietly(gen: Iterator[Any]) -> None:
-    close = getattr(gen, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except BaseException:  # runs in a thread; the handler's failure is the one to report
-        log.debug("closing the generator failed", exc_info=True)
-
-
-async def _handle(run: _Run, handler: Any, item: Any) -> Any:
-    if handler is None:
-        value = item
-    else:
-        try:
-            value = await run.call(handler, item)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            inner = _inner(exc)
-            raise _HandlerFailed(run.job.generate_handler or "", inner) from inner
-    if value is not item:
-        release.adopt(item)  # the handler's input, dropped off the loop
-    run.items = (run.items or 0) + 1
-    if run.job.echo:
-        run.event(
-            EventKind.ITEM,
-            attempt=len(run.attempt_log) + 1,
-            item=run.job.redact(value.preview)  # a process job's, previewed in its child
-            if type(value) is Pickled
-            else await failures.preview_off_loop(value, run.job.redact, as_json=False),
-            items=run.items,
-        )
-    return value
-
-
 # --- attempts and retries ------------------------------------------------------------------------
 
 
-async def _attempt(run: _Run) -> _AttemptResult:
+async def _attempt(run: Run) -> AttemptResult:
     """One attempt under the job's timeout; records it and reports a failure."""
     job = run.job
     number = len(run.attempt_log) + 1
@@ -791,7 +94,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
         )
     timeout = job.timeout.total_seconds() if job.timeout is not None else None
     try:
-        outcome, timed_out = await run.bounded(_call_attempt(run), timeout, f"attempt {number}")
+        outcome, timed_out = await run.bounded(call_attempt(run), timeout, f"attempt {number}")
     except asyncio.CancelledError:
         run.attempt_log.append(
             Attempt(
@@ -809,7 +112,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     # check alone costs tens of µs).
     await asyncio.sleep(0)
     sigguard.restore(job.name)  # a path the guard cannot see may have taken SIGTERM
-    result = await _judge(run, outcome, timed_out)
+    result = await judge(run, outcome, timed_out)
     if result.failure is not None and number < job.retry.attempts:
         result = await _settle_before_retry(run, result, number)
     failure = result.failure
@@ -836,18 +139,7 @@ async def _attempt(run: _Run) -> _AttemptResult:
     return result
 
 
-async def _judge(run: _Run, outcome: _Outcome | None, timed_out: bool) -> _AttemptResult:
-    # Whatever the attempt handed back is dropped off the loop once nobody holds it.
-    _let_go(outcome)
-    if timed_out:
-        return _AttemptResult(items=run.items, failure=await _timeout_failure(run, outcome))
-    assert outcome is not None  # only a timed-out task may be left without an outcome
-    if outcome.error is None:
-        return _AttemptResult(value=outcome.value, items=run.items)
-    return _AttemptResult(items=run.items, failure=await _failure(run.job, outcome.error))
-
-
-async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -> _AttemptResult:
+async def _settle_before_retry(run: Run, result: AttemptResult, number: int) -> AttemptResult:
     """Attempts never overlap: before a retry, wait (up to the job's timeout, or
     HOOK_TIMEOUT without one) for what still runs attempt ``number``'s body; if it outlives
     that, no retry is made and the failure says why."""
@@ -864,11 +156,11 @@ async def _settle_before_retry(run: _Run, result: _AttemptResult, number: int) -
         return result
     failure = result.failure
     run.not_retried = (
-        f"attempt {number}'s body still runs ({what}, {_seconds(bound)} after its end); "
+        f"attempt {number}'s body still runs ({what}, {format_seconds(bound)} after its end); "
         "not retried, so that two attempts never run at once"
     )
     log.warning("%s: %s", run.label, run.not_retried)
-    return _AttemptResult(
+    return AttemptResult(
         items=result.items,
         failure=replace(failure, error=f"{failure.error}; {run.not_retried}"),
     )
@@ -881,7 +173,7 @@ def _retry_delay(policy: RetryPolicy, state: RetryCallState) -> float:
     return delay + (random.uniform(0.0, jitter) if jitter > 0 else 0.0)
 
 
-async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _AttemptResult:
+async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> AttemptResult:
     """Attempts until one succeeds, a failure is not retryable or the retries are used up."""
 
     policy = run.job.retry
@@ -892,7 +184,7 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
         outcome = state.outcome
         if outcome is None or outcome.failed:  # a cancellation: let it propagate
             return False
-        failure: _Failure | None = outcome.result().failure
+        failure: Failure | None = outcome.result().failure
         return failure is not None and not run.not_retried and run.retryable(failure.exc)
 
     def announce(state: RetryCallState) -> None:
@@ -916,150 +208,11 @@ async def _attempts(run: _Run, sleep: Callable[[float], Awaitable[None]]) -> _At
         sleep=pause,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
-    final: _AttemptResult = await retrying(_attempt, run)
+    final: AttemptResult = await retrying(_attempt, run)
     return final
 
 
-# --- errors, tracebacks and previews -------------------------------------------------------------
-
-
-async def _failure(job: JobSpec, exc: BaseException) -> _Failure:
-    """The failure ``exc`` makes, its text made off the loop, bounded and contained."""
-    prefix = ""
-    if type(exc) is _HandlerFailed:
-        prefix = f"generate_handler {exc.ref!r} failed: "
-        exc = exc.original
-    if type(exc) is ReportedError:  # text already, made by the child process
-        error_type = job.redact(failures.clip(exc.type_name, 300))
-        error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
-        text = exc.traceback_text
-        if text is not None:
-            text = failures.redacted(text, TRACEBACK_CHARS, job.redact, keep_end=True)
-    else:
-        error_type, error, text = await failures.describe_exception_off_loop(
-            exc, job.redact, prefix
-        )
-    return _Failure(
-        status=RunStatus.FAILED,
-        exc=exc,
-        error_type=error_type,
-        error=error,
-        traceback=text,
-    )
-
-
-async def _timeout_failure(run: _Run, outcome: _Outcome | None) -> _Failure:
-    job = run.job
-    message = f"timed out after {format_duration(job.timeout or timedelta(0))}"
-    frames_at = run.stuck_frames
-    run.stuck_frames = None
-    summary, where = run.stuck_stack, run.stuck_where
-    error = outcome.error if outcome is not None else None
-
-    def stack() -> traceback.StackSummary:
-        if frames_at is not None:
-            found = traceback.StackSummary.extract(iter(frames_at))
-            found.reverse()
-            return found
-        if summary is not None:
-            return summary
-        if error is not None:
-            return traceback.extract_tb(error.__traceback__)
-        return traceback.StackSummary()
-
-    if frames_at is None and summary is None:
-        where = "cancelled here" if error is not None else ""
-
-    def text() -> str | None:  # reads source files and the job's exception: off the loop
-        frames = failures.user_frames(stack())
-        if not frames:
-            return None
-        body = "".join(frames.format())
-        full = f"Traceback (most recent call last):\n{body}TimeoutError: {message} ({where})\n"
-        return failures.redacted(full, TRACEBACK_CHARS, job.redact, keep_end=True)
-
-    return _Failure(
-        status=RunStatus.TIMED_OUT,
-        exc=TimeoutError(message),
-        error_type="TimeoutError",
-        error=message,
-        traceback=await _timeout_text(text, frames_at),
-    )
-
-
-async def _timeout_text(
-    text: Callable[[], str | None], frames: list[tuple[types.FrameType, int]] | None
-) -> str | None:
-    try:
-        return await failures.off_loop(text, fallback=None)
-    finally:
-        release.adopt(frames)  # the stuck thread's frames hold its locals
-
-
-def result_preview(value: Any, redact: Callable[[str], str]) -> str | None:
-    """JSON of ``value`` when it fits in 200 characters, else a clipped repr; secrets
-    redacted; bounded work, never raises (see ``failures.preview``)."""
-    if value is None:
-        return None
-    return failures.preview(value, redact, user_code=True)
-
-
-# --- the run's end and hooks ---------------------------------------------------------------------
-
-
-async def _call_hook(run: _Run, ref: str, result: RunResult) -> Any:
-    if type(result.result) is Pickled:  # the hook gets the value itself, unpickled off the loop
-        result = replace(result, result=await loaded(result.result))
-    if run.job.secrets:  # a hook's payload never holds a ${NAME} value
-        from qtasks_cli.redaction import redact_value
-
-        value, secrets = result.result, run.job.secrets
-        # Walking the job's value runs its code (isinstance, iteration): off the loop.
-        hidden = await failures.off_loop(
-            lambda: redact_value(value, secrets), fallback=None, refused=None
-        )
-        result = replace(result, result=hidden)
-        release.adopt(hidden)
-    return await run.call(run.resolve(ref), result)
-
-
-async def _run_hook(run: _Run, result: RunResult) -> None:
-    """on_success / on_failure: logged when it fails or hangs; never changes the run."""
-    job = run.job
-    hook = _hook_of(job, result.status)
-    if hook is None:
-        return
-    name, ref = hook
-    run.hook = f"{job.name} ({name} hook)"
-    if run.runtime.stuck[run.hook]:  # one hung call per hook at most: threads are not free
-        log.warning(
-            "%s: %s hook %r not called: its call for an earlier run is still running",
-            run.label,
-            name,
-            ref,
-        )
-        release.adopt(result.result)
-        return
-    bound = job.timeout.total_seconds() if job.timeout is not None else HOOK_TIMEOUT
-    try:
-        outcome, timed_out = await run.bounded(_call_hook(run, ref, result), bound, f"{name} hook")
-    except asyncio.CancelledError:
-        log.warning("%s: %s hook %r abandoned at shutdown", run.label, name, ref)
-        raise
-    finally:
-        release.adopt(result.result)
-    _let_go(outcome)
-    if timed_out:
-        log.warning(
-            "%s: %s hook %r did not finish within %s; abandoned",
-            run.label,
-            name,
-            ref,
-            _seconds(bound),
-        )
-    elif outcome is not None and outcome.error is not None:
-        error_type, error, _ = await failures.describe_exception_off_loop(outcome.error, job.redact)
-        log.warning("%s: %s hook %r failed: %s: %s", run.label, name, ref, error_type, error)
+# --- the run's end -------------------------------------------------------------------------------
 
 
 def _finished_level(status: RunStatus) -> int:
@@ -1068,7 +221,7 @@ def _finished_level(status: RunStatus) -> int:
     return logging.WARNING if status is RunStatus.CANCELLED else logging.ERROR
 
 
-def _finish(run: _Run, result: RunResult, *, recorded: bool = True) -> None:
+def _finish(run: Run, result: RunResult, *, recorded: bool = True) -> None:
     run.event(
         EventKind.FINISHED,
         recorded=recorded,
@@ -1086,7 +239,7 @@ def _finish(run: _Run, result: RunResult, *, recorded: bool = True) -> None:
 
 
 async def _build_result(
-    run: _Run, final: _AttemptResult, base: dict[str, Any], ended: datetime
+    run: Run, final: AttemptResult, base: dict[str, Any], ended: datetime
 ) -> RunResult:
     failure = final.failure
     if failure is not None:
@@ -1107,7 +260,7 @@ async def _build_result(
     elif value is None:
         preview = None
     else:
-        preview = await failures.preview_off_loop(value, run.job.redact)
+        preview = await previews.preview_off_loop(value, run.job.redact)
     return RunResult(
         **base,
         ended=ended,
@@ -1142,7 +295,7 @@ async def execute(
     CancelledError is re-raised; a cancellation while a hook runs only stops the hook (the run's
     FINISHED event has already gone out) and is re-raised too.
     """
-    run = _Run(
+    run = Run(
         job,
         run_id=run_id,
         trigger=trigger,
@@ -1188,21 +341,11 @@ async def execute(
     base["started"] = _opened(gate, started)
     result = await _build_result(run, final, base, clock())
     _finish(run, result)
-    if _hook_of(job, result.status):
+    if hook_of(job, result.status):
         # The run is over: its hook runs on its own, never holding the record or the job.
-        runtime.start_hook(_run_hook(run, result), f"qtasks:{job.name}:{run_id}:hook")
+        runtime.start_hook(run_hook(run, result), f"qtasks:{job.name}:{run_id}:hook")
     else:
         # A large result is freed in slices by a helper thread once the caller drops it, not
         # in one GIL-holding step on the loop.
         release.adopt(result.result)
     return result
-
-
-def _hook_of(job: JobSpec, status: RunStatus) -> tuple[str, str] | None:
-    """``(name, entry point)`` of the hook a run that ended with ``status`` calls, if the job
-    has one."""
-    if status is RunStatus.SUCCEEDED and job.on_success:
-        return "on_success", job.on_success
-    if status in _FAILED_FOR_GOOD and job.on_failure:
-        return "on_failure", job.on_failure
-    return None

@@ -1,297 +1,34 @@
-"""Bounded, contained text from what a job hands back: its exception, its result, its items.
+"""Bounded, contained text from what a job hands back: its exception, and the pieces every
+such text is made of (types read without the job's code, strings cut and redacted); the
+previews of its result and items are made of them in ``qtasks_cli.previews``.
 
 A job's value is hostile input to the daemon: ``__str__``/``__repr__`` may raise ``SystemExit``
 or ``KeyboardInterrupt``, loop forever, or return 100 MB; a result may be a list of ten million
 items. Everything here is bounded in size (``limit`` characters), contained against every
 ``BaseException``, and, where the job's own code could run or the value is large, done in a
-helper thread with a deadline (``off_loop``) so the event loop that fires jobs never waits on it.
-
-Plain values (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` and the builtin
-containers of them) are walked here with a budget: a preview reads at most a few hundred of
-their items, whatever their size, and never calls the job's code.
-
-Secrets are hidden leaf by leaf (``qtasks_cli.redaction``): each string, each bytes value, each
-number's text and each object's own repr goes through ``redact`` before it is quoted, so a
-secret is hidden however many layers of repr or JSON the job put around it, and redaction
-never touches the JSON or repr syntax of the preview itself.
+helper thread with a deadline (``offloop.off_loop``) so the event loop that fires jobs never
+waits on it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import importlib.util
-import json
-import logging
 import os
-import sys
 import threading
-import time
 import traceback
-import types
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
-log = logging.getLogger(__name__)
+from qtasks_cli import offloop
 
 PREVIEW_CHARS = 200  # a result or item preview
 ERROR_CHARS = 2_000  # an error message
 TRACEBACK_CHARS = 16 * 1024  # a traceback (its end is kept)
-TEXT_TIMEOUT = 2.0  # seconds a job's __str__/__repr__/traceback may take before we give up
 # Secrets are redacted before clipping; this much beyond the limit is kept for that, so a
 # secret that straddles the limit is replaced whole rather than shown in part.
 _REDACT_MARGIN = 64 * 1024
 SHIPPED_CHARS = 8 * _REDACT_MARGIN  # what a child process sends, redacted and clipped here
-_ITEMS = 1_000  # container items read at most (the text budget stops it sooner)
-# Characters of one leaf (a string, bytes, an object's repr) read beyond the budget before it is
-# redacted and cut: a secret up to this long that straddles the cut is hidden whole.
-_LEAF_MARGIN = 4 * 1024
-
-T = TypeVar("T")
-
-
-# --- the helper thread ---------------------------------------------------------------------------
-
-
-MAX_STUCK = 2  # late helper threads not yet throttled before we stop starting more
-MAX_THROTTLED = 32  # late helper threads throttled (idle, a stack each) before we stop too
-
-
-class _GaveUp(BaseException):
-    """Raised inside a helper thread that outlived its deadline, to stop the job's code.
-
-    It is raised by ``PyThreadState_SetAsyncExc`` with the class, so the instance is made in
-    the late thread itself, by the interpreter, when the exception is raised there: its
-    ``__init__`` is the one piece of our code that runs in that thread, and it arms the
-    throttle there (``_arm_throttle``). Raised once per thread: a second one could land inside
-    the throttle's own trace function, and CPython turns tracing off for a thread whose trace
-    function raises (see ``sys.settrace``), which would set a swallowing loop free again."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        _arm_throttle()
-
-
-class _Helpers:
-    """Helper threads that outlived their deadline (a job's repr that never returns).
-
-    A late thread is asked to stop: ``_GaveUp`` is raised in it (``PyThreadState_SetAsyncExc``),
-    which ends Python code that loops, at its next bytecode, unless it swallows every
-    BaseException; then it goes on throttled (see ``_GaveUp``). Code that never
-    returns to the interpreter (a C loop) cannot be stopped or throttled this way. While
-    MAX_STUCK late threads are not throttled (or MAX_THROTTLED are), a job's own
-    ``__str__``/``__repr__`` is not called again at all: its value gets the placeholder text,
-    so hung threads cannot pile up and eat the CPU. A throttled thread that swallows
-    ``_GaveUp`` is never ended; it sleeps at every line for good."""
-
-    lock = threading.Lock()
-    stuck: ClassVar[dict[int, threading.Thread]] = {}
-    refused = 0
-    # The classes whose own text method was running in a thread that outlived its deadline:
-    # those are not called again (see _culprits).
-    hung: ClassVar[dict[int, type]] = {}  # by id: a set would call a metaclass's __hash__/__eq__
-    throttled: ClassVar[set[int]] = set()  # late threads _GaveUp reached (see _arm_throttle)
-
-
-_MAX_HUNG = 1_000
-_HUNG_TEXTS = "earlier job values' texts still hang"
-
-
-_TEXT_METHODS = frozenset({"__str__", "__repr__", "__format__", "__notes__"})
-
-
-def _culprits(ident: int) -> list[type]:
-    """The classes whose own Python ``__str__``/``__repr__``/``__format__``/``__notes__`` is on
-    the late thread ``ident``'s stack: the code that hung, or called what hung. A class whose
-    text is made in C (``ValueError``, ``list``) is never among them, nor is an exception whose
-    traceback took long to format: blaming the class of the value being turned into text
-    marked ``ValueError`` hung after a slow traceback of 200,000 chained ``ValueError``s, and
-    every later ``ValueError`` of every job was recorded as a placeholder."""
-    frame = sys._current_frames().get(ident)
-    found: list[type] = []
-    while frame is not None:
-        code = frame.f_code
-        if code.co_argcount and code.co_name in _TEXT_METHODS:
-            owner = frame.f_locals.get(code.co_varnames[0], _TEXT_METHODS)
-            if owner is not _TEXT_METHODS:
-                found.append(type(owner))
-        frame = frame.f_back
-    return found
-
-
-def _hung_before(cls: type) -> bool:
-    return id(cls) in _Helpers.hung
-
-
-def stuck_threads() -> int:
-    """How many helper threads outlived their deadline and still run."""
-    return len(_Helpers.stuck)
-
-
-_THROTTLE = 0.5  # seconds a late helper thread sleeps at each line of the job's code
-
-
-def _throttle(frame: types.FrameType, event: str, arg: Any) -> Any:
-    """Trace function of a late helper thread: it sleeps (without the GIL) at every call and
-    line, so code that swallows ``_GaveUp`` and spins on costs no CPU and does not compete
-    with the loop for the GIL."""
-    time.sleep(_THROTTLE)
-    return _throttle
-
-
-def _arm_throttle() -> None:
-    """In a late helper thread (from ``_GaveUp.__init__``): trace every frame of its stack and
-    every later call with ``_throttle``, as ``pdb.set_trace`` does for a debugger. A thread
-    that swallows ``_GaveUp`` goes on at one line per ``_THROTTLE`` seconds."""
-    ident = threading.get_ident()
-    with _Helpers.lock:
-        if ident not in _Helpers.stuck or ident in _Helpers.throttled:
-            return
-        _Helpers.throttled.add(ident)
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        frame.f_trace = _throttle
-        frame = frame.f_back
-    sys.settrace(_throttle)
-
-
-def _stop_thread(ident: int) -> None:
-    """Ask a late helper thread to stop: ``_GaveUp`` is raised at its next bytecode, unless an
-    earlier one already reached it (the thread is throttled then, see ``_GaveUp``).
-    Called with ``_Helpers.lock`` held."""
-    if ident in _Helpers.throttled:
-        return
-    import ctypes  # only once a job's value has hung
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_GaveUp))
-
-
-def _nudge_stuck() -> bool:
-    """Ask every late helper thread that has not yet been reached to stop; forget the ended
-    ones; True while too many still run (MAX_STUCK unthrottled, or MAX_THROTTLED in all)."""
-    with _Helpers.lock:
-        for ident, thread in list(_Helpers.stuck.items()):
-            if thread.is_alive():
-                _stop_thread(ident)
-            else:
-                del _Helpers.stuck[ident]
-                _Helpers.throttled.discard(ident)
-        busy = len(_Helpers.stuck) - len(_Helpers.throttled)
-        return busy >= MAX_STUCK or len(_Helpers.stuck) >= MAX_THROTTLED + MAX_STUCK
-
-
-def _refuse_more() -> bool:
-    """True (and counted, warned now and then) while too many earlier helper threads run
-    (see ``_nudge_stuck``)."""
-    if not _nudge_stuck():
-        return False
-    _Helpers.refused += 1
-    if _Helpers.refused == 1 or _Helpers.refused % 1000 == 0:
-        log.warning(
-            "%d helper thread(s) still turn a job's value into text after their deadline; "
-            "not calling job code for text until they end (%d value(s) shown as placeholders)",
-            len(_Helpers.stuck),
-            _Helpers.refused,
-        )
-    return True
-
-
-def _start_helper(fn: Callable[[], Any], deliver: Callable[[tuple[bool, Any]], None]) -> Any:
-    """A daemon thread running ``fn()``, handing ``(True, value)`` or ``(False, exception)``
-    to ``deliver`` (from that thread); returns the thread."""
-
-    def target() -> None:
-        try:
-            outcome: tuple[bool, Any] = (True, fn())
-        except BaseException as exc:
-            outcome = (False, exc)
-        try:
-            with _Helpers.lock:
-                _Helpers.stuck.pop(threading.get_ident(), None)
-                _Helpers.throttled.discard(threading.get_ident())
-            deliver(outcome)
-        except _GaveUp:  # asked to stop just as it ended
-            pass
-        finally:
-            sys.settrace(None)  # armed by _GaveUp if it was late
-
-    thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
-    thread.start()
-    return thread
-
-
-def _give_up(thread: threading.Thread, timeout: float) -> None:
-    with _Helpers.lock:
-        if thread.is_alive() and thread.ident is not None:
-            _Helpers.stuck[thread.ident] = thread
-            for culprit in _culprits(thread.ident):
-                if len(_Helpers.hung) < _MAX_HUNG:
-                    _Helpers.hung[id(culprit)] = culprit
-            _stop_thread(thread.ident)
-    log.warning(
-        "turning a job's value into text took longer than %gs; gave up and asked the "
-        "thread to stop (%d such thread(s) still running)",
-        timeout,
-        len(_Helpers.stuck),
-    )
-
-
-async def off_loop(
-    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
-) -> T:
-    """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
-    does not return within ``timeout`` seconds (the thread is then asked to stop and left to
-    finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
-    too many earlier ones still run (see ``_nudge_stuck``)."""
-    if _refuse_more():
-        return fallback if refused is None else refused
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-
-    def deliver(outcome: tuple[bool, Any]) -> None:
-        def settle() -> None:
-            if not future.done():
-                future.set_result(outcome)
-
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-            loop.call_soon_threadsafe(settle)
-
-    thread = _start_helper(fn, deliver)
-    try:
-        ok, value = await asyncio.wait_for(asyncio.shield(future), timeout)
-    except asyncio.TimeoutError:
-        _give_up(thread, timeout)
-        return fallback
-    if not ok:
-        return fallback
-    result: T = value
-    return result
-
-
-def in_helper(
-    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
-) -> T:
-    """``off_loop`` for a thread that may block (a log writer, never the event loop): waits
-    for ``fn()`` in a helper thread up to ``timeout`` seconds, with the same fallbacks."""
-    if _refuse_more():
-        return fallback if refused is None else refused
-    done = threading.Event()
-    box: list[tuple[bool, Any]] = []
-
-    def deliver(outcome: tuple[bool, Any]) -> None:
-        box.append(outcome)
-        done.set()
-
-    thread = _start_helper(fn, deliver)
-    if not done.wait(timeout):
-        _give_up(thread, timeout)
-        return fallback
-    ok, value = box[0]
-    if not ok:
-        return fallback
-    result: T = value
-    return result
 
 
 # --- types, read without running a job's code ----------------------------------------------------
@@ -374,11 +111,11 @@ def safe_str(exc: BaseException, limit: int = ERROR_CHARS + _REDACT_MARGIN) -> s
     """``str(exc)`` cut to ``limit``; a placeholder if it raises anything (SystemExit too), or
     without calling it when that class's ``__str__`` once outlived its deadline."""
     cls = type(exc)
-    if _hung_before(cls):
+    if offloop.hung_before(cls):
         return f"<{class_name(cls)}: its str() hung before; not called again>"
     try:
         return plain_str(str(exc), limit)
-    except _GaveUp:
+    except offloop.GaveUp:
         raise
     except BaseException as inner:
         return f"<{class_name(cls)} whose str() raised {class_name(type(inner))}>"
@@ -388,216 +125,14 @@ def safe_repr(value: Any, limit: int = PREVIEW_CHARS + _REDACT_MARGIN) -> str:
     """``repr(value)`` cut to ``limit``; a placeholder if it raises anything, or without
     calling it when that class's ``__repr__`` once outlived its deadline."""
     cls = type(value)
-    if _hung_before(cls):
+    if offloop.hung_before(cls):
         return f"<{class_name(cls)} object: its repr() hung before; not called again>"
     try:
         return plain_str(repr(value), limit)
-    except _GaveUp:
+    except offloop.GaveUp:
         raise
     except BaseException as inner:
         return f"<{class_name(cls)} object whose repr() raised {class_name(type(inner))}>"
-
-
-# --- previews of plain values --------------------------------------------------------------------
-
-
-class NeedsJobCode(Exception):
-    """The value holds an object whose text only its own (the job's) code can make."""
-
-
-class _Full(Exception):
-    """The text passed its budget."""
-
-
-_SCALARS = (type(None), bool, int, float)
-_CONTAINERS = (list, tuple, set, frozenset, dict)
-
-
-def _scalar_repr(value: Any) -> str:
-    if type(value) is int and value.bit_length() > 600:  # repr of a huge int is quadratic
-        return f"<int of {value.bit_length()} bits>"
-    return repr(value)
-
-
-class _Writer:
-    def __init__(
-        self, budget: int, user_code: bool, leaf: Callable[[str], str] | None = None
-    ) -> None:
-        # Each string of the value goes through ``leaf`` (redaction) before it is quoted,
-        # so a secret is hidden however many layers of repr or JSON end up around it.
-        self.leaf: Callable[[str], str] = leaf or (lambda text: text)
-        self.parts: list[str] = []
-        self.size = 0
-        self.budget = budget
-        self.user_code = user_code
-        self.active: set[int] = set()  # containers being written: a cycle shows as [...]
-
-    def put(self, text: str) -> None:
-        self.parts.append(text)
-        self.size += len(text)
-        if self.size > self.budget:
-            raise _Full
-
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-def _leaf_bytes(out: _Writer, value: bytes | bytearray) -> bytes:
-    """The first ``out.budget`` bytes of ``value``, secrets hidden (as UTF-8 text)."""
-    text = bytes(value[: out.budget + _LEAF_MARGIN]).decode("utf-8", "surrogateescape")
-    return out.leaf(text).encode("utf-8", "surrogateescape")[: out.budget]
-
-
-def _repr_into(out: _Writer, value: Any, depth: int) -> None:
-    kind = type(value)
-    if is_one_of(kind, _SCALARS):
-        out.put(out.leaf(_scalar_repr(value)))
-    elif kind is str:
-        cut = out.leaf(value[: out.budget + _LEAF_MARGIN])[: out.budget]
-        out.put(repr(cut) + ("…" if len(value) > out.budget else ""))
-    elif kind is bytes or kind is bytearray:
-        shown = _leaf_bytes(out, value)
-        text = repr(shown) if kind is bytes else f"bytearray({shown!r})"
-        out.put(text + (f"… ({len(value)} bytes)" if len(value) > out.budget else ""))
-    elif is_one_of(kind, _CONTAINERS):
-        _container_repr(out, value, depth)
-    elif out.user_code:
-        out.put(out.leaf(safe_repr(value, out.budget + _LEAF_MARGIN))[: out.budget + 1])
-    else:
-        raise NeedsJobCode
-
-
-def _container_repr(out: _Writer, value: Any, depth: int) -> None:
-    kind = type(value)
-    if depth > 20:
-        out.put("…")
-        return
-    if id(value) in out.active:
-        out.put("[...]" if kind is list else "{...}" if kind is dict else "(...)")
-        return
-    out.active.add(id(value))
-    try:
-        _container_items(out, value, depth)
-    finally:
-        out.active.discard(id(value))
-
-
-def _container_items(out: _Writer, value: Any, depth: int) -> None:
-    kind = type(value)
-    opening, closing = "[]" if kind is list else "()" if kind is tuple else "{}"
-    if kind is set or kind is frozenset:
-        if not value:
-            out.put(f"{kind.__name__}()")
-            return
-        opening, closing = ("{", "}") if kind is set else ("frozenset({", "})")
-    out.put(opening)
-    shown = 0
-    for shown, item in enumerate(value.items() if kind is dict else value, 1):
-        if shown > _ITEMS:
-            out.put(f"… {len(value) - _ITEMS} more")
-            break
-        if shown > 1:
-            out.put(", ")
-        if kind is dict:
-            _repr_into(out, item[0], depth + 1)
-            out.put(": ")
-            _repr_into(out, item[1], depth + 1)
-        else:
-            _repr_into(out, item, depth + 1)
-    if kind is tuple and shown == 1 and len(value) == 1:
-        out.put(",")
-    out.put(closing)
-
-
-def _json_key(key: Any) -> str:
-    if type(key) is str:
-        return key
-    if key is None or type(key) is bool:
-        return json.dumps(key)
-    if type(key) is int or type(key) is float:
-        return json.dumps(key) if type(key) is float else _scalar_repr(key)
-    raise TypeError("not a JSON key")
-
-
-def _json_into(out: _Writer, value: Any, depth: int) -> None:
-    kind = type(value)
-    if depth > 20:
-        raise _Full
-    if is_one_of(kind, _SCALARS):
-        text = json.dumps(value) if kind is not int else _scalar_repr(value)
-        hidden = out.leaf(text)
-        out.put(text if hidden == text else json.dumps(hidden, ensure_ascii=False))
-    elif kind is str:
-        if len(value) > out.budget:
-            raise _Full
-        out.put(json.dumps(out.leaf(value), ensure_ascii=False))
-    elif kind is list or kind is tuple:
-        if len(value) > out.budget:
-            raise _Full
-        out.put("[")
-        for i, item in enumerate(value):
-            if i:
-                out.put(", ")
-            _json_into(out, item, depth + 1)
-        out.put("]")
-    elif kind is dict:
-        if len(value) > out.budget:
-            raise _Full
-        out.put("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                out.put(", ")
-            out.put(json.dumps(out.leaf(_json_key(key)), ensure_ascii=False) + ": ")
-            _json_into(out, item, depth + 1)
-        out.put("}")
-    else:  # json.dumps(default=repr) used to put such values as their repr string
-        inner = _Writer(out.budget, out.user_code, out.leaf)
-        with contextlib.suppress(_Full):
-            _repr_into(inner, value, depth)
-        out.put(json.dumps(inner.text(), ensure_ascii=False))
-
-
-def preview(
-    value: Any, redact: Callable[[str], str], *, as_json: bool = True, user_code: bool = False
-) -> str:
-    """A short text of ``value``: with ``as_json`` its JSON when that fits in PREVIEW_CHARS,
-    else a clipped repr-like text showing the first items of containers. ``redact`` hides
-    secrets in one piece of text: it is applied to each leaf of the value (see the module's
-    docstring), never to the preview as a whole.
-
-    Reads at most a few hundred items of plain values, however large. Raises NeedsJobCode
-    when an object needs its own ``__repr__`` and ``user_code`` is False (then call it again
-    with ``user_code=True`` in ``off_loop``)."""
-    if as_json:
-        out = _Writer(PREVIEW_CHARS, user_code, redact)
-        try:
-            _json_into(out, value, 0)
-            text: str | None = out.text()
-        except (_Full, TypeError, ValueError, RecursionError):
-            text = None
-        if text is not None and len(text) <= PREVIEW_CHARS:
-            return text
-    out = _Writer(PREVIEW_CHARS + 64, user_code, redact)
-    with contextlib.suppress(_Full):
-        _repr_into(out, value, 0)
-    return clip(out.text(), PREVIEW_CHARS)
-
-
-async def preview_off_loop(
-    value: Any, redact: Callable[[str], str], *, as_json: bool = True
-) -> str:
-    """``preview`` of ``value``: on the loop when it is a plain value (bounded work), else in
-    a helper thread with a deadline; a placeholder if the job's code fails or hangs."""
-    try:
-        return preview(value, redact, as_json=as_json)
-    except NeedsJobCode:
-        pass
-    name = class_name(type(value))
-    return await off_loop(
-        lambda: preview(value, redact, as_json=as_json, user_code=True),
-        fallback=f"<{name} object: its repr() failed or was not read within {TEXT_TIMEOUT:g}s>",
-        refused=f"<{name} object: not shown while {_HUNG_TEXTS}>",
-    )
 
 
 # --- exceptions ----------------------------------------------------------------------------------
@@ -678,10 +213,10 @@ def describe_exception(
     if message_read is not None:
         message_read(redacted(prefix + message, error_chars, redact))
     try:
-        if _hung_before(type(exc)):
+        if offloop.hung_before(type(exc)):
             raise LookupError  # formatting would call its __str__ again
         text: str | None = format_user_traceback(exc)
-    except _GaveUp:
+    except offloop.GaveUp:
         raise
     except BaseException:
         text = _bare_traceback(exc, message)
@@ -697,19 +232,19 @@ async def describe_exception_off_loop(
 ) -> tuple[str, str, str | None]:
     """``describe_exception`` in a helper thread with a deadline (the job's ``__str__`` and
     the source lines of its traceback are read there, never on the loop)."""
-    name = redact(type_name(exc))
+    name, timeout = redact(type_name(exc)), offloop.TEXT_TIMEOUT
 
     def placeholder(why: str) -> tuple[str, str, str | None]:
         return name, redacted(f"{prefix}<{name}: {why}>", ERROR_CHARS, redact), None
 
     read: list[str] = []  # the message, once made: kept if only the traceback is late
-    late = placeholder(f"its text could not be read within {TEXT_TIMEOUT:g}s")
-    found = await off_loop(
+    late = placeholder(f"its text could not be read within {timeout:g}s")
+    found = await offloop.off_loop(
         lambda: describe_exception(exc, redact, prefix, message_read=read.append),
-        timeout=TEXT_TIMEOUT,
+        timeout=timeout,
         fallback=late,
-        refused=placeholder(f"its text is not read while {_HUNG_TEXTS}"),
+        refused=placeholder(f"its text is not read while {offloop.HUNG_TEXTS}"),
     )
     if found is late and read:
-        return name, read[0], f"(its traceback could not be formatted within {TEXT_TIMEOUT:g}s)"
+        return name, read[0], f"(its traceback could not be formatted within {timeout:g}s)"
     return found

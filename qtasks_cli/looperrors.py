@@ -20,7 +20,7 @@ import threading
 import types
 from typing import Any
 
-from qtasks_cli import failures
+from qtasks_cli import failures, offloop
 from qtasks_cli.redaction import redact_known
 
 log = logging.getLogger("qtasks_cli.supervisor")
@@ -89,7 +89,7 @@ def _run() -> None:
             f"<{name}: its text could not be read in time>",
             None,
         )
-        error_type, text, _ = failures.in_helper(
+        error_type, text, _ = offloop.in_helper(
             functools.partial(failures.describe_exception, exc, redact_known), fallback=fallback
         )
         log.error("%s (%s, left behind by a job): %s: %s", message, where, error_type, text)

@@ -3,7 +3,7 @@
 Unpickling runs in C and holds the GIL from start to end: three million tuples take about
 0.4 s, during which no thread of the daemon, its event loop included, runs. So the daemon never
 unpickles a process job's result just to record it: the child makes the preview (the same
-``failures.preview`` with the same secrets hidden) and sends it beside the pickled bytes, and
+``previews.preview`` with the same secrets hidden) and sends it beside the pickled bytes, and
 the value itself is unpickled only when Python code asks for it (an ``on_success``/
 ``on_failure`` hook, a caller of ``trigger_now``), in a helper thread with a deadline.
 """
@@ -34,13 +34,13 @@ class Pickled:
 
 async def loaded(value: Any) -> Any:
     """``value``, or the value a ``Pickled`` stands for (a list of them too: a process job's
-    generator items), unpickled in a helper thread with ``failures.TEXT_TIMEOUT``'s deadline;
+    generator items), unpickled in a helper thread with ``offloop.TEXT_TIMEOUT``'s deadline;
     ``value`` itself when that fails or hangs."""
-    from qtasks_cli import failures
+    from qtasks_cli import offloop
 
     if type(value) is Pickled:
-        return await failures.off_loop(value.load, fallback=value)
+        return await offloop.off_loop(value.load, fallback=value)
     if type(value) is list and value and all(type(item) is Pickled for item in value):
         items: list[Pickled] = value
-        return await failures.off_loop(lambda: [item.load() for item in items], fallback=value)
+        return await offloop.off_loop(lambda: [item.load() for item in items], fallback=value)
     return value

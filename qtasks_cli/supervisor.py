@@ -24,7 +24,6 @@ from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
 from qtasks_cli.events import Event, EventBus, EventKind
-from qtasks_cli.executor import Runtime
 from qtasks_cli.firing import Firing
 from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
@@ -37,6 +36,7 @@ from qtasks_cli.models import (
 )
 from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
+from qtasks_cli.runtime import Runtime
 from qtasks_cli.stopping import stop_runs, stop_settle
 from qtasks_cli.store.base import Store
 from qtasks_cli.timetable import JobState, Timetable

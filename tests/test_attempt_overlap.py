@@ -10,8 +10,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.executor import execute
 from qtasks_cli.models import JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+from qtasks_cli.runtime import Runtime
 
 LOG: list[tuple[str, int, float]] = []
 RELEASE = threading.Event()

@@ -1,6 +1,6 @@
-"""Text made from what jobs hand back (failures.py): bounded in size and work, contained against
-every BaseException, the same as json.dumps/repr where those are cheap; and release.py, which frees
-a large result in slices."""
+"""Text made from what jobs hand back (failures.py, previews.py, offloop.py): bounded in size
+and work, contained against every BaseException, the same as json.dumps/repr where those are
+cheap; and release.py, which frees a large result in slices."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import failures, release
+from qtasks_cli import failures, offloop, previews, release
 
 PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -35,7 +35,7 @@ def same(text: str) -> str:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(PLAIN)
 def test_preview_is_the_json_when_it_fits_else_at_most_200_characters(value: Any) -> None:
-    text = failures.preview(value, same)
+    text = previews.preview(value, same)
     assert len(text) <= failures.PREVIEW_CHARS
     full = json.dumps(value, ensure_ascii=False)
     if len(full) <= failures.PREVIEW_CHARS:
@@ -49,7 +49,7 @@ def test_preview_is_the_json_when_it_fits_else_at_most_200_characters(value: Any
 @settings(max_examples=200, deadline=None)
 @given(PLAIN)
 def test_repr_preview_matches_repr_when_short(value: Any) -> None:
-    text = failures.preview(value, same, as_json=False)
+    text = previews.preview(value, same, as_json=False)
     full = repr(value)
     if len(full) < failures.PREVIEW_CHARS and not isinstance(value, (set, frozenset)):
         assert text == full
@@ -58,11 +58,11 @@ def test_repr_preview_matches_repr_when_short(value: Any) -> None:
 
 def test_huge_plain_values_are_previewed_from_their_first_items() -> None:
     big = list(range(10_000_000))
-    assert failures.preview(big, same).startswith("[0, 1, 2, 3")
+    assert previews.preview(big, same).startswith("[0, 1, 2, 3")
     blob = b"x" * (20 * 1024 * 1024)
-    assert failures.preview(blob, same).startswith("b'xxx")
-    assert len(failures.preview({"k": "v" * 10_000_000}, same)) == failures.PREVIEW_CHARS
-    assert failures.preview(10**100_000, same) == "<int of 332193 bits>"
+    assert previews.preview(blob, same).startswith("b'xxx")
+    assert len(previews.preview({"k": "v" * 10_000_000}, same)) == failures.PREVIEW_CHARS
+    assert previews.preview(10**100_000, same) == "<int of 332193 bits>"
 
 
 def test_a_secret_straddling_the_limit_is_redacted_whole() -> None:
@@ -103,7 +103,7 @@ def test_describe_exception_contains_every_base_exception(exc: BaseException) ->
 def test_repr_that_raises_or_hangs_gives_a_placeholder_off_the_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(failures, "TEXT_TIMEOUT", 0.2)
+    monkeypatch.setattr(offloop, "TEXT_TIMEOUT", 0.2)
     release_hang = threading.Event()
 
     class Hangs:
@@ -121,9 +121,9 @@ def test_repr_that_raises_or_hangs_gives_a_placeholder_off_the_loop(
                 ticks += 1
 
         task = asyncio.create_task(ticker())
-        raised = await failures.preview_off_loop(InterruptsOnRepr(), same)
+        raised = await previews.preview_off_loop(InterruptsOnRepr(), same)
         started = time.monotonic()
-        hung = await failures.off_loop(lambda: repr(Hangs()), fallback="gave up", timeout=0.2)
+        hung = await offloop.off_loop(lambda: repr(Hangs()), fallback="gave up", timeout=0.2)
         took = time.monotonic() - started
         task.cancel()
         release_hang.set()
@@ -164,7 +164,7 @@ def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
 ) -> None:
     """The stop is raised once; a second one could land in the slowing trace function, which
     turns tracing off for the thread (it used to: a given-up loop then spun a core for good)."""
-    monkeypatch.setattr(failures, "_THROTTLE", 0.02)
+    monkeypatch.setattr(offloop, "_THROTTLE", 0.02)
     stop = threading.Event()
     lines = [0]
 
@@ -179,18 +179,18 @@ def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
             return "ended"
 
     async def give_up() -> str:
-        return await failures.off_loop(lambda: str(Swallows()), fallback="gave up", timeout=0.1)
+        return await offloop.off_loop(lambda: str(Swallows()), fallback="gave up", timeout=0.1)
 
     try:
         assert asyncio.run(give_up()) == "gave up"
         deadline = time.monotonic() + 30
-        while not failures._Helpers.throttled and time.monotonic() < deadline:
+        while not offloop._Helpers.throttled and time.monotonic() < deadline:
             threading.Event().wait(0.01)
-        assert failures._Helpers.throttled, "the late thread was never reached"
+        assert offloop._Helpers.throttled, "the late thread was never reached"
         for _ in range(5):  # later values ask late threads again, as the daemon does
             started, before = time.monotonic(), lines[0]
             for _ in range(20):
-                failures._nudge_stuck()
+                offloop._nudge_stuck()
                 threading.Event().wait(0.005)
             elapsed = time.monotonic() - started
             # Each counted line sleeps 0.02 s first (the loop line and the count: 2 lines).
@@ -198,10 +198,10 @@ def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
     finally:
         stop.set()
     deadline = time.monotonic() + 30
-    while failures.stuck_threads() and time.monotonic() < deadline:
-        failures._nudge_stuck()
+    while offloop.stuck_threads() and time.monotonic() < deadline:
+        offloop._nudge_stuck()
         threading.Event().wait(0.05)
-    assert failures.stuck_threads() == 0
+    assert offloop.stuck_threads() == 0
 
 
 def test_only_the_class_whose_own_text_hung_is_not_called_again() -> None:
@@ -221,7 +221,7 @@ def test_only_the_class_whose_own_text_hung_is_not_called_again() -> None:
             return "slow"
 
     async def give_up(fn: Any) -> str:
-        return await failures.off_loop(fn, fallback="gave up", timeout=0.1)
+        return await offloop.off_loop(fn, fallback="gave up", timeout=0.1)
 
     try:
         # ValueError's own str() is C; the time goes to its argument's __str__.
@@ -241,9 +241,9 @@ def test_a_traceback_too_slow_to_format_keeps_the_message(monkeypatch: pytest.Mo
     """Only the part that is late is given up: a chain of 200,000 exceptions takes seconds to
     format, and its message (read first) used to be lost with it."""
     deadline = time.monotonic() + 60  # earlier tests' late threads end first (a busy machine)
-    while failures._nudge_stuck() and time.monotonic() < deadline:
+    while offloop._nudge_stuck() and time.monotonic() < deadline:
         threading.Event().wait(0.05)
-    monkeypatch.setattr(failures, "TEXT_TIMEOUT", 0.2)
+    monkeypatch.setattr(offloop, "TEXT_TIMEOUT", 0.2)
     release_format = threading.Event()
 
     def slow_format(exc: BaseException) -> str:

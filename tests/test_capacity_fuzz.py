@@ -2,10 +2,10 @@
 waiting and holding tasks, and releases, in every order a stop can make.
 
 Invariants: no call raises; a unit is never lost or doubled (every unit comes back: none in
-use at the end, and never fewer counted than held); the limit is never exceeded; waiters are served in order. A stop that cancelled
-a waiter just before a holder released used to hand the unit to the cancelled waiter: the
-release raised, the holder's run was never recorded, and the waiter's task failed with
-``ValueError: ... is not in deque`` (its run left ``claimed``).
+use at the end, and never fewer counted than held); the limit is never exceeded; no task
+holds twice. A stop that cancelled a waiter just before a holder released used to hand the
+unit to the cancelled waiter: the release raised, the holder's run was never recorded, and
+the waiter's task failed with ``ValueError: ... is not in deque`` (its run left ``claimed``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from qtasks_cli.executor import Capacity
+from qtasks_cli.runtime import Capacity
 
 
 async def _scenario(seed: int) -> None:

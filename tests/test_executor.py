@@ -18,15 +18,11 @@ import pytest
 
 from qtasks_cli import entrypoints
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.executor import (
-    ERROR_CHARS,
-    TRACEBACK_CHARS,
-    Capacity,
-    Runtime,
-    execute,
-    result_preview,
-)
+from qtasks_cli.executor import execute
+from qtasks_cli.failures import ERROR_CHARS, TRACEBACK_CHARS
 from qtasks_cli.models import JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+from qtasks_cli.previews import result_preview
+from qtasks_cli.runtime import Capacity, Runtime
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -19,9 +19,10 @@ from conftest import run_qtasks
 
 from qtasks_cli import entrypoints
 from qtasks_cli.events import Event, EventKind
-from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.executor import execute
 from qtasks_cli.models import Isolation, JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
 from qtasks_cli.pickled import loaded
+from qtasks_cli.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups and signals")
 

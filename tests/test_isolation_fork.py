@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from qtasks_cli import entrypoints
-from qtasks_cli.executor import Runtime, execute
+from qtasks_cli.executor import execute
 from qtasks_cli.models import Isolation, JobSpec, RunResult, RunStatus, TriggerKind
 from qtasks_cli.pickled import loaded
+from qtasks_cli.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="os.fork")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qtasks_cli import failures
+from qtasks_cli import offloop
 from qtasks_cli.ui import records
 
 GATE = threading.Event()
@@ -40,7 +40,7 @@ def test_plain_records_are_settled_where_they_are_even_on_the_loop(values: list[
 def test_a_record_that_needs_job_code_is_deferred_then_given_up_in_a_helper(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(failures, "TEXT_TIMEOUT", 0.2)
+    monkeypatch.setattr(offloop, "TEXT_TIMEOUT", 0.2)
     r = record("connection %s is slow", Hung())
     assert not records.is_plain(r)
     assert not records.settle(r, "defer")  # the loop hands it on untouched

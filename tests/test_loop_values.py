@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from qtasks_cli import executor, failures, offthread, release
+from qtasks_cli import calling, failures, offthread, previews, release
 from qtasks_cli.context import RUN_VAR, RunInfo
+from qtasks_cli.runtime import Runtime
 
 
 class Tripwire(Exception):
@@ -54,11 +55,11 @@ class HostileError(Exception, metaclass=Meta):
 
 def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
     value, exc = Hostile(), HostileError("boom")
-    assert not executor._awaitable(value)
+    assert not calling._awaitable(value)
     assert failures.type_name(exc).endswith("HostileError")
     assert failures.class_name(type(value)) == "Hostile"
-    with pytest.raises(failures.NeedsJobCode):
-        failures.preview(value, lambda text: text)
+    with pytest.raises(previews.NeedsJobCode):
+        previews.preview(value, lambda text: text)
     release.adopt(value)
     release.adopt(exc)
     spec_types = (ValueError, HostileError)
@@ -68,7 +69,7 @@ def test_looking_at_a_hostile_value_runs_none_of_its_code() -> None:
 
 def test_preview_off_loop_and_describe_of_hostile_values_run_their_code_in_a_thread() -> None:
     async def main() -> tuple[str, tuple[str, str, str | None]]:
-        shown = await failures.preview_off_loop([Hostile()], lambda text: text)
+        shown = await previews.preview_off_loop([Hostile()], lambda text: text)
         described = await failures.describe_exception_off_loop(HostileError("x"), lambda t: t)
         return shown, described
 
@@ -177,7 +178,7 @@ def test_daemon_calls_never_queue_behind_jobs_hung_calls() -> None:
 
 def test_a_stray_task_borrows_a_unit_and_counts_as_stuck_until_it_ends() -> None:
     async def main() -> None:
-        runtime = executor.Runtime(1)
+        runtime = Runtime(1)
         release_it = asyncio.Event()
 
         async def stubborn() -> None:

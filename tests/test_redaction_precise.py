@@ -22,7 +22,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import failures, output, redaction
+from qtasks_cli import failures, output, previews, redaction
 from qtasks_cli.redaction import clean_output, hidden_parts, redact, redact_value
 from qtasks_cli.spelling import ANYWHERE_CHARS
 from qtasks_cli.ui.text import clean_line, clean_text, visible
@@ -290,7 +290,7 @@ def test_split_secrets_are_hidden_on_every_path(data: st.DataObject, secret: str
     def gone(shown: str) -> None:
         assert secret not in visible(shown)[0] and secret not in clean_text(shown), shown
 
-    gone(failures.preview({"v": text, "b": text.encode()}, lambda t: redact(t, pairs)))
+    gone(previews.preview({"v": text, "b": text.encode()}, lambda t: redact(t, pairs)))
     gone(repr(redact_value({"v": [text, text.encode()]}, pairs)))
     try:
         raise ValueError(text)

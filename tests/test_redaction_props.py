@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import failures, redaction
+from qtasks_cli import failures, previews, redaction
 from qtasks_cli.redaction import redact, redact_lines, redact_value
 
 START, END = "Zq7k", "X7w9"  # every secret starts and ends so: neither may ever show
@@ -119,9 +119,9 @@ def test_previews_hide_the_secret_and_change_only_the_leaves_that_hold_it(
     leaf = clean_text | with_secret | with_secret.map(lambda t: t.encode("utf-8"))
     value = data.draw(values(leaf))
     for as_json in (True, False):
-        shown = failures.preview(value, lambda t: redact(t, pairs), as_json=as_json)
+        shown = previews.preview(value, lambda t: redact(t, pairs), as_json=as_json)
         assert hidden(shown), (value, shown)
-        assert shown == failures.preview(redact_value(value, pairs), identity, as_json=as_json)
+        assert shown == previews.preview(redact_value(value, pairs), identity, as_json=as_json)
 
 
 @settings(max_examples=200)
@@ -129,8 +129,8 @@ def test_previews_hide_the_secret_and_change_only_the_leaves_that_hold_it(
 def test_a_value_without_the_secret_is_previewed_byte_for_byte(value: Any, secret: str) -> None:
     pairs = ((secret, PLACEHOLDER),)
     for as_json in (True, False):
-        assert failures.preview(value, lambda t: redact(t, pairs), as_json=as_json) == (
-            failures.preview(value, identity, as_json=as_json)
+        assert previews.preview(value, lambda t: redact(t, pairs), as_json=as_json) == (
+            previews.preview(value, identity, as_json=as_json)
         )
     assert redact_value(value, pairs) == value
 
@@ -162,14 +162,14 @@ def test_the_stored_result_of_the_issue_stays_valid_json() -> None:
     replaced inside strings only, and the preview is still the same JSON shape."""
     value = {"neutral": "eu", "queue": [1, "reuse"], "eu": True}
     short = (("eu", "${REGION}"),)
-    assert failures.preview(value, lambda t: redact(t, short)) == json.dumps(value)
+    assert previews.preview(value, lambda t: redact(t, short)) == json.dumps(value)
     region = (("eu-west-1", "${REGION}"),)
-    shown = failures.preview({"region": "eu-west-1", "true": 1}, lambda t: redact(t, region))
+    shown = previews.preview({"region": "eu-west-1", "true": 1}, lambda t: redact(t, region))
     assert json.loads(shown) == {"region": "${REGION}", "true": 1}
     # A value that is JSON syntax itself is hidden in strings, never in the document.
     syntax = (('", "true": [1, 2]}', "${X}"),)
     value = {"a": 'x", "true": [1, 2]}', "b": [1, 2]}
-    assert json.loads(failures.preview(value, lambda t: redact(t, syntax))) == {
+    assert json.loads(previews.preview(value, lambda t: redact(t, syntax))) == {
         "a": "x${X}",
         "b": [1, 2],
     }

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from qtasks_cli import failures, redaction
+from qtasks_cli import offloop, redaction
 from qtasks_cli.failures import safe_str as _safe_str
 from qtasks_cli.isolation.pool import Worker, Workers
 from qtasks_cli.isolation.wire import ChildCrashed, Message, ReportedError, dumps
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Invocation(Protocol):
-    """What an attempt needs of the executor's run (its ``_Run``): the seam that keeps this
+    """What an attempt needs of the executor's run (a ``calling.Run``): the seam that keeps this
     package from importing the executor."""
 
     job: JobSpec
@@ -140,8 +140,8 @@ async def _item_value(item: Pickled, number: int) -> Any:
         except Exception as exc:
             return False, f"{type(exc).__name__}: {_safe_str(exc, 500)}"
 
-    timeout = f"not unpickled within {failures.TEXT_TIMEOUT:g}s"
-    done, value = await failures.off_loop(load, fallback=(False, timeout))
+    timeout = f"not unpickled within {offloop.TEXT_TIMEOUT:g}s"
+    done, value = await offloop.off_loop(load, fallback=(False, timeout))
     if not done:
         what = f"item {number} sent back by the child process cannot be unpickled: {value}"
         raise TypeError(what)

@@ -19,7 +19,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from qtasks_cli import entrypoints, failures, frames, redaction
+from qtasks_cli import entrypoints, failures, frames, previews, redaction
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.failures import safe_str as _safe_str
 from qtasks_cli.isolation.wire import CorruptStream, dumps, qualified_name
@@ -190,7 +190,7 @@ def _stream(channel: _Channel, loop: _Loop, ref: str, stream: Any) -> None:
         count += 1
         try:
             data = dumps(item, f"item {count} of {ref}", "to send it to the parent process")
-            shown = failures.preview(item, _redact, as_json=False, user_code=True)
+            shown = previews.preview(item, _redact, as_json=False, user_code=True)
         except TypeError:
             _close_quietly(loop, stream)
             raise
@@ -221,7 +221,7 @@ def _serve_call(channel: _Channel, loop: _Loop, payload: bytes) -> None:
         else:
             purpose = "to send it to the parent process"
             data = dumps(value, f"the result of {ref}", purpose)
-            preview = "" if value is None else failures.preview(value, _redact, user_code=True)
+            preview = "" if value is None else previews.preview(value, _redact, user_code=True)
             channel.send("done", pickle.dumps((preview, data), protocol=pickle.HIGHEST_PROTOCOL))
     except _Stop:
         raise

@@ -11,8 +11,8 @@ lock or writer thread sees it:
 - any other is formatted by the thread that logged it (``here``): a job's thread pays for its
   own objects, and holds no handler lock meanwhile, so nobody else waits. Only the daemon's
   and its libraries' records logged on the event loop are not: they go to the writer thread
-  as they are, which formats them in a helper thread with a deadline (``failures.in_helper``):
-  a text that does not come within ``failures.TEXT_TIMEOUT`` seconds is given up (the thread
+  as they are, which formats them in a helper thread with a deadline (``offloop.in_helper``):
+  a text that does not come within ``offloop.TEXT_TIMEOUT`` seconds is given up (the thread
   asked to stop, its class's text not called again), and the record says so instead.
 
 Messages are cut to ``MAX_CHARS`` (the end of a traceback is kept) before anything else reads
@@ -25,7 +25,7 @@ import logging
 import traceback
 from typing import Any
 
-from qtasks_cli import failures
+from qtasks_cli import offloop
 
 MAX_CHARS = 64 * 1024  # of a record's message, and of its traceback
 # Kept beyond MAX_CHARS until secrets are hidden, so that the cut never halves a secret.
@@ -92,14 +92,14 @@ def settle(record: logging.LogRecord, how: str) -> bool:
             name = record.name
             late: tuple[str, str | None] = (
                 f"(a log record of {name}: its text was not ready within "
-                f"{failures.TEXT_TIMEOUT:g}s; not shown)",
+                f"{offloop.TEXT_TIMEOUT:g}s; not shown)",
                 None,
             )
             refused: tuple[str, str | None] = (
                 f"(a log record of {name}: not shown while job code hangs)",
                 None,
             )
-            message, trace = failures.in_helper(
+            message, trace = offloop.in_helper(
                 lambda: _text(record), fallback=late, refused=refused
             )
     except BaseException as exc:  # a str subclass's __mod__, a formatting error, SystemExit
