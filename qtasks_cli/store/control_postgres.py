@@ -12,9 +12,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, clip_lines
+from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
     RAN,
     CancelRequest,
@@ -54,7 +54,7 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-class PostgresControl:
+class PostgresControl(sql.SqlControl):
     """The operator's tables in a schema; see ``ControlStore`` for the contract."""
 
     def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
@@ -62,6 +62,7 @@ class PostgresControl:
         self.location = redact_url(url)
         self.schema = schema
         self._s = check_schema(schema)
+        self._d = dialect(schema)
         self._lock = threading.Lock()
         try:
             conn = psycopg.Connection.connect(url, **connect_options(url))
@@ -91,7 +92,7 @@ class PostgresControl:
                 self._conn.close()
                 self._conn = None
 
-    def _do(self, what: str, work: Callable[[_Conn], _T], *, write: bool = False) -> _T:
+    def _do(self, what: str, work: Callable[[_Conn], _T], *, atomic: bool = False) -> _T:
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -101,7 +102,7 @@ class PostgresControl:
                     conn = self._conn = psycopg.Connection.connect(
                         self.url, **connect_options(self.url)
                     )
-                if not write:
+                if not atomic:
                     return work(conn)
                 with conn.transaction():
                     return work(conn)
@@ -176,7 +177,7 @@ class PostgresControl:
             assert row is not None
             return Pause(job=job, since=_utc(row[0]), by=row[1])
 
-        return self._do(f"pausing {job!r}", work, write=True)
+        return self._do(f"pausing {job!r}", work, atomic=True)
 
     def resume(self, job: str) -> Pause | None:
         def work(conn: _Conn) -> Pause | None:
@@ -186,7 +187,7 @@ class PostgresControl:
             ).fetchone()
             return None if row is None else Pause(job=job, since=_utc(row[0]), by=row[1])
 
-        return self._do(f"resuming {job!r}", work, write=True)
+        return self._do(f"resuming {job!r}", work, atomic=True)
 
     def paused(self) -> dict[str, Pause]:
         def work(conn: _Conn) -> list[Any]:
@@ -227,7 +228,7 @@ class PostgresControl:
                 return "requested"
             return status
 
-        return self._do(f"cancelling run {run_id}", work, write=True)
+        return self._do(f"cancelling run {run_id}", work, atomic=True)
 
     def cancel_requests(self) -> list[CancelRequest]:
         def work(conn: _Conn) -> list[Any]:
@@ -263,81 +264,9 @@ class PostgresControl:
                 ([r[0] for r in taken],),
             ).fetchall()
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
+        return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
 
     # -- runs in full ----------------------------------------------------------------------
-
-    def add_output(self, run_id: str, lines: Sequence[str]) -> None:
-        body = Jsonb(clip_lines(lines))
-
-        def work(conn: _Conn) -> None:
-            conn.execute(
-                f"INSERT INTO {self._s}.run_output (run_id, lines) VALUES (%s, %s)"
-                " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines",
-                (run_id, body),
-            )
-
-        self._do("keeping a run's output", work)
-
-    def output(self, run_id: str) -> list[str]:
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT lines FROM {self._s}.run_output WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's output", work)
-        return [] if row is None else [str(line) for line in row[0]]
-
-    def run(self, run_id: str) -> RunResult | None:
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {self._s}.runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run", work)
-        return None if row is None else _row_to_run(row)
-
-    def attempts(self, run_id: str) -> list[Attempt]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                "SELECT attempt, started, ended, status, error_type, error"
-                f" FROM {self._s}.attempts WHERE run_id = %s ORDER BY attempt",
-                (run_id,),
-            ).fetchall()
-
-        return [
-            Attempt(
-                number=n,
-                started=_utc(started),
-                ended=_utc(ended) if ended is not None else None,
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for n, started, ended, status, error_type, error in self._do("reading attempts", work)
-        ]
-
-    def run_arguments(self, run_id: str) -> tuple[Any, Any] | None:
-        import json
-
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT args_json, kwargs_json FROM {self._s}.runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's arguments", work)
-        if row is None or (row[0] is None and row[1] is None):
-            return None
-        return json.loads(row[0] or "[]"), json.loads(row[1] or "{}")
-
-    def last_successes(self) -> dict[str, datetime]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT job, max(ended) FROM {self._s}.runs WHERE status = 'succeeded'"
-                " AND ended IS NOT NULL GROUP BY job"
-            ).fetchall()
-
-        return {job: _utc(ended) for job, ended in self._do("reading last successes", work)}
 
     def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
         s = self._s

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, clip_lines
+from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
     RAN,
     CancelRequest,
@@ -41,12 +41,13 @@ def _time(value: int) -> datetime:
     return result
 
 
-class SqliteControl:
+class SqliteControl(sql.SqlControl):
     """The operator's tables in a state file; see ``ControlStore`` for the contract."""
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path).expanduser()
         self.location = str(self.path)
+        self._d = DIALECT
         self._lock = threading.Lock()
         # check_same_thread off: the daemon's control thread opens it, the loop closes it.
         self._conn: sqlite3.Connection | None = _connect(self.path, busy_timeout, threaded=True)
@@ -57,13 +58,15 @@ class SqliteControl:
                 self._conn.close()
                 self._conn = None
 
-    def _do(self, what: str, work: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+    def _do(
+        self, what: str, work: Callable[[sqlite3.Connection], _T], *, atomic: bool = False
+    ) -> _T:
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise StoreError(f"{self.location}: the state file is closed")
             try:
-                if not write:
+                if not atomic:
                     return work(conn)
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -96,13 +99,13 @@ class SqliteControl:
                 params,
             )
 
-        self._do("publishing the daemon's status", work, write=True)
+        self._do("publishing the daemon's status", work)
 
     def withdraw(self, node_id: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM daemons WHERE node_id = ?", (node_id,))
 
-        self._do("withdrawing the daemon's status", work, write=True)
+        self._do("withdrawing the daemon's status", work)
 
     def wake(self) -> None:
         from qtasks_cli import wake
@@ -117,9 +120,7 @@ class SqliteControl:
             ).fetchall()
 
         found = []
-        for node_id, host, pid, started, last_seen, body in self._do(
-            "reading daemons", work, write=False
-        ):
+        for node_id, host, pid, started, last_seen, body in self._do("reading daemons", work):
             found.append(
                 info_from_row(
                     node_id, host, pid, _time(started), _time(last_seen), json.loads(body)
@@ -140,7 +141,7 @@ class SqliteControl:
             ).fetchone()
             return Pause(job=job, since=_time(since), by=whom)
 
-        return self._do(f"pausing {job!r}", work, write=True)
+        return self._do(f"pausing {job!r}", work, atomic=True)
 
     def resume(self, job: str) -> Pause | None:
         def work(conn: sqlite3.Connection) -> Pause | None:
@@ -152,13 +153,13 @@ class SqliteControl:
             conn.execute("DELETE FROM paused_jobs WHERE job = ?", (job,))
             return Pause(job=job, since=_time(row[0]), by=row[1])
 
-        return self._do(f"resuming {job!r}", work, write=True)
+        return self._do(f"resuming {job!r}", work, atomic=True)
 
     def paused(self) -> dict[str, Pause]:
         def work(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute("SELECT job, since, by_whom FROM paused_jobs").fetchall()
 
-        rows = self._do("reading paused jobs", work, write=False)
+        rows = self._do("reading paused jobs", work)
         return {job: Pause(job=job, since=_time(since), by=by) for job, since, by in rows}
 
     # -- cancel ----------------------------------------------------------------------------
@@ -190,7 +191,7 @@ class SqliteControl:
                 return "requested"
             return status
 
-        return self._do(f"cancelling run {run_id}", work, write=True)
+        return self._do(f"cancelling run {run_id}", work, atomic=True)
 
     def cancel_requests(self) -> list[CancelRequest]:
         def work(conn: sqlite3.Connection) -> list[Any]:
@@ -200,7 +201,7 @@ class SqliteControl:
                 " ORDER BY requested"
             ).fetchall()
 
-        rows = self._do("reading cancel requests", work, write=False)
+        rows = self._do("reading cancel requests", work)
         return [CancelRequest(run_id=r, requested=_time(t), by=b) for r, t, b in rows]
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
@@ -210,7 +211,7 @@ class SqliteControl:
                 [(outcome, run_id) for run_id in run_ids],
             )
 
-        self._do("settling cancel requests", work, write=True)
+        self._do("settling cancel requests", work, atomic=True)
 
     def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         def any_left(conn: sqlite3.Connection) -> bool:
@@ -219,7 +220,7 @@ class SqliteControl:
             )
             return found.fetchone() is not None
 
-        if not self._do("reading cancels", any_left, write=False):  # no write lock each round
+        if not self._do("reading cancels", any_left):  # no write lock each round
             return []
 
         def work(conn: sqlite3.Connection) -> list[Any]:
@@ -234,81 +235,9 @@ class SqliteControl:
             )
             return rows
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
+        return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
 
     # -- runs in full ----------------------------------------------------------------------
-
-    def add_output(self, run_id: str, lines: Sequence[str]) -> None:
-        body = json.dumps(clip_lines(lines))
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)",
-                (run_id, body),
-            )
-
-        self._do("keeping a run's output", work, write=True)
-
-    def output(self, run_id: str) -> list[str]:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                "SELECT lines_json FROM run_output WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's output", work, write=False)
-        return [] if row is None else [str(line) for line in json.loads(row[0])]
-
-    def run(self, run_id: str) -> RunResult | None:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run", work, write=False)
-        return None if row is None else _row_to_run(row)
-
-    def attempts(self, run_id: str) -> list[Attempt]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT attempt, started, ended, status, error_type, error FROM attempts"
-                " WHERE run_id = ? ORDER BY attempt",
-                (run_id,),
-            ).fetchall()
-
-        return [
-            Attempt(
-                number=n,
-                started=_time(started),
-                ended=from_us(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for n, started, ended, status, error_type, error in self._do(
-                "reading attempts", work, write=False
-            )
-        ]
-
-    def run_arguments(self, run_id: str) -> tuple[Any, Any] | None:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                "SELECT args_json, kwargs_json FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's arguments", work, write=False)
-        if row is None or (row[0] is None and row[1] is None):
-            return None
-        return json.loads(row[0] or "[]"), json.loads(row[1] or "{}")
-
-    def last_successes(self) -> dict[str, datetime]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT job, max(ended) FROM runs WHERE status = 'succeeded'"
-                " AND ended IS NOT NULL GROUP BY job"
-            ).fetchall()
-
-        rows = self._do("reading last successes", work, write=False)
-        return {job: _time(ended) for job, ended in rows}
 
     def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
         ran = ", ".join(f"'{s}'" for s in RAN)
@@ -347,7 +276,7 @@ class SqliteControl:
                 recent=[_row_to_run(r) for r in latest],
             )
 
-        return self._do("reading runs", work, write=False)
+        return self._do("reading runs", work)
 
     def tidy(self) -> int:
         def work(conn: sqlite3.Connection) -> int:
@@ -358,7 +287,7 @@ class SqliteControl:
                 ).rowcount
             return gone
 
-        return self._do("tidying the operator's tables", work, write=True)
+        return self._do("tidying the operator's tables", work)
 
 
 if TYPE_CHECKING:

@@ -283,6 +283,7 @@ def dialect(schema: str) -> sql.Dialect:
         time_out=must_utc,
         node_column=True,
         lines=Jsonb,
+        jsonb=True,
         duration="extract(epoch FROM ended - started)::float8",
         seconds=float,
     )

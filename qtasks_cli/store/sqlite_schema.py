@@ -166,6 +166,7 @@ DIALECT = sql.Dialect(
     time_out=us_time,
     node_column=False,
     lines=json.dumps,
+    jsonb=False,
     duration="ended - started",
     seconds=_seconds,
 )

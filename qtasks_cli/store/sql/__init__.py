@@ -14,6 +14,7 @@ and PostgreSQL's event loop (``drive_async``). No database driver is imported he
 
 from qtasks_cli.store.sql.cache import ConnectionCache
 from qtasks_cli.store.sql.common import SqlStore
+from qtasks_cli.store.sql.control import SqlControl
 from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, Dialect, Query, drive, drive_async
 from qtasks_cli.store.sql.reads import (
     attempts_query,
@@ -55,6 +56,7 @@ __all__ = [
     "ConnectionCache",
     "Dialect",
     "Query",
+    "SqlControl",
     "SqlStore",
     "attempt_from_row",
     "attempt_values",
