@@ -17,10 +17,8 @@ from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
     RAN,
-    CancelRequest,
     DaemonInfo,
     Overview,
-    Pause,
     info_body,
     info_from_row,
 )
@@ -162,84 +160,7 @@ class PostgresControl(sql.SqlControl):
             for node, host, pid, started, seen, body, beat in self._do("reading nodes", work)
         ]
 
-    # -- pause -----------------------------------------------------------------------------
-
-    def pause(self, job: str, by: str, now: datetime) -> Pause:
-        def work(conn: _Conn) -> Pause:
-            conn.execute(
-                f"INSERT INTO {self._s}.paused_jobs (job, since, by_whom) VALUES (%s, %s, %s)"
-                " ON CONFLICT (job) DO NOTHING",
-                (job, now, by),
-            )
-            row = conn.execute(
-                f"SELECT since, by_whom FROM {self._s}.paused_jobs WHERE job = %s", (job,)
-            ).fetchone()
-            assert row is not None
-            return Pause(job=job, since=_utc(row[0]), by=row[1])
-
-        return self._do(f"pausing {job!r}", work, atomic=True)
-
-    def resume(self, job: str) -> Pause | None:
-        def work(conn: _Conn) -> Pause | None:
-            row = conn.execute(
-                f"DELETE FROM {self._s}.paused_jobs WHERE job = %s RETURNING since, by_whom",
-                (job,),
-            ).fetchone()
-            return None if row is None else Pause(job=job, since=_utc(row[0]), by=row[1])
-
-        return self._do(f"resuming {job!r}", work, atomic=True)
-
-    def paused(self) -> dict[str, Pause]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(f"SELECT job, since, by_whom FROM {self._s}.paused_jobs").fetchall()
-
-        rows = self._do("reading paused jobs", work)
-        return {job: Pause(job=job, since=_utc(since), by=by) for job, since, by in rows}
-
     # -- cancel ----------------------------------------------------------------------------
-
-    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
-        def work(conn: _Conn) -> str:
-            row = conn.execute(
-                f"SELECT status FROM {self._s}.runs WHERE run_id = %s FOR UPDATE", (run_id,)
-            ).fetchone()
-            if row is None:
-                return "unknown"
-            status = str(row[0])
-            if status == "queued":
-                conn.execute(
-                    f"UPDATE {self._s}.runs SET status = 'cancelled', ended = %s, error = %s"
-                    " WHERE run_id = %s AND status = 'queued'",
-                    (now, f"cancelled by {by} before it started", run_id),
-                )
-                conn.execute(
-                    f"INSERT INTO {self._s}.cancel_requests (run_id, requested, by_whom, outcome)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET"
-                    " outcome = excluded.outcome",
-                    (run_id, now, by, UNREPORTED),
-                )
-                return "cancelled"
-            if status in ("claimed", "running"):
-                conn.execute(
-                    f"INSERT INTO {self._s}.cancel_requests (run_id, requested, by_whom)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
-                    (run_id, now, by),
-                )
-                return "requested"
-            return status
-
-        return self._do(f"cancelling run {run_id}", work, atomic=True)
-
-    def cancel_requests(self) -> list[CancelRequest]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT c.run_id, c.requested, c.by_whom FROM {self._s}.cancel_requests AS c"
-                f" JOIN {self._s}.runs AS r ON r.run_id = c.run_id WHERE c.outcome IS NULL"
-                " AND r.status IN ('claimed', 'running') ORDER BY c.requested"
-            ).fetchall()
-
-        rows = self._do("reading cancel requests", work)
-        return [CancelRequest(run_id=r, requested=_utc(t), by=b) for r, t, b in rows]
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: _Conn) -> None:

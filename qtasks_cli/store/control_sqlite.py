@@ -17,10 +17,8 @@ from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
     RAN,
-    CancelRequest,
     DaemonInfo,
     Overview,
-    Pause,
     info_body,
     info_from_row,
 )
@@ -128,81 +126,7 @@ class SqliteControl(sql.SqlControl):
             )
         return found
 
-    # -- pause -----------------------------------------------------------------------------
-
-    def pause(self, job: str, by: str, now: datetime) -> Pause:
-        def work(conn: sqlite3.Connection) -> Pause:
-            conn.execute(
-                "INSERT OR IGNORE INTO paused_jobs (job, since, by_whom) VALUES (?, ?, ?)",
-                (job, to_us(now), by),
-            )
-            since, whom = conn.execute(
-                "SELECT since, by_whom FROM paused_jobs WHERE job = ?", (job,)
-            ).fetchone()
-            return Pause(job=job, since=_time(since), by=whom)
-
-        return self._do(f"pausing {job!r}", work, atomic=True)
-
-    def resume(self, job: str) -> Pause | None:
-        def work(conn: sqlite3.Connection) -> Pause | None:
-            row = conn.execute(
-                "SELECT since, by_whom FROM paused_jobs WHERE job = ?", (job,)
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("DELETE FROM paused_jobs WHERE job = ?", (job,))
-            return Pause(job=job, since=_time(row[0]), by=row[1])
-
-        return self._do(f"resuming {job!r}", work, atomic=True)
-
-    def paused(self) -> dict[str, Pause]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute("SELECT job, since, by_whom FROM paused_jobs").fetchall()
-
-        rows = self._do("reading paused jobs", work)
-        return {job: Pause(job=job, since=_time(since), by=by) for job, since, by in rows}
-
     # -- cancel ----------------------------------------------------------------------------
-
-    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
-        def work(conn: sqlite3.Connection) -> str:
-            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                return "unknown"
-            status = str(row[0])
-            if status == "queued":
-                conn.execute(
-                    "UPDATE runs SET status = 'cancelled', ended = ?, error = ?"
-                    " WHERE run_id = ? AND status = 'queued'",
-                    (to_us(now), f"cancelled by {by} before it started", run_id),
-                )
-                conn.execute(
-                    "INSERT INTO cancel_requests (run_id, requested, by_whom, outcome)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET outcome = ?",
-                    (run_id, to_us(now), by, UNREPORTED, UNREPORTED),
-                )
-                return "cancelled"
-            if status in ("claimed", "running"):
-                conn.execute(
-                    "INSERT OR IGNORE INTO cancel_requests (run_id, requested, by_whom)"
-                    " VALUES (?, ?, ?)",
-                    (run_id, to_us(now), by),
-                )
-                return "requested"
-            return status
-
-        return self._do(f"cancelling run {run_id}", work, atomic=True)
-
-    def cancel_requests(self) -> list[CancelRequest]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT run_id, requested, by_whom FROM cancel_requests WHERE outcome IS NULL"
-                " AND run_id IN (SELECT run_id FROM runs WHERE status IN ('claimed', 'running'))"
-                " ORDER BY requested"
-            ).fetchall()
-
-        rows = self._do("reading cancel requests", work)
-        return [CancelRequest(run_id=r, requested=_time(t), by=b) for r, t, b in rows]
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: sqlite3.Connection) -> None:

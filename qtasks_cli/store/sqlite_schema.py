@@ -167,6 +167,7 @@ DIALECT = sql.Dialect(
     node_column=False,
     lines=json.dumps,
     jsonb=False,
+    for_update="",
     duration="ended - started",
     seconds=_seconds,
 )

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from qtasks_cli.models import Attempt, RunResult
+from qtasks_cli.store.base import UNREPORTED
+from qtasks_cli.store.control import CancelRequest, Pause
 from qtasks_cli.store.sql.dialect import Dialect
 from qtasks_cli.store.sql.reads import attempts_query, run_query
 from qtasks_cli.store.sql.rows import attempt_from_row, output_lines, row_to_run
@@ -58,6 +60,95 @@ class SqlControl(abc.ABC):
 
     def _all(self, what: str, query: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._do(what, lambda db: db.execute(query, params).fetchall())
+
+    # -- pause -----------------------------------------------------------------------------
+
+    def pause(self, job: str, by: str, now: datetime) -> Pause:
+        d = self._d
+        paused = d.table("paused_jobs")
+        since = d.time_in(now)
+
+        def work(db: Db) -> Pause:
+            db.execute(
+                f"INSERT INTO {paused} (job, since, by_whom) VALUES ({d.marks(3)})"
+                " ON CONFLICT (job) DO NOTHING",
+                (job, since, by),
+            )
+            first, whom = db.execute(
+                f"SELECT since, by_whom FROM {paused} WHERE job = {d.mark}", (job,)
+            ).fetchone()
+            return Pause(job=job, since=d.time_out(first), by=whom)
+
+        return self._do(f"pausing {job!r}", work, atomic=True)
+
+    def resume(self, job: str) -> Pause | None:
+        d = self._d
+        paused = d.table("paused_jobs")
+
+        def work(db: Db) -> Pause | None:
+            row = db.execute(
+                f"SELECT since, by_whom FROM {paused} WHERE job = {d.mark}{d.for_update}", (job,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(f"DELETE FROM {paused} WHERE job = {d.mark}", (job,))
+            return Pause(job=job, since=d.time_out(row[0]), by=row[1])
+
+        return self._do(f"resuming {job!r}", work, atomic=True)
+
+    def paused(self) -> dict[str, Pause]:
+        rows = self._all(
+            "reading paused jobs", f"SELECT job, since, by_whom FROM {self._d.table('paused_jobs')}"
+        )
+        return {job: Pause(job=job, since=self._d.time_out(t), by=by) for job, t, by in rows}
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
+        d = self._d
+        runs, requests = d.table("runs"), d.table("cancel_requests")
+        at = d.time_in(now)
+
+        def work(db: Db) -> str:
+            row = db.execute(
+                f"SELECT status FROM {runs} WHERE run_id = {d.mark}{d.for_update}", (run_id,)
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            status = str(row[0])
+            if status == "queued":
+                db.execute(
+                    f"UPDATE {runs} SET status = 'cancelled', ended = {d.mark}, error = {d.mark}"
+                    f" WHERE run_id = {d.mark} AND status = 'queued'",
+                    (at, f"cancelled by {by} before it started", run_id),
+                )
+                db.execute(
+                    f"INSERT INTO {requests} (run_id, requested, by_whom, outcome)"
+                    f" VALUES ({d.marks(4)}) ON CONFLICT (run_id) DO UPDATE SET"
+                    " outcome = excluded.outcome",
+                    (run_id, at, by, UNREPORTED),
+                )
+                return "cancelled"
+            if status in ("claimed", "running"):
+                db.execute(
+                    f"INSERT INTO {requests} (run_id, requested, by_whom)"
+                    f" VALUES ({d.marks(3)}) ON CONFLICT (run_id) DO NOTHING",
+                    (run_id, at, by),
+                )
+                return "requested"
+            return status
+
+        return self._do(f"cancelling run {run_id}", work, atomic=True)
+
+    def cancel_requests(self) -> list[CancelRequest]:
+        d = self._d
+        rows = self._all(
+            "reading cancel requests",
+            f"SELECT c.run_id, c.requested, c.by_whom FROM {d.table('cancel_requests')} AS c"
+            f" JOIN {d.table('runs')} AS r ON r.run_id = c.run_id WHERE c.outcome IS NULL"
+            " AND r.status IN ('claimed', 'running') ORDER BY c.requested",
+        )
+        return [CancelRequest(run_id=r, requested=d.time_out(t), by=b) for r, t, b in rows]
 
     # -- runs in full ----------------------------------------------------------------------
 

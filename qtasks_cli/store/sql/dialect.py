@@ -38,6 +38,9 @@ class Dialect:
     # The operator's JSON documents (run_output's lines, a daemon's description) are jsonb
     # columns named plainly (PostgreSQL), else JSON text in columns named ``*_json``.
     jsonb: bool
+    # Put after a SELECT whose rows the transaction then changes: " FOR UPDATE", or "" where
+    # a transaction holds the write lock of the whole file from its start (SQLite's IMMEDIATE).
+    for_update: str
     duration: str  # SQL selecting a timed run's duration, ordered by ``ended - started``
     seconds: Callable[[Any], float]  # that duration in seconds
 
