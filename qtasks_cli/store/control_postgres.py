@@ -16,9 +16,7 @@ from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
-    RAN,
     DaemonInfo,
-    Overview,
     info_body,
     info_from_row,
 )
@@ -187,61 +185,14 @@ class PostgresControl(sql.SqlControl):
 
         return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
 
-    # -- runs in full ----------------------------------------------------------------------
+    # -- engine's own ----------------------------------------------------------------------
 
-    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
-        s = self._s
-        cutoff = since if since is not None else datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-        def work(conn: _Conn) -> Overview:
-            active = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE status IN ('claimed', 'running')"
-                " ORDER BY coalesce(started, created), run_id"
-            ).fetchall()
-            last = conn.execute(
-                f"SELECT DISTINCT ON (job) {_RUN_COLUMNS} FROM {s}.runs"
-                " WHERE status = ANY(%s) AND started IS NOT NULL ORDER BY job,"
-                " coalesce(started, scheduled, created) DESC, run_id DESC",
-                (list(RAN),),
-            ).fetchall()
-            waiting = conn.execute(
-                f"SELECT job, count(*) FROM {s}.runs WHERE status = 'queued' GROUP BY job"
-            ).fetchall()
-            counts: dict[str, dict[str, int]] = {}
-            for job, status, count in conn.execute(
-                f"SELECT job, status, count(*) FROM {s}.runs WHERE ended >= %s"
-                " GROUP BY job, status",
-                (cutoff,),
-            ).fetchall():
-                counts.setdefault(job, {})[status] = count
-            latest = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE ended IS NOT NULL"
-                " ORDER BY ended DESC, run_id DESC LIMIT %s",
-                (recent,),
-            ).fetchall()
-            rows = [_row_to_run(r) for r in last]
-            return Overview(
-                active=[_row_to_run(r) for r in active],
-                last={r.job: r for r in rows},
-                waiting={job: int(n) for job, n in waiting},
-                counts=counts,
-                recent=[_row_to_run(r) for r in latest],
-            )
-
-        return self._do("reading runs", work)
-
-    def tidy(self) -> int:
-        def work(conn: _Conn) -> int:
-            gone = 0
-            for table in ("run_output", "cancel_requests"):
-                cur = conn.execute(
-                    f"DELETE FROM {self._s}.{table} AS t WHERE NOT EXISTS"
-                    f" (SELECT 1 FROM {self._s}.runs AS r WHERE r.run_id = t.run_id)"
-                )
-                gone += cur.rowcount
-            return gone
-
-        return self._do("tidying the operator's tables", work)
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT DISTINCT ON (job) {sql.run_columns(self._d)} FROM {self._s}.runs"
+            f" WHERE {sql.RAN_STARTED} ORDER BY job, coalesce(started, scheduled, created) DESC,"
+            " run_id DESC"
+        )
 
 
 if TYPE_CHECKING:

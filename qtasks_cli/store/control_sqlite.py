@@ -16,9 +16,7 @@ from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.control import (
-    RAN,
     DaemonInfo,
-    Overview,
     info_body,
     info_from_row,
 )
@@ -161,57 +159,14 @@ class SqliteControl(sql.SqlControl):
 
         return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
 
-    # -- runs in full ----------------------------------------------------------------------
+    # -- engine's own ----------------------------------------------------------------------
 
-    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
-        ran = ", ".join(f"'{s}'" for s in RAN)
-        cutoff = to_us(since) if since is not None else -(2**62)
-
-        def work(conn: sqlite3.Connection) -> Overview:
-            active = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('claimed', 'running')"
-                " ORDER BY coalesce(started, created), run_id"
-            ).fetchall()
-            last = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM (SELECT *, row_number() OVER"
-                f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
-                f" WHERE status IN ({ran}) AND started IS NOT NULL) WHERE rank = 1"
-            ).fetchall()
-            waiting = conn.execute(
-                "SELECT job, count(*) FROM runs WHERE status = 'queued' GROUP BY job"
-            ).fetchall()
-            counts: dict[str, dict[str, int]] = {}
-            for job, status, count in conn.execute(
-                "SELECT job, status, count(*) FROM runs WHERE ended >= ? GROUP BY job, status",
-                (cutoff,),
-            ):
-                counts.setdefault(job, {})[status] = count
-            latest = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE ended IS NOT NULL"
-                " ORDER BY ended DESC, run_id DESC LIMIT ?",
-                (recent,),
-            ).fetchall()
-            rows = [_row_to_run(r) for r in last]
-            return Overview(
-                active=[_row_to_run(r) for r in active],
-                last={r.job: r for r in rows},
-                waiting=dict(waiting),
-                counts=counts,
-                recent=[_row_to_run(r) for r in latest],
-            )
-
-        return self._do("reading runs", work)
-
-    def tidy(self) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            gone = 0
-            for table in ("run_output", "cancel_requests"):
-                gone += conn.execute(
-                    f"DELETE FROM {table} WHERE run_id NOT IN (SELECT run_id FROM runs)"
-                ).rowcount
-            return gone
-
-        return self._do("tidying the operator's tables", work)
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT {sql.run_columns(self._d)} FROM (SELECT *, row_number() OVER"
+            f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
+            f" WHERE {sql.RAN_STARTED}) WHERE rank = 1"
+        )
 
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ and PostgreSQL's event loop (``drive_async``). No database driver is imported he
 
 from qtasks_cli.store.sql.cache import ConnectionCache
 from qtasks_cli.store.sql.common import SqlStore
-from qtasks_cli.store.sql.control import SqlControl
+from qtasks_cli.store.sql.control import RAN_STARTED, SqlControl
 from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, Dialect, Query, drive, drive_async
 from qtasks_cli.store.sql.reads import (
     attempts_query,
@@ -52,6 +52,7 @@ __all__ = [
     "ATTEMPT_COLUMNS",
     "FINISH_SET",
     "ORDER_NEWEST",
+    "RAN_STARTED",
     "TIMED",
     "ConnectionCache",
     "Dialect",

@@ -17,12 +17,16 @@ from typing import Any, Protocol, TypeVar
 
 from qtasks_cli.models import Attempt, RunResult
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.control import CancelRequest, Pause
+from qtasks_cli.store.control import RAN, CancelRequest, Overview, Pause
 from qtasks_cli.store.sql.dialect import Dialect
 from qtasks_cli.store.sql.reads import attempts_query, run_query
-from qtasks_cli.store.sql.rows import attempt_from_row, output_lines, row_to_run
+from qtasks_cli.store.sql.rows import attempt_from_row, output_lines, row_to_run, run_columns
 
 _T = TypeVar("_T")
+
+# Runs that ran (for a job's last result): not skipped or missed, nor cancelled unstarted.
+_RAN = ", ".join(f"'{status}'" for status in RAN)
+RAN_STARTED = f"status IN ({_RAN}) AND started IS NOT NULL"
 
 
 class Cursor(Protocol):
@@ -51,6 +55,11 @@ class SqlControl(abc.ABC):
     def _do(self, what: str, work: Callable[[Db], _T], *, atomic: bool = False) -> _T:
         """``work`` on the connection, in one transaction when ``atomic``; StoreError saying
         ``what`` failed."""
+
+    @abc.abstractmethod
+    def _last_ran_sql(self) -> str:
+        """Each job's newest run (``ORDER_NEWEST``) that is ``RAN_STARTED``, as
+        ``run_columns``: the engines say it differently (a window function, DISTINCT ON)."""
 
     def _execute(self, what: str, statement: str, params: Sequence[Any] = ()) -> None:
         self._do(what, lambda db: db.execute(statement, params))
@@ -197,3 +206,61 @@ class SqlControl(abc.ABC):
             " AND ended IS NOT NULL GROUP BY job",
         )
         return {job: self._d.time_out(ended) for job, ended in rows}
+
+    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
+        d = self._d
+        runs, columns = d.table("runs"), run_columns(d)
+        ended, params = (
+            (f"ended >= {d.mark}", (d.time_in(since),))
+            if since is not None
+            else ("ended IS NOT NULL", ())
+        )
+        last_ran = self._last_ran_sql()
+
+        def work(db: Db) -> tuple[list[Any], ...]:
+            return (
+                db.execute(
+                    f"SELECT {columns} FROM {runs} WHERE status IN ('claimed', 'running')"
+                    " ORDER BY coalesce(started, created), run_id"
+                ).fetchall(),
+                db.execute(last_ran).fetchall(),
+                db.execute(
+                    f"SELECT job, count(*) FROM {runs} WHERE status = 'queued' GROUP BY job"
+                ).fetchall(),
+                db.execute(
+                    f"SELECT job, status, count(*) FROM {runs} WHERE {ended} GROUP BY job, status",
+                    params,
+                ).fetchall(),
+                db.execute(
+                    f"SELECT {columns} FROM {runs} WHERE ended IS NOT NULL"
+                    f" ORDER BY ended DESC, run_id DESC LIMIT {d.mark}",
+                    (recent,),
+                ).fetchall(),
+            )
+
+        active, last, waiting, ended_rows, latest = self._do("reading runs", work)
+        counts: dict[str, dict[str, int]] = {}
+        for job, status, count in ended_rows:
+            counts.setdefault(job, {})[status] = count
+        return Overview(
+            active=[row_to_run(d, row) for row in active],
+            last={run.job: run for run in (row_to_run(d, row) for row in last)},
+            waiting={job: int(count) for job, count in waiting},
+            counts=counts,
+            recent=[row_to_run(d, row) for row in latest],
+        )
+
+    def tidy(self) -> int:
+        d = self._d
+        runs = d.table("runs")
+
+        def work(db: Db) -> int:
+            gone = 0
+            for table in ("run_output", "cancel_requests"):
+                gone += db.execute(
+                    f"DELETE FROM {d.table(table)} WHERE NOT EXISTS"
+                    f" (SELECT 1 FROM {runs} AS r WHERE r.run_id = {table}.run_id)"
+                ).rowcount
+            return gone
+
+        return self._do("tidying the operator's tables", work)
