@@ -1,25 +1,20 @@
 """``ControlStore`` over a PostgreSQL schema: a synchronous connection of its own, used from
-one thread at a time (a node's control thread, or a short-lived command)."""
+one thread at a time (a node's control thread, or a short-lived command). The SQL both
+stores share is ``sql.SqlControl``; here are the connection, its transactions, the
+schema's migration and what PostgreSQL says in its own way."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.control import (
-    DaemonInfo,
-    info_body,
-    info_from_row,
-)
 from qtasks_cli.store.names import redact_url
 from qtasks_cli.store.postgres_conn import connect_options, scrub
 from qtasks_cli.store.postgres_schema import (
@@ -34,24 +29,14 @@ from qtasks_cli.store.postgres_schema import (
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
 
-# The run columns and their decoding are the schema's own, whatever its name.
-_RUN_COLUMNS = sql.run_columns(dialect(DEFAULT_SCHEMA))
-
-
-def _row_to_run(row: Sequence[Any]) -> RunResult:
-    return sql.row_to_run(dialect(DEFAULT_SCHEMA), row)
-
-
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
-
-
 class PostgresControl(sql.SqlControl):
     """The operator's tables in a schema; see ``ControlStore`` for the contract."""
+
+    _member = "node"
 
     def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
         self.url = url
@@ -107,58 +92,14 @@ class PostgresControl(sql.SqlControl):
                     f"{self.location}: {what} failed: {scrub(str(exc), self.url)}"
                 ) from None
 
-    # -- daemons ---------------------------------------------------------------------------
+    # -- PostgreSQL's own SQL --------------------------------------------------------------
 
-    def publish(self, info: DaemonInfo) -> None:
-        params = (
-            info.node_id,
-            info.host,
-            info.pid,
-            info.started,
-            info.last_seen,
-            Jsonb(info_body(info)),
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT DISTINCT ON (job) {sql.run_columns(self._d)} FROM {self._s}.runs"
+            f" WHERE {sql.RAN_STARTED} ORDER BY job, coalesce(started, scheduled, created) DESC,"
+            " run_id DESC"
         )
-
-        def work(conn: _Conn) -> None:
-            conn.execute(
-                f"INSERT INTO {self._s}.daemons (node_id, host, pid, started, last_seen, info)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET"
-                " last_seen = excluded.last_seen, info = excluded.info",
-                params,
-            )
-
-        self._do("publishing the node's status", work)
-
-    def withdraw(self, node_id: str) -> None:
-        def work(conn: _Conn) -> None:
-            conn.execute(f"DELETE FROM {self._s}.daemons WHERE node_id = %s", (node_id,))
-
-        self._do("withdrawing the node's status", work)
-
-    def daemons(self) -> list[DaemonInfo]:
-        # A node's row in ``nodes`` is its heartbeat (every few seconds, from its loop); the
-        # row here is rewritten only now and then, and when asked (``wake``).
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT d.node_id, d.host, d.pid, d.started, d.last_seen, d.info, n.last_seen"
-                f" FROM {self._s}.daemons AS d LEFT JOIN {self._s}.nodes AS n"
-                " ON n.node_id = d.node_id ORDER BY d.node_id"
-            ).fetchall()
-
-        return [
-            info_from_row(
-                node,
-                host,
-                pid,
-                _utc(started),
-                _utc(seen),
-                body,
-                beat=_utc(beat) if beat is not None else None,
-            )
-            for node, host, pid, started, seen, body, beat in self._do("reading nodes", work)
-        ]
-
-    # -- cancel ----------------------------------------------------------------------------
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: _Conn) -> None:
@@ -172,27 +113,20 @@ class PostgresControl(sql.SqlControl):
     def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         s = self._s
 
+        # Taken by the UPDATE: of two nodes at once, one takes each request.
         def work(conn: _Conn) -> list[Any]:
             taken = conn.execute(
                 f"UPDATE {s}.cancel_requests SET outcome = %s WHERE outcome = %s RETURNING run_id",
                 (outcome, UNREPORTED),
             ).fetchall()
             return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE run_id = ANY(%s)"
+                f"SELECT {sql.run_columns(self._d)} FROM {s}.runs WHERE run_id = ANY(%s)"
                 " AND status = 'cancelled' ORDER BY ended, run_id",
                 ([r[0] for r in taken],),
             ).fetchall()
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
-
-    # -- engine's own ----------------------------------------------------------------------
-
-    def _last_ran_sql(self) -> str:
-        return (
-            f"SELECT DISTINCT ON (job) {sql.run_columns(self._d)} FROM {self._s}.runs"
-            f" WHERE {sql.RAN_STARTED} ORDER BY job, coalesce(started, scheduled, created) DESC,"
-            " run_id DESC"
-        )
+        rows = self._do("reporting cancels", work, atomic=True)
+        return [sql.row_to_run(self._d, row) for row in rows]
 
 
 if TYPE_CHECKING:

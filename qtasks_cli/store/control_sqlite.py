@@ -1,13 +1,13 @@
 """``ControlStore`` over the SQLite state file: a connection of its own, used from one thread
-at a time (the daemon's control thread, or a short-lived command)."""
+at a time (the daemon's control thread, or a short-lived command). The SQL both stores
+share is ``sql.SqlControl``; here are the connection, its transactions and what SQLite
+says in its own way."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,26 +15,13 @@ from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.control import (
-    DaemonInfo,
-    info_body,
-    info_from_row,
-)
-from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, _rollback, _row_to_run
-from qtasks_cli.store.sqlite_schema import DIALECT, from_us, to_us
+from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, _rollback
+from qtasks_cli.store.sqlite_schema import DIALECT
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
 
-_RUN_COLUMNS = sql.run_columns(DIALECT)
-
 _T = TypeVar("_T")
-
-
-def _time(value: int) -> datetime:
-    result = from_us(value)
-    assert result is not None
-    return result
 
 
 class SqliteControl(sql.SqlControl):
@@ -75,56 +62,19 @@ class SqliteControl(sql.SqlControl):
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.location}: {what} failed: {exc}") from None
 
-    # -- daemons ---------------------------------------------------------------------------
-
-    def publish(self, info: DaemonInfo) -> None:
-        body = json.dumps(info_body(info), separators=(",", ":"))
-        params = (
-            info.node_id,
-            info.host,
-            info.pid,
-            to_us(info.started),
-            to_us(info.last_seen),
-            body,
-        )
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO daemons"
-                " (node_id, host, pid, started, last_seen, info_json) VALUES (?, ?, ?, ?, ?, ?)",
-                params,
-            )
-
-        self._do("publishing the daemon's status", work)
-
-    def withdraw(self, node_id: str) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM daemons WHERE node_id = ?", (node_id,))
-
-        self._do("withdrawing the daemon's status", work)
-
     def wake(self) -> None:
         from qtasks_cli import wake
 
         wake.send(self.location, wake.CONTROL)
 
-    def daemons(self) -> list[DaemonInfo]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT node_id, host, pid, started, last_seen, info_json FROM daemons"
-                " ORDER BY node_id"
-            ).fetchall()
+    # -- SQLite's own SQL ------------------------------------------------------------------
 
-        found = []
-        for node_id, host, pid, started, last_seen, body in self._do("reading daemons", work):
-            found.append(
-                info_from_row(
-                    node_id, host, pid, _time(started), _time(last_seen), json.loads(body)
-                )
-            )
-        return found
-
-    # -- cancel ----------------------------------------------------------------------------
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT {sql.run_columns(DIALECT)} FROM (SELECT *, row_number() OVER"
+            f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
+            f" WHERE {sql.RAN_STARTED}) WHERE rank = 1"
+        )
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
@@ -145,9 +95,11 @@ class SqliteControl(sql.SqlControl):
         if not self._do("reading cancels", any_left):  # no write lock each round
             return []
 
+        # SELECT then UPDATE under the write lock is as atomic as UPDATE ... RETURNING,
+        # which would need SQLite 3.35.
         def work(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN"
+                f"SELECT {sql.run_columns(DIALECT)} FROM runs WHERE run_id IN"
                 " (SELECT run_id FROM cancel_requests WHERE outcome = ?)"
                 " AND status = 'cancelled' ORDER BY ended, run_id",
                 (UNREPORTED,),
@@ -157,16 +109,8 @@ class SqliteControl(sql.SqlControl):
             )
             return rows
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, atomic=True)]
-
-    # -- engine's own ----------------------------------------------------------------------
-
-    def _last_ran_sql(self) -> str:
-        return (
-            f"SELECT {sql.run_columns(self._d)} FROM (SELECT *, row_number() OVER"
-            f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
-            f" WHERE {sql.RAN_STARTED}) WHERE rank = 1"
-        )
+        rows = self._do("reporting cancels", work, atomic=True)
+        return [sql.row_to_run(DIALECT, row) for row in rows]
 
 
 if TYPE_CHECKING:

@@ -284,6 +284,7 @@ def dialect(schema: str) -> sql.Dialect:
         node_column=True,
         lines=Jsonb,
         jsonb=True,
+        json_in=Jsonb,
         for_update=" FOR UPDATE",
         duration="extract(epoch FROM ended - started)::float8",
         seconds=float,

@@ -17,7 +17,15 @@ from typing import Any, Protocol, TypeVar
 
 from qtasks_cli.models import Attempt, RunResult
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.control import RAN, CancelRequest, Overview, Pause
+from qtasks_cli.store.control import (
+    RAN,
+    CancelRequest,
+    DaemonInfo,
+    Overview,
+    Pause,
+    info_body,
+    info_from_row,
+)
 from qtasks_cli.store.sql.dialect import Dialect
 from qtasks_cli.store.sql.reads import attempts_query, run_query
 from qtasks_cli.store.sql.rows import attempt_from_row, output_lines, row_to_run, run_columns
@@ -50,6 +58,7 @@ class SqlControl(abc.ABC):
 
     location: str
     _d: Dialect
+    _member = "daemon"  # what messages call a daemon
 
     @abc.abstractmethod
     def _do(self, what: str, work: Callable[[Db], _T], *, atomic: bool = False) -> _T:
@@ -69,6 +78,63 @@ class SqlControl(abc.ABC):
 
     def _all(self, what: str, query: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._do(what, lambda db: db.execute(query, params).fetchall())
+
+    # -- daemons ---------------------------------------------------------------------------
+
+    def publish(self, info: DaemonInfo) -> None:
+        d = self._d
+        body = d.json_column("info")
+        self._execute(
+            f"publishing the {self._member}'s status",
+            f"INSERT INTO {d.table('daemons')} (node_id, host, pid, started, last_seen, {body})"
+            f" VALUES ({d.marks(6)}) ON CONFLICT (node_id) DO UPDATE SET host = excluded.host,"
+            " pid = excluded.pid, started = excluded.started, last_seen = excluded.last_seen,"
+            f" {body} = excluded.{body}",
+            (
+                info.node_id,
+                info.host,
+                info.pid,
+                d.time_in(info.started),
+                d.time_in(info.last_seen),
+                d.json_in(info_body(info)),
+            ),
+        )
+
+    def withdraw(self, node_id: str) -> None:
+        d = self._d
+        self._execute(
+            f"withdrawing the {self._member}'s status",
+            f"DELETE FROM {d.table('daemons')} WHERE node_id = {d.mark}",
+            (node_id,),
+        )
+
+    def daemons(self) -> list[DaemonInfo]:
+        d = self._d
+        # A node's row in ``nodes`` is its heartbeat (every few seconds, from its loop); its
+        # row here is rewritten only now and then, and when asked (``wake``).
+        beat, nodes = (
+            ("n.last_seen", f" LEFT JOIN {d.table('nodes')} AS n ON n.node_id = m.node_id")
+            if d.node_column
+            else ("NULL", "")
+        )
+        rows = self._all(
+            f"reading {self._member}s",
+            "SELECT m.node_id, m.host, m.pid, m.started, m.last_seen,"
+            f" m.{d.json_column('info')}, {beat} FROM {d.table('daemons')} AS m{nodes}"
+            " ORDER BY m.node_id",
+        )
+        return [
+            info_from_row(
+                node,
+                host,
+                pid,
+                d.time_out(started),
+                d.time_out(seen),
+                d.json_out(body),
+                beat=d.opt_out(last_beat),
+            )
+            for node, host, pid, started, seen, body, last_beat in rows
+        ]
 
     # -- pause -----------------------------------------------------------------------------
 
@@ -155,7 +221,7 @@ class SqlControl(abc.ABC):
             "reading cancel requests",
             f"SELECT c.run_id, c.requested, c.by_whom FROM {d.table('cancel_requests')} AS c"
             f" JOIN {d.table('runs')} AS r ON r.run_id = c.run_id WHERE c.outcome IS NULL"
-            " AND r.status IN ('claimed', 'running') ORDER BY c.requested",
+            " AND r.status IN ('claimed', 'running') ORDER BY c.requested, c.run_id",
         )
         return [CancelRequest(run_id=r, requested=d.time_out(t), by=b) for r, t, b in rows]
 

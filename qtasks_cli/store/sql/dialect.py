@@ -33,11 +33,14 @@ class Dialect:
     prefix: str  # put before a table's name: "" or '"schema".'
     time_in: Callable[[datetime], Any]  # an aware datetime as stored; ValueError when naive
     time_out: Callable[[Any], datetime]  # a stored time as an aware UTC datetime
-    node_column: bool  # runs has a ``node`` column (PostgreSQL); else the node is host:pid
+    # Daemons are nodes (PostgreSQL): runs has a ``node`` column, and ``nodes`` their
+    # heartbeats; else a daemon is a process, and the node is host:pid.
+    node_column: bool
     lines: Callable[[list[str]], Any]  # a run's output lines as stored (JSON text, jsonb)
     # The operator's JSON documents (run_output's lines, a daemon's description) are jsonb
     # columns named plainly (PostgreSQL), else JSON text in columns named ``*_json``.
     jsonb: bool
+    json_in: Callable[[Any], Any]  # a JSON document as stored (compact JSON text, jsonb)
     # Put after a SELECT whose rows the transaction then changes: " FOR UPDATE", or "" where
     # a transaction holds the write lock of the whole file from its start (SQLite's IMMEDIATE).
     for_update: str
