@@ -15,7 +15,7 @@ from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, _rollback
+from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, immediate
 from qtasks_cli.store.sqlite_schema import DIALECT
 
 if TYPE_CHECKING:
@@ -49,16 +49,7 @@ class SqliteControl(sql.SqlControl):
             if conn is None:
                 raise StoreError(f"{self.location}: the state file is closed")
             try:
-                if not atomic:
-                    return work(conn)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                return result
+                return immediate(conn, work) if atomic else work(conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.location}: {what} failed: {exc}") from None
 
