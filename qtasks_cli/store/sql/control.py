@@ -4,7 +4,9 @@ Both control stores use a synchronous connection from one thread at a time, and 
 drivers' connections ``execute`` a statement and hand back a cursor (``Db``): so the SQL
 here is plain code over that connection, not a generator of queries as in ``reads.py``
 (those must serve PostgreSQL's event loop as well). A store gives its connection and
-transactions (``_do``), ``wake``, and what its engine says in its own way.
+transactions (``_do``), ``wake``, and what its engine says in its own way: each job's last
+run that ran (``_last_ran_sql``), settling a list of cancel requests, and taking the
+unreported cancels so that one daemon of several takes each.
 """
 
 from __future__ import annotations
