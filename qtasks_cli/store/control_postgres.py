@@ -1,29 +1,20 @@
 """``ControlStore`` over a PostgreSQL schema: a synchronous connection of its own, used from
-one thread at a time (a node's control thread, or a short-lived command)."""
+one thread at a time (a node's control thread, or a short-lived command). The SQL both
+stores share is ``sql.SqlControl``; here are the connection, its transactions, the
+schema's migration and what PostgreSQL says in its own way."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, clip_lines
-from qtasks_cli.store.control import (
-    RAN,
-    CancelRequest,
-    DaemonInfo,
-    Overview,
-    Pause,
-    info_body,
-    info_from_row,
-)
+from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.names import redact_url
 from qtasks_cli.store.postgres_conn import connect_options, scrub
 from qtasks_cli.store.postgres_schema import (
@@ -38,30 +29,21 @@ from qtasks_cli.store.postgres_schema import (
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
 
-# The run columns and their decoding are the schema's own, whatever its name.
-_RUN_COLUMNS = sql.run_columns(dialect(DEFAULT_SCHEMA))
-
-
-def _row_to_run(row: Sequence[Any]) -> RunResult:
-    return sql.row_to_run(dialect(DEFAULT_SCHEMA), row)
-
-
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[Any]
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
-
-
-class PostgresControl:
+class PostgresControl(sql.SqlControl):
     """The operator's tables in a schema; see ``ControlStore`` for the contract."""
+
+    _member = "node"
 
     def __init__(self, url: str, *, schema: str = DEFAULT_SCHEMA) -> None:
         self.url = url
         self.location = redact_url(url)
         self.schema = schema
         self._s = check_schema(schema)
+        self._d = dialect(schema)
         self._lock = threading.Lock()
         try:
             conn = psycopg.Connection.connect(url, **connect_options(url))
@@ -91,7 +73,7 @@ class PostgresControl:
                 self._conn.close()
                 self._conn = None
 
-    def _do(self, what: str, work: Callable[[_Conn], _T], *, write: bool = False) -> _T:
+    def _do(self, what: str, work: Callable[[_Conn], _T], *, atomic: bool = False) -> _T:
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -101,7 +83,7 @@ class PostgresControl:
                     conn = self._conn = psycopg.Connection.connect(
                         self.url, **connect_options(self.url)
                     )
-                if not write:
+                if not atomic:
                     return work(conn)
                 with conn.transaction():
                     return work(conn)
@@ -110,135 +92,14 @@ class PostgresControl:
                     f"{self.location}: {what} failed: {scrub(str(exc), self.url)}"
                 ) from None
 
-    # -- daemons ---------------------------------------------------------------------------
+    # -- PostgreSQL's own SQL --------------------------------------------------------------
 
-    def publish(self, info: DaemonInfo) -> None:
-        params = (
-            info.node_id,
-            info.host,
-            info.pid,
-            info.started,
-            info.last_seen,
-            Jsonb(info_body(info)),
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT DISTINCT ON (job) {sql.run_columns(self._d)} FROM {self._s}.runs"
+            f" WHERE {sql.RAN_STARTED} ORDER BY job, coalesce(started, scheduled, created) DESC,"
+            " run_id DESC"
         )
-
-        def work(conn: _Conn) -> None:
-            conn.execute(
-                f"INSERT INTO {self._s}.daemons (node_id, host, pid, started, last_seen, info)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET"
-                " last_seen = excluded.last_seen, info = excluded.info",
-                params,
-            )
-
-        self._do("publishing the node's status", work)
-
-    def withdraw(self, node_id: str) -> None:
-        def work(conn: _Conn) -> None:
-            conn.execute(f"DELETE FROM {self._s}.daemons WHERE node_id = %s", (node_id,))
-
-        self._do("withdrawing the node's status", work)
-
-    def daemons(self) -> list[DaemonInfo]:
-        # A node's row in ``nodes`` is its heartbeat (every few seconds, from its loop); the
-        # row here is rewritten only now and then, and when asked (``wake``).
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT d.node_id, d.host, d.pid, d.started, d.last_seen, d.info, n.last_seen"
-                f" FROM {self._s}.daemons AS d LEFT JOIN {self._s}.nodes AS n"
-                " ON n.node_id = d.node_id ORDER BY d.node_id"
-            ).fetchall()
-
-        return [
-            info_from_row(
-                node,
-                host,
-                pid,
-                _utc(started),
-                _utc(seen),
-                body,
-                beat=_utc(beat) if beat is not None else None,
-            )
-            for node, host, pid, started, seen, body, beat in self._do("reading nodes", work)
-        ]
-
-    # -- pause -----------------------------------------------------------------------------
-
-    def pause(self, job: str, by: str, now: datetime) -> Pause:
-        def work(conn: _Conn) -> Pause:
-            conn.execute(
-                f"INSERT INTO {self._s}.paused_jobs (job, since, by_whom) VALUES (%s, %s, %s)"
-                " ON CONFLICT (job) DO NOTHING",
-                (job, now, by),
-            )
-            row = conn.execute(
-                f"SELECT since, by_whom FROM {self._s}.paused_jobs WHERE job = %s", (job,)
-            ).fetchone()
-            assert row is not None
-            return Pause(job=job, since=_utc(row[0]), by=row[1])
-
-        return self._do(f"pausing {job!r}", work, write=True)
-
-    def resume(self, job: str) -> Pause | None:
-        def work(conn: _Conn) -> Pause | None:
-            row = conn.execute(
-                f"DELETE FROM {self._s}.paused_jobs WHERE job = %s RETURNING since, by_whom",
-                (job,),
-            ).fetchone()
-            return None if row is None else Pause(job=job, since=_utc(row[0]), by=row[1])
-
-        return self._do(f"resuming {job!r}", work, write=True)
-
-    def paused(self) -> dict[str, Pause]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(f"SELECT job, since, by_whom FROM {self._s}.paused_jobs").fetchall()
-
-        rows = self._do("reading paused jobs", work)
-        return {job: Pause(job=job, since=_utc(since), by=by) for job, since, by in rows}
-
-    # -- cancel ----------------------------------------------------------------------------
-
-    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
-        def work(conn: _Conn) -> str:
-            row = conn.execute(
-                f"SELECT status FROM {self._s}.runs WHERE run_id = %s FOR UPDATE", (run_id,)
-            ).fetchone()
-            if row is None:
-                return "unknown"
-            status = str(row[0])
-            if status == "queued":
-                conn.execute(
-                    f"UPDATE {self._s}.runs SET status = 'cancelled', ended = %s, error = %s"
-                    " WHERE run_id = %s AND status = 'queued'",
-                    (now, f"cancelled by {by} before it started", run_id),
-                )
-                conn.execute(
-                    f"INSERT INTO {self._s}.cancel_requests (run_id, requested, by_whom, outcome)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET"
-                    " outcome = excluded.outcome",
-                    (run_id, now, by, UNREPORTED),
-                )
-                return "cancelled"
-            if status in ("claimed", "running"):
-                conn.execute(
-                    f"INSERT INTO {self._s}.cancel_requests (run_id, requested, by_whom)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
-                    (run_id, now, by),
-                )
-                return "requested"
-            return status
-
-        return self._do(f"cancelling run {run_id}", work, write=True)
-
-    def cancel_requests(self) -> list[CancelRequest]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT c.run_id, c.requested, c.by_whom FROM {self._s}.cancel_requests AS c"
-                f" JOIN {self._s}.runs AS r ON r.run_id = c.run_id WHERE c.outcome IS NULL"
-                " AND r.status IN ('claimed', 'running') ORDER BY c.requested"
-            ).fetchall()
-
-        rows = self._do("reading cancel requests", work)
-        return [CancelRequest(run_id=r, requested=_utc(t), by=b) for r, t, b in rows]
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: _Conn) -> None:
@@ -252,146 +113,20 @@ class PostgresControl:
     def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         s = self._s
 
+        # Taken by the UPDATE: of two nodes at once, one takes each request.
         def work(conn: _Conn) -> list[Any]:
             taken = conn.execute(
                 f"UPDATE {s}.cancel_requests SET outcome = %s WHERE outcome = %s RETURNING run_id",
                 (outcome, UNREPORTED),
             ).fetchall()
             return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE run_id = ANY(%s)"
+                f"SELECT {sql.run_columns(self._d)} FROM {s}.runs WHERE run_id = ANY(%s)"
                 " AND status = 'cancelled' ORDER BY ended, run_id",
                 ([r[0] for r in taken],),
             ).fetchall()
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
-
-    # -- runs in full ----------------------------------------------------------------------
-
-    def add_output(self, run_id: str, lines: Sequence[str]) -> None:
-        body = Jsonb(clip_lines(lines))
-
-        def work(conn: _Conn) -> None:
-            conn.execute(
-                f"INSERT INTO {self._s}.run_output (run_id, lines) VALUES (%s, %s)"
-                " ON CONFLICT (run_id) DO UPDATE SET lines = excluded.lines",
-                (run_id, body),
-            )
-
-        self._do("keeping a run's output", work)
-
-    def output(self, run_id: str) -> list[str]:
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT lines FROM {self._s}.run_output WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's output", work)
-        return [] if row is None else [str(line) for line in row[0]]
-
-    def run(self, run_id: str) -> RunResult | None:
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {self._s}.runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run", work)
-        return None if row is None else _row_to_run(row)
-
-    def attempts(self, run_id: str) -> list[Attempt]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                "SELECT attempt, started, ended, status, error_type, error"
-                f" FROM {self._s}.attempts WHERE run_id = %s ORDER BY attempt",
-                (run_id,),
-            ).fetchall()
-
-        return [
-            Attempt(
-                number=n,
-                started=_utc(started),
-                ended=_utc(ended) if ended is not None else None,
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for n, started, ended, status, error_type, error in self._do("reading attempts", work)
-        ]
-
-    def run_arguments(self, run_id: str) -> tuple[Any, Any] | None:
-        import json
-
-        def work(conn: _Conn) -> Any:
-            return conn.execute(
-                f"SELECT args_json, kwargs_json FROM {self._s}.runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's arguments", work)
-        if row is None or (row[0] is None and row[1] is None):
-            return None
-        return json.loads(row[0] or "[]"), json.loads(row[1] or "{}")
-
-    def last_successes(self) -> dict[str, datetime]:
-        def work(conn: _Conn) -> list[Any]:
-            return conn.execute(
-                f"SELECT job, max(ended) FROM {self._s}.runs WHERE status = 'succeeded'"
-                " AND ended IS NOT NULL GROUP BY job"
-            ).fetchall()
-
-        return {job: _utc(ended) for job, ended in self._do("reading last successes", work)}
-
-    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
-        s = self._s
-        cutoff = since if since is not None else datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-        def work(conn: _Conn) -> Overview:
-            active = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE status IN ('claimed', 'running')"
-                " ORDER BY coalesce(started, created), run_id"
-            ).fetchall()
-            last = conn.execute(
-                f"SELECT DISTINCT ON (job) {_RUN_COLUMNS} FROM {s}.runs"
-                " WHERE status = ANY(%s) AND started IS NOT NULL ORDER BY job,"
-                " coalesce(started, scheduled, created) DESC, run_id DESC",
-                (list(RAN),),
-            ).fetchall()
-            waiting = conn.execute(
-                f"SELECT job, count(*) FROM {s}.runs WHERE status = 'queued' GROUP BY job"
-            ).fetchall()
-            counts: dict[str, dict[str, int]] = {}
-            for job, status, count in conn.execute(
-                f"SELECT job, status, count(*) FROM {s}.runs WHERE ended >= %s"
-                " GROUP BY job, status",
-                (cutoff,),
-            ).fetchall():
-                counts.setdefault(job, {})[status] = count
-            latest = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE ended IS NOT NULL"
-                " ORDER BY ended DESC, run_id DESC LIMIT %s",
-                (recent,),
-            ).fetchall()
-            rows = [_row_to_run(r) for r in last]
-            return Overview(
-                active=[_row_to_run(r) for r in active],
-                last={r.job: r for r in rows},
-                waiting={job: int(n) for job, n in waiting},
-                counts=counts,
-                recent=[_row_to_run(r) for r in latest],
-            )
-
-        return self._do("reading runs", work)
-
-    def tidy(self) -> int:
-        def work(conn: _Conn) -> int:
-            gone = 0
-            for table in ("run_output", "cancel_requests"):
-                cur = conn.execute(
-                    f"DELETE FROM {self._s}.{table} AS t WHERE NOT EXISTS"
-                    f" (SELECT 1 FROM {self._s}.runs AS r WHERE r.run_id = t.run_id)"
-                )
-                gone += cur.rowcount
-            return gone
-
-        return self._do("tidying the operator's tables", work)
+        rows = self._do("reporting cancels", work, atomic=True)
+        return [sql.row_to_run(self._d, row) for row in rows]
 
 
 if TYPE_CHECKING:

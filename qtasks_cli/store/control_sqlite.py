@@ -1,52 +1,36 @@
 """``ControlStore`` over the SQLite state file: a connection of its own, used from one thread
-at a time (the daemon's control thread, or a short-lived command)."""
+at a time (the daemon's control thread, or a short-lived command). The SQL both stores
+share is ``sql.SqlControl``; here are the connection, its transactions and what SQLite
+says in its own way."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import Attempt, RunResult, RunStatus
+from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import UNREPORTED, clip_lines
-from qtasks_cli.store.control import (
-    RAN,
-    CancelRequest,
-    DaemonInfo,
-    Overview,
-    Pause,
-    info_body,
-    info_from_row,
-)
-from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, _rollback, _row_to_run
-from qtasks_cli.store.sqlite_schema import DIALECT, from_us, to_us
+from qtasks_cli.store.base import UNREPORTED
+from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, immediate
+from qtasks_cli.store.sqlite_schema import DIALECT
 
 if TYPE_CHECKING:
     from qtasks_cli.store.control import ControlStore
 
-_RUN_COLUMNS = sql.run_columns(DIALECT)
-
 _T = TypeVar("_T")
 
 
-def _time(value: int) -> datetime:
-    result = from_us(value)
-    assert result is not None
-    return result
-
-
-class SqliteControl:
+class SqliteControl(sql.SqlControl):
     """The operator's tables in a state file; see ``ControlStore`` for the contract."""
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path).expanduser()
         self.location = str(self.path)
+        self._d = DIALECT
         self._lock = threading.Lock()
         # check_same_thread off: the daemon's control thread opens it, the loop closes it.
         self._conn: sqlite3.Connection | None = _connect(self.path, busy_timeout, threaded=True)
@@ -57,151 +41,31 @@ class SqliteControl:
                 self._conn.close()
                 self._conn = None
 
-    def _do(self, what: str, work: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+    def _do(
+        self, what: str, work: Callable[[sqlite3.Connection], _T], *, atomic: bool = False
+    ) -> _T:
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise StoreError(f"{self.location}: the state file is closed")
             try:
-                if not write:
-                    return work(conn)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                return result
+                return immediate(conn, work) if atomic else work(conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.location}: {what} failed: {exc}") from None
-
-    # -- daemons ---------------------------------------------------------------------------
-
-    def publish(self, info: DaemonInfo) -> None:
-        body = json.dumps(info_body(info), separators=(",", ":"))
-        params = (
-            info.node_id,
-            info.host,
-            info.pid,
-            to_us(info.started),
-            to_us(info.last_seen),
-            body,
-        )
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO daemons"
-                " (node_id, host, pid, started, last_seen, info_json) VALUES (?, ?, ?, ?, ?, ?)",
-                params,
-            )
-
-        self._do("publishing the daemon's status", work, write=True)
-
-    def withdraw(self, node_id: str) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM daemons WHERE node_id = ?", (node_id,))
-
-        self._do("withdrawing the daemon's status", work, write=True)
 
     def wake(self) -> None:
         from qtasks_cli import wake
 
         wake.send(self.location, wake.CONTROL)
 
-    def daemons(self) -> list[DaemonInfo]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT node_id, host, pid, started, last_seen, info_json FROM daemons"
-                " ORDER BY node_id"
-            ).fetchall()
+    # -- SQLite's own SQL ------------------------------------------------------------------
 
-        found = []
-        for node_id, host, pid, started, last_seen, body in self._do(
-            "reading daemons", work, write=False
-        ):
-            found.append(
-                info_from_row(
-                    node_id, host, pid, _time(started), _time(last_seen), json.loads(body)
-                )
-            )
-        return found
-
-    # -- pause -----------------------------------------------------------------------------
-
-    def pause(self, job: str, by: str, now: datetime) -> Pause:
-        def work(conn: sqlite3.Connection) -> Pause:
-            conn.execute(
-                "INSERT OR IGNORE INTO paused_jobs (job, since, by_whom) VALUES (?, ?, ?)",
-                (job, to_us(now), by),
-            )
-            since, whom = conn.execute(
-                "SELECT since, by_whom FROM paused_jobs WHERE job = ?", (job,)
-            ).fetchone()
-            return Pause(job=job, since=_time(since), by=whom)
-
-        return self._do(f"pausing {job!r}", work, write=True)
-
-    def resume(self, job: str) -> Pause | None:
-        def work(conn: sqlite3.Connection) -> Pause | None:
-            row = conn.execute(
-                "SELECT since, by_whom FROM paused_jobs WHERE job = ?", (job,)
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("DELETE FROM paused_jobs WHERE job = ?", (job,))
-            return Pause(job=job, since=_time(row[0]), by=row[1])
-
-        return self._do(f"resuming {job!r}", work, write=True)
-
-    def paused(self) -> dict[str, Pause]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute("SELECT job, since, by_whom FROM paused_jobs").fetchall()
-
-        rows = self._do("reading paused jobs", work, write=False)
-        return {job: Pause(job=job, since=_time(since), by=by) for job, since, by in rows}
-
-    # -- cancel ----------------------------------------------------------------------------
-
-    def request_cancel(self, run_id: str, by: str, now: datetime) -> str:
-        def work(conn: sqlite3.Connection) -> str:
-            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                return "unknown"
-            status = str(row[0])
-            if status == "queued":
-                conn.execute(
-                    "UPDATE runs SET status = 'cancelled', ended = ?, error = ?"
-                    " WHERE run_id = ? AND status = 'queued'",
-                    (to_us(now), f"cancelled by {by} before it started", run_id),
-                )
-                conn.execute(
-                    "INSERT INTO cancel_requests (run_id, requested, by_whom, outcome)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET outcome = ?",
-                    (run_id, to_us(now), by, UNREPORTED, UNREPORTED),
-                )
-                return "cancelled"
-            if status in ("claimed", "running"):
-                conn.execute(
-                    "INSERT OR IGNORE INTO cancel_requests (run_id, requested, by_whom)"
-                    " VALUES (?, ?, ?)",
-                    (run_id, to_us(now), by),
-                )
-                return "requested"
-            return status
-
-        return self._do(f"cancelling run {run_id}", work, write=True)
-
-    def cancel_requests(self) -> list[CancelRequest]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT run_id, requested, by_whom FROM cancel_requests WHERE outcome IS NULL"
-                " AND run_id IN (SELECT run_id FROM runs WHERE status IN ('claimed', 'running'))"
-                " ORDER BY requested"
-            ).fetchall()
-
-        rows = self._do("reading cancel requests", work, write=False)
-        return [CancelRequest(run_id=r, requested=_time(t), by=b) for r, t, b in rows]
+    def _last_ran_sql(self) -> str:
+        return (
+            f"SELECT {sql.run_columns(DIALECT)} FROM (SELECT *, row_number() OVER"
+            f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
+            f" WHERE {sql.RAN_STARTED}) WHERE rank = 1"
+        )
 
     def settle_cancel(self, run_ids: Sequence[str], outcome: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
@@ -210,7 +74,7 @@ class SqliteControl:
                 [(outcome, run_id) for run_id in run_ids],
             )
 
-        self._do("settling cancel requests", work, write=True)
+        self._do("settling cancel requests", work, atomic=True)
 
     def take_unreported_cancels(self, outcome: str) -> list[RunResult]:
         def any_left(conn: sqlite3.Connection) -> bool:
@@ -219,12 +83,14 @@ class SqliteControl:
             )
             return found.fetchone() is not None
 
-        if not self._do("reading cancels", any_left, write=False):  # no write lock each round
+        if not self._do("reading cancels", any_left):  # no write lock each round
             return []
 
+        # SELECT then UPDATE under the write lock is as atomic as UPDATE ... RETURNING,
+        # which would need SQLite 3.35.
         def work(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN"
+                f"SELECT {sql.run_columns(DIALECT)} FROM runs WHERE run_id IN"
                 " (SELECT run_id FROM cancel_requests WHERE outcome = ?)"
                 " AND status = 'cancelled' ORDER BY ended, run_id",
                 (UNREPORTED,),
@@ -234,131 +100,8 @@ class SqliteControl:
             )
             return rows
 
-        return [_row_to_run(r) for r in self._do("reporting cancels", work, write=True)]
-
-    # -- runs in full ----------------------------------------------------------------------
-
-    def add_output(self, run_id: str, lines: Sequence[str]) -> None:
-        body = json.dumps(clip_lines(lines))
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO run_output (run_id, lines_json) VALUES (?, ?)",
-                (run_id, body),
-            )
-
-        self._do("keeping a run's output", work, write=True)
-
-    def output(self, run_id: str) -> list[str]:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                "SELECT lines_json FROM run_output WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's output", work, write=False)
-        return [] if row is None else [str(line) for line in json.loads(row[0])]
-
-    def run(self, run_id: str) -> RunResult | None:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run", work, write=False)
-        return None if row is None else _row_to_run(row)
-
-    def attempts(self, run_id: str) -> list[Attempt]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT attempt, started, ended, status, error_type, error FROM attempts"
-                " WHERE run_id = ? ORDER BY attempt",
-                (run_id,),
-            ).fetchall()
-
-        return [
-            Attempt(
-                number=n,
-                started=_time(started),
-                ended=from_us(ended),
-                status=RunStatus(status),
-                error_type=error_type,
-                error=error,
-            )
-            for n, started, ended, status, error_type, error in self._do(
-                "reading attempts", work, write=False
-            )
-        ]
-
-    def run_arguments(self, run_id: str) -> tuple[Any, Any] | None:
-        def work(conn: sqlite3.Connection) -> Any:
-            return conn.execute(
-                "SELECT args_json, kwargs_json FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-
-        row = self._do("reading a run's arguments", work, write=False)
-        if row is None or (row[0] is None and row[1] is None):
-            return None
-        return json.loads(row[0] or "[]"), json.loads(row[1] or "{}")
-
-    def last_successes(self) -> dict[str, datetime]:
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT job, max(ended) FROM runs WHERE status = 'succeeded'"
-                " AND ended IS NOT NULL GROUP BY job"
-            ).fetchall()
-
-        rows = self._do("reading last successes", work, write=False)
-        return {job: _time(ended) for job, ended in rows}
-
-    def overview(self, *, since: datetime | None, recent: int = 20) -> Overview:
-        ran = ", ".join(f"'{s}'" for s in RAN)
-        cutoff = to_us(since) if since is not None else -(2**62)
-
-        def work(conn: sqlite3.Connection) -> Overview:
-            active = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('claimed', 'running')"
-                " ORDER BY coalesce(started, created), run_id"
-            ).fetchall()
-            last = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM (SELECT *, row_number() OVER"
-                f" (PARTITION BY job {sql.ORDER_NEWEST}) AS rank FROM runs"
-                f" WHERE status IN ({ran}) AND started IS NOT NULL) WHERE rank = 1"
-            ).fetchall()
-            waiting = conn.execute(
-                "SELECT job, count(*) FROM runs WHERE status = 'queued' GROUP BY job"
-            ).fetchall()
-            counts: dict[str, dict[str, int]] = {}
-            for job, status, count in conn.execute(
-                "SELECT job, status, count(*) FROM runs WHERE ended >= ? GROUP BY job, status",
-                (cutoff,),
-            ):
-                counts.setdefault(job, {})[status] = count
-            latest = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE ended IS NOT NULL"
-                " ORDER BY ended DESC, run_id DESC LIMIT ?",
-                (recent,),
-            ).fetchall()
-            rows = [_row_to_run(r) for r in last]
-            return Overview(
-                active=[_row_to_run(r) for r in active],
-                last={r.job: r for r in rows},
-                waiting=dict(waiting),
-                counts=counts,
-                recent=[_row_to_run(r) for r in latest],
-            )
-
-        return self._do("reading runs", work, write=False)
-
-    def tidy(self) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            gone = 0
-            for table in ("run_output", "cancel_requests"):
-                gone += conn.execute(
-                    f"DELETE FROM {table} WHERE run_id NOT IN (SELECT run_id FROM runs)"
-                ).rowcount
-            return gone
-
-        return self._do("tidying the operator's tables", work, write=True)
+        rows = self._do("reporting cancels", work, atomic=True)
+        return [sql.row_to_run(DIALECT, row) for row in rows]
 
 
 if TYPE_CHECKING:

@@ -283,6 +283,9 @@ def dialect(schema: str) -> sql.Dialect:
         time_out=must_utc,
         node_column=True,
         lines=Jsonb,
+        jsonb=True,
+        json_in=Jsonb,
+        for_update=" FOR UPDATE",
         duration="extract(epoch FROM ended - started)::float8",
         seconds=float,
     )

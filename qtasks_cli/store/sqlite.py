@@ -163,6 +163,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
             log.debug("rollback failed", exc_info=True)
 
 
+def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``work(conn)`` inside BEGIN IMMEDIATE ... COMMIT, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
 def _row_to_run(row: Sequence[Any]) -> RunResult:
     return sql.row_to_run(DIALECT, row)
 
@@ -308,16 +320,8 @@ class SqliteStore(sql.SqlStore):
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT (worker thread)."""
-        conn = self._db
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        return result
+            return immediate(self._db, fn)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from qtasks_cli.store import sql
 from qtasks_cli.store.fence import OWNED
@@ -155,6 +156,10 @@ def us_time(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _seconds(micros: int) -> float:
     return micros / 1e6
 
@@ -166,6 +171,9 @@ DIALECT = sql.Dialect(
     time_out=us_time,
     node_column=False,
     lines=json.dumps,
+    jsonb=False,
+    json_in=_compact_json,
+    for_update="",
     duration="ended - started",
     seconds=_seconds,
 )

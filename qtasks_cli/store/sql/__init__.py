@@ -3,17 +3,22 @@
 The schema is the same in SQLite and PostgreSQL (``runs``, ``attempts``, ``jobs`` ...); what
 differs is said by the dialect: the placeholder, the schema prefix of a table, how a time is
 kept (integer microseconds or ``timestamptz``), whether ``runs`` has a ``node`` column, how
-output lines and durations are spelled. Here live the statements, the rows' decoding, the
-values of a write, and the reads' steps; ``sqlite.py`` and ``postgres.py`` keep their
-connections, claims, locking and notifications.
+output lines, JSON documents and durations are spelled, how a transaction locks a row it
+read. Here live the statements, the rows' decoding, the values of a write, the reads' steps
+and the operator's tables (``SqlControl``); ``sqlite.py`` and ``postgres.py`` keep their
+connections, claims, locking and notifications, ``control_sqlite.py`` and
+``control_postgres.py`` their connections, transactions and wake-ups.
 
 A read that takes several queries (``stats_steps``) is a generator of (sql, params) that
 is sent each query's rows back, so that one text serves SQLite's worker thread (``drive``)
-and PostgreSQL's event loop (``drive_async``). No database driver is imported here.
+and PostgreSQL's event loop (``drive_async``). The control stores are synchronous on both
+engines, so their SQL is plain code over either driver's connection (``control.Db``). No
+database driver is imported here.
 """
 
 from qtasks_cli.store.sql.cache import ConnectionCache
 from qtasks_cli.store.sql.common import SqlStore
+from qtasks_cli.store.sql.control import RAN_STARTED, SqlControl
 from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, Dialect, Query, drive, drive_async
 from qtasks_cli.store.sql.reads import (
     attempts_query,
@@ -51,10 +56,12 @@ __all__ = [
     "ATTEMPT_COLUMNS",
     "FINISH_SET",
     "ORDER_NEWEST",
+    "RAN_STARTED",
     "TIMED",
     "ConnectionCache",
     "Dialect",
     "Query",
+    "SqlControl",
     "SqlStore",
     "attempt_from_row",
     "attempt_values",

@@ -3,6 +3,7 @@ queries is run on either (``drive``, ``drive_async``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +33,17 @@ class Dialect:
     prefix: str  # put before a table's name: "" or '"schema".'
     time_in: Callable[[datetime], Any]  # an aware datetime as stored; ValueError when naive
     time_out: Callable[[Any], datetime]  # a stored time as an aware UTC datetime
-    node_column: bool  # runs has a ``node`` column (PostgreSQL); else the node is host:pid
+    # Daemons are nodes (PostgreSQL): runs has a ``node`` column, and ``nodes`` their
+    # heartbeats; else a daemon is a process, and the node is host:pid.
+    node_column: bool
     lines: Callable[[list[str]], Any]  # a run's output lines as stored (JSON text, jsonb)
+    # The operator's JSON documents (run_output's lines, a daemon's description) are jsonb
+    # columns named plainly (PostgreSQL), else JSON text in columns named ``*_json``.
+    jsonb: bool
+    json_in: Callable[[Any], Any]  # a JSON document as stored (compact JSON text, jsonb)
+    # Put after a SELECT whose rows the transaction then changes: " FOR UPDATE", or "" where
+    # a transaction holds the write lock of the whole file from its start (SQLite's IMMEDIATE).
+    for_update: str
     duration: str  # SQL selecting a timed run's duration, ordered by ``ended - started``
     seconds: Callable[[Any], float]  # that duration in seconds
 
@@ -48,6 +58,14 @@ class Dialect:
 
     def marks(self, count: int) -> str:
         return ", ".join([self.mark] * count)
+
+    def json_column(self, name: str) -> str:
+        """The column of an operator's table that keeps the JSON document ``name``."""
+        return name if self.jsonb else f"{name}_json"
+
+    def json_out(self, value: Any) -> Any:
+        """A JSON document of ``json_column`` as read back: decoded."""
+        return value if self.jsonb else json.loads(value)
 
 
 def drive(steps: Generator[Query, list[Any], _T], fetch: Callable[[str, Any], list[Any]]) -> _T:
