@@ -456,22 +456,24 @@ def test_process_str_raises(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["process"]
     assert_healthy(out)
     assert_all(
-        out.of("p_raise_exit_str"),
+        out.ended("p_raise_exit_str"),
         status="failed",
         error_type="rel_values.ExitsOnStr",
         at_least=2,
         error="str() raised SystemExit",
     )
     assert_all(
-        out.of("p_raise_interrupt_str"),
+        out.ended("p_raise_interrupt_str"),
         status="failed",
         error_type="rel_values.InterruptsOnStr",
         at_least=2,
         error="str() raised KeyboardInterrupt",
     )
-    rows = out.of("p_huge_message")
+    rows = out.ended("p_huge_message")
     assert_all(rows, status="failed", error_type="ValueError", at_least=1, error="mmmm")
     assert all(len(r["error"]) <= 2000 for r in rows)
+    # On a busy machine a 50 MB message may outlast the 3 s period: that skip is true.
+    assert not false_busy_skips(out.rows), out.show(false_busy_skips(out.rows))
 
 
 @case(
