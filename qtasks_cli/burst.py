@@ -24,6 +24,8 @@ from collections.abc import Callable, Coroutine, Generator
 from datetime import datetime
 from typing import Any, TypeVar
 
+from qtasks_cli import keepstate
+
 _T = TypeVar("_T")
 
 _STEPPING = sys.version_info >= (3, 11)
@@ -50,10 +52,12 @@ class Gate:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         clock: Callable[[], datetime],
+        job: str,
     ) -> Start:
-        """Await the result to have ``Burst.go`` call ``fn(*args, **kwargs)`` and take the
-        body's first step itself, with none of the awaiting coroutine's frames in between."""
-        return Start(self, fn, args, kwargs, clock)
+        """Await the result to have ``Burst.go`` call ``fn(*args, **kwargs)`` (job ``job``'s
+        body) and take the body's first step itself, with none of the awaiting coroutine's
+        frames in between."""
+        return Start(self, fn, args, kwargs, clock, job)
 
 
 class Start:
@@ -62,7 +66,7 @@ class Start:
     coroutine (the caller awaits it, as it would have). ``ended``: when a body that finished
     in its first step did (for its duration), else None."""
 
-    __slots__ = ("args", "body", "clock", "ended", "fn", "gate", "kwargs", "outcome")
+    __slots__ = ("args", "body", "clock", "ended", "fn", "gate", "job", "kwargs", "outcome")
 
     def __init__(
         self,
@@ -71,8 +75,10 @@ class Start:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         clock: Callable[[], datetime],
+        job: str,
     ) -> None:
         self.gate = gate
+        self.job = job
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -101,6 +107,9 @@ class Start:
         except BaseException as exc:
             self.outcome, self.ended = (_RAISED, exc), self.clock()
             return None
+        finally:
+            if keepstate.step_changed():  # before the next body of the burst starts
+                keepstate.restore(self.job)
         return waits
 
     def __await__(self) -> Generator[Any, Any, tuple[bool, Any]]:
@@ -123,8 +132,8 @@ class Start:
         assert self.body is not None
         # The body waits on what its first step handed the task: go on driving it.
         if thrown is None:
-            return True, (yield from _driven(self.body, None, send=True))
-        return True, (yield from _driven(self.body, thrown, send=False))
+            return True, (yield from _driven(self.body, None, send=True, job=self.job))
+        return True, (yield from _driven(self.body, thrown, send=False, job=self.job))
 
     def begin_late(self) -> None:
         """No burst started the body: start it here, as a plain call would."""
@@ -139,14 +148,36 @@ class Start:
             self.outcome = (_VALUE, body)
 
 
-def _driven(coro: Coroutine[Any, Any, Any], first: Any, *, send: bool) -> Generator[Any, Any, Any]:
+class KeptSteps:
+    """``await KeptSteps(coro, job)`` is ``await coro`` for job ``job``'s body, with what a step
+    of it changed on the loop's thread put back before the loop goes on (``_driven``)."""
+
+    __slots__ = ("coro", "job")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], job: str) -> None:
+        self.coro = coro
+        self.job = job
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _driven(self.coro, None, send=True, job=self.job)
+
+
+def _driven(
+    coro: Coroutine[Any, Any, Any], first: Any, *, send: bool, job: str
+) -> Generator[Any, Any, Any]:
     """``yield from coro`` for a coroutine stepped before: first ``send(first)`` (or
-    ``throw(first)``), then hand on what it yields and what comes back, as ``yield from``."""
+    ``throw(first)``), then hand on what it yields and what comes back, as ``yield from``.
+    After each step, a profile or trace function or the loop's debug mode that job ``job``'s
+    code left on the loop's thread is put back (keepstate.py), before the loop runs anything
+    else."""
     while True:
         try:
             produced = coro.send(first) if send else coro.throw(first)
         except StopIteration as stop:
             return stop.value
+        finally:
+            if keepstate.step_changed():
+                keepstate.restore(job)
         try:
             first, send = (yield produced), True
         except BaseException as exc:  # GeneratorExit and cancellations go to the body

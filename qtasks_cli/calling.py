@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, failures, previews, release
+from qtasks_cli.burst import KeptSteps
 from qtasks_cli.durations import format_seconds
 from qtasks_cli.entrypoints import CallableKind
 from qtasks_cli.events import Event, EventKind
@@ -121,12 +122,12 @@ class Run:
         kind = _kind_of(fn)
         if self.gate is not None:  # a burst's first attempt: the body starts at go
             if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
-                start = self.gate.start(fn, args, kwargs, self.clock)
+                start = self.gate.start(fn, args, kwargs, self.clock, self.job.name)
                 self.gate = None
                 driven, value = await start
                 self.body_ended = start.ended
                 if not driven and _awaitable(value):
-                    value = await value
+                    value = await self._awaited(value)
                 return value
             await self.through_gate()
         if kind is CallableKind.ASYNC:
@@ -134,7 +135,14 @@ class Run:
         else:
             value = await self.in_thread(functools.partial(fn, *args, **kwargs))
         if _awaitable(value):
-            value = await value
+            value = await self._awaited(value)
+        return value
+
+    def _awaited(self, value: Awaitable[Any]) -> Awaitable[Any]:
+        """A coroutine of the job's is stepped on the loop: what a step leaves on the loop's
+        thread is put back after it (burst.KeptSteps)."""
+        if type(value) is types.CoroutineType:
+            return KeptSteps(value, self.job.name)
         return value
 
     async def through_gate(self) -> None:

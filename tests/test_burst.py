@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from qtasks_cli.burst import Burst, Gate
+from qtasks_cli import keepstate
+from qtasks_cli.burst import Burst, Gate, KeptSteps
 from qtasks_cli.clock import settle_until
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
@@ -180,7 +181,7 @@ def test_a_wall_clock_stepped_back_during_the_spin_is_not_waited_out() -> None:
 async def chain(i: int, gate: Gate, fn: Any, log: list[Any]) -> Any:
     """A run as the executor makes it: set-up, then the body started by the burst."""
     log.append(("set-up", i))
-    driven, value = await gate.start(fn, (i,), {}, lambda: T0)
+    driven, value = await gate.start(fn, (i,), {}, lambda: T0, f"job{i}")
     log.append(("after", i, driven))
     return value
 
@@ -271,5 +272,57 @@ def test_a_start_reached_after_go_calls_the_body_as_a_plain_await_would() -> Non
         burst = Burst(T0)
         burst.go(lambda: T0)
         assert await asyncio.create_task(chain(4, burst.gate, body, [])) == 5
+
+    asyncio.run(main())
+
+
+def _seen_by(profiled: list[str]) -> Any:
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            profiled.append(frame.f_code.co_name)
+
+    return profile
+
+
+@needs_stepping
+def test_a_profiler_or_debug_mode_a_body_leaves_on_the_loop_costs_the_next_bodies_nothing() -> None:
+    """One body of a burst sets a profile function and the loop's debug mode (each makes every
+    later call on the loop's thread slow); they are put back before the next body starts, and
+    after each later step of a body driven by its task (keepstate.step_changed)."""
+    profiled: list[str] = []
+
+    async def sets(i: int) -> str:
+        sys.setprofile(_seen_by(profiled))
+        asyncio.get_running_loop().set_debug(True)
+        await asyncio.sleep(0)
+        sys.setprofile(_seen_by(profiled))  # again, in a later step
+        return "set"
+
+    async def other_body(i: int) -> str:
+        await asyncio.sleep(0)
+        return "other"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        keepstate.capture(loop)
+        try:
+            burst = Burst(T0)
+            tasks = [
+                burst.add(chain(i, burst.gate, sets if i == 0 else other_body, []))
+                for i in range(3)
+            ]
+            burst.go(lambda: T0)
+            assert sys.getprofile() is None and not loop.get_debug()
+            assert await asyncio.gather(*tasks) == ["set", "other", "other"]
+            assert sys.getprofile() is None
+            assert "other_body" not in profiled, profiled
+            # Outside a burst, a job's coroutine awaited through KeptSteps likewise.
+            profiled.clear()
+            assert await KeptSteps(sets(9), "job9") == "set"
+            assert sys.getprofile() is None and not loop.get_debug()
+            assert await other_body(0) == "other"
+            assert "other_body" not in profiled, profiled
+        finally:
+            keepstate.release()
 
     asyncio.run(main())
