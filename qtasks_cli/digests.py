@@ -18,7 +18,15 @@ from typing import Any
 
 from qtasks_cli.models import JobSpec, Settings
 
-_NOT_DEFINITION = ("line", "secrets", "schedule_text", "raw_args", "raw_kwargs", "variables")
+_NOT_DEFINITION = (
+    "line",
+    "secrets",
+    "schedule_text",
+    "raw_args",
+    "raw_kwargs",
+    "variables",
+    "_fingerprint",
+)
 MACHINE_ZONE = "(the machine's zone)"  # what the digest says of a zone the file does not name
 
 
@@ -97,8 +105,20 @@ def _hash(obj: Any) -> str:
 def fingerprint(job: JobSpec) -> str:
     """sha256 of the job's effective definition (its zone included, whatever set it), with
     ``${NAME}`` as written: equal fingerprints mean the same behaviour, up to the values of
-    variables, which never reach it (nodes compare these; see ``definition``)."""
-    return _hash(definition(job))
+    variables, which never reach it (nodes compare these; see ``definition``). Worked out
+    once per spec and kept on it: ``config_digest`` does that as the file is read, off the
+    loop, so a reload's comparison of 1,000 jobs on the loop costs lookups only."""
+    memo = job._fingerprint
+    if memo is None:
+        memo = _noted(job, definition(job))
+    return memo
+
+
+def _noted(job: JobSpec, plain: dict[str, Any]) -> str:
+    """Keep ``_hash(plain)`` (``plain``: the job's ``definition``) as its fingerprint."""
+    memo = _hash(plain)
+    object.__setattr__(job, "_fingerprint", memo)
+    return memo
 
 
 def config_digest(
@@ -113,9 +133,12 @@ def config_digest(
     it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it: the
     state's location is left out (it names the store both read, and may hold a password), and
     with ``machine_zone`` the settings' zone counts as MACHINE_ZONE."""
-    whole: dict[str, Any] = {
-        name: definition(job, machine_zone=name in machine_zoned) for name, job in jobs.items()
-    }
+    whole: dict[str, Any] = {}
+    for name, job in jobs.items():
+        zoned = name in machine_zoned
+        whole[name] = written = definition(job, machine_zone=zoned)
+        if job._fingerprint is None:  # worked out here, off the loop (see fingerprint)
+            _noted(job, definition(job) if zoned else written)
     if settings is not None:
         shown = {
             f.name: _canonical(getattr(settings, f.name))

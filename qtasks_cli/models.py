@@ -145,6 +145,8 @@ class JobSpec:
     raw_kwargs: Mapping[str, Any] | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
     line: int = 0  # where the job is defined, for messages
+    # digests.fingerprint's value, noted the first time (off the loop, as the file is read).
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def redact(self, text: str) -> str:
         """``text`` with every interpolated secret value replaced by its ``${NAME}``, in every

@@ -235,6 +235,7 @@ def test_settings_path_as_a_string_and_state_urls(tmp_path: Path) -> None:
 def test_known_keys_cover_the_model() -> None:
     spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
     derived = {"name", "schedule_text", "secrets", "line", "raw_args", "raw_kwargs", "variables"}
+    derived.add("_fingerprint")  # a memo (digests.fingerprint), never written
     assert set(KNOWN_JOB_KEYS) == spec_fields - derived | {"retry_on"}
     assert set(KNOWN_SETTINGS_KEYS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -1194,3 +1195,22 @@ def test_fingerprint_handles_every_yaml_value(tmp_path: Path) -> None:
     assert job.args[:2] == (date(2024, 1, 2), b"hi")
     assert fingerprint(job) == fingerprint(dataclasses.replace(job, line=99))
     assert fingerprint(job) != fingerprint(dataclasses.replace(job, args=job.args[:2]))
+
+
+def test_the_fingerprint_is_worked_out_as_the_file_is_read_and_never_goes_stale(
+    tmp_path: Path,
+) -> None:
+    """A reload compares 1,000 jobs' fingerprints on the daemon's loop: each is noted on its
+    spec as the file is read (off the loop); a spec made from another by ``replace`` works its
+    own out, whatever it changed."""
+    from qtasks_cli.digests import _hash, definition
+
+    config = load(tmp_path, BASE, env={"TOKEN": "one"})
+    for job in config.jobs.values():
+        assert job._fingerprint == _hash(definition(job))
+    job = config.jobs["a"]
+    assert fingerprint(job) is job._fingerprint
+    moved = dataclasses.replace(job, schedule_text="x", timeout=timedelta(minutes=1))
+    assert moved._fingerprint is None
+    assert fingerprint(moved) != fingerprint(job)
+    assert fingerprint(dataclasses.replace(job, line=99)) == fingerprint(job)
