@@ -120,10 +120,10 @@ def _arm_throttle() -> None:
     every later call with ``_throttle``, as ``pdb.set_trace`` does for a debugger. A thread
     that swallows ``GaveUp`` goes on at one line per ``_THROTTLE`` seconds."""
     ident = threading.get_ident()
-    with _Helpers.lock:
-        if ident not in _Helpers.stuck or ident in _Helpers.throttled:
-            return
-        _Helpers.throttled.add(ident)
+    # No lock: a late thread never takes one the loop waits on (see _start_helper's target).
+    if ident not in _Helpers.stuck or ident in _Helpers.throttled:
+        return
+    _Helpers.throttled.add(ident)
     frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         frame.f_trace = _throttle
@@ -181,15 +181,21 @@ def _start_helper(fn: Callable[[], Any], deliver: Callable[[tuple[bool, Any]], N
             outcome: tuple[bool, Any] = (True, fn())
         except BaseException as exc:
             outcome = (False, exc)
+        finally:
+            # The job's code is done: first stop the throttle GaveUp may have armed (each line
+            # traced sleeps). The rest takes no lock: a late thread that held one the loop
+            # waits on (``_Helpers.lock``) froze the loop for a second, a throttled line or
+            # two inside it.
+            sys.settrace(None)
         try:
-            with _Helpers.lock:
-                _Helpers.stuck.pop(threading.get_ident(), None)
-                _Helpers.throttled.discard(threading.get_ident())
+            ident = threading.get_ident()
+            _Helpers.stuck.pop(ident, None)  # single dict and set operations: atomic
+            _Helpers.throttled.discard(ident)
             deliver(outcome)
         except GaveUp:  # asked to stop just as it ended
             pass
         finally:
-            sys.settrace(None)  # armed by GaveUp if it was late
+            sys.settrace(None)
 
     thread = threading.Thread(target=target, name="qtasks-text", daemon=True)
     thread.start()

@@ -204,6 +204,71 @@ def test_a_text_that_swallows_the_stop_stays_slowed_through_later_nudges(
     assert offloop.stuck_threads() == 0
 
 
+class _WhoLocks:
+    """A stand-in for ``_Helpers.lock`` that notes every thread that takes it."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.takers: set[int] = set()
+
+    def __enter__(self) -> bool:
+        self.takers.add(threading.get_ident())
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.__exit__(*exc)
+
+
+@pytest.mark.parametrize("swallows_once", [False, True])
+def test_a_late_thread_never_takes_the_lock_the_loop_waits_on(
+    monkeypatch: pytest.MonkeyPatch, swallows_once: bool
+) -> None:
+    """Once job code in a late helper thread ends (stopped, or ending by itself after the
+    stop was swallowed), the thread's own lines are not slowed and take no lock the loop
+    takes: they used to hold ``_Helpers.lock`` across two throttled lines, and the loop's
+    next value froze for a second behind it."""
+    monkeypatch.setattr(offloop, "_THROTTLE", 0.02)
+    lock = _WhoLocks()
+    monkeypatch.setattr(offloop._Helpers, "lock", lock)
+    threads: list[threading.Thread] = []
+    real_start = offloop._start_helper
+
+    def noting(fn: Any, deliver: Any) -> Any:
+        thread = real_start(fn, deliver)
+        threads.append(thread)
+        return thread
+
+    monkeypatch.setattr(offloop, "_start_helper", noting)
+    stop = threading.Event()
+
+    class Spins(Exception):
+        def __str__(self) -> str:
+            swallowed = False
+            while not stop.is_set():
+                try:
+                    while not stop.is_set():
+                        pass
+                except BaseException:
+                    if not swallows_once or swallowed:
+                        raise
+                    swallowed = True
+            return "ended"
+
+    async def give_up() -> str:
+        return await offloop.off_loop(lambda: str(Spins()), fallback="gave up", timeout=0.1)
+
+    assert asyncio.run(give_up()) == "gave up"
+    deadline = time.monotonic() + 30
+    while not offloop._Helpers.throttled and time.monotonic() < deadline:
+        offloop._nudge_stuck()
+        threading.Event().wait(0.01)
+    stop.set()
+    threads[0].join(30)
+    assert not threads[0].is_alive()
+    assert threads[0].ident not in lock.takers, "a late thread took the loop's lock"
+    assert offloop.stuck_threads() == 0
+
+
 def test_only_the_class_whose_own_text_hung_is_not_called_again() -> None:
     """A slow text is blamed on the class whose ``__str__``/``__repr__`` ran in the late
     thread, never on the builtin class holding it: a slow traceback of chained ValueErrors
