@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from crashfuzz import fuzz
-from pg import fresh_schema, postgres_url
 
 from reliability.registry import case
 
@@ -33,26 +32,4 @@ def test_sigkill_at_random_instants_sqlite(tmp_path: Path) -> None:
     outcome = fuzz(tmp_path, kills=KILLS, seed=SEED)
     print(outcome.summary())
     assert outcome.bodies > KILLS  # the jobs really ran between the kills
-    assert outcome.problems == []
-
-
-@case(
-    "sigkill_fuzz_postgres",
-    group=GROUP,
-    title="the same crash-point fuzzer against a PostgreSQL node",
-    checks="as `sigkill_fuzz_sqlite`",
-)
-@pytest.mark.timeout(900)
-def test_sigkill_at_random_instants_postgres(tmp_path: Path) -> None:
-    url = postgres_url()
-    with fresh_schema(url) as schema:
-        outcome = fuzz(
-            tmp_path,
-            kills=KILLS,
-            seed=SEED + 1,
-            env_extra={"QTASKS_STATE": url},
-            settings=f"  schema: {schema}\n",
-        )
-    print(outcome.summary())
-    assert outcome.bodies > KILLS
     assert outcome.problems == []
