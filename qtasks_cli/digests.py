@@ -133,12 +133,17 @@ def config_digest(
     it is read in (variables, ``$TZ``), so the daemon and ``qtasks status`` agree on it: the
     state's location is left out (it names the store both read, and may hold a password), and
     with ``machine_zone`` the settings' zone counts as MACHINE_ZONE."""
-    whole: dict[str, Any] = {}
-    for name, job in jobs.items():
-        zoned = name in machine_zoned
-        whole[name] = written = definition(job, machine_zone=zoned)
-        if job._fingerprint is None:  # worked out here, off the loop (see fingerprint)
-            _noted(job, definition(job) if zoned else written)
+    # Each job counts by its fingerprint, worked out here (off the loop) and kept on the spec,
+    # so a reload's comparison of the jobs costs lookups only (see fingerprint).
+    whole: dict[str, Any] = {
+        name: _hash(definition(job, machine_zone=True))
+        if name in machine_zoned
+        else fingerprint(job)
+        for name, job in jobs.items()
+    }
+    for name in machine_zoned:
+        if name in jobs:
+            fingerprint(jobs[name])
     if settings is not None:
         shown = {
             f.name: _canonical(getattr(settings, f.name))
