@@ -37,11 +37,13 @@ def parse_duration(value: object) -> timedelta:
     if _SECONDS.fullmatch(text):
         return parse_duration(float(text))
     pos, total = 0, 0.0
-    for match in _PART.finditer(text):
-        if match.start() != pos:
-            break
+    # Part after part from where the last ended (finditer would retry at every later digit:
+    # quadratic in a long run of digits without a unit).
+    match = _PART.match(text)
+    while match is not None:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
+        match = _PART.match(text, pos)
     if pos != len(text) or not text:
         raise DurationError(f"{value!r} is not a duration ({_EXPECTED})")
     if total > _MAX_SECONDS:

@@ -33,12 +33,15 @@ _RULE = re.compile(
 )
 _DAY = 86_400
 _MAX_OFFSET = _DAY  # a datetime's UTC offset is strictly less than a day
+_MAX_RULE = 256
 _MAX_TIME = 167 * 3600  # RFC 8536 section 3.3.1: transition times within -167..167 hours
 
 
 def canonical_rule(text: str) -> str:
     """``text`` spelled so that Python's ``zoneinfo`` reads it as glibc does (quoted names,
     offsets and times as ``h:mm:ss``), or ValueError saying why it cannot be used."""
+    if len(text) > _MAX_RULE:  # the pattern backtracks on long texts; no real rule is long
+        raise ValueError(f"{len(text)} characters is longer than any POSIX TZ rule")
     match = _RULE.fullmatch(text)
     if match is None:
         raise ValueError(_why_not(text))

@@ -22,13 +22,16 @@ MAPPING_FIELDS = ("month", "day", "day_of_week", "hour", "minute", "second")
 NUMBER_TRAPS = ("base-60", "octal", "binary", "hex", "underscore")
 _ARGUMENT_TRAPS = ("base-60", "octal", "boolean", "date")
 _CLOCK_LIKE = re.compile(r"\s*[-+]?\d+(:\d+)+(\.\d*)?\s*")
+_CLOCK_MAX = 64  # longer texts are not taken for a clock (and the pattern backtracks on them)
 
 
 def refusal(node: Located, what: str) -> str | None:
     """Why ``node`` cannot be ``what`` ("a duration", "a schedule", "a valid value") because
     of how YAML 1.1 reads it, with what to write instead; None when that is not the case."""
     text = node.source if node.trap else node.value
-    if node.trap == "base-60" or (isinstance(text, str) and _CLOCK_LIKE.fullmatch(text)):
+    if node.trap == "base-60" or (
+        isinstance(text, str) and len(text) <= _CLOCK_MAX and _CLOCK_LIKE.fullmatch(text)
+    ):
         read = node.trap_note() if node.trap else f"{text!r} is not {what}"
         return f"{read}; {_clock_hint(text, what)}"
     if node.trap in NUMBER_TRAPS and (node.trap == "octal" or what != "a schedule"):

@@ -17,9 +17,15 @@ import re
 # 0x40-0x7e; the string commands (OSC, DCS, SOS, PM, APC) run to ST = ESC \ (or 0x9c) or BEL
 # and go with their payload; any other escape is ESC, intermediates, one final byte. Of a
 # string never ended only the introducer goes: the text after it stays readable (and inert).
+# A string's payload stops at any C1 control, CAN, SUB or ESC, as in a terminal's parser
+# (vt100.net's DEC parser: these leave a control string from any state): a string is then
+# ended there or not at all. That also keeps the scan linear: a payload that ran to the next
+# terminator over other introducers made each of them scan to the end of the text, and a line
+# of 30,000 OSC introducers (0x9d) took the output thread 2 s with the GIL held.
 _SEQUENCE = re.compile(
     r"(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])(?:[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c))?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])"
+    r"(?:[^\x07\x18\x1a\x1b\x80-\x9f]*(?:\x07|\x1b\\|\x9c))?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?"
 )
 # C0 but tab and line feed, DEL, C1, the bidi embeddings, overrides, isolates and marks,
