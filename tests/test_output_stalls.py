@@ -151,3 +151,45 @@ def test_dropping_keeps_whole_lines_and_counts_each_line_once(
     # Nothing is counted when nothing was refused.
     if all(script[: len(pieces)]) and len(script) >= len(pieces):
         assert drain.dropped.total == 0 and "".join(drain.queued) == "".join(pieces)
+
+
+def test_a_filter_a_job_adds_to_the_daemons_handler_sees_only_the_jobs_records() -> None:
+    """``for h in logging.getLogger().handlers: h.addFilter(f)`` in a job: ``f`` runs for the
+    job's own records, never for the daemon's (a slow one ran in every log line of the event
+    loop; one that raised killed the daemon's threads that log)."""
+    import logging
+
+    read_end, write_end = os.pipe()
+    drain = output._RecordDrain(write_end, logging.Formatter("%(name)s %(message)s"))
+    handler = output.BoundedQueueHandler(drain)
+    seen: list[str] = []
+
+    class Picky(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record.name)
+            if record.name.startswith("shop"):
+                return "keep" in record.getMessage()
+            raise AttributeError("request_id")  # as `record.request_id is not None` would
+
+    handler.addFilter(Picky())
+    try:
+        for name, message in (
+            ("qtasks.supervisor", "tick fired"),
+            ("asyncio", "task exception"),
+            ("shop.orders", "keep this"),
+            ("shop.orders", "drop this"),
+        ):
+            record = logging.LogRecord(name, logging.INFO, __file__, 1, message, (), None)
+            handler.handle(record)
+        assert seen == ["shop.orders", "shop.orders"]
+        deadline = time.monotonic() + 30
+        text = b""
+        while text.count(b"\n") < 3 and time.monotonic() < deadline:
+            text += os.read(read_end, 65536)
+        assert text.decode().splitlines() == [
+            "qtasks.supervisor tick fired",
+            "asyncio task exception",
+            "shop.orders keep this",
+        ]
+    finally:
+        os.close(read_end)

@@ -405,8 +405,11 @@ class BoundedQueueHandler(logging.handlers.QueueHandler):
         """Without the handler's lock (the queue is thread-safe): a record whose text runs a
         job's code (ui.records) is made text by the thread that logged it, or by the drain
         thread with a deadline when that thread is the event loop's; a slow or hung text
-        never holds another thread's log call."""
-        rv = self.filter(record)
+        never holds another thread's log call. Filters (which only job code adds to this
+        handler: ``for h in logging.getLogger().handlers: h.addFilter(...)``) see the job's
+        records, never the daemon's: a slow one ran in every log line of the event loop, and
+        one that raised killed the daemon's threads that log."""
+        rv = True if records.is_daemons(record) else self.filter(record)
         if isinstance(rv, logging.LogRecord):
             record = rv
         if rv:

@@ -117,11 +117,15 @@ def settle(record: logging.LogRecord, how: str) -> bool:
 _DAEMON = ("qtasks", "asyncio", "concurrent.futures", "psycopg", "tenacity")
 
 
+def is_daemons(record: logging.LogRecord) -> bool:
+    """Whether ``record`` was logged by the daemon or one of its libraries (by logger name)."""
+    return record.name.startswith(_DAEMON)
+
+
 def here(record: logging.LogRecord) -> bool:
     """``settle`` as the thread that logged ``record`` may: the thread pays for the text of
     what it logged (a job's thread, or an async job's own statement on the loop, as an
     f-string there would), except on the event loop for the daemon's and its libraries'
     records (``asyncio`` formatting a job's task), which are deferred: False for such a record
     that needs job code."""
-    daemons = record.name.startswith(_DAEMON)
-    return settle(record, "defer" if daemons and on_a_loop() else "inline")
+    return settle(record, "defer" if is_daemons(record) and on_a_loop() else "inline")
