@@ -48,6 +48,7 @@ class _Kept:
     debug = False  # the loop's debug mode (PYTHONASYNCIODEBUG, -X dev)
     profile: Any = None
     trace: Any = None
+    asyncgen_hooks: Any = None  # the loop's own (asyncio sets them as it starts running)
     loggers: dict[str, tuple[list[logging.Handler], int, bool]] = {}  # noqa: RUF012
     warned: set[str] = set()  # noqa: RUF012
     disable_tried = False  # a job set ``disabled`` on a daemon logger since the last restore
@@ -166,6 +167,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> None:
     _Kept.debug = loop.get_debug()
     _Kept.profile = sys.getprofile()
     _Kept.trace = sys.gettrace()
+    _Kept.asyncgen_hooks = sys.get_asyncgen_hooks()
     _Kept.loggers = {
         lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _daemon_loggers()
     }
@@ -210,7 +212,8 @@ def step_changed() -> bool:
     on every later call: a profile or trace function (``sys.setprofile``/``sys.settrace``) or
     the loop's debug mode (a stack extracted for every callback). About 0.1 µs, so it is asked
     after every step of an inline async body (burst.py) and ``restore`` called when it says
-    so: such a change then costs the other runs of a burst nothing."""
+    so: such a change then costs the other runs of a burst nothing. (Async generator hooks,
+    which cost only where an async generator starts, wait for ``restore``.)"""
     if not _Kept.active:
         return False
     loop = _Kept.loop
@@ -218,6 +221,13 @@ def step_changed() -> bool:
         sys.getprofile() is not _Kept.profile
         or sys.gettrace() is not _Kept.trace
         or (loop is not None and loop.get_debug() is not _Kept.debug)
+    )
+
+
+def _asyncgen_hooks_changed() -> bool:
+    hooks, kept = sys.get_asyncgen_hooks(), _Kept.asyncgen_hooks
+    return kept is not None and (
+        hooks.firstiter is not kept.firstiter or hooks.finalizer is not kept.finalizer
     )
 
 
@@ -237,6 +247,10 @@ def restore(job: str) -> None:
     if sys.gettrace() is not _Kept.trace:
         _put_back("the event loop thread's trace function (sys.settrace)", job)
         sys.settrace(_Kept.trace)
+    if _asyncgen_hooks_changed():  # asyncio's own: they run at every async generator's start
+        _put_back("the event loop thread's async generator hooks (sys.set_asyncgen_hooks)", job)
+        kept = _Kept.asyncgen_hooks
+        sys.set_asyncgen_hooks(firstiter=kept.firstiter, finalizer=kept.finalizer)
     if logging.getLogRecordFactory() is not _Kept.record_factory:
         _put_back("the log record factory (logging.setLogRecordFactory)", job)
         logging.setLogRecordFactory(_Kept.record_factory)

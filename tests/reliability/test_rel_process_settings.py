@@ -108,6 +108,19 @@ async def profiles():
     sys.setprofile(_profile)
 
 
+def _slow_firstiter(agen):
+    time.sleep(1.5)  # asyncio's own hook, which finalizes async generators, replaced
+
+
+async def asyncgen_hooks():
+    sys.set_asyncgen_hooks(firstiter=_slow_firstiter)
+
+
+async def feed():
+    for i in range(3):
+        yield i
+
+
 async def debug_mode():
     asyncio.get_running_loop().set_debug(True)  # left on, it costs every fire
 
@@ -118,6 +131,10 @@ def _gc_metric(phase, info):
 
 
 _kept = []
+
+
+def keep(item):
+    return item
 
 
 def gc_callback():
@@ -142,9 +159,14 @@ NAMES = (
     "profiles",
     "debug_mode",
     "gc_callback",
+    "asyncgen_hooks",
 )
 JOBS = "".join(
     f'{name}: {{entrypoint: "rel_settings:{name}", schedule: "*/3 * * * * *"}}\n' for name in NAMES
+) + (
+    # an async generator job every second: asyncio's hooks run as each starts
+    'feed: {entrypoint: "rel_settings:feed", schedule: "* * * * * *", '
+    'generate_handler: "rel_settings:keep"}\n'
 )
 
 
@@ -165,7 +187,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "`signal.signal(SIGTERM, SIG_IGN)` in the same attempt), `logging.disable(CRITICAL)`, "
     "a profile function left on the loop's thread, `loop.set_debug(True)`, a `gc.callbacks` "
     "function that sleeps 2.5 s on the loop's thread (the collector left one allocation short "
-    "of a pass)",
+    "of a pass), `sys.set_asyncgen_hooks` with a `firstiter` that sleeps 1.5 s (beside an async "
+    "generator job every second)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
     "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
     "to `stopping`, each change is put back or refused with a warning (none lost to the loggers "
@@ -190,6 +213,7 @@ def test_process_settings_kept(outcome: Outcome) -> None:
         "profile function (sys.setprofile) was changed",
         "the event loop's debug mode (loop.set_debug) was changed",
         "a garbage collector callback (gc.callbacks; now called off the loop) was changed",
+        "async generator hooks (sys.set_asyncgen_hooks) was changed",
         "qtasks stopping",
     ):
         assert what in out.log, (what, tail(out.log))
