@@ -201,7 +201,10 @@ class Controller:
         thread = self._thread
         if thread is not None:
             # Not asyncio.to_thread: jobs may have filled the loop's default executor.
-            await offthread.run(thread.join, LOOP_WAIT + 5 if wait is None else wait)
+            try:
+                await offthread.run(thread.join, LOOP_WAIT + 5 if wait is None else wait)
+            except RuntimeError:  # no thread to wait with: the daemon thread ends with us
+                log.warning("could not wait for the control thread: no thread can start")
 
     # --- the thread -------------------------------------------------------------------------
 

@@ -29,7 +29,10 @@ def _within(fn: Callable[[], object], seconds: float) -> bool:
             fn()
         done.set()
 
-    threading.Thread(target=target, name="qtasks-exit", daemon=True).start()
+    try:
+        threading.Thread(target=target, name="qtasks-exit", daemon=True).start()
+    except RuntimeError:  # no thread can start: not waited for (it might never end)
+        return False
     return done.wait(max(seconds, 0.0))
 
 

@@ -244,6 +244,7 @@ async def describe_exception_off_loop(
         timeout=timeout,
         fallback=late,
         refused=placeholder(f"its text is not read while {offloop.HUNG_TEXTS}"),
+        unstarted=placeholder(f"its text is not read: {offloop.NO_THREAD}"),
     )
     if found is late and read:
         return name, read[0], f"(its traceback could not be formatted within {timeout:g}s)"

@@ -218,13 +218,30 @@ def _give_up(thread: threading.Thread, timeout: float) -> None:
     )
 
 
+def _first(unstarted: T | None, refused: T | None, fallback: T) -> T:
+    """What an ``off_loop`` whose thread could not start gives (see its docstring)."""
+    if unstarted is not None:
+        return unstarted
+    return fallback if refused is None else refused
+
+
+NO_THREAD = "no thread can start"
+
+
 async def off_loop(
-    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
+    fn: Callable[[], T],
+    *,
+    fallback: T,
+    refused: T | None = None,
+    unstarted: T | None = None,
+    timeout: float = TEXT_TIMEOUT,
 ) -> T:
     """``fn()`` in a daemon thread; ``fallback`` if it raises anything (any BaseException) or
     does not return within ``timeout`` seconds (the thread is then asked to stop and left to
     finish alone); ``refused`` (default ``fallback``) at once, without a thread, while
-    too many earlier ones still run (see ``_nudge_stuck``)."""
+    too many earlier ones still run (see ``_nudge_stuck``); ``unstarted`` (default
+    ``refused``) when no thread can start (``RuntimeError`` from ``Thread.start``: a process
+    limit, a stack size too big for the memory left)."""
     if _refuse_more():
         return fallback if refused is None else refused
     loop = asyncio.get_running_loop()
@@ -238,7 +255,10 @@ async def off_loop(
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
             loop.call_soon_threadsafe(settle)
 
-    thread = _start_helper(fn, deliver)
+    try:
+        thread = _start_helper(fn, deliver)
+    except RuntimeError:  # no thread can start (a job's ``stack_size``, a process limit)
+        return _first(unstarted, refused, fallback)
     try:
         ok, value = await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
@@ -251,7 +271,12 @@ async def off_loop(
 
 
 def in_helper(
-    fn: Callable[[], T], *, fallback: T, refused: T | None = None, timeout: float = TEXT_TIMEOUT
+    fn: Callable[[], T],
+    *,
+    fallback: T,
+    refused: T | None = None,
+    unstarted: T | None = None,
+    timeout: float = TEXT_TIMEOUT,
 ) -> T:
     """``off_loop`` for a thread that may block (a log writer, never the event loop): waits
     for ``fn()`` in a helper thread up to ``timeout`` seconds, with the same fallbacks."""
@@ -264,7 +289,10 @@ def in_helper(
         box.append(outcome)
         done.set()
 
-    thread = _start_helper(fn, deliver)
+    try:
+        thread = _start_helper(fn, deliver)
+    except RuntimeError:  # no thread can start
+        return _first(unstarted, refused, fallback)
     if not done.wait(timeout):
         _give_up(thread, timeout)
         return fallback

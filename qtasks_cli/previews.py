@@ -224,6 +224,7 @@ async def preview_off_loop(
         lambda: preview(value, redact, as_json=as_json, user_code=True),
         fallback=f"<{name} object: its repr() failed or was not read within {timeout:g}s>",
         refused=f"<{name} object: not shown while {offloop.HUNG_TEXTS}>",
+        unstarted=f"<{name} object: not shown: {offloop.NO_THREAD}>",
     )
 
 

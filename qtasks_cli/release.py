@@ -103,8 +103,11 @@ def _ensure_thread(now: float) -> None:
             )
         return
     thread = threading.Thread(target=_run, name="qtasks-release", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # no thread can start now: the value waits for the next adopt
+        return
     _threads[thread] = 0.0
-    thread.start()
 
 
 def pending() -> int:

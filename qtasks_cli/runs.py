@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from qtasks_cli.models import Config
     from qtasks_cli.store.base import QueuedRun, Store
 
+log = logging.getLogger(__name__)
+
 
 class Runs:
     """Starts, queues, cancels and records the runs of the daemon's jobs."""
@@ -139,6 +141,34 @@ class Runs:
                 time=self.clock(),
             )
         )  # fmt: skip
+
+    def _not_run(
+        self,
+        spec: JobSpec,
+        run_id: str,
+        trigger: TriggerKind,
+        scheduled: datetime | None,
+        exc: Exception,
+    ) -> RunResult:
+        """A run the daemon could not carry through (``execute`` raised: a bug of ours, or no
+        thread could start): recorded ``failed`` with what stood in the way, never lost."""
+        log.error(
+            "%s %s: the daemon could not run it: %s: %s",
+            spec.name,
+            run_id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return never_ran(
+            job=spec.name,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled=scheduled,
+            ended=self.clock(),
+            status=RunStatus.FAILED,
+            error=f"the daemon could not run it: {type(exc).__name__}: {exc}",
+        )
 
     def _never_started(
         self,
@@ -272,18 +302,21 @@ class Runs:
                 except QtasksError as exc:
                     result = self._refused(spec, run_id, trigger, scheduled, exc)
                     return
-                result = await execute(
-                    spec,
-                    run_id=run_id,
-                    trigger=trigger,
-                    scheduled=scheduled,
-                    runtime=self.runtime,
-                    emit=self.bus.emit,
-                    clock=self.clock,
-                    args=call.args,
-                    kwargs=call.kwargs,
-                    gate=gate,
-                )
+                try:
+                    result = await execute(
+                        spec,
+                        run_id=run_id,
+                        trigger=trigger,
+                        scheduled=scheduled,
+                        runtime=self.runtime,
+                        emit=self.bus.emit,
+                        clock=self.clock,
+                        args=call.args,
+                        kwargs=call.kwargs,
+                        gate=gate,
+                    )
+                except Exception as exc:  # ours, or the process's (no thread could start)
+                    result = self._not_run(spec, run_id, trigger, scheduled, exc)
             finally:
                 self.runtime.capacity.release()
         except asyncio.CancelledError as exc:

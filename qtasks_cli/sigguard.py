@@ -25,7 +25,9 @@ set by a way no wrapper sees (the ``_signal`` C module called directly, ctypes) 
 ``check`` (at each wake-up of the daemon's loop) and ``restore`` (after each inline attempt);
 until then a SIGTERM can be lost, which no Python-level guard can prevent.
 ``sys.setswitchinterval``, which decides how long the loop may wait for the GIL, is guarded the
-same way.
+same way, and so is ``threading.stack_size(n)`` (also ``_thread.stack_size``): the stack of
+every thread started after it, the daemon's included (a terabyte made every later thread start
+fail, and the daemon could then neither run a plain function nor stop).
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def _refuse(call: str) -> None:
         _Guard.warned.add(key)
     log.warning(
         "%s at %s was refused and changed nothing: the qtasks daemon keeps its own SIGTERM, "
-        "SIGINT and SIGHUP handling, its GIL switch interval, its recursion limit and its event "
-        "loop's task factory and exception handler (run the job with isolation: "
+        "SIGINT and SIGHUP handling, its GIL switch interval, its recursion limit, its threads' "
+        "stack size and its event loop's task factory and exception handler (run the job with "
+        "isolation: "
         "process to manage them yourself)",
         call,
         where,
@@ -217,6 +220,14 @@ def _interrupt_main(signum: int = signal.SIGINT) -> None:
     _Guard.originals["interrupt_main"](signum)
 
 
+def _stack_size(*size: int) -> int:
+    if _Guard.active and size:
+        _refuse(f"threading.stack_size({size[0]!r})")
+        return int(_Guard.originals["stack_size"]())
+    result: int = _Guard.originals["stack_size"](*size)
+    return result
+
+
 def _setswitchinterval(interval: float) -> None:
     if _Guard.active:
         _refuse(f"sys.setswitchinterval({interval!r})")
@@ -276,6 +287,8 @@ _PATCHES: tuple[tuple[Any, str, Callable[..., Any]], ...] = (
     (signal, "pthread_sigmask", _pthread_sigmask),
     (signal, "raise_signal", _raise_signal),
     (_thread, "interrupt_main", _interrupt_main),
+    (threading, "stack_size", _stack_size),
+    (_thread, "stack_size", _stack_size),
 )
 
 

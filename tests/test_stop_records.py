@@ -215,3 +215,63 @@ def test_a_stop_records_runs_waiting_for_a_slot(project: Any, daemons: Any) -> N
     assert len(listed) == 30
     assert {r["status"] for r in listed} == {"cancelled"}, [(r["job"], r["status"]) for r in listed]
     assert "Task exception was never retrieved" not in daemon.output, daemon.output
+
+
+NO_THREADS = """
+jobs:
+  blocks_threads:
+    entrypoint: threads:blocks_threads
+    schedule: "@startup"
+  plain:
+    entrypoint: threads:plain
+    schedule: "* * * * * *"
+  coroutine:
+    entrypoint: threads:coroutine
+    schedule: "* * * * * *"
+"""
+
+THREADS = """
+import threading
+from pathlib import Path
+from threading import stack_size  # bound before the daemon's guard: it passes it
+
+
+def blocks_threads():
+    threading.stack_size(1 << 40)  # through the module: refused with a warning
+    stack_size(1 << 40)  # every later thread of the process cannot start
+    Path("blocked").touch()
+
+
+def plain():
+    return "never runs: its thread cannot start"
+
+
+async def coroutine():
+    return "runs on the loop"
+"""
+
+
+def test_when_no_thread_can_start_runs_fail_honestly_and_the_stop_is_clean(
+    project: Any, daemons: Any
+) -> None:
+    """A job makes every later thread of the process fail to start (a stack size bigger than
+    the memory, bound before the daemon's guard; a process limit does the same). Plain jobs'
+    runs are recorded ``failed`` saying so (they stayed ``running`` for good, and the stop
+    crashed with a traceback and exit 1); async jobs go on; SIGTERM exits 0 with no run left
+    ``running``."""
+    path = project(NO_THREADS, threads=THREADS)
+    folder = path.parent
+    daemon = daemons([str(path)], cwd=folder)
+    daemon.wait_for(lambda _: (folder / "blocked").exists(), timeout=30)
+    daemon.wait_for(lambda out: out.count("plain ") >= 9 and "no thread can start" in out, 60)
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.output
+    assert "Traceback" not in daemon.output, daemon.output
+    assert "threading.stack_size(1099511627776) at" in daemon.output, daemon.output
+    found = rows(path)
+    assert not [r for r in found if r["status"] in ("running", "claimed")], found
+    blocked_at = next(r["ended"] for r in found if r["job"] == "blocks_threads")
+    later = [r for r in found if r["job"] == "plain" and r["scheduled"] > blocked_at]
+    assert later and all(r["status"] == "failed" for r in later), later
+    assert all("no thread can start" in (r["error"] or "") for r in later), later
+    coroutines = [r for r in found if r["job"] == "coroutine"]
+    assert coroutines and all(r["status"] == "succeeded" for r in coroutines), coroutines
