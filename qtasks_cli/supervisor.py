@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli import cancels, sigguard
+from qtasks_cli import cancels, offthread, sigguard
 from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
@@ -39,7 +39,7 @@ from qtasks_cli.runs import Runs
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.stopping import stop_runs, stop_settle
 from qtasks_cli.store.base import Store
-from qtasks_cli.timetable import JobState, Timetable
+from qtasks_cli.timetable import Ahead, JobState, Timetable, first_fires
 from qtasks_cli.views import JobViews, plan
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class Supervisor:
         )
         self._side_tasks: list[asyncio.Task[None]] = []
         self._reload_task: asyncio.Task[None] | None = None
-        self._parsed: Config | None = None  # a reloaded file waiting to be applied
+        # A reloaded file waiting to be applied, with its new jobs' first fires (timetable).
+        self._parsed: tuple[Config, Mapping[str, Ahead]] | None = None
         self.intake = Intake(
             store=store,
             clock=clock,
@@ -228,8 +229,8 @@ class Supervisor:
                 self._reload_task = asyncio.create_task(self._reload())
                 self._reload_task.add_done_callback(lambda _: self._wake.set())
             if self._parsed is not None:  # applied here, with no fire half-way through
-                parsed, self._parsed = self._parsed, None
-                self.apply_config(parsed)
+                (parsed, ahead), self._parsed = self._parsed, None
+                self.apply_config(parsed, ahead)
             now = self.clock()
             try:
                 sigguard.check(self._running_jobs)
@@ -364,12 +365,19 @@ class Supervisor:
                 message=f"(the old configuration keeps running):\n{exc}",
             )
             return
-        self._parsed = config
+        # The new jobs' first fires, worked out in a thread too: a schedule can be slow.
+        try:
+            ahead = await offthread.run(
+                first_fires, self.config.jobs, config.jobs, self.clock(), name="qtasks-reload"
+            )
+        except Exception:  # no thread could start: the loop works them out as before
+            ahead = {}
+        self._parsed = (config, ahead)
 
-    def apply_config(self, config: Config) -> None:
+    def apply_config(self, config: Config, ahead: Mapping[str, Ahead] | None = None) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
-        progress are not touched."""
-        changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock())
+        progress are not touched. ``ahead``: ``timetable.first_fires`` made off the loop."""
+        changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock(), ahead)
         self.config = config
         self.cluster.config_changed()
         if changes.removed:

@@ -99,3 +99,48 @@ def test_a_disabled_job_has_no_next_fire() -> None:
     timetable = table(spec("off", enabled=False))
     timetable.schedule("off", NOW)
     assert timetable.jobs["off"].next_fire is None and timetable.first() is None
+
+
+SCHEDULES = ["* * * * *", "*/5 * * * * *", "0 0 29 2 *", "30 2 * * *", "*/7 * * * * *", None]
+
+
+@given(
+    old=st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(SCHEDULES), max_size=6),
+    new=st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(SCHEDULES), max_size=6),
+    disabled=st.sets(st.sampled_from("abcdef")),
+    worked_out=st.integers(0, 3600),
+    applied=st.integers(0, 3600),
+)
+def test_first_fires_worked_out_ahead_change_nothing(
+    old: dict[str, str | None],
+    new: dict[str, str | None],
+    disabled: set[str],
+    worked_out: int,
+    applied: int,
+) -> None:
+    """A reload's first fires are worked out off the loop (first_fires) at one time and applied
+    at a later one: the heap ends up exactly as when the loop works them out at apply time,
+    whatever passed in between (a first fire already gone is worked out again)."""
+    from qtasks_cli.timetable import first_fires
+
+    def specs(table: dict[str, str | None], enabled: bool = True) -> dict[str, JobSpec]:
+        made = {}
+        for name, text in table.items():
+            schedule = parse_schedule(text, UTC) if text is not None else None
+            on = enabled and name not in disabled
+            made[name] = JobSpec(name=name, entrypoint="m:f", schedule=schedule, enabled=on)
+        return made
+
+    before, after = specs(old, enabled=True), specs(new)
+    at = NOW + timedelta(seconds=worked_out)
+    now = at + timedelta(seconds=applied)
+    ahead = first_fires(before, after, at)
+    plain, early = table(*before.values()), table(*before.values())
+    plain.apply(before, after, now)
+    early.apply(before, after, now, ahead)
+    assert {n: s.next_fire for n, s in plain.jobs.items()} == {
+        n: s.next_fire for n, s in early.jobs.items()
+    }
+    assert list(plain.take_due(now + timedelta(days=400))) == list(
+        early.take_due(now + timedelta(days=400))
+    )
