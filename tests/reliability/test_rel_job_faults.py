@@ -145,6 +145,7 @@ spawns: {entrypoint: "rel_faults:spawns", schedule: "*/2 * * * * *"}
 """
 
 OUTPUT_MODULE = """
+import logging
 import os
 import sys
 
@@ -159,6 +160,17 @@ def floods():
     sys.stderr.flush()
     os.write(1, b"x" * MB)
     return "16 MB written"
+
+
+def introducers():
+    print("\\x9d" * 100_000)  # OSC introducers, none ended: one line
+    logging.getLogger("shop").warning("\\x90" * 60_000)
+    return "printed"
+
+
+def introducers_in_child():
+    print("\\x9f" * 100_000)
+    return "printed"
 
 
 def closes_stdout_object():
@@ -208,6 +220,13 @@ ignores_cancel:
 
 FLOOD_JOBS = """
 floods: {entrypoint: "rel_output:floods", schedule: "*/2 * * * * *"}
+"""
+CONTROL_JOBS = """
+introducers: {entrypoint: "rel_output:introducers", schedule: "*/2 * * * * *"}
+introducers_in_child:
+  entrypoint: rel_output:introducers_in_child
+  schedule: "*/3 * * * * *"
+  isolation: process
 """
 CLOSE_JOBS = """
 closes_stdout_object: {entrypoint: "rel_output:closes_stdout_object", schedule: "*/2 * * * * *"}
@@ -309,6 +328,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
             ticks=5,
         ),
         Scenario(name="flood", jobs=FLOOD_JOBS, modules={"rel_output": OUTPUT_MODULE}, ticks=6),
+        Scenario(
+            name="controls", jobs=CONTROL_JOBS, modules={"rel_output": OUTPUT_MODULE}, ticks=7
+        ),
         Scenario(name="close", jobs=CLOSE_JOBS, modules={"rel_output": OUTPUT_MODULE}, ticks=6),
         Scenario(
             name="redirect", jobs=REDIRECT_JOBS, modules={"rel_output": OUTPUT_MODULE}, ticks=6
@@ -582,6 +604,22 @@ def test_megabytes_output(outcomes: dict[str, Outcome]) -> None:
     rows = out.of("floods")
     assert_all(rows, status="succeeded", at_least=2)
     assert out.stdout_bytes >= len(rows) * 9 * 1024 * 1024
+
+
+@case(
+    "control_introducers_output",
+    group=OUTPUT,
+    title="a job prints a line of 100,000 OSC introducers (0x9d) and logs 60,000 DCS ones "
+    "(0x90) every 2 s; a process job prints 100,000 APC ones (0x9f) every 3 s",
+    checks="the runs `succeeded`; the per-second job keeps its times and SIGTERM exits 0 (a "
+    "control string's pattern scanned to the end of the line from each introducer: 30,000 of "
+    "them held the GIL 2 s, 100,000 hung the daemon past SIGTERM)",
+)
+def test_control_introducers_output(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["controls"]
+    assert_healthy(out)
+    assert_all(out.of("introducers"), status="succeeded", at_least=2)
+    assert_all(out.of("introducers_in_child"), status="succeeded", at_least=1)
 
 
 @case(

@@ -108,6 +108,18 @@ async def profiles():
     sys.setprofile(_profile)
 
 
+class _PickyFilter(logging.Filter):
+    def filter(self, record):
+        time.sleep(0.3)  # a host name looked up for each record
+        return record.request_id is not None  # AttributeError on records without one
+
+
+def handler_filter():
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _PickyFilter) for f in handler.filters):
+            handler.addFilter(_PickyFilter())
+
+
 def _slow_firstiter(agen):
     time.sleep(1.5)  # asyncio's own hook, which finalizes async generators, replaced
 
@@ -160,6 +172,7 @@ NAMES = (
     "debug_mode",
     "gc_callback",
     "asyncgen_hooks",
+    "handler_filter",
 )
 JOBS = "".join(
     f'{name}: {{entrypoint: "rel_settings:{name}", schedule: "*/3 * * * * *"}}\n' for name in NAMES
@@ -188,7 +201,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "a profile function left on the loop's thread, `loop.set_debug(True)`, a `gc.callbacks` "
     "function that sleeps 2.5 s on the loop's thread (the collector left one allocation short "
     "of a pass), `sys.set_asyncgen_hooks` with a `firstiter` that sleeps 1.5 s (beside an async "
-    "generator job every second)",
+    "generator job every second), a filter that sleeps 0.3 s and raises `AttributeError` added to "
+    "the root logger's handlers (the daemon's)",
     checks="every run succeeds, the per-second job keeps its times (under 1 s late, each of these "
     "used to stop the daemon, stop its fires or make every fire late), the daemon's log goes on "
     "to `stopping`, each change is put back or refused with a warning (none lost to the loggers "
