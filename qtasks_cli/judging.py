@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from qtasks_cli import failures, offloop, release
+from qtasks_cli import failures, offloop, offthread, release
 from qtasks_cli.calling import HandlerFailed, Run
 from qtasks_cli.durations import format_duration
 from qtasks_cli.failures import ERROR_CHARS, TRACEBACK_CHARS
@@ -61,11 +61,14 @@ async def _failure(job: JobSpec, exc: BaseException) -> Failure:
         prefix = f"generate_handler {exc.ref!r} failed: "
         exc = exc.original
     if type(exc) is ReportedError:  # text already, made by the child process
-        error_type = job.redact(failures.clip(exc.type_name, 300))
-        error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
-        text = exc.traceback_text
-        if text is not None:
-            text = failures.redacted(text, TRACEBACK_CHARS, job.redact, keep_end=True)
+        # Its secrets hidden in a thread of the daemon's own: a child's 400 KB message and
+        # traceback full of invisible characters took the loop a second to redact.
+        try:
+            error_type, error, text = await offthread.run(
+                _reported, job, exc, prefix, name="qtasks-judge"
+            )
+        except RuntimeError:  # no thread can start: here, then
+            error_type, error, text = _reported(job, exc, prefix)
     else:
         error_type, error, text = await failures.describe_exception_off_loop(
             exc, job.redact, prefix
@@ -77,6 +80,16 @@ async def _failure(job: JobSpec, exc: BaseException) -> Failure:
         error=error,
         traceback=text,
     )
+
+
+def _reported(job: JobSpec, exc: ReportedError, prefix: str) -> tuple[str, str, str | None]:
+    """A child's error as recorded: type, message and traceback, clipped, secrets hidden."""
+    error_type = job.redact(failures.clip(exc.type_name, 300))
+    error = failures.redacted(prefix + exc.message, ERROR_CHARS, job.redact)
+    text = exc.traceback_text
+    if text is not None:
+        text = failures.redacted(text, TRACEBACK_CHARS, job.redact, keep_end=True)
+    return error_type, error, text
 
 
 async def _timeout_failure(run: Run, outcome: Outcome | None) -> Failure:

@@ -202,20 +202,27 @@ class _Tee:
             self._put(writer, text)
 
     def _put(self, writer: str | None, text: str) -> None:
+        # The lock guards the held pieces only: reading and redacting the text is done
+        # outside it. The loop takes it too (an async job's print, a run's end), and it used to
+        # wait there while another thread's megabytes were redacted (14 fires missed).
         with self._lock:
             held = self._held.pop(writer, "") + text
-            cut = held.rfind("\n") + 1
-            if cut:  # complete lines, but not the first lines of a secret without the rest
-                cut = redaction.hold_back(held[:cut])
-            if len(held) - cut > HOLD_CHARS:
-                cut = len(held)
-            if cut < len(held):
-                self._held[writer] = held[cut:]
+        cut = held.rfind("\n") + 1
+        if cut:  # complete lines, but not the first lines of a secret without the rest
+            cut = redaction.hold_back(held[:cut])
+        if len(held) - cut > HOLD_CHARS:
+            cut = len(held)
+        evicted: tuple[str | None, str] | None = None
+        with self._lock:
+            if cut < len(held):  # before what the same writer may have put meanwhile
+                self._held[writer] = held[cut:] + self._held.pop(writer, "")
             if len(self._held) > _MAX_HELD:
                 oldest = next(iter(self._held))
-                self._emit(oldest, redaction.redact_known(self._held.pop(oldest)))
-            if cut:
-                self._emit(writer, redaction.redact_known(held[:cut]))
+                evicted = (oldest, self._held.pop(oldest))
+        if evicted is not None:
+            self._emit(evicted[0], redaction.redact_known(evicted[1]))
+        if cut:
+            self._emit(writer, redaction.redact_known(held[:cut]))
 
     def _emit(self, writer: str | None, text: str) -> None:
         inner = self._stream
@@ -225,14 +232,15 @@ class _Tee:
             inner.write(text)
 
     def _let_go(self, writers: list[str | None], *, whole: bool) -> None:
-        with self._lock:
-            for writer in writers:
-                held = self._held.pop(writer, "")
-                keep = 0 if whole else redaction.secret_start(held)
-                if keep:
-                    self._held[writer] = held[len(held) - keep :]
-                if len(held) > keep:
-                    self._emit(writer, redaction.redact_known(held[: len(held) - keep]))
+        with self._lock:  # the pieces taken under the lock, read and redacted outside it
+            taken = [(writer, self._held.pop(writer, "")) for writer in writers]
+        for writer, held in taken:
+            keep = 0 if whole else redaction.secret_start(held)
+            if keep:
+                with self._lock:
+                    self._held[writer] = held[len(held) - keep :] + self._held.pop(writer, "")
+            if len(held) > keep:
+                self._emit(writer, redaction.redact_known(held[: len(held) - keep]))
 
     def release(self, run_id: str) -> None:
         """Write out what ``run_id`` still holds (its run ended)."""

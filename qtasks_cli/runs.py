@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import cancels
+from qtasks_cli import cancels, offthread
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import EventBus, EventKind
 from qtasks_cli.executor import CANCELLED_RESULT, execute
@@ -79,6 +79,7 @@ class Runs:
         # The lines a finished run printed (qtasks_cli.output.Capture.take), recorded with its
         # end.
         self.output_of: Callable[[str], list[str]] | None = None
+        self._recording: set[asyncio.Future[None]] = set()  # ends being recorded
         runtime.on_unstuck = self.start_pending
 
     @property
@@ -337,8 +338,11 @@ class Runs:
             if run_id in self._let_go:  # concluded elsewhere: nothing to record here
                 result = None
             try:
-                if result is not None:
-                    await asyncio.shield(self.ledger.finish(self._with_output(spec, result)))
+                if result is not None:  # its own task: a stop waits for it (all_recorded)
+                    record = asyncio.ensure_future(self._record(spec, result))
+                    self._recording.add(record)
+                    record.add_done_callback(self._recording.discard)
+                    await asyncio.shield(record)
             finally:  # also when a cancel lands while the end is being recorded
                 self._cancelled_by.pop(run_id, None)
                 self._let_go.discard(run_id)
@@ -346,13 +350,26 @@ class Runs:
                 self.runtime.why_cancelled.pop(run_id, None)
                 self._ended(spec.name)
 
-    def _with_output(self, spec: JobSpec, result: RunResult) -> RunResult:
-        """``result`` with the lines its run printed (qtasks_cli.output.recorded)."""
-        if self.output_of is None:
-            return result
-        from qtasks_cli.output import recorded
+    async def all_recorded(self) -> None:
+        """Wait until every ended run is recorded: a run whose task a stop cancelled while
+        its output was being redacted (in a thread) is recorded all the same."""
+        while self._recording:
+            await asyncio.wait(set(self._recording))
 
-        return recorded(result, self.output_of(result.run_id), spec)
+    async def _record(self, spec: JobSpec, result: RunResult) -> None:
+        """Record ``result`` with the lines its run printed (qtasks_cli.output.recorded),
+        their secrets hidden in a thread of the daemon's own: up to 1.2 MB of a job's
+        output, which took the loop seconds to redact when it was full of invisible
+        characters."""
+        lines = self.output_of(result.run_id) if self.output_of is not None else []
+        if lines:
+            from qtasks_cli.output import recorded
+
+            try:
+                result = await offthread.run(recorded, result, lines, spec, name="qtasks-output")
+            except RuntimeError:  # no thread can start: here, then
+                result = recorded(result, lines, spec)
+        await self.ledger.finish(result)
 
     def _refused(
         self,

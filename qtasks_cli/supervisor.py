@@ -407,6 +407,7 @@ class Supervisor:
             emit=self._emit,
             settle=stop_settle([*self.config.jobs.values(), *self.runs.going_specs()]),
         )
+        await self.runs.all_recorded()
         for result in self.runs.left_running(cancels.ABANDONED_AT_SHUTDOWN):
             await self.ledger.finish(result)
         await self.ledger.release_fires(self.runs.take_unstarted())

@@ -79,16 +79,17 @@ def visible(text: str) -> tuple[str, list[tuple[int, int]]]:
     pieces: list[str] = []
     starts: list[tuple[int, int]] = []
     pos = shown = 0
-    found = ANY_INVISIBLE.search(text)
-    while found is not None:
-        start = found.start()
-        end = INVISIBLE.match(text, start).end()  # type: ignore[union-attr]  # always matches
+    if not ANY_INVISIBLE.search(text):
+        return text, [(0, 0)] if text else []
+    # Each match starts at the first character that can start one (ANY_INVISIBLE), as a
+    # search for that character and a match of INVISIBLE there would find.
+    for found in INVISIBLE.finditer(text):
+        start, end = found.span()
         if start > pos:
             starts.append((shown, pos))
             pieces.append(text[pos:start])
             shown += start - pos
         pos = end
-        found = ANY_INVISIBLE.search(text, pos)
     if pos < len(text):
         starts.append((shown, pos))
         pieces.append(text[pos:])

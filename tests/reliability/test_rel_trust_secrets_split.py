@@ -138,3 +138,84 @@ def test_secrets_split_by_invisible_characters(tmp_path: Path) -> None:
         assert_unseen(text, where)
     assert "${TOKEN}" in outputs["history --limit 1000"]
     assert "Bearer ${TOKEN}" in outputs["show pieces_zwsp []"], outputs["show pieces_zwsp []"]
+
+
+HEAVY_MODULE = r"""
+import time
+
+SECRETS = ("alphasecret0", "bravosecret1", "charliesec2", "deltasecret3")
+
+
+def _split(secret):
+    return "\u200b".join(secret)
+
+
+def lines(*given):
+    line = "".join(_split(s) + " " for s in (*SECRETS, *given)) * 50
+    for _ in range(200):
+        print(line)  # 1.2 MB kept with the run, redacted as it is recorded
+
+
+def megabytes(*given):
+    unit = "".join(_split(s) + " " for s in (*SECRETS, *given))
+    time.sleep(0.2)
+    print((unit * (4_000_000 // len(unit)))[:4_000_000])
+
+
+def partial():
+    print("progress 10%", end="")  # held, let go when the run ends: on the loop
+    time.sleep(0.6)
+
+
+async def hello():
+    print("hello")  # from the loop, through the same tee
+"""
+
+HEAVY_JOBS = """
+lines: {entrypoint: "rel_heavy:lines", schedule: "*/3 * * * * *", args: ["${A}", "${B}"]}
+megabytes: {entrypoint: "rel_heavy:megabytes", schedule: "*/5 * * * * *", args: ["${C}", "${D}"]}
+partial: {entrypoint: "rel_heavy:partial", schedule: "*/5 * * * * *"}
+hello: {entrypoint: "rel_heavy:hello", schedule: "* * * * * *"}
+"""
+
+
+@case(
+    "redacting_heavy_output_holds_nothing_up",
+    group=GROUP,
+    title="four `${NAME}` secrets loaded; a job prints 200 lines (1.2 MB) of them with a "
+    "zero-width space between every two characters every 3 s, another prints 4 MB of them in "
+    "one write every 5 s, beside a job that leaves a partial line and an async job printing "
+    "every second",
+    checks="the per-second job keeps its times, every run that ran succeeds (a heavy job may "
+    "truly skip its own next fire): the recorded output is "
+    "redacted in a thread of the daemon's own, and the tee's lock is never held while text is "
+    "redacted (the loop waited on it behind 4 MB: 14 of 20 fires missed); no secret reaches "
+    "the history",
+)
+def test_redacting_heavy_output_holds_nothing_up(tmp_path: Path) -> None:
+    from reliability.harness import (
+        Scenario,
+        assert_all,
+        assert_healthy,
+        false_busy_skips,
+        run_scenarios,
+    )
+
+    env = {"A": "alphasecret0", "B": "bravosecret1", "C": "charliesec2", "D": "deltasecret3"}
+    scenario = Scenario(
+        name="heavy", jobs=HEAVY_JOBS, modules={"rel_heavy": HEAVY_MODULE}, ticks=8, env=env
+    )
+    out = run_scenarios([scenario], tmp_path)["heavy"]
+    assert_healthy(out)
+    # (the 4 MB write is redacted in its job's thread, seconds: its run may still be going at
+    # the stop, and is then honestly cancelled)
+    for job, least in (("lines", 1), ("megabytes", 0), ("partial", 1), ("hello", 1)):
+        # A heavy job's own next fire may find it still being recorded (its 1.2 MB of output
+        # redacted off the loop takes seconds): that skip is true.
+        rows = out.of(job)
+        assert not false_busy_skips(rows, settle=6.0), out.show(rows)
+        assert_all(out.ended(job), status="succeeded", at_least=least)
+    assert not [r for r in out.rows if r["status"] in ("running", "claimed")]
+    for row in out.rows:
+        for value in env.values():
+            assert value not in json.dumps(row), (row["job"], value)
