@@ -269,7 +269,9 @@ class Outcome:
         return [
             r
             for r in self.of(job)
-            if r["status"] != "skipped" and r["error"] != "cancelled at shutdown"
+            if r["status"] != "skipped"
+            and r["error"] != "cancelled at shutdown"
+            and r["started"] is not None  # a fire missed or given back never ran
         ]
 
     def show(self, rows: Iterable[Row] | None = None) -> str:

@@ -382,7 +382,8 @@ def test_slow_text_blames_its_own_class(outcomes: dict[str, Outcome]) -> None:
     assert_all(slow, status="failed", error_type="ValueError")
     assert "within 2s" in slow[0]["error"], out.show(slow)  # later: its class is not called
     given_up = when(slow[0]["ended"])
-    after = [r for r in out.of("plain_value_error") if when(r["started"]) > given_up]
+    # (runs that ran and ended: on a busy machine one may still be going at the stop)
+    after = [r for r in out.ended("plain_value_error") if when(r["started"]) > given_up]
     assert_all(after, status="failed", error_type="ValueError", error="an honest message")
     assert all(r["error"] == "an honest message" for r in after), out.show(after)
 
@@ -399,7 +400,11 @@ def test_slow_text_blames_its_own_class(outcomes: dict[str, Outcome]) -> None:
 def test_exception_metaclass_off_loop(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["inline"]
     assert_healthy(out)
-    rows = out.of("meta_error")
+    # Two attempts of 1.5 s checks each may outlast the 2 s period on a busy machine: a skip
+    # is then the truth (while the previous run goes on), and a run going at the stop is
+    # cancelled honestly.
+    assert not false_busy_skips(out.of("meta_error")), out.show(out.of("meta_error"))
+    rows = out.ended("meta_error")
     assert_all(rows, status="failed", error_type="rel_values.MetaError", error="checked slowly")
     assert all(r["attempts"] == 2 for r in rows), out.show(rows)
 
