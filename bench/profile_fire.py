@@ -65,11 +65,12 @@ async def _serve(config_path: Any, options: argparse.Namespace) -> tuple[dict[st
     from qtasks_cli import api, burst
     from qtasks_cli.events import EventBus
     from qtasks_cli.supervisor import Supervisor
+    from qtasks_cli.ui import log as ui_log
 
     config = api.load(config_path)
     bus = EventBus()
     if not options.no_log:
-        bus.subscribe(api.log_sink_for("plain"))
+        bus.subscribe(ui_log.sink_for("plain"))
     store = api.open_state(config)
     await store.open()
     supervisor = Supervisor(config, store=store, bus=bus)

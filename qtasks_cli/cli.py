@@ -124,7 +124,7 @@ def list_(
         ]  # fmt: skip
         print(json.dumps(listed, indent=2))
         return
-    from qtasks_cli.ui.text import clean_line
+    from qtasks_cli.text import clean_line
 
     width = max(len(clean_line(name)) for name in [*(r["name"] for r in rows), *kept, ""])
     if loaded.zone_source:  # the machine's zone is the default: say where it was found
@@ -173,7 +173,7 @@ def run(
 ) -> None:
     """Supervise every job until stopped (SIGTERM/Ctrl-C); SIGHUP reloads the file."""
 
-    from qtasks_cli import api
+    from qtasks_cli import daemon, looprun
     from qtasks_cli.events import EventBus
     from qtasks_cli.ui.output import bound_stdio
 
@@ -189,12 +189,16 @@ def run(
             from qtasks_cli.ui import live
 
             code = live.run_live(
-                lambda on_ready: api.serve(path, loaded, bus=bus, state=state, on_ready=on_ready),
+                lambda on_ready: daemon.serve(
+                    path, loaded, bus=bus, state=state, on_ready=on_ready
+                ),
                 bus=bus,
             )
         else:
-            bus.subscribe(api.log_sink_for(mode))
-            code = api.run_until_done(api.serve(path, loaded, bus=bus, state=state))
+            from qtasks_cli.ui import log as ui_log
+
+            bus.subscribe(ui_log.sink_for(mode))
+            code = looprun.run_until_done(daemon.serve(path, loaded, bus=bus, state=state))
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
     _exit_now(code)
@@ -266,7 +270,7 @@ def trigger(
     """Run JOB now in the foreground (or hand it to the daemon with --enqueue)."""
     import asyncio
 
-    from qtasks_cli import api
+    from qtasks_cli import api, looprun
     from qtasks_cli.events import EventBus
 
     if wait and not enqueue:
@@ -286,7 +290,7 @@ def trigger(
             if not wait:
                 raise typer.Exit(EXIT_OK)
             row = asyncio.run(api.wait_for_run(loaded, run_id, state=state))
-            from qtasks_cli.ui.text import clean_line
+            from qtasks_cli.text import clean_line
 
             print(
                 clean_line(
@@ -298,12 +302,14 @@ def trigger(
             raise typer.Exit(EXIT_OK if row.status.ok else EXIT_JOB_FAILED)
         mode = _log_mode(UI.plain)
         bus = EventBus()
-        bus.subscribe(api.log_sink_for(mode))
+        from qtasks_cli.ui import log as ui_log
+
+        bus.subscribe(ui_log.sink_for(mode))
         bus.subscribe(_print_items)
         from qtasks_cli.output import hiding
 
         with hiding():  # the job's own prints, as the daemon shows them
-            result = api.run_until_done(
+            result = looprun.run_until_done(
                 api.trigger_now(loaded, job, args=args, kwargs=kwargs, state=state, bus=bus)
             )
     except QtasksError as exc:
@@ -325,7 +331,7 @@ def _print_items(event: Any) -> None:
     from qtasks_cli.events import EventKind
 
     if event.kind is EventKind.ITEM:
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         print(clean_line(event.item or ""), flush=True)
 
@@ -386,7 +392,7 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
         _fail(f"{where}: {problems[0].message}")
     if _cut_by_yaml(text, tree is None or (tree.kind == "scalar" and tree.value is None)):
         # A command line has no comments: `note=fix bug #42` means the whole text.
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         print(
             clean_line(
@@ -399,7 +405,7 @@ def _yaml_value(text: str, option: str, shown: str) -> Any:
     if tree is None:
         return None
     for _, note in yamltraps.notes(tree):
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         print(clean_line(f"{where}: warning: {note}"), file=sys.stderr)
     return yamlload.plain(tree)
@@ -586,7 +592,7 @@ def _click_error(exc: BaseException, name: str) -> bool:
 
 def main() -> None:
     """Console-script entry point: every bad argument is one line on stderr and exit 2."""
-    from qtasks_cli.ui.text import clean_line
+    from qtasks_cli.text import clean_line
 
     # A terminal or pipe whose encoding lacks a character we print (PYTHONIOENCODING=ascii and
     # the "…" of a cut text) gets an escape, not a traceback.

@@ -52,6 +52,6 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 def one_line(message: str) -> str:
     """``message`` as one line safe for a terminal (it may quote paths and values)."""
-    from qtasks_cli.ui.text import clean_line
+    from qtasks_cli.text import clean_line
 
     return clean_line(message)

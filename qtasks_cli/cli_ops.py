@@ -79,7 +79,7 @@ def status(
     if missing is not None:
         if as_json:
             print(json.dumps({"up": False, "state": missing, "daemons": [], "jobs": []}))
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         print(clean_line(f"no daemon is running on {missing} (no state file yet)"), file=sys.stderr)
         raise typer.Exit(EXIT_NO_DAEMON)
@@ -102,7 +102,7 @@ def status(
     else:
         print(status_view.report_text(report))
     if not report.up and as_json:  # the text's first line says it already
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         print(clean_line(f"no daemon is running on {report.state}"), file=sys.stderr)
     raise typer.Exit(EXIT_OK if report.up else EXIT_NO_DAEMON)
@@ -113,7 +113,7 @@ def _check_run_id(run: str) -> None:
     import re
 
     if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", run):
-        from qtasks_cli.ui.text import clean_line
+        from qtasks_cli.text import clean_line
 
         _fail(f"{clean_line(ascii(run)[:80])} is not a run id (see qtasks history)")
 

@@ -16,7 +16,7 @@ changed, after each inline attempt (sigguard's ``restore``) and at each wake-up 
 (sigguard's ``check``), with one warning per kind of change. A handler a job added to one of the
 daemon's loggers is not removed: it is moved behind a bounded queue and called from a thread of
 its own (``Offloaded``), so it still gets the daemon's records and never holds the loop.
-``loop.stop()`` by a job is handled where the loop is run (``api.run_until_done``).
+``loop.stop()`` by a job is handled where the loop is run (``looprun.run_until_done``).
 """
 
 from __future__ import annotations

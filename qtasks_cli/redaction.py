@@ -23,8 +23,8 @@ spelling's edges may stand (escape units read as the characters they stand for).
 
 Whatever separates its characters: a secret split by what the operator never sees (escape
 sequences, the controls the terminal cleaning removes, zero-width and other characters drawn
-as nothing: ``ui.text.INVISIBLE``) is hidden too, with what splits it: after the pass over the
-text as it is, a second pass reads the text without those characters (``ui.text.visible``,
+as nothing: ``text.INVISIBLE``) is hidden too, with what splits it: after the pass over the
+text as it is, a second pass reads the text without those characters (``text.visible``,
 the same rule that cleans it for the screen) and hides each secret it finds there (the
 secret without such characters of its own) in the text itself. Not hidden: a secret a job
 changed (another case, fullwidth or other lookalike letters, base64, a hash): qtasks trusts
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from qtasks_cli.spelling import Spelling, escaped, quoted, substitute
-from qtasks_cli.ui.text import ANY_INVISIBLE, INVISIBLE, clean_line, strip_sequences, visible
+from qtasks_cli.text import ANY_INVISIBLE, INVISIBLE, clean_line, strip_sequences, visible
 
 MIN_SECRET_CHARS = 4  # shorter values are not secrets (see the module's docstring)
 

@@ -22,9 +22,10 @@ from qtasks_cli import cancels, offthread
 from qtasks_cli.errors import QtasksError
 from qtasks_cli.events import EventBus, EventKind
 from qtasks_cli.executor import CANCELLED_RESULT, execute
-from qtasks_cli.ledger import Ledger, never_ran
+from qtasks_cli.ledger import Ledger
 from qtasks_cli.models import JobSpec, RunResult, RunStatus, TriggerKind
 from qtasks_cli.policy import HANDED_OVER, busy_reason, waits_behind
+from qtasks_cli.recovery import never_ran
 from qtasks_cli.request import call_for_start
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.store.base import Fire

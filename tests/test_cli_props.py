@@ -18,7 +18,7 @@ from conftest import run_qtasks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import api, cli
+from qtasks_cli import api, cli, looprun
 from qtasks_cli.errors import QtasksError
 
 # The commands this property covers; a new command must be added here (with how to keep it
@@ -192,7 +192,7 @@ def contained(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def exit_now(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr(api, "run_until_done", run_until_done)
+    monkeypatch.setattr(looprun, "run_until_done", run_until_done)
     monkeypatch.setattr(api, "wait_for_run", wait_for_run)
     monkeypatch.setattr(cli, "_exit_now", exit_now)
     from qtasks_cli.ui.log import DAEMON_LOGGERS

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN, Unfinished, conclude
 from qtasks_cli.models import CatchUp
 from qtasks_cli.policy import EXACT_LIMIT, due_fires, keep_last, split_due
+from qtasks_cli.recovery import IN_PROGRESS, MAY_HAVE_RUN, Unfinished, conclude
 
 rows = st.lists(
     st.builds(

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from qtasks_cli import posixtz, redaction
+from qtasks_cli import posixtz, redaction, text
 from qtasks_cli.durations import DurationError, parse_duration
-from qtasks_cli.ui import text
 
 LENGTH = 100_000
 BOUND = 5.0  # seconds for one call; quadratic patterns took 40-60 s on this length

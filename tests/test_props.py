@@ -79,9 +79,10 @@ def test_an_environment_value_arrives_unchanged(name: str, value: str) -> None:
 @PROPS
 @given(
     name=names,
+    # A default holding "${" is a nested placeholder, which the file refuses with its line.
     default=st.text(
         st.characters(exclude_characters="}\x00", exclude_categories=("Cs",)), max_size=20
-    ),
+    ).filter(lambda d: "${" not in d),
     value=st.none() | values,
 )
 def test_defaults_apply_when_unset_or_empty(name: str, default: str, value: str | None) -> None:

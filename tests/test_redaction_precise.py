@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from qtasks_cli import failures, output, previews, redaction
 from qtasks_cli.redaction import clean_output, hidden_parts, redact, redact_value
 from qtasks_cli.spelling import ANYWHERE_CHARS
-from qtasks_cli.ui.text import clean_line, clean_text, visible
+from qtasks_cli.text import clean_line, clean_text, visible
 
 PLACEHOLDER = "${TOKEN}"
 SENTINEL = "Q"  # no encoding changes it, and neither secrets nor their surroundings hold it

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import IN_PROGRESS, MAY_HAVE_RUN
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
+from qtasks_cli.recovery import IN_PROGRESS, MAY_HAVE_RUN
 from qtasks_cli.store import new_run_id
 from qtasks_cli.store.base import Claim, Fire, JobStats, Store, busy_error
 

@@ -97,7 +97,7 @@ def test_checking_the_state_file_keeps_sqlites_locks(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from qtasks_cli.store.sqlite import _connect
+    from qtasks_cli.store.sqlite_file import connect as _connect
 
     db = tmp_path / "state" / "state.db"
     first = _connect(db, 5.0)

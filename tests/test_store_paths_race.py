@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.store.sqlite import _connect
+from qtasks_cli.store.sqlite_file import connect
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user"
@@ -122,7 +122,7 @@ def _attempts(db: Path) -> tuple[int, int, list[str]]:
     messages = []
     for _ in range(ATTEMPTS):
         try:
-            conn = _connect(db, 1.0)
+            conn = connect(db, 1.0)
         except StoreError as exc:
             refused += 1
             messages.append(str(exc))
@@ -150,7 +150,7 @@ def test_a_folder_others_may_write_is_refused_while_they_swap_the_state_in_it(
     parent: Path,
 ) -> None:
     ours = parent / "state"
-    _connect(ours / "state.db", 1.0).close()  # a real state of ours, made while it was safe
+    connect(ours / "state.db", 1.0).close()  # a real state of ours, made while it was safe
     planted = _plant(parent / "theirs")
     parent.chmod(0o777)  # another user may now rename what is in it
     with swapping(ours, parent / "theirs") as counts:
@@ -171,7 +171,7 @@ def test_a_folder_of_another_user_on_the_way_is_refused_while_they_swap(parent: 
     """The state folder's grandparent is writable by others: they could swap the parent."""
     middle = parent / "apps"
     ours = middle / "state"
-    _connect(ours / "state.db", 1.0).close()
+    connect(ours / "state.db", 1.0).close()
     decoy = parent / "decoy"
     decoy.mkdir()
     planted = _plant(decoy / "state")
@@ -187,7 +187,7 @@ def test_a_folder_of_another_user_on_the_way_is_refused_while_they_swap(parent: 
 
 def test_in_a_sticky_folder_the_swap_is_impossible_and_the_state_opens(parent: Path) -> None:
     ours = parent / "state"
-    _connect(ours / "state.db", 1.0).close()
+    connect(ours / "state.db", 1.0).close()
     planted = _plant(parent / "theirs")
     parent.chmod(0o1777)  # like /tmp: others may add names, not rename ours
     with swapping(ours, parent / "theirs") as counts:

@@ -20,12 +20,13 @@ import pytest
 from pg import drop_schema, fresh_schema, new_schema_name, postgres_url
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import MAY_HAVE_RUN
 from qtasks_cli.models import RunStatus, TriggerKind
+from qtasks_cli.recovery import MAY_HAVE_RUN
 from qtasks_cli.store import new_run_id, open_store
 from qtasks_cli.store import postgres as pg_module
 from qtasks_cli.store.base import Claim, Fire
 from qtasks_cli.store.postgres import PostgresStore, close_cached_connections, enqueue_now
+from qtasks_cli.store.postgres_schema import channel_name
 
 T = TypeVar("T")
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -271,7 +272,7 @@ def test_the_listener_reconnects_and_wakes_the_node(
         await daemon.open()
         try:
             await daemon.lock_daemon()
-            channel = pg_module.channel_name(schema)
+            channel = channel_name(schema)
             listeners = await asyncio.to_thread(
                 sql,
                 url,

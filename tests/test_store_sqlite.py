@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import qtasks_cli.store as store_package
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult, RunStatus, TriggerKind
-from qtasks_cli.store import enqueue_now, new_run_id, open_store, redact_url
+from qtasks_cli.store import enqueue_now, new_run_id, open_store, redact_url, sqlite_file
 from qtasks_cli.store import sqlite as sqlite_module
 from qtasks_cli.store.base import Fire
 from qtasks_cli.store.sqlite import SqliteStore, close_cached_connections
@@ -300,7 +300,7 @@ def test_an_older_file_is_migrated_on_open(
         "UPDATE runs SET note = 'migrated'",
     )
     base = len(sqlite_module.MIGRATIONS)  # the schema version make_version_1 wrote
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, step_2])
+    monkeypatch.setattr(sqlite_file, "MIGRATIONS", [*sqlite_module.MIGRATIONS, step_2])
     caplog.set_level(logging.INFO, logger="qtasks_cli.store.sqlite")
 
     async def reopen() -> None:

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import redaction, systemd
+from qtasks_cli import redaction, systemd, text
 from qtasks_cli.redaction import redact, redact_value
-from qtasks_cli.ui import text
 
 # Everything a terminal acts on: ESC, other C0 but \n, DEL, C1, bidi controls, U+2028/9.
 OBEYED = re.compile(

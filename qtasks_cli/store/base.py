@@ -137,7 +137,7 @@ class LedgerStore(Protocol):
     node_id: str  # this store's identity in the cluster; recorded with what it claims
 
     async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunResult]:
-        """Conclude the unfinished runs of dead daemons by ``ledger.verdict``: running and
+        """Conclude the unfinished runs of dead daemons by ``recovery.verdict``: running and
         claimed fires become ``interrupted``, requests taken but never begun go back to the
         queue. An interrupted run of a job in ``rerun_jobs`` is re-run as a new request with
         its original arguments, written in the same transaction. Returns the rows marked

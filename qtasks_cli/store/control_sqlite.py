@@ -15,7 +15,7 @@ from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import UNREPORTED
-from qtasks_cli.store.sqlite import BUSY_TIMEOUT, _connect, immediate
+from qtasks_cli.store.sqlite_file import BUSY_TIMEOUT, connect, immediate
 from qtasks_cli.store.sqlite_schema import DIALECT
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class SqliteControl(sql.SqlControl):
         self._d = DIALECT
         self._lock = threading.Lock()
         # check_same_thread off: the daemon's control thread opens it, the loop closes it.
-        self._conn: sqlite3.Connection | None = _connect(self.path, busy_timeout, threaded=True)
+        self._conn: sqlite3.Connection | None = connect(self.path, busy_timeout, threaded=True)
 
     def close(self) -> None:
         with self._lock:

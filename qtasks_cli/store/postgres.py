@@ -15,537 +15,57 @@ One connection carries every statement, one unit of work at a time; ``start`` an
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
-import os
-import secrets
-import socket
-from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from qtasks_cli.clock import utcnow as _utc_now
-from qtasks_cli.errors import StoreError
-from qtasks_cli.ledger import conclude
 from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store import sql
 from qtasks_cli.store.base import (
     Claim,
     Fire,
-    NodeInfo,
     QueuedRun,
     busy_error,
     encode_request,
-    local_key,
-    pid_alive,
 )
-from qtasks_cli.store.buffer import Write, WriteBuffer
-from qtasks_cli.store.names import new_run_id, redact_url
-from qtasks_cli.store.postgres_conn import connect_options, scrub
+from qtasks_cli.store.buffer import Write
+from qtasks_cli.store.names import new_run_id
+from qtasks_cli.store.postgres_conn import scrub
 from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
-from qtasks_cli.store.postgres_listen import Listener
 from qtasks_cli.store.postgres_prune import prune as prune_schema
 from qtasks_cli.store.postgres_schema import (
-    CONTROL_KIND,
-    DEFAULT_SCHEMA,
-    aware,
-    channel_name,
-    check_schema,
-    dialect,
-    migrate,
-    migrate_sync,
-    must_utc,
-    statements,
+    MIGRATIONS as MIGRATIONS,
 )
 from qtasks_cli.store.postgres_schema import (
-    MIGRATIONS as MIGRATIONS,
+    aware,
+    check_schema,
 )
 
 if TYPE_CHECKING:
     from qtasks_cli.store.base import Store
 
+from qtasks_cli.store.postgres_base import AsyncConn
+from qtasks_cli.store.postgres_cluster import PostgresCluster
+from qtasks_cli.store.postgres_conn import (
+    close_cached_connections as close_cached_connections,
+)
+from qtasks_cli.store.postgres_conn import (
+    enqueue_now as enqueue_now,
+)
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_AsyncConn = psycopg.AsyncConnection[Any]
-_LOCAL_KEY = local_key()
-
-NODE_TIMEOUT = timedelta(seconds=30)  # the default of settings.node_timeout
-FLUSH_INTERVAL = 0.2  # seconds between batched writes of start/finish
-RETRY_INTERVAL = 2.0  # seconds between attempts to write the buffer while the server is away
-BATCH_SIZE = 500  # more pending writes than this are written at once
 
 
-def _row_to_node(row: Sequence[Any]) -> NodeInfo:
-    return NodeInfo(
-        node_id=row[0],
-        host=row[1],
-        pid=row[2],
-        started=must_utc(row[3]),
-        last_seen=must_utc(row[4]),
-        digest=row[5],
-        fingerprints=dict(row[6] or {}),
-    )
-
-
-# -- the synchronous fast path for enqueue() -----------------------------------------
-
-_ENQUEUER = f"enqueue:{socket.gethostname()}:{os.getpid()}"
-
-
-def _connect_sync(url: str, schema: str) -> psycopg.Connection[Any]:
-    location = redact_url(url)
-    try:
-        conn = psycopg.Connection.connect(url, **connect_options(url))
-    except psycopg.Error as exc:
-        raise StoreError(f"{location}: cannot connect: {scrub(str(exc), url)}") from None
-    try:
-        migrate_sync(conn, schema, location)
-        # Like the SQLite store's synchronous=NORMAL: a crash of the server (not of
-        # this process) may lose the last fraction of a second of requests, and in
-        # exchange enqueue_now does not wait for a disk flush (about 6x faster).
-        conn.execute("SET synchronous_commit = off")
-    except psycopg.Error as exc:
-        conn.close()
-        raise StoreError(
-            f"{location}: cannot prepare schema {schema!r}: {scrub(str(exc), url)}"
-        ) from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _usable(conn: psycopg.Connection[Any]) -> bool:
-    return not conn.closed and not conn.broken
-
-
-_cache: sql.ConnectionCache[psycopg.Connection[Any]] = sql.ConnectionCache(
-    close=psycopg.Connection.close, usable=_usable
-)
-
-
-@functools.lru_cache(maxsize=16)
-def _enqueue_statement(schema: str) -> tuple[str, str]:
-    return statements(schema)["enqueue"], channel_name(schema)
-
-
-def enqueue_now(
-    url: str,
-    job: str,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    schema: str = DEFAULT_SCHEMA,
-    now: datetime | None = None,
-) -> str:
-    """Write a pending request for ``job`` and wake the nodes; return its run id.
-
-    Synchronous and fast (one connection per URL and schema is kept open, and the
-    statement is prepared after a few calls), for the Python API.
-    """
-    args_json, kwargs_json = encode_request(job, args, kwargs or {})
-    created = aware(now) if now is not None else _utc_now()
-    sql, channel = _enqueue_statement(schema)
-    run_id = new_run_id()
-    params = (run_id, job, created, args_json, kwargs_json, channel, f"w:{_ENQUEUER}")
-    conn, lock = _cache.get((url, schema), functools.partial(_connect_sync, url, schema))
-    try:
-        with lock:
-            conn.execute(sql, params)
-    except psycopg.Error as exc:
-        raise StoreError(
-            f"{redact_url(url)}: cannot enqueue {job!r}: {scrub(str(exc), url)}"
-        ) from None
-    return run_id
-
-
-def close_cached_connections() -> None:
-    """Close the connections ``enqueue_now`` keeps open (tests; process exit)."""
-    _cache.close_all()
-
-
-# -- the store ------------------------------------------------------------------------
-
-
-class PostgresStore(sql.SqlStore):
+class PostgresStore(PostgresCluster):
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
-    _duplicate = psycopg.errors.UniqueViolation
     wakes_on_work = True
     multi_node = True
-    on_control: Callable[[], None] | None = None
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        schema: str = DEFAULT_SCHEMA,
-        node_timeout: timedelta = NODE_TIMEOUT,
-        node_id: str | None = None,
-        flush_interval: float = FLUSH_INTERVAL,
-        retry_interval: float = RETRY_INTERVAL,
-        batch_size: int = BATCH_SIZE,
-        clock: Callable[[], datetime] = _utc_now,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.url = url
-        self.location = redact_url(url)
-        self.schema = schema
-        self._sql = statements(schema)
-        self._d = dialect(schema)
-        self._connect_options = connect_options(url)
-        self._channel = channel_name(schema)
-        self._node_timeout = node_timeout
-        self._pid = os.getpid()
-        self._host = socket.gethostname()
-        self.node_id = node_id or f"{self._host}:{self._pid}:{secrets.token_hex(4)}"
-        self._clock = clock
-        self._conn: _AsyncConn | None = None
-        self._poisoned = False  # a unit of work was cancelled mid-statement: reconnect
-        self._lock = asyncio.Lock()  # one unit of work at a time on the connection
-        self._opened = False
-        self._closed = False
-        self._registered = False
-        # StoreError's own text is shown, never its psycopg cause (it may quote the URL).
-        self._writes = WriteBuffer(
-            location=self.location,
-            log=log,
-            write_batch=self._write_pending,
-            flush_interval=flush_interval,
-            retry_interval=retry_interval,
-            batch_size=batch_size,
-            sleep=sleep,
-            reason=lambda exc: exc,
-        )
-        # Listening for NOTIFY on a connection of its own.
-        self._ear = Listener(
-            connect=self._connect,
-            channel=self._channel,
-            node_id=self.node_id,
-            location=self.location,
-            url=url,
-            on_control=self._control,
-        )
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    def _fail(self, what: str, exc: BaseException) -> StoreError:
-        return StoreError(
-            f"{self.location}: {what} failed: {scrub(str(exc), self.url)}",
-            transient=isinstance(exc, psycopg.OperationalError),
-        )
-
-    async def _connect(self) -> _AsyncConn:
-        try:
-            return await psycopg.AsyncConnection.connect(self.url, **self._connect_options)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"{self.location}: cannot connect: {scrub(str(exc), self.url)}",
-                transient=isinstance(exc, psycopg.OperationalError),
-            ) from None
-
-    async def _connection(self) -> _AsyncConn:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken or self._poisoned:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            self._conn = None
-            self._poisoned = False
-            self._conn = conn = await self._connect()
-        return conn
-
-    def _is_open(self) -> bool:
-        return self._opened and not self._closed
-
-    async def _do(self, what: str, work: Callable[[_AsyncConn], Awaitable[_T]]) -> _T:
-        """Run ``work`` on the connection, alone; psycopg errors become StoreError."""
-        self._check_open()
-        async with self._lock:
-            conn = await self._connection()
-            try:
-                return await work(conn)
-            except psycopg.Error as exc:
-                raise self._fail(what, exc) from exc
-            except BaseException:
-                # Cancelled mid-statement: the connection's state is unknown.
-                self._poisoned = True
-                raise
-
-    async def _notify(self, conn: _AsyncConn, kind: str) -> None:
-        await conn.execute(self._sql["notify"], (self._channel, f"{kind}:{self.node_id}"))
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect and create or migrate the schema; idempotent."""
-        if self._closed:
-            raise RuntimeError(f"{self.location}: the store was closed; make a new one")
-        if self._opened:
-            return
-        conn = await self._connect()
-        try:
-            await migrate(conn, self.schema, self.location)
-        except psycopg.Error as exc:
-            await conn.close()
-            raise StoreError(
-                f"{self.location}: cannot prepare schema {self.schema!r}: "
-                f"{scrub(str(exc), self.url)}",
-                transient=isinstance(exc, psycopg.OperationalError),
-            ) from None
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
-        self._opened = True
-
-    async def close(self) -> None:
-        """Write buffered rows (retrying a few times), leave the cluster, disconnect."""
-        if self._closed:
-            return
-        lost = 0
-        failure: StoreError | None = None
-        try:
-            await self._writes.stop()
-            await self._ear.stop()
-            if self._opened:
-                failure = await self._writes.drain()
-                lost = len(self._writes.pending)
-                if self._registered:
-                    await self._leave()
-        finally:
-            self._closed = True
-            self._ear.cancel_syncs()
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._conn.close()
-                self._conn = None
-        self._writes.raise_lost(failure, lost)
-
-    async def _leave(self) -> None:
-        # A clean exit: others need not wait node_timeout to know this node is gone.
-        async def work(conn: _AsyncConn) -> None:
-            await conn.execute(self._sql["forget_nodes"], ([self.node_id],))
-
-        try:
-            await self._do("leaving the cluster", work)
-        except StoreError as exc:
-            log.warning("%s: %s", self.location, exc)
-        self._registered = False
-
-    async def lock_daemon(self) -> None:
-        """Register this node (no exclusive lock: nodes share the database) and listen for
-        handed-over work."""
-        now = self._clock()
-        params = (self.node_id, self._host, self._pid, now, now, "", Jsonb({}), _LOCAL_KEY)
-
-        async def work(conn: _AsyncConn) -> None:
-            await conn.execute(self._sql["register"], params)
-
-        await self._do("registering this node", work)
-        self._registered = True
-        await self._ear.start()
-
-    # -- notifications ----------------------------------------------------------------
-
-    def _control(self) -> None:
-        if self.on_control is not None:
-            try:
-                self.on_control()
-            except Exception:
-                log.exception("%s: handing over an operator's command failed", self.location)
-
-    @property
-    def _listening(self) -> bool:
-        return self._ear.listening
-
-    async def wait_for_work(self, timeout: float) -> bool:
-        """Return True as soon as a request is handed over (or the listener reconnected),
-        False after ``timeout`` seconds; starts listening on first use."""
-        return await self._ear.wait_for_work(timeout)
-
-    async def changed(self) -> bool:
-        """True when another store wrote since the last call (``Listener.changed``)."""
-
-        async def send(payload: str) -> None:
-            async def work(conn: _AsyncConn) -> None:
-                await conn.execute(self._sql["notify"], (self._channel, payload))
-
-            await self._do("checking for changes", work)
-
-        return await self._ear.changed(send)
-
-    # -- the cluster ------------------------------------------------------------------
-
-    async def heartbeat(
-        self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> bool:
-        """Record that this node is alive at ``now`` with its job file's digest; False when
-        its row was gone (another node presumed it dead and concluded its runs)."""
-        beat = (aware(now), digest, Jsonb(dict(fingerprints)), self.node_id)
-        row = (
-            self.node_id,
-            self._host,
-            self._pid,
-            now,
-            now,
-            digest,
-            Jsonb(dict(fingerprints)),
-            _LOCAL_KEY,
-        )
-
-        async def work(conn: _AsyncConn) -> bool:
-            cur = await conn.execute(self._sql["beat"], beat)
-            if cur.rowcount:
-                return True
-            await conn.execute(self._sql["register"], row)
-            return False
-
-        found = await self._do("recording a heartbeat", work)
-        reaped = not found and self._registered
-        if reaped:
-            log.warning(
-                "%s: node %s had been presumed dead by another node (it did not answer for "
-                "longer than node_timeout); its runs in progress were concluded there; "
-                "registered again",
-                self.location,
-                self.node_id,
-            )
-        self._registered = True
-        return not reaped
-
-    async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
-        """The nodes that heartbeat within ``timeout`` of ``now``, by node id."""
-
-        async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(self._sql["nodes"], (aware(now) - timeout,))
-            return await cur.fetchall()
-
-        return [_row_to_node(row) for row in await self._do("reading nodes", work)]
-
-    async def reap_dead_nodes(
-        self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
-    ) -> list[RunResult]:
-        """Conclude the runs of nodes silent for longer than ``timeout`` (or whose process
-        is gone from this host) as ``recover`` does; forget the nodes."""
-        await self._writes.flush_for_read()
-        reruns = frozenset(rerun_jobs)
-
-        async def work(conn: _AsyncConn) -> list[RunResult]:
-            async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, aware(now), timeout, reruns)
-                if interrupted or requeued:
-                    await self._notify(conn, "w" if requeued else "c")
-            return await self._rows(conn, interrupted)
-
-        rows = await self._do("reaping dead nodes", work)
-        if rows:
-            log.info("%s: %d runs of dead nodes marked interrupted", self.location, len(rows))
-        return rows
-
-    async def _reap(
-        self, conn: _AsyncConn, now: datetime, timeout: timedelta, rerun_jobs: frozenset[str]
-    ) -> tuple[list[str], int]:
-        """Inside a transaction: reap dead nodes; the interrupted run ids and requeued count."""
-        # A node whose process is gone from this machine is dead at once, so a daemon
-        # restarted after kill -9 need not wait node_timeout for its old runs.
-        cur = await conn.execute(
-            self._sql["dead_candidates"],
-            (self.node_id, now - timeout, _LOCAL_KEY or "-", self._pid),
-        )
-        dead = {
-            node: last_seen
-            for node, local_key, pid, last_seen in await cur.fetchall()
-            if now - last_seen > timeout or (local_key == _LOCAL_KEY and not pid_alive(pid))
-        }
-        if not dead:
-            return [], 0
-        names = list(dead)
-        cur = await conn.execute(self._sql["unfinished_of_nodes"], (names,))
-        rows = await cur.fetchall()
-        noticed = now.isoformat()
-
-        def note(node: str | None) -> str:
-            when = must_utc(dead[node]).isoformat() if node in dead else "?"
-            return f"node {node} silent since {when}; noticed at {noticed}"
-
-        interrupted, requeued = await self._conclude(conn, rows, now, rerun_jobs, note)
-        for node, last_seen in dead.items():
-            log.warning(
-                "%s: node %s silent since %s is presumed dead",
-                self.location,
-                node,
-                must_utc(last_seen).isoformat(),
-            )
-        await conn.execute(self._sql["forget_nodes"], (names,))
-        return interrupted, requeued
-
-    async def _conclude(
-        self,
-        conn: _AsyncConn,
-        rows: Sequence[Any],
-        now: datetime,
-        rerun_jobs: frozenset[str],
-        note: Callable[[str | None], str],
-    ) -> tuple[list[str], int]:
-        """Apply ``ledger.verdict`` to unfinished rows (run_id, job, status, trigger, pid,
-        host, args_json, kwargs_json, node, cancel_by); the interrupted run ids and the
-        count of requeued, re-run and cancelled ones (others to be told)."""
-        unfinished = sql.unfinished(
-            rows, note=lambda _, node: note(node), runs_elsewhere=self._runs_elsewhere
-        )
-        done = conclude(unfinished, rerun_jobs, new_run_id)
-        async with conn.cursor() as cur:
-            for statement, batch in sql.verdict_writes(self._d, done, now):
-                await cur.executemany(statement, batch)
-        if done.cancel:  # a daemon's control thread reports them (qtasks_cli.cancels)
-            await self._notify(conn, CONTROL_KIND)
-        told = len(done.requeue) + len(done.reruns) + len(done.cancel)
-        return [run_id for run_id, _ in done.interrupt], told
-
-    async def _rows(self, conn: _AsyncConn, run_ids: list[str]) -> list[RunResult]:
-        if not run_ids:
-            return []
-        cur = await conn.execute(
-            f"SELECT {sql.run_columns(self._d)} FROM {self._d.table('runs')}"
-            " WHERE run_id = ANY(%s) ORDER BY run_id",
-            (run_ids,),
-        )
-        return [sql.row_to_run(self._d, row) for row in await cur.fetchall()]
-
-    # -- decisions: written at once ---------------------------------------------------
-
-    async def recover(self, now: datetime, *, rerun_jobs: Collection[str] = ()) -> list[RunResult]:
-        """At a node's start: reap dead nodes (``node_timeout``), and conclude the runs left
-        unfinished by processes that never registered as nodes (``qtasks trigger``, unless
-        it still runs on this host) or whose node is gone, by ``ledger.verdict``."""
-        await self._writes.flush_for_read()
-        now = aware(now)
-        reruns = frozenset(rerun_jobs)
-
-        async def work(conn: _AsyncConn) -> list[RunResult]:
-            async with conn.transaction():
-                interrupted, requeued = await self._reap(conn, now, self._node_timeout, reruns)
-                cur = await conn.execute(self._sql["orphans"])
-                orphans = await cur.fetchall()
-                more, again = await self._conclude(
-                    conn, orphans, now, reruns, lambda _: f"noticed at {now.isoformat()}"
-                )
-                interrupted += more
-                if interrupted or requeued or again:
-                    await self._notify(conn, "w" if requeued or again else "c")
-            return await self._rows(conn, interrupted)
-
-        rows = await self._do("recovering unfinished runs", work)
-        if rows:
-            log.info("%s: %d unfinished runs marked interrupted", self.location, len(rows))
-        return rows
 
     async def _claim(
         self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
@@ -561,7 +81,7 @@ class PostgresStore(sql.SqlStore):
         jobs = sorted(latest)
         exclusive = sorted(set(jobs) & set(exclusive_jobs))
 
-        async def work(conn: _AsyncConn) -> tuple[set[str], dict[str, str]]:
+        async def work(conn: AsyncConn) -> tuple[set[str], dict[str, str]]:
             async with conn.transaction():
                 busy: dict[str, str] = {}
                 if exclusive:
@@ -614,7 +134,7 @@ class PostgresStore(sql.SqlStore):
         return outcomes
 
     async def _insert_run(self, row: tuple[Any, ...]) -> None:
-        async def work(conn: _AsyncConn) -> None:
+        async def work(conn: AsyncConn) -> None:
             async with conn.transaction():
                 await conn.execute(self._sql["insert_run"], row)
                 await self._notify(conn, "c")
@@ -638,7 +158,7 @@ class PostgresStore(sql.SqlStore):
             f"w:{self.node_id}",
         )
 
-        async def work(conn: _AsyncConn) -> None:
+        async def work(conn: AsyncConn) -> None:
             await conn.execute(self._sql["enqueue"], params)
 
         await self._do(f"enqueueing {job!r}", work)
@@ -655,7 +175,7 @@ class PostgresStore(sql.SqlStore):
         another node is taking at the same moment are skipped, not waited for."""
         params = (self._pid, self._host, self.node_id, limit)
 
-        async def work(conn: _AsyncConn) -> list[Any]:
+        async def work(conn: AsyncConn) -> list[Any]:
             async with conn.transaction():
                 cur = await conn.execute(self._sql["take"], params)
                 rows = await cur.fetchall()
@@ -697,7 +217,7 @@ class PostgresStore(sql.SqlStore):
             earliest[fire.job] = min(when, earliest.get(fire.job, when))
         ids = [fire.run_id for fire in fires]
 
-        async def work(conn: _AsyncConn) -> None:
+        async def work(conn: AsyncConn) -> None:
             async with conn.transaction():
                 await conn.execute(
                     f"DELETE FROM {quoted}.runs WHERE run_id = ANY(%s) AND status = 'claimed'"
@@ -718,13 +238,11 @@ class PostgresStore(sql.SqlStore):
         nothing written) when this node no longer owns it as ``claimed``."""
         params = (aware(started), run_id, self.node_id)
 
-        async def work(conn: _AsyncConn) -> bool:
+        async def work(conn: AsyncConn) -> bool:
             cur = await conn.execute(self._sql["begin"], params)
             return cur.rowcount == 1
 
         return await self._do("marking a run started", work)
-
-    # -- buffered writes --------------------------------------------------------------
 
     async def start(self, run_id: str, started: datetime) -> None:
         """Buffer: the run is running, in this process on this host (fenced: only while it
@@ -754,7 +272,7 @@ class PostgresStore(sql.SqlStore):
     async def _write_pending(self, batch: list[Write]) -> None:
         await self._do("writing run updates", lambda conn: self._write_batch(conn, batch))
 
-    async def _write_batch(self, conn: _AsyncConn, batch: list[Write]) -> None:
+    async def _write_batch(self, conn: AsyncConn, batch: list[Write]) -> None:
         try:
             await self._apply(conn, batch)
         except psycopg.OperationalError:
@@ -769,7 +287,7 @@ class PostgresStore(sql.SqlStore):
                 except psycopg.Error as exc:
                     self._writes.dropped(write, scrub(str(exc), self.url))
 
-    async def _apply(self, conn: _AsyncConn, batch: list[Write]) -> None:
+    async def _apply(self, conn: AsyncConn, batch: list[Write]) -> None:
         """Write ``batch`` in one transaction, pipelined: one round trip for all of it."""
         firsts: list[tuple[Write, psycopg.AsyncCursor[Any]]] = []
         async with conn.transaction(), conn.pipeline():
@@ -785,7 +303,7 @@ class PostgresStore(sql.SqlStore):
         if refused:
             await self._refused(conn, refused)
 
-    async def _refused(self, conn: _AsyncConn, writes: list[Write]) -> None:
+    async def _refused(self, conn: AsyncConn, writes: list[Write]) -> None:
         """Say what the store holds instead of each write the fence refused."""
         try:
             cur = await conn.execute(
@@ -798,21 +316,6 @@ class PostgresStore(sql.SqlStore):
             found = {}
         for write in writes:
             self._writes.ignored(write, found.get(write.run_id))
-
-    # -- reads ------------------------------------------------------------------------
-
-    async def _fetch(self, what: str, query: str, params: Any = ()) -> list[Any]:
-        async def work(conn: _AsyncConn) -> list[Any]:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
-
-        return await self._do(what, work)
-
-    async def _steps(self, what: str, steps: Generator[sql.Query, list[Any], _T]) -> _T:
-        async def fetch(query: str, params: Any) -> list[Any]:
-            return await self._fetch(what, query, params)
-
-        return await sql.drive_async(steps, fetch)
 
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The SQLite state file's schema: its tables (``MIGRATIONS``, applied by ``sqlite._connect``),
+"""The SQLite state file's schema: its tables (``MIGRATIONS``, applied by ``sqlite_file.connect``),
 the statements the store runs on them, and the SQL dialect (store/sql/).
 
 Times are stored as integer microseconds since the Unix epoch (UTC), so ordering is numeric

@@ -32,13 +32,13 @@ from rich.text import Text
 from qtasks_cli.events import Event, EventBus, EventKind
 from qtasks_cli.models import Snapshot
 from qtasks_cli.redaction import clean_output, hold_back, redact_known
+from qtasks_cli.text import clean_line
 from qtasks_cli.ui import log as ui_log
 from qtasks_cli.ui import records
 from qtasks_cli.ui.humanize import span
 from qtasks_cli.ui.lines import MAX_HELD, LineCutter
 from qtasks_cli.ui.render import render
 from qtasks_cli.ui.tally import EventLine, JobTally, record
-from qtasks_cli.ui.text import clean_line
 
 log = logging.getLogger(__name__)
 
@@ -378,8 +378,8 @@ _CUT = f" … (the rest of this line, over {MAX_HELD // 1024} KiB, is not shown)
 
 
 def _show_output(view: LiveView, data: bytes, cut: bool = False) -> None:
-    if not data.strip():
-        return
+    # A line of only blanks is not shown; one of a form feed or other control is, escaped
+    # as every other path shows it (``clean_output``), so only the cleaned text decides.
     text = redact_known(data.decode("utf-8", "replace"))
     rows = text.split("\n")
     for number, row in enumerate(rows, 1):
@@ -534,7 +534,7 @@ def _run_drawn(
         closed = False
         try:
             # Not asyncio.run: a job that ignores its cancellation must not keep us alive.
-            from qtasks_cli.api import run_until_done
+            from qtasks_cli.looprun import run_until_done
 
             return run_until_done(main())
         finally:

@@ -14,8 +14,8 @@ from typing import Any, TextIO
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus
 from qtasks_cli.redaction import redact_known, redact_known_value
+from qtasks_cli.text import clean_line, clean_text, json_safe
 from qtasks_cli.ui import records
-from qtasks_cli.ui.text import clean_line, clean_text, json_safe
 
 EVENT_LOGGER = "qtasks.events"
 _event_log = logging.getLogger(EVENT_LOGGER)
@@ -272,3 +272,9 @@ def use_handler(handler: logging.Handler, level: int = logging.INFO) -> Callable
     """Make ``handler`` the only destination of log records (the live table's events area)
     until the returned function is called, which puts the previous handlers back."""
     return _install(handler, level)
+
+
+def sink_for(mode: str) -> Callable[[Event], None]:
+    """Configure logging for ``mode`` (``configure``) and return the sink that logs events."""
+    configure(mode)
+    return log_event

@@ -27,8 +27,8 @@ import time
 from typing import Any, ClassVar, TextIO
 
 from qtasks_cli import redaction
+from qtasks_cli.text import clean_text, strip_sequences
 from qtasks_cli.ui import records
-from qtasks_cli.ui.text import clean_text, strip_sequences
 
 MAX_QUEUED = 10_000  # records or written chunks waiting per stream
 MAX_QUEUED_CHARS = 32 << 20  # characters waiting per stream; one write is cut to this

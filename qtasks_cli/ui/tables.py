@@ -9,7 +9,7 @@ from typing import Any
 
 from qtasks_cli.models import RunResult
 from qtasks_cli.store.base import JobStats
-from qtasks_cli.ui.text import clean_line
+from qtasks_cli.text import clean_line
 
 
 def _when(value: datetime | None) -> str:

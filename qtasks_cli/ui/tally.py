@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import RunStatus
-from qtasks_cli.ui.text import clean_line
+from qtasks_cli.text import clean_line
 
 _FAILED = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED})
 

@@ -74,7 +74,7 @@ def _split_jobs() -> str:
 
 def assert_unseen(text: str, where: str) -> None:
     """No part of the secret as the operator would see it: invisible characters taken out."""
-    from qtasks_cli.ui.text import visible
+    from qtasks_cli.text import visible
 
     seen = visible(text)[0]
     for part in (SPLIT_SECRET, "hunter2", "Zq7", "Xw9"):

@@ -1,4 +1,4 @@
-"""Recovery's SQL: the unfinished rows of a dead daemon, read for ``ledger.conclude``, and
+"""Recovery's SQL: the unfinished rows of a dead daemon, read for ``recovery.conclude``, and
 the writes of what it concluded; the same in both stores."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli.ledger import Conclusion, Unfinished
 from qtasks_cli.models import TriggerKind
+from qtasks_cli.recovery import Conclusion, Unfinished
 from qtasks_cli.store.base import UNREPORTED
 from qtasks_cli.store.fence import cancel_by
 from qtasks_cli.store.sql.dialect import Dialect
@@ -29,7 +29,7 @@ def unfinished(
     note: Callable[[str, str | None], str],
     runs_elsewhere: Callable[[int | None, str | None], bool],
 ) -> list[Unfinished]:
-    """Rows of ``unfinished_sql`` for ``ledger.conclude``; ``note`` is given each row's
+    """Rows of ``unfinished_sql`` for ``recovery.conclude``; ``note`` is given each row's
     status and node, ``runs_elsewhere`` its pid and host (for manual runs only)."""
     return [
         Unfinished(
