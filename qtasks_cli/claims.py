@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from qtasks_cli.clock import Wakeup
     from qtasks_cli.ledger import Ledger
     from qtasks_cli.models import Config
-    from qtasks_cli.store.base import Store
     from qtasks_cli.timetable import JobState, Timetable
 
 # The daemon loop's logger, as before the loop was split: its records keep their name (the
@@ -92,7 +91,7 @@ class Claims:
         jobs: dict[str, JobState],
         timetable: Timetable,
         ledger: Ledger,
-        store: Store,
+        shared: bool,
         config: Callable[[], Config],
         paused: Callable[[], frozenset[str]],
         held: Callable[[], dict[str, str]],
@@ -104,7 +103,9 @@ class Claims:
         self.jobs = jobs  # the supervisor's table, shared
         self.timetable = timetable
         self.ledger = ledger
-        self.store = store
+        # Other nodes may share the store (qtasks_cli.cluster): a claim is then the only guard
+        # against a fire running on every node, and their clocks keep the wall times.
+        self._shared = shared
         self._config = config
         self._paused = paused  # jobs the operator paused (qtasks_cli.control)
         self._held = held  # jobs held back across nodes, and why (qtasks_cli.cluster)
@@ -169,7 +170,7 @@ class Claims:
         claimed = await self.claim(fires, now)
         retry = timedelta(seconds=0 if claimed else self.ledger.backoff.next())
         after = self.clock()
-        if claimed and self.store.multi_node:
+        if claimed and self._shared:
             # A slow claim (a busy database server) makes the next ones start earlier. Only
             # with a shared store: a single SQLite daemon's claims are local writes, and its
             # handling of a clock stepped back counts on the usual lead.
@@ -194,7 +195,7 @@ class Claims:
         if paused:  # a paused job's fires are recorded `skipped (paused)`, not run
             fires = [unless_paused(fire, paused) for fire in fires]
         apart = None
-        if self.store.multi_node:
+        if self._shared:
             apart = {f.job for f in fires if exclusive(self.jobs[f.job].spec.overlap)}
         outcomes = await self.ledger.claim(fires, exclusive=apart)
         if outcomes is None:
@@ -314,7 +315,7 @@ class Claims:
             # Fires claimed for what is now the far future would start late by the step:
             # give the claims back and schedule afresh from the present.
             self.ledger.release()
-            if not self.store.multi_node:
+            if not self._shared:
                 # The wall times up to where the clock was come round again; jobs that
                 # follow the clock fire at them again, under a key of their own
                 # (policy.repeats_after_step). With several nodes the others' clocks

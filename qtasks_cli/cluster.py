@@ -1,5 +1,7 @@
 """Several nodes on one store (PostgreSQL): this node's heartbeat, the runs of dead nodes
-reaped, and jobs held back while their definition differs on another live node.
+reaped, and jobs held back while their definition differs on another live node. With a store
+only one daemon can hold (SQLite: no ``ClusterStore``) there is nothing to do: ``shared`` is
+False, and the other parts ask it instead of the store.
 
 A node heartbeats every ``every`` seconds (at most a third of ``node_timeout``). A node that
 finds itself presumed dead meanwhile honours what the others concluded (qtasks_cli.fencing).
@@ -20,7 +22,7 @@ from qtasks_cli.events import EventKind
 if TYPE_CHECKING:
     from qtasks_cli.fencing import Holder
     from qtasks_cli.models import Config, RunResult
-    from qtasks_cli.store.base import NodeInfo, Store
+    from qtasks_cli.store.base import ClusterStore, NodeInfo
 
 # The daemon loop's logger, as before the loop was split: its records keep their name (the
 # JSON log's "logger", the store-error count of metrics.py).
@@ -36,7 +38,7 @@ class Cluster:
     def __init__(
         self,
         *,
-        store: Store,
+        store: ClusterStore | None,
         holder: Holder,
         config: Callable[[], Config],
         clock: Callable[[], datetime],
@@ -58,6 +60,13 @@ class Cluster:
         self._fingerprints: dict[str, str] = {}
 
     @property
+    def shared(self) -> bool:
+        """Whether other nodes may share the store: then a fire never runs unclaimed, a
+        claim's lead follows the store's speed, and the others' clocks keep the wall times
+        (qtasks_cli.claims)."""
+        return self.store is not None
+
+    @property
     def every(self) -> float:
         """Seconds between this node's heartbeats: at most a third of node_timeout."""
         return min(HEARTBEAT_EVERY, self._config().settings.node_timeout.total_seconds() / 3)
@@ -70,12 +79,14 @@ class Cluster:
         """Heartbeat, reap the runs of dead nodes, and hold back jobs defined differently
         elsewhere, every few seconds, until the daemon stops."""
         every = self.every
-        while not self._stopping():
+        while self.store is not None and not self._stopping():
             await asyncio.sleep(every)
             await self.touch(self.clock())
 
     async def touch(self, now: datetime) -> None:
         """One heartbeat; a store that does not answer is logged and tried at the next."""
+        if self.store is None:
+            return
         config = self._config()
         timeout = config.settings.node_timeout
         try:
@@ -95,7 +106,7 @@ class Cluster:
             log.warning("cannot reach the other nodes through %s: %s", self.store.location, exc)
             return
         self.nodes = tuple(node.node_id for node in nodes)
-        self._compare_definitions(nodes)
+        self._compare_definitions(nodes, self.store.node_id)
 
     def _job_fingerprints(self) -> dict[str, str]:
         if not self._fingerprints:
@@ -105,12 +116,13 @@ class Cluster:
             self._fingerprints = {name: fingerprint(j) for name, j in jobs.items()}
         return self._fingerprints
 
-    def _compare_definitions(self, nodes: Sequence[NodeInfo]) -> None:
-        """Hold back every job whose definition differs on another live node."""
+    def _compare_definitions(self, nodes: Sequence[NodeInfo], me: str) -> None:
+        """Hold back every job whose definition differs on another live node (``me``:
+        this node's id)."""
         mine = self._job_fingerprints()
         held: dict[str, str] = {}
         for node in nodes:
-            if node.node_id == self.store.node_id or not node.digest:
+            if node.node_id == me or not node.digest:
                 continue  # ourselves, or a node that has not described its jobs yet
             for job, print_ in mine.items():
                 if node.fingerprints.get(job) != print_:

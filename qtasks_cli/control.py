@@ -157,7 +157,7 @@ class Controller:
     def beat_every(self) -> float:
         """Seconds between the heartbeats ``status`` sees: a PostgreSQL node's own (its row
         in ``nodes``, which ``status`` reads with ours), else this thread's rounds."""
-        if self.supervisor.store.multi_node:
+        if self.supervisor.cluster.shared:
             return min(self.every, self.supervisor.cluster.every)
         return self.every
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from qtasks_cli.api import load, open_state, state_location
 from qtasks_cli.errors import EXIT_FORCED, EXIT_OK
 from qtasks_cli.models import Config
+from qtasks_cli.store.base import Announcer
 
 if TYPE_CHECKING:
     from qtasks_cli.control import Controller
@@ -116,16 +117,16 @@ async def _serve(
     supervisor = Supervisor(config, store=store, bus=bus, reload=reload)
     controller = await _operator_channel(supervisor, bus, state_location(config, state), metrics)
     listener = None
-    if not store.wakes_on_work:
+    if isinstance(store, Announcer):  # commands arrive as NOTIFY (work too: Intake.listen)
+        store.on_control = controller.poke
+        controller.woken = True
+    else:
         from qtasks_cli.wake import Listener
 
         listener = Listener(state_location(config, state), supervisor.nudge, controller.poke)
         if listener.start():
             supervisor.intake.poll_every = WOKEN_QUEUE_POLL
             controller.woken = True  # commands arrive as datagrams: no need to look for them
-    else:
-        store.on_control = controller.poke  # commands arrive as NOTIFY
-        controller.woken = True
     agent = _systemd_agent(supervisor, bus)
     forced = asyncio.Event()
     interrupts = 0

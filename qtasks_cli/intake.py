@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qtasks_cli.clock import Wakeup
-    from qtasks_cli.store.base import QueuedRun, Store
+    from qtasks_cli.store.base import Announcer, QueuedRun, Store
 
 # The daemon loop's logger, as before the loop was split: its records keep their name (the
 # JSON log's "logger", the store-error count of metrics.py).
@@ -44,8 +44,10 @@ class Intake:
         tasks: set[asyncio.Task[None]],
         deliver: Callable[[QueuedRun], None],
         stopping: Callable[[], bool],
+        announcer: Announcer | None = None,
     ) -> None:
         self.store = store
+        self._announcer = announcer  # the store, when it announces work itself (NOTIFY)
         self.clock = clock
         self._wake = wake
         self._tasks = tasks  # the daemon's tasks, which a stop waits for
@@ -102,10 +104,10 @@ class Intake:
 
     async def listen(self) -> None:
         """Look for handed-over requests as soon as the store says there may be some
-        (stores that wake on work: PostgreSQL's NOTIFY), until the daemon stops."""
-        while not self._stopping():
+        (an ``Announcer``: PostgreSQL's NOTIFY), until the daemon stops; at once without."""
+        while self._announcer is not None and not self._stopping():
             try:
-                woken = await self.store.wait_for_work(30.0)
+                woken = await self._announcer.wait_for_work(30.0)
             except Exception as exc:
                 log.warning("cannot listen for handed-over runs: %s", exc)
                 await asyncio.sleep(QUEUE_POLL)

@@ -38,7 +38,7 @@ from qtasks_cli.pruning import Pruner
 from qtasks_cli.runs import Runs
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.stopping import stop_runs, stop_settle
-from qtasks_cli.store.base import Store
+from qtasks_cli.store.base import Announcer, ClusterStore, Store
 from qtasks_cli.timetable import Ahead, JobState, Timetable, first_fires
 from qtasks_cli.views import JobViews, plan
 
@@ -110,8 +110,9 @@ class Supervisor:
             config=lambda: self.config,
             stopping=lambda: self._stopping,
         )
+        # What only some stores can do is wired here, once: the parts never ask the store.
         self.cluster = Cluster(
-            store=store,
+            store=store if isinstance(store, ClusterStore) else None,
             holder=self.runs,
             config=lambda: self.config,
             clock=clock,
@@ -124,7 +125,7 @@ class Supervisor:
             jobs=self.jobs,
             timetable=self.timetable,
             ledger=self.ledger,
-            store=store,
+            shared=self.cluster.shared,
             config=lambda: self.config,
             paused=lambda: self.paused,
             held=lambda: self.cluster.held,
@@ -154,6 +155,7 @@ class Supervisor:
             tasks=self._tasks,
             deliver=self.runs.start_queued,
             stopping=lambda: self._stopping,
+            announcer=store if isinstance(store, Announcer) else None,
         )
         self._pruner = Pruner(store, lambda: self.config.settings)
         self.ready = asyncio.Event()
@@ -215,10 +217,9 @@ class Supervisor:
     async def run(self) -> None:
         """Supervise until ``request_stop``; then stop gracefully."""
         await self._start()
-        if self.store.multi_node:
-            self._side_tasks.append(asyncio.create_task(self.cluster.keep_in_touch()))
-        if self.store.wakes_on_work:
-            self._side_tasks.append(asyncio.create_task(self.intake.listen()))
+        # Each returns at once where the store has no such seam (one daemon; no NOTIFY).
+        self._side_tasks.append(asyncio.create_task(self.cluster.keep_in_touch()))
+        self._side_tasks.append(asyncio.create_task(self.intake.listen()))
         self.ready.set()
         self._emit(EventKind.READY)
         while not self._stopping:
@@ -249,8 +250,7 @@ class Supervisor:
         now = self.clock()
         self.started_at = now
         self.timetable.fill(self.config.jobs)
-        if self.store.multi_node:
-            await self.cluster.touch(now)
+        await self.cluster.touch(now)  # nothing to do with a store of one daemon
         # A store that is locked, full or unreachable at start-up is waited for (and said
         # so); the daemon does not exit, so a service manager has nothing to give up on.
         rows = await until_stored(

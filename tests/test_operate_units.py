@@ -327,7 +327,8 @@ def test_the_control_thread_does_a_round_only_when_asked_or_at_its_heartbeat(
 
     supervisor = SimpleNamespace(
         paused=frozenset(),
-        store=SimpleNamespace(node_id="here:1", multi_node=False),
+        store=SimpleNamespace(node_id="here:1"),
+        cluster=SimpleNamespace(shared=False),
         node_beat=5.0,
         config=SimpleNamespace(path=tmp_path / "jobs.yaml", digest="d"),
         snapshot=snapshot,

@@ -28,7 +28,15 @@ from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
 from qtasks_cli.recovery import IN_PROGRESS, MAY_HAVE_RUN
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, JobStats, Store, busy_error
+from qtasks_cli.store.base import (
+    Announcer,
+    Claim,
+    ClusterStore,
+    Fire,
+    JobStats,
+    Store,
+    busy_error,
+)
 
 T = TypeVar("T")
 
@@ -585,9 +593,23 @@ def test_exclusive_claims_skip_while_another_node_runs_the_job(
 # -- the cluster view ---------------------------------------------------------------------
 
 
+def test_only_a_store_several_daemons_share_is_a_cluster_and_announces_work(
+    store_factory: StoreFactory,
+) -> None:
+    """The seams only some stores have are told by type, never by a flag: PostgreSQL is a
+    ``ClusterStore`` and an ``Announcer`` (NOTIFY); SQLite, one daemon per file whose
+    wake-ups come as datagrams, is neither."""
+    store = store_factory()
+    shared = not store.location.endswith(".db")  # the factory's SQLite file, else PostgreSQL
+    assert isinstance(store, ClusterStore) is shared
+    assert isinstance(store, Announcer) is shared
+
+
 def test_heartbeat_shows_this_node_with_its_digest(store_factory: StoreFactory) -> None:
     async def body() -> None:
         async with opened(store_factory) as store:
+            if not isinstance(store, ClusterStore):
+                pytest.skip("one daemon per file: no nodes to heartbeat")
             await store.lock_daemon()
             await store.heartbeat(T0, digest="d1", fingerprints={"a": "fa", "b": "fb"})
             (node,) = await store.nodes(T0 + 10 * SECOND, timedelta(seconds=30))
@@ -612,15 +634,17 @@ def test_heartbeat_shows_this_node_with_its_digest(store_factory: StoreFactory) 
 def test_wait_for_work_wakes_when_it_can_and_times_out(store_factory: StoreFactory) -> None:
     async def body() -> None:
         async with opened(store_factory) as daemon, opened(store_factory) as client:
+            if not isinstance(daemon, Announcer):
+                pytest.skip("its wake-ups come as datagrams (wake.py), not from the store")
             await daemon.lock_daemon()
             loop = asyncio.get_running_loop()
             began = loop.time()
             assert await daemon.wait_for_work(0.05) is False
             assert loop.time() - began >= 0.04
-            waiting = asyncio.create_task(daemon.wait_for_work(5 if daemon.wakes_on_work else 0.05))
+            waiting = asyncio.create_task(daemon.wait_for_work(5))
             await asyncio.sleep(0.01)
             request = await client.enqueue("a", [], {}, T0)
-            assert await waiting is daemon.wakes_on_work
+            assert await waiting is True
             assert [q.run_id for q in await daemon.take_queued(T0)] == [request]
 
     run(body())
@@ -1018,7 +1042,7 @@ def test_a_request_is_begun_once_and_never_after_it_was_given_back(
                 assert [(q.run_id, q.args) for q in again] == [(second, (2,))]
                 # a node presumed dead that lives on may no longer start it (SQLite admits
                 # one daemon per file, by its lock, and cannot tell two stores of one pid)
-                if dead.multi_node:
+                if isinstance(dead, ClusterStore):
                     assert await dead.begin(second, T0 + MINUTE) is False
                 assert await daemon.begin(second, T0 + MINUTE) is True
 

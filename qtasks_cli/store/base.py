@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, overload, runtime_checkable
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import Attempt, RunResult, RunStatus, TriggerKind
@@ -213,8 +213,6 @@ class HistoryStore(Protocol):
 class QueueStore(Protocol):
     """Requests handed over (``trigger --enqueue``, ``enqueue()``) and taken by one daemon."""
 
-    wakes_on_work: bool  # True when wait_for_work returns as soon as work is handed over
-
     async def enqueue(
         self, job: str, args: Sequence[Any], kwargs: Mapping[str, Any], now: datetime
     ) -> str:
@@ -223,23 +221,11 @@ class QueueStore(Protocol):
     async def take_queued(self, now: datetime, limit: int = 100) -> list[QueuedRun]:
         """Atomically take up to ``limit`` pending requests, oldest first (status CLAIMED)."""
 
-    async def wait_for_work(self, timeout: float) -> bool:
-        """Wait until a request may have been handed over or ``timeout`` seconds pass;
-        True when woken early (possibly spuriously: callers then take_queued). SQLite
-        cannot be woken (``wakes_on_work`` is False): it sleeps the timeout."""
 
-
-class MembershipStore(Protocol):
-    """The daemons sharing the store: becoming one, heartbeats, reaping the silent ones."""
+class DaemonStore(Protocol):
+    """Becoming the store's daemon (or one of its nodes), and what others wrote since."""
 
     node_id: str
-    # True when several daemons may share the store (PostgreSQL): then the claim is the
-    # only guard against running a fire on every node, so a fire must never run unclaimed.
-    multi_node: bool
-    # Called on the loop when an operator's command (pause, cancel, a status that wants a
-    # fresh view) is announced through the store itself (PostgreSQL NOTIFY), or when such an
-    # announcement may have been missed; a store with no such channel never calls it.
-    on_control: Callable[[], None] | None
 
     async def lock_daemon(self) -> None:
         """Become a daemon of this store: SQLite takes an exclusive lock (StoreError naming
@@ -248,6 +234,36 @@ class MembershipStore(Protocol):
     async def changed(self) -> bool:
         """Cheaply tell whether anyone else wrote since the last call (PostgreSQL: since
         ``lock_daemon``; before it, the first call says True)."""
+
+
+class Store(LedgerStore, HistoryStore, QueueStore, DaemonStore, Protocol):
+    """A whole state store, the daemon's view: the four seams above, opened and closed.
+    Every method is safe to await from the loop. Callers that need one seam take it
+    (``ledger`` the ``LedgerStore``); the supervisor wires the whole.
+
+    What only some stores can do is a seam of its own, which the daemon's wiring looks for
+    once (``isinstance``) and hands to the one part that uses it, instead of flags the
+    parts branch on: ``ClusterStore`` (several nodes share the store: PostgreSQL) and
+    ``Announcer`` (the store itself announces handed-over work and operator's commands:
+    PostgreSQL's NOTIFY). SQLite is neither: one daemon per file, by its lock, and the
+    wake-ups come as datagrams (``wake.py``)."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Flush buffered writes and release everything."""
+
+
+@runtime_checkable
+class ClusterStore(Protocol):
+    """The daemons sharing the store as equal nodes: heartbeats and reaping the silent ones.
+    With such a store the claim is the only guard against running a fire on every node, so
+    a fire never runs unclaimed, and the nodes' clocks keep the wall times (qtasks_cli.cluster,
+    qtasks_cli.claims)."""
+
+    node_id: str
+    location: str
 
     async def heartbeat(
         self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
@@ -266,16 +282,19 @@ class MembershipStore(Protocol):
         the nodes. Each dead run is returned by one caller only."""
 
 
-class Store(LedgerStore, HistoryStore, QueueStore, MembershipStore, Protocol):
-    """A whole state store, the daemon's view: the four seams above, opened and closed.
-    Every method is safe to await from the loop. Callers that need one seam take it
-    (``ledger`` the ``LedgerStore``); the supervisor wires the whole."""
+@runtime_checkable
+class Announcer(Protocol):
+    """A store that announces handed-over work and operator's commands itself (PostgreSQL
+    NOTIFY on a listening connection of its own)."""
 
-    async def open(self) -> None:
-        """Create or migrate the schema."""
+    location: str
+    # Called on the loop when an operator's command (pause, cancel, a status that wants a
+    # fresh view) is announced, or when such an announcement may have been missed.
+    on_control: Callable[[], None] | None
 
-    async def close(self) -> None:
-        """Flush buffered writes and release everything."""
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait until a request may have been handed over or ``timeout`` seconds pass;
+        True when woken early (possibly spuriously: callers then take_queued)."""
 
 
 # -- helpers shared by the stores ------------------------------------------------------

@@ -64,9 +64,6 @@ _T = TypeVar("_T")
 class PostgresStore(PostgresCluster):
     """The ``Store`` over one schema of a PostgreSQL database; see the module docstring."""
 
-    wakes_on_work = True
-    multi_node = True
-
     async def _claim(
         self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
     ) -> list[Claim]:

@@ -68,9 +68,6 @@ _T = TypeVar("_T")
 class SqliteStore(SqliteDaemon):
     """The ``Store`` over one SQLite file; see the module docstring for the threading."""
 
-    wakes_on_work = False  # nothing tells a SQLite reader that a request was written
-    multi_node = False  # the daemon lock admits one daemon per file
-
     async def _claim(
         self, fires: Sequence[Fire], scheduled: list[Any], exclusive_jobs: Collection[str]
     ) -> list[Claim]:

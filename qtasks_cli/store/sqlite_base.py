@@ -20,9 +20,6 @@ from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import (
-    NodeInfo,
-)
 from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.sqlite_schema import (
     DIALECT,
@@ -47,7 +44,6 @@ class SqliteBase(sql.SqlStore):
     the store as a whole."""
 
     _duplicate = sqlite3.IntegrityError
-    on_control: Callable[[], None] | None = None  # never called: commands come as datagrams
 
     def __init__(
         self,
@@ -87,7 +83,6 @@ class SqliteBase(sql.SqlStore):
         )
         self.node_id = sql.node_name(self._host, self._pid)
         self._d = DIALECT
-        self._node: NodeInfo | None = None  # set by lock_daemon and heartbeat
 
     async def _write_pending(self, batch: list[Write]) -> None:
         """Write a batch the buffer hands over (``SqliteStore``)."""

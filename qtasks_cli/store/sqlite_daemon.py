@@ -1,23 +1,21 @@
 """The SQLite store's daemon: the lock that admits one daemon per file (``lock_daemon``),
 recovery of the runs a dead daemon left, and what others wrote (``changed``). One daemon per
-file, so heartbeats and reaping have nothing to do here."""
+file, so the store has no nodes to heartbeat or reap (it is no ``ClusterStore``), and its
+wake-ups come as datagrams (``wake.py``: it is no ``Announcer``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Collection
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.recovery import conclude
 from qtasks_cli.store import sql
-from qtasks_cli.store.base import (
-    NodeInfo,
-)
 from qtasks_cli.store.fence import OWNED
 from qtasks_cli.store.names import new_run_id
 from qtasks_cli.store.paths import open_checked, open_folder
@@ -70,15 +68,6 @@ class SqliteDaemon(SqliteBase):
         self._lock_fd = fd
         held_locks.add(fd)
         forget_locks_in_children()
-        now = self._clock()
-        self._node = NodeInfo(
-            node_id=self.node_id,
-            host=self._host,
-            pid=self._pid,
-            started=now,
-            last_seen=now,
-            digest="",
-        )
 
     def _compact_sync(self) -> None:
         with self._write_lock:
@@ -146,37 +135,3 @@ class SqliteDaemon(SqliteBase):
         changed = version != self._data_version
         self._data_version = version
         return bool(changed)
-
-    async def wait_for_work(self, timeout: float) -> bool:
-        """SQLite cannot be woken by a writer: sleep ``timeout`` and say False."""
-        await self._sleep(timeout)
-        return False
-
-    async def heartbeat(
-        self, now: datetime, *, digest: str, fingerprints: Mapping[str, str]
-    ) -> bool:
-        """Remember this daemon's job file digest and fingerprints (in memory); always True:
-        no other daemon can hold this file, so none presumes this one dead."""
-        started = now if self._node is None else self._node.started
-        self._node = NodeInfo(
-            node_id=self.node_id,
-            host=self._host,
-            pid=self._pid,
-            started=started,
-            last_seen=now,
-            digest=digest,
-            fingerprints=dict(fingerprints),
-        )
-        return True
-
-    async def nodes(self, now: datetime, timeout: timedelta) -> list[NodeInfo]:
-        """This daemon, if it heartbeat within ``timeout``: the flock excludes any other."""
-        node = self._node
-        return [] if node is None or now - node.last_seen > timeout else [node]
-
-    async def reap_dead_nodes(
-        self, now: datetime, timeout: timedelta, *, rerun_jobs: Collection[str] = ()
-    ) -> list[RunResult]:
-        """Nothing to do: no other daemon can hold this file, and ``recover`` cleaned up
-        after the previous one."""
-        return []
