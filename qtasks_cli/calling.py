@@ -23,7 +23,7 @@ from qtasks_cli import entrypoints, failures, previews, release
 from qtasks_cli.burst import KeptSteps
 from qtasks_cli.durations import format_seconds
 from qtasks_cli.entrypoints import CallableKind
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import Event, Item
 from qtasks_cli.isolation.wire import KILL_WAIT, ReportedError
 from qtasks_cli.models import Attempt, Isolation, JobSpec, TriggerKind
 from qtasks_cli.pickled import Pickled
@@ -108,13 +108,12 @@ class Run:
         """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
         return await _handle(self, handler, item)
 
-    def event(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
-        when = self.clock() if at is None else at
-        event = Event(kind=kind, time=when, job=self.job.name, run_id=self.run_id, **fields)
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` (one of this run's) to the sinks; a failure is logged, never raised."""
         try:
             self._emit(event)
         except Exception:
-            log.exception("%s: emitting the %s event failed", self.label, kind)
+            log.exception("%s: emitting the %s event failed", self.label, event.kind)
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
@@ -306,13 +305,17 @@ async def _handle(run: Run, handler: Any, item: Any) -> Any:
         release.adopt(item)  # the handler's input, dropped off the loop
     run.items = (run.items or 0) + 1
     if run.job.echo:
-        run.event(
-            EventKind.ITEM,
-            attempt=len(run.attempt_log) + 1,
-            item=run.job.redact(value.preview)  # a process job's, previewed in its child
-            if type(value) is Pickled
-            else await previews.preview_off_loop(value, run.job.redact, as_json=False),
-            items=run.items,
+        run.emit(
+            Item(
+                time=run.clock(),
+                job=run.job.name,
+                run_id=run.run_id,
+                attempt=len(run.attempt_log) + 1,
+                item=run.job.redact(value.preview)  # a process job's, previewed in its child
+                if type(value) is Pickled
+                else await previews.preview_off_loop(value, run.job.redact, as_json=False),
+                items=run.items,
+            )
         )
     return value
 

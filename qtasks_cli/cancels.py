@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import Finished
 from qtasks_cli.models import RunStatus, TriggerKind
 
 AT_SHUTDOWN = "cancelled at shutdown"
@@ -31,10 +31,9 @@ def cancelled_event(
     scheduled: datetime | None,
     error: str,
     time: datetime,
-) -> Event:
+) -> Finished:
     """The FINISHED event of a run cancelled before its body started."""
-    return Event(
-        kind=EventKind.FINISHED,
+    return Finished(
         time=time,
         job=job,
         run_id=run_id,

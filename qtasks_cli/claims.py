@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from qtasks_cli.durations import format_duration
-from qtasks_cli.events import EventKind
+from qtasks_cli.events import Event, Missed, Skipped
 from qtasks_cli.models import JobSpec, RunStatus, TriggerKind
 from qtasks_cli.policy import (
     LATE_AFTER,
@@ -60,18 +60,19 @@ CLAIM_RETRY_MAX = timedelta(seconds=1)
 MISSED_EVENTS = 5
 
 
-def report_unrun(emit: Callable[..., None], fire: Fire) -> None:
-    """Say that ``fire`` did not run (skipped or missed), with why."""
-    kind = EventKind.SKIPPED if fire.status is RunStatus.SKIPPED else EventKind.MISSED
+def report_unrun(emit: Callable[[Event], None], fire: Fire, now: datetime) -> None:
+    """Say that ``fire`` did not run (skipped or missed), with why; ``now``: aware UTC."""
+    kind = Skipped if fire.status is RunStatus.SKIPPED else Missed
     emit(
-        kind,
-        job=fire.job,
-        run_id=fire.run_id,
-        trigger=fire.trigger,
-        scheduled=fire.scheduled,
-        status=fire.status,
-        error=fire.error,
-        level=logging.WARNING,
+        kind(
+            time=now,
+            job=fire.job,
+            run_id=fire.run_id,
+            trigger=fire.trigger,
+            scheduled=fire.scheduled,
+            status=fire.status,
+            error=fire.error,
+        )
     )
 
 
@@ -96,7 +97,7 @@ class Claims:
         paused: Callable[[], frozenset[str]],
         held: Callable[[], dict[str, str]],
         clock: Callable[[], datetime],
-        emit: Callable[..., None],
+        emit: Callable[[Event], None],
         tasks: set[asyncio.Task[None]],
         wake: Wakeup,
     ) -> None:
@@ -216,11 +217,11 @@ class Claims:
             elif fire.status is RunStatus.MISSED:
                 missed.setdefault(fire.job, []).append(fire)
             else:
-                report_unrun(self._emit, fire)
+                report_unrun(self._emit, fire, self.clock())
         for job_fires in missed.values():
             if len(job_fires) <= MISSED_EVENTS:
                 for fire in job_fires:
-                    report_unrun(self._emit, fire)
+                    report_unrun(self._emit, fire, self.clock())
             else:
                 first, last = job_fires[0], job_fires[-1]
                 report_unrun(
@@ -232,6 +233,7 @@ class Claims:
                             f"to {last.scheduled.isoformat()} missed: {last.error}"
                         ),
                     ),
+                    self.clock(),
                 )
         return True
 

@@ -20,6 +20,7 @@ from qtasks_cli.cli_common import one_line as _one_line
 from qtasks_cli.errors import EXIT_FORCED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
 
 if TYPE_CHECKING:
+    from qtasks_cli.events import Event
     from qtasks_cli.models import Config
 
 MAX_LIMIT = 1_000_000_000  # rows; SQLite and PostgreSQL take 64-bit limits
@@ -327,13 +328,13 @@ def _trigger_exit(result: Any) -> int:
     return EXIT_OK if result.status.ok else EXIT_JOB_FAILED
 
 
-def _print_items(event: Any) -> None:
-    from qtasks_cli.events import EventKind
+def _print_items(event: Event) -> None:
+    from qtasks_cli.events import Item
 
-    if event.kind is EventKind.ITEM:
+    if isinstance(event, Item):
         from qtasks_cli.text import clean_line
 
-        print(clean_line(event.item or ""), flush=True)
+        print(clean_line(event.item), flush=True)
 
 
 def _parse_call_args(

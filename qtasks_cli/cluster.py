@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from qtasks_cli.events import EventKind
+from qtasks_cli.events import Event, Notice
 
 if TYPE_CHECKING:
     from qtasks_cli.fencing import Holder
@@ -42,7 +42,7 @@ class Cluster:
         holder: Holder,
         config: Callable[[], Config],
         clock: Callable[[], datetime],
-        emit: Callable[..., None],
+        emit: Callable[[Event], None],
         interrupted: Callable[[RunResult], None],
         rerun_jobs: Callable[[], set[str]],
         stopping: Callable[[], bool],
@@ -130,15 +130,16 @@ class Cluster:
         if set(held) != set(self.held):
             if held:
                 self._emit(
-                    EventKind.NOTICE,
-                    level=logging.WARNING,
-                    message=(
-                        "job file differs from the other nodes'; not firing until they agree: "
-                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items()))
-                    ),
+                    Notice(
+                        time=self.clock(),
+                        level=logging.WARNING,
+                        message="job file differs from the other nodes'; "
+                        "not firing until they agree: "
+                        + ", ".join(f"{job} ({why})" for job, why in sorted(held.items())),
+                    )
                 )
             else:
-                self._emit(EventKind.NOTICE, message="job files agree across nodes again")
+                self._emit(Notice(time=self.clock(), message="job files agree across nodes again"))
         self.held = held
 
 

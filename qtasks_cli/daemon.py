@@ -217,8 +217,6 @@ def _read_bytes(path: Path) -> bytes | None:
 
 
 def _emit_notice(bus: EventBus, message: str, level: int = logging.INFO) -> None:
-    from qtasks_cli.events import Event, EventKind
+    from qtasks_cli.events import Notice
 
-    bus.emit(
-        Event(kind=EventKind.NOTICE, time=datetime.now(timezone.utc), message=message, level=level)
-    )
+    bus.emit(Notice(time=datetime.now(timezone.utc), message=message, level=level))

@@ -32,7 +32,7 @@ from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo
 from qtasks_cli.durations import format_seconds
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import AttemptFailed, Event, Finished, Retrying, Started
 from qtasks_cli.hooks import HOOK_TIMEOUT, hook_of, run_hook
 from qtasks_cli.judging import AttemptResult, Failure, judge
 from qtasks_cli.models import (
@@ -85,12 +85,15 @@ async def _attempt(run: Run) -> AttemptResult:
     gate = run.gate
     started = run.clock()
     if number == 1:
-        run.event(
-            EventKind.STARTED,
-            at=None if gate is None else max(gate.instant, started),
-            trigger=run.trigger,
-            scheduled=run.scheduled,
-            max_attempts=job.retry.attempts,
+        run.emit(
+            Started(
+                time=started if gate is None else max(gate.instant, started),
+                job=run.job.name,
+                run_id=run.run_id,
+                trigger=run.trigger,
+                scheduled=run.scheduled,
+                max_attempts=job.retry.attempts,
+            )
         )
     timeout = job.timeout.total_seconds() if job.timeout is not None else None
     try:
@@ -127,14 +130,18 @@ async def _attempt(run: Run) -> AttemptResult:
         )
     )
     if failure is not None:
-        run.event(
-            EventKind.ATTEMPT_FAILED,
-            status=failure.status,
-            attempt=number,
-            max_attempts=job.retry.attempts,
-            error_type=failure.error_type,
-            error=failure.error,
-            level=logging.WARNING,
+        run.emit(
+            AttemptFailed(
+                time=run.clock(),
+                job=run.job.name,
+                run_id=run.run_id,
+                status=failure.status,
+                attempt=number,
+                max_attempts=job.retry.attempts,
+                error_type=failure.error_type,
+                error=failure.error,
+                level=logging.WARNING,
+            )
         )
     return result
 
@@ -188,11 +195,15 @@ async def _attempts(run: Run, sleep: Callable[[float], Awaitable[None]]) -> Atte
         return failure is not None and not run.not_retried and run.retryable(failure.exc)
 
     def announce(state: RetryCallState) -> None:
-        run.event(
-            EventKind.RETRYING,
-            attempt=state.attempt_number + 1,
-            max_attempts=policy.attempts,
-            delay=float(state.upcoming_sleep),
+        run.emit(
+            Retrying(
+                time=run.clock(),
+                job=run.job.name,
+                run_id=run.run_id,
+                attempt=state.attempt_number + 1,
+                max_attempts=policy.attempts,
+                delay=float(state.upcoming_sleep),
+            )
         )
 
     async def pause(seconds: float) -> None:
@@ -222,19 +233,23 @@ def _finished_level(status: RunStatus) -> int:
 
 
 def _finish(run: Run, result: RunResult, *, recorded: bool = True) -> None:
-    run.event(
-        EventKind.FINISHED,
-        recorded=recorded,
-        trigger=result.trigger,
-        scheduled=result.scheduled,
-        status=result.status,
-        attempt=result.attempts,
-        max_attempts=run.job.retry.attempts,
-        duration=result.duration,
-        error_type=result.error_type,
-        error=result.error,
-        items=result.items,
-        level=_finished_level(result.status),
+    run.emit(
+        Finished(
+            time=run.clock(),
+            job=run.job.name,
+            run_id=run.run_id,
+            recorded=recorded,
+            trigger=result.trigger,
+            scheduled=result.scheduled,
+            status=result.status,
+            attempt=result.attempts,
+            max_attempts=run.job.retry.attempts,
+            duration=result.duration,
+            error_type=result.error_type,
+            error=result.error,
+            items=result.items,
+            level=_finished_level(result.status),
+        )
     )
 
 

@@ -21,7 +21,7 @@ from qtasks_cli import cancels
 from qtasks_cli.burst import Burst
 from qtasks_cli.claims import report_unrun, unless_paused
 from qtasks_cli.clock import settle_until
-from qtasks_cli.events import EventKind
+from qtasks_cli.events import Event, Fired
 from qtasks_cli.models import RunStatus, TriggerKind
 from qtasks_cli.policy import LATE_AFTER, late_claim_missed, overlap_skip
 from qtasks_cli.store.base import Fire
@@ -52,7 +52,7 @@ class Firing:
         runs: Runs,
         paused: Callable[[], frozenset[str]],
         clock: Callable[[], datetime],
-        emit: Callable[..., None],
+        emit: Callable[[Event], None],
         early: float,
     ) -> None:
         self.jobs = jobs  # the supervisor's table, shared
@@ -123,12 +123,13 @@ class Firing:
                 if burst is None:
                     burst = Burst(at)
                 self._emit(
-                    EventKind.FIRED,
-                    at=at,
-                    job=fire.job,
-                    run_id=fire.run_id,
-                    trigger=fire.trigger,
-                    scheduled=fire.scheduled,
+                    Fired(
+                        time=at,
+                        job=fire.job,
+                        run_id=fire.run_id,
+                        trigger=fire.trigger,
+                        scheduled=fire.scheduled,
+                    )
                 )
                 self.runs.start(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
         finally:
@@ -140,7 +141,7 @@ class Firing:
                     gc.enable()
         for fire in unrun:
             self.ledger.unstarted(fire, fire.status, fire.error or "")
-            report_unrun(self._emit, fire)
+            report_unrun(self._emit, fire, self.clock())
 
     def _go(self, burst: Burst, prepared: float) -> None:
         """Wait for the burst's instant (the rest of the lead) and start its bodies."""
@@ -175,7 +176,9 @@ class Firing:
                 keep.append(replace(fire, trigger=TriggerKind.CATCH_UP))
                 continue
             self.ledger.unstarted(fire, RunStatus.MISSED, reason)
-            report_unrun(self._emit, replace(fire, status=RunStatus.MISSED, error=reason))
+            report_unrun(
+                self._emit, replace(fire, status=RunStatus.MISSED, error=reason), self.clock()
+            )
         return keep
 
     def _overlap(self, fire: Fire) -> Fire:

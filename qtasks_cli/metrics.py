@@ -19,11 +19,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli.errors import ConfigError, QtasksError
-from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.events import Event, EventBus, EventKind, Finished, Started
 
 if TYPE_CHECKING:
     from qtasks_cli.control import Controller
-    from qtasks_cli.models import Config
+    from qtasks_cli.models import Config, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Metrics:
 
     def sink(self, event: Event) -> None:
         """Bus sink, on the loop: keep the events that count, nothing more."""
-        if event.kind in _COUNTED and event.job is not None and event.recorded:
+        recorded = event.recorded if isinstance(event, Finished) else True
+        if event.kind in _COUNTED and event.job is not None and recorded:
             self._events.append(event)
 
     def fold(self) -> None:
@@ -111,14 +112,15 @@ class Metrics:
 
     def _fold(self, event: Event) -> None:
         job = event.job or ""
-        if event.kind is EventKind.STARTED:
+        if isinstance(event, Started):
             if event.scheduled is not None:
                 late = max(0.0, (event.time - event.scheduled).total_seconds())
                 self.lateness.setdefault(job, _Histogram(LATENESS_BUCKETS)).observe(late)
             return
-        status = event.status.value if event.status is not None else str(event.kind)
+        given: RunStatus | None = getattr(event, "status", None)  # skipped, missed, interrupted
+        status = given.value if given is not None else str(event.kind)
         self.runs[(job, status)] += 1
-        if event.kind is EventKind.FINISHED and event.duration is not None:
+        if isinstance(event, Finished) and event.duration is not None:
             self.durations.setdefault(job, _Histogram(DURATION_BUCKETS)).observe(event.duration)
         if status == "succeeded":
             stamp = event.time.timestamp()

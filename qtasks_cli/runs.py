@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import cancels, offthread
 from qtasks_cli.errors import QtasksError
-from qtasks_cli.events import EventBus, EventKind
+from qtasks_cli.events import Event, EventBus, Finished, Fired, Queued
 from qtasks_cli.executor import CANCELLED_RESULT, execute
 from qtasks_cli.ledger import Ledger
 from qtasks_cli.models import JobSpec, RunResult, RunStatus, TriggerKind
@@ -52,7 +52,7 @@ class Runs:
         runtime: Runtime,
         bus: EventBus,
         clock: Callable[[], datetime],
-        emit: Callable[..., None],
+        emit: Callable[[Event], None],
         tasks: set[asyncio.Task[None]],
         background: Callable[[Coroutine[Any, Any, None]], None],
         wake: Wakeup,
@@ -256,7 +256,13 @@ class Runs:
         if trigger not in HANDED_OVER and waits_behind(spec.overlap, trigger, busy):
             state.pending.append((run_id, trigger, scheduled, args, kwargs))
             self._emit(
-                EventKind.QUEUED, job=spec.name, run_id=run_id, trigger=trigger, scheduled=scheduled
+                Queued(
+                    time=self.clock(),
+                    job=spec.name,
+                    run_id=run_id,
+                    trigger=trigger,
+                    scheduled=scheduled,
+                )
             )
             return
         state.running += 1
@@ -395,14 +401,16 @@ class Runs:
             error=spec.redact(str(exc)),
         )
         self._emit(
-            EventKind.FINISHED,
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            status=RunStatus.FAILED,
-            error=result.error,
-            level=logging.ERROR,
+            Finished(
+                time=self.clock(),
+                job=spec.name,
+                run_id=run_id,
+                trigger=trigger,
+                scheduled=scheduled,
+                status=RunStatus.FAILED,
+                error=result.error,
+                level=logging.ERROR,
+            )
         )
         return result
 
@@ -438,17 +446,23 @@ class Runs:
                 error_type="UnknownJob",
             )
             self._emit(
-                EventKind.FINISHED,
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                status=RunStatus.FAILED,
-                error=result.error,
-                level=logging.ERROR,
+                Finished(
+                    time=self.clock(),
+                    job=request.job,
+                    run_id=request.run_id,
+                    trigger=request.trigger,
+                    status=RunStatus.FAILED,
+                    error=result.error,
+                    level=logging.ERROR,
+                )
             )
             self._background(self.ledger.finish(result))
             return
-        self._emit(EventKind.FIRED, job=request.job, run_id=request.run_id, trigger=request.trigger)
+        self._emit(
+            Fired(
+                time=self.clock(), job=request.job, run_id=request.run_id, trigger=request.trigger
+            )
+        )
         # A handed-over request is never skipped: under skip or queue it waits for the
         # current run instead, so no order notification is lost.
         if waits_behind(state.spec.overlap, request.trigger, self.busy(request.job) is not None):

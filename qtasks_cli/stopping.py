@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from qtasks_cli import cancels
-from qtasks_cli.events import EventKind
+from qtasks_cli.events import Event, Notice
 from qtasks_cli.models import Isolation
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ async def stop_runs(
     grace: float,
     waiting: Callable[[], int],
     why_cancelled: dict[str, str],
-    emit: Callable[..., None],
+    emit: Callable[[Event], None],
+    clock: Callable[[], datetime],
     settle: float = 5.0,
 ) -> None:
     """Wait up to ``grace`` seconds for ``tasks`` (the daemon's, runs among them); cancel
@@ -41,9 +42,11 @@ async def stop_runs(
     if not running:
         return
     emit(
-        EventKind.NOTICE,
-        message=f"stopping: waiting up to {grace:g}s for "
-        + runs_in_words(len(running), waiting(), "running job(s)"),
+        Notice(
+            time=clock(),
+            message=f"stopping: waiting up to {grace:g}s for "
+            + runs_in_words(len(running), waiting(), "running job(s)"),
+        )
     )
     _, still = await asyncio.wait(running, timeout=grace)
     if not still:
@@ -56,11 +59,13 @@ async def stop_runs(
         task.cancel()
     await asyncio.wait(still, timeout=settle)
     emit(
-        EventKind.NOTICE,
-        level=logging.WARNING,
-        message="abandoned "
-        + runs_in_words(len(still), left_waiting, "run(s) still running")
-        + " after shutdown_grace",
+        Notice(
+            time=clock(),
+            level=logging.WARNING,
+            message="abandoned "
+            + runs_in_words(len(still), left_waiting, "run(s) still running")
+            + " after shutdown_grace",
+        )
     )
 
 

@@ -23,7 +23,17 @@ from qtasks_cli import cancels, offthread, sigguard
 from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
-from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.events import (
+    Event,
+    EventBus,
+    Interrupted,
+    Notice,
+    Ready,
+    Reloaded,
+    ReloadFailed,
+    Reloading,
+    Stopping,
+)
 from qtasks_cli.firing import Firing
 from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
@@ -221,7 +231,7 @@ class Supervisor:
         self._side_tasks.append(asyncio.create_task(self.cluster.keep_in_touch()))
         self._side_tasks.append(asyncio.create_task(self.intake.listen()))
         self.ready.set()
-        self._emit(EventKind.READY)
+        self._emit(Ready(time=self.clock()))
         while not self._stopping:
             if self._reload_requested and (self._reload_task is None or self._reload_task.done()):
                 # Parsed in the background so firing goes on; a SIGHUP during a parse
@@ -243,7 +253,7 @@ class Supervisor:
             except Exception:  # a bug of ours must not take every job down with it
                 log.exception("the supervisor loop failed; carrying on")
             await self.timer.wait(self._sleep_for(), self._wake)
-        self._emit(EventKind.STOPPING)
+        self._emit(Stopping(time=self.clock()))
         await self._shutdown()
 
     async def _start(self) -> None:
@@ -289,14 +299,16 @@ class Supervisor:
         words: dict[int, str] = {}  # jobs sharing a schedule share its description
         states = list(self.jobs.values())
         for state in states[:PLAN_LINES]:
-            self._emit(EventKind.NOTICE, job=state.spec.name, message=plan(state, words))
+            self._emit(Notice(time=self.clock(), job=state.spec.name, message=plan(state, words)))
         if len(states) > PLAN_LINES:
             # Ten thousand plan lines would be noise, and their records the start-up's
             # largest use of memory.
             self._emit(
-                EventKind.NOTICE,
-                message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
-                f"(`qtasks list {self.config.path}` shows every next fire)",
+                Notice(
+                    time=self.clock(),
+                    message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
+                    f"(`qtasks list {self.config.path}` shows every next fire)",
+                )
             )
 
     async def _nap(self, seconds: float) -> None:
@@ -312,14 +324,16 @@ class Supervisor:
         its job has ``retry_interrupted``)."""
         self.intake.more = True
         self._emit(
-            EventKind.INTERRUPTED,
-            job=row.job,
-            run_id=row.run_id,
-            trigger=row.trigger,
-            scheduled=row.scheduled,
-            status=RunStatus.INTERRUPTED,
-            error=row.error,
-            level=logging.WARNING,
+            Interrupted(
+                time=self.clock(),
+                job=row.job,
+                run_id=row.run_id,
+                trigger=row.trigger,
+                scheduled=row.scheduled,
+                status=RunStatus.INTERRUPTED,
+                error=row.error,
+                level=logging.WARNING,
+            )
         )
 
     def _running_jobs(self) -> str:
@@ -355,14 +369,16 @@ class Supervisor:
     async def _reload(self) -> None:
         if self._reload_config is None:
             return
-        self._emit(EventKind.RELOADING)
+        self._emit(Reloading(time=self.clock()))
         try:
             config = await self._reload_config()
         except Exception as exc:
             self._emit(
-                EventKind.RELOAD_FAILED,
-                level=logging.ERROR,
-                message=f"(the old configuration keeps running):\n{exc}",
+                ReloadFailed(
+                    time=self.clock(),
+                    level=logging.ERROR,
+                    message=f"(the old configuration keeps running):\n{exc}",
+                )
             )
             return
         # The new jobs' first fires, worked out in a thread too: a schedule can be slow.
@@ -385,11 +401,11 @@ class Supervisor:
         if self.on_config is not None:
             self.on_config()
         self._emit(
-            EventKind.RELOADED,
-            message=(
-                f"{config.path}: {len(changes.added)} added, {len(changes.removed)} removed, "
-                f"{len(changes.changed)} changed"
-            ),
+            Reloaded(
+                time=self.clock(),
+                message=f"{config.path}: {len(changes.added)} added, "
+                f"{len(changes.removed)} removed, {len(changes.changed)} changed",
+            )
         )
 
     async def _shutdown(self) -> None:
@@ -405,6 +421,7 @@ class Supervisor:
             waiting=lambda: self.runs.waiting,
             why_cancelled=self.runtime.why_cancelled,
             emit=self._emit,
+            clock=self.clock,
             settle=stop_settle([*self.config.jobs.values(), *self.runs.going_specs()]),
         )
         await self.runs.all_recorded()
@@ -420,5 +437,5 @@ class Supervisor:
             log.error("cannot write the last history rows to %s: %s", self.store.location, exc)
         self.runtime.shutdown()
 
-    def _emit(self, kind: EventKind, *, at: datetime | None = None, **fields: Any) -> None:
-        self.bus.emit(Event(kind=kind, time=self.clock() if at is None else at, **fields))
+    def _emit(self, event: Event) -> None:
+        self.bus.emit(event)

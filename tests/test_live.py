@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 
 from qtasks_cli import cli
-from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.events import KINDS, Event, EventBus, EventKind
 from qtasks_cli.models import Config, JobSpec, JobView, RunStatus, Settings, Snapshot
 from qtasks_cli.ui import humanize, live, tally
 from qtasks_cli.ui.live import LiveView
@@ -119,7 +119,7 @@ def test_clean_output_drops_escapes_and_keeps_the_last_carriage_return_part() ->
 
 
 def ev(kind: EventKind, at: float, run_id: str = "r1", **fields: object) -> Event:
-    return Event(kind=kind, time=NOW + timedelta(seconds=at), job="sync", run_id=run_id, **fields)  # type: ignore[arg-type]
+    return KINDS[kind](time=NOW + timedelta(seconds=at), job="sync", run_id=run_id, **fields)  # type: ignore[arg-type]
 
 
 def test_record_follows_a_run_through_retries_to_its_end() -> None:
@@ -129,7 +129,9 @@ def test_record_follows_a_run_through_retries_to_its_end() -> None:
     tally.record(stats, ev(EventKind.STARTED, 1, max_attempts=4))
     job = stats["sync"]
     assert job.waiting == set() and job.runs["r1"].attempt == 1
-    tally.record(stats, ev(EventKind.ATTEMPT_FAILED, 2, attempt=1, max_attempts=4))
+    tally.record(
+        stats, ev(EventKind.ATTEMPT_FAILED, 2, status=RunStatus.FAILED, attempt=1, max_attempts=4)
+    )
     tally.record(stats, ev(EventKind.RETRYING, 2, attempt=2, max_attempts=4, delay=5.0))
     progress = job.runs["r1"]
     assert (progress.attempt, progress.max_attempts) == (2, 4)
@@ -153,7 +155,7 @@ def test_record_follows_a_run_through_retries_to_its_end() -> None:
     )
     assert (job.successes, job.failures, job.failing) == (1, 1, False)
     assert job.last_duration == 1.3 and job.last_ended == NOW + timedelta(seconds=21)
-    assert not tally.record(stats, Event(kind=EventKind.NOTICE, time=NOW, message="hello"))
+    assert not tally.record(stats, KINDS[EventKind.NOTICE](time=NOW, message="hello"))
 
 
 # --- the renderer --------------------------------------------------------------------------------
@@ -458,11 +460,11 @@ def test_a_redraw_with_1000_jobs_draws_only_what_fits() -> None:
     stats: dict[str, JobTally] = {}
     for i in range(0, 1000, 7):
         name = f"job_{i:04d}"
-        tally.record(stats, Event(kind=EventKind.STARTED, time=NOW, job=name, run_id="a"))
+        tally.record(stats, KINDS[EventKind.STARTED](time=NOW, job=name, run_id="a"))
         status = RunStatus.SUCCEEDED if i % 2 else RunStatus.FAILED
         tally.record(
             stats,
-            Event(kind=EventKind.FINISHED, time=NOW, job=name, run_id="a", status=status),
+            KINDS[EventKind.FINISHED](time=NOW, job=name, run_id="a", status=status),
         )
     events = [EventLine(time=NOW, level=logging.INFO, text=f"line {i}") for i in range(500)]
     console = Console(file=io.StringIO(), force_terminal=True, width=120, height=40)

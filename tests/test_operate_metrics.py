@@ -98,7 +98,7 @@ def test_a_port_in_use_is_a_located_error_and_leaves_nothing_running(tmp_path: P
 def test_each_final_status_is_counted_once_by_the_daemon_that_recorded_it() -> None:
     from datetime import datetime, timezone
 
-    from qtasks_cli.events import Event, EventKind
+    from qtasks_cli.events import KINDS, Event, EventKind
     from qtasks_cli.metrics import Metrics
     from qtasks_cli.models import RunStatus
 
@@ -106,7 +106,7 @@ def test_each_final_status_is_counted_once_by_the_daemon_that_recorded_it() -> N
     metrics = Metrics()
 
     def finished(job: str, status: RunStatus, **more: object) -> Event:
-        return Event(kind=EventKind.FINISHED, time=now, job=job, run_id="r", status=status,
+        return KINDS[EventKind.FINISHED](time=now, job=job, run_id="r", status=status,
                      **more)  # type: ignore[arg-type]  # fmt: skip
 
     metrics.sink(finished("a", RunStatus.SUCCEEDED))
@@ -114,7 +114,7 @@ def test_each_final_status_is_counted_once_by_the_daemon_that_recorded_it() -> N
     # A run another node concluded while this one did not answer: that node counts it.
     metrics.sink(finished("a", RunStatus.INTERRUPTED, recorded=False))
     # A dead daemon's run this one concluded.
-    metrics.sink(Event(kind=EventKind.INTERRUPTED, time=now, job="b", run_id="x",
+    metrics.sink(KINDS[EventKind.INTERRUPTED](time=now, job="b", run_id="x",
                        status=RunStatus.INTERRUPTED))  # fmt: skip
     metrics.fold()
     assert dict(metrics.runs) == {

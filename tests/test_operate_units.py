@@ -214,7 +214,7 @@ def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
     import io
     import sys
 
-    from qtasks_cli.events import Event, EventKind
+    from qtasks_cli.events import KINDS, EventKind
 
     capture = Capture()
     saved = sys.stdout
@@ -222,7 +222,7 @@ def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
     try:
 
         async def run(run_id: str, pool: list[concurrent.futures.ThreadPoolExecutor]) -> None:
-            capture.sink(Event(kind=EventKind.STARTED, time=T0, job="j", run_id=run_id))
+            capture.sink(KINDS[EventKind.STARTED](time=T0, job="j", run_id=run_id))
             print(f"{run_id} on the loop")
             await asyncio.sleep(0)
             await asyncio.to_thread(lambda: print(f"{run_id} in a thread"))
@@ -238,7 +238,11 @@ def test_capture_keeps_each_runs_lines_apart_across_threads() -> None:
             mine = concurrent.futures.ThreadPoolExecutor(1)
             pool.append(mine)
             await asyncio.wrap_future(mine.submit(print, f"{run_id} in its pool"))
-            capture.sink(Event(kind=EventKind.FINISHED, time=T0, job="j", run_id=run_id))
+            capture.sink(
+                KINDS[EventKind.FINISHED](
+                    time=T0, job="j", run_id=run_id, status=RunStatus.SUCCEEDED
+                )
+            )
 
         async def main() -> None:
             capture.install()  # in the daemon's main task: its context says "no run"

@@ -10,7 +10,8 @@ import io
 import sys
 from datetime import datetime, timezone
 
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import KINDS, EventKind
+from qtasks_cli.models import RunStatus
 from qtasks_cli.output import Capture, _current, _pool_submit
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -24,13 +25,17 @@ def test_a_shared_pool_keeps_each_submitters_lines_apart() -> None:
     try:
 
         async def run(run_id: str, gate: asyncio.Event, go: asyncio.Event) -> None:
-            capture.sink(Event(kind=EventKind.STARTED, time=T0, job="j", run_id=run_id))
+            capture.sink(KINDS[EventKind.STARTED](time=T0, job="j", run_id=run_id))
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(pool, print, f"{run_id} first")
             gate.set()
             await go.wait()  # both runs are open now
             await asyncio.wrap_future(pool.submit(print, f"{run_id} second"))
-            capture.sink(Event(kind=EventKind.FINISHED, time=T0, job="j", run_id=run_id))
+            capture.sink(
+                KINDS[EventKind.FINISHED](
+                    time=T0, job="j", run_id=run_id, status=RunStatus.SUCCEEDED
+                )
+            )
 
         async def main() -> None:
             capture.install()

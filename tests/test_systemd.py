@@ -22,7 +22,7 @@ import pytest
 from conftest import QTASKS, clean_env, run_qtasks
 
 from qtasks_cli import systemd
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import KINDS, Event, EventKind
 from qtasks_cli.models import JobView, Snapshot
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -210,7 +210,9 @@ class FakeTime:
 
 
 def event(kind: EventKind) -> Event:
-    return Event(kind=kind, time=NOW, job="sync", run_id="r1")
+    # A reload's outcome always says what changed (or why it was refused).
+    said = {"message": "m"} if kind in (EventKind.RELOADED, EventKind.RELOAD_FAILED) else {}
+    return KINDS[kind](time=NOW, job="sync", run_id="r1", **said)
 
 
 def run_agent(agent: systemd.SystemdAgent) -> None:

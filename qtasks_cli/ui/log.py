@@ -11,7 +11,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import (
+    Event,
+    EventKind,
+    Finished,
+    Fired,
+    Interrupted,
+    Item,
+    Missed,
+    Skipped,
+)
 from qtasks_cli.models import RunStatus
 from qtasks_cli.redaction import redact_known, redact_known_value
 from qtasks_cli.text import clean_line, clean_text, json_safe
@@ -32,7 +41,7 @@ _JOURNAL_PRIORITY = {
 
 def event_level(event: Event) -> int:
     """How loud an event is: failures are errors, skips and retries are warnings."""
-    if event.kind is EventKind.FINISHED:
+    if isinstance(event, Finished):
         if event.status in _FAILED:
             return logging.ERROR
         if event.status is RunStatus.CANCELLED:
@@ -101,25 +110,34 @@ def _log_now(event: Event) -> None:
     _event_log.handle(record)
 
 
+def _detail(event: Event, name: str) -> Any:
+    """A field of ``event``'s kind by name, None where the kind has no such field: for the
+    readers of every kind (the JSON log, the one-line description)."""
+    return getattr(event, name, None)
+
+
 def event_fields(event: Event) -> dict[str, Any]:
     """The event as a flat JSON-ready mapping, without empty fields."""
+    status, trigger, scheduled, delay, duration = (
+        _detail(event, name) for name in ("status", "trigger", "scheduled", "delay", "duration")
+    )
     fields: dict[str, Any] = {
         "time": _iso(event.time),
         "level": logging.getLevelName(event_level(event)).lower(),
         "job": event.job,
         "run_id": event.run_id,
         "event": event.label if event.kind is not EventKind.RETRYING else "retrying",
-        "status": str(event.status) if event.status is not None else None,
-        "trigger": str(event.trigger) if event.trigger is not None else None,
-        "scheduled": _iso(event.scheduled) if event.scheduled is not None else None,
-        "attempt": event.attempt,
-        "max_attempts": event.max_attempts,
-        "delay": round(event.delay, 3) if event.delay is not None else None,
-        "duration": round(event.duration, 3) if event.duration is not None else None,
-        "error_type": event.error_type,
-        "error": event.error,
-        "item": event.item,
-        "items": event.items,
+        "status": str(status) if status is not None else None,
+        "trigger": str(trigger) if trigger is not None else None,
+        "scheduled": _iso(scheduled) if scheduled is not None else None,
+        "attempt": _detail(event, "attempt"),
+        "max_attempts": _detail(event, "max_attempts"),
+        "delay": round(delay, 3) if delay is not None else None,
+        "duration": round(duration, 3) if duration is not None else None,
+        "error_type": _detail(event, "error_type"),
+        "error": _detail(event, "error"),
+        "item": _detail(event, "item"),
+        "items": _detail(event, "items"),
         "message": event.message,
     }
     return {k: v for k, v in fields.items() if v is not None}
@@ -132,26 +150,30 @@ def describe_event(event: Event) -> str:
         parts.append(event.run_id)
     if event.kind is not EventKind.NOTICE:
         parts.append(event.label)
-    if event.kind is EventKind.FIRED and event.trigger is not None:
+    if isinstance(event, Fired) and event.trigger is not None:
         parts.append(f"({event.trigger}{_at(event.scheduled)})")
+    attempt: int | None = _detail(event, "attempt")
+    max_attempts: int | None = _detail(event, "max_attempts")
     if (
-        event.attempt is not None
-        and event.max_attempts is not None
-        and (event.kind is EventKind.ATTEMPT_FAILED or event.attempt > 1)
+        attempt is not None
+        and max_attempts is not None
+        and (event.kind is EventKind.ATTEMPT_FAILED or attempt > 1)
     ):
-        parts.append(f"attempt {event.attempt}/{event.max_attempts}")
-    if event.duration is not None:
+        parts.append(f"attempt {attempt}/{max_attempts}")
+    if isinstance(event, Finished) and event.duration is not None:
         parts.append(f"in {event.duration:.3f}s")
-    if event.kind is EventKind.ITEM:
-        parts[-1] = f"item #{event.items}:" if event.items is not None else "item:"
-        parts.append(event.item or "")
-    elif event.items is not None:
+    if isinstance(event, Item):
+        parts[-1] = f"item #{event.items}:"
+        parts.append(event.item)
+    elif isinstance(event, Finished) and event.items is not None:
         parts.append(f"{event.items} item(s)")
-    if event.error_type or event.error:
-        parts.append(": ".join(x for x in (event.error_type, event.error) if x))
+    error_type: str | None = _detail(event, "error_type")
+    error: str | None = _detail(event, "error")
+    if error_type or error:
+        parts.append(": ".join(x for x in (error_type, error) if x))
     if event.message:
         parts.append(event.message)
-    if event.kind in (EventKind.MISSED, EventKind.SKIPPED, EventKind.INTERRUPTED):
+    if isinstance(event, (Missed, Skipped, Interrupted)):
         parts.append(f"(scheduled{_at(event.scheduled)})" if event.scheduled else "")
     return " ".join(p for p in parts if p)
 

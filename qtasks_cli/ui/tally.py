@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from qtasks_cli.events import Event, EventKind
+from qtasks_cli.events import Event, Finished, Fired, Retrying, Started
 from qtasks_cli.models import RunStatus
 from qtasks_cli.text import clean_line
 
@@ -58,24 +58,23 @@ def record(stats: dict[str, JobTally], event: Event) -> bool:
     if job is None:
         job = stats[event.job] = JobTally()
     run_id = event.run_id or ""
-    kind = event.kind
-    if kind is EventKind.FIRED:
+    if isinstance(event, Fired):
         job.waiting.add(run_id)
-    elif kind is EventKind.STARTED:
+    elif isinstance(event, Started):
         job.waiting.discard(run_id)
         job.runs[run_id] = RunProgress(
             started=event.time, attempt=1, max_attempts=event.max_attempts or 1
         )
-    elif kind is EventKind.RETRYING:
+    elif isinstance(event, Retrying):
         progress = job.runs.get(run_id)
         if progress is not None:
             progress.attempt = event.attempt or progress.attempt + 1
             progress.max_attempts = event.max_attempts or progress.max_attempts
             progress.retry_at = event.time + timedelta(seconds=event.delay or 0.0)
-    elif kind is EventKind.FINISHED:
+    elif isinstance(event, Finished):
         job.waiting.discard(run_id)
         job.runs.pop(run_id, None)
-        status = event.status or RunStatus.FAILED
+        status = event.status
         if status is RunStatus.SUCCEEDED:
             job.successes += 1
         elif status in _FAILED:
