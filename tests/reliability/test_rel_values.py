@@ -320,18 +320,16 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         Scenario(name="inline", jobs=INLINE, modules=modules, ticks=5, driver=slow_text_given_up),
         Scenario(name="big", jobs=BIG, modules=modules, ticks=7),
         Scenario(name="spinning", jobs=SPINNING, modules=modules, ticks=3, driver=measure_cpu),
-        Scenario(
-            name="freeze",
-            jobs=FREEZE,
-            modules=modules,
-            ticks=2,
-            driver=watch_pings(sock),
-            env=watchdog,
-        ),
         Scenario(name="process", jobs=PROCESS, modules=modules, ticks=6),
     ]
+    # The freeze holds a core for seconds on purpose (its daemon misses fires, and says so):
+    # beside the others on a 2-core machine it starved their daemons of CPU, which then missed
+    # a per-second fire or a stop's deadline for want of a core, not for a fault of their own.
+    freeze = Scenario(
+        name="freeze", jobs=FREEZE, modules=modules, ticks=2, driver=watch_pings(sock), env=watchdog
+    )
     try:
-        return run_scenarios(scenarios, Path(root))
+        return run_scenarios(scenarios, Path(root)) | run_scenarios([freeze], Path(root))
     finally:
         sock.close()
 
