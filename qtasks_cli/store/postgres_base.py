@@ -20,7 +20,6 @@ import psycopg
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.store import sql
-from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.names import redact_url
 from qtasks_cli.store.postgres_conn import connect_options, scrub
 from qtasks_cli.store.postgres_conn import scrub as _scrub  # noqa: F401  (tests read it here)
@@ -89,10 +88,8 @@ class PostgresBase(sql.SqlStore):
         self._closed = False
         self._registered = False
         # StoreError's own text is shown, never its psycopg cause (it may quote the URL).
-        self._writes = WriteBuffer(
-            location=self.location,
-            log=log,
-            write_batch=self._write_pending,
+        self._writes = self._write_buffer(
+            log,
             flush_interval=flush_interval,
             retry_interval=retry_interval,
             batch_size=batch_size,
@@ -115,10 +112,6 @@ class PostgresBase(sql.SqlStore):
                 self.on_control()
             except Exception:
                 log.exception("%s: handing over an operator's command failed", self.location)
-
-    async def _write_pending(self, batch: list[Write]) -> None:
-        """Write a batch the buffer hands over (``PostgresStore``)."""
-        raise NotImplementedError
 
     # -- plumbing ---------------------------------------------------------------------
 

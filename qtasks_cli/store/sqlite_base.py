@@ -20,7 +20,6 @@ from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.errors import StoreError
 from qtasks_cli.models import RunResult
 from qtasks_cli.store import sql
-from qtasks_cli.store.buffer import Write, WriteBuffer
 from qtasks_cli.store.sqlite_schema import (
     DIALECT,
 )
@@ -72,10 +71,8 @@ class SqliteBase(sql.SqlStore):
         # Held around every write transaction of this store's connections: the prune's
         # chunks take turns with claims instead of making them wait on SQLite's busy loop.
         self._write_lock = threading.Lock()
-        self._writes = WriteBuffer(
-            location=self.location,
-            log=log,
-            write_batch=self._write_pending,
+        self._writes = self._write_buffer(
+            log,
             flush_interval=flush_interval,
             retry_interval=retry_interval,
             batch_size=batch_size,
@@ -83,10 +80,6 @@ class SqliteBase(sql.SqlStore):
         )
         self.node_id = sql.node_name(self._host, self._pid)
         self._d = DIALECT
-
-    async def _write_pending(self, batch: list[Write]) -> None:
-        """Write a batch the buffer hands over (``SqliteStore``)."""
-        raise NotImplementedError
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Generator, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -50,6 +51,37 @@ class SqlStore(abc.ABC):
         """RuntimeError (a programming error, not a store's) unless the store is open."""
         if not self._is_open():
             raise RuntimeError(f"{self.location}: the store is not open")
+
+    @abc.abstractmethod
+    async def _write_pending(self, batch: list[Write]) -> None:
+        """Write a batch the buffer hands over, in one transaction where it can."""
+
+    def _write_buffer(
+        self,
+        log: logging.Logger,
+        *,
+        flush_interval: float,
+        retry_interval: float,
+        batch_size: int,
+        sleep: Callable[[float], Awaitable[None]],
+        reason: Callable[[StoreError], object] | None = None,
+    ) -> WriteBuffer:
+        """The buffer of this store's ``start`` and ``finish`` writes, which hands them to
+        ``_write_pending`` every ``flush_interval`` seconds (``reason``: what a failure's
+        message shows, by default its cause)."""
+        from qtasks_cli.store.buffer import WriteBuffer
+
+        shown = {} if reason is None else {"reason": reason}
+        return WriteBuffer(
+            location=self.location,
+            log=log,
+            write_batch=self._write_pending,
+            flush_interval=flush_interval,
+            retry_interval=retry_interval,
+            batch_size=batch_size,
+            sleep=sleep,
+            **shown,
+        )
 
     def _buffer(self, write: Write) -> None:
         """Hand a write that decides nothing (start, finish) to the buffer."""
