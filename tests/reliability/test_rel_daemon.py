@@ -186,8 +186,10 @@ def assert_late_but_once(out: Outcome, began: datetime, ended: datetime) -> None
 def store_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     root = tmp_path_factory.mktemp("store-faults")
     scenarios = [
-        Scenario(name="locked", jobs="", modules={}, driver=hold_lock, ticks=3),
-        Scenario(name="read_only", jobs="", modules={}, driver=make_read_only, ticks=3),
+        # Four fires after the outage: the first may be the catch-up at its very end, and
+        # the check wants one scheduled 1.5 s past it (three fell short on a busy machine).
+        Scenario(name="locked", jobs="", modules={}, driver=hold_lock, ticks=4),
+        Scenario(name="read_only", jobs="", modules={}, driver=make_read_only, ticks=4),
     ]
     return run_scenarios(scenarios, root)
 
