@@ -1,8 +1,8 @@
 """One run's state, and how it calls the job's code: an async function on the loop, a sync one
 in a thread of the runtime (an awaitable it hands back is awaited on the loop), the first attempt
-past its burst's gate; an attempt or a hook bounded by a timeout in a task of its own. An
-attempt's body (``call_attempt``) calls the entry point once, inline or in a child process, and
-drains a generator it hands back, each item through ``generate_handler``.
+past its burst's gate; an attempt or a hook bounded by a timeout in a task of its own; a
+generated item through ``generate_handler``. An attempt's body (calling the entry point once,
+draining a generator it hands back) is attemptbody.py's ``call_attempt``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +106,7 @@ class Run:
 
     async def handle(self, handler: Any, item: Any) -> Any:
         """A generated item through ``generate_handler`` (isolation.call's ``Invocation``)."""
-        return await _handle(self, handler, item)
+        return await handle_item(self, handler, item)
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` (one of this run's) to the sinks; a failure is logged, never raised."""
@@ -118,7 +118,7 @@ class Run:
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``: awaited on the loop if async, else in a thread; an
         awaitable it returns is awaited on the loop."""
-        kind = _kind_of(fn)
+        kind = kind_of_cached(fn)
         if self.gate is not None:  # a burst's first attempt: the body starts at go
             if kind is CallableKind.ASYNC:  # started by the burst itself (burst.Start)
                 start = self.gate.start(fn, args, kwargs, self.clock, self.job.name)
@@ -256,7 +256,7 @@ _KINDS: dict[int, tuple[Any, CallableKind]] = {}
 _KINDS_MAX = 16_384
 
 
-def _kind_of(fn: Any) -> CallableKind:
+def kind_of_cached(fn: Any) -> CallableKind:
     """``entrypoints.kind_of(fn)``, remembered for functions (not for other callables,
     whose ``__call__`` may change)."""
     if type(fn) is not types.FunctionType:
@@ -288,7 +288,7 @@ def _retry_types(job: JobSpec) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-async def _handle(run: Run, handler: Any, item: Any) -> Any:
+async def handle_item(run: Run, handler: Any, item: Any) -> Any:
     """``item`` through ``handler`` (or kept as it is when there is none), counted and echoed;
     the handler's exception is raised as a ``HandlerFailed``."""
     if handler is None:
@@ -318,89 +318,3 @@ async def _handle(run: Run, handler: Any, item: Any) -> Any:
             )
         )
     return value
-
-
-# --- an attempt's body ---------------------------------------------------------------------------
-
-
-async def call_attempt(run: Run) -> Any:
-    """Call the job once and return its result; a generator's result is its handled items.
-
-    This is the one step that ``isolation: process`` replaces.
-    """
-    job = run.job
-    if job.isolation is Isolation.PROCESS:
-        from qtasks_cli.isolation.call import call_attempt as call_in_child
-
-        await run.through_gate()
-        return await call_in_child(run)
-    fn = run.resolve(job.entrypoint)
-    handler = run.resolve(job.generate_handler) if job.generate_handler else None
-    kind = _kind_of(fn)
-    if kind is CallableKind.GENERATOR:
-        await run.through_gate()
-        return await _drain(run, fn(*run.args, **run.kwargs), handler)
-    if kind is CallableKind.ASYNC_GENERATOR:
-        await run.through_gate()
-        return await _drain_async(run, fn(*run.args, **run.kwargs), handler)
-    value = await run.call(fn, *run.args, **run.kwargs)  # passes the gate, if any
-    # A plain function (a partial, a factory) may hand back a generator: iterate it too.
-    # (Exact types: neither can be subclassed, and isinstance would read __class__.)
-    if type(value) is types.GeneratorType:
-        return await _drain(run, value, handler)
-    if type(value) is types.AsyncGeneratorType:
-        return await _drain_async(run, value, handler)
-    return value
-
-
-async def _drain(run: Run, gen: Iterator[Any], handler: Any) -> list[Any]:
-    """Iterate a sync generator, each step in a thread since it may block. A generator left
-    unfinished (a timeout, a cancel) is closed off the loop: its ``finally`` is the job's code
-    and may block, so it runs where its last reference is dropped, in release.py's thread."""
-    handled: list[Any] = []
-    run.items = 0
-    end = object()
-    finished = False
-    try:
-        while True:
-            item = await run.in_thread(functools.partial(next, gen, end))
-            if item is end:
-                finished = True
-                return handled
-            try:
-                handled.append(await _handle(run, handler, item))
-            except HandlerFailed:
-                await run.in_thread(functools.partial(_close_quietly, gen))
-                raise
-            finally:
-                del item
-    finally:
-        if not finished:
-            release.adopt(gen)
-
-
-async def _drain_async(run: Run, agen: AsyncIterator[Any], handler: Any) -> list[Any]:
-    handled: list[Any] = []
-    run.items = 0
-    async for item in agen:
-        try:
-            handled.append(await _handle(run, handler, item))
-        except HandlerFailed:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    log.debug("%s: closing the generator failed", run.label, exc_info=True)
-            raise
-    return handled
-
-
-def _close_quietly(gen: Iterator[Any]) -> None:
-    close = getattr(gen, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except BaseException:  # runs in a thread; the handler's failure is the one to report
-        log.debug("closing the generator failed", exc_info=True)

@@ -5,26 +5,28 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from qtasks_cli import __version__
+from qtasks_cli import __version__, cli_args
 from qtasks_cli.cli_common import ConfigArg, ConfigOpt, StateOpt, app
 from qtasks_cli.cli_common import fail as _fail
 from qtasks_cli.cli_common import one_line as _one_line
-from qtasks_cli.errors import EXIT_FORCED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, QtasksError
+from qtasks_cli.errors import EXIT_FORCED, EXIT_OK, EXIT_USAGE, QtasksError
 
 if TYPE_CHECKING:
-    from qtasks_cli.events import Event
     from qtasks_cli.models import Config
 
 MAX_LIMIT = 1_000_000_000  # rows; SQLite and PostgreSQL take 64-bit limits
-MAX_DEPTH = 100  # levels of nesting in --arg, --kwarg and --json-kwargs values
+
+# The option readers (cli_args), under the names the tests reach through ``cli``.
+_parse_call_args = cli_args.parse_call_args
+_yaml_value = cli_args.yaml_value
+_json_object = cli_args.json_object
 
 
 class UI(str, enum.Enum):
@@ -104,60 +106,12 @@ def list_(
 ) -> None:
     """Show every job, its schedule in words, its zone and its next fire times."""
     from qtasks_cli import api
+    from qtasks_cli.cli_results import print_job_list
 
-    start = _parse_after(after) if after else None
+    start = cli_args.parse_after(after) if after else None
     loaded = _load(config, check_imports=False, variables_required=False)
     rows = api.list_jobs(loaded, count=next_, after=start)
-    paused = api.paused_jobs(loaded)
-    # A pause is kept by name until resumed: one of a job no longer in the file is listed too.
-    kept = sorted(paused - set(loaded.jobs))
-    if as_json:
-        keys = ("name", "schedule", "timezone", "enabled", "next")
-        listed: list[dict[str, Any]] = [
-            {**{k: r[k] for k in keys}, "timezone_source": r["timezone_source"],
-             "paused": r["name"] in paused, "in_file": True}
-            for r in rows
-        ]  # fmt: skip
-        listed += [
-            {"name": name, "schedule": None, "timezone": None, "enabled": False, "next": [],
-             "timezone_source": None, "paused": True, "in_file": False}
-            for name in kept
-        ]  # fmt: skip
-        print(json.dumps(listed, indent=2))
-        return
-    from qtasks_cli.text import clean_line
-
-    width = max(len(clean_line(name)) for name in [*(r["name"] for r in rows), *kept, ""])
-    if loaded.zone_source:  # the machine's zone is the default: say where it was found
-        zone = clean_line(f"{loaded.settings.timezone} (from {loaded.zone_source})")
-        print(f"default time zone: {zone}")
-    for row in rows:
-        state = "enabled" if row["enabled"] else "disabled"
-        if row["name"] in paused:  # the file's enabled: false wins over a pause
-            state = "paused, enabled" if row["enabled"] else "disabled, also paused"
-        nexts = row["next"] or ["-"]
-        name, schedule = clean_line(row["name"]), clean_line(row["schedule"])
-        print(f"{name:<{width}}  {schedule}  [{clean_line(row['timezone'])}, {state}]")
-        for when in nexts:
-            print(f"{'':<{width}}  next: {when}")
-    for name in kept:
-        shown = clean_line(name)
-        print(f"{shown:<{width}}  not in the job file  [paused: `qtasks resume {shown}` lifts it]")
-
-
-def _parse_after(text: str) -> Any:
-    from datetime import datetime, timezone
-
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        _fail(f"--after: {text!r} is not an ISO-8601 date and time (e.g. 2026-03-29T00:00+01:00)")
-    try:
-        if when.tzinfo is None:
-            when = when.astimezone()  # a naive time is the machine's local time
-        return when.astimezone(timezone.utc)
-    except (OverflowError, ValueError):
-        _fail(f"--after: {text!r} is outside the dates qtasks can compute with")
+    print_job_list(loaded, rows, api.paused_jobs(loaded), as_json=as_json)
 
 
 @app.command()
@@ -173,7 +127,6 @@ def run(
     state: StateOpt = None,
 ) -> None:
     """Supervise every job until stopped (SIGTERM/Ctrl-C); SIGHUP reloads the file."""
-
     from qtasks_cli import daemon, looprun
     from qtasks_cli.events import EventBus
     from qtasks_cli.ui.output import bound_stdio
@@ -187,9 +140,9 @@ def run(
     bus = EventBus()
     try:
         if mode == "live":
-            from qtasks_cli.ui import live
+            from qtasks_cli.ui.live_session import run_live
 
-            code = live.run_live(
+            code = run_live(
                 lambda on_ready: daemon.serve(
                     path, loaded, bus=bus, state=state, on_ready=on_ready
                 ),
@@ -272,6 +225,7 @@ def trigger(
     import asyncio
 
     from qtasks_cli import api, looprun
+    from qtasks_cli.cli_results import print_items, print_run_end, trigger_exit
     from qtasks_cli.events import EventBus
 
     if wait and not enqueue:
@@ -291,22 +245,13 @@ def trigger(
             if not wait:
                 raise typer.Exit(EXIT_OK)
             row = asyncio.run(api.wait_for_run(loaded, run_id, state=state))
-            from qtasks_cli.text import clean_line
-
-            print(
-                clean_line(
-                    f"{row.job} {row.run_id} {row.status}"
-                    + (f": {row.error_type}: {row.error}" if row.error else "")
-                ),
-                file=sys.stderr,
-            )
-            raise typer.Exit(EXIT_OK if row.status.ok else EXIT_JOB_FAILED)
+            raise typer.Exit(print_run_end(row))
         mode = _log_mode(UI.plain)
         bus = EventBus()
         from qtasks_cli.ui import log as ui_log
 
         bus.subscribe(ui_log.sink_for(mode))
-        bus.subscribe(_print_items)
+        bus.subscribe(print_items)
         from qtasks_cli.output import hiding
 
         with hiding():  # the job's own prints, as the daemon shows them
@@ -315,175 +260,7 @@ def trigger(
             )
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
-    _exit_now(_trigger_exit(result))
-
-
-def _trigger_exit(result: Any) -> int:
-    """``trigger``'s exit code: 0 if the run succeeded, 1 if it failed; stopped by Ctrl-C
-    130, by SIGTERM 143 (128 + the signal, as a shell reports it)."""
-    from qtasks_cli.models import RunStatus
-
-    if result.status is RunStatus.CANCELLED:
-        return 143 if result.error == "cancelled by SIGTERM" else EXIT_FORCED
-    return EXIT_OK if result.status.ok else EXIT_JOB_FAILED
-
-
-def _print_items(event: Event) -> None:
-    from qtasks_cli.events import Item
-
-    if isinstance(event, Item):
-        from qtasks_cli.text import clean_line
-
-        print(clean_line(event.item), flush=True)
-
-
-def _parse_call_args(
-    arg: list[str] | None, kwarg: list[str] | None, json_kwargs: str | None
-) -> tuple[Any, Any]:
-    """--arg, --kwarg and --json-kwargs as a run's arguments. A VALUE is read by the job
-    file's own YAML reader (keys are the text written, a key given twice is refused, tags and
-    YAML 1.1's surprises as in the job file, which are said on stderr); --json-kwargs refuses
-    a key given twice; so does giving a keyword twice across the options. Bad input: exit 2;
-    so is an argument that is not UTF-8 text (``request.not_text``)."""
-    from qtasks_cli.request import not_text
-
-    given = (("--arg", arg or []), ("--kwarg", kwarg or []), ("--json-kwargs", [json_kwargs or ""]))
-    for option, texts in given:
-        for text in texts:
-            reason = not_text(text)
-            if reason:
-                _fail(f"{option} {_shown(text)}: {reason}")
-    args = [_yaml_value(a, "--arg", a) for a in arg] if arg else None
-    kwargs: dict[str, Any] | None = None
-    if kwarg:
-        kwargs = {}
-        for item in kwarg:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                _fail(f"--kwarg {_shown(item)}: expected KEY=VALUE")
-            if key in kwargs:
-                _fail(f"--kwarg {_shown(item)}: keyword {key!r} is given twice")
-            kwargs[key] = _yaml_value(value, "--kwarg", item)
-    if json_kwargs:
-        extra = _json_object(json_kwargs)
-        twice = sorted(set(extra) & set(kwargs or {}))
-        if twice:
-            _fail(f"--json-kwargs: keyword {twice[0]!r} is given by --kwarg too")
-        kwargs = {**(kwargs or {}), **extra}
-    return args, kwargs
-
-
-def _yaml_value(text: str, option: str, shown: str) -> Any:
-    from qtasks_cli import yamlload, yamltraps
-    from qtasks_cli.errors import ConfigError
-
-    if not text.strip():
-        return text
-    where = f"{option} {_shown(shown)}"
-    try:
-        tree, problems = yamlload.load(text, option)
-    except ConfigError as exc:
-        first = exc.problems[0]
-        if first.message.startswith("invalid YAML") and "nesting" not in first.message:
-            return text  # not YAML at all: the text as given
-        _fail(f"{where}: {first.message}")
-    except RecursionError:
-        _fail(f"{where}: nested deeper than {MAX_DEPTH} levels")
-    if problems:
-        _fail(f"{where}: {problems[0].message}")
-    if _cut_by_yaml(text, tree is None or (tree.kind == "scalar" and tree.value is None)):
-        # A command line has no comments: `note=fix bug #42` means the whole text.
-        from qtasks_cli.text import clean_line
-
-        print(
-            clean_line(
-                f"{where}: warning: YAML would read what follows '#' (or the whole '---') as "
-                "a comment; passed as the text given, quote it to say so"
-            ),
-            file=sys.stderr,
-        )
-        return text
-    if tree is None:
-        return None
-    for _, note in yamltraps.notes(tree):
-        from qtasks_cli.text import clean_line
-
-        print(clean_line(f"{where}: warning: {note}"), file=sys.stderr)
-    return yamlload.plain(tree)
-
-
-def _cut_by_yaml(text: str, empty: bool) -> bool:
-    """Whether YAML drops part of ``text`` (a comment after `` #``, or a document marker
-    such as ``---`` that leaves no value), which on a command line is never meant."""
-    if empty:
-        return text.strip() not in ("~", "null", "Null", "NULL")
-    if "#" not in text:
-        return False
-    import yaml
-
-    try:
-        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return False
-    return node is not None and text[node.end_mark.index :].strip().startswith("#")
-
-
-class _TwiceInJSON(Exception):
-    pass
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in found:
-                raise _TwiceInJSON(key)
-            found[key] = value
-        return found
-
-    try:
-        extra = json.loads(text, object_pairs_hook=unique)
-    except _TwiceInJSON as exc:
-        _fail(f"--json-kwargs: key {exc.args[0]!r} is given twice in one object")
-    except json.JSONDecodeError as exc:
-        _fail(f"--json-kwargs: not valid JSON: {exc}")
-    except RecursionError:
-        _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
-    except ValueError as exc:  # an integer of more than 4,300 digits, say
-        _fail(f"--json-kwargs: {exc}")
-    try:
-        _check_depth(extra, "--json-kwargs", text)
-    except RecursionError:
-        _fail(f"--json-kwargs: nested deeper than {MAX_DEPTH} levels")
-    if not isinstance(extra, dict):
-        _fail(f"--json-kwargs: expected a JSON object, got {type(extra).__name__}")
-    return extra
-
-
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:59] + "…")
-
-
-MAX_VALUES = 100_000  # values in one --arg/--kwarg/--json-kwargs, aliases expanded
-
-
-def _check_depth(value: Any, option: str, text: str) -> None:
-    """Refuse (exit 2) a value nested deeper than MAX_DEPTH: it could not be stored or shown."""
-    level = [value]
-    seen = 0
-    for _ in range(MAX_DEPTH + 1):
-        level = [
-            item
-            for node in level
-            if isinstance(node, (dict, list))
-            for item in (node.values() if isinstance(node, dict) else node)
-        ]
-        seen += len(level)
-        if seen > MAX_VALUES:  # YAML aliases can make a few bytes expand without end
-            _fail(f"{option} {_shown(text)}: more than {MAX_VALUES:,} values")
-        if not level:
-            return
-    _fail(f"{option} {_shown(text)}: nested deeper than {MAX_DEPTH} levels")
+    _exit_now(trigger_exit(result))
 
 
 @app.command()
@@ -506,19 +283,10 @@ def history(
     import asyncio
 
     from qtasks_cli import api
-    from qtasks_cli.models import RunStatus
-    from qtasks_cli.ui import tables
+    from qtasks_cli.cli_results import print_history
 
     loaded = _load(config, check_imports=False, variables_required=False)
-    wanted = None
-    if status is not None:
-        try:
-            wanted = RunStatus(status)
-        except ValueError:
-            _fail(
-                f"--status: {status!r} is not a status "
-                f"(expected one of {', '.join(s.value for s in RunStatus)})"
-            )
+    wanted = cli_args.parse_status(status) if status is not None else None
     if job is not None:
         try:
             api.get_job(loaded, job)
@@ -530,23 +298,7 @@ def history(
         )
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
-    if as_json:
-        for row in rows:
-            print(json.dumps(tables.row_json(row), default=str))
-    elif stats and rows and _rich_terminal():
-        print_stats_pictures(loaded, rows, limit=limit, state=state)
-    else:
-        print(tables.stats_text(rows) if stats else tables.history_text(rows))
-
-
-def _rich_terminal() -> bool:
-    """stdout is a terminal that can show colours and block characters (NO_COLOR and
-    TERM=dumb mean plain text)."""
-    return (
-        sys.stdout.isatty()
-        and os.environ.get("TERM", "") not in ("", "dumb")
-        and "NO_COLOR" not in os.environ
-    )
+    print_history(loaded, rows, as_json=as_json, stats=stats, limit=limit, state=state)
 
 
 @app.command("systemd-unit")
@@ -561,14 +313,10 @@ def systemd_unit(
     ] = "qtasks",
 ) -> None:
     """Print a systemd service (Type=notify, watchdog, reload on SIGHUP) that runs CONFIG."""
-    from qtasks_cli import systemd
+    from qtasks_cli import systemd_unit as systemd
     from qtasks_cli.stopping import longest_kill_grace
 
-    if not systemd.valid_unit_name(name):
-        _fail(
-            f"--name: {name!r} is not a unit name (expected letters, digits and :_.@- "
-            "without the .service suffix, such as 'qtasks' or 'shop-jobs')"
-        )
+    cli_args.check_unit_name(name)
     loaded = _load(config, check_imports=False, variables_required=False)
     path = loaded.path.resolve()
     try:
@@ -624,26 +372,6 @@ def main() -> None:
             sys.exit(EXIT_FORCED)
         raise
     sys.exit(pipes.exit_code(code if isinstance(code, int) else EXIT_OK))
-
-
-def print_stats_pictures(loaded: Config, rows: list[Any], *, limit: int, state: str | None) -> None:
-    """``history --stats`` on a terminal: the statistics with a duration sparkline and a
-    success strip of each job's latest runs (at most RECENT_RUNS, fewer with --limit)."""
-    import asyncio
-
-    from rich.console import Console
-
-    from qtasks_cli import api
-    from qtasks_cli.ui import sparkline
-
-    count = min(limit, sparkline.RECENT_RUNS)
-    try:
-        recent = asyncio.run(api.recent_runs(loaded, [r.job for r in rows], count, state=state))
-    except QtasksError as exc:
-        _fail(str(exc), exc.exit_code)
-    console = Console()
-    ascii_only = "utf" not in (console.encoding or "").lower()
-    console.print(sparkline.stats_table(rows, recent, ascii_only=ascii_only))
 
 
 # The operator's commands (status, show, pause, resume, cancel) register themselves on ``app``.

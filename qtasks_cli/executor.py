@@ -4,9 +4,10 @@
 as Events through a callback, returns a RunResult and never prints or touches the store.
 tenacity is imported only when a run executes, so importing this module stays light.
 
-The parts it drives: ``calling`` (a run's state and its calls into the job's code), ``judging``
-(what an attempt came to), ``hooks`` (``on_success``/``on_failure``) and ``runtime`` (what all
-runs of the process share: the cap, the threads, the child processes).
+The parts it drives: ``calling`` (a run's state and its calls into the job's code),
+``attemptbody`` (an attempt's body), ``judging`` (what an attempt came to), ``hooks``
+(``on_success``/``on_failure``) and ``runtime`` (what all runs of the process share: the cap,
+the threads, the child processes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import entrypoints, previews, release, sigguard
-from qtasks_cli.calling import Run, call_attempt
+from qtasks_cli.attemptbody import call_attempt
+from qtasks_cli.calling import Run
 from qtasks_cli.clock import utcnow as _utc_now
 from qtasks_cli.context import RUN_VAR as _current_run
 from qtasks_cli.context import RunInfo

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qtasks_cli.argforms import TAG as _TAG
 from qtasks_cli.models import Attempt, Config, JobSpec, RunResult
-from qtasks_cli.request import _TAG
 from qtasks_cli.store.control import ControlStore
 
 

@@ -1,4 +1,4 @@
-"""What to say about YAML 1.1's silent readings (``yamlload`` marks them as ``Located.trap``).
+"""What to say about YAML 1.1's silent readings (``yamlwalk`` marks them as ``Located.trap``).
 
 In a duration or a schedule such a value is refused with what YAML made of it and what was
 probably meant; a clock-like text (``"1:30"``, ``0:30``) is refused the same way, quoted or
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from qtasks_cli.yamlload import Located, show_value
+from qtasks_cli.located import Located, show_value
 
 __all__ = ["MAPPING_FIELDS", "NUMBER_TRAPS", "notes", "refusal"]
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from qtasks_cli.config import parse_config_text
 from qtasks_cli.errors import ConfigError
 from qtasks_cli.models import JobSpec
+from qtasks_cli.placeholders import expand, unsupported_placeholder
 from qtasks_cli.redaction import redact
-from qtasks_cli.request import build_call, expand, stored_call, unsupported_placeholder
+from qtasks_cli.request import build_call, stored_call
 from qtasks_cli.show import _redacted
 from qtasks_cli.zones import ZoneError, get_zone, machine_zone
 
@@ -252,7 +253,7 @@ def test_a_bad_tz_is_reported_as_the_environment_variable(tmp_path: Path, tz: st
 def test_text_yaml_would_cut_is_passed_whole_with_a_warning(
     capsys: pytest.CaptureFixture[str], given: str, passed: Any, warned: bool
 ) -> None:
-    from qtasks_cli.cli import _parse_call_args
+    from qtasks_cli.cli_args import parse_call_args as _parse_call_args
 
     _, kwargs = _parse_call_args(None, [given], None)
     assert kwargs == {given.split("=", 1)[0]: passed}

@@ -243,7 +243,7 @@ def pump(view: Any, writes: list[str]) -> None:
     import termios
     import time
 
-    from qtasks_cli.ui.live import _pump
+    from qtasks_cli.ui.capture import _pump
 
     read_end, write_end = os.pipe()
     reader = threading.Thread(target=_pump, args=(read_end, view), daemon=True)

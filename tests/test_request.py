@@ -26,12 +26,11 @@ from qtasks_cli import entrypoints
 from qtasks_cli.config import parse_config_text
 from qtasks_cli.events import EventBus
 from qtasks_cli.models import JobSpec, TriggerKind
+from qtasks_cli.placeholders import escape, expand
 from qtasks_cli.request import (
     ArgumentsError,
     build_call,
     call_for_start,
-    escape,
-    expand,
     stored_call,
 )
 from qtasks_cli.store.base import Fire

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qtasks_cli import redaction, systemd, text
+from qtasks_cli import redaction, text
+from qtasks_cli import systemd_unit as systemd
 from qtasks_cli.redaction import redact, redact_value
 
 # Everything a terminal acts on: ESC, other C0 but \n, DEL, C1, bidi controls, U+2028/9.

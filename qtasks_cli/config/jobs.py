@@ -9,41 +9,39 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from qtasks_cli import entrypoints, yamlload, yamltraps
+from qtasks_cli.config.arguments import _ArgumentReader
 from qtasks_cli.config.reading import (
     _JOB_NAME,
     _MERGED_KEYS,
     _ZONE_FROM_FILE,
     KNOWN_JOB_KEYS,
-    KNOWN_RETRY_KEYS,
     Entries,
     _Bad,
     _bool,
     _choice,
     _Context,
     _duration,
-    _int,
     _mapping,
     _optional,
-    _plain_number,
     _ref,
     _show,
     _str,
     _unknown_key,
     _zone,
 )
+from qtasks_cli.config.retry import _normalize_retry, _RetryReader, _synthetic_map
 from qtasks_cli.errors import (
     EntryPointError,
 )
+from qtasks_cli.located import Located
 from qtasks_cli.models import (
     CatchUp,
     Isolation,
     JobSpec,
     Overlap,
-    RetryPolicy,
     Schedule,
     Settings,
 )
-from qtasks_cli.yamlload import Located
 
 log = logging.getLogger(__name__)
 
@@ -83,46 +81,6 @@ def _jobs(
     return jobs
 
 
-def _normalize_retry(ctx: _Context, entries: Entries) -> Entries:
-    """Spell `retry` as a mapping and fold `retry_on` into it, so defaults merge key by key."""
-    result = dict(entries)
-    retry = result.get("retry")
-    if retry is not None and retry[1].kind == "scalar" and _is_int(retry[1].value):
-        key_node, node = retry
-        result["retry"] = (key_node, _synthetic_map(node, {"retries": node}))
-    retry_on = result.pop("retry_on", None)
-    if retry_on is None:
-        return result
-    on_key, on_node = retry_on
-    retry = result.get("retry")
-    if retry is None or retry[1].is_null:
-        result["retry"] = (on_key, _synthetic_map(on_node, {"on": on_node}))
-    elif retry[1].kind == "map":
-        if "on" in retry[1].value:
-            line = retry[1].value["on"][0].line
-            ctx.report(on_key, f"retry_on repeats retry.on (line {line}); give only one")
-        else:
-            merged = {**retry[1].value, "on": (on_key, on_node)}
-            result["retry"] = (retry[0], _synthetic_map(retry[1], {}, merged))
-    return result
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _synthetic_map(
-    at: Located, values: dict[str, Located], entries: Entries | None = None
-) -> Located:
-    entries = dict(entries or {})
-    for key, node in values.items():
-        key_node = Located(
-            kind="scalar", value=key, line=node.line, column=node.column, path=node.path
-        )
-        entries[key] = (key_node, node)
-    return Located(kind="map", value=entries, line=at.line, column=at.column, path=at.path)
-
-
 def _merge_defaults(defaults: Entries, own: Entries) -> Entries:
     result = dict(defaults)
     for key, (key_node, node) in own.items():
@@ -135,14 +93,6 @@ def _merge_defaults(defaults: Entries, own: Entries) -> Entries:
 
 def _description(node: Located) -> str:
     return "" if node.is_null else _str(node)
-
-
-def _backoff(node: Located) -> float:
-    _plain_number(node)
-    value = node.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
-        raise _Bad(f"expected a number >= 1, got {_show(node)}")
-    return float(value)
 
 
 _JOB_FIELDS: dict[str, Callable[[Located], Any]] = {
@@ -162,13 +112,6 @@ _JOB_FIELDS: dict[str, Callable[[Located], Any]] = {
     "kill_grace": _duration,
     "retry_interrupted": _bool,
 }
-_RETRY_FIELDS: dict[str, Callable[[Located], Any]] = {
-    "retries": lambda node: _int(node, 0),
-    "delay": _duration,
-    "backoff": _backoff,
-    "max_delay": _duration,
-    "jitter": _duration,
-}
 # What the executor passes to each hook: they must accept exactly one argument.
 _HOOKS = (
     ("generate_handler", "each yielded item"),
@@ -177,28 +120,8 @@ _HOOKS = (
 )
 
 
-class _JobReader:
+class _JobReader(_ArgumentReader, _RetryReader):
     """Reads one job (its own keys merged over `defaults`) into a JobSpec, reporting problems."""
-
-    def __init__(self, ctx: _Context, name: str, name_node: Located, settings: Settings) -> None:
-        self.ctx = ctx
-        self.name = name
-        self.name_node = name_node
-        self.settings = settings
-        self.ok = True
-        self.nodes: dict[str, Located] = {}
-        self.values: dict[str, Any] = {"name": name, "line": name_node.line}
-        self.secrets: dict[str, str] = {}
-        self.variables: dict[str, str] = {}
-        self.exception_nodes: list[Located] = []
-        self.arguments_ok = True  # args and kwargs read without problems
-
-    def report(self, node: Located, message: str, *, per_job: bool = False) -> None:
-        """Report at ``node``; ``per_job`` problems depend on the job, so a value inherited
-        from `defaults` says which job it broke (others are reported once)."""
-        self.ok = False
-        own = node.path == f"jobs.{self.name}" or node.path.startswith(f"jobs.{self.name}.")
-        self.ctx.report(node, f"job {self.name!r}: {message}" if per_job and not own else message)
 
     def read(self, node: Located, defaults: Entries) -> JobSpec | None:
         if node.kind != "map":
@@ -302,145 +225,6 @@ class _JobReader:
             self.report(node, problem)
         return problem is not None
 
-    def _read_arguments(self) -> None:
-        args, kwargs = self.nodes.get("args"), self.nodes.get("kwargs")
-        for node in (args, kwargs):
-            if node is not None:
-                for where, note in yamltraps.notes(node):
-                    self.ctx.warn(where, note)
-        if args is not None and not args.is_null and not args.invalid:
-            if args.kind == "seq":
-                self.values["args"] = tuple(self._interpolate(item) for item in args.value)
-                raw_args = tuple(yamlload.plain(args))
-                if raw_args != self.values["args"]:  # placeholders: keep them as written
-                    self.values["raw_args"] = raw_args
-            else:
-                self.arguments_ok = False
-                self.report(args, f"expected a list of arguments, got {args.type_name()}")
-        if kwargs is not None and not kwargs.is_null and not kwargs.invalid:
-            if kwargs.kind == "map":
-                self.values["kwargs"] = self._interpolate(kwargs)
-                raw_kwargs = yamlload.plain(kwargs)
-                if raw_kwargs != self.values["kwargs"]:
-                    self.values["raw_kwargs"] = raw_kwargs
-            else:
-                self.arguments_ok = False
-                self.report(
-                    kwargs, f"expected a mapping of keyword arguments, got {kwargs.type_name()}"
-                )
-        # What every start path checks, checked up front (qtasks_cli.request).
-        from qtasks_cli.request import check_value
-
-        for node, key, value in (
-            (args, "args", list(self.values.get("args", ()))),
-            (kwargs, "kwargs", self.values.get("kwargs", {})),
-        ):
-            if node is None or _has_invalid(node):
-                continue  # reported where it is
-            problem = check_value(value, key)
-            if problem:
-                self.arguments_ok = False
-                self.report(node, f"arguments refused: {problem}")
-
-    def _interpolate(self, node: Located) -> Any:
-        """The plain value of ``node`` with ``${NAME}`` taken from the environment."""
-        if node.kind == "map":
-            for key, (key_node, _) in node.value.items():
-                if "${" in key.replace("$${", ""):
-                    self.arguments_ok = False
-                    self.report(
-                        key_node,
-                        f"a mapping key is taken as written; {key!r:.40} would not be filled "
-                        "from the environment (placeholders are read in values only)",
-                    )
-            return {key: self._interpolate(value) for key, (_, value) in node.value.items()}
-        if node.kind == "seq":
-            return [self._interpolate(item) for item in node.value]
-        if not isinstance(node.value, str) or "${" not in node.value:
-            return node.value
-        from qtasks_cli.request import PLACEHOLDER, expand, unsupported_placeholder
-
-        problem = unsupported_placeholder(node.value)
-        if problem:
-            self.arguments_ok = False
-            self.report(node, problem)
-            return node.value
-
-        for match in PLACEHOLDER.finditer(node.value):
-            name = match.group(1)
-            value = self.ctx.env.get(name) if name else None
-            if value is not None:
-                self.variables[name] = value
-            if value:
-                self.secrets.setdefault(value, match.group(0))
-                self._warn_if_shown(node, match.group(0), value)
-        text, missing = expand(node.value, self.ctx.env.get)
-        if missing and self.ctx.variables_required:
-            self.arguments_ok = False
-            names = ", ".join(repr(name) for name in missing)
-            what = f"variables {names} are" if len(missing) > 1 else f"variable {names} is"
-            hint = f"give a default with ${{{missing[0]}:-value}}"
-            self.report(node, f"environment {what} not set ({hint})")
-        return text
-
-    def _warn_if_shown(self, node: Located, placeholder: str, value: str) -> None:
-        from qtasks_cli.redaction import MIN_SECRET_CHARS, is_secret
-
-        if not is_secret(value):
-            self.ctx.warn(
-                node,
-                f"the value of {placeholder} is shorter than {MIN_SECRET_CHARS} characters, "
-                "so it is not hidden in what jobs print, raise or return (the stored "
-                f"arguments keep {placeholder}); see the README's Security section",
-            )
-
-    def _read_retry(self, node: Located | None) -> None:
-        if node is None or node.is_null or node.invalid:
-            return
-        if node.trap in yamltraps.NUMBER_TRAPS:
-            self.report(node, yamltraps.refusal(node, "a number") or node.trap_note())
-            return
-        if node.kind != "map":
-            self.report(
-                node,
-                "expected a number of retries such as 3, or a mapping such as "
-                f"{{retries: 3, delay: 1s}}, got {_show(node)}",
-            )
-            return
-        fields: dict[str, Any] = {}
-        for key, (key_node, value) in node.value.items():
-            if key not in KNOWN_RETRY_KEYS:
-                self.report(key_node, _unknown_key(key, KNOWN_RETRY_KEYS))
-            elif value.invalid:
-                self.ok = False
-            elif key == "on":
-                fields["on"] = self._exception_names(value)
-            else:
-                try:
-                    fields[key] = _RETRY_FIELDS[key](value)
-                except _Bad as exc:
-                    self.report(value, exc.message)
-        self.values["retry"] = RetryPolicy(**fields)
-
-    def _exception_names(self, node: Located) -> tuple[str, ...]:
-        items = [] if node.is_null else node.value if node.kind == "seq" else [node]
-        names = []
-        for item in items:
-            if item.kind != "scalar" or not isinstance(item.value, str):
-                self.report(item, f"expected an exception class name, got {_show(item)}")
-                continue
-            try:
-                if ":" in item.value:
-                    entrypoints.split_ref(item.value)  # imported with the other references
-                else:
-                    entrypoints.resolve_exception(item.value)
-            except EntryPointError as exc:
-                self.report(item, str(exc))
-                continue
-            names.append(item.value)
-            self.exception_nodes.append(item)
-        return tuple(names)
-
     # --- import checks ------------------------------------------------------------------------
 
     def _check_imports(self) -> None:
@@ -500,19 +284,6 @@ class _JobReader:
         if kwargs is not None and "keyword" in reason:
             return kwargs
         return args or kwargs or self.nodes["entrypoint"]
-
-
-def _has_invalid(node: Located) -> bool:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if item.invalid:
-            return True
-        if item.kind == "map":
-            stack.extend(value for _, value in item.value.values())
-        elif item.kind == "seq":
-            stack.extend(item.value)
-    return False
 
 
 def _compact(value: Any) -> str:

@@ -19,7 +19,7 @@ from qtasks_cli.errors import (
     EntryPointError,
     Problem,
 )
-from qtasks_cli.yamlload import Located
+from qtasks_cli.located import Located
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from qtasks_cli.config.reading import (
 from qtasks_cli.errors import (
     Problem,
 )
+from qtasks_cli.located import Located
 from qtasks_cli.models import (
     Settings,
 )
-from qtasks_cli.yamlload import Located
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""Which state files qtasks trusts: the folder, the file, its ``-wal``/``-shm`` companions and
-the lock file must be owned by the running user (or root) and writable by nobody else.
+"""Reaching and opening the state files safely: the folder is walked one name at a time from
+``/`` and the file, its ``-wal``/``-shm`` companions and the lock file are opened in it, each
+checked (by ``store.trust``) to be owned by the running user (or root) and writable by nobody
+else.
 
 The rules, in the spirit of OpenSSH's ``StrictModes``:
 
@@ -31,113 +33,11 @@ import stat
 from pathlib import Path
 
 from qtasks_cli.errors import StoreError
+from qtasks_cli.store.trust import check_entry, check_file, check_link, distrust, fix_hint, refuse
 
 COMPANIONS = ("-wal", "-shm", "-journal", ".lock")  # files SQLite and qtasks keep beside the file
 _MAX_LINKS = 40  # symbolic links followed while checking, as the kernel's ELOOP limit
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _trusted_uids() -> tuple[int, int]:
-    return (os.geteuid(), 0)
-
-
-def distrust(st: os.stat_result) -> str | None:
-    """Why a file with status ``st`` cannot be trusted, or None when it can: its owner must be
-    the running user or root, and neither its group nor others may write it."""
-    if st.st_uid not in _trusted_uids():
-        me = os.geteuid()
-        allowed = (
-            "by root, who runs qtasks"
-            if me == 0
-            else f"by {_user_name(me)}, who runs qtasks, or by root"
-        )
-        return f"it is owned by {_user_name(st.st_uid)}, not {allowed}"
-    writable = [
-        who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit
-    ]
-    if writable:
-        return (
-            f"it is writable by other users ({' and '.join(writable)}, "
-            f"mode {stat.S_IMODE(st.st_mode):04o})"
-        )
-    return None
-
-
-def _fix(st: os.stat_result, path: str, mode: str) -> str:
-    import shlex
-
-    quoted = shlex.quote(path)
-    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
-        # /tmp and the like: shared on purpose; the state needs a folder of its own in there.
-        inner = shlex.quote(os.path.join(path, "qtasks", "state.db"))
-        return f"it is a shared folder; give the state a folder of its own, such as {inner}"
-    if st.st_uid not in _trusted_uids():
-        return f"use a path you own, or take it over with: chown -h $(id -u) {quoted}"
-    return f"fix it with: chmod {mode} {quoted}"
-
-
-def _refuse(path: str | os.PathLike[str], what: str, why: str, fix: str) -> StoreError:
-    return StoreError(f"{os.fspath(path)}: refusing the {what}: {why}; {fix}")
-
-
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _others_may_write(st: os.stat_result) -> str:
-    bits = [
-        who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit
-    ]
-    return " and ".join(bits)
-
-
-def _check_entry(
-    parent: os.stat_result,
-    parent_path: str,
-    child_uid: int,
-    child_path: str,
-    what: str = "folder on the way to the state file",
-) -> None:
-    """Refuse when someone but the running user and root could replace ``child_path`` (owned
-    by ``child_uid``) in the folder ``parent_path``: the folder is another user's, or others
-    may write it and it is not sticky, or it is sticky and the entry is another user's."""
-    why = None
-    if parent.st_uid not in _trusted_uids():
-        why = f"it is owned by {_user_name(parent.st_uid)}"
-    elif _others_may_write(parent) and not parent.st_mode & stat.S_ISVTX:
-        why = (
-            f"it is writable by other users ({_others_may_write(parent)}, "
-            f"mode {stat.S_IMODE(parent.st_mode):04o})"
-        )
-    if why is not None:
-        raise _refuse(
-            parent_path,
-            "folder on the way to the state file",
-            f"{why}, who could swap {os.path.basename(child_path)!r} in it for their own",
-            "keep the state in a folder whose parents belong to you or root and only you "
-            "(or root) may write",
-        )
-    if _others_may_write(parent) and child_uid not in _trusted_uids():
-        # A sticky folder others may write (/tmp): only an entry of ours is safe in it.
-        raise _refuse(
-            child_path,
-            what,
-            f"it is owned by {_user_name(child_uid)}, in a folder other users may write",
-            "use a path you own, or take it over with: chown -h $(id -u) " + _quoted(child_path),
-        )
-
-
-def _quoted(path: str) -> str:
-    import shlex
-
-    return shlex.quote(path)
 
 
 class _Walk:
@@ -178,7 +78,7 @@ def open_folder(folder: str | os.PathLike[str]) -> int:
     try:
         root_why = distrust(walk.stack[0][2])
         if root_why is not None:
-            raise _refuse("/", "folder on the way to the state file", root_why, "fix it")
+            raise refuse("/", "folder on the way to the state file", root_why, "fix it")
         while pending:
             name = pending.pop(0)
             if name == "..":
@@ -188,7 +88,7 @@ def open_folder(folder: str | os.PathLike[str]) -> int:
             path = os.path.join(parent_path, name)
             st = _entry(parent_fd, name, path, parent_st, create=True, last=not pending)
             if stat.S_ISLNK(st.st_mode):
-                _check_link(st, path, parent_st, parent_path)
+                check_link(st, path, parent_st, parent_path)
                 links += 1
                 if links > _MAX_LINKS:
                     raise StoreError(f"{path}: too many levels of symbolic links")
@@ -201,7 +101,7 @@ def open_folder(folder: str | os.PathLike[str]) -> int:
                 shown = given if not pending else path
                 raise StoreError(f"{shown}: the state folder is not a folder")
             what = "folder on the way to the state file" if pending else "state folder"
-            _check_entry(parent_st, parent_path, st.st_uid, path, what)
+            check_entry(parent_st, parent_path, st.st_uid, path, what)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
             opened = os.fstat(fd)
             walk.stack.append((fd, path, opened))
@@ -210,7 +110,7 @@ def open_folder(folder: str | os.PathLike[str]) -> int:
         fd, _, st = walk.stack[-1]
         why = distrust(st)
         if why is not None:
-            raise _refuse(given, "state folder", why, _fix(st, given, "700"))
+            raise refuse(given, "state folder", why, fix_hint(st, given, "700"))
     except OSError as exc:
         walk.close()
         raise StoreError(f"{given}: cannot use the state folder: {exc.strerror or exc}") from None
@@ -231,7 +131,7 @@ def _entry(
     except FileNotFoundError:
         if not create:
             raise
-    _check_entry(parent_st, os.path.dirname(path), os.geteuid(), path)
+    check_entry(parent_st, os.path.dirname(path), os.geteuid(), path)
     mode = 0o700 if last else 0o755
     try:
         os.mkdir(name, mode, dir_fd=parent_fd)
@@ -244,17 +144,6 @@ def _entry(
         # (its parent passed _check_entry), so setting the mode by name is safe.
         os.chmod(name, mode, dir_fd=parent_fd)
     return os.lstat(name, dir_fd=parent_fd)
-
-
-def _check_link(st: os.stat_result, path: str, parent_st: os.stat_result, parent: str) -> None:
-    if st.st_uid not in _trusted_uids():
-        raise _refuse(
-            path,
-            "symbolic link on the way to the state file",
-            f"it is owned by {_user_name(st.st_uid)}",
-            "point settings.state at a folder you own",
-        )
-    _check_entry(parent_st, parent, st.st_uid, path)
 
 
 def ensure_folder(folder: Path) -> None:
@@ -283,7 +172,7 @@ def open_checked(
             raise StoreError(f"{os.fspath(path)}: cannot open the {what}: {exc.strerror}") from None
     except OSError as exc:
         if _is_link(name, folder):
-            raise _refuse(
+            raise refuse(
                 path,
                 what,
                 "it is a symbolic link, and qtasks never follows a link it did not make",
@@ -308,23 +197,7 @@ def _is_link(name: str | os.PathLike[str], folder: int | None) -> bool:
 
 
 def _check_open_file(fd: int, path: str | os.PathLike[str], what: str) -> None:
-    _check_file(os.fstat(fd), path, what)
-
-
-def _check_file(st: os.stat_result, path: str | os.PathLike[str], what: str) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{os.fspath(path)}: the {what} is not a regular file")
-    why = distrust(st)
-    if why is not None:
-        raise _refuse(path, what, why, _fix(st, os.fspath(path), "600"))
-    if st.st_nlink > 1:
-        raise _refuse(
-            path,
-            what,
-            f"it has {st.st_nlink} hard links, so its lock and write-ahead log "
-            "would differ by name",
-            "keep one name per state file (copy it instead of linking)",
-        )
+    check_file(os.fstat(fd), path, what)
 
 
 def check_companions(path: Path, folder: int | None = None) -> None:
@@ -341,7 +214,7 @@ def check_companions(path: Path, folder: int | None = None) -> None:
         except OSError as exc:
             raise StoreError(f"{companion}: cannot check the file: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
-            raise _refuse(
+            raise refuse(
                 companion,
                 "file beside the state file",
                 "it is a symbolic link, and qtasks never follows a link it did not make",
@@ -351,9 +224,7 @@ def check_companions(path: Path, folder: int | None = None) -> None:
             raise StoreError(f"{companion}: the file beside the state file is not a regular file")
         why = distrust(st)
         if why is not None:
-            raise _refuse(
-                companion, "file beside the state file", why, f"remove it: rm {companion}"
-            )
+            raise refuse(companion, "file beside the state file", why, f"remove it: rm {companion}")
 
 
 def prepare_state_file(path: Path) -> None:
@@ -388,13 +259,13 @@ def _prepare_in(folder: int, path: Path) -> None:
         except OSError as exc:
             raise StoreError(f"{path}: cannot check the state file: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
-            raise _refuse(
+            raise refuse(
                 path,
                 "state file",
                 "it is a symbolic link, and qtasks never follows a link it did not make",
                 "point settings.state at the file itself",
             ) from None
-        _check_file(st, path, "state file")
+        check_file(st, path, "state file")
     except OSError as exc:
         raise StoreError(f"{path}: cannot create the state file: {exc.strerror or exc}") from None
     else:

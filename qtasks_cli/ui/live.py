@@ -1,111 +1,49 @@
-"""The live table of ``qtasks run --ui live``: one row per job, the latest events, a footer.
+"""The live view of ``qtasks run --ui live``: what its table shows, and how lines get there.
 
 ``render`` (ui.render) is a pure function of a snapshot, per-job tallies and event lines.
 ``LiveView`` keeps the tallies current from events (``record``, ui.tally) and redraws from an
-asyncio task: on changes, at most 4 times a second, and once a second for the countdowns. While
-the view is up, the process's stdout/stderr file descriptors and every log record are routed
-into its events area, so neither a job's ``print`` nor a warning can tear the table.
-
-This module imports Rich's live display at import time; only the live UI imports it."""
+asyncio task (ui.painter): on changes, at most 4 times a second, and once a second for the
+countdowns. Log records reach its events area through ``LiveHandler``, and the output captured
+from the process's stdout/stderr (ui.capture) through ``_show_output``, so neither a job's
+``print`` nor a warning can tear the table. The terminal session around it: ui.live_session."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import queue
 import signal
-import sys
 import threading
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any
 
-from rich.console import Console, RenderableType
-from rich.live import Live
+from rich.console import RenderableType
 from rich.text import Text
 
-from qtasks_cli.events import Event, EventBus, EventKind
+from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import Snapshot
-from qtasks_cli.redaction import clean_output, hold_back, redact_known
+from qtasks_cli.redaction import clean_output, redact_known
 from qtasks_cli.text import clean_line
 from qtasks_cli.ui import log as ui_log
 from qtasks_cli.ui import records
 from qtasks_cli.ui.humanize import span
-from qtasks_cli.ui.lines import MAX_HELD, LineCutter
+from qtasks_cli.ui.lines import MAX_HELD
+from qtasks_cli.ui.painter import Painter
 from qtasks_cli.ui.render import render
 from qtasks_cli.ui.tally import EventLine, JobTally, record
 
 log = logging.getLogger(__name__)
 
-MAX_REDRAWS_PER_SECOND = 4.0
 MAX_LINES = 500  # event lines kept for the events area
 MAX_LINES_PER_RECORD = 6  # a traceback must not push every other line out
 _READ_CHARS = 64 * 1024  # of one record's text, at most, are read to show its few lines
-SCREEN_CLOSE_WAIT = 2.0  # seconds the exit waits for a stopped terminal to take the last frame
 
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-# --- when to draw ------------------------------------------------------------------------------
-
-
-async def _wait_for_change(timeout: float, changed: asyncio.Event) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(changed.wait(), timeout)
-
-
-class Painter:
-    """Calls ``draw`` after changes, at most ``rate`` times a second, and at every wall-clock
-    second so countdowns tick; an idle daemon is redrawn once a second, not ``rate`` times.
-
-    ``wall``, ``monotonic``, ``wait`` and ``sleep`` are injected so tests control time."""
-
-    def __init__(
-        self,
-        draw: Callable[[], None],
-        *,
-        rate: float = MAX_REDRAWS_PER_SECOND,
-        wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        wait: Callable[[float, asyncio.Event], Awaitable[None]] = _wait_for_change,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._draw = draw
-        self._gap = 1.0 / rate
-        self._wall = wall
-        self._monotonic = monotonic
-        self._wait = wait
-        self._sleep = sleep
-        self._changed = asyncio.Event()
-        self._last = -math.inf
-        self.draws = 0
-
-    def changed(self) -> None:
-        """Something to show; call from the loop's thread."""
-        self._changed.set()
-
-    async def run(self) -> None:
-        """Draw until cancelled."""
-        while True:
-            # Just past the next whole second, when every countdown has moved on.
-            await self._wait(1.0 - self._wall() % 1.0 + 0.002, self._changed)
-            too_soon = self._last + self._gap - self._monotonic()
-            if too_soon > 0:
-                await self._sleep(too_soon)
-            self._changed.clear()
-            self.draw_now()
-
-    def draw_now(self) -> None:
-        self._last = self._monotonic()
-        self.draws += 1
-        self._draw()
 
 
 # --- the view ------------------------------------------------------------------------------------
@@ -345,32 +283,7 @@ class LiveHandler(logging.Handler):
         self.view.add_text(f"{level} {text}".strip(), record.levelno, when)
 
 
-# --- the terminal --------------------------------------------------------------------------------
-
-
-def _pump(fd: int, view: LiveView) -> None:
-    """Read what the process's stdout/stderr receive and show it line by line.
-
-    The lines read together are redacted together, so a secret of several lines is hidden
-    whole; lines that end with the first lines of a known multi-line secret wait for the next
-    read (``redaction.hold_back``), and each line of such a secret is hidden on its own too."""
-    cutter = LineCutter(hold_back)
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except InterruptedError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            for data, cut in cutter.feed(chunk):
-                _show_output(view, data, cut)
-        for data, cut in cutter.finish():
-            _show_output(view, data, cut)
-    finally:
-        os.close(fd)
+# --- output lines --------------------------------------------------------------------------------
 
 
 _SHOWN_CHARS = 2000  # of one output line; the table shows one screen line of it anyway
@@ -390,170 +303,3 @@ def _show_output(view: LiveView, data: bytes, cut: bool = False) -> None:
             shown += _CUT
         if shown.strip():
             view.add_line(EventLine(time=view.clock(), level=logging.INFO, text=f"output: {shown}"))
-
-
-@contextlib.contextmanager
-def _captured(view: LiveView) -> Iterator[int]:
-    """Point fd 2 (and fd 1 when it is the terminal too) at a pipe whose lines go to the view,
-    so output of jobs, threads and child processes cannot tear the table; yield a descriptor of
-    the terminal. Everything is put back on exit."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    targets = [2] + ([1] if os.isatty(1) else [])
-    saved = {fd: os.dup(fd) for fd in targets}
-    read_end, write_end = os.pipe()
-    for fd in targets:
-        os.dup2(write_end, fd)
-    os.close(write_end)
-    reader = threading.Thread(target=_pump, args=(read_end, view), name="qtasks-output")
-    reader.daemon = True
-    reader.start()
-    try:
-        yield saved[2]
-    finally:
-        from qtasks_cli import exiting
-
-        exiting.flush_stdio()  # bounded: a job may have put a stream there whose flush hangs
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        # EOF reaches the reader once no process holds the pipe; a job's child may keep it.
-        reader.join(timeout=0.5)
-
-
-@contextlib.contextmanager
-def _no_echo(fd: int) -> Iterator[None]:
-    """Keys typed while the table is up are not echoed over it (Ctrl-C still interrupts)."""
-    try:
-        import termios
-
-        before = termios.tcgetattr(fd)
-    except Exception:  # no termios, or not a terminal: nothing to do
-        yield
-        return
-    quiet = list(before)
-    quiet[3] &= ~termios.ECHO
-    try:
-        termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except termios.error:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(termios.error):
-            termios.tcsetattr(fd, termios.TCSANOW, before)
-
-
-def _size(fd: int) -> tuple[int, int]:
-    try:
-        size = os.get_terminal_size(fd)
-    except OSError:
-        return 80, 24
-    return max(20, size.columns), max(3, size.lines)
-
-
-def _encoding(stream: TextIO) -> str:
-    return getattr(stream, "encoding", None) or "utf-8"
-
-
-def run_live(serve: Callable[[Callable[[Any], None]], Awaitable[int]], *, bus: EventBus) -> int:
-    """Run the daemon as ``serve(on_ready)`` (``api.serve`` with its ``on_ready``) under the live
-    table on the terminal behind stderr; return its exit code. The terminal is restored on every
-    way out; a few closing lines are then written to stderr."""
-    encoding = _encoding(sys.stderr)
-    view = LiveView(ascii_only="utf" not in encoding.lower())
-    bus.subscribe(view.on_event)
-    bus.subscribe(ui_log.log_event)
-    ui_log.configure("plain")  # for anything logged after the view has closed
-    handler = LiveHandler(view)
-    try:
-        return _run_drawn(serve, view, handler, encoding)
-    finally:
-        _farewell(view)
-
-
-def _run_drawn(
-    serve: Callable[[Callable[[Any], None]], Awaitable[int]],
-    view: LiveView,
-    handler: logging.Handler,
-    encoding: str,
-) -> int:
-    from qtasks_cli.ui.screen import Screen
-
-    with _captured(view) as tty_fd, _no_echo(tty_fd):
-        tty = os.fdopen(os.dup(tty_fd), "w", encoding=encoding, errors="replace")
-        width, height = _size(tty_fd)
-        console = Console(file=tty, force_terminal=True, width=width, height=height)
-        restore_logging = ui_log.use_handler(handler)
-        live = Live(
-            view.frame(width, height),
-            console=console,
-            screen=True,
-            auto_refresh=False,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-
-        def paint(frame: tuple[tuple[int, int], RenderableType]) -> None:
-            size, renderable = frame
-            console.size = size
-            live.update(renderable, refresh=True)
-
-        def lost(exc: OSError) -> None:
-            loop = view._loop
-            if loop is None:
-                view.lose_terminal(exc)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(view.lose_terminal, exc)
-
-        # Every write to the terminal happens on the screen's thread: a terminal stopped with
-        # Ctrl-S blocks that thread, never the loop that fires jobs.
-        screen = Screen(
-            paint=paint,
-            begin=lambda: live.start(refresh=True),
-            end=live.stop,
-            on_error=lost,
-        )
-
-        def draw() -> None:
-            if view.terminal_lost:
-                return
-            size = _size(tty_fd)
-            screen.show((size, view.frame(*size)))
-
-        async def main() -> int:
-            view.start(draw)
-            try:
-                return await serve(view.attach)
-            finally:
-                await view.stop()
-
-        closed = False
-        try:
-            # Not asyncio.run: a job that ignores its cancellation must not keep us alive.
-            from qtasks_cli.looprun import run_until_done
-
-            return run_until_done(main())
-        finally:
-            closed = screen.close(SCREEN_CLOSE_WAIT)
-            restore_logging()
-            if closed:  # a thread blocked on the terminal holds the file: leave it to exit
-                with contextlib.suppress(OSError):
-                    tty.close()
-            else:
-                view.terminal_stalled = True
-
-
-def _farewell(view: LiveView) -> None:
-    """Leave the last lines (those of the stop, or the latest if it failed) on the terminal."""
-    if view.terminal_lost:
-        return
-    with contextlib.suppress(OSError):
-        for line in view.since_stop():
-            stamp = line.time.astimezone().strftime("%H:%M:%S")
-            print(f"{stamp} {line.text}", file=sys.stderr)
-        if view.source is not None:  # it got as far as supervising
-            print(view.summary(), file=sys.stderr)

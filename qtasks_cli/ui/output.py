@@ -1,5 +1,10 @@
 """Bounded output: nothing written to stdout, stderr or the journal can block the event loop.
 
+This module puts the bounded drains in place: ``bound_stdio`` makes ``sys.stdout`` and
+``sys.stderr`` ``BoundedStream``s over text drains (ui.text_drain), ``log_handler`` gives logging
+a ``BoundedQueueHandler`` whose records a ``_RecordDrain`` formats and writes, ``settle`` gives
+what is queued a bounded chance at exit and ``dropped_total`` counts what was dropped.
+
 Every write goes into a bounded queue that a daemon thread drains into the file descriptor. When
 the reader stalls (a pipe nobody reads, a terminal stopped with Ctrl-S), the thread blocks in
 ``write`` and the queue fills; then new lines are dropped and counted, and a notice says how many
@@ -19,278 +24,18 @@ import io
 import logging
 import logging.handlers
 import os
-import queue
-import select
 import sys
-import threading
 import time
 from typing import Any, ClassVar, TextIO
 
-from qtasks_cli import redaction
-from qtasks_cli.text import clean_text, strip_sequences
 from qtasks_cli.ui import records
+from qtasks_cli.ui.drain import MAX_QUEUED as MAX_QUEUED  # the tests size a flood by it
+from qtasks_cli.ui.drain import MAX_QUEUED_CHARS, _Drain, _write_all
+from qtasks_cli.ui.text_drain import _TextDrain
 
-MAX_QUEUED = 10_000  # records or written chunks waiting per stream
-MAX_QUEUED_CHARS = 32 << 20  # characters waiting per stream; one write is cut to this
-BATCH_BYTES = 64 * 1024  # written in one system call when that much is waiting
 EXIT_WAIT = 5.0  # seconds the exit may wait for a reader that keeps reading
-STALL_WAIT = 1.0  # seconds without progress after which the exit stops waiting
-HOLD_WAIT = 0.2  # seconds a partial line waits for its end before it goes out as it is
-HOLD_CHARS = 64 * 1024  # a partial line longer than this goes out without waiting
-SECRET_WAIT = 5.0  # seconds the possible start of a secret waits for the rest of its line
 
 _notices = logging.getLogger("qtasks.output")
-
-
-class _Dropped:
-    """A drop counter shared by the threads that write and the one that reports."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lines = 0
-        self.total = 0
-
-    def add(self, lines: int) -> None:
-        with self._lock:
-            self._lines += lines
-            self.total += lines
-
-    def take(self) -> int:
-        with self._lock:
-            lines, self._lines = self._lines, 0
-            return lines
-
-
-def _write_all(fd: int, data: bytes) -> bool:
-    """Write ``data`` to ``fd`` (blocking: this runs on a drain thread); False if the
-    descriptor is gone (closed pipe, hung-up terminal)."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except InterruptedError:
-            continue
-        except BlockingIOError:  # someone made the descriptor non-blocking: wait for room
-            with contextlib.suppress(OSError, ValueError):
-                select.select([], [fd], [], 1.0)
-            continue
-        except OSError:
-            return False
-        view = view[written:]
-    return True
-
-
-class _Drain:
-    """One bounded queue and the daemon thread that empties it into a descriptor."""
-
-    def __init__(self, fd: int, name: str) -> None:
-        self.fd = fd
-        self.name = name
-        self.queue: queue.Queue[Any] = queue.Queue(MAX_QUEUED)
-        self.dropped = _Dropped()
-        self.written = 0  # chunks written, for the exit's progress check
-        self._size_lock = threading.Lock()
-        self._queued_chars = 0
-        self.broken = False
-        self.ends_line = True  # what was written last ended a line
-        self._thread = threading.Thread(target=self._run, name=f"qtasks-{name}", daemon=True)
-        self._thread.start()
-
-    def put(self, item: Any, lines: int = 1, size: int = 0) -> bool:
-        """Queue ``item`` (``size`` characters) without waiting; drop it (and count ``lines``)
-        when the queue is full. True when queued."""
-        with self._size_lock:
-            if self._queued_chars + size > MAX_QUEUED_CHARS:
-                self.dropped.add(lines)
-                return False
-            self._queued_chars += size
-        try:
-            self.queue.put_nowait((item, size))
-        except queue.Full:
-            self._release(size)
-            self.dropped.add(lines)
-            return False
-        return True
-
-    def _release(self, size: int) -> None:
-        with self._size_lock:
-            self._queued_chars -= size
-
-    def _take(self, entry: tuple[Any, int]) -> bytes:
-        self._release(entry[1])
-        return self.render(entry[0])
-
-    def render(self, item: Any) -> bytes:
-        raise NotImplementedError
-
-    def notice(self, lines: int) -> None:
-        """Say that ``lines`` were dropped (the reader is back)."""
-
-    def release(self) -> bytes:
-        """What was held back, now that no more text came for ``HOLD_WAIT`` seconds."""
-        return b""
-
-    def held(self) -> bool:
-        """Whether text is held back for its line's end (see ``_TextDrain``)."""
-        return False
-
-    def join(self, batch: list[Any]) -> bytes:
-        """The bytes of a batch of queued items (``final``: nothing more is coming soon)."""
-        return b"".join(self._take(entry) for entry in batch)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self.queue.get(timeout=HOLD_WAIT) if self.held() else self.queue.get()
-            except queue.Empty:
-                first = None  # a held partial line has waited long enough: out with it
-            batch = [] if first is None else [first]
-            size = 0 if first is None else max(first[1], 100)  # a log record: about 100
-            while first is not None and size < BATCH_BYTES:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(more)
-                size += max(more[1], 100)
-            try:
-                data = self.join(batch) if batch else self.release()
-            except BaseException:  # nothing a job wrote may stop this thread
-                data = b"(qtasks: output that could not be written was dropped)\n"
-            if self.broken or not _write_all(self.fd, data):
-                self.broken = True  # nobody reads any more: drop quietly
-            if data:
-                self.ends_line = data.endswith(b"\n")
-            self.written += len(batch)
-            for _ in batch:
-                self.queue.task_done()
-            # The notice waits for the end of the line being written, so that it is never
-            # glued to a line's first half (where stdout and stderr share one pipe).
-            if self.ends_line and not self.broken:
-                lost = self.dropped.take()
-                if lost:
-                    self.notice(lost)
-
-    def settle(self, deadline: float) -> None:
-        """Wait until the queue is empty (and a little for the last write), while the
-        reader makes progress, until ``deadline`` (time.monotonic())."""
-        last, since = self.written, time.monotonic()
-        while (self.queue.unfinished_tasks or self.held()) and not self.broken:
-            now = time.monotonic()
-            if now >= deadline or now - since > STALL_WAIT:
-                return
-            time.sleep(0.01)
-            if self.written != last:
-                last, since = self.written, time.monotonic()
-
-
-def _shown(text: str) -> str:
-    """Job output made safe to show: secrets hidden, then each line stripped of terminal
-    control (a job's ``\r`` progress redraws keep their last part), then secrets hidden again
-    (an escape sequence or invisible character inside a secret must not hide it)."""
-    lines = redaction.redact_known(text).split("\n")
-    shown = "\n".join(
-        clean_text(strip_sequences(line).rstrip("\r").rsplit("\r", 1)[-1]) for line in lines
-    )
-    return redaction.redact_known(shown) if shown != text else shown
-
-
-class _TextDrain(_Drain):
-    """What ``print`` writes to the process's stdout or stderr.
-
-    Dropping works on whole lines: ``print`` writes a line in pieces (the text, then ``\n``),
-    and once a piece of a line is dropped the rest of that line is dropped too, so the output
-    holds no line with its middle missing, and a line counts once however many writes made it.
-    A line whose first part was already written when the queue filled is ended with a ``\n``
-    of its own, before the next line."""
-
-    def __init__(self, fd: int, name: str, encoding: str, errors: str) -> None:
-        self.encoding, self.errors = encoding, errors
-        self._line_lock = threading.Lock()
-        self._at_start = True  # the next text starts a line
-        self._dropping = False  # the rest of the current line is being dropped
-        self._owe_newline = False  # a line's first part went out without its end
-        self._held = ""  # the start of a line, waiting for its end (drain thread only)
-        self._held_since: float | None = None  # when a possible secret's start was first held
-        super().__init__(fd, name)
-
-    def offer(self, text: str) -> None:
-        """Queue ``text`` (one ``write``), dropping whole lines when the queue is full."""
-        with self._line_lock:
-            if self._dropping:
-                end = text.find("\n")
-                if end < 0:
-                    return  # still the line being dropped
-                text, self._dropping, self._at_start = text[end + 1 :], False, True
-                if not text:
-                    return
-            lines = text.count("\n") + (0 if text.endswith("\n") else 1)
-            if not self._at_start and text.startswith("\n"):
-                lines -= 1  # only the end of a line already out: the newline is owed, not lost
-            queued = "\n" + text if self._owe_newline else text
-            if self.put(queued, lines, len(queued)):
-                self._owe_newline = False
-                self._at_start = text.endswith("\n")
-                return
-            if not self._at_start:
-                self._owe_newline = True  # the line's first part is queued or written
-            self._dropping = not text.endswith("\n")
-            self._at_start = not self._dropping
-
-    def render(self, item: Any) -> bytes:
-        return self._encode(item)
-
-    def _encode(self, text: str) -> bytes:
-        try:
-            return str.encode(text, self.encoding, "surrogateescape")  # bytes from .buffer
-        except UnicodeEncodeError:  # a lone surrogate, or a character the encoding lacks
-            return str.encode(text, self.encoding, "backslashreplace")
-
-    def held(self) -> bool:
-        return bool(self._held)
-
-    def join(self, batch: list[Any]) -> bytes:
-        """Job output is shown the way the README promises: whole lines, each with terminal
-        control stripped (``clean_output``'s rules, line breaks kept) and the loaded job
-        files' ``${NAME}`` values hidden (``redaction.redact_known``), here on the drain
-        thread, never on the writer's (the event loop's). A line is held until its end comes,
-        for ``HOLD_WAIT`` seconds at most (``HOLD_CHARS`` at most), and lines that end with
-        the first lines of a multi-line secret until the rest comes."""
-        text = self._held + "".join(self._take_text(entry) for entry in batch)
-        cut = text.rfind("\n") + 1
-        if cut:
-            cut = redaction.hold_back(text[:cut])
-        if len(text) - cut > HOLD_CHARS:
-            cut = len(text)
-        self._held = text[cut:]
-        if cut:
-            self._held_since = None
-        return self._encode(_shown(text[:cut])) if cut else b""
-
-    def release(self) -> bytes:
-        """The held partial line, but for an end that may be the start of a secret (a job
-        writing ``"Bearer " + token[:6]``, flushing, then the rest): that waits for more, up to
-        ``SECRET_WAIT`` seconds in all."""
-        held, now = self._held, time.monotonic()
-        if self._held_since is None:
-            self._held_since = now
-        keep = 0 if now - self._held_since > SECRET_WAIT else redaction.secret_start(held)
-        self._held = held[len(held) - keep :] if keep else ""
-        if not self._held:
-            self._held_since = None
-        out = held[: len(held) - keep]
-        return self._encode(_shown(out)) if out else b""
-
-    def _take_text(self, entry: tuple[Any, int]) -> str:
-        self._release(entry[1])
-        return str(entry[0])
-
-    def notice(self, lines: int) -> None:
-        _notices.warning(
-            "%d line(s) written to fd %d were dropped: its reader was not keeping up",
-            lines,
-            self.fd,
-        )
 
 
 class BoundedStream(io.TextIOBase):
