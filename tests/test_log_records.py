@@ -78,3 +78,58 @@ def test_a_message_that_raises_system_exit_is_a_placeholder() -> None:
     r = record("%s", Exits())
     assert records.settle(r, "inline")
     assert "could not be formatted: SystemExit" in r.getMessage()
+
+
+def _event_line(event: object, *, journal: bool) -> str:
+    from qtasks_cli.ui.log import PlainFormatter, event_level
+
+    record = logging.LogRecord("qtasks.events", event_level(event), "", 0, "", (), None)  # type: ignore[arg-type]
+    record.qtasks_event = event
+    return PlainFormatter(journal=journal).format(record)
+
+
+_LINE = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+_ONE_LINE = _LINE.filter(lambda t: bool(t.strip()) and t.splitlines() == [t])
+
+
+@given(problems=st.lists(_ONE_LINE, min_size=1, max_size=5), journal=st.booleans())
+def test_a_refused_files_problems_follow_the_record_one_per_line(
+    problems: list[str], journal: bool
+) -> None:
+    """A multi-line message of the daemon's own (a reload's refused file) is shown as lines,
+    never with a literal \\n; each line is cleaned of terminal controls."""
+    from datetime import datetime, timezone
+
+    from qtasks_cli.events import ReloadFailed
+
+    message = "(the old configuration keeps running):\n" + "\n".join(problems)
+    text = _event_line(
+        ReloadFailed(time=datetime.now(timezone.utc), message=message), journal=journal
+    )
+    lines = text.split("\n")
+    assert len(lines) == 1 + len(problems), lines
+    assert lines[0].endswith("(the old configuration keeps running):"), lines[0]
+    for line in lines:
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in line), line
+        if journal:
+            assert line.startswith("<3>ERROR"), line
+    if not journal:
+        assert all(line.startswith("  ") for line in lines[1:]), lines
+
+
+@given(error=_LINE, journal=st.booleans())
+def test_a_jobs_error_stays_on_its_records_line(error: str, journal: bool) -> None:
+    """A job's text never makes a line of its own: its breaks are shown as \\n."""
+    from datetime import datetime, timezone
+
+    from qtasks_cli.events import Finished
+    from qtasks_cli.models import RunStatus
+
+    event = Finished(
+        time=datetime.now(timezone.utc), job="j", run_id="r", status=RunStatus.FAILED,
+        error=f"first\n{error}\nlast", level=logging.ERROR,
+    )  # fmt: skip
+    text = _event_line(event, journal=journal)
+    assert "\n" not in text and "first\\n" in text, text

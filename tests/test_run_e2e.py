@@ -101,6 +101,12 @@ def test_sighup_with_broken_file_keeps_old_jobs(project, daemons) -> None:
     daemon.send(signal.SIGHUP)
     log = daemon.wait_for(lambda log: "reload failed" in log)
     assert "jobs.broken" in log and "did you mean 'schedule'" in log
+    # The file's problems follow the record's line, one per line, not as a literal \n.
+    lines = log.splitlines()
+    at = next(i for i, line in enumerate(lines) if "reload failed" in line)
+    assert lines[at].endswith("(the old configuration keeps running):"), lines[at]
+    assert "\\n" not in lines[at] and lines[at + 1].startswith("  "), lines[at : at + 2]
+    assert "jobs.broken" in lines[at + 1], lines[at : at + 2]
     before = len(fired(log, "tick"))
     daemon.wait_for(lambda log: len(fired(log, "tick")) >= before + 2)
     # A good file is taken: the new job runs.

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -201,8 +202,21 @@ class PlainFormatter(logging.Formatter):
         # event (a debug line with a job's exception, say) was not redacted by its job.
         if event is None:
             records.settle(record, "helper")  # already, unless a handler of a job's logs it
-        text = describe_event(event) if event is not None else record.getMessage()
+        more = ""
+        if event is None:
+            text = record.getMessage()
+        elif event.message and "\n" in event.message:
+            # The daemon's own message (a refused job file's problems, one per line): its
+            # first line ends the record's line, the others follow it indented, each cleaned.
+            # A job's text (error, item) stays on the record's line, its breaks shown as \n.
+            head, more = event.message.split("\n", 1)
+            text = describe_event(replace(event, message=head))
+        else:
+            text = describe_event(event)
         text = clean_line(records.cut(redact_known(text)))
+        if more:
+            lines = redact_known(records.cut(more)).splitlines()
+            text += "".join(f"\n  {clean_line(line)}" for line in lines)
         if record.exc_text and event is None:
             trace = records.cut(redact_known(record.exc_text), keep_end=True)
             text = f"{text}\n{clean_text(trace)}"
