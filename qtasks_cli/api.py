@@ -202,7 +202,7 @@ async def trigger_now(
             args=call.stored_args,
             kwargs=call.stored_kwargs,
         )
-        await runtime.capacity.acquire()
+        await runtime.occupancy.take_slot(job.name)  # as the daemon's runs take theirs
         capture.install()
         bus.subscribe(capture.sink)
         stopped_by: list[str] = []  # why the run was stopped: Ctrl-C or SIGTERM
@@ -233,7 +233,7 @@ async def trigger_now(
         finally:
             bus.unsubscribe(capture.sink)
             capture.uninstall()
-        runtime.capacity.release()
+        runtime.occupancy.give_slot()
         # What it printed is recorded with its end, as the daemon records it (qtasks show).
         await store.finish(recorded(result, capture.take(run_id), job))
         # A process job's value comes back pickled (pickled.py): the caller gets the value.

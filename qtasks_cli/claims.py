@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -34,12 +34,12 @@ from qtasks_cli.policy import (
     step_back,
 )
 from qtasks_cli.store import new_run_id
-from qtasks_cli.store.base import Claim, Fire, busy_error
+from qtasks_cli.store.base import BUSY_ELSEWHERE, Claim, Fire
 
 if TYPE_CHECKING:
     from qtasks_cli.clock import Wakeup
     from qtasks_cli.ledger import Ledger
-    from qtasks_cli.models import Config
+    from qtasks_cli.models import Config, RunResult
     from qtasks_cli.timetable import JobState, Timetable
 
 # The daemon loop's logger, as before the loop was split: its records keep their name (the
@@ -100,8 +100,12 @@ class Claims:
         emit: Callable[[Event], None],
         tasks: set[asyncio.Task[None]],
         wake: Wakeup,
+        read_run: Callable[[str], Awaitable[RunResult | None]] | None = None,
     ) -> None:
         self.jobs = jobs  # the supervisor's table, shared
+        # A fire the store skipped because another node runs its job is said as the store
+        # recorded it, naming that node (``_busy_error``).
+        self._read_run = read_run
         self.timetable = timetable
         self.ledger = ledger
         # Other nodes may share the store (qtasks_cli.cluster): a claim is then the only guard
@@ -211,7 +215,7 @@ class Claims:
                 )
                 continue
             if won is Claim.BUSY:
-                fire = replace(fire, status=RunStatus.SKIPPED, error=busy_error("another node"))
+                fire = replace(fire, status=RunStatus.SKIPPED, error=await self._busy_error(fire))
             if fire.status is RunStatus.CLAIMED:
                 self.ledger.hold(fire)
             elif fire.status is RunStatus.MISSED:
@@ -236,6 +240,18 @@ class Claims:
                     self.clock(),
                 )
         return True
+
+    async def _busy_error(self, fire: Fire) -> str:
+        """Why the store skipped ``fire`` (``Claim.BUSY``), as its row says: the node that
+        runs the job is named there, and the event says the same as the history."""
+        try:
+            row = None if self._read_run is None else await self._read_run(fire.run_id)
+        except Exception as exc:  # the store stopped answering: say it without the name
+            log.debug("cannot read the skip of %s back: %s", fire.run_id, exc)
+            row = None
+        if row is not None and row.error:
+            return row.error
+        return BUSY_ELSEWHERE
 
     def _decide(
         self, spec: JobSpec, due: Sequence[datetime], now: datetime, gap: Gap | None = None

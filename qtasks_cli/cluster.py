@@ -12,7 +12,9 @@ missed ("held back") until the files agree, so two definitions never run side by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,6 +32,10 @@ log = logging.getLogger("qtasks_cli.supervisor")
 
 # How often a node heartbeats (seconds); at most a third of node_timeout.
 HEARTBEAT_EVERY = 5.0
+# How far ahead of its instant a fire may be claimed (seconds; claims.CLAIM_AHEAD_MAX): a claim
+# this node still holds late by more than node_timeout less this and a heartbeat may belong
+# to a node the others presumed dead meanwhile (``unsure_after``).
+CLAIMED_AHEAD = 2.0
 
 
 class Cluster:
@@ -58,6 +64,10 @@ class Cluster:
         self.nodes: tuple[str, ...] = ()  # the live nodes, for the snapshot
         self.held: dict[str, str] = {}  # job -> why its definition differs across nodes
         self._fingerprints: dict[str, str] = {}
+        # When (monotonic seconds) the last heartbeat that found this node still registered,
+        # or honoured what the others concluded, began: what late claims wait for.
+        self.confirmed = float("-inf")
+        self._soon = asyncio.Event()
 
     @property
     def shared(self) -> bool:
@@ -71,6 +81,19 @@ class Cluster:
         """Seconds between this node's heartbeats: at most a third of node_timeout."""
         return min(HEARTBEAT_EVERY, self._config().settings.node_timeout.total_seconds() / 3)
 
+    def unsure_after(self) -> float | None:
+        """How late (seconds) a claim this node holds may be before the node may have been
+        presumed dead while it did not run (frozen, cut off), so that another node may have
+        concluded the claim; None with a store of one daemon."""
+        if self.store is None:
+            return None
+        timeout = self._config().settings.node_timeout.total_seconds()
+        return max(0.0, timeout - self.every - CLAIMED_AHEAD)
+
+    def confirm_soon(self) -> None:
+        """Heartbeat now rather than at the next beat (``confirmed`` moves on then)."""
+        self._soon.set()
+
     def config_changed(self) -> None:
         """A new job file was applied: describe its jobs afresh at the next heartbeat."""
         self._fingerprints = {}
@@ -80,7 +103,9 @@ class Cluster:
         elsewhere, every few seconds, until the daemon stops."""
         every = self.every
         while self.store is not None and not self._stopping():
-            await asyncio.sleep(every)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._soon.wait(), every)
+            self._soon.clear()
             await self.touch(self.clock())
 
     async def touch(self, now: datetime) -> None:
@@ -89,6 +114,7 @@ class Cluster:
             return
         config = self._config()
         timeout = config.settings.node_timeout
+        began = time.monotonic()
         try:
             registered = await self.store.heartbeat(
                 now, digest=config.digest, fingerprints=self._job_fingerprints()
@@ -97,6 +123,7 @@ class Cluster:
                 from qtasks_cli.fencing import honour_conclusions
 
                 await honour_conclusions(self._holder)
+            self.confirmed = began  # what this node holds now is its own
             for row in await self.store.reap_dead_nodes(
                 now, timeout, rerun_jobs=self._rerun_jobs()
             ):

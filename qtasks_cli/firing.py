@@ -27,7 +27,9 @@ from qtasks_cli.policy import LATE_AFTER, late_claim_missed, overlap_skip
 from qtasks_cli.store.base import Fire
 
 if TYPE_CHECKING:
+    from qtasks_cli.cluster import Cluster
     from qtasks_cli.ledger import Ledger
+    from qtasks_cli.occupancy import Occupancy
     from qtasks_cli.runs import Runs
     from qtasks_cli.timetable import JobState
 
@@ -39,6 +41,10 @@ PREPARE_GUESS = 30e-6
 PREPARE_MAX = 300e-6
 PREPARE_MARGIN = 1.5  # the estimate's margin: a burst's preparing varies with the machine's load
 LEAD_MAX = 0.25
+# Late claims that wait for a heartbeat (``_vouched``) are looked at again this often
+# (seconds), and judged anyway after UNSURE_WAIT (a store that does not answer).
+UNSURE_POLL = 0.02
+UNSURE_WAIT = 5.0
 
 
 class Firing:
@@ -50,6 +56,8 @@ class Firing:
         jobs: dict[str, JobState],
         ledger: Ledger,
         runs: Runs,
+        occupancy: Occupancy,
+        cluster: Cluster,
         paused: Callable[[], frozenset[str]],
         clock: Callable[[], datetime],
         emit: Callable[[Event], None],
@@ -58,6 +66,9 @@ class Firing:
         self.jobs = jobs  # the supervisor's table, shared
         self.ledger = ledger
         self.runs = runs
+        self._occupancy = occupancy  # who holds what: the overlap rule reads it
+        self._cluster = cluster
+        self._unsure_since: float | None = None  # late claims wait since (``_vouched``)
         self._paused = paused  # jobs the operator paused (qtasks_cli.control)
         self.clock = clock
         self._emit = emit
@@ -72,6 +83,8 @@ class Firing:
         instant = self.ledger.next_instant()
         if instant is None:
             return None
+        if self._unsure_since is not None:
+            return UNSURE_POLL
         lead = self.lead(self.ledger.held_at(instant))
         return max(0.0, (instant - now).total_seconds() - lead)
 
@@ -85,9 +98,13 @@ class Firing:
         if self._early and instant is not None:
             horizon = now + timedelta(seconds=self.lead(self.ledger.held_at(instant)))
         due = self.ledger.due(horizon)
+        if not due or now - due[0].scheduled <= LATE_AFTER:
+            self._unsure_since = None  # nothing late waits any more
         if not due:
             return
         if now - due[0].scheduled > LATE_AFTER:
+            if not self._vouched(due, now):
+                return
             due = self._recheck_late(due, now)
         paused = self._paused()
         if paused:  # paused after its claim, before its instant
@@ -153,6 +170,29 @@ class Firing:
             settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
         burst.go(self.clock)
 
+    def _vouched(self, due: list[Fire], now: datetime) -> bool:
+        """Whether late claims may be judged now. On a shared store, claims late by more than
+        ``Cluster.unsure_after`` wait (held again) for a heartbeat begun after they were found
+        late: this node may have been presumed dead while it did not run, and what another
+        node concluded of them is honoured first (qtasks_cli.fencing), so that they neither
+        run nor are said missed here. At most UNSURE_WAIT seconds (a store that does not
+        answer: then the fence refuses their writes)."""
+        limit = self._cluster.unsure_after()
+        if limit is None or (now - due[0].scheduled).total_seconds() <= limit:
+            self._unsure_since = None
+            return True
+        mono = time.monotonic()
+        since = self._unsure_since
+        if since is None:
+            self._unsure_since = since = mono
+            self._cluster.confirm_soon()
+        if self._cluster.confirmed >= since or mono - since > UNSURE_WAIT:
+            self._unsure_since = None
+            return True
+        for fire in due:
+            self.ledger.hold(fire)
+        return False
+
     def _recheck_late(self, due: list[Fire], now: datetime) -> list[Fire]:
         """Claimed fires that come to start late (the loop or the store held them up) go
         through catch_up like any late fire, judged against the fires due after them: the
@@ -184,7 +224,7 @@ class Firing:
     def _overlap(self, fire: Fire) -> Fire:
         """Apply the job's overlap policy to a fire that wants to run."""
         state = self.jobs[fire.job]
-        busy = self.runs.busy(fire.job)
+        busy = self._occupancy.busy(fire.job)
         why = overlap_skip(state.spec.overlap, fire.trigger, busy, queued=bool(state.pending))
         if why is None:
             return fire

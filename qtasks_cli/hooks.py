@@ -50,7 +50,8 @@ async def run_hook(run: Run, result: RunResult) -> None:
         return
     name, ref = hook
     run.hook = f"{job.name} ({name} hook)"
-    if run.runtime.stuck[run.hook]:  # one hung call per hook at most: threads are not free
+    # One hung call per hook at most: threads are not free.
+    if run.runtime.occupancy.of(run.hook).stuck:
         log.warning(
             "%s: %s hook %r not called: its call for an earlier run is still running",
             run.label,

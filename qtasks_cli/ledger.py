@@ -226,11 +226,6 @@ class Ledger:
         if fires:
             self._background(self._release(fires))
 
-    async def release_fires(self, fires: list[Fire]) -> None:
-        """Give back claims of fires that never started (taken off the pending lists at a
-        stop) and wait for the store."""
-        await self._release(fires)
-
     async def release_all(self) -> None:
         """Give back every held claim and wait for the store (a graceful stop)."""
         await self._release(self._take(None))

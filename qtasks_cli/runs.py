@@ -18,17 +18,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from qtasks_cli import cancels, offthread
+from qtasks_cli import cancels, offthread, outcomes
 from qtasks_cli.errors import QtasksError
-from qtasks_cli.events import Event, EventBus, Finished, Fired, Queued
+from qtasks_cli.events import Event, EventBus, Fired, Queued
 from qtasks_cli.executor import CANCELLED_RESULT, execute
 from qtasks_cli.ledger import Ledger
 from qtasks_cli.models import JobSpec, RunResult, RunStatus, TriggerKind
-from qtasks_cli.policy import HANDED_OVER, busy_reason, waits_behind
-from qtasks_cli.recovery import never_ran
+from qtasks_cli.policy import HANDED_OVER, waits_behind
 from qtasks_cli.request import call_for_start
 from qtasks_cli.runtime import Runtime
-from qtasks_cli.store.base import Fire
 from qtasks_cli.timetable import JobState
 
 if TYPE_CHECKING:
@@ -81,34 +79,12 @@ class Runs:
         # end.
         self.output_of: Callable[[str], list[str]] | None = None
         self._recording: set[asyncio.Future[None]] = set()  # ends being recorded
-        runtime.on_unstuck = self.start_pending
-
-    @property
-    def running(self) -> int:
-        """Runs whose body runs, or is about to start: they hold a slot."""
-        return sum(state.running - state.waiting for state in self.jobs.values())
-
-    @property
-    def waiting(self) -> int:
-        """Runs waiting for a free max_concurrent slot."""
-        return sum(state.waiting for state in self.jobs.values())
+        self.occupancy = runtime.occupancy
 
     @property
     def queued(self) -> int:
         """Runs queued behind their job's previous run (overlap: queue, catch-up)."""
         return sum(len(state.pending) for state in self.jobs.values())
-
-    def busy(self, name: str) -> str | None:
-        """Why the job counts as still running, or None: a run in progress or waiting for a
-        slot, or a thread of an earlier run that timed out and has not returned, or a task of
-        one that ignored its cancellation and still runs."""
-        state = self.jobs[name]
-        return busy_reason(
-            running=state.running,
-            waiting=state.waiting,
-            stuck=self.runtime.stuck[name],
-            stuck_tasks=self.runtime.stuck_tasks[name],
-        )
 
     def cancel(self, run_id: str, by: str) -> bool:
         """Stop a run of this daemon for ``qtasks cancel``, as a timeout does: the task is
@@ -121,7 +97,7 @@ class Runs:
             for index, (pending_id, trigger, scheduled, _, _) in enumerate(state.pending):
                 if pending_id == run_id:
                     del state.pending[index]
-                    result = self._never_started(state.spec, run_id, trigger, scheduled, reason)
+                    result = self.cancelled(state.spec.name, run_id, trigger, scheduled, reason)
                     self._background(self.ledger.finish(result))
                     return True
         suffix = f":{run_id}"
@@ -135,62 +111,10 @@ class Runs:
 
     def cancelled(
         self, job: str, run_id: str, trigger: TriggerKind, scheduled: datetime | None, why: str
-    ) -> None:
-        """Report a run cancelled before its body started (qtasks_cli.cancels)."""
-        self.bus.emit(
-            cancels.cancelled_event(
-                job=job, run_id=run_id, trigger=trigger, scheduled=scheduled, error=why,
-                time=self.clock(),
-            )
-        )  # fmt: skip
-
-    def _not_run(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        exc: Exception,
     ) -> RunResult:
-        """A run the daemon could not carry through (``execute`` raised: a bug of ours, or no
-        thread could start): recorded ``failed`` with what stood in the way, never lost."""
-        log.error(
-            "%s %s: the daemon could not run it: %s: %s",
-            spec.name,
-            run_id,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
-        return never_ran(
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            ended=self.clock(),
-            status=RunStatus.FAILED,
-            error=f"the daemon could not run it: {type(exc).__name__}: {exc}",
-        )
-
-    def _never_started(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        reason: str,
-    ) -> RunResult:
-        """The outcome of a run cancelled before its body started, reported once."""
-        result = never_ran(
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            ended=self.clock(),
-            status=RunStatus.CANCELLED,
-            error=reason,
-        )
-        self.cancelled(spec.name, run_id, trigger, scheduled, reason)
+        """Report a run cancelled before its body started (qtasks_cli.cancels); its row."""
+        result, event = outcomes.never_started(job, run_id, trigger, scheduled, why, self.clock())
+        self.bus.emit(event)
         return result
 
     def runs_in_hand(self) -> dict[str, str]:
@@ -217,7 +141,7 @@ class Runs:
         ``cancelled`` with ``why`` and said once. The caller records them before the store
         closes, so that no row stays ``running`` after a clean exit."""
         return [
-            self._never_started(spec, run_id, trigger, scheduled, why)
+            self.cancelled(spec.name, run_id, trigger, scheduled, why)
             for run_id, (spec, trigger, scheduled) in self._going.items()
             if run_id not in self._let_go
         ]
@@ -251,7 +175,7 @@ class Runs:
         state = self.jobs.get(spec.name)
         if state is None:
             return
-        busy = self.busy(spec.name) is not None
+        busy = self.occupancy.busy(spec.name) is not None
         # A handed-over request waits without a QUEUED event (_start_queued decided already).
         if trigger not in HANDED_OVER and waits_behind(spec.overlap, trigger, busy):
             state.pending.append((run_id, trigger, scheduled, args, kwargs))
@@ -265,7 +189,7 @@ class Runs:
                 )
             )
             return
-        state.running += 1
+        self.occupancy.begin(spec.name)
         name = f"qtasks:{spec.name}:{run_id}"
         if burst is not None:
             coro = self._run(spec, run_id, trigger, scheduled, args, kwargs, burst.gate)
@@ -288,15 +212,10 @@ class Runs:
         gate: Gate | None = None,
     ) -> None:
         result: RunResult | None = None
-        state = self.jobs.get(spec.name) or JobState(spec=spec)  # gone if a reload removed it
         # A request cancelled before its begin stays taken: the next start gives it back.
         recordable = trigger not in HANDED_OVER
         try:
-            state.waiting += 1
-            try:
-                await self.runtime.capacity.acquire()
-            finally:
-                state.waiting -= 1
+            await self.occupancy.take_slot(spec.name)
             try:
                 if trigger in HANDED_OVER:
                     if not await self.ledger.begin(spec.name, run_id):
@@ -308,7 +227,10 @@ class Runs:
                 try:
                     call = call_for_start(spec, args, kwargs)
                 except QtasksError as exc:
-                    result = self._refused(spec, run_id, trigger, scheduled, exc)
+                    result, event = outcomes.refused(
+                        spec, run_id, trigger, scheduled, exc, self.clock()
+                    )
+                    self._emit(event)
                     return
                 try:
                     result = await execute(
@@ -324,9 +246,9 @@ class Runs:
                         gate=gate,
                     )
                 except Exception as exc:  # ours, or the process's (no thread could start)
-                    result = self._not_run(spec, run_id, trigger, scheduled, exc)
+                    result = outcomes.not_run(spec, run_id, trigger, scheduled, exc, self.clock())
             finally:
-                self.runtime.capacity.release()
+                self.occupancy.give_slot()
         except asyncio.CancelledError as exc:
             if run_id in self._let_go:
                 raise  # concluded by another node: its record stands (qtasks_cli.fencing)
@@ -338,7 +260,7 @@ class Runs:
             if isinstance(so_far, RunResult):  # the executor reported its end
                 result = replace(so_far, error=reason)
             else:  # cancelled waiting for a slot, or before the request began
-                result = self._never_started(spec, run_id, trigger, scheduled, reason)
+                result = self.cancelled(spec.name, run_id, trigger, scheduled, reason)
             raise
         finally:
             self._going.pop(run_id, None)  # its own end is recorded below, not left_running's
@@ -378,54 +300,15 @@ class Runs:
                 result = recorded(result, lines, spec)
         await self.ledger.finish(result)
 
-    def _refused(
-        self,
-        spec: JobSpec,
-        run_id: str,
-        trigger: TriggerKind,
-        scheduled: datetime | None,
-        exc: QtasksError,
-    ) -> RunResult:
-        """A run whose arguments were refused as it started: failed, with the reason."""
-        now = self.clock()
-        result = RunResult(
-            job=spec.name,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled=scheduled,
-            started=now,
-            ended=now,
-            attempts=0,
-            status=RunStatus.FAILED,
-            error_type=type(exc).__name__,
-            error=spec.redact(str(exc)),
-        )
-        self._emit(
-            Finished(
-                time=self.clock(),
-                job=spec.name,
-                run_id=run_id,
-                trigger=trigger,
-                scheduled=scheduled,
-                status=RunStatus.FAILED,
-                error=result.error,
-                level=logging.ERROR,
-            )
-        )
-        return result
-
     def _ended(self, name: str) -> None:
-        state = self.jobs.get(name)
-        if state is None:
-            return
-        state.running -= 1
+        self.occupancy.end(name)
         self.start_pending(name)
         self._wake.set()
 
     def start_pending(self, name: str) -> None:
         """Start the job's next pending run once nothing of it runs any more."""
         state = self.jobs.get(name)
-        if state is None or not state.pending or self._stopping() or self.busy(name):
+        if state is None or not state.pending or self._stopping() or self.occupancy.busy(name):
             return
         run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
         self.start(state.spec, run_id, trigger, scheduled, args, kwargs)
@@ -435,27 +318,10 @@ class Runs:
         job's run; a request for a job the file no longer has fails at once."""
         state = self.jobs.get(request.job)
         if state is None:
-            result = never_ran(
-                job=request.job,
-                run_id=request.run_id,
-                trigger=request.trigger,
-                scheduled=None,
-                ended=self.clock(),
-                status=RunStatus.FAILED,
-                error=f"no job named {request.job!r} in {self._config().path}",
-                error_type="UnknownJob",
+            result, event = outcomes.unknown_job(
+                request.job, request.run_id, request.trigger, self._config().path, self.clock()
             )
-            self._emit(
-                Finished(
-                    time=self.clock(),
-                    job=request.job,
-                    run_id=request.run_id,
-                    trigger=request.trigger,
-                    status=RunStatus.FAILED,
-                    error=result.error,
-                    level=logging.ERROR,
-                )
-            )
+            self._emit(event)
             self._background(self.ledger.finish(result))
             return
         self._emit(
@@ -465,34 +331,28 @@ class Runs:
         )
         # A handed-over request is never skipped: under skip or queue it waits for the
         # current run instead, so no order notification is lost.
-        if waits_behind(state.spec.overlap, request.trigger, self.busy(request.job) is not None):
+        busy = self.occupancy.busy(request.job) is not None
+        if waits_behind(state.spec.overlap, request.trigger, busy):
             state.pending.append(
                 (request.run_id, request.trigger, None, request.args, request.kwargs)
             )
             return
         self.start(state.spec, request.run_id, request.trigger, None, request.args, request.kwargs)
 
-    def take_unstarted(self) -> list[Fire]:
-        """Take the claimed fires still waiting to start (``overlap: queue``, catch-up runs
-        waiting for each other) off the pending lists, to give their claims back at a stop:
-        they never ran, so the next start fires or catches them up. Handed-over requests
-        stay taken, and the next start gives them back to the queue."""
-        fires: list[Fire] = []
-        for name, state in self.jobs.items():
+    def drop_queued(self, why: str) -> list[RunResult]:
+        """Take the fires still waiting to start (``overlap: queue``, catch-up runs waiting
+        for each other) off the pending lists at a stop: each was said ``queued`` with its
+        run id, so it is recorded under that id, ``cancelled`` with ``why`` (as a run waiting
+        for a slot is), and said once. Handed-over requests stay taken, and the next start
+        gives them back to the queue."""
+        results: list[RunResult] = []
+        for state in self.jobs.values():
             keep = []
             for entry in state.pending:
                 run_id, trigger, scheduled = entry[0], entry[1], entry[2]
                 if trigger in HANDED_OVER or scheduled is None:
                     keep.append(entry)
                     continue
-                fires.append(
-                    Fire(
-                        job=name,
-                        scheduled=scheduled,
-                        trigger=trigger,
-                        run_id=run_id,
-                        schedule_key="",
-                    )
-                )
+                results.append(self.cancelled(state.spec.name, run_id, trigger, scheduled, why))
             state.pending = keep
-        return fires
+        return results

@@ -1,25 +1,25 @@
-"""What all runs of one process share: the concurrency cap (``Capacity``), the threads that
-run sync job code and those that outlived their run, the tasks that ignored their cancellation,
-running hooks, and the child processes of ``isolation: process`` jobs (``Runtime``); and what a
-call did, as a value (``Outcome``).
+"""What all runs of one process share: who holds what (``occupancy.Occupancy``: the
+concurrency cap and per job its runs), the threads that run sync job code and those that
+outlived their run, the tasks that ignored their cancellation, running hooks, and the child
+processes of ``isolation: process`` jobs (``Runtime``); and what a call did, as a value
+(``Outcome``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import itertools
 import logging
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import release
 from qtasks_cli.models import RunStatus
+from qtasks_cli.occupancy import Capacity, Occupancy
 
 if TYPE_CHECKING:
     from qtasks_cli.isolation.pool import Workers
@@ -27,69 +27,6 @@ if TYPE_CHECKING:
 # The executor's logger, as before the runtime moved out of it: its records keep their name
 # (the JSON log's "logger").
 log = logging.getLogger("qtasks_cli.executor")
-
-
-# --- the concurrency cap -------------------------------------------------------------------------
-
-
-class Capacity:
-    """A FIFO limiter: ``acquire`` waits its turn, ``release`` hands the unit to the next waiter.
-
-    ``borrow`` takes a unit without waiting and may exceed the limit; it is how a thread that
-    outlived its timeout keeps counting against the cap until it returns.
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"max_concurrent must be at least 1, got {limit!r}")
-        self._limit = limit
-        self._in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        """Take one unit, waiting behind everyone who asked earlier."""
-        if self._in_use < self._limit and not self._waiters:
-            self._in_use += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                # The unit arrived just as we were cancelled: pass it on rather than leak it.
-                self.release()
-            elif waiter in self._waiters:  # a release may have dropped it already
-                self._waiters.remove(waiter)
-            raise
-
-    def borrow(self) -> None:
-        """Take one unit now, even beyond the limit."""
-        self._in_use += 1
-
-    def release(self) -> None:
-        """Give back one unit taken by ``acquire`` or ``borrow``."""
-        if self._in_use <= 0:
-            raise RuntimeError("Capacity.release() called more often than acquire() and borrow()")
-        self._in_use -= 1
-        while self._waiters and self._in_use < self._limit:
-            waiter = self._waiters.popleft()
-            if waiter.done():  # cancelled while it waited (a stop): its turn is passed on
-                continue
-            self._in_use += 1  # counted at hand-over, so nobody can overtake the waiter
-            waiter.set_result(None)
 
 
 # --- threads and the runtime ---------------------------------------------------------------------
@@ -148,15 +85,11 @@ class Runtime:
     worker kept busy by a timed-out call would starve the retry or hook that follows it.
     """
 
-    def __init__(self, max_concurrent: int) -> None:
-        self.capacity = Capacity(max_concurrent)
-        self.zombies = 0  # threads whose caller stopped waiting and that have not returned yet
-        # Per job, its zombie threads: such a job counts as still running for its overlap
-        # rule, so one hung job holds one slot, not every slot; on_unstuck(job) when one ends.
-        self.stuck: collections.Counter[str] = collections.Counter()
-        # Of those, the tasks that ignored their cancellation (async jobs).
-        self.stuck_tasks: collections.Counter[str] = collections.Counter()
-        self.on_unstuck: Callable[[str], None] | None = None
+    def __init__(self, max_concurrent: int, on_freed: Callable[[str], None] | None = None) -> None:
+        # Who holds what: runs, slots, and per owner the threads that outlived their run (and
+        # the tasks that ignored their cancellation), which keep counting for its overlap
+        # rule, so one hung job holds one slot, not every slot; on_freed(owner) when one ends.
+        self.occupancy = Occupancy(max_concurrent, on_freed)
         # Runs given up on (a timeout or a cancel) whose thread, or task that ignored its
         # cancellation, still runs: run id -> job. What ``status`` and the metrics show.
         self.abandoned: dict[str, str] = {}
@@ -173,6 +106,16 @@ class Runtime:
         self._workers: Workers | None = None
         # A zombie thread's future, resolved when it returns: what a retry waits on.
         self._returned: dict[threading.Thread, asyncio.Future[Any]] = {}
+
+    @property
+    def capacity(self) -> Capacity:
+        """The max_concurrent slots (``occupancy.capacity``)."""
+        return self.occupancy.capacity
+
+    @property
+    def zombies(self) -> int:
+        """Threads and tasks that outlived their run and have not ended yet."""
+        return self.occupancy.zombies
 
     @property
     def workers(self) -> Workers:
@@ -262,10 +205,7 @@ class Runtime:
         owner: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        self.capacity.borrow()
-        self.zombies += 1
-        if owner is not None:
-            self.stuck[owner] += 1
+        self.occupancy.outlived(owner)
         self._mark_abandoned(future, owner, run_id)
         log.warning(
             "%s; thread still running; counted against max_concurrent until it returns", what
@@ -274,13 +214,8 @@ class Runtime:
         def bury(done: asyncio.Future[Outcome]) -> None:
             if not done.cancelled():
                 let_go(done.result())  # what the late thread returned: dropped off the loop
-            self.zombies -= 1
-            self.capacity.release()
             log.info("%s; its thread has returned", what)
-            if owner is not None:
-                self.stuck[owner] -= 1
-                if self.on_unstuck is not None:
-                    self.on_unstuck(owner)
+            self.occupancy.returned(owner)
 
         future.add_done_callback(bury)
 
@@ -293,17 +228,13 @@ class Runtime:
     ) -> None:
         """Hold a task that ignored its cancellation, so it is not garbage collected mid-run;
         ``run_id`` (of job ``owner``) is in ``abandoned`` until the task ends. Like a thread
-        that outlived its timeout, it borrows a capacity unit and counts in ``stuck[owner]``
-        (the job is still running for its overlap rule) until it ends."""
+        that outlived its timeout, it borrows a capacity unit and counts for ``owner`` in
+        ``occupancy`` (the job is still running for its overlap rule) until it ends."""
         if task.done():
             return
         self._stray.add(task)
         self._mark_abandoned(task, owner, run_id)
-        self.capacity.borrow()
-        self.zombies += 1
-        if owner is not None:
-            self.stuck[owner] += 1
-            self.stuck_tasks[owner] += 1
+        self.occupancy.outlived(owner, task=True)
 
         def bury(done: asyncio.Task[Any]) -> None:
             self._stray.discard(done)
@@ -311,13 +242,7 @@ class Runtime:
                 outcome = done.result()
                 if type(outcome) is Outcome:
                     let_go(outcome)
-            self.zombies -= 1
-            self.capacity.release()
-            if owner is not None:
-                self.stuck[owner] -= 1
-                self.stuck_tasks[owner] -= 1
-                if self.on_unstuck is not None:
-                    self.on_unstuck(owner)
+            self.occupancy.returned(owner, task=True)
 
         task.add_done_callback(bury)
 

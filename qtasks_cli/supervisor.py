@@ -19,47 +19,29 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
-from qtasks_cli import cancels, offthread, sigguard
+from qtasks_cli import cancels, outcomes, sigguard
 from qtasks_cli.claims import CLAIM_RETRY, CLAIM_RETRY_MAX, Claims
 from qtasks_cli.clock import FIRE_EARLY, StepWatch, Timer, Wakeup, utcnow
 from qtasks_cli.cluster import Cluster
-from qtasks_cli.events import (
-    Event,
-    EventBus,
-    Interrupted,
-    Notice,
-    Ready,
-    Reloaded,
-    ReloadFailed,
-    Reloading,
-    Stopping,
-)
+from qtasks_cli.events import Event, EventBus, Ready, Reloaded, ReloadFailed, Reloading, Stopping
 from qtasks_cli.firing import Firing
 from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
-from qtasks_cli.models import (
-    Config,
-    RunResult,
-    RunStatus,
-    Snapshot,
-    TriggerKind,
-)
+from qtasks_cli.models import Config, RunResult, RunStatus, Snapshot, TriggerKind
 from qtasks_cli.pruning import Pruner
+from qtasks_cli.reloading import reread
 from qtasks_cli.runs import Runs
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.stopping import stop_runs, stop_settle
 from qtasks_cli.store.base import Announcer, ClusterStore, Store
-from qtasks_cli.timetable import Ahead, JobState, Timetable, first_fires
-from qtasks_cli.views import JobViews, plan
+from qtasks_cli.timetable import Ahead, JobState, Timetable
+from qtasks_cli.views import JobViews, plan_notices
 
 log = logging.getLogger(__name__)
 
 # While runs are in progress the loop wakes at least this often (seconds) to put back the
 # daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
 SIGNAL_CHECK = 1.0
-
-# Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
-PLAN_LINES = 100
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
 
@@ -76,7 +58,6 @@ class Supervisor:
         clock: Callable[[], datetime] = utcnow,
         timer: Timer | None = None,
         reload: Callable[[], Awaitable[Config]] | None = None,
-        runtime: Runtime | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
@@ -89,7 +70,9 @@ class Supervisor:
         self._steps = StepWatch(monotonic) if monotonic is not None else None
         self.timer = timer or Timer()
         self._reload_config = reload
-        self.runtime = runtime or Runtime(config.settings.max_concurrent)
+        # A stuck thread's end may free its job's queued run: the runs are told (_freed).
+        self.runtime = Runtime(config.settings.max_concurrent, on_freed=self._freed)
+        self.occupancy = self.runtime.occupancy
         self.started_at = clock()
         self.jobs: dict[str, JobState] = {}  # shared with the parts below; never rebound
         self.timetable = Timetable(self.jobs)
@@ -143,11 +126,14 @@ class Supervisor:
             emit=self._emit,
             tasks=self._tasks,
             wake=self._wake,
+            read_run=store.get_run,
         )
         self.firing = Firing(
             jobs=self.jobs,
             ledger=self.ledger,
             runs=self.runs,
+            occupancy=self.occupancy,
+            cluster=self.cluster,
             paused=lambda: self.paused,
             clock=clock,
             emit=self._emit,
@@ -169,7 +155,7 @@ class Supervisor:
         )
         self._pruner = Pruner(store, lambda: self.config.settings)
         self.ready = asyncio.Event()
-        self._views = JobViews(self.jobs)  # for snapshot()
+        self._views = JobViews(self.jobs, self.occupancy)  # for snapshot()
         # Operator's hooks (qtasks_cli/control.py sets them from the store): paused jobs;
         # and a call after a new job file was applied (the operator's view changes).
         self.paused: frozenset[str] = frozenset()
@@ -193,7 +179,11 @@ class Supervisor:
     @property
     def running(self) -> int:
         """Runs whose body runs, or is about to start: they hold a slot."""
-        return self.runs.running
+        return self.occupancy.running
+
+    def _freed(self, job: str) -> None:
+        """A stuck thread or task of ``job`` ended: its queued run may start."""
+        self.runs.start_pending(job)
 
     def cancel_run(self, run_id: str, by: str) -> bool:
         """Stop a run of this daemon for ``qtasks cancel`` (qtasks_cli.runs.Runs.cancel)."""
@@ -213,11 +203,11 @@ class Supervisor:
             now=self.clock(),
             started_at=self.started_at,
             jobs=self._views.views(paused=self.paused, abandoned=self.runtime.abandoned),
-            running=self.runs.running,
+            running=self.occupancy.running,
             queued=self.runs.queued,
             state=self.store.location,
             nodes=self.cluster.nodes,
-            waiting=self.runs.waiting,
+            waiting=self.occupancy.waiting,
             abandoned=len(self.runtime.abandoned),
             paused_jobs=tuple(sorted(self.paused)),
         )
@@ -296,20 +286,8 @@ class Supervisor:
         if startup:
             await self.claims.claim(startup, now)
             self.firing.start_ready(now)
-        words: dict[int, str] = {}  # jobs sharing a schedule share its description
-        states = list(self.jobs.values())
-        for state in states[:PLAN_LINES]:
-            self._emit(Notice(time=self.clock(), job=state.spec.name, message=plan(state, words)))
-        if len(states) > PLAN_LINES:
-            # Ten thousand plan lines would be noise, and their records the start-up's
-            # largest use of memory.
-            self._emit(
-                Notice(
-                    time=self.clock(),
-                    message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
-                    f"(`qtasks list {self.config.path}` shows every next fire)",
-                )
-            )
+        for notice in plan_notices(list(self.jobs.values()), self.clock, self.config.path):
+            self._emit(notice)
 
     async def _nap(self, seconds: float) -> None:
         """Sleep while waiting for the store; a stop request cuts it short."""
@@ -323,24 +301,11 @@ class Supervisor:
         """Report a run a dead daemon left behind (recovery already queued its re-run when
         its job has ``retry_interrupted``)."""
         self.intake.more = True
-        self._emit(
-            Interrupted(
-                time=self.clock(),
-                job=row.job,
-                run_id=row.run_id,
-                trigger=row.trigger,
-                scheduled=row.scheduled,
-                status=RunStatus.INTERRUPTED,
-                error=row.error,
-                level=logging.WARNING,
-            )
-        )
+        self._emit(outcomes.interrupted(row, self.clock()))
 
     def _running_jobs(self) -> str:
         """Who may have changed the daemon's signal handling: the jobs running now."""
-        names = [name for name, state in self.jobs.items() if state.running]
-        names += [name for name, count in self.runtime.stuck.items() if count]
-        unique = sorted(set(names))
+        unique = self.occupancy.holders()
         return f"one of the running jobs ({', '.join(unique[:10]) or '?'})"
 
     def _sleep_for(self) -> float | None:
@@ -370,25 +335,11 @@ class Supervisor:
         if self._reload_config is None:
             return
         self._emit(Reloading(time=self.clock()))
-        try:
-            config = await self._reload_config()
-        except Exception as exc:
-            self._emit(
-                ReloadFailed(
-                    time=self.clock(),
-                    level=logging.ERROR,
-                    message=f"(the old configuration keeps running):\n{exc}",
-                )
-            )
-            return
-        # The new jobs' first fires, worked out in a thread too: a schedule can be slow.
-        try:
-            ahead = await offthread.run(
-                first_fires, self.config.jobs, config.jobs, self.clock(), name="qtasks-reload"
-            )
-        except Exception:  # no thread could start: the loop works them out as before
-            ahead = {}
-        self._parsed = (config, ahead)
+        parsed = await reread(self._reload_config, self.config.jobs, self.clock)
+        if isinstance(parsed, ReloadFailed):
+            self._emit(parsed)
+        else:
+            self._parsed = parsed
 
     def apply_config(self, config: Config, ahead: Mapping[str, Ahead] | None = None) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
@@ -418,7 +369,7 @@ class Supervisor:
         await stop_runs(
             self._tasks,
             grace=grace,
-            waiting=lambda: self.runs.waiting,
+            waiting=lambda: self.occupancy.waiting,
             why_cancelled=self.runtime.why_cancelled,
             emit=self._emit,
             clock=self.clock,
@@ -427,7 +378,8 @@ class Supervisor:
         await self.runs.all_recorded()
         for result in self.runs.left_running(cancels.ABANDONED_AT_SHUTDOWN):
             await self.ledger.finish(result)
-        await self.ledger.release_fires(self.runs.take_unstarted())
+        for result in self.runs.drop_queued(cancels.AT_SHUTDOWN):
+            await self.ledger.finish(result)
         # The runs are recorded already; their hooks get what is left of the grace.
         if await self.runtime.settle_hooks(max(0.0, grace_ends - time.monotonic())):
             log.warning("hooks still running after shutdown_grace were abandoned")

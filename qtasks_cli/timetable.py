@@ -34,8 +34,6 @@ class JobState:
     spec: JobSpec
     next_fire: datetime | None = None
     generation: int = 0  # bumps when the job is rescheduled, invalidating old heap entries
-    running: int = 0
-    waiting: int = 0  # of the running ones, those still waiting for a slot
     pending: list[Pending] = field(default_factory=list)
 
 

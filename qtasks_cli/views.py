@@ -1,27 +1,32 @@
 """What the daemon shows of its jobs: each job's view for the snapshot (the live table,
 ``status``, the metrics), and each job's plan line at the start.
 
-Views are pure readings of the job table; building 1,000 views (and describing 1,000
-schedules) on every redraw of the live table would cost the loop milliseconds, so a job's
-view is reused while nothing in it changed.
+Views are pure readings of the job table and of who holds what (occupancy.py); building
+1,000 views (and describing 1,000 schedules) on every redraw of the live table would cost the
+loop milliseconds, so a job's view is reused while nothing in it changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qtasks_cli.events import Notice
 from qtasks_cli.models import JobView
 
 if TYPE_CHECKING:
+    from qtasks_cli.occupancy import Occupancy
     from qtasks_cli.timetable import JobState
 
 
 class JobViews:
     """Each job's ``JobView``, cached while its inputs are the same."""
 
-    def __init__(self, jobs: dict[str, JobState]) -> None:
+    def __init__(self, jobs: dict[str, JobState], occupancy: Occupancy) -> None:
         self.jobs = jobs  # the supervisor's table, shared
+        self._occupancy = occupancy
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
 
     def views(
@@ -38,7 +43,8 @@ class JobViews:
 
     def _view(self, name: str, state: JobState, paused: bool, abandoned: int) -> JobView:
         spec = state.spec
-        key = (spec, state.next_fire, state.running, state.waiting, len(state.pending), paused,
+        held = self._occupancy.of(name)
+        key = (spec, state.next_fire, held.running, held.waiting, len(state.pending), paused,
                abandoned)  # fmt: skip
         cached = self._views.get(name)
         if cached is not None and cached[0] == key:
@@ -52,17 +58,41 @@ class JobViews:
             schedule=words,
             enabled=spec.enabled,
             next_fire=state.next_fire,
-            running=state.running - state.waiting,
+            running=held.running - held.waiting,
             pending=len(state.pending),
             max_attempts=spec.retry.attempts,
             paused=paused,
-            waiting=state.waiting,
+            waiting=held.waiting,
             abandoned=abandoned,
         )
         if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
             self._views.clear()
         self._views[name] = (key, view)
         return view
+
+
+# Jobs whose plan ("next fire ...") is logged one line each at start; the rest in one line.
+PLAN_LINES = 100
+
+
+def plan_notices(states: list[JobState], clock: Callable[[], datetime], path: Path) -> list[Notice]:
+    """The start's plan lines: one per job for the first PLAN_LINES jobs, then one line for
+    the rest (ten thousand plan lines would be noise, and their records the start-up's
+    largest use of memory)."""
+    words: dict[int, str] = {}  # jobs sharing a schedule share its description
+    notices = [
+        Notice(time=clock(), job=state.spec.name, message=plan(state, words))
+        for state in states[:PLAN_LINES]
+    ]
+    if len(states) > PLAN_LINES:
+        notices.append(
+            Notice(
+                time=clock(),
+                message=f"and {len(states) - PLAN_LINES:,} more jobs scheduled "
+                f"(`qtasks list {path}` shows every next fire)",
+            )
+        )
+    return notices
 
 
 def plan(state: JobState, words: dict[int, str]) -> str:

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from qtasks_cli.runtime import Capacity
+from qtasks_cli.occupancy import Capacity
 
 
 async def _scenario(seed: int) -> None:

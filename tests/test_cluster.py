@@ -243,3 +243,27 @@ def test_a_job_defined_differently_on_two_nodes_is_held_back(
     assert diff_after and {r["status"] for r in diff_after} == {"missed"}
     assert all("held back" in r["error"] for r in diff_after)
     assert {r["status"] for r in rows if r["job"] == "same"} == {"succeeded"}
+
+
+def test_a_skip_for_a_run_on_another_node_names_that_node(cluster) -> None:
+    """Invariant: what a node says of a fire is what the history holds. A fire skipped
+    because another node runs its job names that node in the log line, as in its row."""
+    jobs = "  slow:\n    entrypoint: work:slow\n    schedule: '* * * * * *'\n"
+    path, start, url = cluster(jobs, shutdown_grace="1s")
+    nodes = [start() for _ in range(2)]
+    marker = "still running on node "
+    deadline = time.monotonic() + 30
+    said = ""
+    while not said and time.monotonic() < deadline:
+        said = next((n.output for n in nodes if marker in n.output), "")
+        time.sleep(0.1)
+    rows = runs(url, schema_of(path))
+    for node in nodes:
+        node.stop()
+    assert said, "no node skipped a fire for a run on the other node"
+    line = next(line for line in said.splitlines() if marker in line)
+    named = line.split(marker, 1)[1].split()[0].rstrip(".,;)")
+    running = {r["node"] for r in rows if r["job"] == "slow" and r["status"] == "running"}
+    assert named in running, (line, running)
+    recorded = {r["error"] for r in rows if marker in (r["error"] or "")}
+    assert any(named in error for error in recorded), (named, recorded)

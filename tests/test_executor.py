@@ -21,8 +21,9 @@ from qtasks_cli.events import Event, EventKind
 from qtasks_cli.executor import execute
 from qtasks_cli.failures import ERROR_CHARS, TRACEBACK_CHARS
 from qtasks_cli.models import JobSpec, RetryPolicy, RunResult, RunStatus, TriggerKind
+from qtasks_cli.occupancy import Capacity
 from qtasks_cli.previews import result_preview
-from qtasks_cli.runtime import Capacity, Runtime
+from qtasks_cli.runtime import Runtime
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -800,8 +801,8 @@ def test_a_hung_hook_holds_neither_the_record_nor_the_job() -> None:
         )
         hook_running = not calls["hook_started"].is_set() or not calls["hook_gate"].is_set()
         await runtime.settle_hooks(None)  # the hook times out: its thread is abandoned
-        stuck_job = runtime.stuck[spec.name]
-        stuck_hook = runtime.stuck[f"{spec.name} (on_success hook)"]
+        stuck_job = runtime.occupancy.of(spec.name).stuck
+        stuck_hook = runtime.occupancy.of(f"{spec.name} (on_success hook)").stuck
         calls["hook_gate"].set()
         return result, hook_running, stuck_job, stuck_hook
 

@@ -186,12 +186,13 @@ def test_a_stray_task_borrows_a_unit_and_counts_as_stuck_until_it_ends() -> None
 
         task = asyncio.ensure_future(stubborn())
         runtime.keep(task, "job", "run")
-        assert runtime.stuck["job"] == 1 and runtime.stuck_tasks["job"] == 1
+        held = runtime.occupancy.of("job")
+        assert held.stuck == 1 and held.stuck_tasks == 1
         assert runtime.capacity.in_use == 1
         release_it.set()
         await task
         await asyncio.sleep(0)
-        assert runtime.stuck["job"] == 0 and runtime.capacity.in_use == 0
+        assert runtime.occupancy.of("job").stuck == 0 and runtime.capacity.in_use == 0
         assert "run" not in runtime.abandoned
 
     asyncio.run(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,71 @@ def test_a_body_that_ends_as_its_node_returns_is_not_recorded_over_the_conclusio
     row = _row(url, schema, run_id)
     assert row["status"] == "interrupted", row
     assert "silent since" in row["error"]
+
+
+TICK = """
+def tick():
+    pass
+"""
+
+
+def test_a_frozen_node_neither_runs_nor_reports_the_claims_the_survivor_concluded(
+    cluster,  # noqa: F811
+) -> None:
+    """Invariant: history and metrics never count a fire twice. A node frozen past
+    node_timeout while it held claims written ahead of their instant comes back to find them
+    concluded by the survivor: it must not run them nor say (and count) them missed."""
+    jobs = "  tick:\n    entrypoint: ticking:tick\n    schedule: '* * * * * *'\n"
+    path, start, url = cluster(jobs, node_timeout="3s", shutdown_grace="1s")
+    schema = schema_of(path)
+    (path.parent / "ticking.py").write_text(TICK)
+    nodes = [start(), start()]
+    for node in nodes:
+        node.wait_for(lambda log: "qtasks ready" in log)
+    victim, survivor = nodes
+    mine = f":{victim.proc.pid}:"
+
+    def held() -> list[str]:
+        return [
+            r["run_id"]
+            for r in runs(url, schema)
+            if r["status"] == "claimed" and mine in (r["node"] or "")
+        ]
+
+    # Frozen while it holds a claim written ahead of its instant (read again once frozen:
+    # what it holds then cannot change).
+    claims: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if held():
+            victim.send(signal.SIGSTOP)
+            claims = held()
+            if claims:
+                break
+            victim.send(signal.SIGCONT)
+    assert claims, "the node never held a claim"
+    try:
+        before = len(victim.output)  # what it said before the freeze
+        wait_until(
+            lambda: all(_row(url, schema, c)["status"] == "interrupted" for c in claims),
+            timeout=30,
+            what="the survivor concluding the frozen node's claims",
+        )
+    finally:
+        victim.send(signal.SIGCONT)
+    victim.wait_for(lambda log: "had been presumed dead" in log, timeout=30)
+    # A few more seconds of running on both nodes after the return.
+    mark = len(survivor.output)
+    survivor.wait_for(lambda log: log[mark:].count(" tick ") >= 6, timeout=30)
+    for node in nodes:
+        assert node.stop() == 0
+    said = re.compile(r"\b(" + "|".join(map(re.escape, claims)) + r") (\w+)")
+    events = [m.groups() for m in said.finditer(victim.output[before:])]
+    # Back, the victim may say it lets them go ("run ... is interrupted in the store"),
+    # never that one of them was fired, started, missed or skipped.
+    assert not [e for e in events if e[1] != "of"], (events, victim.output[before:][-3000:])
+    for claim in claims:
+        assert _row(url, schema, claim)["status"] == "interrupted"
+    rows = runs(url, schema)
+    keys = [(r["job"], r["scheduled"]) for r in rows if r["scheduled"] is not None]
+    assert len(keys) == len(set(keys))

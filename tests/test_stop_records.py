@@ -217,6 +217,34 @@ def test_a_stop_records_runs_waiting_for_a_slot(project: Any, daemons: Any) -> N
     assert "Task exception was never retrieved" not in daemon.output, daemon.output
 
 
+def test_a_stop_records_a_fire_queued_behind_its_job_under_the_id_it_was_shown_with(
+    project: Any, daemons: Any
+) -> None:
+    """Invariant: a run id the daemon showed can always be looked up. A fire queued behind
+    its job's previous run (overlap: queue) when the daemon stops is recorded ``cancelled``
+    under its id, as a run waiting for a slot is; no later start records it again."""
+    path = project(
+        "settings: {shutdown_grace: 1s}\njobs:\n"
+        "  slow: {entrypoint: 'queued:slow', schedule: '* * * * * *', overlap: queue}\n",
+        queued="import asyncio\n\n\nasync def slow():\n    await asyncio.sleep(1000)\n",
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    log = daemon.wait_for(lambda log: " queued" in log, timeout=30)
+    line = next(line for line in log.splitlines() if " queued" in line)
+    run_id = line.split(" slow ", 1)[1].split()[0]
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0, daemon.output
+    shown = run_qtasks("show", run_id, "-c", str(path), cwd=path.parent)
+    assert shown.returncode == 0, (shown.stdout, shown.stderr)
+    [row] = [r for r in rows(path) if r["run_id"] == run_id]
+    assert (row["status"], row["error"]) == ("cancelled", "cancelled at shutdown"), row
+    # A second start neither runs nor records that fire again under another id.
+    again = daemons([str(path)], cwd=path.parent)
+    again.wait_for(lambda log: " slow " in log and " started" in log, timeout=30)
+    assert again.stop(signal.SIGTERM, timeout=60) == 0, again.output
+    same = [r for r in rows(path) if r["scheduled"] == row["scheduled"]]
+    assert [r["run_id"] for r in same] == [run_id], same
+
+
 NO_THREADS = """
 jobs:
   blocks_threads:

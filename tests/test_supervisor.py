@@ -431,3 +431,51 @@ def test_a_hung_thread_holds_one_slot_of_its_own_job_not_every_slot(tmp_path: Pa
     assert hung[0].status is RunStatus.TIMED_OUT
     assert {r.status for r in hung[1:]} == {RunStatus.SKIPPED}
     assert all("thread is still running after its timeout" in (r.error or "") for r in hung[1:])
+
+
+def test_a_job_removed_and_added_back_while_it_runs_still_counts_its_run(tmp_path: Path) -> None:
+    """Invariant: under ``overlap: skip`` no two bodies of one job run at once, and a job is
+    never skipped once nothing of it runs. Its run in progress survives a reload that removes
+    the job and one that adds it back (the counts are kept per job name, occupancy.py)."""
+    slow = "slow:\n  entrypoint: test_supervisor:gated\n  schedule: '* * * * * *'\n"
+    slow += "  overlap: skip\n"
+    other = f"other:\n  {JOB}\n  schedule: '0 0 0 1 1 *'\n"
+    with_slow, without = make_config(tmp_path, slow + other), make_config(tmp_path, other)
+    holder: list[Supervisor] = []
+    done: set[str] = set()
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        for at, what, act in (
+            (1.5, "remove", lambda: holder[0].apply_config(without)),
+            (2.5, "add back", lambda: holder[0].apply_config(with_slow)),
+            (4.5, "release", lambda: GATES.setdefault("gate", asyncio.Event()).set()),
+        ):
+            if now >= T0 + timedelta(seconds=at) and what not in done:
+                done.add(what)
+                act()
+
+    _, rows = asyncio.run(
+        supervise(
+            with_slow,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=7),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert done == {"remove", "add back", "release"}
+    by_second = {int((r.scheduled - T0).total_seconds()): r for r in by_job(rows, "slow")}
+    started = [c for c in CALLS if c[0] == "gated"]
+    # The body of :01 ran alone until the release; the fires of :03 and :04 saw it running.
+    assert by_second[1].status is RunStatus.SUCCEEDED
+    for second in (3, 4):
+        assert by_second[second].status is RunStatus.SKIPPED, by_second[second]
+        assert "previous run still running" in (by_second[second].error or "")
+    # Once it ended, the job runs again: its count came back to zero, not below.
+    for second in (5, 6, 7):
+        assert by_second[second].status is RunStatus.SUCCEEDED, by_second[second]
+    assert len(started) == 4

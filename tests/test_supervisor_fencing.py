@@ -92,7 +92,7 @@ def test_a_run_concluded_elsewhere_is_let_go_and_not_recorded(tmp_path: Path) ->
             await other.close()
         assert supervisor.runs_in_hand() == {run_id: "held"}
         assert await honour_conclusions(supervisor) == [run_id]
-        await _until(lambda: supervisor.jobs["held"].running == 0, "the body stopped")
+        await _until(lambda: supervisor.occupancy.of("held").running == 0, "the body stopped")
         [end] = [e for e in events if e.kind is EventKind.FINISHED and e.run_id == run_id]
         assert end.status is RunStatus.INTERRUPTED and end.recorded is False
         await store.flush()
@@ -113,7 +113,7 @@ def test_a_cancel_that_lands_while_the_end_is_recorded_frees_the_job(tmp_path: P
         assert supervisor.cancel_run(run_id, "me@box (pid 1)") is True
         await asyncio.sleep(0.05)
         store.gate.set()
-        await _until(lambda: supervisor.jobs["quick"].running == 0, "the job is free again")
+        await _until(lambda: supervisor.occupancy.of("quick").running == 0, "the job is free again")
         again = enqueue_now(str(tmp_path / "state.db"), "quick", [], {})
         supervisor.nudge()
         await _until(

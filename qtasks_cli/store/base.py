@@ -125,6 +125,10 @@ def busy_error(node: str) -> str:
     return f"skipped: previous run still running on node {node}"
 
 
+# The same, where the node's name cannot be read back.
+BUSY_ELSEWHERE = "skipped: previous run still running on another node"
+
+
 class LedgerStore(Protocol):
     """Claim -> start -> finish (``qtasks_cli.ledger``): what keeps a fire or a request from
     starting twice, and what recovery concludes for the runs of a daemon that died.
