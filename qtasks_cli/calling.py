@@ -193,6 +193,10 @@ class Run:
                 raise
             except BaseException as exc:
                 return Outcome(error=unwrap(exc)), False
+        # The task of its own is no run the burst holds at its gate: the gate is passed here,
+        # in the run's task, or the body would start as soon as that task ran, before its
+        # instant (the loop prepares a burst a few milliseconds ahead).
+        await self.through_gate()
         task = asyncio.get_running_loop().create_task(
             guarded(awaitable), name=f"qtasks:{self.job.name}:{self.run_id}:{what}"
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import signal
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from conftest import run_qtasks
 
 JOBS = """
@@ -221,3 +223,82 @@ def test_example_file_validates() -> None:
     result = run_qtasks("validate", str(root / "jobs.example.yaml"), cwd=root)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "4 jobs OK"
+
+
+EARLY = """
+import time
+from pathlib import Path
+
+async def tick_async():
+    with open("starts.txt", "a") as f:
+        f.write(f"{time.time():.6f}\\n")
+
+def tick_sync():
+    with open("starts.txt", "a") as f:
+        f.write(f"{time.time():.6f}\\n")
+
+async def tick_skip():  # ends a few ms before the next instant, inside the loop's lead
+    import asyncio
+    await asyncio.sleep(0.997 - time.time() % 1)
+
+
+async def tick_queue():  # ends a few ms before the next instant: its fire waits behind it
+    import asyncio
+    with open("starts.txt", "a") as f:
+        f.write(f"{time.time():.6f}\\n")
+    await asyncio.sleep(0.997 - time.time() % 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "timeout"),
+    [
+        ("async", ""),
+        ("sync", ""),
+        ("async", "    timeout: 2s\n"),
+        ("sync", "    timeout: 2s\n"),
+        ("queue", "    overlap: queue\n"),
+    ],
+)
+def test_no_body_starts_before_its_instant(project, daemons, kind: str, timeout: str) -> None:
+    """Invariant: a body never starts before its scheduled instant (a midnight job must see
+    the new day): with or without a timeout (which runs the attempt in a task of its own), and
+    when it waited behind its job's run that ended just before the instant."""
+    path = project(
+        f"jobs:\n  t:\n    entrypoint: early:tick_{kind}\n    schedule: '* * * * * *'\n{timeout}",
+        early=EARLY,
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    starts_file = path.parent / "starts.txt"
+    daemon.wait_for(
+        lambda _: starts_file.exists() and len(starts_file.read_text().split()) >= 6, timeout=30
+    )
+    assert daemon.stop() == 0
+    starts = [float(x) for x in starts_file.read_text().split()]
+    # Every fire is on a whole second; a start in the last 100 ms of a second is early.
+    early = [s for s in starts if s - int(s) > 0.9]
+    assert not early, [f"{s:.6f}" for s in starts]
+
+
+def test_overlap_is_decided_on_the_instant_not_before_it(project, daemons) -> None:
+    """Invariant: a job is never skipped for a run that ends before the fire's instant. The
+    loop takes a fire a few milliseconds early to prepare its run; a job still running then
+    is decided on the instant itself, so a skip is never recorded before it."""
+    path = project(
+        "jobs:\n  t:\n    entrypoint: early:tick_skip\n    schedule: '* * * * * *'\n"
+        "    overlap: skip\n",
+        early=EARLY,
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda log: len(fired(log, "t")) >= 6, timeout=30)
+    assert daemon.stop() == 0
+    listed = run_qtasks("history", "t", "--json", "-c", str(path), cwd=path.parent)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    early = [
+        r
+        for r in rows
+        if r["status"] == "skipped"
+        and datetime.fromisoformat(r["ended"]) < datetime.fromisoformat(r["scheduled"])
+    ]
+    assert not early, early
