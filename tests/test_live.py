@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import QTASKS, clean_env
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 from rich.live import Live
 
@@ -797,3 +799,38 @@ def test_closing_the_terminal_stops_the_daemon(project, terminal) -> None:
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "the daemon ran on with nobody watching"
+
+
+@given(error=st.text(max_size=60), problems=st.lists(st.text(max_size=30), max_size=4))
+def test_a_jobs_text_is_one_row_of_the_events_area_and_the_daemons_lines_follow(
+    error: str, problems: list[str]
+) -> None:
+    """Invariant: a job's text never makes an event line of its own in the live table (its
+    breaks shown as \\n, as in the plain log); a refused reload's problems follow their
+    line, one row each."""
+    from datetime import datetime, timezone
+
+    from qtasks_cli.events import Finished, ReloadFailed
+
+    view_ = LiveView(clock=lambda: NOW)
+    handler = live.LiveHandler(view_)
+    failed = Finished(
+        time=datetime.now(timezone.utc), job="j", run_id="r", status=RunStatus.FAILED,
+        error=f"bad\n{error}\nFAKE ERROR other succeeded", level=logging.ERROR,
+    )  # fmt: skip
+    record = logging.LogRecord("qtasks.events", logging.ERROR, "", 0, "%s", ("x",), None)
+    record.qtasks_event = failed  # type: ignore[attr-defined]
+    handler.handle(record)
+    assert len(view_.lines) == 1, [line.text for line in view_.lines]
+    assert "bad\\n" in view_.lines[0].text and "FAKE" in view_.lines[0].text
+    lines = [p.replace("\r", " ") for p in problems if p.strip() and p.splitlines() == [p]]
+    refused = ReloadFailed(
+        time=datetime.now(timezone.utc),
+        message="(the old configuration keeps running):\n" + "\n".join(lines),
+    )
+    record = logging.LogRecord("qtasks.events", logging.ERROR, "", 0, "%s", ("x",), None)
+    record.qtasks_event = refused  # type: ignore[attr-defined]
+    handler.handle(record)
+    rows = [line.text for line in list(view_.lines)[1:]]
+    assert len(rows) == 1 + len(lines), rows
+    assert rows[0].endswith("(the old configuration keeps running):"), rows

@@ -249,7 +249,11 @@ class LiveHandler(logging.Handler):
         try:
             event: Event | None = getattr(record, "qtasks_event", None)
             if event is not None:
-                self.view.add_text(ui_log.describe_event(event), record.levelno, event.time)
+                # One row for the record (a job's line breaks shown as \n, as in the plain
+                # log), then the daemon's own further lines (ui.log.event_text).
+                text, more = ui_log.event_text(event)
+                text = clean_line(redact_known(text[: _READ_CHARS + records.MAX_CHARS]))
+                self.view.add_text(f"{text}\n{more}" if more else text, record.levelno, event.time)
             elif records.here(record):
                 self._show(record)
             elif self._waiting < MAX_LINES:  # more waiting than the area shows: dropped

@@ -144,6 +144,19 @@ def event_fields(event: Event) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def event_text(event: Event) -> tuple[str, str]:
+    """``event`` as the text of its record's line and the lines that follow it ("" for none).
+
+    A job's text (an error, an item) stays on the record's line: shown there with
+    ``clean_line``, its line breaks are the two characters ``\n``, so a value cannot forge a
+    line of its own. The daemon's own message (a refused job file's problems, one per line)
+    ends the record's line with its first line; its other lines follow."""
+    if event.message and "\n" in event.message:
+        head, more = event.message.split("\n", 1)
+        return describe_event(replace(event, message=head)), more
+    return describe_event(event), ""
+
+
 def describe_event(event: Event) -> str:
     """The event in one human line, without time and level."""
     parts = [event.job or "qtasks"]
@@ -205,14 +218,8 @@ class PlainFormatter(logging.Formatter):
         more = ""
         if event is None:
             text = record.getMessage()
-        elif event.message and "\n" in event.message:
-            # The daemon's own message (a refused job file's problems, one per line): its
-            # first line ends the record's line, the others follow it indented, each cleaned.
-            # A job's text (error, item) stays on the record's line, its breaks shown as \n.
-            head, more = event.message.split("\n", 1)
-            text = describe_event(replace(event, message=head))
         else:
-            text = describe_event(event)
+            text, more = event_text(event)
         text = clean_line(records.cut(redact_known(text)))
         if more:
             lines = redact_known(records.cut(more)).splitlines()
