@@ -22,7 +22,7 @@ from qtasks_cli.burst import Burst
 from qtasks_cli.claims import report_unrun, unless_paused
 from qtasks_cli.clock import settle_until
 from qtasks_cli.events import Event, Fired
-from qtasks_cli.models import RunStatus, TriggerKind
+from qtasks_cli.models import Overlap, RunStatus, TriggerKind
 from qtasks_cli.policy import LATE_AFTER, late_claim_missed, overlap_skip
 from qtasks_cli.store.base import Fire
 
@@ -76,6 +76,8 @@ class Firing:
         # and wait the rest precisely (clock.settle_until); a test's clock has no overshoot.
         self._early = early
         self._prepare_cost = PREPARE_GUESS
+        # The instant of fires held to be decided on it, not before (``_on_the_instant``).
+        self._exact: datetime | None = None
 
     def wait(self, now: datetime) -> float | None:
         """Seconds until the loop must wake to start the next claimed fires (``lead`` before
@@ -85,6 +87,8 @@ class Firing:
             return None
         if self._unsure_since is not None:
             return UNSURE_POLL
+        if instant == self._exact:  # decided on the instant itself: no lead
+            return max(0.0, (instant - now).total_seconds())
         lead = self.lead(self.ledger.held_at(instant))
         return max(0.0, (instant - now).total_seconds() - lead)
 
@@ -94,10 +98,12 @@ class Firing:
         overlap is decided now, for the fires due together against what ran before them (so
         catch_up: all runs them all)."""
         horizon = now
+        if self._exact is not None and now >= self._exact:
+            self._exact = None
         instant = self.ledger.next_instant()
-        if self._early and instant is not None:
+        if self._early and instant is not None and instant != self._exact:
             horizon = now + timedelta(seconds=self.lead(self.ledger.held_at(instant)))
-        due = self.ledger.due(horizon)
+        due = self._on_the_instant(self.ledger.due(horizon), now)
         if not due or now - due[0].scheduled <= LATE_AFTER:
             self._unsure_since = None  # nothing late waits any more
         if not due:
@@ -169,6 +175,28 @@ class Firing:
             self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
             settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
         burst.go(self.clock)
+
+    def _on_the_instant(self, due: list[Fire], now: datetime) -> list[Fire]:
+        """``due`` less the fires taken before their instant (the lead) whose job still runs:
+        they are held again and decided on the instant itself (``wait``), so that a run that
+        ends in the last milliseconds before it does not make them skip or wait."""
+        if not self._early:
+            return due
+        keep: list[Fire] = []
+        for fire in due:
+            state = self.jobs.get(fire.job)
+            if (
+                fire.scheduled > now
+                and fire.status is RunStatus.CLAIMED
+                and state is not None
+                and state.spec.overlap is not Overlap.ALLOW
+                and self._occupancy.busy(fire.job) is not None
+            ):
+                self.ledger.hold(fire)
+                self._exact = min(fire.scheduled, self._exact or fire.scheduled)
+            else:
+                keep.append(fire)
+        return keep
 
     def _vouched(self, due: list[Fire], now: datetime) -> bool:
         """Whether late claims may be judged now. On a shared store, claims late by more than

@@ -238,6 +238,12 @@ def waits_behind(policy: Overlap, trigger: TriggerKind, busy: bool) -> bool:
     return trigger in HANDED_OVER or policy is Overlap.QUEUE or trigger is TriggerKind.CATCH_UP
 
 
+def queued_may_start(policy: Overlap, busy: bool) -> bool:
+    """Whether a run already waiting behind its job's run in progress may start: once nothing
+    of the job runs, or at once when a reload made the job ``allow``."""
+    return not busy or policy is Overlap.ALLOW
+
+
 def exclusive(policy: Overlap) -> bool:
     """Whether a shared store keeps the job's runs apart across nodes (a claim while another
     node runs the job comes back busy)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from qtasks_cli.events import Event, EventBus, Fired, Queued
 from qtasks_cli.executor import CANCELLED_RESULT, execute
 from qtasks_cli.ledger import Ledger
 from qtasks_cli.models import JobSpec, RunResult, RunStatus, TriggerKind
-from qtasks_cli.policy import HANDED_OVER, waits_behind
+from qtasks_cli.policy import HANDED_OVER, queued_may_start, waits_behind
 from qtasks_cli.request import call_for_start
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.timetable import JobState
@@ -306,12 +306,35 @@ class Runs:
         self._wake.set()
 
     def start_pending(self, name: str) -> None:
-        """Start the job's next pending run once nothing of it runs any more."""
+        """Start the job's pending runs that may start now (``policy.queued_may_start``): the
+        next once nothing of the job runs, all of them under ``allow``; never one before its
+        scheduled instant (a run that ends just before it): that one is started then."""
         state = self.jobs.get(name)
-        if state is None or not state.pending or self._stopping() or self.occupancy.busy(name):
-            return
-        run_id, trigger, scheduled, args, kwargs = state.pending.pop(0)
-        self.start(state.spec, run_id, trigger, scheduled, args, kwargs)
+        while state is not None and state.pending and not self._stopping():
+            busy = self.occupancy.busy(name) is not None
+            if not queued_may_start(state.spec.overlap, busy):
+                return
+            run_id, trigger, scheduled, args, kwargs = state.pending[0]
+            early = (scheduled - self.clock()).total_seconds() if scheduled is not None else 0
+            if early > 0:
+                asyncio.get_running_loop().call_later(early, self.start_pending, name)
+                return
+            del state.pending[0]
+            self.start(state.spec, run_id, trigger, scheduled, args, kwargs)
+
+    def drop_pending(self, jobs: Collection[str], why: str) -> list[RunResult]:
+        """The runs waiting behind a run of ``jobs`` (removed by a reload), taken off their
+        lists: each recorded ``cancelled`` with ``why`` under the id it was shown with, and
+        said once. The caller records them."""
+        results: list[RunResult] = []
+        for name in jobs:
+            state = self.jobs.get(name)
+            if state is None:
+                continue
+            for run_id, trigger, scheduled, _, _ in state.pending:
+                results.append(self.cancelled(name, run_id, trigger, scheduled, why))
+            state.pending = []
+        return results
 
     def start_queued(self, request: QueuedRun) -> None:
         """Start a request taken from the queue (qtasks_cli.intake), or let it wait behind its

@@ -343,12 +343,19 @@ class Supervisor:
 
     def apply_config(self, config: Config, ahead: Mapping[str, Ahead] | None = None) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
-        progress are not touched. ``ahead``: ``timetable.first_fires`` made off the loop."""
+        progress are not touched; runs waiting behind a removed job's run are recorded
+        cancelled, and those of a changed job start if its new overlap lets them.
+        ``ahead``: ``timetable.first_fires`` made off the loop."""
+        gone = [name for name in self.config.jobs if name not in config.jobs]
+        for result in self.runs.drop_pending(gone, cancels.REMOVED):
+            self._background(self.ledger.finish(result))
         changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock(), ahead)
         self.config = config
         self.cluster.config_changed()
         if changes.removed:
             self.ledger.release(set(changes.removed))
+        for name in changes.changed:
+            self.runs.start_pending(name)
         if self.on_config is not None:
             self.on_config()
         self._emit(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from reliability import virtual
 
+from qtasks_cli import cancels
 from qtasks_cli.events import Event, EventKind
 from qtasks_cli.models import Config, RunResult, RunStatus, TriggerKind
 from qtasks_cli.store.sqlite import SqliteStore
@@ -479,3 +480,69 @@ def test_a_job_removed_and_added_back_while_it_runs_still_counts_its_run(tmp_pat
     for second in (5, 6, 7):
         assert by_second[second].status is RunStatus.SUCCEEDED, by_second[second]
     assert len(started) == 4
+
+
+def _reload_while_queued(tmp_path: Path, second: str) -> tuple[list[RunResult], int]:
+    """``slow`` (overlap: queue) holds its first run until 4.5 s; at 2.5 s, while the fire of
+    :02 waits behind it, the file is reloaded with ``second`` jobs. Its rows, and how many
+    bodies had started before the release."""
+    slow = "slow:\n  entrypoint: test_supervisor:gated\n  schedule: '* * * * * *'\n"
+    other = f"other:\n  {JOB}\n  schedule: '0 0 0 1 1 *'\n"
+    first = make_config(tmp_path, slow + "  overlap: queue\n" + other)
+    then = make_config(tmp_path, second.format(slow=slow) + other)
+    holder: list[Supervisor] = []
+    done: set[str] = set()
+    before: list[int] = []
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def release() -> None:
+        before.append(len([c for c in CALLS if c[0] == "gated"]))
+        GATES.setdefault("gate", asyncio.Event()).set()
+
+    def steps(now: datetime) -> None:
+        for at, what, act in (
+            (2.5, "reload", lambda: holder[0].apply_config(then)),
+            (4.5, "release", release),
+        ):
+            if now >= T0 + timedelta(seconds=at) and what not in done:
+                done.add(what)
+                act()
+
+    _, rows = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=6),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert done == {"reload", "release"}
+    return by_job(rows, "slow"), before[0]
+
+
+def test_a_run_queued_behind_a_job_a_reload_removes_is_recorded_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Invariant: nothing the daemon said it would run is lost. A fire queued behind its job's
+    run when a reload removes the job is recorded ``cancelled`` (removed by a reload), never
+    left ``claimed``."""
+    rows, _ = _reload_while_queued(tmp_path, "")
+    queued = [r for r in rows if int((r.scheduled - T0).total_seconds()) == 2]
+    assert [(r.status, r.error) for r in queued] == [(RunStatus.CANCELLED, cancels.REMOVED)]
+    assert not [r for r in rows if r.status in (RunStatus.CLAIMED, RunStatus.RUNNING)], rows
+
+
+def test_a_run_queued_behind_its_job_starts_at_once_when_a_reload_makes_it_allow(
+    tmp_path: Path,
+) -> None:
+    """A reload that changes ``overlap: queue`` to ``allow`` lets the queued run start: it no
+    longer waits behind anything (before, it waited for ever while later fires ran)."""
+    rows, before_release = _reload_while_queued(tmp_path, "{slow}  overlap: allow\n")
+    by_second = {int((r.scheduled - T0).total_seconds()): r for r in rows}
+    assert by_second[2].status is RunStatus.SUCCEEDED, by_second[2]
+    # The fires of :01 to :04 all had their bodies going before the release at 4.5 s.
+    assert before_release == 4, (before_release, by_second)
