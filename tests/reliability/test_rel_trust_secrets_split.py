@@ -5,6 +5,7 @@ joins it again, so redaction must see through them (qtasks_cli.redaction)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,7 @@ hello: {entrypoint: "rel_heavy:hello", schedule: "* * * * * *"}
 """
 
 
+@pytest.mark.timeout(300)
 @case(
     "redacting_heavy_output_holds_nothing_up",
     group=GROUP,
@@ -202,8 +204,26 @@ def test_redacting_heavy_output_holds_nothing_up(tmp_path: Path) -> None:
     )
 
     env = {"A": "alphasecret0", "B": "bravosecret1", "C": "charliesec2", "D": "deltasecret3"}
+
+    def each_ran_to_its_end(daemon: Daemon) -> None:
+        # On a busy machine one of the 1.2 MB runs may take longer than the ticks below: wait
+        # for an end of every job whose end is asserted, not for a count of seconds.
+        daemon.wait_for(
+            lambda log: all(
+                re.search(rf"\b{job} \S+ (succeeded|failed)", log)
+                for job in ("lines", "partial", "hello")
+            ),
+            timeout=90,
+            what="an end of lines, partial and hello",
+        )
+
     scenario = Scenario(
-        name="heavy", jobs=HEAVY_JOBS, modules={"rel_heavy": HEAVY_MODULE}, ticks=8, env=env
+        name="heavy",
+        jobs=HEAVY_JOBS,
+        modules={"rel_heavy": HEAVY_MODULE},
+        ticks=8,
+        env=env,
+        driver=each_ran_to_its_end,
     )
     out = run_scenarios([scenario], tmp_path)["heavy"]
     assert_healthy(out)
