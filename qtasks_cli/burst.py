@@ -190,6 +190,9 @@ class Burst:
     def __init__(self, instant: datetime) -> None:
         self.gate = Gate(instant)
         self._held: list[tuple[asyncio.Task[Any], _Stepped, contextvars.Context]] = []
+        # Every task added, held at the gate or not (one waiting for a slot is not held:
+        # it passes the gate when it gets one, so the gate must not open before the instant).
+        self.added = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -197,6 +200,7 @@ class Burst:
     def add(self, coro: Coroutine[Any, Any, _T], *, name: str | None = None) -> asyncio.Task[_T]:
         """A task for ``coro``, stepped now up to the gate (or its first other suspension)."""
         loop = asyncio.get_running_loop()
+        self.added += 1
         if not _STEPPING:
             return loop.create_task(coro, name=name)
         context = contextvars.copy_context()

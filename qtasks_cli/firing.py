@@ -169,10 +169,15 @@ class Firing:
     def _go(self, burst: Burst, prepared: float) -> None:
         """Wait for the burst's instant (the rest of the lead) and start its bodies."""
         count = len(burst)
-        if self._early and count:
-            cost = (time.perf_counter() - prepared) / count
-            # Up at once, down slowly: one slow burst makes the next ones wake earlier.
-            self._prepare_cost = min(max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX)
+        if self._early and burst.added:
+            if count:
+                cost = (time.perf_counter() - prepared) / count
+                # Up at once, down slowly: one slow burst makes the next ones wake earlier.
+                self._prepare_cost = min(
+                    max(cost, 0.8 * self._prepare_cost + 0.2 * cost), PREPARE_MAX
+                )
+            # Also when no run is held at the gate: a run waiting for a slot passes the open
+            # gate the moment it gets one, and that must not be before the instant.
             settle_until(burst.gate.instant.timestamp(), limit=LEAD_MAX)
         burst.go(self.clock)
 

@@ -10,6 +10,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from qtasks_cli.policy import busy_reason
 
@@ -102,6 +103,8 @@ class Occupancy:
         self.capacity = Capacity(max_concurrent)
         self.zombies = 0  # threads and tasks that outlived their run, of any owner
         self._held: dict[str, Held] = {}
+        # The tasks of runs waiting for a slot: take_slot's key -> (job, task).
+        self.slot_waits: dict[tuple[str, str], tuple[str, asyncio.Task[Any]]] = {}
         self._on_freed = on_freed
 
     def of(self, job: str) -> Held:
@@ -128,15 +131,20 @@ class Occupancy:
         held.running -= 1
         self._drop_if_idle(job, held)
 
-    async def take_slot(self, job: str) -> None:
-        """Wait for a max_concurrent slot for a run of ``job``, counted as waiting meanwhile;
-        ``give_slot`` gives it back."""
+    async def take_slot(self, job: str, key: tuple[str, str] | None = None) -> None:
+        """Wait for a max_concurrent slot for a run of ``job``, counted as waiting meanwhile
+        (and its task listed under ``key`` in ``slot_waits``); ``give_slot`` gives it back."""
         held = self._own(job)
         held.waiting += 1
+        task = asyncio.current_task() if key is not None else None
+        if task is not None and key is not None:
+            self.slot_waits[key] = (job, task)
         try:
             await self.capacity.acquire()
         finally:
             held.waiting -= 1
+            if task is not None and key is not None:
+                del self.slot_waits[key]
 
     def give_slot(self) -> None:
         self.capacity.release()

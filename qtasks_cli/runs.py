@@ -6,8 +6,7 @@ a free max_concurrent slot -> the ledger's start mark (a handed-over request: it
 begin) -> the executor (``gate``: a run prepared before its instant, burst.py) -> the
 ledger's finish, with the lines it printed. Handed-over requests come in through
 ``start_queued`` (qtasks_cli.intake). A run cancelled before its body started is recorded
-``cancelled`` and said once (qtasks_cli.cancels).
-"""
+``cancelled`` and said once (qtasks_cli.cancels)."""
 
 from __future__ import annotations
 
@@ -215,7 +214,7 @@ class Runs:
         # A request cancelled before its begin stays taken: the next start gives it back.
         recordable = trigger not in HANDED_OVER
         try:
-            await self.occupancy.take_slot(spec.name)
+            await self.occupancy.take_slot(spec.name, (run_id, trigger))
             try:
                 if trigger in HANDED_OVER:
                     if not await self.ledger.begin(spec.name, run_id):
@@ -266,6 +265,10 @@ class Runs:
             self._going.pop(run_id, None)  # its own end is recorded below, not left_running's
             if run_id in self._let_go:  # concluded elsewhere: nothing to record here
                 result = None
+            # Over once its body and attempts are: a fire decided while this end is still
+            # being recorded (its output redacted, its row written) finds the job free, as
+            # its recorded end says.
+            self._ended(spec.name)
             try:
                 if result is not None:  # its own task: a stop waits for it (all_recorded)
                     record = asyncio.ensure_future(self._record(spec, result))
@@ -277,7 +280,6 @@ class Runs:
                 self._let_go.discard(run_id)
                 self.runtime.concluded.pop(run_id, None)
                 self.runtime.why_cancelled.pop(run_id, None)
-                self._ended(spec.name)
 
     async def all_recorded(self) -> None:
         """Wait until every ended run is recorded: a run whose task a stop cancelled while
@@ -324,8 +326,9 @@ class Runs:
 
     def drop_pending(self, jobs: Collection[str], why: str) -> list[RunResult]:
         """The runs waiting behind a run of ``jobs`` (removed by a reload), taken off their
-        lists: each recorded ``cancelled`` with ``why`` under the id it was shown with, and
-        said once. The caller records them."""
+        lists: each ``cancelled`` with ``why`` under the id it was shown with, said once, and
+        returned for the caller to record; those waiting for a slot are cancelled too."""
+        self.cancel_slot_waits(why, jobs)
         results: list[RunResult] = []
         for name in jobs:
             state = self.jobs.get(name)
@@ -361,6 +364,22 @@ class Runs:
             )
             return
         self.start(state.spec, request.run_id, request.trigger, None, request.args, request.kwargs)
+
+    def cancel_slot_waits(
+        self, why: str, jobs: Collection[str] | None = None
+    ) -> list[asyncio.Task[Any]]:
+        """Cancel the runs of ``jobs`` (None: all) still waiting for a slot, each recorded
+        ``cancelled`` with ``why`` by its task; at a stop (``jobs`` None) a handed-over
+        request stays taken, and the next start gives it back. Returns their tasks."""
+        cancelled: list[asyncio.Task[Any]] = []
+        for (run_id, trigger), (job, task) in list(self.occupancy.slot_waits.items()):
+            if jobs is not None and job not in jobs:
+                continue
+            if jobs is not None or trigger not in HANDED_OVER:
+                self._cancelled_by[run_id] = why
+            task.cancel(why)
+            cancelled.append(task)
+        return cancelled
 
     def drop_queued(self, why: str) -> list[RunResult]:
         """Take the fires still waiting to start (``overlap: queue``, catch-up runs waiting

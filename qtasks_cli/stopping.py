@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qtasks_cli import cancels
 from qtasks_cli.events import Event, Notice
@@ -32,12 +32,18 @@ async def stop_runs(
     emit: Callable[[Event], None],
     clock: Callable[[], datetime],
     settle: float = 5.0,
+    cancel_waits: Callable[[], Collection[asyncio.Task[Any]]] = tuple,
 ) -> None:
     """Wait up to ``grace`` seconds for ``tasks`` (the daemon's, runs among them); cancel
     the rest and wait up to ``settle`` seconds more for them to end (a process job's child
     gets SIGTERM, then SIGKILL after its kill_grace, and is reaped and recorded: the caller
     passes the longest kill_grace plus a margin). ``waiting``: how many runs have no
-    max_concurrent slot yet (they are not running)."""
+    max_concurrent slot yet (they are not running). ``cancel_waits`` cancels those at once
+    and returns their tasks: none starts once the stop began (a slot freed in the grace), and
+    their ends are recorded (up to ``settle`` seconds) before the stop says what it waits for."""
+    waits = cancel_waits()
+    if waits:
+        await asyncio.wait(waits, timeout=settle)
     running = [t for t in tasks if not t.done()]
     if not running:
         return

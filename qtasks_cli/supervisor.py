@@ -6,8 +6,7 @@ fires), ``claims`` (fires claimed ahead of their instant), ``firing`` (started o
 ``runs`` (a run through the executor, overlap queues, cancels), ``intake`` (handed-over
 requests), ``cluster`` (heartbeats and reaping on a shared store), ``ledger`` (claim ->
 start -> finish), ``pruning``, ``views`` (the snapshot) and ``stopping``; ``policy`` decides.
-Signal handlers only flip state here (``request_stop``, ``request_reload``). Clock and timer
-are injected so tests control time."""
+Signal handlers only flip state (``request_stop``, ``request_reload``); clock, timer injected."""
 
 from __future__ import annotations
 
@@ -343,8 +342,8 @@ class Supervisor:
 
     def apply_config(self, config: Config, ahead: Mapping[str, Ahead] | None = None) -> None:
         """Take a new configuration: added, removed and changed jobs take effect; runs in
-        progress are not touched; runs waiting behind a removed job's run are recorded
-        cancelled, and those of a changed job start if its new overlap lets them.
+        progress are not touched; a removed job's runs waiting behind its run or for a slot
+        are recorded cancelled; those of a changed job start if its new overlap lets them.
         ``ahead``: ``timetable.first_fires`` made off the loop."""
         gone = [name for name in self.config.jobs if name not in config.jobs]
         for result in self.runs.drop_pending(gone, cancels.REMOVED):
@@ -377,6 +376,7 @@ class Supervisor:
             self._tasks,
             grace=grace,
             waiting=lambda: self.occupancy.waiting,
+            cancel_waits=lambda: self.runs.cancel_slot_waits(cancels.AT_SHUTDOWN),
             why_cancelled=self.runtime.why_cancelled,
             emit=self._emit,
             clock=self.clock,

@@ -242,6 +242,16 @@ async def tick_skip():  # ends a few ms before the next instant, inside the loop
     await asyncio.sleep(0.997 - time.time() % 1)
 
 
+async def hold_slot():  # holds the only slot until a few ms before the next instant
+    import asyncio
+    await asyncio.sleep(0.997 - time.time() % 1)
+
+
+async def hog():
+    import asyncio
+    await asyncio.sleep(5)
+
+
 async def tick_queue():  # ends a few ms before the next instant: its fire waits behind it
     import asyncio
     with open("starts.txt", "a") as f:
@@ -258,16 +268,29 @@ async def tick_queue():  # ends a few ms before the next instant: its fire waits
         ("async", "    timeout: 2s\n"),
         ("sync", "    timeout: 2s\n"),
         ("queue", "    overlap: queue\n"),
+        ("async", "slot"),
+        ("sync", "slot"),
+        ("sync", "slot    isolation: process\n"),
+        ("async", "slot    timeout: 2s\n"),
     ],
 )
 def test_no_body_starts_before_its_instant(project, daemons, kind: str, timeout: str) -> None:
     """Invariant: a body never starts before its scheduled instant (a midnight job must see
     the new day): with or without a timeout (which runs the attempt in a task of its own), and
-    when it waited behind its job's run that ended just before the instant."""
-    path = project(
-        f"jobs:\n  t:\n    entrypoint: early:tick_{kind}\n    schedule: '* * * * * *'\n{timeout}",
-        early=EARLY,
-    )
+    when it waited behind its job's run that ended just before the instant; ``slot``: when it
+    waited for the only max_concurrent slot, which a run of another job gives back a few
+    milliseconds before the instant (the burst then held no run at its gate)."""
+    text = f"jobs:\n  t:\n    entrypoint: early:tick_{kind}\n    schedule: '* * * * * *'\n"
+    if timeout.startswith("slot"):
+        text = (
+            "settings:\n  max_concurrent: 1\n"
+            + text
+            + timeout.removeprefix("slot")
+            + "  holder:\n    entrypoint: early:hold_slot\n    schedule: '* * * * * *'\n"
+        )
+    else:
+        text += timeout
+    path = project(text, early=EARLY)
     daemon = daemons([str(path)], cwd=path.parent)
     starts_file = path.parent / "starts.txt"
     daemon.wait_for(
@@ -278,6 +301,32 @@ def test_no_body_starts_before_its_instant(project, daemons, kind: str, timeout:
     # Every fire is on a whole second; a start in the last 100 ms of a second is early.
     early = [s for s in starts if s - int(s) > 0.9]
     assert not early, [f"{s:.6f}" for s in starts]
+
+
+def test_a_run_waiting_for_a_slot_never_starts_once_the_stop_began(project, daemons) -> None:
+    """Invariant: after SIGTERM nothing new starts. A run still waiting for a max_concurrent
+    slot when the stop begins is recorded ``cancelled at shutdown`` at once, and does not
+    start when the run holding the slot ends within the grace."""
+    path = project(
+        "settings:\n  max_concurrent: 1\n  shutdown_grace: 30s\n"
+        "jobs:\n  hog:\n    entrypoint: early:hog\n    schedule: '@startup'\n"
+        "  t:\n    entrypoint: early:tick_sync\n    schedule: '* * * * * *'\n",
+        early=EARLY,
+    )
+    daemon = daemons([str(path)], cwd=path.parent)
+    daemon.wait_for(lambda log: len(fired(log, "t")) >= 1, timeout=30)
+    assert daemon.stop(timeout=60) == 0, daemon.output
+    assert not (path.parent / "starts.txt").exists(), daemon.output  # no body of t ever ran
+    listed = run_qtasks("history", "--json", "-c", str(path), cwd=path.parent)
+    assert listed.returncode == 0, listed.stderr
+    waiting = [r for r in map(json.loads, listed.stdout.splitlines()) if r["job"] == "t"]
+    assert waiting and all(
+        r["status"] == "skipped" or (r["status"] == "cancelled" and r["started"] is None)
+        for r in waiting
+    ), waiting
+    assert any(r["error"] == "cancelled at shutdown" for r in waiting), waiting
+    hog = [r for r in map(json.loads, listed.stdout.splitlines()) if r["job"] == "hog"]
+    assert [r["status"] for r in hog] == ["succeeded"], hog  # it ended within the grace
 
 
 def test_overlap_is_decided_on_the_instant_not_before_it(project, daemons) -> None:

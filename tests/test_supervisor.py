@@ -546,3 +546,93 @@ def test_a_run_queued_behind_its_job_starts_at_once_when_a_reload_makes_it_allow
     assert by_second[2].status is RunStatus.SUCCEEDED, by_second[2]
     # The fires of :01 to :04 all had their bodies going before the release at 4.5 s.
     assert before_release == 4, (before_release, by_second)
+
+
+def test_a_run_waiting_for_a_slot_of_a_job_a_reload_removes_never_starts(
+    tmp_path: Path,
+) -> None:
+    """Invariant: a removed job runs no more. A run of it still waiting for a max_concurrent
+    slot when a reload removes the job is recorded ``cancelled`` (removed by a reload) and
+    does not start when the slot comes free (before, it ran after its job was gone)."""
+    hold = "hold:\n  entrypoint: test_supervisor:gated\n  schedule: '* * * * * *'\n"
+    waits = f"w:\n  {JOB}\n  args: [w]\n  schedule: '* * * * * *'\n"
+    first = make_config(tmp_path, hold + waits, settings="max_concurrent: 1\n")
+    then = make_config(tmp_path, hold, settings="max_concurrent: 1\n")
+    holder: list[Supervisor] = []
+    done: set[str] = set()
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        for at, what, act in (
+            (2.5, "reload", lambda: holder[0].apply_config(then)),
+            (4.5, "release", lambda: GATES.setdefault("gate", asyncio.Event()).set()),
+        ):
+            if now >= T0 + timedelta(seconds=at) and what not in done:
+                done.add(what)
+                act()
+
+    _, rows = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=6),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert done == {"reload", "release"}
+    assert ("quick", "w") not in CALLS, CALLS
+    ran = [r for r in by_job(rows, "w") if r.status is not RunStatus.SKIPPED]
+    assert [(r.status, r.error, r.started) for r in ran] == [
+        (RunStatus.CANCELLED, cancels.REMOVED, None)
+    ], ran
+
+
+class _SlowFinish:
+    """A store whose ``finish`` of job ``slow``'s runs waits until ``released``: the end of a
+    run being recorded (its output redacted, its row written) takes as long as it likes."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self._inner = inner
+        self.released = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def finish(self, result: RunResult) -> None:
+        if result.job == "slow":
+            await self.released.wait()
+        await self._inner.finish(result)
+
+
+def test_a_run_whose_end_is_still_being_recorded_makes_no_fire_skip(tmp_path: Path) -> None:
+    """Invariant: a fire is skipped only for a run that still runs. A run whose body ended
+    is over for the overlap rule while its end is being recorded (before, every fire until
+    the row was written was skipped "previous run still running", although the history
+    said that run had ended before it)."""
+    config = make_config(tmp_path, f"slow:\n  {JOB}\n  args: [s]\n  schedule: '* * * * * *'\n")
+    stores: list[_SlowFinish] = []
+
+    def wrap(inner: SqliteStore) -> Any:
+        stores.append(_SlowFinish(inner))
+        return stores[0]
+
+    def steps(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=4.5):
+            stores[0].released.set()
+
+    _, rows = asyncio.run(
+        virtual.supervise(
+            config,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=6),
+            wrap=wrap,
+            on_step=steps,
+        )
+    )
+    assert [r.status for r in rows] == [RunStatus.SUCCEEDED] * len(rows), virtual.show(rows)
+    assert len(rows) >= 5, virtual.show(rows)
