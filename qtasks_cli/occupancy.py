@@ -58,6 +58,13 @@ class Capacity:
                 self._waiters.remove(waiter)
             raise
 
+    def resize(self, limit: int) -> None:
+        """A new limit (a reload's max_concurrent): more units are handed to waiters at once;
+        with fewer, runs holding one keep it and the next wait for the new limit."""
+        self._limit = max(1, limit)
+        self._in_use += 1
+        self.release()
+
     def borrow(self) -> None:
         """Take one unit now, even beyond the limit."""
         self._in_use += 1

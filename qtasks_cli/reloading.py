@@ -11,7 +11,7 @@ from datetime import datetime
 
 from qtasks_cli import offthread
 from qtasks_cli.events import ReloadFailed
-from qtasks_cli.models import Config, JobSpec
+from qtasks_cli.models import Config, JobSpec, Settings
 from qtasks_cli.timetable import Ahead, first_fires
 
 
@@ -37,3 +37,32 @@ async def reread(
     except Exception:  # no thread could start: the loop works them out as before
         ahead = {}
     return config, ahead
+
+
+# Settings a running daemon cannot take: where history lives and who imports and listens.
+NEEDS_RESTART = ("path", "state", "schema", "metrics")
+
+
+def settings_changes(old: Settings, new: Settings) -> tuple[str, bool]:
+    """Words for the settings a reload changes (``"; settings.max_concurrent 1 -> 4"``, or
+    ``""``) and whether one of them takes effect only at the next start (``NEEDS_RESTART``).
+    Every other setting is read where it is used, so it applies at once (max_concurrent:
+    ``Capacity.resize``)."""
+    words: list[str] = []
+    later = False
+    for name in Settings.__dataclass_fields__:
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if name in NEEDS_RESTART:
+            later = True
+            words.append(f"settings.{name} changed: it takes effect at the next start")
+        else:
+            words.append(f"settings.{name} {_shown(before)} -> {_shown(after)}")
+    return "".join(f"; {w}" for w in words), later
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ":".join(map(str, value)) if value else "none"
+    return "none" if value is None else str(value)

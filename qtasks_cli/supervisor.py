@@ -28,7 +28,7 @@ from qtasks_cli.intake import Intake
 from qtasks_cli.ledger import Ledger, until_stored
 from qtasks_cli.models import Config, RunResult, RunStatus, Snapshot, TriggerKind
 from qtasks_cli.pruning import Pruner
-from qtasks_cli.reloading import reread
+from qtasks_cli.reloading import reread, settings_changes
 from qtasks_cli.runs import Runs
 from qtasks_cli.runtime import Runtime
 from qtasks_cli.stopping import stop_runs, stop_settle
@@ -38,8 +38,7 @@ from qtasks_cli.views import JobViews, plan_notices
 
 log = logging.getLogger(__name__)
 
-# While runs are in progress the loop wakes at least this often (seconds) to put back the
-# daemon's signal handlers a job took past the guard (sigguard.check); never when idle.
+# Seconds between wake-ups while runs go on, to put back signal handlers (sigguard.check).
 SIGNAL_CHECK = 1.0
 
 __all__ = ["Supervisor", "Timer", "Wakeup", "utcnow"]
@@ -63,13 +62,11 @@ class Supervisor:
         self.store = store
         self.bus = bus
         self.clock = clock
-        # Clock steps are seen by comparing with the monotonic clock; a test that drives
-        # ``clock`` by hand passes no monotonic clock and sees no steps.
+        # Clock steps are seen against the monotonic clock (a test driving ``clock`` has none).
         monotonic = monotonic or (time.monotonic if clock is utcnow else None)
         self._steps = StepWatch(monotonic) if monotonic is not None else None
         self.timer = timer or Timer()
         self._reload_config = reload
-        # A stuck thread's end may free its job's queued run: the runs are told (_freed).
         self.runtime = Runtime(config.settings.max_concurrent, on_freed=self._freed)
         self.occupancy = self.runtime.occupancy
         self.started_at = clock()
@@ -349,6 +346,8 @@ class Supervisor:
         for result in self.runs.drop_pending(gone, cancels.REMOVED):
             self._background(self.ledger.finish(result))
         changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock(), ahead)
+        settings, later = settings_changes(self.config.settings, config.settings)
+        self.occupancy.capacity.resize(config.settings.max_concurrent)
         self.config = config
         self.cluster.config_changed()
         if changes.removed:
@@ -361,7 +360,8 @@ class Supervisor:
             Reloaded(
                 time=self.clock(),
                 message=f"{config.path}: {len(changes.added)} added, "
-                f"{len(changes.removed)} removed, {len(changes.changed)} changed",
+                f"{len(changes.removed)} removed, {len(changes.changed)} changed{settings}",
+                level=logging.WARNING if later else logging.INFO,
             )
         )
 

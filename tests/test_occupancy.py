@@ -121,3 +121,27 @@ def test_a_shared_zero_record_for_a_job_holding_nothing() -> None:
     occupancy = Occupancy(1)
     assert occupancy.of("nobody") == occupancy.of("else")
     assert occupancy.busy("nobody") is None and occupancy.holders() == []
+
+
+def test_capacity_resize_hands_new_units_to_waiters_and_shrinks_without_taking_back() -> None:
+    from qtasks_cli.occupancy import Capacity
+
+    async def scenario() -> None:
+        cap = Capacity(1)
+        await cap.acquire()
+        waiters = [asyncio.ensure_future(cap.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)
+        cap.resize(3)
+        await asyncio.sleep(0)
+        assert [w.done() for w in waiters] == [True, True, False]
+        assert cap.in_use == 3
+        cap.resize(1)  # units held stay held; the last waiter waits for the new limit
+        cap.release()
+        cap.release()
+        await asyncio.sleep(0)
+        assert not waiters[2].done() and cap.in_use == 1
+        cap.release()
+        await asyncio.sleep(0)
+        assert waiters[2].done() and cap.in_use == 1
+
+    asyncio.run(scenario())

@@ -636,3 +636,43 @@ def test_a_run_whose_end_is_still_being_recorded_makes_no_fire_skip(tmp_path: Pa
     )
     assert [r.status for r in rows] == [RunStatus.SUCCEEDED] * len(rows), virtual.show(rows)
     assert len(rows) >= 5, virtual.show(rows)
+
+
+def test_a_reload_that_raises_max_concurrent_starts_the_runs_waiting_for_a_slot(
+    tmp_path: Path,
+) -> None:
+    """A reload's settings apply: raising ``max_concurrent`` hands the new slots to the runs
+    waiting for one at once (before, the reload said "0 changed" and they kept waiting), and
+    the reload says what changed."""
+    jobs = (
+        "hold:\n  entrypoint: test_supervisor:gated\n  schedule: '* * * * * *'\n"
+        f"w:\n  {JOB}\n  args: [w]\n  schedule: '* * * * * *'\n"
+    )
+    first = make_config(tmp_path, jobs, settings="max_concurrent: 1\n")
+    then = make_config(tmp_path, jobs, settings="max_concurrent: 2\n")
+    holder: list[Supervisor] = []
+    seen: dict[str, int] = {}
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=2.5) and "reload" not in seen:
+            seen["reload"] = CALLS.count(("quick", "w"))
+            holder[0].apply_config(then)
+        if now >= T0 + timedelta(seconds=3.5) and "after" not in seen:
+            seen["after"] = CALLS.count(("quick", "w"))
+
+    events, _ = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=4),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert seen["reload"] == 0 and seen["after"] >= 1, seen
+    said = [e.message for e in events if e.kind is EventKind.RELOADED]
+    assert said and said[0].endswith("; settings.max_concurrent 1 -> 2"), said

@@ -1,0 +1,50 @@
+"""What a reload says about the settings it changes (reloading.settings_changes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qtasks_cli.models import Settings
+from qtasks_cli.reloading import NEEDS_RESTART, settings_changes
+
+CHANGED = {
+    "path": (("/srv/shop",),),
+    "state": ("postgresql://shop:s3cr3t-pw@db/shop",),
+    "timezone": ("Europe/Berlin",),
+    "max_concurrent": (4,),
+    "shutdown_grace": (timedelta(seconds=5),),
+    "keep_runs": (None, 10),
+    "keep_days": (7.0,),
+    "max_catch_up": (3,),
+    "node_timeout": (timedelta(seconds=90),),
+    "schema": ("other",),
+    "metrics": (("127.0.0.1", 9100),),
+}
+
+
+def test_every_setting_is_covered() -> None:
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(Settings)}
+
+
+@given(
+    st.lists(st.sampled_from(sorted(CHANGED)), unique=True, max_size=len(CHANGED)),
+    st.data(),
+)
+def test_each_changed_setting_is_named_once_and_restart_ones_say_so(
+    names: list[str], data: st.DataObject
+) -> None:
+    new = dataclasses.replace(
+        Settings(), **{n: data.draw(st.sampled_from(CHANGED[n])) for n in names}
+    )
+    words, later = settings_changes(Settings(), new)
+    for name in CHANGED:
+        assert words.count(f"settings.{name} ") == (name in names), (name, words)
+    assert later == any(n in NEEDS_RESTART for n in names)
+    for name in set(names) & set(NEEDS_RESTART):
+        assert f"settings.{name} changed: it takes effect at the next start" in words
+    assert "s3cr3t" not in words  # a state URL's password is never said
+    assert (words == "") == (not names)
