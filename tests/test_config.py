@@ -652,6 +652,28 @@ ERRORS: list[tuple[str, str, str]] = [
         "1:23: settings.keep_days: expected a number > 0, got 0",
     ),
     (
+        "keep_runs past a store's 64-bit integer (it turned pruning off in use)",
+        "settings: {keep_runs: 9223372036854775808}\njobs: {j: {entrypoint: m:f}}\n",
+        "1:23: settings.keep_runs: expected a whole number from 1 to 9223372036854775807, "
+        "got 9223372036854775808",
+    ),
+    (
+        "keep_days past a date",
+        "settings: {keep_days: 999999999999}\njobs: {j: {entrypoint: m:f}}\n",
+        "1:23: settings.keep_days: expected a number > 0 and at most 365,000, got 999999999999",
+    ),
+    (
+        "keep_days infinite",
+        "settings: {keep_days: .inf}\njobs: {j: {entrypoint: m:f}}\n",
+        "1:23: settings.keep_days: expected a number > 0 and at most 365,000, got inf",
+    ),
+    (
+        "retries with 400 digits",
+        "jobs: {j: {entrypoint: m:f, retry: {retries: " + "9" * 400 + "}}}\n",
+        "1:46: jobs.j.retry.retries: expected a whole number from 0 to 9223372036854775807, "
+        "got a number of 400 digits",
+    ),
+    (
         "keep_runs boolean",
         "settings: {keep_runs: true}\njobs: {j: {entrypoint: m:f}}\n",
         "1:23: settings.keep_runs: expected a whole number >= 1, got a boolean",

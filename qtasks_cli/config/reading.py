@@ -114,13 +114,23 @@ def _plain_number(node: Located) -> None:
         raise _Bad(yamltraps.refusal(node, "a number") or node.trap_note())
 
 
-def _int(node: Located, minimum: int) -> int:
+# The largest count a setting takes: what a store's integer column holds (SQLite's INTEGER
+# and PostgreSQL's bigint are 64-bit), so that no value validate accepts fails in use.
+INT_MAX = 2**63 - 1
+# The most days of history a ``keep_days`` keeps: 1,000 years, so that "now minus keep_days"
+# is still a date (datetime's year 1 is the floor).
+KEEP_DAYS_MAX = 365_000
+
+
+def _int(node: Located, minimum: int, maximum: int = INT_MAX) -> int:
     _plain_number(node)
     value = node.value
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"expected a whole number >= {minimum}, got {node.type_name()}")
     if value < minimum:
         raise _Bad(f"expected a whole number >= {minimum}, got {value}")
+    if value > maximum:
+        raise _Bad(f"expected a whole number from {minimum} to {maximum}, got {_show(node)}")
     return value
 
 
@@ -128,11 +138,13 @@ def _optional(read: Callable[[Located], Any]) -> Callable[[Located], Any]:
     return lambda node: None if node.is_null else read(node)
 
 
-def _positive_number(node: Located) -> float:
+def _positive_number(node: Located, maximum: float = KEEP_DAYS_MAX) -> float:
     _plain_number(node)
     value = node.value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise _Bad(f"expected a number > 0, got {_show(node)}")
+    if not value <= maximum:  # also infinity
+        raise _Bad(f"expected a number > 0 and at most {maximum:,}, got {_show(node)}")
     return float(value)
 
 
@@ -189,7 +201,13 @@ def _zone(node: Located) -> str:
 
 
 def _show(node: Located) -> str:
-    return repr(node.value) if node.kind == "scalar" else node.type_name()
+    value = node.value
+    if isinstance(value, int) and value.bit_length() > 256:
+        try:
+            return f"a number of {len(str(abs(value))):,} digits"
+        except ValueError:  # int -> str is capped (sys.get_int_max_str_digits)
+            return "a number of more than 4,300 digits"
+    return repr(value) if node.kind == "scalar" else node.type_name()
 
 
 def _unknown_key(key: str, known: tuple[str, ...]) -> str:
