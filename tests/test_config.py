@@ -11,6 +11,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qtasks_cli import entrypoints
 from qtasks_cli.config import (
@@ -1236,3 +1238,27 @@ def test_the_fingerprint_is_worked_out_as_the_file_is_read_and_never_goes_stale(
     assert moved._fingerprint is None
     assert fingerprint(moved) != fingerprint(job)
     assert fingerprint(dataclasses.replace(job, line=99)) == fingerprint(job)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="ABCab01+/=@-_.!~ \u00e9", max_size=12))
+def test_a_binary_value_is_base64_or_refused_where_it_is_written(text: str) -> None:
+    """``!!binary`` reads every character as RFC 4648 base64 (spaces aside): PyYAML's reader
+    skipped the others, so ``!!binary "@@@"`` became ``b''`` in silence."""
+    import base64
+    import tempfile
+
+    compact = "".join(text.split())
+    try:
+        expected: bytes | None = base64.b64decode(compact, validate=True)
+    except ValueError:  # binascii.Error, or text that is not ASCII
+        expected = None
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    job_file = f'jobs:\n  j:\n    entrypoint: m:f\n    args: [!!binary "{quoted}"]\n'
+    with tempfile.TemporaryDirectory() as folder:
+        if expected is None:
+            found = problems(Path(folder), job_file)
+            assert len(found) == 1 and "jobs.j.args[0]: cannot read" in found[0], found
+            assert "as !!binary: not base64" in found[0] and "<unicode string>" not in found[0]
+        else:
+            assert load(Path(folder), job_file).jobs["j"].args == (expected,)
