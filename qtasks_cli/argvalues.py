@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
+from qtasks_cli.text import path_part
+
 MAX_DEPTH = 100
 ACCEPTED = (
     "text, numbers, true/false, null, dates, date-times, binary data, lists and mappings "
@@ -56,7 +58,8 @@ def check_value(value: Any, where: str = "") -> str | None:
                     return f"{path or 'a mapping'} has a key {key!r:.60} that is not text"
                 if _SURROGATE.search(key):
                     return f"{path or 'a mapping'} has a key that is {_not_text(key)}"
-                stack.append((v, f"{path}.{key}" if path else key, depth + 1))
+                shown = path_part(key)
+                stack.append((v, f"{path}.{shown}" if path else shown, depth + 1))
         else:
             return f"{path or 'the value'} is {_why_not(item)}"
     return None

@@ -123,3 +123,10 @@ def json_safe(dumped: str) -> str:
     still obeys (DEL, C1, bidi controls, U+2028/9) written as ``\\uXXXX``: the same JSON value,
     the exact text, but nothing a terminal acts on. Such characters only occur inside strings."""
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", dumped)
+
+
+def path_part(key: str) -> str:
+    """A mapping key as a part of a key path (``jobs.<key>``): as written when every character
+    is printable, else escaped as Python writes it (``t\\tt``, ``e\\x1b[2J``), so the path
+    names the key the message shows; a terminal never gets to expand or run it."""
+    return key if key.isprintable() else repr(key)[1:-1]

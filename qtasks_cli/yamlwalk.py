@@ -12,6 +12,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from qtasks_cli.errors import ConfigError, Problem
 from qtasks_cli.located import INVALID, Located
+from qtasks_cli.text import path_part
 from qtasks_cli.yamlcompose import MAX_DEPTH, _Marked
 
 # Nodes reached through aliases; a file itself is bounded by its size, an alias is not.
@@ -246,7 +247,7 @@ class _Walker:
                 continue
             # The key's text as written: `on`, `yes` or `123` stay strings here.
             key = str(key_node.value)
-            child = f"{path}.{key}" if path else key
+            child = f"{path}.{path_part(key)}" if path else path_part(key)
             if key in entries:
                 first, again = entries[key][0].line, key_node.start_mark.line + 1
                 where = f"twice on line {first}" if first == again else f"lines {first} and {again}"

@@ -543,6 +543,12 @@ ERRORS: list[tuple[str, str, str]] = [
         "'.' and '-' (at most 100 characters)",
     ),
     (
+        "job name with a tab and an escape: the key path shows them as the message does",
+        'jobs:\n  "t\\tt\\e[2J":\n    entrypoint: m:f\n',
+        "2:3: jobs.t\\tt\\x1b[2J: invalid job name 't\\tt\\x1b[2J': use letters, digits, "
+        "'_', '.' and '-' (at most 100 characters)",
+    ),
+    (
         "job name too long",
         f"jobs:\n  {'a' * 101}:\n    entrypoint: m:f\n",
         f"2:3: jobs.{'a' * 101}: invalid job name '{'a' * 101}': use letters, digits, '_', "
@@ -1262,3 +1268,12 @@ def test_a_binary_value_is_base64_or_refused_where_it_is_written(text: str) -> N
             assert "as !!binary: not base64" in found[0] and "<unicode string>" not in found[0]
         else:
             assert load(Path(folder), job_file).jobs["j"].args == (expected,)
+
+
+@given(st.text(max_size=20))
+def test_a_key_path_part_is_printable_and_names_a_printable_key_as_written(key: str) -> None:
+    from qtasks_cli.text import path_part
+
+    shown = path_part(key)
+    assert shown.isprintable()
+    assert shown == key if key.isprintable() else shown == repr(key)[1:-1]
