@@ -287,17 +287,22 @@ def history(
 
     loaded = _load(config, check_imports=False, variables_required=False)
     wanted = cli_args.parse_status(status) if status is not None else None
+    unknown: QtasksError | None = None
     if job is not None:
         try:
             api.get_job(loaded, job)
-        except QtasksError as exc:
-            _fail(str(exc), exc.exit_code)
+        except QtasksError as exc:  # a job the file no longer has may still have its runs
+            unknown = exc
     try:
         rows = asyncio.run(
             api.read_history(loaded, job=job, limit=limit, status=wanted, state=state, stats=stats)
         )
     except QtasksError as exc:
         _fail(str(exc), exc.exit_code)
+    if unknown is not None:
+        if not any(getattr(row, "runs", 1) for row in rows):  # nothing recorded: a typo?
+            _fail(str(unknown), unknown.exit_code)
+        print(f"qtasks: {job!r} is not in {loaded.path}: its recorded runs", file=sys.stderr)
     print_history(loaded, rows, as_json=as_json, stats=stats, limit=limit, state=state)
 
 

@@ -218,6 +218,22 @@ def test_trigger_records_a_manual_run(project) -> None:
     assert '"trigger": "manual"' in hist.stdout and '"status": "succeeded"' in hist.stdout
 
 
+def test_history_of_a_job_the_file_no_longer_has_shows_its_runs(project) -> None:
+    """A job removed from the file keeps its history: ``history JOB`` shows its rows (with a
+    note that the file no longer has it), as ``history`` without JOB does; a name with no row
+    and no job is still refused (exit 2), with the file's jobs."""
+    path = project(TRIGGER_JOBS, work=TRIGGER_WORK)
+    assert run_qtasks("trigger", "good", "-c", str(path), cwd=path.parent).returncode == 0
+    text = path.read_text()
+    path.write_text(text.replace("good:", "renamed:", 1))
+    for extra in ([], ["--json"], ["--stats"]):
+        shown = run_qtasks("history", "good", *extra, "-c", str(path), cwd=path.parent)
+        assert shown.returncode == 0, shown.stderr
+        assert "good" in shown.stdout and "is not in" in shown.stderr, (shown.stdout, shown.stderr)
+    typo = run_qtasks("history", "goood", "-c", str(path), cwd=path.parent)
+    assert typo.returncode == 2 and "no job named 'goood'" in typo.stderr, typo.stderr
+
+
 def test_example_file_validates() -> None:
     root = Path(__file__).resolve().parent.parent
     result = run_qtasks("validate", str(root / "jobs.example.yaml"), cwd=root)
