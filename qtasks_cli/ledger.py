@@ -26,12 +26,13 @@ import collections
 import heapq
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtasks_cli.errors import StoreError
-from qtasks_cli.models import RunResult, RunStatus
+from qtasks_cli.models import JobSpec, RunResult, RunStatus
+from qtasks_cli.policy import still_claimable
 from qtasks_cli.recovery import never_ran
 
 if TYPE_CHECKING:
@@ -219,20 +220,33 @@ class Ledger:
         else:
             del self._held_at[instant]
 
-    def release(self, jobs: Collection[str] | None = None) -> None:
-        """Give back the held claims (of ``jobs``, or all): off the list now, deleted from
-        the store in the background (a clock step, a reload that removed jobs)."""
-        fires = self._take(jobs)
+    def release(
+        self, jobs: Collection[str] | None = None, keep: Callable[[Fire], bool] | None = None
+    ) -> None:
+        """Give back the held claims (of ``jobs``, or all; not those ``keep`` keeps): off
+        the list now, deleted from the store in the background (a clock step, a reload that
+        removed or changed jobs)."""
+        fires = self._take(jobs, keep)
         if fires:
             self._background(self._release(fires))
+
+    def release_stale(self, jobs: Collection[str], specs: Mapping[str, JobSpec]) -> None:
+        """A reload: give back the held claims of ``jobs`` (removed or changed) that the job
+        file ``specs`` no longer makes (``policy.still_claimable``)."""
+        self.release(jobs, lambda f: still_claimable(specs.get(f.job), f.trigger, f.scheduled))
 
     async def release_all(self) -> None:
         """Give back every held claim and wait for the store (a graceful stop)."""
         await self._release(self._take(None))
 
-    def _take(self, jobs: Collection[str] | None) -> list[Fire]:
-        fires = [f for _, _, f in self._held if jobs is None or f.job in jobs]
-        self._held = [e for e in self._held if jobs is not None and e[2].job not in jobs]
+    def _take(
+        self, jobs: Collection[str] | None, keep: Callable[[Fire], bool] | None = None
+    ) -> list[Fire]:
+        def taken(fire: Fire) -> bool:
+            return (jobs is None or fire.job in jobs) and (keep is None or not keep(fire))
+
+        fires = [f for _, _, f in self._held if taken(f)]
+        self._held = [e for e in self._held if not taken(e[2])]
         heapq.heapify(self._held)
         for fire in fires:
             self._forget(fire.scheduled)

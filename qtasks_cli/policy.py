@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from qtasks_cli.models import CatchUp, Overlap, TriggerKind
+from qtasks_cli.models import CatchUp, JobSpec, Overlap, TriggerKind
 
 # A fire started more than this after its time counts as late and goes through catch_up.
 LATE_AFTER = timedelta(seconds=1)
@@ -193,6 +193,22 @@ def late_claim_missed(
     if graced and (catch_up is CatchUp.ALL or (catch_up is CatchUp.LATEST and newest)):
         return None
     return missed_reason(catch_up, not newest)
+
+
+def still_claimable(spec: JobSpec | None, trigger: TriggerKind, instant: datetime) -> bool:
+    """Whether a claim written ahead for ``instant`` still stands once the job file says
+    ``spec`` (None: the job is gone): the job is enabled and, for a scheduled fire, its
+    schedule still fires at that instant. A reload gives back every other claim, so a job
+    disabled or moved to other times fires no more under its old definition."""
+    if spec is None or not spec.enabled:
+        return False
+    if trigger is not TriggerKind.SCHEDULE:
+        return True
+    schedule = spec.schedule
+    return schedule is not None and schedule.next_after(instant - _TICK) == instant
+
+
+_TICK = timedelta(microseconds=1)
 
 
 def busy_reason(*, running: int, waiting: int, stuck: int, stuck_tasks: int) -> str | None:

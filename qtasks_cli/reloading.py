@@ -43,18 +43,21 @@ async def reread(
 NEEDS_RESTART = ("path", "state", "schema", "metrics")
 
 
-def settings_changes(old: Settings, new: Settings) -> tuple[str, bool]:
+def settings_changes(old: Settings, new: Settings, first: Settings) -> tuple[str, bool]:
     """Words for the settings a reload changes (``"; settings.max_concurrent 1 -> 4"``, or
-    ``""``) and whether one of them takes effect only at the next start (``NEEDS_RESTART``).
-    Every other setting is read where it is used, so it applies at once (max_concurrent:
-    ``Capacity.resize``)."""
+    ``""``) and whether one of them takes effect only at the next start (``NEEDS_RESTART``:
+    compared with ``first``, the settings the daemon started with, so a file put back says
+    nothing; ``schema`` only with a PostgreSQL state). Every other setting is read where it
+    is used, so it applies at once (max_concurrent: ``Capacity.resize``)."""
     words: list[str] = []
     later = False
+    postgres = first.state.startswith(("postgresql:", "postgres:"))
     for name in Settings.__dataclass_fields__:
-        before, after = getattr(old, name), getattr(new, name)
-        if before == after:
+        restart = name in NEEDS_RESTART
+        before, after = getattr(first if restart else old, name), getattr(new, name)
+        if before == after or (name == "schema" and not postgres):
             continue
-        if name in NEEDS_RESTART:
+        if restart:
             later = True
             words.append(f"settings.{name} changed: it takes effect at the next start")
         else:

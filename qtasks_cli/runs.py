@@ -57,7 +57,7 @@ class Runs:
         stopping: Callable[[], bool],
     ) -> None:
         self.jobs = jobs  # the supervisor's table, shared
-        self.store = store
+        self.store = store  # (qtasks_cli.fencing's Holder)
         self.ledger = ledger
         self.runtime = runtime
         self.bus = bus
@@ -130,15 +130,13 @@ class Runs:
         return held
 
     def going_specs(self) -> list[JobSpec]:
-        """The specs of the runs whose body may run: a reload may have changed or removed
-        their job since they started (a stop waits for their kill_grace, not the new one)."""
+        """The specs of the runs whose body may run (a reload may have changed their job)."""
         return [spec for spec, _, _ in self._going.values()]
 
     def left_running(self, why: str) -> list[RunResult]:
         """At the end of a stop, the runs whose task has still not ended (an async job that
-        ignores its cancellation, a child slower to die than the wait): concluded
-        ``cancelled`` with ``why`` and said once. The caller records them before the store
-        closes, so that no row stays ``running`` after a clean exit."""
+        ignores its cancellation, a slow child): ``cancelled`` with ``why``, said once; the
+        caller records them before the store closes (no row stays ``running``)."""
         return [
             self.cancelled(spec.name, run_id, trigger, scheduled, why)
             for run_id, (spec, trigger, scheduled) in self._going.items()
@@ -222,6 +220,10 @@ class Runs:
                     recordable = True
                 else:
                     await self.ledger.started(run_id)
+                if self._stopping():  # it began while its begin or start mark was written
+                    stop = cancels.AT_SHUTDOWN
+                    result = self.cancelled(spec.name, run_id, trigger, scheduled, stop)
+                    return
                 self._going[run_id] = (spec, trigger, scheduled)  # recorded from here on
                 try:
                     call = call_for_start(spec, args, kwargs)
@@ -325,9 +327,8 @@ class Runs:
             self.start(state.spec, run_id, trigger, scheduled, args, kwargs)
 
     def drop_pending(self, jobs: Collection[str], why: str) -> list[RunResult]:
-        """The runs waiting behind a run of ``jobs`` (removed by a reload), taken off their
-        lists: each ``cancelled`` with ``why`` under the id it was shown with, said once, and
-        returned for the caller to record; those waiting for a slot are cancelled too."""
+        """The runs waiting behind a run of ``jobs`` (removed by a reload, as are those waiting
+        for a slot): each ``cancelled`` with ``why``, said once, returned to be recorded."""
         self.cancel_slot_waits(why, jobs)
         results: list[RunResult] = []
         for name in jobs:
@@ -368,9 +369,8 @@ class Runs:
     def cancel_slot_waits(
         self, why: str, jobs: Collection[str] | None = None
     ) -> list[asyncio.Task[Any]]:
-        """Cancel the runs of ``jobs`` (None: all) still waiting for a slot, each recorded
-        ``cancelled`` with ``why`` by its task; at a stop (``jobs`` None) a handed-over
-        request stays taken, and the next start gives it back. Returns their tasks."""
+        """Cancel the runs of ``jobs`` (None: all, a stop: a handed-over request stays taken)
+        still waiting for a slot, each recorded ``cancelled`` with ``why``; their tasks."""
         cancelled: list[asyncio.Task[Any]] = []
         for (run_id, trigger), (job, task) in list(self.occupancy.slot_waits.items()):
             if jobs is not None and job not in jobs:

@@ -59,6 +59,7 @@ class Supervisor:
         monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
+        self._first = config.settings  # what a reload cannot change
         self.store = store
         self.bus = bus
         self.clock = clock
@@ -346,12 +347,11 @@ class Supervisor:
         for result in self.runs.drop_pending(gone, cancels.REMOVED):
             self._background(self.ledger.finish(result))
         changes = self.timetable.apply(self.config.jobs, config.jobs, self.clock(), ahead)
-        settings, later = settings_changes(self.config.settings, config.settings)
+        settings, later = settings_changes(self.config.settings, config.settings, self._first)
         self.occupancy.capacity.resize(config.settings.max_concurrent)
         self.config = config
         self.cluster.config_changed()
-        if changes.removed:
-            self.ledger.release(set(changes.removed))
+        self.ledger.release_stale({*changes.removed, *changes.changed}, config.jobs)
         for name in changes.changed:
             self.runs.start_pending(name)
         if self.on_config is not None:

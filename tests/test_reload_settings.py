@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from qtasks_cli.reloading import NEEDS_RESTART, settings_changes
 
 CHANGED = {
     "path": (("/srv/shop",),),
-    "state": ("postgresql://shop:s3cr3t-pw@db/shop",),
+    "state": ("postgresql://shop:s3cr3t-pw@db/other",),
     "timezone": ("Europe/Berlin",),
     "max_concurrent": (4,),
     "shutdown_grace": (timedelta(seconds=5),),
@@ -37,10 +38,11 @@ def test_every_setting_is_covered() -> None:
 def test_each_changed_setting_is_named_once_and_restart_ones_say_so(
     names: list[str], data: st.DataObject
 ) -> None:
+    first = dataclasses.replace(Settings(), state="postgresql://db/shop")
     new = dataclasses.replace(
-        Settings(), **{n: data.draw(st.sampled_from(CHANGED[n])) for n in names}
+        first, **{n: data.draw(st.sampled_from(CHANGED[n])) for n in names}
     )
-    words, later = settings_changes(Settings(), new)
+    words, later = settings_changes(first, new, first)
     for name in CHANGED:
         assert words.count(f"settings.{name} ") == (name in names), (name, words)
     assert later == any(n in NEEDS_RESTART for n in names)
@@ -48,3 +50,20 @@ def test_each_changed_setting_is_named_once_and_restart_ones_say_so(
         assert f"settings.{name} changed: it takes effect at the next start" in words
     assert "s3cr3t" not in words  # a state URL's password is never said
     assert (words == "") == (not names)
+
+
+def test_a_restart_setting_put_back_as_it_was_at_the_start_says_nothing() -> None:
+    """A reload compares ``path``, ``state``, ``schema`` and ``metrics`` with what the daemon
+    started with: a file changed and then put back needs no restart."""
+    first = dataclasses.replace(Settings(), state="postgresql://db/shop")
+    changed = dataclasses.replace(first, path=(Path("/srv"),), schema="other")
+    assert settings_changes(first, changed, first)[1] is True
+    assert settings_changes(changed, first, first) == ("", False)
+
+
+def test_schema_is_not_reported_for_sqlite() -> None:
+    first = Settings()  # .qtasks/state.db
+    assert settings_changes(first, dataclasses.replace(first, schema="other"), first) == (
+        "",
+        False,
+    )

@@ -676,3 +676,138 @@ def test_a_reload_that_raises_max_concurrent_starts_the_runs_waiting_for_a_slot(
     assert seen["reload"] == 0 and seen["after"] >= 1, seen
     said = [e.message for e in events if e.kind is EventKind.RELOADED]
     assert said and said[0].endswith("; settings.max_concurrent 1 -> 2"), said
+
+
+@pytest.mark.parametrize(
+    "second",
+    ["  enabled: false\n", "  schedule: '0 0 0 1 1 *'\n"],
+    ids=["disabled", "rescheduled"],
+)
+def test_a_reload_gives_back_the_claims_its_new_definition_no_longer_makes(
+    tmp_path: Path, second: str
+) -> None:
+    """Invariant: a reload's changes take effect for the very next instant. A claim written
+    ahead (0.5 s) for a job the reload then disables or moves to other times is given back,
+    not run under the old definition (before, the fire claimed before the reload ran)."""
+    tick = f"t:\n  {JOB}\n  args: [t]\n  schedule: '* * * * * *'\n"
+    first = make_config(tmp_path, tick)
+    then = make_config(
+        tmp_path,
+        tick.replace("  schedule: '* * * * * *'\n", "") + second
+        if "schedule" in second
+        else tick + second,
+    )
+    holder: list[Supervisor] = []
+    calls_at_reload: list[int] = []
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=2.8) and not calls_at_reload:
+            assert holder[0].ledger.next_instant() == T0 + timedelta(seconds=3)  # held
+            calls_at_reload.append(len(CALLS))
+            holder[0].apply_config(then)
+
+    _, rows = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=5),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert calls_at_reload == [2], calls_at_reload  # :01 and :02 ran before it
+    assert len(CALLS) == 2, CALLS
+    assert [int((r.scheduled - T0).total_seconds()) for r in rows] == [1, 2], virtual.show(rows)
+
+
+def test_a_reload_that_changes_only_the_arguments_keeps_the_claim_and_its_fire(
+    tmp_path: Path,
+) -> None:
+    """The other side: a claim the new definition still makes stands, and the fire runs
+    with the new arguments (no instant is lost to a reload)."""
+    tick = f"t:\n  {JOB}\n  args: [old]\n  schedule: '* * * * * *'\n"
+    first = make_config(tmp_path, tick)
+    then = make_config(tmp_path, tick.replace("[old]", "[new]"))
+    holder: list[Supervisor] = []
+    done: list[bool] = []
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        if now >= T0 + timedelta(seconds=2.8) and not done:
+            done.append(True)
+            holder[0].apply_config(then)
+
+    _, rows = asyncio.run(
+        supervise(
+            first,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=4),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert [c[1] for c in CALLS] == ["old", "old", "new", "new"], CALLS
+    assert [int((r.scheduled - T0).total_seconds()) for r in rows] == [1, 2, 3, 4]
+
+
+class _SlowBegin:
+    """A store whose ``begin`` (a handed-over request's durable running mark) waits until
+    ``released``."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self._inner = inner
+        self.released = asyncio.Event()
+        self.begun = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def begin(self, run_id: str, started: datetime) -> bool:
+        self.begun.set()
+        await self.released.wait()
+        return bool(await self._inner.begin(run_id, started))
+
+
+def test_a_request_whose_begin_is_written_as_the_stop_begins_never_starts(
+    tmp_path: Path,
+) -> None:
+    """Invariant: nothing starts once the stop began. A handed-over request whose durable
+    begin was being written when SIGTERM came (a PostgreSQL round trip) is recorded
+    ``cancelled at shutdown`` and its body never runs (before, it started in the grace)."""
+    config = make_config(tmp_path, f"notify:\n  {JOB}\n  args: [n]\n")
+    stores: list[_SlowBegin] = []
+
+    def wrap(inner: SqliteStore) -> Any:
+        stores.append(_SlowBegin(inner))
+        return stores[0]
+
+    async def enqueue_then_stop(supervisor: Supervisor) -> None:
+        await stores[0]._inner.enqueue("notify", [], {}, T0)
+
+        async def stop_while_beginning() -> None:
+            await stores[0].begun.wait()
+            supervisor.request_stop()
+            await asyncio.sleep(0)
+            stores[0].released.set()
+
+        asyncio.get_running_loop().create_task(stop_while_beginning())
+
+    _, rows = asyncio.run(
+        virtual.supervise(
+            config,
+            tmp_path / "s.db",
+            T0,
+            T0 + timedelta(seconds=3),
+            wrap=wrap,
+            before=enqueue_then_stop,
+        )
+    )
+    assert CALLS == [], CALLS
+    assert [(r.status, r.error) for r in rows] == [(RunStatus.CANCELLED, cancels.AT_SHUTDOWN)]
