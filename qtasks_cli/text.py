@@ -126,7 +126,14 @@ def json_safe(dumped: str) -> str:
 
 
 def path_part(key: str) -> str:
-    """A mapping key as a part of a key path (``jobs.<key>``): as written when every character
-    is printable, else escaped as Python writes it (``t\\tt``, ``e\\x1b[2J``), so the path
-    names the key the message shows; a terminal never gets to expand or run it."""
-    return key if key.isprintable() else repr(key)[1:-1]
+    """A mapping key as a part of a key path (``jobs.<key>``): as written when it is plain
+    (printable, no ``.``, ``:``, quote, backslash or bracket, no space at either end), else
+    quoted and escaped as Python writes it (``'t\\tt'``, ``'a.b'``, ``'a: b'``), so a path names
+    one key, cannot be read as nesting or end a ``FILE:LINE:COL: key: message`` line early,
+    and a terminal never gets to expand or run it."""
+    if key and key.isprintable() and not _UNPLAIN.search(key) and key == key.strip():
+        return key
+    return repr(key)
+
+
+_UNPLAIN = re.compile(r"[.:'\"\\\[\]]")
