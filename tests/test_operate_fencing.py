@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +182,17 @@ def test_a_frozen_node_neither_runs_nor_reports_the_claims_the_survivor_conclude
     mine = f":{victim.proc.pid}:"
 
     def held() -> list[str]:
+        # Only claims whose instant is still ahead: a run's start mark is written after its
+        # body started (buffered), so a row still "claimed" may have run already.
+        ahead = datetime.now(timezone.utc) + timedelta(seconds=0.1)
         return [
             r["run_id"]
             for r in runs(url, schema)
-            if r["status"] == "claimed" and mine in (r["node"] or "")
+            if r["status"] == "claimed" and mine in (r["node"] or "") and r["scheduled"] > ahead
         ]
 
     # Frozen while it holds a claim written ahead of its instant (read again once frozen:
-    # what it holds then cannot change).
+    # what it holds then cannot change, and its instant was still 0.1 s away).
     claims: list[str] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
