@@ -218,12 +218,12 @@ class Runs:
                     if not await self.ledger.begin(spec.name, run_id):
                         return
                     recordable = True
-                else:
+                    if self._stopping():  # the stop came while its begin was written
+                        stop = cancels.AT_SHUTDOWN
+                        result = self.cancelled(spec.name, run_id, trigger, None, stop)
+                        return
+                else:  # a fire decided before the stop goes on, as a running run does
                     await self.ledger.started(run_id)
-                if self._stopping():  # it began while its begin or start mark was written
-                    stop = cancels.AT_SHUTDOWN
-                    result = self.cancelled(spec.name, run_id, trigger, scheduled, stop)
-                    return
                 self._going[run_id] = (spec, trigger, scheduled)  # recorded from here on
                 try:
                     call = call_for_start(spec, args, kwargs)
