@@ -39,9 +39,7 @@ def test_each_changed_setting_is_named_once_and_restart_ones_say_so(
     names: list[str], data: st.DataObject
 ) -> None:
     first = dataclasses.replace(Settings(), state="postgresql://db/shop")
-    new = dataclasses.replace(
-        first, **{n: data.draw(st.sampled_from(CHANGED[n])) for n in names}
-    )
+    new = dataclasses.replace(first, **{n: data.draw(st.sampled_from(CHANGED[n])) for n in names})
     words, later = settings_changes(first, new, first)
     for name in CHANGED:
         assert words.count(f"settings.{name} ") == (name in names), (name, words)
