@@ -41,10 +41,16 @@ class Capacity:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
-        """Take one unit, waiting behind everyone who asked earlier."""
+    def try_acquire(self) -> bool:
+        """Take one unit if one is free and nobody waits; False otherwise."""
         if self._in_use < self._limit and not self._waiters:
             self._in_use += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take one unit, waiting behind everyone who asked earlier."""
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -141,6 +147,8 @@ class Occupancy:
     async def take_slot(self, job: str, key: tuple[str, str] | None = None) -> None:
         """Wait for a max_concurrent slot for a run of ``job``, counted as waiting meanwhile
         (and its task listed under ``key`` in ``slot_waits``); ``give_slot`` gives it back."""
+        if self.capacity.try_acquire():  # the common case: nothing to count or list
+            return
         held = self._own(job)
         held.waiting += 1
         task = asyncio.current_task() if key is not None else None
