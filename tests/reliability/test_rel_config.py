@@ -30,6 +30,7 @@ from reliability.harness import (
     run_scenarios,
     show_rows,
     tail,
+    when,
 )
 from reliability.registry import case
 
@@ -117,6 +118,15 @@ def stormed(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "started within 0.5 s (a reload never holds up firing); the reloads are taken and "
     "logged; exit 0",
 )
+def _waited_at_the_stop(row: Row, out: Outcome) -> bool:
+    return (
+        row["status"] == "cancelled"
+        and row["error"] == "cancelled at shutdown"
+        and row["started"] is None
+        and when(row["scheduled"]) >= out.stopped_at - 2 * SECOND
+    )
+
+
 def test_reload_storm(stormed: Outcome) -> None:
     out = stormed
     assert_clean_exit(out)
@@ -136,7 +146,14 @@ def test_reload_storm(stormed: Outcome) -> None:
         times = assert_consecutive(rows, step)
         assert times[0] <= out.ready_at + step + 2 * SECOND, (name, times[0])
         assert times[-1] >= out.stopped_at - step - 2 * SECOND, (name, times[-1])
-        bad = [r for r in rows if r["status"] != "succeeded" or r["trigger"] != "schedule"]
+        # A fire still waiting for one of the 64 slots when SIGTERM came never starts: it is
+        # recorded cancelled at shutdown (README, Signals), and only at the very end.
+        bad = [
+            r
+            for r in rows
+            if (r["status"] != "succeeded" and not _waited_at_the_stop(r, out))
+            or r["trigger"] != "schedule"
+        ]
         assert not bad, show_rows(bad)
         if step == SECOND:
             # Half the lateness that turns a fire into a catch-up: a reload must not hold up
