@@ -64,6 +64,45 @@ def _reset() -> None:
 JOB = "entrypoint: test_supervisor:quick"
 
 
+def acted(
+    config: Config,
+    tmp_path: Path,
+    acts: list[tuple[float, Callable[[Supervisor], Any]]],
+    until: float,
+) -> list[RunResult]:
+    """Supervise ``config`` from 0.5 s to ``until`` seconds after T0, doing each act (given
+    the supervisor) once the virtual clock reaches its second; every act must have been
+    done. The rows."""
+    holder: list[Supervisor] = []
+    done: set[int] = set()
+
+    async def grab(supervisor: Supervisor) -> None:
+        holder.append(supervisor)
+
+    def steps(now: datetime) -> None:
+        for index, (at, act) in enumerate(acts):
+            if now >= T0 + timedelta(seconds=at) and index not in done:
+                done.add(index)
+                act(holder[0])
+
+    _, rows = asyncio.run(
+        supervise(
+            config,
+            tmp_path / "s.db",
+            T0 + timedelta(milliseconds=500),
+            T0 + timedelta(seconds=until),
+            on_tick=steps,
+            before=grab,
+        )
+    )
+    assert len(done) == len(acts), done
+    return rows
+
+
+def release_gate(_: Supervisor) -> None:
+    GATES.setdefault("gate", asyncio.Event()).set()
+
+
 def test_every_second_fires_each_second_once_and_never_drifts(tmp_path: Path) -> None:
     config = make_config(tmp_path, f"tick:\n  {JOB}\n  schedule: '* * * * * *'\n")
     _, rows = asyncio.run(
@@ -558,32 +597,9 @@ def test_a_run_waiting_for_a_slot_of_a_job_a_reload_removes_never_starts(
     waits = f"w:\n  {JOB}\n  args: [w]\n  schedule: '* * * * * *'\n"
     first = make_config(tmp_path, hold + waits, settings="max_concurrent: 1\n")
     then = make_config(tmp_path, hold, settings="max_concurrent: 1\n")
-    holder: list[Supervisor] = []
-    done: set[str] = set()
-
-    async def grab(supervisor: Supervisor) -> None:
-        holder.append(supervisor)
-
-    def steps(now: datetime) -> None:
-        for at, what, act in (
-            (2.5, "reload", lambda: holder[0].apply_config(then)),
-            (4.5, "release", lambda: GATES.setdefault("gate", asyncio.Event()).set()),
-        ):
-            if now >= T0 + timedelta(seconds=at) and what not in done:
-                done.add(what)
-                act()
-
-    _, rows = asyncio.run(
-        supervise(
-            first,
-            tmp_path / "s.db",
-            T0 + timedelta(milliseconds=500),
-            T0 + timedelta(seconds=6),
-            on_tick=steps,
-            before=grab,
-        )
+    rows = acted(
+        first, tmp_path, [(2.5, lambda sup: sup.apply_config(then)), (4.5, release_gate)], 6
     )
-    assert done == {"reload", "release"}
     assert ("quick", "w") not in CALLS, CALLS
     ran = [r for r in by_job(rows, "w") if r.status is not RunStatus.SKIPPED]
     assert [(r.status, r.error, r.started) for r in ran] == [
@@ -732,27 +748,7 @@ def test_a_reload_that_changes_only_the_arguments_keeps_the_claim_and_its_fire(
     tick = f"t:\n  {JOB}\n  args: [old]\n  schedule: '* * * * * *'\n"
     first = make_config(tmp_path, tick)
     then = make_config(tmp_path, tick.replace("[old]", "[new]"))
-    holder: list[Supervisor] = []
-    done: list[bool] = []
-
-    async def grab(supervisor: Supervisor) -> None:
-        holder.append(supervisor)
-
-    def steps(now: datetime) -> None:
-        if now >= T0 + timedelta(seconds=2.8) and not done:
-            done.append(True)
-            holder[0].apply_config(then)
-
-    _, rows = asyncio.run(
-        supervise(
-            first,
-            tmp_path / "s.db",
-            T0 + timedelta(milliseconds=500),
-            T0 + timedelta(seconds=4),
-            on_tick=steps,
-            before=grab,
-        )
-    )
+    rows = acted(first, tmp_path, [(2.8, lambda sup: sup.apply_config(then))], 4)
     assert [c[1] for c in CALLS] == ["old", "old", "new", "new"], CALLS
     assert [int((r.scheduled - T0).total_seconds()) for r in rows] == [1, 2, 3, 4]
 
