@@ -108,6 +108,15 @@ def stormed(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     return run_scenarios([scenario], tmp_path_factory.mktemp("reload-storm"))["storm"]
 
 
+def _waited_at_the_stop(row: Row, out: Outcome) -> bool:
+    return (
+        row["status"] == "cancelled"
+        and row["error"] == "cancelled at shutdown"
+        and row["started"] is None
+        and when(row["scheduled"]) >= out.stopped_at - 2 * SECOND
+    )
+
+
 @case(
     "reload_storm_1000_jobs",
     group=GROUP,
@@ -118,15 +127,6 @@ def stormed(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     "started within 0.5 s (a reload never holds up firing); the reloads are taken and "
     "logged; exit 0",
 )
-def _waited_at_the_stop(row: Row, out: Outcome) -> bool:
-    return (
-        row["status"] == "cancelled"
-        and row["error"] == "cancelled at shutdown"
-        and row["started"] is None
-        and when(row["scheduled"]) >= out.stopped_at - 2 * SECOND
-    )
-
-
 def test_reload_storm(stormed: Outcome) -> None:
     out = stormed
     assert_clean_exit(out)
