@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from qtasks_cli.spelling import Spelling, escaped, quoted, substitute
-from qtasks_cli.text import ANY_INVISIBLE, INVISIBLE, clean_line, strip_sequences, visible
+from qtasks_cli.text import ANY_INVISIBLE, INVISIBLE, clean_line, found, strip_sequences, visible
 
 MIN_SECRET_CHARS = 4  # shorter values are not secrets (see the module's docstring)
 
@@ -112,7 +112,7 @@ def redact(text: str, secrets: Iterable[tuple[str, str]]) -> str:
     for spelling in plain:
         if spelling.anchor in text:
             text = substitute(text, spelling)
-    if seen and ANY_INVISIBLE.search(text):
+    if seen and found(ANY_INVISIBLE, text):
         text = _hide_unseen(text, seen)
     return text
 
@@ -166,7 +166,7 @@ def _readings(text: str) -> Iterator[tuple[str, Callable[[int], int], bool]]:
     the map from its offsets to ``text``'s (the view's end to the text's end), and whether it
     is the view (to be matched with the secrets as they are seen)."""
     yield text, lambda position: position, False
-    if not ANY_INVISIBLE.search(text):
+    if not found(ANY_INVISIBLE, text):
         return
     view, starts = visible(text)
     offsets = [shown for shown, _ in starts]
@@ -187,6 +187,8 @@ def hold_back(text: str) -> int:
     ``len(text)``. The caller keeps the rest until more text comes (or its stream ends) and
     redacts it with that text."""
     stop = len(text)
+    if not any("\n" in value for value, _ in _Known.pairs):
+        return stop  # no secret of several lines: nothing to read
     for reading, to_text, seen in _readings(text):
         for value, _ in _Known.pairs:
             value = _seen(value) if seen else value
@@ -205,6 +207,8 @@ def secret_start(text: str) -> int:
     none; invisible characters read as the operator sees them): text a writer should keep back
     a moment, since the rest may follow."""
     best = 0
+    if not _Known.pairs:
+        return best
     for reading, to_text, seen in _readings(text):
         for value, _ in _Known.pairs:
             value = _seen(value) if seen else value
