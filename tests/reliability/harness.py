@@ -156,6 +156,19 @@ class Daemon:
                 raise AssertionError(f"{what}: not within {timeout}s; log:\n{tail(text)}")
             time.sleep(0.05)
 
+    def wait_for_ends(self, counts: dict[str, int], timeout: float = 90) -> None:
+        """Wait until the log shows at least ``counts[job]`` ends (succeeded or failed) of each
+        job: a case that asserts on runs that end must not hang on how fast a busy machine
+        builds them (seen: no three-million-tuple run ended within 6 ticks on CI)."""
+
+        def enough(log: str) -> bool:
+            return all(
+                len(re.findall(rf"\b{re.escape(job)} \S+ (?:succeeded|failed)\b", log)) >= n
+                for job, n in counts.items()
+            )
+
+        self.wait_for(enough, timeout, f"ends of {counts}")
+
     def wait_ready(self, timeout: float = 20) -> None:
         self.wait_for(
             lambda log: "tick next fire" in log or '"job": "tick", "event": "notice"' in log,

@@ -32,6 +32,8 @@ from reliability.harness import (
 from reliability.registry import case
 
 GROUP = "job values"
+# The module's daemons run together and wait for ends of slow jobs (``wait_for_ends``).
+pytestmark = pytest.mark.timeout(300)
 
 VALUES = """
 import asyncio
@@ -320,7 +322,21 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         Scenario(name="inline", jobs=INLINE, modules=modules, ticks=5, driver=slow_text_given_up),
         Scenario(name="big", jobs=BIG, modules=modules, ticks=7),
         Scenario(name="spinning", jobs=SPINNING, modules=modules, ticks=3, driver=measure_cpu),
-        Scenario(name="process", jobs=PROCESS, modules=modules, ticks=6),
+        Scenario(
+            name="process",
+            jobs=PROCESS,
+            modules=modules,
+            ticks=6,
+            driver=lambda daemon: daemon.wait_for_ends(
+                {
+                    "p_tuples": 1,
+                    "p_items": 2,
+                    "p_raise_exit_str": 2,
+                    "p_raise_interrupt_str": 2,
+                    "p_huge_message": 1,
+                }
+            ),
+        ),
     ]
     # The freeze holds a core for seconds on purpose (its daemon misses fires, and says so):
     # beside the others on a 2-core machine it starved their daemons of CPU, which then missed
