@@ -60,6 +60,9 @@ def history_dir(project) -> Path:
     return path
 
 
+# 21 commands, each run three times, one after the other: 60 s beside two busy loops, and past
+# the default 120 s in a whole loaded run (4 workers, load average 7).
+@pytest.mark.timeout(600)
 def test_every_command_exits_the_same_when_its_reader_has_gone(history_dir: Path) -> None:
     path = history_dir
     cwd = path.parent
