@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import time
 import types
 from collections.abc import Callable, Coroutine, Generator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from qtasks_cli import keepstate
+from qtasks_cli.clock import utcnow
 
 _T = TypeVar("_T")
 
@@ -33,13 +35,15 @@ _STEPPING = sys.version_info >= (3, 11)
 
 class Gate:
     """Where a prepared run waits for its instant (``await gate``): ``instant`` is when the
-    burst is due, ``at`` when ``go`` opened it (None until then)."""
+    burst is due, ``at`` when ``go`` opened it (None until then), ``perf`` the same moment on
+    ``time.perf_counter``."""
 
-    __slots__ = ("at", "instant", "open")
+    __slots__ = ("at", "instant", "open", "perf")
 
     def __init__(self, instant: datetime) -> None:
         self.instant = instant
         self.at: datetime | None = None
+        self.perf: float | None = None
         self.open = not _STEPPING
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -66,7 +70,7 @@ class Start:
     coroutine (the caller awaits it, as it would have). ``ended``: when a body that finished
     in its first step did (for its duration), else None."""
 
-    __slots__ = ("args", "body", "clock", "ended", "fn", "gate", "job", "kwargs", "outcome")
+    __slots__ = ("_end", "args", "body", "clock", "fn", "gate", "job", "kwargs", "outcome")
 
     def __init__(
         self,
@@ -85,7 +89,22 @@ class Start:
         self.clock = clock
         self.body: Coroutine[Any, Any, Any] | None = None
         self.outcome: tuple[int, Any] | None = None  # (_RETURNED | _RAISED, value)
-        self.ended: datetime | None = None
+        self._end: float | datetime | None = None
+
+    @property
+    def ended(self) -> datetime | None:
+        """When the body ended in its first step (UTC), or None."""
+        end, gate = self._end, self.gate
+        if isinstance(end, float) and gate.at is not None and gate.perf is not None:
+            return gate.at + timedelta(seconds=end - gate.perf)
+        return end if isinstance(end, datetime) else None
+
+    def _now(self) -> float | datetime:
+        # Inside a burst on the real clock, the end is read off perf_counter (80 ns, against
+        # 400 ns for an aware datetime, once per body): ``ended`` turns it into wall time.
+        if self.clock is utcnow and self.gate.perf is not None:
+            return time.perf_counter()
+        return self.clock()
 
     def begin(self) -> Any:
         """Call the body and take its first step (in the run's task and context); return
@@ -102,10 +121,10 @@ class Start:
         try:
             waits = body.send(None)
         except StopIteration as stop:
-            self.outcome, self.ended = (_RETURNED, stop.value), self.clock()
+            self.outcome, self._end = (_RETURNED, stop.value), self._now()
             return None
         except BaseException as exc:
-            self.outcome, self.ended = (_RAISED, exc), self.clock()
+            self.outcome, self._end = (_RAISED, exc), self._now()
             return None
         finally:
             if keepstate.step_changed():  # before the next body of the burst starts
@@ -215,6 +234,7 @@ class Burst:
         """Open the gate (``at`` = ``now()``) and start every held body, in the order added."""
         gate = self.gate
         gate.at = now()
+        gate.perf = time.perf_counter()
         gate.open = True
         held, self._held = self._held, []
         if not held:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from qtasks_cli import keepstate
 from qtasks_cli.burst import Burst, Gate, KeptSteps
-from qtasks_cli.clock import settle_until
+from qtasks_cli.clock import settle_until, utcnow
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="outside")
@@ -324,5 +324,40 @@ def test_a_profiler_or_debug_mode_a_body_leaves_on_the_loop_costs_the_next_bodie
             assert "other_body" not in profiled, profiled
         finally:
             keepstate.release()
+
+    asyncio.run(main())
+
+
+@needs_stepping
+@pytest.mark.parametrize("real", [True, False])
+def test_a_body_that_ends_in_its_first_step_gets_its_end_on_the_run_clock(real: bool) -> None:
+    # On the real clock the end is read off perf_counter and made wall time from the gate's
+    # opening; an injected clock is read as it is (virtual time stays exact).
+    ticks = iter([T0, T0 + timedelta(seconds=3)])
+    clock = utcnow if real else lambda: next(ticks)
+    starts: list[Any] = []
+
+    async def body() -> str:
+        return "done"
+
+    async def run_one(gate: Gate) -> datetime | None:
+        start = gate.start(body, (), {}, clock, "job")
+        starts.append(start)
+        await start
+        return start.ended
+
+    async def main() -> None:
+        burst = Burst(T0)
+        task = burst.add(run_one(burst.gate))
+        before = utcnow()
+        burst.go(clock)
+        after = utcnow()
+        ended = await task
+        assert ended is not None and ended.tzinfo is not None
+        if real:
+            assert burst.gate.at is not None and burst.gate.at <= ended <= after
+            assert before <= ended
+        else:
+            assert ended == T0 + timedelta(seconds=3)
 
     asyncio.run(main())
