@@ -210,8 +210,8 @@ class _Tee:
         cut = held.rfind("\n") + 1
         if cut:  # complete lines, but not the first lines of a secret without the rest
             cut = redaction.hold_back(held[:cut])
-        if len(held) - cut > HOLD_CHARS:
-            cut = len(held)
+        if len(held) - cut > HOLD_CHARS:  # out without its end, but an end that may start a
+            cut = len(held) - redaction.secret_start(held)  # secret: it waits for the rest
         evicted: tuple[str | None, str] | None = None
         with self._lock:
             if cut < len(held):  # before what the same writer may have put meanwhile

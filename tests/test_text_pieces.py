@@ -69,3 +69,34 @@ def test_an_ascii_megabyte_line_is_found_clean_in_pieces(monkeypatch: pytest.Mon
     assert not text.found(text.ANY_INVISIBLE, line)
     assert text.found(text.ANY_INVISIBLE, line + "\x7f")
     assert text.found(re.compile("[\x1b]"), "a" * 10 + "\x1b" + "a" * 10)
+
+
+SECRET = "S3cr3t-Tok3n-XYZ0123456789abcdef"
+
+
+@pytest.mark.parametrize("split", [1, 10, len(SECRET) // 2, len(SECRET) - 1])
+def test_a_secret_across_the_cut_of_a_long_partial_line_is_hidden(split: int) -> None:
+    # A partial line past HOLD_CHARS goes out without waiting for its end, but an end that
+    # may be the start of a secret waits for the rest (a hostile tester saw it whole).
+    import io
+
+    from qtasks_cli import output
+    from qtasks_cli.ui import text_drain
+
+    redaction.remember([(SECRET, "${TOKEN}")])
+    first = "C1" + "x" * (text_drain.HOLD_CHARS + 100) + SECRET[:split]
+    rest = SECRET[split:] + " end\n"
+    sink = io.StringIO()
+    tee = output._Tee(sink, 1, keep=False)
+    tee.write(first)
+    tee.write(rest)
+    tee.flush_all()
+    assert SECRET not in sink.getvalue()
+    assert sink.getvalue().endswith("${TOKEN} end\n")
+
+    drain = text_drain._TextDrain.__new__(text_drain._TextDrain)
+    drain.encoding, drain.errors, drain._held, drain._held_since = "utf-8", "strict", "", None
+    drain._release = lambda size: None  # type: ignore[method-assign]
+    shown = drain.join([(first, 0)]) + drain.join([(rest, 0)])
+    assert SECRET.encode() not in shown
+    assert shown.endswith(b"${TOKEN} end\n")

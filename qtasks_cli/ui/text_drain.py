@@ -95,8 +95,8 @@ class _TextDrain(_Drain):
         cut = text.rfind("\n") + 1
         if cut:
             cut = redaction.hold_back(text[:cut])
-        if len(text) - cut > HOLD_CHARS:
-            cut = len(text)
+        if len(text) - cut > HOLD_CHARS:  # out without its end, but an end that may start a
+            cut = len(text) - redaction.secret_start(text)  # secret: it waits for the rest
         self._held = text[cut:]
         if cut:
             self._held_since = None
