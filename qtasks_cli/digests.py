@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from datetime import date, timedelta
 from typing import Any
 
-from qtasks_cli.models import JobSpec, Settings
+from qtasks_cli.models import JobSpec, RetryPolicy, Settings
 
 _NOT_DEFINITION = (
     "line",
@@ -97,8 +97,14 @@ def definition(job: JobSpec, *, machine_zone: bool = False) -> dict[str, Any]:
     return definition
 
 
+_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _hash(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _sha256(_json(obj))
+
+
+def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -110,15 +116,66 @@ def fingerprint(job: JobSpec) -> str:
     loop, so a reload's comparison of 1,000 jobs on the loop costs lookups only."""
     memo = job._fingerprint
     if memo is None:
-        memo = _noted(job, definition(job))
+        memo = _sha256(definition_json(job))
+        object.__setattr__(job, "_fingerprint", memo)
     return memo
 
 
-def _noted(job: JobSpec, plain: dict[str, Any]) -> str:
-    """Keep ``_hash(plain)`` (``plain``: the job's ``definition``) as its fingerprint."""
-    memo = _hash(plain)
-    object.__setattr__(job, "_fingerprint", memo)
-    return memo
+# The definition's keys in the order sort_keys writes them, per spec class.
+_SORTED_KEYS: dict[type, tuple[str, ...]] = {}
+# JSON text of a field's value, for values many jobs share (a schedule, a retry policy, an
+# enum): keyed by type and value (floats and dataclasses by repr, so -0.0 is not 0.0).
+_SHARED: dict[tuple[str, type, Any], str] = {}
+_SHARED_MAX = 8192
+_POLICIES: dict[int, tuple[RetryPolicy, str]] = {}
+_OWN = frozenset({"name", "args", "kwargs", "description"})  # each job's own: not kept
+
+
+def definition_json(job: JobSpec, *, machine_zone: bool = False) -> str:
+    """``_json(definition(job, machine_zone=...))``, the same text, made without building the
+    whole dict: the JSON of values jobs share is worked out once (issue 16: the digest of
+    10,000 jobs took 0.17 s of a 0.84 s ``validate``)."""
+    keys = _SORTED_KEYS.get(type(job))
+    if keys is None:
+        keys = _SORTED_KEYS[type(job)] = tuple(
+            sorted(name for name in _field_names(type(job)) if name not in _NOT_DEFINITION)
+        )
+    parts = []
+    for name in keys:
+        value = getattr(job, name)
+        if name == "schedule":
+            value = value.key if value is not None else None
+            if value is not None and machine_zone:
+                value = value.replace(f"@{job.timezone}", f"@{MACHINE_ZONE}")
+        elif name == "timezone" and machine_zone:
+            value = MACHINE_ZONE
+        elif name == "args" and job.raw_args is not None:
+            value = job.raw_args
+        elif name == "kwargs" and job.raw_kwargs is not None:
+            value = job.raw_kwargs
+        if name in _OWN:
+            parts.append(f'"{name}":{_json(_canonical(value))}')
+            continue
+        kind = type(value)
+        if kind is RetryPolicy:  # frozen; most jobs share one (by identity, kept alive here)
+            kept = _POLICIES.get(id(value))
+            if kept is None or kept[0] is not value:
+                if len(_POLICIES) >= _SHARED_MAX:
+                    _POLICIES.clear()
+                kept = _POLICIES[id(value)] = (value, _json(_canonical(value)))
+            parts.append(f'"{name}":{kept[1]}')
+            continue
+        shared = kind in _PLAIN or kind is timedelta or isinstance(value, enum.Enum)
+        key = (name, kind, value if shared and kind is not float else repr(value))
+        text = _SHARED.get(key)
+        if text is None:
+            text = _json(_canonical(value))
+            if shared:
+                if len(_SHARED) >= _SHARED_MAX:
+                    _SHARED.clear()
+                _SHARED[key] = text
+        parts.append(f'"{name}":{text}')
+    return "{" + ",".join(parts) + "}"
 
 
 def config_digest(
@@ -136,7 +193,7 @@ def config_digest(
     # Each job counts by its fingerprint, worked out here (off the loop) and kept on the spec,
     # so a reload's comparison of the jobs costs lookups only (see fingerprint).
     whole: dict[str, Any] = {
-        name: _hash(definition(job, machine_zone=True))
+        name: _sha256(definition_json(job, machine_zone=True))
         if name in machine_zoned
         else fingerprint(job)
         for name, job in jobs.items()

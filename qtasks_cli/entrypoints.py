@@ -15,6 +15,7 @@ import re
 import sys
 import sysconfig
 import traceback
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,21 @@ def _unwrap(fn: Any) -> Any:
 
 def kind_of(fn: Any) -> CallableKind:
     """How calling ``fn`` behaves; looks through partials, bound methods and ``__call__``."""
+    if type(fn) is types.FunctionType:  # remembered with its code, which decides the kind
+        key = (fn, fn.__code__)
+        kind = _KINDS.get(key)
+        if kind is None:
+            if len(_KINDS) >= _SIGNATURES_MAX:
+                _KINDS.clear()
+            kind = _KINDS[key] = _kind_of(fn)
+        return kind
+    return _kind_of(fn)
+
+
+_KINDS: dict[tuple[Any, Any], CallableKind] = {}
+
+
+def _kind_of(fn: Any) -> CallableKind:
     target = _unwrap(fn)
     if inspect.isasyncgenfunction(target):
         return CallableKind.ASYNC_GENERATOR
@@ -208,11 +224,24 @@ def check_binding(
         signature = _signature(fn)
     except (TypeError, ValueError):
         return None
+    # The answer depends on the number of arguments and the keywords' names only, not on
+    # the values: 10,000 jobs calling one function with the same keywords bind once.
+    key = (fn, len(args), tuple(kwargs), partial) if inspect.isfunction(fn) else None
+    if key is not None and key in _BOUND:
+        return _BOUND[key]
+    found: str | None = None
     try:
         (signature.bind_partial if partial else signature.bind)(*args, **kwargs)
     except TypeError as exc:
-        return str(exc)
-    return None
+        found = str(exc)
+    if key is not None:
+        if len(_BOUND) >= _SIGNATURES_MAX:
+            _BOUND.clear()
+        _BOUND[key] = found
+    return found
+
+
+_BOUND: dict[tuple[Any, int, tuple[Any, ...], bool], str | None] = {}  # plain functions
 
 
 # Signatures of the functions checked, by identity: a job file of 10,000 jobs over a few

@@ -10,14 +10,13 @@ instant and the bodies: see the README's design section, "Firing on the instant"
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from qtasks_cli import cancels
+from qtasks_cli import cancels, gcpause
 from qtasks_cli.burst import Burst
 from qtasks_cli.claims import report_unrun, unless_paused
 from qtasks_cli.clock import settle_until
@@ -120,13 +119,20 @@ class Firing:
             for f in due
         ]
         unrun: list[Fire] = []
-        burst: Burst | None = None
-        prepared = time.perf_counter()
         # No collector pass while runs are prepared and started: the objects the preparing
         # makes are young, and a pass over them stops everything for milliseconds (a full
         # one for tens); the next allocation after the burst collects them.
-        collecting = gc.isenabled()
-        gc.disable()
+        with gcpause.paused():  # shared with a job file being read in a thread meanwhile
+            self._start_decided(decided, now, unrun)
+        for fire in unrun:
+            self.ledger.unstarted(fire, fire.status, fire.error or "")
+            report_unrun(self._emit, fire, self.clock())
+
+    def _start_decided(self, decided: list[Fire], now: datetime, unrun: list[Fire]) -> None:
+        """Prepare the claimed runs of ``decided`` in bursts by instant and start each burst
+        on its instant; the fires not to run go to ``unrun``."""
+        burst: Burst | None = None
+        prepared = time.perf_counter()
         try:
             for fire in decided:
                 state = self.jobs.get(fire.job)
@@ -156,15 +162,8 @@ class Firing:
                 )
                 self.runs.start(state.spec, fire.run_id, fire.trigger, fire.scheduled, burst=burst)
         finally:
-            try:
-                if burst is not None:  # never leave a prepared run at its gate
-                    self._go(burst, prepared)
-            finally:
-                if collecting:
-                    gc.enable()
-        for fire in unrun:
-            self.ledger.unstarted(fire, fire.status, fire.error or "")
-            report_unrun(self._emit, fire, self.clock())
+            if burst is not None:  # never leave a prepared run at its gate
+                self._go(burst, prepared)
 
     def _go(self, burst: Burst, prepared: float) -> None:
         """Wait for the burst's instant (the rest of the lead) and start its bodies."""

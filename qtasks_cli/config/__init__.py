@@ -8,7 +8,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from qtasks_cli import entrypoints, yamlload
+from qtasks_cli import entrypoints, gcpause, yamlload
 from qtasks_cli.config.jobs import (
     _defaults,
     _jobs,
@@ -91,14 +91,15 @@ def load_config(
         raise ConfigError([_file_problem(shown, f"the file is larger than {limit} MB")])
     text = _decode(data, shown)
     base_dir = Path(os.path.normpath(Path(path).absolute().parent))
-    return parse_config_text(
-        text,
-        filename=shown,
-        base_dir=base_dir,
-        check_imports=check_imports,
-        env=env,
-        variables_required=variables_required,
-    )
+    with gcpause.paused():  # a million young objects that all stay alive: no full passes
+        return parse_config_text(
+            text,
+            filename=shown,
+            base_dir=base_dir,
+            check_imports=check_imports,
+            env=env,
+            variables_required=variables_required,
+        )
 
 
 def _file_problem(file: str, message: str, line: int = 1, column: int = 1) -> Problem:
