@@ -7,6 +7,7 @@ from string import Template
 from typing import Any
 
 import common
+import report_scale
 
 TEMPLATE = common.BENCH / "BENCHMARKS.md.in"
 
@@ -17,6 +18,15 @@ TARGETS = (
     ("lateness", "peak RSS with 1,000 jobs", "rss_1000", 60.0, "MB"),
     ("startup", "`qtasks --version` wall time", "version", 120.0, "ms"),
 )
+
+
+def section(part: str, results: dict[str, Any]) -> str:
+    """The text between the ``part`` markers of BENCHMARKS.md."""
+    if part == "lateness":
+        return lateness_section(results)
+    return {"scale": report_scale.scale_section, "history": report_scale.history_section}[part](
+        results
+    )
 
 
 def render(results: dict[str, Any]) -> str:
@@ -56,6 +66,8 @@ def render(results: dict[str, Any]) -> str:
         "stress_intro": STRESS_INTRO,
         "stress": _stress(results.get("stress")),
         "reading": _reading(results),
+        "scale_section": report_scale.scale_section(results),
+        "history_section": report_scale.history_section(results),
     }
     return text.substitute(values)
 
@@ -268,6 +280,8 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         shown = "–" if value is None else f"{value:g} {unit}"
         bound = f"≤ {limit:g} {unit}" if key == "idle_wakeups" else f"< {limit:g} {unit}"
         rows.append((what, bound, shown, verdict))
+    rows += report_scale.scale_targets(results.get("scale"))
+    rows += report_scale.history_targets(results.get("history"))
     tp = results.get("throughput")
     if tp:
         rate = tp.get("enqueue_per_s")

@@ -31,7 +31,18 @@ from typing import Any
 
 import common
 
-PARTS = ("lateness", "idle", "startup", "throughput", "yacron", "cluster", "stress")
+PARTS = (
+    "lateness",
+    "idle",
+    "startup",
+    "throughput",
+    "yacron",
+    "cluster",
+    "stress",
+    "scale",
+    "history",
+)
+ALONE = ("lateness", "scale", "history")  # parts that rewrite their own section alone
 PINS = ("APScheduler==3.11.3", "yacron==0.19.0")
 
 
@@ -73,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py" + (" " + shlex.join(argv or sys.argv[1:])).rstrip()
     print(f"qtasks benchmarks: {command}")
     print(f"qtasks from {common.QTASKS}; anchors in {common.ANCHOR_VENV}")
-    if set(parts) <= {"lateness"} and common.has_apscheduler(common.anchor_python()):
+    if set(parts) <= set(ALONE) and common.has_apscheduler(common.anchor_python()):
         print(f"APScheduler 3 from {common.anchor_python()} (the bench extra)")
     else:
         ensure_anchors()
@@ -121,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     for what, bound, shown, verdict in report.target_rows(results):
         print(f"  {what}: {shown} (bound {bound}) -> {verdict.strip('*')}")
     full = not options.quick and set(parts) == set(PARTS)
-    alone = not options.quick and parts == ["lateness"] and options.write_md != "no"
+    alone = not options.quick and set(parts) <= set(ALONE) and options.write_md != "no"
     if options.write_md == "yes" or (options.write_md == "auto" and full):
         target = common.ROOT / "BENCHMARKS.md"
         target.write_text(report.render(results))
         print(f"\nwrote {target}")
-    elif alone and _replace_section(report.lateness_section(results)):
-        print(f"\nwrote the lateness section of {common.ROOT / 'BENCHMARKS.md'}")
+    elif alone and all(_replace_section(p, report.section(p, results)) for p in parts):
+        print(f"\nwrote the {', '.join(parts)} section(s) of {common.ROOT / 'BENCHMARKS.md'}")
     else:
         print("\nBENCHMARKS.md left as it is (only a full run of every part rewrites it)")
     print(f"total {results['seconds']:.0f} s")
@@ -163,6 +174,18 @@ def _run_part(part: str, quick: bool) -> Any:
         import stress
 
         return stress.measure_all(quick=quick)
+    if part == "scale":
+        import scale
+
+        return scale.measure(jobs=1000 if quick else 10_000, rounds=1 if quick else 3).as_dict()
+    if part == "history":
+        import history_stats
+        import prune
+
+        return {
+            "stats": history_stats.measure(quick=quick),
+            "prune": prune.measure(quick=quick).as_dict(),
+        }
     raise AssertionError(part)
 
 
@@ -189,10 +212,10 @@ def ensure_anchors() -> None:
         raise SystemExit(f"installing {', '.join(PINS)} into {common.ANCHOR_VENV} failed")
 
 
-def _replace_section(text: str) -> bool:
-    """Put ``text`` between the lateness markers of BENCHMARKS.md; False without markers."""
+def _replace_section(part: str, text: str) -> bool:
+    """Put ``text`` between the ``part`` markers of BENCHMARKS.md; False without markers."""
     target = common.ROOT / "BENCHMARKS.md"
-    begin, end = "<!-- lateness:start -->\n", "\n<!-- lateness:end -->"
+    begin, end = f"<!-- {part}:start -->\n", f"\n<!-- {part}:end -->"
     current = target.read_text()
     if begin not in current or end not in current:
         return False
