@@ -942,6 +942,57 @@ def test_stats_counts_and_percentiles(store_factory: StoreFactory) -> None:
     run(body())
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_stats_agree_with_a_python_reading_of_the_runs(
+    store_factory: StoreFactory, seed: int
+) -> None:
+    """Seeded: durations from a microsecond to three days (PostgreSQL reads them as intervals
+    with days), every finished status, several jobs; counts and p50/p95 (linear between the
+    closest ranks) as Python works them out from the same runs."""
+    import random
+
+    rng = random.Random(seed)
+    statuses = [
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.TIMED_OUT,
+        RunStatus.CANCELLED,
+        RunStatus.INTERRUPTED,
+    ]
+
+    def percentile(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        pos = q * (len(ordered) - 1)
+        low = int(pos)
+        high = ordered[low + 1] if low + 1 < len(ordered) else ordered[low]
+        return ordered[low] + (high - ordered[low]) * (pos - low)
+
+    async def body() -> None:
+        async with opened(store_factory) as store:
+            durations: dict[str, list[float]] = {}
+            tallies: dict[str, dict[RunStatus, int]] = {}
+            for i in range(rng.randint(5, 40)):
+                job = rng.choice("abc")
+                seconds = rng.choice(
+                    [1e-6, rng.uniform(0, 1), rng.uniform(1, 600), rng.uniform(86_400, 3 * 86_400)]
+                )
+                seconds = round(seconds, 6)
+                status = rng.choice(statuses)
+                await finished_run(store, job, T0 + i * MINUTE, status, seconds)
+                durations.setdefault(job, []).append(seconds)
+                per_job = tallies.setdefault(job, {})
+                per_job[status] = per_job.get(status, 0) + 1
+            for found in await store.stats():
+                values = durations[found.job]
+                assert found.runs == len(values)
+                assert found.succeeded == tallies[found.job].get(RunStatus.SUCCEEDED, 0)
+                assert found.p50 == pytest.approx(percentile(values, 0.5), abs=2e-6)
+                assert found.p95 == pytest.approx(percentile(values, 0.95), abs=2e-6)
+            assert sorted(f.job for f in await store.stats()) == sorted(durations)
+
+    run(body())
+
+
 def test_prune_by_count_keeps_the_newest_and_unfinished(store_factory: StoreFactory) -> None:
     async def body() -> None:
         async with opened(store_factory) as store:

@@ -633,3 +633,76 @@ def test_the_store_package_does_not_import_psycopg() -> None:
         [PYTHON, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_duration_index_is_rebuilt_with_its_columns_and_stats_read_it_alone(
+    url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema made by the version before (the expression index alone) is migrated: the
+    index includes ``started`` and ``ended``, and a percentile's walk reads the index alone
+    (issue 16: the walk read every skipped run's row from the table)."""
+    from qtasks_cli.models import RunResult
+    from qtasks_cli.store import postgres_schema
+
+    before = postgres_schema.MIGRATIONS[:-1]
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", before)
+
+    async def fill() -> None:
+        store = PostgresStore(url, schema=schema)
+        await store.open()
+        try:
+            for i in range(200):
+                f = fire("a", T0 + timedelta(minutes=i))
+                assert await store.claim([f]) == [True]
+                await store.start(f.run_id, f.scheduled)
+                await store.finish(
+                    RunResult(
+                        run_id=f.run_id,
+                        job="a",
+                        trigger=TriggerKind.SCHEDULE,
+                        scheduled=f.scheduled,
+                        status=RunStatus.SUCCEEDED,
+                        started=f.scheduled,
+                        ended=f.scheduled + timedelta(seconds=i + 1),
+                    )
+                )
+        finally:
+            await store.close()
+
+    run(fill())
+    close_cached_connections()
+    old = sql(url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+              (schema, "runs_duration"))  # fmt: skip
+    assert "INCLUDE" not in old[0][0]
+    monkeypatch.undo()
+
+    async def stats() -> Any:
+        store = PostgresStore(url, schema=schema)
+        await store.open()
+        try:
+            return await store.stats("a")
+        finally:
+            await store.close()
+
+    (found,) = run(stats())
+    assert (found.runs, found.p50, found.p95) == (200, 100.5, pytest.approx(190.05))
+    (definition,) = sql(
+        url,
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+        (schema, "runs_duration"),
+    )
+    assert "INCLUDE (started, ended)" in definition[0]
+    sql(url, f'VACUUM ANALYZE "{schema}".runs')
+    with psycopg.connect(url, autocommit=True) as conn:
+        # 200 runs are few enough for a sort: make the planner show the walk it can take.
+        for setting in ("enable_sort", "enable_bitmapscan", "enable_seqscan"):
+            conn.execute(f"SET {setting} = off")
+        plan = conn.execute(
+            f'EXPLAIN (ANALYZE, FORMAT TEXT) SELECT ended - started FROM "{schema}".runs'
+            " WHERE job = 'a' AND status IN ('succeeded', 'failed', 'timed_out', 'cancelled',"
+            " 'interrupted', 'skipped', 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
+            " ORDER BY ended - started LIMIT 2 OFFSET 100"
+        ).fetchall()
+    shown = "\n".join(row[0] for row in plan)
+    assert "Index Only Scan using runs_duration" in shown, shown
+    assert "Heap Fetches: 0" in shown, shown

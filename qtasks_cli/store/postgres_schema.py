@@ -137,6 +137,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX runs_job_status ON {s}.runs (job, status, ended)",
         "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) WHERE " + sql.TIMED,
     ),
+    # The percentiles' walk from the index alone (issue 16): PostgreSQL reads an expression's
+    # columns from the table unless the index includes them; 3.6 -> 1.9 ms per walk of 19,000
+    # runs, and no heap fetches once vacuumed.
+    (
+        "DROP INDEX {s}.runs_duration",
+        "CREATE INDEX runs_duration ON {s}.runs (job, (ended - started)) INCLUDE (started, ended)"
+        " WHERE " + sql.TIMED,
+    ),
 ]
 
 # Statements with ``{s}`` for the schema; each store formats them once.
@@ -286,9 +294,16 @@ def dialect(schema: str) -> sql.Dialect:
         jsonb=True,
         json_in=Jsonb,
         for_update=" FOR UPDATE",
-        duration="extract(epoch FROM ended - started)::float8",
-        seconds=float,
+        # The interval itself, read from the runs_duration index alone (an extract() per row
+        # skipped by OFFSET tripled the walk); psycopg gives a timedelta.
+        duration="ended - started",
+        seconds=_seconds,
+        timed_in_counts=True,
     )
+
+
+def _seconds(value: Any) -> float:
+    return float(value.total_seconds())
 
 
 def statements(schema: str) -> dict[str, str]:

@@ -19,10 +19,20 @@ ORDER_NEWEST = "ORDER BY coalesce(started, scheduled, created) DESC, run_id DESC
 
 # Finished runs that have a duration: the condition of the runs_duration index, which a query
 # must repeat word for word for either planner to use the index.
+TIMED_STATUSES = (
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "interrupted",
+    "skipped",
+    "missed",
+)
 TIMED = (
     "status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted', 'skipped',"
     " 'missed') AND started IS NOT NULL AND ended IS NOT NULL"
 )
+assert TIMED.startswith(f"status IN ({', '.join(repr(s) for s in TIMED_STATUSES)})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,6 +56,10 @@ class Dialect:
     for_update: str
     duration: str  # SQL selecting a timed run's duration, ordered by ``ended - started``
     seconds: Callable[[Any], float]  # that duration in seconds
+    # The counts per (job, status) read the table itself (PostgreSQL: a parallel scan), so
+    # the count of timed runs comes from the same pass; else (SQLite) they read a covering
+    # index without ``started`` and the timed runs are counted by a second query.
+    timed_in_counts: bool = False
 
     def table(self, name: str) -> str:
         return f"{self.prefix}{name}"

@@ -9,7 +9,7 @@ from typing import Any
 
 from qtasks_cli.models import RunResult, RunStatus
 from qtasks_cli.store.base import JobStats, job_stats
-from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, Dialect, Query
+from qtasks_cli.store.sql.dialect import ORDER_NEWEST, TIMED, TIMED_STATUSES, Dialect, Query
 from qtasks_cli.store.sql.rows import row_to_run, run_columns
 
 _QUANTILES = (0.5, 0.95)
@@ -56,35 +56,47 @@ def stats_steps(d: Dialect, job: str | None) -> Generator[Query, list[Any], list
     """Per job (sorted by name): counts, p50/p95 durations, last success and failure; a job
     named explicitly but never run gets a row of zeros. Percentiles (seconds; linear
     interpolation between closest ranks, numpy's default) each come from the two values at
-    their ranks, read in order from the runs_duration index: no row per run is read."""
+    their ranks, read in order from the runs_duration index (from whichever end is nearer):
+    no row per run is read."""
     runs = d.table("runs")
     where, params = (f"WHERE job = {d.mark}", (job,)) if job is not None else ("", ())
     counts: dict[str, dict[str, tuple[int, datetime | None]]] = {}
+    timed_count = ", count(ended - started)" if d.timed_in_counts else ""
     rows = yield (
-        f"SELECT job, status, count(*), max(ended) FROM {runs} {where} GROUP BY job, status",
+        f"SELECT job, status, count(*), max(ended){timed_count} FROM {runs} {where}"
+        " GROUP BY job, status",
         params,
     )
-    for name, status, count, last_ended in rows:
+    timed: dict[str, int] = {}
+    for name, status, count, last_ended, *with_times in rows:
         counts.setdefault(name, {})[status] = (count, d.opt_out(last_ended))
-    and_job = f"AND job = {d.mark}" if job is not None else ""
-    timed = yield (
-        f"SELECT job, count(*) FROM {runs} WHERE {TIMED} {and_job} GROUP BY job",
-        params,
-    )
+        if with_times and with_times[0] and status in TIMED_STATUSES:
+            timed[name] = timed.get(name, 0) + with_times[0]
+    if not d.timed_in_counts:
+        and_job = f"AND job = {d.mark}" if job is not None else ""
+        found_timed = yield (
+            f"SELECT job, count(*) FROM {runs} WHERE {TIMED} {and_job} GROUP BY job",
+            params,
+        )
+        timed = dict(found_timed)
     percentiles: dict[str, tuple[float | None, float | None]] = {}
-    for name, count in timed:
+    for name, count in timed.items():
         found: list[float | None] = []
         for q in _QUANTILES:
             pos = q * (count - 1)
             low = int(pos)
+            # Walk in from the nearer end: p95 passes 5% of a job's runs, not 95% of them.
+            down = low > count - 1 - low and low + 1 < count
             values = yield (
                 f"SELECT {d.duration} FROM {runs} WHERE job = {d.mark} AND {TIMED}"
-                f" ORDER BY ended - started LIMIT 2 OFFSET {d.mark}",
-                (name, low),
+                f" ORDER BY ended - started{' DESC' if down else ''} LIMIT 2 OFFSET {d.mark}",
+                (name, count - 2 - low if down else low),
             )
             if not values:
                 found.append(None)
                 continue
+            if down:  # the values at ranks low + 1 and low, in that order
+                values = values[::-1]
             first = d.seconds(values[0][0])
             second = d.seconds(values[1][0]) if len(values) > 1 else first
             found.append(first + (second - first) * (pos - low))
