@@ -28,6 +28,7 @@ class JobViews:
         self.jobs = jobs  # the supervisor's table, shared
         self._occupancy = occupancy
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
+        self._words: dict[int, tuple[Any, str]] = {}  # id(schedule) -> (schedule, words)
 
     def views(
         self, *, paused: Collection[str], abandoned: Mapping[str, str]
@@ -51,8 +52,15 @@ class JobViews:
             return cached[1]
         if cached is not None and cached[0][0] is spec:
             words = cached[1].schedule
-        else:
-            words = spec.schedule.describe() if spec.schedule else "only when triggered"
+        elif spec.schedule is None:
+            words = "only when triggered"
+        else:  # jobs sharing a schedule object share its words: 10,000 jobs, one description
+            kept = self._words.get(id(spec.schedule))
+            if kept is None or kept[0] is not spec.schedule:
+                if len(self._words) > 2 * len(self.jobs):
+                    self._words.clear()
+                kept = self._words[id(spec.schedule)] = (spec.schedule, spec.schedule.describe())
+            words = kept[1]
         view = JobView(
             name=name,
             schedule=words,
