@@ -68,8 +68,9 @@ def show_tag(tag: str) -> str:
 
 
 class _NotATree(Exception):
-    """A tree libyaml composed holds a node twice (an alias) or nests too deep: compose it
-    again with PyYAML's composer, which marks aliases where they are written."""
+    """libyaml's events are not of the plain shape ``yamlstream`` reads (an alias, a merge
+    key, too deep...): compose the file with PyYAML's composer, which marks aliases where they
+    are written."""
 
 
 @dataclass(slots=True)
@@ -79,11 +80,6 @@ class _Walker:
     problems: list[Problem]
     expanded: int = 0
     alias_stack: tuple[tuple[Node, str], ...] = ()
-    # Ids of the nodes walked, for a tree libyaml composed (None otherwise): a second visit
-    # is an alias, which that tree does not mark. Such a tree is also consumed as it is
-    # walked, so that it and the located values are never both whole in memory (60 MB at
-    # 10,000 jobs).
-    seen: set[int] | None = None
 
     def problem(self, node: Node, path: str, message: str) -> None:
         mark = node.start_mark
@@ -98,11 +94,6 @@ class _Walker:
         )
 
     def walk(self, node: Node, path: str, depth: int = 0) -> Located:
-        seen = self.seen
-        if seen is not None:
-            if id(node) in seen or depth > MAX_DEPTH:
-                raise _NotATree
-            seen.add(id(node))
         is_alias = id(node) in self.loader.alias_copies
         if is_alias:
             self.alias_stack += ((node, path),)
@@ -147,8 +138,6 @@ class _Walker:
             nodes = node.value
             for i in range(len(nodes)):
                 items.append(self.walk(nodes[i], f"{path}[{i}]", depth + 1))
-                if self.seen is not None:
-                    nodes[i] = None  # walked once (libyaml's tree): let it go
             return Located(kind="seq", value=items, line=line, column=column, path=path)
         assert isinstance(node, MappingNode)
         entries = self._mapping(node, path, depth)
@@ -233,12 +222,7 @@ class _Walker:
     def _mapping(self, node: MappingNode, path: str, depth: int) -> dict[str, Any]:
         entries: dict[str, tuple[Located, Located]] = {}
         merged: dict[str, tuple[Located, Located]] = {}
-        pairs = node.value
-        consume = self.seen is not None
-        for index in range(len(pairs)):
-            key_node, value_node = pairs[index]
-            if consume:  # libyaml's tree is walked once: each entry goes once walked
-                pairs[index] = None
+        for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 self._merge(value_node, path, depth, merged)
                 continue

@@ -1,6 +1,8 @@
-"""libyaml's composer (the fast path) and PyYAML's composer over libyaml's parser give the same
-located tree and the same problems for every file the fast path takes; a file with aliases or
-too deep is left to PyYAML's composer."""
+"""libyaml's events read straight into located values (the fast path, yamlstream) and PyYAML's
+composer over libyaml's parser give the same located tree and the same problems for every file
+the fast path takes (the corpus and generated documents); a file with an anchor, alias, merge
+key, tagged collection, second document, deep nesting or a syntax error is left to PyYAML's
+composer."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qtasks_cli import yamlload
 
@@ -70,3 +75,117 @@ def test_a_plain_file_is_taken_by_the_fast_path() -> None:
     fast = yamlload._load_c(text, "f.yaml")
     assert fast is not None
     assert shape(fast[0]) == shape(composed_by_pyyaml(text, "f.yaml")[0])
+
+
+# -- libyaml's events straight to located values (yamlstream) against PyYAML's composer ------
+
+_words = st.sampled_from(
+    ["yes", "no", "on", "Off", "~", "null", "1:30", "0755", "0x1F", "1_000", "2024-01-01",
+     "12:30:00", ".inf", "-.nan", "a.b", "a b", "a: b", "'q'", '"d"', "\\", "é", "\t", "", "#x",
+     "&a", "*a", "!t", "- x", "? k"]
+)  # fmt: skip
+_keys = st.one_of(_words, st.text(max_size=6))
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _words, st.text(max_size=8)
+)
+_documents = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _documents,
+    st.sampled_from([None, True, False]),
+    st.sampled_from([None, "'", '"', "|"]),
+    st.booleans(),
+)
+def test_the_event_reader_gives_what_pyyamls_composer_gives(
+    document: Any, flow: bool | None, style: str | None, duplicate: bool
+) -> None:
+    text = yaml.safe_dump(document, default_flow_style=flow, default_style=style,
+                          allow_unicode=True)  # fmt: skip
+    if duplicate and isinstance(document, dict) and document and flow is False:
+        first = text.splitlines(keepends=True)[0]
+        if not first.startswith((" ", "-")):
+            text = text + first  # the first key again at the end: a duplicate key
+    fast = yamlload._load_c(text, "f.yaml")
+    try:
+        slow = composed_by_pyyaml(text, "f.yaml")
+    except Exception as exc:
+        assert fast is None, f"the event reader took a file PyYAML's composer refuses: {exc}"
+        return
+    if fast is None:
+        return
+    assert shape(fast[0]) == shape(slow[0])
+    assert fast[1] == slow[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: 2\n",  # an anchor
+        "a: 1\nb: *x\n",  # an alias (unknown: PyYAML's composer reports it)
+        "a:\n  <<: {b: 1}\n",  # a merge key, even without an alias
+        "a: !!set {b: null}\n",  # a tag on a collection
+        "? [a, b]\n: 1\n",  # a key that is not text
+        "a: 1\n---\nb: 2\n",  # a second document
+        "a: [" * 120 + "]" * 120 + "\n",  # nesting past the limit
+        "a: b: c\n",  # a syntax error
+    ],
+)
+def test_the_rarities_are_left_to_pyyamls_composer(text: str) -> None:
+    assert yamlload._load_c(text, "f.yaml") is None
+
+
+def test_a_duplicate_keys_value_is_skipped_unread() -> None:
+    text = "a: 1\nb: {c: [1, {d: !!int x}], e: 2}\nb: {f: !!int y}\nz: 3\n"
+    fast = yamlload._load_c(text, "f.yaml")
+    assert fast is not None
+    assert shape(fast[0]) == shape(composed_by_pyyaml(text, "f.yaml")[0])
+    assert [p.message for p in fast[1]] == [
+        p.message for p in composed_by_pyyaml(text, "f.yaml")[1]
+    ]
+    assert list(fast[0].value) == ["a", "b", "z"]
+
+
+_tags = st.sampled_from(
+    ["", "!!str ", "!!int ", "!!float ", "!!bool ", "!!null ", "!!binary ", "!!timestamp ",
+     "!local ", "!!python/name:os.system "]
+)  # fmt: skip
+_raw = st.sampled_from(
+    ["1", "x", "1:30", "0o17", "YQ==", "@@@", "2024-13-45", "yes", "~", "'q'", '"\\ud800"',
+     "9" * 5000, "[1, 2]", "{a: 1}", "é"]
+)  # fmt: skip
+
+
+@st.composite
+def _block(draw: Any, indent: int = 0) -> str:
+    lines = []
+    for _ in range(draw(st.integers(1, 4))):
+        key = draw(st.sampled_from(["a", "b", "on", "1", "~", "2024-01-01", "a.b", "k k"]))
+        pad = " " * indent
+        if indent < 6 and draw(st.booleans()):
+            lines.append(f"{pad}{key}:\n{draw(_block(indent + 2))}")
+        else:
+            lines.append(f"{pad}{key}: {draw(_tags)}{draw(_raw)}\n")
+    return "".join(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_block())
+def test_tagged_scalars_and_duplicates_read_alike(text: str) -> None:
+    """Problems (unknown tags, unreadable scalars, duplicate keys) are the same, in the same
+    order, on both paths."""
+    fast = yamlload._load_c(text, "f.yaml")
+    try:
+        slow = composed_by_pyyaml(text, "f.yaml")
+    except Exception as exc:
+        assert fast is None, f"the event reader took a file PyYAML's composer refuses: {exc}"
+        return
+    if fast is None:
+        return
+    assert shape(fast[0]) == shape(slow[0])
+    assert fast[1] == slow[1]
