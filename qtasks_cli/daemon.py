@@ -102,13 +102,13 @@ async def _serve(
             await store.close()
         return EXIT_OK
 
-    last_text, last_config = _read_bytes(config_path), config
+    last_text, last_config = _file_digest(config_path), config
 
     async def reload() -> Config:
         # An unchanged file needs no new parse (modules are not re-imported anyway), so
         # repeated SIGHUPs cost almost nothing.
         nonlocal last_text, last_config
-        text = await offthread.run(_read_bytes, config_path, name="qtasks-reload")
+        text = await offthread.run(_file_digest, config_path, name="qtasks-reload")
         if text is None or text != last_text:
             last_config = await offthread.run(load, config_path, name="qtasks-reload")
             last_text = text
@@ -209,11 +209,15 @@ def _systemd_agent(supervisor: Supervisor, bus: EventBus) -> SystemdAgent | None
     return agent
 
 
-def _read_bytes(path: Path) -> bytes | None:
+def _file_digest(path: Path) -> bytes | None:
+    """sha256 of the file's bytes (kept instead of the bytes: 0.9 MB for 10,000 jobs), or
+    None when it cannot be read (``load`` then says why)."""
+    import hashlib
+
     try:
-        return path.read_bytes()
+        return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
-        return None  # load() reports it properly
+        return None
 
 
 def _emit_notice(bus: EventBus, message: str, level: int = logging.INFO) -> None:

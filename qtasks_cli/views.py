@@ -27,7 +27,7 @@ class JobViews:
     def __init__(self, jobs: dict[str, JobState], occupancy: Occupancy) -> None:
         self.jobs = jobs  # the supervisor's table, shared
         self._occupancy = occupancy
-        self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
+        self._views: dict[str, tuple[Any, JobView]] = {}  # name -> (its spec, its view)
         self._words: dict[int, tuple[Any, str]] = {}  # id(schedule) -> (schedule, words)
 
     def views(
@@ -45,13 +45,19 @@ class JobViews:
     def _view(self, name: str, state: JobState, paused: bool, abandoned: int) -> JobView:
         spec = state.spec
         held = self._occupancy.of(name)
-        key = (spec, state.next_fire, held.running, held.waiting, len(state.pending), paused,
-               abandoned)  # fmt: skip
         cached = self._views.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if cached is not None and cached[0][0] is spec:
-            words = cached[1].schedule
+        if cached is not None and cached[0] is spec:
+            view = cached[1]  # the key is the view's own fields (a tuple each: 1 MB at 10,000)
+            if (
+                view.next_fire == state.next_fire
+                and view.running == held.running - held.waiting
+                and view.waiting == held.waiting
+                and view.pending == len(state.pending)
+                and view.paused == paused
+                and view.abandoned == abandoned
+            ):
+                return view
+            words = view.schedule
         elif spec.schedule is None:
             words = "only when triggered"
         else:  # jobs sharing a schedule object share its words: 10,000 jobs, one description
@@ -75,7 +81,7 @@ class JobViews:
         )
         if len(self._views) > 2 * len(self.jobs):  # jobs removed by reloads
             self._views.clear()
-        self._views[name] = (key, view)
+        self._views[name] = (spec, view)
         return view
 
 

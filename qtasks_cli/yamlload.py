@@ -89,7 +89,7 @@ def line_col(text: str, position: int) -> tuple[int, int]:
     return line, position - (before.rfind("\n") + 1) + 1
 
 
-def _load_c(text: str, file: str) -> tuple[Located | None, list[Problem]] | None:
+def _load_c(text: str, file: str, jobs: Any = None) -> tuple[Located | None, list[Problem]] | None:
     """``load`` from libyaml's events straight to located values (``yamlstream``), for a
     file of the plain shape (most): None when the file has an anchor, alias, merge key, tag
     on a collection, nests too deep or does not parse, so that the caller composes it with
@@ -99,21 +99,23 @@ def _load_c(text: str, file: str) -> tuple[Located | None, list[Problem]] | None
     loader = _FastLoader(text)
     walker = _Walker(loader=loader, file=file, problems=[])
     try:
-        tree = EventReader(loader, walker).document()
+        tree = EventReader(loader, walker, jobs).document()
     except (yaml.YAMLError, _NotATree):
         return None
     return tree, walker.problems
 
 
-def load(text: str, file: str) -> tuple[Located | None, list[Problem]]:
+def load(text: str, file: str, jobs: Any = None) -> tuple[Located | None, list[Problem]]:
     """Parse ``text`` into a Located tree plus the non-fatal problems found on the way.
+    With ``jobs`` (config.jobs.JobStream), the plain reader hands it each job as it ends and
+    keeps only the job's key (see ``JobStream.usable``).
 
     Raises ConfigError for anything that stops parsing (syntax, nesting, alias bombs).
     Returns None for a document with no content.
     """
     loader: _Marked | None = None
     if _FastLoader is not None:
-        found = _load_c(text, file)
+        found = _load_c(text, file, jobs)
         if found is not None:
             return found
         fast = _FastLoader(text)

@@ -41,11 +41,13 @@ class EventReader:
     constructors, ``yamlcompose._FastLoader``) into located values; problems go to
     ``walker``."""
 
-    __slots__ = ("events", "walker")
+    __slots__ = ("events", "jobs", "walker")
 
-    def __init__(self, events: Any, walker: _Walker) -> None:
+    def __init__(self, events: Any, walker: _Walker, jobs: Any = None) -> None:
         self.events = events
         self.walker = walker
+        # Reads each job as it ends (config.jobs.JobStream), or None: see _entries.
+        self.jobs = jobs
 
     def document(self) -> Located | None:
         """The document's root, or None for a stream with no document; ``_NotATree`` for
@@ -59,6 +61,8 @@ class EventReader:
         events.get_event()  # the document's end
         if not events.check_event(StreamEndEvent):
             raise _NotATree  # a second document: PyYAML's composer says so in its words
+        if self.jobs is not None:
+            self.jobs.done = True
         return root
 
     def _value(self, path: str, depth: int) -> Located:
@@ -104,7 +108,11 @@ class EventReader:
         events.get_event()
         return items
 
-    def _entries(self, path: str, depth: int) -> dict[str, tuple[Located, Located]]:
+    def _entries(
+        self, path: str, depth: int, each: Any = None
+    ) -> dict[str, tuple[Located, Located]]:
+        """A mapping's entries; with ``each``, each value is handed to ``each(key, value)``
+        as it ends and not kept (the entry keeps its key twice)."""
         events, walker = self.events, self.walker
         entries: dict[str, tuple[Located, Located]] = {}
         while not events.check_event(MappingEndEvent):
@@ -126,9 +134,33 @@ class EventReader:
             key_loc = Located(kind="scalar", value=key, line=mark.line + 1,
                               column=mark.column + 1, path=child, trap=_key_trap(key_node),
                               source=key)  # fmt: skip
-            entries[key] = (key_loc, self._value(child, depth + 1))
+            if not path and key == "jobs" and self._streams(entries):
+                entries[key] = (key_loc, self._streamed(child, depth + 1))
+                continue
+            value = self._value(child, depth + 1)
+            if each is not None:
+                each(key_loc, value)
+                value = key_loc
+            entries[key] = (key_loc, value)
         events.get_event()
         return entries
+
+    def _streams(self, top: dict[str, tuple[Located, Located]]) -> bool:
+        """At the top-level ``jobs``: whether its jobs are read one by one as they end."""
+        if self.jobs is None or self.jobs.began or not self.events.check_event(MappingStartEvent):
+            return False
+        self.jobs.begin(top)
+        return True
+
+    def _streamed(self, path: str, depth: int) -> Located:
+        if depth > MAX_DEPTH:
+            raise _NotATree
+        event = self.events.get_event()
+        self._collection(event, MappingNode, _MAP)
+        entries = self._entries(path, depth, each=self.jobs.job)
+        mark = event.start_mark
+        return Located(kind="map", value=entries, line=mark.line + 1, column=mark.column + 1,
+                       path=path)  # fmt: skip
 
     def _skip(self) -> None:
         """Read past one value unread (a duplicate key's, as the walker leaves it)."""

@@ -38,7 +38,7 @@ def shape(node: Any) -> Any:
 
 def composed_by_pyyaml(text: str, file: str) -> Any:
     saved = yamlload._load_c
-    yamlload._load_c = lambda text, file: None  # type: ignore[assignment]
+    yamlload._load_c = lambda text, file, jobs=None: None  # type: ignore[assignment]
     try:
         return yamlload.load(text, file)
     finally:

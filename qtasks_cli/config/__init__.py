@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qtasks_cli import entrypoints, gcpause, yamlload
 from qtasks_cli.config.jobs import (
+    JobStream,
     _defaults,
     _jobs,
 )
@@ -124,18 +125,34 @@ def parse_config_text(
     check_imports: bool = True,
     env: Mapping[str, str] | None = None,
     variables_required: bool = True,
+    stream: bool = True,
 ) -> Config:
-    """Validate job-file ``text``; relative paths in it are taken from ``base_dir``."""
+    """Validate job-file ``text``; relative paths in it are taken from ``base_dir``. Each job
+    is read as the YAML reader ends it (config.jobs.JobStream) unless ``stream`` is False."""
     base_dir = Path(os.path.normpath(base_dir.absolute()))
-    tree, problems = yamlload.load(text, filename)
     ctx = _Context(
         file=filename,
         base_dir=base_dir,
         env=os.environ if env is None else env,
         check_imports=check_imports,
-        problems=problems,
+        problems=[],
         variables_required=variables_required,
     )
+    streamed = JobStream(ctx) if stream else None
+    tree, problems = yamlload.load(text, filename, jobs=streamed)
+    ctx.problems[:0] = problems
+    if streamed is not None and streamed.began:
+        top_keys: Entries = tree.value if tree is not None and tree.kind == "map" else {}
+        if not streamed.usable(top_keys):  # read again, the whole file at once
+            return parse_config_text(
+                text,
+                filename=filename,
+                base_dir=base_dir,
+                check_imports=check_imports,
+                env=env,
+                variables_required=variables_required,
+                stream=False,
+            )
     if tree is None:
         message = "the file is empty; expected a mapping with a 'jobs' key"
         raise ConfigError([*problems, _file_problem(filename, message)])
@@ -147,11 +164,16 @@ def parse_config_text(
         # `x-` keys hold YAML anchors for reuse, as in docker compose files.
         if key not in KNOWN_TOP_KEYS and not key.startswith("x-"):
             ctx.report(key_node, _unknown_key(key, KNOWN_TOP_KEYS))
-    settings = _settings(ctx, top.get("settings"))
-    if check_imports:
-        entrypoints.add_to_sys_path(settings.path)
-    defaults = _defaults(ctx, top.get("defaults"))
-    jobs = _jobs(ctx, tree, top.get("jobs"), settings, defaults)
+    if streamed is not None and streamed.began:
+        settings, jobs = streamed.settings, streamed.jobs
+        if not top["jobs"][1].value:
+            ctx.report(top["jobs"][1], "no jobs defined")
+    else:
+        settings = _settings(ctx, top.get("settings"))
+        if check_imports:
+            entrypoints.add_to_sys_path(settings.path)
+        defaults = _defaults(ctx, top.get("defaults"))
+        jobs = _jobs(ctx, tree, top.get("jobs"), settings, defaults)
     if ctx.problems:
         raise ConfigError(_sorted(ctx.problems))
     path = Path(filename) if Path(filename).is_absolute() else base_dir / Path(filename).name
