@@ -33,10 +33,21 @@ async def reread(
         )
     # The new jobs' first fires, worked out in a thread too: a schedule can be slow.
     try:
-        ahead = await offthread.run(first_fires, jobs, config.jobs, clock(), name="qtasks-reload")
+        ahead = await offthread.run(_ahead, jobs, config, clock(), name="qtasks-reload")
     except Exception:  # no thread could start: the loop works them out as before
         ahead = {}
     return config, ahead
+
+
+def _ahead(jobs: Mapping[str, JobSpec], config: Config, now: datetime) -> Mapping[str, Ahead]:
+    """``first_fires``; and, first, the fingerprints ``timetable.apply`` compares on the
+    loop, of the running jobs and of the new file's (``Config.digest`` works them out)."""
+    from qtasks_cli.digests import fingerprint
+
+    for spec in jobs.values():
+        fingerprint(spec)
+    _ = config.digest
+    return first_fires(jobs, config.jobs, now)
 
 
 # Settings a running daemon cannot take: where history lives and who imports and listens.

@@ -1228,17 +1228,28 @@ def test_fingerprint_handles_every_yaml_value(tmp_path: Path) -> None:
     assert fingerprint(job) != fingerprint(dataclasses.replace(job, args=job.args[:2]))
 
 
-def test_the_fingerprint_is_worked_out_as_the_file_is_read_and_never_goes_stale(
+def test_the_fingerprint_is_worked_out_off_the_loop_and_never_goes_stale(
     tmp_path: Path,
 ) -> None:
     """A reload compares 1,000 jobs' fingerprints on the daemon's loop: each is noted on its
-    spec as the file is read (off the loop); a spec made from another by ``replace`` works its
-    own out, whatever it changed."""
+    spec when the file's digest is first asked for (the control thread's first round) and in
+    the reload's thread, for the running jobs and the new file's (reloading._ahead), never on
+    the loop; a spec made from another by ``replace`` works its own out, whatever it
+    changed."""
     from qtasks_cli.digests import _hash, definition
+    from qtasks_cli.reloading import _ahead
 
     config = load(tmp_path, BASE, env={"TOKEN": "one"})
+    assert all(job._fingerprint is None for job in config.jobs.values())  # validate: no need
+    assert config.digest
     for job in config.jobs.values():
         assert job._fingerprint == _hash(definition(job))
+    running = load(tmp_path, BASE, env={"TOKEN": "one"})
+    new = load(tmp_path, BASE, env={"TOKEN": "two"})
+    _ahead(running.jobs, new, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    for spec in [*running.jobs.values(), *new.jobs.values()]:
+        assert spec._fingerprint == _hash(definition(spec))
+    assert new._digest == new.digest
     job = config.jobs["a"]
     assert fingerprint(job) is job._fingerprint
     moved = dataclasses.replace(job, schedule_text="x", timeout=timedelta(minutes=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -186,7 +187,8 @@ def parse_config_text(
         path=path,
         settings=settings,
         jobs=jobs,
-        digest=config_digest(
+        digest_of=functools.partial(
+            config_digest,
             jobs,
             ctx.machine_zoned,
             settings,
