@@ -424,7 +424,13 @@ def _live_note(rows: list[dict[str, Any]]) -> str:
 def _idle_intro(results: dict[str, Any]) -> str:
     idle = results.get("idle", [])
     window = idle[0]["window_s"] if idle else 0
-    trace = idle[0]["strace_s"] if idle else 0
+    own = idle[0]["strace_s"] if idle else 0
+    others = idle[-1]["strace_s"] if len(idle) > 1 else own
+    traces = (
+        f"for {own:g} s"
+        if own == others
+        else f"for {own:g} s for qtasks, {others:g} s for the others"
+    )
     settle = idle[0].get("settle_s", 3.0) if idle else 0
     return (
         f"100 jobs on an hourly cron at a minute half an hour away, so nothing fires; "
@@ -440,7 +446,7 @@ def _idle_intro(results: dict[str, Any]) -> str:
         "- Context switches are the voluntary context switches of every thread "
         "(`/proc/PID/task/*/status`): every time any thread went to sleep, for whatever "
         "reason.\n"
-        f"- Timer wake-ups come from `strace -f` for {trace:g} s after the CPU window, so the "
+        f"- Timer wake-ups come from `strace -f` {traces}, after the CPU window, so the "
         "tracing costs don't count against the CPU figure. They are the waits that ended "
         "because their timeout ran out (not because an event arrived): the periodic wake-ups "
         "the target is about. The waits column counts every waiting system call. An asyncio "
@@ -461,7 +467,7 @@ def _idle(rows: list[dict[str, Any]]) -> str:
                 row.get("perf_cpu_ms"),
                 row["cpu_s"],
                 None if row["cpu_s_per_min"] is None else f"{row['cpu_s_per_min']:.3f}",
-                row.get("timer_wakeups_per_s"),
+                _wakeups(row),
                 row["wakeups_per_s"],
                 waits,
                 row["threads"],
@@ -487,6 +493,13 @@ def _idle(rows: list[dict[str, Any]]) -> str:
         ),
         table,
     )
+
+
+def _wakeups(row: dict[str, Any]) -> str:
+    rate = row.get("timer_wakeups_per_s")
+    if rate is None:
+        return "–"
+    return f"{rate:g} ({round(rate * row['strace_s']):,} in {row['strace_s']:g} s)"
 
 
 def _name(scheduler: str) -> str:
