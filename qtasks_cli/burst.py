@@ -99,13 +99,6 @@ class Start:
             return gate.at + timedelta(seconds=end - gate.perf)
         return end if isinstance(end, datetime) else None
 
-    def _now(self) -> float | datetime:
-        # Inside a burst on the real clock, the end is read off perf_counter (80 ns, against
-        # 400 ns for an aware datetime, once per body): ``ended`` turns it into wall time.
-        if self.clock is utcnow and self.gate.perf is not None:
-            return time.perf_counter()
-        return self.clock()
-
     def begin(self) -> Any:
         """Call the body and take its first step (in the run's task and context); return
         the future it waits on, or None when it ended or is not a coroutine."""
@@ -114,20 +107,26 @@ class Start:
         except BaseException as exc:
             self.outcome = (_RAISED, exc)
             return None
-        if type(body) is not types.CoroutineType:
+        if type(body) is not _COROUTINE:
             self.outcome = (_VALUE, body)
             return None
         self.body = body
+        # On the real clock, the end is read off perf_counter (80 ns, against 400 ns for an
+        # aware datetime, once per body): ``ended`` turns it into wall time from the gate's.
         try:
             waits = body.send(None)
         except StopIteration as stop:
-            self.outcome, self._end = (_RETURNED, stop.value), self._now()
+            clock = self.clock
+            self.outcome = (_RETURNED, stop.value)
+            self._end = _perf_counter() if clock is utcnow else clock()
             return None
         except BaseException as exc:
-            self.outcome, self._end = (_RAISED, exc), self._now()
+            clock = self.clock
+            self.outcome = (_RAISED, exc)
+            self._end = _perf_counter() if clock is utcnow else clock()
             return None
         finally:
-            if keepstate.step_changed():  # before the next body of the burst starts
+            if _step_changed():  # before the next body of the burst starts
                 keepstate.restore(self.job)
         return waits
 
@@ -241,22 +240,27 @@ class Burst:
             return
         loop = asyncio.get_running_loop()
         current = asyncio.current_task(loop)
+        enter, leave = _enter_task, _leave_task
         if current is not None:
-            asyncio.tasks._leave_task(loop, current)
+            leave(loop, current)
         try:
-            for task, stepped, context in held:
+            for task, stepped, context in held:  # per run: 0.98 µs here, the floor's 0.33
                 start = stepped.start
-                asyncio.tasks._enter_task(loop, task)
+                enter(loop, task)
                 try:
                     if start is not None:  # the body itself, with no frame of the run between
-                        stepped.began(context.run(start.begin))
+                        waits = context.run(start.begin)
+                        # The task then waits on what the body's first step yielded (or,
+                        # when it ended, sends the run on at once).
+                        stepped.at_gate, stepped.start = False, None
+                        stepped._last = None if waits is None else (_YIELDED, waits)
                     else:
                         context.run(stepped.step)
                 finally:
-                    asyncio.tasks._leave_task(loop, task)
+                    leave(loop, task)
         finally:
             if current is not None:
-                asyncio.tasks._enter_task(loop, current)
+                enter(loop, current)
 
 
 def _step_as(
@@ -279,6 +283,10 @@ def _step_as(
 
 
 _YIELDED, _RETURNED, _RAISED, _VALUE = 0, 1, 2, 3
+_COROUTINE = types.CoroutineType
+_perf_counter = time.perf_counter
+_step_changed = keepstate.step_changed
+_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
 
 
 class _Stepped(Coroutine[Any, Any, Any]):
@@ -305,12 +313,6 @@ class _Stepped(Coroutine[Any, Any, Any]):
             self.start = produced if type(produced) is Start else None
             self.at_gate = produced is self._gate or self.start is not None
             self._last = (_YIELDED, produced)
-
-    def began(self, waits: Any) -> None:
-        """The burst took the body's first step: the task waits on what it yielded (or,
-        when it ended, sends the run on at once)."""
-        self.at_gate, self.start = False, None
-        self._last = None if waits is None else (_YIELDED, waits)
 
     def send(self, value: Any) -> Any:
         last = self._last
