@@ -338,6 +338,7 @@ def test_the_control_thread_does_a_round_only_when_asked_or_at_its_heartbeat(
         snapshot=snapshot,
         runtime=SimpleNamespace(abandoned={"r1": "job"}),
         cancel_run=lambda run_id, by: False,
+        ready=SimpleNamespace(is_set=lambda: True),  # started: the first round may come
     )
     reader = open_control(state)
 
@@ -370,6 +371,56 @@ def test_the_control_thread_does_a_round_only_when_asked_or_at_its_heartbeat(
         asyncio.run(main())
     finally:
         reader.close()
+
+
+def test_the_control_threads_first_round_waits_for_the_start(tmp_path: Path) -> None:
+    """No snapshot is taken on the loop before the supervisor has started (10,000 views held
+    the start back, and showed no next fire); the first round comes once it has."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from qtasks_cli.control import Controller
+    from qtasks_cli.models import Snapshot
+
+    state = str(tmp_path / "state.db")
+    taken: list[float] = []
+
+    def snapshot() -> Snapshot:
+        taken.append(time.monotonic())
+        return Snapshot(now=datetime.now(timezone.utc), started_at=T0, jobs=(), running=0,
+                        queued=0, state=state)  # fmt: skip
+
+    async def main() -> None:
+        started = asyncio.Event()
+        supervisor = SimpleNamespace(
+            paused=frozenset(),
+            store=SimpleNamespace(node_id="here:1"),
+            cluster=SimpleNamespace(shared=False),
+            node_beat=5.0,
+            config=SimpleNamespace(path=tmp_path / "jobs.yaml", digest="d"),
+            snapshot=snapshot,
+            runtime=SimpleNamespace(abandoned={}),
+            cancel_run=lambda run_id, by: False,
+            ready=started,
+        )
+        controller = Controller(supervisor, state=state, schema="qtasks", heartbeat=60.0)  # type: ignore[arg-type]
+        controller.woken = True
+        await controller.start()
+        try:
+            controller.poke()
+            await asyncio.sleep(1.5)  # not started: no round, however poked
+            assert controller.rounds == 0 and taken == []
+            started.set()
+            deadline = time.monotonic() + 30
+            while controller.rounds < 1:
+                assert time.monotonic() < deadline, "no round after the start"
+                await asyncio.sleep(0.02)
+            assert len(taken) == 1
+        finally:
+            await controller.stop()
+
+    asyncio.run(main())
 
 
 def test_liveness_by_process_here_and_by_heartbeat_elsewhere() -> None:
