@@ -149,8 +149,7 @@ class EventReader:
         """At the top-level ``jobs``: whether its jobs are read one by one as they end."""
         if self.jobs is None or self.jobs.began or not self.events.check_event(MappingStartEvent):
             return False
-        self.jobs.begin(top)
-        return True
+        return bool(self.jobs.begin(top))
 
     def _streamed(self, path: str, depth: int) -> Located:
         if depth > MAX_DEPTH:

@@ -126,3 +126,29 @@ def test_valid_files_read_the_same_streamed(text: str) -> None:
     found = outcome(text, base, True)
     assert found == outcome(text, base, False)
     assert found[0] == "read", found
+
+
+def test_a_settings_path_written_after_the_jobs_decides_what_is_imported(tmp_path: Path) -> None:
+    """Hostile tester: with more than one batch of jobs and ``settings.path`` after ``jobs``,
+    the module of the same name in the folder beside the file was imported before the path
+    was known. Nothing is imported before the path is read."""
+    import secrets
+    import sys
+
+    from qtasks_cli.config import load_config
+
+    name = f"dup_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text("def f(a):\n    return 'beside'\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / f"{name}.py").write_text("def f():\n    return 'lib'\n")
+    jobs = "".join(f"  a{i}: {{entrypoint: '{name}:f'}}\n" for i in range(600))
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"jobs:\n{jobs}settings: {{path: [lib], timezone: UTC}}\n")
+    saved = list(sys.path)
+    try:
+        config = load_config(path)
+        assert len(config.jobs) == 600
+        assert sys.modules[name].f() == "lib"
+    finally:
+        sys.path[:] = saved
+        sys.modules.pop(name, None)

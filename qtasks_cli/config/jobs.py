@@ -100,10 +100,11 @@ class JobStream:
     stayed with the daemon, fragmented by the jobs read meanwhile (issue 16).
 
     ``begin`` is called at the top-level ``jobs`` mapping with the top-level entries read so
-    far: ``settings`` and ``defaults`` are read from them, and the jobs handed to ``job`` as
-    they end are read 256 at a time. A file that writes ``settings`` or ``defaults`` after
-    ``jobs`` (or that the plain reader leaves to PyYAML's composer after it began) is read
-    again the whole way:
+    far. Unless a job's module would be imported before a ``settings.path`` written after the
+    jobs is known (then nothing is streamed), ``settings`` and ``defaults`` are read from them,
+    and the jobs handed to ``job`` as they end are read 256 at a time. A file that writes
+    ``defaults`` after ``jobs`` (or that the plain reader leaves to PyYAML's composer after it
+    began) is read again the whole way:
     ``usable`` says whether what was read here stands."""
 
     def __init__(self, ctx: _Context) -> None:
@@ -117,12 +118,17 @@ class JobStream:
 
     BATCH = 256
 
-    def begin(self, top: Entries) -> None:
+    def begin(self, top: Entries) -> bool:
+        """Whether to read the jobs as they end: not when their modules are to be imported
+        and ``settings`` (its ``path``) may still come after them."""
+        if self.ctx.check_imports and "settings" not in top:
+            return False
         self.began = True
         self.settings = _settings(self.ctx, top.get("settings"))
         if self.ctx.check_imports:
             entrypoints.add_to_sys_path(self.settings.path)
         self.defaults = _defaults(self.ctx, top.get("defaults"))
+        return True
 
     def job(self, name_node: Located, node: Located) -> None:
         # Read in batches: reading each job between the parser's events cost 12% more time
