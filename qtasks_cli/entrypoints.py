@@ -91,7 +91,7 @@ def resolve(ref: str) -> Any:
             raise EntryPointError(
                 f"{owner} has no attribute {part!r}{did_you_mean(part, public)}"
             ) from None
-        except Exception as exc:
+        except BaseException as exc:  # a module __getattr__'s SystemExit as well
             raise EntryPointError(
                 f"reading {ref!r} failed: {describe_import_error(exc, module_name)}"
             ) from None
@@ -109,7 +109,8 @@ def _import(module_name: str) -> Any:
         raise EntryPointError(
             f"importing {module_name!r} failed: {describe_import_error(exc, module_name)}"
         ) from None
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt and the like too: a module
+        # that raises one at import is the job file's error, never the command's end
         raise EntryPointError(
             f"importing {module_name!r} failed: {describe_import_error(exc, module_name)}"
         ) from None

@@ -328,3 +328,27 @@ def test_resolve_exception_imports_module_names(isolated_imports: None) -> None:
     import json
 
     assert resolve_exception("json:JSONDecodeError") is json.JSONDecodeError
+
+
+@pytest.mark.parametrize("raised", ["BaseException('base')", "KeyboardInterrupt", "GeneratorExit"])
+def test_a_module_raising_a_base_exception_at_import_is_the_files_error(
+    tmp_path: Path, raised: str
+) -> None:
+    """Hostile tester: `raise BaseException` or `KeyboardInterrupt` in a job's module ended
+    validate, run and trigger in a traceback or exit 130, and dropped a reload in silence."""
+    import secrets
+
+    from qtasks_cli.config import load_config
+    from qtasks_cli.errors import ConfigError
+
+    name = f"side_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text(f"raise {raised}\n")
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"settings:\n  path: [{str(tmp_path)!r}]\njobs:\n  s:\n    entrypoint: {name}:f\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.key) == (5, "jobs.s.entrypoint")
+    assert f"importing {name!r} failed: {raised.split('(')[0]}" in problem.message
