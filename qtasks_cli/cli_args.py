@@ -104,7 +104,8 @@ def yaml_value(text: str, option: str, shown: str) -> Any:
         tree, problems = yamlload.load(text, option)
     except ConfigError as exc:
         first = exc.problems[0]
-        if first.message.startswith("invalid YAML") and "nesting" not in first.message:
+        unreadable = "nesting" in first.message or "is not a character" in first.message
+        if first.message.startswith("invalid YAML") and not unreadable:
             return text  # not YAML at all: the text as given
         _fail(f"{where}: {first.message}")
     except RecursionError:

@@ -17,6 +17,7 @@ above, and a file libyaml refuses is parsed again in Python for PyYAML's own wor
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import yaml
@@ -82,6 +83,23 @@ def _explain(exc: yaml.MarkedYAMLError) -> str:
     return f"{context}: {problem}" if context else problem
 
 
+_BIG_ESCAPE = re.compile(r"\\U([0-9A-Fa-f]{8})")
+
+
+def _unmarked_problem(file: str, text: str, exc: Exception) -> Problem:
+    """An error PyYAML's Python reader raises without a mark: a ``\\U`` escape past
+    U+10FFFF (the end of Unicode) is pointed at; anything else is told at the file's top."""
+    for found in _BIG_ESCAPE.finditer(text):
+        if int(found.group(1), 16) > 0x10FFFF:
+            line, column = line_col(text, found.start())
+            message = (
+                f"invalid YAML: the escape {found.group()} is not a character (Unicode ends "
+                "at U+10FFFF)"
+            )
+            return Problem(file=file, line=line, column=column, key="", message=message)
+    return Problem(file=file, line=1, column=1, key="", message=f"invalid YAML: {exc}")
+
+
 def line_col(text: str, position: int) -> tuple[int, int]:
     """1-based line and column of character ``position`` in ``text``."""
     before = text[:position]
@@ -133,6 +151,8 @@ def load(text: str, file: str, jobs: Any = None) -> tuple[Located | None, list[P
                 loader.dispose()
         except yaml.YAMLError as exc:
             raise ConfigError([yaml_error_problem(file, text, exc)]) from None
+        except Exception as exc:  # PyYAML's own: chr() of a "\U00110000" escape, say
+            raise ConfigError([_unmarked_problem(file, text, exc)]) from None
     if root is None:
         return None, []
     walker = _Walker(loader=loader, file=file, problems=[])

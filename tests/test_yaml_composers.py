@@ -189,3 +189,16 @@ def test_tagged_scalars_and_duplicates_read_alike(text: str) -> None:
         return
     assert shape(fast[0]) == shape(slow[0])
     assert fast[1] == slow[1]
+
+
+def test_an_escape_past_the_end_of_unicode_is_located_not_a_traceback() -> None:
+    """Hostile tester: PyYAML's Python reader raised ValueError from chr() (a traceback, exit
+    1) for "\\U00110000"; it is refused where it is written."""
+    from qtasks_cli.errors import ConfigError
+
+    text = 'jobs:\n  a:\n    entrypoint: m:f\n    kwargs: {k: "\\U00110000"}\n'
+    with pytest.raises(ConfigError) as caught:
+        yamlload.load(text, "f.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.column) == (4, 18)
+    assert "\\U00110000 is not a character" in problem.message
