@@ -144,3 +144,30 @@ def test_first_fires_worked_out_ahead_change_nothing(
     assert list(plain.take_due(now + timedelta(days=400))) == list(
         early.take_due(now + timedelta(days=400))
     )
+
+
+def test_reloads_that_reschedule_every_job_leave_no_heap_behind() -> None:
+    """Hostile tester: each reload that rescheduled 10,000 jobs due next year left their old
+    heap entries (3 MB a reload, without end). The heap is rebuilt once stale entries
+    outnumber the jobs, and the due fires stay right."""
+    from qtasks_cli.timetable import STALE_SLACK
+
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+    count = 3000
+    first = {f"j{i}": spec(f"j{i}", "0 0 1 1 *") for i in range(count)}
+    second = {f"j{i}": spec(f"j{i}", "0 0 2 1 *") for i in range(count)}
+    first["tick"] = second["tick"] = spec("tick", "* * * * *")
+    table = Timetable({})
+    table.fill(first)
+    table.schedule_all(first, now, {})
+    current = first
+    for _ in range(12):
+        following = second if current is first else first
+        table.apply(current, following, now)
+        current = following
+        assert len(table._heap) <= 2 * len(table.jobs) + STALE_SLACK
+    assert table.first() == now + timedelta(minutes=1)
+    due = list(table.take_due(now + timedelta(minutes=1)))
+    assert due == [("tick", now + timedelta(minutes=1))]
+    day = 1 if current is first else 2
+    assert table.jobs["j7"].next_fire == datetime(2027, 1, day, tzinfo=timezone.utc)
