@@ -10,13 +10,14 @@ instant and the bodies: see the README's design section, "Firing on the instant"
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from qtasks_cli import cancels, gcpause
+from qtasks_cli import cancels
 from qtasks_cli.burst import Burst
 from qtasks_cli.claims import report_unrun, unless_paused
 from qtasks_cli.clock import settle_until
@@ -122,8 +123,13 @@ class Firing:
         # No collector pass while runs are prepared and started: the objects the preparing
         # makes are young, and a pass over them stops everything for milliseconds (a full
         # one for tens); the next allocation after the burst collects them.
-        with gcpause.paused():  # shared with a job file being read in a thread meanwhile
+        collecting = gc.isenabled()
+        gc.disable()  # not gcpause's threshold: a body may read it (and fill up to it)
+        try:
             self._start_decided(decided, now, unrun)
+        finally:
+            if collecting:
+                gc.enable()
         for fire in unrun:
             self.ledger.unstarted(fire, fire.status, fire.error or "")
             report_unrun(self._emit, fire, self.clock())

@@ -1,17 +1,20 @@
-"""The cyclic garbage collector held off while a job file is read, or a burst started.
+"""The cyclic garbage collector held off while a job file is read.
 
 Reading 10,000 jobs allocates about a million objects that all stay alive until the file is
 read: CPython 3.11 then runs full collections over the growing heap, which found nothing and
 took 0.21 of the 1.05 s ``qtasks validate`` spent on such a file (measured in bench/scale.py).
 Reading a file makes no cyclic garbage worth collecting then; anything a job's module makes on
-import is collected at the first pass after the read. A burst (firing.py) holds it off too:
-a pass over the young objects of its preparing would stop every start for milliseconds.
+import is collected at the first pass after the read.
 
 The collector is held off by raising its first threshold out of reach, not by
-``gc.disable()``: a job's module or body that disables or enables the collector meanwhile
-keeps its choice. ``paused()`` nests and may be entered from several threads at once (the
-daemon reads a reloaded file in a worker thread): the first to enter raises the threshold,
-the last to leave puts the thresholds back, unless job code set its own meanwhile.
+``gc.disable()``: a job's module that disables or enables the collector at import keeps its
+choice (``gc.get_threshold()`` shows the raised value meanwhile). A burst (firing.py) holds
+the collector off with ``gc.disable()`` instead: a body's first step may read the threshold,
+and one that allocates up to it would never end.
+
+``paused()`` nests and may be entered from several threads at once (the daemon reads a
+reloaded file in a worker thread): the first to enter raises the threshold, the last to leave
+puts the thresholds back, unless job code set its own meanwhile.
 """
 
 from __future__ import annotations
