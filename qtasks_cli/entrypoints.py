@@ -101,7 +101,12 @@ def resolve(ref: str) -> Any:
 
 def _import(module_name: str) -> Any:
     try:
-        return importlib.import_module(module_name)
+        if module_name in sys.modules:
+            return importlib.import_module(module_name)
+        from qtasks_cli import gcpause
+
+        with gcpause.released():  # the module sees the collector as it is
+            return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing == module_name or module_name.startswith(missing + "."):
@@ -139,13 +144,24 @@ def _not_found(module_name: str, missing: str) -> str:
 def describe_import_error(exc: BaseException, module: str) -> str:
     """One line for an exception raised by user code: its type, message and where in the
     user's files it happened, such as ``ValueError: boom (at /path/shop/x.py:12)``."""
+    from qtasks_cli import failures, offloop
+
     if isinstance(exc, SyntaxError):
         text = f"SyntaxError: {exc.msg}"
         where = f"{exc.filename}:{exc.lineno}" if exc.filename and exc.lineno else None
     else:
-        message = str(exc)
-        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        where = _user_frame(exc)
+        # The module's own exception: its str() may raise (SystemExit too) or never return,
+        # so it is asked in a helper thread with a deadline, as a run's error is.
+        name = failures.class_name(type(exc))
+        message = offloop.in_helper(
+            lambda: failures.safe_str(exc, 2000),
+            fallback=f"<its str() did not return in {offloop.TEXT_TIMEOUT:g} s>",
+        )
+        text = f"{name}: {message}" if message else name
+        try:
+            where = _user_frame(exc)
+        except Exception:
+            where = None
     return f"{text} (at {where})" if where else text
 
 

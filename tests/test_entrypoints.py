@@ -352,3 +352,38 @@ def test_a_module_raising_a_base_exception_at_import_is_the_files_error(
     (problem,) = caught.value.problems
     assert (problem.line, problem.key) == (5, "jobs.s.entrypoint")
     assert f"importing {name!r} failed: {raised.split('(')[0]}" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ("raise RuntimeError('str fails')", "whose str() raised RuntimeError"),
+        ("import sys; sys.exit(7)", "whose str() raised SystemExit"),
+        ("raise KeyboardInterrupt", "whose str() raised KeyboardInterrupt"),
+        ("while True: pass", "its str() did not return"),
+    ],
+)
+def test_a_module_exception_whose_str_misbehaves_is_still_located(
+    tmp_path: Path, body: str, shown: str
+) -> None:
+    """Second hostile tester: an import exception whose __str__ raised gave a traceback, one
+    raising SystemExit or KeyboardInterrupt ended the command in silence, one that looped hung
+    it (and a reload, for good)."""
+    import secrets
+
+    from qtasks_cli.config import load_config
+    from qtasks_cli.errors import ConfigError
+
+    name = f"strbad_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text(
+        f"class E(BaseException):\n    def __str__(self):\n        {body}\nraise E()\n"
+    )
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"settings:\n  path: [{str(tmp_path)!r}]\njobs:\n  s:\n    entrypoint: {name}:f\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (problem,) = caught.value.problems
+    assert problem.key == "jobs.s.entrypoint"
+    assert f"importing {name!r} failed: E: " in problem.message and shown in problem.message
