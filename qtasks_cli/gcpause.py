@@ -7,10 +7,11 @@ Reading a file makes no cyclic garbage worth collecting then; anything a job's m
 import is collected at the first pass after the read.
 
 The collector is held off by raising its first threshold out of reach, not by
-``gc.disable()``: a job's module that disables or enables the collector at import keeps its
-choice (``gc.get_threshold()`` shows the raised value meanwhile). A burst (firing.py) holds
-the collector off with ``gc.disable()`` instead: a body's first step may read the threshold,
-and one that allocates up to it would never end.
+``gc.disable()``, and a job's module is imported with the thresholds as they were
+(``released``): a module that disables or enables the collector, or sets its thresholds, at
+import keeps its choice. A burst (firing.py) holds the collector off with ``gc.disable()``
+instead: a body's first step may read the threshold, and one that allocated up to it would
+never end.
 
 ``paused()`` nests and may be entered from several threads at once (the daemon reads a
 reloaded file in a worker thread): the first to enter raises the threshold, the last to leave
@@ -46,3 +47,23 @@ def paused() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and gc.get_threshold()[0] == _OUT_OF_REACH:
                 gc.set_threshold(*_saved)
+
+
+@contextlib.contextmanager
+def released() -> Iterator[None]:
+    """Within a pause, the collector's thresholds as they were, for a job module's import:
+    the module sees the real ones and may change them (or disable the collector); the pause
+    is taken up again after, over whatever it chose. Outside a pause, nothing."""
+    global _saved
+    with _lock:
+        held = _depth > 0 and gc.get_threshold()[0] == _OUT_OF_REACH
+        if held:
+            gc.set_threshold(*_saved)
+    try:
+        yield
+    finally:
+        if held:
+            with _lock:
+                if _depth > 0:
+                    _saved = gc.get_threshold()
+                    gc.set_threshold(_OUT_OF_REACH, *_saved[1:])

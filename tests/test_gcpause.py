@@ -82,3 +82,24 @@ def test_a_modules_choice_at_import_survives_the_read(tmp_path: Path, call: str)
     (gc.enable if call == "disable" else gc.disable)()
     load_config(path)
     assert gc.isenabled() is (call == "enable")
+
+
+def test_a_module_sees_and_sets_the_real_thresholds_at_import(tmp_path: Path) -> None:
+    """Second hostile tester: a module doubling the threshold it read at import failed with
+    OverflowError (it read the pause's value), and one setting the older generations' kept
+    the pause's first threshold and lost its own."""
+    gc.set_threshold(700, 10, 10)
+    name = f"gcdbl_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text(
+        "import gc\nSEEN = gc.get_threshold()\nt = gc.get_threshold()\n"
+        "gc.set_threshold(t[0] * 2, 50, 60)\ndef job():\n    pass\n"
+    )
+    path = tmp_path / "jobs.yaml"
+    path.write_text(
+        f"settings:\n  path: [{str(tmp_path)!r}]\njobs:\n  a:\n    entrypoint: {name}:job\n"
+    )
+    load_config(path)
+    import sys
+
+    assert sys.modules[name].SEEN == (700, 10, 10)
+    assert gc.get_threshold() == (1400, 50, 60)
