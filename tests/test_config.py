@@ -1293,3 +1293,15 @@ def test_a_key_path_part_is_printable_and_names_one_key(key: str) -> None:
         assert shown == repr(key) and ast.literal_eval(shown) == key
     else:
         assert key and "." not in key and "\\" not in key
+
+
+def test_a_nul_byte_in_the_state_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    """Second hostile tester: validate passed `state: "a\\0b.db"`, and every other command
+    then ended in a ValueError traceback."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text('settings:\n  state: "a\\0b.db"\njobs:\n  j:\n    entrypoint: m:f\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_imports=False)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.key) == (2, "settings.state")
+    assert "NUL" in problem.message

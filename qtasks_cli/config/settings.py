@@ -106,6 +106,8 @@ def _folders(ctx: _Context, node: Located) -> tuple[Path, ...]:
 
 def _state(ctx: _Context, node: Located) -> str:
     text = _str(node)
+    if "\0" in text:  # no path or URL holds one; open() would raise on it later
+        raise _Bad(f"expected a file path or a postgresql:// URL, got {text!r} (a NUL byte)")
     if text.startswith(_POSTGRES_SCHEMES):
         return text
     if "://" in text or not text.strip():
