@@ -212,13 +212,12 @@ class Controller:
         store = self._store
         assert store is not None
         try:
-            # The first round once the supervisor has started, at a quiet instant: a snapshot
-            # before the start shows no next fire, and its views (10,000 jobs: 25 ms on the
-            # loop) held the start back; the round also works out the file's digest here
-            # (Config.digest: 0.09 s for 10,000 jobs), between two whole seconds.
+            # The first round once the supervisor has started (at once, so `status` finds the
+            # daemon): a snapshot before the start shows no next fire, and its views (10,000
+            # jobs: 25 ms on the loop) held the start back. The round also works out the
+            # file's digest here, in this thread (Config.digest: 0.09 s for 10,000 jobs).
             while not self._stop.is_set() and not self.supervisor.ready.is_set():
                 self._stop.wait(0.02)
-            self._stop.wait(max(0.0, quiet_instant(0.0, time.time()) - time.time()))
             while not self._stop.is_set():
                 try:
                     self._round(store)

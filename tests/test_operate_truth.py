@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,12 @@ jobs:
     )
     daemon_env = clean_env(CRM_TOKEN=SECRET, TZ="Europe/Berlin")
     daemon = daemons([str(path)], cwd=path.parent, env=daemon_env)
-    daemon.wait_for(lambda log: "sync next fire" in log)
+    daemon.wait_for(lambda log: "qtasks ready" in log)
+    # The control thread publishes once the daemon is ready: wait for that, bounded.
+    deadline = time.monotonic() + 30
+    while run_qtasks("status", "-c", str(path), cwd=path.parent, env=daemon_env).returncode:
+        assert time.monotonic() < deadline, "status never found the daemon"
+        time.sleep(0.1)
     # The operator's shell: no CRM_TOKEN (systemd's EnvironmentFile had it), another zone.
     for env in (clean_env(TZ="UTC"), clean_env(), clean_env(CRM_TOKEN="other", TZ="Asia/Tokyo")):
         result = run_qtasks("status", "--json", "-c", str(path), cwd=path.parent, env=env)
