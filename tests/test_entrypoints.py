@@ -336,20 +336,7 @@ def test_a_module_raising_a_base_exception_at_import_is_the_files_error(
 ) -> None:
     """Hostile tester: `raise BaseException` or `KeyboardInterrupt` in a job's module ended
     validate, run and trigger in a traceback or exit 130, and dropped a reload in silence."""
-    import secrets
-
-    from qtasks_cli.config import load_config
-    from qtasks_cli.errors import ConfigError
-
-    name = f"side_{secrets.token_hex(4)}"
-    (tmp_path / f"{name}.py").write_text(f"raise {raised}\n")
-    path = tmp_path / "jobs.yaml"
-    path.write_text(
-        f"settings:\n  path: [{str(tmp_path)!r}]\njobs:\n  s:\n    entrypoint: {name}:f\n"
-    )
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    (problem,) = caught.value.problems
+    name, problem = _import_refused(tmp_path, "side", f"raise {raised}\n")
     assert (problem.line, problem.key) == (5, "jobs.s.entrypoint")
     assert f"importing {name!r} failed: {raised.split('(')[0]}" in problem.message
 
@@ -369,15 +356,25 @@ def test_a_module_exception_whose_str_misbehaves_is_still_located(
     """Second hostile tester: an import exception whose __str__ raised gave a traceback, one
     raising SystemExit or KeyboardInterrupt ended the command in silence, one that looped hung
     it (and a reload, for good)."""
+    name, problem = _import_refused(
+        tmp_path,
+        "strbad",
+        f"class E(BaseException):\n    def __str__(self):\n        {body}\nraise E()\n",
+    )
+    assert problem.key == "jobs.s.entrypoint"
+    assert f"importing {name!r} failed: E: " in problem.message and shown in problem.message
+
+
+def _import_refused(tmp_path: Path, stem: str, source: str) -> tuple[str, Any]:
+    """A module of ``source`` under a fresh name, named by job ``s`` of a file read with
+    imports: (the module's name, the one problem the read is refused with)."""
     import secrets
 
     from qtasks_cli.config import load_config
     from qtasks_cli.errors import ConfigError
 
-    name = f"strbad_{secrets.token_hex(4)}"
-    (tmp_path / f"{name}.py").write_text(
-        f"class E(BaseException):\n    def __str__(self):\n        {body}\nraise E()\n"
-    )
+    name = f"{stem}_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text(source)
     path = tmp_path / "jobs.yaml"
     path.write_text(
         f"settings:\n  path: [{str(tmp_path)!r}]\njobs:\n  s:\n    entrypoint: {name}:f\n"
@@ -385,5 +382,4 @@ def test_a_module_exception_whose_str_misbehaves_is_still_located(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     (problem,) = caught.value.problems
-    assert problem.key == "jobs.s.entrypoint"
-    assert f"importing {name!r} failed: E: " in problem.message and shown in problem.message
+    return name, problem

@@ -95,6 +95,21 @@ _documents = st.recursive(
 )
 
 
+def _read_alike(text: str) -> None:
+    """The event reader gives PyYAML's composer's tree and problems, or leaves the file to
+    it; it never takes a file that composer refuses."""
+    fast = yamlload._load_c(text, "f.yaml")
+    try:
+        slow = composed_by_pyyaml(text, "f.yaml")
+    except Exception as exc:
+        assert fast is None, f"the event reader took a file PyYAML's composer refuses: {exc}"
+        return
+    if fast is None:
+        return
+    assert shape(fast[0]) == shape(slow[0])
+    assert fast[1] == slow[1]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     _documents,
@@ -111,16 +126,7 @@ def test_the_event_reader_gives_what_pyyamls_composer_gives(
         first = text.splitlines(keepends=True)[0]
         if not first.startswith((" ", "-")):
             text = text + first  # the first key again at the end: a duplicate key
-    fast = yamlload._load_c(text, "f.yaml")
-    try:
-        slow = composed_by_pyyaml(text, "f.yaml")
-    except Exception as exc:
-        assert fast is None, f"the event reader took a file PyYAML's composer refuses: {exc}"
-        return
-    if fast is None:
-        return
-    assert shape(fast[0]) == shape(slow[0])
-    assert fast[1] == slow[1]
+    _read_alike(text)
 
 
 @pytest.mark.parametrize(
@@ -179,16 +185,7 @@ def _block(draw: Any, indent: int = 0) -> str:
 def test_tagged_scalars_and_duplicates_read_alike(text: str) -> None:
     """Problems (unknown tags, unreadable scalars, duplicate keys) are the same, in the same
     order, on both paths."""
-    fast = yamlload._load_c(text, "f.yaml")
-    try:
-        slow = composed_by_pyyaml(text, "f.yaml")
-    except Exception as exc:
-        assert fast is None, f"the event reader took a file PyYAML's composer refuses: {exc}"
-        return
-    if fast is None:
-        return
-    assert shape(fast[0]) == shape(slow[0])
-    assert fast[1] == slow[1]
+    _read_alike(text)
 
 
 def test_an_escape_past_the_end_of_unicode_is_located_not_a_traceback() -> None:
